@@ -1,0 +1,5 @@
+import sys
+
+from natscale.cli.main import main
+
+sys.exit(main())

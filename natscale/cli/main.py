@@ -1,0 +1,57 @@
+"""The `natscale` command: one subcommand per user task.
+
+Each subcommand lives in its own module under ``natscale.cli`` and exposes
+``add_arguments(parser)`` and ``run(args) -> int``. Modules are imported only when their
+subcommand runs, so ``natscale --help`` stays fast (DeepSpeed alone takes seconds to import).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module under natscale.cli, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "env": (
+        "env",
+        "versions, devices, DeepSpeed backend, which natscale ops are built or buildable",
+    ),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="natscale",
+        description="Negative-Aware Training of LLM agents at cluster scale.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        sp = sub.add_parser(name, help=help_text, description=help_text)
+        sp.set_defaults(_module=module)
+        _load(module).add_arguments(sp)
+    return parser
+
+
+def _load(module: str):
+    return importlib.import_module(f"natscale.cli.{module}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in COMMANDS:
+        parser = build_parser()
+        if argv and argv[0] in ("-h", "--help"):
+            parser.print_help()
+            return 0
+        if argv:
+            print(f"natscale: unknown command {argv[0]!r}\n", file=sys.stderr)
+        parser.print_help(sys.stderr)
+        return 2
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return int(_load(args._module).run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+import json
+import subprocess
+import sys
+
+from natscale.cli.main import COMMANDS, main
+
+
+def _natscale(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "natscale.cli", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_unknown_subcommand_prints_help_and_exits_2(capsys):
+    assert main(["no-such-command"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown command 'no-such-command'" in err
+    for name in COMMANDS:
+        assert name in err
+
+
+def test_no_subcommand_exits_2(capsys):
+    assert main([]) == 2
+
+
+def test_env_json_names_accelerator_and_backend():
+    proc = _natscale("env", "--json")
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert info["deepspeed"]["accelerator"] == "cpu"
+    assert info["deepspeed"]["communication_backend"] == "gloo"
+    assert info["python"].count(".") == 2
+    for pkg in ("torch", "deepspeed", "transformers", "datasets", "flash-attn", "mpi4py"):
+        assert pkg in info["packages"]
+    assert info["ops"] and all("active" in op for op in info["ops"])
+
+
+def test_env_text_ends_with_summary_line():
+    proc = _natscale("env")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1].startswith("env: torch ")
