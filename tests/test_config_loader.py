@@ -1,0 +1,55 @@
+from typing import Literal
+
+import pytest
+from pydantic import BaseModel, ConfigDict
+
+from natscale.config.loader import ConfigError, load_config, save_config
+
+
+class Train(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    lr: float = 1e-5
+    schedule: Literal["cosine", "linear"] = "cosine"
+
+
+class Run(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    train: Train = Train()
+
+
+def test_overrides_and_roundtrip(tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("train:\n  lr: 3.0e-4\n")
+    run = load_config(cfg, Run, ["train.schedule=linear", "train.lr=2e-5"])
+    assert run.train.lr == 2e-5 and run.train.schedule == "linear"
+    save_config(run, tmp_path / "out" / "resolved.yaml")
+    assert load_config(tmp_path / "out" / "resolved.yaml", Run) == run
+
+
+def test_errors_name_key_and_allowed_values(tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("train:\n  schedule: step\n  lrr: 1\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(cfg, Run)
+    msg = str(exc.value)
+    assert str(cfg) in msg and "train.schedule" in msg and "'cosine'" in msg
+    assert "train.lrr: unknown key" in msg
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"), [("a: [", "not valid YAML"), ("- 1\n- 2\n", "top level must be a mapping")]
+)
+def test_bad_files(tmp_path, text, needle):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(text)
+    with pytest.raises(ConfigError, match=needle):
+        load_config(cfg, Run)
+
+
+def test_missing_file_and_bad_override(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml", Run)
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("train: {}\n")
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        load_config(cfg, Run, ["novalue"])
