@@ -9,6 +9,7 @@ Legend: T tokens, H hidden size, V vocabulary, S segments.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 IGNORE_INDEX = -100
 
@@ -69,3 +70,26 @@ def _per_segment(
     seg_count = torch.zeros(num_segments + 1, dtype=torch.int32, device=nll_T.device)
     seg_count.index_add_(0, seg_id_T, trained_T.to(torch.int32))
     return seg_nll[:num_segments], seg_count[:num_segments]
+
+
+def segment_cross_entropy_materialized(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    token_weight: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The loss as a model computes it without a fused op: the baseline of tests and benchmarks.
+
+    Logits ``hidden @ weight.T`` in the input dtype (as an ``nn.Linear`` lm_head makes them), then
+    ``F.cross_entropy`` in fp32. Tests use it as the "same-dtype PyTorch computation" of the
+    tolerance rule; benchmarks time it (plain and under ``torch.compile``). Same contract as
+    :func:`segment_cross_entropy_reference`.
+    """
+    trained = targets != IGNORE_INDEX
+    logits_TV = hidden @ weight.t()
+    nll_T = F.cross_entropy(logits_TV.float(), targets, ignore_index=IGNORE_INDEX, reduction="none")
+    w_T = torch.where(trained, token_weight.float(), torch.zeros_like(nll_T))
+    loss_sum = (w_T * nll_T).sum()
+    seg_nll, seg_count = _per_segment(nll_T.detach(), trained, cu_seqlens)
+    return loss_sum, seg_nll, seg_count

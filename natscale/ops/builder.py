@@ -1,0 +1,289 @@
+"""Op builders for natscale's native extensions, in the manner of DeepSpeed's ``op_builder``.
+
+Each builder knows its sources and flags, says whether it can be built here (and why not), and
+``load()`` returns the extension module: a prebuilt one (``NATSCALE_BUILD_OPS=1 pip install
+--no-build-isolation .``) when importable, else a JIT build with torch's cpp_extension + ninja into
+``$TORCH_EXTENSIONS_DIR`` (rebuilt automatically when a source or flag changes).
+
+Environment knobs: ``NATSCALE_CUDA_ARCH_LIST`` (e.g. ``"9.0"`` or ``"8.0;9.0"``; default: torch's
+detection of the visible GPUs, or ``TORCH_CUDA_ARCH_LIST``), ``NATSCALE_NVCC_THREADS`` (default 4),
+``CXX`` (the host compiler).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import shutil
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+_PACKAGE_DIR = Path(__file__).resolve().parent.parent  # natscale/
+
+
+def csrc_dir() -> Path | None:
+    """The ``csrc/`` folder: the repository's (source tree / editable install) or a packaged copy."""
+    for candidate in (_PACKAGE_DIR.parent / "csrc", _PACKAGE_DIR / "csrc"):
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+class OpBuilder:
+    """One native extension: sources, flags, availability and loading."""
+
+    #: JIT module name (also the folder under ``$TORCH_EXTENSIONS_DIR``).
+    name: str = ""
+    #: implementation name shown by ``natscale env``.
+    label: str = ""
+    #: module path of the prebuilt extension (setup.py ``ext_modules``).
+    prebuilt_name: str = ""
+    with_cuda: bool = False
+
+    def __init__(self) -> None:
+        self._module: ModuleType | None = None
+        self._error: str | None = None
+        self._lock = threading.Lock()
+
+    # ---- sources and flags -------------------------------------------------------------------
+    def source_names(self) -> list[str]:
+        raise NotImplementedError
+
+    def sources(self) -> list[str]:
+        root = csrc_dir()
+        if root is None:
+            raise FileNotFoundError("natscale's csrc/ folder was not found next to the package")
+        return [str(root / name) for name in self.source_names()]
+
+    def include_dirs(self) -> list[str]:
+        root = csrc_dir()
+        return [str(root / Path(self.source_names()[0]).parent)] if root else []
+
+    def cxx_flags(self) -> list[str]:
+        # -fno-trapping-math lets g++ vectorize the clamped exp of the CPU kernel; -fopenmp-simd
+        # enables `omp simd` without linking a second OpenMP runtime next to torch's.
+        return ["-O3", "-fno-trapping-math", "-fopenmp-simd"]
+
+    def nvcc_flags(self) -> list[str]:
+        return []
+
+    # ---- availability ------------------------------------------------------------------------
+    def compatible(self) -> tuple[bool, str]:
+        """Whether this machine could build the extension (no build is started)."""
+        if csrc_dir() is None:
+            return False, "sources not found (csrc/ is shipped with the source tree only)"
+        compiler = os.environ.get("CXX", "c++")
+        if shutil.which(compiler) is None:
+            return False, f"no C++ compiler ({compiler!r} not on PATH; set CXX)"
+        from torch.utils.cpp_extension import is_ninja_available
+
+        if not is_ninja_available():
+            return False, "ninja not found (pip install ninja)"
+        return True, f"JIT-buildable with {compiler} + ninja"
+
+    def jit_build_dir(self) -> Path:
+        """Where cpp_extension.load() builds this op (mirrors torch's naming, creates nothing)."""
+        import torch
+
+        root = os.environ.get("TORCH_EXTENSIONS_DIR")
+        if root is None:
+            from torch.utils.cpp_extension import get_default_build_root
+
+            if torch.version.cuda is not None:
+                accelerator = "cu" + torch.version.cuda.replace(".", "")
+            else:
+                accelerator = "cpu"
+            version = f"py{sys.version_info.major}{sys.version_info.minor}"
+            root = os.path.join(get_default_build_root(), f"{version}_{accelerator}")
+        return Path(root) / self.name
+
+    def prebuilt(self) -> ModuleType | None:
+        try:
+            return importlib.import_module(self.prebuilt_name)
+        except ImportError:
+            return None
+
+    def status(self) -> dict[str, Any]:
+        """``{"name", "built", "buildable", "reason"}`` for ``natscale env``; never builds."""
+        buildable, reason = self.compatible()
+        if self._module is not None:
+            built, reason = True, f"loaded from {getattr(self._module, '__file__', '?')}"
+        elif self.prebuilt() is not None:
+            built, reason = True, f"prebuilt ({self.prebuilt_name})"
+        elif (self.jit_build_dir() / f"{self.name}.so").exists():
+            built = True
+            reason = f"JIT cache {self.jit_build_dir()} (rebuilt if sources changed)"
+        else:
+            built = False
+        if self._error is not None:
+            reason = f"last load failed: {self._error}"
+        return {"name": self.label, "built": built, "buildable": buildable, "reason": reason}
+
+    def usable(self) -> bool:
+        """Loaded, or loadable without a known failure (prebuilt, JIT cache, or buildable)."""
+        if self._module is not None:
+            return True
+        if self._error is not None:
+            return False
+        return self.prebuilt() is not None or self.compatible()[0]
+
+    # ---- loading -----------------------------------------------------------------------------
+    def load(self, verbose: bool = False) -> ModuleType:
+        """The extension module: prebuilt if importable, else JIT-built (once per process)."""
+        with self._lock:
+            if self._module is not None:
+                return self._module
+            module = self.prebuilt()
+            if module is None:
+                ok, reason = self.compatible()
+                if not ok:
+                    self._error = reason
+                    raise RuntimeError(f"cannot build natscale op {self.name}: {reason}")
+                try:
+                    module = self._jit_load(verbose)
+                except Exception as exc:
+                    self._error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+                    raise RuntimeError(
+                        f"JIT build of natscale op {self.name} failed ({self._error}); "
+                        f"rerun with verbose=True or see {self.jit_build_dir()}"
+                    ) from exc
+            self._module = module
+            self._error = None
+            return module
+
+    def _jit_load(self, verbose: bool) -> ModuleType:
+        from torch.utils.cpp_extension import load
+
+        with _arch_list_env():
+            return load(
+                name=self.name,
+                sources=self.sources(),
+                extra_include_paths=self.include_dirs(),
+                extra_cflags=self.cxx_flags(),
+                extra_cuda_cflags=self.nvcc_flags(),
+                with_cuda=self.with_cuda,
+                verbose=verbose,
+            )
+
+    def extension(self) -> Any:
+        """A setuptools Extension for the prebuilt build (paths relative to the repository)."""
+        from torch.utils.cpp_extension import CppExtension, CUDAExtension
+
+        root = csrc_dir()
+        assert root is not None, "setup.py runs from the source tree"
+        rel = [os.path.relpath(src, root.parent) for src in self.sources()]
+        includes = [os.path.relpath(d, root.parent) for d in self.include_dirs()]
+        if self.with_cuda:
+            return CUDAExtension(
+                self.prebuilt_name,
+                rel,
+                include_dirs=includes,
+                extra_compile_args={"cxx": self.cxx_flags(), "nvcc": self.nvcc_flags()},
+            )
+        return CppExtension(
+            self.prebuilt_name, rel, include_dirs=includes, extra_compile_args=self.cxx_flags()
+        )
+
+
+class SegmentCECPUBuilder(OpBuilder):
+    """The segment loss, CPU only (C++; rows in parallel through ATen's OpenMP pool)."""
+
+    name = "natscale_segment_ce_cpu"
+    prebuilt_name = "natscale.ops._segment_ce_cpu"
+    label = "cpu"
+
+    def source_names(self) -> list[str]:
+        return ["segment_ce/segment_ce_api.cpp", "segment_ce/segment_ce_cpu.cpp"]
+
+
+class SegmentCECUDABuilder(OpBuilder):
+    """The segment loss for CUDA tensors (also serves CPU tensors)."""
+
+    name = "natscale_segment_ce_cuda"
+    prebuilt_name = "natscale.ops._segment_ce_cuda"
+    label = "cuda"
+    with_cuda = True
+
+    def source_names(self) -> list[str]:
+        return [
+            "segment_ce/segment_ce_api.cpp",
+            "segment_ce/segment_ce_cpu.cpp",
+            "segment_ce/segment_ce_cuda.cpp",
+            "segment_ce/segment_ce_kernels.cu",
+        ]
+
+    def cxx_flags(self) -> list[str]:
+        return [*super().cxx_flags(), "-DNATSCALE_WITH_CUDA"]
+
+    def nvcc_flags(self) -> list[str]:
+        threads = os.environ.get("NATSCALE_NVCC_THREADS", "4")
+        return ["-O3", "-DNATSCALE_WITH_CUDA", "-lineinfo", "--threads", threads]
+
+    def compatible(self) -> tuple[bool, str]:
+        import torch
+
+        if torch.version.cuda is None:
+            return (
+                False,
+                f"torch {torch.__version__} is a CPU-only build (torch.version.cuda is None)",
+            )
+        from torch.utils.cpp_extension import CUDA_HOME
+
+        if CUDA_HOME is None:
+            return False, "CUDA toolkit (nvcc) not found; set CUDA_HOME"
+        ok, reason = super().compatible()
+        if not ok:
+            return ok, reason
+        if not torch.cuda.is_available():
+            return True, f"buildable with {CUDA_HOME} (no GPU visible: set NATSCALE_CUDA_ARCH_LIST)"
+        return True, f"JIT-buildable with nvcc from {CUDA_HOME}"
+
+
+@contextlib.contextmanager
+def _arch_list_env() -> Iterator[None]:
+    """Expose ``NATSCALE_CUDA_ARCH_LIST`` as ``TORCH_CUDA_ARCH_LIST`` for the build only."""
+    arch = os.environ.get("NATSCALE_CUDA_ARCH_LIST")
+    if not arch:
+        yield
+        return
+    old = os.environ.get("TORCH_CUDA_ARCH_LIST")
+    os.environ["TORCH_CUDA_ARCH_LIST"] = arch
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("TORCH_CUDA_ARCH_LIST", None)
+        else:
+            os.environ["TORCH_CUDA_ARCH_LIST"] = old
+
+
+SEGMENT_CE_CPU = SegmentCECPUBuilder()
+SEGMENT_CE_CUDA = SegmentCECUDABuilder()
+
+
+def ext_modules_and_cmdclass() -> tuple[list[Any], dict[str, Any]]:
+    """Extensions for ``NATSCALE_BUILD_OPS=1`` (called by setup.py): CPU always, CUDA when possible.
+
+    ``NATSCALE_CUDA_ARCH_LIST`` defaults to ``9.0`` here (no GPU needs to be visible at build time).
+    """
+    import torch
+    from torch.utils.cpp_extension import CUDA_HOME, BuildExtension
+
+    modules = [SEGMENT_CE_CPU.extension()]
+    if torch.version.cuda is not None and CUDA_HOME is not None:
+        os.environ.setdefault(
+            "TORCH_CUDA_ARCH_LIST", os.environ.get("NATSCALE_CUDA_ARCH_LIST", "9.0")
+        )
+        modules.append(SEGMENT_CE_CUDA.extension())
+    else:
+        print(
+            "natscale: building the CPU segment-loss extension only "
+            f"(torch.version.cuda={torch.version.cuda}, CUDA_HOME={CUDA_HOME})",
+            file=sys.stderr,
+        )
+    return modules, {"build_ext": BuildExtension}
