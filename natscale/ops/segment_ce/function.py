@@ -17,7 +17,7 @@ from torch import Tensor
 from natscale.ops.builder import SEGMENT_CE_CPU, SEGMENT_CE_CUDA
 
 
-def _extension(device: torch.device):  # noqa: ANN202 - a pybind module
+def _extension(device: torch.device):
     builder = SEGMENT_CE_CUDA if device.type == "cuda" else SEGMENT_CE_CPU
     return builder.load()
 
@@ -73,14 +73,14 @@ def _segment_ce_fake(
     )
 
 
-def _setup_context(ctx, inputs, output) -> None:  # noqa: ANN001 - torch.library signature
+def _setup_context(ctx, inputs, output) -> None:
     _, _, _, grad_hidden, grad_weight = output
     ctx.save_for_backward(grad_hidden, grad_weight)
     ctx.needs = (inputs[7], inputs[8])
     ctx.mark_non_differentiable(*output[1:])
 
 
-def _backward(ctx, grad_loss, grad_seg_nll, grad_seg_count, grad_gh, grad_gw):  # noqa: ANN001, ANN202
+def _backward(ctx, grad_loss, grad_seg_nll, grad_seg_count, grad_gh, grad_gw):
     grad_hidden, grad_weight = ctx.saved_tensors
     need_hidden, need_weight = ctx.needs
     # A 0-dim fp32 factor keeps the 16-bit dtype; the product is formed in fp32, rounded once.
