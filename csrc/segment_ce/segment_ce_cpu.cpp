@@ -2,9 +2,10 @@
 //
 // Untrained tokens are dropped before any GEMM; the trained ones are processed in chunks of C
 // tokens so only a [C, V] fp32 logits buffer exists. Per chunk: logits = X_c W^T (fp32 GEMM), a
-// fused per-row pass turns them into w * (softmax - onehot) in place (rows in parallel through
-// ATen's OpenMP pool), then dX_c = dZ W and dW += dZ^T X_c (fp32). 16-bit inputs are computed in
-// fp32 and rounded once at the end.
+// fused per-row pass turns them into w * softmax in place (rows in parallel through ATen's OpenMP
+// pool), dX_c = (w P) W - w W_y (vocabulary blocks summed in fp64), then the one-hot term goes
+// in and dW += dZ^T X_c (fp32).
+// 16-bit inputs are computed in fp32 and rounded once at the end.
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -17,7 +18,8 @@ namespace natscale {
 namespace segment_ce {
 namespace {
 
-constexpr int64_t kDefaultChunkBytes = 64LL << 20;  // fp32 logits per chunk: fits a busy L3/RAM
+constexpr int64_t kDefaultChunkBytes = 64LL << 20;  // fp32 logits per chunk
+constexpr int64_t kDxVocabBlock = 2048;             // vocabulary block of the dX reduction
 
 // exp(x) within ~1 ulp (Cephes' expf polynomial), written so the compiler vectorizes it (needs
 // -fno-trapping-math to if-convert the clamps). Returns 0 below -87.3 (exp underflows there
@@ -42,10 +44,11 @@ inline __attribute__((always_inline)) float vec_expf(float x) {
   return underflow ? 0.0f : e_r * __builtin_bit_cast(float, bits);
 }
 
-// One logits row z[0, V): returns nll = logsumexp(z) - z[y]; if write_grad, rewrites z in place
-// with w * (softmax - onehot(y)). Sums in fp64; p_y - 1 in fp64. Cloned per ISA, picked at load.
+// One logits row z[0, V): returns nll = logsumexp(z) - z[y]. If write_grad, rewrites z in place
+// with w * softmax (the one-hot term is left out) and returns w * (p_y - 1) in *grad_y, formed
+// in fp64. Sums in fp64. Cloned per ISA, picked at load time.
 __attribute__((target_clones("avx512f", "avx2", "default"))) float ce_row(
-    float* __restrict__ z, int64_t vocab, int64_t y, float w, bool write_grad) {
+    float* __restrict__ z, int64_t vocab, int64_t y, float w, bool write_grad, float* grad_y) {
   float m = -INFINITY;
 #pragma omp simd reduction(max : m)
   for (int64_t j = 0; j < vocab; ++j) m = z[j] > m ? z[j] : m;
@@ -63,7 +66,7 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) float ce_row(
     const float scale = static_cast<float>(w / s);
 #pragma omp simd
     for (int64_t j = 0; j < vocab; ++j) z[j] *= scale;
-    z[y] = static_cast<float>((std::exp(static_cast<double>(z_y) - lse) - 1.0) * w);
+    *grad_y = static_cast<float>((std::exp(static_cast<double>(z_y) - lse) - 1.0) * w);
   }
   return static_cast<float>(lse - z_y);
 }
@@ -125,6 +128,7 @@ Outputs forward_cpu(const at::Tensor& hidden, const at::Tensor& weight, const at
                                             : at::Tensor();
   std::vector<float> nll(num_tokens, 0.0f);
 
+  std::vector<float> grad_y(std::min(chunk, num_rows));
   for (int64_t start = 0; start < num_rows; start += chunk) {
     const int64_t len = std::min(chunk, num_rows - start);
     const at::Tensor idx = rows_t.narrow(0, start, len);
@@ -135,13 +139,36 @@ Outputs forward_cpu(const at::Tensor& hidden, const at::Tensor& weight, const at
     at::parallel_for(0, len, 1, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const int64_t t = rows[start + r];
-        nll[t] = ce_row(z + r * vocab, vocab, tgt[t], tok_w[t], write_grad);
+        nll[t] = ce_row(z + r * vocab, vocab, tgt[t], tok_w[t], write_grad, &grad_y[r]);
       }
     });
+    if (!write_grad) continue;
+    const at::Tensor y_c = targets.index_select(0, idx);
     if (options.grad_hidden) {
-      grad_hidden.index_copy_(0, idx, at::mm(z_c, w32).to(hidden.scalar_type()));
+      // dX = (w P) W - w W_y. The V-long reduction runs as one batched fp32 GEMM over
+      // vocabulary blocks whose results are summed in fp64: MKL reduces a GEMM with few rows
+      // sequentially over all of V and loses ~sqrt(V) ulps. The -W_y term stays out of it too.
+      const int64_t hidden_size = weight.size(1);
+      const int64_t num_blocks = vocab / kDxVocabBlock;
+      const int64_t blocked = num_blocks * kDxVocabBlock;
+      at::Tensor dx = at::zeros({len, hidden_size}, f32.dtype(at::kDouble));
+      if (num_blocks > 0) {
+        const at::Tensor parts = at::bmm(
+            z_c.narrow(1, 0, blocked).view({len, num_blocks, kDxVocabBlock}).transpose(0, 1),
+            w32.narrow(0, 0, blocked).view({num_blocks, kDxVocabBlock, hidden_size}));
+        dx.add_(parts.sum({0}, /*keepdim=*/false, at::kDouble));
+      }
+      if (blocked < vocab) {
+        dx.add_(at::mm(z_c.narrow(1, blocked, vocab - blocked), w32.narrow(0, blocked, vocab - blocked)));
+      }
+      dx.sub_(w32.index_select(0, y_c).mul_(token_weight.index_select(0, idx).unsqueeze(1)));
+      grad_hidden.index_copy_(0, idx, dx.to(hidden.scalar_type()));
     }
-    if (options.grad_weight) grad_w32.addmm_(z_c.t(), x_c);
+    if (options.grad_weight) {
+      const int64_t* y = y_c.data_ptr<int64_t>();
+      for (int64_t r = 0; r < len; ++r) z[r * vocab + y[r]] = grad_y[r];
+      grad_w32.addmm_(z_c.t(), x_c);
+    }
   }
 
   double loss = 0.0;
