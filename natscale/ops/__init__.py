@@ -69,10 +69,9 @@ def segment_cross_entropy(
         seg_count: int32 [S], per-segment number of trained tokens.
         A segment without trained tokens gives 0 and 0; an all-masked batch gives loss_sum 0.
     """
-    from natscale.ops.segment_ce.dispatch import load_or_fallback, requested_impl, resolve_impl
+    from natscale.ops.segment_ce.dispatch import choose_impl
 
-    name = resolve_impl(hidden.device, hidden.dtype, impl)
-    if name != "reference" and load_or_fallback(name, forced=requested_impl(impl) != "auto"):
+    if choose_impl(hidden.device.type, hidden.dtype, impl) != "reference":
         from natscale.ops.segment_ce.function import segment_ce_native
 
         return segment_ce_native(

@@ -71,6 +71,16 @@ def load_or_fallback(name: str, *, forced: bool) -> bool:
         return False
 
 
+@torch.compiler.assume_constant_result
+def choose_impl(device_type: str, dtype: torch.dtype, impl: str | None = None) -> str:
+    """The implementation to run, with the native build loaded (or ``reference`` after a failed
+    build in auto mode). Evaluated once at trace time under ``torch.compile``."""
+    name = resolve_impl(torch.device(device_type), dtype, impl)
+    if name == "reference":
+        return name
+    return name if load_or_fallback(name, forced=requested_impl(impl) != "auto") else "reference"
+
+
 def active_impl() -> str:
     """What ``auto`` (or the environment) selects on this machine's default device."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
