@@ -1,0 +1,386 @@
+"""Benchmark of the fused segment loss against materialised logits + F.cross_entropy.
+
+    python benchmarks/kernels/bench_segment_ce.py                 # CUDA: the issue's shapes
+    python benchmarks/kernels/bench_segment_ce.py --device cpu    # CPU: T=4096, H=256, V=32000
+
+Per shape and implementation: forward, backward and total time (median over --repeats after
+--warmup; total also p20-p80) and the peak memory of one forward + backward. Derived figures, with
+their formulas (printed with the table too):
+  eff TFLOP/s = 6 * T_trained * H * V / total time     (useful FLOPs: logits, dX, dW GEMMs)
+  x matmul    = total time / time of 3 GEMMs [T_trained, H] x [H, V] in the run's dtype, timed in
+                the same run (the compute floor of a kernel that does only the useful FLOPs)
+  peak MB     = peak memory during forward + backward minus the memory held before it (the inputs);
+                the gradients of hidden and weight are included. CUDA: max_memory_allocated;
+                CPU: VmHWM - VmRSS (peak resident set reset through /proc/self/clear_refs).
+natscale computes the gradients in its forward (backward only scales them), so compare totals.
+Results (JSON and a Markdown table) go to benchmarks/results/ with the device, versions and command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from natscale.ops import (
+    IGNORE_INDEX,
+    segment_cross_entropy,
+    segment_cross_entropy_materialized,
+    segment_cross_entropy_reference,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULTS = {
+    "cuda": dict(
+        tokens=[4096, 16384],
+        hidden=4096,
+        vocab=[128256, 151936],
+        dtype="bfloat16",
+        impls=["natscale", "natscale-nohint", "torch", "torch.compile", "liger"],
+    ),
+    "cpu": dict(
+        tokens=[4096],
+        hidden=256,
+        vocab=[32000],
+        dtype="float32",
+        impls=["natscale", "reference", "torch"],
+    ),
+}
+
+
+@dataclass
+class Case:
+    hidden: torch.Tensor
+    weight: torch.Tensor
+    targets: torch.Tensor
+    token_weight: torch.Tensor
+    cu_seqlens: torch.Tensor
+    num_trained: int
+
+    def zero_grad(self) -> None:
+        self.hidden.grad = None
+        self.weight.grad = None
+
+
+def make_case(tokens: int, hidden: int, vocab: int, fraction: float, dtype, device) -> Case:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(tokens, hidden, generator=gen)
+    w = torch.randn(vocab, hidden, generator=gen) * (3.0 / hidden**0.5)
+    targets = torch.randint(0, vocab, (tokens,), generator=gen)
+    # Masked tokens come in prompt-like runs: the first (1 - fraction) of every 512-token segment.
+    seg = 512
+    pos = torch.arange(tokens) % seg
+    targets[pos < round((1.0 - fraction) * seg)] = IGNORE_INDEX
+    cu = torch.arange(0, tokens + 1, seg, dtype=torch.int32)
+    if int(cu[-1]) != tokens:
+        cu = torch.cat([cu, torch.tensor([tokens], dtype=torch.int32)])
+    return Case(
+        x.to(device=device, dtype=dtype).requires_grad_(),
+        w.to(device=device, dtype=dtype).requires_grad_(),
+        targets.to(device),
+        torch.ones(tokens, device=device),
+        cu.to(device),
+        int((targets != IGNORE_INDEX).sum()),
+    )
+
+
+def implementations(
+    device: str, chunk_size: int | None
+) -> dict[str, Callable[[Case], torch.Tensor]]:
+    def natscale(c: Case) -> torch.Tensor:
+        return segment_cross_entropy(
+            c.hidden, c.weight, c.targets, c.token_weight, c.cu_seqlens,
+            num_trained=c.num_trained, chunk_size=chunk_size, impl=device,
+        )[0]  # fmt: skip
+
+    def natscale_nohint(c: Case) -> torch.Tensor:
+        return segment_cross_entropy(
+            c.hidden, c.weight, c.targets, c.token_weight, c.cu_seqlens,
+            chunk_size=chunk_size, impl=device,
+        )[0]  # fmt: skip
+
+    def reference(c: Case) -> torch.Tensor:
+        return segment_cross_entropy_reference(
+            c.hidden, c.weight, c.targets, c.token_weight, c.cu_seqlens
+        )[0]
+
+    def materialized(c: Case) -> torch.Tensor:
+        return segment_cross_entropy_materialized(
+            c.hidden, c.weight, c.targets, c.token_weight, c.cu_seqlens
+        )[0]
+
+    compiled = torch.compile(segment_cross_entropy_materialized, dynamic=False)
+
+    def torch_compile(c: Case) -> torch.Tensor:
+        return compiled(c.hidden, c.weight, c.targets, c.token_weight, c.cu_seqlens)[0]
+
+    impls = {
+        "natscale": natscale,
+        "natscale-nohint": natscale_nohint,
+        "reference": reference,
+        "torch": materialized,
+        "torch.compile": torch_compile,
+    }
+    try:
+        from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+    except ImportError:
+        return impls
+    liger = LigerFusedLinearCrossEntropyLoss(reduction="sum")
+    impls["liger"] = lambda c: liger(c.weight, c.hidden, c.targets)  # no token weights (all 1)
+    return impls
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_impl(fn, case: Case, device: str, warmup: int, repeats: int) -> dict[str, float]:
+    fwd, bwd = [], []
+    for i in range(warmup + repeats):
+        case.zero_grad()
+        _sync(device)
+        t0 = time.perf_counter()
+        loss = fn(case)
+        _sync(device)
+        t1 = time.perf_counter()
+        loss.backward()
+        _sync(device)
+        t2 = time.perf_counter()
+        if i >= warmup:
+            fwd.append((t1 - t0) * 1e3)
+            bwd.append((t2 - t1) * 1e3)
+    total = sorted(f + b for f, b in zip(fwd, bwd, strict=True))
+    q = statistics.quantiles(total, n=5) if len(total) >= 2 else [total[0]] * 4
+    return {
+        "fwd_ms": statistics.median(fwd),
+        "bwd_ms": statistics.median(bwd),
+        "total_ms": statistics.median(total),
+        "total_p20_ms": q[0],
+        "total_p80_ms": q[3],
+    }
+
+
+def _rss_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def peak_memory_mb(fn, case: Case, device: str) -> float:
+    case.zero_grad()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn(case).backward()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed heap back so RSS starts low
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    base = _rss_kb("VmRSS")
+    fn(case).backward()
+    return (_rss_kb("VmHWM") - base) / 1024
+
+
+def matmul_floor_ms(num_rows: int, hidden: int, vocab: int, dtype, device, repeats: int) -> float:
+    """Median time of 3 GEMMs [num_rows, H] x [H, V]: 6 * num_rows * H * V FLOPs."""
+    a = torch.randn(num_rows, hidden, device=device, dtype=dtype)
+    b = torch.randn(vocab, hidden, device=device, dtype=dtype)
+    times = []
+    for i in range(repeats + 1):
+        _sync(device)
+        t0 = time.perf_counter()
+        for _ in range(3):
+            torch.mm(a, b.t())
+        _sync(device)
+        if i:
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
+    return platform.processor() or "cpu"
+
+
+def environment(device: str) -> dict:
+    def version(dist: str) -> str | None:
+        from importlib.metadata import PackageNotFoundError
+        from importlib.metadata import version as v
+
+        try:
+            return v(dist)
+        except PackageNotFoundError:
+            return None
+
+    git = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
+    ).stdout.strip()
+    from natscale.ops import report
+
+    return {
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "liger_kernel": version("liger-kernel"),
+        "python": platform.python_version(),
+        "natscale_git": git or None,
+        "torch_threads": torch.get_num_threads(),
+        "load_average": os.getloadavg(),
+        "ops": report(),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def run(args: argparse.Namespace) -> list[dict]:
+    device = args.device
+    dtype = getattr(torch, args.dtype)
+    impls = implementations(device, args.chunk_size)
+    unknown = [name for name in args.impls if name not in impls and name != "liger"]
+    if unknown:
+        raise SystemExit(f"unknown --impls {unknown}; choose from {sorted(impls)}")
+    rows = []
+    for tokens in args.tokens:
+        for vocab in args.vocab:
+            for fraction in args.fractions:
+                case = make_case(tokens, args.hidden, vocab, fraction, dtype, device)
+                floor = matmul_floor_ms(
+                    case.num_trained, args.hidden, vocab, dtype, device, args.repeats
+                )
+                flops = 6 * case.num_trained * args.hidden * vocab
+                for name in args.impls:
+                    row = {"T": tokens, "H": args.hidden, "V": vocab, "fraction": fraction}
+                    row.update(T_trained=case.num_trained, impl=name, dtype=args.dtype)
+                    row["matmul_floor_ms"] = floor
+                    if name not in impls:
+                        row["error"] = "not importable"
+                    else:
+                        try:
+                            row.update(
+                                time_impl(impls[name], case, device, args.warmup, args.repeats)
+                            )
+                            row["peak_mb"] = peak_memory_mb(impls[name], case, device)
+                            row["eff_tflops"] = flops / (row["total_ms"] * 1e-3) / 1e12
+                            row["x_matmul"] = row["total_ms"] / floor
+                        except torch.OutOfMemoryError:
+                            row["error"] = "OOM"
+                        finally:
+                            case.zero_grad()
+                            if device == "cuda":
+                                torch.cuda.empty_cache()
+                    rows.append(row)
+                    print(format_row(row), flush=True)
+    return rows
+
+
+HEADER = (
+    f"{'T':>6} {'V':>7} {'frac':>4} {'T_tr':>6} {'impl':<16} {'fwd ms':>9} {'bwd ms':>9} "
+    f"{'total ms':>9} {'p20-p80':>17} {'peak MB':>9} {'eff TFLOP/s':>11} {'x matmul':>8}"
+)
+
+
+def format_row(row: dict) -> str:
+    head = (
+        f"{row['T']:>6} {row['V']:>7} {row['fraction']:>4} {row['T_trained']:>6} {row['impl']:<16}"
+    )
+    if "error" in row:
+        return f"{head} {row['error']}"
+    spread = f"{row['total_p20_ms']:.1f}-{row['total_p80_ms']:.1f}"
+    return (
+        f"{head} {row['fwd_ms']:>9.1f} {row['bwd_ms']:>9.1f} {row['total_ms']:>9.1f} "
+        f"{spread:>17} {row['peak_mb']:>9.0f} {row['eff_tflops']:>11.4g} {row['x_matmul']:>8.2f}"
+    )
+
+
+def write_results(out_dir: Path, env: dict, args: argparse.Namespace, rows: list[dict]) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    slug = "".join(ch if ch.isalnum() else "-" for ch in env["device"].lower()).strip("-")
+    stem = f"segment_ce_{args.device}_{slug[:40]}_{dt.datetime.now():%Y%m%d-%H%M%S}"
+    payload = {"environment": env, "args": vars(args), "formulas": __doc__, "rows": rows}
+    md = [
+        f"# Segment loss benchmark ({args.device})",
+        "",
+        f"- device: {env['device']}; torch {env['torch']} (CUDA {env['cuda']}); "
+        f"liger-kernel {env['liger_kernel']}; natscale {env['natscale_git']}",
+        f"- command: `{env['command']}`",
+        f"- date: {env['date']}; torch threads {env['torch_threads']}; "
+        f"load average at start {env['load_average']}",
+        f"- dtype {args.dtype}; warmup {args.warmup}, repeats {args.repeats} (median; p20-p80)",
+        "",
+        "```",
+        HEADER,
+        *[format_row(r) for r in rows],
+        "```",
+        "",
+        "eff TFLOP/s = 6 * T_trained * H * V / total time; x matmul = total / time of 3 GEMMs "
+        "[T_trained, H] x [H, V] in the same dtype and run; peak MB = peak memory of forward + "
+        "backward above the inputs (gradients included).",
+    ]
+    for suffix, text in (
+        (".json", json.dumps(payload, indent=2, default=str)),
+        (".md", "\n".join(md) + "\n"),
+    ):
+        tmp = out_dir / f".{stem}{suffix}.tmp"
+        tmp.write_text(text)
+        tmp.rename(out_dir / f"{stem}{suffix}")
+    return out_dir / f"{stem}.md"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    parser.add_argument("--tokens", type=int, nargs="+")
+    parser.add_argument("--hidden", type=int)
+    parser.add_argument("--vocab", type=int, nargs="+")
+    parser.add_argument("--fractions", type=float, nargs="+", default=[1.0, 0.5])
+    parser.add_argument("--dtype", choices=["bfloat16", "float16", "float32"])
+    parser.add_argument("--impls", nargs="+")
+    parser.add_argument("--chunk-size", type=int, default=None)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--no-save", action="store_true", help="print only")
+    args = parser.parse_args(argv)
+    for key, value in DEFAULTS[args.device].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda needs a GPU (use --device cpu)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    env = environment(args.device)
+    print(f"device: {env['device']}; torch {env['torch']}; command: {env['command']}")
+    print(HEADER)
+    rows = run(args)
+    if not args.no_save:
+        path = write_results(args.out_dir, env, args, rows)
+        print(f"results: {path} (+ .json)")
+    done = [r for r in rows if "error" not in r]
+    print(f"bench_segment_ce: {len(done)}/{len(rows)} measurements on {env['device']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
