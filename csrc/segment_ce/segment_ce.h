@@ -1,4 +1,5 @@
-// Torch-side declarations of the segment-masked cross-entropy (see DESIGN.md, "The segment loss op").
+// Torch-side declarations of the segment-masked cross-entropy (see DESIGN.md, "The segment loss
+// op").
 //
 // Legend: T tokens, H hidden size, V vocabulary, S segments, C tokens per chunk.
 // forward_* compute the loss and, when asked, its gradients in the same pass (gradient-in-forward):
@@ -34,9 +35,9 @@ Outputs forward_cpu(const at::Tensor& hidden, const at::Tensor& weight, const at
                     const Options& options);
 
 #ifdef NATSCALE_WITH_CUDA
-Outputs forward_cuda(const at::Tensor& hidden, const at::Tensor& weight,
-                     const at::Tensor& targets, const at::Tensor& token_weight,
-                     const at::Tensor& cu_seqlens, const Options& options);
+Outputs forward_cuda(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& targets,
+                     const at::Tensor& token_weight, const at::Tensor& cu_seqlens,
+                     const Options& options);
 #endif
 
 }  // namespace segment_ce

@@ -23,9 +23,8 @@ void check_inputs(const at::Tensor& hidden, const at::Tensor& weight, const at::
                   const at::Tensor& token_weight, const at::Tensor& cu_seqlens,
                   const Options& options) {
   const at::Device device = hidden.device();
-  TORCH_CHECK_VALUE(device.is_cpu() || device.is_cuda(),
-                    "segment_cross_entropy: tensors on ", device,
-                    " are not supported (CPU or CUDA only)");
+  TORCH_CHECK_VALUE(device.is_cpu() || device.is_cuda(), "segment_cross_entropy: tensors on ",
+                    device, " are not supported (CPU or CUDA only)");
   TORCH_CHECK_VALUE(hidden.dim() == 2, "segment_cross_entropy: hidden must be [T, H], got ",
                     hidden.sizes());
   TORCH_CHECK_VALUE(is_supported_float(hidden.scalar_type()),
@@ -100,8 +99,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Loss, per-segment sums and counts, and (optionally) gradients; see segment_ce.h",
         py::arg("hidden"), py::arg("weight"), py::arg("targets"), py::arg("token_weight"),
         py::arg("cu_seqlens"), py::arg("num_trained"), py::arg("chunk_size"),
-        py::arg("grad_hidden"), py::arg("grad_weight"),
-        py::call_guard<py::gil_scoped_release>());
+        py::arg("grad_hidden"), py::arg("grad_weight"), py::call_guard<py::gil_scoped_release>());
 #ifdef NATSCALE_WITH_CUDA
   m.attr("with_cuda") = true;
 #else

@@ -27,8 +27,8 @@ constexpr int64_t kDxVocabBlock = 2048;             // vocabulary block of the d
 inline __attribute__((always_inline)) float vec_expf(float x) {
   const bool underflow = x < -87.3f;
   float xc = x > 88.0f ? 88.0f : x;
-  xc = underflow ? -87.3f : xc;            // NaN passes through both clamps
-  const float xn = xc == xc ? xc : 0.0f;   // NaN-free copy for the integer part
+  xc = underflow ? -87.3f : xc;           // NaN passes through both clamps
+  const float xn = xc == xc ? xc : 0.0f;  // NaN-free copy for the integer part
   // Round to nearest by adding 1.5 * 2^23 (no SSE4.1 floor needed; |xn * log2e| < 2^22).
   const float n = (xn * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
   float r = xc - n * 0.693359375f;  // ln 2 split in two for an exact first product
@@ -47,8 +47,10 @@ inline __attribute__((always_inline)) float vec_expf(float x) {
 // One logits row z[0, V): returns nll = logsumexp(z) - z[y]. If write_grad, rewrites z in place
 // with w * softmax (the one-hot term is left out) and returns w * (p_y - 1) in *grad_y, formed
 // in fp64. Sums in fp64. Cloned per ISA, picked at load time.
-__attribute__((target_clones("avx512f", "avx2", "default"))) float ce_row(
-    float* __restrict__ z, int64_t vocab, int64_t y, float w, bool write_grad, float* grad_y) {
+__attribute__((target_clones("avx512f", "avx2", "default"))) float ce_row(float* __restrict__ z,
+                                                                          int64_t vocab, int64_t y,
+                                                                          float w, bool write_grad,
+                                                                          float* grad_y) {
   float m = -INFINITY;
 #pragma omp simd reduction(max : m)
   for (int64_t j = 0; j < vocab; ++j) m = z[j] > m ? z[j] : m;
@@ -75,17 +77,19 @@ void check_values(const int64_t* targets, int64_t num_tokens, int64_t vocab, con
                   int64_t num_segments) {
   for (int64_t t = 0; t < num_tokens; ++t) {
     const int64_t y = targets[t];
-    TORCH_CHECK_VALUE(y == kIgnore || (y >= 0 && y < vocab), "segment_cross_entropy: targets[",
-                      t, "] = ", y, " is outside [0, V = ", vocab, ") and is not -100");
+    TORCH_CHECK_VALUE(y == kIgnore || (y >= 0 && y < vocab), "segment_cross_entropy: targets[", t,
+                      "] = ", y, " is outside [0, V = ", vocab, ") and is not -100");
   }
   TORCH_CHECK_VALUE(cu[0] == 0, "segment_cross_entropy: cu_seqlens[0] must be 0, got ", cu[0]);
   for (int64_t s = 0; s < num_segments; ++s) {
-    TORCH_CHECK_VALUE(cu[s + 1] >= cu[s], "segment_cross_entropy: cu_seqlens must be "
-                      "non-decreasing, got cu_seqlens[", s + 1, "] = ", cu[s + 1],
-                      " < cu_seqlens[", s, "] = ", cu[s]);
+    TORCH_CHECK_VALUE(cu[s + 1] >= cu[s],
+                      "segment_cross_entropy: cu_seqlens must be "
+                      "non-decreasing, got cu_seqlens[",
+                      s + 1, "] = ", cu[s + 1], " < cu_seqlens[", s, "] = ", cu[s]);
   }
-  TORCH_CHECK_VALUE(cu[num_segments] <= num_tokens, "segment_cross_entropy: cu_seqlens[-1] = ",
-                    cu[num_segments], " exceeds the number of tokens T = ", num_tokens);
+  TORCH_CHECK_VALUE(cu[num_segments] <= num_tokens,
+                    "segment_cross_entropy: cu_seqlens[-1] = ", cu[num_segments],
+                    " exceeds the number of tokens T = ", num_tokens);
 }
 
 int64_t default_chunk(int64_t vocab) {
@@ -113,8 +117,8 @@ Outputs forward_cpu(const at::Tensor& hidden, const at::Tensor& weight, const at
   }
   const int64_t num_rows = static_cast<int64_t>(rows.size());
   TORCH_CHECK_VALUE(options.num_trained < 0 || options.num_trained == num_rows,
-                    "segment_cross_entropy: num_trained = ", options.num_trained, " but ",
-                    num_rows, " targets are not -100");
+                    "segment_cross_entropy: num_trained = ", options.num_trained, " but ", num_rows,
+                    " targets are not -100");
 
   const auto f32 = hidden.options().dtype(at::kFloat);
   const bool write_grad = options.grad_hidden || options.grad_weight;
@@ -122,10 +126,10 @@ Outputs forward_cpu(const at::Tensor& hidden, const at::Tensor& weight, const at
   const at::Tensor rows_t = at::from_blob(rows.data(), {num_rows}, at::kLong);
   const int64_t chunk = options.chunk_size > 0 ? options.chunk_size : default_chunk(vocab);
   at::Tensor logits = at::empty({std::min(chunk, num_rows), vocab}, f32);
-  at::Tensor grad_hidden = options.grad_hidden ? at::zeros_like(hidden)
-                                               : at::empty({0}, hidden.options());
-  at::Tensor grad_w32 = options.grad_weight ? at::zeros({vocab, weight.size(1)}, f32)
-                                            : at::Tensor();
+  at::Tensor grad_hidden =
+      options.grad_hidden ? at::zeros_like(hidden) : at::empty({0}, hidden.options());
+  at::Tensor grad_w32 =
+      options.grad_weight ? at::zeros({vocab, weight.size(1)}, f32) : at::Tensor();
   std::vector<float> nll(num_tokens, 0.0f);
 
   std::vector<float> grad_y(std::min(chunk, num_rows));
@@ -159,7 +163,8 @@ Outputs forward_cpu(const at::Tensor& hidden, const at::Tensor& weight, const at
         dx.add_(parts.sum({0}, /*keepdim=*/false, at::kDouble));
       }
       if (blocked < vocab) {
-        dx.add_(at::mm(z_c.narrow(1, blocked, vocab - blocked), w32.narrow(0, blocked, vocab - blocked)));
+        dx.add_(at::mm(z_c.narrow(1, blocked, vocab - blocked),
+                       w32.narrow(0, blocked, vocab - blocked)));
       }
       dx.sub_(w32.index_select(0, y_c).mul_(token_weight.index_select(0, idx).unsqueeze(1)));
       grad_hidden.index_copy_(0, idx, dx.to(hidden.scalar_type()));
@@ -188,8 +193,8 @@ Outputs forward_cpu(const at::Tensor& hidden, const at::Tensor& weight, const at
     seg_nll_p[s] = static_cast<float>(sum);
     seg_count_p[s] = count;
   }
-  at::Tensor grad_weight = options.grad_weight ? grad_w32.to(weight.scalar_type())
-                                               : at::empty({0}, weight.options());
+  at::Tensor grad_weight =
+      options.grad_weight ? grad_w32.to(weight.scalar_type()) : at::empty({0}, weight.options());
   return {at::full({}, static_cast<float>(loss), f32), seg_nll, seg_count, grad_hidden,
           grad_weight};
 }

@@ -53,8 +53,8 @@ LogitDType logit_dtype(at::ScalarType t) {
 }
 
 void check_launch(cudaError_t err, const char* what) {
-  TORCH_CHECK(err == cudaSuccess, "segment_cross_entropy: ", what, " failed: ",
-              cudaGetErrorString(err));
+  TORCH_CHECK(err == cudaSuccess, "segment_cross_entropy: ", what,
+              " failed: ", cudaGetErrorString(err));
 }
 
 int64_t default_chunk(int64_t vocab, int64_t elem_size) {
@@ -96,9 +96,9 @@ void accumulate_grad_weight(at::Tensor& grad_w32, const at::Tensor& dz, const at
 
 }  // namespace
 
-Outputs forward_cuda(const at::Tensor& hidden, const at::Tensor& weight,
-                     const at::Tensor& targets, const at::Tensor& token_weight,
-                     const at::Tensor& cu_seqlens, const Options& options) {
+Outputs forward_cuda(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& targets,
+                     const at::Tensor& token_weight, const at::Tensor& cu_seqlens,
+                     const Options& options) {
   const c10::cuda::CUDAGuard guard(hidden.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
   const int64_t num_tokens = hidden.size(0);
@@ -118,8 +118,7 @@ Outputs forward_cuda(const at::Tensor& hidden, const at::Tensor& weight,
                       "segment_cross_entropy: num_trained differs from the number of targets "
                       "that are not -100");
     // Stable sort of the 0/1 key puts trained tokens first, in order.
-    rows = at::argsort(trained.logical_not().to(at::kByte), /*stable=*/true)
-               .narrow(0, 0, num_rows);
+    rows = at::argsort(trained.logical_not().to(at::kByte), /*stable=*/true).narrow(0, 0, num_rows);
     row_targets = targets.index_select(0, rows);
     row_weights = token_weight.index_select(0, rows);
   } else {
@@ -127,8 +126,8 @@ Outputs forward_cuda(const at::Tensor& hidden, const at::Tensor& weight,
     row_weights = token_weight;
   }
 
-  const int64_t chunk = options.chunk_size > 0 ? options.chunk_size
-                                               : default_chunk(vocab, hidden.element_size());
+  const int64_t chunk =
+      options.chunk_size > 0 ? options.chunk_size : default_chunk(vocab, hidden.element_size());
   at::Tensor logits = at::empty({std::min(chunk, num_rows), vocab}, hidden.options());
   at::Tensor row_nll = at::empty({num_rows}, f32);
   at::Tensor row_wnll = at::empty({num_rows}, f32);
@@ -159,12 +158,12 @@ Outputs forward_cuda(const at::Tensor& hidden, const at::Tensor& weight,
     }
     at::Tensor z_c = logits.narrow(0, 0, len);
     at::mm_out(z_c, x_c, weight_t);
-    check_launch(launch_ce_rows(z_c.data_ptr(), logit_dtype(hidden.scalar_type()), len, vocab,
-                                row_targets.data_ptr<int64_t>() + start,
-                                row_weights.data_ptr<float>() + start,
-                                row_nll.data_ptr<float>() + start,
-                                row_wnll.data_ptr<float>() + start, write_grad, stream),
-                 "ce_rows kernel launch");
+    check_launch(
+        launch_ce_rows(z_c.data_ptr(), logit_dtype(hidden.scalar_type()), len, vocab,
+                       row_targets.data_ptr<int64_t>() + start,
+                       row_weights.data_ptr<float>() + start, row_nll.data_ptr<float>() + start,
+                       row_wnll.data_ptr<float>() + start, write_grad, stream),
+        "ce_rows kernel launch");
     if (options.grad_hidden) {
       if (compact) {
         // Unique indices: deterministic, and allowed under torch.use_deterministic_algorithms.
@@ -183,14 +182,14 @@ Outputs forward_cuda(const at::Tensor& hidden, const at::Tensor& weight,
   if (compact) token_nll = at::zeros({num_tokens}, f32).index_put_({rows}, row_nll);
   at::Tensor seg_nll = at::empty({num_segments}, f32);
   at::Tensor seg_count = at::empty({num_segments}, hidden.options().dtype(at::kInt));
-  check_launch(launch_segment_sums(token_nll.data_ptr<float>(), targets.data_ptr<int64_t>(),
-                                   cu_seqlens.data_ptr<int32_t>(), num_segments, num_tokens,
-                                   seg_nll.data_ptr<float>(), seg_count.data_ptr<int32_t>(),
-                                   stream),
-               "segment_sums kernel launch");
+  check_launch(
+      launch_segment_sums(token_nll.data_ptr<float>(), targets.data_ptr<int64_t>(),
+                          cu_seqlens.data_ptr<int32_t>(), num_segments, num_tokens,
+                          seg_nll.data_ptr<float>(), seg_count.data_ptr<int32_t>(), stream),
+      "segment_sums kernel launch");
 
-  at::Tensor grad_weight = options.grad_weight ? grad_w32.to(weight.scalar_type())
-                                               : at::empty({0}, weight.options());
+  at::Tensor grad_weight =
+      options.grad_weight ? grad_w32.to(weight.scalar_type()) : at::empty({0}, weight.options());
   return {loss_sum, seg_nll, seg_count, grad_hidden, grad_weight};
 }
 

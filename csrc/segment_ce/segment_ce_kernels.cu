@@ -222,16 +222,15 @@ cudaError_t launch_ce_rows_typed(void* logits, int64_t num_rows, int64_t vocab,
                                  float* wnll, bool write_grad, cudaStream_t stream) {
   constexpr int kVec = 16 / sizeof(T);
   T* z = static_cast<T*>(logits);
-  const bool vectorized =
-      reinterpret_cast<uintptr_t>(logits) % 16 == 0 && vocab % kVec == 0;
+  const bool vectorized = reinterpret_cast<uintptr_t>(logits) % 16 == 0 && vocab % kVec == 0;
   const int64_t units = vectorized ? vocab / kVec : vocab;
   // At least ~8 loads per thread; the block size depends on vocab only (deterministic).
   int threads = kWarp;
   while (threads < kMaxRowThreads && static_cast<int64_t>(threads) * 8 < units) threads *= 2;
   const dim3 grid(static_cast<unsigned>(num_rows));
   if (vectorized) {
-    ce_rows_kernel<T, kVec><<<grid, threads, 0, stream>>>(z, vocab, targets, row_weight, nll,
-                                                          wnll, write_grad);
+    ce_rows_kernel<T, kVec>
+        <<<grid, threads, 0, stream>>>(z, vocab, targets, row_weight, nll, wnll, write_grad);
   } else {
     ce_rows_kernel<T, 1>
         <<<grid, threads, 0, stream>>>(z, vocab, targets, row_weight, nll, wnll, write_grad);
@@ -242,8 +241,8 @@ cudaError_t launch_ce_rows_typed(void* logits, int64_t num_rows, int64_t vocab,
 }  // namespace
 
 cudaError_t launch_ce_rows(void* logits, LogitDType dtype, int64_t num_rows, int64_t vocab,
-                           const int64_t* targets, const float* row_weight, float* nll,
-                           float* wnll, bool write_grad, cudaStream_t stream) {
+                           const int64_t* targets, const float* row_weight, float* nll, float* wnll,
+                           bool write_grad, cudaStream_t stream) {
   if (num_rows == 0) return cudaSuccess;
   if (num_rows < 0 || num_rows > INT_MAX || vocab <= 0 || vocab > INT_MAX) {
     return cudaErrorInvalidValue;
@@ -253,19 +252,18 @@ cudaError_t launch_ce_rows(void* logits, LogitDType dtype, int64_t num_rows, int
       return launch_ce_rows_typed<float>(logits, num_rows, vocab, targets, row_weight, nll, wnll,
                                          write_grad, stream);
     case LogitDType::kFloat16:
-      return launch_ce_rows_typed<__half>(logits, num_rows, vocab, targets, row_weight, nll,
-                                          wnll, write_grad, stream);
+      return launch_ce_rows_typed<__half>(logits, num_rows, vocab, targets, row_weight, nll, wnll,
+                                          write_grad, stream);
     case LogitDType::kBFloat16:
-      return launch_ce_rows_typed<__nv_bfloat16>(logits, num_rows, vocab, targets, row_weight,
-                                                 nll, wnll, write_grad, stream);
+      return launch_ce_rows_typed<__nv_bfloat16>(logits, num_rows, vocab, targets, row_weight, nll,
+                                                 wnll, write_grad, stream);
   }
   return cudaErrorInvalidValue;
 }
 
-cudaError_t launch_segment_sums(const float* nll, const int64_t* targets,
-                                const int32_t* cu_seqlens, int64_t num_segments,
-                                int64_t num_tokens, float* seg_nll, int32_t* seg_count,
-                                cudaStream_t stream) {
+cudaError_t launch_segment_sums(const float* nll, const int64_t* targets, const int32_t* cu_seqlens,
+                                int64_t num_segments, int64_t num_tokens, float* seg_nll,
+                                int32_t* seg_count, cudaStream_t stream) {
   if (num_segments == 0) return cudaSuccess;
   if (num_segments < 0 || num_segments > INT_MAX) return cudaErrorInvalidValue;
   segment_sums_kernel<<<static_cast<unsigned>(num_segments), kSegmentThreads, 0, stream>>>(

@@ -30,12 +30,20 @@ def _cuda_include() -> Path | None:
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc not found")
 def test_kernels_compile_with_plain_nvcc_for_sm90(tmp_path):
-    """The torch-free kernels, as CI compiles them: no warnings, no register spills."""
+    """The torch-free kernels, as CI compiles them: no warnings, no register spills.
+
+    With the flags torch's CUDAExtension adds (no implicit half/bfloat16 conversions).
+    """
     cmd = [
         NVCC,
         "-arch=sm_90",
         "-std=c++17",
         "-O3",
+        "-D__CUDA_NO_HALF_OPERATORS__",
+        "-D__CUDA_NO_HALF_CONVERSIONS__",
+        "-D__CUDA_NO_BFLOAT16_CONVERSIONS__",
+        "-D__CUDA_NO_HALF2_OPERATORS__",
+        "--expt-relaxed-constexpr",
         "--Werror",
         "all-warnings",
         "-Xptxas",
