@@ -147,23 +147,24 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_impl(fn, case: Case, device: str, warmup: int, repeats: int) -> dict[str, float]:
-    fwd, bwd = [], []
-    for i in range(warmup + repeats):
-        case.zero_grad()
-        _sync(device)
-        t0 = time.perf_counter()
-        loss = fn(case)
-        _sync(device)
-        t1 = time.perf_counter()
-        loss.backward()
-        _sync(device)
-        t2 = time.perf_counter()
-        if i >= warmup:
-            fwd.append((t1 - t0) * 1e3)
-            bwd.append((t2 - t1) * 1e3)
+def step_ms(fn, case: Case, device: str) -> tuple[float, float]:
+    """One forward + backward: (forward ms, backward ms)."""
+    case.zero_grad()
+    _sync(device)
+    t0 = time.perf_counter()
+    loss = fn(case)
+    _sync(device)
+    t1 = time.perf_counter()
+    loss.backward()
+    _sync(device)
+    t2 = time.perf_counter()
+    case.zero_grad()
+    return (t1 - t0) * 1e3, (t2 - t1) * 1e3
+
+
+def summarize(fwd: list[float], bwd: list[float]) -> dict[str, float]:
     total = sorted(f + b for f, b in zip(fwd, bwd, strict=True))
-    q = statistics.quantiles(total, n=5) if len(total) >= 2 else [total[0]] * 4
+    q = statistics.quantiles(total, n=5, method="inclusive") if len(total) >= 2 else [total[0]] * 4
     return {
         "fwd_ms": statistics.median(fwd),
         "bwd_ms": statistics.median(bwd),
@@ -171,6 +172,52 @@ def time_impl(fn, case: Case, device: str, warmup: int, repeats: int) -> dict[st
         "total_p20_ms": q[0],
         "total_p80_ms": q[3],
     }
+
+
+def measure_case(impls: dict, case: Case, device: str, args: argparse.Namespace) -> dict:
+    """Timings and peak memory per implementation, or an error string.
+
+    Repeats go round-robin over the implementations, so load from other processes (a shared CPU)
+    spreads over all of them instead of hitting one.
+    """
+    errors: dict[str, str] = {}
+    samples: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in impls}
+
+    def attempt(name: str, record: bool) -> None:
+        try:
+            fwd, bwd = step_ms(impls[name], case, device)
+        except torch.OutOfMemoryError:
+            errors[name] = "OOM"
+            case.zero_grad()
+            if device == "cuda":
+                torch.cuda.empty_cache()
+            return
+        if record:
+            samples[name][0].append(fwd)
+            samples[name][1].append(bwd)
+
+    for name in impls:
+        for _ in range(args.warmup):
+            if name not in errors:
+                attempt(name, record=False)
+    for _ in range(args.repeats):
+        for name in impls:
+            if name not in errors:
+                attempt(name, record=True)
+    results = {}
+    for name in impls:
+        if name in errors:
+            results[name] = errors[name]
+            continue
+        results[name] = summarize(*samples[name])
+        try:
+            results[name]["peak_mb"] = peak_memory_mb(impls[name], case, device)
+        except torch.OutOfMemoryError:
+            results[name] = "OOM"
+        case.zero_grad()
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    return results
 
 
 def _rss_kb(field: str) -> int:
@@ -267,28 +314,22 @@ def run(args: argparse.Namespace) -> list[dict]:
                     case.num_trained, args.hidden, vocab, dtype, device, args.repeats
                 )
                 flops = 6 * case.num_trained * args.hidden * vocab
+                chosen = {name: impls[name] for name in args.impls if name in impls}
+                results = measure_case(chosen, case, device, args)
                 for name in args.impls:
                     row = {"T": tokens, "H": args.hidden, "V": vocab, "fraction": fraction}
                     row.update(T_trained=case.num_trained, impl=name, dtype=args.dtype)
                     row["matmul_floor_ms"] = floor
-                    if name not in impls:
-                        row["error"] = "not importable"
+                    result = results.get(name, "not importable")
+                    if isinstance(result, str):
+                        row["error"] = result
                     else:
-                        try:
-                            row.update(
-                                time_impl(impls[name], case, device, args.warmup, args.repeats)
-                            )
-                            row["peak_mb"] = peak_memory_mb(impls[name], case, device)
-                            row["eff_tflops"] = flops / (row["total_ms"] * 1e-3) / 1e12
-                            row["x_matmul"] = row["total_ms"] / floor
-                        except torch.OutOfMemoryError:
-                            row["error"] = "OOM"
-                        finally:
-                            case.zero_grad()
-                            if device == "cuda":
-                                torch.cuda.empty_cache()
+                        row.update(result)
+                        row["eff_tflops"] = flops / (row["total_ms"] * 1e-3) / 1e12
+                        row["x_matmul"] = row["total_ms"] / floor
                     rows.append(row)
                     print(format_row(row), flush=True)
+                del case
     return rows
 
 
