@@ -6,6 +6,7 @@
 // pool), dX_c = (w P) W - w W_y (vocabulary blocks summed in fp64), then the one-hot term goes
 // in and dW += dZ^T X_c (fp32).
 // 16-bit inputs are computed in fp32 and rounded once at the end.
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -92,6 +93,42 @@ void check_values(const int64_t* targets, int64_t num_tokens, int64_t vocab, con
                     " exceeds the number of tokens T = ", num_tokens);
 }
 
+// grad_hidden[rows[r]] = sum of the block products (fp64) - w_r * W[y_r], rounded once to the
+// hidden dtype; one parallel pass instead of a chain of small tensor ops.
+void finish_grad_hidden(const at::Tensor& parts, const at::Tensor& tail, const at::Tensor& w32,
+                        const int64_t* rows, int64_t len, const int64_t* targets,
+                        const float* token_weight, at::Tensor& grad_hidden) {
+  const int64_t hidden_size = w32.size(1);
+  const int64_t num_blocks = parts.defined() ? parts.size(0) : 0;
+  const float* parts_p = parts.defined() ? parts.data_ptr<float>() : nullptr;
+  const float* tail_p = tail.defined() ? tail.data_ptr<float>() : nullptr;
+  const float* w_p = w32.data_ptr<float>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, grad_hidden.scalar_type(), "segment_ce_grad_hidden", [&] {
+        scalar_t* out = grad_hidden.data_ptr<scalar_t>();
+        at::parallel_for(0, len, 1, [&](int64_t begin, int64_t end) {
+          std::vector<double> acc(hidden_size);
+          for (int64_t r = begin; r < end; ++r) {
+            std::fill(acc.begin(), acc.end(), 0.0);
+            for (int64_t b = 0; b < num_blocks; ++b) {
+              const float* part = parts_p + (b * len + r) * hidden_size;
+              for (int64_t h = 0; h < hidden_size; ++h) acc[h] += part[h];
+            }
+            if (tail_p != nullptr) {
+              for (int64_t h = 0; h < hidden_size; ++h) acc[h] += tail_p[r * hidden_size + h];
+            }
+            const int64_t t = rows[r];
+            const double w = token_weight[t];
+            const float* w_y = w_p + targets[t] * hidden_size;
+            scalar_t* dst = out + t * hidden_size;
+            for (int64_t h = 0; h < hidden_size; ++h) {
+              dst[h] = static_cast<scalar_t>(static_cast<float>(acc[h] - w * w_y[h]));
+            }
+          }
+        });
+      });
+}
+
 int64_t default_chunk(int64_t vocab) {
   const int64_t rows = kDefaultChunkBytes / (vocab * static_cast<int64_t>(sizeof(float)));
   return std::max<int64_t>(16, rows / 16 * 16);
@@ -124,6 +161,7 @@ Outputs forward_cpu(const at::Tensor& hidden, const at::Tensor& weight, const at
   const bool write_grad = options.grad_hidden || options.grad_weight;
   const at::Tensor w32 = weight.to(at::kFloat);  // no copy for fp32 weights
   const at::Tensor rows_t = at::from_blob(rows.data(), {num_rows}, at::kLong);
+  const int64_t hidden_size = weight.size(1);
   const int64_t chunk = options.chunk_size > 0 ? options.chunk_size : default_chunk(vocab);
   at::Tensor logits = at::empty({std::min(chunk, num_rows), vocab}, f32);
   at::Tensor grad_hidden =
@@ -147,31 +185,26 @@ Outputs forward_cpu(const at::Tensor& hidden, const at::Tensor& weight, const at
       }
     });
     if (!write_grad) continue;
-    const at::Tensor y_c = targets.index_select(0, idx);
     if (options.grad_hidden) {
       // dX = (w P) W - w W_y. The V-long reduction runs as one batched fp32 GEMM over
       // vocabulary blocks whose results are summed in fp64: MKL reduces a GEMM with few rows
       // sequentially over all of V and loses ~sqrt(V) ulps. The -W_y term stays out of it too.
-      const int64_t hidden_size = weight.size(1);
       const int64_t num_blocks = vocab / kDxVocabBlock;
       const int64_t blocked = num_blocks * kDxVocabBlock;
-      at::Tensor dx = at::zeros({len, hidden_size}, f32.dtype(at::kDouble));
+      at::Tensor parts, tail;  // [num_blocks, C, H] and [C, H], fp32
       if (num_blocks > 0) {
-        const at::Tensor parts = at::bmm(
+        parts = at::bmm(
             z_c.narrow(1, 0, blocked).view({len, num_blocks, kDxVocabBlock}).transpose(0, 1),
             w32.narrow(0, 0, blocked).view({num_blocks, kDxVocabBlock, hidden_size}));
-        dx.add_(parts.sum({0}, /*keepdim=*/false, at::kDouble));
       }
       if (blocked < vocab) {
-        dx.add_(at::mm(z_c.narrow(1, blocked, vocab - blocked),
-                       w32.narrow(0, blocked, vocab - blocked)));
+        tail = at::mm(z_c.narrow(1, blocked, vocab - blocked),
+                      w32.narrow(0, blocked, vocab - blocked));
       }
-      dx.sub_(w32.index_select(0, y_c).mul_(token_weight.index_select(0, idx).unsqueeze(1)));
-      grad_hidden.index_copy_(0, idx, dx.to(hidden.scalar_type()));
+      finish_grad_hidden(parts, tail, w32, rows.data() + start, len, tgt, tok_w, grad_hidden);
     }
     if (options.grad_weight) {
-      const int64_t* y = y_c.data_ptr<int64_t>();
-      for (int64_t r = 0; r < len; ++r) z[r * vocab + y[r]] = grad_y[r];
+      for (int64_t r = 0; r < len; ++r) z[r * vocab + tgt[rows[start + r]]] = grad_y[r];
       grad_w32.addmm_(z_c.t(), x_c);
     }
   }
