@@ -7,6 +7,7 @@ Per shape and implementation: forward, backward and total time (median over --re
 --warmup; total also p20-p80) and the peak memory of one forward + backward. Derived figures, with
 their formulas (printed with the table too):
   eff TFLOP/s = 6 * T_trained * H * V / total time     (useful FLOPs: logits, dX, dW GEMMs)
+  min ms      = fastest repeat (on a shared machine, the least disturbed one)
   x matmul    = total time / time of 3 GEMMs [T_trained, H] x [H, V] in the run's dtype, timed in
                 the same run (the compute floor of a kernel that does only the useful FLOPs)
   peak MB     = peak memory during forward + backward minus the memory held before it (the inputs);
@@ -169,8 +170,10 @@ def summarize(fwd: list[float], bwd: list[float]) -> dict[str, float]:
         "fwd_ms": statistics.median(fwd),
         "bwd_ms": statistics.median(bwd),
         "total_ms": statistics.median(total),
+        "total_min_ms": total[0],
         "total_p20_ms": q[0],
         "total_p80_ms": q[3],
+        "total_samples_ms": [f + b for f, b in zip(fwd, bwd, strict=True)],
     }
 
 
@@ -335,7 +338,8 @@ def run(args: argparse.Namespace) -> list[dict]:
 
 HEADER = (
     f"{'T':>6} {'V':>7} {'frac':>4} {'T_tr':>6} {'impl':<16} {'fwd ms':>9} {'bwd ms':>9} "
-    f"{'total ms':>9} {'p20-p80':>17} {'peak MB':>9} {'eff TFLOP/s':>11} {'x matmul':>8}"
+    f"{'total ms':>9} {'p20-p80':>17} {'min ms':>9} {'peak MB':>9} {'eff TFLOP/s':>11} "
+    f"{'x matmul':>8}"
 )
 
 
@@ -348,7 +352,8 @@ def format_row(row: dict) -> str:
     spread = f"{row['total_p20_ms']:.1f}-{row['total_p80_ms']:.1f}"
     return (
         f"{head} {row['fwd_ms']:>9.1f} {row['bwd_ms']:>9.1f} {row['total_ms']:>9.1f} "
-        f"{spread:>17} {row['peak_mb']:>9.0f} {row['eff_tflops']:>11.4g} {row['x_matmul']:>8.2f}"
+        f"{spread:>17} {row['total_min_ms']:>9.1f} {row['peak_mb']:>9.0f} "
+        f"{row['eff_tflops']:>11.4g} {row['x_matmul']:>8.2f}"
     )
 
 
@@ -372,6 +377,7 @@ def write_results(out_dir: Path, env: dict, args: argparse.Namespace, rows: list
         *[format_row(r) for r in rows],
         "```",
         "",
+        "total = median of forward + backward (p20-p80 spread; min = fastest repeat); "
         "eff TFLOP/s = 6 * T_trained * H * V / total time; x matmul = total / time of 3 GEMMs "
         "[T_trained, H] x [H, V] in the same dtype and run; peak MB = peak memory of forward + "
         "backward above the inputs (gradients included).",
@@ -396,6 +402,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dtype", choices=["bfloat16", "float16", "float32"])
     parser.add_argument("--impls", nargs="+")
     parser.add_argument("--chunk-size", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
@@ -411,6 +418,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     env = environment(args.device)
     print(f"device: {env['device']}; torch {env['torch']}; command: {env['command']}")
     print(HEADER)
