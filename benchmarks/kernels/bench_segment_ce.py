@@ -177,11 +177,13 @@ def summarize(fwd: list[float], bwd: list[float]) -> dict[str, float]:
     }
 
 
-def measure_case(impls: dict, case: Case, device: str, args: argparse.Namespace) -> dict:
-    """Timings and peak memory per implementation, or an error string.
+def measure_case(
+    impls: dict, floor: Callable[[], float], case: Case, device: str, args: argparse.Namespace
+) -> tuple[dict, float]:
+    """Timings and peak memory per implementation (or an error string), and the matmul floor.
 
-    Repeats go round-robin over the implementations, so load from other processes (a shared CPU)
-    spreads over all of them instead of hitting one.
+    Repeats go round-robin over the implementations and the floor, so load from other processes
+    (a shared CPU) spreads over all of them instead of hitting one.
     """
     errors: dict[str, str] = {}
     samples: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in impls}
@@ -199,14 +201,17 @@ def measure_case(impls: dict, case: Case, device: str, args: argparse.Namespace)
             samples[name][0].append(fwd)
             samples[name][1].append(bwd)
 
+    floor_ms = []
     for name in impls:
         for _ in range(args.warmup):
             if name not in errors:
                 attempt(name, record=False)
+    floor()
     for _ in range(args.repeats):
         for name in impls:
             if name not in errors:
                 attempt(name, record=True)
+        floor_ms.append(floor())
     results = {}
     for name in impls:
         if name in errors:
@@ -220,7 +225,7 @@ def measure_case(impls: dict, case: Case, device: str, args: argparse.Namespace)
         case.zero_grad()
         if device == "cuda":
             torch.cuda.empty_cache()
-    return results
+    return results, statistics.median(floor_ms)
 
 
 def _rss_kb(field: str) -> int:
@@ -246,20 +251,20 @@ def peak_memory_mb(fn, case: Case, device: str) -> float:
     return (_rss_kb("VmHWM") - base) / 1024
 
 
-def matmul_floor_ms(num_rows: int, hidden: int, vocab: int, dtype, device, repeats: int) -> float:
-    """Median time of 3 GEMMs [num_rows, H] x [H, V]: 6 * num_rows * H * V FLOPs."""
+def matmul_floor(num_rows: int, hidden: int, vocab: int, dtype, device) -> Callable[[], float]:
+    """A timer of 3 GEMMs [num_rows, H] x [H, V] (6 * num_rows * H * V FLOPs); returns ms."""
     a = torch.randn(num_rows, hidden, device=device, dtype=dtype)
     b = torch.randn(vocab, hidden, device=device, dtype=dtype)
-    times = []
-    for i in range(repeats + 1):
+
+    def run_once() -> float:
         _sync(device)
         t0 = time.perf_counter()
         for _ in range(3):
             torch.mm(a, b.t())
         _sync(device)
-        if i:
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+        return (time.perf_counter() - t0) * 1e3
+
+    return run_once
 
 
 def device_name(device: str) -> str:
@@ -313,12 +318,11 @@ def run(args: argparse.Namespace) -> list[dict]:
         for vocab in args.vocab:
             for fraction in args.fractions:
                 case = make_case(tokens, args.hidden, vocab, fraction, dtype, device)
-                floor = matmul_floor_ms(
-                    case.num_trained, args.hidden, vocab, dtype, device, args.repeats
-                )
+                timer = matmul_floor(case.num_trained, args.hidden, vocab, dtype, device)
                 flops = 6 * case.num_trained * args.hidden * vocab
                 chosen = {name: impls[name] for name in args.impls if name in impls}
-                results = measure_case(chosen, case, device, args)
+                results, floor = measure_case(chosen, timer, case, device, args)
+                del timer
                 for name in args.impls:
                     row = {"T": tokens, "H": args.hidden, "V": vocab, "fraction": fraction}
                     row.update(T_trained=case.num_trained, impl=name, dtype=args.dtype)

@@ -94,3 +94,41 @@ def test_cuda_binding_compiles_against_this_torch(tmp_path):
         ]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, f"{name}:\n{proc.stderr[-4000:]}"
+
+
+@pytest.mark.slow
+@SLOW
+def test_prebuilt_extension_via_setup_py(tmp_path):
+    """``NATSCALE_BUILD_OPS=1`` builds the CPU extension ahead of time; it is then used as is."""
+    import sys
+
+    root = csrc_dir().parent
+    for name in ("natscale", "csrc"):
+        shutil.copytree(root / name, tmp_path / name, ignore=shutil.ignore_patterns("*.so"))
+    for name in ("setup.py", "pyproject.toml", "README.md"):
+        shutil.copy(root / name, tmp_path / name)
+    env = {**os.environ, "NATSCALE_BUILD_OPS": "1", "TORCH_EXTENSIONS_DIR": str(tmp_path / "jit")}
+    build = subprocess.run(
+        [sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert build.returncode == 0, build.stderr[-4000:]
+    probe = (
+        "from natscale.ops.builder import SEGMENT_CE_CPU as b; m = b.load(); "
+        "print(m.__name__, b.status()['reason'])"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=tmp_path,
+        env={**env, "PYTHONPATH": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("natscale.ops._segment_ce_cpu "), proc.stdout
+    assert not (tmp_path / "jit").exists()  # nothing was JIT-built
