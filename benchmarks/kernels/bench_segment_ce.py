@@ -372,8 +372,8 @@ def write_results(out_dir: Path, env: dict, args: argparse.Namespace, rows: list
         f"- device: {env['device']}; torch {env['torch']} (CUDA {env['cuda']}); "
         f"liger-kernel {env['liger_kernel']}; natscale {env['natscale_git']}",
         f"- command: `{env['command']}`",
-        f"- date: {env['date']}; torch threads {env['torch_threads']}; "
-        f"load average at start {env['load_average']}",
+        f"- date: {env['date']}; torch threads {env['torch_threads']}; load average (1, 5, 15 min) "
+        f"at start {env['load_average']}, at end {env['load_average_end']}",
         f"- dtype {args.dtype}; warmup {args.warmup}, repeats {args.repeats} (median; p20-p80)",
         "",
         "```",
@@ -428,6 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device: {env['device']}; torch {env['torch']}; command: {env['command']}")
     print(HEADER)
     rows = run(args)
+    env["load_average_end"] = os.getloadavg()
     if not args.no_save:
         path = write_results(args.out_dir, env, args, rows)
         print(f"results: {path} (+ .json)")

@@ -124,13 +124,15 @@ class OpBuilder:
             reason = f"last load failed: {self._error}"
         return {"name": self.label, "built": built, "buildable": buildable, "reason": reason}
 
+    def is_available(self) -> tuple[bool, str]:
+        """(loaded, prebuilt, JIT-cached or buildable here, and no failed load; the reason)."""
+        status = self.status()
+        ok = (status["built"] or status["buildable"]) and self._error is None
+        return ok, status["reason"]
+
     def usable(self) -> bool:
-        """Loaded, or loadable without a known failure (prebuilt, JIT cache, or buildable)."""
-        if self._module is not None:
-            return True
-        if self._error is not None:
-            return False
-        return self.prebuilt() is not None or self.compatible()[0]
+        """Loaded, or worth loading (see :meth:`is_available`)."""
+        return self._module is not None or self.is_available()[0]
 
     # ---- loading -----------------------------------------------------------------------------
     def load(self, verbose: bool = False) -> ModuleType:

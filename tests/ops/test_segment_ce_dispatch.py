@@ -47,6 +47,7 @@ def test_auto_uses_the_cpu_build_on_cpu(cpu_build, monkeypatch):
     assert report()[0]["active"] == ("cuda" if torch.cuda.is_available() else "cpu")
     status = SEGMENT_CE_CPU.status()
     assert status["built"] and status["buildable"]
+    assert SEGMENT_CE_CPU.is_available() == (True, status["reason"])
 
 
 def test_environment_forces_the_reference(monkeypatch):
@@ -77,6 +78,7 @@ def test_builder_without_compiler_says_why(monkeypatch, tmp_path):
     assert not ok and "no C++ compiler" in reason
     status = builder.status()
     assert status == {"name": "cpu", "built": False, "buildable": False, "reason": reason}
+    assert builder.is_available() == (False, reason)
     with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):
         builder.load()
 
@@ -89,6 +91,7 @@ def test_failed_build_falls_back_in_auto_and_raises_when_forced(monkeypatch, tmp
     with pytest.warns(RuntimeWarning, match="JIT build of natscale op"):
         assert choose_impl("cpu", torch.float32) == "reference"
     assert not broken.usable() and "last load failed" in broken.status()["reason"]
+    assert not broken.is_available()[0]
     with pytest.raises(RuntimeError, match="failed"):
         choose_impl("cpu", torch.float32, "cpu")
 
