@@ -17,6 +17,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "env",
         "versions, devices, DeepSpeed backend, which natscale ops are built or buildable",
     ),
+    "convert": (
+        "convert",
+        "ZeRO checkpoint -> Hugging Face safetensors folder; trajectory formats",
+    ),
 }
 
 

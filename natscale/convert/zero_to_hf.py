@@ -85,7 +85,7 @@ def _model_layout(config) -> tuple[dict[str, torch.Size], dict[str, str]]:
     return shapes, tied
 
 
-def _strip_prefix(names: list[str], expected: set[str]) -> str:
+def strip_wrapper_prefix(names: list[str], expected: set[str]) -> str:
     """A wrapper prefix (e.g. ``module.``) that maps checkpoint names onto HF names, or ''."""
     if not names or set(names) & expected:
         return ""
@@ -103,7 +103,7 @@ def match_to_model(
     """Map HF key -> checkpoint name, checking names and shapes against the config's model."""
     shapes, tied = _model_layout(config)
     names = list(tensors)
-    prefix = _strip_prefix(names, set(shapes))
+    prefix = strip_wrapper_prefix(names, set(shapes))
     notes = [f"stripped wrapper prefix {prefix!r} from parameter names"] if prefix else []
     mapping = {n[len(prefix) :]: n for n in names}
     retrained_tied = sorted(set(mapping) & set(tied))

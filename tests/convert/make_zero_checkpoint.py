@@ -1,36 +1,20 @@
-"""Train a random-init Llama for a step or two under DeepSpeed ZeRO and save a checkpoint.
+"""Train random-init Llamas for a step or two under DeepSpeed ZeRO and save their checkpoints.
 
-One rank of a job: run it under ``torchrun --nproc_per_node N`` (or alone, a world of one).
-The conversion tests and the conversion benchmark use it to make real DeepSpeed checkpoints.
+One rank of a job: run it under ``torchrun --nproc_per_node N`` (or alone, a world of one). The
+conversion tests and the conversion benchmark use it to make real DeepSpeed checkpoints. Several
+variants share one process group (python and DeepSpeed start once), one engine after the other.
 
-Writes into OUT: ``checkpoints/<tag>/`` (DeepSpeed's files, ``checkpoints/latest``),
-``hf_config/config.json`` (the model config, as the trainer's run directory does) and, on rank 0,
-``reference.safetensors``: the full parameters after the last step as gathered from the live
-engine (fp32 master weights are not reachable that way, so this holds the training dtype).
+A variant is ``z{stage}-{fp32|bf16}[-tied]``. For each it writes ``OUT/<variant>/``:
+``checkpoints/<tag>/`` (DeepSpeed's files, ``checkpoints/latest``), ``hf_config/config.json``
+(as the trainer's run directory holds it) and, on rank 0, ``reference.safetensors``: the model's
+parameters after the last step gathered from the live engine, in the training dtype.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
-
-
-def _parse() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--model-config", type=Path, help="HF config.json; default: a tiny Llama")
-    p.add_argument("--size", default="tiny", choices=["tiny", "1b", "500m"])
-    p.add_argument("--tie", action="store_true", help="tie input and output embeddings")
-    p.add_argument("--stage", type=int, default=3, choices=[2, 3])
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
-    p.add_argument("--steps", type=int, default=1)
-    p.add_argument("--seq-len", type=int, default=16)
-    p.add_argument("--tag", default="global_step{step}")
-    p.add_argument("--sub-group-size", type=int, default=100_000_000)
-    return p.parse_args()
-
 
 SIZES = {
     # hidden, layers, intermediate, heads, vocab
@@ -40,32 +24,43 @@ SIZES = {
 }
 
 
-def _config(args: argparse.Namespace):
-    from transformers import AutoConfig, LlamaConfig
-
-    if args.model_config is not None:
-        cfg = AutoConfig.from_pretrained(args.model_config.parent)
-    else:
-        hidden, layers, inter, heads, vocab = SIZES[args.size]
-        cfg = LlamaConfig(
-            vocab_size=vocab,
-            hidden_size=hidden,
-            intermediate_size=inter,
-            num_hidden_layers=layers,
-            num_attention_heads=heads,
-            num_key_value_heads=heads,
-            max_position_embeddings=256,
-            tie_word_embeddings=args.tie,
-        )
-    cfg.use_cache = False
-    return cfg
+def _parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument(
+        "--variants", default="z3-fp32", help="comma-separated, e.g. z3-bf16-tied,z2-fp32"
+    )
+    p.add_argument("--size", default="tiny", choices=sorted(SIZES))
+    p.add_argument("--steps", type=int, default=2)
+    p.add_argument("--seq-len", type=int, default=16)
+    p.add_argument("--tag", default="global_step{step}")
+    p.add_argument("--no-reference", action="store_true", help="skip reference.safetensors")
+    return p.parse_args()
 
 
-def _ds_config(args: argparse.Namespace, world_size: int) -> dict:
-    zero: dict = {"stage": args.stage}
-    if args.stage == 3:
-        # persistence 0: every parameter is partitioned, even the tiny norms
-        zero.update(stage3_param_persistence_threshold=0, sub_group_size=args.sub_group_size)
+def _config(size: str, tie: bool):
+    from transformers import LlamaConfig
+
+    hidden, layers, inter, heads, vocab = SIZES[size]
+    return LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=inter,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=256,
+        tie_word_embeddings=tie,
+        use_cache=False,
+    )
+
+
+def _ds_config(stage: int, bf16: bool, world_size: int) -> dict:
+    zero: dict = {"stage": stage}
+    if stage == 3:
+        # persistence 0: every parameter is partitioned, even the tiny norms;
+        # small sub-groups keep the optimizer step's temporaries small for the 1B benchmark model
+        zero.update(stage3_param_persistence_threshold=0, sub_group_size=100_000_000)
     return {
         "train_micro_batch_size_per_gpu": 1,
         "gradient_accumulation_steps": 1,
@@ -73,45 +68,44 @@ def _ds_config(args: argparse.Namespace, world_size: int) -> dict:
         "gradient_clipping": 1.0,
         "zero_optimization": zero,
         "optimizer": {"type": "AdamW", "params": {"lr": 1e-2, "torch_adam": True}},
-        "bf16": {"enabled": args.dtype == "bf16"},
+        "bf16": {"enabled": bf16},
         "steps_per_print": 10**9,
-        "wall_clock_breakdown": False,
     }
 
 
-def main() -> None:
-    args = _parse()
-    from natscale.train.dist import init_distributed
-
-    info = init_distributed(timeout_s=600)
+def train_and_save(variant: str, args: argparse.Namespace, rank: int, world_size: int) -> dict:
     import deepspeed
     import torch
     from transformers import AutoModelForCausalLM
     from transformers.integrations import HfDeepSpeedConfig
 
+    parts = variant.split("-")
+    stage, bf16, tie = int(parts[0][1:]), parts[1] == "bf16", "tied" in parts
     torch.manual_seed(1234)
-    cfg = _config(args)
-    ds_config = _ds_config(args, info.world_size)
-    keep_alive = HfDeepSpeedConfig(ds_config) if args.stage == 3 else None  # zero.Init for stage 3
+    cfg = _config(args.size, tie)
+    ds_config = _ds_config(stage, bf16, world_size)
+    # the object must stay alive while the model is built: then it is built under zero.Init
+    hf_ds = HfDeepSpeedConfig(ds_config) if stage == 3 else None
     model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa", dtype=torch.float32)
     engine, *_ = deepspeed.initialize(
         model=model, config=ds_config, model_parameters=model.parameters()
     )
-    gen = torch.Generator().manual_seed(100 + info.rank)
+    gen = torch.Generator().manual_seed(100 + rank)
     for _ in range(args.steps):
         ids = torch.randint(0, cfg.vocab_size, (1, args.seq_len), generator=gen)
         loss = engine(input_ids=ids, labels=ids).loss
         engine.backward(loss)
         engine.step()
-    out: Path = args.out
+    out: Path = args.out / variant
     tag = args.tag.format(step=engine.global_steps)
     engine.save_checkpoint(str(out / "checkpoints"), tag=tag)
-    _save_reference(engine, out, rank=info.rank, stage=args.stage)
-    if info.rank == 0:
+    if not args.no_reference:
+        _save_reference(engine, out, rank=rank, stage=stage)
+    if rank == 0:
         cfg.save_pretrained(out / "hf_config")
-        print(json.dumps({"tag": tag, "world": info.world_size, "loss": loss.item()}), flush=True)
-    del keep_alive
+    del hf_ds
     torch.distributed.barrier()
+    return {"variant": variant, "tag": tag, "loss": round(loss.item(), 4)}
 
 
 def _save_reference(engine, out: Path, *, rank: int, stage: int) -> None:
@@ -119,13 +113,22 @@ def _save_reference(engine, out: Path, *, rank: int, stage: int) -> None:
     import deepspeed
     from safetensors.torch import save_file
 
-    if os.environ.get("NATSCALE_SKIP_REFERENCE") == "1":
-        return
     params = dict(engine.module.named_parameters())
     with deepspeed.zero.GatheredParameters(list(params.values()), enabled=stage == 3):
         if rank == 0:
             tensors = {name: p.detach().clone().contiguous() for name, p in params.items()}
             save_file(tensors, str(out / "reference.safetensors"))
+
+
+def main() -> None:
+    args = _parse()
+    from natscale.train.dist import init_distributed
+
+    info = init_distributed(timeout_s=600)
+    for variant in args.variants.split(","):
+        result = train_and_save(variant, args, info.rank, info.world_size)
+        if info.rank == 0:
+            print(json.dumps({**result, "world": info.world_size}), flush=True)
 
 
 if __name__ == "__main__":
