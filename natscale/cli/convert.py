@@ -40,13 +40,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = sub.add_parser(
         "data",
         help="convert trajectory files between the formats the data pipeline reads",
-        description="Read trajectories with the data pipeline's loader for --from and write them "
-        "in --to format.",
+        description="Read trajectories with the data pipeline's loader for --from (nat, sharegpt, "
+        "agentinstruct, openai, alpaca, fireact) and write them in the --to format. For nat input "
+        "the question and prompt files next to IN are used unless given with --option.",
     )
     d.add_argument("--from", dest="src_format", required=True, help="input format")
     d.add_argument("--to", dest="dst_format", required=True, help="output format")
-    d.add_argument("input", help="input file")
-    d.add_argument("output", help="output file (written atomically)")
+    d.add_argument("input", help="input file or folder")
+    d.add_argument(
+        "output", help="output .json or .jsonl (written atomically; nat adds side files)"
+    )
+    d.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="loader option, VALUE parsed as JSON if it can be (e.g. questions=q.jsonl, "
+        "question_turn=1); repeatable",
+    )
     d.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
 
 
@@ -104,14 +115,41 @@ def _zero_to_hf(args: argparse.Namespace) -> int:
     return status
 
 
+def _options(pairs: list[str]) -> dict:
+    import json
+
+    from natscale.convert.errors import ConvertError
+
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConvertError(f"--option {pair!r}: expected KEY=VALUE")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
+
+
 def _data(args: argparse.Namespace) -> int:
     from natscale.convert.data import convert_trajectories
 
     res = convert_trajectories(
-        args.input, args.output, src=args.src_format, dst=args.dst_format, overwrite=args.overwrite
+        args.input,
+        args.output,
+        src=args.src_format,
+        dst=args.dst_format,
+        options=_options(args.option),
+        overwrite=args.overwrite,
     )
+    for key, value in res.options.items():
+        print(f"note: loader option {key}={value}", file=sys.stderr)
+    for note in res.notes:
+        print(f"note: {note}", file=sys.stderr)
+    extra = f" and {len(res.files) - 1} side file(s)" if len(res.files) > 1 else ""
     print(
-        f"convert data: wrote {res.num_records} trajectories to {res.output} "
-        f"({args.src_format} -> {args.dst_format})"
+        f"convert data: wrote {res.num_records} trajectories to {res.output}{extra} "
+        f"({args.src_format} -> {args.dst_format}, {res.num_skipped} skipped)"
     )
     return 0
