@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from natscale.convert.data import convert_trajectories
+from natscale.convert.data import convert_trajectories, nat_side_files
 from natscale.convert.errors import ConvertError
 
 formats = pytest.importorskip("natscale.data.formats", reason="data pipeline loaders not merged")
 load_trajectories = formats.load_trajectories
+is_finished = pytest.importorskip("natscale.convert.writers.common").is_finished
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "math_react"
@@ -32,6 +33,11 @@ def nat_input(tmp_path_factory) -> Path:
     return folder / "trajectories.json"
 
 
+def load(path: Path, fmt: str):
+    """The data pipeline's loader; NAT's question/prompt files are the ones next to ``path``."""
+    return load_trajectories(path, fmt, **(nat_side_files(path) if fmt == "nat" else {}))
+
+
 def turns(traj) -> list[tuple]:
     return [(t.role, t.content, t.train, t.tool_calls, t.name) for t in traj.turns]
 
@@ -39,18 +45,19 @@ def turns(traj) -> list[tuple]:
 def core(traj, *, skip_system_turns: bool = False) -> tuple:
     """What every format keeps: id, question, turns, success, score, finished."""
     kept = [t for t in turns(traj) if not (skip_system_turns and t[0] == "system")]
-    return (traj.id, traj.question, kept, traj.outcome.success, traj.outcome.score, traj.finished)
+    success, score = traj.outcome.success, traj.outcome.score
+    return (traj.id, traj.question, kept, success, score, is_finished(traj))
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_nat_to_format_and_back_keeps_the_trajectories(nat_input, tmp_path, fmt):
-    original = load_trajectories(nat_input, "nat", questions=nat_input.with_name(
-        "questions.jsonl"), prompt=nat_input.with_name("prompt.json"))  # fmt: skip
+    original = load(nat_input, "nat")
+    assert original[0].instruction and original[0].task == "math"  # prompt.json was found
     middle = tmp_path / f"mid.{fmt}.jsonl"
     res = convert_trajectories(nat_input, middle, src="nat", dst=fmt)
     assert res.num_records == len(original) == 40
     assert set(res.options) == {"questions", "prompt"}  # found next to the input
-    converted = load_trajectories(middle, fmt)
+    converted = load(middle, fmt)
     assert [core(t) for t in converted] == [core(t) for t in original]
     if fmt in ("nat", "agentinstruct"):  # the instruction turns survive
         assert [(t.instruction, t.acknowledgement) for t in converted] == [
@@ -61,7 +68,7 @@ def test_nat_to_format_and_back_keeps_the_trajectories(nat_input, tmp_path, fmt)
         assert any("folded into the system prompt" in n for n in res.notes)
     back = tmp_path / "back.json"
     convert_trajectories(middle, back, src=fmt, dst="nat")
-    again = load_trajectories(back, "nat", questions=tmp_path / "back.questions.jsonl")
+    again = load(back, "nat")
     # a folded instruction comes back to NAT as the system prompt, i.e. a leading system turn
     assert [core(t, skip_system_turns=True) for t in again] == [core(t) for t in original]
 
@@ -99,7 +106,7 @@ def test_openai_tool_calls_round_trip_and_become_text_elsewhere(tmp_path):
         "value": json.dumps({"name": "calculate", "arguments": {"expression": "17 * 23"}}),
         "loss": True,
     }
-    assert "tool calls written as function_call turns: 1 trajectories" in res.notes
+    assert "tool calls written as function_call turns (1x)" in res.notes
     convert_trajectories(src, tmp_path / "n.json", src="openai", dst="nat")
     nat = json.loads((tmp_path / "n.json").read_text())[0]
     assert nat["conversations"][1]["content"].startswith('<tool_call>\n{"name": "calculate"')

@@ -18,7 +18,7 @@ class Notes(Counter):
     """Counts of lossy changes, e.g. ``notes["instruction folded into the system prompt"] += 1``."""
 
     def lines(self) -> list[str]:
-        return [f"{what}: {n} trajectories" for what, n in sorted(self.items())]
+        return [f"{what} ({n}x)" for what, n in sorted(self.items())]
 
 
 def tool_calls_text(turn: Turn) -> str:
