@@ -95,14 +95,23 @@ def write_tokenizer(model_proto: bytes, out_dir: str | os.PathLike) -> Path:
         src, dst = Path(tmp, "src"), Path(tmp, "dst")
         src.mkdir()
         (src / "tokenizer.model").write_bytes(model_proto)
+        # Llama-2 behaviour, stated explicitly (the converter's default depends on its inputs).
         tokenizer = LlamaTokenizer.from_pretrained(
-            src, legacy=False, model_max_length=MODEL_MAX_LENGTH, **SPECIAL_TOKENS
+            src,
+            legacy=False,
+            add_bos_token=True,
+            add_eos_token=False,
+            model_max_length=MODEL_MAX_LENGTH,
+            **SPECIAL_TOKENS,
         )
         tokenizer.save_pretrained(dst)
         config_path = dst / "tokenizer_config.json"
         config = json.loads(config_path.read_text(encoding="utf-8"))
         for key in _LOAD_KEYS:
             config.pop(key, None)
+        config.update(
+            add_bos_token=True, add_eos_token=False
+        )  # persist what the post-processor does
         config_path.write_text(
             json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8"
         )
