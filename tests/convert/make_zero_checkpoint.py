@@ -4,7 +4,8 @@ One rank of a job: run it under ``torchrun --nproc_per_node N`` (or alone, a wor
 conversion tests and the conversion benchmark use it to make real DeepSpeed checkpoints. Several
 variants share one process group (python and DeepSpeed start once), one engine after the other.
 
-A variant is ``z{stage}-{fp32|bf16}[-tied]``. For each it writes ``OUT/<variant>/``:
+A variant is ``z{stage}-{fp32|bf16}[-tied]``; the tiny models are the shipped example configs
+(``examples/models/tiny-llama[-tied]``). For each it writes ``OUT/<variant>/``:
 ``checkpoints/<tag>/`` (DeepSpeed's files, ``checkpoints/latest``), ``hf_config/config.json``
 (as the trainer's run directory holds it) and, on rank 0, ``reference.safetensors``: the model's
 parameters after the last step gathered from the live engine, in the training dtype.
@@ -16,9 +17,10 @@ import argparse
 import json
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parents[2]
 SIZES = {
-    # hidden, layers, intermediate, heads, vocab
-    "tiny": (64, 2, 128, 4, 512),
+    # hidden, layers, intermediate, heads, vocab; "tiny" is examples/models/tiny-llama[-tied]
+    "tiny": None,
     "500m": (1536, 14, 4096, 12, 32000),
     "1b": (2048, 16, 5632, 16, 32000),
 }
@@ -39,8 +41,13 @@ def _parse() -> argparse.Namespace:
 
 
 def _config(size: str, tie: bool):
-    from transformers import LlamaConfig
+    from transformers import AutoConfig, LlamaConfig
 
+    if SIZES[size] is None:
+        name = "tiny-llama-tied" if tie else "tiny-llama"
+        cfg = AutoConfig.from_pretrained(REPO / "examples" / "models" / name)
+        cfg.use_cache = False
+        return cfg
     hidden, layers, inter, heads, vocab = SIZES[size]
     return LlamaConfig(
         vocab_size=vocab,

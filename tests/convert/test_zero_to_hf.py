@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from natscale.convert.zero_to_hf import convert_zero_to_hf
 
 pytestmark = pytest.mark.multiproc
+EXAMPLE_TOKENIZER = Path(__file__).resolve().parents[2] / "examples" / "tokenizer"
 
 
 def read_export(out: Path) -> dict[str, torch.Tensor]:
@@ -79,7 +80,7 @@ def test_exported_logits_equal_the_trained_models(zero_run, tmp_path):
         AutoConfig.from_pretrained(run / "hf_config"), attn_implementation="sdpa"
     )
     trained.load_state_dict(load_file(run / "reference.safetensors"), strict=True)
-    ids = torch.randint(0, 512, (3, 24), generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(0, 2048, (3, 24), generator=torch.Generator().manual_seed(0))
     assert torch.equal(logits(exported, ids), logits(trained, ids))
 
 
@@ -107,13 +108,13 @@ def test_bf16_export_is_the_fp32_master_weights_rounded(zero_run, tmp_path, vari
         assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
 
 
-def test_cli_verify_tokenizer_and_config_lookup(zero_run, tiny_tokenizer_dir, tmp_path):
+def test_cli_verify_tokenizer_and_config_lookup(zero_run, tmp_path):
     """The run directory layout the trainer writes: <run>/checkpoints, <run>/hf_config, <run>/tokenizer."""
     from transformers import AutoTokenizer, GenerationConfig
 
     run = tmp_path / "run"
     shutil.copytree(zero_run(2, "z3-bf16-tied"), run)
-    shutil.copytree(tiny_tokenizer_dir, run / "tokenizer")
+    shutil.copytree(EXAMPLE_TOKENIZER, run / "tokenizer")
     out = tmp_path / "hf"
     proc = subprocess.run(
         [sys.executable, "-m", "natscale.cli", "convert", "zero-to-hf", str(run / "checkpoints"),
@@ -128,6 +129,8 @@ def test_cli_verify_tokenizer_and_config_lookup(zero_run, tiny_tokenizer_dir, tm
     config = json.loads((out / "config.json").read_text())
     assert config["dtype"] == "bfloat16" and config["use_cache"] is True
     assert GenerationConfig.from_pretrained(out).eos_token_id == 2
-    tok = AutoTokenizer.from_pretrained(out)
-    assert tok("w5 w7")["input_ids"] == [5, 7]
+    text = "Thought: 17 * 23 = 391\nAction: finish[391]"
+    assert AutoTokenizer.from_pretrained(out)(text) == AutoTokenizer.from_pretrained(
+        EXAMPLE_TOKENIZER
+    )(text)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "run"]  # nothing left beside it
