@@ -77,6 +77,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"natscale convert {args.convert_command}: error: {exc}", file=sys.stderr)
         print(f"convert {args.convert_command}: failed, nothing written", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"convert {args.convert_command}: interrupted, nothing written", file=sys.stderr)
+        return 130
 
 
 def _zero_to_hf(args: argparse.Namespace) -> int:
