@@ -59,8 +59,9 @@ class LazyTensor:
             return self.eager.contiguous()
         if self.gathered is not None:
             return self.gathered.contiguous()
-        flat = self.chunks[0] if len(self.chunks) == 1 else torch.cat(self.chunks)
-        return flat[: self.numel].view(self.shape).clone()
+        if len(self.chunks) == 1:  # a view of the mapped file: copy it out
+            return self.chunks[0][: self.numel].view(self.shape).clone()
+        return torch.cat(self.chunks)[: self.numel].view(self.shape)
 
     def release(self, mapped: MappedRanges) -> None:
         """Drop the resident pages this tensor's bytes came from (no-op for in-memory tensors)."""
