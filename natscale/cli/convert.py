@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "data-parallel world size) and write a folder AutoModelForCausalLM.from_pretrained loads. "
         "Peak memory is about one tensor, not the model. config.json and the tokenizer are looked "
         "up in --config-dir, the tag folder, CKPT_DIR and CKPT_DIR/.. (each at the top or in "
-        "hf_config/ and tokenizer/).",
+        "hf_config/, model_config/, tokenizer/).",
     )
     z.add_argument("ckpt_dir", help="folder with DeepSpeed's 'latest' file and tag folders")
     z.add_argument("out_dir", help="output folder (created atomically; must not exist)")

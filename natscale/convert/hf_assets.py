@@ -7,11 +7,13 @@ Lookup contract (the trainer writes these next to its checkpoints). Places, in o
 3. ``CKPT_DIR`` (the folder holding ``latest``)
 4. ``CKPT_DIR/..`` (the run directory)
 
-In each place the config is ``config.json`` at the top or in ``hf_config/``; ``generation_config.json``
-is taken from the same folder as the config when present (else derived from the config). The
-tokenizer is the first place with ``tokenizer_config.json`` or ``tokenizer.json`` at the top or in
-``tokenizer/``. A missing config is an error naming every folder tried; a missing tokenizer is a
-warning (the weights are still usable).
+In each place the config is ``config.json`` at the top, in ``hf_config/`` or in ``model_config/``
+(the trainer's ``RUN_DIR/model_config/``: config, generation config and tokenizer together);
+``generation_config.json`` is taken from the same folder as the config when present (else
+derived from the config). The tokenizer is the first folder with ``tokenizer_config.json`` or
+``tokenizer.json``: the top of a place, then its ``tokenizer/``, ``model_config/``, ``hf_config/``.
+A missing config is an error naming every folder tried; a missing tokenizer is a warning (the
+weights are still usable). The config is written as found, with ``dtype`` set to the export's.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ from pathlib import Path
 
 from natscale.convert.errors import ConvertError
 
-CONFIG_SUBDIR = "hf_config"
-TOKENIZER_SUBDIR = "tokenizer"
+CONFIG_SUBDIRS = ("hf_config", "model_config")
+TOKENIZER_SUBDIRS = ("tokenizer", "model_config", "hf_config")
 TOKENIZER_MARKERS = ("tokenizer_config.json", "tokenizer.json")
 # Everything a tokenizer directory written by save_pretrained can hold.
 TOKENIZER_FILES = (
@@ -64,7 +66,7 @@ def find_assets(ckpt_root: Path, tag_dir: Path, config_dir: Path | None = None) 
     if config_dir is not None and not config_dir.is_dir():
         raise ConvertError(f"--config-dir {config_dir} does not exist or is not a directory")
     places = search_places(ckpt_root, tag_dir, config_dir)
-    candidates = [c for p in places for c in (p, p / CONFIG_SUBDIR)]
+    candidates = [c for p in places for c in (p, *(p / sub for sub in CONFIG_SUBDIRS))]
     found = next((c for c in candidates if (c / "config.json").is_file()), None)
     if found is None:
         tried = "\n  ".join(str(c / "config.json") for c in candidates)
@@ -72,7 +74,7 @@ def find_assets(ckpt_root: Path, tag_dir: Path, config_dir: Path | None = None) 
             "no config.json for this checkpoint; looked for:\n  " + tried + "\n"
             "Pass --config-dir with the model's Hugging Face config (the folder you trained from)."
         )
-    tok_candidates = [c for p in places for c in (p, p / TOKENIZER_SUBDIR)]
+    tok_candidates = [c for p in places for c in (p, *(p / sub for sub in TOKENIZER_SUBDIRS))]
     tokenizer = next(
         (c for c in tok_candidates if any((c / m).is_file() for m in TOKENIZER_MARKERS)), None
     )
@@ -91,16 +93,13 @@ def load_config(assets: HfAssets):
 
 
 def write_assets(assets: HfAssets, config, out_dir: Path, dtype) -> list[str]:
-    """Write config.json (dtype set, cache re-enabled), generation_config.json, tokenizer files.
+    """Write config.json (``dtype`` set), generation_config.json and the tokenizer's files.
 
-    Returns the names written. ``use_cache`` is switched back on: training turns it off for
-    packed sequences, but it is what generation with the exported model wants.
+    Returns the names written.
     """
     from transformers import GenerationConfig
 
     config.dtype = dtype
-    if hasattr(config, "use_cache"):
-        config.use_cache = True
     config.save_pretrained(out_dir)
     written = ["config.json"]
     if (assets.config_dir / "generation_config.json").is_file():

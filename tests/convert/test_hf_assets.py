@@ -52,6 +52,13 @@ def test_closer_places_win_over_the_run_directory(tmp_path, where):
     assert find_assets(root, tag_dir).config_dir == expected
 
 
+def test_trainer_model_config_folder_holds_config_and_tokenizer(tmp_path):
+    root, tag_dir = layout(tmp_path)
+    folder = put_tokenizer(put_config(root.parent / "model_config"))
+    assets = find_assets(root, tag_dir)
+    assert (assets.config_dir, assets.tokenizer_dir) == (folder, folder)
+
+
 def test_config_dir_flag_wins_and_tokenizer_falls_back(tmp_path):
     root, tag_dir = layout(tmp_path)
     put_config(root)
@@ -67,8 +74,8 @@ def test_missing_config_lists_every_place(tmp_path):
         find_assets(root, tag_dir, tmp_path)
     msg = str(err.value)
     for folder in (tmp_path, tag_dir, root, root.parent):
-        assert str(folder / "config.json") in msg
-        assert str(folder / "hf_config" / "config.json") in msg
+        for sub in ("", "hf_config", "model_config"):
+            assert str(folder / sub / "config.json") in msg
     assert "--config-dir" in msg
 
 
@@ -93,6 +100,6 @@ def test_write_assets_keeps_generation_config_and_copies_tokenizer(tmp_path):
     assert set(written) == {"config.json", "generation_config.json", "tokenizer_config.json",
                             "tokenizer.json"}  # fmt: skip
     config = json.loads((out / "config.json").read_text())
-    assert config["dtype"] == "bfloat16" and config["use_cache"] is True
+    assert config["dtype"] == "bfloat16" and config["use_cache"] is False  # as found
     gen = json.loads((out / "generation_config.json").read_text())
     assert (gen["eos_token_id"], gen["top_p"]) == (7, 0.5)

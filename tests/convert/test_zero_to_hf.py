@@ -109,12 +109,13 @@ def test_bf16_export_is_the_fp32_master_weights_rounded(zero_run, tmp_path, vari
 
 
 def test_cli_verify_tokenizer_and_config_lookup(zero_run, tmp_path):
-    """The run directory layout the trainer writes: <run>/checkpoints, <run>/hf_config, <run>/tokenizer."""
+    """The trainer's run directory: <run>/checkpoints and <run>/model_config (config + tokenizer)."""
     from transformers import AutoTokenizer, GenerationConfig
 
     run = tmp_path / "run"
     shutil.copytree(zero_run(2, "z3-bf16-tied"), run)
-    shutil.copytree(EXAMPLE_TOKENIZER, run / "tokenizer")
+    (run / "hf_config").rename(run / "model_config")
+    shutil.copytree(EXAMPLE_TOKENIZER, run / "model_config", dirs_exist_ok=True)
     out = tmp_path / "hf"
     proc = subprocess.run(
         [sys.executable, "-m", "natscale.cli", "convert", "zero-to-hf", str(run / "checkpoints"),
@@ -127,7 +128,7 @@ def test_cli_verify_tokenizer_and_config_lookup(zero_run, tmp_path):
     verify = next(line for line in lines if line.startswith("verify:"))
     assert "vs checkpoint weights in bfloat16: 0.000e+00" in verify and verify.endswith("OK")
     config = json.loads((out / "config.json").read_text())
-    assert config["dtype"] == "bfloat16" and config["use_cache"] is True
+    assert config["dtype"] == "bfloat16" and config["tie_word_embeddings"] is True
     assert GenerationConfig.from_pretrained(out).eos_token_id == 2
     text = "Thought: 17 * 23 = 391\nAction: finish[391]"
     assert AutoTokenizer.from_pretrained(out)(text) == AutoTokenizer.from_pretrained(
