@@ -135,3 +135,13 @@ def test_cli_verify_tokenizer_and_config_lookup(zero_run, tmp_path):
         EXAMPLE_TOKENIZER
     )(text)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "run"]  # nothing left beside it
+
+
+def test_tag_folder_itself_and_explicit_tag(zero_run, tmp_path):
+    run = zero_run(2, "z2-fp32")
+    a = convert_zero_to_hf(run / "checkpoints/global_step2", tmp_path / "a", progress=False)
+    b = convert_zero_to_hf(run / "checkpoints", tmp_path / "b", tag="global_step2", progress=False)
+    assert a.tag == b.tag == "global_step2" and a.config_dir == b.config_dir == run / "hf_config"
+    assert (tmp_path / "a/model.safetensors").read_bytes() == (
+        tmp_path / "b/model.safetensors"
+    ).read_bytes()
