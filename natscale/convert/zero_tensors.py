@@ -162,7 +162,7 @@ def read_lazy_state_dict(ckpt: ZeroCheckpoint) -> tuple[dict[str, LazyTensor], d
                 )
     except ConvertError:
         raise
-    except (ValueError, KeyError, IndexError, RuntimeError) as exc:
+    except (ValueError, KeyError, IndexError, RuntimeError, NotImplementedError) as exc:
         raise ConvertError(
             f"DeepSpeed could not rebuild the tensors of {ckpt.tag_dir}: {exc}. The files do not "
             "fit together (mixed runs or an unsupported layout)."
