@@ -13,6 +13,7 @@ into the Rust tokenizer.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 
@@ -41,20 +42,19 @@ class PieceEncoder:
     """Encodes piece lists with a fast tokenizer (a ``transformers`` fast tokenizer)."""
 
     def __init__(self, tokenizer) -> None:
-        from tokenizers import Tokenizer
-
         backend = getattr(tokenizer, "backend_tokenizer", None)
         if backend is None:
             raise TypeError(
                 f"{type(tokenizer).__name__} is not a fast tokenizer; natscale needs a "
                 "tokenizer.json (convert it with transformers' AutoTokenizer and save_pretrained)"
             )
-        # a private copy: never change the caller's tokenizer settings
-        self._tk = Tokenizer.from_str(backend.to_str())
-        self._tk.no_truncation()
-        self._tk.no_padding()
-        # message text must never become a special token, whatever it contains
-        self._tk.encode_special_tokens = True
+        spec = json.loads(backend.to_str())
+        # private copies: never change the caller's tokenizer settings
+        self._tk = _runner(spec)
+        # A run after a special token is a later "section" of the whole string: a Metaspace
+        # pre-tokenizer with prepend_scheme "first" adds no "▁" there, so encode such runs with
+        # "never" to get exactly the tokens the tokenizer gives the whole rendered string.
+        self._tk_later = _runner(spec) if _first_to_never(spec.get("pre_tokenizer")) else self._tk
         self.added = dict(tokenizer.get_added_vocab())
         names = sorted(self.added, key=len, reverse=True)
         self._split = re.compile("(" + "|".join(map(re.escape, names)) + ")") if names else None
@@ -90,18 +90,25 @@ class PieceEncoder:
     def encode_batch(self, batch: list[list[Piece]]) -> list[Encoded]:
         """Encode several piece lists with one batched tokenizer call."""
         plans = [self._items(pieces) for pieces in batch]
-        texts = [it[1] for plan in plans for it in plan if it[0] == "run"]
-        encs = iter(self._tk.encode_batch(texts, add_special_tokens=False) if texts else [])
+        first, later = [], []
+        for plan in plans:
+            for k, it in enumerate(plan):
+                if it[0] == "run":
+                    (first if k == 0 else later).append(it[1])
+        enc_first = iter(self._tk.encode_batch(first, add_special_tokens=False) if first else [])
+        enc_later = iter(
+            self._tk_later.encode_batch(later, add_special_tokens=False) if later else []
+        )
         out = []
         for plan in plans:
             ids: list[int] = []
             mask: list[bool] = []
-            for kind, value, extra in plan:
+            for k, (kind, value, extra) in enumerate(plan):
                 if kind == "tok":
                     ids.append(value)
                     mask.append(extra)
                     continue
-                enc = next(encs)
+                enc = next(enc_first if k == 0 else enc_later)
                 run_ids = enc.ids
                 run_mask = [False] * len(run_ids)
                 for start, end in _trained_ranges(extra):
@@ -116,6 +123,29 @@ class PieceEncoder:
 
     def encode(self, pieces: list[Piece]) -> Encoded:
         return self.encode_batch([pieces])[0]
+
+
+def _runner(spec: dict):
+    from tokenizers import Tokenizer
+
+    tk = Tokenizer.from_str(json.dumps(spec))
+    tk.no_truncation()
+    tk.no_padding()
+    # message text must never become a special token, whatever it contains
+    tk.encode_special_tokens = True
+    return tk
+
+
+def _first_to_never(pre: dict | None) -> bool:
+    """Switch Metaspace prepend_scheme "first" to "never" in a pre-tokenizer spec (in place)."""
+    if not isinstance(pre, dict):
+        return False
+    if pre.get("type") == "Sequence":
+        return any([_first_to_never(p) for p in pre.get("pretokenizers", [])])
+    if pre.get("type") == "Metaspace" and pre.get("prepend_scheme") == "first":
+        pre["prepend_scheme"] = "never"
+        return True
+    return False
 
 
 def _trained_ranges(spans: list[tuple[int, int, bool]]) -> list[tuple[int, int]]:
