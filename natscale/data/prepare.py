@@ -210,8 +210,15 @@ def prepare(
         c["tokens"] += len(fitted[0])
         c["trained_tokens"] += int(fitted[1][1:].sum())
     if not ids:
+        dropped = {
+            k: v
+            for k, v in counts.items()
+            if v and k not in ("truncated", "truncated_tokens", "tail_tokens_trimmed")
+        }
         raise DataError(
-            "no example left to pack (see the skip counts above)", reason="empty_dataset"
+            f"no example left to pack: dropped {dropped}, skipped {issues.as_dict()}",
+            reason="empty_dataset",
+            hint="check pack.max_seq_len, the strategy's counts and the skip reasons",
         )
 
     say(f"packing {len(ids)} examples into rows of {pc.max_seq_len}")
@@ -262,8 +269,17 @@ def prepare(
     resolved = config.model_copy(update={"output": str(target)})
 
     def fill(tmp: Path) -> None:
+        import datasets
+
         say(f"writing {len(rows)} rows")
-        rows_to_dataset(rows).save_to_disk(str(tmp))
+        bars_on = datasets.is_progress_bar_enabled()
+        if not progress:
+            datasets.disable_progress_bars()
+        try:
+            rows_to_dataset(rows).save_to_disk(str(tmp))
+        finally:
+            if bars_on:
+                datasets.enable_progress_bars()
         tokenizer.save_pretrained(str(tmp / "tokenizer"))
         save_config(resolved, tmp / "prepare_config.yaml")
         stats["elapsed_s"] = round(time.perf_counter() - t0, 3)
