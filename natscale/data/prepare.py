@@ -15,6 +15,7 @@ Bad records raise :class:`DataError` (``on_error: raise``) or are counted in
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -130,6 +131,55 @@ def _fit(enc, max_seq_len: int, overlong: str, trim_tail: bool, counts: dict[str
     return ids, mask
 
 
+def _encode_all(
+    config: PrepareConfig, examples: list, renderer, issues: Issues, progress: bool
+) -> tuple[list, dict[str, Any], dict[str, int]]:
+    """Render every example, then trim / truncate / drop; returns the kept
+    ``(ids, mask, class, weight)`` tuples, per-class counts and the drop counters."""
+    from tqdm import tqdm
+
+    from natscale.data.render.batch import render_examples
+
+    rc, pc = config.render, config.pack
+    with tqdm(total=len(examples), desc="render", unit="traj", disable=not progress) as bar:
+        encoded = render_examples(
+            renderer,
+            examples,
+            mode=rc.instruction,
+            acknowledgement=rc.acknowledgement,
+            num_proc=config.num_proc,
+            on_progress=bar.update,
+        )
+    names = config.strategy.class_names()
+    per_class = {n: {"examples": 0, "tokens": 0, "trained_tokens": 0} for n in names}
+    counts = dict.fromkeys(DROP_COUNTERS, 0)
+    kept = []
+    for ex, enc in zip(examples, encoded, strict=True):
+        if isinstance(enc, tuple):
+            handle(DataError(enc[1], reason=enc[0], **_where(ex.traj)), config.on_error, issues)
+            continue
+        fitted = _fit(enc, pc.max_seq_len, pc.overlong, rc.trim_untrained_tail, counts)
+        if fitted is None:
+            continue
+        kept.append((fitted[0], fitted[1], ex.cls, ex.weight))
+        c = per_class[names[ex.cls]]
+        c["examples"] += 1
+        c["tokens"] += len(fitted[0])
+        c["trained_tokens"] += int(fitted[1][1:].sum())
+    if not kept:
+        dropped = {k: v for k, v in counts.items() if v and k in DROP_REASONS}
+        raise DataError(
+            f"no example left to pack: dropped {dropped}, skipped {issues.as_dict()}",
+            reason="empty_dataset",
+            hint="check pack.max_seq_len, the strategy's counts and the skip reasons",
+        )
+    return kept, per_class, counts
+
+
+DROP_REASONS = ("too_long", "no_trained_tokens", "no_trained_tokens_after_truncation")
+DROP_COUNTERS = (*DROP_REASONS, "truncated", "truncated_tokens", "tail_tokens_trimmed")
+
+
 def prepare(
     config: PrepareConfig,
     out_dir: str | Path | None = None,
@@ -138,11 +188,8 @@ def prepare(
     on_stage: Callable[[str], None] | None = None,
 ) -> PrepareResult:
     """Run every stage and write ``out_dir`` (default ``config.output``); see the module doc."""
-    from tqdm import tqdm
-
-    from natscale.data.output import rows_to_dataset, write_atomic, write_json
+    from natscale.data.output import write_atomic, write_json
     from natscale.data.render import Renderer, add_missing_tokens, load_tokenizer, resolve_template
-    from natscale.data.render.batch import render_examples
 
     t0 = time.perf_counter()
     say = on_stage or (lambda _msg: None)
@@ -153,7 +200,6 @@ def prepare(
     if target.exists() and not config.overwrite:
         raise FileExistsError(f"{target} exists; remove it or set overwrite: true (--overwrite)")
     rc, pc = config.render, config.pack
-
     tokenizer = load_tokenizer(rc.tokenizer)
     template = resolve_template(tokenizer, rc.template)
     added = add_missing_tokens(tokenizer, template) if rc.add_missing_special_tokens else []
@@ -164,65 +210,21 @@ def prepare(
     issues = Issues()
     say("loading trajectories")
     trajs, prompts = load_sources(config, issues)
-    loaded = len(trajs)
-    unfinished = sum(not t.finished for t in trajs)
-    trajs = label_all(trajs, config, issues)
-    examples, sampling = nat.select(trajs, config.strategy, seed=config.seed, prompts=prompts)
+    loaded, unfinished = len(trajs), sum(not t.finished for t in trajs)
+    # many long-lived objects from here on: keep the cyclic GC from rescanning them (and
+    # forked workers from writing to their pages)
+    gc.freeze()
+    try:
+        trajs = label_all(trajs, config, issues)
+        examples, sampling = nat.select(trajs, config.strategy, seed=config.seed, prompts=prompts)
+        say(f"rendering {len(examples)} examples ({template} template)")
+        kept, per_class, counts = _encode_all(config, examples, renderer, issues, progress)
+    finally:
+        gc.unfreeze()
 
-    say(f"rendering {len(examples)} examples ({template} template)")
-    with tqdm(total=len(examples), desc="render", unit="traj", disable=not progress) as bar:
-        encoded = render_examples(
-            renderer,
-            examples,
-            mode=rc.instruction,
-            acknowledgement=rc.acknowledgement,
-            num_proc=config.num_proc,
-            on_progress=bar.update,
-        )
-
-    names = config.strategy.class_names()
-    per_class = {n: {"examples": 0, "tokens": 0, "trained_tokens": 0} for n in names}
-    counts = dict.fromkeys(
-        (
-            "no_trained_tokens",
-            "too_long",
-            "truncated",
-            "truncated_tokens",
-            "no_trained_tokens_after_truncation",
-            "tail_tokens_trimmed",
-        ),
-        0,
-    )
-    ids, masks, classes, weights = [], [], [], []
-    for ex, enc in zip(examples, encoded, strict=True):
-        if isinstance(enc, tuple):
-            handle(DataError(enc[1], reason=enc[0], **_where(ex.traj)), config.on_error, issues)
-            continue
-        fitted = _fit(enc, pc.max_seq_len, pc.overlong, rc.trim_untrained_tail, counts)
-        if fitted is None:
-            continue
-        ids.append(fitted[0])
-        masks.append(fitted[1])
-        classes.append(ex.cls)
-        weights.append(ex.weight)
-        c = per_class[names[ex.cls]]
-        c["examples"] += 1
-        c["tokens"] += len(fitted[0])
-        c["trained_tokens"] += int(fitted[1][1:].sum())
-    if not ids:
-        dropped = {
-            k: v
-            for k, v in counts.items()
-            if v and k not in ("truncated", "truncated_tokens", "tail_tokens_trimmed")
-        }
-        raise DataError(
-            f"no example left to pack: dropped {dropped}, skipped {issues.as_dict()}",
-            reason="empty_dataset",
-            hint="check pack.max_seq_len, the strategy's counts and the skip reasons",
-        )
-
-    say(f"packing {len(ids)} examples into rows of {pc.max_seq_len}")
+    say(f"packing {len(kept)} examples into rows of {pc.max_seq_len}")
     pad_id = next((t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None), 0)
+    ids, masks, classes, weights = (list(col) for col in zip(*kept, strict=True))
     rows = pack(
         ids,
         masks,
@@ -235,7 +237,7 @@ def prepare(
     )
     stats = {
         "version": STATS_VERSION,
-        "classes": names,
+        "classes": config.strategy.class_names(),
         "strategy": config.strategy.name,
         "template": template,
         "end_of_turn": renderer.end_of_turn,
@@ -257,11 +259,7 @@ def prepare(
             "efficiency": efficiency(rows, pc.max_seq_len),
         },
         "truncated": {"examples": counts["truncated"], "tokens": counts["truncated_tokens"]},
-        "dropped": {
-            "too_long": counts["too_long"],
-            "no_trained_tokens": counts["no_trained_tokens"],
-            "no_trained_tokens_after_truncation": counts["no_trained_tokens_after_truncation"],
-        },
+        "dropped": {k: counts[k] for k in DROP_REASONS},
         "skipped": issues.as_dict(),
         "skipped_examples": issues.examples,
         "tail_tokens_trimmed": counts["tail_tokens_trimmed"],
@@ -269,17 +267,8 @@ def prepare(
     resolved = config.model_copy(update={"output": str(target)})
 
     def fill(tmp: Path) -> None:
-        import datasets
-
         say(f"writing {len(rows)} rows")
-        bars_on = datasets.is_progress_bar_enabled()
-        if not progress:
-            datasets.disable_progress_bars()
-        try:
-            rows_to_dataset(rows).save_to_disk(str(tmp))
-        finally:
-            if bars_on:
-                datasets.enable_progress_bars()
+        _save_rows(rows, tmp, progress)
         tokenizer.save_pretrained(str(tmp / "tokenizer"))
         save_config(resolved, tmp / "prepare_config.yaml")
         stats["elapsed_s"] = round(time.perf_counter() - t0, 3)
@@ -287,3 +276,18 @@ def prepare(
 
     out = write_atomic(target, fill, overwrite=config.overwrite)
     return PrepareResult(out, stats)
+
+
+def _save_rows(rows, path: Path, progress: bool) -> None:
+    import datasets
+
+    from natscale.data.output import rows_to_dataset
+
+    bars_on = datasets.is_progress_bar_enabled()
+    if not progress:
+        datasets.disable_progress_bars()
+    try:
+        rows_to_dataset(rows).save_to_disk(str(path))
+    finally:
+        if bars_on:
+            datasets.enable_progress_bars()

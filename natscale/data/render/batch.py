@@ -69,11 +69,18 @@ def render_examples(
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     methods = mp.get_all_start_methods()
     ctx = mp.get_context("fork" if "fork" in methods else "spawn")
-    with ctx.Pool(
+    pool = ctx.Pool(
         num_proc, initializer=_init, initargs=(renderer, examples, mode, acknowledgement)
-    ) as pool:
+    )
+    try:
         for b, part in zip(bounds, pool.imap(_render_range, bounds), strict=True):
             results += part
             if on_progress:
                 on_progress(b[1] - b[0])
+        pool.close()
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.join()  # reaped workers: their CPU time shows in RUSAGE_CHILDREN
     return results

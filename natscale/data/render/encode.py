@@ -58,33 +58,45 @@ class PieceEncoder:
         self.added = dict(tokenizer.get_added_vocab())
         names = sorted(self.added, key=len, reverse=True)
         self._split = re.compile("(" + "|".join(map(re.escape, names)) + ")") if names else None
+        self._literals: dict[str, list[str]] = {}
+
+    def _literal(self, text: str) -> list[str]:
+        """``text`` split at added tokens (odd indices are the tokens); memoised, since
+        templates repeat a handful of literals."""
+        parts = self._literals.get(text)
+        if parts is None:
+            parts = self._split.split(text) if self._split else [text]
+            if len(self._literals) < 4096:
+                self._literals[text] = parts
+        return parts
 
     def _items(self, pieces: list[Piece]) -> list[tuple]:
-        """[("tok", id, train) | ("run", text, [(start, end, train)])] for one piece list."""
+        """[("tok", id, train) | ("run", text, [(start, end)] trained)] for one piece list."""
         items: list[tuple] = []
         text: list[str] = []
-        spans: list[tuple[int, int, bool]] = []
+        trained: list[list[int]] = []
         pos = 0
-
-        def flush() -> None:
-            nonlocal text, spans, pos
-            if text:
-                items.append(("run", "".join(text), spans))
-            text, spans, pos = [], [], 0
-
         for p in pieces:
-            parts = self._split.split(p.text) if (p.literal and self._split) else [p.text]
+            parts = self._literal(p.text) if p.literal else (p.text,)
             for k, part in enumerate(parts):
                 if not part:
                     continue
                 if k % 2 == 1:  # an added token (odd indices of re.split with a group)
-                    flush()
+                    if text:
+                        items.append(("run", "".join(text), trained))
+                        text, trained, pos = [], [], 0
                     items.append(("tok", self.added[part], p.train))
-                else:
-                    text.append(part)
-                    spans.append((pos, pos + len(part), p.train))
-                    pos += len(part)
-        flush()
+                    continue
+                end = pos + len(part)
+                if p.train:
+                    if trained and trained[-1][1] == pos:
+                        trained[-1][1] = end  # merge adjacent trained pieces
+                    else:
+                        trained.append([pos, end])
+                text.append(part)
+                pos = end
+        if text:
+            items.append(("run", "".join(text), trained))
         return items
 
     def encode_batch(self, batch: list[list[Piece]]) -> list[Encoded]:
@@ -102,23 +114,25 @@ class PieceEncoder:
         out = []
         for plan in plans:
             ids: list[int] = []
-            mask: list[bool] = []
+            ranges: list[tuple[int, int]] = []  # trained token ranges [a, b)
             for k, (kind, value, extra) in enumerate(plan):
                 if kind == "tok":
+                    if extra:
+                        ranges.append((len(ids), len(ids) + 1))
                     ids.append(value)
-                    mask.append(extra)
                     continue
                 enc = next(enc_first if k == 0 else enc_later)
-                run_ids = enc.ids
-                run_mask = [False] * len(run_ids)
-                for start, end in _trained_ranges(extra):
-                    first = _token_at(enc, start, end, forward=True)
-                    last = _token_at(enc, start, end, forward=False)
-                    if first is not None and last is not None:
-                        run_mask[first : last + 1] = [True] * (last + 1 - first)
-                ids.extend(run_ids)
-                mask.extend(run_mask)
-            out.append(Encoded(np.asarray(ids, dtype=np.int32), np.asarray(mask, dtype=bool)))
+                base = len(ids)
+                ids.extend(enc.ids)
+                for start, end in extra:
+                    a = _token_at(enc, start, end, forward=True)
+                    b = _token_at(enc, start, end, forward=False)
+                    if a is not None and b is not None:
+                        ranges.append((base + a, base + b + 1))
+            mask = np.zeros(len(ids), dtype=bool)
+            for a, b in ranges:
+                mask[a:b] = True
+            out.append(Encoded(np.array(ids, dtype=np.int32), mask))
         return out
 
     def encode(self, pieces: list[Piece]) -> Encoded:
@@ -146,19 +160,6 @@ def _first_to_never(pre: dict | None) -> bool:
         pre["prepend_scheme"] = "never"
         return True
     return False
-
-
-def _trained_ranges(spans: list[tuple[int, int, bool]]) -> list[tuple[int, int]]:
-    """Merged [start, end) character ranges of the trained spans of a run."""
-    out: list[list[int]] = []
-    for start, end, train in spans:
-        if not train or end <= start:
-            continue
-        if out and out[-1][1] == start:
-            out[-1][1] = end
-        else:
-            out.append([start, end])
-    return [(a, b) for a, b in out]
 
 
 def _token_at(enc, start: int, end: int, *, forward: bool) -> int | None:
