@@ -52,10 +52,15 @@ def _step(rng: random.Random, k: int) -> list[dict]:
 def make(n: int, tokenizer, target_tokens: int = 1000, seed: int = 0) -> tuple[list, list]:
     """``n`` trajectories (about ``target_tokens`` tokens each) and their questions."""
     rng = random.Random(seed)
-    probe = json.dumps(_step(random.Random(1), 1))
-    per_step = max(1, len(tokenizer(probe, add_special_tokens=False)["input_ids"]) - 20)
-    fixed = len(tokenizer(INSTRUCTION + PROMPT["templates"]["success"])["input_ids"]) + 60
-    steps = max(1, (target_tokens - fixed) // per_step)
+
+    # tokens per ReAct step (two turns, with ~6 template tokens each) and for the fixed prompt
+    def count(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    probe = _step(random.Random(1), 1)
+    per_step = sum(count(m["content"]) + 6 for m in probe)
+    fixed = count(INSTRUCTION) + count(PROMPT["templates"]["success"]) + 60
+    steps = max(1, round((target_tokens - fixed) / per_step))
     trajs, questions = [], []
     for i in range(n):
         who, what = rng.choice(NAMES), rng.choice(ITEMS)

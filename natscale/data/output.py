@@ -58,7 +58,8 @@ def rows_to_dataset(rows: PackedRows):
             "num_trained": pa.array(rows.num_trained, type=pa.int64()),
         }
     )
-    return Dataset(table)
+    # a fresh fingerprint: hashing gigabytes of rows for a cache key we never use is slow
+    return Dataset(table, fingerprint=uuid.uuid4().hex)
 
 
 def write_atomic(

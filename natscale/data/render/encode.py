@@ -16,12 +16,14 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
 
-@dataclass(frozen=True)
-class Piece:
+class Piece(NamedTuple):
+    """Rendered text; ``literal`` = template syntax (added tokens recognised), else content."""
+
     text: str
     train: bool = False
     literal: bool = False
