@@ -7,37 +7,17 @@ import shutil
 from pathlib import Path
 
 import pytest
-from nat_test_data import NAT_TRAJ, PROMPT, QUESTION, write_json, write_jsonl
 
-REPO = Path(__file__).resolve().parents[2]
+from .nat_test_data import NAT_TRAJ, PROMPT, QUESTION, REPO, write_json, write_jsonl
+
 EXAMPLE_TOKENIZER = REPO / "examples" / "tokenizer"
 EXAMPLE_DATA = REPO / "examples" / "math_react"
 
 
 @pytest.fixture(scope="session")
-def tokenizer_dir(tmp_path_factory) -> Path:
-    if EXAMPLE_TOKENIZER.is_dir():
-        return EXAMPLE_TOKENIZER
-    # TEMPORARY until examples/tokenizer lands on main
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tk = Tokenizer(models.BPE(unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.Metaspace()
-    tk.decoder = decoders.Metaspace()
-    alphabet = [chr(c) for c in range(32, 127)] + ["\n", "▁"]
-    tr = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=["<unk>", "<s>", "</s>", "<pad>"], initial_alphabet=alphabet
-    )
-    tk.train_from_iterator(
-        ["Thought: Action: calculate[2 + 4] Observation: Question: finish"] * 20, tr
-    )
-    f = PreTrainedTokenizerFast(
-        tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
-    )
-    out = tmp_path_factory.mktemp("tok")
-    f.save_pretrained(out)
-    return out
+def tokenizer_dir() -> Path:
+    assert EXAMPLE_TOKENIZER.is_dir(), f"{EXAMPLE_TOKENIZER} is missing"
+    return EXAMPLE_TOKENIZER
 
 
 @pytest.fixture(scope="session")
@@ -49,8 +29,7 @@ def tokenizer(tokenizer_dir):
 
 @pytest.fixture(scope="session")
 def example_data() -> Path:
-    if not (EXAMPLE_DATA / "trajectories.json").is_file():
-        pytest.skip("examples/math_react is not in this checkout")
+    assert (EXAMPLE_DATA / "trajectories.json").is_file(), f"{EXAMPLE_DATA} is missing"
     return EXAMPLE_DATA
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parents[2]
+
 
 def write_json(path: Path, data) -> Path:
     path.write_text(json.dumps(data), encoding="utf-8")

@@ -1,12 +1,13 @@
 import json
 
 import pytest
-from nat_test_data import NAT_TRAJ, PROMPT, QUESTION, write_json, write_jsonl
 
 from natscale.data.errors import DataError, Issues
 from natscale.data.formats import load_trajectories
 from natscale.data.formats.alpaca import split_react
 from natscale.data.prompts import load_task_prompt
+
+from .nat_test_data import NAT_TRAJ, PROMPT, QUESTION, write_json, write_jsonl
 
 # ---------------------------------------------------------------- NAT release
 

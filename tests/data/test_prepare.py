@@ -8,7 +8,6 @@ import datasets
 import numpy as np
 import pytest
 import yaml
-from nat_test_data import NAT_TRAJ, write_json
 
 from natscale.cli.main import main
 from natscale.config.data import PrepareConfig
@@ -16,6 +15,8 @@ from natscale.config.loader import load_config
 from natscale.data.errors import DataError
 from natscale.data.prepare import prepare
 from natscale.data.schema import ROW_FIELDS, validate_row
+
+from .nat_test_data import NAT_TRAJ, write_json
 
 
 def _config(tokenizer_dir, files, **over) -> PrepareConfig:

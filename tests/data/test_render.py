@@ -87,7 +87,8 @@ def check_golden(tok, renderer: Renderer, eot: str, n_special: int):
 def test_llama2_golden(tokenizer):
     r = Renderer(tokenizer, "llama2")
     enc = check_golden(tokenizer, r, "</s>", n_special=4 + 3)  # <s> per user, </s> per reply
-    assert tokenizer.decode(enc.ids.tolist()).startswith("<s> [INST] Solve a math problem. [/INST]")
+    text = tokenizer.decode(enc.ids.tolist())
+    assert text.startswith("<s>") and "[INST] Solve a math problem. [/INST] I've understood" in text
     assert r.generation_prompt(MESSAGES[:3])[-1] != tokenizer.eos_token_id
 
 
@@ -163,7 +164,7 @@ def test_loss_flags_tool_calls_and_system(tokenizer, tok_with):
         "trained user text",
     ]
     text = tokenizer.decode(Renderer(tokenizer, "llama2").encode(msgs).ids.tolist())
-    assert text.startswith("<s> [INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nSolve. [/INST]")
+    assert re.match(r"<s> ?\[INST\] <<SYS>>\nBe brief.\n<</SYS>>\n\nSolve. \[/INST\]", text)
 
 
 def _hf_encoding_of_rendered_text(tok, renderer: Renderer, messages) -> list[int]:
