@@ -91,8 +91,8 @@ def read_outcome(
     if raw is None and turns and turns[-1].role != "assistant":
         m = _REWARD_IN_TEXT.search(turns[-1].content.strip())
         if m:
-            raw = {"True": True, "False": False}.get(m.group(1)) if m.group(1)[0] in "TF" else None
-            raw = raw if raw is not None else float(m.group(1))
+            token = m.group(1)
+            raw = token == "True" if token in ("True", "False") else float(token)
             success = as_success(raw)
     return Outcome(success=success, score=None if score is None else float(score), reward=raw)
 
