@@ -48,7 +48,6 @@ def cpu_seconds() -> float:
 
 
 def timed(fn):
-    gc.collect()
     c0, t0 = cpu_seconds(), time.perf_counter()
     out = fn()
     return out, time.perf_counter() - t0, cpu_seconds() - c0
@@ -120,6 +119,7 @@ def main() -> int:
     )
     examples, _ = nat.select(trajs, StrategyConfig())
     renderer = Renderer(tok, args.template)
+    gc.freeze()  # as prepare() does once the trajectories are loaded
     load_before = os.getloadavg()
     rows = []
     for num_proc in args.num_proc:

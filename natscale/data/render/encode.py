@@ -104,15 +104,16 @@ class PieceEncoder:
     def encode_batch(self, batch: list[list[Piece]]) -> list[Encoded]:
         """Encode several piece lists with one batched tokenizer call."""
         plans = [self._items(pieces) for pieces in batch]
-        first, later = [], []
+        # unique runs only: the instruction turn is the same text in every example of a task
+        unique: tuple[dict[str, int], dict[str, int]] = ({}, {})
         for plan in plans:
             for k, it in enumerate(plan):
                 if it[0] == "run":
-                    (first if k == 0 else later).append(it[1])
-        enc_first = iter(self._tk.encode_batch(first, add_special_tokens=False) if first else [])
-        enc_later = iter(
-            self._tk_later.encode_batch(later, add_special_tokens=False) if later else []
-        )
+                    unique[k > 0].setdefault(it[1], len(unique[k > 0]))
+        encs = [
+            tk.encode_batch(list(texts), add_special_tokens=False) if texts else []
+            for tk, texts in ((self._tk, unique[0]), (self._tk_later, unique[1]))
+        ]
         out = []
         for plan in plans:
             ids: list[int] = []
@@ -123,7 +124,7 @@ class PieceEncoder:
                         ranges.append((len(ids), len(ids) + 1))
                     ids.append(value)
                     continue
-                enc = next(enc_first if k == 0 else enc_later)
+                enc = encs[k > 0][unique[k > 0][value]]
                 base = len(ids)
                 ids.extend(enc.ids)
                 for start, end in extra:
