@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             on_stage=lambda msg: print(f"prepare: {msg}", file=sys.stderr),
         )
-    except (ConfigError, DataError, FileExistsError, FileNotFoundError, ValueError) as exc:
+    except (ConfigError, DataError, OSError, TypeError, ValueError) as exc:
         print(f"prepare: error: {exc}", file=sys.stderr)
         return 1
     print(summary(result.stats, result.out_dir))

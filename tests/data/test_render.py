@@ -132,6 +132,11 @@ def test_hf_template_that_rewrites_content_is_refused(tok_with):
         Renderer(tok, "hf").encode(MESSAGES)
     with pytest.raises(TemplateError, match="no chat_template"):
         Renderer(tok_with("chatml"), "hf")
+    strict = (
+        "{% if messages[1]['role'] != 'assistant' %}{{ raise_exception('alternate!') }}{% endif %}"
+    )
+    with pytest.raises(TemplateError, match="chat template failed: alternate!"):
+        Renderer(tok_with("chatml", strict + CHATML_JINJA), "hf").encode(MESSAGES[3:])
 
 
 def test_missing_special_tokens_are_named(tokenizer):

@@ -63,9 +63,17 @@ class HFChatTemplate(Template):
         return out
 
     def _render(self, messages: list[Message], contents: list[str], generation: bool) -> str:
-        return self.tokenizer.apply_chat_template(
-            self._hf_messages(messages, contents), tokenize=False, add_generation_prompt=generation
-        )
+        try:
+            return self.tokenizer.apply_chat_template(
+                self._hf_messages(messages, contents),
+                tokenize=False,
+                add_generation_prompt=generation,
+            )
+        except Exception as exc:  # jinja raises its own errors (e.g. roles must alternate)
+            raise TemplateError(
+                f"the tokenizer's chat template failed: {exc}; set render.observation_role to a "
+                "role it accepts, or use a built-in template (llama2, chatml, llama3)"
+            ) from exc
 
     def pieces(self, messages: list[Message], *, generation: bool = False) -> list[Piece]:
         slots = [_SLOT.format(i) for i in range(len(messages))]
