@@ -269,3 +269,14 @@ def test_wrong_types_are_named(tmp_path):
     rec = {"messages": [{"role": "user", "content": 3}, {"role": "assistant", "content": "a"}]}
     with pytest.raises(DataError, match=r"field 'messages\[0\].content'"):
         load_trajectories(write_jsonl(tmp_path / "o.jsonl", [rec]), "openai")
+
+
+def test_task_prompt_file_errors(tmp_path):
+    bad = write_json(tmp_path / "p.json", {"instruction": "x", "templates": {"success": "no slot"}})
+    with pytest.raises(DataError, match=r"p.json: field 'templates.success': template has no"):
+        load_task_prompt(bad)
+    with pytest.raises(DataError, match="task prompt file not found"):
+        load_task_prompt(tmp_path / "missing.json")
+    (tmp_path / "broken.json").write_text("{")
+    with pytest.raises(DataError, match="not a UTF-8 JSON file"):
+        load_task_prompt(tmp_path / "broken.json")

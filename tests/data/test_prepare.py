@@ -189,3 +189,77 @@ def test_masks_survive_to_rows(tokenizer_dir, nat_files, tmp_path):
     ds = datasets.load_from_disk(str(res.out_dir)).with_format("numpy")
     tgt = np.concatenate(list(ds["targets"]))
     assert (tgt != -100).sum() == res.stats["total"]["trained_tokens"]
+
+
+def _openai_records(n: int) -> list[dict]:
+    recs = []
+    for i in range(n):
+        recs.append(
+            {
+                "messages": [
+                    {"role": "user", "content": f"What is {i} + 1?"},
+                    {"role": "assistant", "content": f"Action: finish[{i + 1}]"},
+                ],
+                "answer": str(i + 1),
+                "score": [0.0, 0.3, 0.7, 1.0][i % 4],
+            }
+        )
+    return recs
+
+
+def test_openai_nat_fine_chatml_through_prepare(tokenizer_dir, tmp_path):
+    path = tmp_path / "o.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in _openai_records(8)))
+    cfg = PrepareConfig.model_validate(
+        {
+            "sources": [{"format": "openai", "paths": [str(path)]}],
+            "outcome": {"success": "em", "score": "field"},
+            "strategy": {"name": "nat-fine", "weights": {"totally_incorrect": 0.25}},
+            "render": {
+                "tokenizer": str(tokenizer_dir),
+                "template": "chatml",
+                "add_missing_special_tokens": True,
+            },
+            "pack": {"max_seq_len": 256},
+        }
+    )
+    res = prepare(cfg, tmp_path / "out", progress=False)
+    st = res.stats
+    assert st["classes"] == ["correct", "mostly_correct", "mostly_incorrect", "totally_incorrect"]
+    assert [c["examples"] for c in st["per_class"].values()] == [2, 2, 2, 2]
+    assert st["tokenizer"]["added_tokens"] == ["<|im_start|>", "<|im_end|>"]
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(res.out_dir / "tokenizer"))
+    assert tok.convert_tokens_to_ids("<|im_end|>") == st["tokenizer"]["vocab_size"] - 1
+    ds = datasets.load_from_disk(str(res.out_dir)).with_format("numpy")
+    weights = {
+        int(c): float(w)
+        for r in ds
+        for c, w in zip(r["segment_class"], r["segment_weight"], strict=True)
+    }
+    assert weights == {0: 1.0, 1: 1.0, 2: 1.0, 3: 0.25}
+
+
+def test_render_errors_are_counted_or_raised(tokenizer_dir, tmp_path):
+    recs = _openai_records(3)
+    recs[1]["messages"].append({"role": "system", "content": "late system message"})
+    recs[1]["messages"].append({"role": "assistant", "content": "x"})
+    path = tmp_path / "o.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    data = {
+        "sources": [{"format": "openai", "paths": [str(path)]}],
+        "outcome": {"success": "em"},
+        "render": {"tokenizer": str(tokenizer_dir), "template": "llama2"},
+        "on_error": "skip",
+    }
+    st = prepare(PrepareConfig.model_validate(data), tmp_path / "a", progress=False).stats
+    assert st["skipped"] == {"render_error": 1} and st["total"]["examples"] == 2
+    with pytest.raises(
+        DataError, match=r"o.jsonl: line 2: llama2: a system message is only allowed"
+    ):
+        prepare(
+            PrepareConfig.model_validate(data | {"on_error": "raise"}),
+            tmp_path / "b",
+            progress=False,
+        )
