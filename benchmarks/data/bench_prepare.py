@@ -243,6 +243,11 @@ def main() -> int:
         "",
         *table,
         "",
+        "On a loaded machine wall-clock rates fall below the CPU rates (the load average says how "
+        "many processes shared the cores). The render stage runs in `num_proc` workers with no "
+        "shared state, so with N idle cores it approaches N x `traj_per_cpu_s`; loading, packing "
+        "and writing run in one process.",
+        "",
     ]
     (out / f"{stem}.md").write_text("\n".join(md))
     print(f"bench_prepare: wrote {out / stem}.json and .md")
