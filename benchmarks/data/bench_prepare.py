@@ -53,6 +53,11 @@ def timed(fn):
     return out, time.perf_counter() - t0, cpu_seconds() - c0
 
 
+def _rel(path: str) -> str:
+    p = Path(path).resolve()
+    return str(p.relative_to(REPO)) if p.is_relative_to(REPO) else str(p)
+
+
 def machine() -> dict:
     import datasets
     import tokenizers
@@ -202,7 +207,7 @@ def main() -> int:
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "template": args.template,
-        "tokenizer": args.tokenizer,
+        "tokenizer": _rel(args.tokenizer),
         "max_seq_len": args.max_seq_len,
         "machine": machine(),
         "load_average_before": [round(x, 2) for x in load_before],
@@ -237,7 +242,7 @@ def main() -> int:
         f"- load average before / after: {result['load_average_before']} / {result['load_average_after']}",
         f"- python {m['python']}, tokenizers {m['tokenizers']}, transformers {m['transformers']}, "
         f"datasets {m['datasets']}, natscale {m['git_commit']}",
-        f"- template {args.template}, tokenizer `{args.tokenizer}`, max_seq_len {args.max_seq_len}",
+        f"- template {args.template}, tokenizer `{result['tokenizer']}`, max_seq_len {args.max_seq_len}",
         "- cpu_s = user + system seconds of this process and its workers; traj_per_cpu_s is the "
         "rate per fully used core",
         "",
