@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "env",
         "versions, devices, DeepSpeed backend, which natscale ops are built or buildable",
     ),
+    "prepare": ("prepare", "raw trajectories -> NAT-marked, loss-masked, packed dataset on disk"),
     "convert": (
         "convert",
         "ZeRO checkpoint -> Hugging Face safetensors folder; trajectory formats",
