@@ -83,12 +83,9 @@ def convert_trajectories(
     overwrite: bool = False,
 ) -> DataConvertResult:
     """Load ``input_path`` in format ``src`` and write it as ``dst`` to ``output`` (.json/.jsonl)."""
-    try:
-        from natscale.convert.writers import WRITERS, Notes
-        from natscale.data.errors import DataError, Issues
-        from natscale.data.formats import FORMATS, load_trajectories
-    except ModuleNotFoundError as exc:  # the data pipeline is a separate part of natscale
-        raise ConvertError(f"the data pipeline's loaders are not available: {exc}") from exc
+    from natscale.convert.writers import WRITERS, Notes
+    from natscale.data.errors import DataError, Issues
+    from natscale.data.formats import FORMATS, load_trajectories
 
     input_path, output = Path(input_path), Path(output)
     if src not in FORMATS:

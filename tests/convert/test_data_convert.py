@@ -12,10 +12,8 @@ import pytest
 
 from natscale.convert.data import convert_trajectories, nat_side_files
 from natscale.convert.errors import ConvertError
-
-formats = pytest.importorskip("natscale.data.formats", reason="data pipeline loaders not merged")
-load_trajectories = formats.load_trajectories
-is_finished = pytest.importorskip("natscale.convert.writers.common").is_finished
+from natscale.convert.writers.common import is_finished
+from natscale.data.formats import load_trajectories
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "math_react"
