@@ -47,6 +47,16 @@ def rank_env() -> dict[str, str]:
 
 
 def make_checkpoints(out: Path, world: int, variants: list[str]) -> None:
+    port = _free_port()
+    try:
+        _run_job(out, world, variants, port)
+    finally:
+        # DeepSpeed's shared-memory allreduce leaves 66 MB buffers per rank in /dev/shm (RAM)
+        for buf in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_127.0.0.1_{port}_*"):
+            buf.unlink(missing_ok=True)
+
+
+def _run_job(out: Path, world: int, variants: list[str], port: int) -> None:
     cmd = [
         sys.executable,
         "-m",
@@ -56,7 +66,7 @@ def make_checkpoints(out: Path, world: int, variants: list[str]) -> None:
         "--master_addr",
         "127.0.0.1",
         "--master_port",
-        str(_free_port()),
+        str(port),
         str(MAKER),
         "--out",
         str(out),
