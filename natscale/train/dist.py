@@ -68,14 +68,17 @@ def free_port(host: str = "127.0.0.1") -> int:
 def install_hang_guard() -> None:
     """Make a stuck or crashing rank say where it is.
 
-    Always: Python stacks on fatal signals (SIGSEGV, SIGABRT, ...) and on SIGUSR1 (the test
-    harness sends it before killing a run that timed out). If NATSCALE_HANG_DUMP_S is set, also
-    dump every thread's stack and exit after that many seconds (harnesses set it below their own
-    timeout, so a hung rank reports itself even when its launcher is stuck too).
+    Always: Python stacks on fatal signals (SIGSEGV, SIGABRT, ...); on SIGUSR1 (the test
+    harness sends it before killing a run that timed out); and on SIGTERM, before the default
+    action ends the process (launchers SIGTERM the surviving ranks when one fails, so every rank
+    of a failed job says where it was). If NATSCALE_HANG_DUMP_S is set, also dump every thread's
+    stack and exit after that many seconds (harnesses set it below their own timeout, so a hung
+    rank reports itself even when its launcher is stuck too).
     """
     faulthandler.enable(file=sys.stderr, all_threads=True)
-    if hasattr(signal, "SIGUSR1"):
-        faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True, chain=False)
+    faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True, chain=False)
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:  # leave a program's own handler alone
+        faulthandler.register(signal.SIGTERM, file=sys.stderr, all_threads=True, chain=True)
     seconds = float(os.environ.get("NATSCALE_HANG_DUMP_S", "0") or 0)
     if seconds > 0:
         faulthandler.dump_traceback_later(seconds, exit=True, file=sys.stderr)
