@@ -61,9 +61,10 @@ def run(args: argparse.Namespace) -> int:
 
     info = init_distributed()
     report = run_selftest(opts, info, started=started)
-    print(report.to_json(), flush=True)
     reports = [None] * info.world_size
-    dist.all_gather_object(reports, report)
+    dist.all_gather_object(reports, report)  # also: rank 0's progress bar is closed by now
+    print(report.to_json(), flush=True)
+    dist.barrier()  # the summary after every rank's line, where the launcher merges outputs
     ok, line = verdict(reports)
     if info.rank == 0:
         print(line, flush=True)

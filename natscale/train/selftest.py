@@ -180,6 +180,7 @@ def run_selftest(opts: SelftestOptions, info: DistInfo, *, started: float) -> Ra
         raise ValueError(f"--steps {opts.steps}: need at least 2 steps to see the loss fall")
     model_config = load_model_config(opts.model_config)
     ds_config = deepspeed_config(opts)
+    torch.manual_seed(opts.seed)  # the same initial weights on every rank and every run
     model = build_model(model_config, ds_config)
     engine, *_ = deepspeed.initialize(
         model=model, config=ds_config, model_parameters=model.parameters()

@@ -3,7 +3,8 @@
 Use it from any test file (``tests/`` and ``tests/mp/`` are packages; pyproject's pytest
 ``pythonpath = ["."]`` puts the repository root on sys.path)::
 
-    import pytest
+    import psutil  # a DeepSpeed dependency
+import pytest
     from tests.mp.harness import LAUNCHERS, assert_ok, run_distributed
 
     @pytest.mark.multiproc
@@ -51,6 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import psutil  # a DeepSpeed dependency
 import pytest
 
 Launcher = Literal["torchrun", "deepspeed", "mpirun", "nossh", "single"]
@@ -61,9 +63,11 @@ LAUNCHERS: tuple[Launcher, ...] = (
     "nossh",
 )  # the distributed ones
 REPO_ROOT = Path(__file__).resolve().parents[2]
+_OPS_READY: set[str] = set()  # TORCH_EXTENSIONS_DIRs checked in this process
 # Inherited rank variables would make a launched rank believe it is someone else.
 _RANK_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK")
 _RANK_PREFIXES = ("OMPI_", "PMI_", "PMIX_", "SLURM_", "TORCHELASTIC_")
+_MARKER = "NATSCALE_HARNESS_RUN"  # set in every process of a run, to find them all afterwards
 _SHIM = """#!/bin/sh
 # natscale test harness: `hostname -I` (DeepSpeed's MPI discovery) must answer loopback only.
 case "$1" in -I|--all-ip-addresses) echo 127.0.0.1 ;; *) exec {real} "$@" ;; esac
@@ -195,7 +199,7 @@ def run_distributed(
     try:
         timed_out = _wait(procs, deadline=start + timeout)
     finally:
-        _stop(procs)  # no-op when all exited; otherwise dump stacks, then kill every descendant
+        _stop(procs, run_env[_MARKER])  # dump the stacks of what is left, then kill it all
         _remove_shm(port)
     elapsed = time.monotonic() - start
 
@@ -237,8 +241,9 @@ def ensure_deepspeed_ops(env: dict[str, str]) -> None:
     Every CPU rank loads it in init_distributed; built here, the first launch neither pays for
     the build inside its hang-guard budget nor has its ranks queue on the build lock.
     """
-    built = Path(env["TORCH_EXTENSIONS_DIR"]) / "deepspeed_shm_comm" / "deepspeed_shm_comm.so"
-    if built.exists():
+    ext_dir = env["TORCH_EXTENSIONS_DIR"]
+    built = Path(ext_dir) / "deepspeed_shm_comm" / "deepspeed_shm_comm.so"
+    if ext_dir in _OPS_READY or built.exists():
         return
     code = "from deepspeed.accelerator import get_accelerator as a; a().create_op_builder('ShareMemCommBuilder').load()"
     proc = subprocess.run(
@@ -285,6 +290,7 @@ def _rank_env(
         HF_HUB_OFFLINE="1",
         TOKENIZERS_PARALLELISM="false",
         NATSCALE_HANG_DUMP_S=f"{hang_dump_s:g}",
+        **{_MARKER: f"{os.getpid()}-{port}"},
     )
     env.setdefault("TORCH_EXTENSIONS_DIR", str(REPO_ROOT / ".cache" / "torch_extensions"))
     env.update(extra or {})
@@ -381,46 +387,47 @@ def _wait(procs: list[subprocess.Popen], *, deadline: float, grace_s: float = 20
     return False
 
 
-def _stop(procs: list[subprocess.Popen], dump_wait_s: float = 3.0) -> None:
-    """Dump the stacks of surviving ranks (SIGUSR1, see natscale.train.dist), then kill all."""
-    import psutil
-
-    tree = []
-    for p in procs:
-        if p.poll() is None:
-            with contextlib.suppress(psutil.Error):
-                tree += [psutil.Process(p.pid), *psutil.Process(p.pid).children(recursive=True)]
-    if not tree:
-        return
-    ranks = [proc for proc in tree if _is_rank(proc) and not _is_rank(_parent(proc))]
+def _stop(procs: list[subprocess.Popen], marker: str, dump_wait_s: float = 3.0) -> None:
+    """Dump the stacks of this run's surviving ranks (SIGUSR1, see natscale.train.dist), then
+    kill every process of the run, found by the marker variable every one of them inherits (a
+    launcher's tree breaks apart when it dies, and torchrun puts workers in their own sessions).
+    """
+    alive = _run_processes(marker)
+    ranks = [proc for proc, env in alive if _is_rank(env) and not _is_rank(_environ(_parent(proc)))]
     for proc in ranks:
         with contextlib.suppress(psutil.Error):
             proc.send_signal(signal.SIGUSR1)
     if ranks:
         time.sleep(dump_wait_s)
-    for proc in tree:
+    for proc, _ in alive:
         with contextlib.suppress(psutil.Error):
             proc.kill()
     for p in procs:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(p.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             p.wait(timeout=30)
 
 
-def _is_rank(proc) -> bool:
-    import psutil
+def _run_processes(marker: str) -> list[tuple[psutil.Process, dict[str, str]]]:
+    found = []
+    for proc in psutil.process_iter():
+        env = _environ(proc)
+        if env.get(_MARKER) == marker:
+            found.append((proc, env))
+    return found
 
+
+def _environ(proc: psutil.Process | None) -> dict[str, str]:
     try:
-        env = proc.environ() if proc is not None else {}
-    except psutil.Error:
-        return False
+        return proc.environ() if proc is not None else {}
+    except psutil.Error:  # gone, a zombie, or not ours
+        return {}
+
+
+def _is_rank(env: dict[str, str]) -> bool:
     return "RANK" in env or "OMPI_COMM_WORLD_RANK" in env
 
 
-def _parent(proc):
-    import psutil
-
+def _parent(proc: psutil.Process) -> psutil.Process | None:
     try:
         return proc.parent()
     except psutil.Error:

@@ -18,6 +18,7 @@ from tests.mp.harness import LAUNCHERS, assert_ok, run_distributed
 
 pytestmark = pytest.mark.multiproc
 FAULTY = str(Path(__file__).with_name("faulty_rank.py"))
+_LOSSES_BY_LAUNCHER: dict[str, list[float]] = {}
 
 
 @pytest.mark.parametrize("launcher", LAUNCHERS)
@@ -37,6 +38,11 @@ def test_selftest_zero3_two_ranks(launcher, tmp_path):
     )
     assert "selftest: loss" not in result.rank_logs[1]  # the summary is rank 0's
     assert not glob.glob(f"/dev/shm/deepspeed_allreduce_buffer_*_{result.port}_*")
+    # same seeds, same math: every launch mode trains to the same losses
+    losses = reports[0]["losses"] + reports[1]["losses"]
+    for other, seen in _LOSSES_BY_LAUNCHER.items():
+        assert losses == pytest.approx(seen, rel=1e-4), f"{launcher} vs {other}"
+    _LOSSES_BY_LAUNCHER[launcher] = losses
 
 
 @pytest.mark.parametrize("launcher", LAUNCHERS)
