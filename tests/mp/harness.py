@@ -56,12 +56,8 @@ import psutil  # a DeepSpeed dependency
 import pytest
 
 Launcher = Literal["torchrun", "deepspeed", "mpirun", "nossh", "single"]
-LAUNCHERS: tuple[Launcher, ...] = (
-    "torchrun",
-    "deepspeed",
-    "mpirun",
-    "nossh",
-)  # the distributed ones
+# the distributed modes; "single" (one process, no launcher) is for entry points run alone
+LAUNCHERS: tuple[Launcher, ...] = ("torchrun", "deepspeed", "mpirun", "nossh")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 _OPS_READY: set[str] = set()  # TORCH_EXTENSIONS_DIRs checked in this process
 # Inherited rank variables would make a launched rank believe it is someone else.
@@ -82,13 +78,14 @@ class RunResult:
     nprocs: int
     port: int
     cmds: list[list[str]]
-    returncodes: list[int | None]  # one per launcher process (2 for nossh); None = killed
+    returncodes: list[int | None]  # one per launcher process (2 for nossh); -N: killed by signal N
     timed_out: bool
     elapsed_s: float
     log_dir: Path
     launcher_logs: list[str]
     rank_logs: dict[int, str]
     records: dict[int, list[dict[str, Any]]] = field(default_factory=dict)  # JSON lines
+    shm_leftovers: list[str] = field(default_factory=list)  # DeepSpeed segments we had to remove
 
     @property
     def ok(self) -> bool:
@@ -200,7 +197,7 @@ def run_distributed(
         timed_out = _wait(procs, deadline=start + timeout)
     finally:
         _stop(procs, run_env[_MARKER])  # dump the stacks of what is left, then kill it all
-        _remove_shm(port)
+        shm_leftovers = _remove_shm(port)
     elapsed = time.monotonic() - start
 
     rank_logs = _rank_logs(launcher, log_dir)
@@ -216,6 +213,7 @@ def run_distributed(
         launcher_logs=[log.read_text(errors="replace") for log in logs],
         rank_logs=rank_logs,
         records={rank: parse_json_lines(text) for rank, text in rank_logs.items()},
+        shm_leftovers=shm_leftovers,
     )
     if result.ok and not keep_logs:
         shutil.rmtree(log_dir.parent, ignore_errors=True)
@@ -236,7 +234,7 @@ def parse_json_lines(text: str) -> list[dict[str, Any]]:
 
 
 def ensure_deepspeed_ops(env: dict[str, str]) -> None:
-    """JIT-build DeepSpeed's CPU shm_comm op into env's TORCH_EXTENSIONS_DIR once (~35-50 s cold).
+    """JIT-build DeepSpeed's CPU shm_comm op into env's TORCH_EXTENSIONS_DIR once (35-80 s cold).
 
     Every CPU rank loads it in init_distributed; built here, the first launch neither pays for
     the build inside its hang-guard budget nor has its ranks queue on the build lock.
@@ -253,6 +251,7 @@ def ensure_deepspeed_ops(env: dict[str, str]) -> None:
         raise RuntimeError(
             f"building DeepSpeed's shm_comm op failed:\n{proc.stdout}\n{proc.stderr}"
         )
+    _OPS_READY.add(ext_dir)  # a prebuilt op (DS_BUILD_SHM_COMM=1) leaves no file there
 
 
 def _free_port() -> int:
@@ -434,11 +433,15 @@ def _parent(proc: psutil.Process) -> psutil.Process | None:
         return None
 
 
-def _remove_shm(port: int) -> None:
+def _remove_shm(port: int) -> list[str]:
     # deepspeed_allreduce_buffer_{uid}_{master_addr}_{master_port}_{rank}; our port is unique
-    for path in glob.glob(f"/dev/shm/deepspeed_allreduce_buffer_{os.getuid()}_127.0.0.1_{port}_*"):
+    paths = sorted(
+        glob.glob(f"/dev/shm/deepspeed_allreduce_buffer_{os.getuid()}_127.0.0.1_{port}_*")
+    )
+    for path in paths:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
+    return paths
 
 
 def _rank_logs(launcher: str, log_dir: Path) -> dict[int, str]:

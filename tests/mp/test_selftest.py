@@ -30,6 +30,8 @@ def test_selftest_zero3_two_ranks(launcher, tmp_path):
     for r in reports:
         assert r["world_size"] == 2 and r["backend"] == "gloo" and r["zero_stage"] == 3
         assert r["master_addr"] == "127.0.0.1"
+        # one machine: local rank = rank; two no-ssh "nodes" of one slot: local rank 0 on each
+        assert r["local_rank"] == (0 if launcher == "nossh" else r["rank"])
         assert len(r["losses"]) == 4 and r["losses"][-1] < r["losses"][0]
         # each rank holds its half of every parameter, not the model
         assert r["params_local"] == r["params_share"] == r["params_total"] // 2
@@ -37,6 +39,8 @@ def test_selftest_zero3_two_ranks(launcher, tmp_path):
         r"^selftest: loss .* world size 2 .* partitioned: yes .*: OK$", result.rank_logs[0], re.M
     )
     assert "selftest: loss" not in result.rank_logs[1]  # the summary is rank 0's
+    # natscale unlinks DeepSpeed's shm segments itself (the harness would otherwise remove them)
+    assert result.shm_leftovers == []
     assert not glob.glob(f"/dev/shm/deepspeed_allreduce_buffer_*_{result.port}_*")
     # same seeds, same math: every launch mode trains to the same losses
     losses = reports[0]["losses"] + reports[1]["losses"]
