@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "env",
         "versions, devices, DeepSpeed backend, which natscale ops are built or buildable",
     ),
+    "prepare": ("prepare", "raw trajectories -> NAT-marked, loss-masked, packed dataset on disk"),
     "selftest": (
         "selftest",
         "check that this cluster/launcher setup can train with ZeRO-3 (tiny model)",
