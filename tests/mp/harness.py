@@ -3,8 +3,7 @@
 Use it from any test file (``tests/`` and ``tests/mp/`` are packages; pyproject's pytest
 ``pythonpath = ["."]`` puts the repository root on sys.path)::
 
-    import psutil  # a DeepSpeed dependency
-import pytest
+    import pytest
     from tests.mp.harness import LAUNCHERS, assert_ok, run_distributed
 
     @pytest.mark.multiproc
@@ -29,7 +28,8 @@ Each rank's stdout and stderr go to its own file through the launcher's own feat
 
 Hang guard: ranks get ``NATSCALE_HANG_DUMP_S`` below ``timeout`` (natscale.train.dist dumps every
 thread's stack and exits then); if the run still outlives ``timeout``, the harness sends SIGUSR1
-to every rank (faulthandler dumps stacks), waits briefly, and kills the whole process tree.
+to every rank (faulthandler dumps stacks), waits briefly, and kills every process of the run
+(found by a variable they all inherit, so orphans and torchrun's own-session workers go too).
 DeepSpeed's ``/dev/shm/deepspeed_allreduce_buffer_*`` segments of the run are removed afterwards,
 and DeepSpeed's shm_comm op is JIT-built once into ``TORCH_EXTENSIONS_DIR`` (default: the
 project's ``.cache/torch_extensions``, as in the Makefile) before the first launch.
@@ -54,6 +54,8 @@ from typing import Any, Literal
 
 import psutil  # a DeepSpeed dependency
 import pytest
+
+from tests.mp.launchers import commands, entry_argv, rank_logs_by_rank
 
 Launcher = Literal["torchrun", "deepspeed", "mpirun", "nossh", "single"]
 # the distributed modes; "single" (one process, no launcher) is for entry points run alone
@@ -175,7 +177,7 @@ def run_distributed(
     log_dir.mkdir(parents=True)
     run_env = _rank_env(port, hang_dump_s, log_dir, env)
     ensure_deepspeed_ops(run_env)
-    cmds = _commands(launcher, nprocs, nodes, port, _entry_argv(entry), list(args), log_dir)
+    cmds = commands(launcher, nprocs, nodes, port, entry_argv(entry), list(args), log_dir)
 
     start = time.monotonic()
     logs = [log_dir / f"launcher{i}.log" for i in range(len(cmds))]
@@ -200,7 +202,7 @@ def run_distributed(
         shm_leftovers = _remove_shm(port)
     elapsed = time.monotonic() - start
 
-    rank_logs = _rank_logs(launcher, log_dir)
+    rank_logs = rank_logs_by_rank(launcher, log_dir)
     result = RunResult(
         launcher=launcher,
         nprocs=nprocs,
@@ -296,78 +298,6 @@ def _rank_env(
     return env
 
 
-def _entry_argv(entry: str) -> tuple[str, str]:
-    """("module", name) or ("script", absolute path)."""
-    if entry == "natscale":
-        return "module", "natscale.cli"
-    if entry.endswith(".py"):
-        path = Path(entry).resolve()
-        if not path.is_file():
-            raise FileNotFoundError(f"entry script {entry} does not exist")
-        return "script", str(path)
-    return "module", entry
-
-
-def _tool(name: str, module: str) -> list[str]:
-    exe = Path(sys.executable).with_name(name)
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", module]
-
-
-def _commands(
-    launcher: str,
-    nprocs: int,
-    nodes: int,
-    port: int,
-    entry: tuple[str, str],
-    args: list[str],
-    log_dir: Path,
-) -> list[list[str]]:
-    """One command per launcher process (``nossh``: one per node)."""
-    kind, target = entry
-    master = ["--master_addr", "127.0.0.1", "--master_port", str(port)]
-    if launcher == "single":
-        if target == "natscale.cli":
-            return [_tool("natscale", "natscale.cli") + args]
-        return [[sys.executable, "-u", *(["-m", target] if kind == "module" else [target]), *args]]
-    if launcher == "torchrun":
-        torchrun = _tool("torchrun", "torch.distributed.run")
-        logs = ["--log-dir", str(log_dir / "torchrun"), "--redirects", "3"]
-        run = ["-m", target] if kind == "module" else [target]
-        return [
-            [
-                *torchrun,
-                "--nnodes",
-                "1",
-                "--nproc_per_node",
-                str(nprocs),
-                *master,
-                *logs,
-                *run,
-                *args,
-            ]
-        ]
-    if launcher == "mpirun":
-        mpirun = ["mpirun", "--allow-run-as-root", "--oversubscribe", "--bind-to", "none"]
-        mca = ["--mca", "btl", "self,vader", "--mca", "oob_tcp_if_include", "lo"]
-        logs = ["--output-filename", str(log_dir / "mpi")]
-        py = [sys.executable, "-u", *(["-m", target] if kind == "module" else [target])]
-        return [[*mpirun, *mca, "-np", str(nprocs), *logs, *py, *args]]
-    deepspeed = _tool("deepspeed", "deepspeed.launcher.runner")
-    logs = ["--enable_each_rank_log", str(log_dir / "ranks")]
-    run = ["--module", target] if kind == "module" else [target]
-    if launcher == "deepspeed":
-        return [[*deepspeed, "--num_accelerators", str(nprocs), *master, *logs, *run, *args]]
-    if launcher == "nossh":
-        hostfile = log_dir / "hostfile"  # the names are labels: every "node" is this machine
-        hostfile.write_text("".join(f"node{i} slots={nprocs // nodes}\n" for i in range(nodes)))
-        nossh = ["--hostfile", str(hostfile), "--no_ssh"]
-        return [
-            [*deepspeed, *nossh, "--node_rank", str(i), *master, *logs, *run, *args]
-            for i in range(nodes)
-        ]
-    raise ValueError(f"unknown launcher {launcher!r}; one of {LAUNCHERS}")
-
-
 def _wait(procs: list[subprocess.Popen], *, deadline: float, grace_s: float = 20.0) -> bool:
     """Wait for every launcher; True if the deadline passed first.
 
@@ -442,30 +372,3 @@ def _remove_shm(port: int) -> list[str]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
     return paths
-
-
-def _rank_logs(launcher: str, log_dir: Path) -> dict[int, str]:
-    """Global rank -> its log (stdout, then stderr where the launcher keeps them apart)."""
-    logs: dict[int, str] = {}
-    if launcher == "single":  # the process is its own launcher
-        logs[0] = (log_dir / "launcher0.log").read_text(errors="replace")
-    elif launcher in ("deepspeed", "nossh"):  # ranks/<timestamp>_rank<R>.log
-        for path in sorted((log_dir / "ranks").glob("*_rank*.log")):
-            logs[int(path.stem.rsplit("_rank", 1)[1])] = path.read_text(errors="replace")
-    elif launcher == "torchrun":  # torchrun/<run id>/attempt_<n>/<local rank>/std{out,err}.log
-        for rank_dir in sorted((log_dir / "torchrun").glob("*/attempt_*/*")):
-            logs[int(rank_dir.name)] = _join_streams(
-                rank_dir / "stdout.log", rank_dir / "stderr.log"
-            )
-    elif launcher == "mpirun":  # mpi/1/rank.<R>/std{out,err}
-        for rank_dir in sorted((log_dir / "mpi").glob("*/rank.*")):
-            logs[int(rank_dir.name.split(".", 1)[1])] = _join_streams(
-                rank_dir / "stdout", rank_dir / "stderr"
-            )
-    return logs
-
-
-def _join_streams(stdout: Path, stderr: Path) -> str:
-    out = stdout.read_text(errors="replace") if stdout.exists() else ""
-    err = stderr.read_text(errors="replace") if stderr.exists() else ""
-    return f"{out}\n----- stderr -----\n{err}" if err else out
