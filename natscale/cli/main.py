@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "selftest",
         "check that this cluster/launcher setup can train with ZeRO-3 (tiny model)",
     ),
+    "launch": ("launch", "run a training job on one or many nodes over the DeepSpeed launcher"),
 }
 
 
