@@ -19,6 +19,9 @@ Launch modes (``launcher=``), each with ``nprocs`` ranks on this machine:
   mpirun     ``mpirun -np N ... python -u -m natscale.cli ...`` (ranks mapped by natscale.train.dist)
   nossh      2 "nodes": ``deepspeed --hostfile HF --no_ssh --node_rank {0,1} ...``, one per node
   single     one process, no launcher (``natscale ...``, the console script); nprocs must be 1
+  launch     2 "nodes": ``natscale launch --backend no-ssh --node-rank {0,1} ... ARGS`` (ARGS: more
+             launch options, ``--``, then the command's arguments)
+  mpi-script ``launcher/mpi/run.sh HOSTFILE ARGS`` (hostfile ``localhost slots=N``)
 
 Everything stays on loopback: MASTER_ADDR=127.0.0.1, GLOO_SOCKET_IFNAME=lo, a fresh free port per
 run, Open MPI's TCP out-of-band channel on ``lo``, and a ``hostname`` shim first on PATH so
@@ -48,6 +51,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -57,7 +61,7 @@ import pytest
 
 from tests.mp.launchers import commands, entry_argv, rank_logs_by_rank
 
-Launcher = Literal["torchrun", "deepspeed", "mpirun", "nossh", "single"]
+Launcher = Literal["torchrun", "deepspeed", "mpirun", "nossh", "single", "launch", "mpi-script"]
 # the distributed modes; "single" (one process, no launcher) is for entry points run alone
 LAUNCHERS: tuple[Launcher, ...] = ("torchrun", "deepspeed", "mpirun", "nossh")
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -150,6 +154,7 @@ def run_distributed(
     log_dir: str | os.PathLike | None = None,
     hang_dump_s: float | None = None,
     nodes: int = 2,
+    wrap: Callable[[int, list[str]], list[str]] | None = None,
 ) -> RunResult:
     """Launch ``entry args...`` on ``nprocs`` ranks under ``launcher`` and wait (at most ``timeout`` s).
 
@@ -158,15 +163,16 @@ def run_distributed(
     ``log_dir/<launcher>-<port>/`` (default: a temporary directory, removed after a successful
     run; ``result.log_dir`` says where). hang_dump_s: seconds after
     process-group init at which each rank dumps its stacks and exits (default a bit below
-    ``timeout``; 0 disables). nodes: "nodes" for ``nossh`` (``nprocs`` must divide evenly).
-    Never raises for a failed run: inspect the result or call ``assert_ok``.
+    ``timeout``; 0 disables). nodes: "nodes" for ``nossh``/``launch`` (``nprocs`` must divide
+    evenly). wrap: ``wrap(i, cmd)`` is run instead of launcher process ``i``'s command (e.g. to
+    prefix ``ip netns exec NS``). Never raises for a failed run: inspect the result or call ``assert_ok``.
     """
-    if launcher == "mpirun" and shutil.which("mpirun") is None:
+    if launcher in ("mpirun", "mpi-script") and shutil.which("mpirun") is None:
         pytest.skip("mpirun not found (install Open MPI: scripts/sysdeps.sh)")
     if launcher == "single" and nprocs != 1:
         raise ValueError(f"single: one process, not nprocs={nprocs}")
-    if launcher == "nossh" and nprocs % nodes:
-        raise ValueError(f"nossh: nprocs={nprocs} does not split into {nodes} nodes")
+    if launcher in ("nossh", "launch") and nprocs % nodes:
+        raise ValueError(f"{launcher}: nprocs={nprocs} does not split into {nodes} nodes")
     if hang_dump_s is None:
         hang_dump_s = max(5.0, timeout - max(15.0, 0.2 * timeout))
     port = _free_port()
@@ -175,9 +181,16 @@ def run_distributed(
         log_dir = tempfile.mkdtemp(prefix="natscale-mp-")
     log_dir = Path(log_dir).resolve() / f"{launcher}-{port}"  # several runs may share a log_dir
     log_dir.mkdir(parents=True)
+    if (
+        launcher == "mpi-script"
+    ):  # launcher/mpi/run.sh: loopback, per-rank logs (tests may override)
+        mpirun_args = f"--oversubscribe --mca btl self,vader --output-filename {log_dir / 'mpi'}"
+        env = {"IFNAME": "lo", "MPIRUN_ARGS": mpirun_args, **(env or {})}
     run_env = _rank_env(port, hang_dump_s, log_dir, env)
     ensure_deepspeed_ops(run_env)
     cmds = commands(launcher, nprocs, nodes, port, entry_argv(entry), list(args), log_dir)
+    if wrap is not None:
+        cmds = [wrap(i, cmd) for i, cmd in enumerate(cmds)]
 
     start = time.monotonic()
     logs = [log_dir / f"launcher{i}.log" for i in range(len(cmds))]

@@ -4,6 +4,9 @@ Per-rank logs come from the launchers' own features:
   torchrun   --log-dir D --redirects 3  -> D/<run id>/attempt_<n>/<local rank>/std{out,err}.log
   deepspeed  --enable_each_rank_log D   -> D/<timestamp>_rank<global rank>.log (both streams)
   mpirun     --output-filename D        -> D/1/rank.<global rank>/std{out,err}
+The natscale launchers use the same features: ``launch`` (``natscale launch --backend no-ssh``,
+one per node) passes ``--rank-logs`` to deepspeed's ``--enable_each_rank_log``, and
+``mpi-script`` (``launcher/mpi/run.sh``) adds ``--output-filename`` through ``MPIRUN_ARGS``.
 """
 
 from __future__ import annotations
@@ -11,7 +14,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-LAUNCH_MODES = ("torchrun", "deepspeed", "mpirun", "nossh", "single")
+LAUNCH_MODES = ("torchrun", "deepspeed", "mpirun", "nossh", "single", "launch", "mpi-script")
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def entry_argv(entry: str) -> tuple[str, str]:
@@ -64,6 +68,10 @@ def commands(
                 *args,
             ]
         ]
+    if launcher == "mpi-script":  # launcher/mpi/run.sh HOSTFILE ARGS (MPIRUN_ARGS: see _rank_env)
+        hostfile = log_dir / "hostfile"
+        hostfile.write_text(f"localhost slots={nprocs}\n")
+        return [["bash", str(REPO_ROOT / "launcher" / "mpi" / "run.sh"), str(hostfile), *args]]
     if launcher == "mpirun":
         mpirun = ["mpirun", "--allow-run-as-root", "--oversubscribe", "--bind-to", "none"]
         mca = ["--mca", "btl", "self,vader", "--mca", "oob_tcp_if_include", "lo"]
@@ -75,9 +83,23 @@ def commands(
     run = ["--module", target] if kind == "module" else [target]
     if launcher == "deepspeed":
         return [[*deepspeed, "--num_accelerators", str(nprocs), *master, *logs, *run, *args]]
-    if launcher == "nossh":
+    if launcher in ("nossh", "launch"):
         hostfile = log_dir / "hostfile"  # the names are labels: every "node" is this machine
         hostfile.write_text("".join(f"node{i} slots={nprocs // nodes}\n" for i in range(nodes)))
+    if launcher == "launch":  # args: `natscale launch` options (they override these), --, command
+        natscale = [*_tool("natscale", "natscale.cli"), "launch", "--backend", "no-ssh"]
+        where = [
+            "--hostfile",
+            str(hostfile),
+            "--master-addr",
+            "127.0.0.1",
+            "--master-port",
+            str(port),
+        ]
+        return [
+            [*natscale, *where, "--node-rank", str(i), "--rank-logs", str(log_dir / "ranks"), *args]
+            for i in range(nodes)
+        ]
         nossh = ["--hostfile", str(hostfile), "--no_ssh"]
         return [
             [*deepspeed, *nossh, "--node_rank", str(i), *master, *logs, *run, *args]
@@ -91,7 +113,7 @@ def rank_logs_by_rank(launcher: str, log_dir: Path) -> dict[int, str]:
     logs: dict[int, str] = {}
     if launcher == "single":  # the process is its own launcher
         logs[0] = (log_dir / "launcher0.log").read_text(errors="replace")
-    elif launcher in ("deepspeed", "nossh"):  # ranks/<timestamp>_rank<R>.log
+    elif launcher in ("deepspeed", "nossh", "launch"):  # ranks/<timestamp>_rank<R>.log
         for path in sorted((log_dir / "ranks").glob("*_rank*.log")):
             logs[int(path.stem.rsplit("_rank", 1)[1])] = path.read_text(errors="replace")
     elif launcher == "torchrun":  # torchrun/<run id>/attempt_<n>/<local rank>/std{out,err}.log
@@ -99,7 +121,7 @@ def rank_logs_by_rank(launcher: str, log_dir: Path) -> dict[int, str]:
             logs[int(rank_dir.name)] = _join_streams(
                 rank_dir / "stdout.log", rank_dir / "stderr.log"
             )
-    elif launcher == "mpirun":  # mpi/1/rank.<R>/std{out,err}
+    elif launcher in ("mpirun", "mpi-script"):  # mpi/1/rank.<R>/std{out,err}
         for rank_dir in sorted((log_dir / "mpi").glob("*/rank.*")):
             logs[int(rank_dir.name.split(".", 1)[1])] = _join_streams(
                 rank_dir / "stdout", rank_dir / "stderr"
