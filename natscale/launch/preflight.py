@@ -152,7 +152,7 @@ def _export_checks(plan: LaunchPlan) -> list[Finding]:
 
 def probe_checks(plan: LaunchPlan, environ: Mapping[str, str]) -> list[Finding]:
     findings = _tool_checks(plan, environ)
-    if plan.options.backend == "pdsh" and not findings:
+    if plan.options.backend == "pdsh" and shutil.which("ssh") is not None:
         findings += _ssh_checks(plan)
     findings += _port_check(plan)
     if plan.options.backend in ("no-ssh", "local"):  # this node runs ranks itself
