@@ -21,6 +21,7 @@ Launch modes (``launcher=``), each with ``nprocs`` ranks on this machine:
   single     one process, no launcher (``natscale ...``, the console script); nprocs must be 1
   launch     2 "nodes": ``natscale launch --backend no-ssh --node-rank {0,1} ... ARGS`` (ARGS: more
              launch options, ``--``, then the command's arguments)
+  launch-once  one ``natscale launch ... ARGS`` (ARGS name the backend and hostfile: pdsh, openmpi)
   mpi-script ``launcher/mpi/run.sh HOSTFILE ARGS`` (hostfile ``localhost slots=N``)
 
 Everything stays on loopback: MASTER_ADDR=127.0.0.1, GLOO_SOCKET_IFNAME=lo, a fresh free port per
@@ -61,7 +62,9 @@ import pytest
 
 from tests.mp.launchers import commands, entry_argv, rank_logs_by_rank
 
-Launcher = Literal["torchrun", "deepspeed", "mpirun", "nossh", "single", "launch", "mpi-script"]
+Launcher = Literal[
+    "torchrun", "deepspeed", "mpirun", "nossh", "single", "launch", "launch-once", "mpi-script"
+]
 # the distributed modes; "single" (one process, no launcher) is for entry points run alone
 LAUNCHERS: tuple[Launcher, ...] = ("torchrun", "deepspeed", "mpirun", "nossh")
 REPO_ROOT = Path(__file__).resolve().parents[2]

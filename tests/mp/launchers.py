@@ -5,8 +5,10 @@ Per-rank logs come from the launchers' own features:
   deepspeed  --enable_each_rank_log D   -> D/<timestamp>_rank<global rank>.log (both streams)
   mpirun     --output-filename D        -> D/1/rank.<global rank>/std{out,err}
 The natscale launchers use the same features: ``launch`` (``natscale launch --backend no-ssh``,
-one per node) passes ``--rank-logs`` to deepspeed's ``--enable_each_rank_log``, and
-``mpi-script`` (``launcher/mpi/run.sh``) adds ``--output-filename`` through ``MPIRUN_ARGS``.
+one per node) and ``launch-once`` (one ``natscale launch``, e.g. pdsh) pass ``--rank-logs`` to
+deepspeed's ``--enable_each_rank_log`` (openmpi ignores it: add ``--output-filename D/mpi`` to
+``--launcher-args``), and ``mpi-script`` (``launcher/mpi/run.sh``) adds ``--output-filename``
+through ``MPIRUN_ARGS``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-LAUNCH_MODES = ("torchrun", "deepspeed", "mpirun", "nossh", "single", "launch", "mpi-script")
+LAUNCH_MODES = (
+    "torchrun", "deepspeed", "mpirun", "nossh", "single", "launch", "launch-once", "mpi-script",
+)  # fmt: skip
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -68,6 +72,12 @@ def commands(
                 *args,
             ]
         ]
+    if (
+        launcher == "launch-once"
+    ):  # one `natscale launch`; args: --backend, --hostfile, ..., --, command
+        natscale = [*_tool("natscale", "natscale.cli"), "launch"]
+        where = ["--master-addr", "127.0.0.1", "--master-port", str(port)]
+        return [[*natscale, *where, "--rank-logs", str(log_dir / "ranks"), *args]]
     if launcher == "mpi-script":  # launcher/mpi/run.sh HOSTFILE ARGS (MPIRUN_ARGS: see _rank_env)
         hostfile = log_dir / "hostfile"
         hostfile.write_text(f"localhost slots={nprocs}\n")
@@ -113,7 +123,9 @@ def rank_logs_by_rank(launcher: str, log_dir: Path) -> dict[int, str]:
     logs: dict[int, str] = {}
     if launcher == "single":  # the process is its own launcher
         logs[0] = (log_dir / "launcher0.log").read_text(errors="replace")
-    elif launcher in ("deepspeed", "nossh", "launch"):  # ranks/<timestamp>_rank<R>.log
+    elif launcher in ("deepspeed", "nossh", "launch") or (
+        launcher == "launch-once" and (log_dir / "ranks").is_dir()
+    ):  # ranks/<timestamp>_rank<R>.log
         for path in sorted((log_dir / "ranks").glob("*_rank*.log")):
             logs[int(path.stem.rsplit("_rank", 1)[1])] = path.read_text(errors="replace")
     elif launcher == "torchrun":  # torchrun/<run id>/attempt_<n>/<local rank>/std{out,err}.log
@@ -121,7 +133,7 @@ def rank_logs_by_rank(launcher: str, log_dir: Path) -> dict[int, str]:
             logs[int(rank_dir.name)] = _join_streams(
                 rank_dir / "stdout.log", rank_dir / "stderr.log"
             )
-    elif launcher in ("mpirun", "mpi-script"):  # mpi/1/rank.<R>/std{out,err}
+    elif launcher in ("mpirun", "mpi-script", "launch-once"):  # mpi/1/rank.<R>/std{out,err}
         for rank_dir in sorted((log_dir / "mpi").glob("*/rank.*")):
             logs[int(rank_dir.name.split(".", 1)[1])] = _join_streams(
                 rank_dir / "stdout", rank_dir / "stderr"
