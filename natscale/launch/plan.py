@@ -109,9 +109,7 @@ def build_plan(
                 )
             )
             return None, findings
-        active: Resources = OrderedDict(
-            localhost=list(range(opts.gpus_per_node or _local_devices()))
-        )
+        active: Resources = OrderedDict(localhost=_local_slots(opts, environ, findings))
     else:
         if not opts.hostfile:
             return None, [Finding("error", f"the {opts.backend} backend needs --hostfile PATH")]
@@ -168,10 +166,29 @@ def build_plan(
     return plan, findings
 
 
-def _local_devices() -> int:
+def _local_slots(
+    opts: LaunchOptions, environ: Mapping[str, str], findings: list[Finding]
+) -> list[int]:
+    """The device ids of a single-node launch, as deepspeed's runner picks them."""
     from deepspeed.accelerator import get_accelerator
 
-    return max(1, get_accelerator().device_count())
+    visible_var = get_accelerator().visible_devices_envs()[0]
+    visible = environ.get(visible_var, "")
+    if opts.gpus_per_node:
+        if visible:
+            findings.append(
+                Finding(
+                    "warning",
+                    f"deepspeed ignores {visible_var}={visible} when the number of devices is "
+                    f"given: it uses devices 0..{opts.gpus_per_node - 1}. Drop --gpus-per-node "
+                    f"to use exactly {visible_var}",
+                    "--gpus-per-node",
+                )
+            )
+        return list(range(opts.gpus_per_node))
+    if visible:  # deepspeed turns it into --include localhost:<ids>
+        return [int(i) for i in visible.split(",") if i.strip()]
+    return list(range(max(1, get_accelerator().device_count())))
 
 
 def _deepspeed_args(opts: LaunchOptions, master: str, num_nodes: int) -> list[str]:

@@ -316,13 +316,26 @@ def _local_slot_checks(plan: LaunchPlan) -> list[Finding]:
         return []
     from deepspeed.accelerator import get_accelerator
 
+    visible_var = get_accelerator().visible_devices_envs()[0]
+    visible = os.environ.get(visible_var)
+    if visible and opts.backend == "local" and not opts.gpus_per_node:
+        return []  # deepspeed runs exactly those devices
+    if visible:
+        return [
+            Finding(
+                "warning",
+                f"deepspeed replaces {visible_var}={visible} with the slots it assigns here "
+                f"({','.join(map(str, node.slots))}); restrict devices with the hostfile's slots= or "
+                "--include HOST:IDS instead",
+                where,
+            )
+        ]
     count = get_accelerator().device_count()
     if max(node.slots, default=-1) >= count:
         return [
             Finding(
                 "error",
-                f"this node ({node.host}) would use device ids {node.slots}, but it sees "
-                f"{count} device(s) (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); "
+                f"this node ({node.host}) would use device ids {node.slots}, but it has {count}; "
                 "lower its slots= or --gpus-per-node",
                 where,
             )

@@ -54,23 +54,19 @@ def describe(plan: LaunchPlan, run_lines: list[str], natscale_argv: list[str] | 
 def _node_lines(plan: LaunchPlan, node, natscale_argv: list[str] | None) -> list[str]:
     backend = plan.options.backend
     head = f"node {node.index} ({node.host}, {_ranks(node.ranks)})"
-    if backend == "no-ssh":
-        lines = [f"{head}: start it there with"]
-        if natscale_argv is not None:
-            lines.append(f"  {_cmd(_set_node_rank(natscale_argv, node.index))}")
-            lines.append("which runs")
-        lines.append(f"  {_cmd(node.argv)}")
-    elif backend == "local":
-        lines = [f"{head}:"]
-    elif backend == "pdsh":
+    if backend == "pdsh":
         return [f"{head} runs over ssh ({node.per_rank}):", f"  {node.shell}"]
-    else:
+    if backend in ("openmpi", "slurm"):
         return [f"{head} runs one such process per slot ({node.per_rank}):", f"  {_cmd(node.argv)}"]
-    lines += [
-        f"then deepspeed starts ({node.per_rank}):",
-        f"  {_cmd(node.launch_argv)}",
-    ]
-    return lines
+    lines = []
+    if backend == "no-ssh":
+        lines.append(f"{head}: start it there with")
+        if natscale_argv is not None:
+            lines += [f"  {_cmd(_set_node_rank(natscale_argv, node.index))}", "which runs"]
+        lines += [f"  {_cmd(node.argv)}", f"which starts ({node.per_rank}):"]
+    else:
+        lines.append(f"{head}: deepspeed starts ({node.per_rank}):")
+    return [*lines, f"  {_cmd(node.launch_argv)}"]
 
 
 def _set_node_rank(argv: list[str], rank: int) -> list[str]:
