@@ -17,6 +17,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "env",
         "versions, devices, DeepSpeed backend, which natscale ops are built or buildable",
     ),
+    "train": (
+        "train",
+        "train a causal LM on packed rows with DeepSpeed ZeRO-3 (one rank of a job)",
+    ),
+    "plot": ("plot", "PNG curves of a run directory: loss by class, throughput"),
 }
 
 
