@@ -125,9 +125,13 @@ def check_tokenizer(run: RunConfig, tokenizer_dir: Path, vocab_size: int) -> Non
 
 
 def check_ds_config(run: RunConfig, *, hidden_size: int) -> None:
+    import torch.distributed as dist
+
     from natscale.train.engine import resolve_ds_config
 
-    ds = resolve_ds_config(run, world_size=1, hidden_size=hidden_size)
+    # DeepSpeed's config class checks the batch sizes against the live world size, if any
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    ds = resolve_ds_config(run, world_size=world, hidden_size=hidden_size)
     check_with_deepspeed(ds, f"deepspeed.config {resolve_ds_config_path(run.deepspeed.config)}")
 
 

@@ -109,11 +109,13 @@ def write_model_config(path: Path, *, tied: bool = False, vocab: int = VOCAB) ->
     return path
 
 
-def write_run_config(path: Path, *, data: Path, model: Path, out: Path, **sections) -> Path:
+def write_run_config(
+    path: Path, *, data_dir: Path, model_config: Path | None = None, out: Path, **sections
+) -> Path:
     cfg: dict[str, Any] = {
         "output_dir": str(out),
-        "model": {"config": str(model), "activation_checkpointing": False},
-        "data": {"path": str(data), "shuffle": True, "micro_batch_rows": 1},
+        "model": {"config": str(model_config), "activation_checkpointing": False},
+        "data": {"path": str(data_dir), "shuffle": True, "micro_batch_rows": 1},
         "train": {"precision": "fp32", "lr": 3e-3, "steps": 8, "seed": 0, "warmup_steps": 1},
         "deepspeed": {"config": "ds_configs/zero3_cpu.json"},
         "checkpoint": {"every_steps": 0, "keep_last": 2, "export_hf": False},
@@ -123,3 +125,73 @@ def write_run_config(path: Path, *, data: Path, model: Path, out: Path, **sectio
         cfg.setdefault(section, {}).update(values)
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
+
+
+# ---- launching ranks (plain torchrun until the shared multi-process harness lands) ----------
+REPO = Path(__file__).resolve().parents[2]
+
+
+def rank_env(timeout_s: float) -> dict[str, str]:
+    import os
+
+    env = dict(os.environ)
+    env.update(
+        PYTHONPATH=str(REPO),
+        DS_ACCELERATOR="cpu",
+        GLOO_SOCKET_IFNAME="lo",
+        OMP_NUM_THREADS="1",
+        HF_HUB_OFFLINE="1",
+        MASTER_ADDR="127.0.0.1",
+        NATSCALE_HANG_DUMP_S=str(max(timeout_s - 30, 30)),
+        PYTHONWARNINGS="ignore::FutureWarning",
+    )
+    return env
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def command(argv: list[str], nproc: int) -> list[str]:
+    import sys
+
+    if nproc == 1:
+        return [sys.executable, *argv]
+    return [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+        "--master_addr", "127.0.0.1", "--master_port", str(free_port()), *argv,
+    ]  # fmt: skip
+
+
+def start(argv: list[str], *, nproc: int, log: Path, timeout_s: float = 300):
+    import subprocess
+
+    env = rank_env(timeout_s)
+    env["MASTER_PORT"] = str(free_port())
+    fh = log.open("w")
+    return subprocess.Popen(
+        command(argv, nproc), cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT
+    )
+
+
+def launch(argv: list[str], *, nproc: int, log: Path, timeout_s: float = 300) -> tuple[int, str]:
+    """Run ``argv`` (python args) on ``nproc`` ranks; return (exit code, combined output)."""
+    import subprocess
+
+    proc = start(argv, nproc=nproc, log=log, timeout_s=timeout_s)
+    try:
+        code = proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        code = -9
+    return code, log.read_text()
+
+
+def child_pids(pid: int) -> list[int]:
+    kids = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(x) for x in kids.read_text().split()] if kids.exists() else []
