@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_fixtures import (
+
+from natscale.train.metrics import read_metrics
+from tests.train.train_fixtures import (
     launch,
     make_segments,
     pack_greedy,
@@ -24,8 +26,6 @@ from train_fixtures import (
     write_model_config,
     write_run_config,
 )
-
-from natscale.train.metrics import read_metrics
 
 pytestmark = pytest.mark.multiproc
 GOLDEN = Path(__file__).parent / "golden" / "tied_2rank_fp32.json"
@@ -158,7 +158,7 @@ def test_sigterm_saves_and_resume_is_exact(work: Path, full_run: Path):
 
 
 def _rank_pids(launcher_pid: int) -> list[int]:
-    from train_fixtures import child_pids
+    from tests.train.train_fixtures import child_pids
 
     for _ in range(100):
         pids = child_pids(launcher_pid)
@@ -201,8 +201,9 @@ def test_gradients_agree_over_ranks_accumulation_and_packing(tmp_path: Path):
     Tied embeddings (the head's weight is also the partitioned input embedding) and an untied
     lm_head; segment weights differ by class.
     """
-    from train_fixtures import pack
     from transformers import AutoConfig, AutoModelForCausalLM
+
+    from tests.train.train_fixtures import pack
 
     segments = [
         (tokens, prompt, cls, 1.0 if cls == 0 else 0.5)
