@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # name -> (module under natscale.cli, one-line help)
@@ -42,8 +43,20 @@ def _load(module: str):
     return importlib.import_module(f"natscale.cli.{module}")
 
 
+def _strip_local_rank(argv: list[str]) -> list[str]:
+    """Drop the ``--local_rank=N`` that ``deepspeed --module natscale.cli`` puts before the command.
+
+    The launcher also exports LOCAL_RANK, which is what natscale reads.
+    """
+    while argv and argv[0].startswith(("--local_rank", "--local-rank")):
+        flag = argv.pop(0)
+        value = flag.partition("=")[2] or (argv.pop(0) if argv else "")
+        os.environ.setdefault("LOCAL_RANK", value)
+    return argv
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = _strip_local_rank(list(sys.argv[1:] if argv is None else argv))
     if not argv or argv[0] not in COMMANDS:
         parser = build_parser()
         if argv and argv[0] in ("-h", "--help"):
