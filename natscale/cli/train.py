@@ -79,8 +79,13 @@ def run(args: argparse.Namespace) -> int:
 
 def _quiet_libraries() -> None:
     import logging
+    import warnings
 
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    # DeepSpeed calls collectives that torch renamed; one warning per call would flood the log
+    warnings.filterwarnings(
+        "ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning
+    )
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_warning()
