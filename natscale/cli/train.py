@@ -57,8 +57,10 @@ def run(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
     from natscale.train.dist import init_distributed
+    from natscale.train.engine import export_local_size
     from natscale.train.trainer import Trainer, TrainingAborted
 
+    export_local_size()
     info = init_distributed()
     if info.rank == 0:
         for note in checks.notes:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,31 @@ class EngineBundle:
     ds_config: dict[str, Any]
     attn_implementation: str
     hf_ds_config: Any  # kept alive: transformers reads ZeRO-3 state from it (saving, init)
+
+
+# launcher variables that give the number of ranks on this node
+_LOCAL_SIZE_SOURCES = (
+    "LOCAL_WORLD_SIZE",
+    "OMPI_COMM_WORLD_LOCAL_SIZE",
+    "MPI_LOCALNRANKS",
+    "SLURM_NTASKS_PER_NODE",
+)
+
+
+def export_local_size(environ: dict[str, str] | os._Environ = os.environ) -> None:
+    """Set LOCAL_SIZE (ranks on this node) as the deepspeed launcher does, when another launcher ran us.
+
+    Without it DeepSpeed's CPU accelerator answers ``device_count()`` by running ``numactl
+    --hardware`` in a subprocess, and ZeRO-3 asks once per gradient bucket: ~20 forks a micro-batch.
+    """
+    if "LOCAL_SIZE" in environ:
+        return
+    for name in _LOCAL_SIZE_SOURCES:
+        if environ.get(name, "").isdigit():
+            environ["LOCAL_SIZE"] = environ[name]
+            return
+    if environ.get("WORLD_SIZE", "1") == "1":
+        environ["LOCAL_SIZE"] = "1"
 
 
 def resolve_ds_config(run: RunConfig, *, world_size: int, hidden_size: int) -> dict[str, Any]:

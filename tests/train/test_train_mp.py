@@ -49,6 +49,7 @@ def _config(work: Path, name: str, **sections) -> Path:
         **{
             "train": {"steps": STEPS, "grad_accum": 2},
             "checkpoint": {"every_steps": 8, "keep_last": 2, "export_hf": True},
+            "logging": {"tensorboard": True, "progress_bar": True},
             **sections,
         },
     )
@@ -82,6 +83,7 @@ def test_loss_falls_and_per_class_losses_are_logged(full_run: Path):
         assert num / r["tokens"]["trained"] == pytest.approx(r["loss"], rel=1e-5)
     summary = json.loads((full_run / "summary.json").read_text())
     assert summary["reason"] == "finished" and summary["nonfinite_steps"] == 0
+    assert list((full_run / "tensorboard").glob("events.out.tfevents.*"))
 
 
 def test_golden_losses(full_run: Path):
