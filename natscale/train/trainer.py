@@ -74,8 +74,7 @@ class Trainer:
         self.run_dir = Path(run.output_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.rows = PackedRows(run.data.path)
-        num_classes = len(class_names(run.data.path, 0)) or 0
-        self.class_names = class_names(run.data.path, max(num_classes, self.rows.num_classes()))
+        self.class_names = class_names(run.data.path, self.rows.num_classes())
         self.plan = StepPlan(
             info.world_size, info.rank, run.train.grad_accum, run.data.micro_batch_rows
         )

@@ -170,7 +170,8 @@ def _rank_pids(launcher_pid: int) -> list[int]:
     return child_pids(launcher_pid)
 
 
-def test_nonfinite_steps_are_skipped_then_abort(tmp_path: Path):
+def test_nonfinite_skip_stop_after_resume_then_abort(tmp_path: Path):
+    """Step 2 is skipped; the run stops after step 3 (exit 0); resumed, step 5 is the second skip."""
     segments = make_segments(80, seed=3)
     rows = pack_greedy(segments, 64)
     for bad in (1, 4):  # steps 2 and 5 (one row per step, no shuffle)
@@ -183,18 +184,29 @@ def test_nonfinite_steps_are_skipped_then_abort(tmp_path: Path):
         model_config=tmp_path / "untied",
         out=tmp_path / "run",
         data={"shuffle": False},
-        train={"steps": 10, "max_nonfinite_steps": 1},
+        train={"steps": 10, "max_nonfinite_steps": 1, "stop_after_steps": 3},
     )
-    code, out = launch(["-m", "natscale.cli", "train", str(cfg)], nproc=1, log=tmp_path / "log")
-    assert code == 1, out[-4000:]
+    argv = ["-m", "natscale.cli", "train", str(cfg)]
+    code, out = launch(argv, nproc=1, log=tmp_path / "log1")
+    assert code == 0, out[-4000:]
     assert "warning: step 2 skipped, non-finite loss" in out
+    assert "train: stop_after_steps at step 3/10" in out
+    assert (tmp_path / "run" / "checkpoints" / "latest").read_text() == "global_step3"
+
+    code, out = launch(
+        [*argv, "--resume", "--set", "train.stop_after_steps=null"], nproc=1, log=tmp_path / "log2"
+    )
+    assert code == 1, out[-4000:]
     assert "2 steps had a non-finite loss or gradient (train.max_nonfinite_steps=1)" in out
     records = read_metrics(tmp_path / "run")
     assert [r["step"] for r in records] == [1, 2, 3, 4, 5]
     assert [r["skipped"] for r in records] == [False, True, False, False, True]
     assert records[1]["loss"] is None and records[1]["nonfinite_steps"] == 1
+    assert records[4]["nonfinite_steps"] == 2  # the count came back with the checkpoint
     assert all(r["loss"] is not None and r["grad_norm"] < 1e3 for r in records[2:4])
-    assert not (tmp_path / "run" / "summary.json").exists()
+    assert (
+        json.loads((tmp_path / "run" / "summary.json").read_text())["reason"] == "stop_after_steps"
+    )
 
 
 def test_gradients_agree_over_ranks_accumulation_and_packing(tmp_path: Path):
