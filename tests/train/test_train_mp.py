@@ -248,17 +248,23 @@ def test_gradients_agree_over_ranks_accumulation_and_packing(tmp_path: Path):
     one = probe_args("tied_r1a4", "tied", "packed", grad_accum=4)
     one += probe_args("tied_unpacked", "tied", "unpacked", grad_accum=1, rows=len(step_segments))
     one += probe_args("untied_r1a4", "untied", "packed", grad_accum=4)
+    one += probe_args("seq_r1a4", "tied", "packed", grad_accum=4, loss_norm="sequence")
     code, out = launch([probe, *one], nproc=1, log=tmp_path / "one.log")
     assert code == 0, out[-4000:]
     two = probe_args("tied_r2a2", "tied", "packed", grad_accum=2)
     two += probe_args("untied_r2a2", "untied", "packed", grad_accum=2)
+    two += probe_args("seq_r2a2", "tied", "packed", grad_accum=2, loss_norm="sequence")
     code, out = launch([probe, *two], nproc=2, log=tmp_path / "two.log")
     assert code == 0, out[-4000:]
 
-    for tied, runs in (("tied", ("r1a4", "r2a2", "unpacked")), ("untied", ("r1a4", "r2a2"))):
-        ref_loss, ref_grads = _reference_step(tmp_path / tied, step_segments)
-        for run in runs:
-            name = f"{tied}_{run}"
+    cases = [
+        ("tied", "token", ("tied_r1a4", "tied_r2a2", "tied_unpacked")),
+        ("untied", "token", ("untied_r1a4", "untied_r2a2")),
+        ("tied", "sequence", ("seq_r1a4", "seq_r2a2")),
+    ]
+    for model, norm, names in cases:
+        ref_loss, ref_grads = _reference_step(tmp_path / model, step_segments, norm)
+        for name in names:
             got = torch.load(tmp_path / f"{name}.pt")
             assert got["loss"] == pytest.approx(ref_loss, rel=1e-6), name
             assert set(got["grads"]) == set(ref_grads), name
@@ -268,8 +274,12 @@ def test_gradients_agree_over_ranks_accumulation_and_packing(tmp_path: Path):
                 )
 
 
-def _reference_step(model_dir: Path, segments) -> tuple[float, dict[str, torch.Tensor]]:
-    """The objective computed directly: each segment alone through plain HF, token-mean."""
+def _reference_step(model_dir: Path, segments, norm: str) -> tuple[float, dict[str, torch.Tensor]]:
+    """The objective computed directly: each segment alone through plain HF.
+
+    token: sum of weight * NLL over all trained tokens / trained tokens;
+    sequence: sum of weight * (segment's mean NLL) / segments.
+    """
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
@@ -282,8 +292,9 @@ def _reference_step(model_dir: Path, segments) -> tuple[float, dict[str, torch.T
         nll = torch.nn.functional.cross_entropy(
             logits[start:-1], ids[0, start + 1 :], reduction="sum"
         )
-        total = total + weight * nll
-        count += len(tokens) - 1 - start
+        n = len(tokens) - 1 - start
+        total = total + weight * (nll if norm == "token" else nll / n)
+        count += n if norm == "token" else 1
     loss = total / count
     loss.backward()
     return loss.item(), {n: p.grad.float() for n, p in model.named_parameters()}
