@@ -58,15 +58,16 @@ def run(args: argparse.Namespace) -> int:
 
     from natscale.train.dist import init_distributed
     from natscale.train.engine import export_local_size
-    from natscale.train.trainer import Trainer, TrainingAborted
+    from natscale.train.trainer import StopSignal, Trainer, TrainingAborted
 
+    stop = StopSignal()  # from here on a SIGTERM means: checkpoint at the next step boundary
     export_local_size()
     info = init_distributed()
     if info.rank == 0:
         for note in checks.notes:
             print(f"natscale train: note: {note}", file=sys.stderr, flush=True)
     try:
-        summary = Trainer(run_cfg, info, checks, resume=args.resume).train()
+        summary = Trainer(run_cfg, info, checks, resume=args.resume).train(stop)
     except TrainingAborted as exc:
         return _fail(str(exc), 1)
     except RowError as exc:

@@ -67,6 +67,8 @@ class StopSignal:
 
 
 class Trainer:
+    """One rank's training run: data plan, engine, state, the loop, checkpoints and export."""
+
     def __init__(self, run: RunConfig, info: DistInfo, checks: Preflight, *, resume: bool):
         self.run = run
         self.info = info
@@ -136,7 +138,7 @@ class Trainer:
             for ids in self.plan.micro_batches(self.order, self.state.rows_consumed)
         ]
 
-    def _counts(self, batches: list[MicroBatch]) -> list[int]:
+    def _counts(self, batches: list[MicroBatch]) -> torch.Tensor:
         """Global [trained tokens, trained segments, slot, nonpad, sum L_seg^2] of the step."""
         local = torch.tensor(
             [
@@ -239,9 +241,13 @@ class Trainer:
             keep_last=self.run.checkpoint.keep_last,
         )
 
-    def train(self) -> dict[str, Any]:
-        """Run until ``total_steps``, ``stop_after_steps`` or SIGTERM; returns the summary."""
-        stop = StopSignal()
+    def train(self, stop: StopSignal | None = None) -> dict[str, Any]:
+        """Run until ``total_steps``, ``stop_after_steps`` or SIGTERM; returns the summary.
+
+        Install ``stop`` early (before loading the model) so that a SIGTERM during start-up is
+        honoured at the first step boundary too.
+        """
+        stop = stop or StopSignal()
         try:
             return self._loop(stop)
         finally:
