@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "env",
         "versions, devices, DeepSpeed backend, which natscale ops are built or buildable",
     ),
+    "prepare": ("prepare", "raw trajectories -> NAT-marked, loss-masked, packed dataset on disk"),
     "train": (
         "train",
         "train a causal LM on packed rows with DeepSpeed ZeRO-3 (one rank of a job)",
