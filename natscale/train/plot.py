@@ -38,7 +38,8 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
     ax.plot(*_series(records, "loss"), label="total (objective)", color="black", linewidth=2)
     for name in records[-1].get("loss_by_class", {}):
         ax.plot(*_series(records, "loss_by_class", name), label=f"{name} (token-mean NLL)")
-    ax.set(xlabel="optimizer step", ylabel="loss", title=f"loss: {Path(run_dir).name}")
+    name = "/".join(Path(run_dir).resolve().parts[-2:])
+    ax.set(xlabel="optimizer step", ylabel="loss", title=f"loss: {name}")
     ax.grid(alpha=0.3)
     ax.legend()
     written.append(_save(fig, out / "loss.png"))
@@ -46,7 +47,7 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
     fig, ax = plt.subplots(figsize=(7, 4))
     for kind in ("slot", "nonpad", "trained"):
         ax.plot(*_series(records, "tokens_per_s_per_gpu", kind), label=kind)
-    ax.set(xlabel="optimizer step", ylabel="tokens / s / device", title="throughput")
+    ax.set(xlabel="optimizer step", ylabel="tokens / s / device", title=f"throughput: {name}")
     ax.grid(alpha=0.3)
     ax.legend()
     written.append(_save(fig, out / "throughput.png"))

@@ -280,7 +280,9 @@ class Trainer:
                 self.writer.write(record)
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
+                bar.set_postfix(
+                    loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", refresh=False
+                )
             if state.nonfinite_steps > run.train.max_nonfinite_steps:
                 raise TrainingAborted(
                     f"{state.nonfinite_steps} steps had a non-finite loss or gradient "
