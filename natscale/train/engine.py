@@ -52,8 +52,9 @@ def export_local_size(environ: dict[str, str] | os._Environ = os.environ) -> Non
         if environ.get(name, "").isdigit():
             environ["LOCAL_SIZE"] = environ[name]
             return
-    if environ.get("WORLD_SIZE", "1") == "1":
-        environ["LOCAL_SIZE"] = "1"
+    launched = ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "SLURM_PROCID")
+    if not any(name in environ for name in launched) or environ.get("WORLD_SIZE") == "1":
+        environ["LOCAL_SIZE"] = "1"  # a job of one
 
 
 def resolve_ds_config(run: RunConfig, *, world_size: int, hidden_size: int) -> dict[str, Any]:
