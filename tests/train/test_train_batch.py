@@ -106,20 +106,3 @@ def test_pack_greedy_rows_are_valid():
     assert all(len(r["input_ids"]) == 64 for r in rows)
     assert sum(len(r["segment_class"]) for r in rows) == 30
     assert np.all([r["cu_seqlens"][-1] <= 64 for r in rows])
-
-
-@pytest.mark.parametrize(
-    ("env", "expected"),
-    [
-        ({}, "1"),
-        ({"RANK": "0", "WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "2"}, "2"),
-        ({"OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_LOCAL_SIZE": "8"}, "8"),
-        ({"SLURM_PROCID": "3", "SLURM_NTASKS_PER_NODE": "2(x4)"}, None),
-        ({"LOCAL_SIZE": "3", "LOCAL_WORLD_SIZE": "2"}, "3"),
-    ],
-)
-def test_local_size_like_the_deepspeed_launcher(env: dict, expected: str | None):
-    from natscale.train.engine import export_local_size
-
-    export_local_size(env)
-    assert env.get("LOCAL_SIZE") == expected
