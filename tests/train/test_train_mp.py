@@ -231,7 +231,8 @@ def test_gradients_agree_over_ranks_accumulation_and_packing(tmp_path: Path):
     """One step's gradients: 1 rank x accum 4 == 2 ranks x accum 2 == unpacked == plain HF.
 
     Tied embeddings (the head's weight is also the partitioned input embedding) and an untied
-    lm_head; segment weights differ by class.
+    lm_head (under ZeRO-3 with activation checkpointing on 2 ranks); token- and sequence-mean
+    normalisation; segment weights differ by class.
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -256,7 +257,11 @@ def test_gradients_agree_over_ranks_accumulation_and_packing(tmp_path: Path):
             tmp_path / f"{name}.yaml",
             data_dir=tmp_path / data,
             out=tmp_path / name,
-            model={"path": str(tmp_path / model), "config": None},
+            model={
+                "path": str(tmp_path / model),
+                "config": None,
+                "activation_checkpointing": train.pop("checkpointing", False),
+            },
             data={"shuffle": False, "micro_batch_rows": train.pop("rows", 1)},
             train=train,
         )
@@ -270,7 +275,7 @@ def test_gradients_agree_over_ranks_accumulation_and_packing(tmp_path: Path):
     code, out = launch([probe, *one], nproc=1, log=tmp_path / "one.log")
     assert code == 0, out[-4000:]
     two = probe_args("tied_r2a2", "tied", "packed", grad_accum=2)
-    two += probe_args("untied_r2a2", "untied", "packed", grad_accum=2)
+    two += probe_args("untied_r2a2", "untied", "packed", grad_accum=2, checkpointing=True)
     two += probe_args("seq_r2a2", "tied", "packed", grad_accum=2, loss_norm="sequence")
     code, out = launch([probe, *two], nproc=2, log=tmp_path / "two.log")
     assert code == 0, out[-4000:]
