@@ -14,6 +14,8 @@ natscale env
 natscale prepare examples/configs/prepare_math.yaml --out "$RUN/data" \
   --set pack.max_seq_len=1024 --overwrite --no-progress
 rm -rf "$RUN/train"
+# DeepSpeed's CPU shm allreduce leaves a 66 MB buffer per rank in /dev/shm: remove ours
+trap 'rm -f /dev/shm/deepspeed_allreduce_buffer_*_127.0.0.1_"$PORT"_*' EXIT
 torchrun --nnodes 1 --nproc_per_node 2 --master_addr 127.0.0.1 --master_port "$PORT" \
   -m natscale.cli train examples/configs/train_tiny.yaml \
   --set output_dir="$RUN/train" --set data.path="$RUN/data"

@@ -23,6 +23,7 @@ from tests.train.train_fixtures import (
     launch,
     make_segments,
     pack_greedy,
+    remove_shm,
     save_rows,
     start,
     write_model_config,
@@ -155,7 +156,9 @@ def test_sigterm_saves_and_resume_is_exact(work: Path, full_run: Path):
     assert len(ranks) == 2, (work / "stopped.log").read_text()[-3000:]
     for pid in ranks:  # as SLURM does: every task gets the signal
         os.kill(pid, signal.SIGTERM)
-    assert proc.wait(timeout=240) == 0, (work / "stopped.log").read_text()[-4000:]
+    code = proc.wait(timeout=240)
+    remove_shm(proc.master_port)
+    assert code == 0, (work / "stopped.log").read_text()[-4000:]
     stopped = read_metrics(work / "stopped")
     k = stopped[-1]["step"]
     assert 2 <= k < STEPS

@@ -156,26 +156,36 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def command(argv: list[str], nproc: int) -> list[str]:
+def command(argv: list[str], nproc: int, port: int) -> list[str]:
     import sys
 
     if nproc == 1:
         return [sys.executable, *argv]
     return [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-        "--master_addr", "127.0.0.1", "--master_port", str(free_port()), *argv,
+        "--master_addr", "127.0.0.1", "--master_port", str(port), *argv,
     ]  # fmt: skip
 
 
 def start(argv: list[str], *, nproc: int, log: Path, timeout_s: float = 300):
+    """Start the ranks; ``proc.master_port`` names the run's port (see remove_shm)."""
     import subprocess
 
     env = rank_env(timeout_s)
-    env["MASTER_PORT"] = str(free_port())
+    port = free_port()
+    env["MASTER_PORT"] = str(port)
     fh = log.open("w")
-    return subprocess.Popen(
-        command(argv, nproc), cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT
+    proc = subprocess.Popen(
+        command(argv, nproc, port), cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT
     )
+    proc.master_port = port
+    return proc
+
+
+def remove_shm(port: int) -> None:
+    """DeepSpeed's CPU shm allreduce leaves a 66 MB buffer per rank in /dev/shm (RAM)."""
+    for buf in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_127.0.0.1_{port}_*"):
+        buf.unlink(missing_ok=True)
 
 
 def launch(argv: list[str], *, nproc: int, log: Path, timeout_s: float = 300) -> tuple[int, str]:
@@ -189,6 +199,8 @@ def launch(argv: list[str], *, nproc: int, log: Path, timeout_s: float = 300) ->
         proc.kill()
         proc.wait()
         code = -9
+    finally:
+        remove_shm(proc.master_port)
     return code, log.read_text()
 
 
