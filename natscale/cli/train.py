@@ -115,6 +115,7 @@ def summary_line(s: dict) -> str:
         f"train: {s['reason']} at step {s['steps']}/{s['total_steps']} in {s['wall_s']:.1f} s; "
         f"loss {num(s['first_loss'])} -> {num(s['final_loss'])} ({classes}); "
         f"{s['tokens_seen']['trained']:,} trained tokens; tok/s/device slot {rates['slot']:,.0f} "
-        f"non-pad {rates['nonpad']:,.0f} trained {rates['trained']:,.0f}; MFU {mfu} on "
+        f"non-pad {rates['nonpad']:,.0f} trained {rates['trained']:,.0f}; "
+        f"{s['tflops_per_gpu']:.3g} TFLOP/s/device, MFU {mfu} on "
         f"{s['device']}; skipped {s['nonfinite_steps']}; -> {where}"
     )

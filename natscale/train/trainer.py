@@ -351,6 +351,7 @@ class Trainer:
         world = self.info.world_size
         rates = {k: sum(r["tokens"][k] for r in timed) / total_time / world for k in TOKEN_KINDS}
         mfus = [r["mfu"] for r in timed if r["mfu"] is not None]
+        tflops = sum(r["tflops_per_gpu"] * r["step_time_s"] for r in timed) / total_time
         last = records[-1] if records else {}
         return {
             "reason": reason,
@@ -365,6 +366,7 @@ class Trainer:
             "first_loss": records[0]["loss"] if records else None,
             "tokens_seen": dict(self.state.tokens_seen),
             "tokens_per_s_per_gpu": rates,
+            "tflops_per_gpu": tflops,
             "mfu": sum(mfus) / len(mfus) if mfus else None,
             "device": self.device_label,
             "attn_implementation": self.bundle.attn_implementation,
