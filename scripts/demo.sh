@@ -7,15 +7,13 @@ set -euo pipefail
 export DS_ACCELERATOR=${DS_ACCELERATOR:-cpu} GLOO_SOCKET_IFNAME=${GLOO_SOCKET_IFNAME:-lo}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 RUN=${RUN:-runs/demo}
-PORT=${MASTER_PORT:-29517}
+PORT=${MASTER_PORT:-$(python -c "from natscale.train.dist import free_port; print(free_port())")}
 start=$(date +%s)
 
 natscale env
 natscale prepare examples/configs/prepare_math.yaml --out "$RUN/data" \
   --set pack.max_seq_len=1024 --overwrite --no-progress
 rm -rf "$RUN/train"
-# DeepSpeed's CPU shm allreduce leaves a 66 MB buffer per rank in /dev/shm: remove ours
-trap 'rm -f /dev/shm/deepspeed_allreduce_buffer_*_127.0.0.1_"$PORT"_*' EXIT
 torchrun --nnodes 1 --nproc_per_node 2 --master_addr 127.0.0.1 --master_port "$PORT" \
   -m natscale.cli train examples/configs/train_tiny.yaml \
   --set output_dir="$RUN/train" --set data.path="$RUN/data"

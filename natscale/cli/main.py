@@ -28,6 +28,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "convert",
         "ZeRO checkpoint -> Hugging Face safetensors folder; trajectory formats",
     ),
+    "selftest": (
+        "selftest",
+        "check that this cluster/launcher setup can train with ZeRO-3 (tiny model)",
+    ),
 }
 
 
@@ -49,13 +53,14 @@ def _load(module: str):
 
 
 def _strip_local_rank(argv: list[str]) -> list[str]:
-    """Drop the ``--local_rank=N`` that ``deepspeed --module natscale.cli`` puts before the command.
+    """Drop the ``--local_rank=N`` that ``deepspeed`` (and torch.distributed.launch) put first.
 
-    The launcher also exports LOCAL_RANK, which is what natscale reads.
+    ``deepspeed --module natscale.cli train ...`` runs ``python -m natscale.cli --local_rank=0
+    train ...``; the launcher also sets LOCAL_RANK, which is what natscale reads.
     """
     while argv and argv[0].startswith(("--local_rank", "--local-rank")):
         flag = argv.pop(0)
-        value = flag.partition("=")[2] or (argv.pop(0) if argv else "")
+        value = flag.partition("=")[2] if "=" in flag else (argv.pop(0) if argv else "")
         os.environ.setdefault("LOCAL_RANK", value)
     return argv
 
