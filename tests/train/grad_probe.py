@@ -59,4 +59,4 @@ def probe(config: str, out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main([a for a in sys.argv[1:] if not a.startswith("--local_rank")])  # deepspeed adds it

@@ -3,7 +3,9 @@
 One 2-rank run of the example tiny Llama with tied embeddings on a sample of the example data
 (through `natscale prepare`) serves several checks: the loss falls, per-class losses are logged,
 the golden loss file, checkpoints, the HF export and `natscale plot`. A second run is stopped by
-SIGTERM and resumed; together they must reproduce the first bit for bit.
+SIGTERM and resumed; together they must reproduce the first bit for bit. The runs go through the
+multi-process harness under different launchers: torchrun, mpirun, the deepspeed launcher, two
+no-ssh "nodes", and a single process.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -18,14 +21,14 @@ import pytest
 import torch
 
 from natscale.train.metrics import read_metrics
+from tests.mp.harness import RunResult, assert_ok, run_distributed
 from tests.train.train_fixtures import (
     REPO,
-    launch,
+    TAG,
     make_segments,
     pack_greedy,
-    remove_shm,
     save_rows,
-    start,
+    signal_ranks,
     write_model_config,
     write_run_config,
 )
@@ -71,12 +74,17 @@ def _config(work: Path, name: str, **sections) -> Path:
 
 @pytest.fixture(scope="module")
 def full_run(work: Path) -> Path:
-    code, out = launch(
-        ["-m", "natscale.cli", "train", str(_config(work, "full"))], nproc=2, log=work / "full.log"
-    )
-    assert code == 0, out[-4000:]
-    assert f"train: finished at step {STEPS}/{STEPS}" in out
+    cfg = _config(work, "full")
+    result = run_distributed(["train", str(cfg)], launcher="torchrun", log_dir=work / "logs")
+    assert_ok(result)
+    assert f"train: finished at step {STEPS}/{STEPS}" in result.rank_logs[0]
+    assert "train: finished" not in result.rank_logs[1]  # the summary is rank 0's
+    assert result.shm_leftovers == []
     return work / "full"
+
+
+def _log(result: RunResult) -> str:
+    return result.format_logs(max_lines=60)
 
 
 def test_loss_falls_and_per_class_losses_are_logged(full_run: Path):
@@ -143,22 +151,24 @@ def test_plot(full_run: Path, tmp_path: Path):
 
 
 def test_sigterm_saves_and_resume_is_exact(work: Path, full_run: Path):
-    cfg = _config(work, "stopped")
-    argv = ["-m", "natscale.cli", "train", str(cfg)]
-    proc = start(argv, nproc=2, log=work / "stopped.log")
+    """SIGTERM to every rank mid-run (mpirun): checkpoint, exit 0; resume (deepspeed launcher)."""
+    args = ["train", str(_config(work, "stopped"))]
     metrics = work / "stopped" / "metrics.jsonl"
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if metrics.is_file() and len(metrics.read_text().splitlines()) >= 2:
-            break
-        time.sleep(0.05)
-    ranks = _rank_pids(proc.pid)
-    assert len(ranks) == 2, (work / "stopped.log").read_text()[-3000:]
-    for pid in ranks:  # as SLURM does: every task gets the signal
-        os.kill(pid, signal.SIGTERM)
-    code = proc.wait(timeout=240)
-    remove_shm(proc.master_port)
-    assert code == 0, (work / "stopped.log").read_text()[-4000:]
+    signalled: list[int] = []
+
+    def preempt() -> None:  # as SLURM does: every task gets the signal
+        deadline = time.time() + 200
+        while time.time() < deadline and not signalled:
+            if metrics.is_file() and len(metrics.read_text().splitlines()) >= 2:
+                signalled.append(signal_ranks("stopped", signal.SIGTERM))
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=preempt, daemon=True)
+    watcher.start()
+    result = run_distributed(args, launcher="mpirun", env={TAG: "stopped"}, log_dir=work / "logs")
+    watcher.join()
+    assert signalled == [2], _log(result)
+    assert_ok(result)
     stopped = read_metrics(work / "stopped")
     k = stopped[-1]["step"]
     assert 2 <= k < STEPS
@@ -166,8 +176,8 @@ def test_sigterm_saves_and_resume_is_exact(work: Path, full_run: Path):
     assert json.loads((work / "stopped" / "summary.json").read_text())["reason"] == "SIGTERM"
     assert not (work / "stopped" / "hf").exists()
 
-    code, out = launch([*argv, "--resume"], nproc=2, log=work / "resumed.log")
-    assert code == 0, out[-4000:]
+    result = run_distributed([*args, "--resume"], launcher="deepspeed", log_dir=work / "logs")
+    assert_ok(result)
     resumed = read_metrics(work / "stopped")
     full = read_metrics(full_run)
     assert [r["step"] for r in resumed] == list(range(1, STEPS + 1))
@@ -178,17 +188,8 @@ def test_sigterm_saves_and_resume_is_exact(work: Path, full_run: Path):
         assert a["tokens_seen"] == b["tokens_seen"]
     a_hf = (full_run / "hf" / "model.safetensors").read_bytes()
     assert a_hf == (work / "stopped" / "hf" / "model.safetensors").read_bytes()
-
-
-def _rank_pids(launcher_pid: int) -> list[int]:
-    from tests.train.train_fixtures import child_pids
-
-    for _ in range(100):
-        pids = child_pids(launcher_pid)
-        if len(pids) == 2:
-            return pids
-        time.sleep(0.05)
-    return child_pids(launcher_pid)
+    summary = json.loads((work / "stopped" / "summary.json").read_text())
+    assert summary["resumed_from"] == f"global_step{k}" and summary["steps_this_run"] == STEPS - k
 
 
 def test_nonfinite_skip_stop_after_resume_then_abort(tmp_path: Path):
@@ -207,27 +208,29 @@ def test_nonfinite_skip_stop_after_resume_then_abort(tmp_path: Path):
         data={"shuffle": False},
         train={"steps": 10, "max_nonfinite_steps": 1, "stop_after_steps": 3},
     )
-    argv = ["-m", "natscale.cli", "train", str(cfg)]
-    code, out = launch(argv, nproc=1, log=tmp_path / "log1")
-    assert code == 0, out[-4000:]
-    assert "warning: step 2 skipped, non-finite loss" in out
-    assert "train: stop_after_steps at step 3/10" in out
+    args = ["train", str(cfg)]
+    logs = tmp_path / "logs"
+    result = run_distributed(args, launcher="single", nprocs=1, log_dir=logs)
+    assert_ok(result)
+    assert "warning: step 2 skipped, non-finite loss" in result.rank_logs[0]
+    assert "train: stop_after_steps at step 3/10" in result.rank_logs[0]
     assert (tmp_path / "run" / "checkpoints" / "latest").read_text() == "global_step3"
 
-    code, out = launch(
-        [*argv, "--resume", "--set", "train.stop_after_steps=null"], nproc=1, log=tmp_path / "log2"
+    args += ["--resume", "--set", "train.stop_after_steps=null"]
+    result = run_distributed(args, launcher="single", nprocs=1, log_dir=logs)
+    assert result.returncodes == [1] and not result.timed_out, _log(result)
+    assert (
+        "2 steps had a non-finite loss or gradient (train.max_nonfinite_steps=1)"
+        in (result.rank_logs[0])
     )
-    assert code == 1, out[-4000:]
-    assert "2 steps had a non-finite loss or gradient (train.max_nonfinite_steps=1)" in out
     records = read_metrics(tmp_path / "run")
     assert [r["step"] for r in records] == [1, 2, 3, 4, 5]
     assert [r["skipped"] for r in records] == [False, True, False, False, True]
     assert records[1]["loss"] is None and records[1]["nonfinite_steps"] == 1
     assert records[4]["nonfinite_steps"] == 2  # the count came back with the checkpoint
     assert all(r["loss"] is not None and r["grad_norm"] < 1e3 for r in records[2:4])
-    assert (
-        json.loads((tmp_path / "run" / "summary.json").read_text())["reason"] == "stop_after_steps"
-    )
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["reason"] == "stop_after_steps"
 
 
 def test_gradients_agree_over_ranks_accumulation_and_packing(tmp_path: Path):
@@ -275,13 +278,13 @@ def test_gradients_agree_over_ranks_accumulation_and_packing(tmp_path: Path):
     one += probe_args("tied_unpacked", "tied", "unpacked", grad_accum=1, rows=len(step_segments))
     one += probe_args("untied_r1a4", "untied", "packed", grad_accum=4)
     one += probe_args("seq_r1a4", "tied", "packed", grad_accum=4, loss_norm="sequence")
-    code, out = launch([probe, *one], nproc=1, log=tmp_path / "one.log")
-    assert code == 0, out[-4000:]
+    logs = tmp_path / "logs"
+    assert_ok(run_distributed(one, launcher="single", nprocs=1, entry=probe, log_dir=logs))
     two = probe_args("tied_r2a2", "tied", "packed", grad_accum=2)
     two += probe_args("untied_r2a2", "untied", "packed", grad_accum=2, checkpointing=True)
     two += probe_args("seq_r2a2", "tied", "packed", grad_accum=2, loss_norm="sequence")
-    code, out = launch([probe, *two], nproc=2, log=tmp_path / "two.log")
-    assert code == 0, out[-4000:]
+    # two no-ssh "nodes" of one rank each: the multi-node path
+    assert_ok(run_distributed(two, launcher="nossh", nprocs=2, entry=probe, log_dir=logs))
 
     cases = [
         ("tied", "token", ("tied_r1a4", "tied_r2a2", "tied_unpacked")),

@@ -127,83 +127,29 @@ def write_run_config(
     return path
 
 
-# ---- launching ranks (plain torchrun until the shared multi-process harness lands) ----------
+# ---- signalling the ranks of a harness run ---------------------------------------------------
 REPO = Path(__file__).resolve().parents[2]
+TAG = "NATSCALE_TRAIN_TEST_TAG"  # put in a run's env to find its rank processes
 
 
-def rank_env(timeout_s: float) -> dict[str, str]:
-    import os
+def signal_ranks(tag: str, sig: int) -> int:
+    """Send ``sig`` to every rank process of the run started with ``env={TAG: tag}``, as SLURM
+    signals every task. Returns how many were signalled."""
+    import psutil
 
-    env = dict(os.environ)
-    env.update(
-        PYTHONPATH=str(REPO),
-        DS_ACCELERATOR="cpu",
-        GLOO_SOCKET_IFNAME="lo",
-        OMP_NUM_THREADS="1",
-        HF_HUB_OFFLINE="1",
-        MASTER_ADDR="127.0.0.1",
-        NATSCALE_HANG_DUMP_S=str(max(timeout_s - 30, 30)),
-        PYTHONWARNINGS="ignore::FutureWarning",
-    )
-    return env
+    def env_of(proc) -> dict[str, str]:
+        try:
+            return proc.environ() if proc is not None else {}
+        except psutil.Error:
+            return {}
 
+    def is_rank(env: dict[str, str]) -> bool:
+        return "RANK" in env or "OMPI_COMM_WORLD_RANK" in env
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def command(argv: list[str], nproc: int, port: int) -> list[str]:
-    import sys
-
-    if nproc == 1:
-        return [sys.executable, *argv]
-    return [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-        "--master_addr", "127.0.0.1", "--master_port", str(port), *argv,
-    ]  # fmt: skip
-
-
-def start(argv: list[str], *, nproc: int, log: Path, timeout_s: float = 300):
-    """Start the ranks; ``proc.master_port`` names the run's port (see remove_shm)."""
-    import subprocess
-
-    env = rank_env(timeout_s)
-    port = free_port()
-    env["MASTER_PORT"] = str(port)
-    fh = log.open("w")
-    proc = subprocess.Popen(
-        command(argv, nproc, port), cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT
-    )
-    proc.master_port = port
-    return proc
-
-
-def remove_shm(port: int) -> None:
-    """DeepSpeed's CPU shm allreduce leaves a 66 MB buffer per rank in /dev/shm (RAM)."""
-    for buf in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_127.0.0.1_{port}_*"):
-        buf.unlink(missing_ok=True)
-
-
-def launch(argv: list[str], *, nproc: int, log: Path, timeout_s: float = 300) -> tuple[int, str]:
-    """Run ``argv`` (python args) on ``nproc`` ranks; return (exit code, combined output)."""
-    import subprocess
-
-    proc = start(argv, nproc=nproc, log=log, timeout_s=timeout_s)
-    try:
-        code = proc.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        code = -9
-    finally:
-        remove_shm(proc.master_port)
-    return code, log.read_text()
-
-
-def child_pids(pid: int) -> list[int]:
-    kids = Path(f"/proc/{pid}/task/{pid}/children")
-    return [int(x) for x in kids.read_text().split()] if kids.exists() else []
+    count = 0
+    for proc in psutil.process_iter():
+        env = env_of(proc)
+        if env.get(TAG) == tag and is_rank(env) and not is_rank(env_of(proc.parent())):
+            proc.send_signal(sig)
+            count += 1
+    return count
