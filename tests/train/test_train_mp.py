@@ -193,7 +193,10 @@ def test_sigterm_saves_and_resume_is_exact(work: Path, full_run: Path):
 
 
 def test_nonfinite_skip_stop_after_resume_then_abort(tmp_path: Path):
-    """Step 2 is skipped; the run stops after step 3 (exit 0); resumed, step 5 is the second skip."""
+    """Step 2 is skipped; the run stops after step 3 (exit 0); resumed, step 5 is the second skip.
+
+    One process, bf16 with activation checkpointing (the other runs are fp32).
+    """
     segments = make_segments(80, seed=3)
     rows = pack_greedy(segments, 64)
     for bad in (1, 4):  # steps 2 and 5 (one row per step, no shuffle)
@@ -205,8 +208,9 @@ def test_nonfinite_skip_stop_after_resume_then_abort(tmp_path: Path):
         data_dir=tmp_path / "data",
         model_config=tmp_path / "untied",
         out=tmp_path / "run",
+        model={"activation_checkpointing": True},
         data={"shuffle": False},
-        train={"steps": 10, "max_nonfinite_steps": 1, "stop_after_steps": 3},
+        train={"steps": 10, "max_nonfinite_steps": 1, "stop_after_steps": 3, "precision": "bf16"},
     )
     args = ["train", str(cfg)]
     logs = tmp_path / "logs"
@@ -231,6 +235,8 @@ def test_nonfinite_skip_stop_after_resume_then_abort(tmp_path: Path):
     assert all(r["loss"] is not None and r["grad_norm"] < 1e3 for r in records[2:4])
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["reason"] == "stop_after_steps"
+    ds_config = json.loads((tmp_path / "run" / "ds_config.json").read_text())
+    assert ds_config["bf16"]["enabled"] is True
 
 
 def test_gradients_agree_over_ranks_accumulation_and_packing(tmp_path: Path):

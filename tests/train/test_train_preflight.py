@@ -55,12 +55,26 @@ def test_a_good_setup_passes(setup):
     assert "no tokenizer" in checks.notes[0]
 
 
-def test_cli_fails_before_any_process_group(setup, capsys):
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "{cfg}"],
+        ["train", "--config", "{cfg}"],
+        ["--local_rank=0", "train", "--config", "{cfg}"],  # deepspeed --module natscale.cli ...
+    ],
+)
+def test_cli_fails_before_any_process_group(setup, capsys, argv):
     tmp, cfg = setup
-    assert main(["train", str(cfg), "--set", f"data.path={tmp / 'nowhere'}"]) == 2
+    argv = [a.format(cfg=cfg) for a in argv]
+    assert main([*argv, "--set", f"data.path={tmp / 'nowhere'}"]) == 2
     err = capsys.readouterr().err
     assert "is not a `natscale prepare` output directory" in err and "nowhere" in err
     assert not dist.is_initialized()
+
+
+def test_cli_needs_a_config(capsys):
+    assert main(["train"]) == 2
+    assert "no run config" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
