@@ -19,6 +19,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "versions, devices, DeepSpeed backend, which natscale ops are built or buildable",
     ),
     "prepare": ("prepare", "raw trajectories -> NAT-marked, loss-masked, packed dataset on disk"),
+    "train": (
+        "train",
+        "train a causal LM on packed rows with DeepSpeed ZeRO-3 (one rank of a job)",
+    ),
+    "plot": ("plot", "PNG curves of a run directory: loss by class, throughput"),
     "convert": (
         "convert",
         "ZeRO checkpoint -> Hugging Face safetensors folder; trajectory formats",

@@ -1,0 +1,93 @@
+"""The training module: a Hugging Face causal LM whose forward ends in the segment loss op.
+
+``NatCausalLM`` adopts the HF model's children under their own names, so its state dict (and so
+every DeepSpeed checkpoint and zero_to_fp32 output) uses exactly the HF parameter names. Its
+forward runs the HF base model on packed rows and hands the last hidden states to
+``SegmentLossHead``, which calls :func:`natscale.ops.segment_cross_entropy` with the output
+embedding weight. The [T, V] logits are never formed by HF code.
+
+Under ZeRO-3 the lm_head weight is partitioned and only the module whose forward is running gets
+its parameters gathered. The head's weight belongs to ``lm_head`` (or, tied, to the input
+embedding), whose forward never runs here, so it is registered as an *external parameter* of
+``SegmentLossHead``: DeepSpeed gathers it for that module's forward and backward and releases it
+after. This is why the loss must run inside the engine's forward.
+
+Legend: B rows, L row length, T = B * L tokens, H hidden size, V vocabulary, S segments.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from natscale.ops import segment_cross_entropy
+
+
+class SegmentLossHead(nn.Module):
+    """lm_head projection + segment-masked loss, on the (possibly partitioned) output embedding."""
+
+    def __init__(self, output_embeddings: nn.Module):
+        super().__init__()
+        # a list, not a child module: the weight stays owned (and named) by the LM
+        self._head = [output_embeddings]
+
+    def forward(
+        self,
+        hidden_TH: torch.Tensor,
+        targets_T: torch.Tensor,
+        token_weight_T: torch.Tensor,
+        cu_seqlens: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        weight_VH = self._head[0].weight
+        return segment_cross_entropy(hidden_TH, weight_VH, targets_T, token_weight_T, cu_seqlens)
+
+
+class NatCausalLM(nn.Module):
+    """Wraps an HF ``*ForCausalLM`` for packed, segment-weighted training."""
+
+    def __init__(self, lm: nn.Module, *, flatten_rows: bool = False):
+        super().__init__()
+        if next(lm.named_parameters(recurse=False), None) is not None:
+            raise ValueError(f"{type(lm).__name__} holds parameters outside its submodules")
+        head = lm.get_output_embeddings()
+        if head is None or not hasattr(head, "weight"):
+            raise ValueError(f"{type(lm).__name__} has no output embedding (lm_head) weight")
+        for name, child in lm.named_children():
+            self.add_module(name, child)
+        self._lm = [lm]
+        self._base_name = lm.base_model_prefix
+        self.flatten_rows = flatten_rows
+        self.nat_loss = SegmentLossHead(head)
+
+    @property
+    def hf_model(self) -> nn.Module:
+        """The wrapped HF model (shares every parameter with this module)."""
+        return self._lm[0]
+
+    def register_zero3_head(self) -> None:
+        """Let ZeRO-3 gather the output embedding for the loss head (call before engine init)."""
+        import deepspeed
+
+        deepspeed.zero.register_external_parameter(self.nat_loss, self.nat_loss._head[0].weight)
+
+    def hidden_states(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        """[B, L] ids and restarting positions -> [B*L, H] last hidden states (block-causal)."""
+        num_rows, length = input_ids.shape
+        if self.flatten_rows:  # flash-attn varlen reads segments of a single [1, T] row
+            input_ids = input_ids.reshape(1, -1)
+            position_ids = position_ids.reshape(1, -1)
+        base = getattr(self, self._base_name)
+        out = base(input_ids=input_ids, position_ids=position_ids, use_cache=False)
+        return out.last_hidden_state.reshape(num_rows * length, -1)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        targets: torch.Tensor,
+        token_weight: torch.Tensor,
+        cu_seqlens: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Returns (weighted loss sum fp32 [], per-segment NLL sum fp32 [S], trained count int32 [S])."""
+        hidden_TH = self.hidden_states(input_ids, position_ids)
+        return self.nat_loss(hidden_TH, targets, token_weight, cu_seqlens)
