@@ -102,7 +102,12 @@ def test_every_ds_config_passes_deepspeed(path: Path, precision: str):
 
 
 def test_ds_configs_exist():
-    assert {p.name for p in DS_CONFIGS} >= {"zero3_bf16.json", "zero3_cpu.json"}
+    assert {p.name for p in DS_CONFIGS} >= {
+        "zero3_bf16.json",
+        "zero3_cpu.json",
+        "zero3_offload.json",
+        "zero2_bf16.json",
+    }
 
 
 @pytest.mark.parametrize("path", RUN_CONFIGS, ids=lambda p: p.name)
