@@ -72,13 +72,11 @@ def commands(
                 *args,
             ]
         ]
-    if (
-        launcher == "launch-once"
-    ):  # one `natscale launch`; args: --backend, --hostfile, ..., --, command
+    if launcher == "launch-once":  # one `natscale launch`; args: --backend, --hostfile, --, ...
         natscale = [*_tool("natscale", "natscale.cli"), "launch"]
         where = ["--master-addr", "127.0.0.1", "--master-port", str(port)]
         return [[*natscale, *where, "--rank-logs", str(log_dir / "ranks"), *args]]
-    if launcher == "mpi-script":  # launcher/mpi/run.sh HOSTFILE ARGS (MPIRUN_ARGS: see _rank_env)
+    if launcher == "mpi-script":  # launcher/mpi/run.sh HOSTFILE ARGS (MPIRUN_ARGS: run_distributed)
         hostfile = log_dir / "hostfile"
         hostfile.write_text(f"localhost slots={nprocs}\n")
         return [["bash", str(REPO_ROOT / "launcher" / "mpi" / "run.sh"), str(hostfile), *args]]
@@ -96,20 +94,11 @@ def commands(
     if launcher in ("nossh", "launch"):
         hostfile = log_dir / "hostfile"  # the names are labels: every "node" is this machine
         hostfile.write_text("".join(f"node{i} slots={nprocs // nodes}\n" for i in range(nodes)))
-    if launcher == "launch":  # args: `natscale launch` options (they override these), --, command
-        natscale = [*_tool("natscale", "natscale.cli"), "launch", "--backend", "no-ssh"]
-        where = [
-            "--hostfile",
-            str(hostfile),
-            "--master-addr",
-            "127.0.0.1",
-            "--master-port",
-            str(port),
-        ]
-        return [
-            [*natscale, *where, "--node-rank", str(i), "--rank-logs", str(log_dir / "ranks"), *args]
-            for i in range(nodes)
-        ]
+        if launcher == "launch":  # args: `natscale launch` options (overriding these), --, command
+            natscale = [*_tool("natscale", "natscale.cli"), "launch", "--backend", "no-ssh"]
+            where = ["--hostfile", str(hostfile), "--master-addr", "127.0.0.1"]
+            where += ["--master-port", str(port), "--rank-logs", str(log_dir / "ranks")]
+            return [[*natscale, *where, "--node-rank", str(i), *args] for i in range(nodes)]
         nossh = ["--hostfile", str(hostfile), "--no_ssh"]
         return [
             [*deepspeed, *nossh, "--node_rank", str(i), *master, *logs, *run, *args]
