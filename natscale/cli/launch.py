@@ -87,13 +87,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--launcher-args",
         default="",
         metavar="ARGS",
-        help="extra arguments for pdsh / mpirun / srun, one quoted string",
+        help="extra arguments for pdsh / mpirun / srun, one string (--launcher-args='--x y' when it starts with -)",
     )
     more.add_argument(
         "--deepspeed-args",
         default="",
         metavar="ARGS",
-        help="extra deepspeed launcher flags, e.g. '--bind_cores_to_rank'",
+        help="extra deepspeed launcher flags, e.g. --deepspeed-args=--bind_cores_to_rank",
     )
     more.add_argument(
         "--rank-logs", metavar="DIR", help="one log file per rank in DIR on each node"

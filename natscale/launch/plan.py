@@ -92,7 +92,36 @@ def build_plan(
 ) -> tuple[LaunchPlan | None, list[Finding]]:
     """Work out the launch; (None, findings) when an error makes it impossible."""
     findings: list[Finding] = []
-    hostfile = None
+    hostfile, active = _resources(opts, environ, findings)
+    if active is None:
+        return None, findings
+    master = opts.master_addr or (next(iter(active)) if opts.backend != "local" else "127.0.0.1")
+    if opts.backend == "local" and master not in ("127.0.0.1", "localhost"):
+        findings.append(
+            Finding("warning", "a single-node launch always uses 127.0.0.1", "--master-addr")
+        )
+        master = "127.0.0.1"
+    env_path = env_file_path(environ, cwd) if opts.backend in _DS_BACKEND else None
+    env = _env(opts, environ, env_path, master, findings)
+    if env is None:
+        return None, findings
+    plan = LaunchPlan(
+        options=opts,
+        hostfile=hostfile,
+        active=active,
+        master_addr=master,
+        deepspeed_argv=deepspeed_exe() + _deepspeed_args(opts, master, len(active)),
+        env=env,
+        env_file=env_path,
+    )
+    _add_node_runs(plan, environ)
+    return plan, findings
+
+
+def _resources(
+    opts: LaunchOptions, environ: Mapping[str, str], findings: list[Finding]
+) -> tuple[Hostfile | None, Resources | None]:
+    """(hostfile, active resources); active is None when an error was found."""
     if opts.backend == "local":
         if (
             opts.hostfile
@@ -108,30 +137,30 @@ def build_plan(
                     "--backend (pdsh, openmpi, slurm or no-ssh)",
                 )
             )
-            return None, findings
-        active: Resources = OrderedDict(localhost=_local_slots(opts, environ, findings))
-    else:
-        if not opts.hostfile:
-            return None, [Finding("error", f"the {opts.backend} backend needs --hostfile PATH")]
-        hostfile, found = read_hostfile(opts.hostfile)
-        findings += found
-        if hostfile is None or errors(findings):
-            return None, findings
-        findings += check_filters(opts, hostfile)
-        if errors(findings):
-            return None, findings
-        active = select(opts, hostfile)
-        findings += check_backend(opts, hostfile, active)
-        if errors(findings):
-            return None, findings
+            return None, None
+        return None, OrderedDict(localhost=_local_slots(opts, environ, findings))
+    if not opts.hostfile:
+        findings.append(Finding("error", f"the {opts.backend} backend needs --hostfile PATH"))
+        return None, None
+    hostfile, found = read_hostfile(opts.hostfile)
+    findings += found
+    if hostfile is None or errors(findings):
+        return hostfile, None
+    findings += check_filters(opts, hostfile)
+    if errors(findings):
+        return hostfile, None
+    active = select(opts, hostfile)
+    findings += check_backend(opts, hostfile, active)
+    return hostfile, None if errors(findings) else active
 
-    master = opts.master_addr or (next(iter(active)) if opts.backend != "local" else "127.0.0.1")
-    if opts.backend == "local" and opts.master_addr not in (None, "127.0.0.1", "localhost"):
-        findings.append(
-            Finding("warning", "a single-node launch always uses 127.0.0.1", "--master-addr")
-        )
-        master = "127.0.0.1"
-    env_path = env_file_path(environ, cwd) if opts.backend in _DS_BACKEND else None
+
+def _env(
+    opts: LaunchOptions,
+    environ: Mapping[str, str],
+    env_path: Path | None,
+    master: str,
+    findings: list[Finding],
+) -> EnvSpec | None:
     try:
         user_file = read_user_env_file(env_path) if env_path else {}
         env = build_env(
@@ -142,28 +171,13 @@ def build_plan(
             master_addr=master,
             master_port=opts.master_port,
         )
-    except ValueError as exc:
-        return None, [*findings, Finding("error", str(exc))]
+    except (OSError, ValueError) as exc:
+        findings.append(Finding("error", str(exc)))
+        return None
     if user_file:
-        findings.append(
-            Finding(
-                "note",
-                f"{env_path.name}: keeping {len(user_file)} variable(s) not written by natscale",
-                str(env_path),
-            )
-        )
-
-    plan = LaunchPlan(
-        options=opts,
-        hostfile=hostfile,
-        active=active,
-        master_addr=master,
-        deepspeed_argv=deepspeed_exe() + _deepspeed_args(opts, master, len(active)),
-        env=env,
-        env_file=env_path,
-    )
-    _add_node_runs(plan, environ)
-    return plan, findings
+        note = f"keeping {len(user_file)} variable(s) of a {env_path.name} not written by natscale"
+        findings.append(Finding("note", note, str(env_path)))
+    return env
 
 
 def _local_slots(

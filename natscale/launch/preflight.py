@@ -12,6 +12,7 @@ import ipaddress
 import itertools
 import os
 import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -223,7 +224,9 @@ def _ssh_checks(plan: LaunchPlan) -> list[Finding]:
 
 
 def _ssh_probe(host: str, port: int | None) -> tuple[int, str]:
-    cmd = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={SSH_TIMEOUT_S}"]
+    # the options pdsh's ssh module adds too (identity files, users, ...)
+    cmd = ["ssh", *shlex.split(os.environ.get("PDSH_SSH_ARGS_APPEND", ""))]
+    cmd += ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={SSH_TIMEOUT_S}"]
     if port:
         cmd += ["-p", str(port)]
     cmd += [host, "test", "-x", sys.executable]

@@ -170,3 +170,22 @@ def test_bad_command_arguments_are_refused_before_launch(cli):
     code, out, err = cli("--dry-run", "--selftest", "--", "--steps", "many")
     assert "nothing started" in out
     assert code == 2 and "error: after --: natscale selftest --steps many: argument --steps" in err
+
+
+def test_an_existing_deepspeed_env_is_kept_and_a_dry_run_writes_nothing(cli, tmp_path):
+    hosts = _hostfile(tmp_path, "node-a slots=1\nnode-b slots=1\n")
+    (tmp_path / ".deepspeed_env").write_text("NCCL_IB_DISABLE=1\nGLOO_SOCKET_IFNAME=eth7\n")
+    code, out, err = cli("--hostfile", hosts, "--dry-run", "--selftest")
+    assert code == 0, err
+    assert (
+        "note: " in err
+        and "keeping 2 variable(s) of a .deepspeed_env not written by natscale" in err
+    )
+    assert re.search(r"^  NCCL_IB_DISABLE +\= 1   \[existing env file\]$", out, re.M)
+    assert re.search(r"^  GLOO_SOCKET_IFNAME +\= eth7   \[existing env file\]$", out, re.M)
+    assert "export NCCL_IB_DISABLE=1;" in out  # what pdsh exports on every node
+    assert (
+        tmp_path / ".deepspeed_env"
+    ).read_text() == "NCCL_IB_DISABLE=1\nGLOO_SOCKET_IFNAME=eth7\n"
+    code, out, err = cli("--hostfile", hosts, "--ifname", "eth1", "--dry-run", "--selftest")
+    assert re.search(r"^  GLOO_SOCKET_IFNAME +\= eth1   \[--ifname\]$", out, re.M)
