@@ -154,11 +154,11 @@ def _export_checks(plan: LaunchPlan) -> list[Finding]:
 def probe_checks(plan: LaunchPlan, environ: Mapping[str, str]) -> list[Finding]:
     findings = _tool_checks(plan, environ)
     if plan.options.backend == "pdsh" and shutil.which("ssh") is not None:
-        findings += _ssh_checks(plan)
+        findings += _ssh_checks(plan, environ.get("PDSH_SSH_ARGS_APPEND", ""))
     findings += _port_check(plan)
     if plan.options.backend in ("no-ssh", "local"):  # this node runs ranks itself
         findings += _local_interface_checks(plan)
-        findings += _local_slot_checks(plan)
+        findings += _local_slot_checks(plan, environ)
     return findings
 
 
@@ -192,11 +192,13 @@ def _tool_checks(plan: LaunchPlan, environ: Mapping[str, str]) -> list[Finding]:
     ]
 
 
-def _ssh_checks(plan: LaunchPlan) -> list[Finding]:
+def _ssh_checks(plan: LaunchPlan, pdsh_ssh_args: str) -> list[Finding]:
     """pdsh starts every node over ssh: each host must accept a key login and have our Python."""
     hosts = list(plan.active)
     with ThreadPoolExecutor(max_workers=min(32, len(hosts))) as pool:
-        results = list(pool.map(lambda h: _ssh_probe(h, plan.options.ssh_port), hosts))
+        results = list(
+            pool.map(lambda h: _ssh_probe(h, plan.options.ssh_port, pdsh_ssh_args), hosts)
+        )
     findings = []
     for host, (code, detail) in zip(hosts, results, strict=True):
         where = plan.hostfile.where(host) if plan.hostfile else host
@@ -223,9 +225,9 @@ def _ssh_checks(plan: LaunchPlan) -> list[Finding]:
     return findings
 
 
-def _ssh_probe(host: str, port: int | None) -> tuple[int, str]:
-    # the options pdsh's ssh module adds too (identity files, users, ...)
-    cmd = ["ssh", *shlex.split(os.environ.get("PDSH_SSH_ARGS_APPEND", ""))]
+def _ssh_probe(host: str, port: int | None, extra_args: str) -> tuple[int, str]:
+    # PDSH_SSH_ARGS_APPEND: the options pdsh's ssh module adds too (identity files, users, ...)
+    cmd = ["ssh", *shlex.split(extra_args)]
     cmd += ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={SSH_TIMEOUT_S}"]
     if port:
         cmd += ["-p", str(port)]
@@ -300,7 +302,7 @@ def _local_interface_checks(plan: LaunchPlan) -> list[Finding]:
     return findings
 
 
-def _local_slot_checks(plan: LaunchPlan) -> list[Finding]:
+def _local_slot_checks(plan: LaunchPlan, environ: Mapping[str, str]) -> list[Finding]:
     opts = plan.options
     index = opts.node_rank if opts.backend == "no-ssh" else 0
     node = plan.nodes[index]
@@ -320,7 +322,7 @@ def _local_slot_checks(plan: LaunchPlan) -> list[Finding]:
     from deepspeed.accelerator import get_accelerator
 
     visible_var = get_accelerator().visible_devices_envs()[0]
-    visible = os.environ.get(visible_var)
+    visible = environ.get(visible_var)
     if visible and opts.backend == "local" and not opts.gpus_per_node:
         return []  # deepspeed runs exactly those devices
     if visible:

@@ -104,3 +104,19 @@ def test_mpi_run_script_refuses_a_bad_hostfile(tmp_path: Path, hostfile, message
         text=True,
     )
     assert proc.returncode == 2 and message in proc.stderr
+
+
+def test_entry_script_runs_the_cli_by_path():
+    """DeepSpeed's slurm runner starts `python natscale/launch/entry.py train ...` (no --module)."""
+    from natscale.launch.plan import ENTRY_SCRIPT
+
+    proc = subprocess.run(
+        [sys.executable, "-u", str(ENTRY_SCRIPT), "launch", "--help"],
+        capture_output=True,
+        text=True,
+        cwd="/",
+        env=_env(),
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: natscale launch [options] -- CONFIG")
