@@ -164,6 +164,7 @@ def projection(args: argparse.Namespace) -> dict[str, Any]:
     base = args.results / f"scaling_{label}_{net.name}_{stamp}".replace(".", "_")
     out["markdown"] = md
     out["network"] = net.name
+    out["label"] = label
     out["json"] = str(write_json_atomic(base.with_suffix(".json"), out))
     base.with_suffix(".md").write_text(f"# scaling projection: {label}\n\n{md}", encoding="utf-8")
     out["png"] = str(base.with_suffix(".png"))

@@ -168,5 +168,5 @@ def _project(args: argparse.Namespace) -> int:
 
     out = projection(args)
     print(out["markdown"])
-    print(f"bench project: {args.model} on {out['network']} -> {out['json']}, {out['png']}")
+    print(f"bench project: {out['label']} on {out['network']} -> {out['json']}, {out['png']}")
     return 0
