@@ -28,6 +28,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "convert",
         "ZeRO checkpoint -> Hugging Face safetensors folder; trajectory formats",
     ),
+    "bench": (
+        "bench",
+        "throughput (tokens/s/device, MFU) against the paper's baseline; sweeps; scaling model",
+    ),
     "selftest": (
         "selftest",
         "check that this cluster/launcher setup can train with ZeRO-3 (tiny model)",

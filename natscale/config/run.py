@@ -27,9 +27,15 @@ class ModelSection(_Section):
     """A config.json (or a directory holding one): random init, for tests and benchmarks."""
     tokenizer: str | None = None
     """Tokenizer directory; default: DATA/tokenizer, else the model directory. None found: none exported."""
-    attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "eager"] = "auto"
-    """auto: flash_attention_2 on CUDA when flash-attn is installed, else sdpa."""
+    attn_implementation: Literal["auto", "flash_attention_2", "flex_attention", "sdpa", "eager"] = (
+        "auto"
+    )
+    """auto: flash_attention_2 on CUDA with flash-attn, else flex_attention on CUDA, else sdpa."""
     activation_checkpointing: bool = True
+    loss: Literal["fused", "logits"] = "fused"
+    """fused: natscale.ops.segment_cross_entropy (lm_head + loss, no [T, V] logits in HF code).
+    logits: the HF lm_head materialises fp32 [T, V] logits, then F.cross_entropy (the usual HF
+    ``labels`` path; a baseline for benchmarks). Both return the same sums and normalisation."""
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSection:
@@ -89,6 +95,9 @@ class CheckpointSection(_Section):
     every_steps: int = Field(0, ge=0)
     """Save a checkpoint every N optimizer steps (0: only at the end and on SIGTERM)."""
     keep_last: int = Field(2, ge=1)
+    at_end: bool = True
+    """Save a checkpoint when the run ends (false: throwaway runs such as benchmarks; a SIGTERM
+    still saves)."""
     export_hf: bool = True
     """Write RUN_DIR/hf (16-bit weights, config, tokenizer) at the end of the run."""
 

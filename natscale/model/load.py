@@ -7,6 +7,8 @@ model is built inside ``deepspeed.zero.Init`` and each rank only ever holds its 
 Packed rows are attended block-causally (a token sees only its own segment):
 - ``flash_attention_2``: transformers turns restarting ``position_ids`` of a flattened [1, T] batch
   into varlen ``cu_seqlens`` (the model is fed one flattened row; see natscale.model.nat_lm);
+- ``flex_attention`` (CUDA without flash-attn): transformers builds a FlexAttention block mask
+  with one document per segment from the restarting ``position_ids``;
 - ``sdpa`` / ``eager``: transformers builds a block-diagonal causal mask from restarting
   ``position_ids`` -- but only when ``attention_mask`` is None *and* no KV cache exists. Since
   transformers 5 creates a cache whenever ``use_cache`` is true, even in training, ``use_cache`` is
@@ -64,17 +66,27 @@ def has_weights(model_dir: str | Path) -> bool:
     return any(d.glob("*.safetensors")) or any(d.glob("pytorch_model*.bin"))
 
 
-def choose_attn_implementation(requested: str, device_type: str) -> str:
-    """``auto``: flash_attention_2 on CUDA with flash-attn installed, else sdpa."""
+def choose_attn_implementation(
+    requested: str, device_type: str, *, flash_attn_installed: bool | None = None
+) -> str:
+    """The attention backend for packed rows.
+
+    ``auto``: flash_attention_2 on CUDA when flash-attn is installed; else flex_attention on CUDA
+    (transformers builds a FlexAttention document mask from the restarting ``position_ids``, so
+    packed rows never fall back to a dense masked SDPA on GPU); sdpa on CPU, where
+    flex_attention is slow to compile and crashes with 4D masks (shared notes, cpu-distributed Q5).
+    """
+    if flash_attn_installed is None:
+        flash_attn_installed = importlib.util.find_spec("flash_attn") is not None
     if requested != "auto":
-        if requested == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+        if requested == "flash_attention_2" and not flash_attn_installed:
             raise ModelSourceError(
                 "model.attn_implementation: flash_attention_2 needs the flash-attn package "
-                "(pip install 'natscale[gpu]'); use sdpa or auto"
+                "(pip install 'natscale[gpu]'); use flex_attention, sdpa or auto"
             )
         return requested
-    if device_type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
-        return "flash_attention_2"
+    if device_type == "cuda":
+        return "flash_attention_2" if flash_attn_installed else "flex_attention"
     return "sdpa"
 
 

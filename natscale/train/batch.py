@@ -33,7 +33,7 @@ class MicroBatch:
     token_weight_T: torch.Tensor  # float32
     cu_seqlens: torch.Tensor  # int32 [S+1]
     segment_class_S: torch.Tensor  # int64 [S]
-    num_slot_tokens: int  # sum of the rows' stored lengths (packing capacity)
+    num_slot_tokens: int  # B * L: tokens the model processes, padding included
     num_nonpad_tokens: int
     num_trained_tokens: int
     num_trained_segments: int
@@ -68,7 +68,7 @@ def collate(
     weights = np.zeros((num_rows, length), dtype=np.float32)
     cu_parts = [np.zeros(1, dtype=np.int64)]
     classes = []
-    counts = {"slot": 0, "nonpad": 0, "trained": 0, "segments": 0, "sq": 0}
+    counts = {"nonpad": 0, "trained": 0, "segments": 0, "sq": 0}
     for b, row in enumerate(rows):
         row_len = len(row["input_ids"])
         ids = np.asarray(row["input_ids"], dtype=np.int64)
@@ -84,7 +84,6 @@ def collate(
         weights[b, :row_len] = _token_weights(row, cu, loss_norm, counts)
         cu_parts.append(cu[1:] + b * length)
         classes.append(np.asarray(row["segment_class"], dtype=np.int64))
-        counts["slot"] += row_len
         counts["nonpad"] += int(cu[-1])
     return MicroBatch(
         input_ids_BL=torch.from_numpy(input_ids),
@@ -93,7 +92,7 @@ def collate(
         token_weight_T=torch.from_numpy(weights.reshape(-1)),
         cu_seqlens=torch.from_numpy(np.concatenate(cu_parts).astype(np.int32)),
         segment_class_S=torch.from_numpy(np.concatenate(classes)),
-        num_slot_tokens=counts["slot"],
+        num_slot_tokens=num_rows * length,
         num_nonpad_tokens=counts["nonpad"],
         num_trained_tokens=counts["trained"],
         num_trained_segments=counts["segments"],

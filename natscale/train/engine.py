@@ -105,7 +105,7 @@ def build_engine(run: RunConfig, *, world_size: int, total_steps: int) -> Engine
     lm = build_causal_lm(
         run.model, precision=run.train.precision, attn_implementation=attn, seed=run.train.seed
     )
-    model = NatCausalLM(lm, flatten_rows=attn.startswith("flash"))
+    model = NatCausalLM(lm, flatten_rows=attn.startswith("flash"), loss=run.model.loss)
     if zero3:
         model.register_zero3_head()
     schedule = functools.partial(lr_multiplier, train=run.train, total_steps=total_steps)

@@ -1,7 +1,7 @@
 """Per-step metrics: token rates counted three ways, MFU, memory; JSONL and TensorBoard writers.
 
 Token counts of a step (summed over all micro-batches and ranks):
-    slot     the rows' stored lengths (packing capacity, padding included)
+    slot     B * L of every micro-batch: the tokens the model processes, padding included
     nonpad   tokens of real segments (cu_seqlens[-1] per row)
     trained  tokens whose loss is trained (targets != -100)
 Rates are per device: count / step wall time / world size.

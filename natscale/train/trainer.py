@@ -161,7 +161,9 @@ class Trainer:
         """Forward/backward all micro-batches, step, and return the step's (global) statistics."""
         num_classes = len(self.class_names)
         lr = self.engine.get_lr()[0]
-        batches = self._micro_batches()
+        t0 = time.perf_counter()
+        batches = self._micro_batches()  # reading + collating rows: the data-loader wait
+        data_time = time.perf_counter() - t0
         counts = self._counts(batches)
         denom_index = 0 if self.run.train.loss_norm == "token" else 1
         scale = self.info.world_size / counts[denom_index].clamp(min=1).to(torch.float32)
@@ -198,6 +200,7 @@ class Trainer:
             "applied": bool(self.engine.was_step_applied()),
             "grad_norm": self.engine.get_global_grad_norm(),
             "stop_requested": sums[-1] > 0,
+            "data_time_s": data_time,
         }
 
     # ---- the loop ----------------------------------------------------------------------------
@@ -226,6 +229,7 @@ class Trainer:
             "tflops_per_gpu": flops / per_gpu / 1e12,
             "mfu": flops / per_gpu / self.peak_flops if self.peak_flops else None,
             "step_time_s": step_time,
+            "data_time_s": out["data_time_s"],
             "memory": memory_gib(),
             "time": time.time(),
         }
@@ -298,7 +302,7 @@ class Trainer:
                 self._save()
         if bar is not None:
             bar.close()
-        if saved_at != state.step:
+        if saved_at != state.step and (run.checkpoint.at_end or reason == "SIGTERM"):
             self._save()
         if reason == "finished" and state.step < self.total_steps:
             reason = "stop_after_steps"
@@ -368,6 +372,7 @@ class Trainer:
             "tokens_per_s_per_gpu": rates,
             "tflops_per_gpu": tflops,
             "mfu": sum(mfus) / len(mfus) if mfus else None,
+            "data_wait_share": sum(r["data_time_s"] for r in timed) / total_time,
             "device": self.device_label,
             "attn_implementation": self.bundle.attn_implementation,
             "nonfinite_steps": self.state.nonfinite_steps,

@@ -74,3 +74,37 @@ def test_sequence_mean_is_packing_invariant(tmp_path: Path):
     b = model(**alone.model_inputs("cpu"))[0] / alone.num_trained_segments
     torch.testing.assert_close(a, b)
     assert (packed.targets_T != IGNORE_INDEX).sum() == (alone.targets_T != IGNORE_INDEX).sum()
+
+
+def test_logits_loss_matches_the_fused_loss(tmp_path: Path):
+    """model.loss=logits (the HF materialised-logits path) gives the fused op's sums and grads."""
+    write_model_config(tmp_path / "m", tied=True)
+    section = ModelSection(config=str(tmp_path / "m"), activation_checkpointing=False)
+    rows = [pack(make_segments(3, seed=s, max_len=12), 40) for s in (7, 8)]
+    mb = collate(rows, loss_norm="sequence", vocab_size=96)
+    outs, grads = [], []
+    for loss in ("fused", "logits"):
+        lm = build_causal_lm(section, precision="fp32", attn_implementation="sdpa", seed=0)
+        model = NatCausalLM(lm, loss=loss)
+        out = model(**mb.model_inputs("cpu"))
+        out[0].backward()
+        outs.append(out)
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    for a, b in zip(*outs, strict=True):
+        torch.testing.assert_close(a, b)
+    assert outs[0][2].dtype == outs[1][2].dtype == torch.int32
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], msg=name)
+
+
+def test_unknown_loss_is_refused(tmp_path: Path):
+    write_model_config(tmp_path / "m")
+    lm = build_causal_lm(
+        ModelSection(config=str(tmp_path / "m")),
+        precision="fp32",
+        attn_implementation="sdpa",
+        seed=0,
+    )
+    with pytest.raises(ValueError, match=r"model\.loss"):
+        NatCausalLM(lm, loss="chunked")

@@ -28,7 +28,7 @@ def test_collate_pads_flattens_and_counts():
     # row b's segment offsets shifted by b * 32; the first one of row b>0 absorbs row b-1's padding
     cu = [0, n[0], n[0] + n[1], 32 + n[2], 32 + n[2] + n[3], 32 + n[2] + n[3] + n[4], 64 + n[5]]
     assert mb.cu_seqlens.tolist() == cu and mb.cu_seqlens.dtype == torch.int32
-    assert mb.num_slot_tokens == 24 + 32 + 12
+    assert mb.num_slot_tokens == 3 * 32  # padded to the longest row
     assert mb.num_nonpad_tokens == sum(n)
     trained = int((mb.targets_T != IGNORE_INDEX).sum())
     assert mb.num_trained_tokens == trained
