@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 
@@ -39,3 +40,11 @@ def test_env_text_ends_with_summary_line():
     proc = _natscale("env")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1].startswith("env: torch ")
+
+
+def test_deepspeed_local_rank_argument_is_dropped(capsys, monkeypatch):
+    # `deepspeed --module natscale.cli X` runs `python -m natscale.cli --local_rank=N X`
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert main(["--local_rank=1", "no-such-command"]) == 2
+    assert "unknown command 'no-such-command'" in capsys.readouterr().err
+    assert os.environ.pop("LOCAL_RANK") == "1"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # name -> (module under natscale.cli, one-line help)
@@ -17,6 +18,25 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "env",
         "versions, devices, DeepSpeed backend, which natscale ops are built or buildable",
     ),
+    "prepare": ("prepare", "raw trajectories -> NAT-marked, loss-masked, packed dataset on disk"),
+    "train": (
+        "train",
+        "train a causal LM on packed rows with DeepSpeed ZeRO-3 (one rank of a job)",
+    ),
+    "plot": ("plot", "PNG curves of a run directory: loss by class, throughput"),
+    "convert": (
+        "convert",
+        "ZeRO checkpoint -> Hugging Face safetensors folder; trajectory formats",
+    ),
+    "bench": (
+        "bench",
+        "throughput (tokens/s/device, MFU) against the paper's baseline; sweeps; scaling model",
+    ),
+    "selftest": (
+        "selftest",
+        "check that this cluster/launcher setup can train with ZeRO-3 (tiny model)",
+    ),
+    "launch": ("launch", "run a training job on one or many nodes over the DeepSpeed launcher"),
 }
 
 
@@ -37,8 +57,21 @@ def _load(module: str):
     return importlib.import_module(f"natscale.cli.{module}")
 
 
+def _strip_local_rank(argv: list[str]) -> list[str]:
+    """Drop the ``--local_rank=N`` that ``deepspeed`` (and torch.distributed.launch) put first.
+
+    ``deepspeed --module natscale.cli train ...`` runs ``python -m natscale.cli --local_rank=0
+    train ...``; the launcher also sets LOCAL_RANK, which is what natscale reads.
+    """
+    while argv and argv[0].startswith(("--local_rank", "--local-rank")):
+        flag = argv.pop(0)
+        value = flag.partition("=")[2] if "=" in flag else (argv.pop(0) if argv else "")
+        os.environ.setdefault("LOCAL_RANK", value)
+    return argv
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = _strip_local_rank(list(sys.argv[1:] if argv is None else argv))
     if not argv or argv[0] not in COMMANDS:
         parser = build_parser()
         if argv and argv[0] in ("-h", "--help"):

@@ -8,8 +8,11 @@ from Open MPI / PMI / SLURM are mapped here instead, and the master defaults to 
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import os
+import signal
+import socket
 import sys
 from dataclasses import dataclass
 
@@ -19,6 +22,8 @@ _RANK_SOURCES = (
     ("PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID"),
     ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"),
 )
+# DeepSpeed's CPU shm all-reduce segment, one per rank (csrc/cpu/comm/shm.cpp: 66 MiB each)
+_SHM_BUFFER = "/dev/shm/deepspeed_allreduce_buffer_{uid}_{addr}_{port}_{rank}"
 
 
 @dataclass(frozen=True)
@@ -32,8 +37,10 @@ class DistInfo:
 def map_rank_env(environ: dict[str, str] | os._Environ = os.environ) -> None:
     """Fill RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT from the launcher's variables.
 
-    Variables that are already set win. Without any launcher, this is a world of one.
+    Variables that are already set win. Without any launcher, this is a world of one; it then
+    gets a free loopback port, so single-process runs on a shared machine never collide on 29500.
     """
+    alone = False
     if "RANK" not in environ:
         for rank_var, size_var, local_var in _RANK_SOURCES:
             if rank_var in environ and size_var in environ:
@@ -43,43 +50,90 @@ def map_rank_env(environ: dict[str, str] | os._Environ = os.environ) -> None:
                 break
         else:
             environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+            alone = True
     environ.setdefault("LOCAL_RANK", "0")
     environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    if alone and "MASTER_PORT" not in environ:
+        environ["MASTER_PORT"] = str(free_port())
     environ.setdefault("MASTER_PORT", "29500")
 
 
-def install_hang_guard() -> None:
-    """If NATSCALE_HANG_DUMP_S is set, dump every thread's stack and exit after that many seconds.
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free on ``host`` a moment ago (the kernel's pick)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
 
-    Test harnesses set it below their own timeout, so a hung rank says where it hangs.
+
+def install_hang_guard() -> None:
+    """Make a stuck or crashing rank say where it is.
+
+    Always: Python stacks on fatal signals (SIGSEGV, SIGABRT, ...); on SIGUSR1 (the test
+    harness sends it before killing a run that timed out); and on SIGTERM, before the default
+    action ends the process (launchers SIGTERM the surviving ranks when one fails, so every rank
+    of a failed job says where it was). If NATSCALE_HANG_DUMP_S is set, also dump every thread's
+    stack and exit after that many seconds (harnesses set it below their own timeout, so a hung
+    rank reports itself even when its launcher is stuck too).
     """
+    faulthandler.enable(file=sys.stderr, all_threads=True)
+    faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True, chain=False)
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:  # leave a program's own handler alone
+        faulthandler.register(signal.SIGTERM, file=sys.stderr, all_threads=True, chain=True)
     seconds = float(os.environ.get("NATSCALE_HANG_DUMP_S", "0") or 0)
     if seconds > 0:
         faulthandler.dump_traceback_later(seconds, exit=True, file=sys.stderr)
 
 
 def init_distributed(timeout_s: float | None = None) -> DistInfo:
-    """Initialise torch.distributed through DeepSpeed (gloo on CPU, the accelerator's backend on GPU)."""
+    """Initialise torch.distributed through DeepSpeed (gloo on CPU, the accelerator's backend on GPU).
+
+    Idempotent. On CPU, DeepSpeed maps a shared-memory all-reduce segment per rank when all ranks
+    are on one node; once every rank has mapped its peers' segments they are unlinked here, so a
+    killed job cannot leave them in /dev/shm.
+    """
     import datetime
 
     map_rank_env()
     install_hang_guard()
     import deepspeed
+    import deepspeed.comm as ds_comm
     import torch.distributed as dist
     from deepspeed.accelerator import get_accelerator
 
     backend = get_accelerator().communication_backend_name()
-    if not dist.is_initialized():
-        kwargs = {}
-        if timeout_s is not None:
-            kwargs["timeout"] = datetime.timedelta(seconds=timeout_s)
-        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, **kwargs)
+    first = not ds_comm.is_initialized()
+    kwargs = {}
+    if timeout_s is not None:
+        kwargs["timeout"] = datetime.timedelta(seconds=timeout_s)
+    # auto_mpi_discovery=False: rank variables come from map_rank_env, never from `hostname -I`
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, **kwargs)
+    if first and get_accelerator().device_name() == "cpu":
+        _unlink_shm_buffer(dist)
     return DistInfo(
         rank=dist.get_rank(),
         world_size=dist.get_world_size(),
         local_rank=int(os.environ.get("LOCAL_RANK", "0")),
         backend=backend,
     )
+
+
+def _unlink_shm_buffer(dist) -> None:
+    # DeepSpeed's shm op maps the segments iff LOCAL_SIZE == world size (shm_interface.cpp); the
+    # same test on every rank keeps the barrier collective. Peers open each segment by name during
+    # their init; after the barrier they all have, and the mappings outlive the name (POSIX shm).
+    world_size = dist.get_world_size()
+    if os.environ.get("LOCAL_SIZE") != str(world_size):
+        return
+    if world_size > 1:
+        dist.barrier()
+    path = _SHM_BUFFER.format(
+        uid=os.getuid(),
+        addr=os.environ.get("MASTER_ADDR", ""),
+        port=os.environ.get("MASTER_PORT", ""),
+        rank=dist.get_rank(),
+    )
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 def is_rank0() -> bool:

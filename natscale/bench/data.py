@@ -1,0 +1,147 @@
+"""Benchmark datasets: packed rows for natscale and the same examples unpacked for the baseline.
+
+Both are ``natscale prepare``-format directories (``datasets`` save + ``stats.json``), read by the
+unchanged trainer. The baseline set holds exactly the segments of the packed set, one per row at
+its own length; the trainer pads each micro-batch to its longest row, as HF's dynamic-padding
+collators do. Built once per (preset, seq_len, vocab, size, seed) and cached.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from natscale.bench.presets import DATA_PRESETS, REPO, LengthDist
+from natscale.data.packing import PackedRows, build_rows, pack
+
+CLASSES = ["success", "failure"]
+FIRST_ID = 4  # ids below are special tokens in every preset's tokenizer
+
+
+def synthetic_examples(
+    dist: LengthDist, *, num: int, seq_len: int, vocab: int, seed: int
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """``num`` trajectories: int64 ids [n] and bool train masks [n], lengths in [min_len, seq_len]."""
+    rng = np.random.default_rng(seed)
+    lengths = np.exp(rng.normal(math.log(dist.median), dist.sigma, size=num))
+    lengths = np.clip(lengths.round().astype(np.int64), dist.min_len, seq_len)
+    ids, masks = [], []
+    period = dist.assistant + dist.observation
+    for n in lengths:
+        ids.append(rng.integers(FIRST_ID, vocab, size=int(n), dtype=np.int64))
+        pos = np.arange(n) - dist.prompt
+        masks.append((pos >= 0) & (pos % period < dist.assistant))
+    return ids, masks
+
+
+def full_examples(*, num: int, seq_len: int, vocab: int, seed: int):
+    rng = np.random.default_rng(seed)
+    ids = [rng.integers(FIRST_ID, vocab, size=seq_len, dtype=np.int64) for _ in range(num)]
+    return ids, [np.ones(seq_len, dtype=bool) for _ in range(num)]
+
+
+def unpack(rows: PackedRows) -> PackedRows:
+    """One row per segment of ``rows``, each exactly as long as its segment (no padding)."""
+    ids, masks, classes, weights = [], [], [], []
+    for r in range(len(rows)):
+        cu = rows.cu_seqlens[r]
+        for s in range(len(cu) - 1):
+            a, b = int(cu[s]), int(cu[s + 1])
+            ids.append(rows.input_ids[r][a:b])
+            # targets[t] = ids[t+1] where token t+1 is trained: recover the train mask
+            mask = np.zeros(b - a, dtype=bool)
+            mask[1:] = rows.targets[r][a : b - 1] != -100
+            masks.append(mask)
+            classes.append(int(rows.segment_class[r][s]))
+            weights.append(float(rows.segment_weight[r][s]))
+    out = PackedRows([], [], [], [], [], [], [], [])
+    for i in range(len(ids)):  # build_rows pads every row of a call to one length
+        one = build_rows(
+            [[0]],
+            [ids[i]],
+            [masks[i]],
+            [classes[i]],
+            [weights[i]],
+            max_seq_len=len(ids[i]),
+            pad_id=0,
+        )
+        for key, column in one.columns().items():
+            getattr(out, key).extend(column)
+    return out
+
+
+def _save(rows: PackedRows, out: Path, stats: dict) -> Path:
+    import datasets
+
+    from natscale.data.output import rows_to_dataset, write_atomic, write_json
+
+    datasets.disable_progress_bars()
+
+    def fill(tmp: Path) -> None:
+        rows_to_dataset(rows).save_to_disk(str(tmp))
+        write_json(tmp / "stats.json", stats)
+
+    return write_atomic(out, fill, overwrite=True)
+
+
+def _load_rows(path: Path) -> PackedRows:
+    from datasets import load_from_disk
+
+    ds = load_from_disk(str(path)).with_format("numpy")
+    cols = {k: list(ds[k]) for k in ("input_ids", "position_ids", "targets", "cu_seqlens")}
+    cols |= {k: list(ds[k]) for k in ("segment_class", "segment_weight")}
+    return PackedRows(
+        **cols,
+        num_tokens=[int(c[-1]) for c in cols["cu_seqlens"]],
+        num_trained=[int((t != -100).sum()) for t in cols["targets"]],
+    )
+
+
+def _prepare_example(seq_len: int, out: Path) -> None:
+    from natscale.config.data import PrepareConfig
+    from natscale.config.loader import load_config
+    from natscale.data.prepare import prepare
+
+    overrides = [f"pack.max_seq_len={seq_len}", "num_proc=1", "overwrite=true"]
+    config = load_config(REPO / "examples/configs/prepare_math.yaml", PrepareConfig, overrides)
+    prepare(config, out, progress=False)
+
+
+def build_datasets(
+    preset: str, *, seq_len: int, vocab: int, min_rows: int, seed: int, cache_dir: Path
+) -> tuple[Path, Path]:
+    """(packed dataset dir, unpacked baseline dataset dir) for a data preset, cached."""
+    if preset not in DATA_PRESETS:
+        raise ValueError(f"unknown data preset {preset!r}; one of {', '.join(DATA_PRESETS)}")
+    key = f"{preset}_L{seq_len}" + ("" if preset == "example" else f"_V{vocab}_r{min_rows}_s{seed}")
+    packed_dir, base_dir = cache_dir / key / "packed", cache_dir / key / "baseline"
+    if (packed_dir / "stats.json").is_file() and (base_dir / "stats.json").is_file():
+        return packed_dir, base_dir
+    stats = {"classes": CLASSES, "preset": preset, "seq_len": seq_len}
+    if preset == "example":
+        _prepare_example(seq_len, packed_dir)
+        rows = _load_rows(packed_dir)
+    else:
+        dist = DATA_PRESETS[preset]
+        if dist is None:
+            num = min_rows
+            ids, masks = full_examples(num=num, seq_len=seq_len, vocab=vocab, seed=seed)
+        else:
+            per_row = max(1.0, seq_len / (dist.median * math.exp(dist.sigma**2 / 2)))
+            num = math.ceil(min_rows * per_row * 1.25) + 8
+            ids, masks = synthetic_examples(dist, num=num, seq_len=seq_len, vocab=vocab, seed=seed)
+        classes = [i % 2 for i in range(len(ids))]
+        rows = pack(ids, masks, classes, [1.0] * len(ids), max_seq_len=seq_len, pad_id=0, seed=seed)
+        _save(rows, packed_dir, stats)
+    _save(unpack(rows), base_dir, {**stats, "unpacked": True})
+    return packed_dir, base_dir
+
+
+def mean_segments_per_row(path: Path) -> float:
+    from datasets import load_from_disk
+
+    cu = load_from_disk(str(path)).select_columns(["cu_seqlens"]).with_format("numpy")
+    counts = [len(c) - 1 for c in cu["cu_seqlens"]]
+    return sum(counts) / max(len(counts), 1)

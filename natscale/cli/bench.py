@@ -1,0 +1,172 @@
+"""`natscale bench`: throughput of the real trainer against the paper's baseline; sweeps; scaling.
+
+natscale bench throughput --model tiny --data example --seq-len 1024
+natscale bench sweep --param micro_batch_rows=1,2,4 --model tiny --data gsm8k
+natscale bench project --model llama-3-8b --network h100-ib400 [--calibrate CAL.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+RESULTS = Path("benchmarks/results")
+
+
+def _spec_arguments(p: argparse.ArgumentParser) -> None:
+    from natscale.bench.presets import DATA_PRESETS, MODEL_NAMES
+
+    p.add_argument("--model", default="tiny", choices=MODEL_NAMES)
+    p.add_argument("--data", default="example", choices=list(DATA_PRESETS))
+    p.add_argument("--seq-len", type=int, default=1024)
+    p.add_argument("--micro-batch-rows", type=int, default=1)
+    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--warmup", type=int, default=2, help="optimizer steps not measured")
+    p.add_argument("--steps", type=int, default=6, help="measured optimizer steps")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if any")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default=None)
+    p.add_argument("--zero-stage", type=int, default=3, choices=[1, 2, 3])
+    p.add_argument("--offload", default="none", choices=["none", "optimizer", "optimizer+params"])
+    p.add_argument("--no-ac", action="store_true", help="activation checkpointing off")
+    p.add_argument("--loss", default="fused", choices=["fused", "logits"])
+    p.add_argument("--attn", default="auto")
+    p.add_argument("--world-size", type=int, default=1)
+    p.add_argument("--nodes", type=int, default=1, help="no-ssh loopback 'nodes' (deepspeed)")
+    p.add_argument("--peak-tflops", type=float, default=None)
+    p.add_argument("--baseline-rows", type=int, default=None)
+    p.add_argument("--no-baseline", action="store_true")
+    p.add_argument("--work-dir", type=Path, default=Path("runs/bench"))
+    p.add_argument("--results", type=Path, default=RESULTS)
+    p.add_argument("--timeout", type=float, default=1800, help="seconds per training run")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="bench_command", metavar="SUBCOMMAND", required=True)
+    _spec_arguments(sub.add_parser("throughput", help="natscale vs baseline on one setup"))
+    sweep = sub.add_parser("sweep", help="throughput over values of one spec field + table/PNG")
+    _spec_arguments(sweep)
+    sweep.add_argument("--param", required=True, help="FIELD=V1,V2,... e.g. micro_batch_rows=1,2")
+    sweep.add_argument("--name", default=None, help="sweep name (default: the field)")
+    proj = sub.add_parser("project", help="ZeRO-3 scaling projection over 1-64 nodes + PNG")
+    proj.add_argument("--model", default="llama-3-8b")
+    proj.add_argument("--network", default="h100-ib400")
+    proj.add_argument("--calibrate", type=Path, help="a sweep JSON over nodes (CPU loopback)")
+    proj.add_argument("--step-s", type=float, help="measured single-node step (else from MFU)")
+    proj.add_argument("--assumed-mfu", type=float, default=0.40)
+    proj.add_argument("--peak-tflops", type=float, default=989.0)
+    proj.add_argument("--seq-len", type=int, default=4096)
+    proj.add_argument("--micro-batch-rows", type=int, default=1)
+    proj.add_argument("--grad-accum", type=int, default=8)
+    proj.add_argument("--overlap", type=float, default=0.5)
+    proj.add_argument("--results", type=Path, default=RESULTS)
+
+
+def spec_from(args: argparse.Namespace, **changes):
+    import torch
+
+    from natscale.bench.runner import BenchSpec
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return BenchSpec(**{**_spec_dict(args, device), **changes})
+
+
+def _spec_dict(args: argparse.Namespace, device: str) -> dict:
+    return dict(
+        model=args.model,
+        data=args.data,
+        seq_len=args.seq_len,
+        micro_batch_rows=args.micro_batch_rows,
+        grad_accum=args.grad_accum,
+        warmup=args.warmup,
+        steps=args.steps,
+        device=device,
+        precision=args.precision,
+        zero_stage=args.zero_stage,
+        offload=args.offload,
+        activation_checkpointing=not args.no_ac,
+        loss=args.loss,
+        attn=args.attn,
+        world_size=args.world_size,
+        nodes=args.nodes,
+        peak_tflops=args.peak_tflops,
+        baseline_rows=args.baseline_rows,
+    )
+
+
+def _measure(args: argparse.Namespace, spec, work: Path) -> dict:
+    from natscale.bench.record import MFU_FORMULA, environment, write_record
+    from natscale.bench.runner import throughput
+
+    record = throughput(
+        spec, work_dir=work, with_baseline=not args.no_baseline, timeout_s=args.timeout
+    )
+    record["environment"] = environment()
+    record["mfu_formula"] = MFU_FORMULA
+    record["command"] = "natscale " + " ".join(sys.argv[1:])
+    record["json"] = str(write_record(record, args.results))
+    return record
+
+
+def run(args: argparse.Namespace) -> int:
+    from natscale.bench.runner import BenchError
+
+    try:
+        if args.bench_command == "throughput":
+            return _throughput(args)
+        if args.bench_command == "sweep":
+            return _sweep(args)
+        return _project(args)
+    except (BenchError, ValueError) as exc:
+        print(f"natscale bench: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _throughput(args: argparse.Namespace) -> int:
+    from natscale.bench.record import MFU_FORMULA, summary_line
+
+    spec = spec_from(args)
+    record = _measure(args, spec, args.work_dir / "throughput")
+    print(MFU_FORMULA)
+    print(f"record: {record['json']}")
+    print(summary_line(record))
+    return 0
+
+
+def _parse_param(text: str) -> tuple[str, list]:
+    import yaml
+
+    key, sep, values = text.partition("=")
+    if not sep or not values:
+        raise ValueError(f"--param {text!r}: expected FIELD=V1,V2,...")
+    return key.replace("-", "_"), [yaml.safe_load(v) for v in values.split(",")]
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from natscale.bench.sweep import collect, plot_sweep, write_sweep
+
+    key, values = _parse_param(args.param)
+    name = args.name or key
+    records = []
+    for v in values:
+        changes = {key: v}
+        if key == "nodes":
+            changes["world_size"] = v * max(1, args.world_size // max(args.nodes, 1))
+        spec = spec_from(args, **changes)
+        records.append(_measure(args, spec, args.work_dir / f"sweep_{name}" / f"{key}_{v}"))
+        print(f"sweep {name}: {key}={v} done", flush=True)
+    table = collect(records, key)
+    paths = write_sweep(table, records, args.results, name=name)
+    plot_sweep(table, key, paths["png"])
+    print(table["markdown"])
+    print(f"sweep {name}: {len(records)} runs -> {paths['md']}, {paths['png']}")
+    return 0
+
+
+def _project(args: argparse.Namespace) -> int:
+    from natscale.bench.sweep import projection
+
+    out = projection(args)
+    print(out["markdown"])
+    print(f"bench project: {out['label']} on {out['network']} -> {out['json']}, {out['png']}")
+    return 0

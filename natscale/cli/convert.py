@@ -1,0 +1,158 @@
+"""`natscale convert`: ZeRO checkpoint -> Hugging Face folder (`zero-to-hf`); trajectory files (`data`)."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="convert_command", metavar="WHAT", required=True)
+    z = sub.add_parser(
+        "zero-to-hf",
+        help="DeepSpeed ZeRO-1/2/3 checkpoint -> sharded safetensors + config + tokenizer",
+        description="Rebuild full tensors from the fp32 master weights of a ZeRO checkpoint (any "
+        "data-parallel world size) and write a folder AutoModelForCausalLM.from_pretrained loads. "
+        "Peak memory is about one tensor, not the model. config.json and the tokenizer are looked "
+        "up in --config-dir, the tag folder, CKPT_DIR and CKPT_DIR/.. (each at the top or in "
+        "hf_config/, model_config/, tokenizer/).",
+    )
+    z.add_argument("ckpt_dir", help="folder with DeepSpeed's 'latest' file and tag folders")
+    z.add_argument("out_dir", help="output folder (created atomically; must not exist)")
+    z.add_argument("--tag", help="checkpoint tag (default: the one named in CKPT_DIR/latest)")
+    z.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "bf16", "fp16", "fp32"],
+        help="weights dtype (default auto: the run's training precision)",
+    )
+    z.add_argument("--max-shard-size", default="5GB", help="largest shard, e.g. 5GB or 500MB")
+    z.add_argument("--config-dir", help="folder with the model's config.json (and tokenizer)")
+    z.add_argument(
+        "--verify",
+        action="store_true",
+        help="load the result with AutoModelForCausalLM and compare logits with the checkpoint",
+    )
+    z.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
+    z.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    d = sub.add_parser(
+        "data",
+        help="convert trajectory files between the formats the data pipeline reads",
+        description="Read trajectories with the data pipeline's loader for --from (nat, sharegpt, "
+        "agentinstruct, openai, alpaca, fireact) and write them in the --to format. For nat input "
+        "the question and prompt files next to IN are used unless given with --option.",
+    )
+    d.add_argument("--from", dest="src_format", required=True, help="input format")
+    d.add_argument("--to", dest="dst_format", required=True, help="output format")
+    d.add_argument("input", help="input file or folder")
+    d.add_argument(
+        "output", help="output .json or .jsonl (written atomically; nat adds side files)"
+    )
+    d.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="loader option, VALUE parsed as JSON if it can be (e.g. questions=q.jsonl, "
+        "question_turn=1); repeatable",
+    )
+    d.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+
+
+def _on_sigterm(signum, frame):  # turn SIGTERM into an exception so partial output is removed
+    raise SystemExit(128 + signum)
+
+
+def run(args: argparse.Namespace) -> int:
+    from natscale.convert.errors import ConvertError
+
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        if args.convert_command == "zero-to-hf":
+            return _zero_to_hf(args)
+        return _data(args)
+    except ConvertError as exc:
+        print(f"natscale convert {args.convert_command}: error: {exc}", file=sys.stderr)
+        print(f"convert {args.convert_command}: failed, nothing written", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"convert {args.convert_command}: interrupted, nothing written", file=sys.stderr)
+        return 130
+
+
+def _zero_to_hf(args: argparse.Namespace) -> int:
+    from natscale.convert.zero_to_hf import convert_zero_to_hf
+
+    res = convert_zero_to_hf(
+        args.ckpt_dir,
+        args.out_dir,
+        tag=args.tag,
+        dtype=args.dtype,
+        max_shard_size=args.max_shard_size,
+        config_dir=args.config_dir,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    for note in res.notes:
+        print(f"note: {note}", file=sys.stderr)
+    status = 0
+    if args.verify:
+        from natscale.convert.verify import verify_export
+
+        v = verify_export(res.out_dir, args.ckpt_dir, tag=res.tag)
+        verdict = "OK" if v.ok else f"MISMATCH (tolerance {v.atol:.1e})"
+        print(
+            f"verify: max |logit diff| vs checkpoint weights in {res.dtype}: {v.max_abs_diff:.3e}; "
+            f"vs fp32 weights: {v.max_abs_diff_vs_fp32:.3e} (max |logit| {v.max_abs_logit:.2f}, "
+            f"{v.num_sequences}x{v.seq_len} tokens): {verdict}"
+        )
+        status = 0 if v.ok else 1
+    tok = "tokenizer" if res.tokenizer_dir else "no tokenizer"
+    print(
+        f"zero-to-hf: wrote {res.out_dir} ({len(res.shards)} shard(s), {res.num_params:,} params, "
+        f"{res.dtype}, {res.num_bytes / 2**20:.1f} MiB, {tok}) from tag {res.tag} (ZeRO-{res.stage}, "
+        f"{res.world_size} rank(s)) in {res.seconds:.1f}s"
+    )
+    return status
+
+
+def _options(pairs: list[str]) -> dict:
+    import json
+
+    from natscale.convert.errors import ConvertError
+
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConvertError(f"--option {pair!r}: expected KEY=VALUE")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
+
+
+def _data(args: argparse.Namespace) -> int:
+    from natscale.convert.data import convert_trajectories
+
+    res = convert_trajectories(
+        args.input,
+        args.output,
+        src=args.src_format,
+        dst=args.dst_format,
+        options=_options(args.option),
+        overwrite=args.overwrite,
+    )
+    for key, value in res.options.items():
+        print(f"note: loader option {key}={value}", file=sys.stderr)
+    for note in res.notes:
+        print(f"note: {note}", file=sys.stderr)
+    extra = f" and {len(res.files) - 1} side file(s)" if len(res.files) > 1 else ""
+    print(
+        f"convert data: wrote {res.num_records} trajectories to {res.output}{extra} "
+        f"({args.src_format} -> {args.dst_format}, {res.num_skipped} skipped)"
+    )
+    return 0

@@ -1,0 +1,23 @@
+"""`natscale plot RUN_DIR`: PNG curves of a training run (loss by class, throughput)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a `natscale train` output_dir")
+    parser.add_argument("--out", metavar="DIR", help="where to write PNGs (default RUN_DIR/plots)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from natscale.train.plot import plot_run
+
+    try:
+        paths = plot_run(args.run_dir, args.out)
+    except (OSError, ValueError) as exc:
+        print(f"natscale plot: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"plot: wrote {', '.join(str(p) for p in paths)}")
+    return 0

@@ -1,0 +1,121 @@
+"""`natscale train CONFIG`: one rank of a DeepSpeed ZeRO-3 training job (or a job of one).
+
+Works alone or under torchrun / deepspeed / mpirun / srun, including
+``deepspeed [launcher args] --module natscale.cli train --config CONFIG``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config_pos", nargs="?", metavar="CONFIG", help="run config YAML")
+    parser.add_argument("--config", dest="config_opt", metavar="CONFIG", help="same as CONFIG")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.lr=2e-5 (repeatable)",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from output_dir/checkpoints/latest (start fresh when there is none)",
+    )
+    # the deepspeed launcher appends --local_rank=N; LOCAL_RANK in the environment says the same
+    parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"natscale train: error: {message}", file=sys.stderr, flush=True)
+    return code
+
+
+def run(args: argparse.Namespace) -> int:
+    from natscale.config.loader import ConfigError, load_config
+    from natscale.config.run import RunConfig
+    from natscale.data.schema import RowError
+    from natscale.train.preflight import PreflightError, check_run
+
+    if args.config_pos and args.config_opt and args.config_pos != args.config_opt:
+        return _fail("give the config once (positionally or with --config)", 2)
+    path = args.config_opt or args.config_pos
+    if not path:
+        return _fail("no run config: natscale train CONFIG (or --config CONFIG)", 2)
+    try:
+        run_cfg = load_config(path, RunConfig, args.overrides)
+        checks = check_run(run_cfg, resume=args.resume)
+    except (ConfigError, PreflightError) as exc:
+        return _fail(str(exc), 2)
+    _quiet_libraries()
+
+    import torch.distributed as dist
+
+    from natscale.train.dist import init_distributed
+    from natscale.train.engine import export_local_size
+    from natscale.train.trainer import StopSignal, Trainer, TrainingAborted
+
+    stop = StopSignal()  # from here on a SIGTERM means: checkpoint at the next step boundary
+    export_local_size()
+    info = init_distributed()
+    if info.rank == 0:
+        for note in checks.notes:
+            print(f"natscale train: note: {note}", file=sys.stderr, flush=True)
+    try:
+        summary = Trainer(run_cfg, info, checks, resume=args.resume).train(stop)
+    except TrainingAborted as exc:
+        return _fail(str(exc), 1)
+    except RowError as exc:
+        return _fail(str(exc), 2)
+    if info.rank == 0:
+        _write_summary(run_cfg.output_dir, summary)
+        print(summary_line(summary), flush=True)
+    dist.barrier()
+    dist.destroy_process_group()
+    return 0
+
+
+def _quiet_libraries() -> None:
+    import logging
+    import warnings
+
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    # DeepSpeed calls collectives that torch renamed; one warning per call would flood the log
+    warnings.filterwarnings(
+        "ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning
+    )
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_warning()
+
+
+def _write_summary(output_dir: str, summary: dict) -> None:
+    from pathlib import Path
+
+    path = Path(output_dir) / "summary.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def summary_line(s: dict) -> str:
+    def num(x: float | None, fmt: str = ".4f") -> str:
+        return "n/a" if x is None else format(x, fmt)
+
+    classes = ", ".join(f"{k} {num(v, '.3f')}" for k, v in (s["final_loss_by_class"] or {}).items())
+    rates = s["tokens_per_s_per_gpu"]
+    mfu = "n/a" if s["mfu"] is None else f"{100 * s['mfu']:.1f}%"
+    where = s["hf_export"] or s["checkpoint"]
+    return (
+        f"train: {s['reason']} at step {s['steps']}/{s['total_steps']} in {s['wall_s']:.1f} s; "
+        f"loss {num(s['first_loss'])} -> {num(s['final_loss'])} ({classes}); "
+        f"{s['tokens_seen']['trained']:,} trained tokens; tok/s/device slot {rates['slot']:,.0f} "
+        f"non-pad {rates['nonpad']:,.0f} trained {rates['trained']:,.0f}; "
+        f"{s['tflops_per_gpu']:.3g} TFLOP/s/device, MFU {mfu} on "
+        f"{s['device']}; skipped {s['nonfinite_steps']}; -> {where}"
+    )

@@ -1,0 +1,178 @@
+"""``natscale prepare`` config: sources, outcome labelling, NAT strategy, rendering, packing.
+
+Relative paths are taken from the working directory. Every section forbids unknown keys, so a
+typo fails with the key's dotted name. See ``examples/configs/prepare_math.yaml``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Paths = list[str]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _SourceBase(_Strict):
+    paths: Paths = Field(min_length=1, description="trajectory files or directories")
+    task: str = ""
+    success_field: str | None = Field("reward", description="dotted path of the success value")
+    score_field: str | None = Field("score", description="dotted path of a quality score")
+    answer_field: str | None = Field("answer", description="dotted path of the gold answer")
+
+
+class NatSource(_Strict):
+    format: Literal["nat"]
+    paths: Paths = Field(min_length=1)
+    questions: Paths | None = Field(None, description="question files joined by id")
+    prompt: str | None = Field(None, description="task prompt file (ours or the paper's layout)")
+    prompt_variant: str | None = None
+    task: str = ""
+    success_field: str | None = "info.reward"
+    score_field: str | None = "info.f1"
+
+
+class ShareGPTSource(_SourceBase):
+    format: Literal["sharegpt", "agentinstruct"]
+    roles: dict[str, Literal["assistant", "observation", "user", "system"]] | None = None
+    question_turn: int | None = Field(None, ge=0, description="default 0; agentinstruct 1")
+    conversations_key: str = "conversations"
+
+
+class OpenAISource(_SourceBase):
+    format: Literal["openai"]
+    question_turn: int = Field(0, ge=0)
+    messages_key: str = "messages"
+
+
+class AlpacaSource(_SourceBase):
+    format: Literal["alpaca", "fireact"]
+    question_field: str = "instruction"
+    input_field: str = "input"
+    output_field: str = "output"
+    system_field: str = "system"
+
+
+Source = Annotated[
+    NatSource | ShareGPTSource | OpenAISource | AlpacaSource, Field(discriminator="format")
+]
+
+
+class OutcomeConfig(_Strict):
+    success: Literal["field", "exact", "em", "f1"] = Field(
+        "field", description="explicit field, or computed against the gold answer"
+    )
+    score: Literal["auto", "field", "f1", "none"] = "auto"
+    f1_threshold: float = Field(1.0, ge=0.0, le=1.0)
+    unfinished: Literal["keep", "skip", "error"] = "keep"
+    empty: Literal["skip", "error"] = "skip"
+
+
+class Bucket(_Strict):
+    """A nat-fine quality bucket: score >= min (> min when not inclusive); None = catch-all."""
+
+    name: str
+    marker: str
+    min: float | None = None
+    inclusive: bool = True
+
+
+# the paper's HotpotQA 4-class scheme, top bucket first (F1 = 1, >= 0.4, > 0, = 0)
+PAPER_BUCKETS = [
+    Bucket(name="correct", marker="[Correct]", min=1.0),
+    Bucket(name="mostly_correct", marker="[Mostly Correct]", min=0.4),
+    Bucket(name="mostly_incorrect", marker="[Mostly Incorrect]", min=0.0, inclusive=False),
+    Bucket(name="totally_incorrect", marker="[Totally Incorrect]"),
+]
+PAPER_MARKERS = [
+    "Generate a sequence of Thought and Action steps to solve the problem correctly.",
+    "Generate a sequence of Thought and Action steps. But incorrectly solve the problem.",
+]
+
+
+class StrategyConfig(_Strict):
+    name: Literal["vanilla", "nut", "nat", "nat-fine"] = "nat"
+    position: Literal["prefix", "suffix"] | None = Field(
+        None, description="marker placement; default suffix for nat, prefix for nat-fine"
+    )
+    plain: str | None = Field(None, description="question template; default the prompt file's")
+    markers: list[str] | None = Field(None, description="marker text per class, top first")
+    templates: list[str] | None = Field(
+        None, description="full question templates per class ({question}); override markers"
+    )
+    suffix_format: str = "{plain}. {marker}"
+    prefix_format: str = "{marker} {plain}."
+    buckets: list[Bucket] | None = Field(None, description="nat-fine buckets; default paper's 4")
+    counts: dict[str, int] | None = Field(
+        None, description="examples to keep per class name (seeded sample); missing = all"
+    )
+    sample: Literal["random", "first"] = "random"
+    weights: dict[str, float] | None = Field(None, description="loss weight per class name")
+
+    @model_validator(mode="after")
+    def _check(self) -> StrategyConfig:
+        names = self.class_names()
+        for key, mapping in (("counts", self.counts), ("weights", self.weights)):
+            unknown = sorted(set(mapping or {}) - set(names))
+            if unknown:
+                raise ValueError(f"{key}: unknown class(es) {unknown}; classes are {names}")
+        for key, seq in (("markers", self.markers), ("templates", self.templates)):
+            if seq is not None and len(seq) != len(names):
+                raise ValueError(f"{key}: need {len(names)} entries (one per class {names})")
+        for t in self.templates or []:
+            if "{question}" not in t:
+                raise ValueError(f"templates: {t!r} has no {{question}} placeholder")
+        if self.buckets is not None:
+            if self.buckets[-1].min is not None:
+                raise ValueError("buckets: the last bucket must be the catch-all (no min)")
+            if len({b.name for b in self.buckets}) != len(self.buckets):
+                raise ValueError("buckets: names must be unique")
+        return self
+
+    def class_names(self) -> list[str]:
+        if self.name == "vanilla":
+            return ["success"]
+        if self.name in ("nut", "nat"):
+            return ["success", "failure"]
+        return [b.name for b in self.resolved_buckets()]
+
+    def resolved_buckets(self) -> list[Bucket]:
+        return self.buckets if self.buckets is not None else PAPER_BUCKETS
+
+
+class RenderConfig(_Strict):
+    tokenizer: str = Field(description="local HF tokenizer directory")
+    template: Literal["auto", "hf", "llama2", "chatml", "llama3"] = Field(
+        "auto", description="auto = the tokenizer's chat template if it has one, else llama2"
+    )
+    instruction: Literal["turn", "prepend", "system"] = Field(
+        "turn", description="turn = user turn + acknowledgement (the paper)"
+    )
+    acknowledgement: str | None = Field(None, description="override; default the prompt file's")
+    observation_role: str = "user"
+    end_of_turn: str | None = Field(None, description="hf template: token closing a turn")
+    add_missing_special_tokens: bool = False
+    trim_untrained_tail: bool = True
+
+
+class PackConfig(_Strict):
+    max_seq_len: int = Field(4096, ge=8)
+    algorithm: Literal["bfd", "ffd"] = "bfd"
+    overlong: Literal["truncate", "drop"] = "truncate"
+
+
+class PrepareConfig(_Strict):
+    output: str | None = Field(None, description="output directory (or --out)")
+    overwrite: bool = False
+    seed: int = 42
+    num_proc: int = Field(1, ge=1)
+    on_error: Literal["raise", "skip"] = "raise"
+    sources: list[Source] = Field(min_length=1)
+    outcome: OutcomeConfig = OutcomeConfig()
+    strategy: StrategyConfig = StrategyConfig()
+    render: RenderConfig
+    pack: PackConfig = PackConfig()

@@ -1,0 +1,120 @@
+"""Trajectory files from one format to another: the data pipeline's loader, then our writer.
+
+Reading goes through ``natscale.data.formats.load_trajectories`` (the same code ``natscale
+prepare`` uses), so whatever converts also prepares; writing through ``natscale.convert.writers``.
+For ``--from nat`` the question and prompt files are found next to the input when not given:
+``<stem>.questions.jsonl`` / ``questions.jsonl`` and ``<stem>.prompt.json`` / ``prompt.json``
+(the names our NAT writer and the release use).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from natscale.convert.errors import ConvertError
+
+
+@dataclass
+class DataConvertResult:
+    output: Path
+    files: list[Path]
+    num_records: int
+    num_skipped: int
+    options: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+
+def nat_side_files(path: Path) -> dict[str, str]:
+    """Question / prompt files next to a NAT trajectory file, if there are any."""
+    found: dict[str, str] = {}
+    folder = path if path.is_dir() else path.parent
+    stem = "" if path.is_dir() else path.stem
+    for option, names in (
+        ("questions", [f"{stem}.questions.jsonl", f"{stem}.questions.json", "questions.jsonl",
+                       "questions.json"]),
+        ("prompt", [f"{stem}.prompt.json", "prompt.json"]),
+    ):  # fmt: skip
+        hit = next((folder / n for n in names if n and (folder / n).is_file()), None)
+        if hit is not None and hit != path:
+            found[option] = str(hit)
+    return found
+
+
+def _dump(content: Any, path: Path) -> str:
+    if isinstance(content, dict):
+        return json.dumps(content, ensure_ascii=False, indent=2) + "\n"
+    rows = [json.dumps(r, ensure_ascii=False) for r in content]
+    if path.suffix == ".jsonl":
+        return "".join(row + "\n" for row in rows)
+    return "[\n" + ",\n".join(rows) + "\n]\n"
+
+
+def write_files_atomically(files: dict[Path, Any], overwrite: bool) -> None:
+    """Write every file to a temporary name, then rename them all; on failure remove them all."""
+    for path in files:
+        if path.exists() and not overwrite:
+            raise ConvertError(f"{path} already exists; choose another output or pass --overwrite")
+    tmps: dict[Path, Path] = {}
+    try:
+        for path, content in files.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+            tmps[path] = tmp
+            tmp.write_text(_dump(content, path), encoding="utf-8")
+        for path, tmp in tmps.items():
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp in tmps.values():
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+def convert_trajectories(
+    input_path: str | Path,
+    output: str | Path,
+    *,
+    src: str,
+    dst: str,
+    options: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> DataConvertResult:
+    """Load ``input_path`` in format ``src`` and write it as ``dst`` to ``output`` (.json/.jsonl)."""
+    from natscale.convert.writers import WRITERS, Notes
+    from natscale.data.errors import DataError, Issues
+    from natscale.data.formats import FORMATS, load_trajectories
+
+    input_path, output = Path(input_path), Path(output)
+    if src not in FORMATS:
+        raise ConvertError(f"--from {src!r}: unknown format; choose one of {sorted(FORMATS)}")
+    if dst not in WRITERS:
+        raise ConvertError(f"--to {dst!r}: unknown format; choose one of {sorted(WRITERS)}")
+    if output.suffix not in (".json", ".jsonl"):
+        raise ConvertError(f"{output}: the output must end in .json or .jsonl")
+    options = dict(options or {})
+    if src == "nat":
+        options = {**nat_side_files(input_path), **options}
+    issues = Issues()
+    try:
+        trajs = load_trajectories(input_path, format=src, issues=issues, **options)
+    except DataError as err:
+        raise ConvertError(f"cannot read {input_path} as {src}: {err}") from err
+    except TypeError as err:  # an option the loader does not take
+        raise ConvertError(f"--option for {src}: {err}") from err
+    notes = Notes()
+    files = WRITERS[dst](trajs, output, notes)
+    write_files_atomically(files, overwrite)
+    lines = notes.lines()
+    if issues.total():
+        lines.append(f"skipped while reading: {issues.as_dict()}")
+    return DataConvertResult(
+        output=output,
+        files=list(files),
+        num_records=len(trajs),
+        num_skipped=issues.total(),
+        options=options,
+        notes=lines,
+    )

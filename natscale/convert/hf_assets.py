@@ -1,0 +1,117 @@
+"""Where the HF config, generation config and tokenizer of a checkpoint come from, and copying them.
+
+Lookup contract (the trainer writes these next to its checkpoints). Places, in order:
+
+1. ``--config-dir DIR`` if given
+2. the tag folder (``CKPT_DIR/<tag>``)
+3. ``CKPT_DIR`` (the folder holding ``latest``)
+4. ``CKPT_DIR/..`` (the run directory)
+
+In each place the config is ``config.json`` at the top, in ``hf_config/`` or in ``model_config/``
+(the trainer's ``RUN_DIR/model_config/``: config, generation config and tokenizer together);
+``generation_config.json`` is taken from the same folder as the config when present (else
+derived from the config). The tokenizer is the first folder with ``tokenizer_config.json`` or
+``tokenizer.json``: the top of a place, then its ``tokenizer/``, ``model_config/``, ``hf_config/``.
+A missing config is an error naming every folder tried; a missing tokenizer is a warning (the
+weights are still usable). The config is written as found, with ``dtype`` set to the export's.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from natscale.convert.errors import ConvertError
+
+CONFIG_SUBDIRS = ("hf_config", "model_config")
+TOKENIZER_SUBDIRS = ("tokenizer", "model_config", "hf_config")
+TOKENIZER_MARKERS = ("tokenizer_config.json", "tokenizer.json")
+# Everything a tokenizer directory written by save_pretrained can hold.
+TOKENIZER_FILES = (
+    "tokenizer_config.json",
+    "tokenizer.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+)
+
+
+@dataclass(frozen=True)
+class HfAssets:
+    config_dir: Path  # folder with config.json
+    tokenizer_dir: Path | None
+    searched: tuple[Path, ...]  # places tried, in order
+
+
+def search_places(ckpt_root: Path, tag_dir: Path, config_dir: Path | None) -> list[Path]:
+    places = [config_dir] if config_dir is not None else []
+    places += [tag_dir, ckpt_root, ckpt_root.parent]
+    unique: list[Path] = []
+    for p in places:
+        if p.resolve() not in [u.resolve() for u in unique]:
+            unique.append(p)
+    return unique
+
+
+def find_assets(ckpt_root: Path, tag_dir: Path, config_dir: Path | None = None) -> HfAssets:
+    """Locate config.json and the tokenizer; raise ConvertError naming the places if no config."""
+    if config_dir is not None and not config_dir.is_dir():
+        raise ConvertError(f"--config-dir {config_dir} does not exist or is not a directory")
+    places = search_places(ckpt_root, tag_dir, config_dir)
+    candidates = [c for p in places for c in (p, *(p / sub for sub in CONFIG_SUBDIRS))]
+    found = next((c for c in candidates if (c / "config.json").is_file()), None)
+    if found is None:
+        tried = "\n  ".join(str(c / "config.json") for c in candidates)
+        raise ConvertError(
+            "no config.json for this checkpoint; looked for:\n  " + tried + "\n"
+            "Pass --config-dir with the model's Hugging Face config (the folder you trained from)."
+        )
+    tok_candidates = [c for p in places for c in (p, *(p / sub for sub in TOKENIZER_SUBDIRS))]
+    tokenizer = next(
+        (c for c in tok_candidates if any((c / m).is_file() for m in TOKENIZER_MARKERS)), None
+    )
+    return HfAssets(config_dir=found, tokenizer_dir=tokenizer, searched=tuple(places))
+
+
+def load_config(assets: HfAssets):
+    """The model's ``PretrainedConfig``; ConvertError if transformers cannot read it."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(assets.config_dir)
+    except (ValueError, OSError, KeyError) as exc:
+        path = assets.config_dir / "config.json"
+        raise ConvertError(f"{path}: not a usable HF config: {exc}") from exc
+
+
+def write_assets(assets: HfAssets, config, out_dir: Path, dtype) -> list[str]:
+    """Write config.json (``dtype`` set), generation_config.json and the tokenizer's files.
+
+    Returns the names written.
+    """
+    from transformers import GenerationConfig
+
+    config.dtype = dtype
+    config.save_pretrained(out_dir)
+    written = ["config.json"]
+    if (assets.config_dir / "generation_config.json").is_file():
+        gen = GenerationConfig.from_pretrained(assets.config_dir)
+    else:
+        gen = GenerationConfig.from_model_config(config)
+    gen.save_pretrained(out_dir)
+    written.append("generation_config.json")
+    if assets.tokenizer_dir is not None:
+        for name in TOKENIZER_FILES:
+            src = assets.tokenizer_dir / name
+            if src.is_file():
+                shutil.copy2(src, out_dir / name)
+                written.append(name)
+    return written

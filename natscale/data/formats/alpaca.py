@@ -1,0 +1,101 @@
+"""FireAct / Alpaca records: the question in ``instruction``, the whole ReAct text in ``output``.
+
+One record (FireAct ``alpaca_format``)::
+
+    {"instruction": "Which magazine was started first, Arthur's Magazine or First for Women?",
+     "input": "",
+     "output": "Thought: I need to search ...\\nAction: search[Arthur's Magazine]\\n"
+               "Observation: Arthur's Magazine (1844-1846) was ...\\n"
+               "Thought: ...\\nAction: finish[Arthur's Magazine]\\n"
+               "Observation: Episode finished, reward = True\\n"}
+
+``output`` is split into turns: a line starting ``Observation:`` (or ``Observation 2:``) opens an
+observation turn that runs until a line starting ``Thought``/``Action``; everything else is
+assistant text. The question is ``instruction``, plus ``input`` on a new paragraph when it is not
+empty; an optional ``system`` field becomes the system prompt. FireAct trains on observations
+too; here they are masked like every other format (DESIGN.md). Outcome: ``success_field`` /
+``score_field``, else the final ``reward = True|False`` observation.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+
+from natscale.data.errors import Issues
+from natscale.data.formats.common import (
+    empty_error,
+    extra_meta,
+    field,
+    load_records,
+    read_outcome,
+    record_id,
+)
+from natscale.data.formats.reader import Record
+from natscale.data.trajectory import Trajectory, Turn
+
+_OBSERVATION = re.compile(r"^Observation(?:\s*\d+)?\s*:")
+_AGENT = re.compile(r"^(?:Thought|Action)(?:\s*\d+)?\s*:")
+
+
+def split_react(text: str) -> list[Turn]:
+    """Assistant / observation turns of a ReAct transcript (see the module docstring)."""
+    blocks: list[tuple[str, list[str]]] = []
+    for line in text.split("\n"):
+        if _OBSERVATION.match(line):
+            role = "observation"
+        elif _AGENT.match(line):
+            role = "assistant"
+        else:
+            role = blocks[-1][0] if blocks else "assistant"
+        if (
+            blocks
+            and blocks[-1][0] == role
+            and not (role == "observation" and _OBSERVATION.match(line))
+        ):
+            blocks[-1][1].append(line)
+        else:
+            blocks.append((role, [line]))
+    turns = []
+    for role, lines in blocks:
+        content = "\n".join(lines).strip()
+        if content:
+            turns.append(Turn(role, content))
+    return turns
+
+
+def load(
+    paths: str | os.PathLike | Iterable[str | os.PathLike],
+    *,
+    question_field: str = "instruction",
+    input_field: str = "input",
+    output_field: str = "output",
+    system_field: str = "system",
+    task: str = "",
+    success_field: str | None = "reward",
+    score_field: str | None = "score",
+    answer_field: str | None = "answer",
+    on_error: str = "raise",
+    issues: Issues | None = None,
+    skip_reasons: frozenset[str] = frozenset(),
+) -> list[Trajectory]:
+    def parse(rec: Record) -> Trajectory:
+        question = field(rec, rec.data, question_field, str)
+        extra = field(rec, rec.data, input_field, str, default="")
+        output = field(rec, rec.data, output_field, str)
+        turns = split_react(output)
+        if not turns:
+            raise empty_error(rec, output_field)
+        meta = extra_meta(rec, output_field, answer_field)
+        return Trajectory(
+            id=record_id(rec),
+            task=task,
+            system=field(rec, rec.data, system_field, str, default=""),
+            question=f"{question}\n\n{extra}" if extra.strip() else question,
+            turns=turns,
+            outcome=read_outcome(rec, turns, success_field, score_field),
+            meta=meta,
+        )
+
+    return load_records(paths, parse, on_error=on_error, issues=issues, skip_reasons=skip_reasons)

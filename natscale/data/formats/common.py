@@ -1,0 +1,197 @@
+"""Helpers shared by the format loaders: typed field access, outcome fields, question split."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from natscale.data.errors import DataError, Issues, handle
+from natscale.data.formats.reader import Record, expand_paths, iter_records
+from natscale.data.trajectory import Outcome, Trajectory, Turn
+
+_MISSING = object()
+# FireAct-style trajectories end with "Observation: Episode finished, reward = True"
+_REWARD_IN_TEXT = re.compile(r"reward\s*=\s*(True|False|-?\d+(?:\.\d+)?)\s*$")
+
+
+def field(
+    rec: Record,
+    obj: dict[str, Any],
+    key: str,
+    types: type | tuple[type, ...],
+    *,
+    name: str | None = None,
+    default: Any = _MISSING,
+) -> Any:
+    """``obj[key]`` checked against ``types``; a :class:`DataError` naming ``name`` otherwise."""
+    name = name or key
+    if key not in obj or obj[key] is None:
+        if default is not _MISSING:
+            return default
+        raise rec.error("missing required field", field=name, reason="missing_field")
+    value = obj[key]
+    # bool is an int subclass: never accept True where a number or string is expected
+    if not isinstance(value, types) or (isinstance(value, bool) and bool not in _tuple(types)):
+        want = " or ".join(t.__name__ for t in _tuple(types))
+        raise rec.error(
+            f"expected {want}, got {type(value).__name__}", field=name, reason="wrong_type"
+        )
+    return value
+
+
+def _tuple(types: type | tuple[type, ...]) -> tuple[type, ...]:
+    return types if isinstance(types, tuple) else (types,)
+
+
+def dotted(obj: dict[str, Any], path: str | None) -> Any:
+    """``obj["a"]["b"]`` for ``path="a.b"``; None when any part is missing."""
+    if not path:
+        return None
+    node: Any = obj
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def as_success(value: Any) -> bool | None:
+    """Explicit success value: a bool, 0/1 (or any number: success iff >= 1), "true"/"false"."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)):
+        return value >= 1
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
+        return value.strip().lower() in ("true", "1")
+    return None
+
+
+def read_outcome(
+    rec: Record, turns: list[Turn], success_field: str | None, score_field: str | None
+) -> Outcome:
+    """Outcome from explicit record fields; else from a trailing ``reward = X`` observation."""
+    raw = dotted(rec.data, success_field)
+    success = as_success(raw)
+    if raw is not None and success is None:
+        raise rec.error(
+            f"cannot read a success value from {raw!r}",
+            field=success_field,
+            reason="wrong_type",
+            hint="use true/false or 0/1",
+        )
+    score = dotted(rec.data, score_field)
+    if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float))):
+        raise rec.error(
+            f"expected a number, got {type(score).__name__}", field=score_field, reason="wrong_type"
+        )
+    if raw is None and turns and turns[-1].role != "assistant":
+        m = _REWARD_IN_TEXT.search(turns[-1].content.strip())
+        if m:
+            token = m.group(1)
+            raw = token == "True" if token in ("True", "False") else float(token)
+            success = as_success(raw)
+    return Outcome(success=success, score=None if score is None else float(score), reward=raw)
+
+
+def split_prompt(
+    rec: Record, turns: list[Turn], question_turn: int, list_name: str
+) -> dict[str, Any]:
+    """Split a full conversation into system / instruction / acknowledgement / question / turns.
+
+    ``question_turn`` is the index, among user turns, of the one holding the question (0 = the
+    first; AgentInstruct puts its instruction first, so 1). Before it at most one user turn (the
+    instruction) and one assistant reply (the acknowledgement) are allowed.
+    """
+    system = ""
+    rest = list(enumerate(turns))
+    if rest and rest[0][1].role == "system":
+        system = rest.pop(0)[1].content
+    user_positions = [k for k, (_, t) in enumerate(rest) if t.role == "user"]
+    if len(user_positions) <= question_turn:
+        raise rec.error(
+            f"has {len(user_positions)} user turn(s); the question is user turn {question_turn}",
+            field=list_name,
+            reason="no_question",
+            hint="set question_turn to the index of the user turn that holds the question",
+        )
+    q = user_positions[question_turn]
+    prefix = [t for _, t in rest[:q]]
+    instruction, ack = "", None
+    if prefix:
+        roles = [t.role for t in prefix]
+        if roles not in (["user"], ["user", "assistant"]):
+            raise rec.error(
+                f"turns before the question have roles {roles}; expected [user] or [user, assistant]"
+                " (instruction and acknowledgement)",
+                field=list_name,
+                reason="bad_prompt_turns",
+            )
+        instruction = prefix[0].content
+        ack = prefix[1].content if len(prefix) > 1 else None
+    return {
+        "system": system,
+        "instruction": instruction,
+        "acknowledgement": ack,
+        "question": rest[q][1].content,
+        "turns": [t for _, t in rest[q + 1 :]],
+    }
+
+
+def empty_error(rec: Record, list_name: str) -> DataError:
+    return rec.error(
+        "conversation is empty (no turn after the question)",
+        field=list_name,
+        reason="empty_conversation",
+        hint="set outcome.empty: skip to count and skip such records",
+    )
+
+
+def record_id(rec: Record, key: str = "id") -> str:
+    """The record's id field, else ``FILE_NAME:RECORD`` (stable across runs)."""
+    value = rec.data.get(key)
+    if isinstance(value, (str, int)) and not isinstance(value, bool):
+        return str(value)
+    return f"{Path(rec.file).name}:{rec.where.split()[-1]}"
+
+
+def extra_meta(rec: Record, conversation_key: str, answer_field: str | None) -> dict[str, Any]:
+    """``meta`` for a record: its gold ``answer`` (if any) and its other top-level fields."""
+    answer = dotted(rec.data, answer_field)
+    return {
+        "answer": "" if answer is None else str(answer),
+        "extra": {k: v for k, v in rec.data.items() if k != conversation_key},
+    }
+
+
+def load_records(
+    paths: Any,
+    parse: Callable[[Record], Trajectory],
+    *,
+    on_error: str,
+    issues: Issues | None,
+    skip_reasons: frozenset[str] = frozenset(),
+) -> list[Trajectory]:
+    """Parse every record of ``paths`` with ``parse(rec)``; bad records raise or are counted.
+
+    A record failing with a reason in ``skip_reasons`` (e.g. ``empty_conversation``) is always
+    counted and skipped, whatever ``on_error`` says.
+    """
+    out = []
+    for path in expand_paths(paths):
+        for rec in iter_records(path, on_error=on_error, issues=issues):
+            try:
+                traj = parse(rec)
+            except DataError as err:
+                if err.reason in skip_reasons and issues is not None:
+                    issues.add(err)
+                else:
+                    handle(err, on_error, issues)
+                continue
+            # where it came from, for errors in later stages
+            traj.meta["file"], traj.meta["record"] = rec.file, rec.where
+            out.append(traj)
+    return out

@@ -1,0 +1,145 @@
+"""The NAT release format (Reason-Wang/NAT, ``reasonwang/NATInstruct``).
+
+Three files. The trajectory file is a JSON list (or JSONL) of::
+
+    {"id": "q17", "source": 0.2,
+     "info": {"reward": false, "f1": 0.4, "pred": "18", "gt": "20", "finished": true},
+     "conversations": [
+        {"role": "assistant", "content": "Thought: ...\\nAction: calculate[2 * 9]", "loss": true},
+        {"role": "user", "content": "Observation: 18", "loss": false},
+        {"role": "assistant", "content": "Thought: ...\\nAction: finish[18]", "loss": true},
+        {"role": "user", "content": "Observation: Episode finished", "loss": false}]}
+
+The conversation starts at the first assistant turn; ``user`` turns are observations. The question
+file (JSON or JSONL) holds ``{"id": "q17", "question": "...", "answer": "... #### 20"}`` and is
+joined by ``id`` (several trajectories may share one). The task prompt file gives the instruction
+turns and question templates (:mod:`natscale.data.prompts`).
+
+Unfinished trajectories (``info.finished`` false, or no ``info.pred``) load with
+``meta["finished"] = False``; what to do with them is the prepare config's ``unfinished``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+from natscale.data.errors import DataError, Issues, handle
+from natscale.data.formats.common import empty_error, field, load_records, read_outcome
+from natscale.data.formats.reader import Record, expand_paths, iter_records
+from natscale.data.prompts import TaskPrompt, load_task_prompt
+from natscale.data.trajectory import Trajectory, Turn
+
+ROLE_MAP = {"assistant": "assistant", "user": "observation", "system": "system"}
+
+
+def load_questions(
+    paths: str | os.PathLike | Iterable[str | os.PathLike],
+    *,
+    on_error: str = "raise",
+    issues: Issues | None = None,
+) -> dict[str, dict[str, str]]:
+    """``{id: {"question": str, "answer": str}}`` from JSON/JSONL question files."""
+    out: dict[str, dict[str, str]] = {}
+    for path in expand_paths(paths):
+        for rec in iter_records(path, on_error=on_error, issues=issues):
+            try:
+                qid = str(field(rec, rec.data, "id", (str, int)))
+                question = field(rec, rec.data, "question", str)
+                answer = field(rec, rec.data, "answer", (str, int, float, bool), default="")
+            except DataError as err:
+                handle(err, on_error, issues)
+                continue
+            out[qid] = {"question": question, "answer": str(answer)}
+    return out
+
+
+def parse_record(
+    rec: Record,
+    questions: dict[str, dict[str, str]] | None,
+    prompt: TaskPrompt | None,
+    *,
+    task: str = "",
+    success_field: str | None = "info.reward",
+    score_field: str | None = "info.f1",
+) -> Trajectory:
+    data = rec.data
+    tid = str(field(rec, data, "id", (str, int)))
+    info = field(rec, data, "info", dict, default={})
+    convs = field(rec, data, "conversations", list)
+    turns = []
+    for i, msg in enumerate(convs):
+        name = f"conversations[{i}]"
+        if not isinstance(msg, dict):
+            raise rec.error("expected an object", field=name, reason="wrong_type")
+        role = field(rec, msg, "role", str, name=f"{name}.role")
+        if role not in ROLE_MAP:
+            raise rec.error(
+                f"unknown role {role!r}; expected one of {sorted(ROLE_MAP)}",
+                field=f"{name}.role",
+                reason="unknown_role",
+            )
+        content = field(rec, msg, "content", str, name=f"{name}.content")
+        loss = field(rec, msg, "loss", bool, name=f"{name}.loss", default=None)
+        turns.append(Turn(ROLE_MAP[role], content, train=loss))
+    if not turns:
+        raise empty_error(rec, "conversations")
+    if questions is not None:
+        if tid not in questions:
+            raise rec.error(
+                f"id {tid!r} has no question in the question file",
+                field="id",
+                reason="unknown_question_id",
+                hint="check that the question file matches this trajectory file",
+            )
+        q = questions[tid]
+        question, answer = q["question"], q["answer"]
+    else:
+        question = field(rec, data, "question", str)
+        answer = str(data.get("answer", ""))
+    meta = {
+        "source": data.get("source"),
+        "info": info,
+        "answer": answer,
+        "pred": info.get("pred"),
+        "gt": info.get("gt"),
+        "finished": bool(info.get("finished", info.get("pred") is not None)),
+    }
+    prompt = prompt or TaskPrompt()
+    return Trajectory(
+        id=tid,
+        task=task or prompt.task,
+        instruction=prompt.instruction,
+        acknowledgement=prompt.acknowledgement,
+        question=question,
+        turns=turns,
+        outcome=read_outcome(rec, turns, success_field, score_field),
+        meta=meta,
+    )
+
+
+def load(
+    paths: str | os.PathLike | Iterable[str | os.PathLike],
+    *,
+    questions: str | os.PathLike | Iterable[str | os.PathLike] | None = None,
+    prompt: str | os.PathLike | TaskPrompt | None = None,
+    prompt_variant: str | None = None,
+    task: str = "",
+    success_field: str | None = "info.reward",
+    score_field: str | None = "info.f1",
+    on_error: str = "raise",
+    issues: Issues | None = None,
+    skip_reasons: frozenset[str] = frozenset(),
+) -> list[Trajectory]:
+    qmap = (
+        None if questions is None else load_questions(questions, on_error=on_error, issues=issues)
+    )
+    if prompt is not None and not isinstance(prompt, TaskPrompt):
+        prompt = load_task_prompt(prompt, prompt_variant)
+
+    def parse(rec: Record) -> Trajectory:
+        return parse_record(
+            rec, qmap, prompt, task=task, success_field=success_field, score_field=score_field
+        )
+
+    return load_records(paths, parse, on_error=on_error, issues=issues, skip_reasons=skip_reasons)

@@ -1,0 +1,160 @@
+"""OpenAI chat ``messages`` (fine-tuning JSONL, FireAct ``gpt_format``), with tool calls.
+
+One record::
+
+    {"messages": [
+        {"role": "system", "content": "You can call a calculator."},
+        {"role": "user", "content": "What is 17 * 23?"},
+        {"role": "assistant", "content": null, "tool_calls": [
+            {"id": "c1", "type": "function",
+             "function": {"name": "calculate", "arguments": "{\\"expression\\": \\"17 * 23\\"}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "391"},
+        {"role": "assistant", "content": "17 * 23 = 391."}],
+     "reward": true}
+
+Roles: system (first only), user, assistant, tool / function -> observation (``name`` kept),
+``developer`` -> system. ``content`` may be a string, null, or a list of ``{"type": "text",
+"text": ...}`` parts. Assistant ``tool_calls`` are kept structured on the turn (``name``,
+``arguments``, ``id``); the renderer serialises them. A per-message ``weight`` (0/1, as in
+OpenAI fine-tuning) or ``loss`` flag decides whether that turn is trained. ``question_turn`` and
+the outcome fields work as for ShareGPT.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterable
+from typing import Any
+
+from natscale.data.errors import Issues
+from natscale.data.formats.common import (
+    empty_error,
+    extra_meta,
+    field,
+    load_records,
+    read_outcome,
+    record_id,
+    split_prompt,
+)
+from natscale.data.formats.reader import Record
+from natscale.data.trajectory import Trajectory, Turn
+
+ROLE_MAP = {
+    "system": "system",
+    "developer": "system",
+    "user": "user",
+    "assistant": "assistant",
+    "tool": "observation",
+    "function": "observation",
+}
+
+
+def _content(rec: Record, msg: dict[str, Any], name: str) -> str:
+    content = msg.get("content")
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for j, part in enumerate(content):
+            if not isinstance(part, dict) or part.get("type") != "text":
+                raise rec.error(
+                    "only text parts are supported",
+                    field=f"{name}.content[{j}]",
+                    reason="wrong_type",
+                )
+            parts.append(field(rec, part, "text", str, name=f"{name}.content[{j}].text"))
+        return "".join(parts)
+    raise rec.error(
+        f"expected a string, null or a list of text parts, got {type(content).__name__}",
+        field=f"{name}.content",
+        reason="wrong_type",
+    )
+
+
+def _tool_calls(rec: Record, msg: dict[str, Any], name: str) -> list[dict[str, Any]] | None:
+    calls = field(rec, msg, "tool_calls", list, name=f"{name}.tool_calls", default=None)
+    if not calls:
+        return None
+    out = []
+    for j, call in enumerate(calls):
+        where = f"{name}.tool_calls[{j}]"
+        if not isinstance(call, dict):
+            raise rec.error("expected an object", field=where, reason="wrong_type")
+        fn = field(rec, call, "function", dict, name=f"{where}.function")
+        args = field(rec, fn, "arguments", (str, dict), name=f"{where}.function.arguments")
+        if isinstance(args, str):
+            # keep structured arguments when they are JSON, as the chat templates expect
+            with contextlib.suppress(json.JSONDecodeError):
+                args = json.loads(args)
+        entry = {
+            "name": field(rec, fn, "name", str, name=f"{where}.function.name"),
+            "arguments": args,
+        }
+        if isinstance(call.get("id"), str):
+            entry["id"] = call["id"]
+        out.append(entry)
+    return out
+
+
+def parse_messages(rec: Record, items: list, list_name: str) -> list[Turn]:
+    turns = []
+    for i, msg in enumerate(items):
+        name = f"{list_name}[{i}]"
+        if not isinstance(msg, dict):
+            raise rec.error("expected an object", field=name, reason="wrong_type")
+        role = field(rec, msg, "role", str, name=f"{name}.role")
+        if role not in ROLE_MAP:
+            raise rec.error(
+                f"unknown role {role!r}; expected one of {sorted(ROLE_MAP)}",
+                field=f"{name}.role",
+                reason="unknown_role",
+            )
+        train = field(rec, msg, "loss", bool, name=f"{name}.loss", default=None)
+        weight = field(rec, msg, "weight", (int, float), name=f"{name}.weight", default=None)
+        if weight is not None:
+            train = bool(weight)
+        turns.append(
+            Turn(
+                ROLE_MAP[role],
+                _content(rec, msg, name),
+                train=train,
+                tool_calls=_tool_calls(rec, msg, name) if role == "assistant" else None,
+                name=msg.get("name") if isinstance(msg.get("name"), str) else None,
+            )
+        )
+    return turns
+
+
+def load(
+    paths: str | os.PathLike | Iterable[str | os.PathLike],
+    *,
+    question_turn: int = 0,
+    messages_key: str = "messages",
+    task: str = "",
+    success_field: str | None = "reward",
+    score_field: str | None = "score",
+    answer_field: str | None = "answer",
+    on_error: str = "raise",
+    issues: Issues | None = None,
+    skip_reasons: frozenset[str] = frozenset(),
+) -> list[Trajectory]:
+    def parse(rec: Record) -> Trajectory:
+        items = field(rec, rec.data, messages_key, list)
+        parts = split_prompt(
+            rec, parse_messages(rec, items, messages_key), question_turn, messages_key
+        )
+        if not parts["turns"]:
+            raise empty_error(rec, messages_key)
+        return Trajectory(
+            id=record_id(rec),
+            task=task,
+            outcome=read_outcome(rec, parts["turns"], success_field, score_field),
+            meta=extra_meta(rec, messages_key, answer_field),
+            **parts,
+        )
+
+    return load_records(paths, parse, on_error=on_error, issues=issues, skip_reasons=skip_reasons)

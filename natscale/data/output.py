@@ -1,0 +1,90 @@
+"""Writing a prepared dataset directory atomically.
+
+Layout of ``OUT_DIR`` (what the trainer reads)::
+
+    OUT_DIR/
+      data-*.arrow, dataset_info.json, state.json   datasets.Dataset.save_to_disk of packed rows
+      stats.json                                    counts, classes, packing efficiency
+      prepare_config.yaml                           the resolved prepare config
+      tokenizer/                                    the tokenizer the ids belong to
+
+``datasets.load_from_disk(OUT_DIR)`` gives the rows: the ``schema.ROW_FIELDS`` columns plus
+``num_tokens`` and ``num_trained`` (int64 per row). Everything is written to a hidden temporary
+directory next to ``OUT_DIR`` and renamed into place, so a failure leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from natscale.data.packing import PackedRows
+from natscale.data.schema import ROW_FIELDS
+
+ROWS_PER_CHUNK = 2048  # keeps list offsets in int32 range for any row length
+
+
+def _list_column(arrays: list[np.ndarray], dtype: str):
+    import pyarrow as pa
+
+    chunks = []
+    for s in range(0, len(arrays), ROWS_PER_CHUNK):
+        part = arrays[s : s + ROWS_PER_CHUNK]
+        offsets = np.zeros(len(part) + 1, dtype=np.int32)
+        np.cumsum([a.shape[0] for a in part], out=offsets[1:])
+        values = np.concatenate(part).astype(dtype, copy=False) if part else np.zeros(0, dtype)
+        chunks.append(pa.ListArray.from_arrays(pa.array(offsets), pa.array(values)))
+    return pa.chunked_array(chunks, type=pa.list_(pa.from_numpy_dtype(np.dtype(dtype))))
+
+
+def rows_to_dataset(rows: PackedRows):
+    """A ``datasets.Dataset`` of the packed rows (built column-wise through Arrow)."""
+    import pyarrow as pa
+    from datasets import Dataset
+
+    cols = rows.columns()
+    table = pa.table(
+        {
+            **{name: _list_column(cols[name], dtype) for name, dtype in ROW_FIELDS.items()},
+            "num_tokens": pa.array(rows.num_tokens, type=pa.int64()),
+            "num_trained": pa.array(rows.num_trained, type=pa.int64()),
+        }
+    )
+    # a fresh fingerprint: hashing gigabytes of rows for a cache key we never use is slow
+    return Dataset(table, fingerprint=uuid.uuid4().hex)
+
+
+def write_atomic(
+    out_dir: str | os.PathLike, fill: Callable[[Path], Any], *, overwrite: bool = False
+) -> Path:
+    """Call ``fill(tmp_dir)`` and rename ``tmp_dir`` to ``out_dir``; remove it on failure."""
+    out = Path(out_dir).resolve()
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; remove it or set overwrite: true (--overwrite)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        fill(tmp)
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
+            os.rename(out, old)
+            os.rename(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")

@@ -1,0 +1,187 @@
+"""Packing examples into rows of ``max_seq_len`` tokens (the packed row of ``schema.py``).
+
+``plan_bins`` assigns examples to rows by first-fit-decreasing (``ffd``: the first row with room)
+or best-fit-decreasing (``bfd``: the row with the least room that still fits), both
+O(n log n); equal lengths are ordered by a seeded shuffle and the rows are shuffled with the same
+seed, so the plan is deterministic for a seed. ``build_rows`` lays the examples of each row
+back to back and pads the end::
+
+    input_ids     a0 a1 a2 b0 b1 b2 b3 pad     targets  a1 a2 -- b1 b2 b3 -- --
+    position_ids   0  1  2  0  1  2  3   0     cu_seqlens [0, 3, 7]
+
+A target is the next token of the same segment where that token is trained, so no target
+crosses a segment boundary and the last token of every segment has none.
+"""
+
+from __future__ import annotations
+
+import bisect
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from natscale.data.schema import IGNORE_INDEX
+
+ALGORITHMS = ("bfd", "ffd")
+
+
+def plan_bins(
+    lengths: Sequence[int], capacity: int, algorithm: str = "bfd", seed: int = 0
+) -> list[list[int]]:
+    """Rows as lists of example indices; every length must be in [1, capacity]."""
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"unknown packing algorithm {algorithm!r}; expected one of {ALGORITHMS}")
+    lengths = [int(x) for x in lengths]
+    bad = [i for i, n in enumerate(lengths) if not 0 < n <= capacity]
+    if bad:
+        raise ValueError(
+            f"example {bad[0]} has length {lengths[bad[0]]}, outside [1, {capacity}]; "
+            "truncate or drop it before packing"
+        )
+    rng = random.Random(seed)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    order.sort(key=lambda i: -lengths[i])  # stable: ties keep the seeded order
+    place = _first_fit if algorithm == "ffd" else _best_fit
+    bins = place(order, lengths, capacity)
+    rng.shuffle(bins)
+    return bins
+
+
+def _first_fit(order: list[int], lengths: list[int], capacity: int) -> list[list[int]]:
+    # max segment tree over the rows' free space; the leftmost leaf with room is the first fit
+    size = 1
+    while size < max(1, len(order)):
+        size *= 2
+    tree = [0] * (2 * size)
+    bins: list[list[int]] = []
+    for i in order:
+        n = lengths[i]
+        if tree[1] < n:  # open a new row
+            leaf = len(bins)
+            bins.append([])
+            node = size + leaf
+            tree[node] = capacity
+            node //= 2
+            while node:
+                tree[node] = max(tree[2 * node], tree[2 * node + 1])
+                node //= 2
+        node = 1
+        while node < size:
+            node = 2 * node if tree[2 * node] >= n else 2 * node + 1
+        bins[node - size].append(i)
+        tree[node] -= n
+        node //= 2
+        while node:
+            tree[node] = max(tree[2 * node], tree[2 * node + 1])
+            node //= 2
+    return bins
+
+
+def _best_fit(order: list[int], lengths: list[int], capacity: int) -> list[list[int]]:
+    free: list[tuple[int, int]] = []  # sorted (free space, row index)
+    bins: list[list[int]] = []
+    for i in order:
+        n = lengths[i]
+        k = bisect.bisect_left(free, (n, -1))
+        if k == len(free):
+            row, room = len(bins), capacity
+            bins.append([])
+        else:
+            room, row = free.pop(k)
+        bins[row].append(i)
+        if room - n > 0:
+            bisect.insort(free, (room - n, row))
+    return bins
+
+
+@dataclass
+class PackedRows:
+    """Columns of packed rows (one numpy array per row, dtypes as in ``schema.ROW_FIELDS``)."""
+
+    input_ids: list[np.ndarray]
+    position_ids: list[np.ndarray]
+    targets: list[np.ndarray]
+    cu_seqlens: list[np.ndarray]
+    segment_class: list[np.ndarray]
+    segment_weight: list[np.ndarray]
+    num_tokens: list[int]
+    num_trained: list[int]
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def columns(self) -> dict[str, list]:
+        return dict(self.__dict__)
+
+
+def segment_targets(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """int64 [n]: ``ids[t+1]`` where ``mask[t+1]`` (token t+1 is trained), else -100."""
+    tgt = np.full(ids.shape[0], IGNORE_INDEX, dtype=np.int64)
+    if ids.shape[0] > 1:
+        tgt[:-1] = np.where(mask[1:], ids[1:], IGNORE_INDEX)
+    return tgt
+
+
+def build_rows(
+    bins: list[list[int]],
+    ids: Sequence[np.ndarray],
+    masks: Sequence[np.ndarray],
+    classes: Sequence[int],
+    weights: Sequence[float],
+    *,
+    max_seq_len: int,
+    pad_id: int,
+) -> PackedRows:
+    """Lay out the examples of each bin as one padded row of ``max_seq_len`` tokens."""
+    rows = PackedRows([], [], [], [], [], [], [], [])
+    for members in bins:
+        lens = np.array([ids[i].shape[0] for i in members], dtype=np.int64)
+        used = int(lens.sum())
+        if used > max_seq_len:
+            raise ValueError(f"a row holds {used} tokens, more than max_seq_len {max_seq_len}")
+        input_ids = np.full(max_seq_len, pad_id, dtype=np.int64)
+        targets = np.full(max_seq_len, IGNORE_INDEX, dtype=np.int64)
+        cu = np.zeros(len(members) + 1, dtype=np.int32)
+        np.cumsum(lens, out=cu[1:])
+        for k, i in enumerate(members):
+            a, b = int(cu[k]), int(cu[k + 1])
+            input_ids[a:b] = ids[i]
+            targets[a:b] = segment_targets(ids[i], masks[i])
+        # positions restart in every segment; the padding counts from 0 like one more segment
+        starts = np.repeat(
+            np.append(cu[:-1], used).astype(np.int64), np.append(lens, max_seq_len - used)
+        )
+        position_ids = np.arange(max_seq_len, dtype=np.int64) - starts
+        rows.input_ids.append(input_ids)
+        rows.position_ids.append(position_ids)
+        rows.targets.append(targets)
+        rows.cu_seqlens.append(cu)
+        rows.segment_class.append(np.array([classes[i] for i in members], dtype=np.int32))
+        rows.segment_weight.append(np.array([weights[i] for i in members], dtype=np.float32))
+        rows.num_tokens.append(used)
+        rows.num_trained.append(int((targets != IGNORE_INDEX).sum()))
+    return rows
+
+
+def pack(
+    ids: Sequence[np.ndarray],
+    masks: Sequence[np.ndarray],
+    classes: Sequence[int],
+    weights: Sequence[float],
+    *,
+    max_seq_len: int,
+    pad_id: int,
+    algorithm: str = "bfd",
+    seed: int = 0,
+) -> PackedRows:
+    """Plan and build packed rows for examples that each fit in ``max_seq_len``."""
+    bins = plan_bins([x.shape[0] for x in ids], max_seq_len, algorithm, seed)
+    return build_rows(bins, ids, masks, classes, weights, max_seq_len=max_seq_len, pad_id=pad_id)
+
+
+def efficiency(rows: PackedRows, max_seq_len: int) -> float:
+    """Non-pad tokens / slot tokens."""
+    return sum(rows.num_tokens) / (len(rows) * max_seq_len) if len(rows) else 0.0

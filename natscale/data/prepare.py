@@ -1,0 +1,293 @@
+"""``natscale prepare`` as a library: trajectories -> NAT-marked, masked, packed rows on disk.
+
+    from natscale.config.data import PrepareConfig
+    from natscale.config.loader import load_config
+    result = prepare(load_config("examples/configs/prepare_math.yaml", PrepareConfig))
+    result.out_dir, result.stats["packing"]["efficiency"]
+
+Stages: load every source (formats/) -> handle unfinished -> label outcomes (outcome.py) ->
+strategy: class, marker, seeded per-class sampling, weights (nat.py) -> render through the chat
+template with the train mask (render/, ``num_proc`` workers) -> trim the untrained tail,
+truncate or drop over-long examples -> pack (packing.py) -> write atomically (output.py).
+Bad records raise :class:`DataError` (``on_error: raise``) or are counted in
+``stats["skipped"]`` (``on_error: skip``).
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from natscale.config.data import NatSource, PrepareConfig
+from natscale.config.loader import save_config
+from natscale.data import nat, outcome
+from natscale.data.errors import DataError, Issues, handle
+from natscale.data.formats import load_trajectories
+from natscale.data.packing import efficiency, pack
+from natscale.data.prompts import TaskPrompt, load_task_prompt
+from natscale.data.trajectory import Trajectory
+
+STATS_VERSION = 1
+
+
+@dataclass
+class PrepareResult:
+    out_dir: Path
+    stats: dict[str, Any]
+
+
+def _where(traj: Trajectory) -> dict[str, str | None]:
+    return {"file": traj.meta.get("file"), "record": traj.meta.get("record")}
+
+
+def load_sources(
+    config: PrepareConfig, issues: Issues
+) -> tuple[list[Trajectory], dict[str, TaskPrompt]]:
+    """All trajectories of all sources, and the task prompts by task name."""
+    trajs: list[Trajectory] = []
+    prompts: dict[str, TaskPrompt] = {}
+    for src in config.sources:
+        opts = src.model_dump(exclude={"format", "paths"}, exclude_none=True)
+        if isinstance(src, NatSource) and src.prompt is not None:
+            prompt = load_task_prompt(src.prompt, src.prompt_variant)
+            task = src.task or prompt.task
+            if task in prompts and prompts[task] != prompt:
+                raise DataError(
+                    f"two sources give task {task!r} different prompt files",
+                    file=src.prompt,
+                    reason="conflicting_prompts",
+                    hint="give each source its own task name",
+                )
+            prompts[task] = prompt
+            opts.update(prompt=prompt, task=task)
+            opts.pop("prompt_variant", None)
+        trajs += load_trajectories(
+            src.paths,
+            src.format,
+            on_error=config.on_error,
+            empty=config.outcome.empty,
+            issues=issues,
+            **opts,
+        )
+    return trajs, prompts
+
+
+def label_all(trajs: list[Trajectory], config: PrepareConfig, issues: Issues) -> list[Trajectory]:
+    """Apply the unfinished policy and the outcome rules; drop what cannot be labelled."""
+    oc, kept = config.outcome, []
+    for traj in trajs:
+        try:
+            if not traj.finished and oc.unfinished != "keep":
+                err = DataError(
+                    "trajectory is unfinished (no final answer)",
+                    field="info.finished",
+                    reason="unfinished",
+                    hint="set outcome.unfinished: keep or skip",
+                    **_where(traj),
+                )
+                if oc.unfinished == "skip":
+                    issues.add(err)
+                    continue
+                raise err
+            traj.outcome = outcome.label(
+                traj, success=oc.success, score=oc.score, f1_threshold=oc.f1_threshold
+            )
+            nat.assign_class(traj, config.strategy)  # raises when the strategy cannot place it
+        except DataError as err:
+            handle(err.at(**_where(traj)), config.on_error, issues)
+            continue
+        kept.append(traj)
+    return kept
+
+
+def _fit(enc, max_seq_len: int, overlong: str, trim_tail: bool, counts: dict[str, int]):
+    """Trim / truncate one encoded example; None when it must be dropped (counted)."""
+    ids, mask = enc.ids, enc.mask
+    trained = np.flatnonzero(mask[1:])
+    if trained.size == 0:
+        counts["no_trained_tokens"] += 1
+        return None
+    if trim_tail:
+        # tokens after the last trained one change no loss (attention is causal): drop them
+        end = int(trained[-1]) + 2
+        counts["tail_tokens_trimmed"] += len(ids) - end
+        ids, mask = ids[:end], mask[:end]
+    if len(ids) > max_seq_len:
+        if overlong == "drop":
+            counts["too_long"] += 1
+            return None
+        counts["truncated"] += 1
+        counts["truncated_tokens"] += len(ids) - max_seq_len
+        ids, mask = ids[:max_seq_len], mask[:max_seq_len]
+        if not mask[1:].any():
+            counts["no_trained_tokens_after_truncation"] += 1
+            return None
+    return ids, mask
+
+
+def _encode_all(
+    config: PrepareConfig, examples: list, renderer, issues: Issues, progress: bool
+) -> tuple[list, dict[str, Any], dict[str, int]]:
+    """Render every example, then trim / truncate / drop; returns the kept
+    ``(ids, mask, class, weight)`` tuples, per-class counts and the drop counters."""
+    from tqdm import tqdm
+
+    from natscale.data.render.batch import render_examples
+
+    rc, pc = config.render, config.pack
+    with tqdm(total=len(examples), desc="render", unit="traj", disable=not progress) as bar:
+        encoded = render_examples(
+            renderer,
+            examples,
+            mode=rc.instruction,
+            acknowledgement=rc.acknowledgement,
+            num_proc=config.num_proc,
+            on_progress=bar.update,
+        )
+    names = config.strategy.class_names()
+    per_class = {n: {"examples": 0, "tokens": 0, "trained_tokens": 0} for n in names}
+    counts = dict.fromkeys(DROP_COUNTERS, 0)
+    kept = []
+    for ex, enc in zip(examples, encoded, strict=True):
+        if isinstance(enc, tuple):
+            handle(DataError(enc[1], reason=enc[0], **_where(ex.traj)), config.on_error, issues)
+            continue
+        fitted = _fit(enc, pc.max_seq_len, pc.overlong, rc.trim_untrained_tail, counts)
+        if fitted is None:
+            continue
+        kept.append((fitted[0], fitted[1], ex.cls, ex.weight))
+        c = per_class[names[ex.cls]]
+        c["examples"] += 1
+        c["tokens"] += len(fitted[0])
+        c["trained_tokens"] += int(fitted[1][1:].sum())
+    if not kept:
+        dropped = {k: v for k, v in counts.items() if v and k in DROP_REASONS}
+        raise DataError(
+            f"no example left to pack: dropped {dropped}, skipped {issues.as_dict()}",
+            reason="empty_dataset",
+            hint="check pack.max_seq_len, the strategy's counts and the skip reasons",
+        )
+    return kept, per_class, counts
+
+
+DROP_REASONS = ("too_long", "no_trained_tokens", "no_trained_tokens_after_truncation")
+DROP_COUNTERS = (*DROP_REASONS, "truncated", "truncated_tokens", "tail_tokens_trimmed")
+
+
+def prepare(
+    config: PrepareConfig,
+    out_dir: str | Path | None = None,
+    *,
+    progress: bool = True,
+    on_stage: Callable[[str], None] | None = None,
+) -> PrepareResult:
+    """Run every stage and write ``out_dir`` (default ``config.output``); see the module doc."""
+    from natscale.data.output import write_atomic, write_json
+    from natscale.data.render import Renderer, add_missing_tokens, load_tokenizer, resolve_template
+
+    t0 = time.perf_counter()
+    say = on_stage or (lambda _msg: None)
+    target = out_dir or config.output
+    if not target:
+        raise ValueError("no output directory: set `output:` in the config or pass --out")
+    target = Path(target)
+    if target.exists() and not config.overwrite:
+        raise FileExistsError(f"{target} exists; remove it or set overwrite: true (--overwrite)")
+    rc, pc = config.render, config.pack
+    tokenizer = load_tokenizer(rc.tokenizer)
+    template = resolve_template(tokenizer, rc.template)
+    added = add_missing_tokens(tokenizer, template) if rc.add_missing_special_tokens else []
+    renderer = Renderer(
+        tokenizer, template, observation_role=rc.observation_role, end_of_turn=rc.end_of_turn
+    )
+
+    issues = Issues()
+    say("loading trajectories")
+    trajs, prompts = load_sources(config, issues)
+    loaded, unfinished = len(trajs), sum(not t.finished for t in trajs)
+    # many long-lived objects from here on: keep the cyclic GC from rescanning them (and
+    # forked workers from writing to their pages)
+    gc.freeze()
+    try:
+        trajs = label_all(trajs, config, issues)
+        examples, sampling = nat.select(trajs, config.strategy, seed=config.seed, prompts=prompts)
+        say(f"rendering {len(examples)} examples ({template} template)")
+        kept, per_class, counts = _encode_all(config, examples, renderer, issues, progress)
+    finally:
+        gc.unfreeze()
+
+    say(f"packing {len(kept)} examples into rows of {pc.max_seq_len}")
+    pad_id = next((t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None), 0)
+    ids, masks, classes, weights = (list(col) for col in zip(*kept, strict=True))
+    rows = pack(
+        ids,
+        masks,
+        classes,
+        weights,
+        max_seq_len=pc.max_seq_len,
+        pad_id=pad_id,
+        algorithm=pc.algorithm,
+        seed=config.seed,
+    )
+    stats = {
+        "version": STATS_VERSION,
+        "classes": config.strategy.class_names(),
+        "strategy": config.strategy.name,
+        "template": template,
+        "end_of_turn": renderer.end_of_turn,
+        "tokenizer": {"vocab_size": len(tokenizer), "pad_id": pad_id, "added_tokens": added},
+        "seed": config.seed,
+        "trajectories": {"loaded": loaded, "unfinished": unfinished, "labelled": len(trajs)},
+        "sampling": sampling,
+        "per_class": per_class,
+        "total": {
+            k: sum(c[k] for c in per_class.values())
+            for k in ("examples", "tokens", "trained_tokens")
+        },
+        "packing": {
+            "algorithm": pc.algorithm,
+            "max_seq_len": pc.max_seq_len,
+            "rows": len(rows),
+            "slot_tokens": len(rows) * pc.max_seq_len,
+            "non_pad_tokens": int(sum(rows.num_tokens)),
+            "efficiency": efficiency(rows, pc.max_seq_len),
+        },
+        "truncated": {"examples": counts["truncated"], "tokens": counts["truncated_tokens"]},
+        "dropped": {k: counts[k] for k in DROP_REASONS},
+        "skipped": issues.as_dict(),
+        "skipped_examples": issues.examples,
+        "tail_tokens_trimmed": counts["tail_tokens_trimmed"],
+    }
+    resolved = config.model_copy(update={"output": str(target)})
+
+    def fill(tmp: Path) -> None:
+        say(f"writing {len(rows)} rows")
+        _save_rows(rows, tmp, progress)
+        tokenizer.save_pretrained(str(tmp / "tokenizer"))
+        save_config(resolved, tmp / "prepare_config.yaml")
+        stats["elapsed_s"] = round(time.perf_counter() - t0, 3)
+        write_json(tmp / "stats.json", stats)
+
+    out = write_atomic(target, fill, overwrite=config.overwrite)
+    return PrepareResult(out, stats)
+
+
+def _save_rows(rows, path: Path, progress: bool) -> None:
+    import datasets
+
+    from natscale.data.output import rows_to_dataset
+
+    bars_on = datasets.is_progress_bar_enabled()
+    if not progress:
+        datasets.disable_progress_bars()
+    try:
+        rows_to_dataset(rows).save_to_disk(str(path))
+    finally:
+        if bars_on:
+            datasets.enable_progress_bars()

@@ -1,0 +1,117 @@
+"""Rendering messages through a chat template into token ids and a per-token train mask.
+
+    tok = load_tokenizer("examples/tokenizer")
+    r = Renderer(tok, "llama2")
+    enc = r.encode(messages)            # Encoded(ids int32 [n], mask bool [n])
+    ids = r.generation_prompt(messages) # prompt ids for generating the next assistant turn
+
+Templates: ``hf`` (the tokenizer's chat template), ``llama2`` (the paper's), ``chatml``,
+``llama3``; ``auto`` picks ``hf`` when the tokenizer has a chat template, else ``llama2``.
+"""
+
+from __future__ import annotations
+
+import os
+
+from natscale.data.render.encode import Encoded, Piece, PieceEncoder
+from natscale.data.render.hf import HFChatTemplate, TemplateError
+from natscale.data.render.messages import Message, prompt_messages, trajectory_messages
+from natscale.data.render.templates import BUILTIN, Template
+
+TEMPLATES = ("auto", "hf", *BUILTIN)
+
+
+def load_tokenizer(path: str | os.PathLike):
+    """A local fast tokenizer (never downloads)."""
+    from transformers import AutoTokenizer
+
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"tokenizer directory {str(path)!r} not found")
+    tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    if not getattr(tok, "is_fast", False):
+        raise TypeError(f"{path}: not a fast tokenizer (needs tokenizer.json)")
+    return tok
+
+
+def resolve_template(tokenizer, template: str) -> str:
+    if template not in TEMPLATES:
+        raise ValueError(f"unknown template {template!r}; expected one of {TEMPLATES}")
+    if template == "auto":
+        return "hf" if getattr(tokenizer, "chat_template", None) else "llama2"
+    return template
+
+
+def missing_tokens(tokenizer, template: str) -> list[str]:
+    """Special tokens a built-in ``template`` needs that ``tokenizer`` lacks."""
+    if template not in BUILTIN:
+        return []
+    vocab = tokenizer.get_added_vocab()
+    return [t for t in BUILTIN[template].required_tokens if t not in vocab]
+
+
+def add_missing_tokens(tokenizer, template: str) -> list[str]:
+    """Add the template's missing special tokens to ``tokenizer`` (grows its vocabulary:
+    the model's embeddings must be resized to ``len(tokenizer)``). Returns what was added."""
+    missing = missing_tokens(tokenizer, template)
+    if missing:
+        tokenizer.add_special_tokens({"additional_special_tokens": missing})
+    return missing
+
+
+class Renderer:
+    """Messages -> (ids, train mask) through one template; picklable for worker processes."""
+
+    def __init__(
+        self,
+        tokenizer,
+        template: str = "auto",
+        *,
+        observation_role: str = "user",
+        end_of_turn: str | None = None,
+    ) -> None:
+        self.name = resolve_template(tokenizer, template)
+        missing = missing_tokens(tokenizer, self.name)
+        if missing:
+            raise TemplateError(
+                f"template {self.name!r} needs special tokens {missing} that the tokenizer lacks; "
+                "pick another template or set render.add_missing_special_tokens: true "
+                "(the model's embeddings are then resized)"
+            )
+        if self.name == "hf":
+            self.template: Template = HFChatTemplate(tokenizer, observation_role, end_of_turn)
+        else:
+            self.template = BUILTIN[self.name](observation_role)
+        self.encoder = PieceEncoder(tokenizer)
+
+    @property
+    def end_of_turn(self) -> str:
+        return self.template.end_of_turn
+
+    def pieces(self, messages: list[Message], *, generation: bool = False) -> list[Piece]:
+        return self.template.pieces(messages, generation=generation)
+
+    def encode(self, messages: list[Message]) -> Encoded:
+        return self.encoder.encode(self.pieces(messages))
+
+    def encode_batch(self, batch: list[list[Message]]) -> list[Encoded]:
+        return self.encoder.encode_batch([self.pieces(m) for m in batch])
+
+    def generation_prompt(self, messages: list[Message]) -> list[int]:
+        """Token ids of ``messages`` followed by the assistant header, ready for generate()."""
+        return self.encoder.encode(self.pieces(messages, generation=True)).ids.tolist()
+
+
+__all__ = [
+    "TEMPLATES",
+    "Encoded",
+    "Message",
+    "Piece",
+    "Renderer",
+    "TemplateError",
+    "add_missing_tokens",
+    "load_tokenizer",
+    "missing_tokens",
+    "prompt_messages",
+    "resolve_template",
+    "trajectory_messages",
+]

@@ -1,0 +1,86 @@
+"""Rendering many training examples, optionally in worker processes (``num_proc``).
+
+Examples are cut into chunks; each worker renders a chunk with one batched tokenizer call and
+sends back the ids / masks. Results come back in input order, so the output does not depend on
+``num_proc``. A failure is returned as ``(reason, message)`` for the caller's ``on_error``.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from collections.abc import Callable, Sequence
+
+from natscale.data.render import Encoded, Renderer, TemplateError, trajectory_messages
+
+CHUNK = 128
+Result = Encoded | tuple[str, str]
+
+_STATE: dict = {}
+
+
+def _init(renderer: Renderer, examples: Sequence, mode: str, ack: str | None) -> None:
+    _STATE.update(renderer=renderer, examples=examples, mode=mode, ack=ack)
+
+
+def _render_range(bounds: tuple[int, int]) -> list[Result]:
+    s = _STATE
+    return render_range(s["renderer"], s["examples"][bounds[0] : bounds[1]], s["mode"], s["ack"])
+
+
+def render_range(
+    renderer: Renderer, examples: Sequence, mode: str, ack: str | None
+) -> list[Result]:
+    """Render ``examples`` (objects with ``traj`` and ``query``) in one batched call."""
+    out: list[Result | None] = [None] * len(examples)
+    batch, where = [], []
+    for k, ex in enumerate(examples):
+        try:
+            msgs = trajectory_messages(ex.traj, ex.query, mode=mode, acknowledgement=ack)
+            batch.append(renderer.pieces(msgs))
+            where.append(k)
+        except (TemplateError, ValueError) as exc:
+            out[k] = ("render_error", str(exc))
+    for k, enc in zip(where, renderer.encoder.encode_batch(batch), strict=True):
+        out[k] = enc
+    return out  # type: ignore[return-value]
+
+
+def render_examples(
+    renderer: Renderer,
+    examples: Sequence,
+    *,
+    mode: str = "turn",
+    acknowledgement: str | None = None,
+    num_proc: int = 1,
+    on_progress: Callable[[int], None] | None = None,
+) -> list[Result]:
+    """Encoded ids/masks (or ``(reason, message)``) for every example, in order."""
+    bounds = [(i, min(i + CHUNK, len(examples))) for i in range(0, len(examples), CHUNK)]
+    results: list[Result] = []
+    if num_proc <= 1 or len(bounds) <= 1:
+        for b in bounds:
+            results += render_range(renderer, examples[b[0] : b[1]], mode, acknowledgement)
+            if on_progress:
+                on_progress(b[1] - b[0])
+        return results
+    # forked workers inherit the examples without pickling them; the Rust tokenizer's own
+    # thread pool must be off before forking (it would deadlock in the children)
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    methods = mp.get_all_start_methods()
+    ctx = mp.get_context("fork" if "fork" in methods else "spawn")
+    pool = ctx.Pool(
+        num_proc, initializer=_init, initargs=(renderer, examples, mode, acknowledgement)
+    )
+    try:
+        for b, part in zip(bounds, pool.imap(_render_range, bounds), strict=True):
+            results += part
+            if on_progress:
+                on_progress(b[1] - b[0])
+        pool.close()
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.join()  # reaped workers: their CPU time shows in RUSAGE_CHILDREN
+    return results

@@ -1,0 +1,176 @@
+"""Pieces of rendered text -> token ids and a per-token train mask.
+
+A template renders messages into :class:`Piece` s: ``literal`` pieces are template syntax, in
+which the tokenizer's added tokens (``<s>``, ``<|im_end|>``, ...) become their token ids;
+content pieces (message text) are always plain text, so an observation containing ``</s>`` or
+``[INST]`` never turns into a special token.
+
+Between special tokens the pieces are joined into one *run* and tokenised in one go (so the
+tokenisation is the same as for the plain string); a token is trained when it overlaps a trained
+piece, found with the tokenizer's character offsets. Many runs are encoded in one batched call
+into the Rust tokenizer.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+
+class Piece(NamedTuple):
+    """Rendered text; ``literal`` = template syntax (added tokens recognised), else content."""
+
+    text: str
+    train: bool = False
+    literal: bool = False
+
+
+@dataclass
+class Encoded:
+    """``ids`` int32 [n] and ``mask`` bool [n] (True = the token is a training target)."""
+
+    ids: np.ndarray
+    mask: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.ids.shape[0])
+
+
+class PieceEncoder:
+    """Encodes piece lists with a fast tokenizer (a ``transformers`` fast tokenizer)."""
+
+    def __init__(self, tokenizer) -> None:
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if backend is None:
+            raise TypeError(
+                f"{type(tokenizer).__name__} is not a fast tokenizer; natscale needs a "
+                "tokenizer.json (convert it with transformers' AutoTokenizer and save_pretrained)"
+            )
+        spec = json.loads(backend.to_str())
+        # private copies: never change the caller's tokenizer settings
+        self._tk = _runner(spec)
+        # A run after a special token is a later "section" of the whole string: a Metaspace
+        # pre-tokenizer with prepend_scheme "first" adds no "▁" there, so encode such runs with
+        # "never" to get exactly the tokens the tokenizer gives the whole rendered string.
+        self._tk_later = _runner(spec) if _first_to_never(spec.get("pre_tokenizer")) else self._tk
+        self.added = dict(tokenizer.get_added_vocab())
+        names = sorted(self.added, key=len, reverse=True)
+        self._split = re.compile("(" + "|".join(map(re.escape, names)) + ")") if names else None
+        self._literals: dict[str, list[str]] = {}
+
+    def _literal(self, text: str) -> list[str]:
+        """``text`` split at added tokens (odd indices are the tokens); memoised, since
+        templates repeat a handful of literals."""
+        parts = self._literals.get(text)
+        if parts is None:
+            parts = self._split.split(text) if self._split else [text]
+            if len(self._literals) < 4096:
+                self._literals[text] = parts
+        return parts
+
+    def _items(self, pieces: list[Piece]) -> list[tuple]:
+        """[("tok", id, train) | ("run", text, [(start, end)] trained)] for one piece list."""
+        items: list[tuple] = []
+        text: list[str] = []
+        trained: list[list[int]] = []
+        pos = 0
+        for p in pieces:
+            parts = self._literal(p.text) if p.literal else (p.text,)
+            for k, part in enumerate(parts):
+                if not part:
+                    continue
+                if k % 2 == 1:  # an added token (odd indices of re.split with a group)
+                    if text:
+                        items.append(("run", "".join(text), trained))
+                        text, trained, pos = [], [], 0
+                    items.append(("tok", self.added[part], p.train))
+                    continue
+                end = pos + len(part)
+                if p.train:
+                    if trained and trained[-1][1] == pos:
+                        trained[-1][1] = end  # merge adjacent trained pieces
+                    else:
+                        trained.append([pos, end])
+                text.append(part)
+                pos = end
+        if text:
+            items.append(("run", "".join(text), trained))
+        return items
+
+    def encode_batch(self, batch: list[list[Piece]]) -> list[Encoded]:
+        """Encode several piece lists with one batched tokenizer call."""
+        plans = [self._items(pieces) for pieces in batch]
+        # unique runs only: the instruction turn is the same text in every example of a task
+        unique: tuple[dict[str, int], dict[str, int]] = ({}, {})
+        for plan in plans:
+            for k, it in enumerate(plan):
+                if it[0] == "run":
+                    unique[k > 0].setdefault(it[1], len(unique[k > 0]))
+        encs = [
+            tk.encode_batch(list(texts), add_special_tokens=False) if texts else []
+            for tk, texts in ((self._tk, unique[0]), (self._tk_later, unique[1]))
+        ]
+        out = []
+        for plan in plans:
+            ids: list[int] = []
+            ranges: list[tuple[int, int]] = []  # trained token ranges [a, b)
+            for k, (kind, value, extra) in enumerate(plan):
+                if kind == "tok":
+                    if extra:
+                        ranges.append((len(ids), len(ids) + 1))
+                    ids.append(value)
+                    continue
+                enc = encs[k > 0][unique[k > 0][value]]
+                base = len(ids)
+                ids.extend(enc.ids)
+                for start, end in extra:
+                    a = _token_at(enc, start, end, forward=True)
+                    b = _token_at(enc, start, end, forward=False)
+                    if a is not None and b is not None:
+                        ranges.append((base + a, base + b + 1))
+            mask = np.zeros(len(ids), dtype=bool)
+            for a, b in ranges:
+                mask[a:b] = True
+            out.append(Encoded(np.array(ids, dtype=np.int32), mask))
+        return out
+
+    def encode(self, pieces: list[Piece]) -> Encoded:
+        return self.encode_batch([pieces])[0]
+
+
+def _runner(spec: dict):
+    from tokenizers import Tokenizer
+
+    tk = Tokenizer.from_str(json.dumps(spec))
+    tk.no_truncation()
+    tk.no_padding()
+    # message text must never become a special token, whatever it contains
+    tk.encode_special_tokens = True
+    return tk
+
+
+def _first_to_never(pre: dict | None) -> bool:
+    """Switch Metaspace prepend_scheme "first" to "never" in a pre-tokenizer spec (in place)."""
+    if not isinstance(pre, dict):
+        return False
+    if pre.get("type") == "Sequence":
+        return any([_first_to_never(p) for p in pre.get("pretokenizers", [])])
+    if pre.get("type") == "Metaspace" and pre.get("prepend_scheme") == "first":
+        pre["prepend_scheme"] = "never"
+        return True
+    return False
+
+
+def _token_at(enc, start: int, end: int, *, forward: bool) -> int | None:
+    """First (or last) token covering a character of [start, end); None if none does
+    (a normaliser or pre-tokeniser may drop characters such as whitespace)."""
+    chars = range(start, end) if forward else range(end - 1, start - 1, -1)
+    for c in chars:
+        t = enc.char_to_token(c)
+        if t is not None:
+            return t
+    return None

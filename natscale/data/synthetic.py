@@ -1,0 +1,197 @@
+"""Seeded generator of the bundled example data: a synthetic math ReAct task in the NAT format.
+
+Arithmetic word problems (shopping, rates, sharing, percentages, multi-step) with GSM8K-style gold
+answers, solved by a simulated agent with ``calculate[...]`` and ``finish[...]`` against the real
+calculator. Output is the NAT release format (``examples/README.md`` documents it)::
+
+    trajectories.json   [{"id", "source", "info": {"reward", "pred", "gt", "finished", "kind"},
+                          "conversations": [{"role", "content", "loss"}, ...]}, ...]
+    questions.jsonl     {"id", "question", "answer"} per line; answer ends with "#### <number>"
+    prompt.json         {"task", "instruction", "acknowledgement", "templates": {...}}
+
+Only ``random.Random(seed)`` is used and JSON is written with a fixed key order, a fixed layout
+(one trajectory per line of the list, one question per line) and ``ensure_ascii=False``, so the same
+seed gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from natscale.data.synthetic_agent import KINDS, ScenarioUnavailable, simulate
+from natscale.data.synthetic_problems import Problem, Ref, draw_problem
+from natscale.eval.metrics import extract_gsm8k_answer, math_reward
+from natscale.eval.tools import calculate
+
+DEFAULT_SEED = 20240218  # the paper's v1 release date
+DEFAULT_NUM_QUESTIONS = 1300
+TEMPERATURES = (0.2, 0.5, 0.7)  # the release's `source` values: sampling temperatures
+
+INSTRUCTION = (
+    "Solve a math problem with interleaving Thought, Action, Observation steps. Thought can reason "
+    "about the current situation, and Action can be two types:\n(1) calculate[expression], which "
+    "calculates the expression and returns the answer.\n(2) finish[answer], which returns the "
+    "answer and finishes the task."
+)
+ACKNOWLEDGEMENT = "I've understood your instruction, start please."
+TEMPLATES = {
+    "plain": "Question: {question}",
+    "success": "Question: {question}. Generate a sequence of Thought and Action steps to solve the problem correctly.",
+    "failure": "Question: {question}. Generate a sequence of Thought and Action steps. But incorrectly solve the problem.",
+}
+FILES = ("trajectories.json", "questions.jsonl", "prompt.json")
+
+# Outcome mix: success falls with temperature and plan length; failures split by these weights.
+_SUCCESS_AT = {0.2: 0.52, 0.5: 0.42, 0.7: 0.32}
+_FAILURE_WEIGHTS = {"wrong_answer": 0.45, "bad_tool_args": 0.35, "unfinished": 0.20}
+_NICE_VALUE = re.compile(r"\d+(\.\d\d?)?")
+
+
+@dataclass(frozen=True)
+class SyntheticSet:
+    questions: list[dict]
+    trajectories: list[dict]
+    prompt: dict
+
+
+def prompt_record() -> dict:
+    return {
+        "task": "math",
+        "instruction": INSTRUCTION,
+        "acknowledgement": ACKNOWLEDGEMENT,
+        "templates": dict(TEMPLATES),
+    }
+
+
+def generate(seed: int = DEFAULT_SEED, num_questions: int = DEFAULT_NUM_QUESTIONS) -> SyntheticSet:
+    """Generate questions and 1-3 trajectories per question (about 2.3 on average)."""
+    rng = random.Random(seed)
+    questions, trajectories = [], []
+    for q_index in range(num_questions):
+        problem = _nice_problem(rng)
+        qid = f"math-{q_index:05d}"
+        answer = _gold_answer_text(problem, rng)
+        questions.append({"id": qid, "question": problem.question, "answer": answer})
+        num_samples = rng.choices((1, 2, 3), weights=(2, 3, 5))[0]
+        for temperature in sorted(rng.sample(TEMPERATURES, num_samples)):
+            trajectories.append(_trajectory(qid, problem, answer, temperature, rng))
+    return SyntheticSet(questions, trajectories, prompt_record())
+
+
+def _nice_problem(rng: random.Random) -> Problem:
+    """Draw problems until the gold plan only has positive, plain values and an integer answer."""
+    for _ in range(1000):
+        problem = draw_problem(rng)
+        values = _gold_values(problem)
+        if all(_NICE_VALUE.fullmatch(v) and v.strip("0.") for v in values) and values[-1].isdigit():
+            return problem
+    raise RuntimeError("could not draw a problem with nice numbers in 1000 tries")
+
+
+def _gold_values(problem: Problem) -> list[str]:
+    values: dict[int, str] = {}
+    for i, step in enumerate(problem.steps):
+        args = [values[a.index] if isinstance(a, Ref) else a for a in step.args]
+        values[i] = calculate(step.template.format(*args))
+    return [values[i] for i in range(len(problem.steps))]
+
+
+def _gold_answer_text(problem: Problem, rng: random.Random) -> str:
+    """GSM8K style: one sentence per step with a ``<<expr=value>>`` annotation, then ``#### N``."""
+    values: dict[int, str] = {}
+    lines = []
+    for i, step in enumerate(problem.steps):
+        args = [values[a.index] if isinstance(a, Ref) else a for a in step.args]
+        expr = step.template.format(*args).replace(" ", "")
+        values[i] = calculate(expr)
+        lines.append(step.sentence.format(calc=f"{expr}=<<{expr}={values[i]}>>{values[i]}"))
+    final = values[len(problem.steps) - 1]
+    shown = f"{int(final):,}" if int(final) >= 1000 and rng.random() < 0.3 else final
+    return "\n".join(lines) + f"\n#### {shown}"
+
+
+def _trajectory(
+    qid: str, problem: Problem, answer: str, temperature: float, rng: random.Random
+) -> dict:
+    p_success = max(0.15, _SUCCESS_AT[temperature] - 0.03 * (len(problem.steps) - 2))
+    verbosity = rng.choices((0, 1, 2), weights=(3, 5, 3))[0]
+    kind = "success" if rng.random() < p_success else _weighted(rng, _FAILURE_WEIGHTS)
+    for _ in range(50):
+        try:
+            agent = simulate(problem, kind, rng, verbosity)
+            break
+        except ScenarioUnavailable:
+            continue
+    else:
+        raise RuntimeError(f"{qid}: no {kind!r} episode in 50 tries")
+    finished = agent.pred is not None
+    reward = math_reward(agent.pred, answer)
+    # The scenario decides the kind; the paper's rule decides the label. They must agree.
+    assert reward == (kind == "success"), (qid, kind, agent.pred, answer)
+    assert finished == (kind != "unfinished"), (qid, kind)
+    return {
+        "id": qid,
+        "source": temperature,
+        "info": {
+            "reward": reward,
+            "pred": agent.pred,
+            "gt": extract_gsm8k_answer(answer),
+            "finished": finished,
+            "kind": kind,
+        },
+        "conversations": agent.messages,
+    }
+
+
+def _weighted(rng: random.Random, weights: dict[str, float]) -> str:
+    keys = list(weights)
+    return rng.choices(keys, weights=[weights[k] for k in keys])[0]
+
+
+# -- serialisation -------------------------------------------------------------------------
+def dumps_trajectories(trajectories: list[dict]) -> str:
+    """A JSON list with one trajectory per line: compact, valid JSON, and diffs line by line."""
+    lines = ",\n".join(json.dumps(t, ensure_ascii=False) for t in trajectories)
+    return f"[\n{lines}\n]\n"
+
+
+def dumps_questions(questions: Iterable[dict]) -> str:
+    return "".join(json.dumps(q, ensure_ascii=False) + "\n" for q in questions)
+
+
+def dumps_prompt(prompt: dict) -> str:
+    return json.dumps(prompt, ensure_ascii=False, indent=2) + "\n"
+
+
+def render_files(data: SyntheticSet) -> dict[str, bytes]:
+    """File name -> exact bytes of the three data files."""
+    return {
+        "trajectories.json": dumps_trajectories(data.trajectories).encode("utf-8"),
+        "questions.jsonl": dumps_questions(data.questions).encode("utf-8"),
+        "prompt.json": dumps_prompt(data.prompt).encode("utf-8"),
+    }
+
+
+def write_dataset(data: SyntheticSet, out_dir: str | os.PathLike) -> list[Path]:
+    """Write the three files into ``out_dir`` atomically (temp file + rename); return the paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, payload in render_files(data).items():
+        fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+        os.replace(tmp, out / name)
+        paths.append(out / name)
+    return paths
+
+
+def kind_counts(trajectories: list[dict]) -> dict[str, int]:
+    return {k: sum(t["info"]["kind"] == k for t in trajectories) for k in KINDS}

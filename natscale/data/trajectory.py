@@ -1,0 +1,73 @@
+"""The canonical trajectory every loader produces and every later stage consumes (DESIGN.md).
+
+A trajectory is the task prompt (``system``, ``instruction`` and its ``acknowledgement``), the
+``question`` (where the NAT marker goes) and the agent's ``turns`` after it::
+
+    Trajectory(
+        id="gsm8k-17", task="math", instruction="Solve a math problem with ...",
+        question="Janet has 3 apples ...",
+        turns=[Turn("assistant", "Thought: ...\\nAction: calculate[3 * 2]"),
+               Turn("observation", "Observation: 6"),
+               Turn("assistant", "Thought: ...\\nAction: finish[6]")],
+        outcome=Outcome(success=True, score=1.0, reward=True),
+        meta={"pred": "6", "gt": "6"},
+    )
+
+``Turn.train`` says whether the turn's tokens are trained; by default only assistant turns are
+(``Turn(role, content)`` fills it in), formats with per-turn loss flags keep theirs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# canonical turn roles; `observation` = tool / environment output, `user` = a human turn
+ROLES = ("assistant", "observation", "user", "system")
+
+
+@dataclass
+class Turn:
+    """One message after the question. ``tool_calls`` are OpenAI-style structured calls
+    (``[{"name": str, "arguments": dict | str, "id"?: str}]``) kept for formats that have them."""
+
+    role: str
+    content: str
+    train: bool | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    name: str | None = None  # tool name of an observation, when the format records it
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"unknown turn role {self.role!r}; expected one of {ROLES}")
+        if self.train is None:
+            self.train = self.role == "assistant"
+
+
+@dataclass
+class Outcome:
+    """How the trajectory went. ``success`` decides the binary class, ``score`` (e.g. answer F1
+    in [0, 1]) the fine-grained bucket, ``reward`` is the raw value the source recorded."""
+
+    success: bool | None = None
+    score: float | None = None
+    reward: Any = None
+
+
+@dataclass
+class Trajectory:
+    id: str
+    question: str
+    turns: list[Turn]
+    task: str = ""
+    instruction: str = ""
+    # the assistant's reply to the instruction turn; None = the renderer's default
+    acknowledgement: str | None = None
+    system: str = ""
+    outcome: Outcome = field(default_factory=Outcome)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def finished(self) -> bool:
+        """False when the source marks the episode unfinished (no final answer)."""
+        return bool(self.meta.get("finished", True))

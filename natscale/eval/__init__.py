@@ -1,0 +1,1 @@
+"""Agent evaluation: tools (``calculate``), ReAct step formatting/parsing, task metrics."""

@@ -1,0 +1,370 @@
+"""A launch, fully worked out before anything starts: the ``deepspeed`` command this node runs,
+the environment every rank gets, and the command each node ends up running.
+
+The per-node commands come from DeepSpeed's own runner classes (``PDSHRunner``,
+``OpenMPIRunner``, ``SlurmRunner``) fed with the same arguments the real ``deepspeed`` call
+parses, so a dry run shows what DeepSpeed will execute rather than a guess. Only the short local
+branch of ``deepspeed.launcher.runner.main`` (single node and ``--no_ssh``) is mirrored here.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shlex
+import sys
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from natscale.launch.envfile import (
+    EnvSpec,
+    build_env,
+    env_file_path,
+    env_file_text,
+    parse_env_lines,
+    read_user_env_file,
+)
+from natscale.launch.findings import Finding, errors
+from natscale.launch.hostfile import Hostfile, read_hostfile
+from natscale.launch.options import LaunchOptions
+from natscale.launch.resources import Resources, check_backend, check_filters, rank_ranges, select
+
+ENTRY_SCRIPT = Path(__file__).with_name(
+    "entry.py"
+)  # slurm: DeepSpeed's srun runner has no --module
+_DS_BACKEND = {"pdsh": "pdsh", "openmpi": "openmpi", "slurm": "slurm"}
+
+
+@dataclass
+class NodeRun:
+    """What runs on one node: ``argv`` (or, for pdsh, the remote ``shell`` line), and for
+    ``deepspeed`` commands the ``deepspeed.launcher.launch`` command they start (``launch_argv``),
+    which in turn starts one process per slot."""
+
+    index: int
+    host: str
+    slots: list[int]
+    ranks: range
+    argv: list[str] | None = None
+    shell: str | None = None
+    launch_argv: list[str] | None = None
+    per_rank: str = ""  # how each rank learns its identity
+
+
+@dataclass
+class LaunchPlan:
+    options: LaunchOptions
+    hostfile: Hostfile | None
+    active: Resources
+    master_addr: str
+    deepspeed_argv: list[str]  # what this node runs
+    env: EnvSpec  # for every rank
+    env_file: (
+        Path | None
+    )  # .deepspeed_env to write (multi-node runners), or None (env set directly)
+    spawn_argv: list[str] | None = None  # pdsh / mpirun / srun command DeepSpeed runs here
+    nodes: list[NodeRun] = field(default_factory=list)
+
+    @property
+    def world_size(self) -> int:
+        return sum(len(s) for s in self.active.values())
+
+    def launcher_env(self, environ: Mapping[str, str]) -> dict[str, str]:
+        """The environment of the ``deepspeed`` process this node starts."""
+        env = dict(environ)
+        if self.env_file is None:  # local / no-ssh: DeepSpeed passes its own environment on
+            env.update(self.env.values)
+        else:  # the runner itself needs Python's directory first (pdsh, mpirun, srun lookups)
+            env["PATH"] = self.env.values["PATH"]
+        return env
+
+
+def deepspeed_exe() -> list[str]:
+    """The ``deepspeed`` launcher of this Python environment."""
+    script = Path(sys.executable).with_name("deepspeed")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "deepspeed.launcher.runner"]
+
+
+def build_plan(
+    opts: LaunchOptions, environ: Mapping[str, str], cwd: Path
+) -> tuple[LaunchPlan | None, list[Finding]]:
+    """Work out the launch; (None, findings) when an error makes it impossible."""
+    findings: list[Finding] = []
+    hostfile, active = _resources(opts, environ, findings)
+    if active is None:
+        return None, findings
+    master = opts.master_addr or (next(iter(active)) if opts.backend != "local" else "127.0.0.1")
+    if opts.backend == "local" and master not in ("127.0.0.1", "localhost"):
+        findings.append(
+            Finding("warning", "a single-node launch always uses 127.0.0.1", "--master-addr")
+        )
+        master = "127.0.0.1"
+    env_path = env_file_path(environ, cwd) if opts.backend in _DS_BACKEND else None
+    env = _env(opts, environ, env_path, master, findings)
+    if env is None:
+        return None, findings
+    plan = LaunchPlan(
+        options=opts,
+        hostfile=hostfile,
+        active=active,
+        master_addr=master,
+        deepspeed_argv=deepspeed_exe() + _deepspeed_args(opts, master, len(active)),
+        env=env,
+        env_file=env_path,
+    )
+    _add_node_runs(plan, environ)
+    return plan, findings
+
+
+def _resources(
+    opts: LaunchOptions, environ: Mapping[str, str], findings: list[Finding]
+) -> tuple[Hostfile | None, Resources | None]:
+    """(hostfile, active resources); active is None when an error was found."""
+    if opts.backend == "local":
+        if (
+            opts.hostfile
+            or opts.include
+            or opts.exclude
+            or opts.nodes
+            or opts.node_rank is not None
+        ):
+            findings.append(
+                Finding(
+                    "error",
+                    "--hostfile/--include/--exclude/--nodes/--node-rank need a multi-node "
+                    "--backend (pdsh, openmpi, slurm or no-ssh)",
+                )
+            )
+            return None, None
+        return None, OrderedDict(localhost=_local_slots(opts, environ, findings))
+    if not opts.hostfile:
+        findings.append(Finding("error", f"the {opts.backend} backend needs --hostfile PATH"))
+        return None, None
+    hostfile, found = read_hostfile(opts.hostfile)
+    findings += found
+    if hostfile is None or errors(findings):
+        return hostfile, None
+    findings += check_filters(opts, hostfile)
+    if errors(findings):
+        return hostfile, None
+    active = select(opts, hostfile)
+    findings += check_backend(opts, hostfile, active)
+    return hostfile, None if errors(findings) else active
+
+
+def _env(
+    opts: LaunchOptions,
+    environ: Mapping[str, str],
+    env_path: Path | None,
+    master: str,
+    findings: list[Finding],
+) -> EnvSpec | None:
+    try:
+        user_file = read_user_env_file(env_path) if env_path else {}
+        env = build_env(
+            environ,
+            user_file=user_file,
+            ifname=opts.ifname,
+            explicit=opts.env,
+            master_addr=master,
+            master_port=opts.master_port,
+        )
+    except (OSError, ValueError) as exc:
+        findings.append(Finding("error", str(exc)))
+        return None
+    if user_file:
+        note = f"keeping {len(user_file)} variable(s) of a {env_path.name} not written by natscale"
+        findings.append(Finding("note", note, str(env_path)))
+    return env
+
+
+def _local_slots(
+    opts: LaunchOptions, environ: Mapping[str, str], findings: list[Finding]
+) -> list[int]:
+    """The device ids of a single-node launch, as deepspeed's runner picks them."""
+    from deepspeed.accelerator import get_accelerator
+
+    visible_var = get_accelerator().visible_devices_envs()[0]
+    visible = environ.get(visible_var, "")
+    if opts.gpus_per_node:
+        if visible:
+            findings.append(
+                Finding(
+                    "warning",
+                    f"deepspeed ignores {visible_var}={visible} when the number of devices is "
+                    f"given: it uses devices 0..{opts.gpus_per_node - 1}. Drop --gpus-per-node "
+                    f"to use exactly {visible_var}",
+                    "--gpus-per-node",
+                )
+            )
+        return list(range(opts.gpus_per_node))
+    if visible:  # deepspeed turns it into --include localhost:<ids>
+        return [int(i) for i in visible.split(",") if i.strip()]
+    return list(range(max(1, get_accelerator().device_count())))
+
+
+def _deepspeed_args(opts: LaunchOptions, master: str, num_nodes: int) -> list[str]:
+    args: list[str] = []
+    if opts.backend == "local":
+        if opts.gpus_per_node:
+            args += ["--num_gpus", str(opts.gpus_per_node)]
+    else:
+        args += ["--hostfile", str(opts.hostfile)]
+        if opts.include:
+            args += ["--include", opts.include]
+        if opts.exclude:
+            args += ["--exclude", opts.exclude]
+        if opts.nodes is not None:
+            args += ["--num_nodes", str(opts.nodes)]
+        if opts.gpus_per_node is not None:
+            args += ["--num_gpus", str(opts.gpus_per_node)]
+    args += ["--master_addr", master, "--master_port", str(opts.master_port)]
+    if opts.backend == "no-ssh":
+        args += ["--no_ssh", "--node_rank", str(opts.node_rank)]
+    elif opts.backend in _DS_BACKEND:
+        args += ["--launcher", _DS_BACKEND[opts.backend]]
+        if opts.backend != "pdsh":
+            # mpirun/srun place the ranks themselves: no ssh check of the first host, and the
+            # chosen backend even for one host (DeepSpeed would otherwise start it locally)
+            args += ["--no_ssh_check", "--force_multi"]
+        elif num_nodes == 1:
+            args += ["--force_multi"]  # the one host may be another machine: reach it over ssh
+        if opts.ssh_port is not None:
+            args += ["--ssh_port", str(opts.ssh_port)]
+        launcher_args = _launcher_args(opts)
+        if launcher_args:
+            args += ["--launcher_args", launcher_args]
+        venv_activate = Path(sys.executable).with_name("activate")
+        if opts.backend == "pdsh" and venv_activate.is_file():
+            args += ["--venv_script", str(venv_activate)]
+    if opts.rank_logs:
+        args += ["--enable_each_rank_log", opts.rank_logs]
+    args += shlex.split(opts.deepspeed_args)
+    if opts.backend == "slurm":
+        return [*args, str(ENTRY_SCRIPT), opts.command, *opts.command_args]
+    return [*args, "--module", "natscale.cli", opts.command, *opts.command_args]
+
+
+def _launcher_args(opts: LaunchOptions) -> str:
+    """``--launcher_args``: the user's, plus Open MPI's TCP interface when --ifname names one."""
+    words = shlex.split(opts.launcher_args)
+    if opts.backend == "openmpi" and opts.ifname:
+        for key in ("btl_tcp_if_include", "oob_tcp_if_include"):
+            if not _has_mca(words, key):
+                words += ["--mca", key, opts.ifname]
+    return shlex.join(words)
+
+
+def _has_mca(words: list[str], key: str) -> bool:
+    return any(w in ("--mca", "-mca") and nxt == key for w, nxt in itertools.pairwise(words))
+
+
+def _add_node_runs(plan: LaunchPlan, environ: Mapping[str, str]) -> None:
+    """Fill ``plan.nodes`` (and ``spawn_argv``) with what DeepSpeed will run on each node."""
+    from deepspeed.launcher.runner import encode_world_info, parse_args
+
+    opts = plan.options
+    args = parse_args(plan.deepspeed_argv[_exe_len(plan.deepspeed_argv) :])
+    world_info = encode_world_info(plan.active)
+    plan.nodes = [NodeRun(i, h, s, r) for i, (h, s, r) in enumerate(rank_ranges(plan.active))]
+    if opts.backend in ("local", "no-ssh"):
+        for node in plan.nodes:
+            rank = node.index if opts.backend == "no-ssh" else None
+            node.argv = _with_node_rank(plan.deepspeed_argv, rank)
+            node.launch_argv = _local_launch(args, world_info, rank)
+            node.per_rank = "deepspeed.launcher.launch sets RANK, LOCAL_RANK, WORLD_SIZE"
+        return
+    runner = _runner(opts.backend, args, world_info, plan.hostfile)
+    launcher_env = plan.launcher_env(environ)
+    for key, value in _deepspeed_exports(launcher_env, plan.env).items():
+        runner.add_export(key, value)
+    if opts.backend == "pdsh":
+        cmd, _kill, _env = runner.get_cmd(dict(launcher_env), plan.active)
+        remote = cmd[_pdsh_len(cmd, opts) :]
+        plan.spawn_argv = cmd
+        for node in plan.nodes:
+            node.shell = " ".join(remote).replace("%n", str(node.index))
+            node.per_rank = "deepspeed.launcher.launch sets RANK, LOCAL_RANK, WORLD_SIZE"
+        return
+    cmd = runner.get_cmd(dict(launcher_env), plan.active)
+    plan.spawn_argv = cmd
+    tail = cmd[cmd.index(sys.executable) :]
+    per_rank = {
+        "openmpi": "natscale maps OMPI_COMM_WORLD_RANK/_SIZE/_LOCAL_RANK",
+        "slurm": "natscale maps SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID",
+    }[opts.backend]
+    for node in plan.nodes:
+        node.argv = tail
+        node.per_rank = per_rank
+
+
+def _with_node_rank(argv: list[str], rank: int | None) -> list[str]:
+    if rank is None:
+        return list(argv)
+    i = argv.index("--node_rank")
+    return [*argv[: i + 1], str(rank), *argv[i + 2 :]]
+
+
+def _exe_len(argv: list[str]) -> int:
+    return 1 if len(argv) < 2 or argv[1] != "-m" else 3
+
+
+def _pdsh_len(cmd: list[str], opts: LaunchOptions) -> int:
+    return 6 + len(shlex.split(opts.launcher_args))  # pdsh -S -f 1024 -w HOSTS [launcher args]
+
+
+def _runner(backend: str, args, world_info: str, hostfile: Hostfile | None):
+    from deepspeed.launcher.multinode_runner import OpenMPIRunner, PDSHRunner, SlurmRunner
+
+    if backend == "pdsh":
+        return PDSHRunner(args, world_info)
+    pool = hostfile.resource_pool() if hostfile else {}
+    return (OpenMPIRunner if backend == "openmpi" else SlurmRunner)(args, world_info, pool)
+
+
+def _deepspeed_exports(launcher_env: Mapping[str, str], env: EnvSpec) -> dict[str, str]:
+    """What ``deepspeed.launcher.runner.main`` exports to remote ranks, in its order: variables
+    with its prefixes (PYTHONPATH with the working directory first), ``~/.deepspeed_env``, then
+    the ``./.deepspeed_env`` natscale writes.
+    """
+    from deepspeed.accelerator import get_accelerator
+    from deepspeed.launcher.runner import EXPORT_ENVS
+
+    env_copy = dict(launcher_env)
+    cwd = os.path.abspath(".")
+    env_copy["PYTHONPATH"] = (
+        f"{cwd}:{env_copy['PYTHONPATH']}" if env_copy.get("PYTHONPATH") else cwd
+    )
+    prefixes = tuple(EXPORT_ENVS + get_accelerator().export_envs())
+    exports = {k: v for k, v in env_copy.items() if k.startswith(prefixes)}
+    name = launcher_env.get("DS_ENV_FILE", ".deepspeed_env")
+    home_file = Path(os.path.expanduser("~")) / name
+    if home_file.is_file() and home_file.resolve() != (Path(cwd) / name).resolve():
+        exports.update(parse_env_lines(home_file.read_text(encoding="utf-8"), str(home_file)))
+    exports.update(parse_env_lines(env_file_text(env), ".deepspeed_env"))
+    return exports
+
+
+def _local_launch(args, world_info: str, node_rank: int | None) -> list[str]:
+    """The ``deepspeed.launcher.launch`` command of runner.main's local branch (one node)."""
+    cmd = [
+        sys.executable, "-u", "-m", "deepspeed.launcher.launch", f"--world_info={world_info}",
+        f"--master_addr={args.master_addr}", f"--master_port={args.master_port}",
+    ]  # fmt: skip
+    if node_rank is not None:
+        cmd.append(f"--node_rank={node_rank}")
+    for flag in ("no_python", "module", "no_local_rank"):
+        if getattr(args, flag):
+            cmd.append(f"--{flag}")
+    if args.enable_each_rank_log:
+        cmd.append(f"--enable_each_rank_log={args.enable_each_rank_log}")
+    if args.bind_cores_to_rank:
+        cmd.append("--bind_cores_to_rank")
+    if args.bind_core_list is not None:
+        cmd.append(f"--bind_core_list={args.bind_core_list}")
+    if args.quiet:
+        cmd.append("--quiet")
+    cmd.append(f"--log_level={'error' if args.quiet else args.log_level}")
+    return [*cmd, args.user_script, *args.user_args]

@@ -1,0 +1,94 @@
+"""The command every rank will run, validated on the launching node before any node starts.
+
+For ``train``: the run config (with its ``--set`` overrides) and everything ``natscale train``'s
+own preflight checks (model, prepared data, tokenizer, ds_config, output directory). Data is
+prepared once, beforehand: a ``data.path`` that does not exist is refused with a pointer to
+``natscale prepare``, never tokenised on the nodes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+from pathlib import Path
+
+from natscale.launch.findings import Finding
+
+
+class _ArgError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # raise instead of printing usage and exiting
+        raise _ArgError(message)
+
+
+def check_command(
+    command: str, command_args: list[str], *, world_size: int
+) -> tuple[list[str], list[Finding]]:
+    """(lines describing the run, findings) for ``natscale COMMAND ARGS`` on ``world_size`` ranks."""
+    parser = _Parser(prog=f"natscale {command}", add_help=False)
+    module = __import__(f"natscale.cli.{command}", fromlist=["add_arguments"])
+    module.add_arguments(parser)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            args = parser.parse_args(command_args)
+    except _ArgError as exc:
+        return [], [
+            Finding("error", f"natscale {command} {' '.join(command_args)}: {exc}", "after --")
+        ]
+    if command == "train":
+        return _check_train(args, world_size)
+    return [f"command: natscale {command} {' '.join(command_args)}".rstrip()], []
+
+
+def _check_train(args: argparse.Namespace, world_size: int) -> tuple[list[str], list[Finding]]:
+    from natscale.config.loader import ConfigError, load_config
+    from natscale.config.run import RunConfig
+    from natscale.train.engine import resolve_ds_config
+    from natscale.train.preflight import PreflightError, check_run
+
+    path = args.config_opt or args.config_pos
+    if not path:
+        return [], [
+            Finding(
+                "error",
+                "no run config: natscale launch [options] -- CONFIG [--set KEY=VALUE ...]",
+                "after --",
+            )
+        ]
+    if args.config_opt and args.config_pos and args.config_opt != args.config_pos:
+        return [], [
+            Finding("error", "give the run config once (CONFIG or --config CONFIG)", "after --")
+        ]
+    try:
+        run = load_config(path, RunConfig, args.overrides)
+    except ConfigError as exc:
+        return [], [Finding("error", str(exc))]
+    data = Path(run.data.path)
+    if not data.exists():
+        return [], [
+            Finding(
+                "error",
+                f"data.path {data} does not exist. natscale launch never tokenises on the nodes: "
+                f"prepare the data once, beforehand (`natscale prepare PREPARE_CONFIG --out {data}`), "
+                "on storage every node reads at this path, then launch",
+                path,
+            )
+        ]
+    try:
+        checks = check_run(run, resume=args.resume)
+        ds = resolve_ds_config(run, world_size=world_size, hidden_size=checks.hidden_size)
+    except (ConfigError, PreflightError) as exc:
+        return [], [Finding("error", str(exc), path)]
+    micro, accum = ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]
+    lines = [
+        f"run config: {path}{' (resume)' if args.resume else ''} -> {run.output_dir}",
+        f"data: {data} ({checks.num_rows:,} packed rows, prepared beforehand)",
+        f"deepspeed: {run.deepspeed.config}, ZeRO stage {ds.get('zero_optimization', {}).get('stage', 0)}, "
+        f"{run.train.precision}; {micro} row(s) x {accum} accumulation x {world_size} ranks = "
+        f"{ds['train_batch_size']} rows per step",
+    ]
+    return lines, [Finding("note", n, path) for n in checks.notes]

@@ -1,0 +1,1 @@
+"""Model loading, packed-attention wiring and the loss-in-forward wrapper."""

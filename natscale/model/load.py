@@ -1,0 +1,123 @@
+"""Load a Hugging Face causal LM for packed training.
+
+The model comes from a local directory (fine-tuning) or from a config (random init). Under ZeRO-3
+the caller keeps a ``transformers.integrations.HfDeepSpeedConfig`` alive while this runs, so the
+model is built inside ``deepspeed.zero.Init`` and each rank only ever holds its partition.
+
+Packed rows are attended block-causally (a token sees only its own segment):
+- ``flash_attention_2``: transformers turns restarting ``position_ids`` of a flattened [1, T] batch
+  into varlen ``cu_seqlens`` (the model is fed one flattened row; see natscale.model.nat_lm);
+- ``flex_attention`` (CUDA without flash-attn): transformers builds a FlexAttention block mask
+  with one document per segment from the restarting ``position_ids``;
+- ``sdpa`` / ``eager``: transformers builds a block-diagonal causal mask from restarting
+  ``position_ids`` -- but only when ``attention_mask`` is None *and* no KV cache exists. Since
+  transformers 5 creates a cache whenever ``use_cache`` is true, even in training, ``use_cache`` is
+  forced off here; otherwise segments silently attend to each other.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from natscale.config.run import ModelSection
+
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+class ModelSourceError(ValueError):
+    """The model directory or config is missing or unusable."""
+
+
+def config_path(section: ModelSection) -> Path:
+    """The config.json that describes the model (inside model.path, or model.config)."""
+    src = Path(section.path if section.path is not None else section.config)  # type: ignore[arg-type]
+    key = "model.path" if section.path is not None else "model.config"
+    if src.is_dir():
+        src = src / "config.json"
+    if not src.is_file():
+        raise ModelSourceError(
+            f"{key}: {src} not found; give a Hugging Face model directory or config.json"
+        )
+    return src
+
+
+def load_hf_config(section: ModelSection) -> Any:
+    """The model's ``PretrainedConfig``, with ``use_cache`` off (see the module docstring)."""
+    from transformers import AutoConfig
+
+    path = config_path(section)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        model_type = data.pop("model_type")
+        config = AutoConfig.for_model(model_type, **data)
+    except (json.JSONDecodeError, KeyError, ValueError) as exc:
+        raise ModelSourceError(f"{path}: not a usable Hugging Face config ({exc})") from exc
+    config.use_cache = False
+    return config
+
+
+def has_weights(model_dir: str | Path) -> bool:
+    d = Path(model_dir)
+    return any(d.glob("*.safetensors")) or any(d.glob("pytorch_model*.bin"))
+
+
+def choose_attn_implementation(
+    requested: str, device_type: str, *, flash_attn_installed: bool | None = None
+) -> str:
+    """The attention backend for packed rows.
+
+    ``auto``: flash_attention_2 on CUDA when flash-attn is installed; else flex_attention on CUDA
+    (transformers builds a FlexAttention document mask from the restarting ``position_ids``, so
+    packed rows never fall back to a dense masked SDPA on GPU); sdpa on CPU, where
+    flex_attention is slow to compile and crashes with 4D masks (shared notes, cpu-distributed Q5).
+    """
+    if flash_attn_installed is None:
+        flash_attn_installed = importlib.util.find_spec("flash_attn") is not None
+    if requested != "auto":
+        if requested == "flash_attention_2" and not flash_attn_installed:
+            raise ModelSourceError(
+                "model.attn_implementation: flash_attention_2 needs the flash-attn package "
+                "(pip install 'natscale[gpu]'); use flex_attention, sdpa or auto"
+            )
+        return requested
+    if device_type == "cuda":
+        return "flash_attention_2" if flash_attn_installed else "flex_attention"
+    return "sdpa"
+
+
+def build_causal_lm(
+    section: ModelSection, *, precision: str, attn_implementation: str, seed: int
+) -> torch.nn.Module:
+    """Build the HF model (under zero.Init when the caller enabled ZeRO-3), ready for training."""
+    from transformers import AutoModelForCausalLM
+
+    config = load_hf_config(section)
+    dtype = DTYPES[precision]
+    # random init is drawn from rank 0's generator (zero.Init broadcasts it); seed it the same way
+    # everywhere so the initial weights do not depend on the world size
+    torch.manual_seed(seed)
+    if section.path is not None:
+        if not has_weights(section.path):
+            raise ModelSourceError(
+                f"model.path: {section.path} has no *.safetensors or pytorch_model*.bin weights; "
+                "for random init use model.config instead"
+            )
+        model = AutoModelForCausalLM.from_pretrained(
+            section.path, config=config, dtype=dtype, attn_implementation=attn_implementation
+        )
+    else:
+        model = AutoModelForCausalLM.from_config(
+            config, dtype=dtype, attn_implementation=attn_implementation
+        )
+    model.config.use_cache = False
+    if section.activation_checkpointing:
+        model.activation_checkpointing_enable(
+            activation_checkpointing_kwargs={"use_reentrant": False}
+        )
+    model.train()
+    return model

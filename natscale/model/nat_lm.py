@@ -1,0 +1,147 @@
+"""The training module: a Hugging Face causal LM whose forward ends in the segment loss op.
+
+``NatCausalLM`` adopts the HF model's children under their own names, so its state dict (and so
+every DeepSpeed checkpoint and zero_to_fp32 output) uses exactly the HF parameter names. Its
+forward runs the HF base model on packed rows and hands the last hidden states to
+``SegmentLossHead``, which calls :func:`natscale.ops.segment_cross_entropy` with the output
+embedding weight. The [T, V] logits are never formed by HF code.
+
+Under ZeRO-3 the lm_head weight is partitioned and only the module whose forward is running gets
+its parameters gathered. The head's weight belongs to ``lm_head`` (or, tied, to the input
+embedding), whose forward never runs here, so it is registered as an *external parameter* of
+``SegmentLossHead``: DeepSpeed gathers it for that module's forward and backward and releases it
+after. This is why the loss must run inside the engine's forward.
+
+Legend: B rows, L row length, T = B * L tokens, H hidden size, V vocabulary, S segments.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from natscale.ops import IGNORE_INDEX, segment_cross_entropy
+
+
+class SegmentLossHead(nn.Module):
+    """lm_head projection + segment-masked loss, on the (possibly partitioned) output embedding."""
+
+    def __init__(self, output_embeddings: nn.Module):
+        super().__init__()
+        # a list, not a child module: the weight stays owned (and named) by the LM
+        self._head = [output_embeddings]
+
+    def forward(
+        self,
+        hidden_TH: torch.Tensor,
+        targets_T: torch.Tensor,
+        token_weight_T: torch.Tensor,
+        cu_seqlens: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        weight_VH = self._head[0].weight
+        return segment_cross_entropy(hidden_TH, weight_VH, targets_T, token_weight_T, cu_seqlens)
+
+
+def per_segment_sums(
+    nll_T: torch.Tensor, trained_T: torch.Tensor, cu_seqlens: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 [S] NLL sums and int32 [S] trained counts per [cu[i], cu[i+1]) range (no host sync)."""
+    cu = cu_seqlens.to(device=nll_T.device, dtype=torch.int64)
+    num_segments = cu.numel() - 1
+    # tokens at/after cu[-1] (padding) fall into bucket S, which is dropped
+    seg_id_T = torch.bucketize(
+        torch.arange(nll_T.shape[0], device=nll_T.device), cu[1:], right=True
+    )
+    seg_nll = torch.zeros(num_segments + 1, dtype=torch.float32, device=nll_T.device)
+    seg_nll.index_add_(0, seg_id_T, nll_T.float())
+    seg_count = torch.zeros(num_segments + 1, dtype=torch.int32, device=nll_T.device)
+    seg_count.index_add_(0, seg_id_T, trained_T.to(torch.int32))
+    return seg_nll[:num_segments], seg_count[:num_segments]
+
+
+class LogitsLossHead(nn.Module):
+    """The usual HF ``labels`` path: lm_head -> fp32 [T, V] logits -> ``F.cross_entropy``.
+
+    A baseline for benchmarks (what a stock HF Trainer run computes), with the same outputs and
+    normalisation contract as :class:`SegmentLossHead`. The lm_head module's own forward runs, so
+    under ZeRO-3 DeepSpeed gathers its weight as for any module.
+    """
+
+    def __init__(self, output_embeddings: nn.Module):
+        super().__init__()
+        self._head = [output_embeddings]
+
+    def forward(
+        self,
+        hidden_TH: torch.Tensor,
+        targets_T: torch.Tensor,
+        token_weight_T: torch.Tensor,
+        cu_seqlens: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        logits_TV = self._head[0](hidden_TH).float()  # HF's loss upcasts the logits the same way
+        nll_T = nn.functional.cross_entropy(
+            logits_TV, targets_T, ignore_index=IGNORE_INDEX, reduction="none"
+        )
+        trained_T = targets_T != IGNORE_INDEX
+        loss_sum = (nll_T * torch.where(trained_T, token_weight_T.float(), 0.0)).sum()
+        seg_nll, seg_count = per_segment_sums(nll_T.detach(), trained_T, cu_seqlens)
+        return loss_sum, seg_nll, seg_count
+
+
+LOSS_HEADS = {"fused": SegmentLossHead, "logits": LogitsLossHead}
+
+
+class NatCausalLM(nn.Module):
+    """Wraps an HF ``*ForCausalLM`` for packed, segment-weighted training."""
+
+    def __init__(self, lm: nn.Module, *, flatten_rows: bool = False, loss: str = "fused"):
+        super().__init__()
+        if next(lm.named_parameters(recurse=False), None) is not None:
+            raise ValueError(f"{type(lm).__name__} holds parameters outside its submodules")
+        head = lm.get_output_embeddings()
+        if head is None or not hasattr(head, "weight"):
+            raise ValueError(f"{type(lm).__name__} has no output embedding (lm_head) weight")
+        for name, child in lm.named_children():
+            self.add_module(name, child)
+        self._lm = [lm]
+        self._base_name = lm.base_model_prefix
+        self.flatten_rows = flatten_rows
+        if loss not in LOSS_HEADS:
+            raise ValueError(f"model.loss must be one of {sorted(LOSS_HEADS)}, got {loss!r}")
+        self.loss = loss
+        self.nat_loss = LOSS_HEADS[loss](head)
+
+    @property
+    def hf_model(self) -> nn.Module:
+        """The wrapped HF model (shares every parameter with this module)."""
+        return self._lm[0]
+
+    def register_zero3_head(self) -> None:
+        """Let ZeRO-3 gather the output embedding for the loss head (call before engine init)."""
+        import deepspeed
+
+        if self.loss != "fused":  # the lm_head module's own forward runs: ZeRO gathers it there
+            return
+        deepspeed.zero.register_external_parameter(self.nat_loss, self.nat_loss._head[0].weight)
+
+    def hidden_states(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        """[B, L] ids and restarting positions -> [B*L, H] last hidden states (block-causal)."""
+        num_rows, length = input_ids.shape
+        if self.flatten_rows:  # flash-attn varlen reads segments of a single [1, T] row
+            input_ids = input_ids.reshape(1, -1)
+            position_ids = position_ids.reshape(1, -1)
+        base = getattr(self, self._base_name)
+        out = base(input_ids=input_ids, position_ids=position_ids, use_cache=False)
+        return out.last_hidden_state.reshape(num_rows * length, -1)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        targets: torch.Tensor,
+        token_weight: torch.Tensor,
+        cu_seqlens: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Returns (weighted loss sum fp32 [], per-segment NLL sum fp32 [S], trained count int32 [S])."""
+        hidden_TH = self.hidden_states(input_ids, position_ids)
+        return self.nat_loss(hidden_TH, targets, token_weight, cu_seqlens)

@@ -1,0 +1,116 @@
+"""Checkpoints: DeepSpeed's own files plus our client state, with an atomic ``latest``.
+
+Layout of ``RUN_DIR/checkpoints``::
+
+    latest                  text file naming the newest complete tag, e.g. "global_step40"
+    global_step40/          one DeepSpeed tag: zero_pp_rank_{r}_mp_rank_00_{model,optim}_states.pt
+    zero_to_fp32.py         DeepSpeed's offline converter (written by DeepSpeed)
+
+``latest`` is written by rank 0 (temp file + rename) only after every rank has finished writing
+the tag, so a crash mid-save leaves the previous checkpoint in charge. The newest ``keep_last``
+tags are kept. The client state (in every rank's model-states file) holds the step, the data
+cursor, token counters, the non-finite step count and the RNG states of all ranks.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+TAG_RE = re.compile(r"^global_step(\d+)$")
+
+
+def tag_for(step: int) -> str:
+    return f"global_step{step}"
+
+
+def read_latest(ckpt_dir: str | Path) -> str | None:
+    """The tag named by ``ckpt_dir/latest`` (None when there is no complete checkpoint)."""
+    latest = Path(ckpt_dir) / "latest"
+    if not latest.is_file():
+        return None
+    tag = latest.read_text(encoding="utf-8").strip()
+    return tag if (Path(ckpt_dir) / tag).is_dir() else None
+
+
+def _write_latest(ckpt_dir: Path, tag: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=ckpt_dir, prefix=".latest.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(tag)
+    os.replace(tmp, ckpt_dir / "latest")
+
+
+def _prune(ckpt_dir: Path, keep_last: int, current: str) -> list[str]:
+    tags = sorted(
+        (int(m.group(1)), p.name)
+        for p in ckpt_dir.iterdir()
+        if p.is_dir() and (m := TAG_RE.match(p.name))
+    )
+    doomed = [name for _, name in tags[:-keep_last] if name != current]
+    for name in doomed:
+        shutil.rmtree(ckpt_dir / name, ignore_errors=True)
+    return doomed
+
+
+def rng_state() -> dict[str, Any]:
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save(
+    engine: Any, ckpt_dir: str | Path, *, step: int, client_state: dict[str, Any], keep_last: int
+) -> str:
+    """Save tag ``global_step{step}`` on all ranks (collective), then move ``latest`` to it."""
+    import torch.distributed as dist
+
+    ckpt_dir = Path(ckpt_dir)
+    tag = tag_for(step)
+    states: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(states, rng_state())
+    state = dict(client_state, rng_states=states)
+    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=state, save_latest=False)
+    # save_checkpoint ends with a barrier: every rank's files of this tag are written
+    if dist.get_rank() == 0:
+        _write_latest(ckpt_dir, tag)
+        _prune(ckpt_dir, keep_last, tag)
+    dist.barrier()
+    return tag
+
+
+def load(engine: Any, ckpt_dir: str | Path) -> dict[str, Any]:
+    """Load the ``latest`` tag into the engine; restore this rank's RNG; return the client state."""
+    import torch.distributed as dist
+
+    tag = read_latest(ckpt_dir)
+    if tag is None:
+        raise FileNotFoundError(f"{ckpt_dir}: no complete checkpoint (no valid 'latest' file)")
+    load_path, client_state = engine.load_checkpoint(str(ckpt_dir), tag=tag)
+    if load_path is None:
+        raise FileNotFoundError(f"{ckpt_dir}/{tag}: DeepSpeed found no checkpoint files to load")
+    states = client_state.get("rng_states") or []
+    if len(states) == dist.get_world_size():
+        set_rng_state(states[dist.get_rank()])
+    client_state["tag"] = tag
+    return client_state

@@ -1,0 +1,118 @@
+"""Engine setup: filled DeepSpeed config, the model under zero.Init, optimizer groups, LR schedule."""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from natscale.config.ds_config import (
+    deep_merge,
+    fill_ds_config,
+    load_ds_config,
+    zero_stage,
+)
+from natscale.config.run import RunConfig, TrainSection
+from natscale.model.load import build_causal_lm, choose_attn_implementation, load_hf_config
+from natscale.model.nat_lm import NatCausalLM
+
+
+@dataclass
+class EngineBundle:
+    engine: Any  # deepspeed.DeepSpeedEngine
+    model: NatCausalLM
+    hf_config: Any
+    ds_config: dict[str, Any]
+    attn_implementation: str
+    hf_ds_config: Any  # kept alive: transformers reads ZeRO-3 state from it (saving, init)
+
+
+# launcher variables that give the number of ranks on this node
+_LOCAL_SIZE_SOURCES = (
+    "LOCAL_WORLD_SIZE",
+    "OMPI_COMM_WORLD_LOCAL_SIZE",
+    "MPI_LOCALNRANKS",
+    "SLURM_NTASKS_PER_NODE",
+)
+
+
+def export_local_size(environ: dict[str, str] | os._Environ = os.environ) -> None:
+    """Set LOCAL_SIZE (ranks on this node) as the deepspeed launcher does, when another launcher ran us.
+
+    Without it DeepSpeed's CPU accelerator answers ``device_count()`` by running ``numactl
+    --hardware`` in a subprocess, and ZeRO-3 asks once per gradient bucket: ~20 forks a micro-batch.
+    """
+    if "LOCAL_SIZE" in environ:
+        return
+    for name in _LOCAL_SIZE_SOURCES:
+        if environ.get(name, "").isdigit():
+            environ["LOCAL_SIZE"] = environ[name]
+            return
+    launched = ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "SLURM_PROCID")
+    if not any(name in environ for name in launched) or environ.get("WORLD_SIZE") == "1":
+        environ["LOCAL_SIZE"] = "1"  # a job of one
+
+
+def resolve_ds_config(run: RunConfig, *, world_size: int, hidden_size: int) -> dict[str, Any]:
+    """The run's ds_config JSON merged with ``deepspeed.overrides`` and its "auto" values filled."""
+    ds = deep_merge(load_ds_config(run.deepspeed.config), run.deepspeed.overrides)
+    return fill_ds_config(ds, run, world_size=world_size, hidden_size=hidden_size)
+
+
+def lr_multiplier(step: int, *, train: TrainSection, total_steps: int) -> float:
+    """LR factor for optimizer step ``step`` (0-based): linear warmup, then the chosen decay."""
+    if step < train.warmup_steps:
+        return (step + 1) / train.warmup_steps
+    if train.lr_schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - train.warmup_steps) / max(1, total_steps - train.warmup_steps))
+    low = train.min_lr_ratio
+    if train.lr_schedule == "cosine":
+        return low + (1.0 - low) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return low + (1.0 - low) * (1.0 - progress)
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Decay matrices only: 1-D parameters (biases, norm weights) are never decayed."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if not param.requires_grad:
+            continue
+        shape = getattr(param, "ds_shape", param.shape)  # under zero.Init the local shape is (0,)
+        (decay if len(shape) >= 2 else no_decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def build_engine(run: RunConfig, *, world_size: int, total_steps: int) -> EngineBundle:
+    """Everything DeepSpeed needs, then ``deepspeed.initialize``. Call after init_distributed."""
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+    from transformers.integrations import HfDeepSpeedConfig
+
+    hf_config = load_hf_config(run.model)
+    ds = resolve_ds_config(run, world_size=world_size, hidden_size=hf_config.hidden_size)
+    zero3 = zero_stage(ds) == 3
+    hf_ds_config = HfDeepSpeedConfig(ds) if zero3 else None  # makes from_pretrained use zero.Init
+    device_type = get_accelerator().device_name()
+    attn = choose_attn_implementation(run.model.attn_implementation, device_type)
+    lm = build_causal_lm(
+        run.model, precision=run.train.precision, attn_implementation=attn, seed=run.train.seed
+    )
+    model = NatCausalLM(lm, flatten_rows=attn.startswith("flash"), loss=run.model.loss)
+    if zero3:
+        model.register_zero3_head()
+    schedule = functools.partial(lr_multiplier, train=run.train, total_steps=total_steps)
+    engine, *_ = deepspeed.initialize(
+        model=model,
+        model_parameters=param_groups(model, run.train.weight_decay),
+        config=ds,
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule),
+    )
+    return EngineBundle(engine, model, hf_config, ds, attn, hf_ds_config)

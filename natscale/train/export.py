@@ -1,0 +1,88 @@
+"""Files a run directory holds besides checkpoints: the model's config/tokenizer and the HF export.
+
+``RUN_DIR/model_config/`` (written at start) is a Hugging Face directory without weights:
+config.json, generation_config.json when the model has one, and the tokenizer. Together with a
+ZeRO checkpoint it is all a converter needs. ``RUN_DIR/hf/`` (written at the end) adds the
+gathered 16-bit weights as safetensors, loadable with ``AutoModelForCausalLM.from_pretrained``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from natscale.model.load import config_path
+
+
+def original_use_cache(model_section: Any) -> bool:
+    """``use_cache`` as the source config had it (training forces it off; inference wants it back)."""
+    data = json.loads(config_path(model_section).read_text(encoding="utf-8"))
+    return bool(data.get("use_cache", True))
+
+
+def save_tokenizer(tokenizer_dir: Path | None, out_dir: Path) -> bool:
+    if tokenizer_dir is None:
+        return False
+    from transformers import AutoTokenizer
+
+    AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(str(out_dir))
+    return True
+
+
+def write_model_config(
+    hf_model: Any, out_dir: Path, *, use_cache: bool, tokenizer_dir: Path | None
+) -> None:
+    """config.json (+ generation_config.json) and the tokenizer, no weights. Rank 0 only."""
+    tmp = _fresh(out_dir.with_name(out_dir.name + ".tmp"))
+    config = hf_model.config
+    saved, config.use_cache = config.use_cache, use_cache
+    try:
+        config.save_pretrained(str(tmp))
+    finally:
+        config.use_cache = saved
+    if getattr(hf_model, "generation_config", None) is not None and hf_model.can_generate():
+        hf_model.generation_config.save_pretrained(str(tmp))
+    save_tokenizer(tokenizer_dir, tmp)
+    _swap_in(tmp, out_dir)
+
+
+def export_hf(
+    engine: Any, hf_model: Any, out_dir: Path, *, use_cache: bool, tokenizer_dir: Path | None
+) -> Path:
+    """Gather the 16-bit weights (collective: every rank calls this) and write an HF directory."""
+    import torch.distributed as dist
+
+    if engine.zero_optimization_partition_weights():
+        state_dict = engine._zero3_consolidated_16bit_state_dict()  # full dict on rank 0 only
+    else:
+        state_dict = engine.module.state_dict()
+    if dist.get_rank() == 0:
+        tmp = _fresh(out_dir.with_name(out_dir.name + ".tmp"))
+        config = hf_model.config
+        saved, config.use_cache = config.use_cache, use_cache
+        try:
+            hf_model.save_pretrained(str(tmp), state_dict=state_dict)
+        finally:
+            config.use_cache = saved
+        save_tokenizer(tokenizer_dir, tmp)
+        _swap_in(tmp, out_dir)
+    dist.barrier()
+    return out_dir
+
+
+def _fresh(path: Path) -> Path:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
+def _swap_in(tmp: Path, final: Path) -> None:
+    """Replace ``final`` by ``tmp`` so that readers never see a half-written directory."""
+    old = final.with_name(final.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)

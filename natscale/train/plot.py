@@ -1,0 +1,63 @@
+"""PNG curves of a run directory's metrics.jsonl: loss (total and per class) and throughput."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from natscale.train.metrics import read_metrics
+
+
+def _series(records: list[dict[str, Any]], *keys: str) -> tuple[list[int], list[float]]:
+    steps, values = [], []
+    for r in records:
+        value: Any = r
+        for key in keys:
+            value = value.get(key) if isinstance(value, dict) else None
+        if value is not None:
+            steps.append(r["step"])
+            values.append(float(value))
+    return steps, values
+
+
+def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
+    """Write loss.png and throughput.png (to ``out_dir``, default RUN_DIR/plots); return paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_metrics(run_dir)
+    if not records:
+        raise ValueError(f"{run_dir}/metrics.jsonl has no records")
+    out = Path(out_dir) if out_dir is not None else Path(run_dir) / "plots"
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(*_series(records, "loss"), label="total (objective)", color="black", linewidth=2)
+    for name in records[-1].get("loss_by_class", {}):
+        ax.plot(*_series(records, "loss_by_class", name), label=f"{name} (token-mean NLL)")
+    name = "/".join(Path(run_dir).resolve().parts[-2:])
+    ax.set(xlabel="optimizer step", ylabel="loss", title=f"loss: {name}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    written.append(_save(fig, out / "loss.png"))
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for kind in ("slot", "nonpad", "trained"):
+        ax.plot(*_series(records, "tokens_per_s_per_gpu", kind), label=kind)
+    ax.set(xlabel="optimizer step", ylabel="tokens / s / device", title=f"throughput: {name}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    written.append(_save(fig, out / "throughput.png"))
+    plt.close("all")
+    return written
+
+
+def _save(fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    tmp.replace(path)
+    return path

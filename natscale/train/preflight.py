@@ -1,0 +1,152 @@
+"""Checks that run before any process group starts: a bad directory fails fast and clearly.
+
+Every rank runs them (they are cheap), so no rank sits in a collective waiting for one that died.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from natscale.config.ds_config import check_with_deepspeed, resolve_ds_config_path
+from natscale.config.loader import ConfigError
+from natscale.config.run import RunConfig
+from natscale.data.schema import ROW_FIELDS
+from natscale.model.load import ModelSourceError, has_weights, load_hf_config
+from natscale.train.checkpoint import read_latest
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+SAMPLE_ROWS = 64
+
+
+class PreflightError(ValueError):
+    """A directory named by the run config is missing or does not fit the others."""
+
+
+@dataclass(frozen=True)
+class Preflight:
+    vocab_size: int
+    hidden_size: int
+    num_rows: int
+    tokenizer_dir: Path | None
+    notes: list[str]
+
+
+def check_run(run: RunConfig, *, resume: bool) -> Preflight:
+    notes: list[str] = []
+    try:
+        config = load_hf_config(run.model)
+    except ModelSourceError as exc:
+        raise PreflightError(str(exc)) from exc
+    if run.model.path is not None and not has_weights(run.model.path):
+        raise PreflightError(
+            f"model.path: {run.model.path} has no *.safetensors or pytorch_model*.bin weights; "
+            "for random init use model.config instead"
+        )
+    num_rows = check_data(run.data.path, vocab_size=config.vocab_size)
+    tokenizer_dir = resolve_tokenizer(run, notes)
+    if tokenizer_dir is not None:
+        check_tokenizer(run, tokenizer_dir, config.vocab_size)
+    check_ds_config(run, hidden_size=config.hidden_size)
+    check_output_dir(Path(run.output_dir), resume=resume)
+    return Preflight(config.vocab_size, config.hidden_size, num_rows, tokenizer_dir, notes)
+
+
+def check_data(path: str, *, vocab_size: int) -> int:
+    """The data directory holds packed rows in the schema, with token ids the model knows."""
+    from datasets import load_from_disk
+
+    d = Path(path)
+    if not (d / "state.json").is_file() or not (d / "dataset_info.json").is_file():
+        raise PreflightError(
+            f"data.path: {d} is not a `natscale prepare` output directory (no datasets "
+            "state.json / dataset_info.json); run `natscale prepare CONFIG` first"
+        )
+    ds = load_from_disk(str(d))
+    for field, dtype in ROW_FIELDS.items():
+        feature = ds.features.get(field)
+        if feature is None:
+            raise PreflightError(f"data.path: {d} rows lack the field {field!r}; re-run prepare")
+        got = getattr(getattr(feature, "feature", None), "dtype", None)
+        if got != dtype:
+            raise PreflightError(
+                f"data.path: {d} field {field!r} holds {feature}, expected a list of {dtype}"
+            )
+    if len(ds) == 0:
+        raise PreflightError(f"data.path: {d} has no rows")
+    sample = ds.select(range(min(SAMPLE_ROWS, len(ds)))).with_format("numpy")["input_ids"]
+    top = max(int(np.max(ids)) for ids in sample if len(ids))
+    if top >= vocab_size:
+        raise PreflightError(
+            f"data.path: {d} holds token id {top} but the model's vocab_size is {vocab_size}; "
+            "the data was tokenized for another model"
+        )
+    return len(ds)
+
+
+def resolve_tokenizer(run: RunConfig, notes: list[str]) -> Path | None:
+    """model.tokenizer, else DATA/tokenizer, else the model directory when it holds a tokenizer."""
+    if run.model.tokenizer is not None:
+        tok = Path(run.model.tokenizer)
+        if not _is_tokenizer_dir(tok):
+            raise PreflightError(f"model.tokenizer: {tok} holds no tokenizer ({TOKENIZER_FILES})")
+        return tok
+    for cand in (Path(run.data.path) / "tokenizer", run.model.path):
+        if cand is not None and _is_tokenizer_dir(Path(cand)):
+            return Path(cand)
+    notes.append(
+        f"no tokenizer in {Path(run.data.path) / 'tokenizer'} or the model directory: "
+        "the run directory and the HF export will have none"
+    )
+    return None
+
+
+def check_tokenizer(run: RunConfig, tokenizer_dir: Path, vocab_size: int) -> None:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    if len(tok) > vocab_size:
+        raise PreflightError(
+            f"tokenizer {tokenizer_dir} has {len(tok)} tokens but the model's vocab_size is "
+            f"{vocab_size}; use the tokenizer the data was prepared with and a matching model"
+        )
+    data_tok = Path(run.data.path) / "tokenizer"
+    others = [p for p in (data_tok, run.model.path) if p is not None and _is_tokenizer_dir(Path(p))]
+    for other in others:
+        if Path(other).resolve() == tokenizer_dir.resolve():
+            continue
+        if AutoTokenizer.from_pretrained(str(other)).get_vocab() != tok.get_vocab():
+            raise PreflightError(
+                f"tokenizers differ: {tokenizer_dir} and {other} map tokens to different ids; "
+                "the data must be prepared with the model's tokenizer"
+            )
+
+
+def check_ds_config(run: RunConfig, *, hidden_size: int) -> None:
+    import torch.distributed as dist
+
+    from natscale.train.engine import resolve_ds_config
+
+    # DeepSpeed's config class checks the batch sizes against the live world size, if any
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    ds = resolve_ds_config(run, world_size=world, hidden_size=hidden_size)
+    check_with_deepspeed(ds, f"deepspeed.config {resolve_ds_config_path(run.deepspeed.config)}")
+
+
+def check_output_dir(out: Path, *, resume: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise PreflightError(f"output_dir: {out} exists and is not a directory")
+    if not resume and read_latest(out / "checkpoints") is not None:
+        raise PreflightError(
+            f"output_dir: {out} already holds checkpoints; pass --resume to continue that run "
+            "or choose another output_dir"
+        )
+
+
+def _is_tokenizer_dir(path: Path) -> bool:
+    return path.is_dir() and any((path / f).is_file() for f in TOKENIZER_FILES)
+
+
+__all__ = ["ConfigError", "Preflight", "PreflightError", "check_run"]

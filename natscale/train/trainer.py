@@ -1,0 +1,381 @@
+"""The training loop of ``natscale train``: one rank of a DeepSpeed ZeRO-3 job.
+
+A step reads top to bottom: take this rank's micro-batches from the data cursor, all-reduce the
+step's token/segment counts (the loss denominator, known before any forward), forward + backward
+every micro-batch with the loss scaled so the *step's* gradient is the global normalised one,
+let DeepSpeed step at the accumulation boundary, all-reduce the logging sums, write metrics.
+
+Normalisation: DeepSpeed averages gradients over the W data-parallel ranks and (unless told not
+to) divides each micro-batch loss by the accumulation count. We pass ``scale_wrt_gas=False`` and
+backpropagate ``loss_sum * W / D`` where D is the whole step's denominator, so the applied
+gradient is exactly ``grad(sum of all loss sums) / D`` for any ranks x accumulation split.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from natscale.config.loader import save_config
+from natscale.config.run import RunConfig
+from natscale.train import checkpoint
+from natscale.train.batch import MicroBatch, collate
+from natscale.train.data import PackedRows, RowOrder, StepPlan, class_names
+from natscale.train.dist import DistInfo
+from natscale.train.engine import build_engine
+from natscale.train.export import export_hf, original_use_cache, write_model_config
+from natscale.train.metrics import FlopsModel, MetricsWriter, memory_gib, peak_flops
+from natscale.train.preflight import Preflight
+
+TOKEN_KINDS = ("slot", "nonpad", "trained")
+
+
+class TrainingAborted(RuntimeError):
+    """The run cannot go on (too many non-finite steps); the last checkpoint is intact."""
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint's client state carries besides model/optimizer/scheduler."""
+
+    step: int = 0
+    rows_consumed: int = 0
+    tokens_seen: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TOKEN_KINDS, 0))
+    nonfinite_steps: int = 0
+
+
+class StopSignal:
+    """Remembers a SIGTERM (SLURM preemption); the loop checkpoints and exits at the next step."""
+
+    def __init__(self) -> None:
+        self.received = False
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received = True
+
+    def restore(self) -> None:
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+class Trainer:
+    """One rank's training run: data plan, engine, state, the loop, checkpoints and export."""
+
+    def __init__(self, run: RunConfig, info: DistInfo, checks: Preflight, *, resume: bool):
+        self.run = run
+        self.info = info
+        self.checks = checks
+        self.run_dir = Path(run.output_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.rows = PackedRows(run.data.path)
+        self.class_names = class_names(run.data.path, self.rows.num_classes())
+        self.plan = StepPlan(
+            info.world_size, info.rank, run.train.grad_accum, run.data.micro_batch_rows
+        )
+        self.order = RowOrder(len(self.rows), seed=run.train.seed, shuffle=run.data.shuffle)
+        self.total_steps = run.train.steps or self.plan.steps_for_epochs(
+            len(self.rows), run.train.epochs
+        )
+        self.bundle = build_engine(run, world_size=info.world_size, total_steps=self.total_steps)
+        self.engine = self.bundle.engine
+        self.device = self.engine.device
+        self.flops = FlopsModel.from_model(self.bundle.model.hf_model, self.bundle.hf_config)
+        self.peak_flops, self.device_label = peak_flops(run.logging.peak_tflops)
+        self.state = TrainState()
+        self.resumed_from: str | None = None
+        if resume and checkpoint.read_latest(self.ckpt_dir) is not None:
+            self._restore(checkpoint.load(self.engine, self.ckpt_dir))
+        self.use_cache = original_use_cache(run.model)
+        self.writer: MetricsWriter | None = None
+        if info.rank == 0:
+            self._write_run_files()
+            self.writer = MetricsWriter(
+                self.run_dir, tensorboard=run.logging.tensorboard, resume_step=self.state.step
+            )
+
+    # ---- setup -------------------------------------------------------------------------------
+    def _restore(self, client: dict[str, Any]) -> None:
+        self.state = TrainState(
+            step=int(client["step"]),
+            rows_consumed=int(client["rows_consumed"]),
+            tokens_seen=dict(client["tokens_seen"]),
+            nonfinite_steps=int(client["nonfinite_steps"]),
+        )
+        self.resumed_from = client["tag"]
+
+    def _write_run_files(self) -> None:
+        import json
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(self.run, self.run_dir / "config.yaml")
+        tmp = self.run_dir / ".ds_config.json.tmp"
+        tmp.write_text(json.dumps(self.bundle.ds_config, indent=2) + "\n", encoding="utf-8")
+        tmp.replace(self.run_dir / "ds_config.json")
+        write_model_config(
+            self.bundle.model.hf_model,
+            self.run_dir / "model_config",
+            use_cache=self.use_cache,
+            tokenizer_dir=self.checks.tokenizer_dir,
+        )
+
+    # ---- one optimizer step ------------------------------------------------------------------
+    def _micro_batches(self) -> list[MicroBatch]:
+        return [
+            collate(
+                self.rows.rows(ids),
+                loss_norm=self.run.train.loss_norm,
+                vocab_size=self.checks.vocab_size,
+                where=f"data.path {self.run.data.path}",
+            )
+            for ids in self.plan.micro_batches(self.order, self.state.rows_consumed)
+        ]
+
+    def _counts(self, batches: list[MicroBatch]) -> torch.Tensor:
+        """Global [trained tokens, trained segments, slot, nonpad, sum L_seg^2] of the step."""
+        local = torch.tensor(
+            [
+                [
+                    b.num_trained_tokens,
+                    b.num_trained_segments,
+                    b.num_slot_tokens,
+                    b.num_nonpad_tokens,
+                    b.sum_sq_segment_len,
+                ]
+                for b in batches
+            ],
+            dtype=torch.int64,
+            device=self.device,
+        ).sum(0)
+        dist.all_reduce(local)
+        return local
+
+    def train_step(self, stop: StopSignal) -> dict[str, Any]:
+        """Forward/backward all micro-batches, step, and return the step's (global) statistics."""
+        num_classes = len(self.class_names)
+        lr = self.engine.get_lr()[0]
+        t0 = time.perf_counter()
+        batches = self._micro_batches()  # reading + collating rows: the data-loader wait
+        data_time = time.perf_counter() - t0
+        counts = self._counts(batches)
+        denom_index = 0 if self.run.train.loss_norm == "token" else 1
+        scale = self.info.world_size / counts[denom_index].clamp(min=1).to(torch.float32)
+        loss_acc = torch.zeros((), dtype=torch.float64, device=self.device)
+        nll_by_class = torch.zeros(num_classes, dtype=torch.float64, device=self.device)
+        count_by_class = torch.zeros(num_classes, dtype=torch.float64, device=self.device)
+        for mb in batches:
+            loss_sum, seg_nll, seg_count = self.engine(**mb.model_inputs(self.device))
+            self.engine.backward(loss_sum * scale, scale_wrt_gas=False)
+            self.engine.step()
+            loss_acc += loss_sum.detach().double()
+            cls = mb.segment_class_S.to(self.device)
+            nll_by_class.index_add_(0, cls, seg_nll.detach().double())
+            count_by_class.index_add_(0, cls, seg_count.double())
+        flag = torch.tensor([float(stop.received)], dtype=torch.float64, device=self.device)
+        sums = torch.cat([loss_acc[None], nll_by_class, count_by_class, flag])
+        dist.all_reduce(sums)
+        sums = sums.tolist()
+        counts = counts.tolist()
+        nll, cnt = sums[1 : 1 + num_classes], sums[1 + num_classes : 1 + 2 * num_classes]
+        return {
+            "lr": lr,
+            "loss": sums[0] / max(counts[denom_index], 1),
+            "loss_by_class": {
+                n: (a / c if c else None)
+                for n, a, c in zip(self.class_names, nll, cnt, strict=True)
+            },
+            "trained_tokens_by_class": {
+                n: int(c) for n, c in zip(self.class_names, cnt, strict=True)
+            },
+            "tokens": dict(zip(TOKEN_KINDS, (counts[2], counts[3], counts[0]), strict=True)),
+            "trained_segments": counts[1],
+            "sum_sq_segment_len": counts[4],
+            "applied": bool(self.engine.was_step_applied()),
+            "grad_norm": self.engine.get_global_grad_norm(),
+            "stop_requested": sums[-1] > 0,
+            "data_time_s": data_time,
+        }
+
+    # ---- the loop ----------------------------------------------------------------------------
+    def _record(self, out: dict[str, Any], step_time: float) -> dict[str, Any]:
+        tok = out["tokens"]
+        per_gpu = self.info.world_size * step_time
+        flops = self.flops.step_flops(
+            nonpad=tok["nonpad"],
+            trained=tok["trained"],
+            sum_sq_segment_len=out["sum_sq_segment_len"],
+        )
+        grad_norm = out["grad_norm"]
+        return {
+            "step": self.state.step,
+            "epoch": self.state.rows_consumed / len(self.rows),
+            "loss": out["loss"],
+            "loss_by_class": out["loss_by_class"],
+            "trained_tokens_by_class": out["trained_tokens_by_class"],
+            "lr": out["lr"],
+            "grad_norm": float(grad_norm) if grad_norm is not None else None,
+            "skipped": not out["applied"],
+            "nonfinite_steps": self.state.nonfinite_steps,
+            "tokens": tok,
+            "tokens_seen": dict(self.state.tokens_seen),
+            "tokens_per_s_per_gpu": {k: v / per_gpu for k, v in tok.items()},
+            "tflops_per_gpu": flops / per_gpu / 1e12,
+            "mfu": flops / per_gpu / self.peak_flops if self.peak_flops else None,
+            "step_time_s": step_time,
+            "data_time_s": out["data_time_s"],
+            "memory": memory_gib(),
+            "time": time.time(),
+        }
+
+    def _save(self) -> str:
+        client = asdict(self.state)
+        client["world_size"] = self.info.world_size
+        return checkpoint.save(
+            self.engine,
+            self.ckpt_dir,
+            step=self.state.step,
+            client_state=client,
+            keep_last=self.run.checkpoint.keep_last,
+        )
+
+    def train(self, stop: StopSignal | None = None) -> dict[str, Any]:
+        """Run until ``total_steps``, ``stop_after_steps`` or SIGTERM; returns the summary.
+
+        Install ``stop`` early (before loading the model) so that a SIGTERM during start-up is
+        honoured at the first step boundary too.
+        """
+        stop = stop or StopSignal()
+        try:
+            return self._loop(stop)
+        finally:
+            stop.restore()
+            if self.writer is not None:
+                self.writer.close()
+
+    def _loop(self, stop: StopSignal) -> dict[str, Any]:
+        run, state = self.run, self.state
+        last_stop = min(self.total_steps, run.train.stop_after_steps or self.total_steps)
+        bar = self._progress_bar()
+        started, start_step = time.time(), state.step
+        records: list[dict[str, Any]] = []
+        saved_at = state.step if self.resumed_from else -1
+        reason = "finished"
+        while state.step < last_stop:
+            t0 = time.perf_counter()
+            out = self.train_step(stop)
+            step_time = time.perf_counter() - t0
+            state.step += 1
+            state.rows_consumed += self.plan.rows_per_step
+            for kind in TOKEN_KINDS:
+                state.tokens_seen[kind] += out["tokens"][kind]
+            if not out["applied"]:
+                state.nonfinite_steps += 1
+                self._warn_nonfinite(out)
+            record = self._record(out, step_time)
+            records.append(record)
+            if self.writer is not None:
+                self.writer.write(record)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(
+                    loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", refresh=False
+                )
+            if state.nonfinite_steps > run.train.max_nonfinite_steps:
+                raise TrainingAborted(
+                    f"{state.nonfinite_steps} steps had a non-finite loss or gradient "
+                    f"(train.max_nonfinite_steps={run.train.max_nonfinite_steps}); stopping. "
+                    f"Latest checkpoint: {checkpoint.read_latest(self.ckpt_dir)}"
+                )
+            if out["stop_requested"]:
+                reason = "SIGTERM"
+                break
+            every = run.checkpoint.every_steps
+            if every and state.step % every == 0 and state.step < last_stop:
+                saved_at = state.step
+                self._save()
+        if bar is not None:
+            bar.close()
+        if saved_at != state.step and (run.checkpoint.at_end or reason == "SIGTERM"):
+            self._save()
+        if reason == "finished" and state.step < self.total_steps:
+            reason = "stop_after_steps"
+        exported = None
+        if reason == "finished" and run.checkpoint.export_hf:
+            exported = export_hf(
+                self.engine,
+                self.bundle.model.hf_model,
+                self.run_dir / "hf",
+                use_cache=self.use_cache,
+                tokenizer_dir=self.checks.tokenizer_dir,
+            )
+        return self._summary(
+            records, reason, time.time() - started, state.step - start_step, exported
+        )
+
+    def _warn_nonfinite(self, out: dict[str, Any]) -> None:
+        if self.info.rank == 0:
+            print(
+                f"natscale train: warning: step {self.state.step} skipped, non-finite loss or "
+                f"gradient (loss={out['loss']}, grad_norm={out['grad_norm']}); "
+                f"{self.state.nonfinite_steps} so far, limit {self.run.train.max_nonfinite_steps}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def _progress_bar(self) -> Any:
+        if self.info.rank != 0 or not self.run.logging.progress_bar:
+            return None
+        from tqdm import tqdm
+
+        return tqdm(
+            total=self.total_steps,
+            initial=self.state.step,
+            desc="train",
+            unit="step",
+            mininterval=1.0,
+        )
+
+    def _summary(
+        self,
+        records: list[dict[str, Any]],
+        reason: str,
+        wall_s: float,
+        num_steps: int,
+        exported: Path | None,
+    ) -> dict[str, Any]:
+        timed = records[1:] or records  # the first step includes one-off warm-up
+        total_time = sum(r["step_time_s"] for r in timed) or math.nan
+        world = self.info.world_size
+        rates = {k: sum(r["tokens"][k] for r in timed) / total_time / world for k in TOKEN_KINDS}
+        mfus = [r["mfu"] for r in timed if r["mfu"] is not None]
+        tflops = sum(r["tflops_per_gpu"] * r["step_time_s"] for r in timed) / total_time
+        last = records[-1] if records else {}
+        return {
+            "reason": reason,
+            "steps": self.state.step,
+            "total_steps": self.total_steps,
+            "steps_this_run": num_steps,
+            "resumed_from": self.resumed_from,
+            "wall_s": wall_s,
+            "world_size": world,
+            "final_loss": last.get("loss"),
+            "final_loss_by_class": last.get("loss_by_class"),
+            "first_loss": records[0]["loss"] if records else None,
+            "tokens_seen": dict(self.state.tokens_seen),
+            "tokens_per_s_per_gpu": rates,
+            "tflops_per_gpu": tflops,
+            "mfu": sum(mfus) / len(mfus) if mfus else None,
+            "data_wait_share": sum(r["data_time_s"] for r in timed) / total_time,
+            "device": self.device_label,
+            "attn_implementation": self.bundle.attn_implementation,
+            "nonfinite_steps": self.state.nonfinite_steps,
+            "checkpoint": str(self.ckpt_dir / (checkpoint.read_latest(self.ckpt_dir) or "")),
+            "hf_export": str(exported) if exported else None,
+        }

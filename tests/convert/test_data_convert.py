@@ -1,0 +1,144 @@
+"""`natscale convert data`: writers are the inverse of the data pipeline's loaders."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from natscale.convert.data import convert_trajectories, nat_side_files
+from natscale.convert.errors import ConvertError
+from natscale.convert.writers.common import is_finished
+from natscale.data.formats import load_trajectories
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "examples" / "math_react"
+FORMATS = ["nat", "sharegpt", "agentinstruct", "openai", "alpaca"]
+
+
+@pytest.fixture(scope="module")
+def nat_input(tmp_path_factory) -> Path:
+    """The example NAT set (trajectories + questions.jsonl + prompt.json), first 40 records."""
+    folder = tmp_path_factory.mktemp("nat_in")
+    records = json.loads((EXAMPLE / "trajectories.json").read_text())[:40]
+    (folder / "trajectories.json").write_text(json.dumps(records))
+    shutil.copy(EXAMPLE / "questions.jsonl", folder)
+    shutil.copy(EXAMPLE / "prompt.json", folder)
+    return folder / "trajectories.json"
+
+
+def load(path: Path, fmt: str):
+    """The data pipeline's loader; NAT's question/prompt files are the ones next to ``path``."""
+    return load_trajectories(path, fmt, **(nat_side_files(path) if fmt == "nat" else {}))
+
+
+def turns(traj) -> list[tuple]:
+    return [(t.role, t.content, t.train, t.tool_calls, t.name) for t in traj.turns]
+
+
+def core(traj, *, skip_system_turns: bool = False) -> tuple:
+    """What every format keeps: id, question, turns, success, score, finished."""
+    kept = [t for t in turns(traj) if not (skip_system_turns and t[0] == "system")]
+    success, score = traj.outcome.success, traj.outcome.score
+    return (traj.id, traj.question, kept, success, score, is_finished(traj))
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_nat_to_format_and_back_keeps_the_trajectories(nat_input, tmp_path, fmt):
+    original = load(nat_input, "nat")
+    assert original[0].instruction and original[0].task == "math"  # prompt.json was found
+    middle = tmp_path / f"mid.{fmt}.jsonl"
+    res = convert_trajectories(nat_input, middle, src="nat", dst=fmt)
+    assert res.num_records == len(original) == 40
+    assert set(res.options) == {"questions", "prompt"}  # found next to the input
+    converted = load(middle, fmt)
+    assert [core(t) for t in converted] == [core(t) for t in original]
+    if fmt in ("nat", "agentinstruct"):  # the instruction turns survive
+        assert [(t.instruction, t.acknowledgement) for t in converted] == [
+            (t.instruction, t.acknowledgement) for t in original
+        ]
+    else:  # folded into the system prompt, and said so
+        assert all(t.system == t0.instruction for t, t0 in zip(converted, original, strict=True))
+        assert any("folded into the system prompt" in n for n in res.notes)
+    back = tmp_path / "back.json"
+    convert_trajectories(middle, back, src=fmt, dst="nat")
+    again = load(back, "nat")
+    # a folded instruction comes back to NAT as the system prompt, i.e. a leading system turn
+    assert [core(t, skip_system_turns=True) for t in again] == [core(t) for t in original]
+
+
+OPENAI_RECORD = {
+    "id": "calc-1",
+    "messages": [
+        {"role": "system", "content": "You can call a calculator."},
+        {"role": "user", "content": "What is 17 * 23?"},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function",
+         "function": {"name": "calculate", "arguments": "{\"expression\": \"17 * 23\"}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "name": "calculate", "content": "391"},
+        {"role": "assistant", "content": "17 * 23 = 391.", "weight": 0},
+    ],
+    "reward": True,
+    "score": 0.5,
+}  # fmt: skip
+
+
+def test_openai_tool_calls_round_trip_and_become_text_elsewhere(tmp_path):
+    src = tmp_path / "chat.jsonl"
+    src.write_text(json.dumps(OPENAI_RECORD) + "\n")
+    (original,) = load_trajectories(src, "openai")
+    convert_trajectories(src, tmp_path / "o.jsonl", src="openai", dst="openai")
+    (again,) = load_trajectories(tmp_path / "o.jsonl", "openai")
+    assert core(again) == core(original) and again.system == original.system
+    assert again.turns[0].tool_calls == [
+        {"name": "calculate", "arguments": {"expression": "17 * 23"}, "id": "c1"}
+    ]
+    assert again.turns[-1].train is False  # weight 0 kept
+    res = convert_trajectories(src, tmp_path / "s.json", src="openai", dst="sharegpt")
+    record = json.loads((tmp_path / "s.json").read_text())[0]
+    assert record["conversations"][2] == {
+        "from": "function_call",
+        "value": json.dumps({"name": "calculate", "arguments": {"expression": "17 * 23"}}),
+        "loss": True,
+    }
+    assert "tool calls written as function_call turns (1x)" in res.notes
+    convert_trajectories(src, tmp_path / "n.json", src="openai", dst="nat")
+    nat = json.loads((tmp_path / "n.json").read_text())[0]
+    assert nat["conversations"][1]["content"].startswith('<tool_call>\n{"name": "calculate"')
+    assert nat["info"] == {"reward": True, "f1": 0.5, "finished": True}
+
+
+def test_bad_record_names_file_record_and_field_and_writes_nothing(tmp_path):
+    src = tmp_path / "chat.jsonl"
+    bad = {**OPENAI_RECORD, "messages": [{"role": "user", "content": 3}]}
+    src.write_text(json.dumps(OPENAI_RECORD) + "\n" + json.dumps(bad) + "\n")
+    with pytest.raises(ConvertError, match=r"chat.jsonl: line 2: field 'messages\[0\].content'"):
+        convert_trajectories(src, tmp_path / "out.jsonl", src="openai", dst="sharegpt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chat.jsonl"]
+
+
+def test_usage_errors(nat_input, tmp_path):
+    with pytest.raises(ConvertError, match="unknown format"):
+        convert_trajectories(nat_input, tmp_path / "o.jsonl", src="nat", dst="csv")
+    with pytest.raises(ConvertError, match=r"must end in .json or .jsonl"):
+        convert_trajectories(nat_input, tmp_path / "o.txt", src="nat", dst="openai")
+    (tmp_path / "o.jsonl").write_text("keep")
+    with pytest.raises(ConvertError, match="already exists"):
+        convert_trajectories(nat_input, tmp_path / "o.jsonl", src="nat", dst="openai")
+    assert (tmp_path / "o.jsonl").read_text() == "keep"
+
+
+def test_cli_summary(nat_input, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "natscale.cli", "convert", "data", "--from", "nat", "--to",
+         "agentinstruct", str(nat_input), str(tmp_path / "ai.jsonl")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == (
+        f"convert data: wrote 40 trajectories to {tmp_path / 'ai.jsonl'} "
+        "(nat -> agentinstruct, 0 skipped)"
+    )

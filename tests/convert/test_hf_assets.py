@@ -1,0 +1,105 @@
+"""The lookup contract for config.json, generation_config.json and the tokenizer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from natscale.convert.errors import ConvertError
+from natscale.convert.hf_assets import find_assets, write_assets
+
+
+def layout(tmp_path: Path) -> tuple[Path, Path]:
+    """<run>/checkpoints/<tag>/ — the trainer's run directory, empty of assets."""
+    root = tmp_path / "run" / "checkpoints"
+    tag_dir = root / "global_step4"
+    tag_dir.mkdir(parents=True)
+    return root, tag_dir
+
+
+def put_config(folder: Path, **extra) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = {"model_type": "llama", "vocab_size": 32, "hidden_size": 8, "num_hidden_layers": 1,
+           "num_attention_heads": 2, "intermediate_size": 16, "use_cache": False, **extra}  # fmt: skip
+    (folder / "config.json").write_text(json.dumps(cfg))
+    return folder
+
+
+def put_tokenizer(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "tokenizer_config.json").write_text("{}")
+    (folder / "tokenizer.json").write_text("{}")
+    return folder
+
+
+def test_run_directory_hf_config_and_tokenizer_subfolders(tmp_path):
+    root, tag_dir = layout(tmp_path)
+    cfg = put_config(root.parent / "hf_config")
+    tok = put_tokenizer(root.parent / "tokenizer")
+    assets = find_assets(root, tag_dir)
+    assert (assets.config_dir, assets.tokenizer_dir) == (cfg, tok)
+    assert assets.searched == (tag_dir, root, root.parent)
+
+
+@pytest.mark.parametrize("where", ["tag", "root", "root_hf_config"])
+def test_closer_places_win_over_the_run_directory(tmp_path, where):
+    root, tag_dir = layout(tmp_path)
+    put_config(root.parent)
+    folder = {"tag": tag_dir, "root": root, "root_hf_config": root / "hf_config"}[where]
+    expected = put_config(folder)
+    assert find_assets(root, tag_dir).config_dir == expected
+
+
+def test_trainer_model_config_folder_holds_config_and_tokenizer(tmp_path):
+    root, tag_dir = layout(tmp_path)
+    folder = put_tokenizer(put_config(root.parent / "model_config"))
+    assets = find_assets(root, tag_dir)
+    assert (assets.config_dir, assets.tokenizer_dir) == (folder, folder)
+
+
+def test_config_dir_flag_wins_and_tokenizer_falls_back(tmp_path):
+    root, tag_dir = layout(tmp_path)
+    put_config(root)
+    given = put_config(tmp_path / "elsewhere")
+    tok = put_tokenizer(root / "tokenizer")
+    assets = find_assets(root, tag_dir, given)
+    assert (assets.config_dir, assets.tokenizer_dir) == (given, tok)
+
+
+def test_missing_config_lists_every_place(tmp_path):
+    root, tag_dir = layout(tmp_path)
+    with pytest.raises(ConvertError) as err:
+        find_assets(root, tag_dir, tmp_path)
+    msg = str(err.value)
+    for folder in (tmp_path, tag_dir, root, root.parent):
+        for sub in ("", "hf_config", "model_config"):
+            assert str(folder / sub / "config.json") in msg
+    assert "--config-dir" in msg
+
+
+def test_missing_config_dir_flag(tmp_path):
+    root, tag_dir = layout(tmp_path)
+    with pytest.raises(ConvertError, match=r"--config-dir .* does not exist"):
+        find_assets(root, tag_dir, tmp_path / "nope")
+
+
+def test_write_assets_keeps_generation_config_and_copies_tokenizer(tmp_path):
+    import torch
+    from transformers import AutoConfig
+
+    root, tag_dir = layout(tmp_path)
+    cfg_dir = put_config(root.parent / "hf_config")
+    (cfg_dir / "generation_config.json").write_text(json.dumps({"eos_token_id": 7, "top_p": 0.5}))
+    put_tokenizer(root.parent)
+    assets = find_assets(root, tag_dir)
+    out = tmp_path / "out"
+    out.mkdir()
+    written = write_assets(assets, AutoConfig.from_pretrained(cfg_dir), out, torch.bfloat16)
+    assert set(written) == {"config.json", "generation_config.json", "tokenizer_config.json",
+                            "tokenizer.json"}  # fmt: skip
+    config = json.loads((out / "config.json").read_text())
+    assert config["dtype"] == "bfloat16" and config["use_cache"] is False  # as found
+    gen = json.loads((out / "generation_config.json").read_text())
+    assert (gen["eos_token_id"], gen["top_p"]) == (7, 0.5)

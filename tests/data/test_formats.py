@@ -1,0 +1,282 @@
+import json
+
+import pytest
+
+from natscale.data.errors import DataError, Issues
+from natscale.data.formats import load_trajectories
+from natscale.data.formats.alpaca import split_react
+from natscale.data.prompts import load_task_prompt
+
+from .nat_test_data import NAT_TRAJ, PROMPT, QUESTION, write_json, write_jsonl
+
+# ---------------------------------------------------------------- NAT release
+
+
+def test_nat_release_joins_questions_and_prompt(nat_files):
+    traj_file, questions, prompt = nat_files
+    trajs = load_trajectories(traj_file, "nat", questions=questions, prompt=prompt)
+    assert len(trajs) == 2
+    t = trajs[0]
+    assert t.id == "q1" and t.question == "What is 2 + 4?" and t.task == "math"
+    assert t.instruction == PROMPT["instruction"]
+    assert t.acknowledgement == PROMPT["acknowledgement"]
+    assert [x.role for x in t.turns] == ["assistant", "observation", "assistant", "observation"]
+    assert [x.train for x in t.turns] == [True, False, True, False]
+    assert t.outcome.success is True and trajs[1].outcome.success is False
+    assert t.meta["answer"].endswith("#### 6") and t.meta["pred"] == "6"
+    assert t.meta["file"] == str(traj_file) and t.meta["record"] == "record 0"
+
+
+def test_nat_release_jsonl_json_questions_and_directory(tmp_path):
+    d = tmp_path / "trajs"
+    d.mkdir()
+    write_jsonl(d / "a.jsonl", [NAT_TRAJ])
+    write_json(d / "b.json", [NAT_TRAJ | {"id": "q2"}])
+    qs = write_json(tmp_path / "q.json", [QUESTION, QUESTION | {"id": "q2", "question": "Q2?"}])
+    trajs = load_trajectories(d, "nat", questions=qs)
+    assert [t.id for t in trajs] == ["q1", "q2"] and trajs[1].question == "Q2?"
+    assert trajs[0].instruction == "" and trajs[0].acknowledgement is None
+
+
+def test_nat_release_unfinished_is_marked(tmp_path):
+    rec = json.loads(json.dumps(NAT_TRAJ))
+    rec["info"] = {"reward": False, "pred": None}
+    rec["question"] = "inline?"
+    (t,) = load_trajectories(write_json(tmp_path / "t.json", [rec]), "nat")
+    assert t.finished is False and t.question == "inline?"
+
+
+def test_paper_prompt_layout(tmp_path):
+    paper = {
+        "zero-shot": {
+            "conversations": [
+                {"role": "user", "content": "Solve it."},
+                {"role": "assistant", "content": "I've understood your instruction, start please."},
+            ],
+            "question_prompt": "Question: {question}",
+        },
+        "zero-shot-target-aware": {
+            "conversations": [{"role": "user", "content": "Solve it."}],
+            "correct_question_prompt": "Question: {question}. ok",
+            "incorrect_question_prompt": "Question: {question}. bad",
+        },
+        "four": {
+            "conversations": [],
+            **{
+                f"class_{k}_question_prompt": f"[{k}] Question: {{question}}." for k in (1, 2, 3, 4)
+            },
+        },
+    }
+    path = write_json(tmp_path / "p.json", paper)
+    p = load_task_prompt(path)
+    assert p.instruction == "Solve it." and p.templates["success"].endswith(". ok")
+    assert load_task_prompt(path, "zero-shot").acknowledgement.startswith("I've understood")
+    assert load_task_prompt(path, "four").bucket_templates[0].startswith("[4]")
+    with pytest.raises(DataError, match="variant 'nope'"):
+        load_task_prompt(path, "nope")
+
+
+# ---------------------------------------------------------------- other formats
+
+
+def test_sharegpt_and_agentinstruct(tmp_path):
+    rec = {
+        "id": "os_1",
+        "conversations": [
+            {"from": "system", "value": "sys"},
+            {"from": "human", "value": "You operate a shell.", "loss": False},
+            {"from": "gpt", "value": "OK.", "loss": False},
+            {"from": "human", "value": "Count files in /etc", "loss": False},
+            {"from": "gpt", "value": "Act: bash ls /etc | wc -l", "loss": True},
+            {"from": "observation", "value": "212"},
+            {"from": "gpt", "value": "Act: answer(212)"},
+        ],
+        "reward": 1,
+    }
+    path = write_jsonl(tmp_path / "a.jsonl", [rec])
+    (t,) = load_trajectories(path, "agentinstruct")
+    assert (
+        t.system == "sys" and t.instruction == "You operate a shell." and t.acknowledgement == "OK."
+    )
+    assert t.question == "Count files in /etc" and t.outcome.success is True
+    assert [x.role for x in t.turns] == ["assistant", "observation", "assistant"]
+    assert [x.train for x in t.turns] == [True, False, True]
+    (t0,) = load_trajectories(path, "sharegpt", question_turn=1)
+    assert t0.question == t.question
+    with pytest.raises(DataError, match=r"has 2 user turn\(s\); the question is user turn 2"):
+        load_trajectories(path, "sharegpt", question_turn=2)
+    rec["conversations"].insert(3, {"from": "gpt", "value": "again"})
+    path = write_jsonl(tmp_path / "b.jsonl", [rec])
+    with pytest.raises(DataError, match=r"expected \[user\] or \[user, assistant\]"):
+        load_trajectories(path, "agentinstruct")
+
+
+def test_openai_messages_with_tool_calls(tmp_path):
+    rec = {
+        "messages": [
+            {"role": "system", "content": "You can calculate."},
+            {"role": "user", "content": [{"type": "text", "text": "17 * 23?"}]},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": "c1",
+                        "type": "function",
+                        "function": {"name": "calculate", "arguments": '{"expression": "17 * 23"}'},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": "c1", "name": "calculate", "content": "391"},
+            {"role": "assistant", "content": "391", "weight": 0},
+        ],
+        "reward": False,
+    }
+    (t,) = load_trajectories(write_jsonl(tmp_path / "o.jsonl", [rec]), "openai")
+    assert t.system == "You can calculate." and t.question == "17 * 23?"
+    call = t.turns[0].tool_calls[0]
+    assert call == {"name": "calculate", "arguments": {"expression": "17 * 23"}, "id": "c1"}
+    assert t.turns[1].role == "observation" and t.turns[1].name == "calculate"
+    assert t.turns[2].train is False and t.outcome.success is False
+    assert t.id == "o.jsonl:1"
+
+
+def test_fireact_alpaca_split_and_reward_from_text(tmp_path):
+    output = (
+        "Thought: I need to search X.\nAction: search[X]\nObservation: X is a thing.\n"
+        "more observation text\nThought: done.\nAction: finish[thing]\n"
+        "Observation: Episode finished, reward = True\n"
+    )
+    rec = {"instruction": "What is X?", "input": "", "output": output}
+    (t,) = load_trajectories(write_json(tmp_path / "f.json", [rec]), "fireact")
+    assert t.question == "What is X?" and t.outcome.success is True
+    assert [x.role for x in t.turns] == ["assistant", "observation", "assistant", "observation"]
+    assert t.turns[1].content == "Observation: X is a thing.\nmore observation text"
+    assert t.turns[2].content == "Thought: done.\nAction: finish[thing]"
+    assert [x.role for x in split_react("Observation 1: a\nObservation 2: b")] == [
+        "observation",
+        "observation",
+    ]
+
+
+def test_parquet_through_arrow(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rec = {"instruction": "Q?", "input": "", "output": "Action: finish[a]", "reward": True}
+    pq.write_table(pa.Table.from_pylist([rec, rec]), tmp_path / "d.parquet")
+    trajs = load_trajectories(tmp_path / "d.parquet", "alpaca")
+    assert len(trajs) == 2 and trajs[1].meta["record"] == "record 1"
+
+
+# ---------------------------------------------------------------- errors
+
+
+def _bad_files(tmp_path):
+    good = json.dumps(NAT_TRAJ)
+    no_role = json.loads(good)
+    del no_role["conversations"][1]["role"]
+    bad_role = json.loads(good)
+    bad_role["conversations"][1]["role"] = "bot"
+    empty = json.loads(good) | {"conversations": []}
+    orphan = json.loads(good) | {"id": "nobody"}
+    lines = [
+        good.encode(),
+        b'{"id": "q1", "conversations": [',
+        json.dumps(no_role).encode(),
+        json.dumps(bad_role).encode(),
+        json.dumps(empty).encode(),
+        good.replace("Thought: add.", "Thought: caf\\u00e9")
+        .encode()
+        .replace(b"caf\\u00e9", b"caf\xe9"),
+        json.dumps(orphan).encode(),
+        b"[1, 2]",
+    ]
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path, write_jsonl(tmp_path / "q.jsonl", [QUESTION])
+
+
+@pytest.mark.parametrize(
+    ("line", "field", "reason_text"),
+    [
+        (2, None, "malformed JSON"),
+        (3, "conversations[1].role", "missing required field"),
+        (4, "conversations[1].role", "unknown role 'bot'"),
+        (5, "conversations", "conversation is empty"),
+        (6, None, "not UTF-8"),
+        (7, "id", "has no question"),
+        (8, None, "expected a JSON object"),
+    ],
+)
+def test_errors_name_file_line_and_field(tmp_path, line, field, reason_text):
+    path, qs = _bad_files(tmp_path)
+    # keep only the good first line and the bad one, so the first error is the one under test
+    lines = path.read_bytes().split(b"\n")
+    path.write_bytes(lines[0] + b"\n" + b"\n" * (line - 2) + lines[line - 1] + b"\n")
+    with pytest.raises(DataError) as exc:
+        load_trajectories(path, "nat", questions=qs, empty="error")
+    msg = str(exc.value)
+    assert msg.startswith(f"{path}: line {line}: ")
+    assert reason_text in msg
+    if field:
+        assert f"field {field!r}" in msg
+
+
+def test_skip_counts_every_reason(tmp_path):
+    path, qs = _bad_files(tmp_path)
+    issues = Issues()
+    trajs = load_trajectories(path, "nat", questions=qs, on_error="skip", issues=issues)
+    assert len(trajs) == 1
+    assert issues.as_dict() == {
+        "empty_conversation": 1,
+        "malformed_json": 1,
+        "missing_field": 1,
+        "non_utf8": 1,
+        "not_an_object": 1,
+        "unknown_question_id": 1,
+        "unknown_role": 1,
+    }
+
+
+def test_file_level_errors(tmp_path):
+    with pytest.raises(DataError, match="file not found"):
+        load_trajectories(tmp_path / "nope.json", "nat")
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"id": 1,}]')
+    with pytest.raises(DataError, match=r"bad.json: malformed JSON at line 1 column 11"):
+        load_trajectories(bad, "nat", on_error="skip")
+    latin = tmp_path / "latin.json"
+    latin.write_bytes(b'[\n{"id": "caf\xe9"}]')
+    with pytest.raises(DataError, match=r"latin.json: bytes at offset 13 \(line 2\) are not UTF-8"):
+        load_trajectories(latin, "nat")
+    empty_dir = tmp_path / "empty"
+    empty_dir.mkdir()
+    with pytest.raises(DataError, match="no data files"):
+        load_trajectories(empty_dir, "nat")
+    with pytest.raises(ValueError, match="unknown trajectory format 'csv'"):
+        load_trajectories(bad, "csv")
+
+
+def test_wrong_types_are_named(tmp_path):
+    rec = json.loads(json.dumps(NAT_TRAJ))
+    rec["conversations"][0]["loss"] = "yes"
+    rec["question"] = "q"
+    with pytest.raises(
+        DataError, match=r"record 0: field 'conversations\[0\].loss': expected bool"
+    ):
+        load_trajectories(write_json(tmp_path / "t.json", [rec]), "nat")
+    rec = {"messages": [{"role": "user", "content": 3}, {"role": "assistant", "content": "a"}]}
+    with pytest.raises(DataError, match=r"field 'messages\[0\].content'"):
+        load_trajectories(write_jsonl(tmp_path / "o.jsonl", [rec]), "openai")
+
+
+def test_task_prompt_file_errors(tmp_path):
+    bad = write_json(tmp_path / "p.json", {"instruction": "x", "templates": {"success": "no slot"}})
+    with pytest.raises(DataError, match=r"p.json: field 'templates.success': template has no"):
+        load_task_prompt(bad)
+    with pytest.raises(DataError, match="task prompt file not found"):
+        load_task_prompt(tmp_path / "missing.json")
+    (tmp_path / "broken.json").write_text("{")
+    with pytest.raises(DataError, match="not a UTF-8 JSON file"):
+        load_task_prompt(tmp_path / "broken.json")

@@ -1,0 +1,67 @@
+"""The shipped prepare configs: they validate, and prepare_math.yaml packs the example data."""
+
+import json
+
+import datasets
+import pytest
+
+from natscale.config.data import PrepareConfig
+from natscale.config.loader import load_config
+from natscale.data.nat import render_inference_prompt
+from natscale.data.prepare import prepare
+from natscale.data.prompts import load_task_prompt
+from natscale.data.render import Renderer, load_tokenizer
+from natscale.data.schema import validate_row
+
+from .nat_test_data import REPO
+
+CONFIGS = sorted((REPO / "examples" / "configs").glob("prepare*.yaml"))
+
+
+def test_configs_are_shipped():
+    assert REPO / "examples" / "configs" / "prepare_math.yaml" in CONFIGS
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_config_validates_and_its_inputs_exist(path):
+    cfg = load_config(path, PrepareConfig)
+    assert (REPO / cfg.render.tokenizer).is_dir()
+    for src in cfg.sources:
+        for p in src.paths:
+            assert (REPO / p).exists(), p
+
+
+def test_prepare_math_packs_the_example_data(monkeypatch, tmp_path, example_data):
+    monkeypatch.chdir(REPO)  # the config's paths are relative to the repository root
+    cfg = load_config(REPO / "examples" / "configs" / "prepare_math.yaml", PrepareConfig)
+    res = prepare(cfg, tmp_path / "math", progress=False)
+    st = res.stats
+    assert st["packing"]["efficiency"] >= 0.99
+    assert st["classes"] == ["success", "failure"]
+    trajs = json.loads((example_data / "trajectories.json").read_text())
+    n_success = sum(t["info"]["reward"] for t in trajs)
+    assert st["per_class"]["success"]["examples"] == n_success
+    assert st["per_class"]["failure"]["examples"] == len(trajs) - n_success
+    ds = datasets.load_from_disk(str(res.out_dir)).with_format("numpy")
+    assert sum(len(r["cu_seqlens"]) - 1 for r in ds) == len(trajs)
+    for i, row in enumerate(ds):
+        validate_row(row, max_seq_len=4096, where=f"row {i}")
+
+    # evaluation renders the success prompt exactly as training saw it
+    tok = load_tokenizer(res.out_dir / "tokenizer")
+    prompt = load_task_prompt(example_data / "prompt.json")
+    qid = next(t["id"] for t in trajs if t["info"]["reward"])
+    lines = (example_data / "questions.jsonl").read_text().splitlines()
+    question = next(q for q in map(json.loads, lines) if q["id"] == qid)
+    ids = render_inference_prompt(
+        question["question"], Renderer(tok, "llama2"), cfg.strategy, prompt
+    )
+    text = tok.decode(ids)
+    assert text.endswith("solve the problem correctly. [/INST]") and question["question"] in text
+    success_prefixes = {
+        tuple(r["input_ids"][a : a + len(ids)].tolist())
+        for r in ds
+        for a, c in zip(r["cu_seqlens"][:-1], r["segment_class"], strict=True)
+        if c == 0
+    }
+    assert tuple(ids) in success_prefixes

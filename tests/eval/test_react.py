@@ -1,0 +1,77 @@
+import pytest
+
+from natscale.eval.metrics import extract_gsm8k_answer, math_reward
+from natscale.eval.react import (
+    ReActParseError,
+    format_observation,
+    format_step,
+    parse_action,
+    parse_step,
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Thought: Tony is twice as fast.\nAction: calculate[2 * 1]", ("calculate", "2 * 1")),
+        ("Action: finish[4]", ("finish", "4")),
+        ("  Thought: done.\nAction: finish[18]  \n", ("finish", "18")),
+        ("Thought: a\nb\nAction: calculate[(1 + 2) * 3]", ("calculate", "(1 + 2) * 3")),
+        ("Thought: x\nAction: calculate[[1 + 2]]", ("calculate", "[1 + 2]")),
+        ("Thought: x\nAction: finish[]", ("finish", "")),
+        ("Thought: x\nAction: calculate[1]\nAction: finish[2]", ("calculate", "1")),
+        ("Thought: x\nAction: calculate[4 × 3]", ("calculate", "4 × 3")),
+    ],
+)
+def test_parse_action(text, expected):
+    assert parse_action(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("Thought: I am thinking.", "no action"),
+        ("", "no action"),
+        ("Thought: x\nAction: calculate 2 * 1", "has no '['"),
+        ("Thought: x\nAction: calculate[2 * 1", "does not end with ']'"),
+        ("Thought: x\nAction: calculate[2]\nObservation: 2", "does not end with ']'"),
+        ("Thought: x\nAction: [2 * 1]", "no tool name"),
+    ],
+)
+def test_parse_action_errors(text, message):
+    with pytest.raises(ReActParseError) as info:
+        parse_action(text)
+    assert message in str(info.value)
+
+
+def test_format_then_parse_round_trip():
+    turn = format_step("Bruce skips at 1 mile per hour.", "calculate", "2 * 1")
+    assert turn == "Thought: Bruce skips at 1 mile per hour.\nAction: calculate[2 * 1]"
+    step = parse_step(turn)
+    assert (step.thought, step.tool, step.argument) == (
+        "Bruce skips at 1 mile per hour.",
+        "calculate",
+        "2 * 1",
+    )
+    assert format_step(None, "finish", "4") == "Action: finish[4]"
+    assert parse_step("Action: finish[4]").thought == ""
+    assert format_observation("2/3") == "Observation: 2/3"
+
+
+def test_format_step_rejects_ambiguous_input():
+    with pytest.raises(ValueError):
+        format_step("a\nAction: b", "calculate", "1")
+    with pytest.raises(ValueError):
+        format_step("a", "calc[", "1")
+
+
+def test_math_reward_is_exact_match_after_removing_commas():
+    gold = "He pays 1,200 dollars.\n#### 1,200"
+    assert extract_gsm8k_answer(gold) == "1200"
+    assert math_reward("1200", gold)
+    assert not math_reward("1,200", gold)
+    assert not math_reward("1200.0", gold)
+    assert not math_reward(None, gold)
+    assert math_reward("-3", "#### -3")
+    with pytest.raises(ValueError, match="####"):
+        extract_gsm8k_answer("no marker here")

@@ -1,0 +1,98 @@
+"""The variables every rank gets, and the .deepspeed_env file natscale writes and re-reads."""
+
+from __future__ import annotations
+
+import pytest
+
+from natscale.launch.envfile import (
+    MARK,
+    build_env,
+    env_file_text,
+    parse_env_lines,
+    python_bin,
+    read_user_env_file,
+    source_root,
+    write_env_file,
+)
+
+ENVIRON = {
+    "PATH": "/usr/bin:/bin",
+    "PYTHONPATH": "/extra",
+    "NCCL_DEBUG": "INFO",
+    "GLOO_SOCKET_IFNAME": "eth0",
+    "HF_HOME": "/shared/hf",
+    "TORCH_EXTENSIONS_DIR": "/shared/ext",
+    "DS_ACCELERATOR": "cpu",
+    "HOME": "/root",  # not for the ranks
+    "SECRET_TOKEN": "x",  # never copied unless asked for
+}
+
+
+def _build(**kw):
+    args = dict(user_file={}, ifname=None, explicit=[], master_addr="node-a", master_port=29500)
+    args.update(kw)
+    return build_env(ENVIRON, **args)
+
+
+def test_copied_computed_and_master_variables():
+    spec = _build()
+    assert spec.values == {
+        "DS_ACCELERATOR": "cpu",
+        "GLOO_SOCKET_IFNAME": "eth0",
+        "HF_HOME": "/shared/hf",
+        "MASTER_ADDR": "node-a",
+        "MASTER_PORT": "29500",
+        "NCCL_DEBUG": "INFO",
+        "PATH": f"{python_bin()}:/usr/bin:/bin",
+        "PYTHONPATH": f"{source_root()}:/extra",
+        "TORCH_EXTENSIONS_DIR": "/shared/ext",
+    }
+    assert spec.source["NCCL_DEBUG"] == "this node" and spec.source["MASTER_ADDR"] == "master"
+
+
+def test_precedence_user_file_then_ifname_then_env():
+    spec = _build(
+        user_file={"NCCL_DEBUG": "WARN", "GLOO_SOCKET_IFNAME": "eth9", "MY_VAR": "1"},
+        ifname="ib0",
+        explicit=["NCCL_DEBUG=TRACE", "SECRET_TOKEN", "EMPTY="],
+    )
+    assert spec.values["MY_VAR"] == "1" and spec.source["MY_VAR"] == "existing env file"
+    assert spec.values["GLOO_SOCKET_IFNAME"] == "ib0" == spec.values["NCCL_SOCKET_IFNAME"]
+    assert spec.values["NCCL_DEBUG"] == "TRACE" and spec.values["SECRET_TOKEN"] == "x"
+    assert spec.values["EMPTY"] == ""
+
+
+@pytest.mark.parametrize(
+    ("explicit", "message"),
+    [
+        (["1BAD=x"], "expected KEY=VALUE or KEY"),
+        (["NOT_SET_HERE"], "--env NOT_SET_HERE: not set on this node"),
+        (["MASTER_PORT=1234"], "contradicts the launch's 29500; use --master-port"),
+        (["X=a\nb"], "X: a value with a line break"),
+    ],
+)
+def test_bad_env_items(explicit, message):
+    with pytest.raises(ValueError, match=message):
+        _build(explicit=explicit)
+
+
+def test_written_file_is_regenerated_but_a_hand_edited_one_is_merged(tmp_path):
+    path = tmp_path / ".deepspeed_env"
+    spec = _build()
+    write_env_file(path, spec)
+    text = path.read_text()
+    assert text == env_file_text(spec) and text.splitlines()[-1].startswith(f"{MARK}=")
+    # DeepSpeed's own reader: KEY=VALUE on every line
+    assert all("=" in line for line in text.splitlines())
+    assert read_user_env_file(path) == {}  # ours, untouched
+    path.write_text(text.replace("NCCL_DEBUG=INFO", "NCCL_DEBUG=WARN"))
+    assert read_user_env_file(path)["NCCL_DEBUG"] == "WARN"  # edited by hand: kept
+    path.write_text("FOO=bar\n")
+    assert read_user_env_file(path) == {"FOO": "bar"}
+    path.write_text("# comment\nFOO=bar\n")
+    with pytest.raises(ValueError, match=r"\.deepspeed_env:1: '# comment' is not KEY=VALUE"):
+        read_user_env_file(path)
+
+
+def test_parse_env_lines_splits_at_the_first_equals():
+    assert parse_env_lines("A=b=c\nB= d \n", "f") == {"A": "b=c", "B": "d"}

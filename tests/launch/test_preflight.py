@@ -1,0 +1,191 @@
+"""`natscale launch --check` / `--dry-run` refusing bad setups, each with what to do.
+
+The CLI runs in this process (DeepSpeed is imported once); network probes go to 127.0.0.0/8 only.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+
+import pytest
+
+from natscale.cli.main import main
+from natscale.train.dist import free_port
+
+
+@pytest.fixture
+def cli(monkeypatch, tmp_path, capsys):
+    """Run `natscale launch ARGS` in tmp_path with a controlled environment: (code, out, err)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.deepspeed_env of the machine
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = main(["launch", *args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+def _hostfile(tmp_path, text: str) -> str:
+    path = tmp_path / "hosts"
+    path.write_text(text)
+    return str(path)
+
+
+def test_pdsh_without_reachable_ssh(cli, tmp_path):
+    hosts = _hostfile(tmp_path, "127.0.0.1 slots=1\n127.0.0.2 slots=1\n")
+    closed = free_port()  # nothing listens there: ssh gets "Connection refused" at once
+    code, out, err = cli("--hostfile", hosts, "--ssh-port", str(closed), "--check", "--selftest")
+    assert code == 2 and "launch: refused" in out and "nothing started" in out
+    for line, host in ((1, "127.0.0.1"), (2, "127.0.0.2")):
+        assert (
+            f"error: {hosts}:{line}: pdsh needs passwordless ssh, but 'ssh -p {closed} {host}' failed"
+            in err
+        )
+    assert "or use --backend no-ssh (one launch per node) or slurm" in err
+
+
+def test_master_port_in_use(cli, tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code, out, err = cli(
+            "--gpus-per-node", "1", "--master-port", str(port), "--check", "--selftest"
+        )
+        assert code == 2
+        assert f"error: --master-port: port {port} on 127.0.0.1 is in use" in err
+        assert "Pick a free port with --master-port (the same on every node)" in err
+        # no-ssh: only node 0 (the master) checks; node 1 expects node 0 to be listening
+        hosts = _hostfile(tmp_path, "n0 slots=1\nn1 slots=1\n")
+        common = ["--hostfile", hosts, "--master-addr", "127.0.0.1", "--master-port", str(port)]
+        code, _, err = cli(*common, "--node-rank", "0", "--check", "--selftest")
+        assert code == 2 and f"port {port} on 127.0.0.1 is in use" in err
+        code, out, err = cli(*common, "--node-rank", "1", "--check", "--selftest")
+        assert code == 0 and "launch: checks passed (no-ssh, 2 node(s), 2 rank(s)" in out, err
+
+
+def test_multi_node_cpu_run_needs_an_interface(cli, tmp_path, monkeypatch):
+    monkeypatch.delenv("GLOO_SOCKET_IFNAME")
+    hosts = _hostfile(tmp_path, "node-a slots=1\nnode-b slots=1\n")
+    code, out, err = cli("--hostfile", hosts, "--dry-run", "--selftest")
+    assert code == 2 and "launch: refused (1 error(s), pdsh, 2 node(s), 2 rank(s))" in out
+    assert "error: a multi-node CPU run without GLOO_SOCKET_IFNAME" in err
+    assert "Pass --ifname IFACE" in err and "here: " in err and "lo" in err
+    code, out, _ = cli("--hostfile", hosts, "--ifname", "eth1", "--dry-run", "--selftest")
+    assert code == 0 and re.search(r"^  GLOO_SOCKET_IFNAME +\= eth1   \[--ifname\]$", out, re.M)
+    # one node needs none
+    code, _, err = cli("--hostfile", hosts, "--nodes", "1", "--dry-run", "--selftest")
+    assert code == 0, err
+
+
+def test_interface_must_exist_on_a_no_ssh_node(cli, tmp_path):
+    hosts = _hostfile(tmp_path, "n0 slots=1\nn1 slots=1\n")
+    args = ["--hostfile", hosts, "--node-rank", "1", "--master-addr", "127.0.0.1"]
+    code, _, err = cli(*args, "--ifname", "natscale-nope", "--check", "--selftest")
+    assert code == 2
+    assert (
+        "error: --ifname: GLOO_SOCKET_IFNAME=natscale-nope: no interface natscale-nope on this node"
+        in err
+    )
+
+
+def test_master_that_does_not_resolve(cli, tmp_path):
+    hosts = _hostfile(tmp_path, "n0 slots=1\nn1 slots=1\n")
+    args = ["--hostfile", hosts, "--node-rank", "0", "--master-addr", "no-such-host.invalid"]
+    code, _, err = cli(*args, "--check", "--selftest")
+    assert code == 2 and "error: --master-addr: no-such-host.invalid does not resolve" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--include", "node-c"], "error: --include: host 'node-c' is not in"),
+        (["--exclude", "node-a:2"], "error: --exclude: slot(s) [2] of node-a: it has slots 0..1"),
+        (
+            ["--include", "node-a", "--exclude", "node-b"],
+            "--include and --exclude cannot be combined",
+        ),
+        (["--include", "node-a", "--nodes", "1"], "--nodes/--gpus-per-node cannot be combined"),
+        (["--nodes", "3"], "error: --nodes: asks for 3 nodes but"),
+        (["--gpus-per-node", "4"], "4 per node, but node-a has slots=2"),
+        (["--backend", "no-ssh"], "needs --node-rank: run the same launch on every node"),
+        (["--node-rank", "2"], "error: --node-rank: 2 is not in 0..1"),
+        (["--backend", "pdsh", "--node-rank", "0"], "only the no-ssh backend takes --node-rank"),
+        (["--backend", "openmpi", "--nodes", "1"], "the openmpi backend runs every slot"),
+        (["--backend", "slurm", "--include", "node-a:1@node-b"], "srun cannot pin tasks"),
+        (["--env", "MASTER_ADDR=elsewhere"], "contradicts the launch's node-a; use --master-addr"),
+    ],
+)
+def test_option_errors(cli, tmp_path, args, message):
+    hosts = _hostfile(tmp_path, "node-a slots=2\nnode-b slots=2\n")
+    code, out, err = cli("--hostfile", hosts, *args, "--dry-run", "--selftest")
+    assert code == 2 and "nothing started" in out
+    assert message in err
+
+
+def test_slurm_needs_equal_slots_and_openmpi_refuses_a_second_btl(cli, tmp_path):
+    hosts = _hostfile(tmp_path, "node-a slots=2\nnode-b slots=1\n")
+    code, _, err = cli("--hostfile", hosts, "--backend", "slurm", "--dry-run", "--selftest")
+    assert code == 2
+    assert (
+        "node-a slots=2 (line 1), node-b slots=1 (line 2); use --gpus-per-node N or equal slots"
+        in err
+    )
+    code, _, err = cli(
+        "--hostfile", hosts, "--backend", "slurm", "--gpus-per-node", "1", "--dry-run", "--selftest"
+    )
+    assert code == 0, err
+    mpi = ["--hostfile", hosts, "--backend", "openmpi", "--ifname", "lo"]
+    code, _, err = cli(
+        *mpi, "--launcher-args=--allow-run-as-root --mca btl self,tcp", "--dry-run", "--selftest"
+    )
+    assert code == 2 and "Remove '--mca btl ...' from --launcher-args" in err
+    if os.geteuid() == 0:
+        code, _, err = cli(*mpi, "--dry-run", "--selftest")
+        assert (
+            code == 2
+            and "mpirun refuses to run as root: add --launcher-args '--allow-run-as-root'" in err
+        )
+
+
+def test_bad_hostfile_refuses_with_every_line(cli, tmp_path):
+    hosts = _hostfile(tmp_path, "node-a slots=2\nnode-b\nnode-a slots=2\n")
+    code, out, err = cli("--hostfile", hosts, "--dry-run", "--selftest")
+    assert code == 2 and "launch: refused (2 error(s), pdsh); nothing started" in out
+    assert (
+        f"error: {hosts}:2: no slots" in err
+        and f"error: {hosts}:3: host 'node-a' is listed again" in err
+    )
+    code, _, err = cli("--hostfile", str(tmp_path / "nope"), "--dry-run", "--selftest")
+    assert code == 2 and "hostfile not found" in err
+
+
+def test_bad_command_arguments_are_refused_before_launch(cli):
+    code, out, err = cli("--dry-run", "--selftest", "--", "--steps", "many")
+    assert "nothing started" in out
+    assert code == 2 and "error: after --: natscale selftest --steps many: argument --steps" in err
+
+
+def test_an_existing_deepspeed_env_is_kept_and_a_dry_run_writes_nothing(cli, tmp_path):
+    hosts = _hostfile(tmp_path, "node-a slots=1\nnode-b slots=1\n")
+    (tmp_path / ".deepspeed_env").write_text("NCCL_IB_DISABLE=1\nGLOO_SOCKET_IFNAME=eth7\n")
+    code, out, err = cli("--hostfile", hosts, "--dry-run", "--selftest")
+    assert code == 0, err
+    assert (
+        "note: " in err
+        and "keeping 2 variable(s) of a .deepspeed_env not written by natscale" in err
+    )
+    assert re.search(r"^  NCCL_IB_DISABLE +\= 1   \[existing env file\]$", out, re.M)
+    assert re.search(r"^  GLOO_SOCKET_IFNAME +\= eth7   \[existing env file\]$", out, re.M)
+    assert "export NCCL_IB_DISABLE=1;" in out  # what pdsh exports on every node
+    assert (
+        tmp_path / ".deepspeed_env"
+    ).read_text() == "NCCL_IB_DISABLE=1\nGLOO_SOCKET_IFNAME=eth7\n"
+    code, out, err = cli("--hostfile", hosts, "--ifname", "eth1", "--dry-run", "--selftest")
+    assert re.search(r"^  GLOO_SOCKET_IFNAME +\= eth1   \[--ifname\]$", out, re.M)
