@@ -10,7 +10,8 @@ import itertools
 
 import pytest
 import torch
-from segment_ce_cases import (
+
+from tests.ops.segment_ce_cases import (
     GPU,
     HAS_CUDA,
     SLOW,

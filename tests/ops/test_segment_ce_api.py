@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from segment_ce_cases import make_inputs, run_native
 
 from natscale.ops import segment_cross_entropy, segment_cross_entropy_reference
 from natscale.ops.segment_ce.function import segment_ce_op
 from natscale.ops.segment_ce.module import SegmentCrossEntropy
+from tests.ops.segment_ce_cases import make_inputs, run_native
 
 
 @pytest.fixture

@@ -9,9 +9,9 @@ import sysconfig
 from pathlib import Path
 
 import pytest
-from segment_ce_cases import SLOW
 
 from natscale.ops.builder import csrc_dir
+from tests.ops.segment_ce_cases import SLOW
 
 NVCC = shutil.which("nvcc")
 SOURCES = csrc_dir() / "segment_ce"

@@ -7,12 +7,12 @@ import sys
 
 import pytest
 import torch
-from segment_ce_cases import make_inputs
 
 from natscale.ops import report, segment_cross_entropy, segment_cross_entropy_reference
 from natscale.ops.builder import SEGMENT_CE_CPU, SegmentCECPUBuilder
 from natscale.ops.segment_ce import dispatch
 from natscale.ops.segment_ce.dispatch import ENV_VAR, choose_impl, resolve_impl
+from tests.ops.segment_ce_cases import make_inputs
 
 CPU = torch.device("cpu")
 
