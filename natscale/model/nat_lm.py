@@ -37,9 +37,13 @@ class SegmentLossHead(nn.Module):
         targets_T: torch.Tensor,
         token_weight_T: torch.Tensor,
         cu_seqlens: torch.Tensor,
+        num_trained: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         weight_VH = self._head[0].weight
-        return segment_cross_entropy(hidden_TH, weight_VH, targets_T, token_weight_T, cu_seqlens)
+        # num_trained (host-known) lets the CUDA op drop untrained tokens without a host sync
+        return segment_cross_entropy(
+            hidden_TH, weight_VH, targets_T, token_weight_T, cu_seqlens, num_trained=num_trained
+        )
 
 
 def per_segment_sums(
@@ -77,6 +81,7 @@ class LogitsLossHead(nn.Module):
         targets_T: torch.Tensor,
         token_weight_T: torch.Tensor,
         cu_seqlens: torch.Tensor,
+        num_trained: int | None = None,  # unused: the baseline computes every token's logits
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         logits_TV = self._head[0](hidden_TH).float()  # HF's loss upcasts the logits the same way
         nll_T = nn.functional.cross_entropy(
@@ -141,7 +146,11 @@ class NatCausalLM(nn.Module):
         targets: torch.Tensor,
         token_weight: torch.Tensor,
         cu_seqlens: torch.Tensor,
+        num_trained: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Returns (weighted loss sum fp32 [], per-segment NLL sum fp32 [S], trained count int32 [S])."""
+        """Returns (weighted loss sum fp32 [], per-segment NLL sum fp32 [S], trained count int32 [S]).
+
+        ``num_trained``: the number of targets that are not -100, when known on the host.
+        """
         hidden_TH = self.hidden_states(input_ids, position_ids)
-        return self.nat_loss(hidden_TH, targets, token_weight, cu_seqlens)
+        return self.nat_loss(hidden_TH, targets, token_weight, cu_seqlens, num_trained)

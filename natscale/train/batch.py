@@ -39,8 +39,9 @@ class MicroBatch:
     num_trained_segments: int
     sum_sq_segment_len: int  # sum over segments of length^2 (attention FLOPs)
 
-    def model_inputs(self, device: torch.device | str) -> dict[str, torch.Tensor]:
+    def model_inputs(self, device: torch.device | str) -> dict[str, torch.Tensor | int]:
         return {
+            "num_trained": self.num_trained_tokens,
             "input_ids": self.input_ids_BL.to(device, non_blocking=True),
             "position_ids": self.position_ids_BL.to(device, non_blocking=True),
             "targets": self.targets_T.to(device, non_blocking=True),
