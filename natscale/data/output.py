@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -26,8 +24,11 @@ from typing import Any
 
 import numpy as np
 
+from natscale.atomic import atomic_output_dir
 from natscale.data.packing import PackedRows
 from natscale.data.schema import ROW_FIELDS
+
+OVERWRITE_HINT = "remove it or set overwrite: true (--overwrite)"
 
 ROWS_PER_CHUNK = 2048  # keeps list offsets in int32 range for any row length
 
@@ -67,22 +68,8 @@ def write_atomic(
 ) -> Path:
     """Call ``fill(tmp_dir)`` and rename ``tmp_dir`` to ``out_dir``; remove it on failure."""
     out = Path(out_dir).resolve()
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; remove it or set overwrite: true (--overwrite)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_output_dir(out, overwrite=overwrite, hint=OVERWRITE_HINT) as tmp:
         fill(tmp)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
-            os.rename(out, old)
-            os.rename(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

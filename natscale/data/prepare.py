@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from natscale.atomic import check_destination
 from natscale.config.data import NatSource, PrepareConfig
 from natscale.config.loader import save_config
 from natscale.data import nat, outcome
@@ -188,7 +189,7 @@ def prepare(
     on_stage: Callable[[str], None] | None = None,
 ) -> PrepareResult:
     """Run every stage and write ``out_dir`` (default ``config.output``); see the module doc."""
-    from natscale.data.output import write_atomic, write_json
+    from natscale.data.output import OVERWRITE_HINT, write_atomic, write_json
     from natscale.data.render import Renderer, add_missing_tokens, load_tokenizer, resolve_template
 
     t0 = time.perf_counter()
@@ -197,8 +198,7 @@ def prepare(
     if not target:
         raise ValueError("no output directory: set `output:` in the config or pass --out")
     target = Path(target)
-    if target.exists() and not config.overwrite:
-        raise FileExistsError(f"{target} exists; remove it or set overwrite: true (--overwrite)")
+    check_destination(target, config.overwrite, hint=OVERWRITE_HINT)
     rc, pc = config.render, config.pack
     tokenizer = load_tokenizer(rc.tokenizer)
     template = resolve_template(tokenizer, rc.template)

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from natscale.ops import IGNORE_INDEX, segment_cross_entropy
+from natscale.ops.segment_ce.reference import per_segment_sums
 
 
 class SegmentLossHead(nn.Module):
@@ -44,23 +45,6 @@ class SegmentLossHead(nn.Module):
         return segment_cross_entropy(
             hidden_TH, weight_VH, targets_T, token_weight_T, cu_seqlens, num_trained=num_trained
         )
-
-
-def per_segment_sums(
-    nll_T: torch.Tensor, trained_T: torch.Tensor, cu_seqlens: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """fp32 [S] NLL sums and int32 [S] trained counts per [cu[i], cu[i+1]) range (no host sync)."""
-    cu = cu_seqlens.to(device=nll_T.device, dtype=torch.int64)
-    num_segments = cu.numel() - 1
-    # tokens at/after cu[-1] (padding) fall into bucket S, which is dropped
-    seg_id_T = torch.bucketize(
-        torch.arange(nll_T.shape[0], device=nll_T.device), cu[1:], right=True
-    )
-    seg_nll = torch.zeros(num_segments + 1, dtype=torch.float32, device=nll_T.device)
-    seg_nll.index_add_(0, seg_id_T, nll_T.float())
-    seg_count = torch.zeros(num_segments + 1, dtype=torch.int32, device=nll_T.device)
-    seg_count.index_add_(0, seg_id_T, trained_T.to(torch.int32))
-    return seg_nll[:num_segments], seg_count[:num_segments]
 
 
 class LogitsLossHead(nn.Module):
@@ -89,7 +73,7 @@ class LogitsLossHead(nn.Module):
         )
         trained_T = targets_T != IGNORE_INDEX
         loss_sum = (nll_T * torch.where(trained_T, token_weight_T.float(), 0.0)).sum()
-        seg_nll, seg_count = per_segment_sums(nll_T.detach(), trained_T, cu_seqlens)
+        seg_nll, seg_count = per_segment_sums(nll_T.detach().float(), trained_T, cu_seqlens)
         return loss_sum, seg_nll, seg_count
 
 

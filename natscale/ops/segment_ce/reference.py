@@ -51,11 +51,11 @@ def segment_cross_entropy_reference(
     w_T = torch.where(trained, token_weight.to(compute_dtype), torch.zeros_like(lse_T))
     loss_sum = (w_T * nll_T).sum()
     out_dtype = torch.float64 if compute_dtype == torch.float64 else torch.float32
-    seg_nll, seg_count = _per_segment(nll_T.detach(), trained, cu_seqlens)
+    seg_nll, seg_count = per_segment_sums(nll_T.detach(), trained, cu_seqlens)
     return loss_sum.to(out_dtype), seg_nll.to(out_dtype), seg_count
 
 
-def _per_segment(
+def per_segment_sums(
     nll_T: torch.Tensor, trained_T: torch.Tensor, cu_seqlens: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum ``nll_T`` and count ``trained_T`` inside each [cu[i], cu[i+1]) range (no host sync)."""
@@ -91,5 +91,5 @@ def segment_cross_entropy_materialized(
     nll_T = F.cross_entropy(logits_TV.float(), targets, ignore_index=IGNORE_INDEX, reduction="none")
     w_T = torch.where(trained, token_weight.float(), torch.zeros_like(nll_T))
     loss_sum = (w_T * nll_T).sum()
-    seg_nll, seg_count = _per_segment(nll_T.detach(), trained, cu_seqlens)
+    seg_nll, seg_count = per_segment_sums(nll_T.detach(), trained, cu_seqlens)
     return loss_sum, seg_nll, seg_count

@@ -14,8 +14,6 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from natscale.convert.errors import ConvertError
-
 
 def _pid_alive(pid: int) -> bool:
     try:
@@ -38,21 +36,37 @@ def remove_stale_partials(out_dir: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-def check_destination(out_dir: Path, overwrite: bool) -> None:
-    """Fail early (before any work) if ``out_dir`` exists and may not be replaced."""
+def check_destination(
+    out_dir: Path,
+    overwrite: bool,
+    *,
+    error: type[Exception] = FileExistsError,
+    hint: str = "choose another output or pass --overwrite",
+) -> None:
+    """Fail early (before any work) if ``out_dir`` exists and may not be replaced.
+
+    ``error`` is the exception type raised (callers use their own error class); ``hint`` says
+    what to do. An existing empty directory may always be filled.
+    """
     if out_dir.exists() and not overwrite:
         if out_dir.is_dir() and not any(out_dir.iterdir()):
             return
-        raise ConvertError(f"{out_dir} already exists; choose another output or pass --overwrite")
+        raise error(f"{out_dir} already exists; {hint}")
     if out_dir.exists() and not out_dir.is_dir():
-        raise ConvertError(f"{out_dir} exists and is not a directory")
+        raise error(f"{out_dir} exists and is not a directory")
 
 
 @contextlib.contextmanager
-def atomic_output_dir(out_dir: Path, *, overwrite: bool = False) -> Iterator[Path]:
+def atomic_output_dir(
+    out_dir: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    error: type[Exception] = FileExistsError,
+    hint: str = "choose another output or pass --overwrite",
+) -> Iterator[Path]:
     """Yield a temporary folder; on success it becomes ``out_dir`` (replacing it if allowed)."""
     out_dir = Path(out_dir)
-    check_destination(out_dir, overwrite)
+    check_destination(out_dir, overwrite, error=error, hint=hint)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_partials(out_dir)
     tmp = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
