@@ -130,7 +130,7 @@ def test_skip_reasons_land_in_stats_and_raise_writes_nothing(tokenizer_dir, nat_
     assert "record 2" in st["skipped_examples"]["unknown_question_id"][0]
     with pytest.raises(DataError, match=r"trajectories.json: record 2: field 'id': id 'nobody'"):
         prepare(cfg.model_copy(update={"on_error": "raise"}), tmp_path / "bad", progress=False)
-    assert not (tmp_path / "bad").exists() and not list(tmp_path.glob(".bad.tmp-*"))
+    assert not (tmp_path / "bad").exists() and not list(tmp_path.glob(".bad.*"))
 
 
 def test_existing_output_and_failure_while_writing(tokenizer_dir, nat_files, tmp_path, monkeypatch):
