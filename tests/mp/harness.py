@@ -344,9 +344,16 @@ def _stop(procs: list[subprocess.Popen], marker: str, dump_wait_s: float = 3.0) 
             proc.send_signal(signal.SIGUSR1)
     if ranks:
         time.sleep(dump_wait_s)
-    for proc, _ in alive:
-        with contextlib.suppress(psutil.Error):
-            proc.kill()
+    # SIGKILL is asynchronous, and a process may fork between a scan and the kill: kill and
+    # re-scan until no process of the run is left (zombies have no readable environ, so a
+    # killed-but-unreaped process no longer matches).
+    deadline = time.monotonic() + 15.0
+    while alive and time.monotonic() < deadline:
+        for proc, _ in alive:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        time.sleep(0.1)
+        alive = _run_processes(marker)
     for p in procs:
         with contextlib.suppress(subprocess.TimeoutExpired):
             p.wait(timeout=30)
