@@ -41,6 +41,29 @@ def field(
     return value
 
 
+def message_role(
+    rec: Record,
+    msg: Any,
+    name: str,
+    roles: dict[str, str] | frozenset[str],
+    *,
+    role_key: str = "role",
+    hint: str = "",
+) -> str:
+    """The role string of message ``name`` (a dict), checked against ``roles``; DataError otherwise."""
+    if not isinstance(msg, dict):
+        raise rec.error("expected an object", field=name, reason="wrong_type")
+    role = field(rec, msg, role_key, str, name=f"{name}.{role_key}")
+    if role not in roles:
+        raise rec.error(
+            f"unknown role {role!r}; expected one of {sorted(roles)}",
+            field=f"{name}.{role_key}",
+            reason="unknown_role",
+            hint=hint,
+        )
+    return role
+
+
 def _tuple(types: type | tuple[type, ...]) -> tuple[type, ...]:
     return types if isinstance(types, tuple) else (types,)
 

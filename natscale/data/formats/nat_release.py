@@ -25,7 +25,13 @@ import os
 from collections.abc import Iterable
 
 from natscale.data.errors import DataError, Issues, handle
-from natscale.data.formats.common import empty_error, field, load_records, read_outcome
+from natscale.data.formats.common import (
+    empty_error,
+    field,
+    load_records,
+    message_role,
+    read_outcome,
+)
 from natscale.data.formats.reader import Record, expand_paths, iter_records
 from natscale.data.prompts import TaskPrompt, load_task_prompt
 from natscale.data.trajectory import Trajectory, Turn
@@ -70,15 +76,7 @@ def parse_record(
     turns = []
     for i, msg in enumerate(convs):
         name = f"conversations[{i}]"
-        if not isinstance(msg, dict):
-            raise rec.error("expected an object", field=name, reason="wrong_type")
-        role = field(rec, msg, "role", str, name=f"{name}.role")
-        if role not in ROLE_MAP:
-            raise rec.error(
-                f"unknown role {role!r}; expected one of {sorted(ROLE_MAP)}",
-                field=f"{name}.role",
-                reason="unknown_role",
-            )
+        role = message_role(rec, msg, name, ROLE_MAP)
         content = field(rec, msg, "content", str, name=f"{name}.content")
         loss = field(rec, msg, "loss", bool, name=f"{name}.loss", default=None)
         turns.append(Turn(ROLE_MAP[role], content, train=loss))

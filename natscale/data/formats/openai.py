@@ -34,6 +34,7 @@ from natscale.data.formats.common import (
     extra_meta,
     field,
     load_records,
+    message_role,
     read_outcome,
     record_id,
     split_prompt,
@@ -104,15 +105,7 @@ def parse_messages(rec: Record, items: list, list_name: str) -> list[Turn]:
     turns = []
     for i, msg in enumerate(items):
         name = f"{list_name}[{i}]"
-        if not isinstance(msg, dict):
-            raise rec.error("expected an object", field=name, reason="wrong_type")
-        role = field(rec, msg, "role", str, name=f"{name}.role")
-        if role not in ROLE_MAP:
-            raise rec.error(
-                f"unknown role {role!r}; expected one of {sorted(ROLE_MAP)}",
-                field=f"{name}.role",
-                reason="unknown_role",
-            )
+        role = message_role(rec, msg, name, ROLE_MAP)
         train = field(rec, msg, "loss", bool, name=f"{name}.loss", default=None)
         weight = field(rec, msg, "weight", (int, float), name=f"{name}.weight", default=None)
         if weight is not None:

@@ -31,6 +31,7 @@ from natscale.data.formats.common import (
     extra_meta,
     field,
     load_records,
+    message_role,
     read_outcome,
     record_id,
     split_prompt,
@@ -61,16 +62,14 @@ def parse_turns(
     turns = []
     for i, msg in enumerate(items):
         name = f"{list_name}[{i}]"
-        if not isinstance(msg, dict):
-            raise rec.error("expected an object", field=name, reason="wrong_type")
-        role = field(rec, msg, role_key, str, name=f"{name}.{role_key}")
-        if role not in roles:
-            raise rec.error(
-                f"unknown role {role!r}; expected one of {sorted(roles)}",
-                field=f"{name}.{role_key}",
-                reason="unknown_role",
-                hint="map it with the source's roles option, e.g. roles: {env: observation}",
-            )
+        role = message_role(
+            rec,
+            msg,
+            name,
+            roles,
+            role_key=role_key,
+            hint="map it with the source's roles option, e.g. roles: {env: observation}",
+        )
         text = field(rec, msg, text_key, str, name=f"{name}.{text_key}")
         loss = field(rec, msg, "loss", bool, name=f"{name}.loss", default=None)
         turns.append(Turn(roles[role], text, train=loss))
