@@ -22,6 +22,16 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 
+# Llama-3.2's rope scaling (both the 1B and the 3B config.json carry exactly this)
+_LLAMA32_ROPE = {
+    "rope_type": "llama3",
+    "rope_theta": 500000.0,
+    "factor": 32.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 8192,
+}
+
 _LLAMA3 = {
     "model_type": "llama",
     "hidden_act": "silu",
@@ -44,14 +54,7 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
         "num_key_value_heads": 8,
         "head_dim": 64,
         "tie_word_embeddings": True,
-        "rope_parameters": {
-            "rope_type": "llama3",
-            "rope_theta": 500000.0,
-            "factor": 32.0,
-            "low_freq_factor": 1.0,
-            "high_freq_factor": 4.0,
-            "original_max_position_embeddings": 8192,
-        },
+        "rope_parameters": _LLAMA32_ROPE,
     },
     "llama-3.2-3b": {
         **_LLAMA3,
@@ -62,14 +65,7 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
         "num_key_value_heads": 8,
         "head_dim": 128,
         "tie_word_embeddings": True,
-        "rope_parameters": {
-            "rope_type": "llama3",
-            "rope_theta": 500000.0,
-            "factor": 32.0,
-            "low_freq_factor": 1.0,
-            "high_freq_factor": 4.0,
-            "original_max_position_embeddings": 8192,
-        },
+        "rope_parameters": _LLAMA32_ROPE,
     },
     "llama-3-8b": {
         **_LLAMA3,
