@@ -71,6 +71,16 @@ def _strip_local_rank(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand; its exit status. As the process's own command line (``argv`` None),
+    a command that started torch.distributed ends the process here (see ``exit_process``)."""
+    code = _run(argv)
+    dist_mod = sys.modules.get("natscale.train.dist")  # imported only by distributed commands
+    if argv is None and dist_mod is not None and dist_mod.started():
+        dist_mod.exit_process(code)
+    return code
+
+
+def _run(argv: list[str] | None) -> int:
     argv = _strip_local_rank(list(sys.argv[1:] if argv is None else argv))
     if not argv or argv[0] not in COMMANDS:
         parser = build_parser()

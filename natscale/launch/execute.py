@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import subprocess
 from collections.abc import Mapping
+from pathlib import Path
 
 from natscale.launch.envfile import write_env_file
 from natscale.launch.plan import LaunchPlan
@@ -20,6 +21,10 @@ def run_plan(plan: LaunchPlan, environ: Mapping[str, str]) -> int:
     """
     if plan.env_file is not None:
         write_env_file(plan.env_file, plan.env)
+    if plan.options.rank_logs:
+        # DeepSpeed's launch.py checks, then creates the directory: two no-ssh nodes sharing a
+        # filesystem can race there, and the loser dies before it starts a rank
+        Path(plan.options.rank_logs).mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(plan.deepspeed_argv, env=plan.launcher_env(environ))
 
     def forward(signum, _frame):

@@ -184,6 +184,11 @@ def run_distributed(
         log_dir = tempfile.mkdtemp(prefix="natscale-mp-")
     log_dir = Path(log_dir).resolve() / f"{launcher}-{port}"  # several runs may share a log_dir
     log_dir.mkdir(parents=True)
+    if launcher == "nossh":
+        # DeepSpeed's launch.py checks for, then creates, --enable_each_rank_log's directory: two
+        # nossh "nodes" race there and the loser exits before starting its rank (natscale launch
+        # creates it itself). Create it first.
+        (log_dir / "ranks").mkdir()
     if (
         launcher == "mpi-script"
     ):  # launcher/mpi/run.sh: loopback, per-rank logs (tests may override)

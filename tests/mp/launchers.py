@@ -113,7 +113,7 @@ def rank_logs_by_rank(launcher: str, log_dir: Path) -> dict[int, str]:
     if launcher == "single":  # the process is its own launcher
         logs[0] = (log_dir / "launcher0.log").read_text(errors="replace")
     elif launcher in ("deepspeed", "nossh", "launch") or (
-        launcher == "launch-once" and (log_dir / "ranks").is_dir()
+        launcher == "launch-once" and any((log_dir / "ranks").glob("*_rank*.log"))
     ):  # ranks/<timestamp>_rank<R>.log
         for path in sorted((log_dir / "ranks").glob("*_rank*.log")):
             logs[int(path.stem.rsplit("_rank", 1)[1])] = path.read_text(errors="replace")

@@ -1,6 +1,9 @@
-"""natscale.train.dist.map_rank_env: launcher variables -> torch.distributed's, loopback master."""
+"""natscale.train.dist: launcher variables -> torch.distributed's (loopback master); process exit."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
 
 from natscale.train.dist import map_rank_env
 
@@ -44,3 +47,18 @@ def test_a_process_alone_is_a_world_of_one_on_a_free_port():
     env = {"MASTER_PORT": "29611"}
     map_rank_env(env)
     assert env["MASTER_PORT"] == "29611"
+
+
+def test_exit_process_runs_atexit_handlers_flushes_and_keeps_the_code():
+    # distributed commands end through exit_process (no interpreter finalization): what a normal
+    # exit would still do (atexit handlers, buffered output) must happen, and the status survive
+    code = (
+        "import atexit, sys\n"
+        "from natscale.train.dist import exit_process\n"
+        "atexit.register(lambda: print('atexit ran'))\n"
+        "sys.stdout.write('buffered, no newline; ')\n"
+        "exit_process(3)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stdout == "buffered, no newline; atexit ran\n"
