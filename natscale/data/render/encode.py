@@ -114,6 +114,8 @@ class PieceEncoder:
             tk.encode_batch(list(texts), add_special_tokens=False) if texts else []
             for tk, texts in ((self._tk, unique[0]), (self._tk_later, unique[1]))
         ]
+        # each unique run's ids cross into Python once, however often the run repeats
+        run_ids = [[enc.ids for enc in group] for group in encs]
         out = []
         for plan in plans:
             ids: list[int] = []
@@ -124,14 +126,17 @@ class PieceEncoder:
                         ranges.append((len(ids), len(ids) + 1))
                     ids.append(value)
                     continue
-                enc = encs[k > 0][unique[k > 0][value]]
+                later = k > 0
+                u = unique[later][value]
                 base = len(ids)
-                ids.extend(enc.ids)
-                for start, end in extra:
-                    a = _token_at(enc, start, end, forward=True)
-                    b = _token_at(enc, start, end, forward=False)
-                    if a is not None and b is not None:
-                        ranges.append((base + a, base + b + 1))
+                ids += run_ids[later][u]
+                if extra:
+                    enc = encs[later][u]
+                    for start, end in extra:
+                        a = _token_at(enc, start, end, forward=True)
+                        b = _token_at(enc, start, end, forward=False)
+                        if a is not None and b is not None:
+                            ranges.append((base + a, base + b + 1))
             mask = np.zeros(len(ids), dtype=bool)
             for a, b in ranges:
                 mask[a:b] = True
@@ -168,7 +173,12 @@ def _first_to_never(pre: dict | None) -> bool:
 def _token_at(enc, start: int, end: int, *, forward: bool) -> int | None:
     """First (or last) token covering a character of [start, end); None if none does
     (a normaliser or pre-tokeniser may drop characters such as whitespace)."""
-    chars = range(start, end) if forward else range(end - 1, start - 1, -1)
+    if start >= end:
+        return None
+    t = enc.char_to_token(start if forward else end - 1)
+    if t is not None:  # the usual case: the edge character itself is in a token
+        return t
+    chars = range(start + 1, end) if forward else range(end - 2, start - 1, -1)
     for c in chars:
         t = enc.char_to_token(c)
         if t is not None:
