@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -208,19 +209,24 @@ def prepare(
     )
 
     issues = Issues()
-    say("loading trajectories")
-    trajs, prompts = load_sources(config, issues)
-    loaded, unfinished = len(trajs), sum(not t.finished for t in trajs)
-    # many long-lived objects from here on: keep the cyclic GC from rescanning them (and
-    # forked workers from writing to their pages)
-    gc.freeze()
-    try:
-        trajs = label_all(trajs, config, issues)
-        examples, sampling = nat.select(trajs, config.strategy, seed=config.seed, prompts=prompts)
-        say(f"rendering {len(examples)} examples ({template} template)")
-        kept, per_class, counts = _encode_all(config, examples, renderer, issues, progress)
-    finally:
-        gc.unfreeze()
+    # Loading builds millions of small acyclic objects (JSON dicts, turns): the cyclic GC would
+    # rescan the growing heap over and over (about half the loading time), so it is paused
+    # until rendering ends. Freezing what was loaded also keeps forked render workers from
+    # writing to its pages.
+    with _gc_paused():
+        say("loading trajectories")
+        trajs, prompts = load_sources(config, issues)
+        loaded, unfinished = len(trajs), sum(not t.finished for t in trajs)
+        gc.freeze()
+        try:
+            trajs = label_all(trajs, config, issues)
+            examples, sampling = nat.select(
+                trajs, config.strategy, seed=config.seed, prompts=prompts
+            )
+            say(f"rendering {len(examples)} examples ({template} template)")
+            kept, per_class, counts = _encode_all(config, examples, renderer, issues, progress)
+        finally:
+            gc.unfreeze()
 
     say(f"packing {len(kept)} examples into rows of {pc.max_seq_len}")
     pad_id = next((t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None), 0)
@@ -276,6 +282,17 @@ def prepare(
 
     out = write_atomic(target, fill, overwrite=config.overwrite)
     return PrepareResult(out, stats)
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _save_rows(rows, path: Path, progress: bool) -> None:

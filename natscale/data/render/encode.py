@@ -60,14 +60,16 @@ class PieceEncoder:
         self.added = dict(tokenizer.get_added_vocab())
         names = sorted(self.added, key=len, reverse=True)
         self._split = re.compile("(" + "|".join(map(re.escape, names)) + ")") if names else None
-        self._literals: dict[str, list[str]] = {}
+        self._literals: dict[str, tuple[str | int, ...]] = {}
 
-    def _literal(self, text: str) -> list[str]:
-        """``text`` split at added tokens (odd indices are the tokens); memoised, since
-        templates repeat a handful of literals."""
+    def _literal(self, text: str) -> tuple[str | int, ...]:
+        """The non-empty parts of ``text`` split at added tokens: a ``str`` of plain text or the
+        ``int`` id of an added token; memoised, since templates repeat a handful of literals."""
         parts = self._literals.get(text)
         if parts is None:
-            parts = self._split.split(text) if self._split else [text]
+            split = self._split.split(text) if self._split else [text]
+            # odd indices of re.split with a group are the matched added tokens
+            parts = tuple(self.added[p] if k % 2 else p for k, p in enumerate(split) if p)
             if len(self._literals) < 4096:
                 self._literals[text] = parts
         return parts
@@ -78,19 +80,19 @@ class PieceEncoder:
         text: list[str] = []
         trained: list[list[int]] = []
         pos = 0
-        for p in pieces:
-            parts = self._literal(p.text) if p.literal else (p.text,)
-            for k, part in enumerate(parts):
-                if not part:
-                    continue
-                if k % 2 == 1:  # an added token (odd indices of re.split with a group)
+        literal = self._literal
+        for p_text, p_train, p_literal in pieces:
+            for part in literal(p_text) if p_literal else (p_text,):
+                if part.__class__ is int:  # an added token: it ends the current run
                     if text:
                         items.append(("run", "".join(text), trained))
                         text, trained, pos = [], [], 0
-                    items.append(("tok", self.added[part], p.train))
+                    items.append(("tok", part, p_train))
+                    continue
+                if not part:
                     continue
                 end = pos + len(part)
-                if p.train:
+                if p_train:
                     if trained and trained[-1][1] == pos:
                         trained[-1][1] = end  # merge adjacent trained pieces
                     else:
