@@ -99,11 +99,13 @@ def _best_fit(order: list[int], lengths: list[int], capacity: int) -> list[list[
 
 @dataclass
 class PackedRows:
-    """Columns of packed rows (one numpy array per row, dtypes as in ``schema.ROW_FIELDS``)."""
+    """Columns of packed rows, dtypes as in ``schema.ROW_FIELDS``: one numpy array per row, or
+    for the fixed-length columns of :func:`build_rows` one ``[rows, L]`` matrix (a sequence of
+    its rows too, and written to Arrow without a copy)."""
 
-    input_ids: list[np.ndarray]
-    position_ids: list[np.ndarray]
-    targets: list[np.ndarray]
+    input_ids: list[np.ndarray] | np.ndarray
+    position_ids: list[np.ndarray] | np.ndarray
+    targets: list[np.ndarray] | np.ndarray
     cu_seqlens: list[np.ndarray]
     segment_class: list[np.ndarray]
     segment_weight: list[np.ndarray]
@@ -113,16 +115,8 @@ class PackedRows:
     def __len__(self) -> int:
         return len(self.input_ids)
 
-    def columns(self) -> dict[str, list]:
+    def columns(self) -> dict[str, list | np.ndarray]:
         return dict(self.__dict__)
-
-
-def segment_targets(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """int64 [n]: ``ids[t+1]`` where ``mask[t+1]`` (token t+1 is trained), else -100."""
-    tgt = np.full(ids.shape[0], IGNORE_INDEX, dtype=np.int64)
-    if ids.shape[0] > 1:
-        tgt[:-1] = np.where(mask[1:], ids[1:], IGNORE_INDEX)
-    return tgt
 
 
 def build_rows(
@@ -177,7 +171,6 @@ def build_rows(
 
     class_S = np.array([classes[i] for i in order], dtype=np.int32)
     weight_S = np.array([weights[i] for i in order], dtype=np.float32)
-    seg_end_S = seg_end_S.astype(np.int32) if seg_end_S.size else seg_end_S
     rows = PackedRows([], [], [], [], [], [], [], [])
     for r in range(num_rows):
         a, b = int(first_R[r]), int(first_R[r + 1])
@@ -186,9 +179,7 @@ def build_rows(
         rows.cu_seqlens.append(cu)
         rows.segment_class.append(class_S[a:b])
         rows.segment_weight.append(weight_S[a:b])
-    rows.input_ids = list(input_ids)
-    rows.position_ids = list(position_ids)
-    rows.targets = list(targets)
+    rows.input_ids, rows.position_ids, rows.targets = input_ids, position_ids, targets
     rows.num_tokens = used_R.tolist()
     rows.num_trained = num_trained_R.tolist()
     return rows
