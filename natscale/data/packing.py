@@ -131,57 +131,34 @@ def build_rows(
 ) -> PackedRows:
     """Lay out the examples of each bin as one padded row of ``max_seq_len`` tokens.
 
-    Vectorised over all rows: the examples are concatenated in row order into one token
-    stream (``*_S`` per segment, ``*_N`` per token of the stream), whose targets and positions
-    are computed at once and then scattered into ``[rows, max_seq_len]`` matrices.
+    The rows are written straight into three ``[rows, max_seq_len]`` matrices: fresh memory is
+    slow to fault in, so no row-sized temporaries are made.
     """
     num_rows = len(bins)
-    order = [i for members in bins for i in members]
-    len_S = np.array([ids[i].shape[0] for i in order], dtype=np.int64)
-    seg_end_S = np.cumsum(len_S)
-    seg_start_S = seg_end_S - len_S
-    # segments [first_R[r], first_R[r + 1]) belong to row r
-    first_R = np.zeros(num_rows + 1, dtype=np.int64)
-    np.cumsum([len(members) for members in bins], out=first_R[1:])
-    tok_R = np.concatenate([[0], seg_end_S])[first_R]  # stream offset where each row starts
-    used_R = np.diff(tok_R)
-    if num_rows and used_R.max() > max_seq_len:
-        raise ValueError(
-            f"a row holds {int(used_R.max())} tokens, more than max_seq_len {max_seq_len}"
-        )
-    ids_N = np.concatenate([ids[i] for i in order]) if order else np.zeros(0, np.int64)
-    mask_N = np.concatenate([masks[i] for i in order]) if order else np.zeros(0, bool)
-    # the next token where it is trained; never across a segment's end
-    tgt_N = np.full(ids_N.shape[0], IGNORE_INDEX, dtype=np.int64)
-    tgt_N[:-1] = np.where(mask_N[1:], ids_N[1:], IGNORE_INDEX)
-    tgt_N[seg_end_S - 1] = IGNORE_INDEX
-    pos_N = np.arange(ids_N.shape[0], dtype=np.int64) - np.repeat(seg_start_S, len_S)
-
-    # row-major order of the non-pad slots is the stream's order
-    col_L = np.arange(max_seq_len, dtype=np.int64)
-    real_RL = col_L < used_R[:, None]
     input_ids = np.full((num_rows, max_seq_len), pad_id, dtype=np.int64)
-    input_ids[real_RL] = ids_N
     targets = np.full((num_rows, max_seq_len), IGNORE_INDEX, dtype=np.int64)
-    targets[real_RL] = tgt_N
-    # positions restart in every segment; the padding counts from 0 like one more segment
-    position_ids = col_L - used_R[:, None]
-    position_ids[real_RL] = pos_N
-    num_trained_R = (targets != IGNORE_INDEX).sum(axis=1)
-
-    class_S = np.array([classes[i] for i in order], dtype=np.int32)
-    weight_S = np.array([weights[i] for i in order], dtype=np.float32)
-    rows = PackedRows([], [], [], [], [], [], [], [])
-    for r in range(num_rows):
-        a, b = int(first_R[r]), int(first_R[r + 1])
-        cu = np.zeros(b - a + 1, dtype=np.int32)
-        cu[1:] = seg_end_S[a:b] - tok_R[r]
+    position_ids = np.empty((num_rows, max_seq_len), dtype=np.int64)
+    ramp = np.arange(max_seq_len, dtype=np.int64)
+    rows = PackedRows(input_ids, position_ids, targets, [], [], [], [], [])
+    for r, members in enumerate(bins):
+        cu = np.zeros(len(members) + 1, dtype=np.int32)
+        np.cumsum([ids[i].shape[0] for i in members], out=cu[1:])
+        used = int(cu[-1])
+        if used > max_seq_len:
+            raise ValueError(f"a row holds {used} tokens, more than max_seq_len {max_seq_len}")
+        for k, i in enumerate(members):
+            a, b = int(cu[k]), int(cu[k + 1])
+            input_ids[r, a:b] = ids[i]
+            # the next token where it is trained; the segment's last token has none
+            np.copyto(targets[r, a : b - 1], ids[i][1:], where=masks[i][1:])
+            position_ids[r, a:b] = ramp[: b - a]
+        # the padding counts from 0 like one more segment
+        position_ids[r, used:] = ramp[: max_seq_len - used]
         rows.cu_seqlens.append(cu)
-        rows.segment_class.append(class_S[a:b])
-        rows.segment_weight.append(weight_S[a:b])
-    rows.input_ids, rows.position_ids, rows.targets = input_ids, position_ids, targets
-    rows.num_tokens = used_R.tolist()
-    rows.num_trained = num_trained_R.tolist()
+        rows.segment_class.append(np.array([classes[i] for i in members], dtype=np.int32))
+        rows.segment_weight.append(np.array([weights[i] for i in members], dtype=np.float32))
+        rows.num_tokens.append(used)
+    rows.num_trained = (targets != IGNORE_INDEX).sum(axis=1).tolist()
     return rows
 
 
