@@ -17,6 +17,7 @@ import numpy as np
 from natscale.data.render import Encoded, Renderer, TemplateError, trajectory_messages
 
 CHUNK = 128
+MIN_CHUNK = 16
 Result = Encoded | tuple[str, str]
 
 _STATE: dict = {}
@@ -71,6 +72,18 @@ def render_range(
     return out  # type: ignore[return-value]
 
 
+def _chunks(n: int, num_proc: int) -> list[tuple[int, int]]:
+    """``[start, end)`` of each chunk: ``CHUNK`` examples, and with several workers smaller
+    towards the end (down to ``MIN_CHUNK``), so that no worker waits long on another's last."""
+    bounds, start = [], 0
+    while start < n:
+        size = CHUNK if num_proc <= 1 else min(CHUNK, (n - start) // (2 * num_proc))
+        end = min(n, start + max(MIN_CHUNK, size))
+        bounds.append((start, end))
+        start = end
+    return bounds
+
+
 def render_examples(
     renderer: Renderer,
     examples: Sequence,
@@ -81,7 +94,7 @@ def render_examples(
     on_progress: Callable[[int], None] | None = None,
 ) -> list[Result]:
     """Encoded ids/masks (or ``(reason, message)``) for every example, in order."""
-    bounds = [(i, min(i + CHUNK, len(examples))) for i in range(0, len(examples), CHUNK)]
+    bounds = _chunks(len(examples), num_proc)
     results: list[Result] = []
     if num_proc <= 1 or len(bounds) <= 1:
         for b in bounds:
