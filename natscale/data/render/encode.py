@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from itertools import chain
 from typing import NamedTuple
 
 import numpy as np
@@ -61,6 +62,7 @@ class PieceEncoder:
         names = sorted(self.added, key=len, reverse=True)
         self._split = re.compile("(" + "|".join(map(re.escape, names)) + ")") if names else None
         self._literals: dict[str, tuple[str | int, ...]] = {}
+        self._token_arrays: dict[int, np.ndarray] = {}
 
     def _literal(self, text: str) -> tuple[str | int, ...]:
         """The non-empty parts of ``text`` split at added tokens: a ``str`` of plain text or the
@@ -116,34 +118,51 @@ class PieceEncoder:
             tk.encode_batch(list(texts), add_special_tokens=False) if texts else []
             for tk, texts in ((self._tk, unique[0]), (self._tk_later, unique[1]))
         ]
-        # each unique run's ids cross into Python once, however often the run repeats
-        run_ids = [[enc.ids for enc in group] for group in encs]
+        # the ids of each group's unique runs back to back in one int32 array: each run's ids
+        # cross into Python once, however often it repeats; run u is flat[g][cut[u]:cut[u + 1]]
+        flat, cuts = [], []
+        for group in encs:
+            cut = np.zeros(len(group) + 1, dtype=np.int64)
+            np.cumsum([len(enc) for enc in group], out=cut[1:])
+            ids_of = (enc.ids for enc in group)
+            flat.append(np.fromiter(chain.from_iterable(ids_of), np.int32, count=int(cut[-1])))
+            cuts.append(cut.tolist())
         out = []
         for plan in plans:
-            ids: list[int] = []
+            parts: list[np.ndarray] = []
             ranges: list[tuple[int, int]] = []  # trained token ranges [a, b)
+            n = 0
             for k, (kind, value, extra) in enumerate(plan):
                 if kind == "tok":
                     if extra:
-                        ranges.append((len(ids), len(ids) + 1))
-                    ids.append(value)
+                        ranges.append((n, n + 1))
+                    parts.append(self._token_array(value))
+                    n += 1
                     continue
                 later = k > 0
                 u = unique[later][value]
-                base = len(ids)
-                ids += run_ids[later][u]
+                a, b = cuts[later][u], cuts[later][u + 1]
+                parts.append(flat[later][a:b])
                 if extra:
                     enc = encs[later][u]
                     for start, end in extra:
-                        a = _token_at(enc, start, end, forward=True)
-                        b = _token_at(enc, start, end, forward=False)
-                        if a is not None and b is not None:
-                            ranges.append((base + a, base + b + 1))
-            mask = np.zeros(len(ids), dtype=bool)
+                        first = _token_at(enc, start, end, forward=True)
+                        last = _token_at(enc, start, end, forward=False)
+                        if first is not None and last is not None:
+                            ranges.append((n + first, n + last + 1))
+                n += b - a
+            mask = np.zeros(n, dtype=bool)
             for a, b in ranges:
                 mask[a:b] = True
-            out.append(Encoded(np.array(ids, dtype=np.int32), mask))
+            ids = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
+            out.append(Encoded(ids, mask))
         return out
+
+    def _token_array(self, token_id: int) -> np.ndarray:
+        arr = self._token_arrays.get(token_id)
+        if arr is None:
+            arr = self._token_arrays[token_id] = np.array([token_id], dtype=np.int32)
+        return arr
 
     def encode(self, pieces: list[Piece]) -> Encoded:
         return self.encode_batch([pieces])[0]
