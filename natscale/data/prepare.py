@@ -190,6 +190,21 @@ def prepare(
     on_stage: Callable[[str], None] | None = None,
 ) -> PrepareResult:
     """Run every stage and write ``out_dir`` (default ``config.output``); see the module doc."""
+    # The cyclic GC is paused for the whole run. Loading builds millions of small acyclic
+    # objects (JSON dicts, turns) that it would rescan again and again as the heap grows (half
+    # the loading time; more when `datasets` is first imported on the way out), and forked
+    # render workers inherit the pause, so no collection writes to the pages they share.
+    with _gc_paused():
+        return _prepare(config, out_dir, progress=progress, on_stage=on_stage)
+
+
+def _prepare(
+    config: PrepareConfig,
+    out_dir: str | Path | None,
+    *,
+    progress: bool,
+    on_stage: Callable[[str], None] | None,
+) -> PrepareResult:
     from natscale.data.output import OVERWRITE_HINT, write_atomic, write_json
     from natscale.data.render import Renderer, add_missing_tokens, load_tokenizer, resolve_template
 
@@ -209,24 +224,13 @@ def prepare(
     )
 
     issues = Issues()
-    # Loading builds millions of small acyclic objects (JSON dicts, turns): the cyclic GC would
-    # rescan the growing heap over and over (about half the loading time), so it is paused
-    # until rendering ends. Freezing what was loaded also keeps forked render workers from
-    # writing to its pages.
-    with _gc_paused():
-        say("loading trajectories")
-        trajs, prompts = load_sources(config, issues)
-        loaded, unfinished = len(trajs), sum(not t.finished for t in trajs)
-        gc.freeze()
-        try:
-            trajs = label_all(trajs, config, issues)
-            examples, sampling = nat.select(
-                trajs, config.strategy, seed=config.seed, prompts=prompts
-            )
-            say(f"rendering {len(examples)} examples ({template} template)")
-            kept, per_class, counts = _encode_all(config, examples, renderer, issues, progress)
-        finally:
-            gc.unfreeze()
+    say("loading trajectories")
+    trajs, prompts = load_sources(config, issues)
+    loaded, unfinished = len(trajs), sum(not t.finished for t in trajs)
+    trajs = label_all(trajs, config, issues)
+    examples, sampling = nat.select(trajs, config.strategy, seed=config.seed, prompts=prompts)
+    say(f"rendering {len(examples)} examples ({template} template)")
+    kept, per_class, counts = _encode_all(config, examples, renderer, issues, progress)
 
     say(f"packing {len(kept)} examples into rows of {pc.max_seq_len}")
     pad_id = next((t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None), 0)
