@@ -124,7 +124,7 @@ def main() -> int:
     )
     examples, _ = nat.select(trajs, StrategyConfig())
     renderer = Renderer(tok, args.template)
-    gc.freeze()  # as prepare() does once the trajectories are loaded
+    gc.disable()  # as prepare() does for its whole run (its render workers inherit it)
     load_before = os.getloadavg()
     rows = []
     for num_proc in args.num_proc:
