@@ -48,9 +48,23 @@ def cpu_seconds() -> float:
 
 
 def timed(fn):
+    gc.collect()  # every measurement starts from a collected heap (outside the timing)
     c0, t0 = cpu_seconds(), time.perf_counter()
     out = fn()
     return out, time.perf_counter() - t0, cpu_seconds() - c0
+
+
+def gc_paused(fn):
+    """``fn`` run with the cyclic GC paused, as prepare() runs its stages (workers inherit it)."""
+
+    def run():
+        gc.disable()
+        try:
+            return fn()
+        finally:
+            gc.enable()
+
+    return run
 
 
 def _rel(path: str) -> str:
@@ -124,14 +138,13 @@ def main() -> int:
     )
     examples, _ = nat.select(trajs, StrategyConfig())
     renderer = Renderer(tok, args.template)
-    gc.disable()  # as prepare() does for its whole run (its render workers inherit it)
     load_before = os.getloadavg()
     rows = []
     for num_proc in args.num_proc:
         best = None
         for _ in range(args.repeat):
             res, wall, cpu = timed(
-                lambda np_=num_proc: render_examples(renderer, examples, num_proc=np_)
+                gc_paused(lambda np_=num_proc: render_examples(renderer, examples, num_proc=np_))
             )
             if best is None or wall < best[1]:
                 best = (res, wall, cpu)
