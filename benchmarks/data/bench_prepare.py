@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import socket
 import subprocess
 import sys
@@ -269,6 +270,7 @@ def main() -> int:
     ]
     (out / f"{stem}.md").write_text("\n".join(md))
     print(f"bench_prepare: wrote {out / stem}.json and .md")
+    shutil.rmtree(tmp, ignore_errors=True)  # ~1 GB of synthetic data and prepared outputs
     return 0
 
 
