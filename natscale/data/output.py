@@ -33,7 +33,9 @@ OVERWRITE_HINT = "remove it or set overwrite: true (--overwrite)"
 ROWS_PER_CHUNK = 2048  # keeps list offsets in int32 range for any row length
 
 
-def _list_column(arrays: list[np.ndarray], dtype: str):
+def _list_column(arrays: list[np.ndarray] | np.ndarray, dtype: str):
+    """One Arrow list column from per-row arrays, or from a ``[rows, L]`` matrix (its rows
+    are already back to back: the values are a view, not a copy)."""
     import pyarrow as pa
 
     chunks = []
@@ -41,7 +43,11 @@ def _list_column(arrays: list[np.ndarray], dtype: str):
         part = arrays[s : s + ROWS_PER_CHUNK]
         offsets = np.zeros(len(part) + 1, dtype=np.int32)
         np.cumsum([a.shape[0] for a in part], out=offsets[1:])
-        values = np.concatenate(part).astype(dtype, copy=False) if part else np.zeros(0, dtype)
+        if isinstance(part, np.ndarray):
+            values = part.reshape(-1)
+        else:
+            values = np.concatenate(part) if part else np.zeros(0, dtype)
+        values = values.astype(dtype, copy=False)
         chunks.append(pa.ListArray.from_arrays(pa.array(offsets), pa.array(values)))
     return pa.chunked_array(chunks, type=pa.list_(pa.from_numpy_dtype(np.dtype(dtype))))
 

@@ -99,11 +99,13 @@ def _best_fit(order: list[int], lengths: list[int], capacity: int) -> list[list[
 
 @dataclass
 class PackedRows:
-    """Columns of packed rows (one numpy array per row, dtypes as in ``schema.ROW_FIELDS``)."""
+    """Columns of packed rows, dtypes as in ``schema.ROW_FIELDS``: one numpy array per row, or
+    for the fixed-length columns of :func:`build_rows` one ``[rows, L]`` matrix (a sequence of
+    its rows too, and written to Arrow without a copy)."""
 
-    input_ids: list[np.ndarray]
-    position_ids: list[np.ndarray]
-    targets: list[np.ndarray]
+    input_ids: list[np.ndarray] | np.ndarray
+    position_ids: list[np.ndarray] | np.ndarray
+    targets: list[np.ndarray] | np.ndarray
     cu_seqlens: list[np.ndarray]
     segment_class: list[np.ndarray]
     segment_weight: list[np.ndarray]
@@ -113,16 +115,8 @@ class PackedRows:
     def __len__(self) -> int:
         return len(self.input_ids)
 
-    def columns(self) -> dict[str, list]:
+    def columns(self) -> dict[str, list | np.ndarray]:
         return dict(self.__dict__)
-
-
-def segment_targets(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """int64 [n]: ``ids[t+1]`` where ``mask[t+1]`` (token t+1 is trained), else -100."""
-    tgt = np.full(ids.shape[0], IGNORE_INDEX, dtype=np.int64)
-    if ids.shape[0] > 1:
-        tgt[:-1] = np.where(mask[1:], ids[1:], IGNORE_INDEX)
-    return tgt
 
 
 def build_rows(
@@ -135,34 +129,36 @@ def build_rows(
     max_seq_len: int,
     pad_id: int,
 ) -> PackedRows:
-    """Lay out the examples of each bin as one padded row of ``max_seq_len`` tokens."""
-    rows = PackedRows([], [], [], [], [], [], [], [])
-    for members in bins:
-        lens = np.array([ids[i].shape[0] for i in members], dtype=np.int64)
-        used = int(lens.sum())
+    """Lay out the examples of each bin as one padded row of ``max_seq_len`` tokens.
+
+    The rows are written straight into three ``[rows, max_seq_len]`` matrices: fresh memory is
+    slow to fault in, so no row-sized temporaries are made.
+    """
+    num_rows = len(bins)
+    input_ids = np.full((num_rows, max_seq_len), pad_id, dtype=np.int64)
+    targets = np.full((num_rows, max_seq_len), IGNORE_INDEX, dtype=np.int64)
+    position_ids = np.empty((num_rows, max_seq_len), dtype=np.int64)
+    ramp = np.arange(max_seq_len, dtype=np.int64)
+    rows = PackedRows(input_ids, position_ids, targets, [], [], [], [], [])
+    for r, members in enumerate(bins):
+        cu = np.zeros(len(members) + 1, dtype=np.int32)
+        np.cumsum([ids[i].shape[0] for i in members], out=cu[1:])
+        used = int(cu[-1])
         if used > max_seq_len:
             raise ValueError(f"a row holds {used} tokens, more than max_seq_len {max_seq_len}")
-        input_ids = np.full(max_seq_len, pad_id, dtype=np.int64)
-        targets = np.full(max_seq_len, IGNORE_INDEX, dtype=np.int64)
-        cu = np.zeros(len(members) + 1, dtype=np.int32)
-        np.cumsum(lens, out=cu[1:])
         for k, i in enumerate(members):
             a, b = int(cu[k]), int(cu[k + 1])
-            input_ids[a:b] = ids[i]
-            targets[a:b] = segment_targets(ids[i], masks[i])
-        # positions restart in every segment; the padding counts from 0 like one more segment
-        starts = np.repeat(
-            np.append(cu[:-1], used).astype(np.int64), np.append(lens, max_seq_len - used)
-        )
-        position_ids = np.arange(max_seq_len, dtype=np.int64) - starts
-        rows.input_ids.append(input_ids)
-        rows.position_ids.append(position_ids)
-        rows.targets.append(targets)
+            input_ids[r, a:b] = ids[i]
+            # the next token where it is trained; the segment's last token has none
+            np.copyto(targets[r, a : b - 1], ids[i][1:], where=masks[i][1:])
+            position_ids[r, a:b] = ramp[: b - a]
+        # the padding counts from 0 like one more segment
+        position_ids[r, used:] = ramp[: max_seq_len - used]
         rows.cu_seqlens.append(cu)
         rows.segment_class.append(np.array([classes[i] for i in members], dtype=np.int32))
         rows.segment_weight.append(np.array([weights[i] for i in members], dtype=np.float32))
         rows.num_tokens.append(used)
-        rows.num_trained.append(int((targets != IGNORE_INDEX).sum()))
+    rows.num_trained = (targets != IGNORE_INDEX).sum(axis=1).tolist()
     return rows
 
 

@@ -73,13 +73,7 @@ def parse_record(
     tid = str(field(rec, data, "id", (str, int)))
     info = field(rec, data, "info", dict, default={})
     convs = field(rec, data, "conversations", list)
-    turns = []
-    for i, msg in enumerate(convs):
-        name = f"conversations[{i}]"
-        role = message_role(rec, msg, name, ROLE_MAP)
-        content = field(rec, msg, "content", str, name=f"{name}.content")
-        loss = field(rec, msg, "loss", bool, name=f"{name}.loss", default=None)
-        turns.append(Turn(ROLE_MAP[role], content, train=loss))
+    turns = [_turn(rec, msg, i) for i, msg in enumerate(convs)]
     if not turns:
         raise empty_error(rec, "conversations")
     if questions is not None:
@@ -114,6 +108,25 @@ def parse_record(
         outcome=read_outcome(rec, turns, success_field, score_field),
         meta=meta,
     )
+
+
+def _turn(rec: Record, msg, i: int) -> Turn:
+    if type(msg) is dict:
+        # the common, well-formed message without the checks' per-field overhead; anything
+        # else takes the checked path below, which names the bad field
+        role, content, loss = msg.get("role"), msg.get("content"), msg.get("loss")
+        if (
+            type(role) is str
+            and role in ROLE_MAP
+            and type(content) is str
+            and (loss is None or type(loss) is bool)
+        ):
+            return Turn(ROLE_MAP[role], content, train=loss)
+    name = f"conversations[{i}]"
+    role = message_role(rec, msg, name, ROLE_MAP)
+    content = field(rec, msg, "content", str, name=f"{name}.content")
+    loss = field(rec, msg, "loss", bool, name=f"{name}.loss", default=None)
+    return Turn(ROLE_MAP[role], content, train=loss)
 
 
 def load(

@@ -1,8 +1,9 @@
 """Rendering many training examples, optionally in worker processes (``num_proc``).
 
 Examples are cut into chunks; each worker renders a chunk with one batched tokenizer call and
-sends back the ids / masks. Results come back in input order, so the output does not depend on
-``num_proc``. A failure is returned as ``(reason, message)`` for the caller's ``on_error``.
+sends back the chunk's ids / masks concatenated (three arrays to pickle, not two per example).
+Results come back in input order, so the output does not depend on ``num_proc``. A failure is
+returned as ``(reason, message)`` for the caller's ``on_error``.
 """
 
 from __future__ import annotations
@@ -11,9 +12,12 @@ import multiprocessing as mp
 import os
 from collections.abc import Callable, Sequence
 
+import numpy as np
+
 from natscale.data.render import Encoded, Renderer, TemplateError, trajectory_messages
 
 CHUNK = 128
+MIN_CHUNK = 16
 Result = Encoded | tuple[str, str]
 
 _STATE: dict = {}
@@ -23,9 +27,31 @@ def _init(renderer: Renderer, examples: Sequence, mode: str, ack: str | None) ->
     _STATE.update(renderer=renderer, examples=examples, mode=mode, ack=ack)
 
 
-def _render_range(bounds: tuple[int, int]) -> list[Result]:
+def _render_range(bounds: tuple[int, int]) -> tuple:
     s = _STATE
-    return render_range(s["renderer"], s["examples"][bounds[0] : bounds[1]], s["mode"], s["ack"])
+    results = render_range(s["renderer"], s["examples"][bounds[0] : bounds[1]], s["mode"], s["ack"])
+    return _compact(results)
+
+
+def _compact(results: list[Result]) -> tuple:
+    """``(count, ids, mask, lengths, failures)``: the encoded results concatenated, and the
+    failures by position."""
+    encs = [r for r in results if isinstance(r, Encoded)]
+    failures = {k: r for k, r in enumerate(results) if not isinstance(r, Encoded)}
+    lengths = np.array([len(e) for e in encs], dtype=np.int64)
+    ids = np.concatenate([e.ids for e in encs]) if encs else np.zeros(0, np.int32)
+    mask = np.concatenate([e.mask for e in encs]) if encs else np.zeros(0, bool)
+    return len(results), ids, mask, lengths, failures
+
+
+def _expand(compact: tuple) -> list[Result]:
+    """The inverse of :func:`_compact` (the arrays of the results are views into its arrays)."""
+    count, ids, mask, lengths, failures = compact
+    cuts = np.cumsum(lengths)[:-1]
+    encs = iter(
+        [Encoded(i, m) for i, m in zip(np.split(ids, cuts), np.split(mask, cuts), strict=True)]
+    )
+    return [failures[k] if k in failures else next(encs) for k in range(count)]
 
 
 def render_range(
@@ -46,6 +72,18 @@ def render_range(
     return out  # type: ignore[return-value]
 
 
+def _chunks(n: int, num_proc: int) -> list[tuple[int, int]]:
+    """``[start, end)`` of each chunk: ``CHUNK`` examples, and with several workers smaller
+    towards the end (down to ``MIN_CHUNK``), so that no worker waits long on another's last."""
+    bounds, start = [], 0
+    while start < n:
+        size = CHUNK if num_proc <= 1 else min(CHUNK, (n - start) // (2 * num_proc))
+        end = min(n, start + max(MIN_CHUNK, size))
+        bounds.append((start, end))
+        start = end
+    return bounds
+
+
 def render_examples(
     renderer: Renderer,
     examples: Sequence,
@@ -56,7 +94,7 @@ def render_examples(
     on_progress: Callable[[int], None] | None = None,
 ) -> list[Result]:
     """Encoded ids/masks (or ``(reason, message)``) for every example, in order."""
-    bounds = [(i, min(i + CHUNK, len(examples))) for i in range(0, len(examples), CHUNK)]
+    bounds = _chunks(len(examples), num_proc)
     results: list[Result] = []
     if num_proc <= 1 or len(bounds) <= 1:
         for b in bounds:
@@ -74,7 +112,7 @@ def render_examples(
     )
     try:
         for b, part in zip(bounds, pool.imap(_render_range, bounds), strict=True):
-            results += part
+            results += _expand(part)
             if on_progress:
                 on_progress(b[1] - b[0])
         pool.close()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from itertools import chain
 from typing import NamedTuple
 
 import numpy as np
@@ -60,14 +61,17 @@ class PieceEncoder:
         self.added = dict(tokenizer.get_added_vocab())
         names = sorted(self.added, key=len, reverse=True)
         self._split = re.compile("(" + "|".join(map(re.escape, names)) + ")") if names else None
-        self._literals: dict[str, list[str]] = {}
+        self._literals: dict[str, tuple[str | int, ...]] = {}
+        self._token_arrays: dict[int, np.ndarray] = {}
 
-    def _literal(self, text: str) -> list[str]:
-        """``text`` split at added tokens (odd indices are the tokens); memoised, since
-        templates repeat a handful of literals."""
+    def _literal(self, text: str) -> tuple[str | int, ...]:
+        """The non-empty parts of ``text`` split at added tokens: a ``str`` of plain text or the
+        ``int`` id of an added token; memoised, since templates repeat a handful of literals."""
         parts = self._literals.get(text)
         if parts is None:
-            parts = self._split.split(text) if self._split else [text]
+            split = self._split.split(text) if self._split else [text]
+            # odd indices of re.split with a group are the matched added tokens
+            parts = tuple(self.added[p] if k % 2 else p for k, p in enumerate(split) if p)
             if len(self._literals) < 4096:
                 self._literals[text] = parts
         return parts
@@ -78,19 +82,19 @@ class PieceEncoder:
         text: list[str] = []
         trained: list[list[int]] = []
         pos = 0
-        for p in pieces:
-            parts = self._literal(p.text) if p.literal else (p.text,)
-            for k, part in enumerate(parts):
-                if not part:
-                    continue
-                if k % 2 == 1:  # an added token (odd indices of re.split with a group)
+        literal = self._literal
+        for p_text, p_train, p_literal in pieces:
+            for part in literal(p_text) if p_literal else (p_text,):
+                if part.__class__ is int:  # an added token: it ends the current run
                     if text:
                         items.append(("run", "".join(text), trained))
                         text, trained, pos = [], [], 0
-                    items.append(("tok", self.added[part], p.train))
+                    items.append(("tok", part, p_train))
+                    continue
+                if not part:
                     continue
                 end = pos + len(part)
-                if p.train:
+                if p_train:
                     if trained and trained[-1][1] == pos:
                         trained[-1][1] = end  # merge adjacent trained pieces
                     else:
@@ -114,29 +118,51 @@ class PieceEncoder:
             tk.encode_batch(list(texts), add_special_tokens=False) if texts else []
             for tk, texts in ((self._tk, unique[0]), (self._tk_later, unique[1]))
         ]
+        # the ids of each group's unique runs back to back in one int32 array: each run's ids
+        # cross into Python once, however often it repeats; run u is flat[g][cut[u]:cut[u + 1]]
+        flat, cuts = [], []
+        for group in encs:
+            cut = np.zeros(len(group) + 1, dtype=np.int64)
+            np.cumsum([len(enc) for enc in group], out=cut[1:])
+            ids_of = (enc.ids for enc in group)
+            flat.append(np.fromiter(chain.from_iterable(ids_of), np.int32, count=int(cut[-1])))
+            cuts.append(cut.tolist())
         out = []
         for plan in plans:
-            ids: list[int] = []
+            parts: list[np.ndarray] = []
             ranges: list[tuple[int, int]] = []  # trained token ranges [a, b)
+            n = 0
             for k, (kind, value, extra) in enumerate(plan):
                 if kind == "tok":
                     if extra:
-                        ranges.append((len(ids), len(ids) + 1))
-                    ids.append(value)
+                        ranges.append((n, n + 1))
+                    parts.append(self._token_array(value))
+                    n += 1
                     continue
-                enc = encs[k > 0][unique[k > 0][value]]
-                base = len(ids)
-                ids.extend(enc.ids)
-                for start, end in extra:
-                    a = _token_at(enc, start, end, forward=True)
-                    b = _token_at(enc, start, end, forward=False)
-                    if a is not None and b is not None:
-                        ranges.append((base + a, base + b + 1))
-            mask = np.zeros(len(ids), dtype=bool)
+                later = k > 0
+                u = unique[later][value]
+                a, b = cuts[later][u], cuts[later][u + 1]
+                parts.append(flat[later][a:b])
+                if extra:
+                    enc = encs[later][u]
+                    for start, end in extra:
+                        first = _token_at(enc, start, end, forward=True)
+                        last = _token_at(enc, start, end, forward=False)
+                        if first is not None and last is not None:
+                            ranges.append((n + first, n + last + 1))
+                n += b - a
+            mask = np.zeros(n, dtype=bool)
             for a, b in ranges:
                 mask[a:b] = True
-            out.append(Encoded(np.array(ids, dtype=np.int32), mask))
+            ids = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
+            out.append(Encoded(ids, mask))
         return out
+
+    def _token_array(self, token_id: int) -> np.ndarray:
+        arr = self._token_arrays.get(token_id)
+        if arr is None:
+            arr = self._token_arrays[token_id] = np.array([token_id], dtype=np.int32)
+        return arr
 
     def encode(self, pieces: list[Piece]) -> Encoded:
         return self.encode_batch([pieces])[0]
@@ -168,7 +194,12 @@ def _first_to_never(pre: dict | None) -> bool:
 def _token_at(enc, start: int, end: int, *, forward: bool) -> int | None:
     """First (or last) token covering a character of [start, end); None if none does
     (a normaliser or pre-tokeniser may drop characters such as whitespace)."""
-    chars = range(start, end) if forward else range(end - 1, start - 1, -1)
+    if start >= end:
+        return None
+    t = enc.char_to_token(start if forward else end - 1)
+    if t is not None:  # the usual case: the edge character itself is in a token
+        return t
+    chars = range(start + 1, end) if forward else range(end - 2, start - 1, -1)
     for c in chars:
         t = enc.char_to_token(c)
         if t is not None:

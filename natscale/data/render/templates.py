@@ -58,28 +58,28 @@ class Llama2(Template):
         if msgs and msgs[0].role == "system":
             system = msgs.pop(0).content.strip()
         for msg in msgs:
-            text = content_with_tools(msg).strip()
+            text = (content_with_tools(msg) if msg.tool_calls else msg.content).strip()
+            train = bool(msg.train)
             if msg.role == "assistant":
-                out += [
-                    Piece(" ", msg.train, True),
-                    Piece(text, msg.train),
-                    Piece(" </s>", msg.train, True),
-                ]
+                out += [_L2_OPEN[train], Piece(text, train), _L2_CLOSE[train]]
                 continue
             if msg.role == "system":
                 raise ValueError("llama2: a system message is only allowed first")
-            head = "<s>[INST] "
+            head = _L2_INST
             if system:
-                head += f"<<SYS>>\n{system}\n<</SYS>>\n\n"
+                head = Piece(f"<s>[INST] <<SYS>>\n{system}\n<</SYS>>\n\n", False, True)
                 system = ""
-            out += [
-                Piece(head, False, True),
-                Piece(text, msg.train),
-                Piece(" [/INST]", False, True),
-            ]
+            out += [head, Piece(text, train), _L2_INST_END]
         if system:
             raise ValueError("llama2: a system message needs a user message after it")
         return out
+
+
+# the template's constant pieces, indexed by the train flag: built once, not per message
+_L2_OPEN = (Piece(" ", False, True), Piece(" ", True, True))
+_L2_CLOSE = (Piece(" </s>", False, True), Piece(" </s>", True, True))
+_L2_INST = Piece("<s>[INST] ", False, True)
+_L2_INST_END = Piece(" [/INST]", False, True)
 
 
 class ChatML(Template):
