@@ -59,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
     from natscale.train.dist import init_distributed
     from natscale.train.engine import export_local_size
     from natscale.train.trainer import StopSignal, Trainer, TrainingAborted
+    from natscale.train.universal import UniversalConversionError
 
     stop = StopSignal()  # from here on a SIGTERM means: checkpoint at the next step boundary
     export_local_size()
@@ -70,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         summary = Trainer(run_cfg, info, checks, resume=args.resume).train(stop)
     except TrainingAborted as exc:
         return _fail(str(exc), 1)
-    except RowError as exc:
+    except (RowError, UniversalConversionError) as exc:
         return _fail(str(exc), 2)
     if info.rank == 0:
         _write_summary(run_cfg.output_dir, summary)

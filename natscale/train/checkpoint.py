@@ -57,6 +57,7 @@ def _prune(ckpt_dir: Path, keep_last: int, current: str) -> list[str]:
     doomed = [name for _, name in tags[:-keep_last] if name != current]
     for name in doomed:
         shutil.rmtree(ckpt_dir / name, ignore_errors=True)
+        shutil.rmtree(ckpt_dir / f"{name}_universal", ignore_errors=True)  # see universal.py
     return doomed
 
 
@@ -99,18 +100,24 @@ def save(
     return tag
 
 
-def load(engine: Any, ckpt_dir: str | Path) -> dict[str, Any]:
-    """Load the ``latest`` tag into the engine; restore this rank's RNG; return the client state."""
+def load(engine: Any, ckpt_dir: str | Path, *, load_tag: str | None = None) -> dict[str, Any]:
+    """Load the ``latest`` tag into the engine; restore this rank's RNG; return the client state.
+
+    load_tag: the folder to load instead (the universal conversion of ``latest``; the engine must
+    then have been built with ``load_universal``). The RNG states are restored only when the
+    checkpoint was written by as many ranks as there are now (rank r gets rank r's states).
+    """
     import torch.distributed as dist
 
     tag = read_latest(ckpt_dir)
     if tag is None:
         raise FileNotFoundError(f"{ckpt_dir}: no complete checkpoint (no valid 'latest' file)")
-    load_path, client_state = engine.load_checkpoint(str(ckpt_dir), tag=tag)
+    load_path, client_state = engine.load_checkpoint(str(ckpt_dir), tag=load_tag or tag)
     if load_path is None:
         raise FileNotFoundError(f"{ckpt_dir}/{tag}: DeepSpeed found no checkpoint files to load")
     states = client_state.get("rng_states") or []
-    if len(states) == dist.get_world_size():
+    client_state["rng_restored"] = len(states) == dist.get_world_size()
+    if client_state["rng_restored"]:
         set_rng_state(states[dist.get_rank()])
     client_state["tag"] = tag
     return client_state

@@ -90,14 +90,21 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
     return groups
 
 
-def build_engine(run: RunConfig, *, world_size: int, total_steps: int) -> EngineBundle:
-    """Everything DeepSpeed needs, then ``deepspeed.initialize``. Call after init_distributed."""
+def build_engine(
+    run: RunConfig, *, world_size: int, total_steps: int, load_universal: bool = False
+) -> EngineBundle:
+    """Everything DeepSpeed needs, then ``deepspeed.initialize``. Call after init_distributed.
+
+    load_universal: the checkpoint to resume is a universal one (natscale.train.universal).
+    """
     import deepspeed
     from deepspeed.accelerator import get_accelerator
     from transformers.integrations import HfDeepSpeedConfig
 
     hf_config = load_hf_config(run.model)
     ds = resolve_ds_config(run, world_size=world_size, hidden_size=hf_config.hidden_size)
+    if load_universal:
+        ds = deep_merge(ds, {"checkpoint": {"load_universal": True}})
     zero3 = zero_stage(ds) == 3
     hf_ds_config = HfDeepSpeedConfig(ds) if zero3 else None  # makes from_pretrained use zero.Init
     device_type = get_accelerator().device_name()

@@ -34,6 +34,7 @@ from natscale.train.engine import build_engine
 from natscale.train.export import export_hf, original_use_cache, write_model_config
 from natscale.train.metrics import FlopsModel, MetricsWriter, memory_gib, peak_flops
 from natscale.train.preflight import Preflight
+from natscale.train.universal import prepare_resume
 
 TOKEN_KINDS = ("slot", "nonpad", "trained")
 
@@ -84,15 +85,28 @@ class Trainer:
         self.total_steps = run.train.steps or self.plan.steps_for_epochs(
             len(self.rows), run.train.epochs
         )
-        self.bundle = build_engine(run, world_size=info.world_size, total_steps=self.total_steps)
+        latest = checkpoint.read_latest(self.ckpt_dir) if resume else None
+        self.converted = (  # a checkpoint of another world size, made loadable here
+            prepare_resume(self.ckpt_dir, latest, world_size=info.world_size, rank=info.rank)
+            if latest is not None
+            else None
+        )
+        self.bundle = build_engine(
+            run,
+            world_size=info.world_size,
+            total_steps=self.total_steps,
+            load_universal=self.converted is not None,
+        )
         self.engine = self.bundle.engine
         self.device = self.engine.device
         self.flops = FlopsModel.from_model(self.bundle.model.hf_model, self.bundle.hf_config)
         self.peak_flops, self.device_label = peak_flops(run.logging.peak_tflops)
         self.state = TrainState()
         self.resumed_from: str | None = None
-        if resume and checkpoint.read_latest(self.ckpt_dir) is not None:
-            self._restore(checkpoint.load(self.engine, self.ckpt_dir))
+        if latest is not None:
+            load_tag = self.converted["load_tag"] if self.converted else None
+            self._restore(checkpoint.load(self.engine, self.ckpt_dir, load_tag=load_tag))
+            self._note_conversion()
         self.use_cache = original_use_cache(run.model)
         self.writer: MetricsWriter | None = None
         if info.rank == 0:
@@ -110,6 +124,19 @@ class Trainer:
             nonfinite_steps=int(client["nonfinite_steps"]),
         )
         self.resumed_from = client["tag"]
+
+    def _note_conversion(self) -> None:
+        if self.converted is None or self.info.rank != 0:
+            return
+        print(
+            f"natscale train: note: checkpoint {self.resumed_from} was written by "
+            f"{self.converted['saved_world_size']} ranks, resuming on {self.info.world_size}: "
+            f"converted to a universal checkpoint at {self.converted['path']} (weights, optimizer "
+            f"and LR schedule restored; data continues at row {self.state.rows_consumed}; the "
+            "per-rank RNG states are not restored)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def _write_run_files(self) -> None:
         import json

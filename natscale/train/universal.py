@@ -1,0 +1,112 @@
+"""Resuming on a different number of ranks: DeepSpeed's universal checkpoint, thinly wrapped.
+
+A ZeRO checkpoint holds one optimizer (and, for ZeRO-3, parameter) partition per data-parallel
+rank, so DeepSpeed refuses to load it on another world size ("The checkpoint being loaded used a DP
+world size of 2 but the current world size is 1"). DeepSpeed's ``ds_to_universal`` rewrites a tag
+as one file per parameter (fp32 master weight, Adam moments) that any world size can load with
+``"checkpoint": {"load_universal": true}``. Layout next to the original tag::
+
+    checkpoints/global_step40/              as written by the 2-rank run
+    checkpoints/global_step40_universal/    zero/<param>/{fp32,exp_avg,exp_avg_sq}.pt + model states
+
+The universal folder is written in a temporary folder and renamed into place, so it either exists
+complete or not at all; it is reused when present.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+UNIVERSAL_SUFFIX = "_universal"
+# DeepSpeed's per-rank optimizer shards (ZeRO-1/2/3; "bf16_" for its BF16 optimizer)
+_SHARD_RE = re.compile(r"^(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_(\d+)_optim_states\.pt$")
+
+
+class UniversalConversionError(RuntimeError):
+    """A ZeRO checkpoint could not be converted to a universal one."""
+
+
+def universal_tag(tag: str) -> str:
+    return tag + UNIVERSAL_SUFFIX
+
+
+def saved_world_size(tag_dir: str | Path) -> int | None:
+    """Data-parallel ranks that wrote the ZeRO tag folder ``tag_dir`` (None: not a ZeRO checkpoint,
+    whose optimizer state is not partitioned and loads on any number of ranks)."""
+    ranks = {int(m.group(1)) for p in Path(tag_dir).iterdir() if (m := _SHARD_RE.match(p.name))}
+    return len(ranks) or None
+
+
+def convert_to_universal(ckpt_dir: str | Path, tag: str, *, workers: int = 1) -> Path:
+    """Convert ``ckpt_dir/tag`` to ``ckpt_dir/{tag}_universal`` (returned; reused if it exists).
+
+    Runs DeepSpeed's ``ds_to_universal`` in this process (no process group needed). Raises
+    :class:`UniversalConversionError` naming the checkpoint, DeepSpeed's error and what to do.
+    """
+    from deepspeed.checkpoint import ds_to_universal
+
+    ckpt_dir = Path(ckpt_dir)
+    src, dst = ckpt_dir / tag, ckpt_dir / universal_tag(tag)
+    if dst.is_dir():
+        return dst
+    if not src.is_dir():
+        raise UniversalConversionError(f"{src}: no such checkpoint tag folder")
+    for stale in ckpt_dir.glob(".universal.*"):  # left by a conversion that was killed
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(dir=ckpt_dir, prefix=".universal."))
+    # ds_to_universal writes 'latest_universal' next to its output folder: keep it in tmp too
+    args = argparse.Namespace(
+        input_folder=str(src),
+        output_folder=str(tmp / dst.name),
+        num_extract_workers=workers,
+        num_merge_workers=workers,
+        keep_temp_folder=False,
+        strict=True,
+        inject_missing_state=False,
+    )
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # its progress prints; errors still raise
+            ds_to_universal.main(args)
+        (tmp / dst.name).rename(dst)
+    except Exception as exc:
+        raise UniversalConversionError(
+            f"{src}: cannot convert this ZeRO checkpoint to a universal checkpoint "
+            f"(DeepSpeed's ds_to_universal: {type(exc).__name__}: {exc}). Resume on the number "
+            "of ranks that wrote it, or export the weights with "
+            f"`natscale convert zero-to-hf {ckpt_dir} OUT_DIR --tag {tag}` and start a new run "
+            "from model.path=OUT_DIR (the optimizer state is then lost)."
+        ) from exc
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dst
+
+
+def prepare_resume(ckpt_dir: str | Path, tag: str, *, world_size: int, rank: int) -> dict | None:
+    """Collective, before the engine is built: is ``ckpt_dir/tag`` loadable on ``world_size`` ranks?
+
+    Returns None when it is (same world size, or not a ZeRO checkpoint). Otherwise rank 0 converts
+    it to a universal checkpoint while the others wait, and every rank gets ``{"saved_world_size",
+    "load_tag", "path"}``: build the engine with ``load_universal`` and load ``load_tag``. A failed
+    conversion raises :class:`UniversalConversionError` on every rank.
+    """
+    import torch.distributed as dist
+
+    box: list = [None]
+    if rank == 0:
+        try:
+            saved = saved_world_size(Path(ckpt_dir) / tag)
+            if saved is not None and saved != world_size:
+                path = convert_to_universal(ckpt_dir, tag)
+                box[0] = {"saved_world_size": saved, "load_tag": path.name, "path": str(path)}
+        except UniversalConversionError as exc:
+            box[0] = {"error": str(exc)}
+    dist.broadcast_object_list(box, src=0)  # the other ranks wait here for the conversion
+    if box[0] is not None and "error" in box[0]:
+        raise UniversalConversionError(box[0]["error"])
+    return box[0]

@@ -1,0 +1,141 @@
+"""Resuming a ZeRO-3 checkpoint on another number of ranks (DeepSpeed's universal checkpoint).
+
+One 2-rank run of 8 steps saves at step 4 and serves as the reference. A copy of it whose
+``latest`` names step 4 is resumed on 1 rank: first with ``train.steps=4`` (nothing to train, so the
+exported HF weights are the weights right after the load), then to step 8 with ``grad_accum=2`` (the
+same global batch), which must continue at step 5 from the same row and follow the reference run.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from natscale.train.metrics import read_metrics
+from natscale.train.universal import (
+    UniversalConversionError,
+    convert_to_universal,
+    saved_world_size,
+)
+from tests.mp.harness import assert_ok, run_distributed
+from tests.train.train_fixtures import (
+    make_segments,
+    pack_greedy,
+    save_rows,
+    write_model_config,
+    write_run_config,
+)
+
+STEPS = 8
+
+
+@pytest.mark.multiproc
+def test_resume_two_rank_checkpoint_on_one_rank(tmp_path: Path):
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    from safetensors.torch import load_file
+
+    save_rows(pack_greedy(make_segments(120, seed=5), 64), tmp_path / "data")
+    write_model_config(tmp_path / "model")
+    logs = tmp_path / "logs"
+
+    def config(name: str, **train) -> Path:
+        return write_run_config(
+            tmp_path / f"{name}.yaml",
+            data_dir=tmp_path / "data",
+            model_config=tmp_path / "model",
+            out=tmp_path / "run" if name != "ref" else tmp_path / "ref",
+            train={"steps": STEPS, **train},
+            checkpoint={"every_steps": 4, "keep_last": 2, "export_hf": True},
+        )
+
+    result = run_distributed(["train", str(config("ref"))], launcher="torchrun", log_dir=logs)
+    assert_ok(result)
+    reference = read_metrics(tmp_path / "ref")
+    # the run as it was at step 4: its checkpoint is the latest, its metrics end at step 4
+    shutil.copytree(tmp_path / "ref", tmp_path / "run", ignore=shutil.ignore_patterns("hf"))
+    ckpt = tmp_path / "run" / "checkpoints"
+    shutil.rmtree(ckpt / "global_step8")
+    (ckpt / "latest").write_text("global_step4")
+    assert saved_world_size(ckpt / "global_step4") == 2
+
+    # (a) the weights right after the load are the weights that were saved
+    args = ["train", str(config("load", steps=4)), "--resume"]
+    result = run_distributed(args, launcher="single", nprocs=1, log_dir=logs)
+    assert_ok(result)
+    assert (
+        "checkpoint global_step4 was written by 2 ranks, resuming on 1: converted to a universal "
+        f"checkpoint at {ckpt / 'global_step4_universal'}"
+    ) in result.rank_logs[0]
+    assert not list(ckpt.glob(".universal.*")) and not (ckpt / "latest_universal").exists()
+    saved = get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag="global_step4")
+    loaded = load_file(tmp_path / "run" / "hf" / "model.safetensors")
+    assert loaded.keys() == saved.keys()
+    for name, tensor in loaded.items():
+        assert torch.equal(tensor, saved[name]), name
+
+    # (b) training goes on from step 5 and the same row, as the 2-rank run did
+    args = ["train", str(config("resume", grad_accum=2)), "--resume"]
+    result = run_distributed(args, launcher="single", nprocs=1, log_dir=logs)
+    assert_ok(result)
+    assert "converted to a universal checkpoint" in result.rank_logs[0]  # reused, not redone
+    resumed = read_metrics(tmp_path / "run")
+    assert [r["step"] for r in resumed] == list(range(1, STEPS + 1))
+    for a, b in zip(reference[4:], resumed[4:], strict=True):
+        assert a["epoch"] == b["epoch"] and a["tokens_seen"] == b["tokens_seen"], a["step"]
+        assert a["lr"] == pytest.approx(b["lr"], rel=1e-6)
+        # 1 rank x accumulation 2 computes the 2-rank step's gradient up to summation order; Adam
+        # amplifies that noise a little each step
+        assert b["loss"] == pytest.approx(a["loss"], rel=2e-3), a["step"]
+    # step 5 runs on the loaded weights: same rows, same loss. Step 6 shows the Adam moments came
+    # back: measured 4e-6 apart with them, 4e-3 apart when only the weights are loaded
+    assert resumed[4]["loss"] == reference[4]["loss"]
+    assert resumed[5]["loss"] == pytest.approx(reference[5]["loss"], rel=1e-4)
+    losses = [r["loss"] for r in resumed]
+    assert sum(losses[-2:]) < sum(losses[:2]), losses
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["resumed_from"] == "global_step4" and summary["world_size"] == 1
+    assert (ckpt / "latest").read_text() == "global_step8"
+    assert saved_world_size(ckpt / "global_step8") == 1  # the new checkpoint is a 1-rank one
+    assert sorted(p.name for p in ckpt.glob("global_step*")) == [
+        "global_step4",
+        "global_step4_universal",
+        "global_step8",
+    ]
+
+
+def test_pruning_a_tag_removes_its_universal_copy(tmp_path: Path):
+    from natscale.train.checkpoint import _prune
+
+    for name in ("global_step4", "global_step4_universal", "global_step8", "global_step12"):
+        (tmp_path / name).mkdir()
+    assert _prune(tmp_path, 2, "global_step12") == ["global_step4"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["global_step12", "global_step8"]
+
+
+def test_unconvertible_checkpoint_is_a_clear_error(tmp_path: Path):
+    """Shards that are not ZeRO optimizer states: DeepSpeed's converter fails; we say where and
+    what to do, and leave nothing behind."""
+    ckpt = tmp_path / "checkpoints"
+    tag = ckpt / "global_step3"
+    tag.mkdir(parents=True)
+    for rank in range(2):
+        torch.save(
+            {"not": "a zero checkpoint"}, tag / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt"
+        )
+        torch.save({}, tag / f"zero_pp_rank_{rank}_mp_rank_00_model_states.pt")
+    assert saved_world_size(tag) == 2
+    with pytest.raises(UniversalConversionError) as info:
+        convert_to_universal(ckpt, "global_step3")
+    message = str(info.value)
+    assert str(tag) in message and "ds_to_universal" in message
+    assert f"natscale convert zero-to-hf {ckpt} OUT_DIR --tag global_step3" in message
+    assert sorted(p.name for p in ckpt.iterdir()) == ["global_step3"]
+
+
+def test_world_size_of_non_zero_checkpoint_is_unknown(tmp_path: Path):
+    (tmp_path / "mp_rank_00_model_states.pt").write_bytes(b"")
+    assert saved_world_size(tmp_path) is None
