@@ -1,4 +1,5 @@
-"""`natscale convert`: ZeRO checkpoint -> Hugging Face folder (`zero-to-hf`); trajectory files (`data`)."""
+"""`natscale convert`: ZeRO checkpoint -> Hugging Face folder (`zero-to-hf`) or DeepSpeed universal
+checkpoint (`zero-to-universal`); trajectory files (`data`)."""
 
 from __future__ import annotations
 
@@ -37,6 +38,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     z.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
     z.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    u = sub.add_parser(
+        "zero-to-universal",
+        help="DeepSpeed ZeRO checkpoint -> universal checkpoint (loads on any number of ranks)",
+        description="Run DeepSpeed's ds_to_universal on one tag: write CKPT_DIR/TAG_universal "
+        "(atomically), one file per parameter with its fp32 weights and optimizer moments. "
+        "`natscale train --resume` does this by itself when the number of ranks changed; this "
+        "command does it ahead of time (e.g. on a CPU node before a job on another world size).",
+    )
+    u.add_argument("ckpt_dir", help="folder with DeepSpeed's 'latest' file and tag folders")
+    u.add_argument("--tag", help="checkpoint tag (default: the one named in CKPT_DIR/latest)")
+    u.add_argument(
+        "--workers", type=int, default=1, help="processes for DeepSpeed's extract/merge passes"
+    )
+
     d = sub.add_parser(
         "data",
         help="convert trajectory files between the formats the data pipeline reads",
@@ -67,13 +82,16 @@ def _on_sigterm(signum, frame):  # turn SIGTERM into an exception so partial out
 
 def run(args: argparse.Namespace) -> int:
     from natscale.convert.errors import ConvertError
+    from natscale.train.universal import UniversalConversionError
 
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         if args.convert_command == "zero-to-hf":
             return _zero_to_hf(args)
+        if args.convert_command == "zero-to-universal":
+            return _zero_to_universal(args)
         return _data(args)
-    except ConvertError as exc:
+    except (ConvertError, UniversalConversionError) as exc:
         print(f"natscale convert {args.convert_command}: error: {exc}", file=sys.stderr)
         print(f"convert {args.convert_command}: failed, nothing written", file=sys.stderr)
         return 1
@@ -116,6 +134,44 @@ def _zero_to_hf(args: argparse.Namespace) -> int:
         f"{res.world_size} rank(s)) in {res.seconds:.1f}s"
     )
     return status
+
+
+def _zero_to_universal(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    from natscale.train.checkpoint import read_latest
+    from natscale.train.universal import (
+        UniversalConversionError,
+        convert_to_universal,
+        saved_world_size,
+        universal_tag,
+    )
+
+    ckpt_dir = Path(args.ckpt_dir)
+    tag = args.tag or read_latest(ckpt_dir)
+    if tag is None:
+        raise UniversalConversionError(
+            f"{ckpt_dir}: no complete checkpoint (no valid 'latest' file); pass --tag TAG"
+        )
+    if not (ckpt_dir / tag).is_dir():
+        raise UniversalConversionError(f"{ckpt_dir / tag}: no such checkpoint tag folder")
+    world = saved_world_size(ckpt_dir / tag)
+    if world is None:
+        raise UniversalConversionError(
+            f"{ckpt_dir / tag}: no ZeRO optimizer shards (zero_pp_rank_*_optim_states.pt); "
+            "a checkpoint without ZeRO loads on any number of ranks as it is"
+        )
+    existed = (ckpt_dir / universal_tag(tag)).is_dir()
+    start = time.perf_counter()
+    out = convert_to_universal(ckpt_dir, tag, workers=args.workers)
+    what = "already there, kept" if existed else f"written in {time.perf_counter() - start:.1f}s"
+    when = "" if tag == read_latest(ckpt_dir) else f" once {tag} is named in 'latest'"
+    print(
+        f"zero-to-universal: {out} ({what}) from tag {tag} ({world} rank(s)); "
+        f"`natscale train --resume` loads it on a number of ranks other than {world}{when}"
+    )
+    return 0
 
 
 def _options(pairs: list[str]) -> dict:

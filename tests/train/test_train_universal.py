@@ -34,7 +34,7 @@ STEPS = 8
 
 
 @pytest.mark.multiproc
-def test_resume_two_rank_checkpoint_on_one_rank(tmp_path: Path):
+def test_resume_two_rank_checkpoint_on_one_rank(tmp_path: Path, capsys):
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
     from safetensors.torch import load_file
 
@@ -55,6 +55,7 @@ def test_resume_two_rank_checkpoint_on_one_rank(tmp_path: Path):
     result = run_distributed(["train", str(config("ref"))], launcher="torchrun", log_dir=logs)
     assert_ok(result)
     reference = read_metrics(tmp_path / "ref")
+    _convert_command(tmp_path / "ref" / "checkpoints", capsys)
     # the run as it was at step 4: its checkpoint is the latest, its metrics end at step 4
     shutil.copytree(tmp_path / "ref", tmp_path / "run", ignore=shutil.ignore_patterns("hf"))
     ckpt = tmp_path / "run" / "checkpoints"
@@ -114,6 +115,29 @@ def test_pruning_a_tag_removes_its_universal_copy(tmp_path: Path):
         (tmp_path / name).mkdir()
     assert _prune(tmp_path, 2, "global_step12") == ["global_step4"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["global_step12", "global_step8"]
+
+
+def _convert_command(ckpt: Path, capsys) -> None:
+    """`natscale convert zero-to-universal` on a real 2-rank checkpoint (latest and --tag)."""
+    from natscale.cli.main import main
+
+    assert main(["convert", "zero-to-universal", str(ckpt)]) == 0
+    out = capsys.readouterr().out
+    assert f"zero-to-universal: {ckpt / 'global_step8_universal'} (written in" in out
+    assert "from tag global_step8 (2 rank(s))" in out
+    assert main(["convert", "zero-to-universal", str(ckpt), "--tag", "global_step4"]) == 0
+    assert "once global_step4 is named in 'latest'" in capsys.readouterr().out
+    universal = ckpt / "global_step8_universal"
+    assert (universal / "zero" / "optimizer_state.pt").is_file()
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        for state in ("fp32", "exp_avg", "exp_avg_sq"):
+            assert (universal / "zero" / name / f"{state}.pt").is_file(), (name, state)
+    assert main(["convert", "zero-to-universal", str(ckpt)]) == 0
+    assert "(already there, kept)" in capsys.readouterr().out
+    assert main(["convert", "zero-to-universal", str(ckpt), "--tag", "global_step5"]) == 1
+    assert "global_step5: no such checkpoint tag folder" in capsys.readouterr().err
+    shutil.rmtree(universal)  # the copy below must convert step 4 itself
+    shutil.rmtree(ckpt / "global_step4_universal")
 
 
 def test_unconvertible_checkpoint_is_a_clear_error(tmp_path: Path):
