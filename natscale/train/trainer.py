@@ -128,9 +128,10 @@ class Trainer:
     def _note_conversion(self) -> None:
         if self.converted is None or self.info.rank != 0:
             return
+        n = self.converted["saved_world_size"]
         print(
-            f"natscale train: note: checkpoint {self.resumed_from} was written by "
-            f"{self.converted['saved_world_size']} ranks, resuming on {self.info.world_size}: "
+            f"natscale train: note: checkpoint {self.resumed_from} was written by {n} "
+            f"rank{'s' if n > 1 else ''}, resuming on {self.info.world_size}: "
             f"converted to a universal checkpoint at {self.converted['path']} (weights, optimizer "
             f"and LR schedule restored; data continues at row {self.state.rows_consumed}; the "
             "per-rank RNG states are not restored)",

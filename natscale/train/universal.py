@@ -68,7 +68,7 @@ def convert_to_universal(ckpt_dir: str | Path, tag: str, *, workers: int = 1) ->
         num_merge_workers=workers,
         keep_temp_folder=False,
         strict=True,
-        inject_missing_state=False,
+        inject_missing_state=True,  # ZeRO-1/2: DeepSpeed wants universal_checkpoint_info, which only Megatron-style clients write
     )
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # its progress prints; errors still raise
