@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 TAG_RE = re.compile(r"^global_step(\d+)$")
+WORLD_FILE = "natscale_world_size"  # in each tag folder: how many ranks wrote it (universal.py)
 
 
 def tag_for(step: int) -> str:
@@ -94,6 +95,8 @@ def save(
     engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=state, save_latest=False)
     # save_checkpoint ends with a barrier: every rank's files of this tag are written
     if dist.get_rank() == 0:
+        # rank 0 may see only its own node's shards (node-local disks): say how many ranks wrote it
+        (ckpt_dir / tag / WORLD_FILE).write_text(f"{dist.get_world_size()}\n")
         _write_latest(ckpt_dir, tag)
         _prune(ckpt_dir, keep_last, tag)
     dist.barrier()

@@ -38,9 +38,21 @@ def universal_tag(tag: str) -> str:
 
 def saved_world_size(tag_dir: str | Path) -> int | None:
     """Data-parallel ranks that wrote the ZeRO tag folder ``tag_dir`` (None: not a ZeRO checkpoint,
-    whose optimizer state is not partitioned and loads on any number of ranks)."""
+    whose optimizer state is not partitioned and loads on any number of ranks).
+
+    natscale's trainer records the number in the tag folder: on node-local disks rank 0 sees only
+    its own node's shards, so counting them would take a same-size resume for a different one.
+    Folders without that record (DeepSpeed's own, older runs) are judged by their shard files.
+    """
+    from natscale.train.checkpoint import WORLD_FILE
+
     ranks = {int(m.group(1)) for p in Path(tag_dir).iterdir() if (m := _SHARD_RE.match(p.name))}
-    return len(ranks) or None
+    if not ranks:
+        return None
+    recorded = Path(tag_dir) / WORLD_FILE
+    with contextlib.suppress(OSError, ValueError):
+        return int(recorded.read_text().strip())
+    return len(ranks)
 
 
 def convert_to_universal(ckpt_dir: str | Path, tag: str, *, workers: int = 1) -> Path:

@@ -163,3 +163,15 @@ def test_unconvertible_checkpoint_is_a_clear_error(tmp_path: Path):
 def test_world_size_of_non_zero_checkpoint_is_unknown(tmp_path: Path):
     (tmp_path / "mp_rank_00_model_states.pt").write_bytes(b"")
     assert saved_world_size(tmp_path) is None
+
+
+def test_world_size_recorded_by_the_trainer_beats_the_shards_this_node_sees(tmp_path: Path):
+    from natscale.train.checkpoint import WORLD_FILE
+
+    tag = tmp_path / "global_step4"
+    tag.mkdir()
+    for rank in (0, 1):  # node-local disk: node 0's two ranks of a 4-rank job
+        (tag / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt").write_bytes(b"")
+    assert saved_world_size(tag) == 2  # no record (DeepSpeed's own folders): the shards decide
+    (tag / WORLD_FILE).write_text("4\n")
+    assert saved_world_size(tag) == 4
