@@ -89,6 +89,11 @@ def available_tags(ckpt_dir: Path) -> list[str]:
     return sorted(p.name for p in ckpt_dir.iterdir() if p.is_dir() and _rank_files(p, _OPTIM_RE))
 
 
+def optim_shard_ranks(folder: Path) -> set[int]:
+    """Ranks that have a ZeRO optimizer file in ``folder`` (unchecked; see inspect_checkpoint)."""
+    return {int(m.group(1)) for p in folder.iterdir() if (m := _OPTIM_RE.match(p.name))}
+
+
 def _rank_files(folder: Path, pattern: re.Pattern) -> dict[int, Path]:
     """rank -> file for files named by ``pattern``; model-parallel files are refused."""
     found: dict[int, Path] = {}

@@ -18,14 +18,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import re
 import shutil
 import tempfile
 from pathlib import Path
 
 UNIVERSAL_SUFFIX = "_universal"
-# DeepSpeed's per-rank optimizer shards (ZeRO-1/2/3; "bf16_" for its BF16 optimizer)
-_SHARD_RE = re.compile(r"^(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_(\d+)_optim_states\.pt$")
 
 
 class UniversalConversionError(RuntimeError):
@@ -44,9 +41,10 @@ def saved_world_size(tag_dir: str | Path) -> int | None:
     its own node's shards, so counting them would take a same-size resume for a different one.
     Folders without that record (DeepSpeed's own, older runs) are judged by their shard files.
     """
+    from natscale.convert.zero_checkpoint import optim_shard_ranks
     from natscale.train.checkpoint import WORLD_FILE
 
-    ranks = {int(m.group(1)) for p in Path(tag_dir).iterdir() if (m := _SHARD_RE.match(p.name))}
+    ranks = optim_shard_ranks(Path(tag_dir))
     if not ranks:
         return None
     recorded = Path(tag_dir) / WORLD_FILE
