@@ -175,6 +175,9 @@ Outputs forward_cuda(const at::Tensor& hidden, const at::Tensor& weight, const a
     }
     if (options.grad_weight) accumulate_grad_weight(grad_w32, z_c, x_c, start == 0);
   }
+  // Free the logits chunk (1 GiB by default) before dW's dtype conversion below: the peak is then
+  // fp32 dW + one chunk inside the loop, or fp32 dW + dW here, never all three.
+  logits = at::Tensor();
 
   // Fixed-order reductions: at::sum is deterministic on CUDA, segment sums use one block each.
   at::Tensor loss_sum = row_wnll.sum(at::kDouble).to(at::kFloat);

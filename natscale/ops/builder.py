@@ -238,6 +238,13 @@ class SegmentCECUDABuilder(OpBuilder):
 
         if CUDA_HOME is None:
             return False, "CUDA toolkit (nvcc) not found; set CUDA_HOME"
+        if not (Path(CUDA_HOME) / "include" / "cuda_runtime.h").is_file():
+            # torch guesses CUDA_HOME from `which nvcc`: a wrapper in /usr/local/bin gives /usr/local
+            return (
+                False,
+                f"CUDA_HOME={CUDA_HOME} has no include/cuda_runtime.h; set CUDA_HOME to the "
+                "toolkit's root (e.g. /usr/local/cuda)",
+            )
         ok, reason = super().compatible()
         if not ok:
             return ok, reason

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from natscale.ops import report, segment_cross_entropy, segment_cross_entropy_reference
-from natscale.ops.builder import SEGMENT_CE_CPU, SegmentCECPUBuilder
+from natscale.ops.builder import SEGMENT_CE_CPU, SegmentCECPUBuilder, SegmentCECUDABuilder
 from natscale.ops.segment_ce import dispatch
 from natscale.ops.segment_ce.dispatch import ENV_VAR, choose_impl, resolve_impl
 from tests.ops.segment_ce_cases import make_inputs
@@ -81,6 +81,22 @@ def test_builder_without_compiler_says_why(monkeypatch, tmp_path):
     assert builder.is_available() == (False, reason)
     with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):
         builder.load()
+
+
+def test_cuda_builder_names_a_cuda_home_without_headers(monkeypatch, tmp_path):
+    """torch takes CUDA_HOME from `which nvcc`; a wrapper in /usr/local/bin gives /usr/local."""
+    import torch.utils.cpp_extension as cpp_extension
+
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(cpp_extension, "CUDA_HOME", str(tmp_path))
+    ok, reason = SegmentCECUDABuilder().compatible()
+    assert not ok
+    assert f"CUDA_HOME={tmp_path} has no include/cuda_runtime.h" in reason
+    assert "/usr/local/cuda" in reason
+    (tmp_path / "include").mkdir()
+    (tmp_path / "include" / "cuda_runtime.h").write_text("")
+    ok, reason = SegmentCECUDABuilder().compatible()
+    assert "cuda_runtime.h" not in reason
 
 
 def test_failed_build_falls_back_in_auto_and_raises_when_forced(monkeypatch, tmp_path):
