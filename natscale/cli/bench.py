@@ -39,6 +39,15 @@ def _spec_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--work-dir", type=Path, default=Path("runs/bench"))
     p.add_argument("--results", type=Path, default=RESULTS)
     p.add_argument("--timeout", type=float, default=1800, help="seconds per training run")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a run-config override for both sides (dotted key, YAML value), e.g. "
+        "deepspeed.overrides.zero_optimization.offload_optimizer.ratio=0.8; repeatable",
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -91,7 +100,17 @@ def _spec_dict(args: argparse.Namespace, device: str) -> dict:
         nodes=args.nodes,
         peak_tflops=args.peak_tflops,
         baseline_rows=args.baseline_rows,
+        extra=dict(_parse_override(text) for text in args.overrides),
     )
+
+
+def _parse_override(text: str) -> tuple[str, object]:
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"--set {text!r}: expected KEY=VALUE with a dotted run-config key")
+    return key.strip(), yaml.safe_load(value)
 
 
 def _measure(args: argparse.Namespace, spec, work: Path) -> dict:

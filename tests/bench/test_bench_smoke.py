@@ -39,6 +39,8 @@ def test_tiny_throughput_record(tmp_path: Path):
             "--device",
             "cpu",
             "--no-ac",
+            "--set",
+            "train.lr=2.5e-5",
             "--work-dir",
             str(tmp_path / "work"),
             "--results",
@@ -62,9 +64,21 @@ def test_tiny_throughput_record(tmp_path: Path):
     assert record["natscale"]["loss"] == "fused" and record["baseline"]["loss"] == "logits"
     assert record["baseline"]["attn_implementation"] == "sdpa"
     assert record["baseline"]["config"]["model"]["loss"] == "logits"
+    # --set reaches both sides' run config and is recorded with the spec
+    assert (
+        record["natscale"]["config"]["train"]["lr"] == record["baseline"]["config"]["train"]["lr"]
+    )
+    assert record["natscale"]["config"]["train"]["lr"] == 2.5e-5
+    assert record["spec"]["extra"] == {"train.lr": 2.5e-5}
     assert all(math.isfinite(v) and v > 0 for v in record["ratio"].values())
     env = record["environment"]
     assert env["versions"]["torch"] and env["git_commit"] and len(env["load_average_1_5_15"]) == 3
     assert "MFU" in record["mfu_formula"]
     table = (results / "throughput_cpu.md").read_text()
     assert table.count("| tiny | gsm8k |") == 1
+
+
+def test_bad_override_is_a_clear_error(capsys):
+    assert main(["bench", "throughput", "--device", "cpu", "--set", "train.lr"]) == 1
+    err = capsys.readouterr().err
+    assert "--set 'train.lr': expected KEY=VALUE" in err
