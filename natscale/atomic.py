@@ -1,18 +1,32 @@
-"""An output directory that appears complete or not at all.
+"""An output directory that appears complete or not at all, and is replaced only if we made it.
 
 Files go to a hidden sibling ``.<name>.partial-<pid>`` (same filesystem, so the final ``rename`` is
 atomic); on any exception, KeyboardInterrupt included, the partial folder is removed. A process
 killed with SIGKILL cannot clean up: its partial folder is removed by the next run that writes to
 the same place (once its pid is gone).
+
+Every folder written here carries a marker file, ``.natscale-output``, holding
+``{"kind": KIND, "version": 1}`` (``prepared`` for ``natscale prepare``, ``hf-export`` for an HF
+folder). ``overwrite`` replaces an existing folder only when it carries the marker of the same
+kind. Never replaced, whatever the flags: the working directory or a folder above it, a folder
+holding (or equal to) one of the command's inputs, and a run directory (``checkpoints/``,
+``metrics.jsonl`` or ``summary.json`` inside). An existing empty folder may always be filled.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+
+MARKER = ".natscale-output"
+MARKER_VERSION = 1
+RUN_DIR_ENTRIES = ("checkpoints", "metrics.jsonl", "summary.json")
+PREPARED, HF_EXPORT = "prepared", "hf-export"  # the kinds of output natscale writes
+KIND_NAMES = {PREPARED: "a `natscale prepare` output", HF_EXPORT: "a Hugging Face export"}
 
 
 def _pid_alive(pid: int) -> bool:
@@ -36,37 +50,113 @@ def remove_stale_partials(out_dir: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
+def write_marker(folder: str | os.PathLike, kind: str) -> None:
+    """Mark ``folder`` as a natscale output of ``kind`` (what ``overwrite`` may replace)."""
+    text = json.dumps({"kind": kind, "version": MARKER_VERSION}) + "\n"
+    (Path(folder) / MARKER).write_text(text, encoding="utf-8")
+
+
+def read_marker(folder: str | os.PathLike) -> str | None:
+    """The kind ``folder`` was marked with, or None (no marker, or one we cannot read)."""
+    try:
+        data = json.loads((Path(folder) / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    kind = data.get("kind") if isinstance(data, dict) else None
+    return kind if isinstance(kind, str) else None
+
+
+def _contains(folder: Path, path: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def protected_reason(out_dir: Path, inputs: Iterable[str | os.PathLike] = ()) -> str | None:
+    """Why ``out_dir`` (an existing folder) must never be replaced, or None."""
+    out = out_dir.resolve()
+    cwd = Path.cwd().resolve()
+    if _contains(out, cwd):
+        return (
+            "it is the current working directory"
+            if out == cwd
+            else f"it holds {cwd}, the current working directory"
+        )
+    for item in inputs:
+        path = Path(item).resolve()
+        if _contains(out, path):
+            return f"it holds an input of this command ({item})"
+    held = [name for name in RUN_DIR_ENTRIES if (out / name).exists()]
+    if held:
+        return f"it is a training run directory (holds {', '.join(held)})"
+    return None
+
+
+def _describe(out_dir: Path) -> str:
+    names = sorted(p.name for p in out_dir.iterdir())
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return f"{len(names)} entr{'y' if len(names) == 1 else 'ies'}: {shown}"
+
+
 def check_destination(
     out_dir: Path,
     overwrite: bool,
     *,
+    kind: str,
+    inputs: Iterable[str | os.PathLike] = (),
     error: type[Exception] = FileExistsError,
     hint: str = "choose another output or pass --overwrite",
 ) -> None:
     """Fail early (before any work) if ``out_dir`` exists and may not be replaced.
 
-    ``error`` is the exception type raised (callers use their own error class); ``hint`` says
-    what to do. An existing empty directory may always be filled.
+    ``kind`` is what the caller writes (see the module doc); ``inputs`` are the files and folders
+    the command reads, which ``out_dir`` must not hold. ``error`` is the exception type raised
+    (callers use their own error class); ``hint`` says what to do when ``overwrite`` is off.
     """
-    if out_dir.exists() and not overwrite:
-        if out_dir.is_dir() and not any(out_dir.iterdir()):
-            return
+    out_dir = Path(out_dir)
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise error(f"{out_dir} exists and is not a directory; choose another output")
+    why = protected_reason(out_dir, inputs)
+    if why is not None:
+        raise error(
+            f"{out_dir} cannot be the output: {why}, and natscale never replaces it; "
+            "choose a new folder for the output"
+        )
+    if not any(out_dir.iterdir()):
+        return
+    if not overwrite:
         raise error(f"{out_dir} already exists; {hint}")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise error(f"{out_dir} exists and is not a directory")
+    found = read_marker(out_dir)
+    if found == kind:
+        return
+    what = KIND_NAMES.get(kind, kind)
+    if found is None:
+        raise error(
+            f"{out_dir} is not {what} made by natscale (no {MARKER} marker; it holds "
+            f"{_describe(out_dir)}), so --overwrite will not delete it; choose another output, "
+            "or move or delete that folder yourself"
+        )
+    raise error(
+        f"{out_dir} is {KIND_NAMES.get(found, repr(found))} made by natscale, not {what}, so "
+        "--overwrite will not replace it; choose another output"
+    )
 
 
 @contextlib.contextmanager
 def atomic_output_dir(
     out_dir: str | os.PathLike,
     *,
+    kind: str,
     overwrite: bool = False,
+    inputs: Iterable[str | os.PathLike] = (),
     error: type[Exception] = FileExistsError,
     hint: str = "choose another output or pass --overwrite",
 ) -> Iterator[Path]:
-    """Yield a temporary folder; on success it becomes ``out_dir`` (replacing it if allowed)."""
+    """Yield a temporary folder; on success it gets the ``kind`` marker and becomes ``out_dir``
+    (replacing it only if :func:`check_destination` allows)."""
     out_dir = Path(out_dir)
-    check_destination(out_dir, overwrite, error=error, hint=hint)
+    inputs = list(inputs)
+    check_destination(out_dir, overwrite, kind=kind, inputs=inputs, error=error, hint=hint)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_partials(out_dir)
     tmp = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
@@ -74,6 +164,9 @@ def atomic_output_dir(
     tmp.mkdir()
     try:
         yield tmp
+        write_marker(tmp, kind)
+        # the folder may have appeared or changed while we worked: check again before replacing
+        check_destination(out_dir, overwrite, kind=kind, inputs=inputs, error=error, hint=hint)
         if out_dir.exists():
             old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
             os.rename(out_dir, old)

@@ -136,9 +136,12 @@ def run(args: argparse.Namespace) -> int:
         if args.bench_command == "sweep":
             return _sweep(args)
         return _project(args)
-    except (BenchError, ValueError) as exc:
+    except BenchError as exc:  # a benchmark run failed
         print(f"natscale bench: error: {exc}", file=sys.stderr)
         return 1
+    except ValueError as exc:  # bad input: the one exit code every command uses
+        print(f"natscale bench: error: {exc}", file=sys.stderr)
+        return 2
 
 
 def _throughput(args: argparse.Namespace) -> int:

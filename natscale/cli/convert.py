@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     except (ConvertError, UniversalConversionError) as exc:
         print(f"natscale convert {args.convert_command}: error: {exc}", file=sys.stderr)
         print(f"convert {args.convert_command}: failed, nothing written", file=sys.stderr)
-        return 1
+        return 2  # bad input: the one exit code every command uses
     except KeyboardInterrupt:
         print(f"convert {args.convert_command}: interrupted, nothing written", file=sys.stderr)
         return 130

@@ -42,10 +42,11 @@ def run(args: argparse.Namespace) -> int:
             args.out,
             progress=not args.no_progress,
             on_stage=lambda msg: print(f"prepare: {msg}", file=sys.stderr),
+            inputs=[args.config],
         )
     except (ConfigError, DataError, OSError, TypeError, ValueError) as exc:
         print(f"prepare: error: {exc}", file=sys.stderr)
-        return 1
+        return 2  # bad input (config, data, paths): the one exit code every command uses
     print(summary(result.stats, result.out_dir))
     return 0
 

@@ -53,9 +53,21 @@ def _dump(content: Any, path: Path) -> str:
     return "[\n" + ",\n".join(rows) + "\n]\n"
 
 
-def write_files_atomically(files: dict[Path, Any], overwrite: bool) -> None:
-    """Write every file to a temporary name, then rename them all; on failure remove them all."""
+def write_files_atomically(
+    files: dict[Path, Any], overwrite: bool, inputs: list[Path] | tuple[Path, ...] = ()
+) -> None:
+    """Write every file to a temporary name, then rename them all; on failure remove them all.
+
+    An input file is never replaced, ``overwrite`` or not."""
+    read = {p.resolve() for p in inputs if p.is_file()}
     for path in files:
+        if path.resolve() in read:
+            raise ConvertError(
+                f"{path} is an input of this conversion and is never replaced; "
+                "choose another output"
+            )
+        if path.exists() and not path.is_file():
+            raise ConvertError(f"{path} exists and is not a file; choose another output")
         if path.exists() and not overwrite:
             raise ConvertError(f"{path} already exists; choose another output or pass --overwrite")
     tmps: dict[Path, Path] = {}
@@ -71,6 +83,18 @@ def write_files_atomically(files: dict[Path, Any], overwrite: bool) -> None:
         for tmp in tmps.values():
             tmp.unlink(missing_ok=True)
         raise
+
+
+def _input_files(input_path: Path, options: dict[str, Any]) -> list[Path]:
+    """The files a conversion reads: the input (every file of a folder) and path options."""
+    found = [input_path]
+    if input_path.is_dir():
+        found = [p for p in input_path.rglob("*") if p.is_file()]
+    for value in options.values():
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str) and item and Path(item).is_file():
+                found.append(Path(item))
+    return found
 
 
 def convert_trajectories(
@@ -106,7 +130,7 @@ def convert_trajectories(
         raise ConvertError(f"--option for {src}: {err}") from err
     notes = Notes()
     files = WRITERS[dst](trajs, output, notes)
-    write_files_atomically(files, overwrite)
+    write_files_atomically(files, overwrite, _input_files(input_path, options))
     lines = notes.lines()
     if issues.total():
         lines.append(f"skipped while reading: {issues.as_dict()}")

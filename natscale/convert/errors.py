@@ -6,5 +6,5 @@ from __future__ import annotations
 class ConvertError(ValueError):
     """Bad input to a conversion: the message names the file and says what to do.
 
-    Raised before anything is written; the CLI prints it and exits 1.
+    Raised before anything is written; the CLI prints it and exits 2 (bad input).
     """

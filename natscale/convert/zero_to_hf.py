@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from natscale.atomic import atomic_output_dir, check_destination
+from natscale.atomic import HF_EXPORT, atomic_output_dir, check_destination
 from natscale.convert.errors import ConvertError
 from natscale.convert.hf_assets import find_assets, load_config, write_assets
 from natscale.convert.safetensors_stream import (
@@ -177,7 +177,8 @@ def convert_zero_to_hf(
     """
     start = time.perf_counter()
     out_dir = Path(out_dir)
-    check_destination(out_dir, overwrite, error=ConvertError)
+    inputs = [Path(ckpt_dir)] + ([Path(config_dir)] if config_dir else [])
+    check_destination(out_dir, overwrite, kind=HF_EXPORT, inputs=inputs, error=ConvertError)
     ckpt = inspect_checkpoint(ckpt_dir, tag)
     assets = find_assets(ckpt.root, ckpt.tag_dir, Path(config_dir) if config_dir else None)
     config = load_config(assets)
@@ -194,7 +195,10 @@ def convert_zero_to_hf(
     if assets.tokenizer_dir is None:
         places = ", ".join(str(p) for p in assets.searched)
         notes.append(f"no tokenizer found (looked in {places} and their tokenizer/ folders)")
-    with atomic_output_dir(out_dir, overwrite=overwrite, error=ConvertError) as tmp:
+    inputs += [p for p in (assets.config_dir, assets.tokenizer_dir) if p is not None]
+    with atomic_output_dir(
+        out_dir, kind=HF_EXPORT, overwrite=overwrite, inputs=inputs, error=ConvertError
+    ) as tmp:
         _write_shards(tmp, specs, mapping, tensors, split, mapped, progress)
         if split.is_sharded:
             write_index(tmp, split)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,20 +182,34 @@ DROP_REASONS = ("too_long", "no_trained_tokens", "no_trained_tokens_after_trunca
 DROP_COUNTERS = (*DROP_REASONS, "truncated", "truncated_tokens", "tail_tokens_trimmed")
 
 
+def input_paths(config: PrepareConfig) -> list[str]:
+    """Every file or folder the config reads (the output may never hold one of them)."""
+    paths = [config.render.tokenizer]
+    for src in config.sources:
+        paths += src.paths
+        if isinstance(src, NatSource):
+            paths += src.questions or []
+            paths += [src.prompt] if src.prompt else []
+    return paths
+
+
 def prepare(
     config: PrepareConfig,
     out_dir: str | Path | None = None,
     *,
     progress: bool = True,
     on_stage: Callable[[str], None] | None = None,
+    inputs: Sequence[str | Path] = (),
 ) -> PrepareResult:
-    """Run every stage and write ``out_dir`` (default ``config.output``); see the module doc."""
+    """Run every stage and write ``out_dir`` (default ``config.output``); see the module doc.
+
+    ``inputs``: more paths the output may not hold (the CLI passes the config file)."""
     # The cyclic GC is paused for the whole run. Loading builds millions of small acyclic
     # objects (JSON dicts, turns) that it would rescan again and again as the heap grows (half
     # the loading time; more when `datasets` is first imported on the way out), and forked
     # render workers inherit the pause, so no collection writes to the pages they share.
     with _gc_paused():
-        return _prepare(config, out_dir, progress=progress, on_stage=on_stage)
+        return _prepare(config, out_dir, progress=progress, on_stage=on_stage, extra_inputs=inputs)
 
 
 def _prepare(
@@ -204,8 +218,9 @@ def _prepare(
     *,
     progress: bool,
     on_stage: Callable[[str], None] | None,
+    extra_inputs: Sequence[str | Path],
 ) -> PrepareResult:
-    from natscale.data.output import OVERWRITE_HINT, write_atomic, write_json
+    from natscale.data.output import OUTPUT_KIND, OVERWRITE_HINT, write_atomic, write_json
     from natscale.data.render import Renderer, add_missing_tokens, load_tokenizer, resolve_template
 
     t0 = time.perf_counter()
@@ -214,7 +229,10 @@ def _prepare(
     if not target:
         raise ValueError("no output directory: set `output:` in the config or pass --out")
     target = Path(target)
-    check_destination(target, config.overwrite, hint=OVERWRITE_HINT)
+    inputs = [*input_paths(config), *extra_inputs]
+    check_destination(
+        target, config.overwrite, kind=OUTPUT_KIND, inputs=inputs, hint=OVERWRITE_HINT
+    )
     rc, pc = config.render, config.pack
     tokenizer = load_tokenizer(rc.tokenizer)
     template = resolve_template(tokenizer, rc.template)
@@ -284,7 +302,7 @@ def _prepare(
         stats["elapsed_s"] = round(time.perf_counter() - t0, 3)
         write_json(tmp / "stats.json", stats)
 
-    out = write_atomic(target, fill, overwrite=config.overwrite)
+    out = write_atomic(target, fill, overwrite=config.overwrite, inputs=inputs)
     return PrepareResult(out, stats)
 
 

@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from natscale.atomic import HF_EXPORT, write_marker
 from natscale.model.load import config_path
 
 
@@ -67,6 +68,7 @@ def export_hf(
         finally:
             config.use_cache = saved
         save_tokenizer(tokenizer_dir, tmp)
+        write_marker(tmp, HF_EXPORT)  # `convert zero-to-hf ... --overwrite` may replace it
         _swap_in(tmp, out_dir)
     dist.barrier()
     return out_dir

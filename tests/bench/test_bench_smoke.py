@@ -79,6 +79,6 @@ def test_tiny_throughput_record(tmp_path: Path):
 
 
 def test_bad_override_is_a_clear_error(capsys):
-    assert main(["bench", "throughput", "--device", "cpu", "--set", "train.lr"]) == 1
+    assert main(["bench", "throughput", "--device", "cpu", "--set", "train.lr"]) == 2
     err = capsys.readouterr().err
     assert "--set 'train.lr': expected KEY=VALUE" in err

@@ -122,8 +122,19 @@ def test_existing_output_needs_overwrite(zero_run, tmp_path):
     with pytest.raises(ConvertError, match="already exists"):
         convert(run, tmp_path)
     assert (tmp_path / "hf/keep.txt").read_text() == "mine"
-    convert(run, tmp_path, overwrite=True)
-    assert not (tmp_path / "hf/keep.txt").exists() and (tmp_path / "hf/config.json").exists()
+    with pytest.raises(ConvertError, match="not a Hugging Face export made by natscale"):
+        convert(run, tmp_path, overwrite=True)  # a folder natscale did not make is never replaced
+    assert (tmp_path / "hf/keep.txt").read_text() == "mine"
+    (tmp_path / "hf/keep.txt").unlink()
+    convert(run, tmp_path)  # an empty folder is filled; the export gets our marker
+    (tmp_path / "hf/stale.txt").write_text("old")
+    convert(run, tmp_path, overwrite=True)  # ... so a later --overwrite replaces it
+    assert not (tmp_path / "hf/stale.txt").exists() and (tmp_path / "hf/config.json").exists()
+    # the run folder itself (it holds the checkpoint) is never replaced
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    with pytest.raises(ConvertError, match="holds an input of this command"):
+        convert_zero_to_hf(run / "checkpoints", run, progress=False, overwrite=True)
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
 
 
 def test_cli_error_exit_code_and_message(tmp_path):
@@ -132,7 +143,7 @@ def test_cli_error_exit_code_and_message(tmp_path):
          str(tmp_path / "hf")],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert "does not exist" in proc.stderr and "nothing written" in proc.stderr
     assert not (tmp_path / "hf").exists()
 

@@ -177,10 +177,10 @@ def test_cli_summary_line_and_errors(tokenizer_dir, nat_files, tmp_path, capsys)
     last = proc.stdout.strip().splitlines()[-1]
     assert last.startswith("prepare: 2 trajectories -> 2 examples (success 1, failure 1)")
     assert "rows of 256" in last
-    args = cmd[3:]  # the same command in-process: errors exit 1 with one readable line
-    assert main([*args, "--set", "pack.algo=x"]) == 1
+    args = cmd[3:]  # the same command in-process: bad input exits 2 with one readable line
+    assert main([*args, "--set", "pack.algo=x"]) == 2
     assert "pack.algo: unknown key" in capsys.readouterr().err
-    assert main(args) == 1
+    assert main(args) == 2
     assert "exists; remove it or set overwrite" in capsys.readouterr().err
 
 
