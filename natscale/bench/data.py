@@ -87,9 +87,9 @@ def _save(rows: PackedRows, out: Path, stats: dict) -> Path:
 
 
 def _load_rows(path: Path) -> PackedRows:
-    from datasets import load_from_disk
+    from natscale.data.prepared import open_prepared
 
-    ds = load_from_disk(str(path)).with_format("numpy")
+    ds = open_prepared(path).with_format("numpy")
     cols = {k: list(ds[k]) for k in ("input_ids", "position_ids", "targets", "cu_seqlens")}
     cols |= {k: list(ds[k]) for k in ("segment_class", "segment_weight")}
     return PackedRows(
@@ -140,8 +140,8 @@ def build_datasets(
 
 
 def mean_segments_per_row(path: Path) -> float:
-    from datasets import load_from_disk
+    from natscale.data.prepared import open_prepared
 
-    cu = load_from_disk(str(path)).select_columns(["cu_seqlens"]).with_format("numpy")
+    cu = open_prepared(path).select_columns(["cu_seqlens"]).with_format("numpy")
     counts = [len(c) - 1 for c in cu["cu_seqlens"]]
     return sum(counts) / max(len(counts), 1)

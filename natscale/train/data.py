@@ -26,10 +26,10 @@ class PackedRows:
     """Random access to the packed rows of a ``natscale prepare`` output directory."""
 
     def __init__(self, path: str | Path):
-        from datasets import load_from_disk
+        from natscale.data.prepared import open_prepared
 
         self.path = Path(path)
-        self._ds = load_from_disk(str(self.path)).select_columns(list(ROW_FIELDS))
+        self._ds = open_prepared(self.path).select_columns(list(ROW_FIELDS))
         self._ds = self._ds.with_format("numpy")
         self.num_rows = len(self._ds)
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from natscale.config.ds_config import check_with_deepspeed, resolve_ds_config_path
 from natscale.config.loader import ConfigError
 from natscale.config.run import RunConfig
@@ -18,7 +16,6 @@ from natscale.model.load import ModelSourceError, has_weights, load_hf_config
 from natscale.train.checkpoint import read_latest
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
-SAMPLE_ROWS = 64
 
 
 class PreflightError(ValueError):
@@ -55,16 +52,20 @@ def check_run(run: RunConfig, *, resume: bool) -> Preflight:
 
 
 def check_data(path: str, *, vocab_size: int) -> int:
-    """The data directory holds packed rows in the schema, with token ids the model knows."""
-    from datasets import load_from_disk
+    """The data directory is a complete prepared-data folder of rows in the schema, and every
+    token id of every row is one the model knows (one vectorised pass over the id column)."""
+    from natscale.data.prepared import PreparedDataError, first_bad_token, open_prepared
 
     d = Path(path)
-    if not (d / "state.json").is_file() or not (d / "dataset_info.json").is_file():
+    if not (d / "state.json").is_file() and not (d / "stats.json").is_file():
         raise PreflightError(
             f"data.path: {d} is not a `natscale prepare` output directory (no datasets "
-            "state.json / dataset_info.json); run `natscale prepare CONFIG` first"
+            "state.json, no stats.json); run `natscale prepare CONFIG` first"
         )
-    ds = load_from_disk(str(d))
+    try:
+        ds = open_prepared(d)
+    except PreparedDataError as exc:
+        raise PreflightError(f"data.path: {exc}") from exc
     for field, dtype in ROW_FIELDS.items():
         feature = ds.features.get(field)
         if feature is None:
@@ -76,12 +77,12 @@ def check_data(path: str, *, vocab_size: int) -> int:
             )
     if len(ds) == 0:
         raise PreflightError(f"data.path: {d} has no rows")
-    sample = ds.select(range(min(SAMPLE_ROWS, len(ds)))).with_format("numpy")["input_ids"]
-    top = max(int(np.max(ids)) for ids in sample if len(ids))
-    if top >= vocab_size:
+    row, bad = first_bad_token(ds, vocab_size)
+    if row >= 0:
         raise PreflightError(
-            f"data.path: {d} holds token id {top} but the model's vocab_size is {vocab_size}; "
-            "the data was tokenized for another model"
+            f"data.path: {d} row {row} holds token id {bad}, outside the model's vocabulary "
+            f"[0, {vocab_size}); the data was tokenized for another model (prepare it with the "
+            "model's tokenizer, or train the model it was prepared for)"
         )
     return len(ds)
 

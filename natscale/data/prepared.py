@@ -1,0 +1,125 @@
+"""Reading a ``natscale prepare`` output folder: only a complete one opens, and ids are checked.
+
+Every reader of prepared data (the trainer, its preflight, ``natscale launch``, ``natscale
+bench``) opens it through :func:`open_prepared`, so a half-written or damaged folder (a missing
+or truncated ``data-*.arrow`` file, a missing ``stats.json``) is one named error,
+:class:`PreparedDataError`, instead of a traceback from deep inside ``datasets``/``pyarrow``.
+:func:`first_bad_token` scans a whole token-id column for ids outside the vocabulary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REQUIRED_FILES = ("state.json", "dataset_info.json", "stats.json")
+RERUN = "re-run `natscale prepare` to write it again"
+
+
+class PreparedDataError(ValueError):
+    """A prepared-data folder is missing, incomplete or damaged (bad input: exit code 2)."""
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PreparedDataError(f"{path}: unreadable ({exc}); {RERUN}") from exc
+
+
+def _count_rows(path: Path) -> int:
+    """Rows of one Arrow stream file, read through a memory map (no copy); raises if damaged."""
+    import pyarrow as pa
+
+    try:
+        with pa.memory_map(str(path)) as source:
+            reader = pa.ipc.open_stream(source)
+            return sum(batch.num_rows for batch in reader)
+    except (OSError, pa.ArrowException) as exc:
+        size = path.stat().st_size if path.exists() else 0
+        raise PreparedDataError(
+            f"{path}: truncated or damaged Arrow file ({size:,} bytes; {exc}); {RERUN}"
+        ) from exc
+
+
+def check_complete(path: str | os.PathLike) -> int:
+    """Raise :class:`PreparedDataError` unless ``path`` is a complete prepared-data folder.
+
+    Checks the datasets metadata, ``stats.json``, that every data file ``state.json`` lists is
+    there and reads to its end, and that the row count matches ``stats.json`` when it has one.
+    Returns the number of rows.
+    """
+    d = Path(path)
+    if not d.is_dir():
+        raise PreparedDataError(
+            f"{d}: no such folder; run `natscale prepare CONFIG --out {d}` first"
+        )
+    missing = [name for name in REQUIRED_FILES if not (d / name).is_file()]
+    if missing:
+        raise PreparedDataError(
+            f"{d} is not a complete `natscale prepare` output: {', '.join(missing)} missing "
+            f"(half-written or not prepared data?); {RERUN}"
+        )
+    state = _read_json(d / "state.json")
+    stats = _read_json(d / "stats.json")
+    files = [f.get("filename") for f in (state or {}).get("_data_files", []) if isinstance(f, dict)]
+    if not files or not all(isinstance(f, str) for f in files):
+        raise PreparedDataError(f"{d / 'state.json'}: lists no data files; {RERUN}")
+    absent = [name for name in files if not (d / name).is_file()]
+    if absent:
+        raise PreparedDataError(
+            f"{d}: data file(s) {', '.join(absent)} missing (state.json lists {len(files)}); "
+            f"{RERUN}"
+        )
+    rows = sum(_count_rows(d / name) for name in files)
+    expected = (stats.get("packing") or {}).get("rows") if isinstance(stats, dict) else None
+    if isinstance(expected, int) and expected != rows:
+        raise PreparedDataError(
+            f"{d}: the data files hold {rows:,} rows but stats.json says {expected:,} "
+            f"(a truncated data-*.arrow file?); {RERUN}"
+        )
+    return rows
+
+
+def open_prepared(path: str | os.PathLike) -> Any:
+    """The ``datasets.Dataset`` of a prepared-data folder, after :func:`check_complete`."""
+    from datasets import load_from_disk
+
+    check_complete(path)
+    try:
+        return load_from_disk(str(path))
+    except Exception as exc:  # whatever datasets raises, the folder is at fault
+        raise PreparedDataError(f"{path}: cannot be loaded ({exc}); {RERUN}") from exc
+
+
+def first_bad_token(dataset: Any, vocab_size: int, column: str = "input_ids") -> tuple[int, int]:
+    """``(row, id)`` of the first token id outside ``[0, vocab_size)``, or ``(-1, -1)``.
+
+    One vectorised pass over the whole Arrow column (chunk by chunk, through a zero-copy
+    view of the values): ``pyarrow.compute.min_max`` per chunk, numpy only to locate the
+    row in a chunk that holds a bad id.
+    """
+    import pyarrow.compute as pc
+
+    table = dataset.data.table if hasattr(dataset.data, "table") else dataset.data
+    if getattr(dataset, "_indices", None) is not None:
+        raise ValueError("first_bad_token needs a dataset without an indices mapping")
+    first_row = 0
+    for chunk in table.column(column).chunks:
+        values = chunk.flatten()
+        if len(values):
+            lo_hi = pc.min_max(values)
+            lo, hi = lo_hi["min"].as_py(), lo_hi["max"].as_py()
+            if lo < 0 or hi >= vocab_size:
+                ids = values.to_numpy(zero_copy_only=False)
+                pos = int(np.flatnonzero((ids < 0) | (ids >= vocab_size))[0])
+                offsets = chunk.offsets.to_numpy()
+                offsets = offsets - offsets[0]
+                row = int(np.searchsorted(offsets, pos, side="right")) - 1
+                return first_row + row, int(ids[pos])
+        first_row += len(chunk)
+    return -1, -1
