@@ -13,6 +13,7 @@ Class 0 is always success / the top bucket; inference always renders class 0
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 
@@ -43,6 +44,23 @@ def assign_class(traj: Trajectory, strategy: StrategyConfig) -> int | None:
                 field="score",
                 reason="no_score",
                 hint="set the source's score_field, or outcome.score: f1 with gold answers",
+            )
+        field = traj.meta.get("score_field") or "score"
+        if not math.isfinite(score):
+            raise DataError(
+                f"trajectory {traj.id!r} has score {score!r}, not a finite number",
+                field=field,
+                reason="bad_score",
+                hint="fix or drop the record (it would land in an arbitrary bucket)",
+            )
+        if strategy.buckets is None and not 0.0 <= score <= 1.0:
+            raise DataError(
+                f"trajectory {traj.id!r} has score {score!r}, outside [0, 1] (the default "
+                "nat-fine buckets are answer-F1 thresholds)",
+                field=field,
+                reason="bad_score",
+                hint="fix the score, point score_field at an F1 in [0, 1], or define "
+                "strategy.buckets for this score's range",
             )
         for k, b in enumerate(strategy.resolved_buckets()):
             if b.min is None or score > b.min or (b.inclusive and score == b.min):

@@ -69,7 +69,7 @@ def load_sources(
             prompts[task] = prompt
             opts.update(prompt=prompt, task=task)
             opts.pop("prompt_variant", None)
-        trajs += load_trajectories(
+        loaded = load_trajectories(
             src.paths,
             src.format,
             on_error=config.on_error,
@@ -77,6 +77,9 @@ def load_sources(
             issues=issues,
             **opts,
         )
+        for traj in loaded:  # names the field in a later score error
+            traj.meta["score_field"] = src.score_field
+        trajs += loaded
     return trajs, prompts
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -86,6 +87,8 @@ def as_success(value: Any) -> bool | None:
         return None
     if isinstance(value, bool):
         return value
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # NaN / inf: no success value (the caller names the record)
     if isinstance(value, (int, float)):
         return value >= 1
     if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
@@ -110,6 +113,13 @@ def read_outcome(
     if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float))):
         raise rec.error(
             f"expected a number, got {type(score).__name__}", field=score_field, reason="wrong_type"
+        )
+    if score is not None and not math.isfinite(score):
+        raise rec.error(
+            f"score is {score!r}, not a finite number",
+            field=score_field,
+            reason="bad_score",
+            hint="fix or drop the record (NaN scores would land in an arbitrary bucket)",
         )
     if raw is None and turns and turns[-1].role != "assistant":
         m = _REWARD_IN_TEXT.search(turns[-1].content.strip())

@@ -47,16 +47,28 @@ def load_questions(
 ) -> dict[str, dict[str, str]]:
     """``{id: {"question": str, "answer": str}}`` from JSON/JSONL question files."""
     out: dict[str, dict[str, str]] = {}
+    first_at: dict[str, str] = {}  # id -> where it was first seen, for the duplicate error
     for path in expand_paths(paths):
         for rec in iter_records(path, on_error=on_error, issues=issues):
             try:
                 qid = str(field(rec, rec.data, "id", (str, int)))
                 question = field(rec, rec.data, "question", str)
                 answer = field(rec, rec.data, "answer", (str, int, float, bool), default="")
+                entry = {"question": question, "answer": str(answer)}
+                if qid in out and out[qid] != entry:
+                    key = "question" if out[qid]["question"] != question else "answer"
+                    raise rec.error(
+                        f"question id {qid!r} appears again with a different {key} (first at "
+                        f"{first_at[qid]}); which one the trajectories were run on is unknown",
+                        field=key,
+                        reason="duplicate_question_id",
+                        hint="give each question its own id, or remove one of the two",
+                    )
             except DataError as err:
                 handle(err, on_error, issues)
                 continue
-            out[qid] = {"question": question, "answer": str(answer)}
+            first_at.setdefault(qid, f"{rec.file}: {rec.where}")
+            out[qid] = entry
     return out
 
 
