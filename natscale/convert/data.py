@@ -28,18 +28,25 @@ class DataConvertResult:
     notes: list[str] = field(default_factory=list)
 
 
+def nat_side_candidates(path: Path) -> dict[str, list[Path]]:
+    """Where the question / prompt files of a NAT trajectory file are looked for, in order."""
+    folder = path if path.is_dir() else path.parent
+    stem = "" if path.is_dir() else path.stem
+    own = [f"{stem}.questions.jsonl", f"{stem}.questions.json", f"{stem}.prompt.json"]
+    own = own if stem else ["", "", ""]
+    names = {
+        "questions": [own[0], own[1], "questions.jsonl", "questions.json"],
+        "prompt": [own[2], "prompt.json"],
+    }
+    return {option: [folder / n for n in found if n] for option, found in names.items()}
+
+
 def nat_side_files(path: Path) -> dict[str, str]:
     """Question / prompt files next to a NAT trajectory file, if there are any."""
     found: dict[str, str] = {}
-    folder = path if path.is_dir() else path.parent
-    stem = "" if path.is_dir() else path.stem
-    for option, names in (
-        ("questions", [f"{stem}.questions.jsonl", f"{stem}.questions.json", "questions.jsonl",
-                       "questions.json"]),
-        ("prompt", [f"{stem}.prompt.json", "prompt.json"]),
-    ):  # fmt: skip
-        hit = next((folder / n for n in names if n and (folder / n).is_file()), None)
-        if hit is not None and hit != path:
+    for option, places in nat_side_candidates(path).items():
+        hit = next((p for p in places if p.is_file() and p != path), None)
+        if hit is not None:
             found[option] = str(hit)
     return found
 
@@ -125,6 +132,13 @@ def convert_trajectories(
     try:
         trajs = load_trajectories(input_path, format=src, issues=issues, **options)
     except DataError as err:
+        if src == "nat" and "questions" not in options and err.field == "question":
+            looked = ", ".join(str(p) for p in nat_side_candidates(input_path)["questions"])
+            raise ConvertError(
+                f"cannot read {input_path} as nat: its records have no 'question' and no "
+                f"question file was found (looked for {looked}); pass --option "
+                f"questions=FILE ({err})"
+            ) from err
         raise ConvertError(f"cannot read {input_path} as {src}: {err}") from err
     except TypeError as err:  # an option the loader does not take
         raise ConvertError(f"--option for {src}: {err}") from err

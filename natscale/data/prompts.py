@@ -49,12 +49,14 @@ def load_task_prompt(path: str | os.PathLike, variant: str | None = None) -> Tas
     """Read a task prompt file in our layout or the paper's (see the module docstring)."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8-sig"))  # a BOM is accepted
     except FileNotFoundError as exc:
         raise DataError(
             "task prompt file not found", file=str(path), reason="missing_file"
         ) from exc
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        if path.stat().st_size == 0 or not path.read_bytes().strip():
+            raise DataError("file is empty", file=str(path), reason="empty_file") from exc
         raise DataError(
             f"not a UTF-8 JSON file ({exc})", file=str(path), reason="malformed_json"
         ) from exc

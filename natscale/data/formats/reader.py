@@ -3,13 +3,15 @@
 Records are dicts located by ``file`` and ``where`` ("line 12" for JSONL, "record 3" for the
 index in a JSON array or Parquet file) so an error can say exactly which one is bad.
 
-File-level problems (missing file, a JSON array that does not parse or is not UTF-8) always
-raise: there is no record to skip. Record-level problems (a bad JSONL line, non-UTF-8 bytes in a
+File-level problems (missing or empty file, a JSON array that does not parse or is not UTF-8)
+always raise: there is no record to skip. A UTF-8 byte-order mark at the start of a file is
+accepted (and ignored). Record-level problems (a bad JSONL line, non-UTF-8 bytes in a
 line, a record that is not an object) follow ``on_error``.
 """
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 from collections.abc import Iterable, Iterator
@@ -65,6 +67,15 @@ def iter_records(
         yield from _iter_parquet(path, on_error, issues)
         return
     raw = path.read_bytes()
+    if raw.startswith(codecs.BOM_UTF8):  # editors on Windows write one; it is not content
+        raw = raw[len(codecs.BOM_UTF8) :]
+    if not raw.strip():
+        raise DataError(
+            "file is empty" if not raw else "file holds only whitespace",
+            file=str(path),
+            reason="empty_file",
+            hint="check that the file was written completely, or remove it from the config",
+        )
     head = raw.lstrip()[:1]
     if path.suffix in (".jsonl", ".ndjson") or head not in (b"[", b""):
         if path.suffix == ".json" and head == b"{":

@@ -21,13 +21,31 @@ from natscale.data.render.templates import BUILTIN, Template
 TEMPLATES = ("auto", "hf", *BUILTIN)
 
 
+# a tokenizer folder holds one of these vocabulary files (tokenizer.json for a fast tokenizer)
+VOCAB_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
+
+
 def load_tokenizer(path: str | os.PathLike):
     """A local fast tokenizer (never downloads)."""
+    from pathlib import Path
+
     from transformers import AutoTokenizer
 
-    if not os.path.isdir(path):
+    folder = Path(path)
+    if not folder.is_dir():
         raise FileNotFoundError(f"tokenizer directory {str(path)!r} not found")
-    tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    if not any((folder / name).is_file() for name in VOCAB_FILES):
+        held = sorted(p.name for p in folder.iterdir())
+        raise FileNotFoundError(
+            f"tokenizer directory {str(path)!r} holds no tokenizer: expected tokenizer.json "
+            f"(or {', '.join(VOCAB_FILES[1:])}) with tokenizer_config.json, found "
+            f"{', '.join(held) if held else 'nothing'}; point render.tokenizer at the folder "
+            "of the model's tokenizer (e.g. the model folder)"
+        )
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"tokenizer directory {str(path)!r} cannot be loaded: {exc}") from exc
     if not getattr(tok, "is_fast", False):
         raise TypeError(f"{path}: not a fast tokenizer (needs tokenizer.json)")
     return tok
