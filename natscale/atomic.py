@@ -10,12 +10,14 @@ Every folder written here carries a marker file, ``.natscale-output``, holding
 folder). ``overwrite`` replaces an existing folder only when it carries the marker of the same
 kind. Never replaced, whatever the flags: the working directory or a folder above it, a folder
 holding (or equal to) one of the command's inputs, and a run directory (``checkpoints/``,
-``metrics.jsonl`` or ``summary.json`` inside). An existing empty folder may always be filled.
+``metrics.jsonl`` or ``summary.json`` inside). An existing empty folder may always be filled. A
+prepare output from before the marker existed is recognised by its exact layout.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import json
 import os
 import shutil
@@ -64,6 +66,28 @@ def read_marker(folder: str | os.PathLike) -> str | None:
         return None
     kind = data.get("kind") if isinstance(data, dict) else None
     return kind if isinstance(kind, str) else None
+
+
+# outputs written before the marker existed: replaced only when they hold the whole layout and
+# nothing else (a prepare output: what `natscale prepare` writes; a name may be a glob)
+LEGACY_LAYOUTS = {
+    PREPARED: (
+        ("dataset_info.json", "state.json", "stats.json", "prepare_config.yaml"),
+        ("data-*.arrow", "tokenizer"),
+    ),
+}
+
+
+def legacy_output(out_dir: Path, kind: str) -> bool:
+    """Whether ``out_dir`` is an unmarked output of ``kind`` from before the marker existed."""
+    if kind not in LEGACY_LAYOUTS:
+        return False
+    required, optional = LEGACY_LAYOUTS[kind]
+    names = [p.name for p in out_dir.iterdir()]
+    allowed = (*required, *optional)
+    return set(required) <= set(names) and all(
+        any(fnmatch.fnmatchcase(n, pattern) for pattern in allowed) for n in names
+    )
 
 
 def _contains(folder: Path, path: Path) -> bool:
@@ -127,7 +151,7 @@ def check_destination(
     if not overwrite:
         raise error(f"{out_dir} already exists; {hint}")
     found = read_marker(out_dir)
-    if found == kind:
+    if found == kind or (found is None and legacy_output(out_dir, kind)):
         return
     what = KIND_NAMES.get(kind, kind)
     if found is None:

@@ -118,3 +118,20 @@ def test_atomic_output_dir_keeps_rename_semantics(tmp_path):
         raise RuntimeError("boom")
     assert (out / "a").read_text() == "1"  # the old output is untouched on failure
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o"]
+
+
+def test_an_unmarked_prepare_output_from_before_the_marker_is_replaced(
+    tokenizer_dir, nat_files, tmp_path
+):
+    cfg = _config(tokenizer_dir, nat_files)
+    out = tmp_path / "out"
+    prepare(cfg, out, progress=False)
+    (out / MARKER).unlink()  # as an older natscale wrote it
+    again = cfg.model_copy(update={"overwrite": True}, deep=True)
+    prepare(again, out, progress=False)
+    assert read_marker(out) == "prepared"
+    (out / MARKER).unlink()
+    (out / "my_notes.txt").write_text("mine")  # anything beyond that layout: refused
+    with pytest.raises(FileExistsError, match=r"no \.natscale-output marker.*my_notes\.txt"):
+        prepare(again, out, progress=False)
+    assert (out / "my_notes.txt").read_text() == "mine"
