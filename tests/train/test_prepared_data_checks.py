@@ -83,6 +83,15 @@ def test_half_written_data_is_a_named_error(setup, capsys, kind):
     assert "re-run `natscale prepare`" in err and "Traceback" not in err
 
 
+def test_bench_reader_names_a_damaged_cache(setup):
+    from natscale.bench.data import mean_segments_per_row
+
+    tmp, _, _ = setup
+    needle = _damage("truncated", tmp / "data")
+    with pytest.raises(PreparedDataError, match=needle):
+        mean_segments_per_row(tmp / "data")
+
+
 def test_rows_lost_at_a_batch_boundary_are_caught_by_the_stats_count(setup):
     tmp, cfg, rows = setup
     stats = json.loads((tmp / "data" / "stats.json").read_text())
