@@ -142,6 +142,23 @@ def test_checkpoints_and_hf_export(full_run: Path):
     assert torch.equal(model.model.embed_tokens.weight, fp32["model.embed_tokens.weight"])
 
 
+def test_hf_export_is_marked_so_convert_may_overwrite_it(full_run: Path, tmp_path: Path):
+    import shutil
+
+    from natscale.atomic import read_marker
+    from natscale.convert.errors import ConvertError
+    from natscale.convert.zero_to_hf import convert_zero_to_hf
+
+    assert read_marker(full_run / "hf") == "hf-export"
+    copy = tmp_path / "hf"
+    shutil.copytree(full_run / "hf", copy)  # the shared run stays as it is
+    convert_zero_to_hf(full_run / "checkpoints", copy, overwrite=True, progress=False)
+    assert read_marker(copy) == "hf-export" and (copy / "model.safetensors").is_file()
+    with pytest.raises(ConvertError, match="holds an input of this command"):
+        convert_zero_to_hf(full_run / "checkpoints", full_run, overwrite=True, progress=False)
+    assert (full_run / "checkpoints" / "latest").read_text() == "global_step16"
+
+
 def test_plot(full_run: Path, tmp_path: Path):
     from natscale.cli.main import main
 
