@@ -32,6 +32,10 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 _GLOBAL_RE = re.compile(r"GLOBAL ([\w.]+)")
+_LEGACY_NUMPY_HINT = (
+    " (Checkpoints written by natscale before it loaded weights-only kept the numpy RNG state as "
+    "a numpy array; resume or convert those with the natscale version that wrote them.)"
+)
 
 
 class UnsafeCheckpointError(Exception):
@@ -43,11 +47,12 @@ class UnsafeCheckpointError(Exception):
 
     def __str__(self) -> str:
         return (
-            f"{self.path}: refused to load this checkpoint file: it needs {self.what}, which is "
-            "not a tensor, a plain value or one of the DeepSpeed types natscale allows. natscale "
+            f"{self.path}: refused to load this checkpoint file: it needs {self.what}: not a "
+            "tensor, a plain value or one of the DeepSpeed types natscale allows. natscale "
             "only loads checkpoints weights-only (torch.load with weights_only=True), because "
             "unpickling anything else can run code from the file. A checkpoint written by "
-            "natscale/DeepSpeed never needs it: treat this file as untrusted and do not use it."
+            "natscale/DeepSpeed never needs that: treat this file as untrusted and do not use it."
+            + (_LEGACY_NUMPY_HINT if self.what.startswith("numpy.") else "")
         )
 
 

@@ -180,3 +180,13 @@ def test_rng_state_loads_weights_only_and_restores_every_stream(tmp_path: Path):
     got = (random.random(), np.random.standard_normal(3).tolist(), torch.rand(3))
     assert got[0] == expected[0] and got[1] == expected[1]
     assert torch.equal(got[2], expected[2])
+
+
+def test_numpy_rng_state_of_older_checkpoints_is_refused_with_a_note(tmp_path: Path):
+    path = tmp_path / "zero_pp_rank_0_mp_rank_00_model_states.pt"
+    torch.save({"rng_states": [{"numpy": np.random.get_state()}]}, path)
+    with pytest.raises(
+        UnsafeCheckpointError, match=r"numpy\._core\.multiarray\._reconstruct"
+    ) as err:
+        load_weights_only(path)
+    assert "natscale version that wrote them" in str(err.value)
