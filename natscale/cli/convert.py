@@ -81,6 +81,7 @@ def _on_sigterm(signum, frame):  # turn SIGTERM into an exception so partial out
 
 
 def run(args: argparse.Namespace) -> int:
+    from natscale.checkpoint_safety import UnsafeCheckpointError
     from natscale.convert.errors import ConvertError
     from natscale.train.universal import UniversalConversionError
 
@@ -91,6 +92,10 @@ def run(args: argparse.Namespace) -> int:
         if args.convert_command == "zero-to-universal":
             return _zero_to_universal(args)
         return _data(args)
+    except UnsafeCheckpointError as exc:
+        print(f"natscale convert {args.convert_command}: error: {exc}", file=sys.stderr)
+        print(f"convert {args.convert_command}: failed, nothing written", file=sys.stderr)
+        return 2
     except (ConvertError, UniversalConversionError) as exc:
         print(f"natscale convert {args.convert_command}: error: {exc}", file=sys.stderr)
         print(f"convert {args.convert_command}: failed, nothing written", file=sys.stderr)

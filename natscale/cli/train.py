@@ -56,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch.distributed as dist
 
+    from natscale.checkpoint_safety import UnsafeCheckpointError
     from natscale.train.dist import init_distributed
     from natscale.train.engine import export_local_size
     from natscale.train.trainer import StopSignal, Trainer, TrainingAborted
@@ -71,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         summary = Trainer(run_cfg, info, checks, resume=args.resume).train(stop)
     except TrainingAborted as exc:
         return _fail(str(exc), 1)
-    except (RowError, UniversalConversionError) as exc:
+    except (RowError, UniversalConversionError, UnsafeCheckpointError) as exc:
         return _fail(str(exc), 2)
     if info.rank == 0:
         _write_summary(run_cfg.output_dir, summary)

@@ -53,8 +53,10 @@ def reference_logits(
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from natscale.checkpoint_safety import weights_only_loads
+
     sink = io.StringIO()  # DeepSpeed prints and draws progress bars while it reads
-    with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+    with weights_only_loads(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
         sd = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
     config = AutoConfig.from_pretrained(out_dir)
     model = AutoModelForCausalLM.from_config(

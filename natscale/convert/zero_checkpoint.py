@@ -7,7 +7,8 @@ folder per tag. A tag folder holds, per data-parallel rank r (``mp_rank_00``: no
 - ZeRO-3:   ``zero_pp_rank_{r}_mp_rank_00_model_states.pt`` and ``..._optim_states.pt`` per rank
 
 The fp32 master weights live in the optimizer files, split over the ranks. Everything here only
-unpickles the small metadata (files are memory-mapped) so that every input problem — an unknown
+unpickles the small metadata (files are memory-mapped, and loaded weights-only: see
+``natscale.checkpoint_safety``) so that every input problem — an unknown
 tag, a missing or truncated rank file, files from two different world sizes — is reported before
 the conversion writes a byte.
 """
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from natscale.checkpoint_safety import UnsafeCheckpointError, load_weights_only
 from natscale.convert.errors import ConvertError
 
 # bf16 runs prefix the optimizer files with "bf16_"
@@ -43,11 +45,15 @@ class ZeroCheckpoint:
 
 
 def load_metadata_file(path: Path) -> dict[str, Any]:
-    """Unpickle a DeepSpeed ``.pt`` file memory-mapped (tensors stay on disk until touched)."""
-    import torch
+    """Unpickle a DeepSpeed ``.pt`` file memory-mapped (tensors stay on disk until touched).
 
+    Weights-only: a file that needs anything but tensors, plain values and the allowed DeepSpeed
+    types raises :class:`~natscale.checkpoint_safety.UnsafeCheckpointError` (nothing of it runs).
+    """
     try:
-        return torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+        return load_weights_only(path, map_location="cpu", mmap=True)
+    except UnsafeCheckpointError:
+        raise
     except Exception as exc:  # torch raises RuntimeError / EOFError / UnpicklingError here
         size = path.stat().st_size if path.exists() else 0
         raise ConvertError(

@@ -15,6 +15,8 @@ keeps the peak memory at one tensor instead of the whole model:
   written, so a later read simply faults the bytes back in from the page cache).
 - DeepSpeed loads model-state files whole; under ZeRO-2 the single model file holds every weight in
   the training dtype, so those loads are memory-mapped too.
+- DeepSpeed's loads are forced weights-only (``natscale.checkpoint_safety``): nothing in the files
+  can run code.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from natscale.checkpoint_safety import UnsafeCheckpointError, weights_only_loads
 from natscale.convert.errors import ConvertError
 from natscale.convert.zero_checkpoint import ZeroCheckpoint
 
@@ -146,7 +149,7 @@ def read_lazy_state_dict(ckpt: ZeroCheckpoint) -> tuple[dict[str, LazyTensor], d
     from deepspeed.utils import zero_to_fp32 as z2f
 
     try:
-        with _quiet_mmap_loads():
+        with weights_only_loads(), _quiet_mmap_loads():
             model_states = z2f.parse_model_states([str(p) for p in ckpt.model_files])
             stage, world, flat_groups, paddings = z2f.parse_optim_states(
                 [str(p) for p in ckpt.optim_files], str(ckpt.tag_dir)
@@ -160,7 +163,7 @@ def read_lazy_state_dict(ckpt: ZeroCheckpoint) -> tuple[dict[str, LazyTensor], d
                 sd = z2f._get_fp32_state_dict_from_zero3_checkpoint(
                     world, flat_groups, model_states, False
                 )
-    except ConvertError:
+    except (ConvertError, UnsafeCheckpointError):
         raise
     except (ValueError, KeyError, IndexError, RuntimeError, NotImplementedError) as exc:
         raise ConvertError(

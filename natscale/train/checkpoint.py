@@ -63,9 +63,15 @@ def _prune(ckpt_dir: Path, keep_last: int, current: str) -> list[str]:
 
 
 def rng_state() -> dict[str, Any]:
+    """This process's RNG states as plain values and tensors (checkpoints load weights-only).
+
+    python: ``random.getstate()`` (a tuple of ints); numpy: the legacy global generator's
+    ``get_state()`` with its key array as a list of ints; torch/cuda: byte tensors.
+    """
+    kind, key, pos, has_gauss, gauss = np.random.get_state(legacy=True)
     state = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": (str(kind), key.tolist(), int(pos), int(has_gauss), float(gauss)),
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -75,7 +81,8 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, key, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.asarray(key, dtype=np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -109,13 +116,20 @@ def load(engine: Any, ckpt_dir: str | Path, *, load_tag: str | None = None) -> d
     load_tag: the folder to load instead (the universal conversion of ``latest``; the engine must
     then have been built with ``load_universal``). The RNG states are restored only when the
     checkpoint was written by as many ranks as there are now (rank r gets rank r's states).
+    Files are loaded weights-only: one that needs anything else raises
+    :class:`~natscale.checkpoint_safety.UnsafeCheckpointError` on every rank, before any is read.
     """
     import torch.distributed as dist
+
+    from natscale.checkpoint_safety import check_files, weights_only_loads
 
     tag = read_latest(ckpt_dir)
     if tag is None:
         raise FileNotFoundError(f"{ckpt_dir}: no complete checkpoint (no valid 'latest' file)")
-    load_path, client_state = engine.load_checkpoint(str(ckpt_dir), tag=load_tag or tag)
+    # every rank checks every file before the (collective) load: all refuse an unsafe one alike
+    check_files(sorted((Path(ckpt_dir) / (load_tag or tag)).rglob("*.pt")))
+    with weights_only_loads():
+        load_path, client_state = engine.load_checkpoint(str(ckpt_dir), tag=load_tag or tag)
     if load_path is None:
         raise FileNotFoundError(f"{ckpt_dir}/{tag}: DeepSpeed found no checkpoint files to load")
     states = client_state.get("rng_states") or []

@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 
 UNIVERSAL_SUFFIX = "_universal"
 
@@ -53,13 +56,37 @@ def saved_world_size(tag_dir: str | Path) -> int | None:
     return len(ranks)
 
 
+@contextlib.contextmanager
+def _pool_initializer(module: ModuleType, initializer: Callable[[], None]) -> Iterator[None]:
+    """Start the worker pools of ``module`` (ds_to_universal's --workers > 1) with ``initializer``.
+
+    Forked workers inherit the weights-only ``torch.load`` anyway; this also covers workers that
+    start a fresh interpreter (spawn/forkserver, the default from Python 3.14).
+    """
+    original = module.ProcessPoolExecutor
+    module.ProcessPoolExecutor = functools.partial(original, initializer=initializer)
+    try:
+        yield
+    finally:
+        module.ProcessPoolExecutor = original
+
+
 def convert_to_universal(ckpt_dir: str | Path, tag: str, *, workers: int = 1) -> Path:
     """Convert ``ckpt_dir/tag`` to ``ckpt_dir/{tag}_universal`` (returned; reused if it exists).
 
-    Runs DeepSpeed's ``ds_to_universal`` in this process (no process group needed). Raises
-    :class:`UniversalConversionError` naming the checkpoint, DeepSpeed's error and what to do.
+    Runs DeepSpeed's ``ds_to_universal`` in this process (no process group needed), its loads
+    weights-only. Raises :class:`UniversalConversionError` naming the checkpoint, DeepSpeed's error
+    and what to do, or :class:`~natscale.checkpoint_safety.UnsafeCheckpointError` for a file that
+    is not weights-only loadable.
     """
     from deepspeed.checkpoint import ds_to_universal
+
+    from natscale.checkpoint_safety import (
+        UnsafeCheckpointError,
+        check_files,
+        install_in_worker,
+        weights_only_loads,
+    )
 
     ckpt_dir = Path(ckpt_dir)
     src, dst = ckpt_dir / tag, ckpt_dir / universal_tag(tag)
@@ -67,6 +94,7 @@ def convert_to_universal(ckpt_dir: str | Path, tag: str, *, workers: int = 1) ->
         return dst
     if not src.is_dir():
         raise UniversalConversionError(f"{src}: no such checkpoint tag folder")
+    check_files(sorted(src.glob("*.pt")))
     for stale in ckpt_dir.glob(".universal.*"):  # left by a conversion that was killed
         shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(dir=ckpt_dir, prefix=".universal."))
@@ -81,9 +109,15 @@ def convert_to_universal(ckpt_dir: str | Path, tag: str, *, workers: int = 1) ->
         inject_missing_state=True,  # ZeRO-1/2: DeepSpeed wants universal_checkpoint_info, which only Megatron-style clients write
     )
     try:
-        with contextlib.redirect_stdout(io.StringIO()):  # its progress prints; errors still raise
+        with (
+            weights_only_loads(),
+            _pool_initializer(ds_to_universal, install_in_worker),
+            contextlib.redirect_stdout(io.StringIO()),  # its progress prints; errors still raise
+        ):
             ds_to_universal.main(args)
         (tmp / dst.name).rename(dst)
+    except UnsafeCheckpointError:
+        raise
     except Exception as exc:
         raise UniversalConversionError(
             f"{src}: cannot convert this ZeRO checkpoint to a universal checkpoint "
@@ -107,6 +141,8 @@ def prepare_resume(ckpt_dir: str | Path, tag: str, *, world_size: int, rank: int
     """
     import torch.distributed as dist
 
+    from natscale.checkpoint_safety import UnsafeCheckpointError
+
     box: list = [None]
     if rank == 0:
         try:
@@ -116,7 +152,11 @@ def prepare_resume(ckpt_dir: str | Path, tag: str, *, world_size: int, rank: int
                 box[0] = {"saved_world_size": saved, "load_tag": path.name, "path": str(path)}
         except UniversalConversionError as exc:
             box[0] = {"error": str(exc)}
+        except UnsafeCheckpointError as exc:
+            box[0] = {"unsafe": [exc.path, exc.what]}
     dist.broadcast_object_list(box, src=0)  # the other ranks wait here for the conversion
     if box[0] is not None and "error" in box[0]:
         raise UniversalConversionError(box[0]["error"])
+    if box[0] is not None and "unsafe" in box[0]:
+        raise UnsafeCheckpointError(*box[0]["unsafe"])
     return box[0]

@@ -1,0 +1,84 @@
+"""A real checkpoint with one crafted file: the conversions refuse it (exit 2) and nothing of it runs.
+
+The crafted file is the real file with one more entry whose unpickling would run ``touch MARKER``
+(``os.system``), so everything else about the checkpoint is intact.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from natscale.checkpoint_safety import load_weights_only
+from natscale.cli.main import main
+
+pytestmark = pytest.mark.multiproc
+
+
+class _SystemCall:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def plant(path: Path, marker: Path) -> None:
+    """Add a code-running entry to a real DeepSpeed file (in the optimizer state for optim files)."""
+    state = load_weights_only(path, map_location="cpu")
+    target = state.get("optimizer_state_dict", state)
+    target["natscale_test_payload"] = _SystemCall(marker)
+    torch.save(state, path)
+
+
+def crafted_run(zero_run, variant: str, filename: str, tmp_path: Path) -> tuple[Path, Path]:
+    run = tmp_path / "run"
+    shutil.copytree(zero_run(1, variant), run)
+    marker = tmp_path / "marker"
+    plant(run / "checkpoints" / "global_step2" / filename, marker)
+    return run, marker
+
+
+@pytest.mark.parametrize(
+    "variant,filename",
+    [
+        ("z3-fp32", "zero_pp_rank_0_mp_rank_00_optim_states.pt"),
+        ("z3-fp32", "zero_pp_rank_0_mp_rank_00_model_states.pt"),
+        ("z2-fp32", "mp_rank_00_model_states.pt"),
+    ],
+)
+def test_zero_to_hf_refuses_a_crafted_file(zero_run, tmp_path, capsys, variant, filename):
+    run, marker = crafted_run(zero_run, variant, filename, tmp_path)
+    code = main(
+        ["convert", "zero-to-hf", str(run / "checkpoints"), str(tmp_path / "hf"), "--quiet"]
+    )
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert not marker.exists()
+    assert not (tmp_path / "hf").exists()
+    assert f"{filename}: refused to load" in err and "posix.system" in err, err
+    assert "only loads checkpoints weights-only" in err
+
+
+def test_zero_to_universal_refuses_a_crafted_file(zero_run, tmp_path, capsys):
+    filename = "zero_pp_rank_0_mp_rank_00_optim_states.pt"
+    run, marker = crafted_run(zero_run, "z2-fp32", filename, tmp_path)
+    ckpt = run / "checkpoints"
+    code = main(["convert", "zero-to-universal", str(ckpt), "--workers", "2"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert not marker.exists()
+    assert f"{filename}: refused to load" in err and "posix.system" in err, err
+    assert sorted(p.name for p in ckpt.iterdir() if p.is_dir()) == ["global_step2"]
+
+
+def test_legitimate_checkpoint_converts_to_universal_with_workers(zero_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(zero_run(1, "z3-fp32"), run)
+    code = main(["convert", "zero-to-universal", str(run / "checkpoints"), "--workers", "2"])
+    assert code == 0, capsys.readouterr().err
+    assert (run / "checkpoints" / "global_step2_universal" / "zero").is_dir()
