@@ -133,7 +133,8 @@ def describe_write_error(exc: BaseException, where: Path) -> str:
     except OSError:
         free = None
     code = getattr(exc, "errno", None)
-    text = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else exc!r}"
+    first = str(exc).splitlines()[0] if str(exc) else repr(exc)
+    text = f"{type(exc).__name__}: {first}"
     space = (
         f"{free / 2**20:,.0f} MiB free on the file system of {where}" if free is not None else ""
     )

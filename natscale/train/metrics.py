@@ -193,10 +193,9 @@ def truncate_after(path: Path, step: int) -> list[str]:
     notes = [note.replace("; left out", "; removed")] if note else []
     if len(kept) != len(records):
         since = f"the checkpoint of step {step} this run resumes from" if step else "step 0"
-        notes.append(
-            f"{path}: removed the records of steps {step + 1}-{records[-1].get('step')}, written "
-            f"after {since}"
-        )
+        last = records[-1].get("step")
+        steps = f"step {last}" if last == step + 1 else f"steps {step + 1}-{last}"
+        notes.append(f"{path}: removed the records of {steps}, written after {since}")
     if notes:
         tmp = path.with_suffix(".jsonl.tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")

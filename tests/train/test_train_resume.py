@@ -184,7 +184,7 @@ def test_resume_when_latest_names_a_missing_folder_and_metrics_end_mid_line(base
         "latest names global_step6, which is missing; resuming from global_step4, the newest "
         "complete checkpoint" in log
     )
-    assert "line 6 is cut off" in log and "removed the records of steps 5-5" in log
+    assert "line 6 is cut off" in log and "removed the records of step 5" in log
     records = read_metrics(run)
     assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
     assert records[:4] == original
