@@ -253,3 +253,26 @@ def test_nonfinite_abort_writes_the_summary_and_names_the_last_good_checkpoint(t
     )
     assert summary["checkpoint"] == str(ckpt / "global_step3")
     assert summary["nonfinite_steps"] == 2 and "Last good checkpoint" in summary["message"]
+
+
+@pytest.mark.multiproc
+def test_two_ranks_agree_to_stop_on_a_truncated_shard(base, tmp_path):
+    """Item 4: rank 0 checks the checkpoint before any rank loads; both ranks exit 2 with the
+    hint, no traceback, and nothing is trained or written."""
+    run = _copy(base, tmp_path)
+    _truncate(_shard(run, "global_step4", "model"))
+    shutil.copytree(base / "data", tmp_path / "data")
+    shutil.copytree(base / "model", tmp_path / "model")
+    metrics = (run / "metrics.jsonl").read_bytes()
+    cfg = _config(tmp_path, "run", train={"stop_after_steps": None})
+    result = run_distributed(
+        ["train", str(cfg), "--resume"], launcher="torchrun", log_dir=tmp_path / "logs"
+    )
+    assert not result.timed_out and result.returncodes != [0], result.format_logs(60)
+    assert "exitcode  : 2" in result.launcher_logs[0], result.format_logs(60)
+    for rank in (0, 1):
+        log = result.rank_logs[rank]
+        assert "natscale train: error: global_step4, the checkpoint named by" in log, log
+        assert "--resume-from global_step3" in log and "Traceback" not in log
+    assert (run / "metrics.jsonl").read_bytes() == metrics
+    assert read_latest(run / "checkpoints") == "global_step4"
