@@ -276,3 +276,39 @@ def test_two_ranks_agree_to_stop_on_a_truncated_shard(base, tmp_path):
         assert "--resume-from global_step3" in log and "Traceback" not in log
     assert (run / "metrics.jsonl").read_bytes() == metrics
     assert read_latest(run / "checkpoints") == "global_step4"
+
+
+def test_a_really_full_disk_during_a_save(base, tmp_path):
+    """Item 7 on a real full file system: checkpoints/ is a 600 KiB tmpfs that holds one tag
+    (332 KiB) but not two, so torch.save of global_step2 fails in the kernel (ENOSPC, which
+    torch reports as a RuntimeError of its zip writer). Needs root and mount; skipped otherwise."""
+    import os
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    shutil.copytree(base / "data", tmp_path / "data")
+    shutil.copytree(base / "model", tmp_path / "model")
+    ckpt = tmp_path / "run" / "checkpoints"
+    ckpt.mkdir(parents=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(ckpt)], capture_output=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {done.stderr!r}")
+    try:
+        result = run_distributed(
+            ["train", str(_config(tmp_path, "run"))],
+            launcher="single",
+            nprocs=1,
+            log_dir=tmp_path / "logs",
+        )
+        assert result.returncodes == [1] and not result.timed_out, result.format_logs(60)
+        log = result.rank_logs[0]
+        assert "checkpoint global_step2 could not be saved: no space left on device" in log
+        assert "latest still names global_step1" in log and "Traceback" not in log
+        assert read_latest(ckpt) == "global_step1"
+        assert sorted(p.name for p in ckpt.glob("global_step*")) == ["global_step1"]
+        assert plan_resume(ckpt).tag == "global_step1"
+    finally:
+        subprocess.run(["umount", str(ckpt)], check=True)
