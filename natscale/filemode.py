@@ -15,7 +15,15 @@ _LOCK = threading.Lock()
 
 
 def current_umask() -> int:
-    """The process umask (read by setting and restoring it; guarded against other threads)."""
+    """The process umask: from /proc on Linux, else by setting and restoring it (which briefly
+    changes it for every thread of the process)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     with _LOCK:
         mask = os.umask(0o077)
         os.umask(mask)

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from natscale.train.checkpoint import WORLD_FILE, list_tags, read_latest_text
+from natscale.train.checkpoint import TAG_RE, WORLD_FILE, list_tags, read_latest_text
 
 # what a run writes into its output_dir; --fresh moves these aside
 RUN_ENTRIES = (
@@ -50,6 +50,10 @@ class StartPlan:
     tag: str | None = None  # the tag to load; None: start at step 1
     notes: list[str] = field(default_factory=list)
     error: str | None = None
+
+
+def _step(tag: str) -> int:
+    return int(TAG_RE.match(tag).group(1))
 
 
 def check_tag(ckpt_dir: Path, tag: str) -> str | None:
@@ -126,7 +130,15 @@ def plan_resume(ckpt_dir: str | Path, *, requested: str | None = None) -> StartP
                 error=f"--resume-from {requested}: the checkpoint is incomplete: {why}. "
                 + _hint(ckpt_dir, requested)
             )
-        return StartPlan(requested, [f"resuming from {requested} (--resume-from)"])
+        notes = [f"resuming from {requested} (--resume-from)"]
+        m = TAG_RE.match(requested)
+        newer = [t for t in list_tags(ckpt_dir) if m and _step(t) > int(m.group(1))]
+        if newer:
+            notes.append(
+                f"{', '.join(newer)} (newer than {requested}) are kept until this run saves "
+                "the same step, which replaces it"
+            )
+        return StartPlan(requested, notes)
     latest = read_latest_text(ckpt_dir)
     tags = list_tags(ckpt_dir) if ckpt_dir.is_dir() else []
     if latest is None and not tags:

@@ -120,7 +120,9 @@ def test_an_empty_latest_is_refused_with_the_newest_intact_tag(base, tmp_path):
 
 def test_resume_from_a_tag(base, tmp_path):
     run = _copy(base, tmp_path)
-    assert plan_resume(run / "checkpoints", requested="global_step2").tag == "global_step2"
+    plan = plan_resume(run / "checkpoints", requested="global_step2")
+    assert plan.tag == "global_step2"
+    assert "global_step3, global_step4 (newer than global_step2) are kept until" in plan.notes[1]
     _truncate(_shard(run, "global_step2", "model"))
     plan = plan_resume(run / "checkpoints", requested="global_step2")
     assert plan.error.startswith("--resume-from global_step2: the checkpoint is incomplete")
