@@ -25,7 +25,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--resume",
         action="store_true",
-        help="continue from output_dir/checkpoints/latest (start fresh when there is none)",
+        help="continue from output_dir/checkpoints/latest, checked first (when latest names a "
+        "folder that is gone: from the newest complete checkpoint; when there is no checkpoint "
+        "at all: from step 1)",
+    )
+    parser.add_argument(
+        "--resume-from",
+        metavar="TAG",
+        help="continue from this checkpoint tag, e.g. global_step40 (implies --resume)",
+    )
+    parser.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start at step 1 even though output_dir holds a previous run: its files are moved "
+        "to output_dir/previous-<time>/ first (nothing is deleted)",
     )
     # the deepspeed launcher appends --local_rank=N; LOCAL_RANK in the environment says the same
     parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
@@ -49,7 +62,9 @@ def run(args: argparse.Namespace) -> int:
         return _fail("no run config: natscale train CONFIG (or --config CONFIG)", 2)
     try:
         run_cfg = load_config(path, RunConfig, args.overrides)
-        checks = check_run(run_cfg, resume=args.resume)
+        checks = check_run(
+            run_cfg, resume=args.resume, fresh=args.fresh, resume_from=args.resume_from
+        )
     except (ConfigError, PreflightError) as exc:
         return _fail(str(exc), 2)
     _quiet_libraries()
@@ -59,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
     from natscale.checkpoint_safety import UnsafeCheckpointError
     from natscale.train.dist import init_distributed
     from natscale.train.engine import export_local_size
+    from natscale.train.resume import ResumeError
     from natscale.train.trainer import StopSignal, Trainer, TrainingAborted
     from natscale.train.universal import UniversalConversionError
 
@@ -68,11 +84,20 @@ def run(args: argparse.Namespace) -> int:
     if info.rank == 0:
         for note in checks.notes:
             print(f"natscale train: note: {note}", file=sys.stderr, flush=True)
+    resume = args.resume or args.resume_from is not None
     try:
-        summary = Trainer(run_cfg, info, checks, resume=args.resume).train(stop)
+        trainer = Trainer(
+            run_cfg, info, checks, resume=resume, fresh=args.fresh, resume_from=args.resume_from
+        )
+        summary = trainer.train(stop)
     except TrainingAborted as exc:
+        if info.rank == 0 and exc.summary is not None:
+            try:
+                _write_summary(run_cfg.output_dir, exc.summary)
+            except OSError as write_exc:  # e.g. the disk that is full
+                print(f"natscale train: cannot write summary.json: {write_exc}", file=sys.stderr)
         return _fail(str(exc), 1)
-    except (RowError, UniversalConversionError, UnsafeCheckpointError) as exc:
+    except (RowError, UniversalConversionError, UnsafeCheckpointError, ResumeError) as exc:
         return _fail(str(exc), 2)
     if info.rank == 0:
         _write_summary(run_cfg.output_dir, summary)
@@ -112,7 +137,7 @@ def summary_line(s: dict) -> str:
     classes = ", ".join(f"{k} {num(v, '.3f')}" for k, v in (s["final_loss_by_class"] or {}).items())
     rates = s["tokens_per_s_per_gpu"]
     mfu = "n/a" if s["mfu"] is None else f"{100 * s['mfu']:.1f}%"
-    where = s["hf_export"] or s["checkpoint"]
+    where = s["hf_export"] or s["checkpoint"] or "no checkpoint"
     return (
         f"train: {s['reason']} at step {s['steps']}/{s['total_steps']} in {s['wall_s']:.1f} s; "
         f"loss {num(s['first_loss'])} -> {num(s['final_loss'])} ({classes}); "

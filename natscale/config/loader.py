@@ -15,6 +15,8 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from natscale.filemode import apply_umask
+
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -92,4 +94,5 @@ def save_config(config: BaseModel, path: str | os.PathLike) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write(text)
+    apply_umask(tmp)  # mkstemp made it 0600
     os.replace(tmp, path)

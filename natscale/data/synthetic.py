@@ -29,6 +29,7 @@ from natscale.data.synthetic_agent import KINDS, ScenarioUnavailable, simulate
 from natscale.data.synthetic_problems import Problem, Ref, draw_problem
 from natscale.eval.metrics import extract_gsm8k_answer, math_reward
 from natscale.eval.tools import calculate
+from natscale.filemode import apply_umask
 
 DEFAULT_SEED = 20240218  # the paper's v1 release date
 DEFAULT_NUM_QUESTIONS = 1300
@@ -188,6 +189,7 @@ def write_dataset(data: SyntheticSet, out_dir: str | os.PathLike) -> list[Path]:
         fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             f.write(payload)
+        apply_umask(tmp)  # mkstemp made it 0600
         os.replace(tmp, out / name)
         paths.append(out / name)
     return paths

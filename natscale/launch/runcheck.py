@@ -79,7 +79,7 @@ def _check_train(args: argparse.Namespace, world_size: int) -> tuple[list[str], 
             )
         ]
     try:
-        checks = check_run(run, resume=args.resume)
+        checks = check_run(run, resume=args.resume, fresh=args.fresh, resume_from=args.resume_from)
         ds = resolve_ds_config(run, world_size=world_size, hidden_size=checks.hidden_size)
     except (ConfigError, PreflightError) as exc:
         return [], [Finding("error", str(exc), path)]

@@ -4,29 +4,43 @@ Layout of ``RUN_DIR/checkpoints``::
 
     latest                  text file naming the newest complete tag, e.g. "global_step40"
     global_step40/          one DeepSpeed tag: zero_pp_rank_{r}_mp_rank_00_{model,optim}_states.pt
+                            and natscale_world_size (how many ranks wrote it)
     zero_to_fp32.py         DeepSpeed's offline converter (written by DeepSpeed)
 
 ``latest`` is written by rank 0 (temp file + rename) only after every rank has finished writing
-the tag, so a crash mid-save leaves the previous checkpoint in charge. The newest ``keep_last``
-tags are kept. The client state (in every rank's model-states file) holds the step, the data
-cursor, token counters, the non-finite step count and the RNG states of all ranks.
+the tag, so a crash mid-save leaves the previous checkpoint in charge. A save that fails on any
+rank (disk full, read-only, ...) is agreed on by every rank: the partial tag is removed, ``latest``
+stays on the last good tag and every rank raises :class:`CheckpointSaveError`. After a good save,
+the tags older than it beyond the newest ``keep_last`` are deleted; tags newer than the one just
+saved are never deleted. The client state (in every rank's model-states file) holds the step, the
+data cursor, token counters, the non-finite step count and the RNG states of all ranks.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import random
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from natscale.filemode import apply_umask
+
 TAG_RE = re.compile(r"^global_step(\d+)$")
 WORLD_FILE = "natscale_world_size"  # in each tag folder: how many ranks wrote it (universal.py)
+LOW_SPACE_BYTES = 64 * 2**20  # a write that fails with less free than this: the disk is full
+
+
+class CheckpointSaveError(RuntimeError):
+    """A checkpoint could not be written; the partial tag is gone, ``latest`` is unchanged."""
 
 
 def tag_for(step: int) -> str:
@@ -42,20 +56,47 @@ def read_latest(ckpt_dir: str | Path) -> str | None:
     return tag if (Path(ckpt_dir) / tag).is_dir() else None
 
 
+def read_latest_text(ckpt_dir: str | Path) -> str | None:
+    """What ``ckpt_dir/latest`` says, stripped ("" when empty); None when there is no such file."""
+    latest = Path(ckpt_dir) / "latest"
+    if not latest.is_file():
+        return None
+    return latest.read_text(encoding="utf-8", errors="replace").strip()
+
+
+def list_tags(ckpt_dir: str | Path) -> list[str]:
+    """The ``global_step{N}`` folders in ``ckpt_dir``, oldest step first (complete or not)."""
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p.name) for p in ckpt_dir.iterdir() if (m := TAG_RE.match(p.name))]
+    return [name for _, name in sorted(found) if (ckpt_dir / name).is_dir()]
+
+
 def _write_latest(ckpt_dir: Path, tag: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=ckpt_dir, prefix=".latest.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(tag)
-    os.replace(tmp, ckpt_dir / "latest")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(tag)
+        apply_umask(tmp)  # mkstemp made it 0600
+        os.replace(tmp, ckpt_dir / "latest")
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def _prune(ckpt_dir: Path, keep_last: int, current: str) -> list[str]:
-    tags = sorted(
-        (int(m.group(1)), p.name)
-        for p in ckpt_dir.iterdir()
-        if p.is_dir() and (m := TAG_RE.match(p.name))
-    )
-    doomed = [name for _, name in tags[:-keep_last] if name != current]
+    """Delete the tags older than ``current`` (just saved, complete) beyond the newest
+    ``keep_last``; tags newer than ``current`` are left alone (not this run's to judge)."""
+    m = TAG_RE.match(current)
+    limit = int(m.group(1)) if m else None
+    tags = [
+        t for t in list_tags(ckpt_dir) if limit is None or int(TAG_RE.match(t).group(1)) <= limit
+    ]
+    if current not in tags:  # only a save that just completed may make room
+        return []
+    doomed = [name for name in tags[: -max(keep_last, 1)] if name != current]
     for name in doomed:
         shutil.rmtree(ckpt_dir / name, ignore_errors=True)
         shutil.rmtree(ckpt_dir / f"{name}_universal", ignore_errors=True)  # see universal.py
@@ -88,32 +129,133 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def describe_write_error(exc: BaseException, where: Path) -> str:
+    """One line for a failed write; says "no space left on device" when that is the cause.
+
+    torch.save reports a full disk as a RuntimeError from its zip writer, without the errno, so
+    a failed write on a file system with almost no free space counts as a full disk too.
+    """
+    try:
+        free = shutil.disk_usage(where).free
+    except OSError:
+        free = None
+    code = getattr(exc, "errno", None)
+    first = str(exc).splitlines()[0] if str(exc) else repr(exc)
+    text = f"{type(exc).__name__}: {first}"
+    space = (
+        f"{free / 2**20:,.0f} MiB free on the file system of {where}" if free is not None else ""
+    )
+    if code in (errno.ENOSPC, errno.EDQUOT) or (free is not None and free < LOW_SPACE_BYTES):
+        what = "no space left on device" if code != errno.EDQUOT else "disk quota exceeded"
+        return f"{what} ({text}{'; ' + space if space else ''})"
+    return f"{text}{' (' + space + ')' if space else ''}"
+
+
+@contextlib.contextmanager
+def _writes_recorded(engine: Any, failures: list[BaseException]) -> Iterator[None]:
+    """Inside: DeepSpeed's checkpoint writes on this rank record their error instead of raising.
+
+    A rank that raised out of ``save_checkpoint`` would leave the others waiting in its final
+    barrier; recorded, every rank goes through the same collectives and the failure is agreed on
+    afterwards. Wrapped: the checkpoint engine's ``save`` and ``makedirs`` and the copy of
+    DeepSpeed's recovery script.
+    """
+    ckpt_engine = engine.checkpoint_engine
+
+    def recorded(fn: Any, kinds: tuple[type[BaseException], ...]) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if failures:  # the tag is lost already: write nothing more
+                return None
+            try:
+                return fn(*args, **kwargs)
+            except kinds as exc:
+                failures.append(exc)
+                return None
+
+        return call
+
+    patched = [
+        (ckpt_engine, "save", recorded(ckpt_engine.save, (OSError, RuntimeError))),
+        (ckpt_engine, "makedirs", recorded(ckpt_engine.makedirs, (OSError,))),
+        (engine, "_copy_recovery_script", recorded(engine._copy_recovery_script, (OSError,))),
+    ]
+    for obj, name, fn in patched:
+        setattr(obj, name, fn)  # an instance attribute, shadowing the method
+    try:
+        yield
+    finally:
+        for obj, name, _ in patched:
+            with contextlib.suppress(AttributeError):
+                delattr(obj, name)
+
+
 def save(
     engine: Any, ckpt_dir: str | Path, *, step: int, client_state: dict[str, Any], keep_last: int
 ) -> str:
-    """Save tag ``global_step{step}`` on all ranks (collective), then move ``latest`` to it."""
+    """Save tag ``global_step{step}`` on all ranks (collective), then move ``latest`` to it.
+
+    Raises :class:`CheckpointSaveError` on every rank when any rank failed to write (see the
+    module doc); the message names the rank, the error and the tag ``latest`` still names.
+    """
     import torch.distributed as dist
 
     ckpt_dir = Path(ckpt_dir)
     tag = tag_for(step)
+    rank = dist.get_rank()
+    failures: list[BaseException] = []
+    if rank == 0 and (ckpt_dir / tag).is_dir() and read_latest(ckpt_dir) != tag:
+        # left by a save of this step that never completed (`latest` never named it)
+        shutil.rmtree(ckpt_dir / tag, ignore_errors=True)
     states: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(states, rng_state())
     state = dict(client_state, rng_states=states)
-    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=state, save_latest=False)
-    # save_checkpoint ends with a barrier: every rank's files of this tag are written
-    if dist.get_rank() == 0:
-        # rank 0 may see only its own node's shards (node-local disks): say how many ranks wrote it
-        (ckpt_dir / tag / WORLD_FILE).write_text(f"{dist.get_world_size()}\n")
-        _write_latest(ckpt_dir, tag)
+    with _writes_recorded(engine, failures):
+        engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=state, save_latest=False)
+    # save_checkpoint ends with a barrier: every rank's files of this tag are written (or failed)
+    errors: list[Any] = [None] * dist.get_world_size()
+    mine = describe_write_error(failures[0], ckpt_dir) if failures else None
+    dist.all_gather_object(errors, mine)
+    failed = [(r, e) for r, e in enumerate(errors) if e is not None]
+    if not failed and rank == 0:
+        try:
+            # rank 0 may see only its own node's shards (node-local disks): record the rank count
+            (ckpt_dir / tag / WORLD_FILE).write_text(f"{dist.get_world_size()}\n")
+            _write_latest(ckpt_dir, tag)
+        except OSError as exc:
+            failed = [(0, describe_write_error(exc, ckpt_dir))]
+    box: list[Any] = [failed]
+    dist.broadcast_object_list(box, src=0)  # rank 0's own latest/record failure, if any
+    failed = box[0]
+    if failed:
+        if rank == 0 and read_latest(ckpt_dir) != tag:
+            shutil.rmtree(ckpt_dir / tag, ignore_errors=True)
+        dist.barrier()
+        previous = read_latest(ckpt_dir)
+        r, first = failed[0]
+        raise CheckpointSaveError(
+            f"checkpoint {tag} could not be saved: {first} (rank {r}"
+            + (f" and {len(failed) - 1} more" if len(failed) > 1 else "")
+            + f"). The partial {ckpt_dir / tag} was removed; "
+            + (
+                f"latest still names {previous}, the last good checkpoint (continue from it "
+                "with --resume once there is room)"
+                if previous
+                else "there is no earlier checkpoint"
+            )
+        )
+    if rank == 0:
         _prune(ckpt_dir, keep_last, tag)
     dist.barrier()
     return tag
 
 
-def load(engine: Any, ckpt_dir: str | Path, *, load_tag: str | None = None) -> dict[str, Any]:
-    """Load the ``latest`` tag into the engine; restore this rank's RNG; return the client state.
+def load(
+    engine: Any, ckpt_dir: str | Path, *, tag: str | None = None, load_tag: str | None = None
+) -> dict[str, Any]:
+    """Load ``tag`` (default: the ``latest`` tag) into the engine; restore this rank's RNG; return
+    the client state. Check the tag first (natscale.train.resume does, on rank 0).
 
-    load_tag: the folder to load instead (the universal conversion of ``latest``; the engine must
+    load_tag: the folder to load instead (the universal conversion of ``tag``; the engine must
     then have been built with ``load_universal``). The RNG states are restored only when the
     checkpoint was written by as many ranks as there are now (rank r gets rank r's states).
     Files are loaded weights-only: one that needs anything else raises
@@ -123,7 +265,7 @@ def load(engine: Any, ckpt_dir: str | Path, *, load_tag: str | None = None) -> d
 
     from natscale.checkpoint_safety import check_files, weights_only_loads
 
-    tag = read_latest(ckpt_dir)
+    tag = tag or read_latest(ckpt_dir)
     if tag is None:
         raise FileNotFoundError(f"{ckpt_dir}: no complete checkpoint (no valid 'latest' file)")
     # every rank checks every file before the (collective) load: all refuse an unsafe one alike

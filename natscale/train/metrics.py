@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import resource
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,7 +117,7 @@ class MetricsWriter:
 
     def __init__(self, run_dir: Path, *, tensorboard: bool, resume_step: int):
         self.path = run_dir / "metrics.jsonl"
-        truncate_after(self.path, resume_step)
+        self.notes = truncate_after(self.path, resume_step)  # for the caller to print
         self._fh = self.path.open("a", encoding="utf-8")
         self._tb = None
         if tensorboard:
@@ -142,18 +143,70 @@ class MetricsWriter:
             self._tb.close()
 
 
-def truncate_after(path: Path, step: int) -> None:
-    """Drop records of steps > ``step`` (written after the checkpoint a resumed run starts from)."""
+class MetricsFileError(ValueError):
+    """A line of metrics.jsonl that is not a JSON object (other than a partial last line)."""
+
+
+def parse_metrics(path: Path) -> tuple[list[dict[str, Any]], str | None]:
+    """(the records of ``path``, a note when its last line was cut off and is left out).
+
+    A process killed while writing leaves a last line without its newline, or with text that is
+    not JSON: that line is reported in the note, not parsed. Any other bad line raises
+    :class:`MetricsFileError` naming the file and line.
+    """
+    text = path.read_text(encoding="utf-8", errors="replace")
+    lines = text.split("\n")
+    complete, tail = lines[:-1], lines[-1]  # tail: after the last newline ("" if none)
+    records: list[dict[str, Any]] = []
+    note = None
+    for number, line in enumerate(complete, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as exc:
+            if number == len(complete) and not tail.strip():
+                note = f"{path}: line {number} is cut off (a write that was interrupted); left out"
+                break
+            raise MetricsFileError(
+                f"{path}, line {number}: not a JSON object ({exc}); the file was edited or "
+                "damaged: remove or repair that line"
+            ) from exc
+        if not isinstance(record, dict):
+            raise MetricsFileError(f"{path}, line {number}: not a JSON object")
+        records.append(record)
+    if tail.strip():
+        note = (
+            f"{path}: line {len(complete) + 1} is cut off (no newline: a write that was "
+            "interrupted); left out"
+        )
+    return records, note
+
+
+def truncate_after(path: Path, step: int) -> list[str]:
+    """Drop records of steps > ``step`` (written after the checkpoint a resumed run starts from)
+    and a cut-off last line; returns notes saying what was dropped."""
     if not path.is_file():
-        return
-    lines = path.read_text(encoding="utf-8").splitlines()
-    kept = [ln for ln in lines if ln.strip() and json.loads(ln).get("step", 0) <= step]
-    if len(kept) != len(lines):
+        return []
+    records, note = parse_metrics(path)
+    kept = [r for r in records if r.get("step", 0) <= step]
+    notes = [note.replace("; left out", "; removed")] if note else []
+    if len(kept) != len(records):
+        since = f"the checkpoint of step {step} this run resumes from" if step else "step 0"
+        last = records[-1].get("step")
+        steps = f"step {last}" if last == step + 1 else f"steps {step + 1}-{last}"
+        notes.append(f"{path}: removed the records of {steps}, written after {since}")
+    if notes:
         tmp = path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(ln + "\n" for ln in kept), encoding="utf-8")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
         tmp.replace(path)
+    return notes
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The records of RUN_DIR/metrics.jsonl; a cut-off last line is left out with a warning."""
     path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(ln) for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    records, note = parse_metrics(path)
+    if note:
+        print(f"natscale: warning: {note}", file=sys.stderr)
+    return records

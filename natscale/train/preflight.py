@@ -13,7 +13,8 @@ from natscale.config.loader import ConfigError
 from natscale.config.run import RunConfig
 from natscale.data.schema import ROW_FIELDS
 from natscale.model.load import ModelSourceError, has_weights, load_hf_config
-from natscale.train.checkpoint import read_latest
+from natscale.train.checkpoint import list_tags, read_latest_text
+from natscale.train.metrics import MetricsFileError, parse_metrics
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 
@@ -31,7 +32,10 @@ class Preflight:
     notes: list[str]
 
 
-def check_run(run: RunConfig, *, resume: bool) -> Preflight:
+def check_run(
+    run: RunConfig, *, resume: bool, fresh: bool = False, resume_from: str | None = None
+) -> Preflight:
+    """Every check of this module; ``resume_from`` implies ``resume``."""
     notes: list[str] = []
     try:
         config = load_hf_config(run.model)
@@ -47,7 +51,12 @@ def check_run(run: RunConfig, *, resume: bool) -> Preflight:
     if tokenizer_dir is not None:
         check_tokenizer(run, tokenizer_dir, config.vocab_size)
     check_ds_config(run, hidden_size=config.hidden_size)
-    check_output_dir(Path(run.output_dir), resume=resume)
+    check_output_dir(
+        Path(run.output_dir),
+        resume=resume or resume_from is not None,
+        fresh=fresh,
+        resume_from=resume_from,
+    )
     return Preflight(config.vocab_size, config.hidden_size, num_rows, tokenizer_dir, notes)
 
 
@@ -136,14 +145,61 @@ def check_ds_config(run: RunConfig, *, hidden_size: int) -> None:
     check_with_deepspeed(ds, f"deepspeed.config {resolve_ds_config_path(run.deepspeed.config)}")
 
 
-def check_output_dir(out: Path, *, resume: bool) -> None:
+def check_output_dir(
+    out: Path, *, resume: bool, fresh: bool = False, resume_from: str | None = None
+) -> None:
+    """``out`` can be written, and what it holds fits the flags (the checkpoint itself is checked
+    later, on rank 0: natscale.train.resume)."""
     if out.exists() and not out.is_dir():
         raise PreflightError(f"output_dir: {out} exists and is not a directory")
-    if not resume and read_latest(out / "checkpoints") is not None:
+    if resume and fresh:
+        raise PreflightError("--fresh starts over and --resume continues: pass one of them")
+    check_writable(out)
+    ckpt = out / "checkpoints"
+    tags = list_tags(ckpt)
+    latest = read_latest_text(ckpt)
+    if not resume and not fresh and (tags or latest is not None):
+        shown = ", ".join(tags[-4:]) if tags else f"a latest file naming {latest!r}"
         raise PreflightError(
-            f"output_dir: {out} already holds checkpoints; pass --resume to continue that run "
-            "or choose another output_dir"
+            f"output_dir: {out} already holds checkpoints ({shown}); pass --resume to continue "
+            "that run, --fresh to start over at step 1 (the previous run's files are moved to "
+            f"{out}/previous-<time>/, not deleted), or choose another output_dir"
         )
+    if resume_from is not None and not (ckpt / resume_from).is_dir():
+        raise PreflightError(
+            f"--resume-from {resume_from}: {ckpt / resume_from} does not exist (checkpoints in "
+            f"{ckpt}: {', '.join(tags) or 'none'})"
+        )
+    metrics = out / "metrics.jsonl"
+    if resume and metrics.is_file():
+        try:
+            parse_metrics(metrics)  # a cut-off last line is fine: the trainer removes it
+        except (MetricsFileError, OSError) as exc:
+            raise PreflightError(f"output_dir: {exc}") from exc
+
+
+def check_writable(out: Path) -> None:
+    """Create (and remove) a file in ``out``, or in its nearest existing parent, and in
+    ``out/checkpoints`` when it exists: a read-only place fails here, not in rank 0's first save.
+    """
+    import tempfile
+
+    probes = [p for p in (out, out / "checkpoints") if p.is_dir()]
+    if not probes:
+        parent = out.parent
+        while not parent.is_dir() and parent != parent.parent:
+            parent = parent.parent
+        probes = [parent]
+    for folder in probes:
+        try:
+            with tempfile.TemporaryFile(dir=folder, prefix=".natscale-probe-"):
+                pass
+        except OSError as exc:
+            where = "" if folder in (out, out / "checkpoints") else f" (to create {out} in it)"
+            raise PreflightError(
+                f"output_dir: cannot write in {folder}{where}: {exc.strerror or exc}; choose a "
+                "writable output_dir"
+            ) from exc
 
 
 def _is_tokenizer_dir(path: Path) -> bool:

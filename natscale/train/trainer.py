@@ -34,13 +34,19 @@ from natscale.train.engine import build_engine
 from natscale.train.export import export_hf, original_use_cache, write_model_config
 from natscale.train.metrics import FlopsModel, MetricsWriter, memory_gib, peak_flops
 from natscale.train.preflight import Preflight
+from natscale.train.resume import agree_on_start
 from natscale.train.universal import prepare_resume
 
 TOKEN_KINDS = ("slot", "nonpad", "trained")
 
 
 class TrainingAborted(RuntimeError):
-    """The run cannot go on (too many non-finite steps); the last checkpoint is intact."""
+    """The run cannot go on (too many non-finite steps, a checkpoint that could not be written);
+    the last good checkpoint is intact. ``summary`` is what ``summary.json`` records."""
+
+    def __init__(self, message: str, summary: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.summary = summary
 
 
 @dataclass
@@ -70,7 +76,16 @@ class StopSignal:
 class Trainer:
     """One rank's training run: data plan, engine, state, the loop, checkpoints and export."""
 
-    def __init__(self, run: RunConfig, info: DistInfo, checks: Preflight, *, resume: bool):
+    def __init__(
+        self,
+        run: RunConfig,
+        info: DistInfo,
+        checks: Preflight,
+        *,
+        resume: bool,
+        fresh: bool = False,
+        resume_from: str | None = None,
+    ):
         self.run = run
         self.info = info
         self.checks = checks
@@ -85,7 +100,14 @@ class Trainer:
         self.total_steps = run.train.steps or self.plan.steps_for_epochs(
             len(self.rows), run.train.epochs
         )
-        latest = checkpoint.read_latest(self.ckpt_dir) if resume else None
+        # rank 0 checks the checkpoint (or moves a previous run aside) before any rank loads
+        plan = agree_on_start(
+            self.run_dir, resume=resume, fresh=fresh, requested=resume_from, rank=info.rank
+        )
+        if info.rank == 0:
+            for note in plan.notes:
+                print(f"natscale train: note: {note}", file=sys.stderr, flush=True)
+        latest = plan.tag
         self.converted = (  # a checkpoint of another world size, made loadable here
             prepare_resume(self.ckpt_dir, latest, world_size=info.world_size, rank=info.rank)
             if latest is not None
@@ -105,7 +127,9 @@ class Trainer:
         self.resumed_from: str | None = None
         if latest is not None:
             load_tag = self.converted["load_tag"] if self.converted else None
-            self._restore(checkpoint.load(self.engine, self.ckpt_dir, load_tag=load_tag))
+            self._restore(
+                checkpoint.load(self.engine, self.ckpt_dir, tag=latest, load_tag=load_tag)
+            )
             self._note_conversion()
         self.use_cache = original_use_cache(run.model)
         self.writer: MetricsWriter | None = None
@@ -114,6 +138,8 @@ class Trainer:
             self.writer = MetricsWriter(
                 self.run_dir, tensorboard=run.logging.tensorboard, resume_step=self.state.step
             )
+            for note in self.writer.notes:
+                print(f"natscale train: note: {note}", file=sys.stderr, flush=True)
 
     # ---- setup -------------------------------------------------------------------------------
     def _restore(self, client: dict[str, Any]) -> None:
@@ -316,10 +342,16 @@ class Trainer:
                     loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", refresh=False
                 )
             if state.nonfinite_steps > run.train.max_nonfinite_steps:
-                raise TrainingAborted(
+                if bar is not None:
+                    bar.close()
+                self._abort(
+                    "nonfinite_steps",
                     f"{state.nonfinite_steps} steps had a non-finite loss or gradient "
-                    f"(train.max_nonfinite_steps={run.train.max_nonfinite_steps}); stopping. "
-                    f"Latest checkpoint: {checkpoint.read_latest(self.ckpt_dir)}"
+                    f"(train.max_nonfinite_steps={run.train.max_nonfinite_steps}); stopping at "
+                    f"step {state.step}. {self._last_good()}",
+                    records,
+                    started,
+                    start_step,
                 )
             if out["stop_requested"]:
                 reason = "SIGTERM"
@@ -327,11 +359,11 @@ class Trainer:
             every = run.checkpoint.every_steps
             if every and state.step % every == 0 and state.step < last_stop:
                 saved_at = state.step
-                self._save()
+                self._save_or_abort(records, started, start_step, bar)
         if bar is not None:
             bar.close()
         if saved_at != state.step and (run.checkpoint.at_end or reason == "SIGTERM"):
-            self._save()
+            self._save_or_abort(records, started, start_step, None)
         if reason == "finished" and state.step < self.total_steps:
             reason = "stop_after_steps"
         exported = None
@@ -346,6 +378,44 @@ class Trainer:
         return self._summary(
             records, reason, time.time() - started, state.step - start_step, exported
         )
+
+    def _save_or_abort(
+        self, records: list[dict[str, Any]], started: float, start_step: int, bar: Any
+    ) -> None:
+        try:
+            self._save()
+        except checkpoint.CheckpointSaveError as exc:
+            if bar is not None:
+                bar.close()
+            self._abort("checkpoint_save_failed", str(exc), records, started, start_step)
+
+    def _last_good(self) -> str:
+        tag = checkpoint.read_latest(self.ckpt_dir)
+        if tag is None:
+            every = self.run.checkpoint.every_steps
+            return (
+                f"No checkpoint was saved before this (checkpoint.every_steps={every}), so there "
+                "is nothing to resume from."
+            )
+        return (
+            f"Last good checkpoint: {self.ckpt_dir / tag}; after fixing the cause, continue from "
+            "it with --resume."
+        )
+
+    def _abort(
+        self,
+        reason: str,
+        message: str,
+        records: list[dict[str, Any]],
+        started: float,
+        start_step: int,
+    ) -> None:
+        """Raise TrainingAborted (every rank) with the summary that summary.json records."""
+        summary = self._summary(
+            records, reason, time.time() - started, self.state.step - start_step, None
+        )
+        summary.update(status="aborted", message=message)
+        raise TrainingAborted(message, summary)
 
     def _warn_nonfinite(self, out: dict[str, Any]) -> None:
         if self.info.rank == 0:
@@ -385,7 +455,9 @@ class Trainer:
         mfus = [r["mfu"] for r in timed if r["mfu"] is not None]
         tflops = sum(r["tflops_per_gpu"] * r["step_time_s"] for r in timed) / total_time
         last = records[-1] if records else {}
+        latest = checkpoint.read_latest(self.ckpt_dir)
         return {
+            "status": "completed",
             "reason": reason,
             "steps": self.state.step,
             "total_steps": self.total_steps,
@@ -404,6 +476,6 @@ class Trainer:
             "device": self.device_label,
             "attn_implementation": self.bundle.attn_implementation,
             "nonfinite_steps": self.state.nonfinite_steps,
-            "checkpoint": str(self.ckpt_dir / (checkpoint.read_latest(self.ckpt_dir) or "")),
+            "checkpoint": str(self.ckpt_dir / latest) if latest else None,
             "hf_export": str(exported) if exported else None,
         }

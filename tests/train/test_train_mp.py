@@ -250,8 +250,13 @@ def test_nonfinite_skip_stop_after_resume_then_abort(tmp_path: Path):
     assert records[1]["loss"] is None and records[1]["nonfinite_steps"] == 1
     assert records[4]["nonfinite_steps"] == 2  # the count came back with the checkpoint
     assert all(r["loss"] is not None and r["grad_norm"] < 1e3 for r in records[2:4])
-    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["reason"] == "stop_after_steps"
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())  # the abort's
+    assert (summary["status"], summary["reason"], summary["steps"]) == (
+        "aborted",
+        "nonfinite_steps",
+        5,
+    )
+    assert summary["checkpoint"] == str(tmp_path / "run" / "checkpoints" / "global_step3")
     ds_config = json.loads((tmp_path / "run" / "ds_config.json").read_text())
     assert ds_config["bf16"]["enabled"] is True
 

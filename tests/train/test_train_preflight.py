@@ -164,6 +164,86 @@ def test_existing_checkpoints_need_resume(setup):
     tmp, cfg = setup
     (tmp / "out" / "checkpoints" / "global_step3").mkdir(parents=True)
     (tmp / "out" / "checkpoints" / "latest").write_text("global_step3")
-    with pytest.raises(PreflightError, match="already holds checkpoints; pass --resume"):
+    with pytest.raises(
+        PreflightError, match=r"already holds checkpoints \(global_step3\); pass --resume"
+    ):
         _check(cfg)
     _check(cfg, resume=True)
+
+
+def _check_flags(cfg: Path, **flags):
+    return check_run(load_config(cfg, RunConfig, []), **flags)
+
+
+@pytest.mark.parametrize("files", [["global_step4/"], ["latest:global_step6"]])
+def test_any_checkpoint_trace_needs_a_flag(setup, files):
+    """A tag folder without `latest`, or a `latest` whose folder is gone, is a previous run too."""
+    tmp, cfg = setup
+    ckpt = tmp / "out" / "checkpoints"
+    ckpt.mkdir(parents=True)
+    for item in files:
+        if item.endswith("/"):
+            (ckpt / item).mkdir()
+        else:
+            name, text = item.split(":")
+            (ckpt / name).write_text(text)
+    with pytest.raises(PreflightError, match=r"already holds checkpoints .*--fresh to start over"):
+        _check_flags(cfg, resume=False)
+    _check_flags(cfg, resume=True)
+    _check_flags(cfg, resume=False, fresh=True)
+    with pytest.raises(PreflightError, match="pass one of them"):
+        _check_flags(cfg, resume=True, fresh=True)
+
+
+def test_resume_from_names_an_existing_tag(setup, capsys):
+    tmp, cfg = setup
+    (tmp / "out" / "checkpoints" / "global_step2").mkdir(parents=True)
+    with pytest.raises(PreflightError, match=r"global_step9 does not exist .*: global_step2\)"):
+        _check_flags(cfg, resume=False, resume_from="global_step9")
+    assert main(["train", str(cfg), "--resume-from", "global_step9"]) == 2
+    assert "--resume-from global_step9" in capsys.readouterr().err
+    assert main(["train", str(cfg), "--resume", "--fresh"]) == 2
+    assert not dist.is_initialized()
+
+
+def test_a_damaged_metrics_line_is_named_before_resuming(setup):
+    tmp, cfg = setup
+    (tmp / "out").mkdir()
+    (tmp / "out" / "metrics.jsonl").write_text('{"step": 1}\n{"step": 2, "lo\n{"step": 3}\n')
+    with pytest.raises(PreflightError, match=r"metrics.jsonl, line 2: not a JSON object"):
+        _check_flags(cfg, resume=True)
+    (tmp / "out" / "metrics.jsonl").write_text('{"step": 1}\n{"step": 2, "lo')
+    _check_flags(cfg, resume=True)  # a cut-off last line is removed by the trainer
+
+
+def _read_only(folder: Path):
+    """``folder`` made read-only: chmod for a normal user; for root (whom chmod does not stop), a
+    read-only tmpfs mounted over it. Returns an undo function; skips when neither is possible."""
+    import os
+    import subprocess
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        return lambda: folder.chmod(0o755)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(folder)], capture_output=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"running as root and cannot mount a read-only tmpfs: {done.stderr!r}")
+    return lambda: subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_read_only_output_dir_is_refused_before_any_process_group(setup, capsys):
+    tmp, cfg = setup
+    undo = _read_only(tmp / "out")
+    try:
+        assert main(["train", str(cfg)]) == 2
+        err = capsys.readouterr().err
+        assert f"output_dir: cannot write in {tmp / 'out'}" in err and "writable" in err
+        nested = load_config(cfg, RunConfig, [f"output_dir={tmp / 'out' / 'a' / 'b'}"])
+        with pytest.raises(PreflightError, match=r"cannot write in .*out \(to create .*out/a/b"):
+            check_run(nested, resume=False)
+    finally:
+        undo()
+    assert not dist.is_initialized()

@@ -6,8 +6,16 @@ import json
 import math
 from pathlib import Path
 
+import pytest
+
 from natscale.train.checkpoint import _prune, _write_latest, read_latest
-from natscale.train.metrics import FlopsModel, clean, read_metrics, truncate_after
+from natscale.train.metrics import (
+    FlopsModel,
+    MetricsFileError,
+    clean,
+    read_metrics,
+    truncate_after,
+)
 
 
 def test_latest_names_only_a_complete_tag(tmp_path: Path):
@@ -64,3 +72,76 @@ def test_flops_model_of_the_tiny_llama():
     got = flops.step_flops(nonpad=10, trained=4, sum_sq_segment_len=50)
     assert got == 6 * flops.body_params * 10 + 6 * h * v * 4 + 6 * layers * flops.attn_dim * 50
     assert sum(p.numel() for p in model.parameters()) == flops.body_params + 2 * h * v
+
+
+def test_a_cut_off_last_metrics_line_is_removed_on_resume_and_skipped_by_readers(tmp_path, capsys):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1}\n{"step": 2}\n{"step": 3, "loss": 0.')
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2]
+    assert f"{path}: line 3 is cut off" in capsys.readouterr().err
+    assert truncate_after(path, 5) == [
+        f"{path}: line 3 is cut off (no newline: a write that was interrupted); removed"
+    ]
+    assert path.read_text() == '{"step": 1}\n{"step": 2}\n'
+    assert truncate_after(path, 5) == []
+    path.write_text('{"step": 1}\n{"step": 2, "lo\n')  # killed after a newline made it? still cut
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1]
+
+
+def test_a_bad_metrics_line_before_the_last_names_file_and_line(tmp_path, capsys):
+    from natscale.cli.main import main
+
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1}\nnot json\n{"step": 3}\n')
+    with pytest.raises(MetricsFileError, match=r"metrics.jsonl, line 2: not a JSON object"):
+        read_metrics(tmp_path)
+    assert main(["plot", str(tmp_path)]) == 2
+    assert "metrics.jsonl, line 2: not a JSON object" in capsys.readouterr().err
+
+
+def test_plot_skips_a_cut_off_last_line(tmp_path, capsys):
+    from natscale.cli.main import main
+
+    rec = {"step": 1, "loss": 2.0, "loss_by_class": {"a": 2.0}, "tokens_per_s_per_gpu": {}}
+    lines = [json.dumps({**rec, "step": s}) for s in (1, 2)]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + '\n{"step": 3, "lo')
+    assert main(["plot", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert "line 3 is cut off" in captured.err and "loss.png" in captured.out
+
+
+def test_files_written_through_a_temp_path_follow_the_umask(tmp_path):
+    """latest, config.yaml / prepare_config.yaml (save_config), the synthetic data files and
+    the HF export (safetensors writes 0600) get 0666 & ~umask, like any other file."""
+    import os
+    import stat
+
+    import torch
+    from safetensors.torch import save_file
+
+    from natscale.config.loader import save_config
+    from natscale.config.run import CheckpointSection
+    from natscale.data.synthetic import generate, write_dataset
+    from natscale.train.export import _swap_in
+
+    def mode(p: Path) -> int:
+        return stat.S_IMODE(p.stat().st_mode)
+
+    old = os.umask(0o022)
+    try:
+        _write_latest(tmp_path, "global_step4")
+        save_config(CheckpointSection(), tmp_path / "config.yaml")
+        written = write_dataset(generate(seed=0, num_questions=2), tmp_path / "synthetic")
+        export = tmp_path / "hf.tmp"
+        export.mkdir()
+        save_file({"w": torch.zeros(2)}, str(export / "model.safetensors"))
+        assert mode(export / "model.safetensors") == 0o600  # what safetensors does
+        _swap_in(export, tmp_path / "hf")
+        files = [tmp_path / "latest", tmp_path / "config.yaml", *written]
+        files.append(tmp_path / "hf" / "model.safetensors")
+        assert {str(p): mode(p) for p in files} == {str(p): 0o644 for p in files}
+        assert mode(tmp_path / "hf") == 0o755
+        os.umask(0o027)
+        save_config(CheckpointSection(), tmp_path / "config.yaml")
+        assert mode(tmp_path / "config.yaml") == 0o640
+    finally:
+        os.umask(old)
