@@ -20,13 +20,20 @@ CLASSES = ["success", "failure"]
 FIRST_ID = 4  # ids below are special tokens in every preset's tokenizer
 
 
+def synthetic_lengths(
+    dist: LengthDist, *, num: int, seq_len: int, rng: np.random.Generator
+) -> np.ndarray:
+    """``num`` log-normal trajectory lengths, rounded and clipped to [min_len, seq_len]."""
+    lengths = np.exp(rng.normal(math.log(dist.median), dist.sigma, size=num))
+    return np.clip(lengths.round().astype(np.int64), dist.min_len, seq_len)
+
+
 def synthetic_examples(
     dist: LengthDist, *, num: int, seq_len: int, vocab: int, seed: int
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """``num`` trajectories: int64 ids [n] and bool train masks [n], lengths in [min_len, seq_len]."""
     rng = np.random.default_rng(seed)
-    lengths = np.exp(rng.normal(math.log(dist.median), dist.sigma, size=num))
-    lengths = np.clip(lengths.round().astype(np.int64), dist.min_len, seq_len)
+    lengths = synthetic_lengths(dist, num=num, seq_len=seq_len, rng=rng)
     ids, masks = [], []
     period = dist.assistant + dist.observation
     for n in lengths:
