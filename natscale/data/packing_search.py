@@ -24,7 +24,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-STALL = 4
+STALL = 4  # rounds without a gain before the repair stops
+RANDOM = 5  # random rows dissolved per stalled round, times the stall count
+GROUP_ROWS = 1500
 
 
 def l2_bound(lengths: Sequence[int] | np.ndarray, capacity: int) -> int:
@@ -80,9 +82,12 @@ class _Rows:
         a, b = np.triu_indices(self.m.shape[1], 1)
         self.pa, self.pb = a, b
 
-    def widen(self) -> None:
-        self.m = np.concatenate([self.m, np.zeros((len(self.m), 2), np.int64)], axis=1)
-        self._pairs()
+    def widen(self, width: int) -> None:
+        """At least ``width`` slots per row."""
+        if width > self.m.shape[1]:
+            grow = np.zeros((len(self.m), width - self.m.shape[1]), np.int64)
+            self.m = np.concatenate([self.m, grow], axis=1)
+            self._pairs()
 
     def lists(self) -> list[list[int]]:
         return [[int(x) for x in row if x] for row in self.m]
@@ -146,7 +151,7 @@ def _absorb(rows: _Rows, pool: list[int], max_batches: int) -> list[int]:
         pool = [x for x, u in zip(pool, used, strict=True) if not u] + out
         pool.sort()
         if need_widen:
-            rows.widen()
+            rows.widen(m.shape[1] + 2)
     return pool
 
 
@@ -155,23 +160,51 @@ def repair(
     capacity: int,
     target: int,
     *,
+    group_rows: int = GROUP_ROWS,
+    **budget: int,
+) -> list[list[int]]:
+    """Fewer rows of the same sizes (lists of sizes), never more; stops at ``target`` rows.
+
+    Above ``group_rows`` rows the rows are dealt (seeded) into groups of about that many, each
+    repaired towards its own L2 bound, so the time grows linearly with the rows.
+    """
+    if len(bins) <= max(target, 1):
+        return bins
+    groups = -(-len(bins) // group_rows)
+    if groups == 1:
+        return _repair_group(bins, capacity, target, **budget)
+    order = np.random.default_rng(0).permutation(len(bins))
+    out: list[list[int]] = []
+    for g in range(groups):
+        part = [bins[i] for i in order[g::groups]]
+        bound = l2_bound([x for b in part for x in b], capacity)
+        out += _repair_group(part, capacity, bound, **budget)
+    return out
+
+
+def _repair_group(
+    bins: list[list[int]],
+    capacity: int,
+    target: int,
+    *,
     max_rounds: int = 60,
     dissolve: int = 10,
     max_batches: int = 12,
 ) -> list[list[int]]:
-    """Fewer rows of the same sizes (lists of sizes), never more; stops at ``target`` rows."""
     if len(bins) <= max(target, 1):
         return bins
     rows = _Rows(bins, capacity)
+    rng = np.random.default_rng(0)  # fixed: the result depends on the input alone
     stall = 0
     for _ in range(max_rounds):
         n = len(rows.m)
         if n <= target:
             break
-        d = min(n, dissolve + stall)
         before = rows.m.copy()
         loads = rows.m.sum(axis=1)
-        drop = np.argsort(loads, kind="stable")[:d]
+        drop = np.argsort(loads, kind="stable")[: min(n, dissolve)]
+        if stall:  # stuck: shake the search with a few (seeded) random rows as well
+            drop = np.union1d(drop, rng.choice(n, size=min(n, RANDOM * stall), replace=False))
         keep = np.ones(n, dtype=bool)
         keep[drop] = False
         pool = sorted(int(x) for x in rows.m[drop].ravel() if x)
@@ -179,13 +212,9 @@ def repair(
         pool = _absorb(rows, pool, max_batches)
         extra = bfd_sizes(pool, capacity) if pool else []
         if extra:
-            width = rows.m.shape[1]
-            add = np.zeros((len(extra), width), dtype=np.int64)
+            rows.widen(max(len(b) for b in extra) + 2)
+            add = np.zeros((len(extra), rows.m.shape[1]), dtype=np.int64)
             for r, b in enumerate(extra):
-                if len(b) + 2 > width:
-                    rows.widen()
-                    width = rows.m.shape[1]
-                    add = np.concatenate([add, np.zeros((len(add), 2), np.int64)], axis=1)
                 add[r, : len(b)] = b
             rows.m = np.concatenate([rows.m, add])
         if len(rows.m) > n:  # a worse round is undone; the next one dissolves more rows

@@ -103,7 +103,9 @@ def _preset_lengths(name: str, cap: int) -> list[int]:
     return synthetic_lengths(DATA_PRESETS[name], num=3000, seq_len=cap, rng=rng).tolist()
 
 
-@pytest.mark.parametrize(("name", "cap"), [("gsm8k", 4096), ("hotpotqa", 8192), ("gsm8k", 2048)])
+@pytest.mark.parametrize(
+    ("name", "cap"), [("gsm8k", 4096), ("hotpotqa", 8192), ("gsm8k", 2048), ("hotpotqa", 4096)]
+)
 def test_bfd_repair_reaches_the_bar_on_agent_lengths(name, cap):
     lengths = _preset_lengths(name, cap)
     bound = l2_bound(lengths, cap)
@@ -123,3 +125,14 @@ def test_bfd_repair_is_deterministic_for_a_seed():
     assert all(
         [lengths[i] for i in row] == sorted((lengths[i] for i in row), reverse=True) for row in a
     )
+
+
+def test_repair_in_groups_keeps_a_valid_plan():
+    """Above ``group_rows`` rows the repair runs per group: still every size once, fewer rows."""
+    lengths = _preset_lengths("gsm8k", 4096)
+    start = bfd_sizes(lengths, 4096)
+    bound = l2_bound(lengths, 4096)
+    out = repair(start, 4096, bound, group_rows=100)
+    assert sorted(itertools.chain.from_iterable(out)) == sorted(lengths)
+    assert all(sum(b) <= 4096 for b in out)
+    assert bound <= len(out) < len(start)
