@@ -27,6 +27,7 @@ import numpy as np
 STALL = 4  # rounds without a gain before the repair stops
 RANDOM = 5  # random rows dissolved per stalled round, times the stall count
 GROUP_ROWS = 1500
+MAX_PAIRS = 4_000_000  # (row, slot pair) cells one evaluation may score (~32 MB an array)
 
 
 def l2_bound(lengths: Sequence[int] | np.ndarray, capacity: int) -> int:
@@ -182,6 +183,10 @@ def repair(
     return out
 
 
+def _cells(rows: int, slots: int) -> int:
+    return rows * slots * (slots - 1) // 2
+
+
 def _repair_group(
     bins: list[list[int]],
     capacity: int,
@@ -191,8 +196,8 @@ def _repair_group(
     dissolve: int = 10,
     max_batches: int = 12,
 ) -> list[list[int]]:
-    if len(bins) <= max(target, 1):
-        return bins
+    if len(bins) <= max(target, 1) or _cells(len(bins), max(map(len, bins)) + 2) > MAX_PAIRS:
+        return bins  # very many short examples a row: the slot pairs would not fit the budget
     rows = _Rows(bins, capacity)
     rng = np.random.default_rng(0)  # fixed: the result depends on the input alone
     stall = 0
@@ -221,6 +226,6 @@ def _repair_group(
             rows.m = before
             rows._pairs()
         stall = 0 if len(rows.m) < n else stall + 1
-        if stall > STALL:
+        if stall > STALL or _cells(*rows.m.shape) > MAX_PAIRS:
             break
     return rows.lists()

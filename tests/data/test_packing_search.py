@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from natscale.bench.data import synthetic_lengths
 from natscale.bench.presets import DATA_PRESETS
 from natscale.data.packing import plan_bins
-from natscale.data.packing_search import bfd_sizes, l2_bound, repair
+from natscale.data.packing_search import MAX_PAIRS, _cells, bfd_sizes, l2_bound, repair
 
 
 def _optimum(sizes: list[int], cap: int) -> int:
@@ -136,3 +136,11 @@ def test_repair_in_groups_keeps_a_valid_plan():
     assert sorted(itertools.chain.from_iterable(out)) == sorted(lengths)
     assert all(sum(b) <= 4096 for b in out)
     assert bound <= len(out) < len(start)
+
+
+def test_repair_leaves_rows_of_very_many_short_examples_alone():
+    """Beyond MAX_PAIRS (row, slot pair) cells the repair does nothing: bfd's plan."""
+    lengths = np.random.default_rng(0).integers(1, 8, size=40000).tolist()
+    start = bfd_sizes(lengths, 8192)
+    assert _cells(len(start), max(map(len, start)) + 2) > MAX_PAIRS
+    assert repair(start, 8192, l2_bound(lengths, 8192)) == start
