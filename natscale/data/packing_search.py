@@ -13,8 +13,10 @@ items whenever that makes the row fuller (the pool keeps the items it gets back,
 items get smaller), and pack what is left of the pool best-fit decreasing into new rows. One
 evaluation scores the best swap of every (row, pair of slots) against every pool item and pool
 pair at once with numpy, and a batch applies the best swap of each row whose pool items are still
-free. The number of rounds is bounded (no clock is read), so the result is a function of the
-input alone; it stops as soon as the rows reach the bound.
+free. A round that ends with more rows is undone; after a round without a gain some random rows
+(from a fixed seed) are dissolved too. The number of rounds is bounded (no clock is read), so the
+result is a function of the input alone; it stops as soon as the rows reach the bound. Above
+``GROUP_ROWS`` rows the rows are repaired in groups, so the time grows linearly.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import numpy as np
 
 STALL = 4  # rounds without a gain before the repair stops
 RANDOM = 5  # random rows dissolved per stalled round, times the stall count
-GROUP_ROWS = 1500
+GROUP_ROWS = 1500  # rows repaired together
 MAX_PAIRS = 4_000_000  # (row, slot pair) cells one evaluation may score (~32 MB an array)
 
 
