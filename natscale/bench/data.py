@@ -3,7 +3,7 @@
 Both are ``natscale prepare``-format directories (``datasets`` save + ``stats.json``), read by the
 unchanged trainer. The baseline set holds exactly the segments of the packed set, one per row at
 its own length; the trainer pads each micro-batch to its longest row, as HF's dynamic-padding
-collators do. Built once per (preset, seq_len, vocab, size, seed) and cached.
+collators do. Built once per (preset, seq_len, vocab, size, seed, packing algorithm) and cached.
 """
 
 from __future__ import annotations
@@ -14,10 +14,18 @@ from pathlib import Path
 import numpy as np
 
 from natscale.bench.presets import DATA_PRESETS, REPO, LengthDist
-from natscale.data.packing import PackedRows, build_rows, pack
+from natscale.data.packing import DEFAULT_ALGORITHM, PackedRows, build_rows, pack
 
 CLASSES = ["success", "failure"]
 FIRST_ID = 4  # ids below are special tokens in every preset's tokenizer
+
+
+def synthetic_lengths(
+    dist: LengthDist, *, num: int, seq_len: int, rng: np.random.Generator
+) -> np.ndarray:
+    """``num`` log-normal trajectory lengths, rounded and clipped to [min_len, seq_len]."""
+    lengths = np.exp(rng.normal(math.log(dist.median), dist.sigma, size=num))
+    return np.clip(lengths.round().astype(np.int64), dist.min_len, seq_len)
 
 
 def synthetic_examples(
@@ -25,8 +33,7 @@ def synthetic_examples(
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """``num`` trajectories: int64 ids [n] and bool train masks [n], lengths in [min_len, seq_len]."""
     rng = np.random.default_rng(seed)
-    lengths = np.exp(rng.normal(math.log(dist.median), dist.sigma, size=num))
-    lengths = np.clip(lengths.round().astype(np.int64), dist.min_len, seq_len)
+    lengths = synthetic_lengths(dist, num=num, seq_len=seq_len, rng=rng)
     ids, masks = [], []
     period = dist.assistant + dist.observation
     for n in lengths:
@@ -116,6 +123,7 @@ def build_datasets(
     if preset not in DATA_PRESETS:
         raise ValueError(f"unknown data preset {preset!r}; one of {', '.join(DATA_PRESETS)}")
     key = f"{preset}_L{seq_len}" + ("" if preset == "example" else f"_V{vocab}_r{min_rows}_s{seed}")
+    key += f"_{DEFAULT_ALGORITHM}"  # rows packed by an older default are not reused
     packed_dir, base_dir = cache_dir / key / "packed", cache_dir / key / "baseline"
     if (packed_dir / "stats.json").is_file() and (base_dir / "stats.json").is_file():
         return packed_dir, base_dir

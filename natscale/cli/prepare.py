@@ -60,7 +60,8 @@ def summary(stats: dict, out_dir) -> str:
     return (
         f"prepare: {stats['trajectories']['loaded']} trajectories -> {tot['examples']} examples "
         f"({classes}), {tot['tokens']} tokens ({tot['trained_tokens']} trained) in {pk['rows']} "
-        f"rows of {pk['max_seq_len']}, packing {pk['efficiency']:.2%}; skipped {skipped}, "
+        f"rows of {pk['max_seq_len']} (lower bound {pk.get('lower_bound', '?')}), "
+        f"packing {pk['efficiency']:.2%}; skipped {skipped}, "
         f"truncated {stats['truncated']['examples']}, dropped {dropped}; "
         f"{stats.get('elapsed_s', 0):.1f}s -> {out_dir}"
     )

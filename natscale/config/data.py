@@ -161,7 +161,9 @@ class RenderConfig(_Strict):
 
 class PackConfig(_Strict):
     max_seq_len: int = Field(4096, ge=8)
-    algorithm: Literal["bfd", "ffd"] = "bfd"
+    algorithm: Literal["bfd_repair", "bfd", "ffd"] = Field(
+        "bfd_repair", description="bfd_repair = best-fit decreasing + local-search repair"
+    )
     overlong: Literal["truncate", "drop"] = "truncate"
 
 

@@ -1,9 +1,11 @@
 """Packing examples into rows of ``max_seq_len`` tokens (the packed row of ``schema.py``).
 
-``plan_bins`` assigns examples to rows by first-fit-decreasing (``ffd``: the first row with room)
-or best-fit-decreasing (``bfd``: the row with the least room that still fits), both
-O(n log n); equal lengths are ordered by a seeded shuffle and the rows are shuffled with the same
-seed, so the plan is deterministic for a seed. ``build_rows`` lays the examples of each row
+``plan_bins`` assigns examples to rows by first-fit-decreasing (``ffd``: the first row with room),
+best-fit-decreasing (``bfd``: the row with the least room that still fits), both O(n log n), or
+(the default, ``bfd_repair``) best-fit-decreasing followed by the bounded local-search repair of
+``packing_search.py``, which stops at the Martello-Toth L2 lower bound on the number of rows.
+Equal lengths are ordered by a seeded shuffle and the rows are shuffled with the same seed, so the
+plan is deterministic for a seed; within a row the examples go longest first. ``build_rows`` lays the examples of each row
 back to back and pads the end::
 
     input_ids     a0 a1 a2 b0 b1 b2 b3 pad     targets  a1 a2 -- b1 b2 b3 -- --
@@ -22,13 +24,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from natscale.data.packing_search import bfd_sizes, l2_bound, repair
 from natscale.data.schema import IGNORE_INDEX
 
-ALGORITHMS = ("bfd", "ffd")
+ALGORITHMS = ("bfd_repair", "bfd", "ffd")
+DEFAULT_ALGORITHM = "bfd_repair"
 
 
 def plan_bins(
-    lengths: Sequence[int], capacity: int, algorithm: str = "bfd", seed: int = 0
+    lengths: Sequence[int], capacity: int, algorithm: str = DEFAULT_ALGORITHM, seed: int = 0
 ) -> list[list[int]]:
     """Rows as lists of example indices; every length must be in [1, capacity]."""
     if algorithm not in ALGORITHMS:
@@ -44,10 +48,26 @@ def plan_bins(
     order = list(range(len(lengths)))
     rng.shuffle(order)
     order.sort(key=lambda i: -lengths[i])  # stable: ties keep the seeded order
-    place = _first_fit if algorithm == "ffd" else _best_fit
-    bins = place(order, lengths, capacity)
+    if algorithm == "bfd_repair":
+        bins = _repaired(order, lengths, capacity)
+    else:
+        place = _first_fit if algorithm == "ffd" else _best_fit
+        bins = place(order, lengths, capacity)
     rng.shuffle(bins)
     return bins
+
+
+def _repaired(order: list[int], lengths: list[int], capacity: int) -> list[list[int]]:
+    # plan on sizes, then hand out the examples of each size in the seeded order
+    sizes = [lengths[i] for i in order]
+    start = bfd_sizes(sizes, capacity)
+    plan = repair(start, capacity, l2_bound(sizes, capacity))
+    if len(plan) == len(start):  # nothing gained: exactly the bfd plan
+        return _best_fit(order, lengths, capacity)
+    queues: dict[int, list[int]] = {}
+    for i in reversed(order):  # pop() from the end yields the seeded order
+        queues.setdefault(lengths[i], []).append(i)
+    return [[queues[n].pop() for n in sorted(row, reverse=True)] for row in plan]
 
 
 def _first_fit(order: list[int], lengths: list[int], capacity: int) -> list[list[int]]:
@@ -170,7 +190,7 @@ def pack(
     *,
     max_seq_len: int,
     pad_id: int,
-    algorithm: str = "bfd",
+    algorithm: str = DEFAULT_ALGORITHM,
     seed: int = 0,
 ) -> PackedRows:
     """Plan and build packed rows for examples that each fit in ``max_seq_len``."""

@@ -31,7 +31,8 @@ from natscale.config.loader import save_config
 from natscale.data import nat, outcome
 from natscale.data.errors import DataError, Issues, handle
 from natscale.data.formats import load_trajectories
-from natscale.data.packing import efficiency, pack
+from natscale.data.packing import build_rows, efficiency, plan_bins
+from natscale.data.packing_search import l2_bound
 from natscale.data.prompts import TaskPrompt, load_task_prompt
 from natscale.data.trajectory import Trajectory
 
@@ -256,16 +257,12 @@ def _prepare(
     say(f"packing {len(kept)} examples into rows of {pc.max_seq_len}")
     pad_id = next((t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None), 0)
     ids, masks, classes, weights = (list(col) for col in zip(*kept, strict=True))
-    rows = pack(
-        ids,
-        masks,
-        classes,
-        weights,
-        max_seq_len=pc.max_seq_len,
-        pad_id=pad_id,
-        algorithm=pc.algorithm,
-        seed=config.seed,
-    )
+    lengths = [x.shape[0] for x in ids]
+    t_plan = time.perf_counter()
+    bins = plan_bins(lengths, pc.max_seq_len, pc.algorithm, config.seed)
+    plan_s = time.perf_counter() - t_plan
+    rows = build_rows(bins, ids, masks, classes, weights, max_seq_len=pc.max_seq_len, pad_id=pad_id)
+    bound = l2_bound(lengths, pc.max_seq_len)
     stats = {
         "version": STATS_VERSION,
         "classes": config.strategy.class_names(),
@@ -288,6 +285,9 @@ def _prepare(
             "slot_tokens": len(rows) * pc.max_seq_len,
             "non_pad_tokens": int(sum(rows.num_tokens)),
             "efficiency": efficiency(rows, pc.max_seq_len),
+            "lower_bound": bound,
+            "gap": round(len(rows) / bound - 1, 6) if bound else 0.0,
+            "plan_s": round(plan_s, 4),
         },
         "truncated": {"examples": counts["truncated"], "tokens": counts["truncated_tokens"]},
         "dropped": {k: counts[k] for k in DROP_REASONS},

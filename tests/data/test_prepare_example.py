@@ -20,7 +20,7 @@ from .nat_test_data import REPO
 CONFIGS = sorted((REPO / "examples" / "configs").glob("prepare*.yaml"))
 # sha256 of the rows prepare_math.yaml makes from the example data (rows_digest). A refactor or
 # speed-up must keep it; change it only with a deliberate change of the rendered or packed rows.
-MATH_ROWS_DIGEST = "d841096c5c68e7e9b0121d2fab0c01c497998a4b2a952185b34be2d7a175d75a"
+MATH_ROWS_DIGEST = "d2f662695e2b074ce18059bf045f341af702e28e347656f76ad13bba3e24f3c4"
 
 
 def rows_digest(ds: datasets.Dataset) -> str:
@@ -54,6 +54,12 @@ def test_prepare_math_packs_the_example_data(monkeypatch, tmp_path, example_data
     res = prepare(cfg, tmp_path / "math", progress=False)
     st = res.stats
     assert st["packing"]["efficiency"] >= 0.99
+    # bfd_repair: within 0.5% of the L2 lower bound, and stats.json says how far
+    pk = st["packing"]
+    assert pk["algorithm"] == "bfd_repair" and pk["lower_bound"] == 258
+    assert pk["rows"] <= 1.005 * pk["lower_bound"]
+    assert pk["gap"] == pytest.approx(pk["rows"] / pk["lower_bound"] - 1, abs=1e-6)
+    assert json.loads((res.out_dir / "stats.json").read_text())["packing"]["gap"] == pk["gap"]
     assert st["classes"] == ["success", "failure"]
     trajs = json.loads((example_data / "trajectories.json").read_text())
     n_success = sum(t["info"]["reward"] for t in trajs)

@@ -1,0 +1,233 @@
+"""Near-optimal bin packing: the Martello-Toth L2 lower bound and a bounded local-search repair.
+
+``l2_bound`` is the L2 bound of Martello and Toth (1990): for every threshold ``a`` in
+``[0, C/2]`` the items bigger than ``C - a`` (J1) and those in ``(C/2, C - a]`` (J2) each need a
+bin of their own, and the items in ``[a, C/2]`` (J3) need ``ceil((w(J3) - free(J2)) / C)`` more
+bins where ``free(J2)`` is the room the J2 bins leave; the bound is the best ``a``. It is at least
+the volume bound L1 = ``ceil(sum / C)``.
+
+``repair`` improves a packing by the local search of Levine and Ducatelle (2004, "Ant colony
+optimization and local search for bin packing"), on sizes only: dissolve the least-filled rows
+into a pool, then let every row that has room swap up to two of its items for up to two pool
+items whenever that makes the row fuller (the pool keeps the items it gets back, so the pool's
+items get smaller), and pack what is left of the pool best-fit decreasing into new rows. One
+evaluation scores the best swap of every (row, pair of slots) against every pool item and pool
+pair at once with numpy, and a batch applies the best swap of each row whose pool items are still
+free. A round that ends with more rows is undone; after a round without a gain some random rows
+(from a fixed seed) are dissolved too. The number of rounds is bounded (no clock is read), so the
+result is a function of the input alone; it stops as soon as the rows reach the bound. Above
+``GROUP_ROWS`` rows the rows are repaired in groups, so the time grows linearly.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
+
+import numpy as np
+
+STALL = 4  # rounds without a gain before the repair stops
+RANDOM = 5  # random rows dissolved per stalled round, times the stall count
+GROUP_ROWS = 1500  # rows repaired together
+MAX_PAIRS = 4_000_000  # (row, slot pair) cells one evaluation may score (~32 MB an array)
+
+
+def l2_bound(lengths: Sequence[int] | np.ndarray, capacity: int) -> int:
+    """The Martello-Toth L2 lower bound on the number of rows of ``capacity``."""
+    w = np.sort(np.asarray(lengths, dtype=np.int64))
+    n = len(w)
+    if n == 0:
+        return 0
+    if w[0] < 0 or w[-1] > capacity:
+        raise ValueError(f"lengths must lie in [0, {capacity}]")
+    csum = np.concatenate([[0], np.cumsum(w)])
+    alphas = np.unique(np.concatenate([[0], w[w <= capacity // 2]]))
+    big_lo = np.searchsorted(w, capacity - alphas, side="right")  # J1 = w > C - a
+    half = np.searchsorted(w, capacity // 2, side="right")  # J1 + J2 = w > C/2
+    a_lo = np.searchsorted(w, alphas, side="left")  # w >= a
+    j1 = n - big_lo
+    j2n = big_lo - half
+    j2_free = j2n * capacity - (csum[big_lo] - csum[half])
+    j3s = csum[half] - csum[a_lo]
+    extra = np.maximum(0, -(-(j3s - j2_free) // capacity))
+    return int((j1 + j2n + extra).max())
+
+
+def bfd_sizes(sizes: Sequence[int], capacity: int) -> list[list[int]]:
+    """Best-fit decreasing on bare sizes: rows as lists of sizes."""
+    free: list[tuple[int, int]] = []
+    bins: list[list[int]] = []
+    for n in sorted(sizes, reverse=True):
+        k = bisect.bisect_left(free, (n, -1))
+        if k == len(free):
+            row, room = len(bins), capacity
+            bins.append([])
+        else:
+            room, row = free.pop(k)
+        bins[row].append(n)
+        if room - n > 0:
+            bisect.insort(free, (room - n, row))
+    return bins
+
+
+class _Rows:
+    """Rows as a zero-padded ``[rows, K]`` matrix of sizes, with at least two empty slots each."""
+
+    def __init__(self, bins: list[list[int]], capacity: int) -> None:
+        self.capacity = capacity
+        width = max(len(b) for b in bins) + 2
+        self.m = np.zeros((len(bins), width), dtype=np.int64)
+        for r, b in enumerate(bins):
+            self.m[r, : len(b)] = b
+        self._pairs()
+
+    def _pairs(self) -> None:
+        a, b = np.triu_indices(self.m.shape[1], 1)
+        self.pa, self.pb = a, b
+
+    def widen(self, width: int) -> None:
+        """At least ``width`` slots per row."""
+        if width > self.m.shape[1]:
+            grow = np.zeros((len(self.m), width - self.m.shape[1]), np.int64)
+            self.m = np.concatenate([self.m, grow], axis=1)
+            self._pairs()
+
+    def lists(self) -> list[list[int]]:
+        return [[int(x) for x in row if x] for row in self.m]
+
+
+def _pool_values(pool: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sorted values of the pool's single items and pairs, with the items they use (-1: none)."""
+    p = np.asarray(pool, dtype=np.int64)
+    ia, ib = np.triu_indices(len(p), 1)
+    vals = np.concatenate([p, p[ia] + p[ib]])
+    first = np.concatenate([np.arange(len(p)), ia])
+    second = np.concatenate([np.full(len(p), -1), ib])
+    order = np.argsort(vals, kind="stable")
+    return vals[order], first[order], second[order]
+
+
+def _absorb(rows: _Rows, pool: list[int], max_batches: int) -> list[int]:
+    """Swap pool items into rows while some row gets fuller; returns the new pool."""
+    cap = rows.capacity
+    for _ in range(max_batches):
+        if not pool:
+            break
+        m = rows.m
+        free = cap - m.sum(axis=1)
+        live = np.flatnonzero(free > 0)
+        if len(live) == 0:
+            break
+        vals, first, second = _pool_values(pool)
+        sub = m[live][:, rows.pa] + m[live][:, rows.pb]  # [live, pairs] sizes a swap frees
+        reach = sub + free[live, None]
+        j = np.searchsorted(vals, reach, side="right") - 1
+        got = np.where(j >= 0, vals[np.maximum(j, 0)], 0)
+        gain = np.where(j >= 0, got - sub, 0)
+        best = gain.argmax(axis=1)
+        g = gain[np.arange(len(live)), best]
+        cand = np.flatnonzero(g > 0)
+        if len(cand) == 0:
+            break
+        cand = cand[np.argsort(-g[cand], kind="stable")]
+        used = np.zeros(len(pool), dtype=bool)
+        out: list[int] = []
+        need_widen = False
+        for c in cand.tolist():
+            k = int(best[c])
+            jj = int(j[c, k])
+            q1, q2 = int(first[jj]), int(second[jj])
+            if used[q1] or (q2 >= 0 and used[q2]):
+                continue
+            r = int(live[c])
+            sa, sb = int(rows.pa[k]), int(rows.pb[k])
+            for s in (sa, sb):
+                if m[r, s]:
+                    out.append(int(m[r, s]))
+            m[r, sa] = pool[q1]
+            m[r, sb] = pool[q2] if q2 >= 0 else 0
+            used[q1] = True
+            if q2 >= 0:
+                used[q2] = True
+            if np.count_nonzero(m[r] == 0) < 2:
+                need_widen = True
+        pool = [x for x, u in zip(pool, used, strict=True) if not u] + out
+        pool.sort()
+        if need_widen:
+            rows.widen(m.shape[1] + 2)
+    return pool
+
+
+def repair(
+    bins: list[list[int]],
+    capacity: int,
+    target: int,
+    *,
+    group_rows: int = GROUP_ROWS,
+    **budget: int,
+) -> list[list[int]]:
+    """Fewer rows of the same sizes (lists of sizes), never more; stops at ``target`` rows.
+
+    Above ``group_rows`` rows the rows are dealt (seeded) into groups of about that many, each
+    repaired towards its own L2 bound, so the time grows linearly with the rows.
+    """
+    if len(bins) <= max(target, 1):
+        return bins
+    groups = -(-len(bins) // group_rows)
+    if groups == 1:
+        return _repair_group(bins, capacity, target, **budget)
+    order = np.random.default_rng(0).permutation(len(bins))
+    out: list[list[int]] = []
+    for g in range(groups):
+        part = [bins[i] for i in order[g::groups]]
+        bound = l2_bound([x for b in part for x in b], capacity)
+        out += _repair_group(part, capacity, bound, **budget)
+    return out
+
+
+def _cells(rows: int, slots: int) -> int:
+    return rows * slots * (slots - 1) // 2
+
+
+def _repair_group(
+    bins: list[list[int]],
+    capacity: int,
+    target: int,
+    *,
+    max_rounds: int = 60,
+    dissolve: int = 10,
+    max_batches: int = 12,
+) -> list[list[int]]:
+    if len(bins) <= max(target, 1) or _cells(len(bins), max(map(len, bins)) + 2) > MAX_PAIRS:
+        return bins  # very many short examples a row: the slot pairs would not fit the budget
+    rows = _Rows(bins, capacity)
+    rng = np.random.default_rng(0)  # fixed: the result depends on the input alone
+    stall = 0
+    for _ in range(max_rounds):
+        n = len(rows.m)
+        if n <= target:
+            break
+        before = rows.m.copy()
+        loads = rows.m.sum(axis=1)
+        drop = np.argsort(loads, kind="stable")[: min(n, dissolve)]
+        if stall:  # stuck: shake the search with a few (seeded) random rows as well
+            drop = np.union1d(drop, rng.choice(n, size=min(n, RANDOM * stall), replace=False))
+        keep = np.ones(n, dtype=bool)
+        keep[drop] = False
+        pool = sorted(int(x) for x in rows.m[drop].ravel() if x)
+        rows.m = rows.m[keep]
+        pool = _absorb(rows, pool, max_batches)
+        extra = bfd_sizes(pool, capacity) if pool else []
+        if extra:
+            rows.widen(max(len(b) for b in extra) + 2)
+            add = np.zeros((len(extra), rows.m.shape[1]), dtype=np.int64)
+            for r, b in enumerate(extra):
+                add[r, : len(b)] = b
+            rows.m = np.concatenate([rows.m, add])
+        if len(rows.m) > n:  # a worse round is undone; the next one dissolves more rows
+            rows.m = before
+            rows._pairs()
+        stall = 0 if len(rows.m) < n else stall + 1
+        if stall > STALL or _cells(*rows.m.shape) > MAX_PAIRS:
+            break
+    return rows.lists()
