@@ -275,6 +275,7 @@ def throughput(
     runs: list[dict[str, dict[str, Any]]] = []
     for i in range(repeats):
         work = work_dir if repeats == 1 else work_dir / f"repeat{i + 1}"
+        work.mkdir(parents=True, exist_ok=True)
         runs.append({})
         for name, baseline, data_dir, rows in sides:
             n = i * len(sides) + len(runs[-1]) + 1

@@ -51,6 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--seed", type=int, default=0, help="seed of the random tokens (plus the rank)"
     )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar on rank 0")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
         micro_batch=args.micro_batch,
         lr=args.lr,
         seed=args.seed,
+        progress=not args.no_progress,
     )
     try:
         load_model_config(opts.model_config)  # bad input fails before any rank waits on a peer
