@@ -103,9 +103,23 @@ def quiet_deepspeed_accelerator_notice() -> bool:
     return True
 
 
+def use_checkout_op_cache(environ: dict[str, str] | os._Environ = os.environ) -> str | None:
+    """Default ``TORCH_EXTENSIONS_DIR`` to the checkout's ``.cache/torch_extensions`` when that
+    folder exists (``make install`` builds the ops there), so a plain ``natscale train`` after
+    ``make install`` reuses them instead of compiling into ``~/.cache``. A set value wins."""
+    if environ.get("TORCH_EXTENSIONS_DIR"):
+        return None
+    cache = Path(__file__).resolve().parents[2] / ".cache" / "torch_extensions"
+    if not cache.is_dir():
+        return None
+    environ["TORCH_EXTENSIONS_DIR"] = str(cache)
+    return str(cache)
+
+
 def _run(argv: list[str] | None) -> int:
     argv = _strip_local_rank(list(sys.argv[1:] if argv is None else argv))
     quiet_deepspeed_accelerator_notice()
+    use_checkout_op_cache()
     if not argv or argv[0] not in COMMANDS:
         parser = build_parser()
         if argv and argv[0] in ("-h", "--help"):

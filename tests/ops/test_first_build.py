@@ -131,3 +131,14 @@ def test_makefile_and_tests_share_one_extensions_cache():
     assert "natscale.cli.main env --build-ops" in makefile
     conftest = (root / "conftest.py").read_text()
     assert 'str(REPO_ROOT / ".cache" / "torch_extensions")' in conftest
+
+
+def test_checkout_cache_is_the_default_after_make_install():
+    from natscale.cli.main import use_checkout_op_cache
+
+    cache = Path(__file__).resolve().parents[2] / ".cache" / "torch_extensions"
+    cache.mkdir(parents=True, exist_ok=True)  # what `make install` leaves (git-ignored)
+    env: dict[str, str] = {}
+    assert use_checkout_op_cache(env) == str(cache) == env["TORCH_EXTENSIONS_DIR"]
+    env = {"TORCH_EXTENSIONS_DIR": "/elsewhere"}
+    assert use_checkout_op_cache(env) is None and env["TORCH_EXTENSIONS_DIR"] == "/elsewhere"
