@@ -103,6 +103,9 @@ def quiet_deepspeed_accelerator_notice() -> bool:
     return True
 
 
+_BUILDS_OPS = ("env", "train", "selftest", "bench")  # commands that may JIT-build native ops
+
+
 def use_checkout_op_cache(environ: dict[str, str] | os._Environ = os.environ) -> str | None:
     """Default ``TORCH_EXTENSIONS_DIR`` to the checkout's ``.cache/torch_extensions`` when that
     folder exists (``make install`` builds the ops there), so a plain ``natscale train`` after
@@ -119,7 +122,6 @@ def use_checkout_op_cache(environ: dict[str, str] | os._Environ = os.environ) ->
 def _run(argv: list[str] | None) -> int:
     argv = _strip_local_rank(list(sys.argv[1:] if argv is None else argv))
     quiet_deepspeed_accelerator_notice()
-    use_checkout_op_cache()
     if not argv or argv[0] not in COMMANDS:
         parser = build_parser()
         if argv and argv[0] in ("-h", "--help"):
@@ -131,6 +133,8 @@ def _run(argv: list[str] | None) -> int:
         return 2
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command in _BUILDS_OPS:
+        use_checkout_op_cache()
     return int(_load(args._module).run(args) or 0)
 
 
