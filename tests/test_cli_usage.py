@@ -96,3 +96,11 @@ def test_bench_sweep_unknown_field_is_bad_input(capsys, tmp_path):
     assert main([*argv, "--work-dir", str(work)]) == 2
     assert "unknown field 'no_such'" in capsys.readouterr().err
     assert not Path(work).exists()
+
+
+def test_bench_project_unreadable_calibration_is_bad_input(capsys, tmp_path):
+    missing = tmp_path / "no_sweep.json"
+    code = main(["bench", "project", "--calibrate", str(missing), "--results", str(tmp_path)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"--calibrate {missing}: cannot read a sweep JSON" in err and "Traceback" not in err

@@ -107,3 +107,14 @@ def test_bad_override_is_a_clear_error(capsys):
     assert main(["bench", "throughput", "--device", "cpu", "--set", "train.lr"]) == 2
     err = capsys.readouterr().err
     assert "--set 'train.lr': expected KEY=VALUE" in err
+
+
+def test_example_preset_prepares_from_any_directory(tmp_path: Path, monkeypatch):
+    """The bundled example's prepare config names checkout-relative paths; bench resolves them."""
+    from natscale.bench.data import build_datasets
+
+    monkeypatch.chdir(tmp_path)
+    packed, baseline = build_datasets(
+        "example", seq_len=4096, vocab=512, min_rows=16, seed=0, cache_dir=tmp_path / "data"
+    )
+    assert (packed / "stats.json").is_file() and (baseline / "stats.json").is_file()
