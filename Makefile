@@ -23,7 +23,7 @@ $(VENV)/.installed: setup.py pyproject.toml
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > $(VENV)/constraints.txt
 	DS_BUILD_OPS=0 $(PY) -m pip install -q -c $(VENV)/constraints.txt -e ".[$(EXTRAS)]"
-	$(PY) -m natscale.cli.main env
+	$(PY) -m natscale.cli.main env --build-ops  # JIT ops into .cache/torch_extensions, once
 	touch $@
 
 demo: install

@@ -66,10 +66,12 @@ run() { # run NAME CMD...: log to $logs/NAME.log within the stage's time left; k
 # 4 micro-batches of 4096 tokens per optimizer step: Adam's pass over 16 B/param of state costs
 # about a quarter of a 4096-token 3B step on its own, so one micro-batch per step would measure
 # the optimizer more than the model
+# results into the tracked tables (bench's default is runs/bench/results); one pair of runs per
+# setup (--repeats 1): a dedicated GPU is quiet, and each stage must end within GPU_STAGE_S
 tp=(natscale bench throughput --data gsm8k --seq-len 4096 --grad-accum 4 --warmup 2 --steps 6
-  --device cuda)
+  --device cuda --results benchmarks/results --repeats 1)
 sweep=(natscale bench sweep --model llama-3.2-3b --data gsm8k --seq-len 4096 --grad-accum 4
-  --warmup 2 --steps 5 --device cuda --no-baseline --no-ac)
+  --warmup 2 --steps 5 --device cuda --no-baseline --no-ac --results benchmarks/results)
 # the CUDA loss op, built once per machine (a no-op when the JIT cache is current), so its build
 # neither fails silently inside a training run nor lands in a measured step
 [[ $stage == ops ]] ||

@@ -8,10 +8,12 @@ collators do. Built once per (preset, seq_len, vocab, size, seed, packing algori
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from natscale.bench.presets import DATA_PRESETS, REPO, LengthDist
 from natscale.data.packing import DEFAULT_ALGORITHM, PackedRows, build_rows, pack
@@ -111,8 +113,25 @@ def _prepare_example(seq_len: int, out: Path) -> None:
     from natscale.config.loader import load_config
     from natscale.data.prepare import prepare
 
-    overrides = [f"pack.max_seq_len={seq_len}", "num_proc=1", "overwrite=true"]
-    config = load_config(REPO / "examples/configs/prepare_math.yaml", PrepareConfig, overrides)
+    path = REPO / "examples/configs/prepare_math.yaml"
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    # its paths are relative to the checkout; bench may run from any directory
+    sources = [
+        {
+            **src,
+            **{k: [str(REPO / f) for f in src[k]] for k in ("paths", "questions") if k in src},
+            **({"prompt": str(REPO / src["prompt"])} if "prompt" in src else {}),
+        }
+        for src in raw["sources"]
+    ]
+    overrides = [
+        f"pack.max_seq_len={seq_len}",
+        "num_proc=1",
+        "overwrite=true",
+        f"render.tokenizer={REPO / raw['render']['tokenizer']}",
+        f"sources={json.dumps(sources)}",
+    ]
+    config = load_config(path, PrepareConfig, overrides)
     prepare(config, out, progress=False)
 
 

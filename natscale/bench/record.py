@@ -1,7 +1,9 @@
 """Benchmark records: machine, versions, commit and config with the numbers; JSON + markdown row.
 
-Files go to ``benchmarks/results/``: ``<kind>_<model>_<data>_<device>_<UTC time>.json`` per run
-and one markdown table per kind and device class (``<kind>_<device>.md``) that gains a row per run.
+Files go to the results folder the command names (``natscale bench --results DIR``; by default
+``runs/bench/results/``, ``benchmarks/results/`` holds the tracked ones):
+``<kind>_<model>_<data>_<device>_<UTC time>.json`` per run and one markdown table per kind and
+device class (``<kind>_<device>.md``) that gains a row per run.
 """
 
 from __future__ import annotations
@@ -107,7 +109,6 @@ def markdown_row(record: dict[str, Any]) -> str:
     base = record.get("baseline")
     mem = ", ".join(f"{v:.2f}" for v in n["peak_memory_gib"].values()) or "n/a"
     mfu = "n/a" if n["mfu"] is None else f"{100 * n['mfu']:.1f}%"
-    ratio = record.get("ratio", {}).get("tokens_per_s_trained")
     cells = [
         env["time_utc"],
         s["model"],
@@ -125,12 +126,23 @@ def markdown_row(record: dict[str, Any]) -> str:
         f"{100 * n['data_wait_share']:.1f}%",
         f"{100 * n['packing_efficiency']:.1f}%",
         _fmt(base["tokens_per_s_per_gpu"]["trained"]) if base else "–",
-        _fmt(ratio, ".2f") + "x" if ratio else "–",
+        _ratio_cell(record),
         env["device"][:40],
         f"{env['load_average_1_5_15'][0]:.1f}",
         env["git_commit"][:8],
     ]
     return "| " + " | ".join(str(c) for c in cells) + " |\n"
+
+
+def _ratio_cell(record: dict[str, Any]) -> str:
+    """``1.23x`` for one run; ``1.23x [1.10-1.39] n=3`` (median [min-max]) over repeats."""
+    ratio = record.get("ratio", {}).get("tokens_per_s_trained")
+    if not ratio:
+        return "–"
+    s = record.get("ratio_spread", {}).get("tokens_per_s_trained")
+    if not s or s["n"] < 2:
+        return f"{ratio:.2f}x"
+    return f"{ratio:.2f}x [{s['min']:.2f}-{s['max']:.2f}] n={s['n']}"
 
 
 def write_record(record: dict[str, Any], results_dir: Path, *, kind: str = "throughput") -> Path:
@@ -158,6 +170,11 @@ def summary_line(record: dict[str, Any]) -> str:
     ratio = record.get("ratio", {}).get("tokens_per_s_trained")
     mfu = "n/a (no peak for this device)" if n["mfu"] is None else f"{100 * n['mfu']:.1f}%"
     vs = f"; natscale/baseline trained tok/s {ratio:.2f}x" if ratio else ""
+    s = record.get("ratio_spread", {}).get("tokens_per_s_trained")
+    if ratio and s and s["n"] > 1:
+        vs += f" (median of {s['n']} repeats; range {s['min']:.2f}-{s['max']:.2f}x)"
+    elif ratio:
+        vs += " (1 run: no spread; use --repeats 3 or more)"
     return (
         f"bench throughput: {record['spec']['model']} on {record['spec']['data']}: step "
         f"{n['step_time_s']['median']:.3f} s; tok/s/device slot {r['slot']:,.0f} nonpad "

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -213,14 +214,49 @@ def ratios(nat: dict[str, Any], base: dict[str, Any]) -> dict[str, float | None]
     return out
 
 
+def spread(values: list[float]) -> dict[str, Any]:
+    """Median, min, max and every value of a repeated measurement."""
+    return {
+        "median": float(np.median(values)),
+        "min": float(min(values)),
+        "max": float(max(values)),
+        "n": len(values),
+        "values": [float(v) for v in values],
+    }
+
+
+def _brief(side: dict[str, Any]) -> dict[str, Any]:
+    """What a repeat keeps of one side: its rates and step times (the full run is in the record)."""
+    keys = ("wall_s", "step_time_s", "tokens_per_s_per_gpu", "tflops_per_gpu", "final_loss")
+    return {k: side[k] for k in keys}
+
+
 def throughput(
-    spec: BenchSpec, *, work_dir: Path, with_baseline: bool = True, timeout_s: float = 1800
+    spec: BenchSpec,
+    *,
+    work_dir: Path,
+    with_baseline: bool = True,
+    timeout_s: float = 1800,
+    repeats: int = 1,
+    on_progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Measure natscale (and the baseline) for ``spec``; returns the record (not yet written)."""
+    """Measure natscale (and the baseline) for ``spec``; returns the record (not yet written).
+
+    With ``repeats`` > 1 the two sides run alternately ``repeats`` times each (natscale, baseline,
+    natscale, ...), so drift in the machine's load hits both alike; ``record["natscale"]`` and
+    ``record["baseline"]`` are the pair whose trained-token ratio is the median (the lower middle
+    for an even count), ``record["ratio"]`` holds the median of each ratio over the repeats, and
+    ``record["ratio_spread"]`` / ``record["repeats"]`` every repeat's numbers. ``on_progress``
+    gets one line before and after each training run.
+    """
     from natscale.bench.data import build_datasets, mean_segments_per_row
 
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
+    say = on_progress or (lambda line: None)
     work_dir.mkdir(parents=True, exist_ok=True)
     vocab = int(model_config(spec.model)["vocab_size"])
+    say(f"preparing the {spec.data} data ({spec.seq_len}-token rows) and the {spec.model} model")
     packed, unpacked = build_datasets(
         spec.data,
         seq_len=spec.seq_len,
@@ -230,16 +266,63 @@ def throughput(
         cache_dir=work_dir / "data",
     )
     model_cfg = write_model_config(spec.model, work_dir / "model")
-    side = dict(model_cfg=model_cfg, work=work_dir, timeout_s=timeout_s)
-    nat = run_side(spec, data_dir=packed, baseline=False, rows=spec.micro_batch_rows, **side)
-    record: dict[str, Any] = {"spec": asdict(spec), "data_preset": data_preset_info(spec.data)}
-    record["natscale"] = nat
+    sides = [("natscale", False, packed, spec.micro_batch_rows)]
     if with_baseline:
         per_row = mean_segments_per_row(packed)
         rows = spec.baseline_rows or max(1, round(per_row * spec.micro_batch_rows))
-        base = run_side(spec, data_dir=unpacked, baseline=True, rows=rows, **side)
-        record["baseline"] = base
-        record["ratio"] = ratios(nat, base)
+        sides.append(("baseline", True, unpacked, rows))
+    total = repeats * len(sides)
+    runs: list[dict[str, dict[str, Any]]] = []
+    for i in range(repeats):
+        work = work_dir if repeats == 1 else work_dir / f"repeat{i + 1}"
+        work.mkdir(parents=True, exist_ok=True)
+        runs.append({})
+        for name, baseline, data_dir, rows in sides:
+            n = i * len(sides) + len(runs[-1]) + 1
+            say(
+                f"run {n}/{total}: {name}, repeat {i + 1}/{repeats} "
+                f"({spec.warmup}+{spec.steps} steps on {spec.world_size} rank(s))"
+            )
+            res = run_side(
+                spec,
+                data_dir=data_dir,
+                model_cfg=model_cfg,
+                work=work,
+                baseline=baseline,
+                rows=rows,
+                timeout_s=timeout_s,
+            )
+            runs[-1][name] = res
+            say(
+                f"run {n}/{total}: {name} done in {res['wall_s']:.0f} s: step "
+                f"{res['step_time_s']['median']:.3f} s, "
+                f"{res['tokens_per_s_per_gpu']['trained']:,.0f} trained tok/s/device"
+            )
+    record: dict[str, Any] = {"spec": asdict(spec), "data_preset": data_preset_info(spec.data)}
+    if not with_baseline:
+        rates = [r["natscale"]["tokens_per_s_per_gpu"]["trained"] for r in runs]
+        pick = int(np.argsort(rates)[(len(rates) - 1) // 2])
+        record["natscale"] = runs[pick]["natscale"]
+        if repeats > 1:
+            record["repeats"] = [{"natscale": _brief(r["natscale"])} for r in runs]
+            record["natscale_trained_tok_s_spread"] = spread(rates)
+        return record
+    each = [ratios(r["natscale"], r["baseline"]) for r in runs]
+    trained = [r["tokens_per_s_trained"] for r in each]
+    pick = int(np.argsort(trained)[(len(trained) - 1) // 2])
+    record["natscale"] = runs[pick]["natscale"]
+    record["baseline"] = runs[pick]["baseline"]
+    record["ratio"] = {
+        k: (None if any(r[k] is None for r in each) else float(np.median([r[k] for r in each])))
+        for k in each[0]
+    }
+    record["ratio_spread"] = {
+        k: spread([r[k] for r in each]) for k in each[0] if all(r[k] is not None for r in each)
+    }
+    record["repeats"] = [
+        {"natscale": _brief(r["natscale"]), "baseline": _brief(r["baseline"]), "ratio": rt}
+        for r, rt in zip(runs, each, strict=True)
+    ]
     return record
 
 

@@ -112,7 +112,12 @@ def _calibrated_workload(path: Path):
     from natscale.bench.presets import count_params, model_config
     from natscale.bench.scaling import ZeroWorkload, calibrate_bandwidth
 
-    data = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"--calibrate {path}: cannot read a sweep JSON: {exc}") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("records"), list):
+        raise ValueError(f"--calibrate {path}: not a sweep JSON (no 'records' list)")
     by_nodes = {r["spec"]["nodes"]: r for r in data["records"]}
     if 1 not in by_nodes or 2 not in by_nodes:
         raise ValueError(f"{path}: needs runs on 1 and 2 nodes (a sweep with --param nodes=1,2)")

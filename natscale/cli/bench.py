@@ -3,6 +3,9 @@
 natscale bench throughput --model tiny --data example --seq-len 1024
 natscale bench sweep --param micro_batch_rows=1,2,4 --model tiny --data gsm8k
 natscale bench project --model llama-3-8b --network h100-ib400 [--calibrate CAL.json]
+
+Results go to ``--results DIR`` (default ``runs/bench/results``); the tracked tables in
+``benchmarks/results`` change only when that folder is named. Progress lines go to stderr.
 """
 
 from __future__ import annotations
@@ -11,7 +14,13 @@ import argparse
 import sys
 from pathlib import Path
 
-RESULTS = Path("benchmarks/results")
+from natscale.cli.argtypes import float_in, positive_float, positive_int
+
+RESULTS = Path("runs/bench/results")  # untracked; pass --results benchmarks/results to publish
+RESULTS_HELP = (
+    "folder for the JSON record and the markdown table (default runs/bench/results; "
+    "the tracked tables are benchmarks/results)"
+)
 
 
 def _spec_arguments(p: argparse.ArgumentParser) -> None:
@@ -19,26 +28,40 @@ def _spec_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--model", default="tiny", choices=MODEL_NAMES)
     p.add_argument("--data", default="example", choices=list(DATA_PRESETS))
-    p.add_argument("--seq-len", type=int, default=1024)
-    p.add_argument("--micro-batch-rows", type=int, default=1)
-    p.add_argument("--grad-accum", type=int, default=1)
-    p.add_argument("--warmup", type=int, default=2, help="optimizer steps not measured")
-    p.add_argument("--steps", type=int, default=6, help="measured optimizer steps")
-    p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if any")
+    p.add_argument("--seq-len", type=positive_int, default=1024)
+    p.add_argument("--micro-batch-rows", type=positive_int, default=1)
+    p.add_argument("--grad-accum", type=positive_int, default=1)
+    p.add_argument("--warmup", type=positive_int, default=2, help="optimizer steps not measured")
+    p.add_argument("--steps", type=positive_int, default=6, help="measured optimizer steps")
+    p.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        default=None,
+        help="default: cuda if torch sees a GPU, else cpu; cuda without a GPU is refused",
+    )
     p.add_argument("--precision", choices=["fp32", "bf16"], default=None)
     p.add_argument("--zero-stage", type=int, default=3, choices=[1, 2, 3])
     p.add_argument("--offload", default="none", choices=["none", "optimizer", "optimizer+params"])
     p.add_argument("--no-ac", action="store_true", help="activation checkpointing off")
     p.add_argument("--loss", default="fused", choices=["fused", "logits"])
     p.add_argument("--attn", default="auto")
-    p.add_argument("--world-size", type=int, default=1)
-    p.add_argument("--nodes", type=int, default=1, help="no-ssh loopback 'nodes' (deepspeed)")
-    p.add_argument("--peak-tflops", type=float, default=None)
-    p.add_argument("--baseline-rows", type=int, default=None)
+    p.add_argument("--world-size", type=positive_int, default=1)
+    p.add_argument(
+        "--nodes", type=positive_int, default=1, help="no-ssh loopback 'nodes' (deepspeed)"
+    )
+    p.add_argument("--peak-tflops", type=positive_float, default=None)
+    p.add_argument("--baseline-rows", type=positive_int, default=None)
     p.add_argument("--no-baseline", action="store_true")
     p.add_argument("--work-dir", type=Path, default=Path("runs/bench"))
-    p.add_argument("--results", type=Path, default=RESULTS)
-    p.add_argument("--timeout", type=float, default=1800, help="seconds per training run")
+    p.add_argument("--results", type=Path, default=RESULTS, help=RESULTS_HELP)
+    p.add_argument(
+        "--repeats",
+        type=positive_int,
+        default=None,
+        help="training runs per side; the ratio is reported as median [min-max] over them "
+        "(default 3 for throughput, 1 per sweep point)",
+    )
+    p.add_argument("--timeout", type=positive_float, default=1800, help="seconds per training run")
     p.add_argument(
         "--set",
         dest="overrides",
@@ -61,14 +84,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     proj.add_argument("--model", default="llama-3-8b")
     proj.add_argument("--network", default="h100-ib400")
     proj.add_argument("--calibrate", type=Path, help="a sweep JSON over nodes (CPU loopback)")
-    proj.add_argument("--step-s", type=float, help="measured single-node step (else from MFU)")
-    proj.add_argument("--assumed-mfu", type=float, default=0.40)
-    proj.add_argument("--peak-tflops", type=float, default=989.0)
-    proj.add_argument("--seq-len", type=int, default=4096)
-    proj.add_argument("--micro-batch-rows", type=int, default=1)
-    proj.add_argument("--grad-accum", type=int, default=8)
-    proj.add_argument("--overlap", type=float, default=0.5)
-    proj.add_argument("--results", type=Path, default=RESULTS)
+    proj.add_argument(
+        "--step-s", type=positive_float, help="measured single-node step (else from MFU)"
+    )
+    proj.add_argument("--assumed-mfu", type=float_in(0.0, 1.0), default=0.40)
+    proj.add_argument("--peak-tflops", type=positive_float, default=989.0)
+    proj.add_argument("--seq-len", type=positive_int, default=4096)
+    proj.add_argument("--micro-batch-rows", type=positive_int, default=1)
+    proj.add_argument("--grad-accum", type=positive_int, default=8)
+    proj.add_argument(
+        "--overlap", type=float_in(0.0, 1.0, low_open=False, high_open=True), default=0.5
+    )
+    proj.add_argument("--results", type=Path, default=RESULTS, help=RESULTS_HELP)
+
+
+class UsageError(ValueError):
+    """Bad command-line input found after parsing (exit 2)."""
 
 
 def spec_from(args: argparse.Namespace, **changes):
@@ -76,7 +107,13 @@ def spec_from(args: argparse.Namespace, **changes):
 
     from natscale.bench.runner import BenchSpec
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    cuda = torch.cuda.is_available()
+    if args.device == "cuda" and not cuda:
+        raise UsageError(
+            f"--device cuda: torch {torch.__version__} sees no CUDA device "
+            f"(torch.version.cuda={torch.version.cuda}); run on a GPU machine or pass --device cpu"
+        )
+    device = args.device or ("cuda" if cuda else "cpu")
     return BenchSpec(**{**_spec_dict(args, device), **changes})
 
 
@@ -113,12 +150,21 @@ def _parse_override(text: str) -> tuple[str, object]:
     return key.strip(), yaml.safe_load(value)
 
 
-def _measure(args: argparse.Namespace, spec, work: Path) -> dict:
+def _progress(line: str) -> None:
+    print(f"bench: {line}", file=sys.stderr, flush=True)
+
+
+def _measure(args: argparse.Namespace, spec, work: Path, *, repeats: int) -> dict:
     from natscale.bench.record import MFU_FORMULA, environment, write_record
     from natscale.bench.runner import throughput
 
     record = throughput(
-        spec, work_dir=work, with_baseline=not args.no_baseline, timeout_s=args.timeout
+        spec,
+        work_dir=work,
+        with_baseline=not args.no_baseline,
+        timeout_s=args.timeout,
+        repeats=repeats,
+        on_progress=_progress,
     )
     record["environment"] = environment()
     record["mfu_formula"] = MFU_FORMULA
@@ -136,19 +182,20 @@ def run(args: argparse.Namespace) -> int:
         if args.bench_command == "sweep":
             return _sweep(args)
         return _project(args)
-    except BenchError as exc:  # a benchmark run failed
-        print(f"natscale bench: error: {exc}", file=sys.stderr)
-        return 1
-    except ValueError as exc:  # bad input: the one exit code every command uses
-        print(f"natscale bench: error: {exc}", file=sys.stderr)
+    except ValueError as exc:  # bad input (the spec, --set, --param, --device): exit 2, as everywhere
+        print(f"natscale bench {args.bench_command}: error: {exc}", file=sys.stderr)
         return 2
+    except BenchError as exc:
+        print(f"natscale bench {args.bench_command}: error: {exc}", file=sys.stderr)
+        return 1
 
 
 def _throughput(args: argparse.Namespace) -> int:
     from natscale.bench.record import MFU_FORMULA, summary_line
 
     spec = spec_from(args)
-    record = _measure(args, spec, args.work_dir / "throughput")
+    repeats = 3 if args.repeats is None else args.repeats
+    record = _measure(args, spec, args.work_dir / "throughput", repeats=repeats)
     print(MFU_FORMULA)
     print(f"record: {record['json']}")
     print(summary_line(record))
@@ -156,12 +203,20 @@ def _throughput(args: argparse.Namespace) -> int:
 
 
 def _parse_param(text: str) -> tuple[str, list]:
+    from dataclasses import fields
+
     import yaml
+
+    from natscale.bench.runner import BenchSpec
 
     key, sep, values = text.partition("=")
     if not sep or not values:
         raise ValueError(f"--param {text!r}: expected FIELD=V1,V2,...")
-    return key.replace("-", "_"), [yaml.safe_load(v) for v in values.split(",")]
+    key = key.strip().replace("-", "_")
+    names = [f.name for f in fields(BenchSpec) if f.name not in ("extra", "device")]
+    if key not in names:
+        raise ValueError(f"--param {text!r}: unknown field {key!r}; one of {', '.join(names)}")
+    return key, [yaml.safe_load(v) for v in values.split(",")]
 
 
 def _sweep(args: argparse.Namespace) -> int:
@@ -169,13 +224,18 @@ def _sweep(args: argparse.Namespace) -> int:
 
     key, values = _parse_param(args.param)
     name = args.name or key
-    records = []
-    for v in values:
+    repeats = 1 if args.repeats is None else args.repeats
+    specs = []
+    for v in values:  # every value checked before the first run
         changes = {key: v}
         if key == "nodes":
             changes["world_size"] = v * max(1, args.world_size // max(args.nodes, 1))
-        spec = spec_from(args, **changes)
-        records.append(_measure(args, spec, args.work_dir / f"sweep_{name}" / f"{key}_{v}"))
+        specs.append((v, spec_from(args, **changes)))
+    records = []
+    for i, (v, spec) in enumerate(specs, 1):
+        _progress(f"sweep {name}: point {i}/{len(specs)}: {key}={v}")
+        work = args.work_dir / f"sweep_{name}" / f"{key}_{v}"
+        records.append(_measure(args, spec, work, repeats=repeats))
         print(f"sweep {name}: {key}={v} done", flush=True)
     table = collect(records, key)
     paths = write_sweep(table, records, args.results, name=name)

@@ -7,6 +7,8 @@ import argparse
 import signal
 import sys
 
+from natscale.cli.argtypes import SIZE_HELP, positive_int, size_bytes
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="convert_command", metavar="WHAT", required=True)
@@ -28,7 +30,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=["auto", "bf16", "fp16", "fp32"],
         help="weights dtype (default auto: the run's training precision)",
     )
-    z.add_argument("--max-shard-size", default="5GB", help="largest shard, e.g. 5GB or 500MB")
+    z.add_argument(
+        "--max-shard-size",
+        default="5GB",
+        type=size_bytes,
+        metavar="SIZE",
+        help=f"largest shard (default 5GB): {SIZE_HELP}, e.g. 5GB, 500MB or 2GiB",
+    )
     z.add_argument("--config-dir", help="folder with the model's config.json (and tokenizer)")
     z.add_argument(
         "--verify",
@@ -49,7 +57,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     u.add_argument("ckpt_dir", help="folder with DeepSpeed's 'latest' file and tag folders")
     u.add_argument("--tag", help="checkpoint tag (default: the one named in CKPT_DIR/latest)")
     u.add_argument(
-        "--workers", type=int, default=1, help="processes for DeepSpeed's extract/merge passes"
+        "--workers",
+        type=positive_int,
+        default=1,
+        help="processes for DeepSpeed's extract/merge passes (default 1)",
     )
 
     d = sub.add_parser(

@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from natscale.cli.argtypes import int_at_least, port, positive_int
 from natscale.launch.options import BACKENDS, DEFAULT_MASTER_PORT, LaunchOptions
 
 
@@ -46,15 +47,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     where.add_argument(
         "--exclude", default="", metavar="SPEC", help="all but these hosts/slots (same syntax)"
     )
-    where.add_argument("--nodes", type=int, metavar="N", help="the first N hosts of the hostfile")
+    where.add_argument(
+        "--nodes", type=positive_int, metavar="N", help="the first N hosts of the hostfile"
+    )
     where.add_argument(
         "--gpus-per-node",
-        type=int,
+        type=positive_int,
         metavar="N",
         help="ranks per node (devices 0..N-1; CPU: processes)",
     )
     where.add_argument(
-        "--node-rank", type=int, metavar="I", help="no-ssh: this node's index in the hostfile"
+        "--node-rank",
+        type=int_at_least(0),
+        metavar="I",
+        help="no-ssh: this node's index in the hostfile",
     )
     where.add_argument(
         "--master-addr",
@@ -63,12 +69,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     where.add_argument(
         "--master-port",
-        type=int,
+        type=port,
         default=DEFAULT_MASTER_PORT,
         metavar="PORT",
         help=f"default {DEFAULT_MASTER_PORT}",
     )
-    where.add_argument("--ssh-port", type=int, metavar="PORT", help="pdsh: ssh port of the nodes")
+    where.add_argument("--ssh-port", type=port, metavar="PORT", help="pdsh: ssh port of the nodes")
     env = parser.add_argument_group("environment of every rank")
     env.add_argument(
         "--ifname",

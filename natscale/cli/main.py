@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
+import shutil
 import sys
+from pathlib import Path
 
 # name -> (module under natscale.cli, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -80,8 +83,45 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
+class _NoCpuFallbackNotice(logging.Filter):
+    """Drops DeepSpeed's "Setting accelerator to CPU. If you have GPU ..." warning (every command,
+    every rank) on a machine with no NVIDIA device, where CPU is the only answer."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Setting accelerator to CPU.")
+
+
+def quiet_deepspeed_accelerator_notice() -> bool:
+    """Install the filter on DeepSpeed's logger (before DeepSpeed is imported) where no NVIDIA
+    device or driver is visible; on a GPU machine the warning means detection failed, so it stays.
+    True if installed."""
+    if any(Path("/dev").glob("nvidia[0-9]*")) or shutil.which("nvidia-smi"):
+        return False
+    logger = logging.getLogger("DeepSpeed")  # the logger deepspeed.utils.logging creates
+    if not any(isinstance(f, _NoCpuFallbackNotice) for f in logger.filters):
+        logger.addFilter(_NoCpuFallbackNotice())
+    return True
+
+
+_BUILDS_OPS = ("env", "train", "selftest", "bench")  # commands that may JIT-build native ops
+
+
+def use_checkout_op_cache(environ: dict[str, str] | os._Environ = os.environ) -> str | None:
+    """Default ``TORCH_EXTENSIONS_DIR`` to the checkout's ``.cache/torch_extensions`` when that
+    folder exists (``make install`` builds the ops there), so a plain ``natscale train`` after
+    ``make install`` reuses them instead of compiling into ``~/.cache``. A set value wins."""
+    if environ.get("TORCH_EXTENSIONS_DIR"):
+        return None
+    cache = Path(__file__).resolve().parents[2] / ".cache" / "torch_extensions"
+    if not cache.is_dir():
+        return None
+    environ["TORCH_EXTENSIONS_DIR"] = str(cache)
+    return str(cache)
+
+
 def _run(argv: list[str] | None) -> int:
     argv = _strip_local_rank(list(sys.argv[1:] if argv is None else argv))
+    quiet_deepspeed_accelerator_notice()
     if not argv or argv[0] not in COMMANDS:
         parser = build_parser()
         if argv and argv[0] in ("-h", "--help"):
@@ -93,6 +133,8 @@ def _run(argv: list[str] | None) -> int:
         return 2
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command in _BUILDS_OPS:
+        use_checkout_op_cache()
     return int(_load(args._module).run(args) or 0)
 
 

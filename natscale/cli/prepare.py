@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from natscale.cli.argtypes import positive_int
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -19,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="override a config value, e.g. --set pack.max_seq_len=2048 (repeatable)",
     )
     parser.add_argument("--out", help="output directory (overrides `output:`)")
-    parser.add_argument("--num-proc", type=int, help="tokenisation worker processes")
+    parser.add_argument("--num-proc", type=positive_int, help="tokenisation worker processes")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 

@@ -14,9 +14,16 @@ import argparse
 import sys
 import time
 
+from natscale.cli.argtypes import int_at_least, positive_float, positive_int
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--steps", type=int, default=5, help="optimizer steps (default 5)")
+    parser.add_argument(
+        "--steps",
+        type=int_at_least(2, "the loss is compared before and after training"),
+        default=5,
+        help="optimizer steps, at least 2 (default 5)",
+    )
     parser.add_argument(
         "--zero-stage", type=int, default=3, choices=[0, 1, 2, 3], help="ZeRO stage (default 3)"
     )
@@ -26,14 +33,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="a Hugging Face config.json (or its directory) to build instead of the built-in tiny Llama",
     )
-    parser.add_argument("--seq-len", type=int, default=32, help="tokens per sequence (default 32)")
     parser.add_argument(
-        "--micro-batch", type=int, default=2, help="sequences per rank and step (default 2)"
+        "--seq-len",
+        type=int_at_least(2, "a token and the next one it predicts"),
+        default=32,
+        help="tokens per sequence, at least 2 (default 32)",
     )
-    parser.add_argument("--lr", type=float, default=3e-3, help="AdamW learning rate (default 3e-3)")
+    parser.add_argument(
+        "--micro-batch",
+        type=positive_int,
+        default=2,
+        help="sequences per rank and step (default 2)",
+    )
+    parser.add_argument(
+        "--lr", type=positive_float, default=3e-3, help="AdamW learning rate (default 3e-3)"
+    )
     parser.add_argument(
         "--seed", type=int, default=0, help="seed of the random tokens (plus the rank)"
     )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar on rank 0")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
         micro_batch=args.micro_batch,
         lr=args.lr,
         seed=args.seed,
+        progress=not args.no_progress,
     )
     try:
         load_model_config(opts.model_config)  # bad input fails before any rank waits on a peer

@@ -68,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, PreflightError) as exc:
         return _fail(str(exc), 2)
     _quiet_libraries()
+    if not run_cfg.logging.progress_bar:
+        _no_library_progress_bars()
 
     import torch.distributed as dist
 
@@ -119,6 +121,18 @@ def _quiet_libraries() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_warning()
+
+
+def _no_library_progress_bars() -> None:
+    """``logging.progress_bar: false`` covers the libraries' bars too (dataset loading, the HF
+    export's "Writing model shards"), not only the trainer's."""
+    import datasets
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    datasets.disable_progress_bars()
+    disable_progress_bars()
+    hf_logging.disable_progress_bar()
 
 
 def _write_summary(output_dir: str, summary: dict) -> None:

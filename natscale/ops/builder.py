@@ -88,19 +88,9 @@ class OpBuilder:
 
     def jit_build_dir(self) -> Path:
         """Where cpp_extension.load() builds this op (mirrors torch's naming, creates nothing)."""
-        import torch
+        from natscale.ops.first_build import extensions_root
 
-        root = os.environ.get("TORCH_EXTENSIONS_DIR")
-        if root is None:
-            from torch.utils.cpp_extension import get_default_build_root
-
-            if torch.version.cuda is not None:
-                accelerator = "cu" + torch.version.cuda.replace(".", "")
-            else:
-                accelerator = "cpu"
-            version = f"py{sys.version_info.major}{sys.version_info.minor}"
-            root = os.path.join(get_default_build_root(), f"{version}_{accelerator}")
-        return Path(root) / self.name
+        return extensions_root() / self.name
 
     def prebuilt(self) -> ModuleType | None:
         try:
@@ -158,11 +148,31 @@ class OpBuilder:
             self._error = None
             return module
 
+    def description(self) -> str:
+        """What the build notice calls this op."""
+        return f"natscale's {self.label} segment-loss op"
+
+    def build_inputs(self) -> list[Path]:
+        """Sources and headers: what a JIT build compares with the cached library."""
+        files = [Path(src) for src in self.sources()]
+        for folder in map(Path, self.include_dirs()):
+            files += sorted(folder.glob("*.h")) + sorted(folder.glob("*.cuh"))
+        return files
+
     def _jit_load(self, verbose: bool) -> ModuleType:
+        import time
+
         from torch.utils.cpp_extension import load
 
+        from natscale.ops.first_build import announce_build, announce_done, needs_build
+
+        build_dir = self.jit_build_dir()
+        building = needs_build(build_dir, self.name, self.build_inputs())
+        if building:
+            announce_build(self.description(), self.name, build_dir)
+        start = time.perf_counter()
         with _arch_list_env():
-            return load(
+            module = load(
                 name=self.name,
                 sources=self.sources(),
                 extra_include_paths=self.include_dirs(),
@@ -171,6 +181,9 @@ class OpBuilder:
                 with_cuda=self.with_cuda,
                 verbose=verbose,
             )
+        if building:
+            announce_done(self.name, time.perf_counter() - start)
+        return module
 
     def extension(self) -> Any:
         """A setuptools Extension for the prebuilt build (paths relative to the repository)."""

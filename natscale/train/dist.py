@@ -109,8 +109,13 @@ def init_distributed(timeout_s: float | None = None) -> DistInfo:
     kwargs = {}
     if timeout_s is not None:
         kwargs["timeout"] = datetime.timedelta(seconds=timeout_s)
+    if first and get_accelerator().device_name() == "cpu":
+        from natscale.ops.first_build import announce_shm_op_build
+
+        announce_shm_op_build()  # DeepSpeed compiles it silently on first use (1-3 min)
     # auto_mpi_discovery=False: rank variables come from map_rank_env, never from `hostname -I`
-    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, **kwargs)
+    with _without_op_loaded_line():
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, **kwargs)
     if first and get_accelerator().device_name() == "cpu":
         _unlink_shm_buffer(dist)
     return DistInfo(
@@ -119,6 +124,23 @@ def init_distributed(timeout_s: float | None = None) -> DistInfo:
         local_rank=int(os.environ.get("LOCAL_RANK", "0")),
         backend=backend,
     )
+
+
+@contextlib.contextmanager
+def _without_op_loaded_line():
+    """Drop DeepSpeed's ``DeepSpeed ... built successfully`` print (every rank, every command,
+    even when the op was only loaded from the cache); everything else printed goes through."""
+    import io
+
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buf):
+            yield
+    finally:
+        for line in buf.getvalue().splitlines(keepends=True):
+            if not (line.startswith("DeepSpeed ") and line.rstrip().endswith("built successfully")):
+                sys.stdout.write(line)
+        sys.stdout.flush()
 
 
 def _unlink_shm_buffer(dist) -> None:

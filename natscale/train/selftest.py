@@ -49,6 +49,7 @@ class SelftestOptions:
     micro_batch: int = 2
     lr: float = 3e-3
     seed: int = 0
+    progress: bool = True  # rank 0's tqdm bar
 
 
 @dataclass
@@ -193,7 +194,9 @@ def run_selftest(opts: SelftestOptions, info: DistInfo, *, started: float) -> Ra
         0, model_config.vocab_size, (opts.micro_batch, opts.seq_len), generator=gen
     )
     losses = []
-    for _ in tqdm(range(opts.steps), desc="selftest", disable=info.rank != 0, leave=False):
+    for _ in tqdm(
+        range(opts.steps), desc="selftest", disable=info.rank != 0 or not opts.progress, leave=False
+    ):
         loss = engine(input_ids=input_ids, labels=input_ids).loss
         engine.backward(loss)
         engine.step()

@@ -1,6 +1,8 @@
 """CI smoke test: `natscale bench throughput` on the tiny preset writes a complete record.
 
 Every field present and finite; no timing assertions (timings belong in benchmarks/results).
+Results go to runs/bench/results under the working directory unless --results names a folder;
+the tracked benchmarks/results is never written by default.
 """
 
 from __future__ import annotations
@@ -9,7 +11,10 @@ import json
 import math
 from pathlib import Path
 
+from natscale.bench.presets import REPO
 from natscale.cli.main import main
+
+TRACKED = REPO / "benchmarks" / "results"
 
 
 def _finite_numbers(node, where=""):
@@ -20,8 +25,14 @@ def _finite_numbers(node, where=""):
         assert math.isfinite(node), where
 
 
-def test_tiny_throughput_record(tmp_path: Path):
-    results = tmp_path / "results"
+def _listing(folder: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} if folder.is_dir() else {}
+
+
+def test_tiny_throughput_record(tmp_path: Path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # the default results folder is relative to the cwd
+    tracked_before = _listing(TRACKED)
+    results = tmp_path / "runs" / "bench" / "results"
     code = main(
         [
             "bench",
@@ -43,11 +54,17 @@ def test_tiny_throughput_record(tmp_path: Path):
             "train.lr=2.5e-5",
             "--work-dir",
             str(tmp_path / "work"),
-            "--results",
-            str(results),
+            "--repeats",
+            "2",
         ]
     )
     assert code == 0
+    assert _listing(TRACKED) == tracked_before  # nothing new or changed in the tracked tables
+    out, err = capsys.readouterr()
+    for n in range(1, 5):  # progress on stderr: a line before and after each of the 4 runs
+        assert f"bench: run {n}/4: " in err
+    assert "bench: run 4/4: baseline done in" in err
+    assert "(median of 2 repeats; range " in out
     (path,) = results.glob("throughput_tiny_gsm8k_cpu_*.json")
     record = json.loads(path.read_text())
     for side in ("natscale", "baseline"):
@@ -71,14 +88,33 @@ def test_tiny_throughput_record(tmp_path: Path):
     assert record["natscale"]["config"]["train"]["lr"] == 2.5e-5
     assert record["spec"]["extra"] == {"train.lr": 2.5e-5}
     assert all(math.isfinite(v) and v > 0 for v in record["ratio"].values())
+    # the ratio over the repeats: median, min, max and each repeat's value
+    spread = record["ratio_spread"]["tokens_per_s_trained"]
+    assert spread["n"] == 2 and len(record["repeats"]) == 2
+    each = [r["ratio"]["tokens_per_s_trained"] for r in record["repeats"]]
+    assert spread["values"] == each
+    assert spread["min"] == min(each) and spread["max"] == max(each)
+    assert spread["median"] == record["ratio"]["tokens_per_s_trained"] == sum(each) / 2
     env = record["environment"]
     assert env["versions"]["torch"] and env["git_commit"] and len(env["load_average_1_5_15"]) == 3
     assert "MFU" in record["mfu_formula"]
     table = (results / "throughput_cpu.md").read_text()
     assert table.count("| tiny | gsm8k |") == 1
+    assert f"[{spread['min']:.2f}-{spread['max']:.2f}] n=2 |" in table
 
 
 def test_bad_override_is_a_clear_error(capsys):
     assert main(["bench", "throughput", "--device", "cpu", "--set", "train.lr"]) == 2
     err = capsys.readouterr().err
     assert "--set 'train.lr': expected KEY=VALUE" in err
+
+
+def test_example_preset_prepares_from_any_directory(tmp_path: Path, monkeypatch):
+    """The bundled example's prepare config names checkout-relative paths; bench resolves them."""
+    from natscale.bench.data import build_datasets
+
+    monkeypatch.chdir(tmp_path)
+    packed, baseline = build_datasets(
+        "example", seq_len=4096, vocab=512, min_rows=16, seed=0, cache_dir=tmp_path / "data"
+    )
+    assert (packed / "stats.json").is_file() and (baseline / "stats.json").is_file()

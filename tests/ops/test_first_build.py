@@ -1,0 +1,144 @@
+"""First-use builds say what they build before the silent minute, and only when they build.
+
+A real JIT build through OpBuilder (a tiny Python C module, compiled in seconds), and DeepSpeed's
+shm op decision against its real sources with an empty and a filled cache folder.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from natscale.ops import first_build
+from natscale.ops.builder import OpBuilder
+
+PROBE = """
+#include <Python.h>
+static struct PyModuleDef probe = {PyModuleDef_HEAD_INIT, "natscale_probe_op", nullptr, -1};
+extern "C" PyObject* PyInit_natscale_probe_op(void) { return PyModule_Create(&probe); }
+"""
+
+
+class ProbeBuilder(OpBuilder):
+    name = "natscale_probe_op"
+    label = "probe"
+    prebuilt_name = "natscale.ops._no_such_prebuilt_probe"
+
+    def __init__(self, source: Path) -> None:
+        super().__init__()
+        self._source = source
+
+    def sources(self) -> list[str]:
+        return [str(self._source)]
+
+    def include_dirs(self) -> list[str]:
+        return []
+
+    def cxx_flags(self) -> list[str]:
+        return ["-O0"]
+
+    def description(self) -> str:
+        return "the probe op"
+
+
+@pytest.fixture
+def empty_cache(tmp_path, monkeypatch) -> Path:
+    cache = tmp_path / "torch_extensions"
+    cache.mkdir()
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(cache))
+    for var in ("LOCAL_RANK", "RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    return cache
+
+
+def test_jit_build_is_announced_once_then_cached(empty_cache, tmp_path, capfd):
+    source = tmp_path / "probe.cpp"
+    source.write_text(PROBE)
+    builder = ProbeBuilder(source)
+    if not builder.compatible()[0]:
+        pytest.skip(builder.compatible()[1])
+
+    module = builder.load()
+    assert module.__name__ == "natscale_probe_op"
+    err = capfd.readouterr().err
+    notice = [line for line in err.splitlines() if "natscale: building" in line]
+    assert len(notice) == 1, err
+    assert "the probe op (natscale_probe_op)" in notice[0]
+    assert str(empty_cache / "natscale_probe_op") in notice[0]
+    assert first_build.TYPICAL in notice[0] and "natscale env --build-ops" in notice[0]
+    assert "natscale: built natscale_probe_op in " in err
+    # the notice comes before the build's end, so the user reads it while waiting
+    assert err.index("natscale: building") < err.index("natscale: built")
+
+    # a new process (a fresh builder) with the library cached: silent
+    assert ProbeBuilder(source).load().__name__ == "natscale_probe_op"
+    assert "natscale: build" not in capfd.readouterr().err
+
+    # a source newer than the library: it rebuilds, and says so
+    later = time.time() + 5
+    os.utime(source, (later, later))
+    assert first_build.needs_build(empty_cache / builder.name, builder.name, [source])
+
+
+def test_only_local_rank_0_announces(empty_cache, monkeypatch, capfd):
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert not first_build.announce_build("x", "x_op", empty_cache / "x_op")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("RANK", "2")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert first_build.announce_build("x", "x_op", empty_cache / "x_op")
+    err = capfd.readouterr().err
+    assert err.count("natscale: building") == 1 and err.startswith("[rank 2] natscale: building")
+
+
+def test_deepspeed_shm_op_notice_only_when_not_cached(empty_cache, capfd):
+    builder = first_build._shm_builder()
+    if builder is None:
+        pytest.skip("DeepSpeed's shm op is Linux-only")
+    from deepspeed.git_version_info import installed_ops
+
+    if installed_ops.get(first_build.SHM_OP):
+        pytest.skip("DeepSpeed was installed with the shm op prebuilt")
+    inputs = first_build.shm_op_inputs(builder)
+    assert any(p.name == "shm.cpp" for p in inputs) and all(p.is_file() for p in inputs)
+
+    # empty cache: DeepSpeed's init_distributed would compile it -> the notice
+    assert first_build.shm_op_needs_build()
+    assert first_build.announce_shm_op_build()
+    err = capfd.readouterr().err
+    assert "DeepSpeed's shared-memory all-reduce op (deepspeed_shm_comm)" in err
+    assert str(empty_cache / "deepspeed_shm_comm") in err
+
+    # a library newer than every source and header: nothing to build, nothing printed
+    built = empty_cache / "deepspeed_shm_comm" / "deepspeed_shm_comm.so"
+    built.parent.mkdir()
+    built.write_bytes(b"")
+    newest = max(p.stat().st_mtime for p in inputs) + 1
+    os.utime(built, (newest, newest))
+    assert not first_build.shm_op_needs_build()
+    assert not first_build.announce_shm_op_build()
+    assert "natscale: building" not in capfd.readouterr().err
+
+
+def test_makefile_and_tests_share_one_extensions_cache():
+    """`make install` builds into the cache the test suite (conftest.py) reads."""
+    root = Path(__file__).resolve().parents[2]
+    makefile = (root / "Makefile").read_text()
+    assert "export TORCH_EXTENSIONS_DIR := $(CURDIR)/.cache/torch_extensions" in makefile
+    assert "natscale.cli.main env --build-ops" in makefile
+    conftest = (root / "conftest.py").read_text()
+    assert 'str(REPO_ROOT / ".cache" / "torch_extensions")' in conftest
+
+
+def test_checkout_cache_is_the_default_after_make_install():
+    from natscale.cli.main import use_checkout_op_cache
+
+    cache = Path(__file__).resolve().parents[2] / ".cache" / "torch_extensions"
+    cache.mkdir(parents=True, exist_ok=True)  # what `make install` leaves (git-ignored)
+    env: dict[str, str] = {}
+    assert use_checkout_op_cache(env) == str(cache) == env["TORCH_EXTENSIONS_DIR"]
+    env = {"TORCH_EXTENSIONS_DIR": "/elsewhere"}
+    assert use_checkout_op_cache(env) is None and env["TORCH_EXTENSIONS_DIR"] == "/elsewhere"

@@ -1,0 +1,106 @@
+"""Bad option values are usage errors: exit 2 with argparse's message, no traceback, no work."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from natscale.cli.argtypes import size_bytes
+from natscale.cli.main import main
+
+
+def _usage_error(capsys, argv: list[str]) -> str:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("5XB", "unknown unit 'XB'"),
+        ("100", "the unit is required"),
+        ("GB", "is not a size"),
+        ("0MB", "at least 1 byte"),
+        ("5.5.5GB", "is not a size"),
+    ],
+)
+def test_convert_max_shard_size_is_a_usage_error(capsys, tmp_path, value, expected):
+    out = tmp_path / "hf"
+    err = _usage_error(
+        capsys, ["convert", "zero-to-hf", str(tmp_path), str(out), "--max-shard-size", value]
+    )
+    assert "argument --max-shard-size" in err and expected in err
+    assert "5GB, 500MB or 2GiB" in err or "e.g. 5GB" in err  # what is accepted
+    assert not out.exists()
+
+
+def test_size_units():
+    assert size_bytes("5GB") == 5 * 10**9
+    assert size_bytes("500MB") == 500 * 10**6
+    assert size_bytes("2GiB") == 2 * 2**30
+    assert size_bytes(" 1.5 kib ") == 1536
+    with pytest.raises(argparse.ArgumentTypeError):
+        size_bytes("100")
+
+
+def test_selftest_steps_minimum_is_named(capsys):
+    err = _usage_error(capsys, ["selftest", "--steps", "1"])
+    assert "argument --steps: 1 is too small; the minimum is 2" in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["selftest", "--seq-len", "1"],
+        ["selftest", "--micro-batch", "0"],
+        ["selftest", "--lr", "nan"],
+        ["convert", "zero-to-universal", "ckpt", "--workers", "0"],
+        ["prepare", "cfg.yaml", "--num-proc", "0"],
+        ["bench", "throughput", "--warmup", "0"],
+        ["bench", "throughput", "--steps", "two"],
+        ["bench", "throughput", "--repeats", "0"],
+        ["bench", "project", "--overlap", "1"],
+        ["bench", "project", "--assumed-mfu", "1.5"],
+        ["launch", "--master-port", "70000", "--", "run.yaml"],
+        ["launch", "--nodes", "0", "--", "run.yaml"],
+    ],
+)
+def test_numeric_options_are_usage_errors(capsys, argv):
+    err = _usage_error(capsys, argv)
+    assert "error: argument --" in err
+
+
+@pytest.mark.skipif(
+    __import__("torch").cuda.is_available(), reason="checks the refusal on a machine without CUDA"
+)
+def test_bench_device_cuda_without_cuda_refuses(capsys, tmp_path):
+    work = tmp_path / "work"
+    code = main(
+        ["bench", "throughput", "--device", "cuda", "--work-dir", str(work), "--results", str(work)]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--device cuda" in err and "sees no CUDA device" in err and "--device cpu" in err
+    assert not work.exists()  # refused before anything ran
+
+
+def test_bench_sweep_unknown_field_is_bad_input(capsys, tmp_path):
+    work = tmp_path / "work"
+    argv = ["bench", "sweep", "--param", "no_such=1,2", "--device", "cpu"]
+    assert main([*argv, "--work-dir", str(work)]) == 2
+    assert "unknown field 'no_such'" in capsys.readouterr().err
+    assert not Path(work).exists()
+
+
+def test_bench_project_unreadable_calibration_is_bad_input(capsys, tmp_path):
+    missing = tmp_path / "no_sweep.json"
+    code = main(["bench", "project", "--calibrate", str(missing), "--results", str(tmp_path)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"--calibrate {missing}: cannot read a sweep JSON" in err and "Traceback" not in err
