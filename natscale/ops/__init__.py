@@ -71,6 +71,12 @@ def segment_cross_entropy(
     """
     from natscale.ops.segment_ce.dispatch import choose_impl
 
+    if weight.numel() == 0:  # every implementation: say why before a shape error hides it
+        raise ValueError(
+            f"segment_cross_entropy: weight has no elements (shape {list(weight.shape)}); under "
+            "ZeRO-3 the lm_head parameter is not gathered: call the op inside the model's "
+            "forward (or deepspeed.zero.GatheredParameters)"
+        )
     if choose_impl(hidden.device.type, hidden.dtype, impl) != "reference":
         from natscale.ops.segment_ce.function import segment_ce_native
 
@@ -87,18 +93,22 @@ def segment_cross_entropy(
 
 
 def report() -> list[dict[str, Any]]:
-    """Which implementation of each op is active, and which are built or buildable (and why not).
+    """Which implementation of each op is active (and why; what this process ran), and which are
+    built or buildable (and why not).
 
     Never starts a build: ``built`` means prebuilt, loaded, or present in the JIT cache.
     """
     from natscale.ops.builder import SEGMENT_CE_CPU, SEGMENT_CE_CUDA
-    from natscale.ops.segment_ce.dispatch import active_impl
+    from natscale.ops.segment_ce.dispatch import active_impl_why, last_choice
 
     reference = {"name": "reference", "built": True, "buildable": True, "reason": "pure PyTorch"}
+    active, why = active_impl_why()
     return [
         {
             "name": "segment_cross_entropy",
-            "active": active_impl(),
+            "active": active,
+            "why": why,
+            "ran": last_choice(),  # what this process actually ran, per device type
             "implementations": [reference, SEGMENT_CE_CPU.status(), SEGMENT_CE_CUDA.status()],
         }
     ]
