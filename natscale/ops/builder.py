@@ -171,7 +171,8 @@ class OpBuilder:
         else:
             built = False
         if self._error is not None:
-            reason = f"last load failed: {self._error}"
+            refused = self._error.startswith("refused: ")
+            reason = self._error if refused else f"last load failed: {self._error}"
         return {"name": self.label, "built": built, "buildable": buildable, "reason": reason}
 
     def is_available(self) -> tuple[bool, str]:
