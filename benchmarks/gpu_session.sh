@@ -55,6 +55,10 @@ step() { # step NAME CAP CMD...: CMD's output to $O/NAME.log, within the time le
     return 124
   fi
   echo "== $name (limit ${lim}s): $*" | tee -a "$S"
+  # steps run one at a time and a killed step's processes are gone: a torch JIT `lock` left in
+  # the cache now is from a build killed mid-way (DeepSpeed's ops too), and would hang every load
+  find "$TORCH_EXTENSIONS_DIR" -name lock -type f -print -delete 2>/dev/null |
+    sed 's/^/stale lock removed: /' | tee -a "$S"
   s=$(date +%s)
   # timeout signals its whole process group: training ranks started by the bench go too
   timeout -k 5 "$lim" "$@" >>"$O/$name.log" 2>&1
@@ -74,7 +78,7 @@ finish() {
     cp -f "$d/${side}_logs/node0.log" "$W/q/train/$side/" 2>/dev/null
   done
   {
-    grep -hE "^(PASS|FAIL)|gpu_check_op:" "$O/check.log"
+    grep -hE "^(PASS|FAIL)|gpu_check_op:" "$O/check.log" | cut -c1-240
     tail -n 3 "$O/tests.log"
     grep -hE "^ *(16384|512) |bench_segment_ce:" "$O/kbench.log"
     grep -hE "ratio|MFU|natscale bench|error" "$O/e2e.log" | tail -n 6

@@ -30,7 +30,7 @@ if ! "$venv/bin/python" -c "import sys, torch; sys.exit(torch.__version__.split(
   # the GPU machine's set (see the device notes), minus what .whl/ brings
   "$venv/bin/pip" install -q "torch==$gpu_torch" ninja numpy packaging pytest pytest-timeout \
     pyyaml setuptools wheel accelerate safetensors tqdm psutil py-cpuinfo msgpack sentencepiece \
-    matplotlib tensorboard
+    matplotlib tensorboard pyarrow pandas requests httpx regex einops typer shellingham hf-xet
 fi
 
 if ((!ops_only)); then
