@@ -45,9 +45,11 @@ def segment_cross_entropy(
         seg_nll    = [nll[2] + nll[3], nll[5] + nll[6], 0]    seg_count = [2, 2, 0]
 
     Args:
-        hidden: [T, H] final hidden states, float32 / float16 / bfloat16 (float64: reference only).
+        hidden: [T, H] final hidden states, float32 / bfloat16 (float16, float64: reference only;
+            the native builds refuse float16, whose gradients they would form before the loss
+            scale).
         weight: [V, H] lm_head weight, same dtype (under ZeRO-3: the gathered parameter, i.e. call
-            this inside the model's forward).
+            this inside the model's forward; a not-gathered [0] placeholder is a clear error).
         targets: [T] int64 next-token ids; -100 marks untrained tokens (never a NaN, never a cost).
         token_weight: [T] float weight of each token's loss; the caller folds segment weights and
             any per-sequence normalisation in here and divides the sum by its own denominator.
