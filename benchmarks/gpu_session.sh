@@ -27,7 +27,8 @@
 #   command: bash benchmarks/gpu_session.sh     timeout_s: 570
 #   carry:   .whl, natscale/ops/_segment_ce_cuda.cpython-312-x86_64-linux-gnu.so,
 #            natscale/ops/_segment_ce_cpu.cpython-312-x86_64-linux-gnu.so
-# A warm machine can rerun a subset: `STEPS="e2e" GPU_BUDGET_S=240 bash benchmarks/gpu_session.sh`.
+# A warm machine can rerun a subset: `STEPS="e2e" GPU_BUDGET_S=240 bash benchmarks/gpu_session.sh`;
+# STEPS="e2e3b" (not in the default set) measures the 3B preset's MFU in a call of its own.
 # Rehearsal without a GPU (docs/benchmarks.md): GPU_REHEARSAL=1 runs every step; a CUDA step says
 # "skipped: no CUDA" and runs a small CPU stand-in of itself in the same time box instead.
 set -uo pipefail
@@ -161,11 +162,11 @@ if wanted tests; then
   step tests 100 python3 -m pytest -m gpu tests/ops -q -p no:cacheprovider --timeout 60 -rfs
 fi
 
+# the natscale side must run the CUDA op (no fallback to the [T, V] reference); torch AdamW: no
+# DeepSpeed op is JIT-built on the device (FusedAdam: 1-2 minutes, and cuBLAS headers)
+e2e=(python3 -m natscale.cli bench throughput --data gsm8k --warmup 2 --work-dir "$W/bench"
+  --results "$R" --set deepspeed.overrides.optimizer.params.torch_adam=true)
 if wanted e2e; then
-  # the natscale side must run the CUDA op (no fallback to the [T, V] reference); torch AdamW:
-  # no DeepSpeed op is JIT-built on the device (FusedAdam: 1-2 minutes, and cuBLAS headers)
-  e2e=(python3 -m natscale.cli bench throughput --data gsm8k --warmup 2 --work-dir "$W/bench"
-    --results "$R" --set deepspeed.overrides.optimizer.params.torch_adam=true)
   if ((cuda)); then
     NATSCALE_SEGMENT_CE_IMPL=cuda NATSCALE_HANG_DUMP_S=150 step e2e 230 "${e2e[@]}" \
       --model llama-3.2-1b --seq-len 4096 --grad-accum 4 --steps 4 --device cuda --no-ac \
@@ -187,5 +188,11 @@ if wanted kbench; then
     step kbench 200 "${kb[@]}" --device cpu --tokens 512 --hidden 64 --vocab 4000 --repeats 2 \
       --impls natscale torch torch.compile-chunked
   fi
+fi
+# opt-in, for a later loan (STEPS="e2e3b" GPU_BUDGET_S=520): the 3B preset's
+# MFU without recompute, natscale alone (its Adam state alone is 51 GB)
+if [[ " ${STEPS:-} " == *" e2e3b "* ]] && ((cuda)); then
+  NATSCALE_SEGMENT_CE_IMPL=cuda step e2e3b 500 "${e2e[@]}" --model llama-3.2-3b --seq-len 4096 \
+    --grad-accum 4 --steps 4 --device cuda --no-ac --no-baseline --timeout 480
 fi
 exit $failed
