@@ -34,9 +34,8 @@ if ! "$venv/bin/python" -c "import sys, torch; sys.exit(torch.__version__.split(
 fi
 
 if ((!ops_only)); then
-  PYTHON=${PYTHON:-/work/main/.venv/bin/python}
-  [[ -x $PYTHON ]] || PYTHON=.venv/bin/python
-  PYTHON=$PYTHON bash scripts/gpu_wheels.sh
+  # the pins come from the tested venv (`make install`'s .venv, or PYTHON=...)
+  bash scripts/gpu_wheels.sh
 fi
 
 export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
