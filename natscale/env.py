@@ -140,7 +140,7 @@ def format_text(info: dict[str, Any]) -> str:
         if "error" in op:
             lines.append(f"op {op['name']}: unavailable ({op['error']})")
             continue
-        lines.append(f"op {op['name']}: active={op['active']}")
+        lines.append(f"op {op['name']}: active={op['active']} ({op.get('why', '')})")
         for impl in op["implementations"]:
             state = (
                 "built"

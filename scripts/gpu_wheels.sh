@@ -2,7 +2,8 @@
 # Fill .whl/ (git-ignored) with the Python packages the lent GPU machine lacks: it has PyTorch
 # 2.11.0+cu130, Triton, accelerate, pyarrow and tokenizers, but no network and no deepspeed,
 # datasets, pydantic or liger-kernel. Versions are the ones this checkout's venv was tested with
-# (Python 3.12 wheels, the GPU machine's Python). benchmarks/gpu_session.sh installs them there.
+# (Python 3.12 wheels, the GPU machine's Python). benchmarks/gpu_session.sh installs them there;
+# scripts/gpu_prep.sh runs this as part of the one-call kit's preparation.
 #   bash scripts/gpu_wheels.sh                 # then carry ".whl" with the device tool
 #   bash scripts/gpu_wheels.sh --prebuilt-ops  # DeepSpeed with FusedAdam + CPUAdam compiled here
 # --prebuilt-ops builds DeepSpeed's two Adam ops against the GPU machine's torch in a Python 3.12

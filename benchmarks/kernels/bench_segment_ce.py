@@ -14,7 +14,14 @@ their formulas (printed with the table too):
                 the gradients of hidden and weight are included. CUDA: max_memory_allocated;
                 CPU: VmHWM - VmRSS (peak resident set reset through /proc/self/clear_refs).
 natscale computes the gradients in its forward (backward only scales them), so compare totals.
-Results (JSON and a Markdown table) go to benchmarks/results/ with the device, versions and command.
+Every implementation's loss is checked against torch's (materialised logits + F.cross_entropy) on
+the first measured repeat: loss_rel = |loss - torch| / |torch|, a FAIL above 1e-2 (16-bit) or 1e-4.
+Peers: torch (eager), torch.compile (whole loss), torch.compile-chunked (torch's own chunked CE:
+a compiled lm_head + CE per 4096-token chunk under activation checkpointing), liger (its fused
+linear CE, dW accumulated in the weight dtype) and liger-fp32acc (accumulated in fp32, as natscale).
+Results (JSON and a Markdown table) go to benchmarks/results/ with the device, versions, command and
+the natscale implementation that ran (and why); they are rewritten after every case, so a run cut
+short keeps what it measured.
 """
 
 from __future__ import annotations
@@ -34,6 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+import torch.utils.checkpoint
 
 from natscale.ops import (
     IGNORE_INDEX,
@@ -41,6 +50,7 @@ from natscale.ops import (
     segment_cross_entropy_materialized,
     segment_cross_entropy_reference,
 )
+from natscale.ops.segment_ce.dispatch import last_choice
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULTS = {
@@ -49,7 +59,15 @@ DEFAULTS = {
         hidden=4096,
         vocab=[128256, 151936],
         dtype="bfloat16",
-        impls=["natscale", "natscale-nohint", "torch", "torch.compile", "liger"],
+        impls=[
+            "natscale",
+            "natscale-nohint",
+            "torch",
+            "torch.compile",
+            "torch.compile-chunked",
+            "liger",
+            "liger-fp32acc",
+        ],
     ),
     "cpu": dict(
         tokens=[4096],
@@ -133,14 +151,55 @@ def implementations(
         "reference": reference,
         "torch": materialized,
         "torch.compile": torch_compile,
+        "torch.compile-chunked": chunked_compiled_ce(device),
     }
+    impls.update(liger_impls())
+    return impls
+
+
+def chunked_compiled_ce(device: str, chunk: int = 4096) -> Callable[[Case], torch.Tensor]:
+    """torch's own answer to the [T, V] logits: a torch.compile'd lm_head + CE per chunk of tokens
+    under activation checkpointing (the chunk's GEMM is recomputed in backward)."""
+    backend = "inductor" if device == "cuda" else "aot_eager"
+
+    @torch.compile(backend=backend, dynamic=False)
+    def chunk_loss(x_c, weight, y_c, w_c):
+        nll = F.cross_entropy((x_c @ weight.t()).float(), y_c, ignore_index=IGNORE_INDEX,
+                              reduction="none")  # fmt: skip
+        return (torch.where(y_c != IGNORE_INDEX, w_c, 0.0) * nll).sum()
+
+    def run(c: Case) -> torch.Tensor:
+        total = c.hidden.new_zeros((), dtype=torch.float32)
+        for s in range(0, c.hidden.shape[0], chunk):
+            part = slice(s, s + chunk)
+            total = total + torch.utils.checkpoint.checkpoint(
+                chunk_loss, c.hidden[part], c.weight, c.targets[part], c.token_weight[part],
+                use_reentrant=False,
+            )  # fmt: skip
+        return total
+
+    return run
+
+
+def liger_impls() -> dict[str, Callable[[Case], torch.Tensor]]:
+    """Liger's fused linear CE (no token weights: the cases use weight 1), with dW accumulated in
+    the weight dtype (its default) and in fp32. Any failure to import or construct it (no Triton,
+    no GPU, an API change) leaves it out, with the reason printed."""
+    out: dict[str, Callable[[Case], torch.Tensor]] = {}
     try:
         from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
-    except ImportError:
-        return impls
-    liger = LigerFusedLinearCrossEntropyLoss(reduction="sum")
-    impls["liger"] = lambda c: liger(c.weight, c.hidden, c.targets)  # no token weights (all 1)
-    return impls
+    except Exception as exc:  # liger imports Triton and probes the GPU at import
+        print(f"bench_segment_ce: liger not available ({type(exc).__name__}: {exc})"[:300])
+        return out
+    variants = {"liger": {}, "liger-fp32acc": {"accum_dtype": torch.float32}}
+    for name, kwargs in variants.items():
+        try:
+            loss = LigerFusedLinearCrossEntropyLoss(reduction="sum", **kwargs)
+        except Exception as exc:
+            print(f"bench_segment_ce: {name} not available ({type(exc).__name__}: {exc})"[:300])
+            continue
+        out[name] = lambda c, loss=loss: loss(c.weight, c.hidden, c.targets)
+    return out
 
 
 def _sync(device: str) -> None:
@@ -148,8 +207,8 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def step_ms(fn, case: Case, device: str) -> tuple[float, float]:
-    """One forward + backward: (forward ms, backward ms)."""
+def step_ms(fn, case: Case, device: str) -> tuple[float, float, torch.Tensor]:
+    """One forward + backward: (forward ms, backward ms, the loss)."""
     case.zero_grad()
     _sync(device)
     t0 = time.perf_counter()
@@ -160,7 +219,11 @@ def step_ms(fn, case: Case, device: str) -> tuple[float, float]:
     _sync(device)
     t2 = time.perf_counter()
     case.zero_grad()
-    return (t1 - t0) * 1e3, (t2 - t1) * 1e3
+    return (t1 - t0) * 1e3, (t2 - t1) * 1e3, loss.detach()
+
+
+def loss_tolerance(dtype) -> float:
+    return 1e-4 if dtype == torch.float32 else 1e-2
 
 
 def summarize(fwd: list[float], bwd: list[float]) -> dict[str, float]:
@@ -187,19 +250,25 @@ def measure_case(
     """
     errors: dict[str, str] = {}
     samples: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in impls}
+    losses: dict[str, float] = {}
 
     def attempt(name: str, record: bool) -> None:
         try:
-            fwd, bwd = step_ms(impls[name], case, device)
+            fwd, bwd, loss = step_ms(impls[name], case, device)
         except torch.OutOfMemoryError:
             errors[name] = "OOM"
             case.zero_grad()
             if device == "cuda":
                 torch.cuda.empty_cache()
             return
+        except Exception as exc:  # one broken peer must not cost the others
+            errors[name] = f"error: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+            case.zero_grad()
+            return
         if record:
             samples[name][0].append(fwd)
             samples[name][1].append(bwd)
+            losses.setdefault(name, float(loss))  # the first measured repeat
 
     floor_ms = []
     for name in impls:
@@ -212,12 +281,20 @@ def measure_case(
             if name not in errors:
                 attempt(name, record=True)
         floor_ms.append(floor())
+    want = torch_loss(case)
     results = {}
     for name in impls:
         if name in errors:
             results[name] = errors[name]
             continue
         results[name] = summarize(*samples[name])
+        results[name]["loss"] = losses[name]
+        if want is not None:
+            rel = abs(losses[name] - want) / max(abs(want), 1e-30)
+            results[name]["loss_rel_vs_torch"] = rel
+            results[name]["loss_check"] = (
+                "ok" if rel <= loss_tolerance(case.hidden.dtype) else "FAIL"
+            )
         try:
             results[name]["peak_mb"] = peak_memory_mb(impls[name], case, device)
         except torch.OutOfMemoryError:
@@ -226,6 +303,21 @@ def measure_case(
         if device == "cuda":
             torch.cuda.empty_cache()
     return results, statistics.median(floor_ms)
+
+
+def torch_loss(case: Case) -> float | None:
+    """torch's loss for the case (materialised logits + F.cross_entropy), or None on OOM."""
+    try:
+        with torch.no_grad():
+            return float(
+                segment_cross_entropy_materialized(
+                    case.hidden, case.weight, case.targets, case.token_weight, case.cu_seqlens
+                )[0]
+            )
+    except torch.OutOfMemoryError:
+        if case.hidden.is_cuda:
+            torch.cuda.empty_cache()
+        return None
 
 
 def _rss_kb(field: str) -> int:
@@ -306,11 +398,12 @@ def environment(device: str) -> dict:
     }
 
 
-def run(args: argparse.Namespace) -> list[dict]:
+def run(args: argparse.Namespace, save: Callable[[list[dict]], None] | None = None) -> list[dict]:
+    """Measure every case; ``save(rows)`` after each one (a run cut short keeps its rows)."""
     device = args.device
     dtype = getattr(torch, args.dtype)
     impls = implementations(device, args.chunk_size)
-    unknown = [name for name in args.impls if name not in impls and name != "liger"]
+    unknown = [name for name in args.impls if name not in impls and not name.startswith("liger")]
     if unknown:
         raise SystemExit(f"unknown --impls {unknown}; choose from {sorted(impls)}")
     rows = []
@@ -334,37 +427,50 @@ def run(args: argparse.Namespace) -> list[dict]:
                         row.update(result)
                         row["eff_tflops"] = flops / (row["total_ms"] * 1e-3) / 1e12
                         row["x_matmul"] = row["total_ms"] / floor
+                    if name.startswith("natscale"):  # which implementation ran, and why
+                        row["ran"] = last_choice().get(device)
                     rows.append(row)
                     print(format_row(row), flush=True)
                 del case
+                if save is not None:
+                    save(rows)
     return rows
 
 
 HEADER = (
-    f"{'T':>6} {'V':>7} {'frac':>4} {'T_tr':>6} {'impl':<16} {'fwd ms':>9} {'bwd ms':>9} "
+    f"{'T':>6} {'V':>7} {'frac':>4} {'T_tr':>6} {'impl':<21} {'fwd ms':>9} {'bwd ms':>9} "
     f"{'total ms':>9} {'p20-p80':>17} {'min ms':>9} {'peak MB':>9} {'eff TFLOP/s':>11} "
-    f"{'x matmul':>8}"
+    f"{'x matmul':>8}  loss vs torch"
 )
 
 
 def format_row(row: dict) -> str:
     head = (
-        f"{row['T']:>6} {row['V']:>7} {row['fraction']:>4} {row['T_trained']:>6} {row['impl']:<16}"
+        f"{row['T']:>6} {row['V']:>7} {row['fraction']:>4} {row['T_trained']:>6} {row['impl']:<21}"
     )
     if "error" in row:
         return f"{head} {row['error']}"
     spread = f"{row['total_p20_ms']:.1f}-{row['total_p80_ms']:.1f}"
+    check = row.get("loss_check", "n/a")
+    if "loss_rel_vs_torch" in row:
+        check = f"{check} {row['loss_rel_vs_torch']:.1e}"
     return (
         f"{head} {row['fwd_ms']:>9.1f} {row['bwd_ms']:>9.1f} {row['total_ms']:>9.1f} "
         f"{spread:>17} {row['total_min_ms']:>9.1f} {row['peak_mb']:>9.0f} "
-        f"{row['eff_tflops']:>11.4g} {row['x_matmul']:>8.2f}"
+        f"{row['eff_tflops']:>11.4g} {row['x_matmul']:>8.2f}  {check}"
     )
 
 
-def write_results(out_dir: Path, env: dict, args: argparse.Namespace, rows: list[dict]) -> Path:
-    out_dir.mkdir(parents=True, exist_ok=True)
+def results_stem(env: dict, args: argparse.Namespace) -> str:
     slug = "".join(ch if ch.isalnum() else "-" for ch in env["device"].lower()).strip("-")
-    stem = f"segment_ce_{args.device}_{slug[:40]}_{dt.datetime.now():%Y%m%d-%H%M%S}"
+    return f"segment_ce_{args.device}_{slug[:40]}_{dt.datetime.now():%Y%m%d-%H%M%S}"
+
+
+def write_results(
+    out_dir: Path, env: dict, args: argparse.Namespace, rows: list[dict], stem: str
+) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    env = {**env, "ran": last_choice()}
     payload = {"environment": env, "args": vars(args), "formulas": __doc__, "rows": rows}
     md = [
         f"# Segment loss benchmark ({args.device})",
@@ -375,6 +481,7 @@ def write_results(out_dir: Path, env: dict, args: argparse.Namespace, rows: list
         f"- date: {env['date']}; torch threads {env['torch_threads']}; load average (1, 5, 15 min) "
         f"at start {env['load_average']}, at end {env['load_average_end']}",
         f"- dtype {args.dtype}; warmup {args.warmup}, repeats {args.repeats} (median; p20-p80)",
+        f"- natscale ran: {json.dumps(env['ran'])}",
         "",
         "```",
         HEADER,
@@ -384,7 +491,8 @@ def write_results(out_dir: Path, env: dict, args: argparse.Namespace, rows: list
         "total = median of forward + backward (p20-p80 spread; min = fastest repeat); "
         "eff TFLOP/s = 6 * T_trained * H * V / total time; x matmul = total / time of 3 GEMMs "
         "[T_trained, H] x [H, V] in the same dtype and run; peak MB = peak memory of forward + "
-        "backward above the inputs (gradients included).",
+        "backward above the inputs (gradients included); loss vs torch = |loss - torch's| / "
+        "|torch's| on the first measured repeat (FAIL above 1e-2 for 16-bit, 1e-4 for fp32).",
     ]
     for suffix, text in (
         (".json", json.dumps(payload, indent=2, default=str)),
@@ -427,14 +535,24 @@ def main(argv: list[str] | None = None) -> int:
     env = environment(args.device)
     print(f"device: {env['device']}; torch {env['torch']}; command: {env['command']}")
     print(HEADER)
-    rows = run(args)
-    env["load_average_end"] = os.getloadavg()
+    stem = results_stem(env, args)
+
+    def save(rows: list[dict]) -> None:
+        env["load_average_end"] = os.getloadavg()
+        if not args.no_save:
+            write_results(args.out_dir, env, args, rows, stem)
+
+    rows = run(args, save)
+    save(rows)
     if not args.no_save:
-        path = write_results(args.out_dir, env, args, rows)
-        print(f"results: {path} (+ .json)")
+        print(f"results: {args.out_dir / stem}.md (+ .json)")
     done = [r for r in rows if "error" not in r]
-    print(f"bench_segment_ce: {len(done)}/{len(rows)} measurements on {env['device']}")
-    return 0
+    failed = [f"{r['impl']} T={r['T']} V={r['V']}" for r in done if r.get("loss_check") == "FAIL"]
+    print(
+        f"bench_segment_ce: {len(done)}/{len(rows)} measurements on {env['device']}; "
+        f"loss vs torch: {'FAIL ' + ', '.join(failed) if failed else 'ok'}"
+    )
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@
 //   seg_nll     fp32 [S]    per-segment sum of nll over trained tokens
 //   seg_count   int32 [S]   per-segment number of trained tokens
 //   grad_hidden [T, H]      d loss_sum / d hidden in hidden's dtype, or [0] when not asked
-//   grad_weight [V, H]      d loss_sum / d weight in weight's dtype (accumulated in fp32), or [0]
+//   grad_weight [V, H]      d loss_sum / d weight in fp32 (rounded to weight's dtype once, after
+//                           backward's scaling), or [0]
 // Inputs are validated by forward() in segment_ce_api.cpp before these are called.
 #pragma once
 

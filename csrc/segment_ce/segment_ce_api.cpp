@@ -8,9 +8,9 @@ namespace natscale {
 namespace segment_ce {
 namespace {
 
-bool is_supported_float(at::ScalarType t) {
-  return t == at::kFloat || t == at::kHalf || t == at::kBFloat16;
-}
+// float16 is refused: the gradients are formed in the forward, before fp16 training's loss scale
+// reaches them, so small ones would underflow to zero (bf16 has fp32's exponent range).
+bool is_supported_float(at::ScalarType t) { return t == at::kFloat || t == at::kBFloat16; }
 
 void check_tensor(const at::Tensor& t, const char* name, const at::Device& device) {
   TORCH_CHECK_VALUE(t.device() == device, "segment_cross_entropy: ", name, " is on ", t.device(),
@@ -25,18 +25,25 @@ void check_inputs(const at::Tensor& hidden, const at::Tensor& weight, const at::
   const at::Device device = hidden.device();
   TORCH_CHECK_VALUE(device.is_cpu() || device.is_cuda(), "segment_cross_entropy: tensors on ",
                     device, " are not supported (CPU or CUDA only)");
+  // Under ZeRO-3 a parameter that is not gathered is a 1-D [0] placeholder: say so before any
+  // shape check would report a confusing "must be [V, H]".
+  TORCH_CHECK_VALUE(weight.numel() > 0,
+                    "segment_cross_entropy: weight has no elements (shape ", weight.sizes(),
+                    "); under ZeRO-3 the lm_head parameter is not gathered: call the op inside "
+                    "the model's forward (or deepspeed.zero.GatheredParameters)");
   TORCH_CHECK_VALUE(hidden.dim() == 2, "segment_cross_entropy: hidden must be [T, H], got ",
                     hidden.sizes());
   TORCH_CHECK_VALUE(is_supported_float(hidden.scalar_type()),
-                    "segment_cross_entropy: hidden must be float32, float16 or bfloat16, got ",
-                    hidden.scalar_type());
+                    "segment_cross_entropy: hidden must be bfloat16 or float32, got ",
+                    hidden.scalar_type(),
+                    hidden.scalar_type() == at::kHalf
+                        ? "; float16 is not supported (its gradients would be formed before "
+                          "the loss scale and underflow): train in bf16, or use "
+                          "NATSCALE_SEGMENT_CE_IMPL=reference"
+                        : "");
   TORCH_CHECK_VALUE(weight.dim() == 2 && weight.size(1) == hidden.size(1),
                     "segment_cross_entropy: weight must be [V, H] with H = ", hidden.size(1),
                     ", got ", weight.sizes());
-  TORCH_CHECK_VALUE(weight.size(0) > 0,
-                    "segment_cross_entropy: weight has 0 rows; under ZeRO-3 call the op inside "
-                    "the model's forward (or deepspeed.zero.GatheredParameters) so the lm_head "
-                    "is gathered");
   TORCH_CHECK_VALUE(weight.scalar_type() == hidden.scalar_type(),
                     "segment_cross_entropy: weight dtype ", weight.scalar_type(),
                     " differs from hidden dtype ", hidden.scalar_type());
@@ -100,6 +107,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("hidden"), py::arg("weight"), py::arg("targets"), py::arg("token_weight"),
         py::arg("cu_seqlens"), py::arg("num_trained"), py::arg("chunk_size"),
         py::arg("grad_hidden"), py::arg("grad_weight"), py::call_guard<py::gil_scoped_release>());
+#ifdef NATSCALE_SOURCES_HASH  // h<16 hex digits>, from natscale/ops/builder.py
+#define NATSCALE_STR2(x) #x
+#define NATSCALE_STR(x) NATSCALE_STR2(x)
+  m.attr("sources_hash") = std::string(NATSCALE_STR(NATSCALE_SOURCES_HASH)).substr(1);
+#else
+  m.attr("sources_hash") = "";
+#endif
 #ifdef NATSCALE_WITH_CUDA
   m.attr("with_cuda") = true;
 #else

@@ -226,8 +226,8 @@ Outputs forward_cpu(const at::Tensor& hidden, const at::Tensor& weight, const at
     seg_nll_p[s] = static_cast<float>(sum);
     seg_count_p[s] = count;
   }
-  at::Tensor grad_weight =
-      options.grad_weight ? grad_w32.to(weight.scalar_type()) : at::empty({0}, weight.options());
+  // dW stays fp32: autograd's backward scales it and rounds to weight's dtype once.
+  at::Tensor grad_weight = options.grad_weight ? grad_w32 : at::empty({0}, f32);
   return {at::full({}, static_cast<float>(loss), f32), seg_nll, seg_count, grad_hidden,
           grad_weight};
 }

@@ -78,6 +78,8 @@ void accumulate_grad_weight(at::Tensor& grad_w32, const at::Tensor& dz, const at
       at::addmm_out(grad_w32, grad_w32, dz.t(), x, at::kFloat, beta, 1);
       fp32_accumulate.store(1);
       return;
+    } catch (const c10::OutOfMemoryError&) {
+      throw;  // out of memory says nothing about support: never fall back to the slow path for it
     } catch (const c10::Error&) {
       if (fp32_accumulate.load() == 1) throw;
       fp32_accumulate.store(0);
@@ -175,8 +177,7 @@ Outputs forward_cuda(const at::Tensor& hidden, const at::Tensor& weight, const a
     }
     if (options.grad_weight) accumulate_grad_weight(grad_w32, z_c, x_c, start == 0);
   }
-  // Free the logits chunk (1 GiB by default) before dW's dtype conversion below: the peak is then
-  // fp32 dW + one chunk inside the loop, or fp32 dW + dW here, never all three.
+  // Free the logits chunk (1 GiB by default) now: the reductions below need none of it.
   logits = at::Tensor();
 
   // Fixed-order reductions: at::sum is deterministic on CUDA, segment sums use one block each.
@@ -191,8 +192,9 @@ Outputs forward_cuda(const at::Tensor& hidden, const at::Tensor& weight, const a
                           seg_nll.data_ptr<float>(), seg_count.data_ptr<int32_t>(), stream),
       "segment_sums kernel launch");
 
-  at::Tensor grad_weight =
-      options.grad_weight ? grad_w32.to(weight.scalar_type()) : at::empty({0}, weight.options());
+  // dW stays fp32: autograd's backward scales it by the incoming gradient and rounds to weight's
+  // dtype once (rounding here too would round twice, and lose fp16's loss scale to underflow).
+  at::Tensor grad_weight = options.grad_weight ? grad_w32 : at::empty({0}, f32);
   return {loss_sum, seg_nll, seg_count, grad_hidden, grad_weight};
 }
 

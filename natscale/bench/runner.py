@@ -194,6 +194,7 @@ def run_side(
         "wall_s": time.time() - started,
         "device": summary["device"],
         "attn_implementation": summary["attn_implementation"],
+        "loss_implementation": summary.get("loss_implementation"),
         "loss": cfg["model"]["loss"],
         "micro_batch_rows": rows,
         "config": yaml.safe_load((out / "config.yaml").read_text(encoding="utf-8")),

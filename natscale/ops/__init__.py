@@ -45,9 +45,11 @@ def segment_cross_entropy(
         seg_nll    = [nll[2] + nll[3], nll[5] + nll[6], 0]    seg_count = [2, 2, 0]
 
     Args:
-        hidden: [T, H] final hidden states, float32 / float16 / bfloat16 (float64: reference only).
+        hidden: [T, H] final hidden states, float32 / bfloat16 (float16, float64: reference only;
+            the native builds refuse float16, whose gradients they would form before the loss
+            scale).
         weight: [V, H] lm_head weight, same dtype (under ZeRO-3: the gathered parameter, i.e. call
-            this inside the model's forward).
+            this inside the model's forward; a not-gathered [0] placeholder is a clear error).
         targets: [T] int64 next-token ids; -100 marks untrained tokens (never a NaN, never a cost).
         token_weight: [T] float weight of each token's loss; the caller folds segment weights and
             any per-sequence normalisation in here and divides the sum by its own denominator.
@@ -71,6 +73,12 @@ def segment_cross_entropy(
     """
     from natscale.ops.segment_ce.dispatch import choose_impl
 
+    if weight.numel() == 0:  # every implementation: say why before a shape error hides it
+        raise ValueError(
+            f"segment_cross_entropy: weight has no elements (shape {list(weight.shape)}); under "
+            "ZeRO-3 the lm_head parameter is not gathered: call the op inside the model's "
+            "forward (or deepspeed.zero.GatheredParameters)"
+        )
     if choose_impl(hidden.device.type, hidden.dtype, impl) != "reference":
         from natscale.ops.segment_ce.function import segment_ce_native
 
@@ -87,18 +95,22 @@ def segment_cross_entropy(
 
 
 def report() -> list[dict[str, Any]]:
-    """Which implementation of each op is active, and which are built or buildable (and why not).
+    """Which implementation of each op is active (and why; what this process ran), and which are
+    built or buildable (and why not).
 
     Never starts a build: ``built`` means prebuilt, loaded, or present in the JIT cache.
     """
     from natscale.ops.builder import SEGMENT_CE_CPU, SEGMENT_CE_CUDA
-    from natscale.ops.segment_ce.dispatch import active_impl
+    from natscale.ops.segment_ce.dispatch import active_impl_why, last_choice
 
     reference = {"name": "reference", "built": True, "buildable": True, "reason": "pure PyTorch"}
+    active, why = active_impl_why()
     return [
         {
             "name": "segment_cross_entropy",
-            "active": active_impl(),
+            "active": active,
+            "why": why,
+            "ran": last_choice(),  # what this process actually ran, per device type
             "implementations": [reference, SEGMENT_CE_CPU.status(), SEGMENT_CE_CUDA.status()],
         }
     ]

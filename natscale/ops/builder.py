@@ -5,6 +5,12 @@ Each builder knows its sources and flags, says whether it can be built here (and
 --no-build-isolation .``) when importable, else a JIT build with torch's cpp_extension + ninja into
 ``$TORCH_EXTENSIONS_DIR`` (rebuilt automatically when a source or flag changes).
 
+A prebuilt extension carries the hash of the sources it was built from (``sources_hash``) and is
+refused, with the rebuild command, when the sources here differ. A JIT build runs under an
+exclusive ``flock`` on its build folder (released by the kernel when its process dies), so a
+``lock`` file that torch's own file lock leaves behind after a killed build is known to be stale
+and removed instead of hanging every later load.
+
 Environment knobs: ``NATSCALE_CUDA_ARCH_LIST`` (e.g. ``"9.0"`` or ``"8.0;9.0"``; default: torch's
 detection of the visible GPUs, or ``TORCH_CUDA_ARCH_LIST``), ``NATSCALE_NVCC_THREADS`` (default 4),
 ``CXX`` (the host compiler).
@@ -13,6 +19,8 @@ detection of the visible GPUs, or ``TORCH_CUDA_ARCH_LIST``), ``NATSCALE_NVCC_THR
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import importlib
 import os
 import shutil
@@ -24,6 +32,8 @@ from types import ModuleType
 from typing import Any
 
 _PACKAGE_DIR = Path(__file__).resolve().parent.parent  # natscale/
+#: how to rebuild the prebuilt extensions in place (from the repository root)
+REBUILD_COMMAND = "NATSCALE_BUILD_OPS=1 python setup.py build_ext --inplace"
 
 
 def csrc_dir() -> Path | None:
@@ -54,20 +64,42 @@ class OpBuilder:
     def source_names(self) -> list[str]:
         raise NotImplementedError
 
+    def source_root(self) -> Path | None:
+        """The ``csrc/`` folder the sources are read from."""
+        return csrc_dir()
+
     def sources(self) -> list[str]:
-        root = csrc_dir()
+        root = self.source_root()
         if root is None:
             raise FileNotFoundError("natscale's csrc/ folder was not found next to the package")
         return [str(root / name) for name in self.source_names()]
 
     def include_dirs(self) -> list[str]:
-        root = csrc_dir()
+        root = self.source_root()
         return [str(root / Path(self.source_names()[0]).parent)] if root else []
+
+    def sources_hash(self) -> str | None:
+        """sha256 (16 hex digits) of the sources and the headers beside them; None without csrc/."""
+        root = self.source_root()
+        if root is None:
+            return None
+        files = {Path(src) for src in self.sources()}
+        for folder in self.include_dirs():
+            files.update(p for p in Path(folder).iterdir() if p.suffix in (".h", ".cuh"))
+        digest = hashlib.sha256()
+        for path in sorted(files):
+            digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+            digest.update(path.read_bytes() + b"\0")
+        return digest.hexdigest()[:16]
 
     def cxx_flags(self) -> list[str]:
         # -fno-trapping-math lets g++ vectorize the clamped exp of the CPU kernel; -fopenmp-simd
         # enables `omp simd` without linking a second OpenMP runtime next to torch's.
-        return ["-O3", "-fno-trapping-math", "-fopenmp-simd"]
+        flags = ["-O3", "-fno-trapping-math", "-fopenmp-simd"]
+        digest = self.sources_hash()
+        if digest is not None:  # exposed as the module's `sources_hash` (segment_ce_api.cpp)
+            flags.append(f"-DNATSCALE_SOURCES_HASH=h{digest}")
+        return flags
 
     def nvcc_flags(self) -> list[str]:
         return []
@@ -98,12 +130,30 @@ class OpBuilder:
         except ImportError:
             return None
 
+    def stale(self, module: ModuleType) -> str | None:
+        """Why the prebuilt ``module`` must not be used (built from other sources), or None."""
+        want = self.sources_hash()
+        if want is None:  # an installed package without csrc/: nothing to compare with
+            return None
+        got = getattr(module, "sources_hash", "") or "none"
+        if got == want:
+            return None
+        return (
+            f"the prebuilt {getattr(module, '__file__', self.prebuilt_name)} was built from other "
+            f"sources (hash {got}; the sources here: {want}); rebuild it with "
+            f"`{REBUILD_COMMAND}` in the repository root, or delete it to JIT-build"
+        )
+
     def status(self) -> dict[str, Any]:
         """``{"name", "built", "buildable", "reason"}`` for ``natscale env``; never builds."""
         buildable, reason = self.compatible()
+        prebuilt = self.prebuilt() if self._module is None else None
         if self._module is not None:
             built, reason = True, f"loaded from {getattr(self._module, '__file__', '?')}"
-        elif self.prebuilt() is not None:
+        elif prebuilt is not None and (stale := self.stale(prebuilt)) is not None:
+            built, buildable, reason = False, False, f"refused: {stale}"
+            self._error = reason
+        elif prebuilt is not None:
             built, reason = True, f"prebuilt ({self.prebuilt_name})"
         elif (self.jit_build_dir() / f"{self.name}.so").exists():
             built = True
@@ -111,7 +161,8 @@ class OpBuilder:
         else:
             built = False
         if self._error is not None:
-            reason = f"last load failed: {self._error}"
+            refused = self._error.startswith("refused: ")
+            reason = self._error if refused else f"last load failed: {self._error}"
         return {"name": self.label, "built": built, "buildable": buildable, "reason": reason}
 
     def is_available(self) -> tuple[bool, str]:
@@ -131,6 +182,9 @@ class OpBuilder:
             if self._module is not None:
                 return self._module
             module = self.prebuilt()
+            if module is not None and (stale := self.stale(module)) is not None:
+                self._error = f"refused: {stale}"
+                raise RuntimeError(f"natscale op {self.name}: {stale}")
             if module is None:
                 ok, reason = self.compatible()
                 if not ok:
@@ -167,11 +221,12 @@ class OpBuilder:
         from natscale.ops.first_build import announce_build, announce_done, needs_build
 
         build_dir = self.jit_build_dir()
+        build_dir.mkdir(parents=True, exist_ok=True)
         building = needs_build(build_dir, self.name, self.build_inputs())
         if building:
             announce_build(self.description(), self.name, build_dir)
         start = time.perf_counter()
-        with _arch_list_env():
+        with _arch_list_env(), build_lock(build_dir):
             module = load(
                 name=self.name,
                 sources=self.sources(),
@@ -179,6 +234,7 @@ class OpBuilder:
                 extra_cflags=self.cxx_flags(),
                 extra_cuda_cflags=self.nvcc_flags(),
                 with_cuda=self.with_cuda,
+                build_directory=str(build_dir),
                 verbose=verbose,
             )
         if building:
@@ -189,7 +245,7 @@ class OpBuilder:
         """A setuptools Extension for the prebuilt build (paths relative to the repository)."""
         from torch.utils.cpp_extension import CppExtension, CUDAExtension
 
-        root = csrc_dir()
+        root = self.source_root()
         assert root is not None, "setup.py runs from the source tree"
         rel = [os.path.relpath(src, root.parent) for src in self.sources()]
         includes = [os.path.relpath(d, root.parent) for d in self.include_dirs()]
@@ -264,6 +320,30 @@ class SegmentCECUDABuilder(OpBuilder):
         if not torch.cuda.is_available():
             return True, f"buildable with {CUDA_HOME} (no GPU visible: set NATSCALE_CUDA_ARCH_LIST)"
         return True, f"JIT-buildable with nvcc from {CUDA_HOME}"
+
+
+@contextlib.contextmanager
+def build_lock(build_dir: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``build_dir`` for a JIT build, and clear a stale torch lock.
+
+    torch's cpp_extension guards a build with a ``lock`` file that only the builder removes: a
+    build killed mid-way (a timeout, an OOM kill) leaves it, and every later load waits on it for
+    ever. Every natscale load takes this flock first, and the kernel drops a flock when its holder
+    dies; so whoever holds it knows a ``lock`` file there is left over from a dead build.
+    """
+    with open(build_dir / "natscale.flock", "a+") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)  # waits only for a live build
+        try:
+            leftover = build_dir / "lock"
+            if leftover.exists():
+                print(
+                    f"natscale: removing {leftover}, left by a build that did not finish",
+                    file=sys.stderr,
+                )
+                leftover.unlink(missing_ok=True)
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager

@@ -475,7 +475,18 @@ class Trainer:
             "data_wait_share": sum(r["data_time_s"] for r in timed) / total_time,
             "device": self.device_label,
             "attn_implementation": self.bundle.attn_implementation,
+            "loss_implementation": loss_implementation(self.bundle.model.loss),
             "nonfinite_steps": self.state.nonfinite_steps,
             "checkpoint": str(self.ckpt_dir / latest) if latest else None,
             "hf_export": str(exported) if exported else None,
         }
+
+
+def loss_implementation(loss: str) -> dict[str, Any]:
+    """Which loss ran and why: the segment-loss implementation per device (never a silent
+    fallback to the [T, V] reference) for ``model.loss: fused``; the logits head otherwise."""
+    if loss != "fused":
+        return {"head": loss, "impl": "logits + F.cross_entropy"}
+    from natscale.ops.segment_ce.dispatch import last_choice
+
+    return {"head": loss, **last_choice()}

@@ -80,6 +80,11 @@ def test_tiny_throughput_record(tmp_path: Path, monkeypatch, capsys):
         _finite_numbers({k: v for k, v in s.items() if k != "config"})
     assert record["natscale"]["loss"] == "fused" and record["baseline"]["loss"] == "logits"
     assert record["baseline"]["attn_implementation"] == "sdpa"
+    # which segment-loss implementation ran, and why (never a silent fallback)
+    ran = record["natscale"]["loss_implementation"]
+    assert ran["head"] == "fused" and ran["cpu"]["impl"] in ("cpu", "reference"), ran
+    assert ran["cpu"]["why"], ran
+    assert record["baseline"]["loss_implementation"]["head"] == "logits"
     assert record["baseline"]["config"]["model"]["loss"] == "logits"
     # --set reaches both sides' run config and is recorded with the spec
     assert (

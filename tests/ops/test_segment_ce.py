@@ -193,7 +193,8 @@ def test_cuda_forward_backward_never_syncs():
     from natscale.ops.builder import SEGMENT_CE_CUDA
 
     SEGMENT_CE_CUDA.load()
-    inputs = make_inputs(1024, 256, 32000, dtype=torch.bfloat16, device="cuda")
+    # production-like T (several default-size chunks at V=128256), so the chunk loop is covered
+    inputs = make_inputs(16384, 1024, 128256, dtype=torch.bfloat16, device="cuda")
     hidden = inputs.hidden.clone().requires_grad_()
     weight = inputs.weight.clone().requires_grad_()
     num_trained = inputs.num_trained

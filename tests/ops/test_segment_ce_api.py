@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from natscale.ops import segment_cross_entropy, segment_cross_entropy_reference
+from natscale.ops.segment_ce.dispatch import last_choice
 from natscale.ops.segment_ce.function import segment_ce_op
 from natscale.ops.segment_ce.module import SegmentCrossEntropy
 from tests.ops.segment_ce_cases import make_inputs, run_native
@@ -37,6 +38,7 @@ def _call(inputs, **overrides):
         (lambda i: {"weight": i.weight.bfloat16()}, "differs from hidden dtype"),
         (lambda i: {"weight": i.weight[:, :8].contiguous()}, r"weight must be \[V, H\]"),
         (lambda i: {"weight": i.weight[:0]}, "ZeRO-3"),
+        (lambda i: {"weight": i.weight.new_empty(0)}, "not gathered"),
         (lambda i: {"targets": i.targets.int()}, "targets must be int64"),
         (lambda i: {"targets": i.targets[:-1]}, r"targets must be \[T\]"),
         (lambda i: {"token_weight": i.token_weight[:3]}, r"token_weight must be \[T\]"),
@@ -52,6 +54,7 @@ def _call(inputs, **overrides):
         "dtype-mismatch",
         "hidden-size-mismatch",
         "zero3-empty-weight",
+        "zero3-not-gathered-1d",
         "targets-int32",
         "targets-length",
         "token-weight-length",
@@ -145,3 +148,46 @@ def test_runs_under_torch_compile(inputs):
     eager_hidden = inputs.hidden.clone().requires_grad_()
     step(eager_hidden, inputs.weight).backward()
     torch.testing.assert_close(hidden.grad, eager_hidden.grad)
+
+
+@pytest.mark.parametrize("impl", ["cpu", "reference"])
+def test_zero3_placeholder_weight_gets_the_gather_hint(cpu_build, inputs, impl):
+    """DeepSpeed leaves a 1-D [0] tensor on a parameter that is not gathered: every
+    implementation, and the extension itself, name the cause instead of a shape mismatch."""
+    placeholder = inputs.weight.new_empty(0)
+    with pytest.raises(ValueError, match=r"not gathered.*GatheredParameters"):
+        segment_cross_entropy(*inputs.args()[:1], placeholder, *inputs.args()[2:], impl=impl)
+    with pytest.raises(ValueError, match="under ZeRO-3 the lm_head parameter is not gathered"):
+        cpu_build.forward(
+            inputs.hidden, placeholder, inputs.targets, inputs.token_weight, inputs.cu_seqlens,
+            -1, 0, True, True,
+        )  # fmt: skip
+
+
+def test_float16_is_refused_by_the_native_op_and_auto_uses_the_reference(inputs):
+    """fp16 gradients formed before the loss scale would underflow: the native builds refuse
+    fp16 with the reason, and auto picks the reference for it, saying why."""
+    half = inputs.hidden.half(), inputs.weight.half()
+    with pytest.raises(ValueError, match=r"float16 is not supported.*train in bf16"):
+        _call(inputs, hidden=half[0], weight=half[1])
+    loss = segment_cross_entropy(*half, *inputs.args()[2:], impl="auto")[0]
+    want = segment_cross_entropy_reference(*half, *inputs.args()[2:])[0]
+    assert torch.equal(loss, want)
+    assert last_choice()["cpu"]["impl"] == "reference"
+    assert "float16" in last_choice()["cpu"]["why"]
+
+
+def test_weight_gradient_is_rounded_to_its_dtype_once(inputs):
+    """The op hands dW over in fp32; backward scales it and rounds to bf16 once (rounding in the
+    forward and again after the scaling would differ from this in the last bit)."""
+    hidden, weight = inputs.hidden.bfloat16(), inputs.weight.bfloat16().requires_grad_()
+    raw = segment_ce_op(
+        hidden, weight, inputs.targets, inputs.token_weight, inputs.cu_seqlens, -1, 0, True, True
+    )[4]
+    assert raw.dtype == torch.float32 and raw.shape == weight.shape
+    scale = 0.37  # like 1 / the step's trained-token count: not a power of two
+    loss = segment_cross_entropy(hidden, weight, *inputs.args()[2:], impl="cpu")[0]
+    (loss * scale).backward()
+    assert weight.grad.dtype == torch.bfloat16
+    assert torch.equal(weight.grad, (raw * scale).bfloat16())
+    assert not torch.equal(weight.grad, (raw.bfloat16().float() * scale).bfloat16())

@@ -34,7 +34,7 @@ def segment_ce_op(
     grad_hidden: bool,
     grad_weight: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """(loss_sum, seg_nll, seg_count, d loss_sum/d hidden or [0], d loss_sum/d weight or [0])."""
+    """(loss_sum, seg_nll, seg_count, d loss/d hidden or [0], fp32 d loss/d weight or [0])."""
     ext = _extension(hidden.device)
     return tuple(
         ext.forward(
@@ -69,7 +69,9 @@ def _segment_ce_fake(
         hidden.new_empty((num_segments,), dtype=torch.float32),
         hidden.new_empty((num_segments,), dtype=torch.int32),
         hidden.new_empty(hidden.shape) if grad_hidden else hidden.new_empty((0,)),
-        weight.new_empty(weight.shape) if grad_weight else weight.new_empty((0,)),
+        weight.new_empty(weight.shape, dtype=torch.float32)
+        if grad_weight
+        else weight.new_empty((0,), dtype=torch.float32),
     )
 
 
@@ -77,15 +79,21 @@ def _setup_context(ctx, inputs, output) -> None:
     _, _, _, grad_hidden, grad_weight = output
     ctx.save_for_backward(grad_hidden, grad_weight)
     ctx.needs = (inputs[7], inputs[8])
+    ctx.weight_dtype = inputs[1].dtype
     ctx.mark_non_differentiable(*output[1:])
 
 
 def _backward(ctx, grad_loss, grad_seg_nll, grad_seg_count, grad_gh, grad_gw):
-    grad_hidden, grad_weight = ctx.saved_tensors
+    grad_hidden, grad_weight_f32 = ctx.saved_tensors
     need_hidden, need_weight = ctx.needs
     # A 0-dim fp32 factor keeps the 16-bit dtype; the product is formed in fp32, rounded once.
     d_hidden = grad_hidden * grad_loss if need_hidden else None
-    d_weight = grad_weight * grad_loss if need_weight else None
+    d_weight = None
+    if need_weight:
+        # dW arrives in fp32: scaled in fp32 and rounded to the weight's dtype once, written
+        # straight into the result (no fp32 temporary of [V, H]).
+        d_weight = grad_weight_f32.new_empty(grad_weight_f32.shape, dtype=ctx.weight_dtype)
+        torch.mul(grad_weight_f32, grad_loss, out=d_weight)
     return d_hidden, d_weight, None, None, None, None, None, None, None
 
 
