@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from natscale.agent.calculator import calculate
+from natscale.agent.react import FINISH_OBSERVATION, parse_action
+from natscale.agent.scoring import extract_gsm8k_answer, math_reward
 from natscale.data.synthetic import (
     DEFAULT_SEED,
     FILES,
@@ -15,9 +18,6 @@ from natscale.data.synthetic import (
     write_dataset,
 )
 from natscale.data.synthetic_agent import KINDS, MAX_TURNS
-from natscale.eval.metrics import extract_gsm8k_answer, math_reward
-from natscale.eval.react import FINISH_OBSERVATION, parse_action
-from natscale.eval.tools import calculate
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "examples" / "math_react"
 
