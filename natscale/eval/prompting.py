@@ -81,6 +81,14 @@ class Prompter:
 def load_eval_tokenizer(path: str | Path):
     from natscale.data.render import load_tokenizer
 
+    root = Path(path)
+    if root.is_dir() and not any(
+        (root / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")
+    ):
+        raise EvalError(
+            f"{path}: no tokenizer (tokenizer.json) in the directory; set prompt.tokenizer to the "
+            "tokenizer the model was trained with, or pass --data PREPARED_DIR"
+        )
     try:
         return load_tokenizer(path)
     except FileNotFoundError:
