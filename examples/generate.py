@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     counts = ", ".join(f"{k} {v}" for k, v in kind_counts(data.trajectories).items())
     print(
         f"wrote {len(written)} files to {args.out}: {len(data.questions)} questions, "
-        f"{len(data.trajectories)} trajectories ({counts})"
+        f"{len(data.trajectories)} trajectories ({counts}), "
+        f"{len(data.test_questions)} held-out test questions"
     )
     return 0
 

@@ -7,6 +7,8 @@ calculator. Output is the NAT release format (``examples/README.md`` documents i
     trajectories.json   [{"id", "source", "info": {"reward", "pred", "gt", "finished", "kind"},
                           "conversations": [{"role", "content", "loss"}, ...]}, ...]
     questions.jsonl     {"id", "question", "answer"} per line; answer ends with "#### <number>"
+    questions_test.jsonl  held-out questions for `natscale eval`: drawn with their own seed and
+                        none of them is a training question (no trajectory uses them)
     prompt.json         {"task", "instruction", "acknowledgement", "templates": {...}}
 
 Only ``random.Random(seed)`` is used and JSON is written with a fixed key order, a fixed layout
@@ -22,7 +24,7 @@ import random
 import re
 import tempfile
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from natscale.agent.calculator import calculate
@@ -32,6 +34,8 @@ from natscale.data.synthetic_problems import Problem, Ref, draw_problem
 
 DEFAULT_SEED = 20240218  # the paper's v1 release date
 DEFAULT_NUM_QUESTIONS = 1300
+DEFAULT_NUM_TEST = 200
+TEST_SEED_OFFSET = 1_000_003  # the test split's seed is seed + this
 TEMPERATURES = (0.2, 0.5, 0.7)  # the release's `source` values: sampling temperatures
 
 INSTRUCTION = (
@@ -46,7 +50,7 @@ TEMPLATES = {
     "success": "Question: {question}. Generate a sequence of Thought and Action steps to solve the problem correctly.",
     "failure": "Question: {question}. Generate a sequence of Thought and Action steps. But incorrectly solve the problem.",
 }
-FILES = ("trajectories.json", "questions.jsonl", "prompt.json")
+FILES = ("trajectories.json", "questions.jsonl", "prompt.json", "questions_test.jsonl")
 
 # Outcome mix: success falls with temperature and plan length; failures split by these weights.
 _SUCCESS_AT = {0.2: 0.52, 0.5: 0.42, 0.7: 0.32}
@@ -59,6 +63,7 @@ class SyntheticSet:
     questions: list[dict]
     trajectories: list[dict]
     prompt: dict
+    test_questions: list[dict] = field(default_factory=list)
 
 
 def prompt_record() -> dict:
@@ -70,8 +75,13 @@ def prompt_record() -> dict:
     }
 
 
-def generate(seed: int = DEFAULT_SEED, num_questions: int = DEFAULT_NUM_QUESTIONS) -> SyntheticSet:
-    """Generate questions and 1-3 trajectories per question (about 2.3 on average)."""
+def generate(
+    seed: int = DEFAULT_SEED,
+    num_questions: int = DEFAULT_NUM_QUESTIONS,
+    num_test: int = DEFAULT_NUM_TEST,
+) -> SyntheticSet:
+    """Generate questions and 1-3 trajectories per question (about 2.3 on average), and a
+    held-out test split (:func:`test_questions`)."""
     rng = random.Random(seed)
     questions, trajectories = [], []
     for q_index in range(num_questions):
@@ -82,7 +92,25 @@ def generate(seed: int = DEFAULT_SEED, num_questions: int = DEFAULT_NUM_QUESTION
         num_samples = rng.choices((1, 2, 3), weights=(2, 3, 5))[0]
         for temperature in sorted(rng.sample(TEMPERATURES, num_samples)):
             trajectories.append(_trajectory(qid, problem, answer, temperature, rng))
-    return SyntheticSet(questions, trajectories, prompt_record())
+    test = test_questions(seed + TEST_SEED_OFFSET, num_test, {q["question"] for q in questions})
+    return SyntheticSet(questions, trajectories, prompt_record(), test)
+
+
+def test_questions(seed: int, num: int, exclude: set[str]) -> list[dict]:
+    """``num`` held-out questions drawn with their own seed, none of them in ``exclude``."""
+    rng = random.Random(seed)
+    out: list[dict] = []
+    seen = set(exclude)
+    while len(out) < num:
+        problem = _nice_problem(rng)
+        if problem.question in seen:
+            continue
+        seen.add(problem.question)
+        answer = _gold_answer_text(problem, rng)
+        out.append(
+            {"id": f"math-test-{len(out):05d}", "question": problem.question, "answer": answer}
+        )
+    return out
 
 
 def _nice_problem(rng: random.Random) -> Problem:
@@ -176,6 +204,7 @@ def render_files(data: SyntheticSet) -> dict[str, bytes]:
         "trajectories.json": dumps_trajectories(data.trajectories).encode("utf-8"),
         "questions.jsonl": dumps_questions(data.questions).encode("utf-8"),
         "prompt.json": dumps_prompt(data.prompt).encode("utf-8"),
+        "questions_test.jsonl": dumps_questions(data.test_questions).encode("utf-8"),
     }
 
 

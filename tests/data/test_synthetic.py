@@ -152,3 +152,16 @@ def test_questions_are_gsm8k_style_and_exercise_unicode(committed):
     text = "".join(q["question"] for q in questions.values())
     assert "€" in text and "×" in text and "ë" in text
     assert any("," in q["answer"].splitlines()[-1] for q in questions.values())
+
+
+def test_held_out_test_split_is_disjoint_from_training(committed):
+    trajectories, questions, _ = committed
+    lines = (DATA_DIR / "questions_test.jsonl").read_text(encoding="utf-8").splitlines()
+    test = [json.loads(line) for line in lines]
+    assert len(test) == 200 and len({q["id"] for q in test}) == 200
+    train_texts = {q["question"] for q in questions.values()}
+    assert not train_texts & {q["question"] for q in test}
+    assert not {t["id"] for t in trajectories} & {q["id"] for q in test}
+    for q in test:
+        assert q["id"].startswith("math-test-")
+        assert extract_gsm8k_answer(q["answer"]).isdigit()
