@@ -32,7 +32,7 @@ from natscale.agent.react import (
     format_observation,
     format_step,
 )
-from natscale.data.synthetic_problems import Problem, Ref
+from natscale.agent.scripted.problems import Problem, Ref
 
 MAX_TURNS = 7
 KINDS = ("success", "wrong_answer", "bad_tool_args", "unfinished")

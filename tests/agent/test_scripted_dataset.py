@@ -9,7 +9,7 @@ import pytest
 from natscale.agent.calculator import calculate
 from natscale.agent.react import FINISH_OBSERVATION, parse_action
 from natscale.agent.scoring import extract_gsm8k_answer, math_reward
-from natscale.data.synthetic import (
+from natscale.agent.scripted.dataset import (
     DEFAULT_SEED,
     FILES,
     TEMPERATURES,
@@ -17,7 +17,7 @@ from natscale.data.synthetic import (
     render_files,
     write_dataset,
 )
-from natscale.data.synthetic_agent import KINDS, MAX_TURNS
+from natscale.agent.scripted.teacher import KINDS, MAX_TURNS
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "examples" / "math_react"
 

@@ -29,8 +29,8 @@ from pathlib import Path
 
 from natscale.agent.calculator import calculate
 from natscale.agent.scoring import extract_gsm8k_answer, math_reward
-from natscale.data.synthetic_agent import KINDS, ScenarioUnavailable, simulate
-from natscale.data.synthetic_problems import Problem, Ref, draw_problem
+from natscale.agent.scripted.problems import Problem, Ref, draw_problem
+from natscale.agent.scripted.teacher import KINDS, ScenarioUnavailable, simulate
 
 DEFAULT_SEED = 20240218  # the paper's v1 release date
 DEFAULT_NUM_QUESTIONS = 1300
