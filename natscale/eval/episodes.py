@@ -21,9 +21,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from natscale.agent.loop import Episode
 from natscale.agent.scoring import extract_gold, score_answer
 from natscale.eval.errors import EvalError
-from natscale.eval.loop import Episode
 
 EPISODES = "episodes.jsonl"
 

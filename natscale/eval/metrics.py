@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from natscale.eval.loop import FAILURES
+from natscale.agent.loop import FAILURES
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

@@ -58,7 +58,8 @@ class Prompter:
     def end_of_turn(self) -> str:
         return self.renderer.end_of_turn if self.renderer is not None else ""
 
-    def messages(self, question: str, history: list[Message]) -> list[Message]:
+    def messages(self, question: str, history: list[dict]) -> list[Message]:
+        """The prompt messages, then ``history`` (NAT release conversation turns)."""
         ack = self.cfg.acknowledgement
         if ack is None:
             ack = self.task_prompt.acknowledgement
@@ -68,7 +69,14 @@ class Prompter:
             acknowledgement=ack,
             query=format_question(question, self.template),
             mode=self.cfg.instruction,
-        ) + list(history)
+        ) + [
+            Message(
+                "assistant" if t["role"] == "assistant" else "observation",
+                t["content"],
+                bool(t.get("loss", t["role"] == "assistant")),
+            )
+            for t in history
+        ]
 
     def ids(self, messages: list[Message]) -> list[int]:
         return self.renderer.generation_prompt(messages)

@@ -8,20 +8,13 @@ gold answer is an error naming the file and line.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
+from natscale.agent.loop import Question
 from natscale.data.errors import DataError
 from natscale.data.formats.common import field
 from natscale.data.formats.reader import iter_records
 from natscale.eval.errors import EvalError
-
-
-@dataclass(frozen=True)
-class Question:
-    id: str
-    question: str
-    answer: str | bool
 
 
 def load_questions(paths: list[str | os.PathLike], limit: int | None = None) -> list[Question]:

@@ -136,8 +136,9 @@ def run_eval(
     progress: bool = False,
 ) -> dict[str, Any]:
     """Run (or continue) the evaluation; return the summary (also written to summary.json)."""
+    from natscale.agent.loop import rollout, turn_seed
     from natscale.agent.tools import ToolConfigError, build_tools
-    from natscale.eval.loop import rollout
+    from natscale.eval.backends import Request
     from natscale.eval.metrics import summarize
     from natscale.eval.questions import load_questions
 
@@ -180,14 +181,28 @@ def run_eval(
         new_records: list[dict[str, Any]] = []
         t0 = time.perf_counter()
         try:
+
+            def generate(episodes):
+                return backend.generate(
+                    [
+                        Request(
+                            ep.question.id,
+                            ep.sample,
+                            ep.turns,
+                            ep.question.question,
+                            prompter.messages(ep.question.question, ep.history),
+                            turn_seed(cfg.sampling.seed, ep.question.id, ep.sample, ep.turns),
+                        )
+                        for ep in episodes
+                    ]
+                )
+
             for ep in rollout(
                 work,
-                backend.generate,
-                lambda q, history: prompter.messages(q.question, history),
+                generate,
                 tools,
                 batch_size=batch_size,
                 max_turns=cfg.loop.max_depth + 1,
-                seed=cfg.sampling.seed,
                 timeout_s=cfg.tools.timeout_s,
                 should_stop=should_stop,
             ):

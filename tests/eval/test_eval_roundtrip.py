@@ -59,16 +59,12 @@ def test_prepare_ingests_eval_episodes_and_data_reuses_its_wording(tmp_path):
 
     # the eval prompt is token for token the training prompt of the same question
     from natscale.data.render import Renderer, load_tokenizer
-    from natscale.data.render.messages import Message
     from natscale.eval.prompting import Prompter
 
     cfg = load_eval_config(str(cfg_path), [], str(tmp_path / "data"))
     prompter = Prompter(cfg.prompt, load_tokenizer(cfg.prompt.tokenizer))
     ep = read_jsonl(episodes)[0]
-    history = [
-        Message("assistant" if c["role"] == "assistant" else "observation", c["content"], c["loss"])
-        for c in ep["conversations"]
-    ]
+    history = ep["conversations"]
     full = Renderer(load_tokenizer(TOKENIZER), "llama2").encode(
         prompter.messages(ep["question"], history)
     )

@@ -28,9 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from natscale.agent.calculator import calculate
+from natscale.agent.loop import Question, play_script
 from natscale.agent.scoring import extract_gsm8k_answer, math_reward
 from natscale.agent.scripted.problems import Problem, Ref, draw_problem
-from natscale.agent.scripted.teacher import KINDS, ScenarioUnavailable, simulate
+from natscale.agent.scripted.teacher import KINDS, MAX_TURNS, ScenarioUnavailable, simulate
+from natscale.agent.tools import build_tools
 
 DEFAULT_SEED = 20240218  # the paper's v1 release date
 DEFAULT_NUM_QUESTIONS = 1300
@@ -55,6 +57,7 @@ FILES = ("trajectories.json", "questions.jsonl", "prompt.json", "questions_test.
 # Outcome mix: success falls with temperature and plan length; failures split by these weights.
 _SUCCESS_AT = {0.2: 0.52, 0.5: 0.42, 0.7: 0.32}
 _FAILURE_WEIGHTS = {"wrong_answer": 0.45, "bad_tool_args": 0.35, "unfinished": 0.20}
+_TOOLS = build_tools(["calculate"])
 _NICE_VALUE = re.compile(r"\d+(\.\d\d?)?")
 
 
@@ -159,8 +162,14 @@ def _trajectory(
             continue
     else:
         raise RuntimeError(f"{qid}: no {kind!r} episode in 50 tries")
-    finished = agent.pred is not None
-    reward = math_reward(agent.pred, answer)
+    # The teacher is a scripted backend: its assistant turns run through the rollout loop, whose
+    # real tools write the observations, so bundled data and model rollouts share one format.
+    script = [m["content"] for m in agent.messages if m["role"] == "assistant"]
+    episode = play_script(Question(qid, problem.question), script, _TOOLS, max_turns=MAX_TURNS)
+    assert episode.conversations() == agent.messages and episode.pred == agent.pred, qid
+    assert (episode.failure == "turn_limit") == (kind == "unfinished"), (qid, episode.failure)
+    finished = episode.pred is not None
+    reward = math_reward(episode.pred, answer)
     # The scenario decides the kind; the paper's rule decides the label. They must agree.
     assert reward == (kind == "success"), (qid, kind, agent.pred, answer)
     assert finished == (kind != "unfinished"), (qid, kind)
@@ -169,12 +178,12 @@ def _trajectory(
         "source": temperature,
         "info": {
             "reward": reward,
-            "pred": agent.pred,
+            "pred": episode.pred,
             "gt": extract_gsm8k_answer(answer),
             "finished": finished,
             "kind": kind,
         },
-        "conversations": agent.messages,
+        "conversations": episode.conversations(),
     }
 
 

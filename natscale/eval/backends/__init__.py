@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from natscale.agent.loop import Generation
 from natscale.data.render.messages import Message
+
+__all__ = ["OBSERVATION_STOP", "Generation", "Request", "cut_at_stops"]
 
 # The paper collects with the stop string "\nObservation: ": a model that goes on to write the
 # tool's answer itself is cut there.
@@ -24,13 +27,6 @@ class Request:
     question: str
     messages: list[Message]  # prompt messages + history, up to the turn to generate
     seed: int
-
-
-@dataclass(frozen=True)
-class Generation:
-    text: str
-    tokens: int  # generated tokens (for tokens/s)
-    overflow: bool = False  # the prompt (plus room to answer) did not fit the context
 
 
 def cut_at_stops(text: str, stops: list[str]) -> str:

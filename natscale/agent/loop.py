@@ -1,6 +1,9 @@
 """The paper's ReAct rollout loop, batched across episodes.
 
-Each step asks the backend for the next assistant turn of every active episode, parses its
+The loop is the protocol; what writes the assistant turns is a *backend*: a model
+(``natscale eval``'s ``hf`` / ``openai``) or a script (the example teacher, whose turns
+:func:`play_script` runs through this same loop, so bundled data and real rollouts have one
+format by construction). Each step asks the backend for the next assistant turn of every active episode, parses its
 ``Action: tool[argument]``, calls the tool and appends ``Observation: ...``. An episode ends on
 ``finish[answer]`` (observation ``Episode finished``) or on a failure, counted by kind:
 
@@ -20,6 +23,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from natscale.agent.react import (
     FINISH,
@@ -29,34 +33,42 @@ from natscale.agent.react import (
     parse_step,
 )
 from natscale.agent.tools import Tool, call_tool
-from natscale.data.render.messages import Message
-from natscale.eval.backends import Generation, Request
-from natscale.eval.questions import Question
 
 FAILURES = ("unparseable_action", "unknown_tool", "turn_limit", "context_overflow")
 
 
+@dataclass(frozen=True)
+class Question:
+    id: str
+    question: str
+    answer: Any = None  # the gold answer (text, number or bool); the loop never reads it
+
+
+@dataclass(frozen=True)
+class Generation:
+    """What a backend wrote for one episode's next assistant turn."""
+
+    text: str
+    tokens: int  # generated tokens (for tokens/s)
+    overflow: bool = False  # the prompt (plus room to answer) did not fit the context
+
+
 @dataclass
 class Episode:
+    """One episode; ``history`` is the NAT release ``conversations`` so far: assistant turns
+    (``loss`` true) and ``user`` turns holding ``Observation: ...`` (``loss`` false)."""
+
     question: Question
     sample: int
-    history: list[Message] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
     turns: int = 0
     generated_tokens: int = 0
     pred: str | None = None
     failure: str | None = None
     done: bool = False
 
-    def conversations(self) -> list[dict]:
-        """The NAT release ``conversations``: assistant turns trained, observations not."""
-        return [
-            {
-                "role": "assistant" if m.role == "assistant" else "user",
-                "content": m.content,
-                "loss": m.role == "assistant",
-            }
-            for m in self.history
-        ]
+    def conversations(self) -> list[dict[str, Any]]:
+        return [dict(m) for m in self.history]
 
 
 def turn_seed(seed: int, qid: str, sample: int, turn: int) -> int:
@@ -72,10 +84,10 @@ def advance(
         return
     ep.turns += 1
     ep.generated_tokens += gen.tokens
-    ep.history.append(Message("assistant", gen.text, True))
+    ep.history.append({"role": "assistant", "content": gen.text, "loss": True})
 
     def observe(text: str) -> None:
-        ep.history.append(Message("observation", format_observation(text)))
+        ep.history.append({"role": "user", "content": format_observation(text), "loss": False})
 
     try:
         step = parse_step(gen.text)
@@ -100,17 +112,19 @@ def advance(
 
 def rollout(
     work: Iterable[tuple[Question, int]],
-    generate: Callable[[list[Request]], list[Generation]],
-    messages: Callable[[Question, list[Message]], list[Message]],
+    generate: Callable[[list[Episode]], list[Generation]],
     tools: dict[str, Tool],
     *,
     batch_size: int,
     max_turns: int,
-    seed: int = 0,
     timeout_s: float = 10.0,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> Iterator[Episode]:
-    """Run episodes ``batch_size`` at a time (refilled as episodes end); yield each finished one."""
+    """Run episodes ``batch_size`` at a time (refilled as episodes end); yield each finished one.
+
+    ``generate`` gets the active episodes (``turns`` = the index of the turn to write; the
+    episode's :func:`turn_seed` is ``turn_seed(seed, id, sample, turns)``) and returns one
+    :class:`Generation` per episode, in order."""
     pending = iter(work)
     active: list[Episode] = []
     while True:
@@ -121,22 +135,26 @@ def rollout(
             active.append(Episode(nxt[0], nxt[1]))
         if not active or should_stop():
             return
-        requests = [
-            Request(
-                ep.question.id,
-                ep.sample,
-                ep.turns,
-                ep.question.question,
-                messages(ep.question, ep.history),
-                turn_seed(seed, ep.question.id, ep.sample, ep.turns),
-            )
-            for ep in active
-        ]
-        generations = generate(requests)
-        if len(generations) != len(requests):
-            raise RuntimeError(f"backend answered {len(generations)} of {len(requests)} requests")
+        generations = generate(active)
+        if len(generations) != len(active):
+            raise RuntimeError(f"backend answered {len(generations)} of {len(active)} episodes")
         for ep, gen in zip(active, generations, strict=True):
             advance(ep, gen, tools, max_turns=max_turns, timeout_s=timeout_s)
             if ep.done:
                 yield ep
         active = [ep for ep in active if not ep.done]
+
+
+def play_script(
+    question: Question, turns: list[str], tools: dict[str, Tool], *, max_turns: int
+) -> Episode:
+    """One episode whose assistant turns are ``turns`` (a scripted backend): the loop parses
+    them, calls the real tools and ends the episode exactly as for a model."""
+
+    def scripted(episodes: list[Episode]) -> list[Generation]:
+        return [Generation(turns[ep.turns] if ep.turns < len(turns) else "", 0) for ep in episodes]
+
+    (episode,) = rollout(
+        [(question, 0)], scripted, tools, batch_size=1, max_turns=max_turns, timeout_s=None
+    )
+    return episode
