@@ -93,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
     from natscale.eval.backends.openai import EndpointError
     from natscale.eval.run import run_eval, summary_line
 
+    dist = _maybe_distributed()
     stopped: list[int] = []
 
     def on_term(signum, _frame) -> None:
@@ -106,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
             resume=args.resume,
             should_stop=lambda: bool(stopped),
             progress=not args.no_progress,
+            dist=dist,
         )
     except EvalError as exc:
         return _fail(str(exc))
@@ -116,6 +118,8 @@ def run(args: argparse.Namespace) -> int:
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
+    if summary is None:  # a rank other than 0: rank 0 merged and reports
+        return 0
     if stopped:
         print(
             f"natscale eval: stopped by SIGTERM after {summary['episodes']} of "
@@ -125,3 +129,22 @@ def run(args: argparse.Namespace) -> int:
         )
     print(summary_line(summary), flush=True)
     return 0
+
+
+def _maybe_distributed():
+    """``torch.distributed`` when started as one of several ranks (torchrun, deepspeed, mpirun,
+    srun), initialised; None for a single process."""
+    import os
+
+    from natscale.train.dist import map_rank_env
+
+    env = dict(os.environ)
+    map_rank_env(env)
+    if int(env.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    import torch.distributed as dist
+
+    from natscale.train.dist import init_distributed
+
+    init_distributed()
+    return dist

@@ -6,6 +6,11 @@ Output directory::
     episodes.jsonl   one finished episode per line (natscale.eval.episodes), appended live
     summary.json     metrics with 95% intervals, failure kinds, throughput, backend, versions
 
+Under torchrun / deepspeed (``dist`` given) each rank runs every ``world_size``-th pending
+episode and appends to its own ``episodes.rank{R}.jsonl``; at the end (or on SIGTERM) rank 0
+merges them into ``episodes.jsonl``, removes them and writes the summary. Rank files left by a
+killed run count as done on resume.
+
 A directory that already holds episodes is only continued with ``resume=True``, and only when
 its fingerprint matches (same model, questions, prompt, tools, loop and sampling); batch sizes,
 concurrency, timeouts, ``limit`` and ``bootstrap`` may change between runs.
@@ -56,11 +61,46 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def rank_files(out: Path) -> list[Path]:
+    return sorted(out.glob("episodes.rank*.jsonl"))
+
+
+def read_done(out: Path, *, repair: bool) -> list[dict[str, Any]]:
+    """Records of ``episodes.jsonl`` and any rank files, first of each (id, sample) kept."""
+    seen: set[tuple[str, int]] = set()
+    records = []
+    for path in [out / EPISODES, *rank_files(out)]:
+        for rec in read_episodes(path, repair=repair):
+            key = (str(rec["id"]), int(rec["sample"]))
+            if key not in seen:
+                seen.add(key)
+                records.append(rec)
+    return records
+
+
+def merge_rank_files(out: Path) -> None:
+    """Append the rank files' new records to episodes.jsonl, then remove the rank files."""
+    main = out / EPISODES
+    have = {(str(r["id"]), int(r["sample"])) for r in read_episodes(main, repair=True)}
+    writer = EpisodeWriter(main)
+    try:
+        for path in rank_files(out):
+            for rec in read_episodes(path, repair=False):
+                key = (str(rec["id"]), int(rec["sample"]))
+                if key not in have:
+                    have.add(key)
+                    writer.write(rec)
+    finally:
+        writer.close()
+    for path in rank_files(out):
+        path.unlink()
+
+
 def check_output(out: Path, cfg: EvalConfig, resume: bool) -> list[dict[str, Any]]:
     """Refuse a directory holding another eval's episodes; return the done records."""
     episodes = out / EPISODES
     run_file = out / "run.json"
-    if not episodes.exists() and not run_file.exists():
+    if not episodes.exists() and not run_file.exists() and not rank_files(out):
         if out.exists() and not out.is_dir():
             raise EvalError(f"output {out} exists and is not a directory")
         return []
@@ -82,7 +122,7 @@ def check_output(out: Path, cfg: EvalConfig, resume: bool) -> list[dict[str, Any
             f"differs from this config's {fingerprint(cfg)}: model, questions, prompt, tools, "
             "loop or sampling changed); choose another output directory"
         )
-    return read_episodes(episodes, repair=True)
+    return read_done(out, repair=True)
 
 
 def versions() -> dict[str, str]:
@@ -134,8 +174,13 @@ def run_eval(
     resume: bool = False,
     should_stop: Callable[[], bool] = lambda: False,
     progress: bool = False,
-) -> dict[str, Any]:
-    """Run (or continue) the evaluation; return the summary (also written to summary.json)."""
+    dist: Any = None,
+) -> dict[str, Any] | None:
+    """Run (or continue) the evaluation; return the summary (also written to summary.json).
+
+    ``dist``: ``torch.distributed`` when running as one rank of several (initialised by the
+    caller); then only rank 0 returns the summary, the other ranks None."""
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist is not None else (0, 1)
     from natscale.agent.loop import rollout, turn_seed
     from natscale.agent.tools import ToolConfigError, build_tools
     from natscale.eval.backends import Request
@@ -155,29 +200,35 @@ def run_eval(
     backend, prompter, batch_size = build_backend(cfg)
     try:
         backend.check([q.id for q in questions])
-        out.mkdir(parents=True, exist_ok=True)
-        if not (out / "run.json").exists():
-            write_json_atomic(
-                out / "run.json",
-                {"fingerprint": fingerprint(cfg), "config": cfg.model_dump(mode="json")},
-            )
+        if rank == 0:
+            out.mkdir(parents=True, exist_ok=True)
+            if not (out / "run.json").exists():
+                write_json_atomic(
+                    out / "run.json",
+                    {"fingerprint": fingerprint(cfg), "config": cfg.model_dump(mode="json")},
+                )
+            if world == 1 and rank_files(out):  # left by a killed data-parallel run
+                merge_rank_files(out)
+        if world > 1:
+            dist.barrier()
         done_keys = {(str(r["id"]), int(r["sample"])) for r in done}
         n = cfg.sampling.n
-        work = [(q, s) for q in questions for s in range(n) if (q.id, s) not in done_keys]
+        pending = [(q, s) for q in questions for s in range(n) if (q.id, s) not in done_keys]
+        work = pending[rank::world]
         total = len(questions) * n
         bar = None
-        if progress:
+        if progress and rank == 0:
             from tqdm import tqdm
 
             bar = tqdm(
                 total=total,
-                initial=total - len(work),
+                initial=total - len(pending),
                 desc="eval",
                 unit="ep",
                 file=sys.stderr,
                 dynamic_ncols=True,
             )
-        writer = EpisodeWriter(out / EPISODES)
+        writer = EpisodeWriter(out / (EPISODES if world == 1 else f"episodes.rank{rank}.jsonl"))
         new_records: list[dict[str, Any]] = []
         t0 = time.perf_counter()
         try:
@@ -212,7 +263,7 @@ def run_eval(
                 writer.write(rec)
                 new_records.append(rec)
                 if bar is not None:
-                    bar.update(1)
+                    bar.update(world)
         finally:
             writer.close()
             if bar is not None:
@@ -220,6 +271,14 @@ def run_eval(
         elapsed = time.perf_counter() - t0
     finally:
         backend.close()
+    if world > 1:
+        dist.barrier()  # every rank has stopped and closed its file
+        if rank != 0:
+            return None
+        merge_rank_files(out)
+        merged = read_done(out, repair=False)
+        done_keys = {(str(r["id"]), int(r["sample"])) for r in done}
+        new_records = [r for r in merged if (str(r["id"]), int(r["sample"])) not in done_keys]
     wanted = {q.id for q in questions}
     records = [r for r in done + new_records if str(r["id"]) in wanted and int(r["sample"]) < n]
     summary = summarize(records, cfg.task, bootstrap=cfg.bootstrap, seed=cfg.sampling.seed)
@@ -231,6 +290,7 @@ def run_eval(
             "output": str(out),
             "model": cfg.model,
             "backend": cfg.backend,
+            "world_size": world,
             "marker": prompter.class_name,
             "sampling": cfg.sampling.model_dump(),
             "throughput": {

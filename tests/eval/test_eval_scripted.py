@@ -119,3 +119,18 @@ def test_compare_prints_one_markdown_table(tmp_path, capsys):
     assert table[0].startswith("| run | model | marker | episodes | accuracy")
     assert len(table) == 4 and "| success |" in table[2] and "| failure |" in table[3]
     assert main(["eval", "compare", str(tmp_path / "missing")]) == 2
+
+
+def test_resume_counts_rank_files_of_a_killed_data_parallel_run(tmp_path):
+    cfg = EvalConfig.model_validate(scripted_fields(tmp_path / "run", limit=60))
+    run_eval(cfg)
+    out = tmp_path / "run"
+    lines = (out / "episodes.jsonl").read_text().splitlines(keepends=True)
+    (out / "episodes.jsonl").write_text("".join(lines[:20]))
+    (out / "episodes.rank0.jsonl").write_text("".join(lines[20:35]))
+    (out / "episodes.rank1.jsonl").write_text("".join(lines[10:40]) + '{"id": "cut')
+    summary = run_eval(cfg, resume=True)
+    assert summary["complete"] and summary["throughput"]["episodes_this_run"] == 20
+    assert sorted(p.name for p in out.iterdir()) == ["episodes.jsonl", "run.json", "summary.json"]
+    episodes = read_jsonl(out / "episodes.jsonl")
+    assert len(episodes) == 60 and len({e["id"] for e in episodes}) == 60

@@ -28,7 +28,7 @@ from natscale.eval.run import run_eval
 
 from .conftest import DATA, EXAMPLES, TOKENIZER, read_jsonl
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 QIDS = ("math-00000", "math-00002")  # calculate, calculate, finish
 
@@ -75,7 +75,7 @@ def _train_tiny(out: Path) -> Path:
             total += loss.item()
         opt.step()
         opt.zero_grad()
-        if total < 0.02:
+        if total < 0.05:
             break
     model.save_pretrained(out)
     for f in TOKENIZER.iterdir():
