@@ -70,6 +70,11 @@ class OpenAIConfig(_Strict):
     retries: int = Field(3, ge=0)
     api_key_env: str | None = Field(None, description="environment variable holding the key")
     strip_bos: bool = Field(True, description="drop a leading BOS text; servers add their own")
+    prompt_format: Literal["text", "ids"] = Field(
+        "text",
+        description="text: the rendered prompt (the server tokenizes it); ids: our token ids "
+        "(exactly the training tokens; vLLM and SGLang accept them, transformers serve does not)",
+    )
 
 
 class ScriptedConfig(_Strict):

@@ -1,7 +1,9 @@
 """``openai``: any OpenAI-compatible server (vLLM, SGLang, ``transformers serve``).
 
-Prompts are rendered here (the same template as training) and sent as text to
-``/v1/completions``, several at a time (``openai.concurrency``), each with a timeout and
+Prompts are rendered here (the same template as training) and sent to ``/v1/completions``
+as text (the server tokenizes it: at special-token boundaries its tokens can differ from the
+training tokens, e.g. ``▁[INST]`` vs ``[INST]`` right after the BOS it adds) or, with
+``openai.prompt_format: ids``, as our token ids (exactly the training tokens), several at a time (``openai.concurrency``), each with a timeout and
 retries with backoff on connection errors, timeouts and 5xx / 429 answers. Before the first
 episode the server is asked for its models (``/v1/models``): an unreachable server, or one that
 does not serve ``openai.served_model``, is an error.
@@ -80,12 +82,16 @@ class OpenAIBackend:
         return list(self.pool.map(self._one, requests))
 
     def _one(self, r: Request) -> Generation:
-        prompt = self.prompter.text(r.messages)
-        bos = self.prompter.tokenizer.bos_token
-        if self.cfg.strip_bos and bos and prompt.startswith(bos):
-            prompt = prompt[len(bos) :]
+        prompt: str | list[int]
+        if self.cfg.prompt_format == "ids":
+            prompt = self.prompter.ids(r.messages)
+        else:
+            prompt = self.prompter.text(r.messages)
+            bos = self.prompter.tokenizer.bos_token
+            if self.cfg.strip_bos and bos and prompt.startswith(bos):
+                prompt = prompt[len(bos) :]
         if self.max_context is not None:
-            n = len(self.prompter.ids(r.messages))
+            n = len(prompt) if isinstance(prompt, list) else len(self.prompter.ids(r.messages))
             if n + 1 > self.max_context:
                 return Generation("", 0, overflow=True)
         body = {
