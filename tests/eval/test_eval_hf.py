@@ -105,3 +105,15 @@ def test_missing_model_dir_and_tokenizer(tiny_model, tmp_path):
     with pytest.raises(EvalError, match=r"no tokenizer \(tokenizer\.json\)"):
         run_eval(EvalConfig.model_validate(_hf_fields(no_tok, tmp_path / "r2")))
     assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()
+
+
+def test_sampling_is_seeded(tiny_model):
+    backend, prompter = _backend(tiny_model, batch_size=4, temperature=1.0)
+    reqs = _requests(prompter, QUESTIONS)
+    again = [Request(r.qid, r.sample, r.turn, r.question, r.messages, r.seed) for r in reqs]
+    other = [Request(r.qid, r.sample, r.turn, r.question, r.messages, r.seed + 1) for r in reqs]
+    first = [g.text for g in backend.generate(reqs)]
+    assert first == [g.text for g in backend.generate(again)]
+    assert first != [g.text for g in backend.generate(other)]
+    greedy, _ = _backend(tiny_model, batch_size=4)
+    assert first != [g.text for g in greedy.generate(reqs)]
