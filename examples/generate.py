@@ -4,8 +4,8 @@
     python examples/generate.py --out /tmp/ex   # somewhere else
     python examples/generate.py --no-tokenizer  # data files only (no sentencepiece/transformers)
 
-The same seed gives byte-identical data files (tests/data/test_synthetic.py checks the committed
-ones). The library code is natscale/data/synthetic*.py; this script only wires it up.
+The same seed gives byte-identical data files (tests/agent/test_scripted_dataset.py checks the committed
+ones). The library code is natscale/agent/scripted/; this script only wires it up.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a plain checkout too
 
-from natscale.data.synthetic import (
+from natscale.agent.scripted.dataset import (
     DEFAULT_NUM_QUESTIONS,
     DEFAULT_SEED,
     generate,
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     data = generate(seed=args.seed, num_questions=args.num_questions)
     written = write_dataset(data, args.out / "math_react")
     if args.tokenizer:
-        from natscale.data.synthetic_assets import (
+        from natscale.agent.scripted.assets import (
             corpus_texts,
             train_sentencepiece,
             write_model_configs,
@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     counts = ", ".join(f"{k} {v}" for k, v in kind_counts(data.trajectories).items())
     print(
         f"wrote {len(written)} files to {args.out}: {len(data.questions)} questions, "
-        f"{len(data.trajectories)} trajectories ({counts})"
+        f"{len(data.trajectories)} trajectories ({counts}), "
+        f"{len(data.test_questions)} held-out test questions"
     )
     return 0
 

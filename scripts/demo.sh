@@ -2,7 +2,8 @@
 # The demo on the bundled example data, CPU only:
 #   natscale prepare (NAT-marked, loss-masked, packed rows)
 #   -> natscale train (2 ranks, DeepSpeed ZeRO-3, the tiny Llama from random init)
-#   -> Hugging Face export (RUN/train/hf) and loss/throughput plots (RUN/train/plots).
+#   -> Hugging Face export (RUN/train/hf) and loss/throughput plots (RUN/train/plots)
+#   -> natscale eval of the export on held-out questions (RUN/eval).
 set -euo pipefail
 export DS_ACCELERATOR=${DS_ACCELERATOR:-cpu} GLOO_SOCKET_IFNAME=${GLOO_SOCKET_IFNAME:-lo}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
@@ -36,4 +37,7 @@ print(f"demo: export loads ({sum(p.numel() for p in model.parameters()):,} param
       f"loss {losses[0]:.3f} -> {losses[-1]:.3f}; greedy continuation: "
       f"{tok.decode(out[0, ids.shape[1]:])!r}")
 PY
-echo "demo: prepare -> train -> export in $(( $(date +%s) - start )) s; see $RUN/train"
+rm -rf "$RUN/eval"
+natscale eval examples/configs/eval_math.yaml --data "$RUN/data" --set model="$RUN/train/hf" \
+  --out "$RUN/eval" --set limit="${EVAL_LIMIT:-50}" --no-progress
+echo "demo: prepare -> train -> export -> eval in $(( $(date +%s) - start )) s; see $RUN/train"

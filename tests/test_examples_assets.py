@@ -20,8 +20,8 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def texts():
-    from natscale.data.synthetic import SyntheticSet
-    from natscale.data.synthetic_assets import corpus_texts
+    from natscale.agent.scripted.assets import corpus_texts
+    from natscale.agent.scripted.dataset import SyntheticSet
 
     data_dir = EXAMPLES / "math_react"
     trajectories = json.loads((data_dir / "trajectories.json").read_text(encoding="utf-8"))
@@ -84,7 +84,7 @@ def test_special_token_text_is_split_when_asked(tokenizer):
 
 
 def test_regenerated_tokenizer_is_identical(tmp_path, texts):
-    from natscale.data.synthetic_assets import TOKENIZER_FILES, train_sentencepiece, write_tokenizer
+    from natscale.agent.scripted.assets import TOKENIZER_FILES, train_sentencepiece, write_tokenizer
 
     out = write_tokenizer(train_sentencepiece(texts), tmp_path / "tok")
     for name in TOKENIZER_FILES:
@@ -96,7 +96,7 @@ def test_tiny_model_config_matches_tokenizer_and_runs(model_dir, tokenizer):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from natscale.data.synthetic_assets import tiny_llama_config
+    from natscale.agent.scripted.assets import tiny_llama_config
 
     config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
     assert config.model_type == "llama"

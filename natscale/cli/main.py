@@ -40,6 +40,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "check that this cluster/launcher setup can train with ZeRO-3 (tiny model)",
     ),
     "launch": ("launch", "run a training job on one or many nodes over the DeepSpeed launcher"),
+    "eval": ("eval", "run the model as a ReAct agent with its tools and score it; compare runs"),
 }
 
 

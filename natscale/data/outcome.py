@@ -15,63 +15,27 @@ when present), else ``meta["gt"]``.
 
 from __future__ import annotations
 
-import re
-import string
-from collections import Counter
 from dataclasses import replace
 
+from natscale.agent.react import finish_argument
+from natscale.agent.scoring import (  # noqa: F401  (re-exported: the labelling rules' names)
+    exact_match,
+    extract_gold,
+    f1_score,
+    math_exact,
+    normalize_answer,
+)
 from natscale.data.errors import DataError
 from natscale.data.trajectory import Outcome, Trajectory
-
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-_PUNCT = set(string.punctuation)
-_FINISH = re.compile(r"finish\[(.*)\]", re.DOTALL)
-_BOOL_GOLD = {"true": "yes", "false": "no"}
-
-
-def normalize_answer(text: str) -> str:
-    """SQuAD normalisation: lower case, drop punctuation and articles, squeeze whitespace."""
-    text = "".join(ch for ch in str(text).lower() if ch not in _PUNCT)
-    return " ".join(_ARTICLES.sub(" ", text).split())
-
-
-def exact_match(pred: str | None, gold: str) -> bool:
-    if pred is None:
-        return False
-    gold_n = normalize_answer(gold)
-    return normalize_answer(pred) == _BOOL_GOLD.get(gold_n, gold_n)
-
-
-def f1_score(pred: str | None, gold: str) -> float:
-    """SQuAD token F1 between ``pred`` and ``gold`` (0.0 for a missing prediction)."""
-    if pred is None:
-        return 0.0
-    gold_n = normalize_answer(gold)
-    p, g = normalize_answer(pred).split(), _BOOL_GOLD.get(gold_n, gold_n).split()
-    # yes/no/noanswer must match exactly (SQuAD v2 / HotpotQA convention)
-    if (p and p[0] in ("yes", "no", "noanswer")) or (g and g[0] in ("yes", "no", "noanswer")):
-        return float(p == g)
-    common = sum((Counter(p) & Counter(g)).values())
-    if common == 0:
-        return 0.0
-    precision, recall = common / len(p), common / len(g)
-    return 2 * precision * recall / (precision + recall)
-
-
-def extract_gold(answer: str) -> str:
-    """GSM8K ``"... #### 1,234"`` -> ``"1234"``; other answers stripped."""
-    if "####" in answer:
-        return answer.split("####")[-1].strip().replace(",", "")
-    return answer.strip()
 
 
 def extract_pred(traj: Trajectory) -> str | None:
     """The argument of the last ``finish[...]`` in the assistant turns, if any."""
     for turn in reversed(traj.turns):
         if turn.role == "assistant":
-            m = _FINISH.search(turn.content)
-            if m:
-                return m.group(1).strip()
+            pred = finish_argument(turn.content)
+            if pred is not None:
+                return pred
     return None
 
 
@@ -121,7 +85,7 @@ def label(
             )
         ok = out.success
     elif success == "exact":
-        ok = pred is not None and pred.strip() == gold_answer
+        ok = math_exact(pred, gold_answer)
     elif success == "em":
         ok = exact_match(pred, gold_answer)
     elif success == "f1":

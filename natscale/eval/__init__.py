@@ -1,1 +1,1 @@
-"""Agent evaluation: tools (``calculate``), ReAct step formatting/parsing, task metrics."""
+"""``natscale eval``: run a model as a ReAct agent with its tools and score its answers."""

@@ -9,9 +9,9 @@ observation), and turn-level training flags are not kept (the loader trains assi
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
+from natscale.agent.react import AGENT_LINE
 from natscale.convert.writers.common import (
     Notes,
     extra_fields,
@@ -20,8 +20,6 @@ from natscale.convert.writers.common import (
     tool_calls_text,
 )
 from natscale.data.trajectory import Trajectory
-
-_AGENT = re.compile(r"^(?:Thought|Action)(?:\s*\d+)?\s*:")  # as the loader's split_react
 
 
 def alpaca_record(traj: Trajectory, notes: Notes) -> dict[str, Any]:
@@ -34,7 +32,7 @@ def alpaca_record(traj: Trajectory, notes: Notes) -> dict[str, Any]:
         if turn.role == "observation" and not text.lstrip().startswith("Observation"):
             text = f"Observation: {text}"
             notes["'Observation: ' prefix added"] += 1
-        if turn.role == "assistant" and previous == "observation" and not _AGENT.match(text):
+        if turn.role == "assistant" and previous == "observation" and not AGENT_LINE.match(text):
             text = f"Thought: {text}"
             notes["'Thought: ' prefix added after an observation"] += 1
         previous = turn.role

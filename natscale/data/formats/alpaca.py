@@ -20,9 +20,9 @@ too; here they are masked like every other format (DESIGN.md). Outcome: ``succes
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterable
 
+from natscale.agent.react import AGENT_LINE, OBSERVATION_LINE
 from natscale.data.errors import Issues
 from natscale.data.formats.common import (
     empty_error,
@@ -35,24 +35,21 @@ from natscale.data.formats.common import (
 from natscale.data.formats.reader import Record
 from natscale.data.trajectory import Trajectory, Turn
 
-_OBSERVATION = re.compile(r"^Observation(?:\s*\d+)?\s*:")
-_AGENT = re.compile(r"^(?:Thought|Action)(?:\s*\d+)?\s*:")
-
 
 def split_react(text: str) -> list[Turn]:
     """Assistant / observation turns of a ReAct transcript (see the module docstring)."""
     blocks: list[tuple[str, list[str]]] = []
     for line in text.split("\n"):
-        if _OBSERVATION.match(line):
+        if OBSERVATION_LINE.match(line):
             role = "observation"
-        elif _AGENT.match(line):
+        elif AGENT_LINE.match(line):
             role = "assistant"
         else:
             role = blocks[-1][0] if blocks else "assistant"
         if (
             blocks
             and blocks[-1][0] == role
-            and not (role == "observation" and _OBSERVATION.match(line))
+            and not (role == "observation" and OBSERVATION_LINE.match(line))
         ):
             blocks[-1][1].append(line)
         else:

@@ -17,6 +17,7 @@ everything between the first ``[`` and that final ``]``, so brackets inside it s
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 THOUGHT_PREFIX = "Thought: "
@@ -24,7 +25,14 @@ ACTION_PREFIX = "Action: "
 OBSERVATION_PREFIX = "Observation: "
 FINISH_OBSERVATION = "Episode finished"
 CALCULATE = "calculate"
+SEARCH = "search"
 FINISH = "finish"
+
+# Line starts of a ReAct transcript written as one text (FireAct / Alpaca ``output``):
+# ``Observation:`` / ``Observation 2:`` opens an observation, ``Thought``/``Action`` agent text.
+OBSERVATION_LINE = re.compile(r"^Observation(?:\s*\d+)?\s*:")
+AGENT_LINE = re.compile(r"^(?:Thought|Action)(?:\s*\d+)?\s*:")
+_FINISH_ANYWHERE = re.compile(r"finish\[(.*)\]", re.DOTALL)
 
 
 class ReActParseError(ValueError):
@@ -111,6 +119,16 @@ def parse_step(text: str) -> ReActStep:
     if thought.startswith(THOUGHT_PREFIX):
         thought = thought[len(THOUGHT_PREFIX) :]
     return ReActStep(thought=thought.strip(), tool=tool, argument=argument)
+
+
+def finish_argument(text: str) -> str | None:
+    """The argument of a ``finish[...]`` anywhere in ``text`` (stripped), else None.
+
+    Lenient on purpose (for labelling recorded data whose turns may not parse as one step): it
+    runs from the first ``finish[`` to the last ``]``.
+    """
+    match = _FINISH_ANYWHERE.search(text)
+    return match.group(1).strip() if match else None
 
 
 def _preview(text: str, limit: int = 80) -> str:

@@ -2,7 +2,7 @@ import time
 
 import pytest
 
-from natscale.eval.tools import MAX_EXPRESSION_CHARS, calculate, format_number
+from natscale.agent.calculator import MAX_EXPRESSION_CHARS, calculate, format_number
 
 CASES = [
     # integers and precedence

@@ -1,6 +1,6 @@
 """A simulated ReAct agent that solves (or fails) a synthetic word problem.
 
-Every observation comes from the real calculator (:func:`natscale.eval.tools.calculate`) on the
+Every observation comes from the real calculator (:func:`natscale.agent.calculator.calculate`) on the
 argument the agent wrote, and later steps use the values the agent *observed*, so a wrong number
 propagates. Episodes follow the paper's loop: at most :data:`MAX_TURNS` assistant turns (its
 ``max_depth=6`` with depth starting at 0), ``finish[...]`` ends the episode with the observation
@@ -24,15 +24,15 @@ import random
 import re
 from fractions import Fraction
 
-from natscale.data.synthetic_problems import Problem, Ref
-from natscale.eval.react import (
+from natscale.agent.calculator import calculate
+from natscale.agent.react import (
     CALCULATE,
     FINISH,
     FINISH_OBSERVATION,
     format_observation,
     format_step,
 )
-from natscale.eval.tools import calculate
+from natscale.agent.scripted.problems import Problem, Ref
 
 MAX_TURNS = 7
 KINDS = ("success", "wrong_answer", "bad_tool_args", "unfinished")

@@ -1,13 +1,13 @@
 import pytest
 
-from natscale.eval.metrics import extract_gsm8k_answer, math_reward
-from natscale.eval.react import (
+from natscale.agent.react import (
     ReActParseError,
     format_observation,
     format_step,
     parse_action,
     parse_step,
 )
+from natscale.agent.scoring import extract_gsm8k_answer, math_reward
 
 
 @pytest.mark.parametrize(

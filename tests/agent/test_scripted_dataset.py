@@ -6,7 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from natscale.data.synthetic import (
+from natscale.agent.calculator import calculate
+from natscale.agent.react import FINISH_OBSERVATION, parse_action
+from natscale.agent.scoring import extract_gsm8k_answer, math_reward
+from natscale.agent.scripted.dataset import (
     DEFAULT_SEED,
     FILES,
     TEMPERATURES,
@@ -14,10 +17,7 @@ from natscale.data.synthetic import (
     render_files,
     write_dataset,
 )
-from natscale.data.synthetic_agent import KINDS, MAX_TURNS
-from natscale.eval.metrics import extract_gsm8k_answer, math_reward
-from natscale.eval.react import FINISH_OBSERVATION, parse_action
-from natscale.eval.tools import calculate
+from natscale.agent.scripted.teacher import KINDS, MAX_TURNS
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "examples" / "math_react"
 
@@ -152,3 +152,16 @@ def test_questions_are_gsm8k_style_and_exercise_unicode(committed):
     text = "".join(q["question"] for q in questions.values())
     assert "€" in text and "×" in text and "ë" in text
     assert any("," in q["answer"].splitlines()[-1] for q in questions.values())
+
+
+def test_held_out_test_split_is_disjoint_from_training(committed):
+    trajectories, questions, _ = committed
+    lines = (DATA_DIR / "questions_test.jsonl").read_text(encoding="utf-8").splitlines()
+    test = [json.loads(line) for line in lines]
+    assert len(test) == 200 and len({q["id"] for q in test}) == 200
+    train_texts = {q["question"] for q in questions.values()}
+    assert not train_texts & {q["question"] for q in test}
+    assert not {t["id"] for t in trajectories} & {q["id"] for q in test}
+    for q in test:
+        assert q["id"].startswith("math-test-")
+        assert extract_gsm8k_answer(q["answer"]).isdigit()

@@ -7,6 +7,8 @@ calculator. Output is the NAT release format (``examples/README.md`` documents i
     trajectories.json   [{"id", "source", "info": {"reward", "pred", "gt", "finished", "kind"},
                           "conversations": [{"role", "content", "loss"}, ...]}, ...]
     questions.jsonl     {"id", "question", "answer"} per line; answer ends with "#### <number>"
+    questions_test.jsonl  held-out questions for `natscale eval`: drawn with their own seed and
+                        none of them is a training question (no trajectory uses them)
     prompt.json         {"task", "instruction", "acknowledgement", "templates": {...}}
 
 Only ``random.Random(seed)`` is used and JSON is written with a fixed key order, a fixed layout
@@ -22,17 +24,21 @@ import random
 import re
 import tempfile
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from natscale.data.synthetic_agent import KINDS, ScenarioUnavailable, simulate
-from natscale.data.synthetic_problems import Problem, Ref, draw_problem
-from natscale.eval.metrics import extract_gsm8k_answer, math_reward
-from natscale.eval.tools import calculate
+from natscale.agent.calculator import calculate
+from natscale.agent.loop import Question, play_script
+from natscale.agent.scoring import extract_gsm8k_answer, math_reward
+from natscale.agent.scripted.problems import Problem, Ref, draw_problem
+from natscale.agent.scripted.teacher import KINDS, MAX_TURNS, ScenarioUnavailable, simulate
+from natscale.agent.tools import build_tools
 from natscale.filemode import apply_umask
 
 DEFAULT_SEED = 20240218  # the paper's v1 release date
 DEFAULT_NUM_QUESTIONS = 1300
+DEFAULT_NUM_TEST = 200
+TEST_SEED_OFFSET = 1_000_003  # the test split's seed is seed + this
 TEMPERATURES = (0.2, 0.5, 0.7)  # the release's `source` values: sampling temperatures
 
 INSTRUCTION = (
@@ -47,11 +53,12 @@ TEMPLATES = {
     "success": "Question: {question}. Generate a sequence of Thought and Action steps to solve the problem correctly.",
     "failure": "Question: {question}. Generate a sequence of Thought and Action steps. But incorrectly solve the problem.",
 }
-FILES = ("trajectories.json", "questions.jsonl", "prompt.json")
+FILES = ("trajectories.json", "questions.jsonl", "prompt.json", "questions_test.jsonl")
 
 # Outcome mix: success falls with temperature and plan length; failures split by these weights.
 _SUCCESS_AT = {0.2: 0.52, 0.5: 0.42, 0.7: 0.32}
 _FAILURE_WEIGHTS = {"wrong_answer": 0.45, "bad_tool_args": 0.35, "unfinished": 0.20}
+_TOOLS = build_tools(["calculate"])
 _NICE_VALUE = re.compile(r"\d+(\.\d\d?)?")
 
 
@@ -60,6 +67,7 @@ class SyntheticSet:
     questions: list[dict]
     trajectories: list[dict]
     prompt: dict
+    test_questions: list[dict] = field(default_factory=list)
 
 
 def prompt_record() -> dict:
@@ -71,8 +79,13 @@ def prompt_record() -> dict:
     }
 
 
-def generate(seed: int = DEFAULT_SEED, num_questions: int = DEFAULT_NUM_QUESTIONS) -> SyntheticSet:
-    """Generate questions and 1-3 trajectories per question (about 2.3 on average)."""
+def generate(
+    seed: int = DEFAULT_SEED,
+    num_questions: int = DEFAULT_NUM_QUESTIONS,
+    num_test: int = DEFAULT_NUM_TEST,
+) -> SyntheticSet:
+    """Generate questions and 1-3 trajectories per question (about 2.3 on average), and a
+    held-out test split (:func:`test_questions`)."""
     rng = random.Random(seed)
     questions, trajectories = [], []
     for q_index in range(num_questions):
@@ -83,7 +96,25 @@ def generate(seed: int = DEFAULT_SEED, num_questions: int = DEFAULT_NUM_QUESTION
         num_samples = rng.choices((1, 2, 3), weights=(2, 3, 5))[0]
         for temperature in sorted(rng.sample(TEMPERATURES, num_samples)):
             trajectories.append(_trajectory(qid, problem, answer, temperature, rng))
-    return SyntheticSet(questions, trajectories, prompt_record())
+    test = test_questions(seed + TEST_SEED_OFFSET, num_test, {q["question"] for q in questions})
+    return SyntheticSet(questions, trajectories, prompt_record(), test)
+
+
+def test_questions(seed: int, num: int, exclude: set[str]) -> list[dict]:
+    """``num`` held-out questions drawn with their own seed, none of them in ``exclude``."""
+    rng = random.Random(seed)
+    out: list[dict] = []
+    seen = set(exclude)
+    while len(out) < num:
+        problem = _nice_problem(rng)
+        if problem.question in seen:
+            continue
+        seen.add(problem.question)
+        answer = _gold_answer_text(problem, rng)
+        out.append(
+            {"id": f"math-test-{len(out):05d}", "question": problem.question, "answer": answer}
+        )
+    return out
 
 
 def _nice_problem(rng: random.Random) -> Problem:
@@ -132,8 +163,14 @@ def _trajectory(
             continue
     else:
         raise RuntimeError(f"{qid}: no {kind!r} episode in 50 tries")
-    finished = agent.pred is not None
-    reward = math_reward(agent.pred, answer)
+    # The teacher is a scripted backend: its assistant turns run through the rollout loop, whose
+    # real tools write the observations, so bundled data and model rollouts share one format.
+    script = [m["content"] for m in agent.messages if m["role"] == "assistant"]
+    episode = play_script(Question(qid, problem.question), script, _TOOLS, max_turns=MAX_TURNS)
+    assert episode.conversations() == agent.messages and episode.pred == agent.pred, qid
+    assert (episode.failure == "turn_limit") == (kind == "unfinished"), (qid, episode.failure)
+    finished = episode.pred is not None
+    reward = math_reward(episode.pred, answer)
     # The scenario decides the kind; the paper's rule decides the label. They must agree.
     assert reward == (kind == "success"), (qid, kind, agent.pred, answer)
     assert finished == (kind != "unfinished"), (qid, kind)
@@ -142,12 +179,12 @@ def _trajectory(
         "source": temperature,
         "info": {
             "reward": reward,
-            "pred": agent.pred,
+            "pred": episode.pred,
             "gt": extract_gsm8k_answer(answer),
             "finished": finished,
             "kind": kind,
         },
-        "conversations": agent.messages,
+        "conversations": episode.conversations(),
     }
 
 
@@ -177,6 +214,7 @@ def render_files(data: SyntheticSet) -> dict[str, bytes]:
         "trajectories.json": dumps_trajectories(data.trajectories).encode("utf-8"),
         "questions.jsonl": dumps_questions(data.questions).encode("utf-8"),
         "prompt.json": dumps_prompt(data.prompt).encode("utf-8"),
+        "questions_test.jsonl": dumps_questions(data.test_questions).encode("utf-8"),
     }
 
 

@@ -19,7 +19,7 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from natscale.data.synthetic import TEMPLATES, SyntheticSet
+from natscale.agent.scripted.dataset import TEMPLATES, SyntheticSet
 
 VOCAB_SIZE = 2048
 MODEL_MAX_LENGTH = 4096  # the paper's model_max_length

@@ -1,0 +1,160 @@
+"""The paper's ReAct rollout loop, batched across episodes.
+
+The loop is the protocol; what writes the assistant turns is a *backend*: a model
+(``natscale eval``'s ``hf`` / ``openai``) or a script (the example teacher, whose turns
+:func:`play_script` runs through this same loop, so bundled data and real rollouts have one
+format by construction). Each step asks the backend for the next assistant turn of every active episode, parses its
+``Action: tool[argument]``, calls the tool and appends ``Observation: ...``. An episode ends on
+``finish[answer]`` (observation ``Episode finished``) or on a failure, counted by kind:
+
+- ``unparseable_action``: the turn has no ``Action: tool[argument]``;
+- ``unknown_tool``: the action names a tool that is not in the registry;
+- ``turn_limit``: ``max_depth + 1`` turns without ``finish`` (the paper's depth 6 = 7 turns);
+- ``context_overflow``: the prompt no longer fits the model's context.
+
+Tool errors (a bad expression, a timeout) are observations ``Error: ...`` and the episode goes
+on, as in the paper. Finished episodes are handed to ``on_done`` at once; when ``should_stop()``
+turns true the loop returns after the current step and drops the unfinished episodes (a resumed
+run redoes them).
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from natscale.agent.react import (
+    FINISH,
+    FINISH_OBSERVATION,
+    ReActParseError,
+    format_observation,
+    parse_step,
+)
+from natscale.agent.tools import Tool, call_tool
+
+FAILURES = ("unparseable_action", "unknown_tool", "turn_limit", "context_overflow")
+
+
+@dataclass(frozen=True)
+class Question:
+    id: str
+    question: str
+    answer: Any = None  # the gold answer (text, number or bool); the loop never reads it
+
+
+@dataclass(frozen=True)
+class Generation:
+    """What a backend wrote for one episode's next assistant turn."""
+
+    text: str
+    tokens: int  # generated tokens (for tokens/s)
+    overflow: bool = False  # the prompt (plus room to answer) did not fit the context
+
+
+@dataclass
+class Episode:
+    """One episode; ``history`` is the NAT release ``conversations`` so far: assistant turns
+    (``loss`` true) and ``user`` turns holding ``Observation: ...`` (``loss`` false)."""
+
+    question: Question
+    sample: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+    turns: int = 0
+    generated_tokens: int = 0
+    pred: str | None = None
+    failure: str | None = None
+    done: bool = False
+
+    def conversations(self) -> list[dict[str, Any]]:
+        return [dict(m) for m in self.history]
+
+
+def turn_seed(seed: int, qid: str, sample: int, turn: int) -> int:
+    return zlib.crc32(f"{seed}:{qid}:{sample}:{turn}".encode()) & 0x7FFFFFFF
+
+
+def advance(
+    ep: Episode, gen: Generation, tools: dict[str, Tool], *, max_turns: int, timeout_s: float
+) -> None:
+    """Apply one generated assistant turn to ``ep`` (see the module docstring)."""
+    if gen.overflow:
+        ep.failure, ep.done = "context_overflow", True
+        return
+    ep.turns += 1
+    ep.generated_tokens += gen.tokens
+    ep.history.append({"role": "assistant", "content": gen.text, "loss": True})
+
+    def observe(text: str) -> None:
+        ep.history.append({"role": "user", "content": format_observation(text), "loss": False})
+
+    try:
+        step = parse_step(gen.text)
+    except ReActParseError as exc:
+        observe(f"Error: {exc}")
+        ep.failure, ep.done = "unparseable_action", True
+        return
+    if step.tool == FINISH:
+        ep.pred = step.argument.strip()
+        observe(FINISH_OBSERVATION)
+        ep.done = True
+        return
+    tool = tools.get(step.tool)
+    if tool is None:
+        observe(f"Error: unknown tool {step.tool!r}; the tools are {sorted(tools)}")
+        ep.failure, ep.done = "unknown_tool", True
+        return
+    observe(call_tool(tool, step.argument, timeout_s))
+    if ep.turns >= max_turns:
+        ep.failure, ep.done = "turn_limit", True
+
+
+def rollout(
+    work: Iterable[tuple[Question, int]],
+    generate: Callable[[list[Episode]], list[Generation]],
+    tools: dict[str, Tool],
+    *,
+    batch_size: int,
+    max_turns: int,
+    timeout_s: float = 10.0,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> Iterator[Episode]:
+    """Run episodes ``batch_size`` at a time (refilled as episodes end); yield each finished one.
+
+    ``generate`` gets the active episodes (``turns`` = the index of the turn to write; the
+    episode's :func:`turn_seed` is ``turn_seed(seed, id, sample, turns)``) and returns one
+    :class:`Generation` per episode, in order."""
+    pending = iter(work)
+    active: list[Episode] = []
+    while True:
+        while len(active) < batch_size and not should_stop():
+            nxt = next(pending, None)
+            if nxt is None:
+                break
+            active.append(Episode(nxt[0], nxt[1]))
+        if not active or should_stop():
+            return
+        generations = generate(active)
+        if len(generations) != len(active):
+            raise RuntimeError(f"backend answered {len(generations)} of {len(active)} episodes")
+        for ep, gen in zip(active, generations, strict=True):
+            advance(ep, gen, tools, max_turns=max_turns, timeout_s=timeout_s)
+            if ep.done:
+                yield ep
+        active = [ep for ep in active if not ep.done]
+
+
+def play_script(
+    question: Question, turns: list[str], tools: dict[str, Tool], *, max_turns: int
+) -> Episode:
+    """One episode whose assistant turns are ``turns`` (a scripted backend): the loop parses
+    them, calls the real tools and ends the episode exactly as for a model."""
+
+    def scripted(episodes: list[Episode]) -> list[Generation]:
+        return [Generation(turns[ep.turns] if ep.turns < len(turns) else "", 0) for ep in episodes]
+
+    (episode,) = rollout(
+        [(question, 0)], scripted, tools, batch_size=1, max_turns=max_turns, timeout_s=None
+    )
+    return episode

@@ -1,0 +1,185 @@
+"""Agent tools and the name -> tool registry the rollout loop calls.
+
+Built in:
+
+- ``calculate[expression]``: the safe AST calculator (:mod:`natscale.agent.calculator`).
+- ``search[query]``: BM25 (the ``bm25s`` library) over a local corpus, a JSONL file of
+  ``{"title": ..., "text": ...}`` lines; the observation is the paper's top-3 snippets,
+  ``#1: {title}: {text} #2: ... #3: ...`` (each text cut to :data:`SNIPPET_CHARS`).
+- ``finish[answer]``: ends the episode; the loop handles it (its observation is
+  ``Episode finished``).
+
+User tools are ``module:function`` strings: a function taking the argument string and returning
+the observation string. Every call is time-limited (:func:`call_tool`); an exception or a
+timeout becomes the observation ``Error: ...``, as in the paper.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import importlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from natscale.agent.calculator import calculate
+from natscale.agent.react import CALCULATE, FINISH, SEARCH
+
+SNIPPET_CHARS = 300
+TOP_K = 3
+
+
+class ToolConfigError(ValueError):
+    """A tool cannot be built from the configuration (unknown name, bad corpus, bad import)."""
+
+
+@dataclass(frozen=True)
+class Tool:
+    name: str
+    run: Callable[[str], str]
+
+
+def finish_tool(argument: str) -> str:
+    from natscale.agent.react import FINISH_OBSERVATION
+
+    return FINISH_OBSERVATION
+
+
+# -- search -----------------------------------------------------------------------------------
+def load_corpus(path: str | os.PathLike) -> list[dict[str, str]]:
+    """Read a JSONL corpus of ``{"title", "text"}`` lines; errors name the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ToolConfigError(f"{path}: search corpus not found (a JSONL file of title/text)")
+    docs: list[dict[str, str]] = []
+    with path.open(encoding="utf-8", errors="strict") as fh:
+        try:
+            lines = list(fh)
+        except UnicodeDecodeError as exc:
+            raise ToolConfigError(f"{path}: not UTF-8 text ({exc})") from None
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ToolConfigError(
+                f"{path}:{lineno}: not JSONL ({exc.msg}); the corpus must hold one JSON object "
+                'per line, {"title": ..., "text": ...}'
+            ) from None
+        if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
+            raise ToolConfigError(f"{path}:{lineno}: expected an object with a string 'text'")
+        title = rec.get("title", "")
+        docs.append({"title": str(title) if title is not None else "", "text": rec["text"]})
+    if not docs:
+        raise ToolConfigError(f"{path}: the search corpus is empty")
+    return docs
+
+
+class BM25Search:
+    """``search[query]`` over a corpus: BM25 top :data:`TOP_K` snippets."""
+
+    def __init__(self, docs: list[dict[str, str]], k: int = TOP_K) -> None:
+        import bm25s
+
+        self.docs, self.k = docs, k
+        self._bm25s = bm25s
+        texts = [f"{d['title']} {d['text']}" for d in docs]
+        self.retriever = bm25s.BM25()
+        self.retriever.index(bm25s.tokenize(texts, show_progress=False), show_progress=False)
+
+    def __call__(self, query: str) -> str:
+        tokens = self._bm25s.tokenize([query], return_ids=False, show_progress=False)
+        if not tokens or not tokens[0]:
+            return "Error: empty search query"
+        k = min(self.k, len(self.docs))
+        docs, scores = self.retriever.retrieve(tokens, k=k, show_progress=False, n_threads=1)
+        hits = [int(i) for i, s in zip(docs[0], scores[0], strict=True) if s > 0]
+        if not hits:
+            return f"Could not find any result for {query!r}."
+        parts = []
+        for rank, i in enumerate(hits, 1):
+            doc = self.docs[i]
+            text = doc["text"]
+            if len(text) > SNIPPET_CHARS:
+                text = text[:SNIPPET_CHARS].rsplit(" ", 1)[0] + " ..."
+            head = f"{doc['title']}: " if doc["title"] else ""
+            parts.append(f"#{rank}: {head}{text}")
+        return " ".join(parts)
+
+
+# -- registry ---------------------------------------------------------------------------------
+BUILTIN_TOOLS = (CALCULATE, SEARCH, FINISH)
+
+
+def import_tool(name: str, spec: str) -> Tool:
+    """A user tool from ``module:function``."""
+    module_name, sep, func_name = spec.partition(":")
+    if not sep or not module_name or not func_name:
+        raise ToolConfigError(f"tool {name!r}: {spec!r} is not 'module:function'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ToolConfigError(f"tool {name!r}: cannot import {module_name!r} ({exc})") from None
+    func = getattr(module, func_name, None)
+    if not callable(func):
+        raise ToolConfigError(f"tool {name!r}: {module_name!r} has no function {func_name!r}")
+    return Tool(name, func)
+
+
+def build_tools(
+    names: list[str],
+    *,
+    corpus: str | os.PathLike | None = None,
+    user_tools: dict[str, str] | None = None,
+) -> dict[str, Tool]:
+    """The registry for ``names`` (``finish`` is always included)."""
+    user_tools = user_tools or {}
+    registry: dict[str, Tool] = {FINISH: Tool(FINISH, finish_tool)}
+    for name in names:
+        if name in user_tools:
+            registry[name] = import_tool(name, user_tools[name])
+        elif name == CALCULATE:
+            registry[name] = Tool(name, calculate)
+        elif name == SEARCH:
+            if corpus is None:
+                raise ToolConfigError("tool 'search' needs a corpus: set tools.corpus (JSONL)")
+            registry[name] = Tool(name, BM25Search(load_corpus(corpus)))
+        elif name != FINISH:
+            known = sorted(set(BUILTIN_TOOLS) | set(user_tools))
+            raise ToolConfigError(
+                f"unknown tool {name!r}; known tools are {known} "
+                "(add your own under tools.user as name: 'module:function')"
+            )
+    for name in user_tools:
+        if name not in registry:
+            registry[name] = import_tool(name, user_tools[name])
+    return registry
+
+
+_POOL: cf.ThreadPoolExecutor | None = None
+
+
+def call_tool(tool: Tool, argument: str, timeout_s: float | None = 10.0) -> str:
+    """Run ``tool`` on ``argument``; an exception or exceeding ``timeout_s`` gives ``Error: ...``.
+
+    A timed-out call is abandoned (its thread finishes in the background; Python cannot kill
+    it), so a user tool should not hold resources forever.
+    """
+    global _POOL
+    try:
+        if timeout_s is None:
+            result = tool.run(argument)
+        else:
+            if _POOL is None:
+                _POOL = cf.ThreadPoolExecutor(max_workers=4, thread_name_prefix="natscale-tool")
+            future = _POOL.submit(tool.run, argument)
+            try:
+                result = future.result(timeout=timeout_s)
+            except cf.TimeoutError:
+                return f"Error: tool {tool.name!r} timed out after {timeout_s:g} s"
+    except Exception as exc:  # a tool error is an observation, as in the paper
+        return f"Error: {type(exc).__name__}: {exc}"
+    return str(result)

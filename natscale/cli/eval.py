@@ -1,0 +1,150 @@
+"""`natscale eval CONFIG [--data PREPARED] [--set K=V] [--resume]`: run the agent, score it.
+
+`natscale eval compare RUN...` prints one markdown table of several evaluations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "target",
+        nargs="*",
+        metavar="CONFIG | compare RUN...",
+        help="eval config YAML, or `compare` followed by eval output directories",
+    )
+    parser.add_argument(
+        "--data",
+        metavar="PREPARED_DIR",
+        help="reuse the prompt wording a `natscale prepare` output was made with",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set sampling.n=4 (repeatable)",
+    )
+    parser.add_argument("--out", help="output directory (overrides `output:`)")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue the eval already in the output directory"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"natscale eval: error: {message}", file=sys.stderr, flush=True)
+    return code
+
+
+def load_eval_config(path: str, overrides: list[str], data_dir: str | None):
+    """The config: ``--data`` prompt defaults, under the YAML file, under ``--set``."""
+    from pydantic import ValidationError
+
+    from natscale.config.eval import EvalConfig
+    from natscale.config.loader import (
+        ConfigError,
+        apply_overrides,
+        format_validation_error,
+        read_yaml,
+    )
+    from natscale.eval.prepared import prompt_defaults
+
+    data = read_yaml(path)
+    if data_dir:
+        base = prompt_defaults(data_dir)
+        user_prompt = data.get("prompt") or {}
+        if not isinstance(user_prompt, dict):
+            raise ConfigError(f"{path}: prompt must be a mapping")
+        data["prompt"] = {**base, **user_prompt}
+    apply_overrides(data, overrides)
+    try:
+        return EvalConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, str(path))) from exc
+
+
+def run(args: argparse.Namespace) -> int:
+    from natscale.config.loader import ConfigError
+    from natscale.eval.errors import EvalError
+
+    if args.target and args.target[0] == "compare":
+        from natscale.eval.compare import compare_table
+
+        if len(args.target) < 2:
+            return _fail("compare needs at least one eval output directory")
+        try:
+            print(compare_table(args.target[1:]))
+        except EvalError as exc:
+            return _fail(str(exc))
+        return 0
+    if len(args.target) != 1:
+        return _fail("give one config: natscale eval CONFIG (or: natscale eval compare RUN...)")
+    try:
+        cfg = load_eval_config(args.target[0], args.overrides, args.data)
+    except (ConfigError, EvalError) as exc:
+        return _fail(str(exc))
+
+    from natscale.eval.backends.openai import EndpointError
+    from natscale.eval.run import run_eval, summary_line
+
+    dist = _maybe_distributed()
+    stopped: list[int] = []
+
+    def on_term(signum, _frame) -> None:
+        stopped.append(signum)
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        summary = run_eval(
+            cfg,
+            args.out,
+            resume=args.resume,
+            should_stop=lambda: bool(stopped),
+            progress=not args.no_progress,
+            dist=dist,
+        )
+    except EvalError as exc:
+        return _fail(str(exc))
+    except EndpointError as exc:
+        return _fail(f"{exc}; the episodes so far are kept: rerun with --resume", 1)
+    except KeyboardInterrupt:
+        print("natscale eval: interrupted; rerun with --resume to continue", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if summary is None:  # a rank other than 0: rank 0 merged and reports
+        return 0
+    if stopped:
+        print(
+            f"natscale eval: stopped by SIGTERM after {summary['episodes']} of "
+            f"{summary['expected_episodes']} episodes; rerun with --resume to continue",
+            file=sys.stderr,
+            flush=True,
+        )
+    print(summary_line(summary), flush=True)
+    return 0
+
+
+def _maybe_distributed():
+    """``torch.distributed`` when started as one of several ranks (torchrun, deepspeed, mpirun,
+    srun), initialised; None for a single process."""
+    import os
+
+    from natscale.train.dist import map_rank_env
+
+    env = dict(os.environ)
+    map_rank_env(env)
+    if int(env.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    import torch.distributed as dist
+
+    from natscale.train.dist import init_distributed
+
+    init_distributed()
+    return dist

@@ -1,0 +1,60 @@
+"""Prompt wording recorded by ``natscale prepare``, so evaluation cannot drift from training.
+
+A prepared directory holds ``prepare_config.yaml`` (the resolved config: NAT strategy, the
+instruction mode and acknowledgement, the sources with their task prompt file), ``stats.json``
+(the chat template actually used and its end-of-turn text) and ``tokenizer/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from natscale.eval.errors import EvalError
+
+
+def prompt_defaults(prepared_dir: str | os.PathLike) -> dict[str, Any]:
+    """The ``prompt`` section of an eval config as the dataset in ``prepared_dir`` was prepared."""
+    from natscale.config.data import NatSource, PrepareConfig
+    from natscale.config.loader import ConfigError, load_config
+
+    root = Path(prepared_dir)
+    cfg_path, stats_path = root / "prepare_config.yaml", root / "stats.json"
+    for path in (cfg_path, stats_path):
+        if not path.is_file():
+            raise EvalError(
+                f"--data {root}: no {path.name}; give a directory written by `natscale prepare`"
+            )
+    try:
+        cfg = load_config(cfg_path, PrepareConfig)
+    except ConfigError as exc:
+        raise EvalError(f"--data {root}: {exc}") from None
+    try:
+        stats = json.loads(stats_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise EvalError(f"{stats_path}: not a JSON file ({exc})") from None
+    section: dict[str, Any] = {
+        "template": stats.get("template", cfg.render.template),
+        "instruction": cfg.render.instruction,
+        "observation_role": cfg.render.observation_role,
+        "strategy": cfg.strategy.model_dump(mode="json"),
+    }
+    if stats.get("end_of_turn"):
+        section["end_of_turn"] = stats["end_of_turn"]
+    if cfg.render.acknowledgement is not None:
+        section["acknowledgement"] = cfg.render.acknowledgement
+    if (root / "tokenizer").is_dir():
+        section["tokenizer"] = str(root / "tokenizer")
+    prompts = [s for s in cfg.sources if isinstance(s, NatSource) and s.prompt]
+    if prompts:
+        if len({(s.prompt, s.prompt_variant) for s in prompts}) > 1:
+            raise EvalError(
+                f"--data {root}: the dataset mixes several task prompt files; "
+                "set prompt.file for the task you evaluate"
+            )
+        section["file"] = prompts[0].prompt
+        if prompts[0].prompt_variant:
+            section["variant"] = prompts[0].prompt_variant
+    return section

@@ -1,0 +1,326 @@
+"""One evaluation: check the inputs, run the episodes, write ``episodes.jsonl`` and ``summary.json``.
+
+Output directory::
+
+    run.json         the resolved config and its fingerprint (what makes two evals "the same")
+    episodes.jsonl   one finished episode per line (natscale.eval.episodes), appended live
+    summary.json     metrics with 95% intervals, failure kinds, throughput, backend, versions
+
+Under torchrun / deepspeed (``dist`` given) each rank runs every ``world_size``-th pending
+episode and appends to its own ``episodes.rank{R}.jsonl``; at the end (or on SIGTERM) rank 0
+merges them into ``episodes.jsonl``, removes them and writes the summary. Rank files left by a
+killed run count as done on resume.
+
+A directory that already holds episodes is only continued with ``resume=True``, and only when
+its fingerprint matches (same model, questions, prompt, tools, loop and sampling); batch sizes,
+concurrency, timeouts, ``limit`` and ``bootstrap`` may change between runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from natscale.config.eval import EvalConfig
+from natscale.eval.episodes import EPISODES, EpisodeWriter, episode_record, read_episodes
+from natscale.eval.errors import EvalError
+
+# fields that may differ between a run and its resumption
+_FREE_FIELDS = {
+    "output": None,
+    "limit": None,
+    "bootstrap": None,
+    "hf": {"batch_size", "device"},
+    "openai": {"concurrency", "timeout_s", "retries"},
+}
+
+
+def fingerprint(cfg: EvalConfig) -> str:
+    data = cfg.model_dump(mode="json")
+    for key, sub in _FREE_FIELDS.items():
+        if sub is None:
+            data.pop(key, None)
+        else:
+            for k in sub:
+                data[key].pop(k, None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def rank_files(out: Path) -> list[Path]:
+    return sorted(out.glob("episodes.rank*.jsonl"))
+
+
+def read_done(out: Path, *, repair: bool) -> list[dict[str, Any]]:
+    """Records of ``episodes.jsonl`` and any rank files, first of each (id, sample) kept."""
+    seen: set[tuple[str, int]] = set()
+    records = []
+    for path in [out / EPISODES, *rank_files(out)]:
+        for rec in read_episodes(path, repair=repair):
+            key = (str(rec["id"]), int(rec["sample"]))
+            if key not in seen:
+                seen.add(key)
+                records.append(rec)
+    return records
+
+
+def merge_rank_files(out: Path) -> None:
+    """Append the rank files' new records to episodes.jsonl, then remove the rank files."""
+    main = out / EPISODES
+    have = {(str(r["id"]), int(r["sample"])) for r in read_episodes(main, repair=True)}
+    writer = EpisodeWriter(main)
+    try:
+        for path in rank_files(out):
+            for rec in read_episodes(path, repair=False):
+                key = (str(rec["id"]), int(rec["sample"]))
+                if key not in have:
+                    have.add(key)
+                    writer.write(rec)
+    finally:
+        writer.close()
+    for path in rank_files(out):
+        path.unlink()
+
+
+def check_output(out: Path, cfg: EvalConfig, resume: bool) -> list[dict[str, Any]]:
+    """Refuse a directory holding another eval's episodes; return the done records."""
+    episodes = out / EPISODES
+    run_file = out / "run.json"
+    if not episodes.exists() and not run_file.exists() and not rank_files(out):
+        if out.exists() and not out.is_dir():
+            raise EvalError(f"output {out} exists and is not a directory")
+        return []
+    if not resume:
+        raise EvalError(
+            f"output {out} already holds an evaluation ({EPISODES}); pass --resume to continue "
+            "it, or choose another output directory"
+        )
+    try:
+        recorded = json.loads(run_file.read_text(encoding="utf-8"))["fingerprint"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise EvalError(
+            f"output {out} holds {EPISODES} but no readable run.json: not an eval this command "
+            "wrote; choose another output directory"
+        ) from None
+    if recorded != fingerprint(cfg):
+        raise EvalError(
+            f"output {out} holds another eval's episodes (its run.json fingerprint {recorded} "
+            f"differs from this config's {fingerprint(cfg)}: model, questions, prompt, tools, "
+            "loop or sampling changed); choose another output directory"
+        )
+    return read_done(out, repair=True)
+
+
+def versions() -> dict[str, str]:
+    import natscale
+
+    out = {"natscale": natscale.__version__, "python": platform.python_version()}
+    for name in ("torch", "transformers"):
+        mod = sys.modules.get(name)
+        if mod is not None:
+            out[name] = getattr(mod, "__version__", "?")
+    return out
+
+
+def build_backend(cfg: EvalConfig):
+    """(backend, prompter, batch size) for the config; raises EvalError on bad input."""
+    from natscale.eval.prompting import Prompter, load_eval_tokenizer
+
+    tok_dir = cfg.prompt.tokenizer
+    if cfg.backend == "hf":
+        from natscale.eval.backends.hf import HFBackend, check_model_dir
+
+        check_model_dir(cfg.model)
+        prompter = Prompter(cfg.prompt, load_eval_tokenizer(tok_dir or cfg.model))
+        return (
+            HFBackend(cfg.model, prompter, cfg.hf, cfg.loop, cfg.sampling),
+            prompter,
+            cfg.hf.batch_size,
+        )
+    if cfg.backend == "openai":
+        from natscale.eval.backends.openai import OpenAIBackend
+
+        if not tok_dir:
+            raise EvalError(
+                "backend 'openai' renders prompts itself: set prompt.tokenizer (or --data)"
+            )
+        prompter = Prompter(cfg.prompt, load_eval_tokenizer(tok_dir))
+        backend = OpenAIBackend(cfg.model, prompter, cfg.openai, cfg.loop, cfg.sampling)
+        return backend, prompter, cfg.openai.concurrency * 2
+    from natscale.eval.backends.scripted import ScriptedBackend
+
+    prompter = Prompter(cfg.prompt, load_eval_tokenizer(tok_dir) if tok_dir else None)
+    return ScriptedBackend(cfg.scripted.trajectories), prompter, 256
+
+
+def run_eval(
+    cfg: EvalConfig,
+    out_dir: str | os.PathLike | None = None,
+    *,
+    resume: bool = False,
+    should_stop: Callable[[], bool] = lambda: False,
+    progress: bool = False,
+    dist: Any = None,
+) -> dict[str, Any] | None:
+    """Run (or continue) the evaluation; return the summary (also written to summary.json).
+
+    ``dist``: ``torch.distributed`` when running as one rank of several (initialised by the
+    caller); then only rank 0 returns the summary, the other ranks None."""
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist is not None else (0, 1)
+    from natscale.agent.loop import rollout, turn_seed
+    from natscale.agent.tools import ToolConfigError, build_tools
+    from natscale.eval.backends import Request
+    from natscale.eval.metrics import summarize
+    from natscale.eval.questions import load_questions
+
+    target = out_dir or cfg.output
+    if not target:
+        raise EvalError("no output directory: set `output:` in the config or pass --out")
+    out = Path(target)
+    done = check_output(out, cfg, resume)
+    questions = load_questions(cfg.questions, cfg.limit)
+    try:
+        tools = build_tools(cfg.tools.names, corpus=cfg.tools.corpus, user_tools=cfg.tools.user)
+    except ToolConfigError as exc:
+        raise EvalError(f"tools: {exc}") from None
+    backend, prompter, batch_size = build_backend(cfg)
+    try:
+        backend.check([q.id for q in questions])
+        if rank == 0:
+            out.mkdir(parents=True, exist_ok=True)
+            if not (out / "run.json").exists():
+                write_json_atomic(
+                    out / "run.json",
+                    {"fingerprint": fingerprint(cfg), "config": cfg.model_dump(mode="json")},
+                )
+            if world == 1 and rank_files(out):  # left by a killed data-parallel run
+                merge_rank_files(out)
+        if world > 1:
+            dist.barrier()
+        done_keys = {(str(r["id"]), int(r["sample"])) for r in done}
+        n = cfg.sampling.n
+        pending = [(q, s) for q in questions for s in range(n) if (q.id, s) not in done_keys]
+        work = pending[rank::world]
+        total = len(questions) * n
+        bar = None
+        if progress and rank == 0:
+            from tqdm import tqdm
+
+            bar = tqdm(
+                total=total,
+                initial=total - len(pending),
+                desc="eval",
+                unit="ep",
+                file=sys.stderr,
+                dynamic_ncols=True,
+            )
+        writer = EpisodeWriter(out / (EPISODES if world == 1 else f"episodes.rank{rank}.jsonl"))
+        new_records: list[dict[str, Any]] = []
+        t0 = time.perf_counter()
+        try:
+
+            def generate(episodes):
+                return backend.generate(
+                    [
+                        Request(
+                            ep.question.id,
+                            ep.sample,
+                            ep.turns,
+                            ep.question.question,
+                            prompter.messages(ep.question.question, ep.history),
+                            turn_seed(cfg.sampling.seed, ep.question.id, ep.sample, ep.turns),
+                        )
+                        for ep in episodes
+                    ]
+                )
+
+            for ep in rollout(
+                work,
+                generate,
+                tools,
+                batch_size=batch_size,
+                max_turns=cfg.loop.max_depth + 1,
+                timeout_s=cfg.tools.timeout_s,
+                should_stop=should_stop,
+            ):
+                rec = episode_record(
+                    ep, cfg.task, temperature=cfg.sampling.temperature, marker=prompter.class_name
+                )
+                writer.write(rec)
+                new_records.append(rec)
+                if bar is not None:
+                    bar.update(world)
+        finally:
+            writer.close()
+            if bar is not None:
+                bar.close()
+        elapsed = time.perf_counter() - t0
+    finally:
+        backend.close()
+    if world > 1:
+        dist.barrier()  # every rank has stopped and closed its file
+        if rank != 0:
+            return None
+        merge_rank_files(out)
+        merged = read_done(out, repair=False)
+        done_keys = {(str(r["id"]), int(r["sample"])) for r in done}
+        new_records = [r for r in merged if (str(r["id"]), int(r["sample"])) not in done_keys]
+    wanted = {q.id for q in questions}
+    records = [r for r in done + new_records if str(r["id"]) in wanted and int(r["sample"]) < n]
+    summary = summarize(records, cfg.task, bootstrap=cfg.bootstrap, seed=cfg.sampling.seed)
+    gen_tokens = sum(int(r["info"].get("generated_tokens", 0)) for r in new_records)
+    summary.update(
+        {
+            "complete": len(records) == total,
+            "expected_episodes": total,
+            "output": str(out),
+            "model": cfg.model,
+            "backend": cfg.backend,
+            "world_size": world,
+            "marker": prompter.class_name,
+            "sampling": cfg.sampling.model_dump(),
+            "throughput": {
+                "episodes_this_run": len(new_records),
+                "elapsed_s": round(elapsed, 3),
+                "episodes_per_s": round(len(new_records) / elapsed, 4) if elapsed > 0 else None,
+                "generated_tokens": gen_tokens,
+                "generated_tokens_per_s": round(gen_tokens / elapsed, 2) if elapsed > 0 else None,
+            },
+            "versions": versions(),
+        }
+    )
+    write_json_atomic(out / "summary.json", summary)
+    return summary
+
+
+def summary_line(summary: dict[str, Any]) -> str:
+    parts = []
+    for name, m in summary["metrics"].items():
+        ci = m.get("ci95")
+        text = f"{name} {100 * m['value']:.1f}%"
+        if ci:
+            text += f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+        parts.append(text)
+    fails = ", ".join(f"{k} {v}" for k, v in summary["failures"].items() if v) or "none"
+    tp = summary["throughput"]
+    state = "" if summary["complete"] else " (INCOMPLETE: rerun with --resume)"
+    return (
+        f"natscale eval: {summary['task']} {'; '.join(parts)} over {summary['episodes']} "
+        f"episodes of {summary['questions']} questions; failures: {fails}; "
+        f"{tp['episodes_per_s']} episodes/s, {tp['generated_tokens_per_s']} tokens/s; "
+        f"{summary['output']}{state}"
+    )

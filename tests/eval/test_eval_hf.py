@@ -1,0 +1,119 @@
+"""The ``hf`` backend on a tiny model: batching, stopping, failure kinds, bad model inputs."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from natscale.config.eval import EvalConfig, HFConfig, LoopConfig, PromptConfig, SamplingConfig
+from natscale.eval.backends import Request
+from natscale.eval.errors import EvalError
+from natscale.eval.run import run_eval
+
+from .conftest import DATA, read_jsonl
+
+
+def _hf_fields(model, out, **extra) -> dict:
+    fields = {
+        "backend": "hf",
+        "model": str(model),
+        "output": str(out),
+        "questions": [str(DATA / "questions.jsonl")],
+        "prompt": {"file": str(DATA / "prompt.json"), "template": "llama2"},
+        "loop": {"max_new_tokens": 12},
+    }
+    fields.update(extra)
+    return fields
+
+
+def _backend(model, *, batch_size: int, temperature: float = 0.0, max_context=None):
+    from natscale.eval.backends.hf import HFBackend
+    from natscale.eval.prompting import Prompter, load_eval_tokenizer
+
+    prompter = Prompter(
+        PromptConfig(file=str(DATA / "prompt.json"), template="llama2"),
+        load_eval_tokenizer(model),
+    )
+    backend = HFBackend(
+        str(model),
+        prompter,
+        HFConfig(batch_size=batch_size),
+        LoopConfig(max_new_tokens=12, max_context=max_context),
+        SamplingConfig(temperature=temperature),
+    )
+    return backend, prompter
+
+
+def _requests(prompter, questions):
+    return [
+        Request(f"q{i}", 0, 0, q, prompter.messages(q, []), seed=i) for i, q in enumerate(questions)
+    ]
+
+
+QUESTIONS = [
+    "What is 2 + 2?",
+    "A desk lamp costs 180 euros. It is on sale for 10% off. What is the sale price?",
+    "Tom has 3 apples and buys 4 more. How many apples does he have now?",
+]
+
+
+def test_batched_generation_equals_one_at_a_time(tiny_model):
+    """Left padding must not change a row's greedy output."""
+    batched, prompter = _backend(tiny_model, batch_size=8)
+    single, _ = _backend(tiny_model, batch_size=1)
+    reqs = _requests(prompter, QUESTIONS)
+    a, b = batched.generate(reqs), single.generate(reqs)
+    assert [g.text for g in a] == [g.text for g in b]
+    assert [g.tokens for g in a] == [g.tokens for g in b]
+    assert all(0 < g.tokens <= 12 for g in a)
+
+
+def test_context_overflow_is_a_failure_kind(tiny_model, tmp_path):
+    backend, prompter = _backend(tiny_model, batch_size=4, max_context=64)
+    gens = backend.generate(_requests(prompter, QUESTIONS))
+    assert all(g.overflow for g in gens)
+    summary = run_eval(
+        EvalConfig.model_validate(
+            _hf_fields(tiny_model, tmp_path / "run", limit=3, loop={"max_context": 64})
+        )
+    )
+    assert summary["failures"]["context_overflow"] == 3
+
+
+def test_random_model_episodes_end_unparseable_and_are_recorded(tiny_model, tmp_path):
+    summary = run_eval(EvalConfig.model_validate(_hf_fields(tiny_model, tmp_path / "run", limit=4)))
+    episodes = read_jsonl(tmp_path / "run" / "episodes.jsonl")
+    assert len(episodes) == 4 and summary["backend"] == "hf"
+    for ep in episodes:
+        assert ep["info"]["failure"] == "unparseable_action" and ep["info"]["reward"] is False
+        assert ep["conversations"][0]["role"] == "assistant" and ep["conversations"][0]["loss"]
+        assert ep["conversations"][1]["content"].startswith("Observation: Error: no action")
+    assert summary["throughput"]["generated_tokens"] == sum(
+        e["info"]["generated_tokens"] for e in episodes
+    )
+    assert "torch" in summary["versions"] and "transformers" in summary["versions"]
+
+
+def test_missing_model_dir_and_tokenizer(tiny_model, tmp_path):
+    with pytest.raises(EvalError, match=r"model directory .* not found"):
+        run_eval(EvalConfig.model_validate(_hf_fields(tmp_path / "nope", tmp_path / "r1")))
+    no_tok = tmp_path / "no_tok"
+    no_tok.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(tiny_model / name, no_tok / name)
+    with pytest.raises(EvalError, match=r"no tokenizer \(tokenizer\.json\)"):
+        run_eval(EvalConfig.model_validate(_hf_fields(no_tok, tmp_path / "r2")))
+    assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()
+
+
+def test_sampling_is_seeded(tiny_model):
+    backend, prompter = _backend(tiny_model, batch_size=4, temperature=1.0)
+    reqs = _requests(prompter, QUESTIONS)
+    again = [Request(r.qid, r.sample, r.turn, r.question, r.messages, r.seed) for r in reqs]
+    other = [Request(r.qid, r.sample, r.turn, r.question, r.messages, r.seed + 1) for r in reqs]
+    first = [g.text for g in backend.generate(reqs)]
+    assert first == [g.text for g in backend.generate(again)]
+    assert first != [g.text for g in backend.generate(other)]
+    greedy, _ = _backend(tiny_model, batch_size=4)
+    assert first != [g.text for g in greedy.generate(reqs)]
