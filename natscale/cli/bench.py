@@ -182,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
         if args.bench_command == "sweep":
             return _sweep(args)
         return _project(args)
-    except ValueError as exc:  # bad input (the spec, --set, --param, --device): exit 2, as everywhere
+    except ValueError as exc:  # bad input (spec, --set, --param, --device): exit 2
         print(f"natscale bench {args.bench_command}: error: {exc}", file=sys.stderr)
         return 2
     except BenchError as exc:

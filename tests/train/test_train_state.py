@@ -118,9 +118,9 @@ def test_files_written_through_a_temp_path_follow_the_umask(tmp_path):
     import torch
     from safetensors.torch import save_file
 
+    from natscale.agent.scripted.dataset import generate, write_dataset
     from natscale.config.loader import save_config
     from natscale.config.run import CheckpointSection
-    from natscale.data.synthetic import generate, write_dataset
     from natscale.train.export import _swap_in
 
     def mode(p: Path) -> int:
