@@ -36,7 +36,18 @@ ext_modules, cmdclass = _ext_modules_and_cmdclass()
 
 setup(
     packages=find_packages(include=["natscale", "natscale.*"]),
-    package_data={"natscale": ["py.typed", "assets/**/*"]},
+    # the default DeepSpeed configs and the op sources travel with the package (wheel included)
+    package_data={
+        "natscale": [
+            "py.typed",
+            "assets/**/*",
+            "ds_configs/*.json",
+            "csrc/**/*.cpp",
+            "csrc/**/*.cu",
+            "csrc/**/*.cuh",
+            "csrc/**/*.h",
+        ]
+    },
     include_package_data=True,
     ext_modules=ext_modules,
     cmdclass=cmdclass,

@@ -102,9 +102,8 @@ def test_prebuilt_extension_via_setup_py(tmp_path):
     """``NATSCALE_BUILD_OPS=1`` builds the CPU extension ahead of time; it is then used as is."""
     import sys
 
-    root = csrc_dir().parent
-    for name in ("natscale", "csrc"):
-        shutil.copytree(root / name, tmp_path / name, ignore=shutil.ignore_patterns("*.so"))
+    root = csrc_dir().parents[1]  # natscale/csrc -> the repository
+    shutil.copytree(root / "natscale", tmp_path / "natscale", ignore=shutil.ignore_patterns("*.so"))
     for name in ("setup.py", "pyproject.toml", "README.md"):
         shutil.copy(root / name, tmp_path / name)
     env = {**os.environ, "NATSCALE_BUILD_OPS": "1", "TORCH_EXTENSIONS_DIR": str(tmp_path / "jit")}
