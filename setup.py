@@ -48,7 +48,7 @@ setup(
             "csrc/**/*.h",
         ]
     },
-    include_package_data=True,
+    include_package_data=False,  # exactly package_data (no data folder is mistaken for a package)
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )
