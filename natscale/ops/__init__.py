@@ -1,4 +1,4 @@
-"""natscale's ops. Public API: :func:`segment_cross_entropy` (see DESIGN.md, "The segment loss op").
+"""natscale's ops. Public API: :func:`segment_cross_entropy` (contract: docs/architecture.md, "The loss op").
 
 Three implementations share one contract: the PyTorch reference (the spec), a CPU C++ build and a
 CUDA build (``natscale/csrc/segment_ce``). The native builds come prebuilt or are JIT-built on first use

@@ -64,8 +64,9 @@ def test_kernels_compile_with_plain_nvcc_for_sm90(tmp_path):
 def test_cuda_binding_compiles_against_this_torch(tmp_path):
     """The torch side of the CUDA build, compiled (not linked) with the host compiler.
 
-    A CPU wheel of torch lacks the generated c10/cuda/impl/cuda_cmake_macros.h; a one-line stub
-    stands in for it (see notes/cpu-distributed.md, Q6). Takes ~1-2 minutes.
+    A CPU wheel of torch ships the ATen/cuda and c10/cuda headers but not the generated
+    c10/cuda/impl/cuda_cmake_macros.h that they include; a one-line stub
+    (``#define C10_CUDA_BUILD_SHARED_LIBS``) stands in for it. Takes ~1-2 minutes.
     """
     import torch
 
