@@ -5,7 +5,7 @@ Both runs use the same model preset, the same examples, device and world size, f
 ``metrics.jsonl`` are dropped and the rest summarised (``summarize``).
 
 - natscale: packed rows, ``model.loss=fused`` (the segment loss op), attention ``auto``;
-- baseline, the NAT paper's recipe (HF Trainer, see shared notes nat-method): the same segments
+- baseline, the NAT paper's recipe (a plain HF Trainer; docs/benchmarks.md): the same segments
   unpacked, one per row, each micro-batch padded to its longest row, ``model.loss=logits`` (the
   HF lm_head materialises fp32 [T, V] logits, then cross-entropy), sdpa attention (dense causal
   over padded rows). The paper averages the loss per micro-batch; the trainer normalises over the

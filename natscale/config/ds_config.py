@@ -1,4 +1,8 @@
-"""DeepSpeed JSON configs: load one from ``ds_configs/``, fill its ``"auto"`` values from the run.
+"""DeepSpeed JSON configs: load one, fill its ``"auto"`` values from the run.
+
+The named setups ship with the package (``natscale/ds_configs/*.json``, package data) and are
+named ``ds_configs/NAME.json`` in run configs, which resolves from a checkout and from an
+installed wheel alike; a file of that path in the current directory wins.
 
 The run config owns batch sizes, optimizer hyper-parameters, clipping and precision; a ds_config
 says ``"auto"`` for them (or leaves them out) and :func:`fill_ds_config` writes them in. An explicit
@@ -9,6 +13,7 @@ schedule is the trainer's (a client scheduler), so a ds_config may not carry a `
 from __future__ import annotations
 
 import copy
+import importlib.resources
 import json
 import os
 from pathlib import Path
@@ -18,23 +23,38 @@ from natscale.config.loader import ConfigError
 from natscale.config.run import RunConfig
 
 AUTO = "auto"
-SOURCE_ROOT = Path(__file__).resolve().parents[2]  # the checkout holding ds_configs/
+#: the folder name that run configs use for the shipped configs: ``ds_configs/zero3_bf16.json``
+SHIPPED_PREFIX = "ds_configs"
+
+
+def shipped_ds_configs() -> dict[str, Path]:
+    """The DeepSpeed configs shipped with natscale: ``{"zero3_bf16.json": path, ...}``."""
+    folder = importlib.resources.files("natscale") / SHIPPED_PREFIX
+    if not folder.is_dir():
+        return {}
+    return {
+        f.name: Path(str(f))
+        for f in sorted(folder.iterdir(), key=lambda f: f.name)
+        if f.name.endswith(".json")
+    }
 
 
 def resolve_ds_config_path(name: str | os.PathLike) -> Path:
-    """A ds_config path as given, else relative to the natscale source tree (``ds_configs/...``)."""
+    """A ds_config path as given (relative to the current directory), else, for
+    ``ds_configs/NAME.json``, the config of that name shipped with natscale."""
     path = Path(name)
-    if path.is_file() or path.is_absolute():
+    if path.is_file() or path.is_absolute() or path.parent != Path(SHIPPED_PREFIX):
         return path
-    return SOURCE_ROOT / path if (SOURCE_ROOT / path).is_file() else path
+    return shipped_ds_configs().get(path.name, path)
 
 
 def load_ds_config(name: str | os.PathLike) -> dict[str, Any]:
     path = resolve_ds_config_path(name)
     if not path.is_file():
+        shipped = ", ".join(f"{SHIPPED_PREFIX}/{n}" for n in shipped_ds_configs())
         raise ConfigError(
-            f"deepspeed.config: {name} not found (looked in the current directory and in "
-            f"{SOURCE_ROOT / 'ds_configs'}); pick one of ds_configs/*.json"
+            f"deepspeed.config: {name} not found (looked in the current directory and among "
+            f"the configs shipped with natscale); pick a JSON file or one of: {shipped}"
         )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))

@@ -296,8 +296,8 @@ def _rank_env(
     shim = shim_dir / "hostname"
     shim.write_text(_SHIM.format(real=shutil.which("hostname") or "/bin/hostname"))
     shim.chmod(0o755)
-    # The venv's bin first: its launchers, and the same ninja for every JIT build (a different
-    # ninja version rebuilds DeepSpeed's ops, see shared notes).
+    # The venv's bin first: its launchers, and the same ninja for every JIT build (two ninja
+    # versions disagree on the .ninja_log version, so each switch rebuilds DeepSpeed's ops).
     path = [str(shim_dir), str(Path(sys.executable).parent), env.get("PATH", "")]
     pythonpath = [str(REPO_ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
     env.update(

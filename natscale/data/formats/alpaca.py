@@ -13,7 +13,7 @@ One record (FireAct ``alpaca_format``)::
 observation turn that runs until a line starting ``Thought``/``Action``; everything else is
 assistant text. The question is ``instruction``, plus ``input`` on a new paragraph when it is not
 empty; an optional ``system`` field becomes the system prompt. FireAct trains on observations
-too; here they are masked like every other format (DESIGN.md). Outcome: ``success_field`` /
+too; here they are masked like every other format (docs/data.md, "Masking"). Outcome: ``success_field`` /
 ``score_field``, else the final ``reward = True|False`` observation.
 """
 
