@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from natscale.convert.data import convert_trajectories, nat_side_files
 from natscale.convert.errors import ConvertError
-from natscale.convert.writers.common import is_finished
+from natscale.convert.trajectories import convert_trajectories, nat_side_files
 from natscale.data.formats import load_trajectories
+from natscale.data.formats.writing import is_finished
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "math_react"
@@ -129,6 +129,10 @@ def test_usage_errors(nat_input, tmp_path):
     with pytest.raises(ConvertError, match="already exists"):
         convert_trajectories(nat_input, tmp_path / "o.jsonl", src="nat", dst="openai")
     assert (tmp_path / "o.jsonl").read_text() == "keep"
+    with pytest.raises(ConvertError, match="--option for nat: format 'nat' has no option 'rols'"):
+        convert_trajectories(
+            nat_input, tmp_path / "p.jsonl", src="nat", dst="openai", options={"rols": 1}
+        )
 
 
 def test_cli_summary(nat_input, tmp_path):
