@@ -120,6 +120,16 @@ def test_bad_record_names_file_record_and_field_and_writes_nothing(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["chat.jsonl"]
 
 
+def test_what_nat_cannot_hold_is_an_error_and_writes_nothing(tmp_path):
+    src = tmp_path / "chat.jsonl"
+    other = {**OPENAI_RECORD, "messages": [{"role": "user", "content": "What is 2 + 2?"},
+                                           *OPENAI_RECORD["messages"][2:]]}  # fmt: skip
+    src.write_text(json.dumps(OPENAI_RECORD) + "\n" + json.dumps(other) + "\n")
+    with pytest.raises(ConvertError, match="id 'calc-1' has two different questions"):
+        convert_trajectories(src, tmp_path / "out.json", src="openai", dst="nat")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chat.jsonl"]
+
+
 def test_usage_errors(nat_input, tmp_path):
     with pytest.raises(ConvertError, match="unknown format"):
         convert_trajectories(nat_input, tmp_path / "o.jsonl", src="nat", dst="csv")
