@@ -48,7 +48,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from natscale.bench.data import synthetic_lengths  # noqa: E402
+from natscale.bench.datasets import synthetic_lengths  # noqa: E402
 from natscale.bench.presets import DATA_PRESETS  # noqa: E402
 from natscale.data.packing import plan_bins  # noqa: E402
 from natscale.data.packing_search import l2_bound  # noqa: E402
@@ -61,8 +61,8 @@ def example_lengths() -> list[int]:
     """Segment lengths of the example data as ``natscale prepare`` renders them."""
     import datasets
 
-    from natscale.config.data import PrepareConfig
     from natscale.config.loader import load_config
+    from natscale.config.prepare import PrepareConfig
     from natscale.data.prepare import prepare
 
     cwd = os.getcwd()

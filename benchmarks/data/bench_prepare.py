@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import synth  # noqa: E402
 
-from natscale.config.data import PrepareConfig, StrategyConfig  # noqa: E402
+from natscale.config.prepare import PrepareConfig, StrategyConfig  # noqa: E402
 from natscale.data import nat  # noqa: E402
 from natscale.data.formats import load_trajectories  # noqa: E402
 from natscale.data.prepare import prepare  # noqa: E402

@@ -250,7 +250,7 @@ def throughput(
     ``record["ratio_spread"]`` / ``record["repeats"]`` every repeat's numbers. ``on_progress``
     gets one line before and after each training run.
     """
-    from natscale.bench.data import build_datasets, mean_segments_per_row
+    from natscale.bench.datasets import build_datasets, mean_segments_per_row
 
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")

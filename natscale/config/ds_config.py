@@ -134,6 +134,12 @@ def fill_ds_config(
     return ds
 
 
+def resolve_ds_config(run: RunConfig, *, world_size: int, hidden_size: int) -> dict[str, Any]:
+    """The run's ds_config JSON merged with ``deepspeed.overrides`` and its "auto" values filled."""
+    ds = deep_merge(load_ds_config(run.deepspeed.config), run.deepspeed.overrides)
+    return fill_ds_config(ds, run, world_size=world_size, hidden_size=hidden_size)
+
+
 def check_with_deepspeed(ds: dict[str, Any], where: str) -> None:
     """Validate a filled config with DeepSpeed's own config class (world size 1 outside a job)."""
     from deepspeed.runtime.config import DeepSpeedConfig

@@ -5,7 +5,8 @@
   through DeepSpeed's ``zero_to_fp32``, ``safetensors_stream`` writes the shards,
   ``hf_assets`` finds config and tokenizer, ``atomic`` makes the folder appear whole).
 - ``verify.verify_export``: logits of the exported model against the checkpoint's weights.
-- ``data.convert_trajectories``: trajectory files between formats (``writers/``, one per format).
+- ``trajectories.convert_trajectories``: trajectory files between formats (the loaders and
+  writers of ``natscale.data.formats``).
 
 Bad input raises ``errors.ConvertError`` before anything is written. Submodules are imported on
 use, so importing this package stays cheap.

@@ -8,7 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from natscale.config.ds_config import check_with_deepspeed, resolve_ds_config_path
+from natscale.config.ds_config import (
+    check_with_deepspeed,
+    resolve_ds_config,
+    resolve_ds_config_path,
+)
 from natscale.config.loader import ConfigError
 from natscale.config.run import RunConfig
 from natscale.data.schema import ROW_FIELDS
@@ -136,8 +140,6 @@ def check_tokenizer(run: RunConfig, tokenizer_dir: Path, vocab_size: int) -> Non
 
 def check_ds_config(run: RunConfig, *, hidden_size: int) -> None:
     import torch.distributed as dist
-
-    from natscale.train.engine import resolve_ds_config
 
     # DeepSpeed's config class checks the batch sizes against the live world size, if any
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1

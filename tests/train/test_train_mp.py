@@ -43,8 +43,8 @@ STEPS = 16
 @pytest.fixture(scope="module")
 def work(tmp_path_factory) -> Path:
     """A seeded sample of the example trajectories, prepared into 512-token rows."""
-    from natscale.config.data import PrepareConfig
     from natscale.config.loader import load_config
+    from natscale.config.prepare import PrepareConfig
     from natscale.data.prepare import prepare
 
     base = tmp_path_factory.mktemp("train_mp")

@@ -1,7 +1,8 @@
 """Trajectory files from one format to another: the data pipeline's loader, then our writer.
 
 Reading goes through ``natscale.data.formats.load_trajectories`` (the same code ``natscale
-prepare`` uses), so whatever converts also prepares; writing through ``natscale.convert.writers``.
+prepare`` uses), so whatever converts also prepares; writing through the same format modules'
+writers (``natscale.data.formats.FORMATS[name].write``).
 For ``--from nat`` the question and prompt files are found next to the input when not given:
 ``<stem>.questions.jsonl`` / ``questions.jsonl`` and ``<stem>.prompt.json`` / ``prompt.json``
 (the names our NAT writer and the release use).
@@ -114,15 +115,15 @@ def convert_trajectories(
     overwrite: bool = False,
 ) -> DataConvertResult:
     """Load ``input_path`` in format ``src`` and write it as ``dst`` to ``output`` (.json/.jsonl)."""
-    from natscale.convert.writers import WRITERS, Notes
     from natscale.data.errors import DataError, Issues
     from natscale.data.formats import FORMATS, load_trajectories
+    from natscale.data.formats.writing import Notes, WriteError
 
     input_path, output = Path(input_path), Path(output)
     if src not in FORMATS:
         raise ConvertError(f"--from {src!r}: unknown format; choose one of {sorted(FORMATS)}")
-    if dst not in WRITERS:
-        raise ConvertError(f"--to {dst!r}: unknown format; choose one of {sorted(WRITERS)}")
+    if dst not in FORMATS:
+        raise ConvertError(f"--to {dst!r}: unknown format; choose one of {sorted(FORMATS)}")
     if output.suffix not in (".json", ".jsonl"):
         raise ConvertError(f"{output}: the output must end in .json or .jsonl")
     options = dict(options or {})
@@ -143,7 +144,10 @@ def convert_trajectories(
     except TypeError as err:  # an option the loader does not take
         raise ConvertError(f"--option for {src}: {err}") from err
     notes = Notes()
-    files = WRITERS[dst](trajs, output, notes)
+    try:
+        files = FORMATS[dst].write(trajs, output, notes)
+    except WriteError as err:
+        raise ConvertError(str(err)) from err
     write_files_atomically(files, overwrite, _input_files(input_path, options))
     lines = notes.lines()
     if issues.total():
