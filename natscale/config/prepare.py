@@ -23,8 +23,10 @@ Source = Annotated[Union[SOURCE_MODELS], Field(discriminator="format")]  # noqa:
 
 
 class OutcomeConfig(_Strict):
-    success: Literal["field", "exact", "em", "f1"] = Field(
-        "field", description="explicit field, or computed against the gold answer"
+    success: Literal["field", "all", "exact", "em", "f1"] = Field(
+        "field",
+        description="explicit field, all (every trajectory is a success: SFT data without "
+        "outcomes), or computed against the gold answer",
     )
     score: Literal["auto", "field", "f1", "none"] = "auto"
     f1_threshold: float = Field(1.0, ge=0.0, le=1.0)

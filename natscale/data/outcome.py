@@ -28,6 +28,13 @@ from natscale.agent.scoring import (  # noqa: F401  (re-exported: the labelling 
 from natscale.data.errors import DataError
 from natscale.data.trajectory import Outcome, Trajectory
 
+NO_OUTCOME_HINT = (
+    "SFT data without outcomes (e.g. AgentInstruct, glaive, ETO): set outcome.success: all "
+    "(every trajectory is a success) or the source's success: true (false for a file of "
+    "failures); otherwise point the source's success_field at the success value, or compute it "
+    "against gold answers with outcome.success: em/exact/f1"
+)
+
 
 def extract_pred(traj: Trajectory) -> str | None:
     """The argument of the last ``finish[...]`` in the assistant turns, if any."""
@@ -61,7 +68,8 @@ def label(
 ) -> Outcome:
     """The trajectory's outcome under the labelling rules (see the module docstring).
 
-    ``success``: ``field`` | ``exact`` | ``em`` | ``f1``. ``score``: ``field`` (the source's
+    ``success``: ``field`` | ``all`` (every trajectory succeeds: SFT data without outcomes) |
+    ``exact`` | ``em`` | ``f1``. ``score``: ``field`` (the source's
     score), ``f1`` (computed), ``auto`` (the source's score, else F1 when a gold answer exists),
     ``none``. Raises :class:`DataError` (reason ``no_outcome``/``no_gold``) when it cannot label.
     """
@@ -81,9 +89,11 @@ def label(
                 f"trajectory {traj.id!r} has no success field",
                 field="reward",
                 reason="no_outcome",
-                hint="set the source's success_field, or compute it with outcome.success: em/exact/f1",
+                hint=NO_OUTCOME_HINT,
             )
         ok = out.success
+    elif success == "all":
+        ok = True
     elif success == "exact":
         ok = math_exact(pred, gold_answer)
     elif success == "em":

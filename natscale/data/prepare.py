@@ -19,7 +19,7 @@ import gc
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +57,7 @@ def load_sources(
     trajs: list[Trajectory] = []
     prompts: dict[str, TaskPrompt] = {}
     for src in config.sources:
-        opts = src.model_dump(exclude={"format", "paths"}, exclude_none=True)
+        opts = src.model_dump(exclude={"format", "paths", "success"}, exclude_none=True)
         if isinstance(src, NatSource) and src.prompt is not None:
             prompt = load_task_prompt(src.prompt, src.prompt_variant)
             task = src.task or prompt.task
@@ -81,6 +81,8 @@ def load_sources(
         )
         for traj in loaded:  # names the field in a later score error
             traj.meta["score_field"] = src.score_field
+            if src.success is not None:  # the whole source is successes (SFT data) / failures
+                traj.outcome = replace(traj.outcome, success=src.success)
         trajs += loaded
     return trajs, prompts
 
@@ -175,10 +177,14 @@ def _encode_all(
         c["trained_tokens"] += int(fitted[1][1:].sum())
     if not kept:
         dropped = {k: v for k, v in counts.items() if v and k in DROP_REASONS}
+        skipped = issues.as_dict()
+        hint = "check pack.max_seq_len, the strategy's counts and the skip reasons"
+        if "no_outcome" in skipped:
+            hint = f"every no_outcome record was skipped: {outcome.NO_OUTCOME_HINT}"
         raise DataError(
-            f"no example left to pack: dropped {dropped}, skipped {issues.as_dict()}",
+            f"no example left to pack: dropped {dropped}, skipped {skipped}",
             reason="empty_dataset",
-            hint="check pack.max_seq_len, the strategy's counts and the skip reasons",
+            hint=hint,
         )
     return kept, per_class, counts
 

@@ -93,14 +93,13 @@ def test_sharegpt_and_agentinstruct(tmp_path):
             {"from": "observation", "value": "212"},
             {"from": "gpt", "value": "Act: answer(212)"},
         ],
-        "reward": 1,
-    }
+    }  # as published: no success field (SFT data; see test_real_data for preparing it)
     path = write_jsonl(tmp_path / "a.jsonl", [rec])
     (t,) = load_trajectories(path, "agentinstruct")
     assert (
         t.system == "sys" and t.instruction == "You operate a shell." and t.acknowledgement == "OK."
     )
-    assert t.question == "Count files in /etc" and t.outcome.success is True
+    assert t.question == "Count files in /etc" and t.outcome.success is None
     assert [x.role for x in t.turns] == ["assistant", "observation", "assistant"]
     assert [x.train for x in t.turns] == [True, False, True]
     (t0,) = load_trajectories(path, "sharegpt", question_turn=1)

@@ -22,17 +22,24 @@ Paths = list[str]
 # (trajectories, OUT, notes) -> {path: JSON content}: OUT itself, plus side files (nat)
 Writer = Callable[[list[Trajectory], Path, Notes], dict[Path, Any]]
 # options of the ``sources:`` entry that are not loader options
-SOURCE_ONLY = frozenset({"format", "paths"})
+SOURCE_ONLY = frozenset({"format", "paths", "success"})
 
 
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+SUCCESS_DOC = (
+    "every trajectory of this source is a success (true) or a failure (false), whatever its "
+    "fields say; for SFT data without outcomes (AgentInstruct, glaive, ETO)"
+)
+
+
 class RecordSource(StrictModel):
     """Options shared by the formats that hold one whole trajectory per record."""
 
     paths: Paths = Field(min_length=1, description="trajectory files or directories")
+    success: bool | None = Field(None, description=SUCCESS_DOC)
     task: str = ""
     success_field: str | None = Field("reward", description="dotted path of the success value")
     score_field: str | None = Field("score", description="dotted path of a quality score")

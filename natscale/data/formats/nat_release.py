@@ -37,7 +37,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from natscale.data.errors import DataError, Issues, handle
-from natscale.data.formats.base import Format, Paths, StrictModel
+from natscale.data.formats.base import SUCCESS_DOC, Format, Paths, StrictModel
 from natscale.data.formats.common import (
     empty_error,
     field,
@@ -54,6 +54,7 @@ from natscale.data.trajectory import Trajectory, Turn
 class NatSource(StrictModel):
     format: Literal["nat"]
     paths: Paths = Field(min_length=1)
+    success: bool | None = Field(None, description=SUCCESS_DOC)
     questions: Paths | None = Field(None, description="question files joined by id")
     prompt: str | None = Field(None, description="task prompt file (ours or the paper's layout)")
     prompt_variant: str | None = None
