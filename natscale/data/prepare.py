@@ -59,7 +59,7 @@ def load_sources(
     for src in config.sources:
         opts = src.model_dump(exclude={"format", "paths", "success"}, exclude_none=True)
         if isinstance(src, NatSource) and src.prompt is not None:
-            prompt = load_task_prompt(src.prompt, src.prompt_variant)
+            prompt = load_task_prompt(src.prompt, src.prompt_variant, strategy=config.strategy.name)
             task = src.task or prompt.task
             if task in prompts and prompts[task] != prompt:
                 raise DataError(

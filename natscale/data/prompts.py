@@ -14,8 +14,10 @@ Fine-grained templates may be added under ``templates`` with the bucket names as
 The NAT paper's own layout (``prompts/gsm8k/gsm8k_conversation.json`` in its release) is a dict of
 variants, each ``{"conversations": [user instruction, assistant acknowledgement],
 "question_prompt" | "correct_question_prompt" + "incorrect_question_prompt" |
-"class_1_question_prompt".."class_K_question_prompt"}``; pick one with ``variant`` (default
-``zero-shot-target-aware``). ``class_K`` is the top bucket.
+"class_1_question_prompt".."class_K_question_prompt"}``; pick one with ``variant``. The default
+is ``zero-shot-target-aware`` (the NAT prompt) for ``nat`` / ``nat-fine``, and the paper's
+baseline prompt ``zero-shot`` (no "correct or incorrect" sentence in the instruction, a plain
+question) for ``vanilla`` / ``nut`` when the file has it. ``class_K`` is the top bucket.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ from natscale.data.errors import DataError
 PAPER_ACKNOWLEDGEMENT = "I've understood your instruction, start please."
 PLAIN_TEMPLATE = "Question: {question}"
 DEFAULT_VARIANT = "zero-shot-target-aware"
+# the paper's baselines (vanilla: --neg_num 0, NUT: negatives, no marker) use this variant
+BASELINE_VARIANT = "zero-shot"
+BASELINE_STRATEGIES = ("vanilla", "nut")
 
 
 @dataclass(frozen=True)
@@ -45,8 +50,14 @@ class TaskPrompt:
     bucket_templates: tuple[str, ...] = ()
 
 
-def load_task_prompt(path: str | os.PathLike, variant: str | None = None) -> TaskPrompt:
-    """Read a task prompt file in our layout or the paper's (see the module docstring)."""
+def load_task_prompt(
+    path: str | os.PathLike, variant: str | None = None, *, strategy: str | None = None
+) -> TaskPrompt:
+    """Read a task prompt file in our layout or the paper's (see the module docstring).
+
+    ``strategy`` picks the default paper variant when ``variant`` is None: the baseline
+    ``zero-shot`` for ``vanilla`` / ``nut`` (when the file has it), else
+    ``zero-shot-target-aware``."""
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8-sig"))  # a BOM is accepted
@@ -64,6 +75,8 @@ def load_task_prompt(path: str | os.PathLike, variant: str | None = None) -> Tas
         raise DataError("expected a JSON object", file=str(path), reason="wrong_type")
     if "templates" in data or "instruction" in data:
         return _ours(data, str(path))
+    if variant is None and strategy in BASELINE_STRATEGIES and BASELINE_VARIANT in data:
+        variant = BASELINE_VARIANT
     return _paper(data, str(path), variant)
 
 

@@ -25,7 +25,11 @@ class Prompter:
     def __init__(self, cfg: PromptConfig, tokenizer) -> None:
         self.cfg = cfg
         try:
-            self.task_prompt = load_task_prompt(cfg.file, cfg.variant) if cfg.file else TaskPrompt()
+            self.task_prompt = (
+                load_task_prompt(cfg.file, cfg.variant, strategy=cfg.strategy.name)
+                if cfg.file
+                else TaskPrompt()
+            )
         except DataError as exc:
             raise EvalError(f"prompt.file: {exc}") from None
         names = cfg.strategy.class_names()

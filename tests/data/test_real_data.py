@@ -8,7 +8,7 @@ from natscale.config.prepare import PrepareConfig
 from natscale.data.errors import DataError
 from natscale.data.prepare import prepare
 
-from .nat_test_data import write_jsonl
+from .nat_test_data import write_json, write_jsonl
 
 # AgentInstruct as published (THUDM/AgentInstruct): loss flags, no success field
 AGENTINSTRUCT = {
@@ -81,3 +81,81 @@ def test_a_source_of_failures(tokenizer_dir, tmp_path):
         "success": 1,
         "failure": 1,
     }
+
+
+# ---------------------------------------------------------------- item 2: baseline prompt
+
+_INSTR = "Solve a question answering task with interleaving Thought, Action, Observation steps."
+_TARGET_NOTE = " Note that the steps could be correct or incorrect."
+_ACK = "I've understood your instruction, start please."
+# the paper's prompts/StrategyQA/StrategyQA_conversation.json layout (abridged wording)
+PAPER_PROMPT = {
+    "zero-shot": {
+        "conversations": [
+            {"role": "user", "content": _INSTR},
+            {"role": "assistant", "content": _ACK},
+        ],
+        "question_prompt": "Question: {question}",
+    },
+    "zero-shot-target-aware": {
+        "conversations": [
+            {"role": "user", "content": _INSTR + _TARGET_NOTE},
+            {"role": "assistant", "content": _ACK},
+        ],
+        "correct_question_prompt": "Question: {question}. Solve the question **correctly**.",
+        "incorrect_question_prompt": "Question: {question}. But **incorrectly** solve the question.",
+    },
+}
+NAT_STRATEGYQA = {
+    "id": "sq1",
+    "source": 0.2,
+    "info": {"reward": True, "pred": "Yes", "gt": True},
+    "conversations": [
+        {"role": "assistant", "content": "Thought: yes.\n\nAction: finish[Yes]", "loss": True},
+        {"role": "user", "content": "Observation: Episode finished", "loss": False},
+    ],
+}
+
+
+def _nat_source(tmp_path, **over) -> dict:
+    traj = write_json(tmp_path / "sq.json", [NAT_STRATEGYQA])
+    questions = write_jsonl(tmp_path / "q.jsonl", [{"id": "sq1", "question": "Is it so?"}])
+    prompt = write_json(tmp_path / "prompt.json", PAPER_PROMPT)
+    src = {"format": "nat", "paths": [str(traj)], "questions": [str(questions)]}
+    return {**src, "prompt": str(prompt), "task": "strategyqa", **over}
+
+
+@pytest.mark.parametrize(
+    ("strategy", "variant", "instruction"),
+    [
+        ("vanilla", None, _INSTR),
+        ("nut", None, _INSTR),
+        ("nat", None, _INSTR + _TARGET_NOTE),
+        ("vanilla", "zero-shot-target-aware", _INSTR + _TARGET_NOTE),  # named: kept
+    ],
+)
+def test_baselines_default_to_the_papers_baseline_prompt(
+    tokenizer_dir, tmp_path, strategy, variant, instruction
+):
+    from natscale.data.errors import Issues
+    from natscale.data.prepare import load_sources
+
+    src = _nat_source(tmp_path, **({"prompt_variant": variant} if variant else {}))
+    cfg = _prepare_config(tokenizer_dir, tmp_path, [src], strategy={"name": strategy})
+    trajs, prompts = load_sources(cfg, Issues())
+    assert prompts["strategyqa"].instruction == instruction
+    assert trajs[0].instruction == instruction
+
+
+def test_eval_prompt_follows_the_same_default(tmp_path):
+    from natscale.data.prompts import load_task_prompt
+
+    path = write_json(tmp_path / "p.json", PAPER_PROMPT)
+    assert load_task_prompt(path, strategy="nut").instruction == _INSTR
+    assert load_task_prompt(path, strategy="nat").instruction == _INSTR + _TARGET_NOTE
+    assert load_task_prompt(path).instruction == _INSTR + _TARGET_NOTE
+    from natscale.config.eval import PromptConfig
+    from natscale.eval.prompting import Prompter
+
+    cfg = PromptConfig(file=str(path), strategy={"name": "vanilla"})
+    assert Prompter(cfg, None).task_prompt.instruction == _INSTR
