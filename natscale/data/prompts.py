@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,8 @@ DEFAULT_VARIANT = "zero-shot-target-aware"
 # the paper's baselines (vanilla: --neg_num 0, NUT: negatives, no marker) use this variant
 BASELINE_VARIANT = "zero-shot"
 BASELINE_STRATEGIES = ("vanilla", "nut")
+# the paper's few-shot variants (one-shot, two-shot): refused, as its training code does
+FEW_SHOT = re.compile(r"^(one|two|three|four|five|few|\d+)[-_]shot", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,19 @@ def _paper(data: dict[str, Any], file: str, variant: str | None) -> TaskPrompt:
     if not isinstance(entry, dict):
         raise DataError("expected an object", file=file, field=name, reason="wrong_type")
     convs = entry.get("conversations") or []
+    if FEW_SHOT.match(name) or len(convs) > 2:
+        raise DataError(
+            f"prompt variant {name!r} is a few-shot prompt (demonstrations in its conversation, "
+            f"{len(convs)} turn(s)); the paper uses few-shot prompts only to collect trajectories "
+            "and its training code refuses them, and natscale cannot place the demonstrations "
+            "(they would become the acknowledgement)",
+            file=file,
+            field=name,
+            reason="bad_template",
+            hint=f"set the source's prompt_variant to {BASELINE_VARIANT!r} (vanilla, nut) or "
+            f"{DEFAULT_VARIANT!r} (nat), or write the demonstrations into your own prompt file's "
+            "instruction",
+        )
     instruction = convs[0]["content"] if convs and convs[0].get("role") == "user" else ""
     ack = convs[1]["content"] if len(convs) > 1 and convs[1].get("role") == "assistant" else None
     templates: dict[str, str] = {}

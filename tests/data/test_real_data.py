@@ -159,3 +159,33 @@ def test_eval_prompt_follows_the_same_default(tmp_path):
 
     cfg = PromptConfig(file=str(path), strategy={"name": "vanilla"})
     assert Prompter(cfg, None).task_prompt.instruction == _INSTR
+
+
+# ---------------------------------------------------------------- item 3: few-shot variants
+
+
+@pytest.mark.parametrize("variant", ["one-shot", "two-shot"])
+def test_few_shot_variants_are_refused(tmp_path, variant):
+    from natscale.data.prompts import load_task_prompt
+
+    demo = "Question: Is water wet?\nThought: yes.\nAction: finish[Yes]"
+    paper = {
+        **PAPER_PROMPT,
+        variant: {
+            "conversations": [
+                {"role": "user", "content": _INSTR + "\nHere is an example:"},
+                {"role": "assistant", "content": demo},
+            ],
+            "question_prompt": "Question: {question}",
+        },
+    }
+    path = write_json(tmp_path / "p.json", paper)
+    with pytest.raises(DataError, match=f"{variant}' is a few-shot prompt") as exc:
+        load_task_prompt(path, variant)
+    assert "prompt_variant to 'zero-shot'" in str(exc.value)
+    # whatever the name: a conversation longer than instruction + acknowledgement
+    paper["custom"] = {"conversations": [*paper[variant]["conversations"]] * 2}
+    path = write_json(tmp_path / "p2.json", paper)
+    with pytest.raises(DataError, match="few-shot prompt"):
+        load_task_prompt(path, "custom")
+    assert load_task_prompt(path, "zero-shot").instruction == _INSTR
