@@ -36,15 +36,31 @@ def apply_overrides(
             value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError as exc:
             raise ConfigError(f"{source} {item!r}: value is not valid YAML ({exc})") from exc
-        node = data
+        node: Any = data
         parts = key.split(".")
         for part in parts[:-1]:
+            if isinstance(node, list):  # a list item by index: sources.0.paths=...
+                node = node[_list_index(node, part, source, item)]
+                continue
             child = node.setdefault(part, {})
-            if not isinstance(child, dict):
+            if not isinstance(child, (dict, list)):
                 raise ConfigError(f"{source} {item!r}: {part!r} is not a section")
             node = child
-        node[parts[-1]] = value
+        if isinstance(node, list):
+            node[_list_index(node, parts[-1], source, item)] = value
+        else:
+            node[parts[-1]] = value
     return data
+
+
+def _list_index(node: list, part: str, source: str, item: str) -> int:
+    """``part`` as an index into the list ``node`` (``sources.0`` = the first source)."""
+    if not part.lstrip("-").isdigit() or not -len(node) <= int(part) < len(node):
+        raise ConfigError(
+            f"{source} {item!r}: {part!r} is not an index of that list (it has {len(node)} "
+            f"item(s): 0..{len(node) - 1})"
+        )
+    return int(part)
 
 
 def format_validation_error(exc: ValidationError, where: str) -> str:

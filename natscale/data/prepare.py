@@ -93,9 +93,16 @@ def label_all(trajs: list[Trajectory], config: PrepareConfig, issues: Issues) ->
     for traj in trajs:
         try:
             if not traj.finished and oc.unfinished != "keep":
+                info = traj.meta.get("info") or {}
+                # name the field this record has: info.finished when set, else the missing pred
+                name, why = (
+                    ("info.finished", "info.finished is false")
+                    if "finished" in info
+                    else ("info.pred", "no info.pred: no final answer")
+                )
                 err = DataError(
-                    "trajectory is unfinished (no final answer)",
-                    field="info.finished",
+                    f"trajectory is unfinished ({why})",
+                    field=name,
                     reason="unfinished",
                     hint="set outcome.unfinished: keep or skip",
                     **_where(traj),

@@ -189,3 +189,109 @@ def test_few_shot_variants_are_refused(tmp_path, variant):
     with pytest.raises(DataError, match="few-shot prompt"):
         load_task_prompt(path, "custom")
     assert load_task_prompt(path, "zero-shot").instruction == _INSTR
+
+
+# ---------------------------------------------------------------- item 9: error wording
+
+
+def test_unfinished_error_names_the_field_the_record_has(tokenizer_dir, tmp_path):
+    no_pred = {**NAT_STRATEGYQA, "info": {"reward": False, "gt": True}}  # the release's shape
+    src = _nat_source(tmp_path)
+    write_json(tmp_path / "sq.json", [no_pred])
+    cfg = _prepare_config(tokenizer_dir, tmp_path, [src], outcome={"unfinished": "error"})
+    with pytest.raises(DataError, match=r"field 'info.pred': trajectory is unfinished \(no info"):
+        prepare(cfg, progress=False)
+    write_json(tmp_path / "sq.json", [{**no_pred, "info": {"reward": False, "finished": False}}])
+    with pytest.raises(DataError, match=r"field 'info.finished': .*info.finished is false"):
+        prepare(cfg, progress=False)
+
+
+def test_empty_conversation_skipped_does_not_suggest_skipping(tmp_path):
+    from natscale.data.errors import Issues
+    from natscale.data.formats import load_trajectories
+
+    rec = {"conversations": [{"from": "human", "value": "q"}]}
+    path = write_jsonl(tmp_path / "e.jsonl", [rec])
+    issues = Issues()
+    assert load_trajectories(path, "sharegpt", issues=issues, empty="skip") == []
+    (msg,) = issues.examples["empty_conversation"]
+    assert "outcome.empty: skip" not in msg and "counted and skipped" in msg
+    with pytest.raises(DataError, match=r"set outcome\.empty: skip"):
+        load_trajectories(path, "sharegpt", empty="error")
+
+
+@pytest.mark.parametrize(
+    ("fmt", "record", "fits"),
+    [
+        ("sharegpt", {"messages": [{"role": "user", "content": "q"}]}, "format openai"),
+        ("openai", {"conversations": [{"from": "human", "value": "q"}]}, "format sharegpt"),
+        ("nat", [{"from": "human", "value": "q"}], "bare list of turns"),
+        ("alpaca", {"messages": []}, "format openai"),
+        ("sharegpt", {"prompt": [], "chosen": [], "rejected": []}, "preference pair"),
+    ],
+)
+def test_layout_errors_say_which_format_fits(tmp_path, fmt, record, fits):
+    from natscale.data.formats import load_trajectories
+
+    path = write_jsonl(tmp_path / "r.jsonl", [record])
+    with pytest.raises(DataError, match=fits):
+        load_trajectories(path, fmt)
+
+
+def test_set_reaches_list_items(tmp_path):
+    from natscale.config.loader import ConfigError, apply_overrides
+
+    data = {"sources": [{"format": "nat", "paths": ["a.json"]}, {"paths": ["b"]}]}
+    apply_overrides(data, ["sources.0.paths=[x.json, y.json]", "sources.1.success=true"])
+    assert data["sources"][0]["paths"] == ["x.json", "y.json"]
+    assert data["sources"][1]["success"] is True
+    for bad in ("sources.2.paths=[z]", "sources.first.paths=[z]"):
+        with pytest.raises(ConfigError, match="not an index of that list"):
+            apply_overrides(data, [bad])
+
+
+# ---------------------------------------------------------------- item 6: dialects
+
+
+def test_openai_content_parts_load(tmp_path):
+    from natscale.data.formats import load_trajectories
+
+    parts = [{"type": "text", "text": "Is it "}, {"type": "input_text", "text": "so?"}]
+    rec = {
+        "messages": [
+            {"role": "user", "content": parts},
+            {"role": "assistant", "content": [{"type": "text", "text": "Yes."}]},
+        ]
+    }
+    (t,) = load_trajectories(write_jsonl(tmp_path / "o.jsonl", [rec]), "openai")
+    assert t.question == "Is it so?" and t.turns[0].content == "Yes."
+    rec["messages"][0]["content"].append({"type": "image_url", "image_url": {"url": "x"}})
+    with pytest.raises(DataError, match="type 'image_url': only text parts"):
+        load_trajectories(write_jsonl(tmp_path / "i.jsonl", [rec]), "openai")
+
+
+# ETO's SFT files: each record is the bare list of turns (instruction, "OK", task, ...)
+ETO_TURNS = [
+    {"from": "human", "value": "Interact with a household to solve a task."},
+    {"from": "gpt", "value": "OK"},
+    {"from": "human", "value": "Your task is to: put a clean mug on the desk."},
+    {"from": "gpt", "value": "Thought: find a mug.\nAction: go to countertop 1"},
+    {"from": "human", "value": "Observation: On the countertop 1, you see a mug 1."},
+    {"from": "gpt", "value": "Thought: take it.\nAction: take mug 1 from countertop 1"},
+]
+
+
+@pytest.mark.parametrize("fmt", ["sharegpt", "openai"])
+def test_bare_lists_of_turns_load(tmp_path, fmt):
+    from natscale.data.formats import load_trajectories
+
+    rec = ETO_TURNS
+    if fmt == "openai":
+        role = {"human": "user", "gpt": "assistant"}
+        rec = [{"role": role[t["from"]], "content": t["value"]} for t in ETO_TURNS]
+    path = write_json(tmp_path / "eto.json", [rec, rec])
+    trajs = load_trajectories(path, fmt, question_turn=1)
+    assert len(trajs) == 2 and trajs[1].id == "eto.json:1"
+    t = trajs[0]
+    assert t.instruction.startswith("Interact") and t.acknowledgement == "OK"
+    assert t.question.startswith("Your task") and [x.train for x in t.turns] == [True, False, True]

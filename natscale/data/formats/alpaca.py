@@ -40,6 +40,7 @@ from natscale.data.formats.common import (
     field,
     load_records,
     read_outcome,
+    record_field,
     record_id,
 )
 from natscale.data.formats.reader import Record
@@ -103,9 +104,9 @@ def load(
     skip_reasons: frozenset[str] = frozenset(),
 ) -> list[Trajectory]:
     def parse(rec: Record) -> Trajectory:
-        question = field(rec, rec.data, question_field, str)
+        question = record_field(rec, question_field, str)
         extra = field(rec, rec.data, input_field, str, default="")
-        output = field(rec, rec.data, output_field, str)
+        output = record_field(rec, output_field, str)
         turns = split_react(output)
         if not turns:
             raise empty_error(rec, output_field)

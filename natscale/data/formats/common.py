@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from natscale.data.errors import DataError, Issues, handle
-from natscale.data.formats.reader import Record, expand_paths, iter_records
+from natscale.data.formats.reader import Record, expand_paths, iter_records, layout_hint
 from natscale.data.trajectory import Outcome, Trajectory, Turn
 
 _MISSING = object()
@@ -174,6 +174,20 @@ def split_prompt(
     }
 
 
+def record_field(rec: Record, key: str, types: type | tuple[type, ...]) -> Any:
+    """A required top-level field; when it is missing, the error says which format or option
+    reads a record laid out like this one."""
+    if key not in rec.data or rec.data[key] is None:
+        others = {k: v for k, v in rec.data.items() if k != key}
+        raise rec.error(
+            "missing required field",
+            field=key,
+            reason="missing_field",
+            hint=layout_hint(others),
+        )
+    return field(rec, rec.data, key, types)
+
+
 def empty_error(rec: Record, list_name: str) -> DataError:
     return rec.error(
         "conversation is empty (no turn after the question)",
@@ -207,20 +221,33 @@ def load_records(
     on_error: str,
     issues: Issues | None,
     skip_reasons: frozenset[str] = frozenset(),
+    wrap_lists: str | None = None,
 ) -> list[Trajectory]:
     """Parse every record of ``paths`` with ``parse(rec)``; bad records raise or are counted.
+
+    ``wrap_lists``: a record that is a bare list of turns (ETO) is read as ``{wrap_lists: list}``.
 
     A record failing with a reason in ``skip_reasons`` (e.g. ``empty_conversation``) is always
     counted and skipped, whatever ``on_error`` says.
     """
     out = []
     for path in expand_paths(paths):
-        for rec in iter_records(path, on_error=on_error, issues=issues):
+        for rec in iter_records(path, on_error=on_error, issues=issues, wrap_lists=wrap_lists):
             try:
                 traj = parse(rec)
             except DataError as err:
                 if err.reason in skip_reasons and issues is not None:
-                    issues.add(err)
+                    # counted as asked: the hint to skip them would only confuse
+                    issues.add(
+                        DataError(
+                            err.message,
+                            file=err.file,
+                            record=err.record,
+                            field=err.field,
+                            reason=err.reason,
+                            hint="counted and skipped as configured",
+                        )
+                    )
                 else:
                     handle(err, on_error, issues)
                 continue

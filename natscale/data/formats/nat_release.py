@@ -44,6 +44,7 @@ from natscale.data.formats.common import (
     load_records,
     message_role,
     read_outcome,
+    record_field,
 )
 from natscale.data.formats.reader import Record, expand_paths, iter_records
 from natscale.data.formats.writing import Notes, WriteError, is_finished, tool_calls_text
@@ -111,7 +112,7 @@ def parse_record(
     data = rec.data
     tid = str(field(rec, data, "id", (str, int)))
     info = field(rec, data, "info", dict, default={})
-    convs = field(rec, data, "conversations", list)
+    convs = record_field(rec, "conversations", list)
     turns = [_turn(rec, msg, i) for i, msg in enumerate(convs)]
     if not turns:
         raise empty_error(rec, "conversations")

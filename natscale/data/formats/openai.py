@@ -46,6 +46,7 @@ from natscale.data.formats.common import (
     load_records,
     message_role,
     read_outcome,
+    record_field,
     record_id,
     split_prompt,
 )
@@ -65,6 +66,8 @@ class OpenAISource(RecordSource):
     messages_key: str = "messages"
 
 
+# content part types that hold text (chat completions; the Responses API's input/output text)
+TEXT_PARTS = ("text", "input_text", "output_text")
 ROLE_MAP = {
     "system": "system",
     "developer": "system",
@@ -84,11 +87,17 @@ def _content(rec: Record, msg: dict[str, Any], name: str) -> str:
     if isinstance(content, list):
         parts = []
         for j, part in enumerate(content):
-            if not isinstance(part, dict) or part.get("type") != "text":
+            if isinstance(part, str):  # a bare string part
+                parts.append(part)
+                continue
+            if not isinstance(part, dict) or part.get("type") not in TEXT_PARTS:
+                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
                 raise rec.error(
-                    "only text parts are supported",
+                    f"content part of type {kind!r}: only text parts ({', '.join(TEXT_PARTS)}) "
+                    "can be trained on",
                     field=f"{name}.content[{j}]",
                     reason="wrong_type",
+                    hint="drop the non-text parts, or skip such records with on_error: skip",
                 )
             parts.append(field(rec, part, "text", str, name=f"{name}.content[{j}].text"))
         return "".join(parts)
@@ -159,7 +168,7 @@ def load(
     skip_reasons: frozenset[str] = frozenset(),
 ) -> list[Trajectory]:
     def parse(rec: Record) -> Trajectory:
-        items = field(rec, rec.data, messages_key, list)
+        items = record_field(rec, messages_key, list)
         parts = split_prompt(
             rec, parse_messages(rec, items, messages_key), question_turn, messages_key
         )
@@ -173,7 +182,14 @@ def load(
             **parts,
         )
 
-    return load_records(paths, parse, on_error=on_error, issues=issues, skip_reasons=skip_reasons)
+    return load_records(
+        paths,
+        parse,
+        on_error=on_error,
+        issues=issues,
+        skip_reasons=skip_reasons,
+        wrap_lists=messages_key,  # ETO: a record may be the bare list of turns
+    )
 
 
 WRITE_ROLE = {"assistant": "assistant", "observation": "tool", "user": "user", "system": "system"}

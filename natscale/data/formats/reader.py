@@ -59,12 +59,19 @@ def expand_paths(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list
 
 
 def iter_records(
-    path: str | os.PathLike, *, on_error: str = "raise", issues: Issues | None = None
+    path: str | os.PathLike,
+    *,
+    on_error: str = "raise",
+    issues: Issues | None = None,
+    wrap_lists: str | None = None,
 ) -> Iterator[Record]:
-    """Yield the object records of one file (format from the suffix and the first byte)."""
+    """Yield the object records of one file (format from the suffix and the first byte).
+
+    ``wrap_lists``: a record that is a list of objects (a bare list of turns) is yielded as
+    ``{wrap_lists: list}``; without it such a record is an error."""
     path = Path(path)
     if path.suffix == ".parquet":
-        yield from _iter_parquet(path, on_error, issues)
+        yield from _iter_parquet(path, on_error, issues, wrap_lists)
         return
     raw = path.read_bytes()
     if raw.startswith(codecs.BOM_UTF8):  # editors on Windows write one; it is not content
@@ -87,9 +94,9 @@ def iter_records(
             if isinstance(obj, dict):
                 yield Record(str(path), "record 0", obj)
                 return
-        yield from _iter_jsonl(raw, path, on_error, issues)
+        yield from _iter_jsonl(raw, path, on_error, issues, wrap_lists)
         return
-    yield from _iter_json_array(raw, path, on_error, issues)
+    yield from _iter_json_array(raw, path, on_error, issues, wrap_lists)
 
 
 def _decode(raw: bytes, path: Path) -> str:
@@ -105,7 +112,9 @@ def _decode(raw: bytes, path: Path) -> str:
         ) from exc
 
 
-def _iter_jsonl(raw: bytes, path: Path, on_error: str, issues: Issues | None) -> Iterator[Record]:
+def _iter_jsonl(
+    raw: bytes, path: Path, on_error: str, issues: Issues | None, wrap: str | None = None
+) -> Iterator[Record]:
     for lineno, line in enumerate(raw.split(b"\n"), start=1):
         if not line.strip():
             continue
@@ -140,11 +149,11 @@ def _iter_jsonl(raw: bytes, path: Path, on_error: str, issues: Issues | None) ->
                 issues,
             )
             continue
-        yield from _checked(obj, str(path), where, on_error, issues)
+        yield from _checked(obj, str(path), where, on_error, issues, wrap)
 
 
 def _iter_json_array(
-    raw: bytes, path: Path, on_error: str, issues: Issues | None
+    raw: bytes, path: Path, on_error: str, issues: Issues | None, wrap: str | None = None
 ) -> Iterator[Record]:
     text = _decode(raw, path)
     try:
@@ -157,22 +166,28 @@ def _iter_json_array(
             hint="a .json file must hold one JSON array of records (use .jsonl for one per line)",
         ) from exc
     for i, obj in enumerate(data):
-        yield from _checked(obj, str(path), f"record {i}", on_error, issues)
+        yield from _checked(obj, str(path), f"record {i}", on_error, issues, wrap)
 
 
-def _iter_parquet(path: Path, on_error: str, issues: Issues | None) -> Iterator[Record]:
+def _iter_parquet(
+    path: Path, on_error: str, issues: Issues | None, wrap: str | None = None
+) -> Iterator[Record]:
     import pyarrow.parquet as pq
 
     index = 0
     for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
         for obj in batch.to_pylist():
-            yield from _checked(obj, str(path), f"record {index}", on_error, issues)
+            yield from _checked(obj, str(path), f"record {index}", on_error, issues, wrap)
             index += 1
 
 
-def _checked(obj: Any, file: str, where: str, on_error: str, issues: Issues | None):
+def _checked(
+    obj: Any, file: str, where: str, on_error: str, issues: Issues | None, wrap: str | None
+):
     if isinstance(obj, dict):
         yield Record(file, where, obj)
+    elif wrap and isinstance(obj, list) and all(isinstance(t, dict) for t in obj):
+        yield Record(file, where, {wrap: obj})  # a bare list of turns (ETO): the conversation
     else:
         handle(
             DataError(
@@ -180,7 +195,37 @@ def _checked(obj: Any, file: str, where: str, on_error: str, issues: Issues | No
                 file=file,
                 record=where,
                 reason="not_an_object",
+                hint=layout_hint(obj),
             ),
             on_error,
             issues,
         )
+
+
+def layout_hint(data: Any) -> str:
+    """Which format or option reads a record laid out like ``data`` (for layout errors)."""
+    if isinstance(data, list):
+        first = data[0] if data and isinstance(data[0], dict) else {}
+        if "from" in first or "role" in first:
+            return (
+                "the record is a bare list of turns (ETO style): format sharegpt (from/value) "
+                "or openai (role/content) reads such records as the conversation"
+            )
+        return "each record must be a JSON object holding one trajectory"
+    if not isinstance(data, dict):
+        return "each record must be a JSON object holding one trajectory"
+    if {"prompt", "chosen", "rejected"} <= set(data):
+        return (
+            "a preference pair (DPO data, e.g. ETO's): not a trajectory; write its chosen and "
+            "rejected conversations as separate sharegpt records (e.g. two sources with "
+            "success: true / success: false)"
+        )
+    for key, fits in (
+        ("messages", "format openai (or conversations_key: messages)"),
+        ("conversations", "format sharegpt, agentinstruct or nat (or conversations_key)"),
+        ("conversation", "format sharegpt with conversations_key: conversation"),
+        ("output", "format alpaca / fireact"),
+    ):
+        if key in data:
+            return f"the record has {key!r}: {fits} reads it"
+    return ""

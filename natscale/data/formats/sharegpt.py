@@ -50,6 +50,7 @@ from natscale.data.formats.common import (
     load_records,
     message_role,
     read_outcome,
+    record_field,
     record_id,
     split_prompt,
 )
@@ -124,7 +125,7 @@ def load(
     role_map = {**ROLE_MAP, **(roles or {})}
 
     def parse(rec: Record) -> Trajectory:
-        items = field(rec, rec.data, conversations_key, list)
+        items = record_field(rec, conversations_key, list)
         turns = parse_turns(rec, items, conversations_key, role_map, "from", "value")
         parts = split_prompt(rec, turns, question_turn, conversations_key)
         if not parts["turns"]:
@@ -137,7 +138,14 @@ def load(
             **parts,
         )
 
-    return load_records(paths, parse, on_error=on_error, issues=issues, skip_reasons=skip_reasons)
+    return load_records(
+        paths,
+        parse,
+        on_error=on_error,
+        issues=issues,
+        skip_reasons=skip_reasons,
+        wrap_lists=conversations_key,  # ETO: a record may be the bare list of turns
+    )
 
 
 FROM = {"assistant": "gpt", "observation": "observation", "user": "human", "system": "system"}
