@@ -105,8 +105,16 @@ def question_template(cls: int, strategy: StrategyConfig, prompt: TaskPrompt | N
 
 
 def format_question(question: str, template: str) -> str:
+    """``template`` with ``question`` in place of ``{question}``. A question that already starts
+    with ``Question:`` (FireAct's files) does not get a second one from a ``Question: {question}``
+    template."""
+    if QUESTION_SLOT in template and question.lstrip().startswith("Question:"):
+        question = question.lstrip()[len("Question:") :].lstrip(" ")
     # replace, not str.format: questions and markers may contain braces
     return template.replace("{question}", question)
+
+
+QUESTION_SLOT = "Question: {question}"
 
 
 def select(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datasets
 import pytest
 
 from natscale.config.prepare import PrepareConfig
@@ -295,3 +296,49 @@ def test_bare_lists_of_turns_load(tmp_path, fmt):
     t = trajs[0]
     assert t.instruction.startswith("Interact") and t.acknowledgement == "OK"
     assert t.question.startswith("Your task") and [x.train for x in t.turns] == [True, False, True]
+
+
+# ---------------------------------------------------------------- item 5: FireAct
+
+
+# FireAct's multitask alpaca files: the answer options open `output`, before the first Thought
+FIREACT_MC = {
+    "instruction": "Question: Which is a mammal?",
+    "input": "",
+    "output": "Answer Choices: (A) shark (B) whale\n"
+    "Thought: A whale is a mammal.\nAction: finish[B]\n"
+    "Observation: Episode finished, reward = True\n",
+}
+
+
+def test_fireact_options_belong_to_the_question(tmp_path):
+    from natscale.data.formats import load_trajectories
+
+    (t,) = load_trajectories(write_jsonl(tmp_path / "f.jsonl", [FIREACT_MC]), "fireact")
+    assert t.question == "Question: Which is a mammal?\nAnswer Choices: (A) shark (B) whale"
+    assert [x.role for x in t.turns] == ["assistant", "observation"]
+    assert t.turns[0].content.startswith("Thought: A whale")
+    assert t.outcome.success is True
+
+
+def test_no_double_question_prefix(tokenizer, tokenizer_dir, tmp_path):
+    from natscale.data.nat import format_question
+
+    assert format_question("Question: Is it?", "Question: {question}") == "Question: Is it?"
+    assert format_question("Question: Is it?", "[A] {question}") == "[A] Question: Is it?"
+    assert format_question("Is it?", "Question: {question}. ok") == "Question: Is it?. ok"
+    gpt = {
+        "messages": [
+            {"role": "user", "content": "Question: Is it?"},
+            {"role": "assistant", "content": "Thought: yes.\nAction: finish[Yes]"},
+        ],
+        "reward": True,
+    }
+    for fmt, rec in (("fireact", FIREACT_MC), ("openai", gpt)):
+        path = write_jsonl(tmp_path / f"{fmt}.jsonl", [rec])
+        src = [{"format": fmt, "paths": [str(path)]}]
+        cfg = _prepare_config(tokenizer_dir, tmp_path / fmt, src, strategy={"name": "vanilla"})
+        result = prepare(cfg, progress=False)
+        row = datasets.load_from_disk(str(result.out_dir))[0]
+        text = tokenizer.decode(row["input_ids"])
+        assert text.count("Question:") == 1, text

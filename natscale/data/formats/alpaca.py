@@ -9,7 +9,9 @@ One record (FireAct ``alpaca_format``)::
                "Thought: ...\\nAction: finish[Arthur's Magazine]\\n"
                "Observation: Episode finished, reward = True\\n"}
 
-``output`` is split into turns: a line starting ``Observation:`` (or ``Observation 2:``) opens an
+Text in ``output`` before its first ``Thought``/``Action``/``Observation`` line (the answer
+options of FireAct's multiple-choice tasks) belongs to the question: it is appended to it on a
+new line, untrained. The rest of ``output`` is split into turns: a line starting ``Observation:`` (or ``Observation 2:``) opens an
 observation turn that runs until a line starting ``Thought``/``Action``; everything else is
 assistant text. The question is ``instruction``, plus ``input`` on a new paragraph when it is not
 empty; an optional ``system`` field becomes the system prompt. FireAct trains on observations
@@ -62,6 +64,17 @@ class AlpacaSource(RecordSource):
     system_field: str = "system"
 
 
+def split_preamble(text: str) -> tuple[str, str]:
+    """``(preamble, rest)``: the lines of ``text`` before its first ``Thought``/``Action``/
+    ``Observation`` line, and the rest. FireAct's multiple-choice tasks put the answer options
+    there: they are part of the question, not model text. No such line: no preamble."""
+    lines = text.split("\n")
+    for k, line in enumerate(lines):
+        if AGENT_LINE.match(line) or OBSERVATION_LINE.match(line):
+            return "\n".join(lines[:k]).strip(), "\n".join(lines[k:])
+    return "", text
+
+
 def split_react(text: str) -> list[Turn]:
     """Assistant / observation turns of a ReAct transcript (see the module docstring)."""
     blocks: list[tuple[str, list[str]]] = []
@@ -107,7 +120,8 @@ def load(
         question = record_field(rec, question_field, str)
         extra = field(rec, rec.data, input_field, str, default="")
         output = record_field(rec, output_field, str)
-        turns = split_react(output)
+        preamble, body = split_preamble(output)
+        turns = split_react(body)
         if not turns:
             raise empty_error(rec, output_field)
         meta = extra_meta(rec, output_field, answer_field)
@@ -115,13 +129,18 @@ def load(
             id=record_id(rec),
             task=task,
             system=field(rec, rec.data, system_field, str, default=""),
-            question=f"{question}\n\n{extra}" if extra.strip() else question,
+            question=_question(question, extra, preamble),
             turns=turns,
             outcome=read_outcome(rec, turns, success_field, score_field),
             meta=meta,
         )
 
     return load_records(paths, parse, on_error=on_error, issues=issues, skip_reasons=skip_reasons)
+
+
+def _question(question: str, extra: str, preamble: str) -> str:
+    text = f"{question}\n\n{extra}" if extra.strip() else question
+    return f"{text}\n{preamble}" if preamble else text
 
 
 def alpaca_record(traj: Trajectory, notes: Notes) -> dict[str, Any]:
