@@ -57,7 +57,8 @@ def load_sources(
     trajs: list[Trajectory] = []
     prompts: dict[str, TaskPrompt] = {}
     for src in config.sources:
-        opts = src.model_dump(exclude={"format", "paths", "success"}, exclude_none=True)
+        # exclude_unset, not exclude_none: an explicit null (success_field: null) must reach it
+        opts = src.model_dump(exclude={"format", "paths", "success"}, exclude_unset=True)
         if isinstance(src, NatSource) and src.prompt is not None:
             prompt = load_task_prompt(src.prompt, src.prompt_variant, strategy=config.strategy.name)
             task = src.task or prompt.task

@@ -66,6 +66,8 @@ class Trajectory:
     # the assistant's reply to the instruction turn; None = the renderer's default
     acknowledgement: str | None = None
     system: str = ""
+    # tool schemas offered to the agent, OpenAI form ([{"type": "function", "function": {...}}])
+    tools: list[dict[str, Any]] | None = None
     outcome: Outcome = field(default_factory=Outcome)
     meta: dict[str, Any] = field(default_factory=dict)
 

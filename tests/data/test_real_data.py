@@ -31,7 +31,7 @@ AGENTINSTRUCT = {
 
 def _prepare_config(tokenizer_dir, tmp_path, sources, **sections) -> PrepareConfig:
     data = {
-        "output": str(tmp_path / "out"),
+        "output": sections.pop("output", str(tmp_path / "out")),
         "sources": sources,
         "render": {"tokenizer": str(tokenizer_dir), "template": "llama2"},
         "pack": {"max_seq_len": 512},
@@ -342,3 +342,133 @@ def test_no_double_question_prefix(tokenizer, tokenizer_dir, tmp_path):
         row = datasets.load_from_disk(str(result.out_dir))[0]
         text = tokenizer.decode(row["input_ids"])
         assert text.count("Question:") == 1, text
+
+
+# ---------------------------------------------------------------- item 4: tool schemas
+
+_TOOL = {
+    "name": "generate_password",
+    "description": "Generate a random password",
+    "parameters": {"type": "object", "properties": {"length": {"type": "integer"}}},
+}
+# LLaMA-Factory's glaive_toolcall_en_demo layout: tools as JSON text, a top-level system
+GLAIVE = {
+    "conversations": [
+        {"from": "human", "value": "I need a new password of 12 characters."},
+        {
+            "from": "function_call",
+            "value": '{"name": "generate_password", "arguments": {"length": 12}}',
+        },
+        {"from": "observation", "value": '{"password": "a1b2c3d4e5f6"}'},
+        {"from": "gpt", "value": "Here is your new password: a1b2c3d4e5f6."},
+    ],
+    "system": "You are a helpful assistant.",
+    "tools": '[{"name": "generate_password", "description": "Generate a random password", '
+    '"parameters": {"type": "object", "properties": {"length": {"type": "integer"}}}}]',
+}
+OPENAI_TOOLS = {
+    "messages": [
+        {"role": "user", "content": "I need a new password of 12 characters."},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "c1",
+                    "type": "function",
+                    "function": {"name": "generate_password", "arguments": '{"length": 12}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": '{"password": "a1b2c3d4e5f6"}'},
+        {"role": "assistant", "content": "Here is your new password: a1b2c3d4e5f6."},
+    ],
+    "tools": [{"type": "function", "function": _TOOL}],
+}
+
+
+@pytest.mark.parametrize(("fmt", "record"), [("sharegpt", GLAIVE), ("openai", OPENAI_TOOLS)])
+def test_tool_schemas_and_calls_load(tmp_path, fmt, record):
+    from natscale.data.formats import load_trajectories
+
+    (t,) = load_trajectories(write_jsonl(tmp_path / "t.jsonl", [record]), fmt)
+    assert t.tools == [{"type": "function", "function": _TOOL}]
+    # the call is a trained assistant turn, the tool's output an untrained observation
+    assert [(x.role, x.train) for x in t.turns] == [
+        ("assistant", True),
+        ("observation", False),
+        ("assistant", True),
+    ]
+    assert t.turns[0].tool_calls[0]["name"] == "generate_password"
+    assert t.turns[0].tool_calls[0]["arguments"] == {"length": 12}
+    if fmt == "sharegpt":
+        assert t.system == "You are a helpful assistant."
+
+
+def _trained_and_untrained(tokenizer, enc) -> tuple[str, str]:
+    ids = enc.ids.tolist()
+    trained = tokenizer.decode([i for i, m in zip(ids, enc.mask, strict=True) if m])
+    untrained = tokenizer.decode([i for i, m in zip(ids, enc.mask, strict=True) if not m])
+    return trained, untrained
+
+
+def test_tool_schemas_rendered_in_the_system_prompt_by_builtin_templates(tokenizer, tmp_path):
+    from natscale.data.formats import load_trajectories
+    from natscale.data.render import Renderer, trajectory_messages
+
+    (t,) = load_trajectories(write_jsonl(tmp_path / "t.jsonl", [GLAIVE]), "sharegpt")
+    r = Renderer(tokenizer, "llama2")
+    enc = r.encode(trajectory_messages(t, t.question), tools=t.tools)
+    trained, untrained = _trained_and_untrained(tokenizer, enc)
+    assert "<tools>" in untrained and '"description": "Generate a random password"' in untrained
+    assert "You are a helpful assistant." in untrained
+    assert '"name": "generate_password"' in trained and "Here is your new password" in trained
+    assert "a1b2c3d4e5f6" not in trained.split("password:")[0]  # the observation is not trained
+
+
+TOOL_TEMPLATE = (
+    "{% if tools %}<tools>{{ tools | tojson }}</tools>{% endif %}"
+    "{% for m in messages %}[{{ m.role }}] {{ m.content }}"
+    "{% for c in m.tool_calls or [] %}<call>{{ c.function.name }}</call>{% endfor %}"
+    "{% if m.role == 'assistant' %}</s>{% endif %}{% endfor %}"
+)
+
+
+@pytest.mark.parametrize("supports", [True, False])
+def test_tool_schemas_reach_the_chat_template(tokenizer_dir, tmp_path, supports):
+    from natscale.data.formats import load_trajectories
+    from natscale.data.render import Renderer, load_tokenizer, trajectory_messages
+
+    tok = load_tokenizer(tokenizer_dir)
+    tok.chat_template = TOOL_TEMPLATE if supports else TOOL_TEMPLATE.split("{% endif %}", 1)[1]
+    (t,) = load_trajectories(write_jsonl(tmp_path / "t.jsonl", [OPENAI_TOOLS]), "openai")
+    r = Renderer(tok, "hf", observation_role="tool")
+    enc = r.encode(trajectory_messages(t, t.question), tools=t.tools)
+    trained, untrained = _trained_and_untrained(tok, enc)
+    assert "generate_password" in trained  # the call
+    if supports:  # apply_chat_template(..., tools=...)
+        assert "<tools>" in untrained and "# Tools" not in untrained
+    else:  # a template that ignores tools: the documented system-prompt rendering
+        assert "# Tools" in untrained and "<tools>" in untrained
+    assert "Generate a random password" in untrained
+
+
+def test_glaive_prepares(tokenizer_dir, tmp_path):
+    path = write_jsonl(tmp_path / "g.jsonl", [GLAIVE])
+    src = [{"format": "sharegpt", "paths": [str(path)]}]
+    cfg = _prepare_config(
+        tokenizer_dir, tmp_path, src, outcome={"success": "all"}, strategy={"name": "vanilla"}
+    )
+    result = prepare(cfg, progress=False)
+    without = _prepare_config(
+        tokenizer_dir,
+        tmp_path,
+        [{**src[0], "tools_field": None}],
+        output=str(tmp_path / "out2"),
+        outcome={"success": "all"},
+        strategy={"name": "vanilla"},
+    )
+    plain = prepare(without, progress=False)
+    # the schema adds untrained tokens only
+    assert result.stats["total"]["tokens"] > plain.stats["total"]["tokens"] + 30
+    assert result.stats["total"]["trained_tokens"] == plain.stats["total"]["trained_tokens"]

@@ -188,6 +188,25 @@ def record_field(rec: Record, key: str, types: type | tuple[type, ...]) -> Any:
     return field(rec, rec.data, key, types)
 
 
+def read_tools(rec: Record, tools_field: str | None) -> list[dict[str, Any]] | None:
+    """The record's tool schemas in OpenAI form (:mod:`natscale.data.render.tools`), if any."""
+    from natscale.data.render.tools import normalize_tools
+
+    raw = dotted(rec.data, tools_field)
+    if raw is None:
+        return None
+    try:
+        return normalize_tools(raw) or None
+    except ValueError as exc:
+        raise rec.error(
+            str(exc),
+            field=tools_field,
+            reason="wrong_type",
+            hint='give a list of {"name", "description", "parameters"} schemas (or their JSON '
+            "text), or set the source's tools_field: null to ignore them",
+        ) from None
+
+
 def empty_error(rec: Record, list_name: str) -> DataError:
     return rec.error(
         "conversation is empty (no turn after the question)",

@@ -46,6 +46,7 @@ from natscale.data.formats.common import (
     load_records,
     message_role,
     read_outcome,
+    read_tools,
     record_field,
     record_id,
     split_prompt,
@@ -64,6 +65,7 @@ class OpenAISource(RecordSource):
     format: Literal["openai"]
     question_turn: int = Field(0, ge=0)
     messages_key: str = "messages"
+    tools_field: str | None = Field("tools", description="tool schemas offered to the agent")
 
 
 # content part types that hold text (chat completions; the Responses API's input/output text)
@@ -159,6 +161,7 @@ def load(
     *,
     question_turn: int,
     messages_key: str,
+    tools_field: str | None,
     task: str,
     success_field: str | None,
     score_field: str | None,
@@ -178,6 +181,7 @@ def load(
             id=record_id(rec),
             task=task,
             outcome=read_outcome(rec, parts["turns"], success_field, score_field),
+            tools=read_tools(rec, tools_field),
             meta=extra_meta(rec, messages_key, answer_field),
             **parts,
         )

@@ -12,8 +12,11 @@ One record (JSON array or JSONL)::
      "reward": 1}
 
 ``from`` values: human/user -> user, gpt/assistant/chatgpt/bot/model -> assistant,
-function_call -> assistant (the call text), observation/function/tool/ipython -> observation,
-system -> system (only as the first turn); ``roles`` adds or overrides entries. ``loss`` flags are
+function_call -> assistant (its JSON ``{"name", "arguments"}`` becomes a structured tool call,
+joined to the assistant turn before it if that has none; other text stays text),
+observation/function/tool/ipython -> observation, system -> system (only as the first turn; a
+top-level ``system`` field, LLaMA-Factory's layout, is read as one). ``tools`` (a list of schemas
+or its JSON text) is the tool list offered to the agent; ``roles`` adds or overrides entries. ``loss`` flags are
 kept; without them only assistant turns are trained. ``question_turn`` selects which user turn
 holds the question (AgentInstruct: 1, the first user turn being the instruction, answered by
 the acknowledgement). Outcome: ``success_field`` / ``score_field`` (dotted paths), else a final
@@ -44,12 +47,14 @@ from pydantic import Field
 from natscale.data.errors import Issues
 from natscale.data.formats.base import Format, RecordSource, per_record
 from natscale.data.formats.common import (
+    dotted,
     empty_error,
     extra_meta,
     field,
     load_records,
     message_role,
     read_outcome,
+    read_tools,
     record_field,
     record_id,
     split_prompt,
@@ -69,6 +74,10 @@ class ShareGPTSource(RecordSource):
     roles: dict[str, Literal["assistant", "observation", "user", "system"]] | None = None
     question_turn: int | None = Field(None, ge=0, description="default 0; agentinstruct 1")
     conversations_key: str = "conversations"
+    tools_field: str | None = Field("tools", description="tool schemas offered to the agent")
+    system_field: str | None = Field(
+        "system", description="top-level system prompt (LLaMA-Factory) when no system turn"
+    )
 
 
 ROLE_MAP = {
@@ -104,8 +113,28 @@ def parse_turns(
         )
         text = field(rec, msg, text_key, str, name=f"{name}.{text_key}")
         loss = field(rec, msg, "loss", bool, name=f"{name}.loss", default=None)
-        turns.append(Turn(roles[role], text, train=loss))
+        calls = _calls(text) if role == "function_call" and roles[role] == "assistant" else None
+        if calls is None:
+            turns.append(Turn(roles[role], text, train=loss))
+        elif turns and turns[-1].role == "assistant" and not turns[-1].tool_calls:
+            turns[-1].tool_calls = calls  # the calls of the reply before it (our writer's layout)
+        else:
+            turns.append(Turn("assistant", "", train=loss, tool_calls=calls))
     return turns
+
+
+def _calls(text: str) -> list[dict[str, Any]] | None:
+    """A ``function_call`` turn's JSON (``{"name", "arguments"}`` or a list of them) as
+    structured tool calls, as LLaMA-Factory reads it; None when it is not such JSON (kept as
+    text)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    items = value if isinstance(value, list) else [value]
+    if not items or not all(isinstance(c, dict) and isinstance(c.get("name"), str) for c in items):
+        return None
+    return [{"name": c["name"], "arguments": c.get("arguments")} for c in items]
 
 
 def load(
@@ -114,6 +143,8 @@ def load(
     roles: dict[str, str] | None,
     question_turn: int,
     conversations_key: str,
+    tools_field: str | None,
+    system_field: str | None,
     task: str,
     success_field: str | None,
     score_field: str | None,
@@ -127,6 +158,9 @@ def load(
     def parse(rec: Record) -> Trajectory:
         items = record_field(rec, conversations_key, list)
         turns = parse_turns(rec, items, conversations_key, role_map, "from", "value")
+        system = dotted(rec.data, system_field)
+        if isinstance(system, str) and system and not (turns and turns[0].role == "system"):
+            turns.insert(0, Turn("system", system, train=False))  # LLaMA-Factory's layout
         parts = split_prompt(rec, turns, question_turn, conversations_key)
         if not parts["turns"]:
             raise empty_error(rec, conversations_key)
@@ -134,6 +168,7 @@ def load(
             id=record_id(rec),
             task=task,
             outcome=read_outcome(rec, parts["turns"], success_field, score_field),
+            tools=read_tools(rec, tools_field),
             meta=extra_meta(rec, conversations_key, answer_field),
             **parts,
         )

@@ -17,6 +17,7 @@ from natscale.data.render.encode import Encoded, Piece, PieceEncoder
 from natscale.data.render.hf import HFChatTemplate, TemplateError
 from natscale.data.render.messages import Message, prompt_messages, trajectory_messages
 from natscale.data.render.templates import BUILTIN, Template
+from natscale.data.render.tools import with_tools_in_system
 
 TEMPLATES = ("auto", "hf", *BUILTIN)
 
@@ -105,11 +106,19 @@ class Renderer:
     def end_of_turn(self) -> str:
         return self.template.end_of_turn
 
-    def pieces(self, messages: list[Message], *, generation: bool = False) -> list[Piece]:
+    def pieces(
+        self, messages: list[Message], *, generation: bool = False, tools: list | None = None
+    ) -> list[Piece]:
+        """``tools``: OpenAI-form tool schemas (:mod:`.tools`): through the chat template when
+        it renders them, else in the system prompt."""
+        if tools and not self.template.renders_tools(messages, tools):
+            messages, tools = with_tools_in_system(messages, tools), None
+        if tools:
+            return self.template.pieces(messages, generation=generation, tools=tools)
         return self.template.pieces(messages, generation=generation)
 
-    def encode(self, messages: list[Message]) -> Encoded:
-        return self.encoder.encode(self.pieces(messages))
+    def encode(self, messages: list[Message], tools: list | None = None) -> Encoded:
+        return self.encoder.encode(self.pieces(messages, tools=tools))
 
     def encode_batch(self, batch: list[list[Message]]) -> list[Encoded]:
         return self.encoder.encode_batch([self.pieces(m) for m in batch])

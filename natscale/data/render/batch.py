@@ -63,7 +63,7 @@ def render_range(
     for k, ex in enumerate(examples):
         try:
             msgs = trajectory_messages(ex.traj, ex.query, mode=mode, acknowledgement=ack)
-            batch.append(renderer.pieces(msgs))
+            batch.append(renderer.pieces(msgs, tools=ex.traj.tools))
             where.append(k)
         except (TemplateError, ValueError) as exc:
             out[k] = ("render_error", str(exc))

@@ -44,6 +44,8 @@ class HFChatTemplate(Template):
             found = [t for t in (tokenizer.eos_token, *EOT_CANDIDATES) if t]
             self.eot = tuple(t for t in dict.fromkeys(found) if t in tokenizer.get_vocab())
         self.end_of_turn = self.eot[0] if self.eot else ""
+        # whether the template renders `tools`, by the messages' roles (its layout may depend on them)
+        self._tool_support: dict[tuple, bool] = {}
 
     def _hf_messages(self, messages: list[Message], contents: list[str]) -> list[dict]:
         out = []
@@ -62,10 +64,26 @@ class HFChatTemplate(Template):
             out.append(m)
         return out
 
-    def _render(self, messages: list[Message], contents: list[str], generation: bool) -> str:
+    def renders_tools(self, messages: list[Message], tools: list) -> bool:
+        """True when the chat template's output changes with ``tools`` (it renders them)."""
+        key = tuple(self.role(m) for m in messages)
+        if key not in self._tool_support:
+            slots = [_SLOT.format(i) for i in range(len(messages))]
+            plain = self._render(messages, slots, False)
+            self._tool_support[key] = self._render(messages, slots, False, tools) != plain
+        return self._tool_support[key]
+
+    def _render(
+        self,
+        messages: list[Message],
+        contents: list[str],
+        generation: bool,
+        tools: list | None = None,
+    ) -> str:
         try:
             return self.tokenizer.apply_chat_template(
                 self._hf_messages(messages, contents),
+                tools=tools,
                 tokenize=False,
                 add_generation_prompt=generation,
             )
@@ -75,9 +93,11 @@ class HFChatTemplate(Template):
                 "role it accepts, or use a built-in template (llama2, chatml, llama3)"
             ) from exc
 
-    def pieces(self, messages: list[Message], *, generation: bool = False) -> list[Piece]:
+    def pieces(
+        self, messages: list[Message], *, generation: bool = False, tools: list | None = None
+    ) -> list[Piece]:
         slots = [_SLOT.format(i) for i in range(len(messages))]
-        skeleton = self._render(messages, slots, generation)
+        skeleton = self._render(messages, slots, generation, tools)
         parts = _SLOT_RE.split(skeleton)
         literals, order = parts[0::2], [int(x) for x in parts[1::2]]
         if order != list(range(len(messages))):
@@ -85,7 +105,7 @@ class HFChatTemplate(Template):
                 f"the chat template renders messages in order {order}, not each message once; "
                 "use a built-in template (llama2, chatml, llama3)"
             )
-        real = self._render(messages, [m.content for m in messages], generation)
+        real = self._render(messages, [m.content for m in messages], generation, tools)
         contents = [m.content for m in messages]
         if _join(literals, contents) != real:
             contents = [c.strip() for c in contents]

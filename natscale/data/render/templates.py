@@ -45,6 +45,11 @@ class Template:
     def pieces(self, messages: list[Message], *, generation: bool = False) -> list[Piece]:
         raise NotImplementedError
 
+    def renders_tools(self, messages: list[Message], tools: list) -> bool:
+        """Whether the template itself renders tool schemas (else they go in the system
+        prompt, :mod:`natscale.data.render.tools`)."""
+        return False
+
 
 class Llama2(Template):
     name = "llama2"
