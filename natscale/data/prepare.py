@@ -29,6 +29,7 @@ from natscale.atomic import check_destination
 from natscale.config.loader import save_config
 from natscale.config.prepare import PrepareConfig
 from natscale.data import nat, outcome
+from natscale.data.checks import data_warnings
 from natscale.data.errors import DataError, Issues, handle
 from natscale.data.formats import load_trajectories
 from natscale.data.formats.nat_release import NatSource
@@ -266,6 +267,9 @@ def _prepare(
     loaded, unfinished = len(trajs), sum(not t.finished for t in trajs)
     trajs = label_all(trajs, config, issues)
     examples, sampling = nat.select(trajs, config.strategy, seed=config.seed, prompts=prompts)
+    warned = data_warnings(examples, sampling, config.strategy, prompts)
+    for kind, w in warned.items():  # once per kind, with its count
+        say(f"warning: {w['message']} ({w['count']}x, stats.json warnings.{kind})")
     say(f"rendering {len(examples)} examples ({template} template)")
     kept, per_class, counts = _encode_all(config, examples, renderer, issues, progress)
 
@@ -309,6 +313,7 @@ def _prepare(
         "skipped": issues.as_dict(),
         "skipped_examples": issues.examples,
         "tail_tokens_trimmed": counts["tail_tokens_trimmed"],
+        "warnings": warned,
     }
     resolved = config.model_copy(update={"output": str(target)})
 

@@ -472,3 +472,67 @@ def test_glaive_prepares(tokenizer_dir, tmp_path):
     # the schema adds untrained tokens only
     assert result.stats["total"]["tokens"] > plain.stats["total"]["tokens"] + 30
     assert result.stats["total"]["trained_tokens"] == plain.stats["total"]["trained_tokens"]
+
+
+# ---------------------------------------------------------------- item 8: warnings
+
+
+def _yes_no_nat(tmp_path, n=4) -> dict:
+    recs = []
+    for k in range(n):
+        ok = k % 2 == 0
+        recs.append(
+            {
+                **NAT_STRATEGYQA,
+                "id": f"sq{k}",
+                "info": {"reward": ok, "f1": 1.0 if ok else 0.0, "pred": "Yes", "gt": ok},
+            }
+        )
+    src = _nat_source(tmp_path)
+    write_json(tmp_path / "sq.json", recs)
+    write_jsonl(tmp_path / "q.jsonl", [{"id": f"sq{k}", "question": "Is it?"} for k in range(n)])
+    return src
+
+
+def test_nat_fine_collapsed_buckets_warn_once(tokenizer_dir, tmp_path):
+    src = _yes_no_nat(tmp_path)
+    said: list[str] = []
+    cfg = _prepare_config(tokenizer_dir, tmp_path, [src], strategy={"name": "nat-fine"})
+    result = prepare(cfg, progress=False, on_stage=said.append)
+    w = result.stats["warnings"]["nat_fine_buckets_collapsed"]
+    assert w["count"] == 2 and "fill 2 of 4 buckets" in w["message"]
+    assert sum("fill 2 of 4" in m for m in said) == 1  # printed once
+    # the paper's StrategyQA prompt has its own templates: no math fallback warning
+    assert "nat_math_markers" not in result.stats["warnings"]
+
+
+def test_nat_falling_back_to_math_markers_warns(tokenizer_dir, tmp_path):
+    path = write_jsonl(tmp_path / "ai.jsonl", [AGENTINSTRUCT, {**AGENTINSTRUCT, "id": "os_1"}])
+    sources = [{"format": "agentinstruct", "paths": [str(path)], "task": "os", "success": True}]
+    result = prepare(_prepare_config(tokenizer_dir, tmp_path, sources), progress=False)
+    w = result.stats["warnings"]["nat_math_markers"]
+    assert w["count"] == 2 and "['os']" in w["message"]
+    # with markers given, no warning
+    cfg = _prepare_config(
+        tokenizer_dir,
+        tmp_path,
+        sources,
+        output=str(tmp_path / "o2"),
+        strategy={"name": "nat", "markers": ["[Good]", "[Bad]"]},
+    )
+    assert prepare(cfg, progress=False).stats["warnings"] == {}
+
+
+def test_turn_shape_warnings(tokenizer_dir, tmp_path):
+    conv = [dict(t) for t in AGENTINSTRUCT["conversations"]]
+    back = {**AGENTINSTRUCT, "id": "b", "conversations": [*conv, {"from": "gpt", "value": "x"}]}
+    obs = [*conv[:4], {"from": "gpt", "value": "Observation: 212"}, conv[5]]
+    obs_rec = {**AGENTINSTRUCT, "id": "o", "conversations": obs}
+    path = write_jsonl(tmp_path / "ai.jsonl", [AGENTINSTRUCT, back, obs_rec])
+    sources = [{"format": "agentinstruct", "paths": [str(path)]}]
+    cfg = _prepare_config(
+        tokenizer_dir, tmp_path, sources, outcome={"success": "all"}, strategy={"name": "vanilla"}
+    )
+    w = prepare(cfg, progress=False).stats["warnings"]
+    assert w["back_to_back_assistant"]["count"] == 2  # `back`, and `obs` (gpt, gpt)
+    assert w["assistant_starts_with_observation"]["count"] == 1
