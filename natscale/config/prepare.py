@@ -31,7 +31,9 @@ class OutcomeConfig(_Strict):
     score: Literal["auto", "field", "f1", "none"] = "auto"
     f1_threshold: float = Field(1.0, ge=0.0, le=1.0)
     unfinished: Literal["keep", "skip", "error"] = "keep"
-    empty: Literal["skip", "error"] = "skip"
+    empty: Literal["skip", "error", "keep"] = Field(
+        "skip", description="keep: load them (only render.paper_compat trains anything of them)"
+    )
 
 
 class Bucket(_Strict):
@@ -119,6 +121,12 @@ class RenderConfig(_Strict):
     end_of_turn: str | None = Field(None, description="hf template: token closing a turn")
     add_missing_special_tokens: bool = False
     trim_untrained_tail: bool = True
+    paper_compat: bool = Field(
+        False,
+        description="the paper's own preprocessing token for token (template llama2): each "
+        "segment tokenised on its own, text not stripped, the final turn kept and a trained "
+        "</s> after it (docs/data.md, Paper-exact rendering)",
+    )
 
 
 class PackConfig(_Strict):

@@ -258,7 +258,11 @@ def _prepare(
     template = resolve_template(tokenizer, rc.template)
     added = add_missing_tokens(tokenizer, template) if rc.add_missing_special_tokens else []
     renderer = Renderer(
-        tokenizer, template, observation_role=rc.observation_role, end_of_turn=rc.end_of_turn
+        tokenizer,
+        template,
+        observation_role=rc.observation_role,
+        end_of_turn=rc.end_of_turn,
+        paper_compat=rc.paper_compat,
     )
 
     issues = Issues()

@@ -536,3 +536,138 @@ def test_turn_shape_warnings(tokenizer_dir, tmp_path):
     w = prepare(cfg, progress=False).stats["warnings"]
     assert w["back_to_back_assistant"]["count"] == 2  # `back`, and `obs` (gpt, gpt)
     assert w["assistant_starts_with_observation"]["count"] == 1
+
+
+# ---------------------------------------------------------------- item 7: paper_compat
+
+
+def _paper_reference(tok, turns: list[tuple[str, str, bool]]) -> tuple[list[int], list[bool]]:
+    """The paper's preprocessing written out on strings (FastChat llama-2, one tokenizer call
+    per same-flag segment, a trained </s> appended), independent of natscale's renderer."""
+    segs, ret = [], "[INST] "
+    for i, (role, text, loss) in enumerate(turns):
+        tag = "[INST]" if role == "user" else "[/INST]"
+        sep = " " if i % 2 == 0 else " </s><s>"
+        if i == 0:
+            segs.append((ret + text, False))
+            ret = " "
+        elif loss:
+            segs.append((ret + tag, False))
+            segs.append((" " + text + " </s>", True) if sep != " " else (" " + text, True))
+            ret = "<s>" if sep != " " else sep
+        else:
+            segs.append((ret + tag + " " + text, False))
+            ret = sep
+    merged: list[list] = []
+    for text, loss in segs:
+        if merged and merged[-1][1] == loss:
+            merged[-1][0] += text
+        else:
+            merged.append([text, loss])
+    ids, mask = [], []
+    for k, (text, loss) in enumerate(merged):
+        part = tok((tok.bos_token if k == 0 else "") + text, add_special_tokens=False)["input_ids"]
+        ids += part
+        mask += [loss] * len(part)
+    if ids[-1] != tok.eos_token_id:
+        ids.append(tok.eos_token_id)
+        mask.append(True)
+    return ids, mask
+
+
+def _legacy_llama2_tokenizer(tokenizer_dir, tmp_path):
+    """The example tokenizer with Llama-2's own normaliser (prepend ``▁`` to every string)."""
+    import json
+    import shutil
+
+    from natscale.data.render import load_tokenizer
+
+    dst = tmp_path / "tok-legacy"
+    shutil.copytree(tokenizer_dir, dst)
+    spec = json.loads((dst / "tokenizer.json").read_text())
+    spec["normalizer"] = {
+        "type": "Sequence",
+        "normalizers": [
+            {"type": "Prepend", "prepend": "▁"},
+            {"type": "Replace", "pattern": {"String": " "}, "content": "▁"},
+        ],
+    }
+    spec["pre_tokenizer"] = None
+    (dst / "tokenizer.json").write_text(json.dumps(spec))
+    # the generic fast class keeps tokenizer.json as it is (LlamaTokenizer rewrites it)
+    cfg = json.loads((dst / "tokenizer_config.json").read_text())
+    cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    (dst / "tokenizer_config.json").write_text(json.dumps(cfg))
+    tok = load_tokenizer(dst)
+    assert tok.convert_ids_to_tokens(tok(" a", add_special_tokens=False)["input_ids"])[0] == "▁"
+    return tok
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_paper_compat_matches_the_papers_preprocessing(tokenizer_dir, tmp_path, legacy):
+    from natscale.data.render import Renderer, load_tokenizer
+    from natscale.data.render.messages import Message
+
+    tok = (
+        _legacy_llama2_tokenizer(tokenizer_dir, tmp_path)
+        if legacy
+        else load_tokenizer(tokenizer_dir)
+    )
+    turns = [
+        ("user", _INSTR, False),
+        ("assistant", _ACK, False),
+        ("user", "Question: Is it so? . Generate ... **correctly**.", False),
+        ("assistant", "Thought: search.\n\nAction: search[it]\n", True),  # trailing \n trained
+        ("user", "Observation: #1: it is.", False),
+        ("assistant", "Thought: yes.\n\nAction: finish[Yes]", True),
+        ("user", "Observation: Episode finished", False),
+    ]
+    msgs = [Message(r, t, train) for r, t, train in turns]
+    enc = Renderer(tok, "llama2", paper_compat=True).encode(msgs)
+    ids, mask = _paper_reference(tok, turns)
+    assert enc.ids.tolist() == ids and enc.mask.tolist() == mask
+    assert enc.ids[-1] == tok.eos_token_id and enc.mask[-1]  # the </s> after the last turn
+    # the default rendering differs: stripped, one string per run, tail untrained
+    default = Renderer(tok, "llama2").encode(msgs)
+    assert default.ids.tolist() != ids
+    if legacy:  # Llama-2's sentencepiece: an extra trained "▁" after every [/INST]
+        pieces = tok.convert_ids_to_tokens(ids)
+        starts = [k for k in range(1, len(ids)) if mask[k] and not mask[k - 1]]
+        assert starts and all(pieces[k] == "▁" for k in starts[:-1])
+    # a question's trailing space stays
+    spaced = [*turns[:2], ("user", "Question: Is it so? ", False), *turns[3:]]
+    enc2 = Renderer(tok, "llama2", paper_compat=True).encode(
+        [Message(r, t, train) for r, t, train in spaced]
+    )
+    assert enc2.ids.tolist() == _paper_reference(tok, spaced)[0]
+
+
+def test_paper_compat_empty_conversation_trains_only_the_eos(tokenizer_dir, tmp_path):
+    empty = {**NAT_STRATEGYQA, "info": {"reward": False}, "conversations": []}
+    src = _nat_source(tmp_path, prompt_variant="zero-shot-target-aware")
+    write_json(tmp_path / "sq.json", [NAT_STRATEGYQA, empty])
+    render = {"tokenizer": str(tokenizer_dir), "template": "llama2", "paper_compat": True}
+    cfg = _prepare_config(tokenizer_dir, tmp_path, [src], outcome={"empty": "keep"}, render=render)
+    stats = prepare(cfg, progress=False).stats
+    assert stats["per_class"]["failure"] == {
+        "examples": 1,
+        "tokens": stats["per_class"]["failure"]["tokens"],
+        "trained_tokens": 1,
+    }
+    # default rendering: the same record has nothing to train and is dropped
+    cfg = _prepare_config(
+        tokenizer_dir,
+        tmp_path,
+        [src],
+        output=str(tmp_path / "o2"),
+        outcome={"empty": "keep"},
+    )
+    stats = prepare(cfg, progress=False).stats
+    assert stats["dropped"]["no_trained_tokens"] == 1
+
+
+def test_paper_compat_needs_llama2(tokenizer_dir):
+    from natscale.data.render import Renderer, TemplateError, load_tokenizer
+
+    with pytest.raises(TemplateError, match="needs template: llama2"):
+        Renderer(load_tokenizer(tokenizer_dir), "chatml", paper_compat=True)

@@ -33,6 +33,7 @@ from typing import Any
 from natscale.data.errors import Issues
 from natscale.data.formats import alpaca, nat_release, openai, sharegpt
 from natscale.data.formats.base import Format, StrictModel
+from natscale.data.formats.common import keeping_empty
 from natscale.data.trajectory import Trajectory
 
 FORMATS: dict[str, Format] = {
@@ -57,7 +58,7 @@ def load_trajectories(
 
     ``on_error``: ``"raise"`` (a :class:`~natscale.data.errors.DataError` naming file, record
     and field) or ``"skip"`` (count the record in ``issues`` by reason). ``empty``: trajectories
-    with no turn after the question are ``"skip"``-ped (counted) or an ``"error"``.
+    with no turn after the question are ``"skip"``-ped (counted), an ``"error"``, or ``"keep"``-t.
     ``options`` are the format's own (e.g. ``questions=``, ``prompt=`` for ``nat``); the ones not
     given take the defaults of the format's options model. An unknown one is a ``TypeError``.
     """
@@ -65,14 +66,14 @@ def load_trajectories(
         raise ValueError(f"unknown trajectory format {format!r}; expected one of {sorted(FORMATS)}")
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-    if empty not in ("skip", "error"):
-        raise ValueError(f"empty must be 'skip' or 'error', got {empty!r}")
+    if empty not in ("skip", "error", "keep"):
+        raise ValueError(f"empty must be 'skip', 'error' or 'keep', got {empty!r}")
     fmt = FORMATS[format]
     issues = issues if issues is not None else Issues()
     skip = frozenset({"empty_conversation"}) if empty == "skip" else frozenset()
-    return fmt.load(
-        paths, on_error=on_error, issues=issues, skip_reasons=skip, **fmt.loader_options(options)
-    )
+    opts = fmt.loader_options(options)
+    with keeping_empty(empty == "keep"):
+        return fmt.load(paths, on_error=on_error, issues=issues, skip_reasons=skip, **opts)
 
 
 __all__ = ["FORMATS", "SOURCE_MODELS", "Format", "load_trajectories"]

@@ -37,7 +37,7 @@ from natscale.agent.react import AGENT_LINE, OBSERVATION_LINE
 from natscale.data.errors import Issues
 from natscale.data.formats.base import Format, RecordSource, per_record
 from natscale.data.formats.common import (
-    empty_error,
+    check_empty,
     extra_meta,
     field,
     load_records,
@@ -122,8 +122,7 @@ def load(
         output = record_field(rec, output_field, str)
         preamble, body = split_preamble(output)
         turns = split_react(body)
-        if not turns:
-            raise empty_error(rec, output_field)
+        check_empty(rec, turns, output_field)
         meta = extra_meta(rec, output_field, answer_field)
         return Trajectory(
             id=record_id(rec),

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -205,6 +207,26 @@ def read_tools(rec: Record, tools_field: str | None) -> list[dict[str, Any]] | N
             hint='give a list of {"name", "description", "parameters"} schemas (or their JSON '
             "text), or set the source's tools_field: null to ignore them",
         ) from None
+
+
+_KEEP_EMPTY = contextvars.ContextVar("keep_empty", default=False)
+
+
+@contextlib.contextmanager
+def keeping_empty(keep: bool) -> Iterator[None]:
+    """While active (``outcome.empty: keep``), :func:`check_empty` lets empty conversations
+    through."""
+    token = _KEEP_EMPTY.set(keep)
+    try:
+        yield
+    finally:
+        _KEEP_EMPTY.reset(token)
+
+
+def check_empty(rec: Record, turns: list, list_name: str) -> None:
+    """Raise the empty-conversation error when ``turns`` is empty, unless kept."""
+    if not turns and not _KEEP_EMPTY.get():
+        raise empty_error(rec, list_name)
 
 
 def empty_error(rec: Record, list_name: str) -> DataError:

@@ -39,7 +39,7 @@ from pydantic import Field
 from natscale.data.errors import DataError, Issues, handle
 from natscale.data.formats.base import SUCCESS_DOC, Format, Paths, StrictModel
 from natscale.data.formats.common import (
-    empty_error,
+    check_empty,
     field,
     load_records,
     message_role,
@@ -114,8 +114,7 @@ def parse_record(
     info = field(rec, data, "info", dict, default={})
     convs = record_field(rec, "conversations", list)
     turns = [_turn(rec, msg, i) for i, msg in enumerate(convs)]
-    if not turns:
-        raise empty_error(rec, "conversations")
+    check_empty(rec, turns, "conversations")
     if questions is not None:
         if tid not in questions:
             raise rec.error(

@@ -40,7 +40,7 @@ from pydantic import Field
 from natscale.data.errors import Issues
 from natscale.data.formats.base import Format, RecordSource, per_record
 from natscale.data.formats.common import (
-    empty_error,
+    check_empty,
     extra_meta,
     field,
     load_records,
@@ -175,8 +175,7 @@ def load(
         parts = split_prompt(
             rec, parse_messages(rec, items, messages_key), question_turn, messages_key
         )
-        if not parts["turns"]:
-            raise empty_error(rec, messages_key)
+        check_empty(rec, parts["turns"], messages_key)
         return Trajectory(
             id=record_id(rec),
             task=task,

@@ -47,8 +47,8 @@ from pydantic import Field
 from natscale.data.errors import Issues
 from natscale.data.formats.base import Format, RecordSource, per_record
 from natscale.data.formats.common import (
+    check_empty,
     dotted,
-    empty_error,
     extra_meta,
     field,
     load_records,
@@ -162,8 +162,7 @@ def load(
         if isinstance(system, str) and system and not (turns and turns[0].role == "system"):
             turns.insert(0, Turn("system", system, train=False))  # LLaMA-Factory's layout
         parts = split_prompt(rec, turns, question_turn, conversations_key)
-        if not parts["turns"]:
-            raise empty_error(rec, conversations_key)
+        check_empty(rec, parts["turns"], conversations_key)
         return Trajectory(
             id=record_id(rec),
             task=task,

@@ -16,6 +16,7 @@ import os
 from natscale.data.render.encode import Encoded, Piece, PieceEncoder
 from natscale.data.render.hf import HFChatTemplate, TemplateError
 from natscale.data.render.messages import Message, prompt_messages, trajectory_messages
+from natscale.data.render.paper import encode_paper
 from natscale.data.render.templates import BUILTIN, Template
 from natscale.data.render.tools import with_tools_in_system
 
@@ -87,8 +88,16 @@ class Renderer:
         *,
         observation_role: str = "user",
         end_of_turn: str | None = None,
+        paper_compat: bool = False,
     ) -> None:
         self.name = resolve_template(tokenizer, template)
+        self.paper_compat = paper_compat
+        if paper_compat and self.name != "llama2":
+            raise TemplateError(
+                f"render.paper_compat reproduces the paper's FastChat llama-2 preprocessing; it "
+                f"needs template: llama2, not {self.name!r}"
+            )
+        self.eos_id = tokenizer.eos_token_id
         missing = missing_tokens(tokenizer, self.name)
         if missing:
             raise TemplateError(
@@ -118,6 +127,8 @@ class Renderer:
         return self.template.pieces(messages, generation=generation)
 
     def encode(self, messages: list[Message], tools: list | None = None) -> Encoded:
+        if self.paper_compat:  # per-segment tokenisation (natscale.data.render.paper)
+            return encode_paper(self.encoder, with_tools_in_system(messages, tools), self.eos_id)
         return self.encoder.encode(self.pieces(messages, tools=tools))
 
     def encode_batch(self, batch: list[list[Message]]) -> list[Encoded]:

@@ -63,6 +63,9 @@ def render_range(
     for k, ex in enumerate(examples):
         try:
             msgs = trajectory_messages(ex.traj, ex.query, mode=mode, acknowledgement=ack)
+            if renderer.paper_compat:  # segment by segment, as the paper's code does
+                out[k] = renderer.encode(msgs, tools=ex.traj.tools)
+                continue
             batch.append(renderer.pieces(msgs, tools=ex.traj.tools))
             where.append(k)
         except (TemplateError, ValueError) as exc:
