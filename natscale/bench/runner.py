@@ -28,6 +28,7 @@ import yaml
 
 from natscale.bench.launch import run_train
 from natscale.bench.presets import data_preset_info, model_config, write_model_config
+from natscale.checkpoint.layout import RunDir
 
 OFFLOAD = ("none", "optimizer", "optimizer+params")
 
@@ -187,7 +188,8 @@ def run_side(
     )
     if code != 0:
         raise BenchError(f"{name} run failed (exit {code}): {' '.join(cmds[0])}\n{tail}")
-    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    run_dir = RunDir(out)
+    summary = json.loads(run_dir.summary.read_text(encoding="utf-8"))
     metrics = summarize(read_metrics(out), warmup=spec.warmup, world_size=spec.world_size)
     return {
         "commands": [" ".join(c) for c in cmds],
@@ -197,8 +199,8 @@ def run_side(
         "loss_implementation": summary.get("loss_implementation"),
         "loss": cfg["model"]["loss"],
         "micro_batch_rows": rows,
-        "config": yaml.safe_load((out / "config.yaml").read_text(encoding="utf-8")),
-        "ds_config": json.loads((out / "ds_config.json").read_text(encoding="utf-8")),
+        "config": yaml.safe_load(run_dir.config.read_text(encoding="utf-8")),
+        "ds_config": json.loads(run_dir.ds_config.read_text(encoding="utf-8")),
         **metrics,
     }
 

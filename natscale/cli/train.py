@@ -73,12 +73,12 @@ def run(args: argparse.Namespace) -> int:
 
     import torch.distributed as dist
 
-    from natscale.checkpoint_safety import UnsafeCheckpointError
+    from natscale.checkpoint.resume import ResumeError
+    from natscale.checkpoint.safety import UnsafeCheckpointError
+    from natscale.checkpoint.universal import UniversalConversionError
     from natscale.train.dist import init_distributed
     from natscale.train.engine import export_local_size
-    from natscale.train.resume import ResumeError
     from natscale.train.trainer import StopSignal, Trainer, TrainingAborted
-    from natscale.train.universal import UniversalConversionError
 
     stop = StopSignal()  # from here on a SIGTERM means: checkpoint at the next step boundary
     export_local_size()
@@ -136,9 +136,9 @@ def _no_library_progress_bars() -> None:
 
 
 def _write_summary(output_dir: str, summary: dict) -> None:
-    from pathlib import Path
+    from natscale.checkpoint.layout import RunDir
 
-    path = Path(output_dir) / "summary.json"
+    path = RunDir(output_dir).summary
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     tmp.replace(path)

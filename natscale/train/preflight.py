@@ -8,12 +8,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from natscale.checkpoint.layout import RunDir
 from natscale.config.ds_config import check_with_deepspeed, resolve_ds_config_path
 from natscale.config.loader import ConfigError
 from natscale.config.run import RunConfig
 from natscale.data.schema import ROW_FIELDS
 from natscale.model.load import ModelSourceError, has_weights, load_hf_config
-from natscale.train.checkpoint import list_tags, read_latest_text
 from natscale.train.metrics import MetricsFileError, parse_metrics
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
@@ -149,15 +149,17 @@ def check_output_dir(
     out: Path, *, resume: bool, fresh: bool = False, resume_from: str | None = None
 ) -> None:
     """``out`` can be written, and what it holds fits the flags (the checkpoint itself is checked
-    later, on rank 0: natscale.train.resume)."""
+    later, on rank 0: natscale.checkpoint.resume)."""
     if out.exists() and not out.is_dir():
         raise PreflightError(f"output_dir: {out} exists and is not a directory")
     if resume and fresh:
         raise PreflightError("--fresh starts over and --resume continues: pass one of them")
     check_writable(out)
-    ckpt = out / "checkpoints"
-    tags = list_tags(ckpt)
-    latest = read_latest_text(ckpt)
+    run_dir = RunDir(out)
+    ckpts = run_dir.checkpoints
+    ckpt = ckpts.root
+    tags = ckpts.list_tags()
+    latest = ckpts.read_latest_text()
     if not resume and not fresh and (tags or latest is not None):
         shown = ", ".join(tags[-4:]) if tags else f"a latest file naming {latest!r}"
         raise PreflightError(
@@ -165,12 +167,12 @@ def check_output_dir(
             "that run, --fresh to start over at step 1 (the previous run's files are moved to "
             f"{out}/previous-<time>/, not deleted), or choose another output_dir"
         )
-    if resume_from is not None and not (ckpt / resume_from).is_dir():
+    if resume_from is not None and not ckpts.tag_dir(resume_from).is_dir():
         raise PreflightError(
-            f"--resume-from {resume_from}: {ckpt / resume_from} does not exist (checkpoints in "
+            f"--resume-from {resume_from}: {ckpts.tag_dir(resume_from)} does not exist (checkpoints in "
             f"{ckpt}: {', '.join(tags) or 'none'})"
         )
-    metrics = out / "metrics.jsonl"
+    metrics = run_dir.metrics
     if resume and metrics.is_file():
         try:
             parse_metrics(metrics)  # a cut-off last line is fine: the trainer removes it
@@ -184,7 +186,8 @@ def check_writable(out: Path) -> None:
     """
     import tempfile
 
-    probes = [p for p in (out, out / "checkpoints") if p.is_dir()]
+    ckpt = RunDir(out).checkpoints.root
+    probes = [p for p in (out, ckpt) if p.is_dir()]
     if not probes:
         parent = out.parent
         while not parent.is_dir() and parent != parent.parent:
@@ -195,7 +198,7 @@ def check_writable(out: Path) -> None:
             with tempfile.TemporaryFile(dir=folder, prefix=".natscale-probe-"):
                 pass
         except OSError as exc:
-            where = "" if folder in (out, out / "checkpoints") else f" (to create {out} in it)"
+            where = "" if folder in (out, ckpt) else f" (to create {out} in it)"
             raise PreflightError(
                 f"output_dir: cannot write in {folder}{where}: {exc.strerror or exc}; choose a "
                 "writable output_dir"

@@ -22,7 +22,7 @@ import numpy as np
 from natscale.data.schema import ROW_FIELDS
 
 
-class PackedRows:
+class PreparedRowsReader:
     """Random access to the packed rows of a ``natscale prepare`` output directory."""
 
     def __init__(self, path: str | Path):
