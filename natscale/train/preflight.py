@@ -12,6 +12,7 @@ from natscale.checkpoint.layout import RunDir
 from natscale.config.ds_config import check_with_deepspeed, resolve_ds_config_path
 from natscale.config.loader import ConfigError
 from natscale.config.run import RunConfig
+from natscale.data.prepared import PreparedDataError, PreparedDir, first_bad_token
 from natscale.data.schema import ROW_FIELDS
 from natscale.model.load import ModelSourceError, has_weights, load_hf_config
 from natscale.train.metrics import MetricsFileError, parse_metrics
@@ -63,16 +64,15 @@ def check_run(
 def check_data(path: str, *, vocab_size: int) -> int:
     """The data directory is a complete prepared-data folder of rows in the schema, and every
     token id of every row is one the model knows (one vectorised pass over the id column)."""
-    from natscale.data.prepared import PreparedDataError, first_bad_token, open_prepared
-
-    d = Path(path)
-    if not (d / "state.json").is_file() and not (d / "stats.json").is_file():
+    prepared = PreparedDir(path)
+    d = prepared.root
+    if not prepared.state.is_file() and not prepared.stats.is_file():
         raise PreflightError(
             f"data.path: {d} is not a `natscale prepare` output directory (no datasets "
             "state.json, no stats.json); run `natscale prepare CONFIG` first"
         )
     try:
-        ds = open_prepared(d)
+        ds = prepared.open()
     except PreparedDataError as exc:
         raise PreflightError(f"data.path: {exc}") from exc
     for field, dtype in ROW_FIELDS.items():
@@ -103,11 +103,12 @@ def resolve_tokenizer(run: RunConfig, notes: list[str]) -> Path | None:
         if not _is_tokenizer_dir(tok):
             raise PreflightError(f"model.tokenizer: {tok} holds no tokenizer ({TOKENIZER_FILES})")
         return tok
-    for cand in (Path(run.data.path) / "tokenizer", run.model.path):
+    data_tok = PreparedDir(run.data.path).tokenizer
+    for cand in (data_tok, run.model.path):
         if cand is not None and _is_tokenizer_dir(Path(cand)):
             return Path(cand)
     notes.append(
-        f"no tokenizer in {Path(run.data.path) / 'tokenizer'} or the model directory: "
+        f"no tokenizer in {data_tok} or the model directory: "
         "the run directory and the HF export will have none"
     )
     return None
@@ -122,7 +123,7 @@ def check_tokenizer(run: RunConfig, tokenizer_dir: Path, vocab_size: int) -> Non
             f"tokenizer {tokenizer_dir} has {len(tok)} tokens but the model's vocab_size is "
             f"{vocab_size}; use the tokenizer the data was prepared with and a matching model"
         )
-    data_tok = Path(run.data.path) / "tokenizer"
+    data_tok = PreparedDir(run.data.path).tokenizer
     others = [p for p in (data_tok, run.model.path) if p is not None and _is_tokenizer_dir(Path(p))]
     for other in others:
         if Path(other).resolve() == tokenizer_dir.resolve():

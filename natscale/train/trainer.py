@@ -31,12 +31,13 @@ from natscale.checkpoint.resume import agree_on_start
 from natscale.checkpoint.universal import prepare_resume
 from natscale.config.loader import save_config
 from natscale.config.run import RunConfig
+from natscale.data.prepared import PreparedDir
 from natscale.train.batch import MicroBatch, collate
 from natscale.train.dist import DistInfo
 from natscale.train.engine import build_engine
 from natscale.train.metrics import FlopsModel, MetricsWriter, memory_gib, peak_flops
 from natscale.train.preflight import Preflight
-from natscale.train.rows import PreparedRowsReader, RowOrder, StepPlan, class_names
+from natscale.train.rows import PreparedRowsReader, RowOrder, StepPlan
 
 TOKEN_KINDS = ("slot", "nonpad", "trained")
 
@@ -95,7 +96,7 @@ class Trainer:
         self.ckpts = self.layout.checkpoints
         self.ckpt_dir = self.ckpts.root
         self.rows = PreparedRowsReader(run.data.path)
-        self.class_names = class_names(run.data.path, self.rows.num_classes())
+        self.class_names = PreparedDir(run.data.path).class_names(self.rows.num_classes())
         self.plan = StepPlan(
             info.world_size, info.rank, run.train.grad_accum, run.data.micro_batch_rows
         )

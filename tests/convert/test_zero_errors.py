@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from natscale.checkpoint.zero_to_hf import convert_zero_to_hf
 from natscale.checkpoint import safetensors_stream
+from natscale.checkpoint.zero_to_hf import convert_zero_to_hf
 from natscale.convert.errors import ConvertError
 
 pytestmark = pytest.mark.multiproc

@@ -14,7 +14,7 @@ import pytest
 from natscale.cli.main import main
 from natscale.config.loader import load_config
 from natscale.config.run import RunConfig
-from natscale.data.prepared import PreparedDataError, first_bad_token, open_prepared
+from natscale.data.prepared import PreparedDataError, PreparedDir, first_bad_token
 from natscale.train.preflight import PreflightError, check_run
 from natscale.train.rows import PreparedRowsReader
 from tests.train.train_fixtures import (
@@ -148,7 +148,7 @@ def test_the_full_scan_is_fast(tmp_path):
     column = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
     datasets.Dataset(pa.table({"input_ids": column})).save_to_disk(str(tmp_path / "d"))
     (tmp_path / "d" / "stats.json").write_text("{}")
-    ds = open_prepared(tmp_path / "d")
+    ds = PreparedDir(tmp_path / "d").open()
     start = time.perf_counter()
     assert first_bad_token(ds, 1000) == (-1, -1)
     elapsed = time.perf_counter() - start
