@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
+from natscale.atomic import atomic_write_text
 from natscale.ops import (
     IGNORE_INDEX,
     segment_cross_entropy,
@@ -498,9 +499,7 @@ def write_results(
         (".json", json.dumps(payload, indent=2, default=str)),
         (".md", "\n".join(md) + "\n"),
     ):
-        tmp = out_dir / f".{stem}{suffix}.tmp"
-        tmp.write_text(text)
-        tmp.rename(out_dir / f"{stem}{suffix}")
+        atomic_write_text(out_dir / f"{stem}{suffix}", text)
     return out_dir / f"{stem}.md"
 
 

@@ -8,7 +8,6 @@ device class (``<kind>_<device>.md``) that gains a row per run.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import subprocess
@@ -16,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from natscale.atomic import atomic_write_json, atomic_write_text
 from natscale.bench.presets import REPO
 
 MFU_FORMULA = (
@@ -83,10 +83,7 @@ def device_tag(env: dict[str, Any]) -> str:
 
 def write_json_atomic(path: Path, data: Any) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return atomic_write_json(path, data)
 
 
 def _fmt(x: Any, spec: str = ",.0f") -> str:
@@ -158,9 +155,7 @@ def write_record(record: dict[str, Any], results_dir: Path, *, kind: str = "thro
     text = table.read_text(encoding="utf-8") if table.is_file() else f"# {kind} ({tag})\n\n"
     if MD_HEADER not in text:
         text += MD_HEADER
-    tmp = table.with_name(f".{table.name}.tmp")
-    tmp.write_text(text + markdown_row(record), encoding="utf-8")
-    tmp.replace(table)
+    atomic_write_text(table, text + markdown_row(record))
     return path
 
 
