@@ -64,7 +64,7 @@ def test_dotted_keys_one_implementation():
     assert get_dotted(data, "x.y.z") == [1, 2] and get_dotted(data, "a.b") == 1
     assert get_dotted(data, "a.missing") is None and get_dotted(data, "s.t") is None
     assert get_dotted(data, None) is None and get_dotted(data, "") is None
-    assert parse_override(" train.lr =2e-5") == ("train.lr", 2e-5)
+    assert parse_override(" train.lr =2.5e-5") == ("train.lr", 2.5e-5)
     assert parse_override("name=") == ("name", "")
     with pytest.raises(ConfigError, match="'s' is not a section"):
         set_dotted(data, "s.t", 1)
