@@ -54,38 +54,32 @@ def test_multi_rank_jobs_are_natscale_launch_commands(tmp_path, world_size, node
     assert job.env["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
 
 
+def _job(tmp_path: Path, world_size: int, nodes: int = 1, **environ: str):
+    return build_job(
+        tmp_path / "run.yaml", world_size=world_size, nodes=nodes, log_dir=tmp_path, environ=environ
+    )
+
+
 def test_one_rank_runs_natscale_train_alone_with_the_same_environment(tmp_path):
-    job = build_job(tmp_path / "run.yaml", world_size=1, nodes=1, log_dir=tmp_path, environ={})
+    job = _job(tmp_path, 1)
     assert job.commands == [
         [sys.executable, "-m", "natscale.cli", "train", "--config", str(tmp_path / "run.yaml")]
     ]
     assert job.env["GLOO_SOCKET_IFNAME"] == "lo" and job.env["HF_HUB_OFFLINE"] == "1"
     assert job.env["PYTHONPATH"].split(os.pathsep)[0] == source_root()
-    mine = build_job(
-        tmp_path / "run.yaml",
-        world_size=1,
-        nodes=1,
-        log_dir=tmp_path,
-        environ={"GLOO_SOCKET_IFNAME": "eth7"},
-    )
+    mine = _job(tmp_path, 1, GLOO_SOCKET_IFNAME="eth7")
     assert mine.env["GLOO_SOCKET_IFNAME"] == "eth7"  # the caller's value wins
 
 
 def test_one_node_uses_the_first_visible_devices(tmp_path):
-    job = build_job(
-        tmp_path / "run.yaml",
-        world_size=2,
-        nodes=1,
-        log_dir=tmp_path,
-        environ={"CUDA_VISIBLE_DEVICES": "3,5,7"},
-    )
+    job = _job(tmp_path, 2, CUDA_VISIBLE_DEVICES="3,5,7")
     assert job.env["CUDA_VISIBLE_DEVICES"] == "3,5"
     assert "--num_gpus" not in job.commands[0]  # DeepSpeed then runs on exactly those
 
 
 def test_bad_shape_is_refused(tmp_path):
     with pytest.raises(ValueError, match="not a multiple of 2 nodes"):
-        build_job(tmp_path / "run.yaml", world_size=3, nodes=2, log_dir=tmp_path, environ={})
+        _job(tmp_path, 3, nodes=2)
 
 
 @pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="no /dev/shm")
@@ -101,3 +95,24 @@ def test_leftover_shm_segments_of_the_job_are_removed():
     finally:
         for path in [*ours, other]:
             path.unlink(missing_ok=True)
+
+
+@pytest.mark.slow
+@pytest.mark.multiproc
+def test_a_two_node_benchmark_runs_through_the_launcher(tmp_path, monkeypatch):
+    import json
+
+    from natscale.cli.main import main
+
+    monkeypatch.chdir(tmp_path)
+    results = tmp_path / "results"
+    argv = ["bench", "throughput", "--model", "tiny", "--data", "gsm8k", "--seq-len", "256"]
+    argv += ["--warmup", "1", "--steps", "1", "--device", "cpu", "--no-ac", "--no-baseline"]
+    argv += ["--world-size", "2", "--nodes", "2", "--repeats", "1"]
+    assert main([*argv, "--work-dir", str(tmp_path / "work"), "--results", str(results)]) == 0
+    (path,) = results.glob("throughput_tiny_gsm8k_cpu_*.json")
+    record = json.loads(path.read_text())
+    commands = record["natscale"]["commands"]
+    assert [c.split("--node_rank ")[1].split()[0] for c in commands] == ["0", "1"]
+    assert all("--no_ssh" in c and "natscale.cli train --config" in c for c in commands)
+    assert record["natscale"]["measured_steps"] == 1
