@@ -87,6 +87,7 @@ def build_job(
     opts = launch_options(
         config, world_size=world_size, nodes=nodes, port=port, log_dir=log_dir, env=env
     )
+    # one rank: no launcher, but the same rank environment a one-rank launch gets
     plan, findings = build_plan(
         opts or LaunchOptions([], gpus_per_node=1, master_port=port), env, log_dir
     )
