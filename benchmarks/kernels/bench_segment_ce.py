@@ -364,7 +364,7 @@ def environment(device: str) -> dict:
 
     env = machine(("liger-kernel",))
     if device == "cpu":  # the machine may have a GPU this run does not use
-        env["device"] = f"cpu: {env['cpu']} ({env['cpu_count']} cores)"
+        env["device"] = f"{env['cpu']} ({env['cpu_count']} cores)"
     return {
         **env,
         "ops": report(),
