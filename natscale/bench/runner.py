@@ -16,10 +16,9 @@ Both runs use the same model preset, the same examples, device and world size, f
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ import yaml
 
 from natscale.bench.launch import run_train
 from natscale.bench.presets import data_preset_info, model_config, write_model_config
+from natscale.config.loader import set_dotted
 
 OFFLOAD = ("none", "optimizer", "optimizer+params")
 
@@ -111,11 +111,7 @@ def run_config(
         "logging": {"tensorboard": False, "progress_bar": False, "peak_tflops": spec.peak_tflops},
     }
     for key, value in spec.extra.items():
-        node = cfg
-        *parents, last = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = value
+        set_dotted(cfg, key, value)
     return cfg
 
 
@@ -325,11 +321,3 @@ def throughput(
         for r, rt in zip(runs, each, strict=True)
     ]
     return record
-
-
-def with_changes(spec: BenchSpec, **changes: Any) -> BenchSpec:
-    return replace(spec, **changes)
-
-
-def finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)

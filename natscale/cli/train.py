@@ -7,7 +7,6 @@ Works alone or under torchrun / deepspeed / mpirun / srun, including
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from natscale.train.args import TrainArgs
@@ -160,10 +159,9 @@ def _no_library_progress_bars() -> None:
 def _write_summary(output_dir: str, summary: dict) -> None:
     from pathlib import Path
 
-    path = Path(output_dir) / "summary.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    from natscale.atomic import atomic_write_json
+
+    atomic_write_json(Path(output_dir) / "summary.json", summary)
 
 
 def summary_line(s: dict) -> str:

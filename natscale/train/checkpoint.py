@@ -20,11 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import os
 import random
 import re
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from natscale.filemode import apply_umask
+from natscale.atomic import atomic_write_text
 
 TAG_RE = re.compile(r"^global_step(\d+)$")
 WORLD_FILE = "natscale_world_size"  # in each tag folder: how many ranks wrote it (universal.py)
@@ -74,16 +72,7 @@ def list_tags(ckpt_dir: str | Path) -> list[str]:
 
 
 def _write_latest(ckpt_dir: Path, tag: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=ckpt_dir, prefix=".latest.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(tag)
-        apply_umask(tmp)  # mkstemp made it 0600
-        os.replace(tmp, ckpt_dir / "latest")
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(ckpt_dir / "latest", tag)
 
 
 def _prune(ckpt_dir: Path, keep_last: int, current: str) -> list[str]:

@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 
+from natscale.atomic import atomic_write_text
+
 # dense bf16 tensor-core peak, FLOP/s per device (datasheets); first match on the device name wins
 PEAK_BF16_FLOPS: list[tuple[str, float]] = [
     ("H100 PCIe", 756e12),
@@ -197,9 +199,7 @@ def truncate_after(path: Path, step: int) -> list[str]:
         steps = f"step {last}" if last == step + 1 else f"steps {step + 1}-{last}"
         notes.append(f"{path}: removed the records of {steps}, written after {since}")
     if notes:
-        tmp = path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
-        tmp.replace(path)
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
     return notes
 
 

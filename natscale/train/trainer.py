@@ -24,6 +24,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from natscale.atomic import atomic_write_json
 from natscale.config.loader import save_config
 from natscale.config.run import RunConfig
 from natscale.train import checkpoint
@@ -166,13 +167,9 @@ class Trainer:
         )
 
     def _write_run_files(self) -> None:
-        import json
-
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(self.run, self.run_dir / "config.yaml")
-        tmp = self.run_dir / ".ds_config.json.tmp"
-        tmp.write_text(json.dumps(self.bundle.ds_config, indent=2) + "\n", encoding="utf-8")
-        tmp.replace(self.run_dir / "ds_config.json")
+        atomic_write_json(self.run_dir / "ds_config.json", self.bundle.ds_config)
         write_model_config(
             self.bundle.model.hf_model,
             self.run_dir / "model_config",
