@@ -36,8 +36,19 @@ ext_modules, cmdclass = _ext_modules_and_cmdclass()
 
 setup(
     packages=find_packages(include=["natscale", "natscale.*"]),
-    package_data={"natscale": ["py.typed", "assets/**/*"]},
-    include_package_data=True,
+    # the default DeepSpeed configs and the op sources travel with the package (wheel included)
+    package_data={
+        "natscale": [
+            "py.typed",
+            "assets/**/*",
+            "ds_configs/*.json",
+            "csrc/**/*.cpp",
+            "csrc/**/*.cu",
+            "csrc/**/*.cuh",
+            "csrc/**/*.h",
+        ]
+    },
+    include_package_data=False,  # exactly package_data (no data folder is mistaken for a package)
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

@@ -2,7 +2,7 @@
 # CPU-side preparation of the one-call GPU check (benchmarks/gpu_session.sh), on a machine with
 # network and nvcc: everything the GPU machine would otherwise spend device time on.
 #   bash scripts/gpu_prep.sh            # venv + wheels + prebuilt op (~5-15 min the first time)
-#   bash scripts/gpu_prep.sh --ops      # only rebuild the op (after a change under csrc/)
+#   bash scripts/gpu_prep.sh --ops      # only rebuild the op (after a change under natscale/csrc/)
 # 1. .cache/gpu-py312: a Python 3.12 venv with the GPU machine's torch (2.11.0, CUDA 13.0 wheels)
 #    and the packages that machine has (pytest, accelerate, ...): the build environment of step 3
 #    and the stand-in of that machine for the rehearsal (GPU_REHEARSAL=1, docs/benchmarks.md).

@@ -25,7 +25,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from natscale.bench.data import synthetic_lengths  # noqa: E402
+from natscale.bench.datasets import synthetic_lengths  # noqa: E402
 from natscale.bench.presets import DATA_PRESETS  # noqa: E402
 from natscale.data.packing_search import bfd_sizes, l2_bound  # noqa: E402
 

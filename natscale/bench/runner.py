@@ -5,7 +5,7 @@ Both runs use the same model preset, the same examples, device and world size, f
 ``metrics.jsonl`` are dropped and the rest summarised (``summarize``).
 
 - natscale: packed rows, ``model.loss=fused`` (the segment loss op), attention ``auto``;
-- baseline, the NAT paper's recipe (HF Trainer, see shared notes nat-method): the same segments
+- baseline, the NAT paper's recipe (a plain HF Trainer; docs/benchmarks.md): the same segments
   unpacked, one per row, each micro-batch padded to its longest row, ``model.loss=logits`` (the
   HF lm_head materialises fp32 [T, V] logits, then cross-entropy), sdpa attention (dense causal
   over padded rows). The paper averages the loss per micro-batch; the trainer normalises over the
@@ -16,10 +16,9 @@ Both runs use the same model preset, the same examples, device and world size, f
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ import yaml
 from natscale.bench.launch import run_train
 from natscale.bench.presets import data_preset_info, model_config, write_model_config
 from natscale.checkpoint.layout import RunDir
+from natscale.config.loader import set_dotted
 
 OFFLOAD = ("none", "optimizer", "optimizer+params")
 
@@ -112,11 +112,7 @@ def run_config(
         "logging": {"tensorboard": False, "progress_bar": False, "peak_tflops": spec.peak_tflops},
     }
     for key, value in spec.extra.items():
-        node = cfg
-        *parents, last = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = value
+        set_dotted(cfg, key, value)
     return cfg
 
 
@@ -252,7 +248,7 @@ def throughput(
     ``record["ratio_spread"]`` / ``record["repeats"]`` every repeat's numbers. ``on_progress``
     gets one line before and after each training run.
     """
-    from natscale.bench.data import build_datasets, mean_segments_per_row
+    from natscale.bench.datasets import build_datasets, mean_segments_per_row
 
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
@@ -327,11 +323,3 @@ def throughput(
         for r, rt in zip(runs, each, strict=True)
     ]
     return record
-
-
-def with_changes(spec: BenchSpec, **changes: Any) -> BenchSpec:
-    return replace(spec, **changes)
-
-
-def finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from natscale.atomic import HF_EXPORT, write_marker
+from natscale.atomic import HF_EXPORT, replace_dir, write_marker
 from natscale.filemode import apply_umask_tree
 from natscale.model.load import config_path
 
@@ -92,9 +92,4 @@ def _fresh(path: Path) -> Path:
 def _swap_in(tmp: Path, final: Path) -> None:
     """Replace ``final`` by ``tmp`` so that readers never see a half-written directory."""
     apply_umask_tree(tmp)  # safetensors writes its files 0600
-    old = final.with_name(final.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_dir(tmp, final)

@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import os
 import random
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,8 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from natscale.atomic import atomic_write_text
 from natscale.checkpoint.layout import TAG_RE, CheckpointDir, tag_for
-from natscale.filemode import apply_umask
 
 LOW_SPACE_BYTES = 64 * 2**20  # a write that fails with less free than this: the disk is full
 
@@ -42,16 +40,7 @@ class CheckpointSaveError(RuntimeError):
 
 
 def _write_latest(ckpt_dir: Path, tag: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=ckpt_dir, prefix=".latest.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(tag)
-        apply_umask(tmp)  # mkstemp made it 0600
-        os.replace(tmp, CheckpointDir(ckpt_dir).latest_file)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(CheckpointDir(ckpt_dir).latest_file, tag)
 
 
 def _prune(ckpt_dir: Path, keep_last: int, current: str) -> list[str]:

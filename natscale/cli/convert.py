@@ -209,7 +209,7 @@ def _options(pairs: list[str]) -> dict:
 
 
 def _data(args: argparse.Namespace) -> int:
-    from natscale.convert.data import convert_trajectories
+    from natscale.convert.trajectories import convert_trajectories
 
     res = convert_trajectories(
         args.input,

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from natscale.cli.argtypes import int_at_least, port, positive_int
+from natscale.launch.findings import Finding
 from natscale.launch.options import BACKENDS, DEFAULT_MASTER_PORT, LaunchOptions
 
 
@@ -151,6 +152,45 @@ def options_from_args(args: argparse.Namespace) -> LaunchOptions:
     )
 
 
+class _ArgError(Exception):
+    pass
+
+
+class _RaisingParser(argparse.ArgumentParser):
+    def error(self, message: str):  # raise instead of printing usage and exiting
+        raise _ArgError(message)
+
+
+def check_command(
+    command: str, command_args: list[str], *, world_size: int
+) -> tuple[list[str], list[Finding]]:
+    """(lines describing the run, findings) for ``natscale COMMAND ARGS`` (the arguments after
+    ``--``) on ``world_size`` ranks, parsed by the command's own parser."""
+    import contextlib
+    import importlib
+    import io
+
+    from natscale.cli.train import config_given_twice, train_args
+    from natscale.launch.runcheck import check_train
+
+    parser = _RaisingParser(prog=f"natscale {command}", add_help=False)
+    importlib.import_module(f"natscale.cli.{command}").add_arguments(parser)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            parsed = parser.parse_args(command_args)
+    except _ArgError as exc:
+        return [], [
+            Finding("error", f"natscale {command} {' '.join(command_args)}: {exc}", "after --")
+        ]
+    if command != "train":
+        return [f"command: natscale {command} {' '.join(command_args)}".rstrip()], []
+    if config_given_twice(parsed):
+        return [], [
+            Finding("error", "give the run config once (CONFIG or --config CONFIG)", "after --")
+        ]
+    return check_train(train_args(parsed), world_size=world_size)
+
+
 def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     opts = options_from_args(args)
@@ -158,7 +198,6 @@ def run(args: argparse.Namespace) -> int:
     from natscale.launch.plan import build_plan
     from natscale.launch.preflight import probe_checks, static_checks
     from natscale.launch.render import describe
-    from natscale.launch.runcheck import check_command
 
     environ = dict(os.environ)
     plan, findings = build_plan(opts, environ, Path.cwd())

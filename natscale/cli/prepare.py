@@ -27,8 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from natscale.config.data import PrepareConfig
     from natscale.config.loader import ConfigError, load_config
+    from natscale.config.prepare import PrepareConfig
     from natscale.data.errors import DataError
     from natscale.data.prepare import prepare
 

@@ -7,8 +7,9 @@ Works alone or under torchrun / deepspeed / mpirun / srun, including
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+
+from natscale.train.args import TrainArgs
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,6 +45,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
 
 
+def config_given_twice(args: argparse.Namespace) -> bool:
+    """CONFIG and --config name different files."""
+    return bool(args.config_pos and args.config_opt and args.config_pos != args.config_opt)
+
+
+def train_args(args: argparse.Namespace) -> TrainArgs:
+    """The parsed command line as the library takes it (check ``config_given_twice`` first)."""
+    return TrainArgs(
+        config=args.config_opt or args.config_pos,
+        overrides=list(args.overrides),
+        resume=args.resume,
+        resume_from=args.resume_from,
+        fresh=args.fresh,
+    )
+
+
 def _fail(message: str, code: int) -> int:
     print(f"natscale train: error: {message}", file=sys.stderr, flush=True)
     return code
@@ -55,15 +72,15 @@ def run(args: argparse.Namespace) -> int:
     from natscale.data.schema import RowError
     from natscale.train.preflight import PreflightError, check_run
 
-    if args.config_pos and args.config_opt and args.config_pos != args.config_opt:
+    if config_given_twice(args):
         return _fail("give the config once (positionally or with --config)", 2)
-    path = args.config_opt or args.config_pos
-    if not path:
+    targs = train_args(args)
+    if not targs.config:
         return _fail("no run config: natscale train CONFIG (or --config CONFIG)", 2)
     try:
-        run_cfg = load_config(path, RunConfig, args.overrides)
+        run_cfg = load_config(targs.config, RunConfig, targs.overrides)
         checks = check_run(
-            run_cfg, resume=args.resume, fresh=args.fresh, resume_from=args.resume_from
+            run_cfg, resume=targs.resume, fresh=targs.fresh, resume_from=targs.resume_from
         )
     except (ConfigError, PreflightError) as exc:
         return _fail(str(exc), 2)
@@ -86,10 +103,14 @@ def run(args: argparse.Namespace) -> int:
     if info.rank == 0:
         for note in checks.notes:
             print(f"natscale train: note: {note}", file=sys.stderr, flush=True)
-    resume = args.resume or args.resume_from is not None
     try:
         trainer = Trainer(
-            run_cfg, info, checks, resume=resume, fresh=args.fresh, resume_from=args.resume_from
+            run_cfg,
+            info,
+            checks,
+            resume=targs.resuming,
+            fresh=targs.fresh,
+            resume_from=targs.resume_from,
         )
         summary = trainer.train(stop)
     except TrainingAborted as exc:
@@ -136,12 +157,10 @@ def _no_library_progress_bars() -> None:
 
 
 def _write_summary(output_dir: str, summary: dict) -> None:
+    from natscale.atomic import atomic_write_json
     from natscale.checkpoint.layout import RunDir
 
-    path = RunDir(output_dir).summary
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_json(RunDir(output_dir).summary, summary)
 
 
 def summary_line(s: dict) -> str:

@@ -1,4 +1,8 @@
-"""DeepSpeed JSON configs: load one from ``ds_configs/``, fill its ``"auto"`` values from the run.
+"""DeepSpeed JSON configs: load one, fill its ``"auto"`` values from the run.
+
+The named setups ship with the package (``natscale/ds_configs/*.json``, package data) and are
+named ``ds_configs/NAME.json`` in run configs, which resolves from a checkout and from an
+installed wheel alike; a file of that path in the current directory wins.
 
 The run config owns batch sizes, optimizer hyper-parameters, clipping and precision; a ds_config
 says ``"auto"`` for them (or leaves them out) and :func:`fill_ds_config` writes them in. An explicit
@@ -9,32 +13,48 @@ schedule is the trainer's (a client scheduler), so a ds_config may not carry a `
 from __future__ import annotations
 
 import copy
+import importlib.resources
 import json
 import os
 from pathlib import Path
 from typing import Any
 
-from natscale.config.loader import ConfigError
+from natscale.config.loader import ConfigError, get_dotted, set_dotted
 from natscale.config.run import RunConfig
 
 AUTO = "auto"
-SOURCE_ROOT = Path(__file__).resolve().parents[2]  # the checkout holding ds_configs/
+#: the folder name that run configs use for the shipped configs: ``ds_configs/zero3_bf16.json``
+SHIPPED_PREFIX = "ds_configs"
+
+
+def shipped_ds_configs() -> dict[str, Path]:
+    """The DeepSpeed configs shipped with natscale: ``{"zero3_bf16.json": path, ...}``."""
+    folder = importlib.resources.files("natscale") / SHIPPED_PREFIX
+    if not folder.is_dir():
+        return {}
+    return {
+        f.name: Path(str(f))
+        for f in sorted(folder.iterdir(), key=lambda f: f.name)
+        if f.name.endswith(".json")
+    }
 
 
 def resolve_ds_config_path(name: str | os.PathLike) -> Path:
-    """A ds_config path as given, else relative to the natscale source tree (``ds_configs/...``)."""
+    """A ds_config path as given (relative to the current directory), else, for
+    ``ds_configs/NAME.json``, the config of that name shipped with natscale."""
     path = Path(name)
-    if path.is_file() or path.is_absolute():
+    if path.is_file() or path.is_absolute() or path.parent != Path(SHIPPED_PREFIX):
         return path
-    return SOURCE_ROOT / path if (SOURCE_ROOT / path).is_file() else path
+    return shipped_ds_configs().get(path.name, path)
 
 
 def load_ds_config(name: str | os.PathLike) -> dict[str, Any]:
     path = resolve_ds_config_path(name)
     if not path.is_file():
+        shipped = ", ".join(f"{SHIPPED_PREFIX}/{n}" for n in shipped_ds_configs())
         raise ConfigError(
-            f"deepspeed.config: {name} not found (looked in the current directory and in "
-            f"{SOURCE_ROOT / 'ds_configs'}); pick one of ds_configs/*.json"
+            f"deepspeed.config: {name} not found (looked in the current directory and among "
+            f"the configs shipped with natscale); pick a JSON file or one of: {shipped}"
         )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -93,25 +113,31 @@ def fill_ds_config(
             f"{where}: remove its 'scheduler' block; the LR schedule is set by train.lr_schedule, "
             "train.warmup_steps and train.min_lr_ratio"
         )
-    if _get(ds, "fp16.enabled") not in (None, False):
+    if get_dotted(ds, "fp16.enabled") not in (None, False):
         raise ConfigError(f"{where}: fp16 is not supported; use train.precision: bf16 or fp32")
     ds.setdefault("optimizer", {"type": "AdamW", "params": {}})
     for key, value in run_owned_values(run, world_size).items():
-        current = _get(ds, key)
+        current = get_dotted(ds, key)
         if current is not None and current != AUTO and current != value:
             raise ConfigError(
                 f"{where}: {key} is {current!r} but the run config says {value!r}; "
                 f'set it to "auto" (the run config owns it)'
             )
-        _set(ds, key, value)
+        set_dotted(ds, key, value)
     for key, value in size_defaults(hidden_size).items():
-        if _get(ds, key) == AUTO:
-            _set(ds, key, value)
+        if get_dotted(ds, key) == AUTO:
+            set_dotted(ds, key, value)
     ds.setdefault("steps_per_print", 10**9)  # our own metrics replace DeepSpeed's step prints
     leftover = sorted(_auto_keys(ds))
     if leftover:
         raise ConfigError(f"{where}: no rule to fill 'auto' at {leftover}; give a value instead")
     return ds
+
+
+def resolve_ds_config(run: RunConfig, *, world_size: int, hidden_size: int) -> dict[str, Any]:
+    """The run's ds_config JSON merged with ``deepspeed.overrides`` and its "auto" values filled."""
+    ds = deep_merge(load_ds_config(run.deepspeed.config), run.deepspeed.overrides)
+    return fill_ds_config(ds, run, world_size=world_size, hidden_size=hidden_size)
 
 
 def check_with_deepspeed(ds: dict[str, Any], where: str) -> None:
@@ -126,23 +152,6 @@ def check_with_deepspeed(ds: dict[str, Any], where: str) -> None:
 
 def zero_stage(ds: dict[str, Any]) -> int:
     return int(ds.get("zero_optimization", {}).get("stage", 0))
-
-
-def _get(d: dict[str, Any], dotted: str) -> Any:
-    node: Any = d
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
-def _set(d: dict[str, Any], dotted: str, value: Any) -> None:
-    *parents, last = dotted.split(".")
-    node = d
-    for part in parents:
-        node = node.setdefault(part, {})
-    node[last] = value
 
 
 def _auto_keys(node: Any, prefix: str = "") -> list[str]:

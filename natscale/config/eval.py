@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from natscale.config.data import StrategyConfig
+from natscale.config.prepare import StrategyConfig
 
 
 class _Strict(BaseModel):

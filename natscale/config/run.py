@@ -2,9 +2,9 @@
 
 Sections: ``model``, ``data``, ``train``, ``deepspeed``, ``checkpoint``, ``logging`` and the run
 directory ``output_dir``. Every section forbids unknown keys, so a misspelt key is an error that
-names it. Relative paths are taken from the current directory (``deepspeed.config`` also from the
-natscale source tree, where ``ds_configs/`` lives). The resolved config is saved as
-``RUN_DIR/config.yaml``; ``docs/training.md`` documents every key.
+names it. Relative paths are taken from the current directory (``deepspeed.config:
+ds_configs/NAME.json`` else names a config shipped in ``natscale/ds_configs/``). The resolved
+config is saved as ``RUN_DIR/config.yaml``; ``docs/training.md`` documents every key.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ import math
 import random
 from dataclasses import dataclass
 
-from natscale.config.data import PAPER_MARKERS, StrategyConfig
+from natscale.config.prepare import PAPER_MARKERS, StrategyConfig
 from natscale.data.errors import DataError
 from natscale.data.prompts import PLAIN_TEMPLATE, TaskPrompt
 from natscale.data.render.messages import Message, prompt_messages

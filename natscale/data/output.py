@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from natscale.data.packing import PackedRows
+from natscale.data.packing import PackedColumns
 from natscale.data.schema import ROW_FIELDS
 
 ROWS_PER_CHUNK = 2048  # keeps list offsets in int32 range for any row length
@@ -38,7 +38,7 @@ def _list_column(arrays: list[np.ndarray] | np.ndarray, dtype: str):
     return pa.chunked_array(chunks, type=pa.list_(pa.from_numpy_dtype(np.dtype(dtype))))
 
 
-def rows_to_dataset(rows: PackedRows):
+def rows_to_dataset(rows: PackedColumns):
     """A ``datasets.Dataset`` of the packed rows (built column-wise through Arrow)."""
     import pyarrow as pa
     from datasets import Dataset

@@ -118,7 +118,7 @@ def _best_fit(order: list[int], lengths: list[int], capacity: int) -> list[list[
 
 
 @dataclass
-class PackedRows:
+class PackedColumns:
     """Columns of packed rows, dtypes as in ``schema.ROW_FIELDS``: one numpy array per row, or
     for the fixed-length columns of :func:`build_rows` one ``[rows, L]`` matrix (a sequence of
     its rows too, and written to Arrow without a copy)."""
@@ -148,7 +148,7 @@ def build_rows(
     *,
     max_seq_len: int,
     pad_id: int,
-) -> PackedRows:
+) -> PackedColumns:
     """Lay out the examples of each bin as one padded row of ``max_seq_len`` tokens.
 
     The rows are written straight into three ``[rows, max_seq_len]`` matrices: fresh memory is
@@ -159,7 +159,7 @@ def build_rows(
     targets = np.full((num_rows, max_seq_len), IGNORE_INDEX, dtype=np.int64)
     position_ids = np.empty((num_rows, max_seq_len), dtype=np.int64)
     ramp = np.arange(max_seq_len, dtype=np.int64)
-    rows = PackedRows(input_ids, position_ids, targets, [], [], [], [], [])
+    rows = PackedColumns(input_ids, position_ids, targets, [], [], [], [], [])
     for r, members in enumerate(bins):
         cu = np.zeros(len(members) + 1, dtype=np.int32)
         np.cumsum([ids[i].shape[0] for i in members], out=cu[1:])
@@ -192,12 +192,12 @@ def pack(
     pad_id: int,
     algorithm: str = DEFAULT_ALGORITHM,
     seed: int = 0,
-) -> PackedRows:
+) -> PackedColumns:
     """Plan and build packed rows for examples that each fit in ``max_seq_len``."""
     bins = plan_bins([x.shape[0] for x in ids], max_seq_len, algorithm, seed)
     return build_rows(bins, ids, masks, classes, weights, max_seq_len=max_seq_len, pad_id=pad_id)
 
 
-def efficiency(rows: PackedRows, max_seq_len: int) -> float:
+def efficiency(rows: PackedColumns, max_seq_len: int) -> float:
     """Non-pad tokens / slot tokens."""
     return sum(rows.num_tokens) / (len(rows) * max_seq_len) if len(rows) else 0.0

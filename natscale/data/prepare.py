@@ -1,6 +1,6 @@
 """``natscale prepare`` as a library: trajectories -> NAT-marked, masked, packed rows on disk.
 
-    from natscale.config.data import PrepareConfig
+    from natscale.config.prepare import PrepareConfig
     from natscale.config.loader import load_config
     result = prepare(load_config("examples/configs/prepare_math.yaml", PrepareConfig))
     result.out_dir, result.stats["packing"]["efficiency"]
@@ -26,11 +26,12 @@ from typing import Any
 import numpy as np
 
 from natscale.atomic import check_destination
-from natscale.config.data import NatSource, PrepareConfig
 from natscale.config.loader import save_config
+from natscale.config.prepare import PrepareConfig
 from natscale.data import nat, outcome
 from natscale.data.errors import DataError, Issues, handle
 from natscale.data.formats import load_trajectories
+from natscale.data.formats.nat_release import NatSource
 from natscale.data.packing import build_rows, efficiency, plan_bins
 from natscale.data.packing_search import l2_bound
 from natscale.data.prompts import TaskPrompt, load_task_prompt

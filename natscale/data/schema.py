@@ -1,4 +1,6 @@
-"""The packed row: the contract between ``natscale prepare`` and the trainer (DESIGN.md).
+"""The packed row: the contract between ``natscale prepare`` and the trainer.
+
+See docs/architecture.md, "The prepared directory and the packed row".
 
 A row holds several examples (segments) back to back, padded at the end only::
 

@@ -1,4 +1,6 @@
-"""The canonical trajectory every loader produces and every later stage consumes (DESIGN.md).
+"""The canonical trajectory every loader produces and every later stage consumes.
+
+One of the pipeline's contracts (docs/architecture.md, "The canonical trajectory").
 
 A trajectory is the task prompt (``system``, ``instruction`` and its ``acknowledgement``), the
 ``question`` (where the NAT marker goes) and the agent's ``turns`` after it::

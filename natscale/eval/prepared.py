@@ -16,8 +16,9 @@ from natscale.eval.errors import EvalError
 
 def prompt_defaults(prepared_dir: str | os.PathLike) -> dict[str, Any]:
     """The ``prompt`` section of an eval config as the dataset in ``prepared_dir`` was prepared."""
-    from natscale.config.data import NatSource, PrepareConfig
     from natscale.config.loader import ConfigError, load_config
+    from natscale.config.prepare import PrepareConfig
+    from natscale.data.formats.nat_release import NatSource
     from natscale.data.prepared import PreparedDir
 
     prepared = PreparedDir(prepared_dir)

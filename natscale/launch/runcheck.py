@@ -1,56 +1,28 @@
-"""The command every rank will run, validated on the launching node before any node starts.
+"""The run every rank will start, validated on the launching node before any node starts.
 
 For ``train``: the run config (with its ``--set`` overrides) and everything ``natscale train``'s
 own preflight checks (model, prepared data, tokenizer, ds_config, output directory). Data is
 prepared once, beforehand: a ``data.path`` that does not exist is refused with a pointer to
-``natscale prepare``, never tokenised on the nodes.
+``natscale prepare``, never tokenised on the nodes. ``natscale launch`` parses the arguments
+after ``--`` with ``natscale train``'s own parser and passes them here as ``TrainArgs``.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import io
 from pathlib import Path
 
 from natscale.launch.findings import Finding
+from natscale.train.args import TrainArgs
 
 
-class _ArgError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # raise instead of printing usage and exiting
-        raise _ArgError(message)
-
-
-def check_command(
-    command: str, command_args: list[str], *, world_size: int
-) -> tuple[list[str], list[Finding]]:
-    """(lines describing the run, findings) for ``natscale COMMAND ARGS`` on ``world_size`` ranks."""
-    parser = _Parser(prog=f"natscale {command}", add_help=False)
-    module = __import__(f"natscale.cli.{command}", fromlist=["add_arguments"])
-    module.add_arguments(parser)
-    try:
-        with contextlib.redirect_stderr(io.StringIO()):
-            args = parser.parse_args(command_args)
-    except _ArgError as exc:
-        return [], [
-            Finding("error", f"natscale {command} {' '.join(command_args)}: {exc}", "after --")
-        ]
-    if command == "train":
-        return _check_train(args, world_size)
-    return [f"command: natscale {command} {' '.join(command_args)}".rstrip()], []
-
-
-def _check_train(args: argparse.Namespace, world_size: int) -> tuple[list[str], list[Finding]]:
+def check_train(args: TrainArgs, *, world_size: int) -> tuple[list[str], list[Finding]]:
+    """(lines describing the run, findings) for ``natscale train`` on ``world_size`` ranks."""
+    from natscale.config.ds_config import resolve_ds_config
     from natscale.config.loader import ConfigError, load_config
     from natscale.config.run import RunConfig
-    from natscale.train.engine import resolve_ds_config
     from natscale.train.preflight import PreflightError, check_run
 
-    path = args.config_opt or args.config_pos
+    path = args.config
     if not path:
         return [], [
             Finding(
@@ -58,10 +30,6 @@ def _check_train(args: argparse.Namespace, world_size: int) -> tuple[list[str], 
                 "no run config: natscale launch [options] -- CONFIG [--set KEY=VALUE ...]",
                 "after --",
             )
-        ]
-    if args.config_opt and args.config_pos and args.config_opt != args.config_pos:
-        return [], [
-            Finding("error", "give the run config once (CONFIG or --config CONFIG)", "after --")
         ]
     try:
         run = load_config(path, RunConfig, args.overrides)

@@ -74,7 +74,7 @@ def choose_attn_implementation(
     ``auto``: flash_attention_2 on CUDA when flash-attn is installed; else flex_attention on CUDA
     (transformers builds a FlexAttention document mask from the restarting ``position_ids``, so
     packed rows never fall back to a dense masked SDPA on GPU); sdpa on CPU, where
-    flex_attention is slow to compile and crashes with 4D masks (shared notes, cpu-distributed Q5).
+    flex_attention is slow to compile and crashes with 4D masks (docs/architecture.md, "Packed attention").
     """
     if flash_attn_installed is None:
         flash_attn_installed = importlib.util.find_spec("flash_attn") is not None

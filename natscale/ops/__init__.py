@@ -1,7 +1,7 @@
-"""natscale's ops. Public API: :func:`segment_cross_entropy` (see DESIGN.md, "The segment loss op").
+"""natscale's ops. Public API: :func:`segment_cross_entropy` (contract: docs/architecture.md, "The loss op").
 
 Three implementations share one contract: the PyTorch reference (the spec), a CPU C++ build and a
-CUDA build (``csrc/segment_ce``). The native builds come prebuilt or are JIT-built on first use
+CUDA build (``natscale/csrc/segment_ce``). The native builds come prebuilt or are JIT-built on first use
 (:mod:`natscale.ops.builder`); ``NATSCALE_SEGMENT_CE_IMPL`` forces one; ``natscale env`` shows
 which is active and why.
 """

@@ -22,6 +22,7 @@ import contextlib
 import fcntl
 import hashlib
 import importlib
+import importlib.resources
 import os
 import shutil
 import sys
@@ -31,17 +32,15 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-_PACKAGE_DIR = Path(__file__).resolve().parent.parent  # natscale/
 #: how to rebuild the prebuilt extensions in place (from the repository root)
 REBUILD_COMMAND = "NATSCALE_BUILD_OPS=1 python setup.py build_ext --inplace"
 
 
 def csrc_dir() -> Path | None:
-    """The ``csrc/`` folder: the repository's (source tree / editable install) or a packaged copy."""
-    for candidate in (_PACKAGE_DIR.parent / "csrc", _PACKAGE_DIR / "csrc"):
-        if candidate.is_dir():
-            return candidate
-    return None
+    """The op sources, ``natscale/csrc/``: package data, so a checkout and an installed wheel
+    read them alike; None when an installation lacks them."""
+    folder = importlib.resources.files("natscale") / "csrc"
+    return Path(str(folder)) if folder.is_dir() else None
 
 
 class OpBuilder:
@@ -71,7 +70,7 @@ class OpBuilder:
     def sources(self) -> list[str]:
         root = self.source_root()
         if root is None:
-            raise FileNotFoundError("natscale's csrc/ folder was not found next to the package")
+            raise FileNotFoundError("natscale's op sources (natscale/csrc/) are not installed")
         return [str(root / name) for name in self.source_names()]
 
     def include_dirs(self) -> list[str]:
@@ -108,7 +107,7 @@ class OpBuilder:
     def compatible(self) -> tuple[bool, str]:
         """Whether this machine could build the extension (no build is started)."""
         if csrc_dir() is None:
-            return False, "sources not found (csrc/ is shipped with the source tree only)"
+            return False, "sources not found (natscale/csrc/ is missing from this installation)"
         compiler = os.environ.get("CXX", "c++")
         if shutil.which(compiler) is None:
             return False, f"no C++ compiler ({compiler!r} not on PATH; set CXX)"
@@ -133,7 +132,7 @@ class OpBuilder:
     def stale(self, module: ModuleType) -> str | None:
         """Why the prebuilt ``module`` must not be used (built from other sources), or None."""
         want = self.sources_hash()
-        if want is None:  # an installed package without csrc/: nothing to compare with
+        if want is None:  # an installation without natscale/csrc/: nothing to compare with
             return None
         got = getattr(module, "sources_hash", "") or "none"
         if got == want:
@@ -242,13 +241,14 @@ class OpBuilder:
         return module
 
     def extension(self) -> Any:
-        """A setuptools Extension for the prebuilt build (paths relative to the repository)."""
+        """A setuptools Extension for the prebuilt build (paths relative to setup.py's folder)."""
         from torch.utils.cpp_extension import CppExtension, CUDAExtension
 
         root = self.source_root()
         assert root is not None, "setup.py runs from the source tree"
-        rel = [os.path.relpath(src, root.parent) for src in self.sources()]
-        includes = [os.path.relpath(d, root.parent) for d in self.include_dirs()]
+        top = root.parents[1]  # natscale/csrc -> the folder holding the natscale package
+        rel = [os.path.relpath(src, top) for src in self.sources()]
+        includes = [os.path.relpath(d, top) for d in self.include_dirs()]
         if self.with_cuda:
             return CUDAExtension(
                 self.prebuilt_name,

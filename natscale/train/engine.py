@@ -10,12 +10,7 @@ from typing import Any
 
 import torch
 
-from natscale.config.ds_config import (
-    deep_merge,
-    fill_ds_config,
-    load_ds_config,
-    zero_stage,
-)
+from natscale.config.ds_config import deep_merge, resolve_ds_config, zero_stage
 from natscale.config.run import RunConfig, TrainSection
 from natscale.model.load import build_causal_lm, choose_attn_implementation, load_hf_config
 from natscale.model.nat_lm import NatCausalLM
@@ -55,12 +50,6 @@ def export_local_size(environ: dict[str, str] | os._Environ = os.environ) -> Non
     launched = ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "SLURM_PROCID")
     if not any(name in environ for name in launched) or environ.get("WORLD_SIZE") == "1":
         environ["LOCAL_SIZE"] = "1"  # a job of one
-
-
-def resolve_ds_config(run: RunConfig, *, world_size: int, hidden_size: int) -> dict[str, Any]:
-    """The run's ds_config JSON merged with ``deepspeed.overrides`` and its "auto" values filled."""
-    ds = deep_merge(load_ds_config(run.deepspeed.config), run.deepspeed.overrides)
-    return fill_ds_config(ds, run, world_size=world_size, hidden_size=hidden_size)
 
 
 def lr_multiplier(step: int, *, train: TrainSection, total_steps: int) -> float:

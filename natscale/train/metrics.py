@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from natscale.atomic import atomic_write_text
 from natscale.checkpoint.layout import RunDir
 
 # dense bf16 tensor-core peak, FLOP/s per device (datasheets); first match on the device name wins
@@ -199,9 +200,7 @@ def truncate_after(path: Path, step: int) -> list[str]:
         steps = f"step {last}" if last == step + 1 else f"steps {step + 1}-{last}"
         notes.append(f"{path}: removed the records of {steps}, written after {since}")
     if notes:
-        tmp = path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
-        tmp.replace(path)
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
     return notes
 
 

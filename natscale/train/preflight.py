@@ -9,7 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from natscale.checkpoint.layout import RunDir
-from natscale.config.ds_config import check_with_deepspeed, resolve_ds_config_path
+from natscale.config.ds_config import (
+    check_with_deepspeed,
+    resolve_ds_config,
+    resolve_ds_config_path,
+)
 from natscale.config.loader import ConfigError
 from natscale.config.run import RunConfig
 from natscale.data.prepared import PreparedDataError, PreparedDir, first_bad_token
@@ -137,8 +141,6 @@ def check_tokenizer(run: RunConfig, tokenizer_dir: Path, vocab_size: int) -> Non
 
 def check_ds_config(run: RunConfig, *, hidden_size: int) -> None:
     import torch.distributed as dist
-
-    from natscale.train.engine import resolve_ds_config
 
     # DeepSpeed's config class checks the batch sizes against the live world size, if any
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1

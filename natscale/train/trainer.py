@@ -24,6 +24,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from natscale.atomic import atomic_write_json
 from natscale.checkpoint import save as checkpoint
 from natscale.checkpoint.hf_export import export_hf, original_use_cache, write_model_config
 from natscale.checkpoint.layout import RunDir
@@ -170,13 +171,9 @@ class Trainer:
         )
 
     def _write_run_files(self) -> None:
-        import json
-
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(self.run, self.layout.config)
-        tmp = self.run_dir / ".ds_config.json.tmp"
-        tmp.write_text(json.dumps(self.bundle.ds_config, indent=2) + "\n", encoding="utf-8")
-        tmp.replace(self.layout.ds_config)
+        atomic_write_json(self.layout.ds_config, self.bundle.ds_config)
         write_model_config(
             self.bundle.model.hf_model,
             self.layout.model_config,

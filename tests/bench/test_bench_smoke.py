@@ -116,7 +116,7 @@ def test_bad_override_is_a_clear_error(capsys):
 
 def test_example_preset_prepares_from_any_directory(tmp_path: Path, monkeypatch):
     """The bundled example's prepare config names checkout-relative paths; bench resolves them."""
-    from natscale.bench.data import build_datasets
+    from natscale.bench.datasets import build_datasets
 
     monkeypatch.chdir(tmp_path)
     packed, baseline = build_datasets(

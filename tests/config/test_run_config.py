@@ -9,16 +9,18 @@ import pytest
 import yaml
 
 from natscale.config.ds_config import (
-    SOURCE_ROOT,
     check_with_deepspeed,
     fill_ds_config,
     load_ds_config,
+    resolve_ds_config_path,
+    shipped_ds_configs,
 )
 from natscale.config.loader import ConfigError, load_config
 from natscale.config.run import RunConfig
 
-DS_CONFIGS = sorted((SOURCE_ROOT / "ds_configs").glob("*.json"))
-RUN_CONFIGS = sorted((SOURCE_ROOT / "examples" / "configs").glob("train*.yaml"))
+REPO = Path(__file__).resolve().parents[2]
+DS_CONFIGS = sorted(shipped_ds_configs().values())
+RUN_CONFIGS = sorted((REPO / "examples" / "configs").glob("train*.yaml"))
 
 
 def _write(tmp_path: Path, data: dict) -> Path:
@@ -108,6 +110,27 @@ def test_ds_configs_exist():
         "zero3_offload.json",
         "zero2_bf16.json",
     }
+
+
+def test_shipped_ds_config_resolves_by_its_documented_name_from_any_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.chdir(tmp_path)  # no ds_configs/ here: the packaged copy answers
+    path = resolve_ds_config_path("ds_configs/zero3_cpu.json")
+    assert (
+        path.is_file()
+        and path.parent.name == "ds_configs"
+        and path.parent.parent.name == "natscale"
+    )
+    assert load_ds_config("ds_configs/zero3_cpu.json") == json.loads(path.read_text())
+    own = tmp_path / "ds_configs" / "zero3_cpu.json"  # a file of that path here wins
+    own.parent.mkdir()
+    own.write_text(json.dumps({"zero_optimization": {"stage": 2}}))
+    assert load_ds_config("ds_configs/zero3_cpu.json") == {"zero_optimization": {"stage": 2}}
+    with pytest.raises(ConfigError, match=r"nope\.json not found.*ds_configs/zero3_cpu"):
+        load_ds_config("ds_configs/nope.json")
+    with pytest.raises(ConfigError, match=r"other/zero3_cpu\.json not found"):
+        load_ds_config("other/zero3_cpu.json")  # only ds_configs/ names the shipped folder
 
 
 @pytest.mark.parametrize("path", RUN_CONFIGS, ids=lambda p: p.name)

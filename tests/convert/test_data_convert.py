@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from natscale.convert.data import convert_trajectories, nat_side_files
 from natscale.convert.errors import ConvertError
-from natscale.convert.writers.common import is_finished
+from natscale.convert.trajectories import convert_trajectories, nat_side_files
 from natscale.data.formats import load_trajectories
+from natscale.data.formats.writing import is_finished
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "math_react"
@@ -120,6 +120,16 @@ def test_bad_record_names_file_record_and_field_and_writes_nothing(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["chat.jsonl"]
 
 
+def test_what_nat_cannot_hold_is_an_error_and_writes_nothing(tmp_path):
+    src = tmp_path / "chat.jsonl"
+    other = {**OPENAI_RECORD, "messages": [{"role": "user", "content": "What is 2 + 2?"},
+                                           *OPENAI_RECORD["messages"][2:]]}  # fmt: skip
+    src.write_text(json.dumps(OPENAI_RECORD) + "\n" + json.dumps(other) + "\n")
+    with pytest.raises(ConvertError, match="id 'calc-1' has two different questions"):
+        convert_trajectories(src, tmp_path / "out.json", src="openai", dst="nat")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chat.jsonl"]
+
+
 def test_usage_errors(nat_input, tmp_path):
     with pytest.raises(ConvertError, match="unknown format"):
         convert_trajectories(nat_input, tmp_path / "o.jsonl", src="nat", dst="csv")
@@ -129,6 +139,10 @@ def test_usage_errors(nat_input, tmp_path):
     with pytest.raises(ConvertError, match="already exists"):
         convert_trajectories(nat_input, tmp_path / "o.jsonl", src="nat", dst="openai")
     assert (tmp_path / "o.jsonl").read_text() == "keep"
+    with pytest.raises(ConvertError, match="--option for nat: format 'nat' has no option 'rols'"):
+        convert_trajectories(
+            nat_input, tmp_path / "p.jsonl", src="nat", dst="openai", options={"rols": 1}
+        )
 
 
 def test_cli_summary(nat_input, tmp_path):

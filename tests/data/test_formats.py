@@ -1,9 +1,11 @@
+import inspect
 import json
+from typing import get_args
 
 import pytest
 
 from natscale.data.errors import DataError, Issues
-from natscale.data.formats import load_trajectories
+from natscale.data.formats import FORMATS, load_trajectories
 from natscale.data.formats.alpaca import split_react
 from natscale.data.prompts import load_task_prompt
 
@@ -280,3 +282,38 @@ def test_task_prompt_file_errors(tmp_path):
     (tmp_path / "broken.json").write_text("{")
     with pytest.raises(DataError, match="not a UTF-8 JSON file"):
         load_task_prompt(tmp_path / "broken.json")
+
+
+# ---------------------------------------------------------------- the registry
+
+
+def test_every_format_owns_its_loader_writer_and_options_model():
+    from natscale.config.prepare import PrepareConfig
+
+    for name, fmt in FORMATS.items():
+        assert name in get_args(fmt.source.model_fields["format"].annotation)
+        assert callable(fmt.write)
+        params = inspect.signature(fmt.load).parameters
+        for option in fmt.option_names():  # the options model holds the only defaults
+            assert params[option].default is inspect.Parameter.empty, (name, option)
+    raw = {"sources": [{"format": n, "paths": ["t.json"]} for n in FORMATS]}
+    config = PrepareConfig.model_validate({**raw, "render": {"tokenizer": "tok"}})
+    assert [type(s) for s in config.sources] == [f.source for f in FORMATS.values()]
+
+
+def test_loader_options_are_the_models_defaults_then_the_presets_then_the_given(tmp_path):
+    assert FORMATS["nat"].loader_options({}) == {
+        "questions": None,
+        "prompt": None,
+        "prompt_variant": None,
+        "task": "",
+        "success_field": "info.reward",
+        "score_field": "info.f1",
+    }
+    assert FORMATS["openai"].loader_options({})["success_field"] == "reward"
+    assert FORMATS["sharegpt"].loader_options({})["question_turn"] == 0
+    assert FORMATS["agentinstruct"].loader_options({})["question_turn"] == 1
+    assert FORMATS["agentinstruct"].loader_options({"question_turn": 2})["question_turn"] == 2
+    path = write_jsonl(tmp_path / "o.jsonl", [{"messages": []}])
+    with pytest.raises(TypeError, match="format 'openai' has no option 'question_field'; its"):
+        load_trajectories(path, "openai", question_field="q")

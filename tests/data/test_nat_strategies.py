@@ -1,7 +1,7 @@
 import pytest
 from pydantic import ValidationError
 
-from natscale.config.data import Bucket, StrategyConfig
+from natscale.config.prepare import Bucket, StrategyConfig
 from natscale.data.errors import DataError
 from natscale.data.nat import assign_class, inference_messages, question_template, select
 from natscale.data.prompts import TaskPrompt

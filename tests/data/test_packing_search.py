@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from natscale.bench.data import synthetic_lengths
+from natscale.bench.datasets import synthetic_lengths
 from natscale.bench.presets import DATA_PRESETS
 from natscale.data.packing import plan_bins
 from natscale.data.packing_search import MAX_PAIRS, _cells, bfd_sizes, l2_bound, repair

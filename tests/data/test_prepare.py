@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from natscale.cli.main import main
-from natscale.config.data import PrepareConfig
 from natscale.config.loader import load_config
+from natscale.config.prepare import PrepareConfig
 from natscale.data.errors import DataError
 from natscale.data.prepare import prepare
 from natscale.data.schema import ROW_FIELDS, validate_row

@@ -7,8 +7,8 @@ import datasets
 import numpy as np
 import pytest
 
-from natscale.config.data import PrepareConfig
 from natscale.config.loader import load_config
+from natscale.config.prepare import PrepareConfig
 from natscale.data.nat import render_inference_prompt
 from natscale.data.prepare import prepare
 from natscale.data.prompts import load_task_prompt

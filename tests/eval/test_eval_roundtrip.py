@@ -10,8 +10,8 @@ import sys
 import time
 
 from natscale.cli.eval import load_eval_config
-from natscale.config.data import PrepareConfig
 from natscale.config.eval import EvalConfig
+from natscale.config.prepare import PrepareConfig
 from natscale.data.prepare import prepare
 from natscale.eval.run import run_eval
 

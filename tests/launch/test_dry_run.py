@@ -151,3 +151,30 @@ def test_bad_run_config_is_refused_with_the_hostfile_errors(run_dir: Path, capsy
     assert code == 2 and "launch: refused (2 error(s), pdsh)" in out
     assert "error: hosts:2: 'slots=two' is not 'slots=N'" in err
     assert "train.lr_rate: unknown key" in err
+
+
+def test_the_run_config_is_given_once(run_dir: Path, capsys):
+    code = main(["launch", "--dry-run", "--", "run.yaml", "--config", "other.yaml"])
+    _, err = capsys.readouterr()
+    assert (
+        code == 2 and "error: after --: give the run config once (CONFIG or --config CONFIG)" in err
+    )
+    code = main(["launch", "--dry-run", "--", "--resume"])
+    out, err = capsys.readouterr()
+    assert code == 2 and "nothing started" in out
+    assert "error: after --: no run config: natscale launch [options] -- CONFIG [--set" in err
+
+
+def test_runcheck_takes_train_args_without_the_cli(run_dir: Path, monkeypatch):
+    from natscale.launch.runcheck import check_train
+    from natscale.train.args import TrainArgs
+
+    for name in [m for m in sys.modules if m.startswith("natscale.cli")]:
+        monkeypatch.delitem(sys.modules, name)
+    args = TrainArgs("run.yaml", ["train.lr=1e-3"], resume=True)
+    lines, findings = check_train(args, world_size=4)
+    assert not [m for m in sys.modules if m.startswith("natscale.cli")]
+    assert (
+        lines[0] == "run config: run.yaml (resume) -> runs/golden" and "8 rows per step" in lines[2]
+    )
+    assert [f.level for f in findings] == ["note"]  # no tokenizer

@@ -84,7 +84,7 @@ def test_half_written_data_is_a_named_error(setup, capsys, kind):
 
 
 def test_bench_reader_names_a_damaged_cache(setup):
-    from natscale.bench.data import mean_segments_per_row
+    from natscale.bench.datasets import mean_segments_per_row
 
     tmp, _, _ = setup
     needle = _damage("truncated", tmp / "data")

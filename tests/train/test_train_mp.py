@@ -15,6 +15,7 @@ import os
 import signal
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -42,8 +43,8 @@ STEPS = 16
 @pytest.fixture(scope="module")
 def work(tmp_path_factory) -> Path:
     """A seeded sample of the example trajectories, prepared into 512-token rows."""
-    from natscale.config.data import PrepareConfig
     from natscale.config.loader import load_config
+    from natscale.config.prepare import PrepareConfig
     from natscale.data.prepare import prepare
 
     base = tmp_path_factory.mktemp("train_mp")
@@ -172,17 +173,19 @@ def test_sigterm_saves_and_resume_is_exact(work: Path, full_run: Path):
     args = ["train", str(_config(work, "stopped"))]
     metrics = work / "stopped" / "metrics.jsonl"
     signalled: list[int] = []
+    # a tag of this run alone: another test session on the machine must not signal our ranks
+    tag = f"stopped-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
     def preempt() -> None:  # as SLURM does: every task gets the signal
         deadline = time.time() + 200
         while time.time() < deadline and not signalled:
             if metrics.is_file() and len(metrics.read_text().splitlines()) >= 2:
-                signalled.append(signal_ranks("stopped", signal.SIGTERM))
+                signalled.append(signal_ranks(tag, signal.SIGTERM))
             time.sleep(0.05)
 
     watcher = threading.Thread(target=preempt, daemon=True)
     watcher.start()
-    result = run_distributed(args, launcher="mpirun", env={TAG: "stopped"}, log_dir=work / "logs")
+    result = run_distributed(args, launcher="mpirun", env={TAG: tag}, log_dir=work / "logs")
     watcher.join()
     assert signalled == [2], _log(result)
     assert_ok(result)

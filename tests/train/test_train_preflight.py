@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -70,6 +71,13 @@ def test_cli_fails_before_any_process_group(setup, capsys, argv):
     err = capsys.readouterr().err
     assert "is not a `natscale prepare` output directory" in err and "nowhere" in err
     assert not dist.is_initialized()
+
+
+def test_preflight_checks_the_ds_config_without_the_training_engine(setup, monkeypatch):
+    _, cfg = setup
+    monkeypatch.delitem(sys.modules, "natscale.train.engine", raising=False)
+    _check(cfg)
+    assert "natscale.train.engine" not in sys.modules
 
 
 def test_cli_needs_a_config(capsys):

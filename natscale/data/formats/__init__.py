@@ -1,4 +1,4 @@
-"""Trajectory loaders, one module per input format, all producing canonical ``Trajectory``.
+"""Trajectory formats, one module each (loader, writer, options model), behind one registry.
 
 ``load_trajectories(paths, format="nat", questions=..., prompt=...)`` is the entry point; see
 each module's docstring for its record layout and options:
@@ -15,29 +15,33 @@ alpaca         :mod:`.alpaca`                          ``instruction`` + ReAct `
 fireact        :mod:`.alpaca`                          alias of alpaca
 ============== ======================================= =========================================
 
-Paths are files or directories (``.json`` arrays, ``.jsonl``, ``.parquet``). Later stages and
-the per-format writers of ``natscale convert data`` only see the canonical trajectory.
+Paths are files or directories (``.json`` arrays, ``.jsonl``, ``.parquet``). Later stages only
+see the canonical trajectory.
+
+Each module also holds the format's writer (the inverse of its loader, used by ``natscale convert
+data``) and its options model (the ``sources:`` entry of the prepare config, whose defaults are
+the loader's). ``FORMATS`` is the registry of them all; ``SOURCE_MODELS`` the options models,
+from which the prepare config builds its ``sources`` union.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 from natscale.data.errors import Issues
 from natscale.data.formats import alpaca, nat_release, openai, sharegpt
+from natscale.data.formats.base import Format, StrictModel
 from natscale.data.trajectory import Trajectory
 
-# name -> (loader, default options)
-FORMATS: dict[str, tuple[Callable[..., list[Trajectory]], dict[str, Any]]] = {
-    "nat": (nat_release.load, {}),
-    "sharegpt": (sharegpt.load, {}),
-    "agentinstruct": (sharegpt.load, {"question_turn": 1}),
-    "openai": (openai.load, {}),
-    "alpaca": (alpaca.load, {}),
-    "fireact": (alpaca.load, {}),
+FORMATS: dict[str, Format] = {
+    f.name: f for m in (nat_release, sharegpt, openai, alpaca) for f in m.ENTRIES
 }
+# one per module, in registry order (the order of the config's "expected tags" message)
+SOURCE_MODELS: tuple[type[StrictModel], ...] = tuple(
+    dict.fromkeys(f.source for f in FORMATS.values())
+)
 
 
 def load_trajectories(
@@ -54,7 +58,8 @@ def load_trajectories(
     ``on_error``: ``"raise"`` (a :class:`~natscale.data.errors.DataError` naming file, record
     and field) or ``"skip"`` (count the record in ``issues`` by reason). ``empty``: trajectories
     with no turn after the question are ``"skip"``-ped (counted) or an ``"error"``.
-    ``options`` are the format's own (e.g. ``questions=``, ``prompt=`` for ``nat``).
+    ``options`` are the format's own (e.g. ``questions=``, ``prompt=`` for ``nat``); the ones not
+    given take the defaults of the format's options model. An unknown one is a ``TypeError``.
     """
     if format not in FORMATS:
         raise ValueError(f"unknown trajectory format {format!r}; expected one of {sorted(FORMATS)}")
@@ -62,12 +67,12 @@ def load_trajectories(
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     if empty not in ("skip", "error"):
         raise ValueError(f"empty must be 'skip' or 'error', got {empty!r}")
-    loader, defaults = FORMATS[format]
+    fmt = FORMATS[format]
     issues = issues if issues is not None else Issues()
     skip = frozenset({"empty_conversation"}) if empty == "skip" else frozenset()
-    return loader(
-        paths, on_error=on_error, issues=issues, skip_reasons=skip, **{**defaults, **options}
+    return fmt.load(
+        paths, on_error=on_error, issues=issues, skip_reasons=skip, **fmt.loader_options(options)
     )
 
 
-__all__ = ["FORMATS", "load_trajectories"]
+__all__ = ["FORMATS", "SOURCE_MODELS", "Format", "load_trajectories"]

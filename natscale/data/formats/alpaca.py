@@ -13,17 +13,27 @@ One record (FireAct ``alpaca_format``)::
 observation turn that runs until a line starting ``Thought``/``Action``; everything else is
 assistant text. The question is ``instruction``, plus ``input`` on a new paragraph when it is not
 empty; an optional ``system`` field becomes the system prompt. FireAct trains on observations
-too; here they are masked like every other format (DESIGN.md). Outcome: ``success_field`` /
+too; here they are masked like every other format (docs/data.md, "Masking"). Outcome: ``success_field`` /
 ``score_field``, else the final ``reward = True|False`` observation.
+
+Writing (``natscale convert data --to alpaca``): the question in ``instruction``, the turns' text
+joined by newlines in ``output``, which the loader splits again at lines starting ``Observation``
+/ ``Thought`` / ``Action``. So an observation that does not start with ``Observation`` gets that
+prefix, an assistant turn right after an observation that does not start with ``Thought``/
+``Action`` gets ``Thought: `` (else it would be read back as part of the observation), and
+turn-level training flags are not kept (the loader trains assistant turns). The instruction
+joins ``system``; tool calls are written as ``<tool_call>`` text.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from typing import Any, Literal
 
 from natscale.agent.react import AGENT_LINE, OBSERVATION_LINE
 from natscale.data.errors import Issues
+from natscale.data.formats.base import Format, RecordSource, per_record
 from natscale.data.formats.common import (
     empty_error,
     extra_meta,
@@ -33,7 +43,22 @@ from natscale.data.formats.common import (
     record_id,
 )
 from natscale.data.formats.reader import Record
+from natscale.data.formats.writing import (
+    Notes,
+    extra_fields,
+    outcome_fields,
+    system_with_instruction,
+    tool_calls_text,
+)
 from natscale.data.trajectory import Trajectory, Turn
+
+
+class AlpacaSource(RecordSource):
+    format: Literal["alpaca", "fireact"]
+    question_field: str = "instruction"
+    input_field: str = "input"
+    output_field: str = "output"
+    system_field: str = "system"
 
 
 def split_react(text: str) -> list[Turn]:
@@ -65,14 +90,14 @@ def split_react(text: str) -> list[Turn]:
 def load(
     paths: str | os.PathLike | Iterable[str | os.PathLike],
     *,
-    question_field: str = "instruction",
-    input_field: str = "input",
-    output_field: str = "output",
-    system_field: str = "system",
-    task: str = "",
-    success_field: str | None = "reward",
-    score_field: str | None = "score",
-    answer_field: str | None = "answer",
+    question_field: str,
+    input_field: str,
+    output_field: str,
+    system_field: str,
+    task: str,
+    success_field: str | None,
+    score_field: str | None,
+    answer_field: str | None,
     on_error: str = "raise",
     issues: Issues | None = None,
     skip_reasons: frozenset[str] = frozenset(),
@@ -96,3 +121,38 @@ def load(
         )
 
     return load_records(paths, parse, on_error=on_error, issues=issues, skip_reasons=skip_reasons)
+
+
+def alpaca_record(traj: Trajectory, notes: Notes) -> dict[str, Any]:
+    lines: list[str] = []
+    previous = ""
+    for turn in traj.turns:
+        text = tool_calls_text(turn)
+        if turn.tool_calls:
+            notes["tool calls written as <tool_call> text"] += 1
+        if turn.role == "observation" and not text.lstrip().startswith("Observation"):
+            text = f"Observation: {text}"
+            notes["'Observation: ' prefix added"] += 1
+        if turn.role == "assistant" and previous == "observation" and not AGENT_LINE.match(text):
+            text = f"Thought: {text}"
+            notes["'Thought: ' prefix added after an observation"] += 1
+        previous = turn.role
+        if turn.role in ("user", "system"):
+            notes[f"{turn.role} turns written as assistant text"] += 1
+        if bool(turn.train) != (turn.role == "assistant"):
+            notes["non-default training flags dropped"] += 1
+        lines.append(text)
+    record: dict[str, Any] = {"id": traj.id, "instruction": traj.question, "input": ""}
+    record["output"] = "\n".join(lines)
+    system = system_with_instruction(traj, notes)
+    if system:
+        record["system"] = system
+    record.update(outcome_fields(traj))
+    record.update(extra_fields(traj, set(record)))
+    return record
+
+
+ENTRIES = [
+    Format("alpaca", load, per_record(alpaca_record), AlpacaSource),
+    Format("fireact", load, per_record(alpaca_record), AlpacaSource),
+]

@@ -17,14 +17,27 @@ turns and question templates (:mod:`natscale.data.prompts`).
 
 Unfinished trajectories (``info.finished`` false, or no ``info.pred``) load with
 ``meta["finished"] = False``; what to do with them is the prepare config's ``unfinished``.
+
+Writing (``natscale convert data --to nat``): ``OUT`` holds ``{id, source, info: {reward, f1,
+pred, gt, finished, ...}, conversations: [{role, content, loss}]}`` records; ``<OUT
+stem>.questions.jsonl`` holds ``{id, question, answer}`` (one per id); ``<OUT stem>.prompt.json``
+the task prompt (``task``, ``instruction``, ``acknowledgement``) when there is one. The release
+has one task prompt per file, so all trajectories must share it. Observations and user turns are
+``user`` turns (the format has no other role for them); tool calls are written as
+``<tool_call>`` text; a system prompt becomes a leading ``system`` turn.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
 
 from natscale.data.errors import DataError, Issues, handle
+from natscale.data.formats.base import Format, Paths, StrictModel
 from natscale.data.formats.common import (
     empty_error,
     field,
@@ -33,8 +46,21 @@ from natscale.data.formats.common import (
     read_outcome,
 )
 from natscale.data.formats.reader import Record, expand_paths, iter_records
+from natscale.data.formats.writing import Notes, WriteError, is_finished, tool_calls_text
 from natscale.data.prompts import TaskPrompt, load_task_prompt
 from natscale.data.trajectory import Trajectory, Turn
+
+
+class NatSource(StrictModel):
+    format: Literal["nat"]
+    paths: Paths = Field(min_length=1)
+    questions: Paths | None = Field(None, description="question files joined by id")
+    prompt: str | None = Field(None, description="task prompt file (ours or the paper's layout)")
+    prompt_variant: str | None = None
+    task: str = ""
+    success_field: str | None = "info.reward"
+    score_field: str | None = "info.f1"
+
 
 ROLE_MAP = {"assistant": "assistant", "user": "observation", "system": "system"}
 
@@ -77,9 +103,9 @@ def parse_record(
     questions: dict[str, dict[str, str]] | None,
     prompt: TaskPrompt | None,
     *,
-    task: str = "",
-    success_field: str | None = "info.reward",
-    score_field: str | None = "info.f1",
+    task: str,
+    success_field: str | None,
+    score_field: str | None,
 ) -> Trajectory:
     data = rec.data
     tid = str(field(rec, data, "id", (str, int)))
@@ -144,12 +170,12 @@ def _turn(rec: Record, msg, i: int) -> Turn:
 def load(
     paths: str | os.PathLike | Iterable[str | os.PathLike],
     *,
-    questions: str | os.PathLike | Iterable[str | os.PathLike] | None = None,
-    prompt: str | os.PathLike | TaskPrompt | None = None,
-    prompt_variant: str | None = None,
-    task: str = "",
-    success_field: str | None = "info.reward",
-    score_field: str | None = "info.f1",
+    questions: str | os.PathLike | Iterable[str | os.PathLike] | None,
+    prompt: str | os.PathLike | TaskPrompt | None,
+    prompt_variant: str | None,
+    task: str,
+    success_field: str | None,
+    score_field: str | None,
     on_error: str = "raise",
     issues: Issues | None = None,
     skip_reasons: frozenset[str] = frozenset(),
@@ -166,3 +192,81 @@ def load(
         )
 
     return load_records(paths, parse, on_error=on_error, issues=issues, skip_reasons=skip_reasons)
+
+
+WRITE_ROLE = {"assistant": "assistant", "observation": "user", "user": "user", "system": "system"}
+
+
+def questions_path(out: Path) -> Path:
+    return out.with_name(f"{out.stem}.questions.jsonl")
+
+
+def prompt_path(out: Path) -> Path:
+    return out.with_name(f"{out.stem}.prompt.json")
+
+
+def _conversation(traj: Trajectory, notes: Notes) -> list[dict[str, Any]]:
+    conv = []
+    if traj.system:
+        conv.append({"role": "system", "content": traj.system, "loss": False})
+        notes["system prompt written as a leading system turn"] += 1
+    for turn in traj.turns:
+        if turn.tool_calls:
+            notes["tool calls written as <tool_call> text"] += 1
+        if turn.role == "user":
+            notes["user turns written as observations"] += 1
+        conv.append(
+            {
+                "role": WRITE_ROLE[turn.role],
+                "content": tool_calls_text(turn),
+                "loss": bool(turn.train),
+            }
+        )
+    return conv
+
+
+def _info(traj: Trajectory) -> dict[str, Any]:
+    info = dict(traj.meta.get("info") or {})
+    if traj.outcome.success is not None:
+        info["reward"] = traj.outcome.success
+    if traj.outcome.score is not None:
+        info["f1"] = traj.outcome.score
+    for key in ("pred", "gt"):
+        if traj.meta.get(key) is not None:
+            info[key] = traj.meta[key]
+    info["finished"] = is_finished(traj)
+    return info
+
+
+def nat_files(trajs: list[Trajectory], out: Path, notes: Notes) -> dict[Path, Any]:
+    """``{path: JSON content}`` for the trajectory, question and prompt files."""
+    records, questions, prompts = [], {}, {}
+    for traj in trajs:
+        rec: dict[str, Any] = {"id": traj.id}
+        if traj.meta.get("source") is not None:
+            rec["source"] = traj.meta["source"]
+        rec["info"] = _info(traj)
+        rec["conversations"] = _conversation(traj, notes)
+        records.append(rec)
+        q = {"id": traj.id, "question": traj.question, "answer": traj.meta.get("answer", "")}
+        if questions.get(traj.id, q)["question"] != traj.question:
+            raise WriteError(
+                f"id {traj.id!r} has two different questions; the NAT question file joins "
+                "trajectories to questions by id, so ids must identify questions"
+            )
+        questions[traj.id] = q
+        prompts.setdefault((traj.task, traj.instruction, traj.acknowledgement), traj.id)
+    if len(prompts) > 1:
+        ids = list(prompts.values())
+        raise WriteError(
+            f"the trajectories have {len(prompts)} different task prompts (e.g. {ids[0]!r} and "
+            f"{ids[1]!r}); the NAT release format has one prompt per file: split the input by task"
+        )
+    files: dict[Path, Any] = {out: records, questions_path(out): list(questions.values())}
+    (task, instruction, ack), _ = prompts.popitem() if prompts else (("", "", None), None)
+    if instruction or ack:
+        files[prompt_path(out)] = {"task": task, "instruction": instruction, "acknowledgement": ack}
+    return files
+
+
+ENTRIES = [Format("nat", load, nat_files, NatSource)]

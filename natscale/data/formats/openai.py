@@ -18,6 +18,13 @@ Roles: system (first only), user, assistant, tool / function -> observation (``n
 ``arguments``, ``id``); the renderer serialises them. A per-message ``weight`` (0/1, as in
 OpenAI fine-tuning) or ``loss`` flag decides whether that turn is trained. ``question_turn`` and
 the outcome fields work as for ShareGPT.
+
+Writing (``natscale convert data --to openai``): ``[system], user question, turns``; the
+instruction joins the system prompt. Assistant tool calls stay structured (``{"id", "type":
+"function", "function": {"name", "arguments": JSON string}}``); observations become ``tool``
+messages (with the tool ``name`` and the id of the call they answer when known). Training flags
+follow OpenAI fine-tuning: ``weight: 0`` on an assistant message that is not trained; ``loss:
+true`` on another message that is.
 """
 
 from __future__ import annotations
@@ -26,9 +33,12 @@ import contextlib
 import json
 import os
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import Field
 
 from natscale.data.errors import Issues
+from natscale.data.formats.base import Format, RecordSource, per_record
 from natscale.data.formats.common import (
     empty_error,
     extra_meta,
@@ -40,7 +50,20 @@ from natscale.data.formats.common import (
     split_prompt,
 )
 from natscale.data.formats.reader import Record
+from natscale.data.formats.writing import (
+    Notes,
+    extra_fields,
+    outcome_fields,
+    system_with_instruction,
+)
 from natscale.data.trajectory import Trajectory, Turn
+
+
+class OpenAISource(RecordSource):
+    format: Literal["openai"]
+    question_turn: int = Field(0, ge=0)
+    messages_key: str = "messages"
+
 
 ROLE_MAP = {
     "system": "system",
@@ -125,12 +148,12 @@ def parse_messages(rec: Record, items: list, list_name: str) -> list[Turn]:
 def load(
     paths: str | os.PathLike | Iterable[str | os.PathLike],
     *,
-    question_turn: int = 0,
-    messages_key: str = "messages",
-    task: str = "",
-    success_field: str | None = "reward",
-    score_field: str | None = "score",
-    answer_field: str | None = "answer",
+    question_turn: int,
+    messages_key: str,
+    task: str,
+    success_field: str | None,
+    score_field: str | None,
+    answer_field: str | None,
     on_error: str = "raise",
     issues: Issues | None = None,
     skip_reasons: frozenset[str] = frozenset(),
@@ -151,3 +174,45 @@ def load(
         )
 
     return load_records(paths, parse, on_error=on_error, issues=issues, skip_reasons=skip_reasons)
+
+
+WRITE_ROLE = {"assistant": "assistant", "observation": "tool", "user": "user", "system": "system"}
+
+
+def _message(turn: Turn, pending_ids: list[str]) -> dict[str, Any]:
+    msg: dict[str, Any] = {"role": WRITE_ROLE[turn.role], "content": turn.content}
+    if turn.tool_calls:
+        msg["content"] = turn.content or None
+        msg["tool_calls"] = []
+        for c in turn.tool_calls:
+            args = c.get("arguments")
+            call = {"type": "function", "function": {
+                "name": c["name"], "arguments": args if isinstance(args, str) else json.dumps(args)}}  # fmt: skip
+            if c.get("id"):
+                call["id"] = c["id"]
+                pending_ids.append(c["id"])
+            msg["tool_calls"].append(call)
+    if turn.role == "observation":
+        if turn.name:
+            msg["name"] = turn.name
+        if pending_ids:
+            msg["tool_call_id"] = pending_ids.pop(0)
+    if turn.role == "assistant" and not turn.train:
+        msg["weight"] = 0
+    elif turn.role != "assistant" and turn.train:
+        msg["loss"] = True
+    return msg
+
+
+def openai_record(traj: Trajectory, notes: Notes) -> dict[str, Any]:
+    system = system_with_instruction(traj, notes)
+    messages = [{"role": "system", "content": system}] if system else []
+    messages.append({"role": "user", "content": traj.question})
+    pending: list[str] = []
+    messages += [_message(t, pending) for t in traj.turns]
+    record = {"id": traj.id, "messages": messages, **outcome_fields(traj)}
+    record.update(extra_fields(traj, set(record)))
+    return record
+
+
+ENTRIES = [Format("openai", load, per_record(openai_record), OpenAISource)]

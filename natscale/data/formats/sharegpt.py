@@ -18,14 +18,31 @@ kept; without them only assistant turns are trained. ``question_turn`` selects w
 holds the question (AgentInstruct: 1, the first user turn being the instruction, answered by
 the acknowledgement). Outcome: ``success_field`` / ``score_field`` (dotted paths), else a final
 ``... reward = True`` observation.
+
+Writing (``natscale convert data --to sharegpt|agentinstruct``), ``conversations: [{from, value,
+loss}]``:
+
+- ``sharegpt``: ``[system], human question, turns`` (read with ``question_turn=0``); the
+  instruction joins the system prompt.
+- ``agentinstruct``: ``human instruction, [gpt acknowledgement], human question, turns`` (read
+  with ``question_turn=1``), lossless.
+
+Turns: assistant -> ``gpt`` (its tool calls follow as one ``function_call`` turn holding the calls
+as JSON, LLaMA-Factory style), observation -> ``observation``, user -> ``human``, system ->
+``system``. Every turn carries its ``loss`` flag.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable
+from typing import Any, Literal
+
+from pydantic import Field
 
 from natscale.data.errors import Issues
+from natscale.data.formats.base import Format, RecordSource, per_record
 from natscale.data.formats.common import (
     empty_error,
     extra_meta,
@@ -37,7 +54,21 @@ from natscale.data.formats.common import (
     split_prompt,
 )
 from natscale.data.formats.reader import Record
+from natscale.data.formats.writing import (
+    Notes,
+    extra_fields,
+    outcome_fields,
+    system_with_instruction,
+)
 from natscale.data.trajectory import Trajectory, Turn
+
+
+class ShareGPTSource(RecordSource):
+    format: Literal["sharegpt", "agentinstruct"]
+    roles: dict[str, Literal["assistant", "observation", "user", "system"]] | None = None
+    question_turn: int | None = Field(None, ge=0, description="default 0; agentinstruct 1")
+    conversations_key: str = "conversations"
+
 
 ROLE_MAP = {
     "human": "user",
@@ -79,13 +110,13 @@ def parse_turns(
 def load(
     paths: str | os.PathLike | Iterable[str | os.PathLike],
     *,
-    roles: dict[str, str] | None = None,
-    question_turn: int = 0,
-    conversations_key: str = "conversations",
-    task: str = "",
-    success_field: str | None = "reward",
-    score_field: str | None = "score",
-    answer_field: str | None = "answer",
+    roles: dict[str, str] | None,
+    question_turn: int,
+    conversations_key: str,
+    task: str,
+    success_field: str | None,
+    score_field: str | None,
+    answer_field: str | None,
     on_error: str = "raise",
     issues: Issues | None = None,
     skip_reasons: frozenset[str] = frozenset(),
@@ -107,3 +138,54 @@ def load(
         )
 
     return load_records(paths, parse, on_error=on_error, issues=issues, skip_reasons=skip_reasons)
+
+
+FROM = {"assistant": "gpt", "observation": "observation", "user": "human", "system": "system"}
+
+
+def _turns(traj: Trajectory, notes: Notes) -> list[dict[str, Any]]:
+    out = []
+    for turn in traj.turns:
+        if turn.content or not turn.tool_calls:
+            out.append({"from": FROM[turn.role], "value": turn.content, "loss": bool(turn.train)})
+        if turn.tool_calls:
+            calls = [{"name": c["name"], "arguments": c.get("arguments")} for c in turn.tool_calls]
+            value = json.dumps(calls[0] if len(calls) == 1 else calls)
+            out.append({"from": "function_call", "value": value, "loss": bool(turn.train)})
+            notes["tool calls written as function_call turns"] += 1
+    return out
+
+
+def _record(traj: Trajectory, prompt: list[dict[str, Any]], notes: Notes) -> dict[str, Any]:
+    question = {"from": "human", "value": traj.question, "loss": False}
+    record = {"id": traj.id, "conversations": [*prompt, question, *_turns(traj, notes)]}
+    record.update(outcome_fields(traj))
+    record.update(extra_fields(traj, set(record)))
+    return record
+
+
+def sharegpt_record(traj: Trajectory, notes: Notes) -> dict[str, Any]:
+    system = system_with_instruction(traj, notes)
+    prompt = [{"from": "system", "value": system, "loss": False}] if system else []
+    return _record(traj, prompt, notes)
+
+
+def agentinstruct_record(traj: Trajectory, notes: Notes) -> dict[str, Any]:
+    prompt = [{"from": "system", "value": traj.system, "loss": False}] if traj.system else []
+    prompt.append({"from": "human", "value": traj.instruction, "loss": False})
+    if traj.acknowledgement is not None:
+        prompt.append({"from": "gpt", "value": traj.acknowledgement, "loss": False})
+    return _record(traj, prompt, notes)
+
+
+# question_turn: the user turn holding the question (AgentInstruct puts its instruction first)
+ENTRIES = [
+    Format("sharegpt", load, per_record(sharegpt_record), ShareGPTSource, {"question_turn": 0}),
+    Format(
+        "agentinstruct",
+        load,
+        per_record(agentinstruct_record),
+        ShareGPTSource,
+        {"question_turn": 1},
+    ),
+]

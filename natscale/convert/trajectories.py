@@ -1,7 +1,8 @@
 """Trajectory files from one format to another: the data pipeline's loader, then our writer.
 
 Reading goes through ``natscale.data.formats.load_trajectories`` (the same code ``natscale
-prepare`` uses), so whatever converts also prepares; writing through ``natscale.convert.writers``.
+prepare`` uses), so whatever converts also prepares; writing through the same format modules'
+writers (``natscale.data.formats.FORMATS[name].write``).
 For ``--from nat`` the question and prompt files are found next to the input when not given:
 ``<stem>.questions.jsonl`` / ``questions.jsonl`` and ``<stem>.prompt.json`` / ``prompt.json``
 (the names our NAT writer and the release use).
@@ -9,12 +10,13 @@ For ``--from nat`` the question and prompt files are found next to the input whe
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from natscale.atomic import atomic_path
 from natscale.convert.errors import ConvertError
 
 
@@ -77,19 +79,12 @@ def write_files_atomically(
             raise ConvertError(f"{path} exists and is not a file; choose another output")
         if path.exists() and not overwrite:
             raise ConvertError(f"{path} already exists; choose another output or pass --overwrite")
-    tmps: dict[Path, Path] = {}
-    try:
+    with contextlib.ExitStack() as stack:  # every file renamed at the end, or none
         for path, content in files.items():
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-            tmps[path] = tmp
-            tmp.write_text(_dump(content, path), encoding="utf-8")
-        for path, tmp in tmps.items():
-            os.replace(tmp, path)
-    except BaseException:
-        for tmp in tmps.values():
-            tmp.unlink(missing_ok=True)
-        raise
+            stack.enter_context(atomic_path(path)).write_text(
+                _dump(content, path), encoding="utf-8"
+            )
 
 
 def _input_files(input_path: Path, options: dict[str, Any]) -> list[Path]:
@@ -114,15 +109,15 @@ def convert_trajectories(
     overwrite: bool = False,
 ) -> DataConvertResult:
     """Load ``input_path`` in format ``src`` and write it as ``dst`` to ``output`` (.json/.jsonl)."""
-    from natscale.convert.writers import WRITERS, Notes
     from natscale.data.errors import DataError, Issues
     from natscale.data.formats import FORMATS, load_trajectories
+    from natscale.data.formats.writing import Notes, WriteError
 
     input_path, output = Path(input_path), Path(output)
     if src not in FORMATS:
         raise ConvertError(f"--from {src!r}: unknown format; choose one of {sorted(FORMATS)}")
-    if dst not in WRITERS:
-        raise ConvertError(f"--to {dst!r}: unknown format; choose one of {sorted(WRITERS)}")
+    if dst not in FORMATS:
+        raise ConvertError(f"--to {dst!r}: unknown format; choose one of {sorted(FORMATS)}")
     if output.suffix not in (".json", ".jsonl"):
         raise ConvertError(f"{output}: the output must end in .json or .jsonl")
     options = dict(options or {})
@@ -143,7 +138,10 @@ def convert_trajectories(
     except TypeError as err:  # an option the loader does not take
         raise ConvertError(f"--option for {src}: {err}") from err
     notes = Notes()
-    files = WRITERS[dst](trajs, output, notes)
+    try:
+        files = FORMATS[dst].write(trajs, output, notes)
+    except WriteError as err:
+        raise ConvertError(str(err)) from err
     write_files_atomically(files, overwrite, _input_files(input_path, options))
     lines = notes.lines()
     if issues.total():

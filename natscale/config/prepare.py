@@ -1,65 +1,25 @@
 """``natscale prepare`` config: sources, outcome labelling, NAT strategy, rendering, packing.
 
 Relative paths are taken from the working directory. Every section forbids unknown keys, so a
-typo fails with the key's dotted name. See ``examples/configs/prepare_math.yaml``.
+typo fails with the key's dotted name. The ``sources`` entries are the format modules' options
+models (``natscale.data.formats``). See ``examples/configs/prepare_math.yaml``.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-Paths = list[str]
+from natscale.data.formats import SOURCE_MODELS
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class _SourceBase(_Strict):
-    paths: Paths = Field(min_length=1, description="trajectory files or directories")
-    task: str = ""
-    success_field: str | None = Field("reward", description="dotted path of the success value")
-    score_field: str | None = Field("score", description="dotted path of a quality score")
-    answer_field: str | None = Field("answer", description="dotted path of the gold answer")
-
-
-class NatSource(_Strict):
-    format: Literal["nat"]
-    paths: Paths = Field(min_length=1)
-    questions: Paths | None = Field(None, description="question files joined by id")
-    prompt: str | None = Field(None, description="task prompt file (ours or the paper's layout)")
-    prompt_variant: str | None = None
-    task: str = ""
-    success_field: str | None = "info.reward"
-    score_field: str | None = "info.f1"
-
-
-class ShareGPTSource(_SourceBase):
-    format: Literal["sharegpt", "agentinstruct"]
-    roles: dict[str, Literal["assistant", "observation", "user", "system"]] | None = None
-    question_turn: int | None = Field(None, ge=0, description="default 0; agentinstruct 1")
-    conversations_key: str = "conversations"
-
-
-class OpenAISource(_SourceBase):
-    format: Literal["openai"]
-    question_turn: int = Field(0, ge=0)
-    messages_key: str = "messages"
-
-
-class AlpacaSource(_SourceBase):
-    format: Literal["alpaca", "fireact"]
-    question_field: str = "instruction"
-    input_field: str = "input"
-    output_field: str = "output"
-    system_field: str = "system"
-
-
-Source = Annotated[
-    NatSource | ShareGPTSource | OpenAISource | AlpacaSource, Field(discriminator="format")
-]
+# one model per format module (natscale.data.formats), told apart by ``format``
+Source = Annotated[Union[SOURCE_MODELS], Field(discriminator="format")]  # noqa: UP007
 
 
 class OutcomeConfig(_Strict):

@@ -1,8 +1,8 @@
 """Shared pieces of the trajectory writers: outcome fields, tool calls as text, lossy-change notes.
 
-Every writer is the inverse of the data pipeline's loader for its format
-(``natscale.data.formats``): what the format can hold survives a write + load round trip
-unchanged; what it cannot is changed in one documented way and counted in ``Notes``.
+Every format module's writer is the inverse of its loader: what the format can hold survives a
+write + load round trip unchanged; what it cannot is changed in one documented way and counted
+in ``Notes``; what it cannot hold at all is a ``WriteError``.
 """
 
 from __future__ import annotations
@@ -12,6 +12,10 @@ from collections import Counter
 from typing import Any
 
 from natscale.data.trajectory import Trajectory, Turn
+
+
+class WriteError(ValueError):
+    """The trajectories cannot be written in this format; the message says why and what to do."""
 
 
 class Notes(Counter):

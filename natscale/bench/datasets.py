@@ -16,7 +16,7 @@ import numpy as np
 import yaml
 
 from natscale.bench.presets import DATA_PRESETS, REPO, LengthDist
-from natscale.data.packing import DEFAULT_ALGORITHM, PackedRows, build_rows, pack
+from natscale.data.packing import DEFAULT_ALGORITHM, PackedColumns, build_rows, pack
 from natscale.data.prepared import PreparedDir
 
 CLASSES = ["success", "failure"]
@@ -52,7 +52,7 @@ def full_examples(*, num: int, seq_len: int, vocab: int, seed: int):
     return ids, [np.ones(seq_len, dtype=bool) for _ in range(num)]
 
 
-def unpack(rows: PackedRows) -> PackedRows:
+def unpack(rows: PackedColumns) -> PackedColumns:
     """One row per segment of ``rows``, each exactly as long as its segment (no padding)."""
     ids, masks, classes, weights = [], [], [], []
     for r in range(len(rows)):
@@ -66,7 +66,7 @@ def unpack(rows: PackedRows) -> PackedRows:
             masks.append(mask)
             classes.append(int(rows.segment_class[r][s]))
             weights.append(float(rows.segment_weight[r][s]))
-    out = PackedRows([], [], [], [], [], [], [], [])
+    out = PackedColumns([], [], [], [], [], [], [], [])
     for i in range(len(ids)):  # build_rows pads every row of a call to one length
         one = build_rows(
             [[0]],
@@ -82,7 +82,7 @@ def unpack(rows: PackedRows) -> PackedRows:
     return out
 
 
-def _save(rows: PackedRows, out: Path, stats: dict) -> Path:
+def _save(rows: PackedColumns, out: Path, stats: dict) -> Path:
     import datasets
 
     from natscale.data.output import rows_to_dataset, write_json
@@ -96,11 +96,11 @@ def _save(rows: PackedRows, out: Path, stats: dict) -> Path:
     return PreparedDir(out).write(fill, overwrite=True)
 
 
-def _load_rows(path: Path) -> PackedRows:
+def _load_rows(path: Path) -> PackedColumns:
     ds = PreparedDir(path).open().with_format("numpy")
     cols = {k: list(ds[k]) for k in ("input_ids", "position_ids", "targets", "cu_seqlens")}
     cols |= {k: list(ds[k]) for k in ("segment_class", "segment_weight")}
-    return PackedRows(
+    return PackedColumns(
         **cols,
         num_tokens=[int(c[-1]) for c in cols["cu_seqlens"]],
         num_trained=[int((t != -100).sum()) for t in cols["targets"]],
@@ -108,8 +108,8 @@ def _load_rows(path: Path) -> PackedRows:
 
 
 def _prepare_example(seq_len: int, out: Path) -> None:
-    from natscale.config.data import PrepareConfig
     from natscale.config.loader import load_config
+    from natscale.config.prepare import PrepareConfig
     from natscale.data.prepare import prepare
 
     path = REPO / "examples/configs/prepare_math.yaml"

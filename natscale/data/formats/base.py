@@ -1,0 +1,74 @@
+"""What a format module provides: ``Format`` entries (loader, writer, options model).
+
+The options model is the format's ``sources:`` entry of the prepare config (``format`` and
+``paths`` plus the loader's options); its field defaults are the loader's defaults, the only place
+they are declared. A ``Format`` may preset some options (``agentinstruct`` is ``sharegpt`` with
+``question_turn: 1``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from natscale.data.formats.writing import Notes
+from natscale.data.trajectory import Trajectory
+
+Paths = list[str]
+# (trajectories, OUT, notes) -> {path: JSON content}: OUT itself, plus side files (nat)
+Writer = Callable[[list[Trajectory], Path, Notes], dict[Path, Any]]
+# options of the ``sources:`` entry that are not loader options
+SOURCE_ONLY = frozenset({"format", "paths"})
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RecordSource(StrictModel):
+    """Options shared by the formats that hold one whole trajectory per record."""
+
+    paths: Paths = Field(min_length=1, description="trajectory files or directories")
+    task: str = ""
+    success_field: str | None = Field("reward", description="dotted path of the success value")
+    score_field: str | None = Field("score", description="dotted path of a quality score")
+    answer_field: str | None = Field("answer", description="dotted path of the gold answer")
+
+
+@dataclass(frozen=True)
+class Format:
+    """One ``format:`` name: how to read it, how to write it, which options it takes."""
+
+    name: str
+    load: Callable[..., list[Trajectory]]
+    write: Writer
+    source: type[StrictModel]
+    preset: dict[str, Any] = field(default_factory=dict)  # options this name sets unless given
+
+    def option_names(self) -> list[str]:
+        return [n for n in self.source.model_fields if n not in SOURCE_ONLY]
+
+    def loader_options(self, given: dict[str, Any]) -> dict[str, Any]:
+        """Every loader option: ``given``, else this name's preset, else the model's default."""
+        names = self.option_names()
+        unknown = sorted(set(given) - set(names))
+        if unknown:
+            raise TypeError(
+                f"format {self.name!r} has no option {', '.join(map(repr, unknown))}; "
+                f"its options are {', '.join(names)}"
+            )
+        defaults = {n: self.source.model_fields[n].get_default() for n in names}
+        return {**defaults, **self.preset, **given}
+
+
+def per_record(make: Callable[[Trajectory, Notes], dict[str, Any]]) -> Writer:
+    """A writer that turns each trajectory into one record of ``OUT``."""
+
+    def write(trajs: list[Trajectory], out: Path, notes: Notes) -> dict[Path, Any]:
+        return {out: [make(t, notes) for t in trajs]}
+
+    return write
