@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
 import time
 import traceback
@@ -30,6 +29,7 @@ import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
+from natscale.atomic import atomic_write_text
 from natscale.ops import IGNORE_INDEX, segment_cross_entropy, segment_cross_entropy_materialized
 from natscale.ops.segment_ce.dispatch import last_choice
 from natscale.ops.segment_ce.reference import per_segment_sums
@@ -417,10 +417,7 @@ def main():
         print(f"{'PASS' if ok else 'FAIL'} {name} ({detail['seconds']} s): "
               + json.dumps({k: v for k, v in detail.items() if k != "trace"}, default=str)[:600],
               flush=True)  # fmt: skip
-        tmp = f"{args.out}.tmp"
-        with open(tmp, "w") as fh:
-            json.dump(report, fh, indent=1, default=str)
-        os.replace(tmp, args.out)
+        atomic_write_text(args.out, json.dumps(report, indent=1, default=str))
         if dev == "cuda":
             torch.cuda.empty_cache()
         err = detail.get("error", "")

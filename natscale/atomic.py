@@ -1,4 +1,12 @@
-"""An output directory that appears complete or not at all, and is replaced only if we made it.
+"""Files and folders that appear complete or not at all; an output folder is replaced only if we
+made it.
+
+Files (:func:`atomic_path`, :func:`atomic_write_text`, :func:`atomic_write_bytes`,
+:func:`atomic_write_json`) are written to a temporary name in the same directory and renamed over
+the target; they get the permissions a plain ``open()`` would give (0666 & ~umask). A finished
+folder replaces another with :func:`replace_dir`.
+
+Output directories (:func:`atomic_output_dir`):
 
 Files go to a hidden sibling ``.<name>.partial-<pid>`` (same filesystem, so the final ``rename`` is
 atomic); on any exception, KeyboardInterrupt included, the partial folder is removed. A process
@@ -21,14 +29,69 @@ import fnmatch
 import json
 import os
 import shutil
+import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
+
+from natscale.filemode import apply_umask
 
 MARKER = ".natscale-output"
 MARKER_VERSION = 1
 RUN_DIR_ENTRIES = ("checkpoints", "metrics.jsonl", "summary.json")
 PREPARED, HF_EXPORT = "prepared", "hf-export"  # the kinds of output natscale writes
 KIND_NAMES = {PREPARED: "a `natscale prepare` output", HF_EXPORT: "a Hugging Face export"}
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` to write; on success it replaces ``path`` (with the
+    permissions ``open()`` would give it), on any exception it is removed. The parent must exist.
+    """
+    path = Path(path)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        apply_umask(tmp)  # mkstemp made it 0600
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file; returns ``path``."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` through a temporary file; returns ``path``."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, data: Any, **dumps: Any) -> Path:
+    """Write ``data`` as indented JSON plus a newline (``dumps``: more ``json.dumps`` options,
+    e.g. ``ensure_ascii=False``) through a temporary file; returns ``path``."""
+    dumps.setdefault("indent", 2)
+    return atomic_write_text(path, json.dumps(data, **dumps) + "\n")
+
+
+def replace_dir(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
+    """Rename the finished folder ``tmp`` to ``final``; an existing ``final`` is moved aside first
+    and deleted after, so readers see the old folder or the new one, never a mix."""
+    tmp, final = Path(tmp), Path(final)
+    if not final.exists():
+        os.rename(tmp, final)
+        return
+    old = final.parent / f".{final.name}.old-{os.getpid()}"
+    shutil.rmtree(old, ignore_errors=True)
+    os.rename(final, old)
+    os.rename(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -191,13 +254,7 @@ def atomic_output_dir(
         write_marker(tmp, kind)
         # the folder may have appeared or changed while we worked: check again before replacing
         check_destination(out_dir, overwrite, kind=kind, inputs=inputs, error=error, hint=hint)
-        if out_dir.exists():
-            old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-            os.rename(out_dir, old)
-            os.rename(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -1,7 +1,9 @@
 """What this machine offers natscale: versions, devices, DeepSpeed's backend, and natscale's ops.
 
-Used by ``natscale env`` and by benchmark records. Every probe is guarded: a missing or broken
-package is reported, never raised.
+:func:`machine` is the one description of where something ran (host, CPU and GPU models, memory,
+load, versions, natscale's commit), recorded by ``natscale bench`` and the scripts under
+``benchmarks/``; :func:`collect` adds DeepSpeed's backend, tools and ops for ``natscale env``.
+Every probe is guarded: a missing or broken package is reported, never raised.
 """
 
 from __future__ import annotations
@@ -11,8 +13,12 @@ import importlib.metadata as md
 import os
 import platform
 import shutil
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 PACKAGES = ("torch", "deepspeed", "transformers", "accelerate", "datasets", "flash-attn", "mpi4py")
@@ -24,6 +30,77 @@ def package_version(dist: str) -> str | None:
         return md.version(dist)
     except md.PackageNotFoundError:
         return None
+
+
+# what benchmark records list besides what the caller names
+MACHINE_PACKAGES = ("torch", "deepspeed", "transformers", "natscale")
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux), else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def memory_gib() -> float | None:
+    """Total memory of the machine in GiB (``/proc/meminfo``), or None where it is not known."""
+    try:
+        with open("/proc/meminfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("MemTotal:"):
+                    return round(int(line.split()[1]) / 2**20, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _git(*args: str) -> str:
+    """``git ARGS`` in the checkout natscale runs from ("" when installed from a wheel)."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        return ""
+    try:
+        out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30)
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def machine(packages: Iterable[str] = ()) -> dict[str, Any]:
+    """Where a measurement ran: time, host, CPU and GPU, memory, load (a shared machine skews
+    timings), the versions of :data:`MACHINE_PACKAGES` and ``packages``, and natscale's commit."""
+    torch_info = _torch_info()
+    gpus = torch_info.get("gpus") or []
+    cpu = cpu_model()
+    try:
+        cores = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = None
+    return {
+        "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "host": socket.gethostname(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "cores_used": cores,
+        "mem_gib": memory_gib(),
+        "device": gpus[0] if gpus else f"cpu: {cpu}",
+        "device_count": len(gpus) if gpus else os.cpu_count(),
+        "cuda": torch_info.get("cuda_build"),
+        "nccl": torch_info.get("nccl"),
+        "torch_threads": torch_info.get("num_threads"),
+        "load_average_1_5_15": list(os.getloadavg()),
+        "versions": {p: package_version(p) for p in dict.fromkeys([*MACHINE_PACKAGES, *packages])},
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+    }
 
 
 def _torch_info() -> dict[str, Any]:
@@ -39,8 +116,16 @@ def _torch_info() -> dict[str, Any]:
         "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
         if cuda
         else [],
+        "nccl": _nccl_version(torch) if cuda else None,
         "num_threads": torch.get_num_threads(),
     }
+
+
+def _nccl_version(torch: Any) -> str | None:
+    try:
+        return ".".join(map(str, torch.cuda.nccl.version()))
+    except Exception:  # a build without NCCL
+        return None
 
 
 def _deepspeed_info() -> dict[str, Any]:
@@ -97,6 +182,7 @@ def collect() -> dict[str, Any]:
         "natscale": package_version("natscale"),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "packages": {name: package_version(name) for name in PACKAGES},
         "torch": _torch_info(),
@@ -111,7 +197,8 @@ def format_text(info: dict[str, Any]) -> str:
     t, ds = info["torch"], info["deepspeed"]
     lines = [
         f"natscale        {info['natscale']}",
-        f"python          {info['python']}  ({info['platform']}, {info['cpu_count']} CPUs)",
+        f"python          {info['python']}  ({info['platform']})",
+        f"cpu             {info['cpu']} ({info['cpu_count']} CPUs)",
     ]
     for name, ver in info["packages"].items():
         lines.append(f"{name:<15} {ver or 'not installed'}")

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from natscale.checkpoint_safety import (
+from natscale.checkpoint.safety import (
     UnsafeCheckpointError,
     allowed_globals,
     check_files,
@@ -145,7 +145,7 @@ def test_pool_workers_load_weights_only(tmp_path: Path, start: str):
     from the initializer natscale gives the pool."""
     from deepspeed.checkpoint import ds_to_universal
 
-    from natscale.train.universal import _pool_initializer
+    from natscale.checkpoint.universal import _pool_initializer
 
     marker = tmp_path / "marker"
     evil = craft(tmp_path / "evil.pt", _SystemCall(marker))
@@ -165,7 +165,7 @@ def test_pool_workers_load_weights_only(tmp_path: Path, start: str):
 
 
 def test_rng_state_loads_weights_only_and_restores_every_stream(tmp_path: Path):
-    from natscale.train.checkpoint import rng_state, set_rng_state
+    from natscale.checkpoint.save import rng_state, set_rng_state
 
     random.seed(1)
     np.random.seed(2)

@@ -53,3 +53,22 @@ def test_missing_file_and_bad_override(tmp_path):
     cfg.write_text("train: {}\n")
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         load_config(cfg, Run, ["novalue"])
+
+
+def test_dotted_keys_one_implementation():
+    """get/set/parse are shared by run configs, DeepSpeed configs, bench specs and data fields."""
+    from natscale.config.loader import apply_overrides, get_dotted, parse_override, set_dotted
+
+    data = {"a": {"b": 1}, "s": "text"}
+    set_dotted(data, "x.y.z", [1, 2])
+    assert get_dotted(data, "x.y.z") == [1, 2] and get_dotted(data, "a.b") == 1
+    assert get_dotted(data, "a.missing") is None and get_dotted(data, "s.t") is None
+    assert get_dotted(data, None) is None and get_dotted(data, "") is None
+    assert parse_override(" train.lr =2.5e-5") == ("train.lr", 2.5e-5)
+    assert parse_override("name=") == ("name", "")
+    with pytest.raises(ConfigError, match="'s' is not a section"):
+        set_dotted(data, "s.t", 1)
+    with pytest.raises(ConfigError, match=r"--set 's.t=1': 's' is not a section"):
+        apply_overrides(data, ["s.t=1"])
+    with pytest.raises(ConfigError, match=r"--set 'train.lr': expected KEY=VALUE"):
+        apply_overrides(data, ["train.lr"])

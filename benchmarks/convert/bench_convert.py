@@ -29,6 +29,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from natscale.env import machine  # noqa: E402
+
 MAKER = REPO / "tests" / "convert" / "make_zero_checkpoint.py"
 
 
@@ -129,29 +133,6 @@ def compare_outputs(a: Path, b: Path) -> int:
     return len(shared)
 
 
-def machine() -> dict:
-    import deepspeed
-    import safetensors
-    import torch
-    import transformers
-
-    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
-    cpu = next((ln.split(":", 1)[1].strip() for ln in cpuinfo if ln.startswith("model name")), "")
-    meminfo = Path("/proc/meminfo").read_text().splitlines()
-    mem = next(int(ln.split()[1]) for ln in meminfo if ln.startswith("MemTotal"))
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "mem_gib": round(mem / 2**20, 1),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "deepspeed": deepspeed.__version__,
-        "transformers": transformers.__version__,
-        "safetensors": safetensors.__version__,
-        "load_avg_at_start": os.getloadavg(),
-    }
-
-
 def checkpoint_info(run: Path) -> dict:
     ckpt = run / "checkpoints"
     tag = (ckpt / "latest").read_text().strip()
@@ -178,7 +159,7 @@ def main() -> int:
     args = p.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     run = args.run or make_checkpoint(args.make, args.work)
-    info = {"machine": machine(), "checkpoint": checkpoint_info(run), "runs": {}}
+    info = {"machine": machine(("safetensors",)), "checkpoint": checkpoint_info(run), "runs": {}}
     rows = []
     for dtype in args.dtypes.split(","):
         outs = {name: args.work / f"out_{name}_{dtype}" for name in ("deepspeed", "natscale")}
@@ -240,11 +221,13 @@ def main() -> int:
     info["command"] = " ".join([sys.executable, *sys.argv])
     base.with_suffix(".json").write_text(json.dumps(info, indent=2, default=str) + "\n")
     m = info["machine"]
+    v = m["versions"]
     base.with_suffix(".md").write_text(
         f"# natscale convert zero-to-hf vs DeepSpeed zero_to_fp32\n\n{header}\n{table}\n\n"
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m['mem_gib']} GiB; load average at start "
-        f"{m['load_avg_at_start']}. Versions: python {m['python']}, torch {m['torch']}, deepspeed "
-        f"{m['deepspeed']}, transformers {m['transformers']}, safetensors {m['safetensors']}.\n\n"
+        f"Machine: {m['cpu']}, {m['cpu_count']} cores, {m['mem_gib']} GiB; load average at start "
+        f"{m['load_average_1_5_15']}. Versions: python {m['python']}, torch {v['torch']}, "
+        f"deepspeed {v['deepspeed']}, transformers {v['transformers']}, safetensors "
+        f"{v['safetensors']}.\n\n"
         f"Command: `{info['command']}`\n"
     )
     print(f"bench_convert: wrote {base}.md and .json")

@@ -33,10 +33,7 @@ import datetime as dt
 import gc
 import json
 import os
-import platform
 import random
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -52,6 +49,7 @@ from natscale.bench.datasets import synthetic_lengths  # noqa: E402
 from natscale.bench.presets import DATA_PRESETS  # noqa: E402
 from natscale.data.packing import plan_bins  # noqa: E402
 from natscale.data.packing_search import l2_bound  # noqa: E402
+from natscale.env import machine  # noqa: E402
 
 CAPACITIES = (1024, 2048, 4096, 8192)
 Bins = list[list[int]]
@@ -185,27 +183,6 @@ def check(rows: list, lengths: list[int], capacity: int, kind: str) -> int:
     return sum(lengths)
 
 
-def machine() -> dict:
-    import datasets
-    import trl
-
-    with open("/proc/cpuinfo", encoding="utf-8") as fh:
-        names = [ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")]
-    commit = subprocess.run(
-        ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
-    return {
-        "host": socket.gethostname(),
-        "cpu": names[0] if names else platform.processor(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "datasets": datasets.__version__,
-        "trl": trl.__version__,
-        "git_commit": commit,
-    }
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", nargs="+", default=["example", "gsm8k", "hotpotqa"])
@@ -268,7 +245,8 @@ def main() -> int:
     long += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in results]
     print("\n".join(table))
 
-    m = machine()
+    m = machine(("numpy", "datasets", "trl"))
+    v = m["versions"]
     result = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(["python", *sys.argv]),
@@ -290,8 +268,8 @@ def main() -> int:
         f"- command: `{result['command']}`",
         f"- machine: {m['cpu']}, {m['cpu_count']} CPUs (shared; load average before / after "
         f"{result['load_average_before']} / {result['load_average_after']})",
-        f"- python {m['python']}, numpy {m['numpy']}, datasets {m['datasets']}, trl {m['trl']}, "
-        f"natscale {m['git_commit']}",
+        f"- python {m['python']}, numpy {v['numpy']}, datasets {v['datasets']}, trl {v['trl']}, "
+        f"natscale {m['git_commit'][:8]}",
         f"- lengths: example = examples/configs/prepare_math.yaml through natscale prepare "
         f"(3036 segments); gsm8k / hotpotqa = {args.num} synthetic log-normal lengths of the bench "
         f"presets (seed {args.seed}, clipped to max_seq_len); hotpotqa stands in for StrategyQA",

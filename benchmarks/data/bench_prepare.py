@@ -18,11 +18,8 @@ import datetime as dt
 import gc
 import json
 import os
-import platform
 import resource
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,6 +37,7 @@ from natscale.data.formats import load_trajectories  # noqa: E402
 from natscale.data.prepare import prepare  # noqa: E402
 from natscale.data.render import Renderer, load_tokenizer  # noqa: E402
 from natscale.data.render.batch import render_examples  # noqa: E402
+from natscale.env import machine  # noqa: E402
 
 
 def cpu_seconds() -> float:
@@ -71,30 +69,6 @@ def gc_paused(fn):
 def _rel(path: str) -> str:
     p = Path(path).resolve()
     return str(p.relative_to(REPO)) if p.is_relative_to(REPO) else str(p)
-
-
-def machine() -> dict:
-    import datasets
-    import tokenizers
-    import transformers
-
-    with open("/proc/cpuinfo", encoding="utf-8") as fh:
-        names = [ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")]
-    cpu = names[0] if names else platform.processor()
-    commit = subprocess.run(
-        ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
-    return {
-        "host": socket.gethostname(),
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "cores_used": sorted(os.sched_getaffinity(0)),
-        "python": platform.python_version(),
-        "tokenizers": tokenizers.__version__,
-        "transformers": transformers.__version__,
-        "datasets": datasets.__version__,
-        "git_commit": commit,
-    }
 
 
 def config(paths: dict, args, num_proc: int) -> PrepareConfig:
@@ -223,7 +197,7 @@ def main() -> int:
         "template": args.template,
         "tokenizer": _rel(args.tokenizer),
         "max_seq_len": args.max_seq_len,
-        "machine": machine(),
+        "machine": machine(("tokenizers", "datasets")),
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "results": rows,
@@ -248,14 +222,16 @@ def main() -> int:
     stem = f"data_prepare_{result['machine']['host']}_{dt.date.today().isoformat()}"
     (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     m = result["machine"]
+    v = m["versions"]
     md = [
         f"# natscale prepare benchmark ({result['date']})",
         "",
         f"- command: `{result['command']}`",
         f"- machine: {m['cpu']}, {m['cpu_count']} CPUs, pinned to cores {m['cores_used']}",
         f"- load average before / after: {result['load_average_before']} / {result['load_average_after']}",
-        f"- python {m['python']}, tokenizers {m['tokenizers']}, transformers {m['transformers']}, "
-        f"datasets {m['datasets']}, natscale {m['git_commit']}",
+        f"- python {m['python']}, tokenizers {v['tokenizers']}, "
+        f"transformers {v['transformers']}, datasets {v['datasets']}, "
+        f"natscale {m['git_commit'][:8]}",
         f"- template {args.template}, tokenizer `{result['tokenizer']}`, max_seq_len {args.max_seq_len}",
         "- cpu_s = user + system seconds of this process and its workers; traj_per_cpu_s is the "
         "rate per fully used core",

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 from datetime import datetime, timezone
@@ -25,6 +24,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
+
+from natscale.env import machine  # noqa: E402
 
 
 def build_tiny(out: Path) -> Path:
@@ -106,13 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": args.device,
         "rows": rows,
         "speedup_episodes_per_s": round(speedup, 3),
-        "host": {
-            "cpus": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-        },
+        "host": machine(),
         "command": "python benchmarks/eval/bench_eval_hf.py " + " ".join(sys.argv[1:]),
         "utc": stamp,
     }

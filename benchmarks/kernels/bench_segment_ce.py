@@ -31,9 +31,7 @@ import ctypes
 import datetime as dt
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -44,6 +42,8 @@ import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
+from natscale.atomic import atomic_write_text
+from natscale.env import machine
 from natscale.ops import (
     IGNORE_INDEX,
     segment_cross_entropy,
@@ -359,42 +359,16 @@ def matmul_floor(num_rows: int, hidden: int, vocab: int, dtype, device) -> Calla
     return run_once
 
 
-def device_name(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
-    return platform.processor() or "cpu"
-
-
 def environment(device: str) -> dict:
-    def version(dist: str) -> str | None:
-        from importlib.metadata import PackageNotFoundError
-        from importlib.metadata import version as v
-
-        try:
-            return v(dist)
-        except PackageNotFoundError:
-            return None
-
-    git = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
-    ).stdout.strip()
     from natscale.ops import report
 
+    env = machine(("liger-kernel",))
+    if device == "cpu":  # the machine may have a GPU this run does not use
+        env["device"] = f"{env['cpu']} ({env['cpu_count']} cores)"
     return {
-        "device": device_name(device),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "liger_kernel": version("liger-kernel"),
-        "python": platform.python_version(),
-        "natscale_git": git or None,
-        "torch_threads": torch.get_num_threads(),
-        "load_average": os.getloadavg(),
+        **env,
         "ops": report(),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
 
 
@@ -471,15 +445,16 @@ def write_results(
 ) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     env = {**env, "ran": last_choice()}
+    v = env["versions"]
     payload = {"environment": env, "args": vars(args), "formulas": __doc__, "rows": rows}
     md = [
         f"# Segment loss benchmark ({args.device})",
         "",
-        f"- device: {env['device']}; torch {env['torch']} (CUDA {env['cuda']}); "
-        f"liger-kernel {env['liger_kernel']}; natscale {env['natscale_git']}",
+        f"- device: {env['device']}; torch {v['torch']} (CUDA {env['cuda']}); "
+        f"liger-kernel {v['liger-kernel']}; natscale {env['git_commit'][:8]}",
         f"- command: `{env['command']}`",
-        f"- date: {env['date']}; torch threads {env['torch_threads']}; load average (1, 5, 15 min) "
-        f"at start {env['load_average']}, at end {env['load_average_end']}",
+        f"- date: {env['time_utc']}; torch threads {env['torch_threads']}; load average (1, 5, 15 "
+        f"min) at start {env['load_average_1_5_15']}, at end {env['load_average_end']}",
         f"- dtype {args.dtype}; warmup {args.warmup}, repeats {args.repeats} (median; p20-p80)",
         f"- natscale ran: {json.dumps(env['ran'])}",
         "",
@@ -498,9 +473,7 @@ def write_results(
         (".json", json.dumps(payload, indent=2, default=str)),
         (".md", "\n".join(md) + "\n"),
     ):
-        tmp = out_dir / f".{stem}{suffix}.tmp"
-        tmp.write_text(text)
-        tmp.rename(out_dir / f"{stem}{suffix}")
+        atomic_write_text(out_dir / f"{stem}{suffix}", text)
     return out_dir / f"{stem}.md"
 
 
@@ -533,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     env = environment(args.device)
-    print(f"device: {env['device']}; torch {env['torch']}; command: {env['command']}")
+    print(f"device: {env['device']}; torch {torch.__version__}; command: {env['command']}")
     print(HEADER)
     stem = results_stem(env, args)
 

@@ -17,6 +17,7 @@ import yaml
 
 from natscale.bench.presets import DATA_PRESETS, REPO, LengthDist
 from natscale.data.packing import DEFAULT_ALGORITHM, PackedColumns, build_rows, pack
+from natscale.data.prepared import PreparedDir
 
 CLASSES = ["success", "failure"]
 FIRST_ID = 4  # ids below are special tokens in every preset's tokenizer
@@ -84,21 +85,19 @@ def unpack(rows: PackedColumns) -> PackedColumns:
 def _save(rows: PackedColumns, out: Path, stats: dict) -> Path:
     import datasets
 
-    from natscale.data.output import rows_to_dataset, write_atomic, write_json
+    from natscale.data.output import rows_to_dataset, write_json
 
     datasets.disable_progress_bars()
 
-    def fill(tmp: Path) -> None:
-        rows_to_dataset(rows).save_to_disk(str(tmp))
-        write_json(tmp / "stats.json", stats)
+    def fill(tmp: PreparedDir) -> None:
+        rows_to_dataset(rows).save_to_disk(str(tmp.root))
+        write_json(tmp.stats, stats)
 
-    return write_atomic(out, fill, overwrite=True)
+    return PreparedDir(out).write(fill, overwrite=True)
 
 
 def _load_rows(path: Path) -> PackedColumns:
-    from natscale.data.prepared import open_prepared
-
-    ds = open_prepared(path).with_format("numpy")
+    ds = PreparedDir(path).open().with_format("numpy")
     cols = {k: list(ds[k]) for k in ("input_ids", "position_ids", "targets", "cu_seqlens")}
     cols |= {k: list(ds[k]) for k in ("segment_class", "segment_weight")}
     return PackedColumns(
@@ -144,7 +143,7 @@ def build_datasets(
     key = f"{preset}_L{seq_len}" + ("" if preset == "example" else f"_V{vocab}_r{min_rows}_s{seed}")
     key += f"_{DEFAULT_ALGORITHM}"  # rows packed by an older default are not reused
     packed_dir, base_dir = cache_dir / key / "packed", cache_dir / key / "baseline"
-    if (packed_dir / "stats.json").is_file() and (base_dir / "stats.json").is_file():
+    if PreparedDir(packed_dir).stats.is_file() and PreparedDir(base_dir).stats.is_file():
         return packed_dir, base_dir
     stats = {"classes": CLASSES, "preset": preset, "seq_len": seq_len}
     if preset == "example":
@@ -167,8 +166,6 @@ def build_datasets(
 
 
 def mean_segments_per_row(path: Path) -> float:
-    from natscale.data.prepared import open_prepared
-
-    cu = open_prepared(path).select_columns(["cu_seqlens"]).with_format("numpy")
+    cu = PreparedDir(path).open().select_columns(["cu_seqlens"]).with_format("numpy")
     counts = [len(c) - 1 for c in cu["cu_seqlens"]]
     return sum(counts) / max(len(counts), 1)

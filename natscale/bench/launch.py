@@ -1,59 +1,104 @@
-"""Commands that start ``natscale train`` for a benchmark: alone, torchrun, or no-ssh "nodes".
+"""Benchmark jobs: ``natscale train`` alone, or the launch ``natscale launch`` would run.
 
-Multi-node runs use the plain DeepSpeed launcher commands that ``natscale launch`` wraps
-(``deepspeed --hostfile H --no_ssh --node_rank N --master_addr A --master_port P``), one per
-node; on one machine every "node" is a loopback process group (CPU ranks over gloo).
+One rank runs ``natscale train --config CONFIG`` in one process (a job of one, as users run it).
+More ranks are a launch plan (:func:`natscale.launch.plan.build_plan`), the same commands and
+rank environment ``natscale launch`` builds: one node is ``natscale launch --gpus-per-node W``;
+``N`` nodes are ``natscale launch --backend no-ssh --node-rank I`` once per node, with a
+hostfile of labels, so on one machine every "node" is a loopback process group (CPU ranks over
+gloo).
 """
 
 from __future__ import annotations
 
-import contextlib
-import glob
 import os
-import socket
 import subprocess
 import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
+from natscale.launch.options import LaunchOptions
+from natscale.train.dist import free_port, remove_shm_buffers
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+VISIBLE = "CUDA_VISIBLE_DEVICES"  # DeepSpeed's name for every accelerator natscale runs on
+# set for the benchmark's ranks unless the caller's environment says otherwise
+BENCH_ENV_DEFAULTS = {
+    "GLOO_SOCKET_IFNAME": "lo",
+    "HF_HUB_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
 
 
-def train_commands(
-    config: Path, *, world_size: int, nodes: int, port: int, log_dir: Path
-) -> list[list[str]]:
-    """One command per node that runs ``natscale train config`` on ``world_size`` ranks in all."""
-    py = sys.executable
-    train = ["train", "--config", str(config)]
+@dataclass
+class BenchJob:
+    """What to start: one command per node, all with ``env``; ``port`` is the master port."""
+
+    commands: list[list[str]]
+    env: dict[str, str]
+    port: int
+
+
+def launch_options(
+    config: Path, *, world_size: int, nodes: int, port: int, log_dir: Path, env: dict[str, str]
+) -> LaunchOptions | None:
+    """The ``natscale launch`` options of a job (None for one rank: no launcher). A one-node
+    job uses the first ``world_size`` devices of ``env``'s CUDA_VISIBLE_DEVICES (trimmed in
+    place) when it lists enough, else devices 0..world_size-1."""
     if world_size % nodes:
         raise ValueError(f"world size {world_size} is not a multiple of {nodes} nodes")
     if nodes == 1 and world_size == 1:
-        return [[py, "-m", "natscale.cli", *train]]
-    master = ["--master_addr", "127.0.0.1", "--master_port", str(port)]
+        return None
+    train_args = ["--config", str(config)]
     if nodes == 1:
-        torchrun = [py, "-m", "torch.distributed.run", "--nproc_per_node", str(world_size)]
-        return [[*torchrun, *master, "-m", "natscale.cli", *train]]
+        visible = [i for i in env.get(VISIBLE, "").split(",") if i.strip()]
+        if len(visible) >= world_size:  # DeepSpeed then runs exactly these
+            env[VISIBLE] = ",".join(visible[:world_size])
+            return LaunchOptions(train_args, master_port=port)
+        return LaunchOptions(train_args, gpus_per_node=world_size, master_port=port)
     hostfile = log_dir / "hostfile"  # labels only: every "node" is this machine
-    hostfile.write_text("".join(f"node{i} slots={world_size // nodes}\n" for i in range(nodes)))
-    ds = [py, "-m", "deepspeed.launcher.runner", "--hostfile", str(hostfile), "--no_ssh"]
-    return [
-        [*ds, "--node_rank", str(i), *master, "--module", "natscale.cli", *train]
-        for i in range(nodes)
-    ]
+    hostfile.write_text(
+        "".join(f"node{i} slots={world_size // nodes}\n" for i in range(nodes)), encoding="utf-8"
+    )
+    return LaunchOptions(
+        train_args,
+        backend="no-ssh",
+        hostfile=str(hostfile),
+        node_rank=0,
+        master_addr="127.0.0.1",
+        master_port=port,
+    )
 
 
-def run_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    env.setdefault("HF_HUB_OFFLINE", "1")
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    return env
+def build_job(
+    config: Path,
+    *,
+    world_size: int,
+    nodes: int,
+    log_dir: Path,
+    environ: Mapping[str, str],
+    port: int | None = None,
+) -> BenchJob:
+    """The commands and environment of a benchmark job (ValueError when it cannot run)."""
+    from natscale.launch.findings import errors
+    from natscale.launch.plan import build_plan
+
+    port = port or free_port()
+    env = {**BENCH_ENV_DEFAULTS, **environ}
+    opts = launch_options(
+        config, world_size=world_size, nodes=nodes, port=port, log_dir=log_dir, env=env
+    )
+    # one rank: no launcher, but the same rank environment a one-rank launch gets
+    plan, findings = build_plan(
+        opts or LaunchOptions([], gpus_per_node=1, master_port=port), env, log_dir
+    )
+    if plan is None:
+        raise ValueError("; ".join(str(f) for f in errors(findings)))
+    env = plan.launcher_env(env)
+    if opts is None:
+        return BenchJob(
+            [[sys.executable, "-m", "natscale.cli", "train", "--config", str(config)]], env, port
+        )
+    return BenchJob([list(node.argv or []) for node in plan.nodes], env, port)
 
 
 def run_train(
@@ -61,28 +106,21 @@ def run_train(
 ) -> tuple[int, str, list[list[str]]]:
     """Run the job to the end; returns (worst exit code, the tail of the logs, the commands)."""
     log_dir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    cmds = train_commands(config, world_size=world_size, nodes=nodes, port=port, log_dir=log_dir)
-    logs = [log_dir / f"node{i}.log" for i in range(len(cmds))]
+    job = build_job(config, world_size=world_size, nodes=nodes, log_dir=log_dir, environ=os.environ)
+    logs = [log_dir / f"node{i}.log" for i in range(len(job.commands))]
     procs = []
-    env = run_env()
     try:
-        for cmd, log in zip(cmds, logs, strict=True):
+        for cmd, log in zip(job.commands, logs, strict=True):
             with log.open("w") as fh:
-                procs.append(subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env))
+                procs.append(
+                    subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=job.env)
+                )
         codes = [p.wait(timeout=timeout_s) for p in procs]
     except subprocess.TimeoutExpired:
         for p in procs:
             p.kill()
         codes = [124]
     finally:
-        _remove_shm(port)
+        remove_shm_buffers(job.port)  # left behind only by a rank that died before its init
     tail = "\n".join(log.read_text(errors="replace")[-3000:] for log in logs)
-    return max(codes), tail, cmds
-
-
-def _remove_shm(port: int) -> None:
-    # DeepSpeed's CPU allreduce buffers are named by master address and port (unique per run)
-    for path in glob.glob(f"/dev/shm/deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_*"):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+    return max(codes), tail, job.commands

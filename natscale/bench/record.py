@@ -8,15 +8,10 @@ device class (``<kind>_<device>.md``) that gains a row per run.
 
 from __future__ import annotations
 
-import json
-import os
-import platform
-import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
-from natscale.bench.presets import REPO
+from natscale.atomic import atomic_write_json, atomic_write_text
 
 MFU_FORMULA = (
     "MFU = flops_step / (step_time * world_size * peak_flops_per_device); flops_step = "
@@ -25,53 +20,11 @@ MFU_FORMULA = (
 )
 
 
-def _git(*args: str) -> str:
-    try:
-        out = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=30)
-        return out.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
 def environment() -> dict[str, Any]:
     """Device, versions, commit, and the machine's load (shared machines skew timings)."""
-    import importlib.metadata as md
+    from natscale.env import machine
 
-    import torch
-
-    def version(pkg: str) -> str | None:
-        try:
-            return md.version(pkg)
-        except md.PackageNotFoundError:
-            return None
-
-    cuda = torch.cuda.is_available()
-    cpu_model = (
-        next(
-            (
-                ln.split(":", 1)[1].strip()
-                for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")
-            ),
-            platform.processor(),
-        )
-        if Path("/proc/cpuinfo").is_file()
-        else platform.processor()
-    )
-    return {
-        "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "device": torch.cuda.get_device_name() if cuda else f"cpu: {cpu_model}",
-        "device_count": torch.cuda.device_count() if cuda else os.cpu_count(),
-        "cuda": torch.version.cuda,
-        "nccl": ".".join(map(str, torch.cuda.nccl.version())) if cuda else None,
-        "load_average_1_5_15": list(os.getloadavg()),
-        "python": platform.python_version(),
-        "versions": {
-            p: version(p) for p in ("torch", "deepspeed", "transformers", "flash-attn", "natscale")
-        },
-        "git_commit": _git("rev-parse", "HEAD"),
-        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
-    }
+    return machine(("flash-attn",))
 
 
 def device_tag(env: dict[str, Any]) -> str:
@@ -83,10 +36,7 @@ def device_tag(env: dict[str, Any]) -> str:
 
 def write_json_atomic(path: Path, data: Any) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return atomic_write_json(path, data)
 
 
 def _fmt(x: Any, spec: str = ",.0f") -> str:
@@ -158,9 +108,7 @@ def write_record(record: dict[str, Any], results_dir: Path, *, kind: str = "thro
     text = table.read_text(encoding="utf-8") if table.is_file() else f"# {kind} ({tag})\n\n"
     if MD_HEADER not in text:
         text += MD_HEADER
-    tmp = table.with_name(f".{table.name}.tmp")
-    tmp.write_text(text + markdown_row(record), encoding="utf-8")
-    tmp.replace(table)
+    atomic_write_text(table, text + markdown_row(record))
     return path
 
 

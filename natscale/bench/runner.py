@@ -16,10 +16,9 @@ Both runs use the same model preset, the same examples, device and world size, f
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,8 @@ import yaml
 
 from natscale.bench.launch import run_train
 from natscale.bench.presets import data_preset_info, model_config, write_model_config
+from natscale.checkpoint.layout import RunDir
+from natscale.config.loader import set_dotted
 
 OFFLOAD = ("none", "optimizer", "optimizer+params")
 
@@ -111,11 +112,7 @@ def run_config(
         "logging": {"tensorboard": False, "progress_bar": False, "peak_tflops": spec.peak_tflops},
     }
     for key, value in spec.extra.items():
-        node = cfg
-        *parents, last = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = value
+        set_dotted(cfg, key, value)
     return cfg
 
 
@@ -187,7 +184,8 @@ def run_side(
     )
     if code != 0:
         raise BenchError(f"{name} run failed (exit {code}): {' '.join(cmds[0])}\n{tail}")
-    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    run_dir = RunDir(out)
+    summary = json.loads(run_dir.summary.read_text(encoding="utf-8"))
     metrics = summarize(read_metrics(out), warmup=spec.warmup, world_size=spec.world_size)
     return {
         "commands": [" ".join(c) for c in cmds],
@@ -197,8 +195,8 @@ def run_side(
         "loss_implementation": summary.get("loss_implementation"),
         "loss": cfg["model"]["loss"],
         "micro_batch_rows": rows,
-        "config": yaml.safe_load((out / "config.yaml").read_text(encoding="utf-8")),
-        "ds_config": json.loads((out / "ds_config.json").read_text(encoding="utf-8")),
+        "config": yaml.safe_load(run_dir.config.read_text(encoding="utf-8")),
+        "ds_config": json.loads(run_dir.ds_config.read_text(encoding="utf-8")),
         **metrics,
     }
 
@@ -325,11 +323,3 @@ def throughput(
         for r, rt in zip(runs, each, strict=True)
     ]
     return record
-
-
-def with_changes(spec: BenchSpec, **changes: Any) -> BenchSpec:
-    return replace(spec, **changes)
-
-
-def finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)

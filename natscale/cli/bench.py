@@ -118,6 +118,8 @@ def spec_from(args: argparse.Namespace, **changes):
 
 
 def _spec_dict(args: argparse.Namespace, device: str) -> dict:
+    from natscale.config.loader import parse_override
+
     return dict(
         model=args.model,
         data=args.data,
@@ -137,17 +139,8 @@ def _spec_dict(args: argparse.Namespace, device: str) -> dict:
         nodes=args.nodes,
         peak_tflops=args.peak_tflops,
         baseline_rows=args.baseline_rows,
-        extra=dict(_parse_override(text) for text in args.overrides),
+        extra=dict(parse_override(text) for text in args.overrides),
     )
-
-
-def _parse_override(text: str) -> tuple[str, object]:
-    import yaml
-
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise ValueError(f"--set {text!r}: expected KEY=VALUE with a dotted run-config key")
-    return key.strip(), yaml.safe_load(value)
 
 
 def _progress(line: str) -> None:

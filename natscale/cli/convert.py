@@ -92,9 +92,9 @@ def _on_sigterm(signum, frame):  # turn SIGTERM into an exception so partial out
 
 
 def run(args: argparse.Namespace) -> int:
-    from natscale.checkpoint_safety import UnsafeCheckpointError
+    from natscale.checkpoint.safety import UnsafeCheckpointError
+    from natscale.checkpoint.universal import UniversalConversionError
     from natscale.convert.errors import ConvertError
-    from natscale.train.universal import UniversalConversionError
 
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _zero_to_hf(args: argparse.Namespace) -> int:
-    from natscale.convert.zero_to_hf import convert_zero_to_hf
+    from natscale.checkpoint.zero_to_hf import convert_zero_to_hf
 
     res = convert_zero_to_hf(
         args.ckpt_dir,
@@ -133,7 +133,7 @@ def _zero_to_hf(args: argparse.Namespace) -> int:
         print(f"note: {note}", file=sys.stderr)
     status = 0
     if args.verify:
-        from natscale.convert.verify import verify_export
+        from natscale.checkpoint.verify import verify_export
 
         v = verify_export(res.out_dir, args.ckpt_dir, tag=res.tag)
         verdict = "OK" if v.ok else f"MISMATCH (tolerance {v.atol:.1e})"
@@ -156,33 +156,34 @@ def _zero_to_universal(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
-    from natscale.train.checkpoint import read_latest
-    from natscale.train.universal import (
+    from natscale.checkpoint.layout import CheckpointDir
+    from natscale.checkpoint.universal import (
         UniversalConversionError,
         convert_to_universal,
         saved_world_size,
-        universal_tag,
     )
 
     ckpt_dir = Path(args.ckpt_dir)
-    tag = args.tag or read_latest(ckpt_dir)
+    ckpts = CheckpointDir(ckpt_dir)
+    tag = args.tag or ckpts.read_latest()
     if tag is None:
         raise UniversalConversionError(
             f"{ckpt_dir}: no complete checkpoint (no valid 'latest' file); pass --tag TAG"
         )
-    if not (ckpt_dir / tag).is_dir():
-        raise UniversalConversionError(f"{ckpt_dir / tag}: no such checkpoint tag folder")
-    world = saved_world_size(ckpt_dir / tag)
+    tag_dir = ckpts.tag_dir(tag)
+    if not tag_dir.is_dir():
+        raise UniversalConversionError(f"{tag_dir}: no such checkpoint tag folder")
+    world = saved_world_size(tag_dir)
     if world is None:
         raise UniversalConversionError(
-            f"{ckpt_dir / tag}: no ZeRO optimizer shards (zero_pp_rank_*_optim_states.pt); "
+            f"{tag_dir}: no ZeRO optimizer shards (zero_pp_rank_*_optim_states.pt); "
             "a checkpoint without ZeRO loads on any number of ranks as it is"
         )
-    existed = (ckpt_dir / universal_tag(tag)).is_dir()
+    existed = ckpts.universal_dir(tag).is_dir()
     start = time.perf_counter()
     out = convert_to_universal(ckpt_dir, tag, workers=args.workers)
     what = "already there, kept" if existed else f"written in {time.perf_counter() - start:.1f}s"
-    when = "" if tag == read_latest(ckpt_dir) else f" once {tag} is named in 'latest'"
+    when = "" if tag == ckpts.read_latest() else f" once {tag} is named in 'latest'"
     print(
         f"zero-to-universal: {out} ({what}) from tag {tag} ({world} rank(s)); "
         f"`natscale train --resume` loads it on a number of ranks other than {world}{when}"

@@ -7,7 +7,6 @@ Works alone or under torchrun / deepspeed / mpirun / srun, including
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from natscale.train.args import TrainArgs
@@ -91,12 +90,12 @@ def run(args: argparse.Namespace) -> int:
 
     import torch.distributed as dist
 
-    from natscale.checkpoint_safety import UnsafeCheckpointError
+    from natscale.checkpoint.resume import ResumeError
+    from natscale.checkpoint.safety import UnsafeCheckpointError
+    from natscale.checkpoint.universal import UniversalConversionError
     from natscale.train.dist import init_distributed
     from natscale.train.engine import export_local_size
-    from natscale.train.resume import ResumeError
     from natscale.train.trainer import StopSignal, Trainer, TrainingAborted
-    from natscale.train.universal import UniversalConversionError
 
     stop = StopSignal()  # from here on a SIGTERM means: checkpoint at the next step boundary
     export_local_size()
@@ -158,12 +157,10 @@ def _no_library_progress_bars() -> None:
 
 
 def _write_summary(output_dir: str, summary: dict) -> None:
-    from pathlib import Path
+    from natscale.atomic import atomic_write_json
+    from natscale.checkpoint.layout import RunDir
 
-    path = Path(output_dir) / "summary.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_json(RunDir(output_dir).summary, summary)
 
 
 def summary_line(s: dict) -> str:

@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from natscale.config.loader import ConfigError
+from natscale.config.loader import ConfigError, get_dotted, set_dotted
 from natscale.config.run import RunConfig
 
 AUTO = "auto"
@@ -113,20 +113,20 @@ def fill_ds_config(
             f"{where}: remove its 'scheduler' block; the LR schedule is set by train.lr_schedule, "
             "train.warmup_steps and train.min_lr_ratio"
         )
-    if _get(ds, "fp16.enabled") not in (None, False):
+    if get_dotted(ds, "fp16.enabled") not in (None, False):
         raise ConfigError(f"{where}: fp16 is not supported; use train.precision: bf16 or fp32")
     ds.setdefault("optimizer", {"type": "AdamW", "params": {}})
     for key, value in run_owned_values(run, world_size).items():
-        current = _get(ds, key)
+        current = get_dotted(ds, key)
         if current is not None and current != AUTO and current != value:
             raise ConfigError(
                 f"{where}: {key} is {current!r} but the run config says {value!r}; "
                 f'set it to "auto" (the run config owns it)'
             )
-        _set(ds, key, value)
+        set_dotted(ds, key, value)
     for key, value in size_defaults(hidden_size).items():
-        if _get(ds, key) == AUTO:
-            _set(ds, key, value)
+        if get_dotted(ds, key) == AUTO:
+            set_dotted(ds, key, value)
     ds.setdefault("steps_per_print", 10**9)  # our own metrics replace DeepSpeed's step prints
     leftover = sorted(_auto_keys(ds))
     if leftover:
@@ -152,23 +152,6 @@ def check_with_deepspeed(ds: dict[str, Any], where: str) -> None:
 
 def zero_stage(ds: dict[str, Any]) -> int:
     return int(ds.get("zero_optimization", {}).get("stage", 0))
-
-
-def _get(d: dict[str, Any], dotted: str) -> Any:
-    node: Any = d
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
-def _set(d: dict[str, Any], dotted: str, value: Any) -> None:
-    *parents, last = dotted.split(".")
-    node = d
-    for part in parents:
-        node = node.setdefault(part, {})
-    node[last] = value
 
 
 def _auto_keys(node: Any, prefix: str = "") -> list[str]:

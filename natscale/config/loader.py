@@ -3,19 +3,23 @@
 ``load_config(path, Model, overrides=["train.lr=2e-5"])`` reads the YAML, applies ``--set``
 overrides (values parsed as YAML scalars), and validates with the pydantic ``Model``. Errors name
 the file, the dotted key, what is wrong and, for literals/enums, the allowed values.
+
+The dotted-key helpers here (:func:`get_dotted`, :func:`set_dotted`, :func:`parse_override`,
+:func:`apply_overrides`) are the one implementation every ``KEY=VALUE`` override and nested
+lookup in natscale uses (run configs, DeepSpeed configs, benchmark specs, data fields).
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from natscale.filemode import apply_umask
+from natscale.atomic import atomic_write_text
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -24,43 +28,72 @@ class ConfigError(ValueError):
     """A config file or override is invalid; the message says where and what to do."""
 
 
+def get_dotted(data: Mapping[str, Any], key: str | None) -> Any:
+    """``data["a"]["b"]`` for ``key="a.b"``; None when ``key`` is empty or any part is missing."""
+    if not key:
+        return None
+    node: Any = data
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    """``data["a"]["b"] = value`` for ``key="a.b"``, creating missing sections; ConfigError when
+    a part on the way holds a value rather than a section. A part that meets a list is an index
+    into it (``sources.0.paths`` = the first source's paths)."""
+    *parents, last = key.split(".")
+    node: Any = data
+    for part in parents:
+        if isinstance(node, list):
+            node = node[_list_index(node, part)]
+            continue
+        child = node.setdefault(part, {})
+        if not isinstance(child, (dict, list)):
+            raise ConfigError(f"{part!r} is not a section")
+        node = child
+    if isinstance(node, list):
+        node[_list_index(node, last)] = value
+    else:
+        node[last] = value
+
+
+def _list_index(node: list, part: str) -> int:
+    """``part`` as an index into the list ``node``; ConfigError when it is not one."""
+    if not part.lstrip("-").isdigit() or not -len(node) <= int(part) < len(node):
+        raise ConfigError(
+            f"{part!r} is not an index of that list (it has {len(node)} item(s): "
+            f"0..{len(node) - 1})"
+        )
+    return int(part)
+
+
+def parse_override(item: str, *, source: str = "--set") -> tuple[str, Any]:
+    """``(key, value)`` of a ``KEY=VALUE`` override; the value is parsed as YAML (empty: "")."""
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"{source} {item!r}: expected KEY=VALUE, e.g. train.lr=2e-5")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source} {item!r}: value is not valid YAML ({exc})") from exc
+    return key, value
+
+
 def apply_overrides(
     data: dict[str, Any], overrides: list[str], *, source: str = "--set"
 ) -> dict[str, Any]:
     """Apply ``a.b.c=value`` overrides in place (value parsed as YAML) and return ``data``."""
     for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"{source} {item!r}: expected KEY=VALUE, e.g. train.lr=2e-5")
+        key, value = parse_override(item, source=source)
         try:
-            value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{source} {item!r}: value is not valid YAML ({exc})") from exc
-        node: Any = data
-        parts = key.split(".")
-        for part in parts[:-1]:
-            if isinstance(node, list):  # a list item by index: sources.0.paths=...
-                node = node[_list_index(node, part, source, item)]
-                continue
-            child = node.setdefault(part, {})
-            if not isinstance(child, (dict, list)):
-                raise ConfigError(f"{source} {item!r}: {part!r} is not a section")
-            node = child
-        if isinstance(node, list):
-            node[_list_index(node, parts[-1], source, item)] = value
-        else:
-            node[parts[-1]] = value
+            set_dotted(data, key, value)
+        except ConfigError as exc:
+            raise ConfigError(f"{source} {item!r}: {exc}") from None
     return data
-
-
-def _list_index(node: list, part: str, source: str, item: str) -> int:
-    """``part`` as an index into the list ``node`` (``sources.0`` = the first source)."""
-    if not part.lstrip("-").isdigit() or not -len(node) <= int(part) < len(node):
-        raise ConfigError(
-            f"{source} {item!r}: {part!r} is not an index of that list (it has {len(node)} "
-            f"item(s): 0..{len(node) - 1})"
-        )
-    return int(part)
 
 
 def format_validation_error(exc: ValidationError, where: str) -> str:
@@ -106,9 +139,4 @@ def save_config(config: BaseModel, path: str | os.PathLike) -> None:
     """Write the resolved config as YAML, atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    apply_umask(tmp)  # mkstemp made it 0600
-    os.replace(tmp, path)
+    atomic_write_text(path, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))

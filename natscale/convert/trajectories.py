@@ -10,12 +10,13 @@ For ``--from nat`` the question and prompt files are found next to the input whe
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from natscale.atomic import atomic_path
 from natscale.convert.errors import ConvertError
 
 
@@ -78,19 +79,12 @@ def write_files_atomically(
             raise ConvertError(f"{path} exists and is not a file; choose another output")
         if path.exists() and not overwrite:
             raise ConvertError(f"{path} already exists; choose another output or pass --overwrite")
-    tmps: dict[Path, Path] = {}
-    try:
+    with contextlib.ExitStack() as stack:  # every file renamed at the end, or none
         for path, content in files.items():
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-            tmps[path] = tmp
-            tmp.write_text(_dump(content, path), encoding="utf-8")
-        for path, tmp in tmps.items():
-            os.replace(tmp, path)
-    except BaseException:
-        for tmp in tmps.values():
-            tmp.unlink(missing_ok=True)
-        raise
+            stack.enter_context(atomic_path(path)).write_text(
+                _dump(content, path), encoding="utf-8"
+            )
 
 
 def _input_files(input_path: Path, options: dict[str, Any]) -> list[Path]:

@@ -65,10 +65,6 @@ class Issues:
         if len(kept) < self.keep_examples:
             kept.append(str(err))
 
-    def count(self, reason: str, n: int = 1) -> None:
-        if n:
-            self.counts[reason] += n
-
     def total(self) -> int:
         return sum(self.counts.values())
 

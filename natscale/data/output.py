@@ -1,36 +1,20 @@
-"""Writing a prepared dataset directory atomically.
+"""Packed rows as the ``datasets.Dataset`` a prepared-data folder holds (see ``prepared.py``).
 
-Layout of ``OUT_DIR`` (what the trainer reads)::
-
-    OUT_DIR/
-      data-*.arrow, dataset_info.json, state.json   datasets.Dataset.save_to_disk of packed rows
-      stats.json                                    counts, classes, packing efficiency
-      prepare_config.yaml                           the resolved prepare config
-      tokenizer/                                    the tokenizer the ids belong to
-      .natscale-output                              marker: what `overwrite` may replace
-
-``datasets.load_from_disk(OUT_DIR)`` gives the rows: the ``schema.ROW_FIELDS`` columns plus
-``num_tokens`` and ``num_trained`` (int64 per row). Everything is written to a hidden temporary
-directory next to ``OUT_DIR`` and renamed into place, so a failure leaves nothing half-written.
+``rows_to_dataset`` builds the ``schema.ROW_FIELDS`` columns plus ``num_tokens`` and
+``num_trained`` (int64 per row) column-wise through Arrow; ``PreparedDir.write`` puts them on disk.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import uuid
-from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from natscale.atomic import PREPARED, atomic_output_dir
 from natscale.data.packing import PackedColumns
 from natscale.data.schema import ROW_FIELDS
-
-OVERWRITE_HINT = "remove it or set overwrite: true (--overwrite)"
-OUTPUT_KIND = PREPARED  # the marker kind of a prepared-data folder (natscale.atomic)
 
 ROWS_PER_CHUNK = 2048  # keeps list offsets in int32 range for any row length
 
@@ -69,25 +53,6 @@ def rows_to_dataset(rows: PackedColumns):
     )
     # a fresh fingerprint: hashing gigabytes of rows for a cache key we never use is slow
     return Dataset(table, fingerprint=uuid.uuid4().hex)
-
-
-def write_atomic(
-    out_dir: str | os.PathLike,
-    fill: Callable[[Path], Any],
-    *,
-    overwrite: bool = False,
-    inputs: Iterable[str | os.PathLike] = (),
-) -> Path:
-    """Call ``fill(tmp_dir)`` and rename ``tmp_dir`` to ``out_dir``; remove it on failure.
-
-    ``overwrite`` replaces only an earlier prepared-data folder, never one holding ``inputs``
-    (see ``natscale.atomic``)."""
-    out = Path(out_dir).resolve()
-    with atomic_output_dir(
-        out, kind=OUTPUT_KIND, overwrite=overwrite, inputs=inputs, hint=OVERWRITE_HINT
-    ) as tmp:
-        fill(tmp)
-    return out
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

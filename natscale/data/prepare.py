@@ -8,7 +8,7 @@
 Stages: load every source (formats/) -> handle unfinished -> label outcomes (outcome.py) ->
 strategy: class, marker, seeded per-class sampling, weights (nat.py) -> render through the chat
 template with the train mask (render/, ``num_proc`` workers) -> trim the untrained tail,
-truncate or drop over-long examples -> pack (packing.py) -> write atomically (output.py).
+truncate or drop over-long examples -> pack (packing.py) -> write atomically (prepared.py).
 Bad records raise :class:`DataError` (``on_error: raise``) or are counted in
 ``stats["skipped"]`` (``on_error: skip``).
 """
@@ -240,7 +240,8 @@ def _prepare(
     on_stage: Callable[[str], None] | None,
     extra_inputs: Sequence[str | Path],
 ) -> PrepareResult:
-    from natscale.data.output import OUTPUT_KIND, OVERWRITE_HINT, write_atomic, write_json
+    from natscale.data.output import write_json
+    from natscale.data.prepared import OUTPUT_KIND, OVERWRITE_HINT, PreparedDir
     from natscale.data.render import Renderer, add_missing_tokens, load_tokenizer, resolve_template
 
     t0 = time.perf_counter()
@@ -321,15 +322,15 @@ def _prepare(
     }
     resolved = config.model_copy(update={"output": str(target)})
 
-    def fill(tmp: Path) -> None:
+    def fill(tmp: PreparedDir) -> None:
         say(f"writing {len(rows)} rows")
-        _save_rows(rows, tmp, progress)
-        tokenizer.save_pretrained(str(tmp / "tokenizer"))
-        save_config(resolved, tmp / "prepare_config.yaml")
+        _save_rows(rows, tmp.root, progress)
+        tokenizer.save_pretrained(str(tmp.tokenizer))
+        save_config(resolved, tmp.prepare_config)
         stats["elapsed_s"] = round(time.perf_counter() - t0, 3)
-        write_json(tmp / "stats.json", stats)
+        write_json(tmp.stats, stats)
 
-    out = write_atomic(target, fill, overwrite=config.overwrite, inputs=inputs)
+    out = PreparedDir(target).write(fill, overwrite=config.overwrite, inputs=inputs)
     return PrepareResult(out, stats)
 
 

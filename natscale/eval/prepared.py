@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 from natscale.eval.errors import EvalError
@@ -20,9 +19,11 @@ def prompt_defaults(prepared_dir: str | os.PathLike) -> dict[str, Any]:
     from natscale.config.loader import ConfigError, load_config
     from natscale.config.prepare import PrepareConfig
     from natscale.data.formats.nat_release import NatSource
+    from natscale.data.prepared import PreparedDir
 
-    root = Path(prepared_dir)
-    cfg_path, stats_path = root / "prepare_config.yaml", root / "stats.json"
+    prepared = PreparedDir(prepared_dir)
+    root = prepared.root
+    cfg_path, stats_path = prepared.prepare_config, prepared.stats
     for path in (cfg_path, stats_path):
         if not path.is_file():
             raise EvalError(
@@ -46,8 +47,8 @@ def prompt_defaults(prepared_dir: str | os.PathLike) -> dict[str, Any]:
         section["end_of_turn"] = stats["end_of_turn"]
     if cfg.render.acknowledgement is not None:
         section["acknowledgement"] = cfg.render.acknowledgement
-    if (root / "tokenizer").is_dir():
-        section["tokenizer"] = str(root / "tokenizer")
+    if prepared.tokenizer.is_dir():
+        section["tokenizer"] = str(prepared.tokenizer)
     prompts = [s for s in cfg.sources if isinstance(s, NatSource) and s.prompt]
     if prompts:
         if len({(s.prompt, s.prompt_variant) for s in prompts}) > 1:

@@ -23,12 +23,12 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from natscale.atomic import atomic_write_json
 from natscale.config.eval import EvalConfig
 from natscale.eval.episodes import EPISODES, EpisodeWriter, episode_record, read_episodes
 from natscale.eval.errors import EvalError
@@ -52,13 +52,6 @@ def fingerprint(cfg: EvalConfig) -> str:
             for k in sub:
                 data[key].pop(k, None)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
 
 
 def rank_files(out: Path) -> list[Path]:
@@ -203,9 +196,10 @@ def run_eval(
         if rank == 0:
             out.mkdir(parents=True, exist_ok=True)
             if not (out / "run.json").exists():
-                write_json_atomic(
+                atomic_write_json(
                     out / "run.json",
                     {"fingerprint": fingerprint(cfg), "config": cfg.model_dump(mode="json")},
+                    ensure_ascii=False,
                 )
             if world == 1 and rank_files(out):  # left by a killed data-parallel run
                 merge_rank_files(out)
@@ -303,7 +297,7 @@ def run_eval(
             "versions": versions(),
         }
     )
-    write_json_atomic(out / "summary.json", summary)
+    atomic_write_json(out / "summary.json", summary, ensure_ascii=False)
     return summary
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import natscale
+from natscale.atomic import atomic_write_text
 
 MARK = "NATSCALE_ENV_FILE"
 # copied from the launching node when set: communication, caches/offline mode, DeepSpeed's
@@ -158,6 +159,4 @@ def env_file_text(spec: EnvSpec) -> str:
 
 def write_env_file(path: Path, spec: EnvSpec) -> None:
     """Write atomically (a temp file in the same directory, then rename)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(env_file_text(spec), encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, env_file_text(spec))

@@ -162,6 +162,21 @@ def _unlink_shm_buffer(dist) -> None:
         os.unlink(path)
 
 
+def remove_shm_buffers(port: int) -> list[str]:
+    """Delete this user's DeepSpeed shm all-reduce segments of a finished job on ``port`` (any
+    master address, any rank): a rank killed before its init unlinked them leaves them behind.
+    Returns the paths removed."""
+    import glob
+
+    pattern = _SHM_BUFFER.format(uid=os.getuid(), addr="*", port=port, rank="*")
+    removed = []
+    for path in glob.glob(pattern):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+            removed.append(path)
+    return removed
+
+
 def started() -> bool:
     """Whether init_distributed ran in this process (even if the groups are destroyed since)."""
     return _STARTED
@@ -186,9 +201,3 @@ def exit_process(code: int) -> NoReturn:
         with contextlib.suppress(Exception):
             stream.flush()
     os._exit(code)
-
-
-def is_rank0() -> bool:
-    import torch.distributed as dist
-
-    return not dist.is_initialized() or dist.get_rank() == 0

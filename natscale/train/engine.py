@@ -84,7 +84,7 @@ def build_engine(
 ) -> EngineBundle:
     """Everything DeepSpeed needs, then ``deepspeed.initialize``. Call after init_distributed.
 
-    load_universal: the checkpoint to resume is a universal one (natscale.train.universal).
+    load_universal: the checkpoint to resume is a universal one (natscale.checkpoint.universal).
     """
     import deepspeed
     from deepspeed.accelerator import get_accelerator

@@ -27,6 +27,9 @@ from typing import Any
 
 import torch
 
+from natscale.atomic import atomic_write_text
+from natscale.checkpoint.layout import RunDir
+
 # dense bf16 tensor-core peak, FLOP/s per device (datasheets); first match on the device name wins
 PEAK_BF16_FLOPS: list[tuple[str, float]] = [
     ("H100 PCIe", 756e12),
@@ -116,7 +119,7 @@ class MetricsWriter:
     """Rank 0's metrics.jsonl (one object per step) and TensorBoard event files."""
 
     def __init__(self, run_dir: Path, *, tensorboard: bool, resume_step: int):
-        self.path = run_dir / "metrics.jsonl"
+        self.path = RunDir(run_dir).metrics
         self.notes = truncate_after(self.path, resume_step)  # for the caller to print
         self._fh = self.path.open("a", encoding="utf-8")
         self._tb = None
@@ -124,7 +127,7 @@ class MetricsWriter:
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(
-                log_dir=str(run_dir / "tensorboard"), purge_step=resume_step + 1
+                log_dir=str(RunDir(run_dir).tensorboard), purge_step=resume_step + 1
             )
 
     def write(self, record: dict[str, Any]) -> None:
@@ -197,15 +200,13 @@ def truncate_after(path: Path, step: int) -> list[str]:
         steps = f"step {last}" if last == step + 1 else f"steps {step + 1}-{last}"
         notes.append(f"{path}: removed the records of {steps}, written after {since}")
     if notes:
-        tmp = path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
-        tmp.replace(path)
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
     return notes
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     """The records of RUN_DIR/metrics.jsonl; a cut-off last line is left out with a warning."""
-    path = Path(run_dir) / "metrics.jsonl"
+    path = RunDir(run_dir).metrics
     records, note = parse_metrics(path)
     if note:
         print(f"natscale: warning: {note}", file=sys.stderr)

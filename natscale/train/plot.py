@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from natscale.atomic import atomic_path
+from natscale.checkpoint.layout import RunDir
 from natscale.train.metrics import read_metrics
 
 
@@ -29,8 +31,8 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
 
     records = read_metrics(run_dir)
     if not records:
-        raise ValueError(f"{run_dir}/metrics.jsonl has no records")
-    out = Path(out_dir) if out_dir is not None else Path(run_dir) / "plots"
+        raise ValueError(f"{RunDir(run_dir).metrics} has no records")
+    out = Path(out_dir) if out_dir is not None else RunDir(run_dir).plots
     out.mkdir(parents=True, exist_ok=True)
     written = []
 
@@ -57,7 +59,6 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
 
 def _save(fig: Any, path: Path) -> Path:
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format=path.suffix.lstrip("."))
     return path

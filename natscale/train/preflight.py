@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from natscale.checkpoint.layout import RunDir
 from natscale.config.ds_config import (
     check_with_deepspeed,
     resolve_ds_config,
@@ -15,9 +16,9 @@ from natscale.config.ds_config import (
 )
 from natscale.config.loader import ConfigError
 from natscale.config.run import RunConfig
+from natscale.data.prepared import PreparedDataError, PreparedDir, first_bad_token
 from natscale.data.schema import ROW_FIELDS
 from natscale.model.load import ModelSourceError, has_weights, load_hf_config
-from natscale.train.checkpoint import list_tags, read_latest_text
 from natscale.train.metrics import MetricsFileError, parse_metrics
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
@@ -67,16 +68,15 @@ def check_run(
 def check_data(path: str, *, vocab_size: int) -> int:
     """The data directory is a complete prepared-data folder of rows in the schema, and every
     token id of every row is one the model knows (one vectorised pass over the id column)."""
-    from natscale.data.prepared import PreparedDataError, first_bad_token, open_prepared
-
-    d = Path(path)
-    if not (d / "state.json").is_file() and not (d / "stats.json").is_file():
+    prepared = PreparedDir(path)
+    d = prepared.root
+    if not prepared.state.is_file() and not prepared.stats.is_file():
         raise PreflightError(
             f"data.path: {d} is not a `natscale prepare` output directory (no datasets "
             "state.json, no stats.json); run `natscale prepare CONFIG` first"
         )
     try:
-        ds = open_prepared(d)
+        ds = prepared.open()
     except PreparedDataError as exc:
         raise PreflightError(f"data.path: {exc}") from exc
     for field, dtype in ROW_FIELDS.items():
@@ -107,11 +107,12 @@ def resolve_tokenizer(run: RunConfig, notes: list[str]) -> Path | None:
         if not _is_tokenizer_dir(tok):
             raise PreflightError(f"model.tokenizer: {tok} holds no tokenizer ({TOKENIZER_FILES})")
         return tok
-    for cand in (Path(run.data.path) / "tokenizer", run.model.path):
+    data_tok = PreparedDir(run.data.path).tokenizer
+    for cand in (data_tok, run.model.path):
         if cand is not None and _is_tokenizer_dir(Path(cand)):
             return Path(cand)
     notes.append(
-        f"no tokenizer in {Path(run.data.path) / 'tokenizer'} or the model directory: "
+        f"no tokenizer in {data_tok} or the model directory: "
         "the run directory and the HF export will have none"
     )
     return None
@@ -126,7 +127,7 @@ def check_tokenizer(run: RunConfig, tokenizer_dir: Path, vocab_size: int) -> Non
             f"tokenizer {tokenizer_dir} has {len(tok)} tokens but the model's vocab_size is "
             f"{vocab_size}; use the tokenizer the data was prepared with and a matching model"
         )
-    data_tok = Path(run.data.path) / "tokenizer"
+    data_tok = PreparedDir(run.data.path).tokenizer
     others = [p for p in (data_tok, run.model.path) if p is not None and _is_tokenizer_dir(Path(p))]
     for other in others:
         if Path(other).resolve() == tokenizer_dir.resolve():
@@ -151,15 +152,17 @@ def check_output_dir(
     out: Path, *, resume: bool, fresh: bool = False, resume_from: str | None = None
 ) -> None:
     """``out`` can be written, and what it holds fits the flags (the checkpoint itself is checked
-    later, on rank 0: natscale.train.resume)."""
+    later, on rank 0: natscale.checkpoint.resume)."""
     if out.exists() and not out.is_dir():
         raise PreflightError(f"output_dir: {out} exists and is not a directory")
     if resume and fresh:
         raise PreflightError("--fresh starts over and --resume continues: pass one of them")
     check_writable(out)
-    ckpt = out / "checkpoints"
-    tags = list_tags(ckpt)
-    latest = read_latest_text(ckpt)
+    run_dir = RunDir(out)
+    ckpts = run_dir.checkpoints
+    ckpt = ckpts.root
+    tags = ckpts.list_tags()
+    latest = ckpts.read_latest_text()
     if not resume and not fresh and (tags or latest is not None):
         shown = ", ".join(tags[-4:]) if tags else f"a latest file naming {latest!r}"
         raise PreflightError(
@@ -167,12 +170,12 @@ def check_output_dir(
             "that run, --fresh to start over at step 1 (the previous run's files are moved to "
             f"{out}/previous-<time>/, not deleted), or choose another output_dir"
         )
-    if resume_from is not None and not (ckpt / resume_from).is_dir():
+    if resume_from is not None and not ckpts.tag_dir(resume_from).is_dir():
         raise PreflightError(
-            f"--resume-from {resume_from}: {ckpt / resume_from} does not exist (checkpoints in "
+            f"--resume-from {resume_from}: {ckpts.tag_dir(resume_from)} does not exist (checkpoints in "
             f"{ckpt}: {', '.join(tags) or 'none'})"
         )
-    metrics = out / "metrics.jsonl"
+    metrics = run_dir.metrics
     if resume and metrics.is_file():
         try:
             parse_metrics(metrics)  # a cut-off last line is fine: the trainer removes it
@@ -186,7 +189,8 @@ def check_writable(out: Path) -> None:
     """
     import tempfile
 
-    probes = [p for p in (out, out / "checkpoints") if p.is_dir()]
+    ckpt = RunDir(out).checkpoints.root
+    probes = [p for p in (out, ckpt) if p.is_dir()]
     if not probes:
         parent = out.parent
         while not parent.is_dir() and parent != parent.parent:
@@ -197,7 +201,7 @@ def check_writable(out: Path) -> None:
             with tempfile.TemporaryFile(dir=folder, prefix=".natscale-probe-"):
                 pass
         except OSError as exc:
-            where = "" if folder in (out, out / "checkpoints") else f" (to create {out} in it)"
+            where = "" if folder in (out, ckpt) else f" (to create {out} in it)"
             raise PreflightError(
                 f"output_dir: cannot write in {folder}{where}: {exc.strerror or exc}; choose a "
                 "writable output_dir"

@@ -24,18 +24,21 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from natscale.atomic import atomic_write_json
+from natscale.checkpoint import save as checkpoint
+from natscale.checkpoint.hf_export import export_hf, original_use_cache, write_model_config
+from natscale.checkpoint.layout import RunDir
+from natscale.checkpoint.resume import agree_on_start
+from natscale.checkpoint.universal import prepare_resume
 from natscale.config.loader import save_config
 from natscale.config.run import RunConfig
-from natscale.train import checkpoint
+from natscale.data.prepared import PreparedDir
 from natscale.train.batch import MicroBatch, collate
-from natscale.train.data import PackedRows, RowOrder, StepPlan, class_names
 from natscale.train.dist import DistInfo
 from natscale.train.engine import build_engine
-from natscale.train.export import export_hf, original_use_cache, write_model_config
 from natscale.train.metrics import FlopsModel, MetricsWriter, memory_gib, peak_flops
 from natscale.train.preflight import Preflight
-from natscale.train.resume import agree_on_start
-from natscale.train.universal import prepare_resume
+from natscale.train.rows import PreparedRowsReader, RowOrder, StepPlan
 
 TOKEN_KINDS = ("slot", "nonpad", "trained")
 
@@ -89,10 +92,12 @@ class Trainer:
         self.run = run
         self.info = info
         self.checks = checks
-        self.run_dir = Path(run.output_dir)
-        self.ckpt_dir = self.run_dir / "checkpoints"
-        self.rows = PackedRows(run.data.path)
-        self.class_names = class_names(run.data.path, self.rows.num_classes())
+        self.layout = RunDir(run.output_dir)
+        self.run_dir = self.layout.root
+        self.ckpts = self.layout.checkpoints
+        self.ckpt_dir = self.ckpts.root
+        self.rows = PreparedRowsReader(run.data.path)
+        self.class_names = PreparedDir(run.data.path).class_names(self.rows.num_classes())
         self.plan = StepPlan(
             info.world_size, info.rank, run.train.grad_accum, run.data.micro_batch_rows
         )
@@ -166,16 +171,12 @@ class Trainer:
         )
 
     def _write_run_files(self) -> None:
-        import json
-
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(self.run, self.run_dir / "config.yaml")
-        tmp = self.run_dir / ".ds_config.json.tmp"
-        tmp.write_text(json.dumps(self.bundle.ds_config, indent=2) + "\n", encoding="utf-8")
-        tmp.replace(self.run_dir / "ds_config.json")
+        save_config(self.run, self.layout.config)
+        atomic_write_json(self.layout.ds_config, self.bundle.ds_config)
         write_model_config(
             self.bundle.model.hf_model,
-            self.run_dir / "model_config",
+            self.layout.model_config,
             use_cache=self.use_cache,
             tokenizer_dir=self.checks.tokenizer_dir,
         )
@@ -371,7 +372,7 @@ class Trainer:
             exported = export_hf(
                 self.engine,
                 self.bundle.model.hf_model,
-                self.run_dir / "hf",
+                self.layout.hf,
                 use_cache=self.use_cache,
                 tokenizer_dir=self.checks.tokenizer_dir,
             )
@@ -390,7 +391,7 @@ class Trainer:
             self._abort("checkpoint_save_failed", str(exc), records, started, start_step)
 
     def _last_good(self) -> str:
-        tag = checkpoint.read_latest(self.ckpt_dir)
+        tag = self.ckpts.read_latest()
         if tag is None:
             every = self.run.checkpoint.every_steps
             return (
@@ -455,7 +456,7 @@ class Trainer:
         mfus = [r["mfu"] for r in timed if r["mfu"] is not None]
         tflops = sum(r["tflops_per_gpu"] * r["step_time_s"] for r in timed) / total_time
         last = records[-1] if records else {}
-        latest = checkpoint.read_latest(self.ckpt_dir)
+        latest = self.ckpts.read_latest()
         return {
             "status": "completed",
             "reason": reason,

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from natscale.checkpoint_safety import load_weights_only
+from natscale.checkpoint.safety import load_weights_only
 from natscale.cli.main import main
 
 pytestmark = pytest.mark.multiproc

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from natscale.checkpoint.hf_assets import find_assets, write_assets
 from natscale.convert.errors import ConvertError
-from natscale.convert.hf_assets import find_assets, write_assets
 
 
 def layout(tmp_path: Path) -> tuple[Path, Path]:

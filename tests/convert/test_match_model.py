@@ -8,9 +8,9 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from natscale.checkpoint.zero_tensors import LazyTensor
+from natscale.checkpoint.zero_to_hf import match_to_model
 from natscale.convert.errors import ConvertError
-from natscale.convert.zero_tensors import LazyTensor
-from natscale.convert.zero_to_hf import match_to_model
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "models"
 

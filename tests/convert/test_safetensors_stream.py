@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from natscale.convert.safetensors_stream import (
+from natscale.checkpoint.safetensors_stream import (
     ShardWriter,
     TensorSpec,
     check_file,

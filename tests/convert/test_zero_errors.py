@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from natscale.convert import safetensors_stream
+from natscale.checkpoint import safetensors_stream
+from natscale.checkpoint.zero_to_hf import convert_zero_to_hf
 from natscale.convert.errors import ConvertError
-from natscale.convert.zero_to_hf import convert_zero_to_hf
 
 pytestmark = pytest.mark.multiproc
 OPTIM = "zero_pp_rank_{}_mp_rank_00_optim_states.pt"
@@ -169,7 +169,7 @@ def test_sigterm_mid_conversion_leaves_no_output(zero_run, tmp_path):
     # the real CLI, slowed down per tensor so the signal lands while shards are being written
     script = (
         "import sys, time\n"
-        "from natscale.convert import safetensors_stream as s\n"
+        "from natscale.checkpoint import safetensors_stream as s\n"
         "w = s.ShardWriter.write\n"
         "s.ShardWriter.write = lambda self, n, t: (time.sleep(0.5), w(self, n, t))\n"
         "from natscale.cli.main import main\n"

@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from natscale.convert.zero_to_hf import convert_zero_to_hf
+from natscale.checkpoint.zero_to_hf import convert_zero_to_hf
 
 pytestmark = pytest.mark.multiproc
 EXAMPLE_TOKENIZER = Path(__file__).resolve().parents[2] / "examples" / "tokenizer"

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ import pytest
 from natscale.config.eval import EvalConfig
 from natscale.eval.errors import EvalError
 from natscale.eval.run import run_eval
+from natscale.train.dist import free_port
 
 from .conftest import DATA, EXAMPLES, TOKENIZER, read_jsonl
 
@@ -128,17 +128,11 @@ def test_hf_trained_model_plays_whole_episodes(trained, questions, tmp_path):
         assert ep["info"]["turns"] == 3 and ep["info"]["failure"] is None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(trained, tmp_path_factory):
     pytest.importorskip("fastapi", reason="needs the transformers[serving] extra")
     pytest.importorskip("uvicorn", reason="needs the transformers[serving] extra")
-    port = _free_port()
+    port = free_port()
     exe = Path(sys.executable).with_name("transformers")
     log = (tmp_path_factory.mktemp("serve") / "serve.log").open("w")
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")

@@ -47,7 +47,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -60,6 +59,7 @@ from typing import Any, Literal
 import psutil  # a DeepSpeed dependency
 import pytest
 
+from natscale.train.dist import free_port
 from tests.mp.launchers import commands, entry_argv, rank_logs_by_rank
 
 Launcher = Literal[
@@ -178,7 +178,7 @@ def run_distributed(
         raise ValueError(f"{launcher}: nprocs={nprocs} does not split into {nodes} nodes")
     if hang_dump_s is None:
         hang_dump_s = max(5.0, timeout - max(15.0, 0.2 * timeout))
-    port = _free_port()
+    port = free_port()
     keep_logs = log_dir is not None
     if log_dir is None:
         log_dir = tempfile.mkdtemp(prefix="natscale-mp-")
@@ -275,12 +275,6 @@ def ensure_deepspeed_ops(env: dict[str, str]) -> None:
             f"building DeepSpeed's shm_comm op failed:\n{proc.stdout}\n{proc.stderr}"
         )
     _OPS_READY.add(ext_dir)  # a prebuilt op (DS_BUILD_SHM_COMM=1) leaves no file there
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _rank_env(

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from natscale.checkpoint_safety import load_weights_only
+from natscale.checkpoint.safety import load_weights_only
 from tests.mp.harness import assert_ok, run_distributed
 from tests.train.train_fixtures import make_segments, pack_greedy, save_rows, write_model_config
 from tests.train.train_fixtures import write_run_config as _write_run_config

@@ -14,9 +14,9 @@ import pytest
 from natscale.cli.main import main
 from natscale.config.loader import load_config
 from natscale.config.run import RunConfig
-from natscale.data.prepared import PreparedDataError, first_bad_token, open_prepared
-from natscale.train.data import PackedRows
+from natscale.data.prepared import PreparedDataError, PreparedDir, first_bad_token
 from natscale.train.preflight import PreflightError, check_run
+from natscale.train.rows import PreparedRowsReader
 from tests.train.train_fixtures import (
     VOCAB,
     make_segments,
@@ -77,7 +77,7 @@ def test_half_written_data_is_a_named_error(setup, capsys, kind):
         _check(cfg)
     assert str(data) in str(exc.value) and "re-run `natscale prepare`" in str(exc.value)
     with pytest.raises(PreparedDataError, match=needle):
-        PackedRows(data)  # the trainer's own reader says the same
+        PreparedRowsReader(data)  # the trainer's own reader says the same
     assert main(["train", str(cfg)]) == 2  # exit 2, before any process group
     err = capsys.readouterr().err
     assert "re-run `natscale prepare`" in err and "Traceback" not in err
@@ -148,7 +148,7 @@ def test_the_full_scan_is_fast(tmp_path):
     column = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
     datasets.Dataset(pa.table({"input_ids": column})).save_to_disk(str(tmp_path / "d"))
     (tmp_path / "d" / "stats.json").write_text("{}")
-    ds = open_prepared(tmp_path / "d")
+    ds = PreparedDir(tmp_path / "d").open()
     start = time.perf_counter()
     assert first_bad_token(ds, 1000) == (-1, -1)
     elapsed = time.perf_counter() - start

@@ -8,7 +8,7 @@ import torch
 
 from natscale.data.schema import IGNORE_INDEX, RowError
 from natscale.train.batch import collate
-from natscale.train.data import RowOrder, StepPlan
+from natscale.train.rows import RowOrder, StepPlan
 from tests.train.train_fixtures import make_segments, pack, pack_greedy
 
 

@@ -147,8 +147,8 @@ def test_hf_export_is_marked_so_convert_may_overwrite_it(full_run: Path, tmp_pat
     import shutil
 
     from natscale.atomic import read_marker
+    from natscale.checkpoint.zero_to_hf import convert_zero_to_hf
     from natscale.convert.errors import ConvertError
-    from natscale.convert.zero_to_hf import convert_zero_to_hf
 
     assert read_marker(full_run / "hf") == "hf-export"
     copy = tmp_path / "hf"

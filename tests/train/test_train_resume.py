@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from natscale.train.checkpoint import _prune, read_latest
+from natscale.checkpoint.layout import CheckpointDir, RunDir
+from natscale.checkpoint.resume import plan_resume, plan_start
+from natscale.checkpoint.save import _prune
 from natscale.train.metrics import read_metrics
-from natscale.train.resume import archive_previous_run, plan_resume, plan_start
 from tests.mp.harness import assert_ok, run_distributed
 from tests.train.train_fixtures import (
     make_segments,
@@ -151,7 +152,7 @@ def test_fresh_moves_the_previous_run_aside_and_deletes_nothing(base, tmp_path):
     assert sorted(p.name for p in run.iterdir()) == sorted(["notes.txt", moved.name])
     after = sorted(str(p.relative_to(moved)) for p in moved.rglob("*"))
     assert after == sorted(b for b in before if b != "notes.txt")
-    assert archive_previous_run(run) is None  # nothing left to move
+    assert RunDir(run).archive_previous() is None  # nothing left to move
 
 
 def test_pruning_spares_newer_tags_and_keeps_the_one_just_saved(tmp_path):
@@ -190,7 +191,7 @@ def test_resume_when_latest_names_a_missing_folder_and_metrics_end_mid_line(base
     records = read_metrics(run)
     assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
     assert records[:4] == original
-    assert read_latest(ckpt) == "global_step6"
+    assert CheckpointDir(ckpt).read_latest() == "global_step6"
     # keep_last=4: global_step1 and 2 went only once 5 and 6 were complete
     assert sorted(p.name for p in ckpt.glob("global_step*")) == [
         f"global_step{i}" for i in range(3, 7)
@@ -219,7 +220,7 @@ def test_disk_full_during_a_save_keeps_the_last_good_checkpoint(base, tmp_path):
     assert "latest still names global_step2, the last good checkpoint" in log
     assert "Traceback" not in log
     ckpt = tmp_path / "run" / "checkpoints"
-    assert read_latest(ckpt) == "global_step2"
+    assert CheckpointDir(ckpt).read_latest() == "global_step2"
     assert sorted(p.name for p in ckpt.glob("global_step*")) == ["global_step1", "global_step2"]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert (summary["status"], summary["reason"], summary["steps"]) == (
@@ -277,7 +278,7 @@ def test_two_ranks_agree_to_stop_on_a_truncated_shard(base, tmp_path):
         assert "natscale train: error: global_step4, the checkpoint named by" in log, log
         assert "--resume-from global_step3" in log and "Traceback" not in log
     assert (run / "metrics.jsonl").read_bytes() == metrics
-    assert read_latest(run / "checkpoints") == "global_step4"
+    assert CheckpointDir(run / "checkpoints").read_latest() == "global_step4"
 
 
 def test_a_really_full_disk_during_a_save(base, tmp_path):
@@ -309,7 +310,7 @@ def test_a_really_full_disk_during_a_save(base, tmp_path):
         log = result.rank_logs[0]
         assert "checkpoint global_step2 could not be saved: no space left on device" in log
         assert "latest still names global_step1" in log and "Traceback" not in log
-        assert read_latest(ckpt) == "global_step1"
+        assert CheckpointDir(ckpt).read_latest() == "global_step1"
         assert sorted(p.name for p in ckpt.glob("global_step*")) == ["global_step1"]
         assert plan_resume(ckpt).tag == "global_step1"
     finally:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from natscale.train.checkpoint import _prune, _write_latest, read_latest
+from natscale.checkpoint.layout import CheckpointDir
+from natscale.checkpoint.save import _prune, _write_latest
 from natscale.train.metrics import (
     FlopsModel,
     MetricsFileError,
@@ -19,12 +20,12 @@ from natscale.train.metrics import (
 
 
 def test_latest_names_only_a_complete_tag(tmp_path: Path):
-    assert read_latest(tmp_path) is None
+    assert CheckpointDir(tmp_path).read_latest() is None
     (tmp_path / "global_step4").mkdir()
     _write_latest(tmp_path, "global_step4")
-    assert read_latest(tmp_path) == "global_step4"
+    assert CheckpointDir(tmp_path).read_latest() == "global_step4"
     _write_latest(tmp_path, "global_step8")  # the tag directory is missing: not a checkpoint
-    assert read_latest(tmp_path) is None
+    assert CheckpointDir(tmp_path).read_latest() is None
     assert not list(tmp_path.glob(".latest.*"))
 
 
@@ -119,9 +120,9 @@ def test_files_written_through_a_temp_path_follow_the_umask(tmp_path):
     from safetensors.torch import save_file
 
     from natscale.agent.scripted.dataset import generate, write_dataset
+    from natscale.checkpoint.hf_export import _swap_in
     from natscale.config.loader import save_config
     from natscale.config.run import CheckpointSection
-    from natscale.train.export import _swap_in
 
     def mode(p: Path) -> int:
         return stat.S_IMODE(p.stat().st_mode)

@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from natscale.train.metrics import read_metrics
-from natscale.train.universal import (
+from natscale.checkpoint.universal import (
     UniversalConversionError,
     convert_to_universal,
     saved_world_size,
 )
+from natscale.train.metrics import read_metrics
 from tests.mp.harness import assert_ok, run_distributed
 from tests.train.train_fixtures import (
     make_segments,
@@ -109,7 +109,7 @@ def test_resume_two_rank_checkpoint_on_one_rank(tmp_path: Path, capsys):
 
 
 def test_pruning_a_tag_removes_its_universal_copy(tmp_path: Path):
-    from natscale.train.checkpoint import _prune
+    from natscale.checkpoint.save import _prune
 
     for name in ("global_step4", "global_step4_universal", "global_step8", "global_step12"):
         (tmp_path / name).mkdir()
@@ -166,7 +166,7 @@ def test_world_size_of_non_zero_checkpoint_is_unknown(tmp_path: Path):
 
 
 def test_world_size_recorded_by_the_trainer_beats_the_shards_this_node_sees(tmp_path: Path):
-    from natscale.train.checkpoint import WORLD_FILE
+    from natscale.checkpoint.layout import WORLD_FILE
 
     tag = tmp_path / "global_step4"
     tag.mkdir()

@@ -22,7 +22,6 @@ import json
 import os
 import random
 import re
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +32,7 @@ from natscale.agent.scoring import extract_gsm8k_answer, math_reward
 from natscale.agent.scripted.problems import Problem, Ref, draw_problem
 from natscale.agent.scripted.teacher import KINDS, MAX_TURNS, ScenarioUnavailable, simulate
 from natscale.agent.tools import build_tools
-from natscale.filemode import apply_umask
+from natscale.atomic import atomic_write_bytes
 
 DEFAULT_SEED = 20240218  # the paper's v1 release date
 DEFAULT_NUM_QUESTIONS = 1300
@@ -224,12 +223,7 @@ def write_dataset(data: SyntheticSet, out_dir: str | os.PathLike) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, payload in render_files(data).items():
-        fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-        apply_umask(tmp)  # mkstemp made it 0600
-        os.replace(tmp, out / name)
-        paths.append(out / name)
+        paths.append(atomic_write_bytes(out / name, payload))
     return paths
 
 

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from natscale.config.loader import get_dotted
 from natscale.data.errors import DataError, Issues, handle
 from natscale.data.formats.reader import Record, expand_paths, iter_records, layout_hint
 from natscale.data.trajectory import Outcome, Trajectory, Turn
@@ -71,18 +72,6 @@ def _tuple(types: type | tuple[type, ...]) -> tuple[type, ...]:
     return types if isinstance(types, tuple) else (types,)
 
 
-def dotted(obj: dict[str, Any], path: str | None) -> Any:
-    """``obj["a"]["b"]`` for ``path="a.b"``; None when any part is missing."""
-    if not path:
-        return None
-    node: Any = obj
-    for part in path.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
 def as_success(value: Any) -> bool | None:
     """Explicit success value: a bool, 0/1 (or any number: success iff >= 1), "true"/"false"."""
     if value is None:
@@ -102,7 +91,7 @@ def read_outcome(
     rec: Record, turns: list[Turn], success_field: str | None, score_field: str | None
 ) -> Outcome:
     """Outcome from explicit record fields; else from a trailing ``reward = X`` observation."""
-    raw = dotted(rec.data, success_field)
+    raw = get_dotted(rec.data, success_field)
     success = as_success(raw)
     if raw is not None and success is None:
         raise rec.error(
@@ -111,7 +100,7 @@ def read_outcome(
             reason="wrong_type",
             hint="use true/false or 0/1",
         )
-    score = dotted(rec.data, score_field)
+    score = get_dotted(rec.data, score_field)
     if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float))):
         raise rec.error(
             f"expected a number, got {type(score).__name__}", field=score_field, reason="wrong_type"
@@ -194,7 +183,7 @@ def read_tools(rec: Record, tools_field: str | None) -> list[dict[str, Any]] | N
     """The record's tool schemas in OpenAI form (:mod:`natscale.data.render.tools`), if any."""
     from natscale.data.render.tools import normalize_tools
 
-    raw = dotted(rec.data, tools_field)
+    raw = get_dotted(rec.data, tools_field)
     if raw is None:
         return None
     try:
@@ -248,7 +237,7 @@ def record_id(rec: Record, key: str = "id") -> str:
 
 def extra_meta(rec: Record, conversation_key: str, answer_field: str | None) -> dict[str, Any]:
     """``meta`` for a record: its gold ``answer`` (if any) and its other top-level fields."""
-    answer = dotted(rec.data, answer_field)
+    answer = get_dotted(rec.data, answer_field)
     return {
         "answer": "" if answer is None else str(answer),
         "extra": {k: v for k, v in rec.data.items() if k != conversation_key},

@@ -44,11 +44,11 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from natscale.config.loader import get_dotted
 from natscale.data.errors import Issues
 from natscale.data.formats.base import Format, RecordSource, per_record
 from natscale.data.formats.common import (
     check_empty,
-    dotted,
     extra_meta,
     field,
     load_records,
@@ -158,7 +158,7 @@ def load(
     def parse(rec: Record) -> Trajectory:
         items = record_field(rec, conversations_key, list)
         turns = parse_turns(rec, items, conversations_key, role_map, "from", "value")
-        system = dotted(rec.data, system_field)
+        system = get_dotted(rec.data, system_field)
         if isinstance(system, str) and system and not (turns and turns[0].role == "system"):
             turns.insert(0, Turn("system", system, train=False))  # LLaMA-Factory's layout
         parts = split_prompt(rec, turns, question_turn, conversations_key)

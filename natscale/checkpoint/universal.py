@@ -25,15 +25,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 
-UNIVERSAL_SUFFIX = "_universal"
+from natscale.checkpoint.layout import WORLD_FILE, CheckpointDir
 
 
 class UniversalConversionError(RuntimeError):
     """A ZeRO checkpoint could not be converted to a universal one."""
-
-
-def universal_tag(tag: str) -> str:
-    return tag + UNIVERSAL_SUFFIX
 
 
 def saved_world_size(tag_dir: str | Path) -> int | None:
@@ -44,8 +40,7 @@ def saved_world_size(tag_dir: str | Path) -> int | None:
     its own node's shards, so counting them would take a same-size resume for a different one.
     Folders without that record (DeepSpeed's own, older runs) are judged by their shard files.
     """
-    from natscale.convert.zero_checkpoint import optim_shard_ranks
-    from natscale.train.checkpoint import WORLD_FILE
+    from natscale.checkpoint.zero_files import optim_shard_ranks
 
     ranks = optim_shard_ranks(Path(tag_dir))
     if not ranks:
@@ -76,12 +71,12 @@ def convert_to_universal(ckpt_dir: str | Path, tag: str, *, workers: int = 1) ->
 
     Runs DeepSpeed's ``ds_to_universal`` in this process (no process group needed), its loads
     weights-only. Raises :class:`UniversalConversionError` naming the checkpoint, DeepSpeed's error
-    and what to do, or :class:`~natscale.checkpoint_safety.UnsafeCheckpointError` for a file that
+    and what to do, or :class:`~natscale.checkpoint.safety.UnsafeCheckpointError` for a file that
     is not weights-only loadable.
     """
     from deepspeed.checkpoint import ds_to_universal
 
-    from natscale.checkpoint_safety import (
+    from natscale.checkpoint.safety import (
         UnsafeCheckpointError,
         check_files,
         install_in_worker,
@@ -89,7 +84,8 @@ def convert_to_universal(ckpt_dir: str | Path, tag: str, *, workers: int = 1) ->
     )
 
     ckpt_dir = Path(ckpt_dir)
-    src, dst = ckpt_dir / tag, ckpt_dir / universal_tag(tag)
+    ckpts = CheckpointDir(ckpt_dir)
+    src, dst = ckpts.tag_dir(tag), ckpts.universal_dir(tag)
     if dst.is_dir():
         return dst
     if not src.is_dir():
@@ -141,12 +137,12 @@ def prepare_resume(ckpt_dir: str | Path, tag: str, *, world_size: int, rank: int
     """
     import torch.distributed as dist
 
-    from natscale.checkpoint_safety import UnsafeCheckpointError
+    from natscale.checkpoint.safety import UnsafeCheckpointError
 
     box: list = [None]
     if rank == 0:
         try:
-            saved = saved_world_size(Path(ckpt_dir) / tag)
+            saved = saved_world_size(CheckpointDir(ckpt_dir).tag_dir(tag))
             if saved is not None and saved != world_size:
                 path = convert_to_universal(ckpt_dir, tag)
                 box[0] = {"saved_world_size": saved, "load_tag": path.name, "path": str(path)}

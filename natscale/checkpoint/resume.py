@@ -19,24 +19,10 @@ files are first moved (never deleted) into ``RUN_DIR/previous-<UTC time>/``.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from natscale.train.checkpoint import TAG_RE, WORLD_FILE, list_tags, read_latest_text
-
-# what a run writes into its output_dir; --fresh moves these aside
-RUN_ENTRIES = (
-    "checkpoints",
-    "metrics.jsonl",
-    "summary.json",
-    "tensorboard",
-    "hf",
-    "plots",
-    "config.yaml",
-    "ds_config.json",
-    "model_config",
-)
+from natscale.checkpoint.layout import TAG_RE, CheckpointDir, RunDir, tag_step
 
 
 class ResumeError(RuntimeError):
@@ -52,16 +38,12 @@ class StartPlan:
     error: str | None = None
 
 
-def _step(tag: str) -> int:
-    return int(TAG_RE.match(tag).group(1))
-
-
 def check_tag(ckpt_dir: Path, tag: str) -> str | None:
     """None when ``ckpt_dir/tag`` is a complete ZeRO checkpoint, else why it is not."""
+    from natscale.checkpoint.zero_files import inspect_checkpoint
     from natscale.convert.errors import ConvertError
-    from natscale.convert.zero_checkpoint import inspect_checkpoint
 
-    tag_dir = ckpt_dir / tag
+    tag_dir = CheckpointDir(ckpt_dir).tag_dir(tag)
     if not tag_dir.is_dir():
         return f"{tag_dir} does not exist"
     try:
@@ -75,7 +57,7 @@ def check_tag(ckpt_dir: Path, tag: str) -> str | None:
         )
     except OSError as exc:
         return f"cannot read {tag_dir}: {exc}"
-    recorded = tag_dir / WORLD_FILE
+    recorded = CheckpointDir(ckpt_dir).world_file(tag)
     if recorded.is_file():
         try:
             ranks = int(recorded.read_text().strip())
@@ -92,7 +74,7 @@ def check_tag(ckpt_dir: Path, tag: str) -> str | None:
 def _newest_complete(ckpt_dir: Path, skip: set[str]) -> tuple[str | None, list[str]]:
     """(the newest complete tag not in ``skip``, notes on the newer incomplete ones passed over)."""
     passed: list[str] = []
-    for tag in reversed(list_tags(ckpt_dir)):
+    for tag in reversed(CheckpointDir(ckpt_dir).list_tags()):
         if tag in skip:
             continue
         why = check_tag(ckpt_dir, tag)
@@ -109,7 +91,7 @@ def _hint(ckpt_dir: Path, bad: str | None) -> str:
             f"The newest complete checkpoint is {tag}: resume from it with --resume-from {tag}"
             + (
                 f" ({bad} is then replaced when the run saves that step again)"
-                if bad and bad in list_tags(ckpt_dir)
+                if bad and bad in CheckpointDir(ckpt_dir).list_tags()
                 else ""
             )
             + ", or repair the damaged files."
@@ -132,27 +114,29 @@ def plan_resume(ckpt_dir: str | Path, *, requested: str | None = None) -> StartP
             )
         notes = [f"resuming from {requested} (--resume-from)"]
         m = TAG_RE.match(requested)
-        newer = [t for t in list_tags(ckpt_dir) if m and _step(t) > int(m.group(1))]
+        newer = [
+            t for t in CheckpointDir(ckpt_dir).list_tags() if m and tag_step(t) > int(m.group(1))
+        ]
         if newer:
             notes.append(
                 f"{', '.join(newer)} (newer than {requested}) are kept until this run saves "
                 "the same step, which replaces it"
             )
         return StartPlan(requested, notes)
-    latest = read_latest_text(ckpt_dir)
-    tags = list_tags(ckpt_dir) if ckpt_dir.is_dir() else []
+    latest = CheckpointDir(ckpt_dir).read_latest_text()
+    tags = CheckpointDir(ckpt_dir).list_tags() if ckpt_dir.is_dir() else []
     if latest is None and not tags:
         return StartPlan(None, [f"--resume: no checkpoint in {ckpt_dir}; starting at step 1"])
     if latest == "":
         return StartPlan(
-            error=f"{ckpt_dir / 'latest'} is empty (a write that was interrupted), so the "
+            error=f"{CheckpointDir(ckpt_dir).latest_file} is empty (a write that was interrupted), so the "
             "checkpoint to resume from is unknown. " + _hint(ckpt_dir, None)
         )
-    if latest is not None and (ckpt_dir / latest).is_dir():
+    if latest is not None and CheckpointDir(ckpt_dir).tag_dir(latest).is_dir():
         why = check_tag(ckpt_dir, latest)
         if why is not None:
             return StartPlan(
-                error=f"{latest}, the checkpoint named by {ckpt_dir / 'latest'}, is incomplete: "
+                error=f"{latest}, the checkpoint named by {CheckpointDir(ckpt_dir).latest_file}, is incomplete: "
                 f"{why}. " + _hint(ckpt_dir, latest)
             )
         return StartPlan(latest, [f"resuming from {latest} (named by latest)"])
@@ -172,25 +156,6 @@ def plan_resume(ckpt_dir: str | Path, *, requested: str | None = None) -> StartP
     return StartPlan(tag, [*passed, f"{why}; resuming from {tag}, the newest complete checkpoint"])
 
 
-def archive_previous_run(run_dir: str | Path) -> Path | None:
-    """Move a previous run's files (RUN_ENTRIES) into ``run_dir/previous-<UTC time>``; None if
-    there were none. Nothing is deleted."""
-    run_dir = Path(run_dir)
-    present = [name for name in RUN_ENTRIES if (run_dir / name).exists()]
-    if not present:
-        return None
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    dest = run_dir / f"previous-{stamp}"
-    n = 1
-    while dest.exists():
-        n += 1
-        dest = run_dir / f"previous-{stamp}-{n}"
-    dest.mkdir()
-    for name in present:
-        (run_dir / name).rename(dest / name)
-    return dest
-
-
 def plan_start(
     run_dir: str | Path, *, resume: bool, fresh: bool, requested: str | None
 ) -> StartPlan:
@@ -198,11 +163,11 @@ def plan_start(
     run_dir = Path(run_dir)
     try:
         if fresh:
-            moved = archive_previous_run(run_dir)
+            moved = RunDir(run_dir).archive_previous()
             notes = [f"--fresh: moved the previous run's files to {moved}"] if moved else []
             return StartPlan(None, notes)
         if resume or requested is not None:
-            return plan_resume(run_dir / "checkpoints", requested=requested)
+            return plan_resume(RunDir(run_dir).checkpoints.root, requested=requested)
         return StartPlan(None, [])
     except OSError as exc:
         return StartPlan(error=f"output_dir {run_dir}: {exc}")

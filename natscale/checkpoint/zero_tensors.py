@@ -15,7 +15,7 @@ keeps the peak memory at one tensor instead of the whole model:
   written, so a later read simply faults the bytes back in from the page cache).
 - DeepSpeed loads model-state files whole; under ZeRO-2 the single model file holds every weight in
   the training dtype, so those loads are memory-mapped too.
-- DeepSpeed's loads are forced weights-only (``natscale.checkpoint_safety``): nothing in the files
+- DeepSpeed's loads are forced weights-only (``natscale.checkpoint.safety``): nothing in the files
   can run code.
 """
 
@@ -32,9 +32,9 @@ from pathlib import Path
 
 import torch
 
-from natscale.checkpoint_safety import UnsafeCheckpointError, weights_only_loads
+from natscale.checkpoint.safety import UnsafeCheckpointError, weights_only_loads
+from natscale.checkpoint.zero_files import ZeroCheckpoint
 from natscale.convert.errors import ConvertError
-from natscale.convert.zero_checkpoint import ZeroCheckpoint
 
 
 @dataclass

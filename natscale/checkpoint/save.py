@@ -1,6 +1,6 @@
 """Checkpoints: DeepSpeed's own files plus our client state, with an atomic ``latest``.
 
-Layout of ``RUN_DIR/checkpoints``::
+Layout of ``RUN_DIR/checkpoints`` (named in ``natscale.checkpoint.layout``)::
 
     latest                  text file naming the newest complete tag, e.g. "global_step40"
     global_step40/          one DeepSpeed tag: zero_pp_rank_{r}_mp_rank_00_{model,optim}_states.pt
@@ -20,11 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import os
 import random
-import re
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,10 +29,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from natscale.filemode import apply_umask
+from natscale.atomic import atomic_write_text
+from natscale.checkpoint.layout import TAG_RE, CheckpointDir, tag_for
 
-TAG_RE = re.compile(r"^global_step(\d+)$")
-WORLD_FILE = "natscale_world_size"  # in each tag folder: how many ranks wrote it (universal.py)
 LOW_SPACE_BYTES = 64 * 2**20  # a write that fails with less free than this: the disk is full
 
 
@@ -43,47 +39,8 @@ class CheckpointSaveError(RuntimeError):
     """A checkpoint could not be written; the partial tag is gone, ``latest`` is unchanged."""
 
 
-def tag_for(step: int) -> str:
-    return f"global_step{step}"
-
-
-def read_latest(ckpt_dir: str | Path) -> str | None:
-    """The tag named by ``ckpt_dir/latest`` (None when there is no complete checkpoint)."""
-    latest = Path(ckpt_dir) / "latest"
-    if not latest.is_file():
-        return None
-    tag = latest.read_text(encoding="utf-8").strip()
-    return tag if (Path(ckpt_dir) / tag).is_dir() else None
-
-
-def read_latest_text(ckpt_dir: str | Path) -> str | None:
-    """What ``ckpt_dir/latest`` says, stripped ("" when empty); None when there is no such file."""
-    latest = Path(ckpt_dir) / "latest"
-    if not latest.is_file():
-        return None
-    return latest.read_text(encoding="utf-8", errors="replace").strip()
-
-
-def list_tags(ckpt_dir: str | Path) -> list[str]:
-    """The ``global_step{N}`` folders in ``ckpt_dir``, oldest step first (complete or not)."""
-    ckpt_dir = Path(ckpt_dir)
-    if not ckpt_dir.is_dir():
-        return []
-    found = [(int(m.group(1)), p.name) for p in ckpt_dir.iterdir() if (m := TAG_RE.match(p.name))]
-    return [name for _, name in sorted(found) if (ckpt_dir / name).is_dir()]
-
-
 def _write_latest(ckpt_dir: Path, tag: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=ckpt_dir, prefix=".latest.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(tag)
-        apply_umask(tmp)  # mkstemp made it 0600
-        os.replace(tmp, ckpt_dir / "latest")
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(CheckpointDir(ckpt_dir).latest_file, tag)
 
 
 def _prune(ckpt_dir: Path, keep_last: int, current: str) -> list[str]:
@@ -91,15 +48,14 @@ def _prune(ckpt_dir: Path, keep_last: int, current: str) -> list[str]:
     ``keep_last``; tags newer than ``current`` are left alone (not this run's to judge)."""
     m = TAG_RE.match(current)
     limit = int(m.group(1)) if m else None
-    tags = [
-        t for t in list_tags(ckpt_dir) if limit is None or int(TAG_RE.match(t).group(1)) <= limit
-    ]
+    ckpts = CheckpointDir(ckpt_dir)
+    tags = [t for t in ckpts.list_tags() if limit is None or int(TAG_RE.match(t).group(1)) <= limit]
     if current not in tags:  # only a save that just completed may make room
         return []
     doomed = [name for name in tags[: -max(keep_last, 1)] if name != current]
     for name in doomed:
-        shutil.rmtree(ckpt_dir / name, ignore_errors=True)
-        shutil.rmtree(ckpt_dir / f"{name}_universal", ignore_errors=True)  # see universal.py
+        shutil.rmtree(ckpts.tag_dir(name), ignore_errors=True)
+        shutil.rmtree(ckpts.universal_dir(name), ignore_errors=True)  # see universal.py
     return doomed
 
 
@@ -200,12 +156,13 @@ def save(
     import torch.distributed as dist
 
     ckpt_dir = Path(ckpt_dir)
+    ckpts = CheckpointDir(ckpt_dir)
     tag = tag_for(step)
     rank = dist.get_rank()
     failures: list[BaseException] = []
-    if rank == 0 and (ckpt_dir / tag).is_dir() and read_latest(ckpt_dir) != tag:
+    if rank == 0 and ckpts.tag_dir(tag).is_dir() and ckpts.read_latest() != tag:
         # left by a save of this step that never completed (`latest` never named it)
-        shutil.rmtree(ckpt_dir / tag, ignore_errors=True)
+        shutil.rmtree(ckpts.tag_dir(tag), ignore_errors=True)
     states: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(states, rng_state())
     state = dict(client_state, rng_states=states)
@@ -219,7 +176,7 @@ def save(
     if not failed and rank == 0:
         try:
             # rank 0 may see only its own node's shards (node-local disks): record the rank count
-            (ckpt_dir / tag / WORLD_FILE).write_text(f"{dist.get_world_size()}\n")
+            ckpts.world_file(tag).write_text(f"{dist.get_world_size()}\n")
             _write_latest(ckpt_dir, tag)
         except OSError as exc:
             failed = [(0, describe_write_error(exc, ckpt_dir))]
@@ -227,15 +184,15 @@ def save(
     dist.broadcast_object_list(box, src=0)  # rank 0's own latest/record failure, if any
     failed = box[0]
     if failed:
-        if rank == 0 and read_latest(ckpt_dir) != tag:
-            shutil.rmtree(ckpt_dir / tag, ignore_errors=True)
+        if rank == 0 and ckpts.read_latest() != tag:
+            shutil.rmtree(ckpts.tag_dir(tag), ignore_errors=True)
         dist.barrier()
-        previous = read_latest(ckpt_dir)
+        previous = ckpts.read_latest()
         r, first = failed[0]
         raise CheckpointSaveError(
             f"checkpoint {tag} could not be saved: {first} (rank {r}"
             + (f" and {len(failed) - 1} more" if len(failed) > 1 else "")
-            + f"). The partial {ckpt_dir / tag} was removed; "
+            + f"). The partial {ckpts.tag_dir(tag)} was removed; "
             + (
                 f"latest still names {previous}, the last good checkpoint (continue from it "
                 "with --resume once there is room)"
@@ -253,23 +210,23 @@ def load(
     engine: Any, ckpt_dir: str | Path, *, tag: str | None = None, load_tag: str | None = None
 ) -> dict[str, Any]:
     """Load ``tag`` (default: the ``latest`` tag) into the engine; restore this rank's RNG; return
-    the client state. Check the tag first (natscale.train.resume does, on rank 0).
+    the client state. Check the tag first (natscale.checkpoint.resume does, on rank 0).
 
     load_tag: the folder to load instead (the universal conversion of ``tag``; the engine must
     then have been built with ``load_universal``). The RNG states are restored only when the
     checkpoint was written by as many ranks as there are now (rank r gets rank r's states).
     Files are loaded weights-only: one that needs anything else raises
-    :class:`~natscale.checkpoint_safety.UnsafeCheckpointError` on every rank, before any is read.
+    :class:`~natscale.checkpoint.safety.UnsafeCheckpointError` on every rank, before any is read.
     """
     import torch.distributed as dist
 
-    from natscale.checkpoint_safety import check_files, weights_only_loads
+    from natscale.checkpoint.safety import check_files, weights_only_loads
 
-    tag = tag or read_latest(ckpt_dir)
+    tag = tag or CheckpointDir(ckpt_dir).read_latest()
     if tag is None:
         raise FileNotFoundError(f"{ckpt_dir}: no complete checkpoint (no valid 'latest' file)")
     # every rank checks every file before the (collective) load: all refuse an unsafe one alike
-    check_files(sorted((Path(ckpt_dir) / (load_tag or tag)).rglob("*.pt")))
+    check_files(sorted(CheckpointDir(ckpt_dir).tag_dir(load_tag or tag).rglob("*.pt")))
     with weights_only_loads():
         load_path, client_state = engine.load_checkpoint(str(ckpt_dir), tag=load_tag or tag)
     if load_path is None:

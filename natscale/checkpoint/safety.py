@@ -17,7 +17,7 @@ conversions) were found to contain beyond plain values, all in the optimizer fil
 
 Allowing a class lets the unpickler create an instance and set its attributes; it never lets the
 file name a function to call. natscale's own client state (step, counters, RNG states) is stored
-as plain values and tensors (see ``natscale.train.checkpoint.rng_state``). A file that needs any
+as plain values and tensors (see ``natscale.checkpoint.save.rng_state``). A file that needs any
 other global is refused with :class:`UnsafeCheckpointError`.
 """
 

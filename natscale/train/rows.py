@@ -12,7 +12,6 @@ Within a step, micro-batch ``m`` of rank ``r`` holds the rows at offsets
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,14 +21,14 @@ import numpy as np
 from natscale.data.schema import ROW_FIELDS
 
 
-class PackedRows:
+class PreparedRowsReader:
     """Random access to the packed rows of a ``natscale prepare`` output directory."""
 
     def __init__(self, path: str | Path):
-        from natscale.data.prepared import open_prepared
+        from natscale.data.prepared import PreparedDir
 
         self.path = Path(path)
-        self._ds = open_prepared(self.path).select_columns(list(ROW_FIELDS))
+        self._ds = PreparedDir(self.path).open().select_columns(list(ROW_FIELDS))
         self._ds = self._ds.with_format("numpy")
         self.num_rows = len(self._ds)
 
@@ -55,16 +54,6 @@ class PackedRows:
                 if len(classes):
                     top = max(top, int(np.max(classes)))
         return top + 1
-
-
-def class_names(data_dir: str | Path, num_classes: int) -> list[str]:
-    """Class names from ``stats.json`` (``classes``, indexed by segment_class), else class<i>."""
-    stats = Path(data_dir) / "stats.json"
-    names: list[str] = []
-    if stats.is_file():
-        names = [str(n) for n in json.loads(stats.read_text(encoding="utf-8")).get("classes", [])]
-    names += [f"class{i}" for i in range(len(names), num_classes)]
-    return names
 
 
 class RowOrder:

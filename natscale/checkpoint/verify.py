@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from natscale.convert.zero_to_hf import strip_wrapper_prefix
+from natscale.checkpoint.zero_to_hf import strip_wrapper_prefix
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ def reference_logits(
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from natscale.checkpoint_safety import weights_only_loads
+    from natscale.checkpoint.safety import weights_only_loads
 
     sink = io.StringIO()  # DeepSpeed prints and draws progress bars while it reads
     with weights_only_loads(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):

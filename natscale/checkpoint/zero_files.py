@@ -8,7 +8,7 @@ folder per tag. A tag folder holds, per data-parallel rank r (``mp_rank_00``: no
 
 The fp32 master weights live in the optimizer files, split over the ranks. Everything here only
 unpickles the small metadata (files are memory-mapped, and loaded weights-only: see
-``natscale.checkpoint_safety``) so that every input problem — an unknown
+``natscale.checkpoint.safety``) so that every input problem — an unknown
 tag, a missing or truncated rank file, files from two different world sizes — is reported before
 the conversion writes a byte.
 """
@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from natscale.checkpoint_safety import UnsafeCheckpointError, load_weights_only
+from natscale.checkpoint.layout import CheckpointDir
+from natscale.checkpoint.safety import UnsafeCheckpointError, load_weights_only
 from natscale.convert.errors import ConvertError
 
 # bf16 runs prefix the optimizer files with "bf16_"
@@ -48,7 +49,7 @@ def load_metadata_file(path: Path) -> dict[str, Any]:
     """Unpickle a DeepSpeed ``.pt`` file memory-mapped (tensors stay on disk until touched).
 
     Weights-only: a file that needs anything but tensors, plain values and the allowed DeepSpeed
-    types raises :class:`~natscale.checkpoint_safety.UnsafeCheckpointError` (nothing of it runs).
+    types raises :class:`~natscale.checkpoint.safety.UnsafeCheckpointError` (nothing of it runs).
     """
     try:
         return load_weights_only(path, map_location="cpu", mmap=True)
@@ -67,11 +68,11 @@ def resolve_tag(ckpt_dir: Path, tag: str | None) -> tuple[Path, str, Path]:
     """Return (root, tag, tag_dir). ``ckpt_dir`` may also be a tag folder itself."""
     if not ckpt_dir.is_dir():
         raise ConvertError(f"checkpoint directory {ckpt_dir} does not exist or is not a directory")
-    if tag is None and _rank_files(ckpt_dir, _OPTIM_RE) and not (ckpt_dir / "latest").exists():
+    latest = CheckpointDir(ckpt_dir).latest_file
+    if tag is None and _rank_files(ckpt_dir, _OPTIM_RE) and not latest.exists():
         return ckpt_dir.parent, ckpt_dir.name, ckpt_dir  # the user pointed at the tag folder
     tags = available_tags(ckpt_dir)
     if tag is None:
-        latest = ckpt_dir / "latest"
         if not latest.is_file():
             raise ConvertError(
                 f"{ckpt_dir} is not a DeepSpeed checkpoint directory: it has no 'latest' file"
@@ -81,7 +82,7 @@ def resolve_tag(ckpt_dir: Path, tag: str | None) -> tuple[Path, str, Path]:
         tag = latest.read_text().strip()
         if not tag:
             raise ConvertError(f"{latest} is empty; pass the tag with --tag ({', '.join(tags)})")
-    tag_dir = ckpt_dir / tag
+    tag_dir = CheckpointDir(ckpt_dir).tag_dir(tag)
     if not tag_dir.is_dir():
         known = ", ".join(tags) if tags else "none"
         raise ConvertError(

@@ -4,16 +4,22 @@
 config.json, generation_config.json when the model has one, and the tokenizer. Together with a
 ZeRO checkpoint it is all a converter needs. ``RUN_DIR/hf/`` (written at the end) adds the
 gathered 16-bit weights as safetensors, loadable with ``AutoModelForCausalLM.from_pretrained``.
+
+The other writer of an HF folder, ``zero_to_hf`` (``natscale convert zero-to-hf``), works from
+the files of a checkpoint on disk, one tensor at a time, without a model or an engine; both mark
+their folder as an HF export (``natscale.atomic.HF_EXPORT``), so either may replace the other's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from natscale.atomic import HF_EXPORT, write_marker
+from natscale.atomic import HF_EXPORT, replace_dir, write_marker
 from natscale.filemode import apply_umask_tree
 from natscale.model.load import config_path
 
@@ -38,12 +44,8 @@ def write_model_config(
 ) -> None:
     """config.json (+ generation_config.json) and the tokenizer, no weights. Rank 0 only."""
     tmp = _fresh(out_dir.with_name(out_dir.name + ".tmp"))
-    config = hf_model.config
-    saved, config.use_cache = config.use_cache, use_cache
-    try:
-        config.save_pretrained(str(tmp))
-    finally:
-        config.use_cache = saved
+    with _use_cache(hf_model.config, use_cache):
+        hf_model.config.save_pretrained(str(tmp))
     if getattr(hf_model, "generation_config", None) is not None and hf_model.can_generate():
         hf_model.generation_config.save_pretrained(str(tmp))
     save_tokenizer(tokenizer_dir, tmp)
@@ -62,17 +64,23 @@ def export_hf(
         state_dict = engine.module.state_dict()
     if dist.get_rank() == 0:
         tmp = _fresh(out_dir.with_name(out_dir.name + ".tmp"))
-        config = hf_model.config
-        saved, config.use_cache = config.use_cache, use_cache
-        try:
+        with _use_cache(hf_model.config, use_cache):
             hf_model.save_pretrained(str(tmp), state_dict=state_dict)
-        finally:
-            config.use_cache = saved
         save_tokenizer(tokenizer_dir, tmp)
         write_marker(tmp, HF_EXPORT)  # `convert zero-to-hf ... --overwrite` may replace it
         _swap_in(tmp, out_dir)
     dist.barrier()
     return out_dir
+
+
+@contextlib.contextmanager
+def _use_cache(config: Any, use_cache: bool) -> Iterator[None]:
+    """``config.use_cache`` set for the save inside (training runs with it off)."""
+    saved, config.use_cache = config.use_cache, use_cache
+    try:
+        yield
+    finally:
+        config.use_cache = saved
 
 
 def _fresh(path: Path) -> Path:
@@ -84,9 +92,4 @@ def _fresh(path: Path) -> Path:
 def _swap_in(tmp: Path, final: Path) -> None:
     """Replace ``final`` by ``tmp`` so that readers never see a half-written directory."""
     apply_umask_tree(tmp)  # safetensors writes its files 0600
-    old = final.with_name(final.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_dir(tmp, final)

@@ -5,7 +5,7 @@ Lookup contract (the trainer writes these next to its checkpoints). Places, in o
 1. ``--config-dir DIR`` if given
 2. the tag folder (``CKPT_DIR/<tag>``)
 3. ``CKPT_DIR`` (the folder holding ``latest``)
-4. ``CKPT_DIR/..`` (the run directory)
+4. ``CKPT_DIR/..`` (the run directory: ``natscale.checkpoint.layout.RunDir``)
 
 In each place the config is ``config.json`` at the top, in ``hf_config/`` or in ``model_config/``
 (the trainer's ``RUN_DIR/model_config/``: config, generation config and tokenizer together);
@@ -22,10 +22,12 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from natscale.checkpoint.layout import MODEL_CONFIG, CheckpointDir
 from natscale.convert.errors import ConvertError
 
-CONFIG_SUBDIRS = ("hf_config", "model_config")
-TOKENIZER_SUBDIRS = ("tokenizer", "model_config", "hf_config")
+# hf_config/ and tokenizer/: what other tools put next to a checkpoint
+CONFIG_SUBDIRS = ("hf_config", MODEL_CONFIG)
+TOKENIZER_SUBDIRS = ("tokenizer", MODEL_CONFIG, "hf_config")
 TOKENIZER_MARKERS = ("tokenizer_config.json", "tokenizer.json")
 # Everything a tokenizer directory written by save_pretrained can hold.
 TOKENIZER_FILES = (
@@ -52,8 +54,9 @@ class HfAssets:
 
 
 def search_places(ckpt_root: Path, tag_dir: Path, config_dir: Path | None) -> list[Path]:
+    ckpts = CheckpointDir(ckpt_root)
     places = [config_dir] if config_dir is not None else []
-    places += [tag_dir, ckpt_root, ckpt_root.parent]
+    places += [tag_dir, ckpts.root, ckpts.run_dir.root]
     unique: list[Path] = []
     for p in places:
         if p.resolve() not in [u.resolve() for u in unique]:

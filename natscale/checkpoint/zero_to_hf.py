@@ -15,17 +15,17 @@ from pathlib import Path
 import torch
 
 from natscale.atomic import HF_EXPORT, atomic_output_dir, check_destination
-from natscale.convert.errors import ConvertError
-from natscale.convert.hf_assets import find_assets, load_config, write_assets
-from natscale.convert.safetensors_stream import (
+from natscale.checkpoint.hf_assets import find_assets, load_config, write_assets
+from natscale.checkpoint.safetensors_stream import (
     ShardWriter,
     TensorSpec,
     check_file,
     plan_shards,
     write_index,
 )
-from natscale.convert.zero_checkpoint import inspect_checkpoint
-from natscale.convert.zero_tensors import LazyTensor, MappedRanges, read_lazy_state_dict
+from natscale.checkpoint.zero_files import inspect_checkpoint
+from natscale.checkpoint.zero_tensors import LazyTensor, MappedRanges, read_lazy_state_dict
+from natscale.convert.errors import ConvertError
 
 DTYPES = {
     "fp32": torch.float32,

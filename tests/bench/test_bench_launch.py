@@ -1,0 +1,118 @@
+"""Benchmark jobs are built by natscale's launcher: the commands and rank environment of a
+multi-rank benchmark are those `natscale launch` runs for the same options."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from natscale.bench.launch import build_job, launch_options
+from natscale.cli import launch as launch_cli
+from natscale.launch.envfile import source_root
+from natscale.launch.plan import build_plan
+from natscale.train.dist import remove_shm_buffers
+
+
+def _what_natscale_launch_runs(argv: list[str], cwd: Path) -> tuple[list[list[str]], dict]:
+    """Parse a `natscale launch` command line with the real CLI and plan it."""
+    parser = argparse.ArgumentParser()
+    launch_cli.add_arguments(parser)
+    opts = launch_cli.options_from_args(parser.parse_args(argv))
+    environ = {**os.environ, "GLOO_SOCKET_IFNAME": "lo"}
+    plan, findings = build_plan(opts, environ, cwd)
+    assert plan is not None, findings
+    return [node.argv for node in plan.nodes], plan.launcher_env(environ)
+
+
+@pytest.mark.parametrize(("world_size", "nodes"), [(2, 1), (4, 2)])
+def test_multi_rank_jobs_are_natscale_launch_commands(tmp_path, world_size, nodes):
+    config = tmp_path / "run.yaml"
+    job = build_job(
+        config, world_size=world_size, nodes=nodes, log_dir=tmp_path, environ={}, port=29611
+    )
+    env: dict[str, str] = {}
+    opts = launch_options(
+        config, world_size=world_size, nodes=nodes, port=29611, log_dir=tmp_path, env=env
+    )
+    commands = []
+    for rank in range(nodes):
+        argv = opts.cli_argv()[2:]  # drop "natscale launch"
+        if argv[:2] == ["--backend", "local"]:  # one node: the CLI's default, not a choice
+            argv = argv[2:]
+        if nodes > 1:
+            argv[argv.index("--node-rank") + 1] = str(rank)
+        commands += _what_natscale_launch_runs(argv, tmp_path)[0][rank : rank + 1]
+    assert job.commands == commands
+    assert len(job.commands) == nodes
+    assert all(["train", "--config", str(config)] == cmd[-3:] for cmd in job.commands)
+    assert job.env["MASTER_PORT"] == "29611" and job.env["MASTER_ADDR"] == "127.0.0.1"
+    assert job.env["PYTHONPATH"].split(os.pathsep)[0] == source_root()
+    assert job.env["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
+
+
+def _job(tmp_path: Path, world_size: int, nodes: int = 1, **environ: str):
+    return build_job(
+        tmp_path / "run.yaml", world_size=world_size, nodes=nodes, log_dir=tmp_path, environ=environ
+    )
+
+
+def test_one_rank_runs_natscale_train_alone_with_the_same_environment(tmp_path):
+    job = _job(tmp_path, 1)
+    assert job.commands == [
+        [sys.executable, "-m", "natscale.cli", "train", "--config", str(tmp_path / "run.yaml")]
+    ]
+    assert job.env["GLOO_SOCKET_IFNAME"] == "lo" and job.env["HF_HUB_OFFLINE"] == "1"
+    assert job.env["PYTHONPATH"].split(os.pathsep)[0] == source_root()
+    mine = _job(tmp_path, 1, GLOO_SOCKET_IFNAME="eth7")
+    assert mine.env["GLOO_SOCKET_IFNAME"] == "eth7"  # the caller's value wins
+
+
+def test_one_node_uses_the_first_visible_devices(tmp_path):
+    job = _job(tmp_path, 2, CUDA_VISIBLE_DEVICES="3,5,7")
+    assert job.env["CUDA_VISIBLE_DEVICES"] == "3,5"
+    assert "--num_gpus" not in job.commands[0]  # DeepSpeed then runs on exactly those
+
+
+def test_bad_shape_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="not a multiple of 2 nodes"):
+        _job(tmp_path, 3, nodes=2)
+
+
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="no /dev/shm")
+def test_leftover_shm_segments_of_the_job_are_removed():
+    uid = os.getuid()
+    ours = [Path(f"/dev/shm/deepspeed_allreduce_buffer_{uid}_127.0.0.1_1_{r}") for r in range(2)]
+    other = Path(f"/dev/shm/deepspeed_allreduce_buffer_{uid}_127.0.0.1_10_0")
+    try:
+        for path in [*ours, other]:
+            path.write_bytes(b"")
+        assert sorted(remove_shm_buffers(1)) == sorted(str(p) for p in ours)
+        assert other.exists() and not any(p.exists() for p in ours)
+    finally:
+        for path in [*ours, other]:
+            path.unlink(missing_ok=True)
+
+
+@pytest.mark.slow
+@pytest.mark.multiproc
+def test_a_two_node_benchmark_runs_through_the_launcher(tmp_path, monkeypatch):
+    import json
+
+    from natscale.cli.main import main
+
+    monkeypatch.chdir(tmp_path)
+    results = tmp_path / "results"
+    argv = ["bench", "throughput", "--model", "tiny", "--data", "gsm8k", "--seq-len", "256"]
+    argv += ["--warmup", "1", "--steps", "1", "--device", "cpu", "--no-ac", "--no-baseline"]
+    argv += ["--world-size", "2", "--nodes", "2", "--repeats", "1"]
+    assert main([*argv, "--work-dir", str(tmp_path / "work"), "--results", str(results)]) == 0
+    (path,) = results.glob("throughput_tiny_gsm8k_cpu_*.json")
+    record = json.loads(path.read_text())
+    commands = record["natscale"]["commands"]
+    assert [c.split("--node_rank ")[1].split()[0] for c in commands] == ["0", "1"]
+    assert all("--no_ssh" in c and "natscale.cli train --config" in c for c in commands)
+    assert record["natscale"]["measured_steps"] == 1

@@ -1,0 +1,68 @@
+"""natscale.atomic's file and folder writes: whole or not at all, with the umask's permissions."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from natscale.atomic import (
+    atomic_path,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    replace_dir,
+)
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.fixture
+def umask_027():
+    old = os.umask(0o027)
+    yield
+    os.umask(old)
+
+
+def test_files_get_the_umask_and_no_temp_is_left(tmp_path, umask_027):
+    atomic_write_text(tmp_path / "a.txt", "héllo\n")
+    atomic_write_bytes(tmp_path / "b.bin", b"\x00\x01")
+    atomic_write_json(tmp_path / "c.json", {"k": "é"}, ensure_ascii=False)
+    assert (tmp_path / "a.txt").read_text(encoding="utf-8") == "héllo\n"
+    assert (tmp_path / "b.bin").read_bytes() == b"\x00\x01"
+    assert (tmp_path / "c.json").read_text(encoding="utf-8") == '{\n  "k": "é"\n}\n'
+    assert {p.name: _mode(p) for p in tmp_path.iterdir()} == {
+        "a.txt": 0o640,
+        "b.bin": 0o640,
+        "c.json": 0o640,
+    }
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_nothing(tmp_path):
+    target = tmp_path / "summary.json"
+    atomic_write_json(target, {"old": 1})
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half", encoding="utf-8")
+        raise RuntimeError("disk full")
+    assert json.loads(target.read_text(encoding="utf-8")) == {"old": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+
+
+def test_replace_dir_swaps_a_whole_folder(tmp_path):
+    final, new = tmp_path / "hf", tmp_path / "hf.tmp"
+    final.mkdir()
+    (final / "old.txt").write_text("old")
+    new.mkdir()
+    (new / "new.txt").write_text("new")
+    replace_dir(new, final)
+    assert [p.name for p in final.iterdir()] == ["new.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["hf"]  # no temp or old folder left
+    other = tmp_path / "other"
+    other.mkdir()
+    replace_dir(other, tmp_path / "fresh")  # nothing to replace: a plain rename
+    assert (tmp_path / "fresh").is_dir() and not other.exists()
