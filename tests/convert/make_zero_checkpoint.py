@@ -140,3 +140,6 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    from natscale.train.dist import exit_process
+
+    exit_process(0)  # no interpreter finalization after gloo (see exit_process)

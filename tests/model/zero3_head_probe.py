@@ -91,3 +91,6 @@ def main(loss: str, skip_backward_gather: bool) -> None:
 if __name__ == "__main__":
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     main(args[0] if args else "fused", "--skip-backward-gather" in sys.argv)
+    from natscale.train.dist import exit_process
+
+    exit_process(0)  # no interpreter finalization after gloo (see exit_process)

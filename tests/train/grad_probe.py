@@ -60,3 +60,6 @@ def probe(config: str, out: str) -> None:
 
 if __name__ == "__main__":
     main([a for a in sys.argv[1:] if not a.startswith("--local_rank")])  # deepspeed adds it
+    from natscale.train.dist import exit_process
+
+    exit_process(0)  # no interpreter finalization after gloo (see exit_process)
