@@ -160,6 +160,10 @@ def build_backend(cfg: EvalConfig):
     return ScriptedBackend(cfg.scripted.trajectories), prompter, 256
 
 
+def _rank_world(dist: Any) -> tuple[int, int]:
+    return (dist.get_rank(), dist.get_world_size()) if dist is not None else (0, 1)
+
+
 def _output_dir(cfg: EvalConfig, out_dir: str | os.PathLike | None) -> Path:
     target = out_dir or cfg.output
     if not target:
@@ -287,17 +291,20 @@ def _throughput(new_records: list[dict[str, Any]], elapsed: float) -> dict[str, 
 def _summary(
     cfg: EvalConfig,
     out: Path,
-    records: list[dict[str, Any]],
+    questions: list,
+    done: list[dict[str, Any]],
     new_records: list[dict[str, Any]],
     *,
-    total: int,
     world: int,
     marker: str,
     elapsed: float,
 ) -> dict[str, Any]:
-    """summary.json: the metrics of ``records`` and what produced them."""
+    """summary.json: the metrics of the questions' episodes and what produced them."""
     from natscale.eval.metrics import summarize
 
+    wanted, n = {q.id for q in questions}, cfg.sampling.n
+    records = [r for r in done + new_records if str(r["id"]) in wanted and int(r["sample"]) < n]
+    total = len(questions) * n
     summary = summarize(records, cfg.task, bootstrap=cfg.bootstrap, seed=cfg.sampling.seed)
     summary.update(
         {
@@ -329,13 +336,12 @@ def _roll_out(
     questions: list,
     done: list[dict[str, Any]],
     *,
-    rank: int,
-    world: int,
     dist: Any,
     progress: bool,
     should_stop: Callable[[], bool],
 ) -> tuple[list[dict[str, Any]], float, str]:
     """Run this rank's pending episodes: (new records, seconds, the prompter's marker)."""
+    rank, world = _rank_world(dist)
     tools = _load_tools(cfg)
     backend, prompter, batch_size = build_backend(cfg)
     try:
@@ -380,39 +386,22 @@ def run_eval(
 
     ``dist``: ``torch.distributed`` when running as one rank of several (initialised by the
     caller); then only rank 0 returns the summary, the other ranks None."""
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist is not None else (0, 1)
+    rank, world = _rank_world(dist)
     from natscale.eval.questions import load_questions
 
     out = _output_dir(cfg, out_dir)
     done = check_output(out, cfg, resume)
     questions = load_questions(cfg.questions, cfg.limit)
     new_records, elapsed, marker = _roll_out(
-        cfg,
-        out,
-        questions,
-        done,
-        rank=rank,
-        world=world,
-        dist=dist,
-        progress=progress,
-        should_stop=should_stop,
+        cfg, out, questions, done, dist=dist, progress=progress, should_stop=should_stop
     )
     if world > 1:
         dist.barrier()  # every rank has stopped and closed its file
         if rank != 0:
             return None
         new_records = _merged_new_records(out, done)
-    wanted, n = {q.id for q in questions}, cfg.sampling.n
-    records = [r for r in done + new_records if str(r["id"]) in wanted and int(r["sample"]) < n]
     summary = _summary(
-        cfg,
-        out,
-        records,
-        new_records,
-        total=len(questions) * n,
-        world=world,
-        marker=marker,
-        elapsed=elapsed,
+        cfg, out, questions, done, new_records, world=world, marker=marker, elapsed=elapsed
     )
     atomic_write_json(out / "summary.json", summary, ensure_ascii=False)
     return summary
