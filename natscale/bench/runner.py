@@ -230,30 +230,17 @@ def _brief(side: dict[str, Any]) -> dict[str, Any]:
     return {k: side[k] for k in keys}
 
 
-def throughput(
-    spec: BenchSpec,
-    *,
-    work_dir: Path,
-    with_baseline: bool = True,
-    timeout_s: float = 1800,
-    repeats: int = 1,
-    on_progress: Callable[[str], None] | None = None,
-) -> dict[str, Any]:
-    """Measure natscale (and the baseline) for ``spec``; returns the record (not yet written).
+def _median_pick(values: list[float]) -> int:
+    """Index of the median value (the lower middle for an even count)."""
+    return int(np.argsort(values)[(len(values) - 1) // 2])
 
-    With ``repeats`` > 1 the two sides run alternately ``repeats`` times each (natscale, baseline,
-    natscale, ...), so drift in the machine's load hits both alike; ``record["natscale"]`` and
-    ``record["baseline"]`` are the pair whose trained-token ratio is the median (the lower middle
-    for an even count), ``record["ratio"]`` holds the median of each ratio over the repeats, and
-    ``record["ratio_spread"]`` / ``record["repeats"]`` every repeat's numbers. ``on_progress``
-    gets one line before and after each training run.
-    """
+
+def _prepare_sides(
+    spec: BenchSpec, work_dir: Path, with_baseline: bool, say: Callable[[str], None]
+) -> tuple[Path, list[tuple[str, bool, Path, int]]]:
+    """Build the data and model config; (model config, [(name, baseline, data, rows), ...])."""
     from natscale.bench.datasets import build_datasets, mean_segments_per_row
 
-    if repeats < 1:
-        raise ValueError(f"repeats must be at least 1, got {repeats}")
-    say = on_progress or (lambda line: None)
-    work_dir.mkdir(parents=True, exist_ok=True)
     vocab = int(model_config(spec.model)["vocab_size"])
     say(f"preparing the {spec.data} data ({spec.seq_len}-token rows) and the {spec.model} model")
     packed, unpacked = build_datasets(
@@ -270,6 +257,20 @@ def throughput(
         per_row = mean_segments_per_row(packed)
         rows = spec.baseline_rows or max(1, round(per_row * spec.micro_batch_rows))
         sides.append(("baseline", True, unpacked, rows))
+    return model_cfg, sides
+
+
+def _run_repeats(
+    spec: BenchSpec,
+    sides: list[tuple[str, bool, Path, int]],
+    *,
+    work_dir: Path,
+    model_cfg: Path,
+    repeats: int,
+    timeout_s: float,
+    say: Callable[[str], None],
+) -> list[dict[str, dict[str, Any]]]:
+    """Every side ``repeats`` times, alternating; one {side name: result} per repeat."""
     total = repeats * len(sides)
     runs: list[dict[str, dict[str, Any]]] = []
     for i in range(repeats):
@@ -297,18 +298,22 @@ def throughput(
                 f"{res['step_time_s']['median']:.3f} s, "
                 f"{res['tokens_per_s_per_gpu']['trained']:,.0f} trained tok/s/device"
             )
-    record: dict[str, Any] = {"spec": asdict(spec), "data_preset": data_preset_info(spec.data)}
-    if not with_baseline:
-        rates = [r["natscale"]["tokens_per_s_per_gpu"]["trained"] for r in runs]
-        pick = int(np.argsort(rates)[(len(rates) - 1) // 2])
-        record["natscale"] = runs[pick]["natscale"]
-        if repeats > 1:
-            record["repeats"] = [{"natscale": _brief(r["natscale"])} for r in runs]
-            record["natscale_trained_tok_s_spread"] = spread(rates)
-        return record
+    return runs
+
+
+def _add_natscale_only(record: dict[str, Any], runs: list[dict[str, dict[str, Any]]]) -> None:
+    """Without a baseline: the median natscale run, and each repeat's numbers if several."""
+    rates = [r["natscale"]["tokens_per_s_per_gpu"]["trained"] for r in runs]
+    record["natscale"] = runs[_median_pick(rates)]["natscale"]
+    if len(runs) > 1:
+        record["repeats"] = [{"natscale": _brief(r["natscale"])} for r in runs]
+        record["natscale_trained_tok_s_spread"] = spread(rates)
+
+
+def _add_comparison(record: dict[str, Any], runs: list[dict[str, dict[str, Any]]]) -> None:
+    """The median-ratio pair, the median of each ratio, its spread and every repeat."""
     each = [ratios(r["natscale"], r["baseline"]) for r in runs]
-    trained = [r["tokens_per_s_trained"] for r in each]
-    pick = int(np.argsort(trained)[(len(trained) - 1) // 2])
+    pick = _median_pick([r["tokens_per_s_trained"] for r in each])
     record["natscale"] = runs[pick]["natscale"]
     record["baseline"] = runs[pick]["baseline"]
     record["ratio"] = {
@@ -322,4 +327,43 @@ def throughput(
         {"natscale": _brief(r["natscale"]), "baseline": _brief(r["baseline"]), "ratio": rt}
         for r, rt in zip(runs, each, strict=True)
     ]
+
+
+def throughput(
+    spec: BenchSpec,
+    *,
+    work_dir: Path,
+    with_baseline: bool = True,
+    timeout_s: float = 1800,
+    repeats: int = 1,
+    on_progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Measure natscale (and the baseline) for ``spec``; returns the record (not yet written).
+
+    With ``repeats`` > 1 the two sides run alternately ``repeats`` times each (natscale, baseline,
+    natscale, ...), so drift in the machine's load hits both alike; ``record["natscale"]`` and
+    ``record["baseline"]`` are the pair whose trained-token ratio is the median (the lower middle
+    for an even count), ``record["ratio"]`` holds the median of each ratio over the repeats, and
+    ``record["ratio_spread"]`` / ``record["repeats"]`` every repeat's numbers. ``on_progress``
+    gets one line before and after each training run.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
+    say = on_progress or (lambda line: None)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    model_cfg, sides = _prepare_sides(spec, work_dir, with_baseline, say)
+    runs = _run_repeats(
+        spec,
+        sides,
+        work_dir=work_dir,
+        model_cfg=model_cfg,
+        repeats=repeats,
+        timeout_s=timeout_s,
+        say=say,
+    )
+    record: dict[str, Any] = {"spec": asdict(spec), "data_preset": data_preset_info(spec.data)}
+    if with_baseline:
+        _add_comparison(record, runs)
+    else:
+        _add_natscale_only(record, runs)
     return record

@@ -102,27 +102,48 @@ def _hint(ckpt_dir: Path, bad: str | None) -> str:
     )
 
 
+def _plan_requested(ckpt_dir: Path, requested: str) -> StartPlan:
+    """``--resume-from TAG``: that tag when complete, with a note on newer tags that are kept."""
+    why = check_tag(ckpt_dir, requested)
+    if why is not None:
+        return StartPlan(
+            error=f"--resume-from {requested}: the checkpoint is incomplete: {why}. "
+            + _hint(ckpt_dir, requested)
+        )
+    notes = [f"resuming from {requested} (--resume-from)"]
+    m = TAG_RE.match(requested)
+    newer = [t for t in CheckpointDir(ckpt_dir).list_tags() if m and tag_step(t) > int(m.group(1))]
+    if newer:
+        notes.append(
+            f"{', '.join(newer)} (newer than {requested}) are kept until this run saves "
+            "the same step, which replaces it"
+        )
+    return StartPlan(requested, notes)
+
+
+def _plan_newest_complete(ckpt_dir: Path, latest: str | None) -> StartPlan:
+    """``latest`` is missing or names a folder that is gone: the newest complete tag."""
+    why = (
+        f"latest names {latest}, which is missing"
+        if latest is not None
+        else f"{ckpt_dir} has no latest file"
+    )
+    tag, passed = _newest_complete(ckpt_dir, set())
+    if tag is None:
+        return StartPlan(
+            error=f"no complete checkpoint to resume from: {why}"
+            + "".join(f"; {p}" for p in passed)
+            + ". Repair the files, or start over with --fresh (the previous run's files are "
+            "moved to RUN_DIR/previous-<time>/, not deleted)."
+        )
+    return StartPlan(tag, [*passed, f"{why}; resuming from {tag}, the newest complete checkpoint"])
+
+
 def plan_resume(ckpt_dir: str | Path, *, requested: str | None = None) -> StartPlan:
     """Decide (rank 0, no process group needed) which tag ``--resume`` loads; see module doc."""
     ckpt_dir = Path(ckpt_dir)
     if requested is not None:
-        why = check_tag(ckpt_dir, requested)
-        if why is not None:
-            return StartPlan(
-                error=f"--resume-from {requested}: the checkpoint is incomplete: {why}. "
-                + _hint(ckpt_dir, requested)
-            )
-        notes = [f"resuming from {requested} (--resume-from)"]
-        m = TAG_RE.match(requested)
-        newer = [
-            t for t in CheckpointDir(ckpt_dir).list_tags() if m and tag_step(t) > int(m.group(1))
-        ]
-        if newer:
-            notes.append(
-                f"{', '.join(newer)} (newer than {requested}) are kept until this run saves "
-                "the same step, which replaces it"
-            )
-        return StartPlan(requested, notes)
+        return _plan_requested(ckpt_dir, requested)
     latest = CheckpointDir(ckpt_dir).read_latest_text()
     tags = CheckpointDir(ckpt_dir).list_tags() if ckpt_dir.is_dir() else []
     if latest is None and not tags:
@@ -140,20 +161,7 @@ def plan_resume(ckpt_dir: str | Path, *, requested: str | None = None) -> StartP
                 f"{why}. " + _hint(ckpt_dir, latest)
             )
         return StartPlan(latest, [f"resuming from {latest} (named by latest)"])
-    why = (
-        f"latest names {latest}, which is missing"
-        if latest is not None
-        else f"{ckpt_dir} has no latest file"
-    )
-    tag, passed = _newest_complete(ckpt_dir, set())
-    if tag is None:
-        return StartPlan(
-            error=f"no complete checkpoint to resume from: {why}"
-            + "".join(f"; {p}" for p in passed)
-            + ". Repair the files, or start over with --fresh (the previous run's files are "
-            "moved to RUN_DIR/previous-<time>/, not deleted)."
-        )
-    return StartPlan(tag, [*passed, f"{why}; resuming from {tag}, the newest complete checkpoint"])
+    return _plan_newest_complete(ckpt_dir, latest)
 
 
 def plan_start(

@@ -145,6 +145,66 @@ def _writes_recorded(engine: Any, failures: list[BaseException]) -> Iterator[Non
                 delattr(obj, name)
 
 
+def _write_tag(
+    engine: Any, ckpt_dir: Path, tag: str, client_state: dict[str, Any]
+) -> list[tuple[int, str]]:
+    """Every rank writes its files of ``tag`` (collective); the failed ranks and their errors."""
+    import torch.distributed as dist
+
+    failures: list[BaseException] = []
+    states: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(states, rng_state())
+    state = dict(client_state, rng_states=states)
+    with _writes_recorded(engine, failures):
+        engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=state, save_latest=False)
+    # save_checkpoint ends with a barrier: every rank's files of this tag are written (or failed)
+    errors: list[Any] = [None] * dist.get_world_size()
+    mine = describe_write_error(failures[0], ckpt_dir) if failures else None
+    dist.all_gather_object(errors, mine)
+    return [(r, e) for r, e in enumerate(errors) if e is not None]
+
+
+def _complete_tag(ckpt_dir: Path, tag: str, failed: list[tuple[int, str]]) -> list[tuple[int, str]]:
+    """Rank 0 records the rank count and moves ``latest`` (when no rank failed); every rank gets
+    the failures, rank 0's own included."""
+    import torch.distributed as dist
+
+    if not failed and dist.get_rank() == 0:
+        try:
+            # rank 0 may see only its own node's shards (node-local disks): record the rank count
+            CheckpointDir(ckpt_dir).world_file(tag).write_text(f"{dist.get_world_size()}\n")
+            _write_latest(ckpt_dir, tag)
+        except OSError as exc:
+            failed = [(0, describe_write_error(exc, ckpt_dir))]
+    box: list[Any] = [failed]
+    dist.broadcast_object_list(box, src=0)  # rank 0's own latest/record failure, if any
+    return box[0]
+
+
+def _save_failed(
+    ckpts: CheckpointDir, tag: str, failed: list[tuple[int, str]]
+) -> CheckpointSaveError:
+    """Remove the partial tag (rank 0), wait for every rank; the error that says what happened."""
+    import torch.distributed as dist
+
+    if dist.get_rank() == 0 and ckpts.read_latest() != tag:
+        shutil.rmtree(ckpts.tag_dir(tag), ignore_errors=True)
+    dist.barrier()
+    previous = ckpts.read_latest()
+    r, first = failed[0]
+    return CheckpointSaveError(
+        f"checkpoint {tag} could not be saved: {first} (rank {r}"
+        + (f" and {len(failed) - 1} more" if len(failed) > 1 else "")
+        + f"). The partial {ckpts.tag_dir(tag)} was removed; "
+        + (
+            f"latest still names {previous}, the last good checkpoint (continue from it "
+            "with --resume once there is room)"
+            if previous
+            else "there is no earlier checkpoint"
+        )
+    )
+
+
 def save(
     engine: Any, ckpt_dir: str | Path, *, step: int, client_state: dict[str, Any], keep_last: int
 ) -> str:
@@ -159,47 +219,12 @@ def save(
     ckpts = CheckpointDir(ckpt_dir)
     tag = tag_for(step)
     rank = dist.get_rank()
-    failures: list[BaseException] = []
     if rank == 0 and ckpts.tag_dir(tag).is_dir() and ckpts.read_latest() != tag:
         # left by a save of this step that never completed (`latest` never named it)
         shutil.rmtree(ckpts.tag_dir(tag), ignore_errors=True)
-    states: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(states, rng_state())
-    state = dict(client_state, rng_states=states)
-    with _writes_recorded(engine, failures):
-        engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=state, save_latest=False)
-    # save_checkpoint ends with a barrier: every rank's files of this tag are written (or failed)
-    errors: list[Any] = [None] * dist.get_world_size()
-    mine = describe_write_error(failures[0], ckpt_dir) if failures else None
-    dist.all_gather_object(errors, mine)
-    failed = [(r, e) for r, e in enumerate(errors) if e is not None]
-    if not failed and rank == 0:
-        try:
-            # rank 0 may see only its own node's shards (node-local disks): record the rank count
-            ckpts.world_file(tag).write_text(f"{dist.get_world_size()}\n")
-            _write_latest(ckpt_dir, tag)
-        except OSError as exc:
-            failed = [(0, describe_write_error(exc, ckpt_dir))]
-    box: list[Any] = [failed]
-    dist.broadcast_object_list(box, src=0)  # rank 0's own latest/record failure, if any
-    failed = box[0]
+    failed = _complete_tag(ckpt_dir, tag, _write_tag(engine, ckpt_dir, tag, client_state))
     if failed:
-        if rank == 0 and ckpts.read_latest() != tag:
-            shutil.rmtree(ckpts.tag_dir(tag), ignore_errors=True)
-        dist.barrier()
-        previous = ckpts.read_latest()
-        r, first = failed[0]
-        raise CheckpointSaveError(
-            f"checkpoint {tag} could not be saved: {first} (rank {r}"
-            + (f" and {len(failed) - 1} more" if len(failed) > 1 else "")
-            + f"). The partial {ckpts.tag_dir(tag)} was removed; "
-            + (
-                f"latest still names {previous}, the last good checkpoint (continue from it "
-                "with --resume once there is room)"
-                if previous
-                else "there is no earlier checkpoint"
-            )
-        )
+        raise _save_failed(ckpts, tag, failed)
     if rank == 0:
         _prune(ckpt_dir, keep_last, tag)
     dist.barrier()

@@ -66,6 +66,27 @@ def _pool_initializer(module: ModuleType, initializer: Callable[[], None]) -> It
         module.ProcessPoolExecutor = original
 
 
+def _run_ds_to_universal(ds_to_universal: ModuleType, src: Path, out: Path, workers: int) -> None:
+    """``ds_to_universal`` (DeepSpeed's module) of ``src`` into ``out``, weights-only, quietly."""
+    from natscale.checkpoint.safety import install_in_worker, weights_only_loads
+
+    args = argparse.Namespace(
+        input_folder=str(src),
+        output_folder=str(out),
+        num_extract_workers=workers,
+        num_merge_workers=workers,
+        keep_temp_folder=False,
+        strict=True,
+        inject_missing_state=True,  # ZeRO-1/2: DeepSpeed wants universal_checkpoint_info, which only Megatron-style clients write
+    )
+    with (
+        weights_only_loads(),
+        _pool_initializer(ds_to_universal, install_in_worker),
+        contextlib.redirect_stdout(io.StringIO()),  # its progress prints; errors still raise
+    ):
+        ds_to_universal.main(args)
+
+
 def convert_to_universal(ckpt_dir: str | Path, tag: str, *, workers: int = 1) -> Path:
     """Convert ``ckpt_dir/tag`` to ``ckpt_dir/{tag}_universal`` (returned; reused if it exists).
 
@@ -76,12 +97,7 @@ def convert_to_universal(ckpt_dir: str | Path, tag: str, *, workers: int = 1) ->
     """
     from deepspeed.checkpoint import ds_to_universal
 
-    from natscale.checkpoint.safety import (
-        UnsafeCheckpointError,
-        check_files,
-        install_in_worker,
-        weights_only_loads,
-    )
+    from natscale.checkpoint.safety import UnsafeCheckpointError, check_files
 
     ckpt_dir = Path(ckpt_dir)
     ckpts = CheckpointDir(ckpt_dir)
@@ -94,23 +110,9 @@ def convert_to_universal(ckpt_dir: str | Path, tag: str, *, workers: int = 1) ->
     for stale in ckpt_dir.glob(".universal.*"):  # left by a conversion that was killed
         shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(dir=ckpt_dir, prefix=".universal."))
-    # ds_to_universal writes 'latest_universal' next to its output folder: keep it in tmp too
-    args = argparse.Namespace(
-        input_folder=str(src),
-        output_folder=str(tmp / dst.name),
-        num_extract_workers=workers,
-        num_merge_workers=workers,
-        keep_temp_folder=False,
-        strict=True,
-        inject_missing_state=True,  # ZeRO-1/2: DeepSpeed wants universal_checkpoint_info, which only Megatron-style clients write
-    )
     try:
-        with (
-            weights_only_loads(),
-            _pool_initializer(ds_to_universal, install_in_worker),
-            contextlib.redirect_stdout(io.StringIO()),  # its progress prints; errors still raise
-        ):
-            ds_to_universal.main(args)
+        # ds_to_universal writes 'latest_universal' next to its output folder: keep it in tmp too
+        _run_ds_to_universal(ds_to_universal, src, tmp / dst.name, workers)
         (tmp / dst.name).rename(dst)
     except UnsafeCheckpointError:
         raise

@@ -8,6 +8,10 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from natscale.config.eval import EvalConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -69,29 +73,25 @@ def load_eval_config(path: str, overrides: list[str], data_dir: str | None):
         raise ConfigError(format_validation_error(exc, str(path))) from exc
 
 
-def run(args: argparse.Namespace) -> int:
-    from natscale.config.loader import ConfigError
+def _compare(runs: list[str]) -> int:
+    """``natscale eval compare RUN...``: one markdown table of the evaluations."""
+    from natscale.eval.compare import compare_table
     from natscale.eval.errors import EvalError
 
-    if args.target and args.target[0] == "compare":
-        from natscale.eval.compare import compare_table
-
-        if len(args.target) < 2:
-            return _fail("compare needs at least one eval output directory")
-        try:
-            print(compare_table(args.target[1:]))
-        except EvalError as exc:
-            return _fail(str(exc))
-        return 0
-    if len(args.target) != 1:
-        return _fail("give one config: natscale eval CONFIG (or: natscale eval compare RUN...)")
+    if not runs:
+        return _fail("compare needs at least one eval output directory")
     try:
-        cfg = load_eval_config(args.target[0], args.overrides, args.data)
-    except (ConfigError, EvalError) as exc:
+        print(compare_table(runs))
+    except EvalError as exc:
         return _fail(str(exc))
+    return 0
 
+
+def _evaluate(cfg: EvalConfig, args: argparse.Namespace) -> int:
+    """Run the evaluation, a SIGTERM asking it to stop at the next episode boundary."""
     from natscale.eval.backends.openai import EndpointError
-    from natscale.eval.run import run_eval, summary_line
+    from natscale.eval.errors import EvalError
+    from natscale.eval.run import run_eval
 
     dist = _maybe_distributed()
     stopped: list[int] = []
@@ -118,8 +118,14 @@ def run(args: argparse.Namespace) -> int:
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
-    if summary is None:  # a rank other than 0: rank 0 merged and reports
-        return 0
+    if summary is not None:  # None on a rank other than 0: rank 0 merged and reports
+        _report(summary, stopped=bool(stopped))
+    return 0
+
+
+def _report(summary: dict[str, Any], *, stopped: bool) -> None:
+    from natscale.eval.run import summary_line
+
     if stopped:
         print(
             f"natscale eval: stopped by SIGTERM after {summary['episodes']} of "
@@ -128,7 +134,21 @@ def run(args: argparse.Namespace) -> int:
             flush=True,
         )
     print(summary_line(summary), flush=True)
-    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    from natscale.config.loader import ConfigError
+    from natscale.eval.errors import EvalError
+
+    if args.target and args.target[0] == "compare":
+        return _compare(args.target[1:])
+    if len(args.target) != 1:
+        return _fail("give one config: natscale eval CONFIG (or: natscale eval compare RUN...)")
+    try:
+        cfg = load_eval_config(args.target[0], args.overrides, args.data)
+    except (ConfigError, EvalError) as exc:
+        return _fail(str(exc))
+    return _evaluate(cfg, args)
 
 
 def _maybe_distributed():

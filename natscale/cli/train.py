@@ -8,8 +8,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING, Any
 
 from natscale.train.args import TrainArgs
+
+if TYPE_CHECKING:
+    from natscale.config.run import RunConfig
+    from natscale.train.dist import DistInfo
+    from natscale.train.preflight import Preflight
+    from natscale.train.trainer import StopSignal
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,10 +73,10 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
-def run(args: argparse.Namespace) -> int:
+def _load_run(args: argparse.Namespace) -> tuple[TrainArgs, RunConfig, Preflight] | int:
+    """(train args, run config, preflight checks), or the exit code of a bad command line."""
     from natscale.config.loader import ConfigError, load_config
     from natscale.config.run import RunConfig
-    from natscale.data.schema import RowError
     from natscale.train.preflight import PreflightError, check_run
 
     if config_given_twice(args):
@@ -84,25 +91,19 @@ def run(args: argparse.Namespace) -> int:
         )
     except (ConfigError, PreflightError) as exc:
         return _fail(str(exc), 2)
-    _quiet_libraries()
-    if not run_cfg.logging.progress_bar:
-        _no_library_progress_bars()
+    return targs, run_cfg, checks
 
-    import torch.distributed as dist
 
+def _train(
+    run_cfg: RunConfig, targs: TrainArgs, checks: Preflight, info: DistInfo, stop: StopSignal
+) -> dict[str, Any] | int:
+    """This rank's training run: its summary, or the exit code of a failed run."""
     from natscale.checkpoint.resume import ResumeError
     from natscale.checkpoint.safety import UnsafeCheckpointError
     from natscale.checkpoint.universal import UniversalConversionError
-    from natscale.train.dist import init_distributed
-    from natscale.train.engine import export_local_size
-    from natscale.train.trainer import StopSignal, Trainer, TrainingAborted
+    from natscale.data.schema import RowError
+    from natscale.train.trainer import Trainer, TrainingAborted
 
-    stop = StopSignal()  # from here on a SIGTERM means: checkpoint at the next step boundary
-    export_local_size()
-    info = init_distributed()
-    if info.rank == 0:
-        for note in checks.notes:
-            print(f"natscale train: note: {note}", file=sys.stderr, flush=True)
     try:
         trainer = Trainer(
             run_cfg,
@@ -112,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
             fresh=targs.fresh,
             resume_from=targs.resume_from,
         )
-        summary = trainer.train(stop)
+        return trainer.train(stop)
     except TrainingAborted as exc:
         if info.rank == 0 and exc.summary is not None:
             try:
@@ -122,6 +123,32 @@ def run(args: argparse.Namespace) -> int:
         return _fail(str(exc), 1)
     except (RowError, UniversalConversionError, UnsafeCheckpointError, ResumeError) as exc:
         return _fail(str(exc), 2)
+
+
+def run(args: argparse.Namespace) -> int:
+    loaded = _load_run(args)
+    if isinstance(loaded, int):
+        return loaded
+    targs, run_cfg, checks = loaded
+    _quiet_libraries()
+    if not run_cfg.logging.progress_bar:
+        _no_library_progress_bars()
+
+    import torch.distributed as dist
+
+    from natscale.train.dist import init_distributed
+    from natscale.train.engine import export_local_size
+    from natscale.train.trainer import StopSignal
+
+    stop = StopSignal()  # from here on a SIGTERM means: checkpoint at the next step boundary
+    export_local_size()
+    info = init_distributed()
+    if info.rank == 0:
+        for note in checks.notes:
+            print(f"natscale train: note: {note}", file=sys.stderr, flush=True)
+    summary = _train(run_cfg, targs, checks, info, stop)
+    if isinstance(summary, int):
+        return summary
     if info.rank == 0:
         _write_summary(run_cfg.output_dir, summary)
         print(summary_line(summary), flush=True)

@@ -14,10 +14,14 @@ import contextlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from natscale.atomic import atomic_path
 from natscale.convert.errors import ConvertError
+
+if TYPE_CHECKING:
+    from natscale.data.errors import Issues
+    from natscale.data.trajectory import Trajectory
 
 
 @dataclass
@@ -99,33 +103,25 @@ def _input_files(input_path: Path, options: dict[str, Any]) -> list[Path]:
     return found
 
 
-def convert_trajectories(
-    input_path: str | Path,
-    output: str | Path,
-    *,
-    src: str,
-    dst: str,
-    options: dict[str, Any] | None = None,
-    overwrite: bool = False,
-) -> DataConvertResult:
-    """Load ``input_path`` in format ``src`` and write it as ``dst`` to ``output`` (.json/.jsonl)."""
-    from natscale.data.errors import DataError, Issues
-    from natscale.data.formats import FORMATS, load_trajectories
-    from natscale.data.formats.writing import Notes, WriteError
+def _check_request(src: str, dst: str, output: Path) -> None:
+    """Both formats known, the output a .json or .jsonl file."""
+    from natscale.data.formats import FORMATS
 
-    input_path, output = Path(input_path), Path(output)
     if src not in FORMATS:
         raise ConvertError(f"--from {src!r}: unknown format; choose one of {sorted(FORMATS)}")
     if dst not in FORMATS:
         raise ConvertError(f"--to {dst!r}: unknown format; choose one of {sorted(FORMATS)}")
     if output.suffix not in (".json", ".jsonl"):
         raise ConvertError(f"{output}: the output must end in .json or .jsonl")
-    options = dict(options or {})
-    if src == "nat":
-        options = {**nat_side_files(input_path), **options}
-    issues = Issues()
+
+
+def _load(input_path: Path, src: str, options: dict[str, Any], issues: Issues) -> list[Trajectory]:
+    """The trajectories of ``input_path``; a ConvertError that says what to pass when it fails."""
+    from natscale.data.errors import DataError
+    from natscale.data.formats import load_trajectories
+
     try:
-        trajs = load_trajectories(input_path, format=src, issues=issues, **options)
+        return load_trajectories(input_path, format=src, issues=issues, **options)
     except DataError as err:
         if src == "nat" and "questions" not in options and err.field == "question":
             looked = ", ".join(str(p) for p in nat_side_candidates(input_path)["questions"])
@@ -137,6 +133,29 @@ def convert_trajectories(
         raise ConvertError(f"cannot read {input_path} as {src}: {err}") from err
     except TypeError as err:  # an option the loader does not take
         raise ConvertError(f"--option for {src}: {err}") from err
+
+
+def convert_trajectories(
+    input_path: str | Path,
+    output: str | Path,
+    *,
+    src: str,
+    dst: str,
+    options: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> DataConvertResult:
+    """Load ``input_path`` in format ``src`` and write it as ``dst`` to ``output`` (.json/.jsonl)."""
+    from natscale.data.errors import Issues
+    from natscale.data.formats import FORMATS
+    from natscale.data.formats.writing import Notes, WriteError
+
+    input_path, output = Path(input_path), Path(output)
+    _check_request(src, dst, output)
+    options = dict(options or {})
+    if src == "nat":
+        options = {**nat_side_files(input_path), **options}
+    issues = Issues()
+    trajs = _load(input_path, src, options, issues)
     notes = Notes()
     try:
         files = FORMATS[dst].write(trajs, output, notes)

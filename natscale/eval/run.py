@@ -160,6 +160,219 @@ def build_backend(cfg: EvalConfig):
     return ScriptedBackend(cfg.scripted.trajectories), prompter, 256
 
 
+def _rank_world(dist: Any) -> tuple[int, int]:
+    return (dist.get_rank(), dist.get_world_size()) if dist is not None else (0, 1)
+
+
+def _output_dir(cfg: EvalConfig, out_dir: str | os.PathLike | None) -> Path:
+    target = out_dir or cfg.output
+    if not target:
+        raise EvalError("no output directory: set `output:` in the config or pass --out")
+    return Path(target)
+
+
+def _load_tools(cfg: EvalConfig):
+    from natscale.agent.tools import ToolConfigError, build_tools
+
+    try:
+        return build_tools(cfg.tools.names, corpus=cfg.tools.corpus, user_tools=cfg.tools.user)
+    except ToolConfigError as exc:
+        raise EvalError(f"tools: {exc}") from None
+
+
+def _init_output(out: Path, cfg: EvalConfig, world: int) -> None:
+    """Rank 0: create the directory, record run.json, fold in a killed run's rank files."""
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / "run.json").exists():
+        atomic_write_json(
+            out / "run.json",
+            {"fingerprint": fingerprint(cfg), "config": cfg.model_dump(mode="json")},
+            ensure_ascii=False,
+        )
+    if world == 1 and rank_files(out):  # left by a killed data-parallel run
+        merge_rank_files(out)
+
+
+def _key(rec: dict[str, Any]) -> tuple[str, int]:
+    return (str(rec["id"]), int(rec["sample"]))
+
+
+def _progress_bar(total: int, initial: int):
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc="eval",
+        unit="ep",
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
+
+
+def _generate_fn(cfg: EvalConfig, backend, prompter) -> Callable:
+    """The rollout's ``generate``: one backend request per unfinished episode."""
+    from natscale.agent.loop import turn_seed
+    from natscale.eval.backends import Request
+
+    def generate(episodes):
+        return backend.generate(
+            [
+                Request(
+                    ep.question.id,
+                    ep.sample,
+                    ep.turns,
+                    ep.question.question,
+                    prompter.messages(ep.question.question, ep.history),
+                    turn_seed(cfg.sampling.seed, ep.question.id, ep.sample, ep.turns),
+                )
+                for ep in episodes
+            ]
+        )
+
+    return generate
+
+
+def _run_episodes(
+    cfg: EvalConfig,
+    out: Path,
+    work: list,
+    *,
+    backend,
+    prompter,
+    tools,
+    batch_size: int,
+    bar,
+    rank: int,
+    world: int,
+    should_stop: Callable[[], bool],
+) -> tuple[list[dict[str, Any]], float]:
+    """Roll out this rank's ``work``, writing each finished episode; (new records, seconds)."""
+    from natscale.agent.loop import rollout
+
+    writer = EpisodeWriter(out / (EPISODES if world == 1 else f"episodes.rank{rank}.jsonl"))
+    new_records: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+    try:
+        for ep in rollout(
+            work,
+            _generate_fn(cfg, backend, prompter),
+            tools,
+            batch_size=batch_size,
+            max_turns=cfg.loop.max_depth + 1,
+            timeout_s=cfg.tools.timeout_s,
+            should_stop=should_stop,
+        ):
+            rec = episode_record(
+                ep, cfg.task, temperature=cfg.sampling.temperature, marker=prompter.class_name
+            )
+            writer.write(rec)
+            new_records.append(rec)
+            if bar is not None:
+                bar.update(world)
+    finally:
+        writer.close()
+        if bar is not None:
+            bar.close()
+    return new_records, time.perf_counter() - t0
+
+
+def _throughput(new_records: list[dict[str, Any]], elapsed: float) -> dict[str, Any]:
+    gen_tokens = sum(int(r["info"].get("generated_tokens", 0)) for r in new_records)
+    return {
+        "episodes_this_run": len(new_records),
+        "elapsed_s": round(elapsed, 3),
+        "episodes_per_s": round(len(new_records) / elapsed, 4) if elapsed > 0 else None,
+        "generated_tokens": gen_tokens,
+        "generated_tokens_per_s": round(gen_tokens / elapsed, 2) if elapsed > 0 else None,
+    }
+
+
+def _summary(
+    cfg: EvalConfig,
+    out: Path,
+    questions: list,
+    done: list[dict[str, Any]],
+    new_records: list[dict[str, Any]],
+    *,
+    world: int,
+    marker: str,
+    elapsed: float,
+) -> dict[str, Any]:
+    """summary.json: the metrics of the questions' episodes and what produced them."""
+    from natscale.eval.metrics import summarize
+
+    wanted, n = {q.id for q in questions}, cfg.sampling.n
+    records = [r for r in done + new_records if str(r["id"]) in wanted and int(r["sample"]) < n]
+    total = len(questions) * n
+    summary = summarize(records, cfg.task, bootstrap=cfg.bootstrap, seed=cfg.sampling.seed)
+    summary.update(
+        {
+            "complete": len(records) == total,
+            "expected_episodes": total,
+            "output": str(out),
+            "model": cfg.model,
+            "backend": cfg.backend,
+            "world_size": world,
+            "marker": marker,
+            "sampling": cfg.sampling.model_dump(),
+            "throughput": _throughput(new_records, elapsed),
+            "versions": versions(),
+        }
+    )
+    return summary
+
+
+def _merged_new_records(out: Path, done: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rank 0, once every rank has stopped: merge the rank files; the records not in ``done``."""
+    merge_rank_files(out)
+    done_keys = {_key(r) for r in done}
+    return [r for r in read_done(out, repair=False) if _key(r) not in done_keys]
+
+
+def _roll_out(
+    cfg: EvalConfig,
+    out: Path,
+    questions: list,
+    done: list[dict[str, Any]],
+    *,
+    dist: Any,
+    progress: bool,
+    should_stop: Callable[[], bool],
+) -> tuple[list[dict[str, Any]], float, str]:
+    """Run this rank's pending episodes: (new records, seconds, the prompter's marker)."""
+    rank, world = _rank_world(dist)
+    tools = _load_tools(cfg)
+    backend, prompter, batch_size = build_backend(cfg)
+    try:
+        backend.check([q.id for q in questions])
+        if rank == 0:
+            _init_output(out, cfg, world)
+        if world > 1:
+            dist.barrier()
+        done_keys = {_key(r) for r in done}
+        n = cfg.sampling.n
+        pending = [(q, s) for q in questions for s in range(n) if (q.id, s) not in done_keys]
+        total = len(questions) * n
+        bar = _progress_bar(total, total - len(pending)) if progress and rank == 0 else None
+        new_records, elapsed = _run_episodes(
+            cfg,
+            out,
+            pending[rank::world],
+            backend=backend,
+            prompter=prompter,
+            tools=tools,
+            batch_size=batch_size,
+            bar=bar,
+            rank=rank,
+            world=world,
+            should_stop=should_stop,
+        )
+    finally:
+        backend.close()
+    return new_records, elapsed, prompter.class_name
+
+
 def run_eval(
     cfg: EvalConfig,
     out_dir: str | os.PathLike | None = None,
@@ -173,129 +386,22 @@ def run_eval(
 
     ``dist``: ``torch.distributed`` when running as one rank of several (initialised by the
     caller); then only rank 0 returns the summary, the other ranks None."""
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist is not None else (0, 1)
-    from natscale.agent.loop import rollout, turn_seed
-    from natscale.agent.tools import ToolConfigError, build_tools
-    from natscale.eval.backends import Request
-    from natscale.eval.metrics import summarize
+    rank, world = _rank_world(dist)
     from natscale.eval.questions import load_questions
 
-    target = out_dir or cfg.output
-    if not target:
-        raise EvalError("no output directory: set `output:` in the config or pass --out")
-    out = Path(target)
+    out = _output_dir(cfg, out_dir)
     done = check_output(out, cfg, resume)
     questions = load_questions(cfg.questions, cfg.limit)
-    try:
-        tools = build_tools(cfg.tools.names, corpus=cfg.tools.corpus, user_tools=cfg.tools.user)
-    except ToolConfigError as exc:
-        raise EvalError(f"tools: {exc}") from None
-    backend, prompter, batch_size = build_backend(cfg)
-    try:
-        backend.check([q.id for q in questions])
-        if rank == 0:
-            out.mkdir(parents=True, exist_ok=True)
-            if not (out / "run.json").exists():
-                atomic_write_json(
-                    out / "run.json",
-                    {"fingerprint": fingerprint(cfg), "config": cfg.model_dump(mode="json")},
-                    ensure_ascii=False,
-                )
-            if world == 1 and rank_files(out):  # left by a killed data-parallel run
-                merge_rank_files(out)
-        if world > 1:
-            dist.barrier()
-        done_keys = {(str(r["id"]), int(r["sample"])) for r in done}
-        n = cfg.sampling.n
-        pending = [(q, s) for q in questions for s in range(n) if (q.id, s) not in done_keys]
-        work = pending[rank::world]
-        total = len(questions) * n
-        bar = None
-        if progress and rank == 0:
-            from tqdm import tqdm
-
-            bar = tqdm(
-                total=total,
-                initial=total - len(pending),
-                desc="eval",
-                unit="ep",
-                file=sys.stderr,
-                dynamic_ncols=True,
-            )
-        writer = EpisodeWriter(out / (EPISODES if world == 1 else f"episodes.rank{rank}.jsonl"))
-        new_records: list[dict[str, Any]] = []
-        t0 = time.perf_counter()
-        try:
-
-            def generate(episodes):
-                return backend.generate(
-                    [
-                        Request(
-                            ep.question.id,
-                            ep.sample,
-                            ep.turns,
-                            ep.question.question,
-                            prompter.messages(ep.question.question, ep.history),
-                            turn_seed(cfg.sampling.seed, ep.question.id, ep.sample, ep.turns),
-                        )
-                        for ep in episodes
-                    ]
-                )
-
-            for ep in rollout(
-                work,
-                generate,
-                tools,
-                batch_size=batch_size,
-                max_turns=cfg.loop.max_depth + 1,
-                timeout_s=cfg.tools.timeout_s,
-                should_stop=should_stop,
-            ):
-                rec = episode_record(
-                    ep, cfg.task, temperature=cfg.sampling.temperature, marker=prompter.class_name
-                )
-                writer.write(rec)
-                new_records.append(rec)
-                if bar is not None:
-                    bar.update(world)
-        finally:
-            writer.close()
-            if bar is not None:
-                bar.close()
-        elapsed = time.perf_counter() - t0
-    finally:
-        backend.close()
+    new_records, elapsed, marker = _roll_out(
+        cfg, out, questions, done, dist=dist, progress=progress, should_stop=should_stop
+    )
     if world > 1:
         dist.barrier()  # every rank has stopped and closed its file
         if rank != 0:
             return None
-        merge_rank_files(out)
-        merged = read_done(out, repair=False)
-        done_keys = {(str(r["id"]), int(r["sample"])) for r in done}
-        new_records = [r for r in merged if (str(r["id"]), int(r["sample"])) not in done_keys]
-    wanted = {q.id for q in questions}
-    records = [r for r in done + new_records if str(r["id"]) in wanted and int(r["sample"]) < n]
-    summary = summarize(records, cfg.task, bootstrap=cfg.bootstrap, seed=cfg.sampling.seed)
-    gen_tokens = sum(int(r["info"].get("generated_tokens", 0)) for r in new_records)
-    summary.update(
-        {
-            "complete": len(records) == total,
-            "expected_episodes": total,
-            "output": str(out),
-            "model": cfg.model,
-            "backend": cfg.backend,
-            "world_size": world,
-            "marker": prompter.class_name,
-            "sampling": cfg.sampling.model_dump(),
-            "throughput": {
-                "episodes_this_run": len(new_records),
-                "elapsed_s": round(elapsed, 3),
-                "episodes_per_s": round(len(new_records) / elapsed, 4) if elapsed > 0 else None,
-                "generated_tokens": gen_tokens,
-                "generated_tokens_per_s": round(gen_tokens / elapsed, 2) if elapsed > 0 else None,
-            },
-            "versions": versions(),
-        }
+        new_records = _merged_new_records(out, done)
+    summary = _summary(
+        cfg, out, questions, done, new_records, world=world, marker=marker, elapsed=elapsed
     )
     atomic_write_json(out / "summary.json", summary, ensure_ascii=False)
     return summary

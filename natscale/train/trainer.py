@@ -96,6 +96,27 @@ class Trainer:
         self.run_dir = self.layout.root
         self.ckpts = self.layout.checkpoints
         self.ckpt_dir = self.ckpts.root
+        self._plan_data()
+        latest = self._agree_on_start(resume=resume, fresh=fresh, resume_from=resume_from)
+        self._build_engine()
+        self.state = TrainState()
+        self.resumed_from: str | None = None
+        if latest is not None:
+            load_tag = self.converted["load_tag"] if self.converted else None
+            self._restore(
+                checkpoint.load(self.engine, self.ckpt_dir, tag=latest, load_tag=load_tag)
+            )
+            self._note_conversion()
+        self.use_cache = original_use_cache(run.model)
+        self.writer: MetricsWriter | None = None
+        if info.rank == 0:
+            self._write_run_files()
+            self._open_metrics()
+
+    # ---- setup -------------------------------------------------------------------------------
+    def _plan_data(self) -> None:
+        """The prepared rows, their order and this rank's share of each step."""
+        run, info = self.run, self.info
         self.rows = PreparedRowsReader(run.data.path)
         self.class_names = PreparedDir(run.data.path).class_names(self.rows.num_classes())
         self.plan = StepPlan(
@@ -105,6 +126,10 @@ class Trainer:
         self.total_steps = run.train.steps or self.plan.steps_for_epochs(
             len(self.rows), run.train.epochs
         )
+
+    def _agree_on_start(self, *, resume: bool, fresh: bool, resume_from: str | None) -> str | None:
+        """The checkpoint tag to resume from (None: start fresh), converted if needed."""
+        info = self.info
         # rank 0 checks the checkpoint (or moves a previous run aside) before any rank loads
         plan = agree_on_start(
             self.run_dir, resume=resume, fresh=fresh, requested=resume_from, rank=info.rank
@@ -118,35 +143,27 @@ class Trainer:
             if latest is not None
             else None
         )
+        return latest
+
+    def _build_engine(self) -> None:
         self.bundle = build_engine(
-            run,
-            world_size=info.world_size,
+            self.run,
+            world_size=self.info.world_size,
             total_steps=self.total_steps,
             load_universal=self.converted is not None,
         )
         self.engine = self.bundle.engine
         self.device = self.engine.device
         self.flops = FlopsModel.from_model(self.bundle.model.hf_model, self.bundle.hf_config)
-        self.peak_flops, self.device_label = peak_flops(run.logging.peak_tflops)
-        self.state = TrainState()
-        self.resumed_from: str | None = None
-        if latest is not None:
-            load_tag = self.converted["load_tag"] if self.converted else None
-            self._restore(
-                checkpoint.load(self.engine, self.ckpt_dir, tag=latest, load_tag=load_tag)
-            )
-            self._note_conversion()
-        self.use_cache = original_use_cache(run.model)
-        self.writer: MetricsWriter | None = None
-        if info.rank == 0:
-            self._write_run_files()
-            self.writer = MetricsWriter(
-                self.run_dir, tensorboard=run.logging.tensorboard, resume_step=self.state.step
-            )
-            for note in self.writer.notes:
-                print(f"natscale train: note: {note}", file=sys.stderr, flush=True)
+        self.peak_flops, self.device_label = peak_flops(self.run.logging.peak_tflops)
 
-    # ---- setup -------------------------------------------------------------------------------
+    def _open_metrics(self) -> None:
+        self.writer = MetricsWriter(
+            self.run_dir, tensorboard=self.run.logging.tensorboard, resume_step=self.state.step
+        )
+        for note in self.writer.notes:
+            print(f"natscale train: note: {note}", file=sys.stderr, flush=True)
+
     def _restore(self, client: dict[str, Any]) -> None:
         self.state = TrainState(
             step=int(client["step"]),
