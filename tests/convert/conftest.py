@@ -8,12 +8,13 @@ parameters after training). All variants of one world size come from one ``torch
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from natscale.train.dist import free_port, remove_shm_buffers
 
 REPO = Path(__file__).resolve().parents[2]
 MAKER = Path(__file__).with_name("make_zero_checkpoint.py")
@@ -23,12 +24,6 @@ VARIANTS = {
     3: ["z3-fp32", "z2-fp32"],
 }
 TIMEOUT_S = 300
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rank_env() -> dict[str, str]:
@@ -47,13 +42,11 @@ def rank_env() -> dict[str, str]:
 
 
 def make_checkpoints(out: Path, world: int, variants: list[str]) -> None:
-    port = _free_port()
+    port = free_port()
     try:
         _run_job(out, world, variants, port)
     finally:
-        # DeepSpeed's shared-memory allreduce leaves 66 MB buffers per rank in /dev/shm (RAM)
-        for buf in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_127.0.0.1_{port}_*"):
-            buf.unlink(missing_ok=True)
+        remove_shm_buffers(port)  # DeepSpeed's shm all-reduce leaves 66 MB per rank in /dev/shm
 
 
 def _run_job(out: Path, world: int, variants: list[str], port: int) -> None:
