@@ -82,7 +82,11 @@ def config(paths: dict, args, num_proc: int) -> PrepareConfig:
                     "prompt": str(paths["prompt"]),
                 }
             ],
-            "render": {"tokenizer": args.tokenizer, "template": args.template},
+            "render": {
+                "tokenizer": args.tokenizer,
+                "template": args.template,
+                "paper_compat": args.paper_compat,
+            },
             "pack": {"max_seq_len": args.max_seq_len},
             "num_proc": num_proc,
         }
@@ -99,6 +103,9 @@ def main() -> int:
     ap.add_argument("--tokenizer", default=str(REPO / "examples" / "tokenizer"))
     ap.add_argument("--template", default="llama2")
     ap.add_argument("--max-seq-len", type=int, default=4096)
+    ap.add_argument(
+        "--paper-compat", action="store_true", help="render.paper_compat: per-segment tokenising"
+    )
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     args = ap.parse_args()
     if args.cores:
@@ -112,7 +119,7 @@ def main() -> int:
         paths["trajectories"], "nat", questions=paths["questions"], prompt=paths["prompt"]
     )
     examples, _ = nat.select(trajs, StrategyConfig())
-    renderer = Renderer(tok, args.template)
+    renderer = Renderer(tok, args.template, paper_compat=args.paper_compat)
     load_before = os.getloadavg()
     rows = []
     for num_proc in args.num_proc:
@@ -195,6 +202,7 @@ def main() -> int:
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "template": args.template,
+        "paper_compat": args.paper_compat,
         "tokenizer": _rel(args.tokenizer),
         "max_seq_len": args.max_seq_len,
         "machine": machine(("tokenizers", "datasets")),
@@ -232,7 +240,8 @@ def main() -> int:
         f"- python {m['python']}, tokenizers {v['tokenizers']}, "
         f"transformers {v['transformers']}, datasets {v['datasets']}, "
         f"natscale {m['git_commit'][:8]}",
-        f"- template {args.template}, tokenizer `{result['tokenizer']}`, max_seq_len {args.max_seq_len}",
+        f"- template {args.template}, paper_compat {args.paper_compat}, "
+        f"tokenizer `{result['tokenizer']}`, max_seq_len {args.max_seq_len}",
         "- cpu_s = user + system seconds of this process and its workers; traj_per_cpu_s is the "
         "rate per fully used core",
         "",
