@@ -17,14 +17,13 @@ crosses a segment boundary and the last token of every segment has none.
 
 from __future__ import annotations
 
-import bisect
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from natscale.data.packing_search import bfd_sizes, l2_bound, repair
+from natscale.data.packing_search import best_fit, bfd_sizes, l2_bound, repair
 from natscale.data.schema import IGNORE_INDEX
 
 ALGORITHMS = ("bfd_repair", "bfd", "ffd")
@@ -51,7 +50,7 @@ def plan_bins(
     if algorithm == "bfd_repair":
         bins = _repaired(order, lengths, capacity)
     else:
-        place = _first_fit if algorithm == "ffd" else _best_fit
+        place = _first_fit if algorithm == "ffd" else best_fit
         bins = place(order, lengths, capacity)
     rng.shuffle(bins)
     return bins
@@ -63,7 +62,7 @@ def _repaired(order: list[int], lengths: list[int], capacity: int) -> list[list[
     start = bfd_sizes(sizes, capacity)
     plan = repair(start, capacity, l2_bound(sizes, capacity))
     if len(plan) == len(start):  # nothing gained: exactly the bfd plan
-        return _best_fit(order, lengths, capacity)
+        return best_fit(order, lengths, capacity)
     queues: dict[int, list[int]] = {}
     for i in reversed(order):  # pop() from the end yields the seeded order
         queues.setdefault(lengths[i], []).append(i)
@@ -97,23 +96,6 @@ def _first_fit(order: list[int], lengths: list[int], capacity: int) -> list[list
         while node:
             tree[node] = max(tree[2 * node], tree[2 * node + 1])
             node //= 2
-    return bins
-
-
-def _best_fit(order: list[int], lengths: list[int], capacity: int) -> list[list[int]]:
-    free: list[tuple[int, int]] = []  # sorted (free space, row index)
-    bins: list[list[int]] = []
-    for i in order:
-        n = lengths[i]
-        k = bisect.bisect_left(free, (n, -1))
-        if k == len(free):
-            row, room = len(bins), capacity
-            bins.append([])
-        else:
-            room, row = free.pop(k)
-        bins[row].append(i)
-        if room - n > 0:
-            bisect.insort(free, (room - n, row))
     return bins
 
 

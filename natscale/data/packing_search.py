@@ -53,21 +53,30 @@ def l2_bound(lengths: Sequence[int] | np.ndarray, capacity: int) -> int:
     return int((j1 + j2n + extra).max())
 
 
-def bfd_sizes(sizes: Sequence[int], capacity: int) -> list[list[int]]:
-    """Best-fit decreasing on bare sizes: rows as lists of sizes."""
-    free: list[tuple[int, int]] = []
+def best_fit(order: Sequence[int], lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """Best fit in the given ``order``: each example goes to the row with the least room that
+    still holds it (a new row when none does). Rows as lists of example indices."""
+    free: list[tuple[int, int]] = []  # sorted (free space, row index)
     bins: list[list[int]] = []
-    for n in sorted(sizes, reverse=True):
+    for i in order:
+        n = lengths[i]
         k = bisect.bisect_left(free, (n, -1))
         if k == len(free):
             row, room = len(bins), capacity
             bins.append([])
         else:
             room, row = free.pop(k)
-        bins[row].append(n)
+        bins[row].append(i)
         if room - n > 0:
             bisect.insort(free, (room - n, row))
     return bins
+
+
+def bfd_sizes(sizes: Sequence[int], capacity: int) -> list[list[int]]:
+    """Best-fit decreasing on bare sizes: rows as lists of sizes."""
+    sizes = list(sizes)
+    order = sorted(range(len(sizes)), key=lambda i: -sizes[i])
+    return [[sizes[i] for i in row] for row in best_fit(order, sizes, capacity)]
 
 
 class _Rows:
