@@ -11,6 +11,14 @@ RUN=${RUN:-runs/demo}
 PORT=${MASTER_PORT:-$(python -c "from natscale.train.dist import free_port; print(free_port())")}
 start=$(date +%s)
 
+# the demo deletes only folders it made: RUN is marked on the first run, and an unmarked,
+# non-empty RUN is refused (it may hold someone's work)
+if [[ -d $RUN && ! -e $RUN/.natscale-demo && -n $(ls -A "$RUN") ]]; then
+  echo "demo: $RUN exists and was not made by the demo; set RUN=another/folder (or remove it)" >&2
+  exit 2
+fi
+mkdir -p "$RUN" && touch "$RUN/.natscale-demo"
+
 natscale env
 natscale prepare examples/configs/prepare_math.yaml --out "$RUN/data" \
   --set pack.max_seq_len=1024 --overwrite --no-progress
