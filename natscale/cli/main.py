@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "versions, devices, DeepSpeed backend, which natscale ops are built or buildable",
     ),
     "prepare": ("prepare", "raw trajectories -> NAT-marked, loss-masked, packed dataset on disk"),
+    "merge": ("merge", "join `natscale prepare` outputs (one per node) into one prepared folder"),
     "train": (
         "train",
         "train a causal LM on packed rows with DeepSpeed ZeRO-3 (one rank of a job)",

@@ -135,6 +135,12 @@ class PackConfig(_Strict):
         "bfd_repair", description="bfd_repair = best-fit decreasing + local-search repair"
     )
     overlong: Literal["truncate", "drop"] = "truncate"
+    window_examples: int = Field(
+        100_000,
+        ge=1,
+        description="examples packed together and written as one shard (data-*.arrow): "
+        "prepare holds one window at a time; data that fits in one window is packed globally",
+    )
 
 
 class PrepareConfig(_Strict):

@@ -28,14 +28,15 @@ import numpy as np
 from natscale.atomic import check_destination
 from natscale.config.loader import save_config
 from natscale.config.prepare import PrepareConfig
-from natscale.data import nat, outcome
+from natscale.data import nat, outcome, windows
 from natscale.data.checks import data_warnings
 from natscale.data.errors import DataError, Issues, handle
-from natscale.data.formats import load_trajectories
+from natscale.data.formats import iter_trajectories, load_trajectories
 from natscale.data.formats.nat_release import NatSource
 from natscale.data.packing import build_rows, efficiency, plan_bins
 from natscale.data.packing_search import l2_bound
 from natscale.data.prompts import TaskPrompt, load_task_prompt
+from natscale.data.shards import ShardWriter
 from natscale.data.trajectory import Trajectory
 
 STATS_VERSION = 1
@@ -51,12 +52,10 @@ def _where(traj: Trajectory) -> dict[str, str | None]:
     return {"file": traj.meta.get("file"), "record": traj.meta.get("record")}
 
 
-def load_sources(
-    config: PrepareConfig, issues: Issues
-) -> tuple[list[Trajectory], dict[str, TaskPrompt]]:
-    """All trajectories of all sources, and the task prompts by task name."""
-    trajs: list[Trajectory] = []
+def source_options(config: PrepareConfig) -> tuple[list[tuple[Any, dict]], dict[str, TaskPrompt]]:
+    """Each source with its loader options, and the task prompts by task name."""
     prompts: dict[str, TaskPrompt] = {}
+    out = []
     for src in config.sources:
         # exclude_unset, not exclude_none: an explicit null (success_field: null) must reach it
         opts = src.model_dump(exclude={"format", "paths", "success"}, exclude_unset=True)
@@ -73,6 +72,40 @@ def load_sources(
             prompts[task] = prompt
             opts.update(prompt=prompt, task=task)
             opts.pop("prompt_variant", None)
+        out.append((src, opts))
+    return out, prompts
+
+
+def iter_sources(
+    config: PrepareConfig, issues: Issues, sources: list[tuple[Any, dict]]
+) -> Iterator[Trajectory]:
+    """Every trajectory of every source, read as it is consumed (see ``iter_trajectories``)."""
+    for src, opts in sources:
+        for traj in iter_trajectories(
+            src.paths,
+            src.format,
+            on_error=config.on_error,
+            empty=config.outcome.empty,
+            issues=issues,
+            **opts,
+        ):
+            _source_fields(traj, src)
+            yield traj
+
+
+def _source_fields(traj: Trajectory, src: Any) -> None:
+    traj.meta["score_field"] = src.score_field  # names the field in a later score error
+    if src.success is not None:  # the whole source is successes (SFT data) / failures
+        traj.outcome = replace(traj.outcome, success=src.success)
+
+
+def load_sources(
+    config: PrepareConfig, issues: Issues
+) -> tuple[list[Trajectory], dict[str, TaskPrompt]]:
+    """All trajectories of all sources, and the task prompts by task name."""
+    trajs: list[Trajectory] = []
+    sources, prompts = source_options(config)
+    for src, opts in sources:
         loaded = load_trajectories(
             src.paths,
             src.format,
@@ -81,47 +114,48 @@ def load_sources(
             issues=issues,
             **opts,
         )
-        for traj in loaded:  # names the field in a later score error
-            traj.meta["score_field"] = src.score_field
-            if src.success is not None:  # the whole source is successes (SFT data) / failures
-                traj.outcome = replace(traj.outcome, success=src.success)
+        for traj in loaded:
+            _source_fields(traj, src)
         trajs += loaded
     return trajs, prompts
 
 
 def label_all(trajs: list[Trajectory], config: PrepareConfig, issues: Issues) -> list[Trajectory]:
     """Apply the unfinished policy and the outcome rules; drop what cannot be labelled."""
-    oc, kept = config.outcome, []
-    for traj in trajs:
-        try:
-            if not traj.finished and oc.unfinished != "keep":
-                info = traj.meta.get("info") or {}
-                # name the field this record has: info.finished when set, else the missing pred
-                name, why = (
-                    ("info.finished", "info.finished is false")
-                    if "finished" in info
-                    else ("info.pred", "no info.pred: no final answer")
-                )
-                err = DataError(
-                    f"trajectory is unfinished ({why})",
-                    field=name,
-                    reason="unfinished",
-                    hint="set outcome.unfinished: keep or skip",
-                    **_where(traj),
-                )
-                if oc.unfinished == "skip":
-                    issues.add(err)
-                    continue
-                raise err
-            traj.outcome = outcome.label(
-                traj, success=oc.success, score=oc.score, f1_threshold=oc.f1_threshold
+    return [traj for traj in trajs if label_one(traj, config, issues)]
+
+
+def label_one(traj: Trajectory, config: PrepareConfig, issues: Issues) -> bool:
+    """Label one trajectory (unfinished policy, outcome rules); False when it is dropped."""
+    oc = config.outcome
+    try:
+        if not traj.finished and oc.unfinished != "keep":
+            info = traj.meta.get("info") or {}
+            # name the field this record has: info.finished when set, else the missing pred
+            name, why = (
+                ("info.finished", "info.finished is false")
+                if "finished" in info
+                else ("info.pred", "no info.pred: no final answer")
             )
-            nat.assign_class(traj, config.strategy)  # raises when the strategy cannot place it
-        except DataError as err:
-            handle(err.at(**_where(traj)), config.on_error, issues)
-            continue
-        kept.append(traj)
-    return kept
+            err = DataError(
+                f"trajectory is unfinished ({why})",
+                field=name,
+                reason="unfinished",
+                hint="set outcome.unfinished: keep or skip",
+                **_where(traj),
+            )
+            if oc.unfinished == "skip":
+                issues.add(err)
+                return False
+            raise err
+        traj.outcome = outcome.label(
+            traj, success=oc.success, score=oc.score, f1_threshold=oc.f1_threshold
+        )
+        nat.assign_class(traj, config.strategy)  # raises when the strategy cannot place it
+    except DataError as err:
+        handle(err.at(**_where(traj)), config.on_error, issues)
+        return False
+    return True
 
 
 def _fit(enc, max_seq_len: int, overlong: str, trim_tail: bool, counts: dict[str, int]):
@@ -149,11 +183,17 @@ def _fit(enc, max_seq_len: int, overlong: str, trim_tail: bool, counts: dict[str
     return ids, mask
 
 
-def _encode_all(
-    config: PrepareConfig, examples: list, renderer, issues: Issues, progress: bool
-) -> tuple[list, dict[str, Any], dict[str, int]]:
-    """Render every example, then trim / truncate / drop; returns the kept
-    ``(ids, mask, class, weight)`` tuples, per-class counts and the drop counters."""
+def _encode(
+    config: PrepareConfig,
+    examples: list,
+    renderer,
+    issues: Issues,
+    progress: bool,
+    per_class: dict[str, dict[str, int]],
+    counts: dict[str, int],
+) -> list:
+    """Render the examples, then trim / truncate / drop; returns the kept
+    ``(ids, mask, class, weight)`` tuples and adds to the per-class counts and drop counters."""
     from tqdm import tqdm
 
     from natscale.data.render.batch import render_examples
@@ -169,8 +209,6 @@ def _encode_all(
             on_progress=bar.update,
         )
     names = config.strategy.class_names()
-    per_class = {n: {"examples": 0, "tokens": 0, "trained_tokens": 0} for n in names}
-    counts = dict.fromkeys(DROP_COUNTERS, 0)
     kept = []
     for ex, enc in zip(examples, encoded, strict=True):
         if isinstance(enc, tuple):
@@ -184,18 +222,20 @@ def _encode_all(
         c["examples"] += 1
         c["tokens"] += len(fitted[0])
         c["trained_tokens"] += int(fitted[1][1:].sum())
-    if not kept:
-        dropped = {k: v for k, v in counts.items() if v and k in DROP_REASONS}
-        skipped = issues.as_dict()
-        hint = "check pack.max_seq_len, the strategy's counts and the skip reasons"
-        if "no_outcome" in skipped:
-            hint = f"every no_outcome record was skipped: {outcome.NO_OUTCOME_HINT}"
-        raise DataError(
-            f"no example left to pack: dropped {dropped}, skipped {skipped}",
-            reason="empty_dataset",
-            hint=hint,
-        )
-    return kept, per_class, counts
+    return kept
+
+
+def _nothing_left(counts: dict[str, int], issues: Issues) -> DataError:
+    dropped = {k: v for k, v in counts.items() if v and k in DROP_REASONS}
+    skipped = issues.as_dict()
+    hint = "check pack.max_seq_len, the strategy's counts and the skip reasons"
+    if "no_outcome" in skipped:
+        hint = f"every no_outcome record was skipped: {outcome.NO_OUTCOME_HINT}"
+    return DataError(
+        f"no example left to pack: dropped {dropped}, skipped {skipped}",
+        reason="empty_dataset",
+        hint=hint,
+    )
 
 
 DROP_REASONS = ("too_long", "no_trained_tokens", "no_trained_tokens_after_truncation")
@@ -267,27 +307,122 @@ def _prepare(
     )
 
     issues = Issues()
-    say("loading trajectories")
-    trajs, prompts = load_sources(config, issues)
-    loaded, unfinished = len(trajs), sum(not t.finished for t in trajs)
-    trajs = label_all(trajs, config, issues)
-    examples, sampling = nat.select(trajs, config.strategy, seed=config.seed, prompts=prompts)
-    warned = data_warnings(examples, sampling, config.strategy, prompts)
-    for kind, w in warned.items():  # once per kind, with its count
-        say(f"warning: {w['message']} ({w['count']}x, stats.json warnings.{kind})")
-    say(f"rendering {len(examples)} examples ({template} template)")
-    kept, per_class, counts = _encode_all(config, examples, renderer, issues, progress)
+    sources, prompts = source_options(config)
+    keep = None
+    if windows.needs_sampling(config.strategy):
+        # a per-class sample needs the class sizes first: one pass that only labels
+        say("counting the classes for strategy.counts")
+        counter = windows.Selector(config.strategy, prompts)
+        for traj in iter_sources(config, Issues(), sources):
+            if label_one(traj, config, Issues()):
+                counter.classify(traj)
+        keep = windows.sampled_positions(counter.available, config.strategy, config.seed)
+    selector = windows.Selector(config.strategy, prompts, keep)
+    tally = {"loaded": 0, "unfinished": 0, "labelled": 0}
 
-    say(f"packing {len(kept)} examples into rows of {pc.max_seq_len}")
+    def examples() -> Iterator:
+        for traj in iter_sources(config, issues, sources):
+            tally["loaded"] += 1
+            tally["unfinished"] += not traj.finished
+            if label_one(traj, config, issues):
+                tally["labelled"] += 1
+                ex = selector.take(traj)
+                if ex is not None:
+                    yield ex
+
+    names = config.strategy.class_names()
+    per_class = {n: {"examples": 0, "tokens": 0, "trained_tokens": 0} for n in names}
+    counts = dict.fromkeys(DROP_COUNTERS, 0)
     pad_id = next((t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None), 0)
-    ids, masks, classes, weights = (list(col) for col in zip(*kept, strict=True))
-    lengths = [x.shape[0] for x in ids]
-    t_plan = time.perf_counter()
-    bins = plan_bins(lengths, pc.max_seq_len, pc.algorithm, config.seed)
-    plan_s = time.perf_counter() - t_plan
-    rows = build_rows(bins, ids, masks, classes, weights, max_seq_len=pc.max_seq_len, pad_id=pad_id)
-    bound = l2_bound(lengths, pc.max_seq_len)
-    stats = {
+    warned: dict[str, dict[str, Any]] = {}
+    packed: list[dict[str, Any]] = []  # per window (= shard)
+    all_lengths: list[np.ndarray] = []
+    resolved = config.model_copy(update={"output": str(target)})
+
+    def pack_window(k: int, window: list, shards: ShardWriter) -> None:
+        for kind, w in data_warnings(window, {}, config.strategy, prompts).items():
+            warned.setdefault(kind, {"count": 0, "message": w["message"]})["count"] += w["count"]
+        where = f"window {k}: " if k or len(window) == pc.window_examples else ""
+        say(f"{where}rendering {len(window)} examples ({template} template)")
+        kept = _encode(config, window, renderer, issues, progress, per_class, counts)
+        del window[:]  # the trajectories are not needed any more
+        if not kept:
+            return
+        say(f"{where}packing {len(kept)} examples into rows of {pc.max_seq_len}")
+        ids, masks, classes, weights = (list(col) for col in zip(*kept, strict=True))
+        del kept
+        lengths = np.fromiter((x.shape[0] for x in ids), dtype=np.int64, count=len(ids))
+        t_plan = time.perf_counter()
+        # window 0 packs with `seed` itself: data in one window packs as one global plan
+        bins = plan_bins(lengths.tolist(), pc.max_seq_len, pc.algorithm, config.seed + k)
+        plan_s = time.perf_counter() - t_plan
+        rows = build_rows(
+            bins, ids, masks, classes, weights, max_seq_len=pc.max_seq_len, pad_id=pad_id
+        )
+        del ids, masks
+        bound = l2_bound(lengths, pc.max_seq_len)
+        all_lengths.append(lengths.astype(np.int32))
+        packed.append(
+            {
+                "examples": len(lengths),
+                "rows": len(rows),
+                "non_pad_tokens": int(lengths.sum()),
+                "efficiency": efficiency(rows, pc.max_seq_len),
+                "lower_bound": bound,
+                "gap": round(len(rows) / bound - 1, 6) if bound else 0.0,
+                "plan_s": round(plan_s, 4),
+            }
+        )
+        say(f"{where}writing {len(rows)} rows")
+        shards.add(rows)
+
+    def fill(tmp: PreparedDir) -> None:
+        shards = ShardWriter(tmp.root, progress=progress)
+        say("loading trajectories")
+        for k, window in enumerate(windows.windows(examples(), pc.window_examples)):
+            pack_window(k, window, shards)
+            gc.collect()  # the window's objects are acyclic, but be sure they are gone
+        if not packed:
+            raise _nothing_left(counts, issues)
+        sampling = selector.report()
+        for kind, w in data_warnings([], sampling, config.strategy, prompts).items():
+            warned[kind] = w
+        for kind, w in warned.items():  # once per kind, with its count
+            say(f"warning: {w['message']} ({w['count']}x, stats.json warnings.{kind})")
+        files = shards.finish()
+        lengths = np.concatenate(all_lengths)
+        stats.update(
+            _stats(config, template, renderer, tokenizer, added, pad_id, tally, sampling)
+            | {
+                "per_class": per_class,
+                "total": {
+                    k: sum(c[k] for c in per_class.values())
+                    for k in ("examples", "tokens", "trained_tokens")
+                },
+                "packing": _packing_stats(pc, packed, files, l2_bound(lengths, pc.max_seq_len)),
+                "truncated": {
+                    "examples": counts["truncated"],
+                    "tokens": counts["truncated_tokens"],
+                },
+                "dropped": {k: counts[k] for k in DROP_REASONS},
+                "skipped": issues.as_dict(),
+                "skipped_examples": issues.examples,
+                "tail_tokens_trimmed": counts["tail_tokens_trimmed"],
+                "warnings": warned,
+            }
+        )
+        tokenizer.save_pretrained(str(tmp.tokenizer))
+        save_config(resolved, tmp.prepare_config)
+        stats["elapsed_s"] = round(time.perf_counter() - t0, 3)
+        write_json(tmp.stats, stats)
+
+    stats: dict[str, Any] = {}
+    out = PreparedDir(target).write(fill, overwrite=config.overwrite, inputs=inputs)
+    return PrepareResult(out, stats)
+
+
+def _stats(config, template, renderer, tokenizer, added, pad_id, tally, sampling) -> dict:
+    return {
         "version": STATS_VERSION,
         "classes": config.strategy.class_names(),
         "strategy": config.strategy.name,
@@ -295,43 +430,28 @@ def _prepare(
         "end_of_turn": renderer.end_of_turn,
         "tokenizer": {"vocab_size": len(tokenizer), "pad_id": pad_id, "added_tokens": added},
         "seed": config.seed,
-        "trajectories": {"loaded": loaded, "unfinished": unfinished, "labelled": len(trajs)},
+        "trajectories": dict(tally),
         "sampling": sampling,
-        "per_class": per_class,
-        "total": {
-            k: sum(c[k] for c in per_class.values())
-            for k in ("examples", "tokens", "trained_tokens")
-        },
-        "packing": {
-            "algorithm": pc.algorithm,
-            "max_seq_len": pc.max_seq_len,
-            "rows": len(rows),
-            "slot_tokens": len(rows) * pc.max_seq_len,
-            "non_pad_tokens": int(sum(rows.num_tokens)),
-            "efficiency": efficiency(rows, pc.max_seq_len),
-            "lower_bound": bound,
-            "gap": round(len(rows) / bound - 1, 6) if bound else 0.0,
-            "plan_s": round(plan_s, 4),
-        },
-        "truncated": {"examples": counts["truncated"], "tokens": counts["truncated_tokens"]},
-        "dropped": {k: counts[k] for k in DROP_REASONS},
-        "skipped": issues.as_dict(),
-        "skipped_examples": issues.examples,
-        "tail_tokens_trimmed": counts["tail_tokens_trimmed"],
-        "warnings": warned,
     }
-    resolved = config.model_copy(update={"output": str(target)})
 
-    def fill(tmp: PreparedDir) -> None:
-        say(f"writing {len(rows)} rows")
-        _save_rows(rows, tmp.root, progress)
-        tokenizer.save_pretrained(str(tmp.tokenizer))
-        save_config(resolved, tmp.prepare_config)
-        stats["elapsed_s"] = round(time.perf_counter() - t0, 3)
-        write_json(tmp.stats, stats)
 
-    out = PreparedDir(target).write(fill, overwrite=config.overwrite, inputs=inputs)
-    return PrepareResult(out, stats)
+def _packing_stats(pc, packed: list[dict[str, Any]], files: list[str], bound: int) -> dict:
+    """Overall packing numbers (the L2 bound of all examples together) and per window."""
+    rows = sum(w["rows"] for w in packed)
+    non_pad = sum(w["non_pad_tokens"] for w in packed)
+    return {
+        "algorithm": pc.algorithm,
+        "max_seq_len": pc.max_seq_len,
+        "rows": rows,
+        "slot_tokens": rows * pc.max_seq_len,
+        "non_pad_tokens": non_pad,
+        "efficiency": non_pad / (rows * pc.max_seq_len),
+        "lower_bound": bound,
+        "gap": round(rows / bound - 1, 6) if bound else 0.0,
+        "plan_s": round(sum(w["plan_s"] for w in packed), 4),
+        "window_examples": pc.window_examples,
+        "shards": [{"file": f, **w} for f, w in zip(files, packed, strict=True)],
+    }
 
 
 @contextmanager
@@ -343,18 +463,3 @@ def _gc_paused() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
-
-
-def _save_rows(rows, path: Path, progress: bool) -> None:
-    import datasets
-
-    from natscale.data.output import rows_to_dataset
-
-    bars_on = datasets.is_progress_bar_enabled()
-    if not progress:
-        datasets.disable_progress_bars()
-    try:
-        rows_to_dataset(rows).save_to_disk(str(path))
-    finally:
-        if bars_on:
-            datasets.enable_progress_bars()

@@ -27,13 +27,13 @@ from which the prepare config builds its ``sources`` union.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from natscale.data.errors import Issues
 from natscale.data.formats import alpaca, nat_release, openai, sharegpt
 from natscale.data.formats.base import Format, StrictModel
-from natscale.data.formats.common import keeping_empty
+from natscale.data.formats.common import keeping_empty, lazily
 from natscale.data.trajectory import Trajectory
 
 FORMATS: dict[str, Format] = {
@@ -62,6 +62,37 @@ def load_trajectories(
     ``options`` are the format's own (e.g. ``questions=``, ``prompt=`` for ``nat``); the ones not
     given take the defaults of the format's options model. An unknown one is a ``TypeError``.
     """
+    fmt, skip, opts = _resolve(format, on_error, empty, options)
+    issues = issues if issues is not None else Issues()
+    with keeping_empty(empty == "keep"):
+        return fmt.load(paths, on_error=on_error, issues=issues, skip_reasons=skip, **opts)
+
+
+def iter_trajectories(
+    paths: str | os.PathLike | Iterable[str | os.PathLike],
+    format: str = "nat",
+    *,
+    on_error: str = "raise",
+    empty: str = "skip",
+    issues: Issues | None = None,
+    **options: Any,
+) -> Iterator[Trajectory]:
+    """:func:`load_trajectories` one trajectory at a time: the records are read and parsed as
+    the iterator is consumed (a large JSON / JSONL file record by record), so memory holds what
+    the caller keeps. The side files (``questions``, ``prompt``) are read when it starts."""
+    fmt, skip, opts = _resolve(format, on_error, empty, options)
+    issues = issues if issues is not None else Issues()
+    with keeping_empty(empty == "keep"), lazily():
+        found = iter(fmt.load(paths, on_error=on_error, issues=issues, skip_reasons=skip, **opts))
+    while True:  # the context only while a record is parsed, never across a yield
+        with keeping_empty(empty == "keep"):
+            traj = next(found, None)
+        if traj is None:
+            return
+        yield traj
+
+
+def _resolve(format: str, on_error: str, empty: str, options: dict[str, Any]):
     if format not in FORMATS:
         raise ValueError(f"unknown trajectory format {format!r}; expected one of {sorted(FORMATS)}")
     if on_error not in ("raise", "skip"):
@@ -69,11 +100,8 @@ def load_trajectories(
     if empty not in ("skip", "error", "keep"):
         raise ValueError(f"empty must be 'skip', 'error' or 'keep', got {empty!r}")
     fmt = FORMATS[format]
-    issues = issues if issues is not None else Issues()
     skip = frozenset({"empty_conversation"}) if empty == "skip" else frozenset()
-    opts = fmt.loader_options(options)
-    with keeping_empty(empty == "keep"):
-        return fmt.load(paths, on_error=on_error, issues=issues, skip_reasons=skip, **opts)
+    return fmt, skip, fmt.loader_options(options)
 
 
-__all__ = ["FORMATS", "SOURCE_MODELS", "Format", "load_trajectories"]
+__all__ = ["FORMATS", "SOURCE_MODELS", "Format", "iter_trajectories", "load_trajectories"]

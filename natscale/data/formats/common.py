@@ -260,7 +260,32 @@ def load_records(
     A record failing with a reason in ``skip_reasons`` (e.g. ``empty_conversation``) is always
     counted and skipped, whatever ``on_error`` says.
     """
-    out = []
+    found = _iter_parsed(paths, parse, on_error, issues, skip_reasons, wrap_lists)
+    return found if _LAZY.get() else list(found)  # type: ignore[return-value]
+
+
+_LAZY = contextvars.ContextVar("lazy_records", default=False)
+
+
+@contextlib.contextmanager
+def lazily() -> Iterator[None]:
+    """While active, :func:`load_records` (so every format's ``load``) returns an iterator that
+    reads and parses the records as it is consumed, instead of a list (``iter_trajectories``)."""
+    token = _LAZY.set(True)
+    try:
+        yield
+    finally:
+        _LAZY.reset(token)
+
+
+def _iter_parsed(
+    paths: Any,
+    parse: Callable[[Record], Trajectory],
+    on_error: str,
+    issues: Issues | None,
+    skip_reasons: frozenset[str],
+    wrap_lists: str | None,
+) -> Iterator[Trajectory]:
     for path in expand_paths(paths):
         for rec in iter_records(path, on_error=on_error, issues=issues, wrap_lists=wrap_lists):
             try:
@@ -283,5 +308,4 @@ def load_records(
                 continue
             # where it came from, for errors in later stages
             traj.meta["file"], traj.meta["record"] = rec.file, rec.where
-            out.append(traj)
-    return out
+            yield traj

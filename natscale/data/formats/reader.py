@@ -22,6 +22,10 @@ from typing import Any
 from natscale.data.errors import DataError, Issues, handle
 
 SUFFIXES = (".json", ".jsonl", ".ndjson", ".parquet")
+# A JSON / JSONL file at least this large is read record by record (bounded memory) instead of
+# as a whole; the records and their locations are the same.
+STREAM_BYTES = 64 * 2**20
+_BLOCK = 2**20  # characters read at a time when streaming a JSON array
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,9 @@ def iter_records(
     path = Path(path)
     if path.suffix == ".parquet":
         yield from _iter_parquet(path, on_error, issues, wrap_lists)
+        return
+    if path.is_file() and path.stat().st_size >= STREAM_BYTES:
+        yield from _iter_streamed(path, on_error, issues, wrap_lists)
         return
     raw = path.read_bytes()
     if raw.startswith(codecs.BOM_UTF8):  # editors on Windows write one; it is not content
@@ -229,3 +236,122 @@ def layout_hint(data: Any) -> str:
         if key in data:
             return f"the record has {key!r}: {fits} reads it"
     return ""
+
+
+def _iter_streamed(
+    path: Path, on_error: str, issues: Issues | None, wrap: str | None
+) -> Iterator[Record]:
+    """:func:`iter_records` for a large file, holding one record (or block) at a time."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if head.startswith(codecs.BOM_UTF8):
+        head = head[len(codecs.BOM_UTF8) :]
+    first = head.lstrip()[:1]
+    if first == b"[" and path.suffix not in (".jsonl", ".ndjson"):
+        yield from _iter_json_array_streamed(path, on_error, issues, wrap)
+    elif first == b"" and not head.strip():
+        with open(path, "rb") as f:  # only whitespace so far: all of it?
+            if not any(chunk.strip() for chunk in iter(lambda: f.read(_BLOCK), b"")):
+                raise DataError(
+                    "file holds only whitespace",
+                    file=str(path),
+                    reason="empty_file",
+                    hint="check that the file was written completely, or remove it from the config",
+                )
+        yield from _iter_jsonl_lines(path, on_error, issues, wrap)
+    else:
+        yield from _iter_jsonl_lines(path, on_error, issues, wrap)
+
+
+def _iter_jsonl_lines(
+    path: Path, on_error: str, issues: Issues | None, wrap: str | None
+) -> Iterator[Record]:
+    with open(path, "rb") as f:
+        for lineno, line in enumerate(f, start=1):
+            if lineno == 1 and line.startswith(codecs.BOM_UTF8):
+                line = line[len(codecs.BOM_UTF8) :]
+            # one line at a time through the same checks as a whole file
+            for rec in _iter_jsonl(line.rstrip(b"\n"), path, on_error, issues, wrap):
+                yield Record(rec.file, f"line {lineno}", rec.data)
+
+
+def _iter_json_array_streamed(
+    path: Path, on_error: str, issues: Issues | None, wrap: str | None
+) -> Iterator[Record]:
+    """The records of a JSON array, decoded one at a time from a sliding text buffer."""
+    decoder = json.JSONDecoder()
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        buf, pos, eof, line_base = "", 0, False, 1  # line_base: line number of buf[0]
+
+        def fill() -> bool:
+            nonlocal buf, pos, eof, line_base
+            if eof:
+                return False
+            if pos:
+                line_base += buf.count("\n", 0, pos)
+                buf, pos = buf[pos:], 0
+            try:
+                more = f.read(_BLOCK)
+            except UnicodeDecodeError as exc:
+                raise DataError(
+                    f"bytes near line {line_base + buf.count(chr(10))} are not UTF-8 "
+                    f"({exc.reason})",
+                    file=str(path),
+                    reason="non_utf8",
+                    hint="re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)",
+                ) from exc
+            eof = not more
+            buf += more
+            return not eof
+
+        def malformed(message: str, at: int) -> DataError:
+            line = line_base + buf.count("\n", 0, at)
+            col = at - buf.rfind("\n", 0, at)
+            return DataError(
+                f"malformed JSON at line {line} column {col}: {message}",
+                file=str(path),
+                reason="malformed_json",
+                hint="a .json file must hold one JSON array of records (use .jsonl for one per "
+                "line)",
+            )
+
+        def next_char() -> str:
+            nonlocal pos
+            while True:
+                while pos < len(buf) and buf[pos] in " \t\r\n":
+                    pos += 1
+                if pos < len(buf) or not fill():
+                    return buf[pos] if pos < len(buf) else ""
+
+        if next_char() != "[":
+            raise malformed("expected '['", pos)
+        pos += 1
+        index = 0
+        while True:
+            c = next_char()
+            if c == "]" and index == 0:
+                pos += 1
+                break
+            if index:
+                if c == "]":
+                    pos += 1
+                    break
+                if c != ",":
+                    raise malformed("expected ',' or ']' between records", pos)
+                pos += 1
+                next_char()
+            while True:
+                try:
+                    obj, end = decoder.raw_decode(buf, pos)
+                except json.JSONDecodeError as exc:
+                    if fill():
+                        continue
+                    raise malformed(exc.msg, exc.pos) from exc
+                if end == len(buf) and fill():  # a number may go on in the next block
+                    continue
+                break
+            pos = end
+            yield from _checked(obj, str(path), f"record {index}", on_error, issues, wrap)
+            index += 1
+        if next_char():
+            raise malformed("extra data after the array", pos)

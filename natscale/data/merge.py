@@ -1,0 +1,197 @@
+"""Join the ``natscale prepare`` outputs of several nodes into one prepared folder.
+
+Preparing on several nodes: split the input files between the nodes, run one ``natscale prepare``
+per node (same config apart from ``sources`` and ``output``), then ``natscale merge OUT PART...``
+(:func:`merge_prepared`). The result is an ordinary prepared folder: the parts' Arrow shards, in
+the order of the parts, laid out as one ``datasets`` folder (``data-*.arrow`` + ``state.json`` +
+``dataset_info.json``, what ``datasets.load_from_disk`` and the trainer read); ``stats.json``
+sums the parts' counts, recomputes the packing efficiency and the L2 bound over every example
+(from the rows' ``cu_seqlens``), keeps every shard's own numbers and lists the parts under
+``merged_from``; ``prepare_config.yaml`` is the first part's, with the sources of all parts; the
+tokenizer is the first part's (every part must have the same one).
+
+The parts must agree on what makes their rows one dataset: classes, strategy, template,
+``max_seq_len``, the row columns and the tokenizer files. The Arrow files are hard-linked where
+the filesystem allows (no copy; they are never modified in place), else copied. Nothing is
+written unless every part is complete and compatible, and the output is written atomically.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import json
+import os
+import shutil
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from natscale.data.packing_search import l2_bound
+
+# stats.json fields the parts must share (dotted paths)
+SAME = ("classes", "strategy", "template", "end_of_turn", "tokenizer.vocab_size",
+        "tokenizer.pad_id", "packing.max_seq_len")  # fmt: skip
+
+
+class MergeError(ValueError):
+    """The parts cannot be merged (bad input: exit code 2)."""
+
+
+def _get(stats: dict, dotted: str) -> Any:
+    node: Any = stats
+    for key in dotted.split("."):
+        node = node.get(key) if isinstance(node, dict) else None
+    return node
+
+
+def _check_compatible(parts: Sequence[Path], stats: list[dict]) -> None:
+    first, s0 = parts[0], stats[0]
+    for part, s in zip(parts[1:], stats[1:], strict=True):
+        for key in SAME:
+            if _get(s, key) != _get(s0, key):
+                raise MergeError(
+                    f"{part}: stats.json {key} is {_get(s, key)!r} but {first} has "
+                    f"{_get(s0, key)!r}; prepare every part with the same config (only sources "
+                    "and output may differ)"
+                )
+        t0, t = first / "tokenizer", part / "tokenizer"
+        names = sorted(p.name for p in t0.iterdir() if p.is_file())
+        other = sorted(p.name for p in t.iterdir() if p.is_file()) if t.is_dir() else []
+        _, diff, errors = filecmp.cmpfiles(t0, t, names, shallow=False)
+        if names != other or diff or errors:
+            raise MergeError(
+                f"{part}: its tokenizer/ differs from {t0} ({', '.join(diff + errors) or 'files'})"
+                "; prepare every part with the same tokenizer"
+            )
+
+
+def _summed(dicts: list[dict]) -> dict:
+    """Numbers added key by key (nested dicts too); anything else from the first dict."""
+    out: dict = {}
+    for d in dicts:
+        for key, value in d.items():
+            if isinstance(value, bool) or value is None or isinstance(value, (str, list)):
+                out.setdefault(key, value)
+            elif isinstance(value, (int, float)):
+                out[key] = out.get(key, 0) + value
+            elif isinstance(value, dict):
+                out[key] = _summed([out.get(key, {}), value])
+    return out
+
+
+def _lengths(folder: Path) -> np.ndarray:
+    """Every example's length, from the rows' cu_seqlens (only that column is read)."""
+    from datasets import load_from_disk
+
+    ds = load_from_disk(str(folder)).select_columns(["cu_seqlens"]).with_format("numpy")
+    out = [np.diff(cu) for batch in ds.iter(batch_size=4096) for cu in batch["cu_seqlens"]]
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+
+
+def merged_stats(parts: Sequence[Path], stats: list[dict], files: list[str]) -> dict:
+    """The stats.json of the merged folder (see the module doc)."""
+    s0 = stats[0]
+    pk = [s["packing"] for s in stats]
+    max_len = pk[0]["max_seq_len"]
+    rows = sum(p["rows"] for p in pk)
+    non_pad = sum(p["non_pad_tokens"] for p in pk)
+    bound = l2_bound(np.concatenate([_lengths(p) for p in parts]), max_len)
+    shards = [sh for p in pk for sh in p.get("shards", [])]
+    for sh, name in zip(shards, files, strict=False):
+        sh["file"] = name
+    skipped_examples: dict[str, list[str]] = {}
+    for s in stats:
+        for reason, msgs in s.get("skipped_examples", {}).items():
+            kept = skipped_examples.setdefault(reason, [])
+            kept.extend(msgs[: max(0, 3 - len(kept))])
+    warnings: dict[str, dict] = {}
+    for s in stats:
+        for kind, w in s.get("warnings", {}).items():
+            warnings.setdefault(kind, {"count": 0, "message": w["message"]})["count"] += w["count"]
+    sampling = _summed([s["sampling"] for s in stats])
+    for name, entry in sampling.items():  # requested is per part: the sum of what was asked
+        if isinstance(entry, dict) and "requested" in entry:
+            asked = [s["sampling"][name].get("requested") for s in stats]
+            entry["requested"] = None if None in asked else sum(asked)
+    return {
+        **{k: s0[k] for k in ("version", "classes", "strategy", "template", "end_of_turn")},
+        "tokenizer": s0["tokenizer"],
+        "seed": s0.get("seed"),
+        "trajectories": _summed([s["trajectories"] for s in stats]),
+        "sampling": sampling,
+        "per_class": _summed([s["per_class"] for s in stats]),
+        "total": _summed([s["total"] for s in stats]),
+        "packing": {
+            "algorithm": pk[0]["algorithm"],
+            "max_seq_len": max_len,
+            "rows": rows,
+            "slot_tokens": rows * max_len,
+            "non_pad_tokens": non_pad,
+            "efficiency": non_pad / (rows * max_len) if rows else 0.0,
+            "lower_bound": bound,
+            "gap": round(rows / bound - 1, 6) if bound else 0.0,
+            "plan_s": round(sum(p.get("plan_s", 0.0) for p in pk), 4),
+            "window_examples": pk[0].get("window_examples"),
+            "shards": shards,
+        },
+        "truncated": _summed([s["truncated"] for s in stats]),
+        "dropped": _summed([s["dropped"] for s in stats]),
+        "skipped": dict(sorted(sum((Counter(s["skipped"]) for s in stats), Counter()).items())),
+        "skipped_examples": skipped_examples,
+        "tail_tokens_trimmed": sum(s.get("tail_tokens_trimmed", 0) for s in stats),
+        "warnings": warnings,
+        "merged_from": [str(p) for p in parts],
+    }
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def merge_prepared(
+    parts: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *, overwrite: bool = False
+) -> tuple[Path, dict]:
+    """Merge the prepared folders ``parts`` (in this order) into ``out_dir``; returns the
+    folder's resolved path and its stats."""
+    from natscale.config.loader import load_config, save_config
+    from natscale.config.prepare import PrepareConfig
+    from natscale.data.output import write_json
+    from natscale.data.prepared import PreparedDataError, PreparedDir
+    from natscale.data.shards import join_shards
+
+    t0 = time.perf_counter()
+    folders = [Path(p) for p in parts]
+    if not folders:
+        raise MergeError("no prepared folder to merge")
+    if len({p.resolve() for p in folders}) != len(folders):
+        raise MergeError("a prepared folder is given twice")
+    for folder in folders:
+        try:
+            PreparedDir(folder).check_complete()
+        except PreparedDataError as exc:
+            raise MergeError(str(exc)) from exc
+    stats = [json.loads(PreparedDir(p).stats.read_text(encoding="utf-8")) for p in folders]
+    _check_compatible(folders, stats)
+    configs = [load_config(PreparedDir(p).prepare_config, PrepareConfig) for p in folders]
+    sources = [src for cfg in configs for src in cfg.sources]
+    target = Path(out_dir)
+    config = configs[0].model_copy(update={"sources": sources, "output": str(target)})
+    merged: dict = {}
+
+    def fill(tmp: PreparedDir) -> None:
+        files = join_shards(folders, tmp.root, place=_link_or_copy)
+        merged.update(merged_stats(folders, stats, files))
+        shutil.copytree(PreparedDir(folders[0]).tokenizer, tmp.tokenizer)
+        save_config(config, tmp.prepare_config)
+        merged["elapsed_s"] = round(time.perf_counter() - t0, 3)
+        write_json(tmp.stats, merged)
+
+    out = PreparedDir(target).write(fill, overwrite=overwrite, inputs=folders)
+    return out, merged
