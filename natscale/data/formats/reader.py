@@ -281,21 +281,20 @@ def _iter_json_array_streamed(
     """The records of a JSON array, decoded one at a time from a sliding text buffer."""
     decoder = json.JSONDecoder()
     with open(path, encoding="utf-8-sig", newline="") as f:
-        buf, pos, eof, line_base = "", 0, False, 1  # line_base: line number of buf[0]
+        buf, pos, eof, base = "", 0, False, 0  # base: characters of the file before buf[0]
 
         def fill() -> bool:
-            nonlocal buf, pos, eof, line_base
+            nonlocal buf, pos, eof, base
             if eof:
                 return False
             if pos:
-                line_base += buf.count("\n", 0, pos)
+                base += pos
                 buf, pos = buf[pos:], 0
             try:
                 more = f.read(_BLOCK)
             except UnicodeDecodeError as exc:
                 raise DataError(
-                    f"bytes near line {line_base + buf.count(chr(10))} are not UTF-8 "
-                    f"({exc.reason})",
+                    f"bytes after character {base + len(buf)} are not UTF-8 ({exc.reason})",
                     file=str(path),
                     reason="non_utf8",
                     hint="re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)",
@@ -305,8 +304,7 @@ def _iter_json_array_streamed(
             return not eof
 
         def malformed(message: str, at: int) -> DataError:
-            line = line_base + buf.count("\n", 0, at)
-            col = at - buf.rfind("\n", 0, at)
+            line, col = _line_col(path, base + at)
             return DataError(
                 f"malformed JSON at line {line} column {col}: {message}",
                 file=str(path),
@@ -355,3 +353,21 @@ def _iter_json_array_streamed(
             index += 1
         if next_char():
             raise malformed("extra data after the array", pos)
+
+
+def _line_col(path: Path, offset: int) -> tuple[int, int]:
+    """Line and column (from 1) of character ``offset`` of a UTF-8 file (for an error)."""
+    line, col = 1, 1
+    with open(path, encoding="utf-8-sig", newline="", errors="replace") as f:
+        while offset > 0:
+            block = f.read(min(offset, _BLOCK))
+            if not block:
+                break
+            offset -= len(block)
+            newlines = block.count("\n")
+            if newlines:
+                line += newlines
+                col = len(block) - block.rfind("\n")
+            else:
+                col += len(block)
+    return line, col
