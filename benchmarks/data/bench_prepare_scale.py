@@ -6,10 +6,11 @@ For each N it writes N synthetic ReAct math trajectories of about ``--tokens`` t
 NAT release format: a JSON list with one trajectory per line, as ``examples/math_react``; one
 question per three trajectories; see synth.py) to ``--work``, streamed to the file rather than
 held in memory, then runs ``natscale prepare`` on it as a subprocess and measures its wall time
-and peak memory: the peak of the summed RSS of the whole process tree (the prepare process and
-its render workers, sampled every 0.2 s; shared copy-on-write pages count once per process, so
-this over-counts) and the largest single process's peak RSS (``ru_maxrss`` of the reaped
-children, exact). It writes the table (N, tokens, rows, shards, wall s, tokens/s, peak RSS,
+and peak memory: the peak of the summed PSS of the whole process tree (the prepare process and
+its render workers, sampled every 0.2 s; a page shared by k processes counts 1/k in each, so
+this is the memory the tree holds), the same for RSS (shared copy-on-write pages counted in
+every process: an over-count) and the largest single process's peak RSS (``ru_maxrss`` of the
+reaped children, exact). It writes the table (N, tokens, rows, shards, wall s, tokens/s, peak RSS,
 packing efficiency, gap to the L2 bound) to
 ``benchmarks/results/data_prepare_scale_<host>_<date>.{json,md}``, and deletes the files it
 generated (``--keep`` keeps them).
@@ -109,20 +110,24 @@ def write_config(data: Path, path: Path, args) -> Path:
     return path
 
 
-def tree_rss(pid: int) -> int:
-    """Summed RSS (bytes) of ``pid`` and its descendants; 0 once it is gone."""
+def tree_memory(pid: int) -> tuple[int, int]:
+    """Summed RSS and PSS (bytes) of ``pid`` and its descendants; (0, 0) once it is gone. PSS
+    splits a page shared by k processes (the forked workers' copy-on-write pages) into k parts,
+    so its sum is the memory the tree really holds."""
     import psutil
 
     try:
         proc = psutil.Process(pid)
         procs = [proc, *proc.children(recursive=True)]
     except psutil.NoSuchProcess:
-        return 0
-    total = 0
+        return 0, 0
+    rss = pss = 0
     for p in procs:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            total += p.memory_info().rss
-    return total
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            info = p.memory_full_info()
+            rss += info.rss
+            pss += getattr(info, "pss", info.rss)
+    return rss, pss
 
 
 def run_prepare(config: Path, out: Path) -> dict:
@@ -132,11 +137,12 @@ def run_prepare(config: Path, out: Path) -> dict:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
-    peak = [0]
+    peak = [0, 0]
 
     def sample() -> None:
         while proc.poll() is None:
-            peak[0] = max(peak[0], tree_rss(proc.pid))
+            rss, pss = tree_memory(proc.pid)
+            peak[0], peak[1] = max(peak[0], rss), max(peak[1], pss)
             time.sleep(0.2)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -152,6 +158,7 @@ def run_prepare(config: Path, out: Path) -> dict:
         "wall_s": round(wall, 1),
         "cpu_s": round((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), 1),
         "peak_tree_rss_gb": round(peak[0] / 1e9, 3),
+        "peak_tree_pss_gb": round(peak[1] / 1e9, 3),
         # ru_maxrss (KiB on Linux): the largest of the reaped children so far
         "peak_process_rss_gb": round(after.ru_maxrss * 1024 / 1e9, 3),
         "summary": summary[-1] if summary else "",
@@ -204,6 +211,7 @@ def main() -> int:
                 "cpu_s": res["cpu_s"],
                 "tokens_per_s": round(tokens / res["wall_s"]),
                 "peak_tree_rss_gb": res["peak_tree_rss_gb"],
+                "peak_tree_pss_gb": res["peak_tree_pss_gb"],
                 "peak_process_rss_gb": res["peak_process_rss_gb"],
                 "efficiency": round(pk["efficiency"], 5),
                 "lower_bound": pk["lower_bound"],
@@ -246,6 +254,7 @@ def write_results(results: list[dict], args, load_before) -> None:
         ("wall_s", "wall s"),
         ("cpu_s", "cpu s"),
         ("tokens_per_s", "tokens/s"),
+        ("peak_tree_pss_gb", "peak PSS, tree (GB)"),
         ("peak_tree_rss_gb", "peak RSS, tree (GB)"),
         ("peak_process_rss_gb", "peak RSS, one process (GB)"),
         ("efficiency", "packing efficiency"),
@@ -271,9 +280,10 @@ def write_results(results: list[dict], args, load_before) -> None:
         f"- data: synthetic ReAct math trajectories (about {args.tokens} tokens), NAT release "
         f"JSON; `num_proc: {args.num_proc}`, `max_seq_len: {args.max_seq_len}`, "
         f"`pack.window_examples: {args.window}`",
-        "- peak RSS, tree: the largest sum of RSS over the prepare process and its workers "
-        "(sampled every 0.2 s; shared pages counted per process); one process: the largest "
-        "`ru_maxrss` of a single process",
+        "- peak PSS, tree: the largest sum of PSS over the prepare process and its render "
+        "workers, sampled every 0.2 s (a page shared by k processes counts 1/k in each: the "
+        "memory the tree holds); peak RSS, tree: the same with RSS (shared pages counted in "
+        "every process, an over-count); one process: the largest `ru_maxrss` of one process",
         "- gap to L2: rows / the L2 bound of all examples together - 1; worst shard gap: the "
         "largest gap of one window against its own bound",
         "",

@@ -9,6 +9,9 @@ Stages: load every source (formats/) -> handle unfinished -> label outcomes (out
 strategy: class, marker, seeded per-class sampling, weights (nat.py) -> render through the chat
 template with the train mask (render/, ``num_proc`` workers) -> trim the untrained tail,
 truncate or drop over-long examples -> pack (packing.py) -> write atomically (prepared.py).
+The input is streamed: trajectories are read, labelled and marked one at a time, and the last
+stages run per window of ``pack.window_examples`` examples (windows.py), each window written as
+one Arrow shard (shards.py) before the next is read, so memory holds one window.
 Bad records raise :class:`DataError` (``on_error: raise``) or are counted in
 ``stats["skipped"]`` (``on_error: skip``).
 """

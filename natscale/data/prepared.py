@@ -3,7 +3,8 @@
 Layout of ``OUT_DIR`` (what the trainer reads)::
 
     OUT_DIR/
-      data-*.arrow, dataset_info.json, state.json   datasets.Dataset.save_to_disk of packed rows
+      data-*.arrow, dataset_info.json, state.json   packed rows, one Arrow shard per packing
+                                                    window (the save_to_disk layout, shards.py)
       stats.json                                    counts, classes, packing efficiency
       prepare_config.yaml                           the resolved prepare config
       tokenizer/                                    the tokenizer the ids belong to
