@@ -275,3 +275,39 @@ def test_merge_joins_node_outputs(traj_file, example_data, tmp_path):
     with pytest.raises(MergeError, match=r"other: stats.json packing.max_seq_len is 2048"):
         merge_prepared([parts[0].out_dir, other.out_dir], tmp_path / "m2")
     assert not (tmp_path / "m2").exists() and not list(tmp_path.glob(".m2.*"))
+
+
+def test_trainer_preflight_reads_sharded_output(traj_file, example_data, tmp_path):
+    from natscale.config.loader import load_config
+    from natscale.config.run import RunConfig
+    from natscale.data.prepared import PreparedDataError, first_bad_token
+    from natscale.train.preflight import PreflightError, check_run
+    from tests.train.train_fixtures import write_model_config, write_run_config
+
+    out = tmp_path / "data"
+    res = prepare(_config(traj_file, example_data, window_examples=100), out, progress=False)
+    vocab = res.stats["tokenizer"]["vocab_size"]
+    cfg = write_run_config(
+        tmp_path / "run.yaml",
+        data_dir=out,
+        model_config=write_model_config(tmp_path / "model", vocab=vocab),
+        out=tmp_path / "run",
+    )
+    check_run(load_config(cfg, RunConfig), resume=False)  # the sharded folder passes
+
+    # the vocabulary scan runs over every shard and names the row by its global index
+    ds = PreparedDir(out).open()
+    rows = _rows(out)
+    top = max(int(r["input_ids"].max()) for r in rows)
+    first = next(i for i, r in enumerate(rows) if r["input_ids"].max() == top)
+    assert first_bad_token(ds, top) == (first, top)
+    assert first_bad_token(ds, top + 1) == (-1, -1)
+
+    # a damaged later shard is named before training starts
+    last = out / "data-00002-of-00003.arrow"
+    with last.open("r+b") as fh:
+        fh.truncate(last.stat().st_size // 2)
+    with pytest.raises(PreflightError, match=r"data-00002-of-00003\.arrow: truncated or damaged"):
+        check_run(load_config(cfg, RunConfig), resume=False)
+    with pytest.raises(PreparedDataError, match=r"data-00002-of-00003\.arrow"):
+        PreparedRowsReader(out)
