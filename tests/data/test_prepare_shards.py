@@ -184,16 +184,24 @@ def test_counts_sample_across_windows(traj_file, example_data, tmp_path):
     assert st["sampling"]["success"]["kept"] == 40 and len(st["packing"]["shards"]) == 2
 
 
-@pytest.mark.parametrize("layout", ["json", "json_bom_spaced", "jsonl"])
+@pytest.mark.parametrize(
+    "layout", ["json", "json_bom_spaced", "jsonl", "jsonl_as_json", "one_object", "blank_start"]
+)
 def test_large_files_stream_the_same_records(tmp_path, monkeypatch, example_data, layout):
     trajs = json.loads((example_data / "trajectories.json").read_text())[:50]
     path = tmp_path / ("t.jsonl" if layout == "jsonl" else "t.json")
-    if layout == "jsonl":
-        path.write_text("".join(json.dumps(t) + "\n\n" for t in trajs))
-    elif layout == "json":
-        path.write_text(json.dumps(trajs))
-    else:  # a BOM, a multi-line layout, numbers at block ends
+    lines = "".join(json.dumps(t) + "\n\n" for t in trajs)
+    text = {
+        "json": json.dumps(trajs),
+        "jsonl": lines,
+        "jsonl_as_json": lines,
+        "one_object": json.dumps(trajs[0], indent=2),
+        "blank_start": " \n" * 300 + json.dumps(trajs),  # past the first block
+    }.get(layout)
+    if text is None:  # a BOM, a multi-line layout, a number at the end of the array
         path.write_bytes(b"\xef\xbb\xbf" + json.dumps([*trajs, 12345], indent=3).encode())
+    else:
+        path.write_text(text)
     issues = [Issues(), Issues()]
     whole = [
         (r.where, r.data) for r in reader.iter_records(path, on_error="skip", issues=issues[0])
@@ -203,7 +211,7 @@ def test_large_files_stream_the_same_records(tmp_path, monkeypatch, example_data
     streamed = [
         (r.where, r.data) for r in reader.iter_records(path, on_error="skip", issues=issues[1])
     ]
-    assert streamed == whole and len(whole) == 50
+    assert streamed == whole and len(whole) == (1 if layout == "one_object" else 50)
     assert issues[0].as_dict() == issues[1].as_dict()
 
 
@@ -221,6 +229,9 @@ def test_streamed_json_errors_name_the_place(tmp_path, monkeypatch):
         list(reader.iter_records(path))
     path.write_text('[{"a": 1}')
     with pytest.raises(DataError, match=r"t.json: malformed JSON at line 1 column 10"):
+        list(reader.iter_records(path))
+    path.write_bytes(b'[{"a": 1},\n {"a": "\xff"}]')
+    with pytest.raises(DataError, match=r"t.json: bytes after character \d+ are not UTF-8"):
         list(reader.iter_records(path))
 
 

@@ -80,6 +80,12 @@ def iter_records(
     if path.is_file() and path.stat().st_size >= STREAM_BYTES:
         yield from _iter_streamed(path, on_error, issues, wrap_lists)
         return
+    yield from _iter_whole(path, on_error, issues, wrap_lists)
+
+
+def _iter_whole(
+    path: Path, on_error: str, issues: Issues | None, wrap_lists: str | None
+) -> Iterator[Record]:
     raw = path.read_bytes()
     if raw.startswith(codecs.BOM_UTF8):  # editors on Windows write one; it is not content
         raw = raw[len(codecs.BOM_UTF8) :]
@@ -242,25 +248,43 @@ def _iter_streamed(
     path: Path, on_error: str, issues: Issues | None, wrap: str | None
 ) -> Iterator[Record]:
     """:func:`iter_records` for a large file, holding one record (or block) at a time."""
-    with open(path, "rb") as f:
-        head = f.read(4096)
-    if head.startswith(codecs.BOM_UTF8):
-        head = head[len(codecs.BOM_UTF8) :]
-    first = head.lstrip()[:1]
+    first, first_line = _head(path)
+    if not first:
+        raise DataError(
+            "file holds only whitespace",
+            file=str(path),
+            reason="empty_file",
+            hint="check that the file was written completely, or remove it from the config",
+        )
     if first == b"[" and path.suffix not in (".jsonl", ".ndjson"):
         yield from _iter_json_array_streamed(path, on_error, issues, wrap)
-    elif first == b"" and not head.strip():
-        with open(path, "rb") as f:  # only whitespace so far: all of it?
-            if not any(chunk.strip() for chunk in iter(lambda: f.read(_BLOCK), b"")):
-                raise DataError(
-                    "file holds only whitespace",
-                    file=str(path),
-                    reason="empty_file",
-                    hint="check that the file was written completely, or remove it from the config",
-                )
-        yield from _iter_jsonl_lines(path, on_error, issues, wrap)
-    else:
-        yield from _iter_jsonl_lines(path, on_error, issues, wrap)
+        return
+    if first == b"{" and path.suffix == ".json":
+        try:
+            json.loads(first_line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            # not JSONL under a .json name: one (pretty-printed) object, read as a whole
+            yield from _iter_whole(path, on_error, issues, wrap)
+            return
+    yield from _iter_jsonl_lines(path, on_error, issues, wrap)
+
+
+def _head(path: Path) -> tuple[bytes, bytes]:
+    """The first non-whitespace byte of a file (after a BOM; b"" if none) and, when it is ``{``,
+    the rest of its line (a JSONL record, or the start of one big object)."""
+    with open(path, "rb") as f:
+        start = f.read(len(codecs.BOM_UTF8))
+        if start != codecs.BOM_UTF8:
+            f.seek(0)
+        for block in iter(lambda: f.read(_BLOCK), b""):
+            stripped = block.lstrip()
+            if stripped:
+                first = stripped[:1]
+                if first != b"{":
+                    return first, b""
+                f.seek(f.tell() - len(stripped))
+                return first, f.readline()
+    return b"", b""
 
 
 def _iter_jsonl_lines(
