@@ -85,7 +85,7 @@ class _Rows:
     def __init__(self, bins: list[list[int]], capacity: int) -> None:
         self.capacity = capacity
         width = max(len(b) for b in bins) + 2
-        self.m = np.zeros((len(bins), width), dtype=np.int64)
+        self.m = np.zeros((len(bins), width), dtype=np.int32)
         for r, b in enumerate(bins):
             self.m[r, : len(b)] = b
         self._pairs()
@@ -97,7 +97,7 @@ class _Rows:
     def widen(self, width: int) -> None:
         """At least ``width`` slots per row."""
         if width > self.m.shape[1]:
-            grow = np.zeros((len(self.m), width - self.m.shape[1]), np.int64)
+            grow = np.zeros((len(self.m), width - self.m.shape[1]), np.int32)
             self.m = np.concatenate([self.m, grow], axis=1)
             self._pairs()
 
@@ -128,23 +128,25 @@ def _absorb(rows: _Rows, pool: list[int], max_batches: int) -> list[int]:
         if len(live) == 0:
             break
         vals, first, second = _pool_values(pool)
-        sub = m[live][:, rows.pa] + m[live][:, rows.pb]  # [live, pairs] sizes a swap frees
+        # below[v]: the last pool value <= v (-1: none), for every v a swap can reach (<= cap)
+        below = np.searchsorted(vals, np.arange(cap + 1), side="right") - 1
+        fill = np.where(below >= 0, vals[np.maximum(below, 0)], 0)
+        ml = m[live]
+        sub = ml[:, rows.pa] + ml[:, rows.pb]  # [live, pairs] sizes a swap frees
         reach = sub + free[live, None]
-        j = np.searchsorted(vals, reach, side="right") - 1
-        got = np.where(j >= 0, vals[np.maximum(j, 0)], 0)
-        gain = np.where(j >= 0, got - sub, 0)
+        gain = fill[reach] - sub  # <= 0 where nothing fits
         best = gain.argmax(axis=1)
         g = gain[np.arange(len(live)), best]
         cand = np.flatnonzero(g > 0)
         if len(cand) == 0:
             break
         cand = cand[np.argsort(-g[cand], kind="stable")]
+        picks = below[reach[cand, best[cand]]]
         used = np.zeros(len(pool), dtype=bool)
         out: list[int] = []
         need_widen = False
-        for c in cand.tolist():
+        for c, jj in zip(cand.tolist(), picks.tolist(), strict=True):
             k = int(best[c])
-            jj = int(j[c, k])
             q1, q2 = int(first[jj]), int(second[jj])
             if used[q1] or (q2 >= 0 and used[q2]):
                 continue
@@ -229,7 +231,7 @@ def _repair_group(
         extra = bfd_sizes(pool, capacity) if pool else []
         if extra:
             rows.widen(max(len(b) for b in extra) + 2)
-            add = np.zeros((len(extra), rows.m.shape[1]), dtype=np.int64)
+            add = np.zeros((len(extra), rows.m.shape[1]), dtype=np.int32)
             for r, b in enumerate(extra):
                 add[r, : len(b)] = b
             rows.m = np.concatenate([rows.m, add])
