@@ -103,6 +103,8 @@ def fill_sizes(sizes: Sequence[int], capacity: int) -> list[list[int]]:
     for x in sizes:
         count[int(x)] = count.get(int(x), 0) + 1
     avail = sorted(count)  # distinct sizes still left, ascending
+    if avail and not 0 < avail[0] <= avail[-1] <= capacity:
+        raise ValueError(f"sizes must lie in [1, {capacity}]")
     left = sum(count.values())
     bins: list[list[int]] = []
 

@@ -176,6 +176,13 @@ def test_fill_sizes_completes_rows_exactly_where_bfd_does_not():
     assert fill_sizes(sizes, 10) == [[5, 3, 2], [4, 4, 2]]  # the 5 is completed to exactly 10
 
 
+@pytest.mark.parametrize("sizes", [[3, 0], [3, 11]])
+def test_fill_sizes_rejects_sizes_outside_the_row(sizes):
+    with pytest.raises(ValueError, match=r"sizes must lie in \[1, 10\]"):
+        fill_sizes(sizes, 10)
+    assert fill_sizes([], 10) == []
+
+
 def _many_per_row(n: int, seed: int) -> list[int]:
     """Templated-agent-like lengths: a few ReAct steps of ~84 tokens, +-8 tokens of noise."""
     rng = np.random.default_rng(seed)
