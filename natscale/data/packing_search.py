@@ -39,7 +39,7 @@ RANDOM = 5  # random rows dissolved per stalled round, times the stall count
 GROUP_ROWS = 1500  # rows repaired together
 FILL_GREEDY = 3  # fill_sizes: longest sizes first while the room is >= this x the longest
 FILL_SIZES = 64  # fill_sizes: distinct sizes in one subset-sum
-FILL_MIN_ITEMS = 4  # examples a row (bfd's mean) from which fill_sizes may seed the repair
+FILL_MIN_ITEMS = 3  # examples a row (bfd's mean) from which fill_sizes may seed the repair
 MAX_PAIRS = 4_000_000  # (row, slot pair) cells one evaluation may score (~32 MB an array)
 
 
@@ -95,7 +95,8 @@ def fill_sizes(sizes: Sequence[int], capacity: int) -> list[list[int]]:
 
     Each row takes the longest sizes left while its room is at least ``FILL_GREEDY`` times the
     longest size left, then the subset of the sizes left with the largest sum that fits the rest
-    of its room (a subset-sum over at most ``FILL_SIZES`` distinct sizes, evenly spread over those
+    of its room, and of those the one of the longest sizes, keeping the short ones for the rows
+    to come (a subset-sum over at most ``FILL_SIZES`` distinct sizes, evenly spread over those
     that fit, each as often as it is left and fits). Rows come out nearly full until the sizes
     run short, so the room is left in the last rows. O(rows x FILL_SIZES) big-integer steps.
     """
@@ -127,7 +128,8 @@ def fill_sizes(sizes: Sequence[int], capacity: int) -> list[list[int]]:
         if hi:
             # reach: bit v set when some subset of the candidates sums to v (<= room)
             mask, reach, steps = (1 << (room + 1)) - 1, 1, []
-            for x in avail[: hi : -(-hi // FILL_SIZES)]:
+            # longest first: the backtrack below takes a later (shorter) size only when needed
+            for x in reversed(avail[: hi : -(-hi // FILL_SIZES)]):
                 more, k = min(count[x], room // x), 1
                 while more:  # copies of x in chunks of 1, 2, 4, ... (binary splitting)
                     u = min(k, more)

@@ -173,7 +173,14 @@ def test_fill_sizes_keeps_the_sizes_within_capacity(case):
 def test_fill_sizes_completes_rows_exactly_where_bfd_does_not():
     sizes = [5, 4, 4, 3, 2, 2]
     assert bfd_sizes(sizes, 10) == [[5, 4], [4, 3, 2], [2]]  # best fit: 4 goes beside the 5
-    assert fill_sizes(sizes, 10) == [[5, 3, 2], [4, 4, 2]]  # the 5 is completed to exactly 10
+    rows = fill_sizes(sizes, 10)  # the 5 is completed to exactly 10
+    assert [sorted(r, reverse=True) for r in rows] == [[5, 3, 2], [4, 4, 2]]
+
+
+def test_fill_sizes_completes_with_the_longest_sizes():
+    """Of the completions that fill a row equally, the one of the longest sizes: the short ones
+    are kept for the rows still to come (6 + 4, not 6 + 2 + 2)."""
+    assert fill_sizes([6, 4, 2, 2], 10) == [[6, 4], [2, 2]]
 
 
 @pytest.mark.parametrize("sizes", [[3, 0], [3, 11]])
