@@ -4,8 +4,8 @@
 best-fit-decreasing (``bfd``: the row with the least room that still fits), both O(n log n), or
 (the default, ``bfd_repair``) best-fit-decreasing followed by the bounded local-search repair of
 ``packing_search.py``, which stops at the Martello-Toth L2 lower bound on the number of rows
-(above ``GROUP_ROWS`` rows of ``FILL_MIN_ITEMS`` or more examples each, the repair starts from
-``fill_sizes``'s plan instead where that has fewer rows).
+(above ``GROUP_ROWS`` rows holding ``FILL_MIN_ITEMS`` or more examples on average, the repair
+starts from ``fill_sizes``'s plan instead where that has fewer rows).
 Equal lengths are ordered by a seeded shuffle and the rows are shuffled with the same seed, so the
 plan is deterministic for a seed; within a row the examples go longest first. ``build_rows`` lays the examples of each row
 back to back and pads the end::

@@ -41,6 +41,7 @@ FILL_GREEDY = 3  # fill_sizes: longest sizes first while the room is >= this x t
 FILL_SIZES = 64  # fill_sizes: distinct sizes in one subset-sum
 FILL_MIN_ITEMS = 3  # examples a row (bfd's mean) from which fill_sizes may seed the repair
 MAX_PAIRS = 4_000_000  # (row, slot pair) cells one evaluation may score (~32 MB an array)
+TABLE_CAP = 1 << 20  # below this capacity a swap's best pool value is looked up in a table
 
 
 def l2_bound(lengths: Sequence[int] | np.ndarray, capacity: int) -> int:
@@ -152,8 +153,9 @@ class _Rows:
 
     def __init__(self, bins: list[list[int]], capacity: int) -> None:
         self.capacity = capacity
+        self.dtype = np.int32 if capacity < 2**30 else np.int64  # a slot pair's sum fits
         width = max(len(b) for b in bins) + 2
-        self.m = np.zeros((len(bins), width), dtype=np.int32)
+        self.m = np.zeros((len(bins), width), dtype=self.dtype)
         for r, b in enumerate(bins):
             self.m[r, : len(b)] = b
         self._pairs()
@@ -165,7 +167,7 @@ class _Rows:
     def widen(self, width: int) -> None:
         """At least ``width`` slots per row."""
         if width > self.m.shape[1]:
-            grow = np.zeros((len(self.m), width - self.m.shape[1]), np.int32)
+            grow = np.zeros((len(self.m), width - self.m.shape[1]), self.dtype)
             self.m = np.concatenate([self.m, grow], axis=1)
             self._pairs()
 
@@ -196,20 +198,24 @@ def _absorb(rows: _Rows, pool: list[int], max_batches: int) -> list[int]:
         if len(live) == 0:
             break
         vals, first, second = _pool_values(pool)
-        # below[v]: the last pool value <= v (-1: none), for every v a swap can reach (<= cap)
-        below = np.searchsorted(vals, np.arange(cap + 1), side="right") - 1
-        fill = np.where(below >= 0, vals[np.maximum(below, 0)], 0)
         ml = m[live]
         sub = ml[:, rows.pa] + ml[:, rows.pb]  # [live, pairs] sizes a swap frees
-        reach = sub + free[live, None]
-        gain = fill[reach] - sub  # <= 0 where nothing fits
+        reach = sub + free[live, None]  # <= cap
+        if cap < TABLE_CAP:  # fill[v]: the largest pool value <= v (0: none), a lookup table
+            below = np.searchsorted(vals, np.arange(cap + 1), side="right") - 1
+            fill = np.where(below >= 0, vals[np.maximum(below, 0)], 0)
+            got = fill[reach]
+        else:
+            j = np.searchsorted(vals, reach, side="right") - 1
+            got = np.where(j >= 0, vals[np.maximum(j, 0)], 0)
+        gain = got - sub  # <= 0 where nothing fits
         best = gain.argmax(axis=1)
         g = gain[np.arange(len(live)), best]
         cand = np.flatnonzero(g > 0)
         if len(cand) == 0:
             break
         cand = cand[np.argsort(-g[cand], kind="stable")]
-        picks = below[reach[cand, best[cand]]]
+        picks = np.searchsorted(vals, reach[cand, best[cand]], side="right") - 1
         used = np.zeros(len(pool), dtype=bool)
         out: list[int] = []
         need_widen = False
@@ -306,7 +312,7 @@ def _repair_group(
         extra = bfd_sizes(pool, capacity) if pool else []
         if extra:
             rows.widen(max(len(b) for b in extra) + 2)
-            add = np.zeros((len(extra), rows.m.shape[1]), dtype=np.int32)
+            add = np.zeros((len(extra), rows.m.shape[1]), dtype=rows.dtype)
             for r, b in enumerate(extra):
                 add[r, : len(b)] = b
             rows.m = np.concatenate([rows.m, add])

@@ -14,6 +14,7 @@ from natscale.data.packing import plan_bins
 from natscale.data.packing_search import (
     GROUP_ROWS,
     MAX_PAIRS,
+    TABLE_CAP,
     _cells,
     _repair_group,
     bfd_sizes,
@@ -223,3 +224,17 @@ def test_repair_in_groups_keeps_pace():
     paced = _repair_group([list(b) for b in start], 1024, bound, max_rounds=60, pace=50)
     assert sorted(itertools.chain.from_iterable(paced)) == sorted(lengths)
     assert len(free) < len(paced) < len(start)
+
+
+@pytest.mark.parametrize("scale", [2**12, 2**21])
+def test_repair_plans_the_same_at_a_huge_capacity(scale):
+    """Sizes and capacity times ``scale`` (past TABLE_CAP; 2**31 also past int32) make the same
+    plan, scaled: the search compares sizes only."""
+    lengths = _preset_lengths("gsm8k", 2048)[:600]
+    start = bfd_sizes(lengths, 2048)
+    plan = repair([list(b) for b in start], 2048, l2_bound(lengths, 2048))
+    assert len(plan) < len(start)
+    big = [[x * scale for x in b] for b in start]
+    assert 2048 * scale > TABLE_CAP
+    out = repair(big, 2048 * scale, l2_bound([x * scale for x in lengths], 2048 * scale))
+    assert out == [[x * scale for x in b] for b in plan]
