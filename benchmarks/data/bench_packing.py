@@ -17,7 +17,7 @@ On the same example lengths, for ``max_seq_len`` 1024, 2048, 4096 and 8192:
   ``src/axolotl/utils/samplers/multipack.py``: examples in the sampler's random order, each to the
   first row with room and fewer than ``bin_size`` = 200 examples, groups of 100,000).
 
-Scale rows (``--scale-num``, default 100,000 lengths, at ``--scale-capacities`` 4096 and 1024):
+Scale rows (``--scale-num``, default 100,000 lengths, at ``--scale-capacities``, default all four):
 natscale ``bfd_repair`` and ``bfd`` only, with the time per 1,000 lengths, on the gsm8k and
 hotpotqa presets and on ``synth``: ReAct math trajectories of about 350 tokens from
 ``synth.py`` (the data of the 1M-trajectory prepare), rendered and tokenised as prepare does.
@@ -263,7 +263,7 @@ def main() -> int:
         "--scale-num", type=int, default=100_000, help="lengths per scale row (0: none)"
     )
     ap.add_argument("--scale-data", nargs="+", default=["synth", "gsm8k", "hotpotqa"])
-    ap.add_argument("--scale-capacities", type=int, nargs="+", default=[4096, 1024])
+    ap.add_argument("--scale-capacities", type=int, nargs="+", default=list(CAPACITIES))
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     args = ap.parse_args()
 
