@@ -1,6 +1,7 @@
 """Benchmark packing against peers: rows, efficiency, gap to the L2 lower bound, time.
 
     python benchmarks/data/bench_packing.py            # example data + gsm8k + hotpotqa presets
+    python benchmarks/data/bench_packing.py --scale-num 0        # without the scale rows
 
 On the same example lengths, for ``max_seq_len`` 1024, 2048, 4096 and 8192:
 
@@ -16,13 +17,18 @@ On the same example lengths, for ``max_seq_len`` 1024, 2048, 4096 and 8192:
   ``src/axolotl/utils/samplers/multipack.py``: examples in the sampler's random order, each to the
   first row with room and fewer than ``bin_size`` = 200 examples, groups of 100,000).
 
+Scale rows (``--scale-num``, default 100,000 lengths, at ``--scale-capacities``, default all four):
+natscale ``bfd_repair`` and ``bfd`` only, with the time per 1,000 lengths, on the gsm8k and
+hotpotqa presets and on ``synth``: ReAct math trajectories of about 350 tokens from
+``synth.py`` (the data of the 1M-trajectory prepare), rendered and tokenised as prepare does.
+
 Lengths: the example data through ``natscale prepare`` (examples/configs/prepare_math.yaml), and
 3,000 trajectories of the bench presets ``gsm8k`` and ``hotpotqa`` (``natscale.bench.presets``:
 synthetic log-normal lengths, clipped to ``max_seq_len``; hotpotqa is the search-based QA preset,
 the closest to StrategyQA). Times are the best of ``--repeat`` runs; the times of the two ports
 are those of pure-Python re-implementations (axolotl runs its loop under numba), so only the
 natscale and TRL times are the frameworks' own. Writes
-``benchmarks/results/packing_<host>_<date>.{json,md}`` with the machine and versions.
+``benchmarks/results/packing_<host>_<UTC time>.{json,md}`` with the machine and versions.
 """
 
 from __future__ import annotations
@@ -78,6 +84,27 @@ def example_lengths() -> list[int]:
     rng = random.Random(0)  # the source order is lost in the rows: a seeded random order
     rng.shuffle(lengths)
     return lengths
+
+
+def synth_lengths(num: int, tokens: int = 350) -> list[int]:
+    """Lengths of ``num`` synthetic ReAct trajectories (``synth.py``), rendered as prepare does."""
+    sys.path.insert(0, str(REPO / "benchmarks" / "data"))
+    import synth
+
+    from natscale.config.prepare import StrategyConfig
+    from natscale.data import nat
+    from natscale.data.formats import load_trajectories
+    from natscale.data.render import Renderer, load_tokenizer
+    from natscale.data.render.batch import render_examples
+
+    tok = load_tokenizer(REPO / "examples" / "tokenizer")
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = synth.write(Path(tmp), *synth.make(num, tok, tokens))
+        trajs = load_trajectories(
+            paths["trajectories"], "nat", questions=paths["questions"], prompt=paths["prompt"]
+        )
+    examples, _ = nat.select(trajs, StrategyConfig())
+    return [len(e) for e in render_examples(Renderer(tok, "llama2"), examples, num_proc=1)]
 
 
 def preset_lengths(name: str, capacity: int, num: int, seed: int) -> list[int]:
@@ -183,6 +210,48 @@ def check(rows: list, lengths: list[int], capacity: int, kind: str) -> int:
     return sum(lengths)
 
 
+def scale_rows(args: argparse.Namespace) -> list[dict]:
+    """natscale bfd_repair and bfd on ``--scale-num`` lengths: rows, gap and time per 1,000."""
+    out = []
+    synth = synth_lengths(args.scale_num) if "synth" in args.scale_data else []
+    for data in args.scale_data:
+        for cap in args.scale_capacities:
+            if data == "synth":
+                lengths = [min(n, cap) for n in synth]  # prepare truncates longer ones
+            else:
+                lengths = preset_lengths(data, cap, args.scale_num, args.seed)
+            bound = l2_bound(lengths, cap)
+            for algo in ("bfd_repair", "bfd"):
+                best = float("inf")
+                for _ in range(args.repeat):
+                    gc.collect()
+                    t0 = time.perf_counter()
+                    rows = plan_bins(lengths, cap, algo, args.seed)
+                    best = min(best, time.perf_counter() - t0)
+                assert rows == plan_bins(lengths, cap, algo, args.seed), "not deterministic"
+                tokens = check(rows, lengths, cap, "natscale")
+                r = {
+                    "data": data,
+                    "max_seq_len": cap,
+                    "examples": len(lengths),
+                    "l2_bound": bound,
+                    "method": f"natscale {algo}",
+                    "rows": len(rows),
+                    "gap": round(len(rows) / bound - 1, 5),
+                    "efficiency": round(tokens / (len(rows) * cap), 5),
+                    "time_ms": round(best * 1e3, 1),
+                    "ms_per_1000": round(best * 1e6 / len(lengths), 2),
+                }
+                out.append(r)
+                print(
+                    f"scale {data:9s} {cap:5d} n={len(lengths)} L2={bound} {algo:10s} "
+                    f"rows={r['rows']} gap={r['gap']:+.4f} {r['time_ms']:8.1f} ms "
+                    f"({r['ms_per_1000']:.1f} ms per 1,000)",
+                    flush=True,
+                )
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", nargs="+", default=["example", "gsm8k", "hotpotqa"])
@@ -190,6 +259,11 @@ def main() -> int:
     ap.add_argument("--num", type=int, default=3000, help="trajectories per synthetic preset")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeat", type=int, default=3, help="time each packer N times, keep the best")
+    ap.add_argument(
+        "--scale-num", type=int, default=100_000, help="lengths per scale row (0: none)"
+    )
+    ap.add_argument("--scale-data", nargs="+", default=["synth", "gsm8k", "hotpotqa"])
+    ap.add_argument("--scale-capacities", type=int, nargs="+", default=list(CAPACITIES))
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     args = ap.parse_args()
 
@@ -245,6 +319,21 @@ def main() -> int:
     long += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in results]
     print("\n".join(table))
 
+    scale = scale_rows(args) if args.scale_num else []
+    stable = [
+        "| data | max_seq_len | lengths | L2 | method | rows | gap | efficiency | time ms | "
+        "ms per 1,000 lengths |",
+        "|" + "---|" * 10,
+    ]
+    stable += [
+        f"| {r['data']} | {r['max_seq_len']} | {r['examples']} | {r['l2_bound']} | {r['method']} | "
+        f"{r['rows']} | {100 * r['gap']:+.2f}% | {r['efficiency']:.4f} | {r['time_ms']:.0f} | "
+        f"{r['ms_per_1000']:.1f} |"
+        for r in scale
+    ]
+    if scale:
+        print("\n".join(stable))
+
     m = machine(("numpy", "datasets", "trl"))
     v = m["versions"]
     result = {
@@ -257,10 +346,12 @@ def main() -> int:
         "seed": args.seed,
         "repeat": args.repeat,
         "results": results,
+        "scale_num": args.scale_num,
+        "scale_results": scale,
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"packing_{m['host']}_{dt.date.today().isoformat()}"
+    stem = f"packing_{m['host']}_{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}"
     (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     md = [
         f"# Packing benchmark ({result['date']})",
@@ -282,6 +373,20 @@ def main() -> int:
         "## All numbers",
         "",
         *long,
+        "",
+        *(
+            [
+                f"## Scale: {args.scale_num} lengths",
+                "",
+                "synth = ReAct math trajectories of about 350 tokens (benchmarks/data/synth.py) "
+                "rendered and tokenised as prepare does (the data of the 1M-trajectory prepare); "
+                f"gsm8k / hotpotqa = the presets (seed {args.seed}); best of {args.repeat}.",
+                "",
+                *stable,
+            ]
+            if scale
+            else []
+        ),
         "",
     ]
     (out / f"{stem}.md").write_text("\n".join(md))

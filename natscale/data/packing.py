@@ -3,7 +3,9 @@
 ``plan_bins`` assigns examples to rows by first-fit-decreasing (``ffd``: the first row with room),
 best-fit-decreasing (``bfd``: the row with the least room that still fits), both O(n log n), or
 (the default, ``bfd_repair``) best-fit-decreasing followed by the bounded local-search repair of
-``packing_search.py``, which stops at the Martello-Toth L2 lower bound on the number of rows.
+``packing_search.py``, which stops at the Martello-Toth L2 lower bound on the number of rows
+(above ``GROUP_ROWS`` rows holding ``FILL_MIN_ITEMS`` or more examples on average, the repair
+starts from ``fill_sizes``'s plan instead where that has fewer rows).
 Equal lengths are ordered by a seeded shuffle and the rows are shuffled with the same seed, so the
 plan is deterministic for a seed; within a row the examples go longest first. ``build_rows`` lays the examples of each row
 back to back and pads the end::
@@ -23,7 +25,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from natscale.data.packing_search import best_fit, bfd_sizes, l2_bound, repair
+from natscale.data.packing_search import (
+    FILL_MIN_ITEMS,
+    GROUP_ROWS,
+    best_fit,
+    bfd_sizes,
+    fill_sizes,
+    l2_bound,
+    repair,
+)
 from natscale.data.schema import IGNORE_INDEX
 
 ALGORITHMS = ("bfd_repair", "bfd", "ffd")
@@ -60,8 +70,13 @@ def _repaired(order: list[int], lengths: list[int], capacity: int) -> list[list[
     # plan on sizes, then hand out the examples of each size in the seeded order
     sizes = [lengths[i] for i in order]
     start = bfd_sizes(sizes, capacity)
-    plan = repair(start, capacity, l2_bound(sizes, capacity))
-    if len(plan) == len(start):  # nothing gained: exactly the bfd plan
+    seed = start
+    if len(start) > GROUP_ROWS and len(sizes) >= FILL_MIN_ITEMS * len(start):
+        # repaired in groups, rows of many examples: start from the fuller of two plans
+        filled = fill_sizes(sizes, capacity)
+        seed = filled if len(filled) < len(start) else start
+    plan = repair(seed, capacity, l2_bound(sizes, capacity))
+    if len(plan) >= len(start):  # nothing gained: exactly the bfd plan
         return best_fit(order, lengths, capacity)
     queues: dict[int, list[int]] = {}
     for i in reversed(order):  # pop() from the end yields the seeded order

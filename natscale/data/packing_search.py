@@ -16,7 +16,13 @@ pair at once with numpy, and a batch applies the best swap of each row whose poo
 free. A round that ends with more rows is undone; after a round without a gain some random rows
 (from a fixed seed) are dissolved too. The number of rounds is bounded (no clock is read), so the
 result is a function of the input alone; it stops as soon as the rows reach the bound. Above
-``GROUP_ROWS`` rows the rows are repaired in groups, so the time grows linearly.
+``GROUP_ROWS`` rows the rows are repaired in groups, so the time grows linearly; a group also
+stops when ``PACE_ROUNDS`` rounds together saved fewer than 1 in ``GROUP_PACE`` of its rows.
+
+``fill_sizes`` (best-completion decreasing) is a second start for the repair: each row takes
+the longest sizes left and is then completed by the subset of the sizes left with the largest sum
+that fits. Where rows hold many examples it leaves far less room than best-fit decreasing (the
+room ends up in the last rows), and in groups the repair alone could not make up the difference.
 """
 
 from __future__ import annotations
@@ -27,9 +33,15 @@ from collections.abc import Sequence
 import numpy as np
 
 STALL = 4  # rounds without a gain before the repair stops
+PACE_ROUNDS = 10  # in groups: the window of rounds whose gain must keep up the pace
+GROUP_PACE = 500  # in groups: stop when a window saved fewer than 1 in this many rows
 RANDOM = 5  # random rows dissolved per stalled round, times the stall count
 GROUP_ROWS = 1500  # rows repaired together
+FILL_GREEDY = 3  # fill_sizes: longest sizes first while the room is >= this x the longest
+FILL_SIZES = 64  # fill_sizes: distinct sizes in one subset-sum
+FILL_MIN_ITEMS = 3  # examples a row (bfd's mean) from which fill_sizes may seed the repair
 MAX_PAIRS = 4_000_000  # (row, slot pair) cells one evaluation may score (~32 MB an array)
+TABLE_CAP = 1 << 20  # below this capacity a swap's best pool value is looked up in a table
 
 
 def l2_bound(lengths: Sequence[int] | np.ndarray, capacity: int) -> int:
@@ -79,13 +91,71 @@ def bfd_sizes(sizes: Sequence[int], capacity: int) -> list[list[int]]:
     return [[sizes[i] for i in row] for row in best_fit(order, sizes, capacity)]
 
 
+def fill_sizes(sizes: Sequence[int], capacity: int) -> list[list[int]]:
+    """Best-completion decreasing on bare sizes: rows as lists of sizes.
+
+    Each row takes the longest sizes left while its room is at least ``FILL_GREEDY`` times the
+    longest size left, then the subset of the sizes left with the largest sum that fits the rest
+    of its room, and of those the one of the longest sizes, keeping the short ones for the rows
+    to come (a subset-sum over at most ``FILL_SIZES`` distinct sizes, evenly spread over those
+    that fit, each as often as it is left and fits). Rows come out nearly full until the sizes
+    run short, so the room is left in the last rows. O(rows x FILL_SIZES) big-integer steps.
+    """
+    count: dict[int, int] = {}
+    for x in sizes:
+        count[int(x)] = count.get(int(x), 0) + 1
+    avail = sorted(count)  # distinct sizes still left, ascending
+    if avail and not 0 < avail[0] <= avail[-1] <= capacity:
+        raise ValueError(f"sizes must lie in [1, {capacity}]")
+    left = sum(count.values())
+    bins: list[list[int]] = []
+
+    def take(x: int, k: int) -> None:
+        count[x] -= k
+        if not count[x]:
+            avail.pop(bisect.bisect_left(avail, x))
+
+    while left:
+        room, row = capacity, []
+        while avail and (not row or room >= FILL_GREEDY * avail[-1]):
+            j = bisect.bisect_right(avail, room) - 1
+            if j < 0:
+                break
+            x = avail[j]
+            row.append(x)
+            room -= x
+            take(x, 1)
+        hi = bisect.bisect_right(avail, room)
+        if hi:
+            # reach: bit v set when some subset of the candidates sums to v (<= room)
+            mask, reach, steps = (1 << (room + 1)) - 1, 1, []
+            # longest first: the backtrack below takes a later (shorter) size only when needed
+            for x in reversed(avail[: hi : -(-hi // FILL_SIZES)]):
+                more, k = min(count[x], room // x), 1
+                while more:  # copies of x in chunks of 1, 2, 4, ... (binary splitting)
+                    u = min(k, more)
+                    steps.append((x, u, reach))
+                    reach = (reach | (reach << (x * u))) & mask
+                    more, k = more - u, 2 * k
+            got = reach.bit_length() - 1
+            for x, u, before in reversed(steps):
+                if not (before >> got) & 1:  # this chunk is needed to reach ``got``
+                    got -= x * u
+                    row += [x] * u
+                    take(x, u)
+        left -= len(row)
+        bins.append(row)
+    return bins
+
+
 class _Rows:
     """Rows as a zero-padded ``[rows, K]`` matrix of sizes, with at least two empty slots each."""
 
     def __init__(self, bins: list[list[int]], capacity: int) -> None:
         self.capacity = capacity
+        self.dtype = np.int32 if capacity < 2**30 else np.int64  # a slot pair's sum fits
         width = max(len(b) for b in bins) + 2
-        self.m = np.zeros((len(bins), width), dtype=np.int64)
+        self.m = np.zeros((len(bins), width), dtype=self.dtype)
         for r, b in enumerate(bins):
             self.m[r, : len(b)] = b
         self._pairs()
@@ -97,7 +167,7 @@ class _Rows:
     def widen(self, width: int) -> None:
         """At least ``width`` slots per row."""
         if width > self.m.shape[1]:
-            grow = np.zeros((len(self.m), width - self.m.shape[1]), np.int64)
+            grow = np.zeros((len(self.m), width - self.m.shape[1]), self.dtype)
             self.m = np.concatenate([self.m, grow], axis=1)
             self._pairs()
 
@@ -128,23 +198,29 @@ def _absorb(rows: _Rows, pool: list[int], max_batches: int) -> list[int]:
         if len(live) == 0:
             break
         vals, first, second = _pool_values(pool)
-        sub = m[live][:, rows.pa] + m[live][:, rows.pb]  # [live, pairs] sizes a swap frees
-        reach = sub + free[live, None]
-        j = np.searchsorted(vals, reach, side="right") - 1
-        got = np.where(j >= 0, vals[np.maximum(j, 0)], 0)
-        gain = np.where(j >= 0, got - sub, 0)
+        ml = m[live]
+        sub = ml[:, rows.pa] + ml[:, rows.pb]  # [live, pairs] sizes a swap frees
+        reach = sub + free[live, None]  # <= cap
+        if cap < TABLE_CAP:  # fill[v]: the largest pool value <= v (0: none), a lookup table
+            below = np.searchsorted(vals, np.arange(cap + 1), side="right") - 1
+            fill = np.where(below >= 0, vals[np.maximum(below, 0)], 0)
+            got = fill[reach]
+        else:
+            j = np.searchsorted(vals, reach, side="right") - 1
+            got = np.where(j >= 0, vals[np.maximum(j, 0)], 0)
+        gain = got - sub  # <= 0 where nothing fits
         best = gain.argmax(axis=1)
         g = gain[np.arange(len(live)), best]
         cand = np.flatnonzero(g > 0)
         if len(cand) == 0:
             break
         cand = cand[np.argsort(-g[cand], kind="stable")]
+        picks = np.searchsorted(vals, reach[cand, best[cand]], side="right") - 1
         used = np.zeros(len(pool), dtype=bool)
         out: list[int] = []
         need_widen = False
-        for c in cand.tolist():
+        for c, jj in zip(cand.tolist(), picks.tolist(), strict=True):
             k = int(best[c])
-            jj = int(j[c, k])
             q1, q2 = int(first[jj]), int(second[jj])
             if used[q1] or (q2 >= 0 and used[q2]):
                 continue
@@ -190,7 +266,7 @@ def repair(
     for g in range(groups):
         part = [bins[i] for i in order[g::groups]]
         bound = l2_bound([x for b in part for x in b], capacity)
-        out += _repair_group(part, capacity, bound, **budget)
+        out += _repair_group(part, capacity, bound, **{"pace": GROUP_PACE, **budget})
     return out
 
 
@@ -206,16 +282,23 @@ def _repair_group(
     max_rounds: int = 60,
     dissolve: int = 10,
     max_batches: int = 12,
+    pace: int = 0,
 ) -> list[list[int]]:
+    """Repair one group (see the module docstring). With ``pace``, it also stops once the last
+    ``PACE_ROUNDS`` rounds together saved fewer than 1 in ``pace`` of its rows."""
     if len(bins) <= max(target, 1) or _cells(len(bins), max(map(len, bins)) + 2) > MAX_PAIRS:
         return bins  # very many short examples a row: the slot pairs would not fit the budget
     rows = _Rows(bins, capacity)
     rng = np.random.default_rng(0)  # fixed: the result depends on the input alone
     stall = 0
+    seen: list[int] = []  # rows at the start of each round
     for _ in range(max_rounds):
         n = len(rows.m)
         if n <= target:
             break
+        if pace and len(seen) >= PACE_ROUNDS and (seen[-PACE_ROUNDS] - n) * pace < n:
+            break  # slow progress: what is left is not worth the time
+        seen.append(n)
         before = rows.m.copy()
         loads = rows.m.sum(axis=1)
         drop = np.argsort(loads, kind="stable")[: min(n, dissolve)]
@@ -229,7 +312,7 @@ def _repair_group(
         extra = bfd_sizes(pool, capacity) if pool else []
         if extra:
             rows.widen(max(len(b) for b in extra) + 2)
-            add = np.zeros((len(extra), rows.m.shape[1]), dtype=np.int64)
+            add = np.zeros((len(extra), rows.m.shape[1]), dtype=rows.dtype)
             for r, b in enumerate(extra):
                 add[r, : len(b)] = b
             rows.m = np.concatenate([rows.m, add])

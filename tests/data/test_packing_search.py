@@ -11,7 +11,17 @@ from hypothesis import strategies as st
 from natscale.bench.datasets import synthetic_lengths
 from natscale.bench.presets import DATA_PRESETS
 from natscale.data.packing import plan_bins
-from natscale.data.packing_search import MAX_PAIRS, _cells, bfd_sizes, l2_bound, repair
+from natscale.data.packing_search import (
+    GROUP_ROWS,
+    MAX_PAIRS,
+    TABLE_CAP,
+    _cells,
+    _repair_group,
+    bfd_sizes,
+    fill_sizes,
+    l2_bound,
+    repair,
+)
 
 
 def _optimum(sizes: list[int], cap: int) -> int:
@@ -144,3 +154,87 @@ def test_repair_leaves_rows_of_very_many_short_examples_alone():
     start = bfd_sizes(lengths, 8192)
     assert _cells(len(start), max(map(len, start)) + 2) > MAX_PAIRS
     assert repair(start, 8192, l2_bound(lengths, 8192)) == start
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.integers(8, 64).flatmap(
+        lambda c: st.tuples(st.just(c), st.lists(st.integers(1, c), min_size=1, max_size=80))
+    )
+)
+def test_fill_sizes_keeps_the_sizes_within_capacity(case):
+    cap, sizes = case
+    rows = fill_sizes(sizes, cap)
+    assert sorted(itertools.chain.from_iterable(rows)) == sorted(sizes)
+    assert all(0 < sum(r) <= cap for r in rows)
+    assert len(rows) >= l2_bound(sizes, cap)
+    assert rows == fill_sizes(list(sizes), cap)  # a function of the sizes alone
+
+
+def test_fill_sizes_completes_rows_exactly_where_bfd_does_not():
+    sizes = [5, 4, 4, 3, 2, 2]
+    assert bfd_sizes(sizes, 10) == [[5, 4], [4, 3, 2], [2]]  # best fit: 4 goes beside the 5
+    rows = fill_sizes(sizes, 10)  # the 5 is completed to exactly 10
+    assert [sorted(r, reverse=True) for r in rows] == [[5, 3, 2], [4, 4, 2]]
+
+
+def test_fill_sizes_completes_with_the_longest_sizes():
+    """Of the completions that fill a row equally, the one of the longest sizes: the short ones
+    are kept for the rows still to come (6 + 4, not 6 + 2 + 2)."""
+    assert fill_sizes([6, 4, 2, 2], 10) == [[6, 4], [2, 2]]
+
+
+@pytest.mark.parametrize("sizes", [[3, 0], [3, 11]])
+def test_fill_sizes_rejects_sizes_outside_the_row(sizes):
+    with pytest.raises(ValueError, match=r"sizes must lie in \[1, 10\]"):
+        fill_sizes(sizes, 10)
+    assert fill_sizes([], 10) == []
+
+
+def _many_per_row(n: int, seed: int) -> list[int]:
+    """Templated-agent-like lengths: a few ReAct steps of ~84 tokens, +-8 tokens of noise."""
+    rng = np.random.default_rng(seed)
+    return (168 + 84 * rng.integers(1, 5, size=n) + rng.integers(-8, 9, size=n)).tolist()
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_bfd_repair_at_scale_seeds_with_fill_and_reaches_the_bar(seed):
+    """Above GROUP_ROWS rows of many examples, the repair starts from the fuller of bfd and
+    fill_sizes: a valid plan, never more rows than bfd, within 0.5% of L2, deterministic."""
+    lengths = _many_per_row(20000, seed)
+    bound = l2_bound(lengths, 4096)
+    bfd = plan_bins(lengths, 4096, "bfd")
+    assert len(bfd) > max(GROUP_ROWS, 1.005 * bound)  # several groups; bfd misses the bar
+    bins = plan_bins(lengths, 4096, "bfd_repair")
+    assert sorted(itertools.chain.from_iterable(bins)) == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in b) <= 4096 for b in bins)
+    assert bound <= len(bins) <= 1.005 * bound < len(bfd)
+    assert bins == plan_bins(lengths, 4096, "bfd_repair")
+
+
+def test_repair_in_groups_keeps_pace():
+    """With ``pace`` a group stops once ten rounds save fewer than 1 in ``pace`` of its rows: a
+    valid plan with fewer rows than the start, more than without the rule (here ~2 rows an
+    example, where the search gains slowly)."""
+    lengths = _many_per_row(6000, 2)
+    lengths = [x for x in lengths if x <= 1024]
+    start = bfd_sizes(lengths, 1024)
+    bound = l2_bound(lengths, 1024)
+    free = _repair_group([list(b) for b in start], 1024, bound, max_rounds=60)
+    paced = _repair_group([list(b) for b in start], 1024, bound, max_rounds=60, pace=50)
+    assert sorted(itertools.chain.from_iterable(paced)) == sorted(lengths)
+    assert len(free) < len(paced) < len(start)
+
+
+@pytest.mark.parametrize("scale", [2**12, 2**21])
+def test_repair_plans_the_same_at_a_huge_capacity(scale):
+    """Sizes and capacity times ``scale`` (past TABLE_CAP; 2**31 also past int32) make the same
+    plan, scaled: the search compares sizes only."""
+    lengths = _preset_lengths("gsm8k", 2048)[:600]
+    start = bfd_sizes(lengths, 2048)
+    plan = repair([list(b) for b in start], 2048, l2_bound(lengths, 2048))
+    assert len(plan) < len(start)
+    big = [[x * scale for x in b] for b in start]
+    assert 2048 * scale > TABLE_CAP
+    out = repair(big, 2048 * scale, l2_bound([x * scale for x in lengths], 2048 * scale))
+    assert out == [[x * scale for x in b] for b in plan]
