@@ -118,6 +118,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="runs and prepared data (default runs/bench/nat-<preset>); rerun to continue",
     )
+    nat.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="only the calibration run: vanilla on every success of the pool (run it first)",
+    )
     nat.add_argument("--jobs", type=positive_int, default=None, help="runs at a time")
     nat.add_argument("--results", type=Path, default=RESULTS, help=RESULTS_HELP)
 
@@ -295,16 +300,18 @@ def _nat(args: argparse.Namespace) -> int:
     if args.jobs:
         preset = replace(preset, jobs=args.jobs)
     work = args.work_dir or Path("runs/bench") / f"nat-{name}"
-    record = run_benchmark(preset, work, args.results, say=_progress)
+    record = run_benchmark(preset, work, args.results, calibrate=args.calibrate, say=_progress)
     print(Path(record["paths"]["md"]).read_text())
+    from natscale.bench.nat.report import p_label
+
     cells = []
-    for p in preset.positives:
+    for p in dict.fromkeys(r["p"] for r in record["rows"]):
         accs = [
             f"{r['strategy']} {100 * r['accuracy']:.1f}%"
             for r in record["rows"]
             if r["p"] == p and r["marker"] == "success"
         ]
-        cells.append(f"P={p}: " + ", ".join(accs))
+        cells.append(f"{p_label(p).replace(' ', '')}: " + ", ".join(accs))
     reused = sum(r["reused"] for r in record["runs"])
     print(
         f"bench nat: preset {name}, {len(record['runs'])} runs ({reused} reused) in "

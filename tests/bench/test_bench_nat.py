@@ -41,7 +41,11 @@ def test_pool_subsets_are_nested_and_disjoint_from_the_test_questions(tmp_path: 
     train = {json.loads(x)["question"] for x in (tmp_path / "questions.jsonl").open()}
     test = [json.loads(x) for x in (tmp_path / "test.jsonl").open()]
     assert len(test) == 30 and not train & {q["question"] for q in test}
-    assert summary["subsets"]["20"]["positives"] == 20
+    assert summary["subsets"]["P20"]["positives"] == 20
+    # the calibration's subset: every success of the pool, no failure
+    every = json.loads((tmp_path / "Pall" / "trajectories.json").read_text())
+    assert all(t["info"]["reward"] for t in every)
+    assert len(every) == summary["pool_successes"] == summary["subsets"]["Pall"]["positives"]
     # the same bytes again: a rerun builds the same benchmark
     again = tmp_path / "again"
     build_pool(SMALL, again)
@@ -60,7 +64,7 @@ def test_every_strategy_sees_the_same_trajectories(tmp_path: Path):
     # nat-fine: one bucket per outcome kind, and the buckets add up to the same 30 trajectories
     assert list(kept["nat-fine"]) == list(FINE_KINDS)
     assert kept["nat-fine"]["success"] == 10 and sum(kept["nat-fine"].values()) == 30
-    kinds = json.loads((tmp_path / "pool.json").read_text())["subsets"]["10"]["kinds"]
+    kinds = json.loads((tmp_path / "pool.json").read_text())["subsets"]["P10"]["kinds"]
     assert kept["nat-fine"] == kinds
 
 
@@ -116,6 +120,7 @@ def test_plan_covers_every_strategy_p_and_seed():
     runs = plan(cpu)
     assert len(runs) == len(cpu.positives) * len(cpu.strategies) * len(cpu.seeds) == 24
     assert len({r.name for r in runs}) == 24
+    assert [r.name for r in plan(cpu, calibrate=True)] == ["Pall/vanilla/seed0"]
 
 
 @pytest.mark.multiproc

@@ -22,10 +22,12 @@ def run_benchmark(
     work: Path,
     results: Path,
     *,
+    calibrate: bool = False,
     say: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
 ) -> dict[str, Any]:
     """Run (or finish) the protocol in ``work``; write ``nat_<preset>_<device>_<time>.{json,md,png}``
-    under ``results``; return the record (its ``paths`` say where the files went)."""
+    under ``results``; return the record (its ``paths`` say where the files went). With
+    ``calibrate``, only the calibration run (``vanilla`` on every success of the pool)."""
     from natscale.atomic import atomic_write_bytes
     from natscale.bench.nat import report
     from natscale.bench.nat.runner import run_all
@@ -33,19 +35,21 @@ def run_benchmark(
     from natscale.env import machine
 
     started = time.perf_counter()
-    data, runs = run_all(preset, work, say)
+    data, runs = run_all(preset, work, say, calibrate=calibrate)
     env = machine()
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    stem = f"nat_{preset.name}_{device_tag(env)}_{stamp}"
+    kind = f"{preset.name}-calibration" if calibrate else preset.name
+    stem = f"nat_{kind}_{device_tag(env)}_{stamp}"
     rows = report.aggregate(preset, runs)
     title = (
-        f"natscale bench nat --preset {preset.name}: {preset.layers}-layer Llama "
+        f"natscale bench nat --preset {preset.name}{' --calibrate' if calibrate else ''}: "
+        f"{preset.layers}-layer Llama "
         f"(hidden {preset.hidden}), {preset.steps} steps, {len(preset.seeds)} seed(s), "
         f"{preset.test_questions} test questions"
     )
     results.mkdir(parents=True, exist_ok=True)
     record = {
-        "kind": "nat-benchmark",
+        "kind": "nat-benchmark-calibration" if calibrate else "nat-benchmark",
         "preset": preset.as_dict(),
         "time_utc": stamp,
         "elapsed_s": round(time.perf_counter() - started, 1),

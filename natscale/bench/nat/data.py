@@ -21,16 +21,25 @@ REPO = Path(__file__).resolve().parents[3]
 TOKENIZER = REPO / "examples" / "tokenizer"
 
 
+ALL = 0  # P = ALL: every success of the pool and no failure (the calibration's data)
+
+
 class BenchDataError(RuntimeError):
     """The pool cannot supply what the preset asks for."""
+
+
+def subset(p: int) -> str:
+    """The folder name of the P subset: ``P500``, or ``Pall`` for every success of the pool."""
+    return "Pall" if p == ALL else f"P{p}"
 
 
 def build_pool(preset: Preset, root: Path) -> dict[str, Any]:
     """Generate the pool and write every P's files under ``root``; returns what was written.
 
     Files: ``questions.jsonl`` (training questions), ``test.jsonl`` (held out), ``prompt.json``,
-    and ``P<P>/trajectories.json`` per P (NAT release format, ``info.progress`` = the nat-fine
-    score of the trajectory's kind). Written atomically; the same preset gives the same bytes.
+    ``P<P>/trajectories.json`` per P (NAT release format, ``info.progress`` = the nat-fine score
+    of the trajectory's kind) and ``Pall/trajectories.json`` (every success: the calibration's
+    data). Written atomically; the same preset gives the same bytes.
     """
     from natscale.agent.scripted.dataset import (
         dumps_prompt,
@@ -39,7 +48,14 @@ def build_pool(preset: Preset, root: Path) -> dict[str, Any]:
         generate,
     )
 
-    pool = generate(preset.pool_seed, preset.pool_questions, preset.test_questions, verbosity=0)
+    pool = generate(
+        preset.pool_seed,
+        preset.pool_questions,
+        preset.test_questions,
+        verbosity=0,
+        max_steps=preset.max_steps,
+    )
+    pool.prompt["instruction"] = preset.instruction
     for traj in pool.trajectories:
         traj["info"]["progress"] = FINE_SCORES[traj["info"]["kind"]]
     positives = [i for i, t in enumerate(pool.trajectories) if t["info"]["reward"]]
@@ -53,8 +69,9 @@ def build_pool(preset: Preset, root: Path) -> dict[str, Any]:
     atomic_write_bytes(root / "test.jsonl", dumps_questions(pool.test_questions).encode())
     atomic_write_bytes(root / "prompt.json", dumps_prompt(pool.prompt).encode())
     subsets: dict[str, Any] = {}
-    for p in preset.positives:
-        n_neg = preset.negatives_per_positive * p
+    for p in (*preset.positives, ALL):
+        n_neg = 0 if p == ALL else preset.negatives_per_positive * p
+        p = len(positives) if p == ALL else p
         if p > len(positives) or n_neg > len(negatives):
             raise BenchDataError(
                 f"P={p} needs {p} successes and {n_neg} failures; the pool of "
@@ -62,11 +79,12 @@ def build_pool(preset: Preset, root: Path) -> dict[str, Any]:
                 "raise pool_questions"
             )
         picked = [pool.trajectories[i] for i in sorted(positives[:p] + negatives[:n_neg])]
-        path = root / f"P{p}" / "trajectories.json"
+        name = subset(ALL if n_neg == 0 else p)
+        path = root / name / "trajectories.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, dumps_trajectories(picked).encode())
         kinds = {k: sum(t["info"]["kind"] == k for t in picked) for k in FINE_KINDS}
-        subsets[str(p)] = {"positives": p, "negatives": n_neg, "kinds": kinds}
+        subsets[name] = {"positives": p, "negatives": n_neg, "kinds": kinds}
     summary = {
         "pool_questions": len(pool.questions),
         "pool_trajectories": len(pool.trajectories),
@@ -110,7 +128,7 @@ def prepare_config(preset: Preset, root: Path, p: int, strategy: str) -> dict[st
         "sources": [
             {
                 "format": "nat",
-                "paths": [str(root / f"P{p}" / "trajectories.json")],
+                "paths": [str(root / subset(p) / "trajectories.json")],
                 "questions": [str(root / "questions.jsonl")],
                 "prompt": str(root / "prompt.json"),
                 "score_field": "info.progress",

@@ -27,6 +27,14 @@ FINE_MARKERS = {
     "unfinished": "Generate a sequence of Thought and Action steps. But never finish the problem.",
 }
 
+# The paper's instruction turn is ~80 tokens of constant, untrained text in every example; the
+# benchmark keeps the turn (and the acknowledgement, and the paper's marker wording) but words it
+# in one line, which halves what a small model spends on each example.
+SHORT_INSTRUCTION = (
+    "Solve a math problem with Thought and Action steps. "
+    "Action is calculate[expression] or finish[answer]."
+)
+
 # the small Llama of the benchmark: the bundled tokenizer's vocabulary, random init
 _LLAMA = {
     "architectures": ["LlamaForCausalLM"],
@@ -71,6 +79,8 @@ class Preset:
     pool_seed: int = 20240218
     pool_questions: int = 6000  # training questions; their trajectories form the pools
     test_questions: int = 500  # held out: drawn with their own seed, none is a training question
+    max_steps: int = 1  # difficulty: calculator steps of the gold solution, at most
+    instruction: str = SHORT_INSTRUCTION
     positives: tuple[int, ...] = (500, 2000)  # P: positives kept (the scarce settings)
     negatives_per_positive: int = 2  # the negative pool is this many x P failures
     strategies: tuple[str, ...] = STRATEGIES
@@ -89,7 +99,7 @@ class Preset:
     precision: str = "fp32"
     # evaluation: greedy, the paper's loop; NAT models also with the failure marker
     max_depth: int = 6
-    max_new_tokens: int = 96
+    max_new_tokens: int = 48
     eval_batch: int = 128
     controllability: tuple[str, ...] = ("nat", "nat-fine")
     # execution: runs in parallel, threads per run (2 cores: two one-thread runs beat one
@@ -106,19 +116,21 @@ class Preset:
 
 
 CPU = Preset(name="cpu")
+# Not yet run on a GPU: sized from the CPU runs (see docs/nat-benchmark.md), four runs share
+# the GPU because one small model leaves most of it idle.
 GPU = replace(
     CPU,
     name="gpu",
-    hidden=512,
-    layers=8,
-    heads=8,
-    steps=600,
-    micro_batch_rows=8,
+    hidden=384,
+    layers=6,
+    heads=6,
+    steps=800,
+    micro_batch_rows=4,
     lr=1e-3,
     precision="bf16",
-    eval_batch=256,
-    jobs=1,
-    threads=8,
+    eval_batch=250,
+    jobs=4,
+    threads=4,
 )
 QUICK = replace(
     CPU,

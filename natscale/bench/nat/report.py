@@ -12,7 +12,19 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from natscale.bench.nat.data import ALL
 from natscale.bench.nat.presets import Preset
+
+
+def _positives(preset: Preset, results_or_rows: list[dict[str, Any]]) -> list[int]:
+    """The P values present, in the preset's order (the calibration's ALL last)."""
+    have = {r["p"] for r in results_or_rows}
+    return [p for p in (*preset.positives, ALL) if p in have]
+
+
+def p_label(p: int) -> str:
+    return "P = all" if p == ALL else f"P = {p:,}"
+
 
 # two-sided 95% Student t quantiles by degrees of freedom
 _T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
@@ -30,7 +42,7 @@ def interval(values: list[float], single_ci: list[float] | None = None) -> list[
 def aggregate(preset: Preset, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (P, strategy, marker): mean accuracy, interval and the per-seed values."""
     rows = []
-    for p in preset.positives:
+    for p in _positives(preset, results):
         for strategy in preset.strategies:
             runs = sorted(
                 (r for r in results if r["p"] == p and r["strategy"] == strategy),
@@ -67,9 +79,9 @@ def _pct(x: float | None) -> str:
 
 def markdown(preset: Preset, rows: list[dict[str, Any]], header: str) -> str:
     """The accuracy table (success marker) and the controllability table (failure markers)."""
-    ps = list(preset.positives)
+    ps = _positives(preset, rows)
     lines = [header, "", "Test accuracy, % (95% interval; per seed), greedy, success marker:", ""]
-    lines.append("| strategy | " + " | ".join(f"P = {p:,}" for p in ps) + " |")
+    lines.append("| strategy | " + " | ".join(p_label(p) for p in ps) + " |")
     lines.append("|---" * (len(ps) + 1) + "|")
     for strategy in preset.strategies:
         cells = []
@@ -104,7 +116,7 @@ def markdown(preset: Preset, rows: list[dict[str, Any]], header: str) -> str:
                 if (x["p"], x["strategy"], x["marker"]) == (r["p"], r["strategy"], "success")
             )
             lines.append(
-                f"| {r['strategy']} | {r['p']:,} | {r['marker']} | {_pct(r['accuracy'])} | "
+                f"| {r['strategy']} | {p_label(r['p'])[4:]} | {r['marker']} | {_pct(r['accuracy'])} | "
                 f"{_pct(r['finished_rate'])} | {_pct(base['accuracy'])} |"
             )
     return "\n".join(lines) + "\n"
@@ -117,7 +129,7 @@ def plot(preset: Preset, rows: list[dict[str, Any]], path: Path, title: str) -> 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ps = list(preset.positives)
+    ps = _positives(preset, rows)
     strategies = list(preset.strategies)
     width = 0.8 / len(strategies)
     fig, ax = plt.subplots(figsize=(2.2 + 1.6 * len(ps), 3.6))
@@ -140,7 +152,7 @@ def plot(preset: Preset, rows: list[dict[str, Any]], path: Path, title: str) -> 
             lo.append(100 * (row["accuracy"] - ci[0]))
             hi.append(100 * (ci[1] - row["accuracy"]))
         ax.bar(xs, ys, width, yerr=[lo, hi], capsize=3, label=strategy)
-    ax.set_xticks(range(len(ps)), [f"P = {p:,}" for p in ps])
+    ax.set_xticks(range(len(ps)), [p_label(p) for p in ps])
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8, ncols=2)

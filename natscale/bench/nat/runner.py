@@ -32,7 +32,7 @@ from typing import Any
 import yaml
 
 from natscale.atomic import atomic_write_bytes, atomic_write_json
-from natscale.bench.nat.data import build_pool, prepare_config
+from natscale.bench.nat.data import ALL, build_pool, prepare_config, subset
 from natscale.bench.nat.presets import Preset
 
 MARKER = ".natscale-bench"
@@ -54,11 +54,14 @@ class Run:
 
     @property
     def name(self) -> str:
-        return f"P{self.p}/{self.strategy}/seed{self.seed}"
+        return f"{subset(self.p)}/{self.strategy}/seed{self.seed}"
 
 
-def plan(preset: Preset) -> list[Run]:
-    """Every run of the comparison, in the order they start (all strategies of a seed together)."""
+def plan(preset: Preset, *, calibrate: bool = False) -> list[Run]:
+    """Every run of the comparison, in the order they start (all strategies of a seed together);
+    with ``calibrate`` the calibration's one run: ``vanilla`` on every success, the first seed."""
+    if calibrate:
+        return [Run(ALL, "vanilla", preset.seeds[0])]
     return [
         Run(p, strategy, seed)
         for p in preset.positives
@@ -90,8 +93,10 @@ def claim_work_dir(work: Path, preset: Preset) -> None:
         atomic_write_json(saved, wanted)
 
 
-def prepare_all(preset: Preset, work: Path, say: Callable[[str], None]) -> dict[str, Any]:
-    """The pool and one prepared dataset per (P, strategy); both are skipped when present."""
+def prepare_all(
+    preset: Preset, work: Path, runs: list[Run], say: Callable[[str], None]
+) -> dict[str, Any]:
+    """The pool and one prepared dataset per (P, strategy) of ``runs``; skipped when present."""
     from natscale.config.prepare import PrepareConfig
     from natscale.data.prepare import prepare
 
@@ -102,20 +107,19 @@ def prepare_all(preset: Preset, work: Path, say: Callable[[str], None]) -> dict[
         say("generating the task pool")
         pool = build_pool(preset, data)
     prepared: dict[str, Any] = {}
-    for p in preset.positives:
-        for strategy in preset.strategies:
-            out = data / f"P{p}" / strategy
-            if not (out / "stats.json").exists():
-                say(f"preparing P={p} {strategy}")
-                config = PrepareConfig.model_validate(prepare_config(preset, data, p, strategy))
-                prepare(config, out, progress=False)
-            stats = json.loads((out / "stats.json").read_text())
-            prepared[f"P{p}/{strategy}"] = {
-                "per_class": stats["per_class"],
-                "total": stats["total"],
-                "rows": stats["packing"]["rows"],
-                "packing_efficiency": stats["packing"]["efficiency"],
-            }
+    for p, strategy in dict.fromkeys((run.p, run.strategy) for run in runs):
+        out = data / subset(p) / strategy
+        if not (out / "stats.json").exists():
+            say(f"preparing {subset(p)} {strategy}")
+            config = PrepareConfig.model_validate(prepare_config(preset, data, p, strategy))
+            prepare(config, out, progress=False)
+        stats = json.loads((out / "stats.json").read_text())
+        prepared[f"{subset(p)}/{strategy}"] = {
+            "per_class": stats["per_class"],
+            "total": stats["total"],
+            "rows": stats["packing"]["rows"],
+            "packing_efficiency": stats["packing"]["efficiency"],
+        }
     return {"pool": pool, "prepared": prepared}
 
 
@@ -125,7 +129,7 @@ def train_config(preset: Preset, work: Path, run: Run, run_dir: Path) -> dict[st
         "output_dir": str(run_dir / "train"),
         "model": {"config": str(work / "model" / "config.json"), "activation_checkpointing": False},
         "data": {
-            "path": str(work / "data" / f"P{run.p}" / run.strategy),
+            "path": str(work / "data" / subset(run.p) / run.strategy),
             "shuffle": True,
             "micro_batch_rows": preset.micro_batch_rows,
         },
@@ -228,7 +232,7 @@ def _eval(
         return json.loads(summary.read_text())
     cfg = _write_yaml(run_dir / "eval.yaml", eval_config(preset, work, run_dir))
     argv = [sys.executable, "-m", "natscale.cli", "eval", str(cfg), "--no-progress"]
-    argv += ["--data", str(work / "data" / f"P{run.p}" / run.strategy), "--out", str(out)]
+    argv += ["--data", str(work / "data" / subset(run.p) / run.strategy), "--out", str(out)]
     if marker is not None:
         argv += ["--set", f"prompt.marker={marker}"]
     if out.exists():
@@ -251,7 +255,7 @@ def _metrics(summary: dict[str, Any]) -> dict[str, Any]:
 
 def execute(children: _Children, preset: Preset, work: Path, run: Run) -> dict[str, Any]:
     """Train and evaluate one run (or pick up its result); returns the result record."""
-    run_dir = work / "runs" / f"P{run.p}" / run.strategy / f"seed{run.seed}"
+    run_dir = work / "runs" / subset(run.p) / run.strategy / f"seed{run.seed}"
     result_path = run_dir / "result.json"
     if result_path.exists():
         return {**json.loads(result_path.read_text()), "reused": True}
@@ -293,7 +297,7 @@ def execute(children: _Children, preset: Preset, work: Path, run: Run) -> dict[s
 
 
 def run_all(
-    preset: Preset, work: Path, say: Callable[[str], None]
+    preset: Preset, work: Path, say: Callable[[str], None], *, calibrate: bool = False
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Prepare, then every run (``preset.jobs`` at a time); returns (data record, run results)."""
     import torch
@@ -305,8 +309,8 @@ def run_all(
         )
     (work / "model").mkdir(exist_ok=True)
     atomic_write_json(work / "model" / "config.json", preset.model_config())
-    data = prepare_all(preset, work, say)
-    runs = plan(preset)
+    runs = plan(preset, calibrate=calibrate)
+    data = prepare_all(preset, work, runs, say)
     children = _Children()
     done: list[dict[str, Any]] = []
     lock = threading.Lock()
