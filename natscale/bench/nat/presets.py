@@ -2,7 +2,7 @@
 
 docs/nat-benchmark.md states the protocol and why each number is what it is; the presets here are
 its machine-readable form and every run's record carries the one it used. ``cpu`` is the full
-protocol sized for a 2-core machine (about an hour), ``gpu`` the same protocol with a bigger model
+protocol sized for a 2-core machine (24 runs, within 90 minutes), ``gpu`` the same protocol with a bigger model
 and more steps for one H100, ``quick`` a smoke test of the whole pipeline (about a minute; its
 accuracies mean nothing).
 """
@@ -22,8 +22,8 @@ FINE_SCORES = {"success": 1.0, "wrong_answer": 0.5, "bad_tool_args": 0.25, "unfi
 FINE_MARKERS = {
     "success": "Generate a sequence of Thought and Action steps to solve the problem correctly.",
     "wrong_answer": "Generate a sequence of Thought and Action steps. But finish with a wrong answer.",
-    "bad_tool_args": "Generate a sequence of Thought and Action steps. But use the calculator "
-    "with wrong numbers.",
+    "bad_tool_args": "Generate a sequence of Thought and Action steps. But write expressions the "
+    "calculator cannot read.",
     "unfinished": "Generate a sequence of Thought and Action steps. But never finish the problem.",
 }
 
@@ -90,12 +90,12 @@ class Preset:
     layers: int = 4
     heads: int = 4
     # training: identical for every strategy (same steps, so the same compute)
-    steps: int = 400
+    steps: int = 450
     micro_batch_rows: int = 2
     grad_accum: int = 1
     max_seq_len: int = 1024
     lr: float = 3e-3
-    warmup_steps: int = 20
+    warmup_steps: int = 10
     precision: str = "fp32"
     # evaluation: greedy, the paper's loop; NAT models also with the failure marker
     max_depth: int = 6
