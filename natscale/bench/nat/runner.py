@@ -58,14 +58,15 @@ class Run:
 
 
 def plan(preset: Preset, *, calibrate: bool = False) -> list[Run]:
-    """Every run of the comparison, in the order they start (all strategies of a seed together);
+    """Every run of the comparison, in the order they start: seed by seed, so a stopped benchmark
+    has whole seeds (every P and strategy) done;
     with ``calibrate`` the calibration's one run: ``vanilla`` on every success, the first seed."""
     if calibrate:
         return [Run(ALL, "vanilla", preset.seeds[0])]
     return [
         Run(p, strategy, seed)
-        for p in preset.positives
         for seed in preset.seeds
+        for p in preset.positives
         for strategy in preset.strategies
     ]
 
