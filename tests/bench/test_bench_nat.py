@@ -115,6 +115,20 @@ def test_work_dir_is_the_benchmarks_own(tmp_path: Path):
         claim_work_dir(work, replace(QUICK, steps=99))
 
 
+def test_cli_refuses_bad_input_with_exit_2(tmp_path: Path, capsys):
+    from natscale.cli.main import main
+
+    assert main(["bench", "nat", "--quick", "--preset", "cpu"]) == 2
+    assert "give --quick or --preset" in capsys.readouterr().err
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "data.json").write_text("{}")
+    args = ["bench", "nat", "--quick", "--work-dir", str(theirs), "--results", str(tmp_path)]
+    assert main(args) == 2
+    assert "not made by `natscale bench nat`" in capsys.readouterr().err
+    assert sorted(p.name for p in theirs.iterdir()) == ["data.json"]  # nothing added, nothing lost
+
+
 def test_plan_covers_every_strategy_p_and_seed():
     cpu = PRESETS["cpu"]
     runs = plan(cpu)
