@@ -3,6 +3,7 @@
 natscale bench throughput --model tiny --data example --seq-len 1024
 natscale bench sweep --param micro_batch_rows=1,2,4 --model tiny --data gsm8k
 natscale bench project --model llama-3-8b --network h100-ib400 [--calibrate CAL.json]
+natscale bench nat [--preset cpu|gpu] [--quick]      # vanilla vs NUT vs NAT, trained and evaluated
 
 Results go to ``--results DIR`` (default ``runs/bench/results``); the tracked tables in
 ``benchmarks/results`` change only when that folder is named. Progress lines go to stderr.
@@ -96,6 +97,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--overlap", type=float_in(0.0, 1.0, low_open=False, high_open=True), default=0.5
     )
     proj.add_argument("--results", type=Path, default=RESULTS, help=RESULTS_HELP)
+    nat = sub.add_parser(
+        "nat",
+        help="vanilla vs NUT vs NAT vs nat-fine: train and evaluate each (docs/nat-benchmark.md)",
+    )
+    nat.add_argument(
+        "--preset",
+        choices=["cpu", "gpu"],
+        default=None,
+        help="protocol sizing (default: gpu when torch sees a GPU, else cpu)",
+    )
+    nat.add_argument(
+        "--quick",
+        action="store_true",
+        help="a one-minute smoke test of the whole pipeline (tiny model; accuracies mean nothing)",
+    )
+    nat.add_argument(
+        "--work-dir",
+        type=Path,
+        default=None,
+        help="runs and prepared data (default runs/bench/nat-<preset>); rerun to continue",
+    )
+    nat.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="only the calibration run: vanilla on every success of the pool (run it first)",
+    )
+    nat.add_argument("--jobs", type=positive_int, default=None, help="runs at a time")
+    nat.add_argument("--results", type=Path, default=RESULTS, help=RESULTS_HELP)
 
 
 class UsageError(ValueError):
@@ -174,11 +203,21 @@ def run(args: argparse.Namespace) -> int:
             return _throughput(args)
         if args.bench_command == "sweep":
             return _sweep(args)
+        if args.bench_command == "nat":
+            return _nat(args)
         return _project(args)
     except ValueError as exc:  # bad input (spec, --set, --param, --device): exit 2
         print(f"natscale bench {args.bench_command}: error: {exc}", file=sys.stderr)
         return 2
     except BenchError as exc:
+        print(f"natscale bench {args.bench_command}: error: {exc}", file=sys.stderr)
+        return 1
+    except RuntimeError as exc:  # bench nat: a step failed (the message names its log)
+        from natscale.bench.nat.data import BenchDataError
+        from natscale.bench.nat.runner import BenchNatError
+
+        if not isinstance(exc, BenchNatError | BenchDataError):
+            raise
         print(f"natscale bench {args.bench_command}: error: {exc}", file=sys.stderr)
         return 1
 
@@ -244,4 +283,38 @@ def _project(args: argparse.Namespace) -> int:
     out = projection(args)
     print(out["markdown"])
     print(f"bench project: {out['label']} on {out['network']} -> {out['json']}, {out['png']}")
+    return 0
+
+
+def _nat(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    import torch
+
+    from natscale.bench.nat import PRESETS, run_benchmark
+
+    name = "quick" if args.quick else args.preset or ("gpu" if torch.cuda.is_available() else "cpu")
+    if args.quick and args.preset:
+        raise UsageError("--quick is its own preset; give --quick or --preset, not both")
+    preset = PRESETS[name]
+    if args.jobs:
+        preset = replace(preset, jobs=args.jobs)
+    work = args.work_dir or Path("runs/bench") / f"nat-{name}"
+    record = run_benchmark(preset, work, args.results, calibrate=args.calibrate, say=_progress)
+    print(Path(record["paths"]["md"]).read_text())
+    from natscale.bench.nat.report import p_label
+
+    cells = []
+    for p in dict.fromkeys(r["p"] for r in record["rows"]):
+        accs = [
+            f"{r['strategy']} {100 * r['accuracy']:.1f}%"
+            for r in record["rows"]
+            if r["p"] == p and r["marker"] == "success"
+        ]
+        cells.append(f"{p_label(p).replace(' ', '')}: " + ", ".join(accs))
+    reused = sum(r["reused"] for r in record["runs"])
+    print(
+        f"bench nat: preset {name}, {len(record['runs'])} runs ({reused} reused) in "
+        f"{record['elapsed_s'] / 60:.1f} min; " + "; ".join(cells) + f" -> {record['paths']['md']}"
+    )
     return 0

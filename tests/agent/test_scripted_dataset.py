@@ -165,3 +165,21 @@ def test_held_out_test_split_is_disjoint_from_training(committed):
     for q in test:
         assert q["id"].startswith("math-test-")
         assert extract_gsm8k_answer(q["answer"]).isdigit()
+
+
+def test_difficulty_and_verbosity_knobs():
+    """`max_steps` bounds the gold plan (questions and test split); `verbosity=0` writes only
+    the terse thoughts; both still give consistent, exact-match-labelled episodes."""
+
+    data = generate(seed=3, num_questions=60, num_test=20, verbosity=0, max_steps=1)
+    for traj in data.trajectories:
+        for turn in traj["conversations"]:
+            if turn["role"] == "assistant" and turn["content"].startswith("Thought:"):
+                thought = turn["content"].split("\nAction:")[0]
+                assert "The question asks for" not in thought  # the verbose opening never appears
+    answers = [extract_gsm8k_answer(q["answer"]) for q in data.test_questions]
+    assert all(a.isdigit() for a in answers)
+    # every test answer takes one step: its GSM8K solution has a single <<calc>> annotation
+    assert all(q["answer"].count("<<") == 1 for q in data.test_questions + data.questions)
+    default = generate(seed=3, num_questions=60, num_test=20)
+    assert any(q["answer"].count("<<") > 1 for q in default.questions)

@@ -82,30 +82,41 @@ def generate(
     seed: int = DEFAULT_SEED,
     num_questions: int = DEFAULT_NUM_QUESTIONS,
     num_test: int = DEFAULT_NUM_TEST,
+    *,
+    verbosity: int | None = None,
+    max_steps: int | None = None,
 ) -> SyntheticSet:
     """Generate questions and 1-3 trajectories per question (about 2.3 on average), and a
-    held-out test split (:func:`test_questions`)."""
+    held-out test split (:func:`test_questions`).
+
+    ``verbosity`` fixes how much the teacher writes in its thoughts (0 = terse, 1, 2 = restates
+    the question and plans); None draws it per trajectory, as the bundled data was made.
+    ``max_steps`` keeps only problems whose gold plan has at most that many calculator steps (the
+    task's difficulty; None = every family, as the bundled data)."""
     rng = random.Random(seed)
     questions, trajectories = [], []
     for q_index in range(num_questions):
-        problem = _nice_problem(rng)
+        problem = _nice_problem(rng, max_steps)
         qid = f"math-{q_index:05d}"
         answer = _gold_answer_text(problem, rng)
         questions.append({"id": qid, "question": problem.question, "answer": answer})
         num_samples = rng.choices((1, 2, 3), weights=(2, 3, 5))[0]
         for temperature in sorted(rng.sample(TEMPERATURES, num_samples)):
-            trajectories.append(_trajectory(qid, problem, answer, temperature, rng))
-    test = test_questions(seed + TEST_SEED_OFFSET, num_test, {q["question"] for q in questions})
+            trajectories.append(_trajectory(qid, problem, answer, temperature, rng, verbosity))
+    exclude = {q["question"] for q in questions}
+    test = test_questions(seed + TEST_SEED_OFFSET, num_test, exclude, max_steps=max_steps)
     return SyntheticSet(questions, trajectories, prompt_record(), test)
 
 
-def test_questions(seed: int, num: int, exclude: set[str]) -> list[dict]:
+def test_questions(
+    seed: int, num: int, exclude: set[str], *, max_steps: int | None = None
+) -> list[dict]:
     """``num`` held-out questions drawn with their own seed, none of them in ``exclude``."""
     rng = random.Random(seed)
     out: list[dict] = []
     seen = set(exclude)
     while len(out) < num:
-        problem = _nice_problem(rng)
+        problem = _nice_problem(rng, max_steps)
         if problem.question in seen:
             continue
         seen.add(problem.question)
@@ -116,10 +127,13 @@ def test_questions(seed: int, num: int, exclude: set[str]) -> list[dict]:
     return out
 
 
-def _nice_problem(rng: random.Random) -> Problem:
-    """Draw problems until the gold plan only has positive, plain values and an integer answer."""
+def _nice_problem(rng: random.Random, max_steps: int | None = None) -> Problem:
+    """Draw problems until the gold plan only has positive, plain values and an integer answer
+    (and at most ``max_steps`` steps)."""
     for _ in range(1000):
         problem = draw_problem(rng)
+        if max_steps is not None and len(problem.steps) > max_steps:
+            continue
         values = _gold_values(problem)
         if all(_NICE_VALUE.fullmatch(v) and v.strip("0.") for v in values) and values[-1].isdigit():
             return problem
@@ -149,10 +163,16 @@ def _gold_answer_text(problem: Problem, rng: random.Random) -> str:
 
 
 def _trajectory(
-    qid: str, problem: Problem, answer: str, temperature: float, rng: random.Random
+    qid: str,
+    problem: Problem,
+    answer: str,
+    temperature: float,
+    rng: random.Random,
+    verbosity: int | None = None,
 ) -> dict:
     p_success = max(0.15, _SUCCESS_AT[temperature] - 0.03 * (len(problem.steps) - 2))
-    verbosity = rng.choices((0, 1, 2), weights=(3, 5, 3))[0]
+    drawn = rng.choices((0, 1, 2), weights=(3, 5, 3))[0]
+    verbosity = drawn if verbosity is None else verbosity
     kind = "success" if rng.random() < p_success else _weighted(rng, _FAILURE_WEIGHTS)
     for _ in range(50):
         try:

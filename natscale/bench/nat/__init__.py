@@ -1,0 +1,78 @@
+"""``natscale bench nat``: vanilla vs NUT vs NAT vs fine-grained NAT on the synthetic math agent task.
+
+The protocol is docs/nat-benchmark.md; ``presets`` holds its numbers, ``data`` builds the pool
+and the prepared datasets, ``runner`` trains and evaluates every run (resumable), ``report``
+aggregates, and :func:`run_benchmark` ties them together and writes the results.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from natscale.bench.nat.presets import PRESETS, Preset
+
+
+def run_benchmark(
+    preset: Preset,
+    work: Path,
+    results: Path,
+    *,
+    calibrate: bool = False,
+    say: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
+) -> dict[str, Any]:
+    """Run (or finish) the protocol in ``work``; write ``nat_<preset>_<device>_<time>.{json,md,png}``
+    under ``results``; return the record (its ``paths`` say where the files went). With
+    ``calibrate``, only the calibration run (``vanilla`` on every success of the pool)."""
+    from natscale.atomic import atomic_write_bytes
+    from natscale.bench.nat import report
+    from natscale.bench.nat.runner import run_all
+    from natscale.bench.record import device_tag, write_json_atomic
+    from natscale.env import machine
+
+    started = time.perf_counter()
+    data, runs = run_all(preset, work, say, calibrate=calibrate)
+    env = machine()
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    kind = f"{preset.name}-calibration" if calibrate else preset.name
+    stem = f"nat_{kind}_{device_tag(env)}_{stamp}"
+    rows = report.aggregate(preset, runs)
+    title = (
+        f"natscale bench nat --preset {preset.name}{' --calibrate' if calibrate else ''}: "
+        f"{preset.layers}-layer Llama "
+        f"(hidden {preset.hidden}), {preset.steps} steps, {len(preset.seeds)} seed(s), "
+        f"{preset.test_questions} test questions"
+    )
+    results.mkdir(parents=True, exist_ok=True)
+    record = {
+        "kind": "nat-benchmark-calibration" if calibrate else "nat-benchmark",
+        "preset": preset.as_dict(),
+        "time_utc": stamp,
+        "elapsed_s": round(time.perf_counter() - started, 1),
+        "run_seconds": round(sum(sum(r["seconds"].values()) for r in runs), 1),
+        "work_dir": str(work),
+        "data": data,
+        "rows": rows,
+        "runs": runs,
+        "interval": "95%: Student t over seeds (one seed: the eval's bootstrap over questions)",
+        "environment": env,
+        "command": " ".join(["natscale", *sys.argv[1:]]),
+    }
+    paths = {
+        "json": results / f"{stem}.json",
+        "md": results / f"{stem}.md",
+        "png": results / f"{stem}.png",
+    }
+    header = f"# {title}\n\nDevice {env.get('device')}, commit {env.get('git_commit')}; {stamp}."
+    atomic_write_bytes(paths["md"], report.markdown(preset, rows, header).encode())
+    report.plot(preset, rows, paths["png"], title)
+    record["paths"] = {k: str(v) for k, v in paths.items()}
+    write_json_atomic(paths["json"], record)
+    return record
+
+
+__all__ = ["PRESETS", "Preset", "run_benchmark"]

@@ -1,0 +1,141 @@
+"""The benchmark's data: one generated pool, nested subsets per P, one prepared dataset per strategy.
+
+The pool is the bundled synthetic math ReAct task (``natscale.agent.scripted``) with the terse
+teacher (``verbosity=0``): training questions with 1-3 trajectories each, and held-out test
+questions drawn with their own seed, none of them a training question. For each P the subset is
+the first P successes and the first ``negatives_per_positive * P`` failures of the pool in
+generation order, so the subsets are nested (the P=500 data is part of the P=2000 data) and every
+strategy of one P sees exactly the same trajectories: ``vanilla`` drops the failures, ``nut``
+trains them like successes, ``nat`` marks both classes, ``nat-fine`` marks each failure kind.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from natscale.atomic import atomic_write_bytes, atomic_write_json
+from natscale.bench.nat.presets import FINE_KINDS, FINE_MARKERS, FINE_SCORES, Preset
+
+REPO = Path(__file__).resolve().parents[3]
+TOKENIZER = REPO / "examples" / "tokenizer"
+
+
+ALL = 0  # P = ALL: every success of the pool and no failure (the calibration's data)
+
+
+class BenchDataError(RuntimeError):
+    """The pool cannot supply what the preset asks for."""
+
+
+def subset(p: int) -> str:
+    """The folder name of the P subset: ``P500``, or ``Pall`` for every success of the pool."""
+    return "Pall" if p == ALL else f"P{p}"
+
+
+def build_pool(preset: Preset, root: Path) -> dict[str, Any]:
+    """Generate the pool and write every P's files under ``root``; returns what was written.
+
+    Files: ``questions.jsonl`` (training questions), ``test.jsonl`` (held out), ``prompt.json``,
+    ``P<P>/trajectories.json`` per P (NAT release format, ``info.progress`` = the nat-fine score
+    of the trajectory's kind) and ``Pall/trajectories.json`` (every success: the calibration's
+    data). Written atomically; the same preset gives the same bytes.
+    """
+    from natscale.agent.scripted.dataset import (
+        dumps_prompt,
+        dumps_questions,
+        dumps_trajectories,
+        generate,
+    )
+
+    pool = generate(
+        preset.pool_seed,
+        preset.pool_questions,
+        preset.test_questions,
+        verbosity=0,
+        max_steps=preset.max_steps,
+    )
+    pool.prompt["instruction"] = preset.instruction
+    for traj in pool.trajectories:
+        traj["info"]["progress"] = FINE_SCORES[traj["info"]["kind"]]
+    positives = [i for i, t in enumerate(pool.trajectories) if t["info"]["reward"]]
+    negatives = [i for i, t in enumerate(pool.trajectories) if not t["info"]["reward"]]
+    train_texts = {q["question"] for q in pool.questions}
+    leaked = [q["id"] for q in pool.test_questions if q["question"] in train_texts]
+    if leaked:  # the generator promises this; the benchmark's claim rests on it
+        raise BenchDataError(f"test questions also in the training pool: {leaked[:5]}")
+    root.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(root / "questions.jsonl", dumps_questions(pool.questions).encode())
+    atomic_write_bytes(root / "test.jsonl", dumps_questions(pool.test_questions).encode())
+    atomic_write_bytes(root / "prompt.json", dumps_prompt(pool.prompt).encode())
+    subsets: dict[str, Any] = {}
+    for p in (*preset.positives, ALL):
+        n_neg = 0 if p == ALL else preset.negatives_per_positive * p
+        p = len(positives) if p == ALL else p
+        if p > len(positives) or n_neg > len(negatives):
+            raise BenchDataError(
+                f"P={p} needs {p} successes and {n_neg} failures; the pool of "
+                f"{preset.pool_questions} questions has {len(positives)} and {len(negatives)}: "
+                "raise pool_questions"
+            )
+        picked = [pool.trajectories[i] for i in sorted(positives[:p] + negatives[:n_neg])]
+        name = subset(ALL if n_neg == 0 else p)
+        path = root / name / "trajectories.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, dumps_trajectories(picked).encode())
+        kinds = {k: sum(t["info"]["kind"] == k for t in picked) for k in FINE_KINDS}
+        subsets[name] = {"positives": p, "negatives": n_neg, "kinds": kinds}
+    summary = {
+        "pool_questions": len(pool.questions),
+        "pool_trajectories": len(pool.trajectories),
+        "pool_successes": len(positives),
+        "pool_failures": len(negatives),
+        "test_questions": len(pool.test_questions),
+        "subsets": subsets,
+    }
+    atomic_write_json(root / "pool.json", summary)
+    return summary
+
+
+def strategy_section(name: str) -> dict[str, Any]:
+    """The ``strategy`` section of the prepare config for one benchmark strategy."""
+    if name in ("vanilla", "nut"):
+        return {"name": name}
+    if name == "nat":
+        return {"name": "nat", "position": "suffix"}  # the paper's wording, from prompt.json
+    if name == "nat-fine":
+        mins = {"success": 1.0, "wrong_answer": 0.5, "bad_tool_args": 0.25, "unfinished": None}
+        return {
+            "name": "nat-fine",
+            "position": "suffix",
+            "buckets": [
+                {
+                    "name": k,
+                    "marker": FINE_MARKERS[k],
+                    **({} if mins[k] is None else {"min": mins[k]}),
+                }
+                for k in FINE_KINDS
+            ],
+        }
+    raise ValueError(f"unknown strategy {name!r}; one of vanilla, nut, nat, nat-fine")
+
+
+def prepare_config(preset: Preset, root: Path, p: int, strategy: str) -> dict[str, Any]:
+    """The full ``natscale prepare`` config of strategy ``strategy`` at ``P=p``."""
+    return {
+        "seed": 42,
+        "num_proc": 1,
+        "sources": [
+            {
+                "format": "nat",
+                "paths": [str(root / subset(p) / "trajectories.json")],
+                "questions": [str(root / "questions.jsonl")],
+                "prompt": str(root / "prompt.json"),
+                "score_field": "info.progress",
+            }
+        ],
+        "outcome": {"success": "field", "score": "field", "unfinished": "keep", "empty": "skip"},
+        "strategy": strategy_section(strategy),
+        "render": {"tokenizer": str(TOKENIZER), "template": "llama2", "instruction": "turn"},
+        "pack": {"max_seq_len": preset.max_seq_len, "algorithm": "bfd_repair"},
+    }

@@ -1,0 +1,154 @@
+"""The protocol of ``natscale bench nat`` as data: task pool, model, training and evaluation.
+
+docs/nat-benchmark.md states the protocol and why each number is what it is; the presets here are
+its machine-readable form and every run's record carries the one it used. ``cpu`` is the full
+protocol sized for a 2-core machine (24 runs, within 90 minutes), ``gpu`` the same protocol with a bigger model
+and more steps for one H100, ``quick`` a smoke test of the whole pipeline (about a minute; its
+accuracies mean nothing).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+STRATEGIES = ("vanilla", "nut", "nat", "nat-fine")
+
+# nat-fine: one bucket per failure kind of the task's episodes, best first (the generator labels
+# each trajectory's kind; the score below orders them by how far the episode got). The wording
+# follows the paper's binary markers: "...solve the problem correctly." / "But ...".
+FINE_KINDS = ("success", "wrong_answer", "bad_tool_args", "unfinished")
+FINE_SCORES = {"success": 1.0, "wrong_answer": 0.5, "bad_tool_args": 0.25, "unfinished": 0.0}
+FINE_MARKERS = {
+    "success": "Generate a sequence of Thought and Action steps to solve the problem correctly.",
+    "wrong_answer": "Generate a sequence of Thought and Action steps. But finish with a wrong answer.",
+    "bad_tool_args": "Generate a sequence of Thought and Action steps. But write expressions the "
+    "calculator cannot read.",
+    "unfinished": "Generate a sequence of Thought and Action steps. But never finish the problem.",
+}
+
+# The paper's instruction turn is ~80 tokens of constant, untrained text in every example; the
+# benchmark keeps the turn (and the acknowledgement, and the paper's marker wording) but words it
+# in one line, which halves what a small model spends on each example.
+SHORT_INSTRUCTION = (
+    "Solve a math problem with Thought and Action steps. "
+    "Action is calculate[expression] or finish[answer]."
+)
+
+# the small Llama of the benchmark: the bundled tokenizer's vocabulary, random init
+_LLAMA = {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "attention_bias": False,
+    "attention_dropout": 0.0,
+    "hidden_act": "silu",
+    "initializer_range": 0.02,
+    "mlp_bias": False,
+    "rms_norm_eps": 1e-6,
+    "rope_parameters": {"rope_theta": 10000.0, "rope_type": "default"},
+    "tie_word_embeddings": False,
+    "use_cache": False,
+    "max_position_embeddings": 2048,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "pad_token_id": 3,
+    "vocab_size": 2048,
+    "pretraining_tp": 1,
+}
+
+
+def llama_config(hidden: int, layers: int, heads: int) -> dict[str, Any]:
+    """A Llama config of ``hidden`` width, ``layers`` blocks and ``heads`` heads (MLP 3x wide)."""
+    return {
+        **_LLAMA,
+        "hidden_size": hidden,
+        "intermediate_size": 3 * hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": heads,
+        "head_dim": hidden // heads,
+    }
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One sizing of the protocol. Every run of a comparison uses the same preset."""
+
+    name: str
+    # task: the bundled synthetic math ReAct generator (natscale.agent.scripted)
+    pool_seed: int = 20240218
+    pool_questions: int = 6000  # training questions; their trajectories form the pools
+    test_questions: int = 500  # held out: drawn with their own seed, none is a training question
+    max_steps: int = 1  # difficulty: calculator steps of the gold solution, at most
+    instruction: str = SHORT_INSTRUCTION
+    positives: tuple[int, ...] = (500, 2000)  # P: positives kept (the scarce settings)
+    negatives_per_positive: int = 2  # the negative pool is this many x P failures
+    strategies: tuple[str, ...] = STRATEGIES
+    seeds: tuple[int, ...] = (0, 1, 2)
+    # model: a small Llama from random init with the bundled tokenizer
+    hidden: int = 128
+    layers: int = 4
+    heads: int = 4
+    # training: identical for every strategy (same steps, so the same compute)
+    steps: int = 450
+    micro_batch_rows: int = 2
+    grad_accum: int = 1
+    max_seq_len: int = 1024
+    lr: float = 3e-3
+    warmup_steps: int = 10
+    precision: str = "fp32"
+    # evaluation: greedy, the paper's loop; NAT models also with the failure marker
+    max_depth: int = 6
+    max_new_tokens: int = 48
+    eval_batch: int = 128
+    controllability: tuple[str, ...] = ("nat", "nat-fine")
+    # execution: runs in parallel, threads per run (2 cores: two one-thread runs beat one
+    # two-thread run for a model this small)
+    jobs: int = 2
+    threads: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def model_config(self) -> dict[str, Any]:
+        return llama_config(self.hidden, self.layers, self.heads)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+CPU = Preset(name="cpu")
+# Not yet run on a GPU: sized from the CPU runs (see docs/nat-benchmark.md), four runs share
+# the GPU because one small model leaves most of it idle.
+GPU = replace(
+    CPU,
+    name="gpu",
+    hidden=384,
+    layers=6,
+    heads=6,
+    steps=800,
+    micro_batch_rows=4,
+    lr=1e-3,
+    precision="bf16",
+    eval_batch=250,
+    jobs=4,
+    threads=4,
+)
+QUICK = replace(
+    CPU,
+    name="quick",
+    pool_questions=120,
+    test_questions=8,
+    positives=(24,),
+    seeds=(0,),
+    hidden=32,
+    layers=1,
+    heads=2,
+    steps=3,
+    micro_batch_rows=1,
+    warmup_steps=1,
+    max_seq_len=512,
+    max_depth=1,
+    max_new_tokens=16,
+    eval_batch=8,
+    controllability=("nat",),
+)
+PRESETS = {p.name: p for p in (CPU, GPU, QUICK)}

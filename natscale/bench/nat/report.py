@@ -1,0 +1,163 @@
+"""Aggregate the runs of ``natscale bench nat``: table, bar chart and JSON record.
+
+Accuracy per (strategy, P) is the mean over seeds. Its 95% interval is the Student t interval
+over the seeds' accuracies (what changes when the model is trained again), or with one seed the
+eval's bootstrap interval over questions. Both are written down in every record.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+from natscale.bench.nat.data import ALL
+from natscale.bench.nat.presets import Preset
+
+
+def _positives(preset: Preset, results_or_rows: list[dict[str, Any]]) -> list[int]:
+    """The P values present, in the preset's order (the calibration's ALL last)."""
+    have = {r["p"] for r in results_or_rows}
+    return [p for p in (*preset.positives, ALL) if p in have]
+
+
+def p_label(p: int) -> str:
+    return "P = all" if p == ALL else f"P = {p:,}"
+
+
+# two-sided 95% Student t quantiles by degrees of freedom
+_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def interval(values: list[float], single_ci: list[float] | None = None) -> list[float] | None:
+    """95% interval of the mean of ``values`` (t over seeds), or ``single_ci`` for one value."""
+    if len(values) == 1:
+        return single_ci
+    mean = statistics.fmean(values)
+    half = _T95.get(len(values) - 1, 1.96) * statistics.stdev(values) / math.sqrt(len(values))
+    return [max(0.0, mean - half), min(1.0, mean + half)]
+
+
+def aggregate(preset: Preset, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (P, strategy, marker): mean accuracy, interval and the per-seed values."""
+    rows = []
+    for p in _positives(preset, results):
+        for strategy in preset.strategies:
+            runs = sorted(
+                (r for r in results if r["p"] == p and r["strategy"] == strategy),
+                key=lambda r: r["seed"],
+            )
+            if not runs:
+                continue
+            for marker in ("success_marker", "failure_marker"):
+                if marker not in runs[0]:
+                    continue
+                accs = [r[marker]["accuracy"] for r in runs]
+                fin = [r[marker]["finished"] / r[marker]["episodes"] for r in runs]
+                rows.append(
+                    {
+                        "p": p,
+                        "strategy": strategy,
+                        "marker": runs[0][marker].get("marker", "success")
+                        if marker == "failure_marker"
+                        else "success",
+                        "accuracy": statistics.fmean(accs),
+                        "ci95": interval(accs, runs[0][marker].get("ci95")),
+                        "per_seed": accs,
+                        "seeds": [r["seed"] for r in runs],
+                        "finished_rate": statistics.fmean(fin),
+                        "episodes_per_seed": runs[0][marker]["episodes"],
+                    }
+                )
+    return rows
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}"
+
+
+def markdown(preset: Preset, rows: list[dict[str, Any]], header: str) -> str:
+    """The accuracy table (success marker) and the controllability table (failure markers)."""
+    ps = _positives(preset, rows)
+    lines = [header, "", "Test accuracy, % (95% interval; per seed), greedy, success marker:", ""]
+    lines.append("| strategy | " + " | ".join(p_label(p) for p in ps) + " |")
+    lines.append("|---" * (len(ps) + 1) + "|")
+    for strategy in preset.strategies:
+        cells = []
+        for p in ps:
+            row = next(
+                (
+                    r
+                    for r in rows
+                    if (r["p"], r["strategy"], r["marker"]) == (p, strategy, "success")
+                ),
+                None,
+            )
+            if row is None:
+                cells.append("–")
+                continue
+            ci = row["ci95"]
+            ci_txt = f" [{_pct(ci[0])}, {_pct(ci[1])}]" if ci else ""
+            seeds = ", ".join(_pct(a) for a in row["per_seed"])
+            cells.append(f"**{_pct(row['accuracy'])}**{ci_txt} ({seeds})")
+        lines.append(f"| {strategy} | " + " | ".join(cells) + " |")
+    ctrl = [r for r in rows if r["marker"] != "success"]
+    if ctrl:
+        lines += ["", "Controllability: the same models with a failure marker in the question:", ""]
+        lines.append(
+            "| strategy | P | marker | accuracy % | finished % | success-marker accuracy % |"
+        )
+        lines.append("|---|---|---|---|---|---|")
+        for r in ctrl:
+            base = next(
+                x
+                for x in rows
+                if (x["p"], x["strategy"], x["marker"]) == (r["p"], r["strategy"], "success")
+            )
+            lines.append(
+                f"| {r['strategy']} | {p_label(r['p'])[4:]} | {r['marker']} | {_pct(r['accuracy'])} | "
+                f"{_pct(r['finished_rate'])} | {_pct(base['accuracy'])} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def plot(preset: Preset, rows: list[dict[str, Any]], path: Path, title: str) -> Path:
+    """Grouped bars: accuracy per strategy at each P, with the 95% intervals."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ps = _positives(preset, rows)
+    strategies = list(preset.strategies)
+    width = 0.8 / len(strategies)
+    fig, ax = plt.subplots(figsize=(2.2 + 1.6 * len(ps), 3.6))
+    for k, strategy in enumerate(strategies):
+        xs, ys, lo, hi = [], [], [], []
+        for i, p in enumerate(ps):
+            row = next(
+                (
+                    r
+                    for r in rows
+                    if (r["p"], r["strategy"], r["marker"]) == (p, strategy, "success")
+                ),
+                None,
+            )
+            if row is None:
+                continue
+            ci = row["ci95"] or [row["accuracy"], row["accuracy"]]
+            xs.append(i + (k - (len(strategies) - 1) / 2) * width)
+            ys.append(100 * row["accuracy"])
+            lo.append(100 * (row["accuracy"] - ci[0]))
+            hi.append(100 * (ci[1] - row["accuracy"]))
+        ax.bar(xs, ys, width, yerr=[lo, hi], capsize=3, label=strategy)
+    ax.set_xticks(range(len(ps)), [p_label(p) for p in ps])
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8, ncols=2)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

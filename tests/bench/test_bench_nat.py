@@ -1,0 +1,167 @@
+"""`natscale bench nat`: the data every strategy sees, the report, the work folder, and the
+`--quick` smoke run of the whole pipeline (prepare -> train -> eval -> record), resumed."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from natscale.bench.nat import report
+from natscale.bench.nat.data import build_pool, prepare_config
+from natscale.bench.nat.presets import FINE_KINDS, PRESETS, QUICK
+from natscale.bench.nat.runner import WorkDirError, claim_work_dir, plan
+
+REPO = Path(__file__).resolve().parents[2]
+SMALL = replace(QUICK, positives=(10, 20), pool_questions=80, test_questions=30)
+
+
+def _prepared(tmp_path: Path, p: int, strategy: str):
+    from natscale.config.prepare import PrepareConfig
+    from natscale.data.prepare import prepare
+
+    cfg = PrepareConfig.model_validate(prepare_config(SMALL, tmp_path, p, strategy))
+    return prepare(cfg, tmp_path / f"P{p}" / strategy, progress=False)
+
+
+def test_pool_subsets_are_nested_and_disjoint_from_the_test_questions(tmp_path: Path):
+    summary = build_pool(SMALL, tmp_path)
+    small = json.loads((tmp_path / "P10" / "trajectories.json").read_text())
+    large = json.loads((tmp_path / "P20" / "trajectories.json").read_text())
+    ids = [(t["id"], t["source"]) for t in large]
+    assert all((t["id"], t["source"]) in ids for t in small)  # nested
+    assert sum(t["info"]["reward"] for t in small) == 10
+    assert sum(not t["info"]["reward"] for t in small) == 20  # 2P failures
+    train = {json.loads(x)["question"] for x in (tmp_path / "questions.jsonl").open()}
+    test = [json.loads(x) for x in (tmp_path / "test.jsonl").open()]
+    assert len(test) == 30 and not train & {q["question"] for q in test}
+    assert summary["subsets"]["P20"]["positives"] == 20
+    # the calibration's subset: every success of the pool, no failure
+    every = json.loads((tmp_path / "Pall" / "trajectories.json").read_text())
+    assert all(t["info"]["reward"] for t in every)
+    assert len(every) == summary["pool_successes"] == summary["subsets"]["Pall"]["positives"]
+    # the same bytes again: a rerun builds the same benchmark
+    again = tmp_path / "again"
+    build_pool(SMALL, again)
+    assert (again / "P20" / "trajectories.json").read_bytes() == (
+        tmp_path / "P20" / "trajectories.json"
+    ).read_bytes()
+
+
+def test_every_strategy_sees_the_same_trajectories(tmp_path: Path):
+    build_pool(SMALL, tmp_path)
+    stats = {s: _prepared(tmp_path, 10, s).stats for s in ("vanilla", "nut", "nat", "nat-fine")}
+    kept = {s: {k: v["examples"] for k, v in st["per_class"].items()} for s, st in stats.items()}
+    assert kept["vanilla"] == {"success": 10}
+    assert sum(kept["nut"].values()) == sum(kept["nat"].values()) == 30
+    assert kept["nat"] == {"success": 10, "failure": 20}
+    # nat-fine: one bucket per outcome kind, and the buckets add up to the same 30 trajectories
+    assert list(kept["nat-fine"]) == list(FINE_KINDS)
+    assert kept["nat-fine"]["success"] == 10 and sum(kept["nat-fine"].values()) == 30
+    kinds = json.loads((tmp_path / "pool.json").read_text())["subsets"]["P10"]["kinds"]
+    assert kept["nat-fine"] == kinds
+
+
+def test_interval_is_t_over_seeds_or_the_single_runs_bootstrap():
+    lo, hi = report.interval([0.5, 0.6, 0.7])
+    half = 4.303 * 0.1 / math.sqrt(3)
+    assert lo == pytest.approx(0.6 - half) and hi == pytest.approx(0.6 + half)
+    assert report.interval([0.4], [0.3, 0.5]) == [0.3, 0.5]
+    assert report.interval([0.0, 0.0]) == [0.0, 0.0]
+
+
+def _result(p, strategy, seed, acc, failure_acc=None):
+    metrics = {"accuracy": acc, "ci95": [acc, acc], "episodes": 10, "finished": 9}
+    out = {"p": p, "strategy": strategy, "seed": seed, "success_marker": metrics}
+    if failure_acc is not None:
+        out["failure_marker"] = {**metrics, "accuracy": failure_acc, "marker": "failure"}
+    return out
+
+
+def test_report_table_and_chart(tmp_path: Path):
+    preset = replace(QUICK, positives=(24,), seeds=(0, 1))
+    results = [
+        _result(24, s, seed, 0.1 * (i + 1) + 0.01 * seed, 0.0 if s == "nat" else None)
+        for i, s in enumerate(preset.strategies)
+        for seed in preset.seeds
+    ]
+    rows = report.aggregate(preset, results)
+    nat = next(r for r in rows if r["strategy"] == "nat" and r["marker"] == "success")
+    assert nat["accuracy"] == pytest.approx(0.305) and nat["per_seed"] == pytest.approx([0.3, 0.31])
+    text = report.markdown(preset, rows, "# t")
+    assert "| nat | **30.5** [" in text and "(30.0, 31.0)" in text
+    assert "| nat | 24 | failure | 0.0 |" in text
+    png = report.plot(preset, rows, tmp_path / "c.png", "t")
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_work_dir_is_the_benchmarks_own(tmp_path: Path):
+    mine = tmp_path / "someone"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(WorkDirError, match="not made by `natscale bench nat`"):
+        claim_work_dir(mine, QUICK)
+    assert (mine / "notes.txt").read_text() == "keep me"
+    work = tmp_path / "bench"
+    claim_work_dir(work, QUICK)
+    claim_work_dir(work, QUICK)  # the same protocol again: continue
+    with pytest.raises(WorkDirError, match="differs in: steps"):
+        claim_work_dir(work, replace(QUICK, steps=99))
+
+
+def test_cli_refuses_bad_input_with_exit_2(tmp_path: Path, capsys):
+    from natscale.cli.main import main
+
+    assert main(["bench", "nat", "--quick", "--preset", "cpu"]) == 2
+    assert "give --quick or --preset" in capsys.readouterr().err
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "data.json").write_text("{}")
+    args = ["bench", "nat", "--quick", "--work-dir", str(theirs), "--results", str(tmp_path)]
+    assert main(args) == 2
+    assert "not made by `natscale bench nat`" in capsys.readouterr().err
+    assert sorted(p.name for p in theirs.iterdir()) == ["data.json"]  # nothing added, nothing lost
+
+
+def test_plan_covers_every_strategy_p_and_seed():
+    cpu = PRESETS["cpu"]
+    runs = plan(cpu)
+    assert len(runs) == len(cpu.positives) * len(cpu.strategies) * len(cpu.seeds) == 24
+    assert len({r.name for r in runs}) == 24
+    assert [r.name for r in plan(cpu, calibrate=True)] == ["Pall/vanilla/seed0"]
+
+
+@pytest.mark.multiproc
+@pytest.mark.timeout(900)  # about a minute on 2 quiet cores; much longer on a loaded machine
+def test_quick_runs_the_pipeline_and_resumes(tmp_path: Path):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    argv = [sys.executable, "-m", "natscale.cli", "bench", "nat", "--quick"]
+    argv += ["--work-dir", str(tmp_path / "work"), "--results", str(tmp_path / "results")]
+    first = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "bench nat: preset quick, 4 runs (0 reused)" in first.stdout
+    records = sorted((tmp_path / "results").glob("nat_quick_*.json"))
+    record = json.loads(records[-1].read_text())
+    assert {"preset", "data", "rows", "runs", "environment", "interval"} <= set(record)
+    assert record["environment"]["versions"]["torch"]
+    assert len(record["runs"]) == 4
+    for run in record["runs"]:
+        assert run["train"]["steps"] == QUICK.steps
+        assert math.isfinite(run["train"]["loss_last"])
+        m = run["success_marker"]
+        assert 0.0 <= m["accuracy"] <= 1.0 and m["episodes"] == QUICK.test_questions
+    nat = next(r for r in record["runs"] if r["strategy"] == "nat")
+    assert nat["failure_marker"]["marker"] == "failure"
+    assert Path(record["paths"]["png"]).is_file() and Path(record["paths"]["md"]).is_file()
+    # a second call reuses every finished run: nothing is trained or evaluated again
+    second = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "4 runs (4 reused)" in second.stdout
+    log = tmp_path / "work" / "runs" / "P24" / "nat" / "seed0" / "train.log"
+    assert log.read_text().count("natscale.cli train") == 1  # trained once, by the first call
