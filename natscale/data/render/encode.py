@@ -9,12 +9,21 @@ Between special tokens the pieces are joined into one *run* and tokenised in one
 tokenisation is the same as for the plain string); a token is trained when it overlaps a trained
 piece, found with the tokenizer's character offsets. Many runs are encoded in one batched call
 into the Rust tokenizer.
+
+Offsets cost the tokenizer about a third of its time, so for tokenizers whose tokens each cover
+exactly as many characters as their vocabulary string has (no normaliser, no pre-tokeniser or
+post-processor that drops or trims characters; :func:`char_lengths`) the runs are encoded without
+them and a token's characters are found from the running sum of those lengths. A run where the
+sum differs from the run's length (a prepended ``▁``, byte-fallback or unknown tokens, multi-byte
+characters of a byte-level vocabulary) is encoded again with offsets, so the result is always
+the offsets' result.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from bisect import bisect_right
 from dataclasses import dataclass
 from itertools import chain
 from typing import NamedTuple
@@ -59,6 +68,8 @@ class PieceEncoder:
         # "never" to get exactly the tokens the tokenizer gives the whole rendered string.
         self._tk_later = _runner(spec) if _first_to_never(spec.get("pre_tokenizer")) else self._tk
         self.added = dict(tokenizer.get_added_vocab())
+        # characters per token id (None: offsets needed), see the module doc
+        self._char_len = char_lengths(spec)
         names = sorted(self.added, key=len, reverse=True)
         self._split = re.compile("(" + "|".join(map(re.escape, names)) + ")") if names else None
         self._literals: dict[str, tuple[str | int, ...]] = {}
@@ -114,8 +125,9 @@ class PieceEncoder:
             for k, it in enumerate(plan):
                 if it[0] == "run":
                     unique[k > 0].setdefault(it[1], len(unique[k > 0]))
+        fast = self._char_len is not None
         encs = [
-            tk.encode_batch(list(texts), add_special_tokens=False) if texts else []
+            _encode(tk, list(texts), offsets=not fast) if texts else []
             for tk, texts in ((self._tk, unique[0]), (self._tk_later, unique[1]))
         ]
         # the ids of each group's unique runs back to back in one int32 array: each run's ids
@@ -127,6 +139,7 @@ class PieceEncoder:
             ids_of = (enc.ids for enc in group)
             flat.append(np.fromiter(chain.from_iterable(ids_of), np.int32, count=int(cut[-1])))
             cuts.append(cut.tolist())
+        locate = self._locators(plans, unique, encs, flat, cuts) if fast else None
         out = []
         for plan in plans:
             parts: list[np.ndarray] = []
@@ -144,10 +157,14 @@ class PieceEncoder:
                 a, b = cuts[later][u], cuts[later][u + 1]
                 parts.append(flat[later][a:b])
                 if extra:
-                    enc = encs[later][u]
+                    where = encs[later][u] if locate is None else locate[later][u]
                     for start, end in extra:
-                        first = _token_at(enc, start, end, forward=True)
-                        last = _token_at(enc, start, end, forward=False)
+                        if where.__class__ is list:  # token end positions (characters)
+                            first = bisect_right(where, start)
+                            last = bisect_right(where, end - 1)
+                        else:  # an Encoding with offsets
+                            first = _token_at(where, start, end, forward=True)
+                            last = _token_at(where, start, end, forward=False)
                         if first is not None and last is not None:
                             ranges.append((n + first, n + last + 1))
                 n += b - a
@@ -158,6 +175,35 @@ class PieceEncoder:
             out.append(Encoded(ids, mask))
         return out
 
+    def _locators(self, plans, unique, encs, flat, cuts) -> tuple[dict, dict]:
+        """For each unique run with a trained part: the end character of each of its tokens
+        (a list, from the vocabulary lengths), or, where those do not add up to the run's
+        length, its Encoding with offsets (encoded again, in one batch per group)."""
+        assert self._char_len is not None
+        char_len = self._char_len
+        found: tuple[dict, dict] = ({}, {})
+        redo: tuple[dict[str, int], dict[str, int]] = ({}, {})
+        for plan in plans:
+            for k, (kind, text, extra) in enumerate(plan):
+                if kind != "run" or not extra:
+                    continue
+                later = k > 0
+                u = unique[later][text]
+                if u in found[later] or text in redo[later]:
+                    continue
+                a, b = cuts[later][u], cuts[later][u + 1]
+                ends = np.cumsum(char_len[flat[later][a:b]])
+                if b > a and int(ends[-1]) == len(text):
+                    found[later][u] = ends.tolist()
+                else:
+                    redo[later][text] = u
+        for later, tk in ((False, self._tk), (True, self._tk_later)):
+            if redo[later]:
+                again = _encode(tk, list(redo[later]), offsets=True)
+                for u, enc in zip(redo[later].values(), again, strict=True):
+                    found[later][u] = enc
+        return found
+
     def _token_array(self, token_id: int) -> np.ndarray:
         arr = self._token_arrays.get(token_id)
         if arr is None:
@@ -166,6 +212,77 @@ class PieceEncoder:
 
     def encode(self, pieces: list[Piece]) -> Encoded:
         return self.encode_batch([pieces])[0]
+
+
+def _encode(tk, texts: list[str], *, offsets: bool) -> list:
+    if offsets or not hasattr(tk, "encode_batch_fast"):
+        return tk.encode_batch(texts, add_special_tokens=False)
+    return tk.encode_batch_fast(texts, add_special_tokens=False)
+
+
+# pre-tokenisers that keep every character and change none (Metaspace: " " -> "▁"; ByteLevel:
+# one character per byte, so as many as the text has when it is ASCII)
+_KEEPING_PRE = {"Metaspace", "ByteLevel", "Digits", "Punctuation", "Split", "Sequence"}
+_BYTE_PIECE = re.compile(r"<0x[0-9A-Fa-f]{2}>")
+_UNCOUNTED = 1 << 30  # a length no run has: a run holding such a token takes the offsets path
+
+
+def char_lengths(spec: dict) -> np.ndarray | None:
+    """Characters each token id covers in the text (``int64`` by id), when its vocabulary
+    string's length says it for every token of a run whose lengths add up to the run's length;
+    None when the tokenizer's pipeline can change characters (then offsets are always used).
+
+    Byte-fallback, unknown and added tokens get a length no run has, so runs holding them use
+    offsets."""
+    model = spec.get("model") or {}
+    if spec.get("normalizer") is not None or not _keeps_chars(spec.get("pre_tokenizer")):
+        return None
+    if _trims_offsets(spec.get("post_processor")):
+        return None
+    if model.get("type") == "BPE" and not (
+        model.get("continuing_subword_prefix") or model.get("end_of_word_suffix")
+    ):
+        vocab = list(model["vocab"].items())
+    elif model.get("type") == "Unigram":
+        vocab = [(piece, i) for i, (piece, _score) in enumerate(model["vocab"])]
+    else:
+        return None
+    added = spec.get("added_tokens") or []
+    size = 1 + max([i for _, i in vocab] + [t["id"] for t in added] + [-1])
+    lengths = np.full(size, _UNCOUNTED, dtype=np.int64)
+    for piece, i in vocab:
+        if piece and not _BYTE_PIECE.fullmatch(piece):
+            lengths[i] = len(piece)
+    unk = model.get("unk_token") if model.get("type") == "BPE" else None
+    unk_ids = [i for p, i in vocab if p == unk] if unk else []
+    if model.get("type") == "Unigram" and model.get("unk_id") is not None:
+        unk_ids.append(model["unk_id"])
+    for i in [*unk_ids, *(t["id"] for t in added)]:
+        lengths[i] = _UNCOUNTED
+    return lengths
+
+
+def _keeps_chars(pre: dict | None) -> bool:
+    if pre is None:
+        return True
+    kind = pre.get("type")
+    if kind not in _KEEPING_PRE:
+        return False
+    if kind == "Sequence":
+        return all(_keeps_chars(p) for p in pre.get("pretokenizers", []))
+    if kind in ("Split", "Punctuation"):
+        return str(pre.get("behavior")).lower() != "removed" and not pre.get("invert")
+    if kind == "Metaspace":
+        return len(pre.get("replacement", "")) == 1
+    return True
+
+
+def _trims_offsets(post: dict | None) -> bool:
+    if post is None:
+        return False
+    if post.get("type") == "Sequence":
+        return any(_trims_offsets(p) for p in post.get("processors", []))
+    return bool(post.get("trim_offsets"))
 
 
 def _runner(spec: dict):

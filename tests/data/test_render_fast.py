@@ -1,0 +1,172 @@
+"""The encoder's fast path (tokens located from vocabulary lengths, no offsets) gives exactly the
+ids and train masks of the offsets path, on the example data, with every template, in
+``paper_compat`` mode and on text that forces the fallback."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from natscale.config.prepare import StrategyConfig
+from natscale.data import nat
+from natscale.data.formats import load_trajectories
+from natscale.data.render import Message, Renderer, add_missing_tokens, load_tokenizer
+from natscale.data.render.batch import render_range
+from natscale.data.render.encode import Encoded, Piece, PieceEncoder, char_lengths
+
+from .test_render import CHATML_JINJA, MESSAGES
+
+# text the vocabulary lengths cannot place: byte-fallback pieces (emoji, CJK), combining marks
+ODD = "Observation: café 🙂 日本語 e\u0301 ▁▁ tab\there  double  space\n"
+
+
+def offsets_renderer(renderer: Renderer) -> Renderer:
+    """The same renderer, its encoder forced onto the offsets path (the reference)."""
+    import copy
+
+    ref = copy.copy(renderer)
+    ref.encoder = copy.copy(renderer.encoder)
+    ref.encoder._char_len = None
+    return ref
+
+
+def same(a: list, b: list) -> None:
+    assert len(a) == len(b)
+    for k, (x, y) in enumerate(zip(a, b, strict=True)):
+        if isinstance(x, Encoded):
+            assert np.array_equal(x.ids, y.ids), k
+            assert np.array_equal(x.mask, y.mask), k
+        else:
+            assert x == y, k
+
+
+@pytest.fixture(scope="module")
+def example_examples(example_data):
+    trajs = load_trajectories(
+        example_data / "trajectories.json",
+        "nat",
+        questions=example_data / "questions.jsonl",
+        prompt=example_data / "prompt.json",
+    )
+    examples, _ = nat.select(trajs, StrategyConfig())
+    return examples
+
+
+def test_the_example_tokenizer_takes_the_fast_path(tokenizer):
+    enc = PieceEncoder(tokenizer)
+    assert enc._char_len is not None
+    assert enc._char_len[tokenizer.convert_tokens_to_ids("▁the")] == 4
+    # byte-fallback and special tokens are never placed by length
+    assert enc._char_len[tokenizer.convert_tokens_to_ids("<0x41>")] > 10**6
+    assert enc._char_len[tokenizer.eos_token_id] > 10**6
+
+
+@pytest.mark.parametrize("paper_compat", [False, True])
+def test_example_data_renders_identically(tokenizer, example_examples, paper_compat):
+    fast = Renderer(tokenizer, "llama2", paper_compat=paper_compat)
+    ref = offsets_renderer(fast)
+    got = render_range(fast, example_examples, "turn", None)
+    want = render_range(ref, example_examples, "turn", None)
+    same(got, want)
+    assert sum(int(e.mask.sum()) for e in got) > 0
+
+
+@pytest.mark.parametrize("template", ["llama2", "chatml", "llama3", "hf"])
+def test_every_template_with_odd_text(tokenizer_copy, template):
+    tok = load_tokenizer(tokenizer_copy)
+    if template == "hf":
+        add_missing_tokens(tok, "chatml")
+        tok.chat_template = CHATML_JINJA
+    else:
+        add_missing_tokens(tok, template)
+    fast = Renderer(tok, template)
+    ref = offsets_renderer(fast)
+    variants = [
+        MESSAGES,
+        [*MESSAGES[:3], Message("assistant", ODD, True), Message("observation", ODD)],
+        [Message("user", " leading space"), Message("assistant", "  both  ", True)],
+        [Message("user", "q"), Message("assistant", "", True), Message("assistant", "x", True)],
+    ]
+    for msgs in variants:
+        a, b = fast.encoder.encode_batch([fast.pieces(msgs)])[0], ref.encode(msgs)
+        assert np.array_equal(a.ids, b.ids) and np.array_equal(a.mask, b.mask)
+
+
+@pytest.mark.parametrize(
+    "trained",
+    [(1,), (2,), (1, 3), (0, 2, 4), (4,)],
+)
+def test_trained_parts_inside_a_run(tokenizer, trained):
+    """Trained text starting and ending inside a run (between untrained text), placed by the
+    vocabulary lengths: the same tokens are trained as with offsets."""
+    texts = ["Question: what is", " 12 * 3", "? Thought: ", "multiply them", ".\n"]
+    pieces = [Piece("<s>", False, True)]
+    pieces += [Piece(t, k in trained) for k, t in enumerate(texts)]
+    pieces.append(Piece("</s>", False, True))
+    enc, ref = PieceEncoder(tokenizer), PieceEncoder(tokenizer)
+    ref._char_len = None
+    a, b = enc.encode(pieces), ref.encode(pieces)
+    assert np.array_equal(a.ids, b.ids) and np.array_equal(a.mask, b.mask)
+    assert a.mask.any() and not a.mask[-1]
+    # the fast path placed this run: its tokens' lengths add up to the text's
+    run = a.ids[1:-1]
+    assert int(enc._char_len[run].sum()) == len("".join(texts))
+
+
+def test_a_first_run_with_a_prepended_meta_space_falls_back(tokenizer):
+    """No special token first: the tokenizer prepends "▁" (one more character than the text), so
+    the run is placed with offsets."""
+    enc = PieceEncoder(tokenizer)
+    ref = PieceEncoder(tokenizer)
+    ref._char_len = None
+    pieces = [Piece("Question: two plus two?", False), Piece(" Four.", True), Piece("\n", False)]
+    a, b = enc.encode(pieces), ref.encode(pieces)
+    assert np.array_equal(a.ids, b.ids) and np.array_equal(a.mask, b.mask)
+    assert a.mask.any()
+
+
+def _byte_level_tokenizer(tmp_path, *, trim_offsets: bool):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tk.post_processor = processors.ByteLevel(trim_offsets=trim_offsets)
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<|im_start|>", "<|im_end|>", "<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tk.train_from_iterator([" ".join(m.content for m in MESSAGES)] * 5, trainer)
+    PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|endoftext|>").save_pretrained(
+        tmp_path
+    )
+    return load_tokenizer(tmp_path)
+
+
+@pytest.mark.parametrize("trim_offsets", [False, True])
+def test_byte_level_tokenizer(tmp_path, trim_offsets):
+    tok = _byte_level_tokenizer(tmp_path, trim_offsets=trim_offsets)
+    fast = Renderer(tok, "chatml")
+    # trimmed offsets are not the vocabulary lengths: such a tokenizer always uses offsets
+    assert (fast.encoder._char_len is None) == trim_offsets
+    ref = offsets_renderer(fast)
+    for msgs in (MESSAGES, [*MESSAGES[:3], Message("assistant", ODD, True)]):
+        a, b = fast.encode(msgs), ref.encode(msgs)
+        assert np.array_equal(a.ids, b.ids) and np.array_equal(a.mask, b.mask)
+
+
+def test_tokenizers_that_change_characters_use_offsets(tokenizer):
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    assert char_lengths(spec) is not None
+    for change in (
+        {"normalizer": {"type": "NFKC"}},
+        {"pre_tokenizer": {"type": "Whitespace"}},
+        {"pre_tokenizer": {"type": "Split", "pattern": {"String": " "}, "behavior": "Removed"}},
+        {"post_processor": {"type": "ByteLevel", "trim_offsets": True}},
+        {"model": {**spec["model"], "continuing_subword_prefix": "##"}},
+    ):
+        assert char_lengths({**spec, **change}) is None, change
