@@ -29,23 +29,11 @@ def _init(renderer: Renderer, examples: Sequence, mode: str, ack: str | None) ->
 
 def _render_range(bounds: tuple[int, int]) -> tuple:
     s = _STATE
-    results = render_range(s["renderer"], s["examples"][bounds[0] : bounds[1]], s["mode"], s["ack"])
-    return _compact(results)
-
-
-def _compact(results: list[Result]) -> tuple:
-    """``(count, ids, mask, lengths, failures)``: the encoded results concatenated, and the
-    failures by position."""
-    encs = [r for r in results if isinstance(r, Encoded)]
-    failures = {k: r for k, r in enumerate(results) if not isinstance(r, Encoded)}
-    lengths = np.array([len(e) for e in encs], dtype=np.int64)
-    ids = np.concatenate([e.ids for e in encs]) if encs else np.zeros(0, np.int32)
-    mask = np.concatenate([e.mask for e in encs]) if encs else np.zeros(0, bool)
-    return len(results), ids, mask, lengths, failures
+    return compact_range(s["renderer"], s["examples"][bounds[0] : bounds[1]], s["mode"], s["ack"])
 
 
 def _expand(compact: tuple) -> list[Result]:
-    """The inverse of :func:`_compact` (the arrays of the results are views into its arrays)."""
+    """The results of a :func:`compact_range` (their arrays are views into its arrays)."""
     count, ids, mask, lengths, failures = compact
     cuts = np.cumsum(lengths)[:-1]
     encs = iter(
@@ -58,21 +46,31 @@ def render_range(
     renderer: Renderer, examples: Sequence, mode: str, ack: str | None
 ) -> list[Result]:
     """Render ``examples`` (objects with ``traj`` and ``query``) in one batched call."""
-    out: list[Result | None] = [None] * len(examples)
-    batch, where = [], []
+    return _expand(compact_range(renderer, examples, mode, ack))
+
+
+def compact_range(renderer: Renderer, examples: Sequence, mode: str, ack: str | None) -> tuple:
+    """:func:`render_range` as ``(count, ids, mask, lengths, failures)``: the encoded examples'
+    ids and masks back to back, their lengths, and the failures by position (what a worker
+    sends back: three arrays to pickle, not two per example)."""
+    failures: dict[int, tuple[str, str]] = {}
+    batch, encs = [], []
     for k, ex in enumerate(examples):
         try:
             msgs = trajectory_messages(ex.traj, ex.query, mode=mode, acknowledgement=ack)
             if renderer.paper_compat:  # segment by segment, as the paper's code does
-                out[k] = renderer.encode(msgs, tools=ex.traj.tools)
-                continue
-            batch.append(renderer.pieces(msgs, tools=ex.traj.tools))
-            where.append(k)
+                encs.append(renderer.encode(msgs, tools=ex.traj.tools))
+            else:
+                batch.append(renderer.pieces(msgs, tools=ex.traj.tools))
         except (TemplateError, ValueError) as exc:
-            out[k] = ("render_error", str(exc))
-    for k, enc in zip(where, renderer.encoder.encode_batch(batch), strict=True):
-        out[k] = enc
-    return out  # type: ignore[return-value]
+            failures[k] = ("render_error", str(exc))
+    if not renderer.paper_compat:
+        ids, mask, lengths = renderer.encoder.encode_flat(batch)
+        return len(examples), ids, mask, lengths, failures
+    lengths = np.array([len(e) for e in encs], dtype=np.int64)
+    ids = np.concatenate([e.ids for e in encs]) if encs else np.zeros(0, np.int32)
+    mask = np.concatenate([e.mask for e in encs]) if encs else np.zeros(0, bool)
+    return len(examples), ids, mask, lengths, failures
 
 
 def _chunks(n: int, num_proc: int) -> list[tuple[int, int]]:

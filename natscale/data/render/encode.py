@@ -118,6 +118,15 @@ class PieceEncoder:
 
     def encode_batch(self, batch: list[list[Piece]]) -> list[Encoded]:
         """Encode several piece lists with one batched tokenizer call."""
+        ids, mask, lengths = self.encode_flat(batch)
+        cuts = np.cumsum(lengths)[:-1]
+        return [
+            Encoded(i, m) for i, m in zip(np.split(ids, cuts), np.split(mask, cuts), strict=True)
+        ]
+
+    def encode_flat(self, batch: list[list[Piece]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`encode_batch` as three arrays: every piece list's ids back to back (int32),
+        their train mask (bool) and each list's length (int64)."""
         plans = [self._items(pieces) for pieces in batch]
         # unique runs only: the instruction turn is the same text in every example of a task
         unique: tuple[dict[str, int], dict[str, int]] = ({}, {})
@@ -140,15 +149,18 @@ class PieceEncoder:
             flat.append(np.fromiter(chain.from_iterable(ids_of), np.int32, count=int(cut[-1])))
             cuts.append(cut.tolist())
         locate = self._locators(plans, unique, encs, flat, cuts) if fast else None
-        out = []
+        parts: list[np.ndarray] = []
+        starts: list[int] = []  # trained token ranges [start, stop) in the batch's ids
+        stops: list[int] = []
+        lengths: list[int] = []
+        n = 0
         for plan in plans:
-            parts: list[np.ndarray] = []
-            ranges: list[tuple[int, int]] = []  # trained token ranges [a, b)
-            n = 0
+            first_token = n
             for k, (kind, value, extra) in enumerate(plan):
                 if kind == "tok":
                     if extra:
-                        ranges.append((n, n + 1))
+                        starts.append(n)
+                        stops.append(n + 1)
                     parts.append(self._token_array(value))
                     n += 1
                     continue
@@ -157,32 +169,38 @@ class PieceEncoder:
                 a, b = cuts[later][u], cuts[later][u + 1]
                 parts.append(flat[later][a:b])
                 if extra:
-                    where = encs[later][u] if locate is None else locate[later][u]
-                    for start, end in extra:
-                        if where.__class__ is list:  # token end positions (characters)
-                            first = bisect_right(where, start)
-                            last = bisect_right(where, end - 1)
-                        else:  # an Encoding with offsets
+                    if locate is None or u not in locate[later]:
+                        where = encs[later][u] if locate is None else locate[2][later][u]
+                        for start, end in extra:
                             first = _token_at(where, start, end, forward=True)
                             last = _token_at(where, start, end, forward=False)
-                        if first is not None and last is not None:
-                            ranges.append((n + first, n + last + 1))
+                            if first is not None and last is not None:
+                                starts.append(n + first)
+                                stops.append(n + last + 1)
+                    else:  # token t of the group ends at character ends[t] - base of this run
+                        ends, base = locate[later][u]
+                        for start, end in extra:
+                            starts.append(n + bisect_right(ends, base + start, a, b) - a)
+                            stops.append(n + bisect_right(ends, base + end - 1, a, b) - a + 1)
                 n += b - a
-            mask = np.zeros(n, dtype=bool)
-            for a, b in ranges:
-                mask[a:b] = True
-            ids = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
-            out.append(Encoded(ids, mask))
-        return out
+            lengths.append(n - first_token)
+        ids = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
+        # mask: +1 where a trained range starts, -1 where it stops, running sum > 0
+        edges = np.zeros(n + 1, dtype=np.int32)
+        np.add.at(edges, np.asarray(starts, dtype=np.int64), 1)
+        np.add.at(edges, np.asarray(stops, dtype=np.int64), -1)
+        mask = np.cumsum(edges[:n]) > 0
+        return ids, mask, np.asarray(lengths, dtype=np.int64)
 
-    def _locators(self, plans, unique, encs, flat, cuts) -> tuple[dict, dict]:
-        """For each unique run with a trained part: the end character of each of its tokens
-        (a list, from the vocabulary lengths), or, where those do not add up to the run's
-        length, its Encoding with offsets (encoded again, in one batch per group)."""
+    def _locators(self, plans, unique, encs, flat, cuts) -> tuple[dict, dict, tuple]:
+        """Where each unique run with a trained part finds its tokens' characters:
+        ``locate[g][u] = (ends, base)`` (``ends[t] - base`` = the end character of the group's
+        token t, from the vocabulary lengths) when those add up to the run's length; else its
+        Encoding with offsets (encoded again, in one batch per group) in ``locate[2][g][u]``."""
         assert self._char_len is not None
-        char_len = self._char_len
         found: tuple[dict, dict] = ({}, {})
         redo: tuple[dict[str, int], dict[str, int]] = ({}, {})
+        ends: list[list[int] | None] = [None, None]
         for plan in plans:
             for k, (kind, text, extra) in enumerate(plan):
                 if kind != "run" or not extra:
@@ -191,18 +209,21 @@ class PieceEncoder:
                 u = unique[later][text]
                 if u in found[later] or text in redo[later]:
                     continue
+                if ends[later] is None:  # the group's running character count, once
+                    ends[later] = np.cumsum(self._char_len[flat[later]]).tolist()
+                run_ends = ends[later]
                 a, b = cuts[later][u], cuts[later][u + 1]
-                ends = np.cumsum(char_len[flat[later][a:b]])
-                if b > a and int(ends[-1]) == len(text):
-                    found[later][u] = ends.tolist()
+                base = run_ends[a - 1] if a else 0
+                if b > a and run_ends[b - 1] - base == len(text):
+                    found[later][u] = (run_ends, base)
                 else:
                     redo[later][text] = u
+        again: tuple[dict, dict] = ({}, {})
         for later, tk in ((False, self._tk), (True, self._tk_later)):
             if redo[later]:
-                again = _encode(tk, list(redo[later]), offsets=True)
-                for u, enc in zip(redo[later].values(), again, strict=True):
-                    found[later][u] = enc
-        return found
+                encoded = _encode(tk, list(redo[later]), offsets=True)
+                again[later].update(zip(redo[later].values(), encoded, strict=True))
+        return (*found, again)
 
     def _token_array(self, token_id: int) -> np.ndarray:
         arr = self._token_arrays.get(token_id)
