@@ -170,3 +170,42 @@ def test_tokenizers_that_change_characters_use_offsets(tokenizer):
         {"model": {**spec["model"], "continuing_subword_prefix": "##"}},
     ):
         assert char_lengths({**spec, **change}) is None, change
+
+
+def _paper_reference(tok, segs) -> tuple[list[int], list[bool]]:
+    """Each segment's joined text through the tokenizer on its own, a trained </s> appended
+    when the last token is not one (the paper's code, on strings)."""
+    ids, mask = [], []
+    for pieces, train in segs:
+        part = tok("".join(p.text for p in pieces), add_special_tokens=False)["input_ids"]
+        ids += part
+        mask += [train] * len(part)
+    if not ids or ids[-1] != tok.eos_token_id:
+        ids.append(tok.eos_token_id)
+        mask.append(True)
+    return ids, mask
+
+
+def test_paper_compat_batch_matches_segment_by_segment(tokenizer, example_examples):
+    """Many conversations' segments in one tokenizer call give each conversation's tokens as
+    tokenising its segments one by one does; an empty conversation is its trained </s>."""
+    from natscale.data.render.messages import trajectory_messages
+    from natscale.data.render.paper import encode_paper_flat, segments
+
+    r = Renderer(tokenizer, "llama2", paper_compat=True)
+    convs = [segments(trajectory_messages(ex.traj, ex.query)) for ex in example_examples[:300]]
+    convs.insert(1, segments([]))
+    # ends with the template's own </s>: nothing appended
+    convs.append(segments([Message("user", "q"), Message("assistant", "a", True)]))
+    convs.append(segments([]))
+    ids, mask, lengths = encode_paper_flat(r.encoder, convs, r.eos_id)
+    assert ids.dtype == np.int32 and mask.dtype == bool and lengths.sum() == len(ids)
+    cuts = np.cumsum(lengths)[:-1]
+    for k, (got_ids, got_mask, segs) in enumerate(
+        zip(np.split(ids, cuts), np.split(mask, cuts), convs, strict=True)
+    ):
+        want_ids, want_mask = _paper_reference(tokenizer, segs)
+        assert got_ids.tolist() == want_ids, k
+        assert got_mask.tolist() == want_mask, k
+    assert lengths[1] == 1 and mask[lengths[0]]  # the empty one: only its trained </s>
+    assert ids[-2] == r.eos_id and lengths[-2] == len(_paper_reference(tokenizer, convs[-2])[0])

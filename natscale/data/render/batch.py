@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from natscale.data.render import Encoded, Renderer, TemplateError, trajectory_messages
+from natscale.data.render.paper import encode_paper_flat, segments
+from natscale.data.render.tools import with_tools_in_system
 
 CHUNK = 128
 MIN_CHUNK = 16
@@ -54,22 +56,20 @@ def compact_range(renderer: Renderer, examples: Sequence, mode: str, ack: str | 
     ids and masks back to back, their lengths, and the failures by position (what a worker
     sends back: three arrays to pickle, not two per example)."""
     failures: dict[int, tuple[str, str]] = {}
-    batch, encs = [], []
+    batch = []
     for k, ex in enumerate(examples):
         try:
             msgs = trajectory_messages(ex.traj, ex.query, mode=mode, acknowledgement=ack)
             if renderer.paper_compat:  # segment by segment, as the paper's code does
-                encs.append(renderer.encode(msgs, tools=ex.traj.tools))
+                batch.append(segments(with_tools_in_system(msgs, ex.traj.tools)))
             else:
                 batch.append(renderer.pieces(msgs, tools=ex.traj.tools))
         except (TemplateError, ValueError) as exc:
             failures[k] = ("render_error", str(exc))
-    if not renderer.paper_compat:
+    if renderer.paper_compat:
+        ids, mask, lengths = encode_paper_flat(renderer.encoder, batch, renderer.eos_id)
+    else:
         ids, mask, lengths = renderer.encoder.encode_flat(batch)
-        return len(examples), ids, mask, lengths, failures
-    lengths = np.array([len(e) for e in encs], dtype=np.int64)
-    ids = np.concatenate([e.ids for e in encs]) if encs else np.zeros(0, np.int32)
-    mask = np.concatenate([e.mask for e in encs]) if encs else np.zeros(0, bool)
     return len(examples), ids, mask, lengths, failures
 
 

@@ -124,9 +124,12 @@ class PieceEncoder:
             Encoded(i, m) for i, m in zip(np.split(ids, cuts), np.split(mask, cuts), strict=True)
         ]
 
-    def encode_flat(self, batch: list[list[Piece]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def encode_flat(
+        self, batch: list[list[Piece]], *, with_mask: bool = True
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """:meth:`encode_batch` as three arrays: every piece list's ids back to back (int32),
-        their train mask (bool) and each list's length (int64)."""
+        their train mask (bool; all False when not ``with_mask``) and each list's length
+        (int64)."""
         plans = [self._items(pieces) for pieces in batch]
         # unique runs only: the instruction turn is the same text in every example of a task
         unique: tuple[dict[str, int], dict[str, int]] = ({}, {})
@@ -148,7 +151,7 @@ class PieceEncoder:
             ids_of = (enc.ids for enc in group)
             flat.append(np.fromiter(chain.from_iterable(ids_of), np.int32, count=int(cut[-1])))
             cuts.append(cut.tolist())
-        locate = self._locators(plans, unique, encs, flat, cuts) if fast else None
+        locate = self._locators(plans, unique, encs, flat, cuts) if fast and with_mask else None
         parts: list[np.ndarray] = []
         starts: list[int] = []  # trained token ranges [start, stop) in the batch's ids
         stops: list[int] = []
@@ -168,7 +171,7 @@ class PieceEncoder:
                 u = unique[later][value]
                 a, b = cuts[later][u], cuts[later][u + 1]
                 parts.append(flat[later][a:b])
-                if extra:
+                if extra and with_mask:
                     if locate is None or u not in locate[later]:
                         where = encs[later][u] if locate is None else locate[2][later][u]
                         for start, end in extra:
