@@ -209,3 +209,32 @@ def test_paper_compat_batch_matches_segment_by_segment(tokenizer, example_exampl
         assert got_mask.tolist() == want_mask, k
     assert lengths[1] == 1 and mask[lengths[0]]  # the empty one: only its trained </s>
     assert ids[-2] == r.eos_id and lengths[-2] == len(_paper_reference(tokenizer, convs[-2])[0])
+
+
+def test_hf_template_layout_is_rendered_once_and_content_still_checked(tokenizer_copy):
+    """The template text around the messages is rendered once per layout; every conversation
+    is still checked against its own rendering, so content the template rewrites is refused
+    even when its layout was seen before."""
+    from natscale.data.render import TemplateError
+
+    tok = load_tokenizer(tokenizer_copy)
+    add_missing_tokens(tok, "chatml")
+    # rewrites a content holding SECRET (a content-dependent branch)
+    tok.chat_template = CHATML_JINJA.replace(
+        "message['content']",
+        "('[hidden]' if 'SECRET' in message['content'] else message['content'])",
+    )
+    r = Renderer(tok, "hf")
+    first = r.encode(MESSAGES)
+    assert len(r.template._skeletons) == 1
+    other = [*MESSAGES[:-1], Message("observation", "Observation: something else")]
+    again = r.encode(other)
+    assert len(r.template._skeletons) == 1  # same layout: no second skeleton
+    fresh = Renderer(tok, "hf").encode(other)
+    assert np.array_equal(again.ids, fresh.ids) and np.array_equal(again.mask, fresh.mask)
+    assert not np.array_equal(first.ids, again.ids)
+    with pytest.raises(TemplateError, match="changes message content"):
+        r.encode([*MESSAGES[:-1], Message("observation", "SECRET")])
+    # another layout (one message fewer) gets its own skeleton
+    r.encode(MESSAGES[:-1])
+    assert len(r.template._skeletons) == 2
