@@ -11,6 +11,11 @@ library's source files (plenty of distinct English and code words, so that 32,00
 learnt), then converted to a Hugging Face fast ``LlamaTokenizer`` with the same code as the
 bundled one.
 
+Its ``tokenizer_config.json`` carries Llama-2-chat's chat template, as the published chat
+models' folders do, so ``template: auto`` picks ``hf`` (the chat template) for it, as it does for
+a real Llama-2-chat folder; ``template: llama2`` is natscale's built-in rendering of the same
+format.
+
 ``transformers`` builds a ``LlamaTokenizer``'s pipeline from its class (a ``Metaspace``
 pre-tokeniser, ``prepend_scheme: first``, no normaliser), whatever normaliser a ``tokenizer.json``
 holds, so this is the pipeline a real Llama-2 folder gets too. The ``<pad>`` the bundled
@@ -41,6 +46,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import synth  # noqa: E402
 
 VOCAB_SIZE = 32000
+# Llama-2-chat's chat template (its tokenizer_config.json), verbatim
+LLAMA2_CHAT_TEMPLATE = (
+    "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}"
+    "{% set system_message = messages[0]['content'] %}{% else %}"
+    "{% set loop_messages = messages %}{% set system_message = false %}{% endif %}"
+    "{% for message in loop_messages %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+    "{% endif %}{% if loop.index0 == 0 and system_message != false %}"
+    "{% set content = '<<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\n' + message['content'] %}"
+    "{% else %}{% set content = message['content'] %}{% endif %}"
+    "{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}{{ ' '  + content.strip() + ' ' + eos_token }}"
+    "{% endif %}{% endfor %}"
+)
 SETTINGS = {
     "version": 1,
     "vocab_size": VOCAB_SIZE,
@@ -136,10 +156,14 @@ def build(*, say=print) -> Path:
         tmp = model.with_suffix(".tmp")
         tmp.write_bytes(proto)
         tmp.replace(model)
-    folder = root / "tokenizer"
+    folder = root / "tokenizer-chat"
     if not (folder / "tokenizer.json").is_file():
         with tempfile.TemporaryDirectory(dir=root, prefix=".tokenizer.") as tmp:
             out = write_tokenizer(model.read_bytes(), Path(tmp) / "tok")
+            config_path = out / "tokenizer_config.json"
+            config = json.loads(config_path.read_text(encoding="utf-8"))
+            config["chat_template"] = LLAMA2_CHAT_TEMPLATE
+            config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
             shutil.rmtree(folder, ignore_errors=True)
             out.replace(folder)
     return folder
