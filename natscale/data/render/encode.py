@@ -60,20 +60,36 @@ class PieceEncoder:
                 f"{type(tokenizer).__name__} is not a fast tokenizer; natscale needs a "
                 "tokenizer.json (convert it with transformers' AutoTokenizer and save_pretrained)"
             )
-        spec = json.loads(backend.to_str())
         # private copies: never change the caller's tokenizer settings
-        self._tk = _runner(spec)
+        self._state = backend.to_str()
+        self._tk_first = None  # made on first use: runs rarely come before any special token
         # A run after a special token is a later "section" of the whole string: a Metaspace
         # pre-tokenizer with prepend_scheme "first" adds no "▁" there, so encode such runs with
         # "never" to get exactly the tokens the tokenizer gives the whole rendered string.
-        self._tk_later = _runner(spec) if _first_to_never(spec.get("pre_tokenizer")) else self._tk
+        pre = _component(backend.pre_tokenizer)
+        if pre is not None and pre.get("type") == "Metaspace" and _first_to_never(pre):
+            self._tk_later = _runner(self._state)
+            self._tk_later.pre_tokenizer = _metaspace(pre)
+        elif pre is not None and _first_to_never(pre):  # nested in a Sequence
+            spec = json.loads(self._state)
+            _first_to_never(spec["pre_tokenizer"])
+            self._tk_later = _runner(json.dumps(spec))
+        else:
+            self._tk_later = self._tk_first = _runner(self._state)
         self.added = dict(tokenizer.get_added_vocab())
         # characters per token id (None: offsets needed), see the module doc
-        self._char_len = char_lengths(spec)
+        self._char_len = char_lengths(_pipeline_spec(backend, self._state))
         names = sorted(self.added, key=len, reverse=True)
         self._split = re.compile("(" + "|".join(map(re.escape, names)) + ")") if names else None
         self._literals: dict[str, tuple[str | int, ...]] = {}
         self._token_arrays: dict[int, np.ndarray] = {}
+
+    @property
+    def _first(self):
+        """The runner for a run that starts the string (the tokenizer's own pre-tokenizer)."""
+        if self._tk_first is None:
+            self._tk_first = _runner(self._state)
+        return self._tk_first
 
     def _literal(self, text: str) -> tuple[str | int, ...]:
         """The non-empty parts of ``text`` split at added tokens: a ``str`` of plain text or the
@@ -140,7 +156,7 @@ class PieceEncoder:
         fast = self._char_len is not None
         encs = [
             _encode(tk, list(texts), offsets=not fast) if texts else []
-            for tk, texts in ((self._tk, unique[0]), (self._tk_later, unique[1]))
+            for tk, texts in ((self._first, unique[0]), (self._tk_later, unique[1]))
         ]
         # the ids of each group's unique runs back to back in one int32 array: each run's ids
         # cross into Python once, however often it repeats; run u is flat[g][cut[u]:cut[u + 1]]
@@ -222,8 +238,9 @@ class PieceEncoder:
                 else:
                     redo[later][text] = u
         again: tuple[dict, dict] = ({}, {})
-        for later, tk in ((False, self._tk), (True, self._tk_later)):
+        for later in (False, True):
             if redo[later]:
+                tk = self._tk_later if later else self._first
                 encoded = _encode(tk, list(redo[later]), offsets=True)
                 again[later].update(zip(redo[later].values(), encoded, strict=True))
         return (*found, again)
@@ -266,23 +283,22 @@ def char_lengths(spec: dict) -> np.ndarray | None:
     if model.get("type") == "BPE" and not (
         model.get("continuing_subword_prefix") or model.get("end_of_word_suffix")
     ):
-        vocab = list(model["vocab"].items())
+        vocab = model["vocab"]
     elif model.get("type") == "Unigram":
-        vocab = [(piece, i) for i, (piece, _score) in enumerate(model["vocab"])]
+        vocab = {piece: i for i, (piece, _score) in enumerate(model["vocab"])}
     else:
         return None
-    added = spec.get("added_tokens") or []
-    size = 1 + max([i for _, i in vocab] + [t["id"] for t in added] + [-1])
+    added = [t["id"] for t in spec.get("added_tokens") or []]
+    ids = np.fromiter(vocab.values(), dtype=np.int64, count=len(vocab))
+    size = 1 + max(int(ids.max()) if len(ids) else -1, max(added, default=-1))
     lengths = np.full(size, _UNCOUNTED, dtype=np.int64)
-    for piece, i in vocab:
-        if piece and not _BYTE_PIECE.fullmatch(piece):
-            lengths[i] = len(piece)
+    lengths[ids] = np.fromiter(map(len, vocab), dtype=np.int64, count=len(vocab))
+    odd = [i for p, i in vocab.items() if not p or (len(p) == 6 and _BYTE_PIECE.fullmatch(p))]
     unk = model.get("unk_token") if model.get("type") == "BPE" else None
-    unk_ids = [i for p, i in vocab if p == unk] if unk else []
+    odd += [vocab[unk]] if unk in vocab else []
     if model.get("type") == "Unigram" and model.get("unk_id") is not None:
-        unk_ids.append(model["unk_id"])
-    for i in [*unk_ids, *(t["id"] for t in added)]:
-        lengths[i] = _UNCOUNTED
+        odd.append(model["unk_id"])
+    lengths[np.asarray(odd + added, dtype=np.int64)] = _UNCOUNTED
     return lengths
 
 
@@ -309,15 +325,52 @@ def _trims_offsets(post: dict | None) -> bool:
     return bool(post.get("trim_offsets"))
 
 
-def _runner(spec: dict):
+def _runner(state: str):
     from tokenizers import Tokenizer
 
-    tk = Tokenizer.from_str(json.dumps(spec))
+    tk = Tokenizer.from_str(state)
     tk.no_truncation()
     tk.no_padding()
     # message text must never become a special token, whatever it contains
     tk.encode_special_tokens = True
     return tk
+
+
+def _component(part) -> dict | None:
+    """A pipeline component (normaliser, pre-tokenizer, post-processor) as its JSON spec."""
+    return None if part is None else json.loads(part.__getstate__())
+
+
+def _metaspace(spec: dict):
+    from tokenizers import pre_tokenizers
+
+    return pre_tokenizers.Metaspace(
+        replacement=spec.get("replacement", "▁"),
+        prepend_scheme=spec["prepend_scheme"],
+        split=spec.get("split", True),
+    )
+
+
+def _pipeline_spec(backend, state: str) -> dict:
+    """What :func:`char_lengths` reads of the tokenizer, without parsing a BPE's merges."""
+    model = backend.model
+    if type(model).__name__ == "BPE":
+        model_spec = {
+            "type": "BPE",
+            "vocab": backend.get_vocab(with_added_tokens=False),
+            "unk_token": model.unk_token,
+            "continuing_subword_prefix": model.continuing_subword_prefix,
+            "end_of_word_suffix": model.end_of_word_suffix,
+        }
+    else:
+        model_spec = json.loads(state)["model"]
+    return {
+        "normalizer": _component(backend.normalizer),
+        "pre_tokenizer": _component(backend.pre_tokenizer),
+        "post_processor": _component(backend.post_processor),
+        "model": model_spec,
+        "added_tokens": [{"id": i} for i in backend.get_added_tokens_decoder()],
+    }
 
 
 def _first_to_never(pre: dict | None) -> bool:

@@ -44,7 +44,8 @@ class HFChatTemplate(Template):
             self.eot = (end_of_turn,)
         else:
             found = [t for t in (tokenizer.eos_token, *EOT_CANDIDATES) if t]
-            self.eot = tuple(t for t in dict.fromkeys(found) if t in tokenizer.get_vocab())
+            vocab = tokenizer.get_vocab()
+            self.eot = tuple(t for t in dict.fromkeys(found) if t in vocab)
         self.end_of_turn = self.eot[0] if self.eot else ""
         # whether the template renders `tools`, by the messages' roles (its layout may depend on them)
         self._tool_support: dict[tuple, bool] = {}
