@@ -238,3 +238,25 @@ def test_hf_template_layout_is_rendered_once_and_content_still_checked(tokenizer
     # another layout (one message fewer) gets its own skeleton
     r.encode(MESSAGES[:-1])
     assert len(r.template._skeletons) == 2
+
+
+@pytest.mark.parametrize("setting", [None, "true"])
+def test_workers_leave_the_tokenizer_thread_setting_as_it_was(
+    tokenizer, example_examples, monkeypatch, setting
+):
+    """num_proc 2 renders what one process renders (default and paper_compat), and
+    TOKENIZERS_PARALLELISM is off only in the workers: this process's setting is kept."""
+    import os
+
+    from natscale.data.render.batch import render_examples
+
+    if setting is None:
+        monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)
+    else:
+        monkeypatch.setenv("TOKENIZERS_PARALLELISM", setting)
+    examples = example_examples[:200]
+    for paper_compat in (False, True):
+        r = Renderer(tokenizer, "llama2", paper_compat=paper_compat)
+        two = render_examples(r, examples, num_proc=2)
+        assert os.environ.get("TOKENIZERS_PARALLELISM") == setting
+        same(two, render_examples(r, examples, num_proc=1))

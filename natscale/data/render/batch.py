@@ -3,7 +3,9 @@
 Examples are cut into chunks; each worker renders a chunk with one batched tokenizer call and
 sends back the chunk's ids / masks concatenated (three arrays to pickle, not two per example).
 Results come back in input order, so the output does not depend on ``num_proc``. A failure is
-returned as ``(reason, message)`` for the caller's ``on_error``.
+returned as ``(reason, message)`` for the caller's ``on_error``. With ``num_proc: 1`` the
+tokenizer's batched calls use its own threads (unless ``TOKENIZERS_PARALLELISM`` says no); the
+workers of ``num_proc > 1`` are one process a core each, their tokenizer threads off.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from natscale.data.render import Encoded, Renderer, TemplateError, trajectory_me
 from natscale.data.render.paper import encode_paper_flat, segments
 from natscale.data.render.tools import with_tools_in_system
 
+PARALLELISM = "TOKENIZERS_PARALLELISM"  # the Rust tokenizer's own threads (default: on)
 CHUNK = 128
 MIN_CHUNK = 16
 Result = Encoded | tuple[str, str]
@@ -104,13 +107,21 @@ def render_examples(
                 on_progress(b[1] - b[0])
         return results
     # forked workers inherit the examples without pickling them; the Rust tokenizer's own
-    # thread pool must be off before forking (it would deadlock in the children)
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    # threads are off in them (one process a core; its thread pool would deadlock after a
+    # fork), and the setting is this process's again once they are started
     methods = mp.get_all_start_methods()
     ctx = mp.get_context("fork" if "fork" in methods else "spawn")
-    pool = ctx.Pool(
-        num_proc, initializer=_init, initargs=(renderer, examples, mode, acknowledgement)
-    )
+    before = os.environ.get(PARALLELISM)
+    os.environ[PARALLELISM] = "false"
+    try:
+        pool = ctx.Pool(
+            num_proc, initializer=_init, initargs=(renderer, examples, mode, acknowledgement)
+        )
+    finally:
+        if before is None:
+            del os.environ[PARALLELISM]
+        else:
+            os.environ[PARALLELISM] = before
     try:
         for b, part in zip(bounds, pool.imap(_render_range, bounds), strict=True):
             results += _expand(part)
