@@ -11,7 +11,10 @@ Then the limit: the same tokenizer batch-encoding the same rendered text (each e
 string, as the template renders it) with ``encode_batch`` on all the pinned cores (its own
 threads); ``x_tokenizer`` is a row's wall time over that. ``encode_batch_fast`` (no offsets) and
 one thread are shown too. ``--tokenizer llama32k`` trains (once, cached) a 32,000-piece
-SentencePiece BPE with Llama-2's settings (llama_tokenizer.py).
+SentencePiece BPE with Llama-2's settings (llama_tokenizer.py); with ``--template auto`` it
+renders through its Llama-2-chat chat template. As ``natscale prepare`` runs by default, the
+tokenizer's own threads are on (``--tokenizer-threads``), so ``num_proc: 1`` tokenises on every
+core too; the workers of ``num_proc > 1`` run one thread each.
 
 Prints a table and writes ``benchmarks/results/data_prepare_<host>_<date>[_<tag>].{json,md}``
 with the machine, versions, load average and the command. Wall-clock rates on a shared machine
@@ -171,11 +174,12 @@ def tokenizer_alone(tok, texts: list[str], repeat: int, *, fast: bool, threads: 
     """``encode_batch`` of ``texts`` by the tokenizer itself: (tokens, wall, cpu)."""
     backend = tok.backend_tokenizer
     encode = backend.encode_batch_fast if fast else backend.encode_batch
+    before = os.environ["TOKENIZERS_PARALLELISM"]
     os.environ["TOKENIZERS_PARALLELISM"] = "true" if threads else "false"
     try:
         encs, wall, cpu = best_of(repeat, lambda: encode(texts, add_special_tokens=False))
     finally:
-        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+        os.environ["TOKENIZERS_PARALLELISM"] = before
     return sum(len(e) for e in encs), wall, cpu
 
 
@@ -196,12 +200,19 @@ def main() -> int:
     ap.add_argument(
         "--paper-compat", action="store_true", help="render.paper_compat: per-segment tokenising"
     )
+    ap.add_argument(
+        "--tokenizer-threads",
+        choices=("on", "off"),
+        default="on",
+        help="TOKENIZERS_PARALLELISM for prepare (on: as `natscale prepare` runs by default, "
+        "num_proc 1 tokenises on all cores; num_proc > 1 workers always run one thread)",
+    )
     ap.add_argument("--tag", default="", help="suffix of the result files' names")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     args = ap.parse_args()
     if args.cores:
         os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[: args.cores]))
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    os.environ["TOKENIZERS_PARALLELISM"] = "true" if args.tokenizer_threads == "on" else "false"
     tok_name = args.tokenizer
     args.tokenizer = resolve_tokenizer(args.tokenizer)
 
@@ -257,7 +268,6 @@ def main() -> int:
             )
             for old in tmp.glob("out_*"):  # the prepared outputs (tens of MB each)
                 shutil.rmtree(old, ignore_errors=True)
-    # the limit, last: the tokenizer's own threads must not have run before the workers fork
     cores = len(os.sched_getaffinity(0))
     for name, batch in texts.items():
         limit = None
@@ -281,6 +291,7 @@ def main() -> int:
         "tokenizer": tok_name if tok_name in ("example", "llama32k") else _rel(args.tokenizer),
         "tokenizer_vocab": len(tok),
         "max_seq_len": args.max_seq_len,
+        "tokenizer_threads": args.tokenizer_threads,
         "machine": machine(("tokenizers", "datasets")),
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
@@ -308,7 +319,9 @@ def main() -> int:
         f"transformers {v['transformers']}, datasets {v['datasets']}, "
         f"natscale {m['git_commit'][:8]}",
         f"- template {args.template}, paper_compat {args.paper_compat}, "
-        f"tokenizer `{result['tokenizer']}` ({len(tok)} tokens), max_seq_len {args.max_seq_len}",
+        f"tokenizer `{result['tokenizer']}` ({len(tok)} tokens), max_seq_len {args.max_seq_len}, "
+        f"tokenizer threads {args.tokenizer_threads} (TOKENIZERS_PARALLELISM; num_proc > 1 "
+        "workers run one each)",
         "- cpu_s = user + system seconds of this process and its workers; traj_per_cpu_s is the "
         "rate per fully used core; x_tokenizer = wall_s / the limit's wall_s on the same data",
         "",
