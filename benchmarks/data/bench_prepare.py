@@ -115,6 +115,7 @@ COLS = [
     "traj_per_cpu_s",
     "tokens_per_s",
     "x_tokenizer",
+    "x_tokenizer_cpu",
     "packing_efficiency",
 ]
 
@@ -144,15 +145,6 @@ def rendered_texts(renderer: Renderer, examples) -> list[str]:
     return out
 
 
-def best_of(repeat: int, fn):
-    best = None
-    for _ in range(repeat):
-        res, wall, cpu = timed(fn)
-        if best is None or wall < best[1]:
-            best = (res, wall, cpu)
-    return best
-
-
 def row(stage, data, num_proc, n, tokens, wall, cpu, **extra) -> dict:
     return {
         "stage": stage,
@@ -170,14 +162,14 @@ def row(stage, data, num_proc, n, tokens, wall, cpu, **extra) -> dict:
     }
 
 
-def tokenizer_alone(tok, texts: list[str], repeat: int, *, fast: bool, threads: bool):
+def tokenizer_alone(tok, texts: list[str], *, fast: bool, threads: bool):
     """``encode_batch`` of ``texts`` by the tokenizer itself: (tokens, wall, cpu)."""
     backend = tok.backend_tokenizer
     encode = backend.encode_batch_fast if fast else backend.encode_batch
     before = os.environ["TOKENIZERS_PARALLELISM"]
     os.environ["TOKENIZERS_PARALLELISM"] = "true" if threads else "false"
     try:
-        encs, wall, cpu = best_of(repeat, lambda: encode(texts, add_special_tokens=False))
+        encs, wall, cpu = timed(lambda: encode(texts, add_special_tokens=False))
     finally:
         os.environ["TOKENIZERS_PARALLELISM"] = before
     return sum(len(e) for e in encs), wall, cpu
@@ -230,29 +222,55 @@ def main() -> int:
     sets[synth_name] = synth.write(tmp / "data", *synth.make(args.n, tok, args.tokens))
     renderer = Renderer(tok, args.template, paper_compat=args.paper_compat)
     load_before, cpu0 = os.getloadavg(), cpu_seconds()
-    rows, texts = [], {}
+    rows: list[dict] = []
+    cores = len(os.sched_getaffinity(0))
+    limits = (
+        (False, True, f"tokenizer alone: encode_batch, {cores} threads (the limit)"),
+        (True, True, f"tokenizer alone: encode_batch_fast, {cores} threads"),
+        (False, False, "tokenizer alone: encode_batch, 1 thread"),
+    )
+    outs = iter(range(10**6))
     for name, paths in sets.items():
         trajs = load_trajectories(
             paths["trajectories"], "nat", questions=paths["questions"], prompt=paths["prompt"]
         )
         examples, _ = nat.select(trajs, StrategyConfig())
-        texts[name] = rendered_texts(renderer, examples)
+        batch = rendered_texts(renderer, examples)
+        # every measurement once per round, rounds interleaved: on a shared machine the best of
+        # each then comes from comparable moments
+        best: dict[tuple, tuple] = {}
+
+        def keep(key, res, wall, cpu, best=best):
+            if key not in best or wall < best[key][1]:
+                best[key] = (res, wall, cpu)
+
+        for _ in range(args.repeat):
+            for num_proc in args.num_proc:
+                keep(
+                    ("render", num_proc),
+                    *timed(
+                        gc_paused(
+                            lambda e=examples, n=num_proc: render_examples(renderer, e, num_proc=n)
+                        )
+                    ),
+                )
+                keep(
+                    ("prepare", num_proc),
+                    *timed(
+                        lambda p=paths, n=num_proc: prepare(
+                            config(p, args, n), tmp / f"out_{next(outs)}", progress=False
+                        )
+                    ),
+                )
+                for old in tmp.glob("out_*"):  # the prepared outputs (tens of MB each)
+                    shutil.rmtree(old, ignore_errors=True)
+            for fast, threads, label in limits:
+                keep(label, *tokenizer_alone(tok, batch, fast=fast, threads=threads))
         for num_proc in args.num_proc:
-            res, wall, cpu = best_of(
-                args.repeat,
-                gc_paused(
-                    lambda e=examples, np_=num_proc: render_examples(renderer, e, num_proc=np_)
-                ),
-            )
+            res, wall, cpu = best[("render", num_proc)]
             tokens = sum(len(e) for e in res)
             rows.append(row("render+tokenise", name, num_proc, len(res), tokens, wall, cpu))
-            outs = iter(range(10**6))
-            res, wall, cpu = best_of(
-                args.repeat,
-                lambda p=paths, np_=num_proc, o=outs: prepare(
-                    config(p, args, np_), tmp / f"out_{next(o)}", progress=False
-                ),
-            )
+            res, wall, cpu = best[("prepare", num_proc)]
             st = res.stats
             rows.append(
                 row(
@@ -266,22 +284,14 @@ def main() -> int:
                     packing_efficiency=round(st["packing"]["efficiency"], 4),
                 )
             )
-            for old in tmp.glob("out_*"):  # the prepared outputs (tens of MB each)
-                shutil.rmtree(old, ignore_errors=True)
-    cores = len(os.sched_getaffinity(0))
-    for name, batch in texts.items():
-        limit = None
-        for fast, threads, label in (
-            (False, True, f"tokenizer alone: encode_batch, {cores} threads (the limit)"),
-            (True, True, f"tokenizer alone: encode_batch_fast, {cores} threads"),
-            (False, False, "tokenizer alone: encode_batch, 1 thread"),
-        ):
-            tokens, wall, cpu = tokenizer_alone(tok, batch, args.repeat, fast=fast, threads=threads)
+        for _fast, _threads, label in limits:
+            tokens, wall, cpu = best[label]
             rows.append(row(label, name, "-", len(batch), tokens, wall, cpu))
-            limit = limit or wall
+        _, limit_wall, limit_cpu = best[limits[0][2]]
         for r in rows:
             if r["data"] == name:
-                r["x_tokenizer"] = round(r["wall_s"] / limit, 2)
+                r["x_tokenizer"] = round(r["wall_s"] / limit_wall, 2)
+                r["x_tokenizer_cpu"] = round(r["cpu_s"] / limit_cpu, 2)
     result = {
         "benchmark": "data_prepare",
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -323,7 +333,9 @@ def main() -> int:
         f"tokenizer threads {args.tokenizer_threads} (TOKENIZERS_PARALLELISM; num_proc > 1 "
         "workers run one each)",
         "- cpu_s = user + system seconds of this process and its workers; traj_per_cpu_s is the "
-        "rate per fully used core; x_tokenizer = wall_s / the limit's wall_s on the same data",
+        "rate per fully used core; x_tokenizer = wall_s / the limit's wall_s on the same data "
+        "(x_tokenizer_cpu: the same for cpu_s); each value is the best of the rounds, which "
+        "run every measurement once in turn",
         "",
         *table,
         "",
