@@ -1,14 +1,24 @@
-"""Benchmark `natscale prepare`: trajectories/s for rendering + tokenising, and end to end.
+"""Benchmark `natscale prepare` against its limit, the tokenizer alone, in one run.
 
     python benchmarks/data/bench_prepare.py --cores 2 --num-proc 1 2
+    python benchmarks/data/bench_prepare.py --cores 2 --tokenizer llama32k   # Llama-2-sized
 
-Synthesises ``--n`` NAT-release trajectories of about ``--tokens`` tokens (ReAct math, see
-synth.py), then times (a) the render + tokenise stage alone and (b) the whole ``prepare()``
-(load, label, mark, render, pack, write) for each ``--num-proc``; and the whole ``prepare()`` on
-the bundled example data (packing efficiency at ``--max-seq-len``). Prints a table and writes
-``benchmarks/results/data_prepare_<host>_<date>.{json,md}`` with the machine, versions, load
-average and the command. Wall-clock rates on a shared machine depend on its load, so CPU seconds
-(this process plus its workers) are reported too.
+Two data sets: the bundled example data (``examples/math_react``, ~350 tokens a trajectory) and
+``--n`` synthetic NAT-release trajectories of about ``--tokens`` tokens (ReAct math, synth.py;
+600 is StrategyQA's length). For each and each ``--num-proc`` it times (a) the render +
+tokenise stage alone and (b) the whole ``prepare()`` (load, label, mark, render, pack, write).
+Then the limit: the same tokenizer batch-encoding the same rendered text (each example's whole
+string, as the template renders it) with ``encode_batch`` on all the pinned cores (its own
+threads); ``x_tokenizer`` is a row's wall time over that. ``encode_batch_fast`` (no offsets) and
+one thread are shown too. ``--tokenizer llama32k`` trains (once, cached) a 32,000-piece
+SentencePiece BPE with Llama-2's settings (llama_tokenizer.py); with ``--template auto`` it
+renders through its Llama-2-chat chat template. As ``natscale prepare`` runs by default, the
+tokenizer's own threads are on (``--tokenizer-threads``), so ``num_proc: 1`` tokenises on every
+core too; the workers of ``num_proc > 1`` run one thread each.
+
+Prints a table and writes ``benchmarks/results/data_prepare_<host>_<date>[_<tag>].{json,md}``
+with the machine, versions, load average and the command. Wall-clock rates on a shared machine
+depend on its load, so CPU seconds (this process plus its workers) are reported too.
 """
 
 from __future__ import annotations
@@ -93,141 +103,218 @@ def config(paths: dict, args, num_proc: int) -> PrepareConfig:
     )
 
 
+TOKENIZERS = {"example": REPO / "examples" / "tokenizer"}
+COLS = [
+    "stage",
+    "data",
+    "num_proc",
+    "tokens_per_traj",
+    "wall_s",
+    "cpu_s",
+    "traj_per_s",
+    "traj_per_cpu_s",
+    "tokens_per_s",
+    "x_tokenizer",
+    "x_tokenizer_cpu",
+    "packing_efficiency",
+]
+
+
+def resolve_tokenizer(name: str) -> str:
+    if name == "llama32k":
+        import llama_tokenizer
+
+        return str(llama_tokenizer.build())
+    return str(TOKENIZERS.get(name, name))
+
+
+def rendered_texts(renderer: Renderer, examples) -> list[str]:
+    """Each example's whole rendered string (special tokens as their text)."""
+    from natscale.data.render import trajectory_messages
+    from natscale.data.render.paper import segments
+    from natscale.data.render.tools import with_tools_in_system
+
+    out = []
+    for ex in examples:
+        msgs = trajectory_messages(ex.traj, ex.query)
+        if renderer.paper_compat:
+            segs = segments(with_tools_in_system(msgs, ex.traj.tools))
+            out.append("".join(p.text for pieces, _ in segs for p in pieces))
+        else:
+            out.append("".join(p.text for p in renderer.pieces(msgs, tools=ex.traj.tools)))
+    return out
+
+
+def row(stage, data, num_proc, n, tokens, wall, cpu, **extra) -> dict:
+    return {
+        "stage": stage,
+        "data": data,
+        "num_proc": num_proc,
+        "trajectories": n,
+        "tokens_per_traj": round(tokens / n),
+        "tokens": tokens,
+        "wall_s": round(wall, 3),
+        "cpu_s": round(cpu, 3),
+        "traj_per_s": round(n / wall),
+        "traj_per_cpu_s": round(n / cpu) if cpu > 0 else None,
+        "tokens_per_s": round(tokens / wall),
+        **extra,
+    }
+
+
+def tokenizer_alone(tok, texts: list[str], *, fast: bool, threads: bool):
+    """``encode_batch`` of ``texts`` by the tokenizer itself: (tokens, wall, cpu)."""
+    backend = tok.backend_tokenizer
+    encode = backend.encode_batch_fast if fast else backend.encode_batch
+    before = os.environ["TOKENIZERS_PARALLELISM"]
+    os.environ["TOKENIZERS_PARALLELISM"] = "true" if threads else "false"
+    try:
+        encs, wall, cpu = timed(lambda: encode(texts, add_special_tokens=False))
+    finally:
+        os.environ["TOKENIZERS_PARALLELISM"] = before
+    return sum(len(e) for e in encs), wall, cpu
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=4000, help="synthetic trajectories")
-    ap.add_argument("--tokens", type=int, default=1000, help="target tokens per trajectory")
+    ap.add_argument("--tokens", type=int, default=600, help="target tokens per trajectory")
     ap.add_argument("--num-proc", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--cores", type=int, default=None, help="pin to the first N cores")
     ap.add_argument("--repeat", type=int, default=3, help="best of N for each timing")
-    ap.add_argument("--tokenizer", default=str(REPO / "examples" / "tokenizer"))
+    ap.add_argument(
+        "--tokenizer",
+        default="example",
+        help="a tokenizer folder, 'example' (the bundled one) or 'llama32k' (built, cached)",
+    )
     ap.add_argument("--template", default="llama2")
     ap.add_argument("--max-seq-len", type=int, default=4096)
     ap.add_argument(
         "--paper-compat", action="store_true", help="render.paper_compat: per-segment tokenising"
     )
+    ap.add_argument(
+        "--tokenizer-threads",
+        choices=("on", "off"),
+        default="on",
+        help="TOKENIZERS_PARALLELISM for prepare (on: as `natscale prepare` runs by default, "
+        "num_proc 1 tokenises on all cores; num_proc > 1 workers always run one thread)",
+    )
+    ap.add_argument("--tag", default="", help="suffix of the result files' names")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     args = ap.parse_args()
     if args.cores:
         os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[: args.cores]))
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ["TOKENIZERS_PARALLELISM"] = "true" if args.tokenizer_threads == "on" else "false"
+    tok_name = args.tokenizer
+    args.tokenizer = resolve_tokenizer(args.tokenizer)
 
     tok = load_tokenizer(args.tokenizer)
     tmp = Path(tempfile.mkdtemp(prefix="bench_prepare_"))
-    paths = synth.write(tmp / "data", *synth.make(args.n, tok, args.tokens))
-    trajs = load_trajectories(
-        paths["trajectories"], "nat", questions=paths["questions"], prompt=paths["prompt"]
-    )
-    examples, _ = nat.select(trajs, StrategyConfig())
-    renderer = Renderer(tok, args.template, paper_compat=args.paper_compat)
-    load_before = os.getloadavg()
-    rows = []
-    for num_proc in args.num_proc:
-        best = None
-        for _ in range(args.repeat):
-            res, wall, cpu = timed(
-                gc_paused(lambda np_=num_proc: render_examples(renderer, examples, num_proc=np_))
-            )
-            if best is None or wall < best[1]:
-                best = (res, wall, cpu)
-        res, wall, cpu = best
-        tokens = sum(len(e) for e in res)
-        rows.append(
-            {
-                "stage": "render+tokenise",
-                "data": f"synthetic {args.n} x ~{args.tokens} tok",
-                "num_proc": num_proc,
-                "trajectories": len(examples),
-                "tokens_per_traj": round(tokens / len(res)),
-                "wall_s": round(wall, 3),
-                "cpu_s": round(cpu, 3),
-                "traj_per_s": round(len(examples) / wall),
-                "traj_per_cpu_s": round(len(examples) / cpu),
-                "tokens_per_s": round(tokens / wall),
-            }
-        )
-        stats, wall, cpu = None, None, None
-        best = None
-        for k in range(args.repeat):
-            out = tmp / f"out_{num_proc}_{k}"
-            res, wall, cpu = timed(
-                lambda o=out, np_=num_proc: prepare(config(paths, args, np_), o, progress=False)
-            )
-            if best is None or wall < best[1]:
-                best = (res.stats, wall, cpu)
-        stats, wall, cpu = best
-        rows.append(
-            {
-                "stage": "prepare (end to end)",
-                "data": f"synthetic {args.n} x ~{args.tokens} tok",
-                "num_proc": num_proc,
-                "trajectories": stats["trajectories"]["loaded"],
-                "tokens_per_traj": round(stats["total"]["tokens"] / stats["total"]["examples"]),
-                "wall_s": round(wall, 3),
-                "cpu_s": round(cpu, 3),
-                "traj_per_s": round(stats["trajectories"]["loaded"] / wall),
-                "traj_per_cpu_s": round(stats["trajectories"]["loaded"] / cpu),
-                "tokens_per_s": round(stats["total"]["tokens"] / wall),
-                "packing_efficiency": round(stats["packing"]["efficiency"], 4),
-            }
-        )
-    example = None
+    sets = {}
     ex_dir = REPO / "examples" / "math_react"
     if (ex_dir / "trajectories.json").is_file():
-        ex_paths = {
+        sets["examples/math_react"] = {
             "trajectories": ex_dir / "trajectories.json",
             "questions": ex_dir / "questions.jsonl",
             "prompt": ex_dir / "prompt.json",
         }
-        res, wall, cpu = timed(
-            lambda: prepare(config(ex_paths, args, 1), tmp / "example", progress=False)
+    synth_name = f"synthetic {args.n} x ~{args.tokens} tok"
+    sets[synth_name] = synth.write(tmp / "data", *synth.make(args.n, tok, args.tokens))
+    renderer = Renderer(tok, args.template, paper_compat=args.paper_compat)
+    load_before, cpu0 = os.getloadavg(), cpu_seconds()
+    rows: list[dict] = []
+    cores = len(os.sched_getaffinity(0))
+    limits = (
+        (False, True, f"tokenizer alone: encode_batch, {cores} threads (the limit)"),
+        (True, True, f"tokenizer alone: encode_batch_fast, {cores} threads"),
+        (False, False, "tokenizer alone: encode_batch, 1 thread"),
+    )
+    outs = iter(range(10**6))
+    for name, paths in sets.items():
+        trajs = load_trajectories(
+            paths["trajectories"], "nat", questions=paths["questions"], prompt=paths["prompt"]
         )
-        st = res.stats
-        example = {
-            "stage": "prepare (end to end)",
-            "data": "examples/math_react",
-            "num_proc": 1,
-            "trajectories": st["trajectories"]["loaded"],
-            "tokens_per_traj": round(st["total"]["tokens"] / st["total"]["examples"]),
-            "wall_s": round(wall, 3),
-            "cpu_s": round(cpu, 3),
-            "traj_per_s": round(st["trajectories"]["loaded"] / wall),
-            "traj_per_cpu_s": round(st["trajectories"]["loaded"] / cpu),
-            "tokens_per_s": round(st["total"]["tokens"] / wall),
-            "packing_efficiency": round(st["packing"]["efficiency"], 4),
-        }
-        rows.append(example)
+        examples, _ = nat.select(trajs, StrategyConfig())
+        batch = rendered_texts(renderer, examples)
+        # every measurement once per round, rounds interleaved: on a shared machine the best of
+        # each then comes from comparable moments
+        best: dict[tuple, tuple] = {}
+
+        def keep(key, res, wall, cpu, best=best):
+            if key not in best or wall < best[key][1]:
+                best[key] = (res, wall, cpu)
+
+        for _ in range(args.repeat):
+            for num_proc in args.num_proc:
+                keep(
+                    ("render", num_proc),
+                    *timed(
+                        gc_paused(
+                            lambda e=examples, n=num_proc: render_examples(renderer, e, num_proc=n)
+                        )
+                    ),
+                )
+                keep(
+                    ("prepare", num_proc),
+                    *timed(
+                        lambda p=paths, n=num_proc: prepare(
+                            config(p, args, n), tmp / f"out_{next(outs)}", progress=False
+                        )
+                    ),
+                )
+                for old in tmp.glob("out_*"):  # the prepared outputs (tens of MB each)
+                    shutil.rmtree(old, ignore_errors=True)
+            for fast, threads, label in limits:
+                keep(label, *tokenizer_alone(tok, batch, fast=fast, threads=threads))
+        for num_proc in args.num_proc:
+            res, wall, cpu = best[("render", num_proc)]
+            tokens = sum(len(e) for e in res)
+            rows.append(row("render+tokenise", name, num_proc, len(res), tokens, wall, cpu))
+            res, wall, cpu = best[("prepare", num_proc)]
+            st = res.stats
+            rows.append(
+                row(
+                    "prepare (end to end)",
+                    name,
+                    num_proc,
+                    st["trajectories"]["loaded"],
+                    st["total"]["tokens"],
+                    wall,
+                    cpu,
+                    packing_efficiency=round(st["packing"]["efficiency"], 4),
+                )
+            )
+        for _fast, _threads, label in limits:
+            tokens, wall, cpu = best[label]
+            rows.append(row(label, name, "-", len(batch), tokens, wall, cpu))
+        _, limit_wall, limit_cpu = best[limits[0][2]]
+        for r in rows:
+            if r["data"] == name:
+                r["x_tokenizer"] = round(r["wall_s"] / limit_wall, 2)
+                r["x_tokenizer_cpu"] = round(r["cpu_s"] / limit_cpu, 2)
     result = {
         "benchmark": "data_prepare",
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "template": args.template,
         "paper_compat": args.paper_compat,
-        "tokenizer": _rel(args.tokenizer),
+        "tokenizer": tok_name if tok_name in ("example", "llama32k") else _rel(args.tokenizer),
+        "tokenizer_vocab": len(tok),
         "max_seq_len": args.max_seq_len,
+        "tokenizer_threads": args.tokenizer_threads,
         "machine": machine(("tokenizers", "datasets")),
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "cpu_s_total": round(cpu_seconds() - cpu0, 1),
         "results": rows,
     }
-    cols = [
-        "stage",
-        "data",
-        "num_proc",
-        "tokens_per_traj",
-        "wall_s",
-        "cpu_s",
-        "traj_per_s",
-        "traj_per_cpu_s",
-        "tokens_per_s",
-        "packing_efficiency",
-    ]
-    table = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    table += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
+    table = ["| " + " | ".join(COLS) + " |", "|" + "---|" * len(COLS)]
+    table += ["| " + " | ".join(str(r.get(c, "")) for c in COLS) + " |" for r in rows]
     print("\n".join(table))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"data_prepare_{result['machine']['host']}_{dt.date.today().isoformat()}"
+    stem += f"_{args.tag}" if args.tag else ""
     (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     m = result["machine"]
     v = m["versions"]
@@ -236,26 +323,31 @@ def main() -> int:
         "",
         f"- command: `{result['command']}`",
         f"- machine: {m['cpu']}, {m['cpu_count']} CPUs, pinned to cores {m['cores_used']}",
-        f"- load average before / after: {result['load_average_before']} / {result['load_average_after']}",
+        f"- load average before / after: {result['load_average_before']} / "
+        f"{result['load_average_after']}; CPU seconds of the whole run: {result['cpu_s_total']}",
         f"- python {m['python']}, tokenizers {v['tokenizers']}, "
         f"transformers {v['transformers']}, datasets {v['datasets']}, "
         f"natscale {m['git_commit'][:8]}",
         f"- template {args.template}, paper_compat {args.paper_compat}, "
-        f"tokenizer `{result['tokenizer']}`, max_seq_len {args.max_seq_len}",
+        f"tokenizer `{result['tokenizer']}` ({len(tok)} tokens), max_seq_len {args.max_seq_len}, "
+        f"tokenizer threads {args.tokenizer_threads} (TOKENIZERS_PARALLELISM; num_proc > 1 "
+        "workers run one each)",
         "- cpu_s = user + system seconds of this process and its workers; traj_per_cpu_s is the "
-        "rate per fully used core",
+        "rate per fully used core; x_tokenizer = wall_s / the limit's wall_s on the same data "
+        "(x_tokenizer_cpu: the same for cpu_s); each value is the best of the rounds, which "
+        "run every measurement once in turn",
         "",
         *table,
         "",
-        "On a loaded machine wall-clock rates fall below the CPU rates (the load average says how "
-        "many processes shared the cores). The render stage runs in `num_proc` workers with no "
-        "shared state, so with N idle cores it approaches N x `traj_per_cpu_s`; loading, packing "
-        "and writing run in one process.",
+        "The limit is the tokenizer batch-encoding each example's whole rendered string on all "
+        "the pinned cores. prepare's tokens are those of the rows (the untrained tail trimmed); "
+        "the tokenizer's are those of the whole strings. On a loaded machine wall-clock rates "
+        "fall below the CPU rates (the load average says how many processes shared the cores).",
         "",
     ]
     (out / f"{stem}.md").write_text("\n".join(md))
     print(f"bench_prepare: wrote {out / stem}.json and .md")
-    shutil.rmtree(tmp, ignore_errors=True)  # ~1 GB of synthetic data and prepared outputs
+    shutil.rmtree(tmp, ignore_errors=True)  # the synthetic data and prepared outputs
     return 0
 
 

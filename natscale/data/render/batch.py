@@ -3,7 +3,9 @@
 Examples are cut into chunks; each worker renders a chunk with one batched tokenizer call and
 sends back the chunk's ids / masks concatenated (three arrays to pickle, not two per example).
 Results come back in input order, so the output does not depend on ``num_proc``. A failure is
-returned as ``(reason, message)`` for the caller's ``on_error``.
+returned as ``(reason, message)`` for the caller's ``on_error``. With ``num_proc: 1`` the
+tokenizer's batched calls use its own threads (unless ``TOKENIZERS_PARALLELISM`` says no); the
+workers of ``num_proc > 1`` are one process a core each, their tokenizer threads off.
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from natscale.data.render import Encoded, Renderer, TemplateError, trajectory_messages
+from natscale.data.render.paper import encode_paper_flat, segments
+from natscale.data.render.tools import with_tools_in_system
 
+PARALLELISM = "TOKENIZERS_PARALLELISM"  # the Rust tokenizer's own threads (default: on)
 CHUNK = 128
 MIN_CHUNK = 16
 Result = Encoded | tuple[str, str]
@@ -29,23 +34,11 @@ def _init(renderer: Renderer, examples: Sequence, mode: str, ack: str | None) ->
 
 def _render_range(bounds: tuple[int, int]) -> tuple:
     s = _STATE
-    results = render_range(s["renderer"], s["examples"][bounds[0] : bounds[1]], s["mode"], s["ack"])
-    return _compact(results)
-
-
-def _compact(results: list[Result]) -> tuple:
-    """``(count, ids, mask, lengths, failures)``: the encoded results concatenated, and the
-    failures by position."""
-    encs = [r for r in results if isinstance(r, Encoded)]
-    failures = {k: r for k, r in enumerate(results) if not isinstance(r, Encoded)}
-    lengths = np.array([len(e) for e in encs], dtype=np.int64)
-    ids = np.concatenate([e.ids for e in encs]) if encs else np.zeros(0, np.int32)
-    mask = np.concatenate([e.mask for e in encs]) if encs else np.zeros(0, bool)
-    return len(results), ids, mask, lengths, failures
+    return compact_range(s["renderer"], s["examples"][bounds[0] : bounds[1]], s["mode"], s["ack"])
 
 
 def _expand(compact: tuple) -> list[Result]:
-    """The inverse of :func:`_compact` (the arrays of the results are views into its arrays)."""
+    """The results of a :func:`compact_range` (their arrays are views into its arrays)."""
     count, ids, mask, lengths, failures = compact
     cuts = np.cumsum(lengths)[:-1]
     encs = iter(
@@ -58,21 +51,29 @@ def render_range(
     renderer: Renderer, examples: Sequence, mode: str, ack: str | None
 ) -> list[Result]:
     """Render ``examples`` (objects with ``traj`` and ``query``) in one batched call."""
-    out: list[Result | None] = [None] * len(examples)
-    batch, where = [], []
+    return _expand(compact_range(renderer, examples, mode, ack))
+
+
+def compact_range(renderer: Renderer, examples: Sequence, mode: str, ack: str | None) -> tuple:
+    """:func:`render_range` as ``(count, ids, mask, lengths, failures)``: the encoded examples'
+    ids and masks back to back, their lengths, and the failures by position (what a worker
+    sends back: three arrays to pickle, not two per example)."""
+    failures: dict[int, tuple[str, str]] = {}
+    batch = []
     for k, ex in enumerate(examples):
         try:
             msgs = trajectory_messages(ex.traj, ex.query, mode=mode, acknowledgement=ack)
             if renderer.paper_compat:  # segment by segment, as the paper's code does
-                out[k] = renderer.encode(msgs, tools=ex.traj.tools)
-                continue
-            batch.append(renderer.pieces(msgs, tools=ex.traj.tools))
-            where.append(k)
+                batch.append(segments(with_tools_in_system(msgs, ex.traj.tools)))
+            else:
+                batch.append(renderer.pieces(msgs, tools=ex.traj.tools))
         except (TemplateError, ValueError) as exc:
-            out[k] = ("render_error", str(exc))
-    for k, enc in zip(where, renderer.encoder.encode_batch(batch), strict=True):
-        out[k] = enc
-    return out  # type: ignore[return-value]
+            failures[k] = ("render_error", str(exc))
+    if renderer.paper_compat:
+        ids, mask, lengths = encode_paper_flat(renderer.encoder, batch, renderer.eos_id)
+    else:
+        ids, mask, lengths = renderer.encoder.encode_flat(batch)
+    return len(examples), ids, mask, lengths, failures
 
 
 def _chunks(n: int, num_proc: int) -> list[tuple[int, int]]:
@@ -106,13 +107,21 @@ def render_examples(
                 on_progress(b[1] - b[0])
         return results
     # forked workers inherit the examples without pickling them; the Rust tokenizer's own
-    # thread pool must be off before forking (it would deadlock in the children)
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    # threads are off in them (one process a core; its thread pool would deadlock after a
+    # fork), and the setting is this process's again once they are started
     methods = mp.get_all_start_methods()
     ctx = mp.get_context("fork" if "fork" in methods else "spawn")
-    pool = ctx.Pool(
-        num_proc, initializer=_init, initargs=(renderer, examples, mode, acknowledgement)
-    )
+    before = os.environ.get(PARALLELISM)
+    os.environ[PARALLELISM] = "false"
+    try:
+        pool = ctx.Pool(
+            num_proc, initializer=_init, initargs=(renderer, examples, mode, acknowledgement)
+        )
+    finally:
+        if before is None:
+            del os.environ[PARALLELISM]
+        else:
+            os.environ[PARALLELISM] = before
     try:
         for b, part in zip(bounds, pool.imap(_render_range, bounds), strict=True):
             results += _expand(part)

@@ -9,12 +9,21 @@ Between special tokens the pieces are joined into one *run* and tokenised in one
 tokenisation is the same as for the plain string); a token is trained when it overlaps a trained
 piece, found with the tokenizer's character offsets. Many runs are encoded in one batched call
 into the Rust tokenizer.
+
+Offsets cost the tokenizer about a third of its time, so for tokenizers whose tokens each cover
+exactly as many characters as their vocabulary string has (no normaliser, no pre-tokeniser or
+post-processor that drops or trims characters; :func:`char_lengths`) the runs are encoded without
+them and a token's characters are found from the running sum of those lengths. A run where the
+sum differs from the run's length (a prepended ``▁``, byte-fallback or unknown tokens, multi-byte
+characters of a byte-level vocabulary) is encoded again with offsets, so the result is always
+the offsets' result.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from bisect import bisect_right
 from dataclasses import dataclass
 from itertools import chain
 from typing import NamedTuple
@@ -51,18 +60,36 @@ class PieceEncoder:
                 f"{type(tokenizer).__name__} is not a fast tokenizer; natscale needs a "
                 "tokenizer.json (convert it with transformers' AutoTokenizer and save_pretrained)"
             )
-        spec = json.loads(backend.to_str())
         # private copies: never change the caller's tokenizer settings
-        self._tk = _runner(spec)
+        self._state = backend.to_str()
+        self._tk_first = None  # made on first use: runs rarely come before any special token
         # A run after a special token is a later "section" of the whole string: a Metaspace
         # pre-tokenizer with prepend_scheme "first" adds no "▁" there, so encode such runs with
         # "never" to get exactly the tokens the tokenizer gives the whole rendered string.
-        self._tk_later = _runner(spec) if _first_to_never(spec.get("pre_tokenizer")) else self._tk
+        pre = _component(backend.pre_tokenizer)
+        if pre is not None and pre.get("type") == "Metaspace" and _first_to_never(pre):
+            self._tk_later = _runner(self._state)
+            self._tk_later.pre_tokenizer = _metaspace(pre)
+        elif pre is not None and _first_to_never(pre):  # nested in a Sequence
+            spec = json.loads(self._state)
+            _first_to_never(spec["pre_tokenizer"])
+            self._tk_later = _runner(json.dumps(spec))
+        else:
+            self._tk_later = self._tk_first = _runner(self._state)
         self.added = dict(tokenizer.get_added_vocab())
+        # characters per token id (None: offsets needed), see the module doc
+        self._char_len = char_lengths(_pipeline_spec(backend, self._state))
         names = sorted(self.added, key=len, reverse=True)
         self._split = re.compile("(" + "|".join(map(re.escape, names)) + ")") if names else None
         self._literals: dict[str, tuple[str | int, ...]] = {}
         self._token_arrays: dict[int, np.ndarray] = {}
+
+    @property
+    def _first(self):
+        """The runner for a run that starts the string (the tokenizer's own pre-tokenizer)."""
+        if self._tk_first is None:
+            self._tk_first = _runner(self._state)
+        return self._tk_first
 
     def _literal(self, text: str) -> tuple[str | int, ...]:
         """The non-empty parts of ``text`` split at added tokens: a ``str`` of plain text or the
@@ -107,6 +134,18 @@ class PieceEncoder:
 
     def encode_batch(self, batch: list[list[Piece]]) -> list[Encoded]:
         """Encode several piece lists with one batched tokenizer call."""
+        ids, mask, lengths = self.encode_flat(batch)
+        cuts = np.cumsum(lengths)[:-1]
+        return [
+            Encoded(i, m) for i, m in zip(np.split(ids, cuts), np.split(mask, cuts), strict=True)
+        ]
+
+    def encode_flat(
+        self, batch: list[list[Piece]], *, with_mask: bool = True
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`encode_batch` as three arrays: every piece list's ids back to back (int32),
+        their train mask (bool; all False when not ``with_mask``) and each list's length
+        (int64)."""
         plans = [self._items(pieces) for pieces in batch]
         # unique runs only: the instruction turn is the same text in every example of a task
         unique: tuple[dict[str, int], dict[str, int]] = ({}, {})
@@ -114,9 +153,10 @@ class PieceEncoder:
             for k, it in enumerate(plan):
                 if it[0] == "run":
                     unique[k > 0].setdefault(it[1], len(unique[k > 0]))
+        fast = self._char_len is not None
         encs = [
-            tk.encode_batch(list(texts), add_special_tokens=False) if texts else []
-            for tk, texts in ((self._tk, unique[0]), (self._tk_later, unique[1]))
+            _encode(tk, list(texts), offsets=not fast) if texts else []
+            for tk, texts in ((self._first, unique[0]), (self._tk_later, unique[1]))
         ]
         # the ids of each group's unique runs back to back in one int32 array: each run's ids
         # cross into Python once, however often it repeats; run u is flat[g][cut[u]:cut[u + 1]]
@@ -127,15 +167,19 @@ class PieceEncoder:
             ids_of = (enc.ids for enc in group)
             flat.append(np.fromiter(chain.from_iterable(ids_of), np.int32, count=int(cut[-1])))
             cuts.append(cut.tolist())
-        out = []
+        locate = self._locators(plans, unique, encs, flat, cuts) if fast and with_mask else None
+        parts: list[np.ndarray] = []
+        starts: list[int] = []  # trained token ranges [start, stop) in the batch's ids
+        stops: list[int] = []
+        lengths: list[int] = []
+        n = 0
         for plan in plans:
-            parts: list[np.ndarray] = []
-            ranges: list[tuple[int, int]] = []  # trained token ranges [a, b)
-            n = 0
+            first_token = n
             for k, (kind, value, extra) in enumerate(plan):
                 if kind == "tok":
                     if extra:
-                        ranges.append((n, n + 1))
+                        starts.append(n)
+                        stops.append(n + 1)
                     parts.append(self._token_array(value))
                     n += 1
                     continue
@@ -143,20 +187,63 @@ class PieceEncoder:
                 u = unique[later][value]
                 a, b = cuts[later][u], cuts[later][u + 1]
                 parts.append(flat[later][a:b])
-                if extra:
-                    enc = encs[later][u]
-                    for start, end in extra:
-                        first = _token_at(enc, start, end, forward=True)
-                        last = _token_at(enc, start, end, forward=False)
-                        if first is not None and last is not None:
-                            ranges.append((n + first, n + last + 1))
+                if extra and with_mask:
+                    if locate is None or u not in locate[later]:
+                        where = encs[later][u] if locate is None else locate[2][later][u]
+                        for start, end in extra:
+                            first = _token_at(where, start, end, forward=True)
+                            last = _token_at(where, start, end, forward=False)
+                            if first is not None and last is not None:
+                                starts.append(n + first)
+                                stops.append(n + last + 1)
+                    else:  # token t of the group ends at character ends[t] - base of this run
+                        ends, base = locate[later][u]
+                        for start, end in extra:
+                            starts.append(n + bisect_right(ends, base + start, a, b) - a)
+                            stops.append(n + bisect_right(ends, base + end - 1, a, b) - a + 1)
                 n += b - a
-            mask = np.zeros(n, dtype=bool)
-            for a, b in ranges:
-                mask[a:b] = True
-            ids = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
-            out.append(Encoded(ids, mask))
-        return out
+            lengths.append(n - first_token)
+        ids = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
+        # mask: +1 where a trained range starts, -1 where it stops, running sum > 0
+        edges = np.zeros(n + 1, dtype=np.int32)
+        np.add.at(edges, np.asarray(starts, dtype=np.int64), 1)
+        np.add.at(edges, np.asarray(stops, dtype=np.int64), -1)
+        mask = np.cumsum(edges[:n]) > 0
+        return ids, mask, np.asarray(lengths, dtype=np.int64)
+
+    def _locators(self, plans, unique, encs, flat, cuts) -> tuple[dict, dict, tuple]:
+        """Where each unique run with a trained part finds its tokens' characters:
+        ``locate[g][u] = (ends, base)`` (``ends[t] - base`` = the end character of the group's
+        token t, from the vocabulary lengths) when those add up to the run's length; else its
+        Encoding with offsets (encoded again, in one batch per group) in ``locate[2][g][u]``."""
+        assert self._char_len is not None
+        found: tuple[dict, dict] = ({}, {})
+        redo: tuple[dict[str, int], dict[str, int]] = ({}, {})
+        ends: list[list[int] | None] = [None, None]
+        for plan in plans:
+            for k, (kind, text, extra) in enumerate(plan):
+                if kind != "run" or not extra:
+                    continue
+                later = k > 0
+                u = unique[later][text]
+                if u in found[later] or text in redo[later]:
+                    continue
+                if ends[later] is None:  # the group's running character count, once
+                    ends[later] = np.cumsum(self._char_len[flat[later]]).tolist()
+                run_ends = ends[later]
+                a, b = cuts[later][u], cuts[later][u + 1]
+                base = run_ends[a - 1] if a else 0
+                if b > a and run_ends[b - 1] - base == len(text):
+                    found[later][u] = (run_ends, base)
+                else:
+                    redo[later][text] = u
+        again: tuple[dict, dict] = ({}, {})
+        for later in (False, True):
+            if redo[later]:
+                tk = self._tk_later if later else self._first
+                encoded = _encode(tk, list(redo[later]), offsets=True)
+                again[later].update(zip(redo[later].values(), encoded, strict=True))
+        return (*found, again)
 
     def _token_array(self, token_id: int) -> np.ndarray:
         arr = self._token_arrays.get(token_id)
@@ -168,15 +255,122 @@ class PieceEncoder:
         return self.encode_batch([pieces])[0]
 
 
-def _runner(spec: dict):
+def _encode(tk, texts: list[str], *, offsets: bool) -> list:
+    if offsets or not hasattr(tk, "encode_batch_fast"):
+        return tk.encode_batch(texts, add_special_tokens=False)
+    return tk.encode_batch_fast(texts, add_special_tokens=False)
+
+
+# pre-tokenisers that keep every character and change none (Metaspace: " " -> "▁"; ByteLevel:
+# one character per byte, so as many as the text has when it is ASCII)
+_KEEPING_PRE = {"Metaspace", "ByteLevel", "Digits", "Punctuation", "Split", "Sequence"}
+_BYTE_PIECE = re.compile(r"<0x[0-9A-Fa-f]{2}>")
+_UNCOUNTED = 1 << 30  # a length no run has: a run holding such a token takes the offsets path
+
+
+def char_lengths(spec: dict) -> np.ndarray | None:
+    """Characters each token id covers in the text (``int64`` by id), when its vocabulary
+    string's length says it for every token of a run whose lengths add up to the run's length;
+    None when the tokenizer's pipeline can change characters (then offsets are always used).
+
+    Byte-fallback, unknown and added tokens get a length no run has, so runs holding them use
+    offsets."""
+    model = spec.get("model") or {}
+    if spec.get("normalizer") is not None or not _keeps_chars(spec.get("pre_tokenizer")):
+        return None
+    if _trims_offsets(spec.get("post_processor")):
+        return None
+    if model.get("type") == "BPE" and not (
+        model.get("continuing_subword_prefix") or model.get("end_of_word_suffix")
+    ):
+        vocab = model["vocab"]
+    elif model.get("type") == "Unigram":
+        vocab = {piece: i for i, (piece, _score) in enumerate(model["vocab"])}
+    else:
+        return None
+    added = [t["id"] for t in spec.get("added_tokens") or []]
+    ids = np.fromiter(vocab.values(), dtype=np.int64, count=len(vocab))
+    size = 1 + max(int(ids.max()) if len(ids) else -1, max(added, default=-1))
+    lengths = np.full(size, _UNCOUNTED, dtype=np.int64)
+    lengths[ids] = np.fromiter(map(len, vocab), dtype=np.int64, count=len(vocab))
+    odd = [i for p, i in vocab.items() if not p or (len(p) == 6 and _BYTE_PIECE.fullmatch(p))]
+    unk = model.get("unk_token") if model.get("type") == "BPE" else None
+    odd += [vocab[unk]] if unk in vocab else []
+    if model.get("type") == "Unigram" and model.get("unk_id") is not None:
+        odd.append(model["unk_id"])
+    lengths[np.asarray(odd + added, dtype=np.int64)] = _UNCOUNTED
+    return lengths
+
+
+def _keeps_chars(pre: dict | None) -> bool:
+    if pre is None:
+        return True
+    kind = pre.get("type")
+    if kind not in _KEEPING_PRE:
+        return False
+    if kind == "Sequence":
+        return all(_keeps_chars(p) for p in pre.get("pretokenizers", []))
+    if kind in ("Split", "Punctuation"):
+        return str(pre.get("behavior")).lower() != "removed" and not pre.get("invert")
+    if kind == "Metaspace":
+        return len(pre.get("replacement", "")) == 1
+    return True
+
+
+def _trims_offsets(post: dict | None) -> bool:
+    if post is None:
+        return False
+    if post.get("type") == "Sequence":
+        return any(_trims_offsets(p) for p in post.get("processors", []))
+    return bool(post.get("trim_offsets"))
+
+
+def _runner(state: str):
     from tokenizers import Tokenizer
 
-    tk = Tokenizer.from_str(json.dumps(spec))
+    tk = Tokenizer.from_str(state)
     tk.no_truncation()
     tk.no_padding()
     # message text must never become a special token, whatever it contains
     tk.encode_special_tokens = True
     return tk
+
+
+def _component(part) -> dict | None:
+    """A pipeline component (normaliser, pre-tokenizer, post-processor) as its JSON spec."""
+    return None if part is None else json.loads(part.__getstate__())
+
+
+def _metaspace(spec: dict):
+    from tokenizers import pre_tokenizers
+
+    return pre_tokenizers.Metaspace(
+        replacement=spec.get("replacement", "▁"),
+        prepend_scheme=spec["prepend_scheme"],
+        split=spec.get("split", True),
+    )
+
+
+def _pipeline_spec(backend, state: str) -> dict:
+    """What :func:`char_lengths` reads of the tokenizer, without parsing a BPE's merges."""
+    model = backend.model
+    if type(model).__name__ == "BPE":
+        model_spec = {
+            "type": "BPE",
+            "vocab": backend.get_vocab(with_added_tokens=False),
+            "unk_token": model.unk_token,
+            "continuing_subword_prefix": model.continuing_subword_prefix,
+            "end_of_word_suffix": model.end_of_word_suffix,
+        }
+    else:
+        model_spec = json.loads(state)["model"]
+    return {
+        "normalizer": _component(backend.normalizer),
+        "pre_tokenizer": _component(backend.pre_tokenizer),
+        "post_processor": _component(backend.post_processor),
+        "model": model_spec,
+        "added_tokens": [{"id": i} for i in backend.get_added_tokens_decoder()],
+    }
 
 
 def _first_to_never(pre: dict | None) -> bool:

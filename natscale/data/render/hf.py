@@ -1,9 +1,10 @@
 """The tokenizer's own chat template (``apply_chat_template``) as pieces with train flags.
 
 The template is rendered twice: once with every message's content replaced by a unique
-placeholder, which cuts the output into template text (literal pieces) and message slots, and
-once with the real content to check that the template inserts each content unchanged (or
-stripped; e.g. Llama-2's ``| trim``). A template that rewrites content (reasoning splitters,
+placeholder, which cuts the output into template text (literal pieces) and message slots (once
+per layout of roles, tool calls and names: it does not depend on the content), and once with the
+real content to check that the template inserts each content unchanged (or stripped; e.g.
+Llama-2's ``| trim``). A template that rewrites content (reasoning splitters,
 content-dependent branches) is reported with a hint to use a built-in template.
 
 Trained: an assistant message's content plus the template text after it up to and including the
@@ -13,6 +14,7 @@ are trained, the next header is not).
 
 from __future__ import annotations
 
+import json
 import re
 
 from natscale.data.render.encode import Piece
@@ -42,10 +44,13 @@ class HFChatTemplate(Template):
             self.eot = (end_of_turn,)
         else:
             found = [t for t in (tokenizer.eos_token, *EOT_CANDIDATES) if t]
-            self.eot = tuple(t for t in dict.fromkeys(found) if t in tokenizer.get_vocab())
+            vocab = tokenizer.get_vocab()
+            self.eot = tuple(t for t in dict.fromkeys(found) if t in vocab)
         self.end_of_turn = self.eot[0] if self.eot else ""
         # whether the template renders `tools`, by the messages' roles (its layout may depend on them)
         self._tool_support: dict[tuple, bool] = {}
+        # the template text around the messages, by layout (see _literals)
+        self._skeletons: dict[tuple, list[str]] = {}
 
     def _hf_messages(self, messages: list[Message], contents: list[str]) -> list[dict]:
         out = []
@@ -93,27 +98,56 @@ class HFChatTemplate(Template):
                 "role it accepts, or use a built-in template (llama2, chatml, llama3)"
             ) from exc
 
+    def _literals(
+        self, messages: list[Message], generation: bool, tools: list | None, *, fresh: bool
+    ) -> list[str]:
+        """The template text around the messages: the output with placeholder contents, cut at
+        them. It depends only on the messages' layout (roles, tool calls, names), so it is
+        rendered once per layout (``fresh``: rendered again)."""
+        key = (
+            generation,
+            json.dumps(tools, sort_keys=True) if tools else None,
+            *(
+                (
+                    self.role(m),
+                    m.name if m.role == "observation" else None,
+                    json.dumps(m.tool_calls, sort_keys=True) if m.tool_calls else None,
+                )
+                for m in messages
+            ),
+        )
+        literals = None if fresh else self._skeletons.get(key)
+        if literals is None:
+            slots = [_SLOT.format(i) for i in range(len(messages))]
+            parts = _SLOT_RE.split(self._render(messages, slots, generation, tools))
+            literals, order = parts[0::2], [int(x) for x in parts[1::2]]
+            if order != list(range(len(messages))):
+                raise TemplateError(
+                    f"the chat template renders messages in order {order}, not each message "
+                    "once; use a built-in template (llama2, chatml, llama3)"
+                )
+            if len(self._skeletons) >= 4096:
+                self._skeletons.clear()
+            self._skeletons[key] = literals
+        return literals
+
     def pieces(
         self, messages: list[Message], *, generation: bool = False, tools: list | None = None
     ) -> list[Piece]:
-        slots = [_SLOT.format(i) for i in range(len(messages))]
-        skeleton = self._render(messages, slots, generation, tools)
-        parts = _SLOT_RE.split(skeleton)
-        literals, order = parts[0::2], [int(x) for x in parts[1::2]]
-        if order != list(range(len(messages))):
+        real = self._render(messages, [m.content for m in messages], generation, tools)
+        for fresh in (False, True):  # a cached layout first; on a mismatch, rendered anew
+            literals = self._literals(messages, generation, tools, fresh=fresh)
+            contents = [m.content for m in messages]
+            if _join(literals, contents) == real:
+                break
+            contents = [c.strip() for c in contents]
+            if _join(literals, contents) == real:
+                break
+        else:
             raise TemplateError(
-                f"the chat template renders messages in order {order}, not each message once; "
+                "the chat template changes message content (beyond stripping it); "
                 "use a built-in template (llama2, chatml, llama3)"
             )
-        real = self._render(messages, [m.content for m in messages], generation, tools)
-        contents = [m.content for m in messages]
-        if _join(literals, contents) != real:
-            contents = [c.strip() for c in contents]
-            if _join(literals, contents) != real:
-                raise TemplateError(
-                    "the chat template changes message content (beyond stripping it); "
-                    "use a built-in template (llama2, chatml, llama3)"
-                )
         out = [Piece(literals[0], False, True)]
         for msg, content, after in zip(messages, contents, literals[1:], strict=True):
             out.append(Piece(content, msg.train))

@@ -79,11 +79,26 @@ def segments(messages: list[Message]) -> list[tuple[list[Piece], bool]]:
 
 def encode_paper(encoder: PieceEncoder, messages: list[Message], eos_id: int) -> Encoded:
     """Token ids and train mask of ``messages`` as the paper's preprocessing makes them."""
-    segs = segments(messages)
-    encs = encoder.encode_batch([pieces for pieces, _ in segs])
-    ids = [e.ids for e in encs]
-    mask = [np.full(len(e), train, dtype=bool) for e, (_, train) in zip(encs, segs, strict=True)]
-    if not ids or not len(ids[-1]) or int(ids[-1][-1]) != eos_id:
-        ids.append(np.array([eos_id], dtype=np.int32))
-        mask.append(np.ones(1, dtype=bool))
-    return Encoded(np.concatenate(ids).astype(np.int32), np.concatenate(mask))
+    ids, mask, _ = encode_paper_flat(encoder, [segments(messages)], eos_id)
+    return Encoded(ids, mask)
+
+
+def encode_paper_flat(
+    encoder: PieceEncoder, segs: list[list[tuple[list[Piece], bool]]], eos_id: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`encode_paper` of several conversations (their :func:`segments`) in one batched
+    tokenizer call: their ids back to back (int32), train mask (bool) and lengths (int64)."""
+    pieces = [p for conv in segs for p, _ in conv]
+    ids, _, seg_len = encoder.encode_flat(pieces, with_mask=False)
+    # a segment's tokens all take its flag
+    mask = np.repeat(np.array([t for conv in segs for _, t in conv], dtype=bool), seg_len)
+    # each conversation's length, and a trained </s> appended where its last token is not one
+    per_conv = np.array([len(conv) for conv in segs], dtype=np.int64)
+    conv_of_seg = np.repeat(np.arange(len(segs)), per_conv)
+    lengths = np.bincount(conv_of_seg, weights=seg_len, minlength=len(segs)).astype(np.int64)
+    ends = np.cumsum(lengths)
+    add = lengths == 0
+    add[~add] = ids[ends[~add] - 1] != eos_id
+    ids = np.insert(ids, ends[add], eos_id).astype(np.int32)
+    mask = np.insert(mask, ends[add], True)
+    return ids, mask, lengths + add
