@@ -110,7 +110,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     nat.add_argument(
         "--quick",
         action="store_true",
-        help="a one-minute smoke test of the whole pipeline (tiny model; accuracies mean nothing)",
+        help="a smoke test of the whole pipeline, under 2 minutes (tiny model; accuracies mean nothing)",
     )
     nat.add_argument(
         "--work-dir",
