@@ -121,7 +121,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     nat.add_argument(
         "--calibrate",
         action="store_true",
-        help="only the calibration run: vanilla on every success of the pool (run it first)",
+        help="only the calibration runs: vanilla on every success of the pool, one per seed "
+        "(run it first)",
     )
     nat.add_argument("--jobs", type=positive_int, default=None, help="runs at a time")
     nat.add_argument("--results", type=Path, default=RESULTS, help=RESULTS_HELP)

@@ -134,7 +134,11 @@ def test_plan_covers_every_strategy_p_and_seed():
     runs = plan(cpu)
     assert len(runs) == len(cpu.positives) * len(cpu.strategies) * len(cpu.seeds) == 24
     assert len({r.name for r in runs}) == 24
-    assert [r.name for r in plan(cpu, calibrate=True)] == ["Pall/vanilla/seed0"]
+    assert [r.name for r in plan(cpu, calibrate=True)] == [
+        "Pall/vanilla/seed0",
+        "Pall/vanilla/seed1",
+        "Pall/vanilla/seed2",
+    ]
 
 
 @pytest.mark.multiproc

@@ -27,7 +27,7 @@ def run_benchmark(
 ) -> dict[str, Any]:
     """Run (or finish) the protocol in ``work``; write ``nat_<preset>_<device>_<time>.{json,md,png}``
     under ``results``; return the record (its ``paths`` say where the files went). With
-    ``calibrate``, only the calibration run (``vanilla`` on every success of the pool)."""
+    ``calibrate``, only the calibration runs (``vanilla`` on every success of the pool, per seed)."""
     from natscale.atomic import atomic_write_bytes
     from natscale.bench.nat import report
     from natscale.bench.nat.runner import run_all

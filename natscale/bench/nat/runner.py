@@ -60,9 +60,10 @@ class Run:
 def plan(preset: Preset, *, calibrate: bool = False) -> list[Run]:
     """Every run of the comparison, in the order they start: seed by seed, so a stopped benchmark
     has whole seeds (every P and strategy) done;
-    with ``calibrate`` the calibration's one run: ``vanilla`` on every success, the first seed."""
+    with ``calibrate`` the calibration's runs: ``vanilla`` on every success, one per seed (the
+    learning curve has a sharp step, so one seed's accuracy is not a measure of the setting)."""
     if calibrate:
-        return [Run(ALL, "vanilla", preset.seeds[0])]
+        return [Run(ALL, "vanilla", seed) for seed in preset.seeds]
     return [
         Run(p, strategy, seed)
         for seed in preset.seeds
