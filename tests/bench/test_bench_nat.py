@@ -111,6 +111,7 @@ def test_work_dir_is_the_benchmarks_own(tmp_path: Path):
     work = tmp_path / "bench"
     claim_work_dir(work, QUICK)
     claim_work_dir(work, QUICK)  # the same protocol again: continue
+    claim_work_dir(work, replace(QUICK, jobs=QUICK.jobs + 1))  # --jobs is not the protocol
     with pytest.raises(WorkDirError, match="differs in: steps"):
         claim_work_dir(work, replace(QUICK, steps=99))
 

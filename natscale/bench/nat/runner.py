@@ -75,6 +75,7 @@ def plan(preset: Preset, *, calibrate: bool = False) -> list[Run]:
 def claim_work_dir(work: Path, preset: Preset) -> None:
     """Use ``work`` only if it is new, empty, or a benchmark folder of the same preset."""
     wanted = json.loads(json.dumps(preset.as_dict()))  # as saved: tuples become lists
+    wanted.pop("jobs")  # how many runs share the machine changes no run's result
     if work.exists() and not (work / MARKER).exists() and any(work.iterdir()):
         raise WorkDirError(
             f"{work} is not empty and was not made by `natscale bench nat`; "
@@ -83,6 +84,7 @@ def claim_work_dir(work: Path, preset: Preset) -> None:
     saved = work / "preset.json"
     if saved.exists():
         have = json.loads(saved.read_text())
+        have.pop("jobs", None)  # folders started before jobs was left out
         if have != wanted:
             diff = sorted(k for k in set(have) | set(wanted) if have.get(k) != wanted.get(k))
             raise WorkDirError(
