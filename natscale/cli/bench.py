@@ -103,9 +103,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     nat.add_argument(
         "--preset",
-        choices=["cpu", "gpu"],
+        choices=["cpu", "cpu-warm", "gpu"],
         default=None,
-        help="protocol sizing (default: gpu when torch sees a GPU, else cpu)",
+        help="protocol sizing (default: gpu when torch sees a GPU, else cpu); cpu-warm: the cpu "
+        "comparison from a base model trained on other successes first",
     )
     nat.add_argument(
         "--quick",

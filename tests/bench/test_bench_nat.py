@@ -16,7 +16,7 @@ import pytest
 from natscale.bench.nat import report
 from natscale.bench.nat.data import build_pool, prepare_config
 from natscale.bench.nat.presets import FINE_KINDS, PRESETS, QUICK
-from natscale.bench.nat.runner import WorkDirError, claim_work_dir, plan
+from natscale.bench.nat.runner import WorkDirError, claim_work_dir, plan, train_config
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL = replace(QUICK, positives=(10, 20), pool_questions=80, test_questions=30)
@@ -128,6 +128,32 @@ def test_cli_refuses_bad_input_with_exit_2(tmp_path: Path, capsys):
     assert main(args) == 2
     assert "not made by `natscale bench nat`" in capsys.readouterr().err
     assert sorted(p.name for p in theirs.iterdir()) == ["data.json"]  # nothing added, nothing lost
+
+
+def test_warm_start_trains_a_base_on_other_successes_first(tmp_path: Path):
+    warm = replace(SMALL, base_steps=7, base_lr=0.5)
+    summary = build_pool(warm, tmp_path)
+    base = json.loads((tmp_path / "Pbase" / "trajectories.json").read_text())
+    largest = json.loads((tmp_path / "P20" / "trajectories.json").read_text())
+    assert base and all(t["info"]["reward"] for t in base)  # successes only
+    # none of them is in any P subset: the scarce positives stay new to the base model
+    assert not {(t["id"], t["source"]) for t in base} & {(t["id"], t["source"]) for t in largest}
+    assert len(base) == summary["pool_successes"] - 20 == summary["subsets"]["Pbase"]["positives"]
+    runs = plan(warm)
+    assert runs[0].name == "Pbase/vanilla/seed0" and len(runs) == 1 + 2 * 4
+    first = train_config(warm, tmp_path, runs[0], tmp_path / "b")
+    assert "config" in first["model"] and (first["train"]["steps"], first["train"]["lr"]) == (
+        7,
+        0.5,
+    )
+    later = train_config(warm, tmp_path, runs[1], tmp_path / "r")
+    assert later["model"]["path"] == str(tmp_path / "runs/Pbase/vanilla/seed0/train/hf")
+    assert (later["train"]["steps"], later["train"]["lr"]) == (warm.steps, warm.lr)
+    # without base_steps: random init, no base run
+    assert "config" in train_config(SMALL, tmp_path, plan(SMALL)[0], tmp_path / "x")["model"]
+    assert not (tmp_path / "again" / "Pbase").exists()
+    build_pool(SMALL, tmp_path / "again")
+    assert not (tmp_path / "again" / "Pbase").exists()
 
 
 def test_plan_covers_every_strategy_p_and_seed():

@@ -47,6 +47,8 @@ def run_benchmark(
         f"(hidden {preset.hidden}), {preset.steps} steps, {len(preset.seeds)} seed(s), "
         f"{preset.test_questions} test questions"
     )
+    if preset.base_steps and not calibrate:
+        title += f"; every run starts from the base model ({preset.base_steps} steps of vanilla)"
     results.mkdir(parents=True, exist_ok=True)
     record = {
         "kind": "nat-benchmark-calibration" if calibrate else "nat-benchmark",

@@ -22,6 +22,7 @@ TOKENIZER = REPO / "examples" / "tokenizer"
 
 
 ALL = 0  # P = ALL: every success of the pool and no failure (the calibration's data)
+BASE = -1  # the base model's data: the successes that no P subset holds (presets with base_steps)
 
 
 class BenchDataError(RuntimeError):
@@ -29,8 +30,9 @@ class BenchDataError(RuntimeError):
 
 
 def subset(p: int) -> str:
-    """The folder name of the P subset: ``P500``, or ``Pall`` for every success of the pool."""
-    return "Pall" if p == ALL else f"P{p}"
+    """The folder name of the P subset: ``P500``, ``Pall`` for every success of the pool,
+    ``Pbase`` for the base model's successes."""
+    return {ALL: "Pall", BASE: "Pbase"}.get(p, f"P{p}")
 
 
 def build_pool(preset: Preset, root: Path) -> dict[str, Any]:
@@ -38,8 +40,9 @@ def build_pool(preset: Preset, root: Path) -> dict[str, Any]:
 
     Files: ``questions.jsonl`` (training questions), ``test.jsonl`` (held out), ``prompt.json``,
     ``P<P>/trajectories.json`` per P (NAT release format, ``info.progress`` = the nat-fine score
-    of the trajectory's kind) and ``Pall/trajectories.json`` (every success: the calibration's
-    data). Written atomically; the same preset gives the same bytes.
+    of the trajectory's kind), ``Pall/trajectories.json`` (every success: the calibration's
+    data) and, with ``base_steps``, ``Pbase/trajectories.json`` (the successes after the largest
+    P's: the base model's data). Written atomically; the same preset gives the same bytes.
     """
     from natscale.agent.scripted.dataset import (
         dumps_prompt,
@@ -85,6 +88,19 @@ def build_pool(preset: Preset, root: Path) -> dict[str, Any]:
         atomic_write_bytes(path, dumps_trajectories(picked).encode())
         kinds = {k: sum(t["info"]["kind"] == k for t in picked) for k in FINE_KINDS}
         subsets[name] = {"positives": p, "negatives": n_neg, "kinds": kinds}
+    if preset.base_steps:
+        rest = positives[max(preset.positives) :]
+        if not rest:
+            raise BenchDataError(
+                f"the base model needs successes beyond P={max(preset.positives)}; the pool has "
+                f"{len(positives)}: raise pool_questions"
+            )
+        picked = [pool.trajectories[i] for i in rest]
+        path = root / subset(BASE) / "trajectories.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, dumps_trajectories(picked).encode())
+        kinds = {k: sum(t["info"]["kind"] == k for t in picked) for k in FINE_KINDS}
+        subsets[subset(BASE)] = {"positives": len(rest), "negatives": 0, "kinds": kinds}
     summary = {
         "pool_questions": len(pool.questions),
         "pool_trajectories": len(pool.trajectories),

@@ -12,18 +12,19 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from natscale.bench.nat.data import ALL
+from natscale.bench.nat.data import ALL, BASE
 from natscale.bench.nat.presets import Preset
 
 
 def _positives(preset: Preset, results_or_rows: list[dict[str, Any]]) -> list[int]:
-    """The P values present, in the preset's order (the calibration's ALL last)."""
+    """The P values present, in the preset's order (the base model first, the calibration's ALL
+    last)."""
     have = {r["p"] for r in results_or_rows}
-    return [p for p in (*preset.positives, ALL) if p in have]
+    return [p for p in (BASE, *preset.positives, ALL) if p in have]
 
 
 def p_label(p: int) -> str:
-    return "P = all" if p == ALL else f"P = {p:,}"
+    return {ALL: "P = all", BASE: "base model"}.get(p, f"P = {p:,}")
 
 
 # two-sided 95% Student t quantiles by degrees of freedom

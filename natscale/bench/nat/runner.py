@@ -32,7 +32,7 @@ from typing import Any
 import yaml
 
 from natscale.atomic import atomic_write_bytes, atomic_write_json
-from natscale.bench.nat.data import ALL, build_pool, prepare_config, subset
+from natscale.bench.nat.data import ALL, BASE, build_pool, prepare_config, subset
 from natscale.bench.nat.presets import Preset
 
 MARKER = ".natscale-bench"
@@ -64,7 +64,9 @@ def plan(preset: Preset, *, calibrate: bool = False) -> list[Run]:
     learning curve has a sharp step, so one seed's accuracy is not a measure of the setting)."""
     if calibrate:
         return [Run(ALL, "vanilla", seed) for seed in preset.seeds]
-    return [
+    # with base_steps, the base model comes first: every other run starts from it
+    base = [base_run(preset)] if preset.base_steps else []
+    return base + [
         Run(p, strategy, seed)
         for seed in preset.seeds
         for p in preset.positives
@@ -127,11 +129,26 @@ def prepare_all(
     return {"pool": pool, "prepared": prepared}
 
 
+def run_dir_of(work: Path, run: Run) -> Path:
+    return work / "runs" / subset(run.p) / run.strategy / f"seed{run.seed}"
+
+
+def base_run(preset: Preset) -> Run:
+    """The run that trains the base model (presets with ``base_steps``)."""
+    return Run(BASE, "vanilla", preset.seeds[0])
+
+
 def train_config(preset: Preset, work: Path, run: Run, run_dir: Path) -> dict[str, Any]:
     gpu = preset.precision != "fp32"
+    model: dict[str, Any] = {"config": str(work / "model" / "config.json")}
+    steps, lr = preset.steps, preset.lr
+    if run.p == BASE:
+        steps, lr = preset.base_steps, preset.base_lr
+    elif preset.base_steps:  # start from the base model's weights
+        model = {"path": str(run_dir_of(work, base_run(preset)) / "train" / "hf")}
     return {
         "output_dir": str(run_dir / "train"),
-        "model": {"config": str(work / "model" / "config.json"), "activation_checkpointing": False},
+        "model": {**model, "activation_checkpointing": False},
         "data": {
             "path": str(work / "data" / subset(run.p) / run.strategy),
             "shuffle": True,
@@ -140,10 +157,10 @@ def train_config(preset: Preset, work: Path, run: Run, run_dir: Path) -> dict[st
         "train": {
             "seed": run.seed,
             "precision": preset.precision,
-            "steps": preset.steps,
+            "steps": steps,
             "grad_accum": preset.grad_accum,
             "loss_norm": "token",
-            "lr": preset.lr,
+            "lr": lr,
             "lr_schedule": "cosine",
             "warmup_steps": preset.warmup_steps,
             "min_lr_ratio": 0.1,
@@ -153,7 +170,7 @@ def train_config(preset: Preset, work: Path, run: Run, run_dir: Path) -> dict[st
         "deepspeed": {
             "config": "ds_configs/zero3_bf16.json" if gpu else "ds_configs/zero3_cpu.json"
         },
-        "checkpoint": {"every_steps": max(preset.steps // 2, 1), "keep_last": 1, "export_hf": True},
+        "checkpoint": {"every_steps": max(steps // 2, 1), "keep_last": 1, "export_hf": True},
         "logging": {"tensorboard": False, "progress_bar": False},
     }
 
@@ -259,7 +276,7 @@ def _metrics(summary: dict[str, Any]) -> dict[str, Any]:
 
 def execute(children: _Children, preset: Preset, work: Path, run: Run) -> dict[str, Any]:
     """Train and evaluate one run (or pick up its result); returns the result record."""
-    run_dir = work / "runs" / subset(run.p) / run.strategy / f"seed{run.seed}"
+    run_dir = run_dir_of(work, run)
     result_path = run_dir / "result.json"
     if result_path.exists():
         return {**json.loads(result_path.read_text()), "reused": True}
@@ -328,9 +345,11 @@ def run_all(
             say(f"[{len(done)}/{len(runs)}] {run.name}: accuracy {acc:.1%} ({how})")
         return result
 
+    first = [r for r in runs if r.p == BASE]  # the base model, before the runs that start from it
     pool = ThreadPoolExecutor(max_workers=preset.jobs)
     try:
-        results = list(pool.map(one, runs))
+        results = [one(run) for run in first]
+        results += list(pool.map(one, [r for r in runs if r.p != BASE]))
     except BaseException:
         children.stop()
         raise
