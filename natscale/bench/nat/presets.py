@@ -90,7 +90,7 @@ class Preset:
     layers: int = 4
     heads: int = 4
     # training: identical for every strategy (same steps, so the same compute)
-    steps: int = 425
+    steps: int = 450
     micro_batch_rows: int = 2
     grad_accum: int = 1
     max_seq_len: int = 1024
