@@ -210,11 +210,11 @@ class RenderStream:
         acknowledgement: str | None = None,
         num_proc: int = 1,
         post: Callable[[tuple], Any] | None = None,
-        chunk: int = CHUNK,
+        chunk: int | None = None,
         on_progress: Callable[[int], None] | None = None,
     ) -> None:
         self.renderer, self.mode, self.ack = renderer, mode, acknowledgement
-        self.num_proc, self.post, self.chunk = num_proc, post, chunk
+        self.num_proc, self.post, self.chunk = num_proc, post, chunk or CHUNK
         self.on_progress = on_progress
         self._pending: list = []
         self._held: list | None = None
