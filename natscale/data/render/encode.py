@@ -154,9 +154,12 @@ class PieceEncoder:
                 if it[0] == "run":
                     unique[k > 0].setdefault(it[1], len(unique[k > 0]))
         fast = self._char_len is not None
+        # (the runner of a first run is made only when there is one: see ``_first``)
         encs = [
-            _encode(tk, list(texts), offsets=not fast) if texts else []
-            for tk, texts in ((self._first, unique[0]), (self._tk_later, unique[1]))
+            _encode(self._tk_later if later else self._first, list(texts), offsets=not fast)
+            if texts
+            else []
+            for later, texts in ((False, unique[0]), (True, unique[1]))
         ]
         # the ids of each group's unique runs back to back in one int32 array: each run's ids
         # cross into Python once, however often it repeats; run u is flat[g][cut[u]:cut[u + 1]]
