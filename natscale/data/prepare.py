@@ -395,7 +395,9 @@ def _prepare(
                     # more may follow: free what the window left in cycles (datasets, arrow)
                     gc.collect()
             if window:
-                pack_window(k, window, stream.results(), shards)
+                chunks = stream.results()
+                stream.release()  # the workers exit while the last window is packed
+                pack_window(k, window, chunks, shards)
         if not packed:
             raise _nothing_left(counts, issues)
         sampling = selector.report()

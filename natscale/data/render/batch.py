@@ -214,7 +214,9 @@ class RenderStream:
         on_progress: Callable[[int], None] | None = None,
     ) -> None:
         self.renderer, self.mode, self.ack = renderer, mode, acknowledgement
-        self.num_proc, self.post, self.chunk = num_proc, post, chunk or CHUNK
+        # with workers, half chunks: the last one, which one worker renders alone, is shorter
+        self.num_proc, self.post = num_proc, post
+        self.chunk = chunk or (CHUNK if num_proc <= 1 else max(MIN_CHUNK, CHUNK // 2))
         self.on_progress = on_progress
         self._pending: list = []
         self._held: list | None = None
@@ -237,6 +239,12 @@ class RenderStream:
         else:
             pool.close()
         pool.join()  # reaped workers: their CPU time shows in RUSAGE_CHILDREN
+
+    def release(self) -> None:
+        """Say that no more examples come (after :meth:`results`): the workers exit while the
+        caller goes on, and :meth:`close` only reaps them."""
+        if self._pool is not None and not self._out and not self._pending:
+            self._pool.close()
 
     def put(self, example) -> None:
         self._pending.append(example)
