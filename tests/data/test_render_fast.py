@@ -285,6 +285,27 @@ def test_hf_direct_render_falls_back_when_it_differs(tokenizer_copy):
     assert fast2.pieces(MESSAGES) == ref2.pieces(MESSAGES)
 
 
+def test_hf_direct_render_pickles_and_keeps_the_sandbox(tokenizer_copy):
+    """A renderer sent to a spawned worker compiles the template again; the memoised sandbox
+    check still refuses what jinja's sandbox refuses, every time."""
+    import pickle
+
+    from natscale.data.render import TemplateError
+
+    fast, ref = _hf_pair(tokenizer_copy, LLAMA2_JINJA)
+    fast.pieces(MESSAGES)
+    again = pickle.loads(pickle.dumps(fast))
+    assert again.template._direct is not None
+    for conv in CONVERSATIONS:
+        assert again.pieces(conv) == ref.pieces(conv)
+    sneaky = CHATML_JINJA.replace("message['content']", "message['content'].__class__")
+    bad, _ = _hf_pair(tokenizer_copy, sneaky)
+    for _ in range(2):
+        with pytest.raises(TemplateError, match="chat template failed"):
+            bad.pieces(MESSAGES)
+    assert bad.template._direct is not None  # refused by both: the direct render stays
+
+
 @pytest.mark.parametrize("setting", [None, "true"])
 def test_workers_leave_the_tokenizer_thread_setting_as_it_was(
     tokenizer, example_examples, monkeypatch, setting
