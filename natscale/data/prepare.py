@@ -385,17 +385,26 @@ def _prepare(
                 on_progress=bar.update,
             ) as stream,
         ):
-            k, window = 0, []
+            k, window, saved = 0, [], False
+
+            def rendered() -> list:
+                nonlocal saved
+                if not saved:  # while the workers render the window's last chunks
+                    tokenizer.save_pretrained(str(tmp.tokenizer))
+                    save_config(resolved, tmp.prepare_config)
+                    saved = True
+                return stream.results()
+
             for ex in examples():
                 window.append(ex)
                 stream.put(ex)
                 if len(window) == pc.window_examples:
-                    pack_window(k, window, stream.results(), shards)
+                    pack_window(k, window, rendered(), shards)
                     k, window = k + 1, []
                     # more may follow: free what the window left in cycles (datasets, arrow)
                     gc.collect()
             if window:
-                chunks = stream.results()
+                chunks = rendered()
                 stream.release()  # the workers exit while the last window is packed
                 pack_window(k, window, chunks, shards)
         if not packed:
@@ -427,8 +436,6 @@ def _prepare(
                 "warnings": warned,
             }
         )
-        tokenizer.save_pretrained(str(tmp.tokenizer))
-        save_config(resolved, tmp.prepare_config)
         stats["elapsed_s"] = round(time.perf_counter() - t0, 3)
         write_json(tmp.stats, stats)
 
