@@ -406,6 +406,7 @@ def _prepare(
             if window:
                 chunks = rendered()
                 stream.release()  # the workers exit while the last window is packed
+                bar.close()
                 pack_window(k, window, chunks, shards)
         if not packed:
             raise _nothing_left(counts, issues)
