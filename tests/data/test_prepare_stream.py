@@ -194,11 +194,13 @@ def test_stream_gives_render_examples_results_in_order(
     want = render_examples(r, examples_for_stream)
     for num_proc in (1, 2):
         with RenderStream(r, num_proc=num_proc, chunk=7) as stream:
-            parts = []
+            parts, by_worker = [], 0
             for cut in (25, 60):  # two windows: results() twice, the workers kept between
                 for ex in examples_for_stream[len(parts) : cut]:
                     stream.put(ex)
+                by_worker += sum(job is not None for _, job, _ in stream._out)
                 parts += [x for c in stream.results() for x in batch._expand(c)]
+            assert (by_worker >= 2) == (num_proc == 2)  # the first two chunks go to the worker
             assert (stream._pool is not None) == (num_proc == 2)
         assert len(parts) == len(want)
         for a, b in zip(parts, want, strict=True):
@@ -214,3 +216,26 @@ def test_stream_of_one_chunk_starts_no_workers(tokenizer, examples_for_stream):
             stream.put(ex)
         (one,) = stream.results()
         assert stream._pool is None and one[0] == 50
+
+
+@pytest.mark.parametrize("setting", [None, "true"])
+def test_stream_restores_the_tokenizer_thread_setting(
+    tokenizer, examples_for_stream, monkeypatch, setting
+):
+    """While its workers run, this process tokenises on one thread; afterwards the setting is
+    what it was (unset stays unset)."""
+    import os
+
+    from natscale.data.render import Renderer
+    from natscale.data.render.batch import PARALLELISM, RenderStream
+
+    if setting is None:
+        monkeypatch.delenv(PARALLELISM, raising=False)
+    else:
+        monkeypatch.setenv(PARALLELISM, setting)
+    with RenderStream(Renderer(tokenizer, "llama2"), num_proc=2, chunk=5) as stream:
+        for ex in examples_for_stream[:30]:
+            stream.put(ex)
+        assert stream._pool is not None and os.environ[PARALLELISM] == "false"
+        stream.results()
+    assert os.environ.get(PARALLELISM) == setting

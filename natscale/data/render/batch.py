@@ -155,6 +155,13 @@ def _fork_pool(num_proc: int, initializer: Callable, initargs: tuple):
             os.environ[PARALLELISM] = before
 
 
+def _set_threads(value: str | None) -> None:
+    if value is None:
+        os.environ.pop(PARALLELISM, None)
+    else:
+        os.environ[PARALLELISM] = value
+
+
 def render_examples(
     renderer: Renderer,
     examples: Sequence,
@@ -190,16 +197,21 @@ def render_examples(
 
 
 class RenderStream:
-    """Examples rendered as they are :meth:`put`, a chunk of ``chunk`` at a time.
+    """Examples rendered as they are :meth:`put`, a chunk of ``chunk`` at a time (default ``CHUNK``,
+    with workers half that).
 
-    With ``num_proc > 1`` each full chunk goes to ``num_proc`` worker processes at once, so they
-    render while the caller reads on; the workers are forked when the second chunk is full (the
-    first is held back until then: data of one chunk is rendered here, with no workers). With
-    ``num_proc: 1`` a full chunk is rendered here and then. :meth:`results` returns the result of
-    every chunk put since its last call, in order: ``post(compact)`` of the chunk's
-    :func:`compact_range` (``compact`` itself without ``post``), run where it was rendered.
-    ``post`` must be a module-level function (or a ``functools.partial`` of one) where workers
-    are spawned rather than forked. Use it as a context manager: leaving it stops the workers.
+    With ``num_proc > 1`` this process and ``num_proc - 1`` forked workers render: a full chunk
+    goes to the workers while they hold fewer than two chunks each (one rendering, one waiting),
+    else this process renders it itself, so ``num_proc`` processes share the cores, the reading
+    included, and none is left idle or oversubscribed. The workers are forked when the second
+    chunk is full (the first is held back until then: data of one chunk is rendered here, with
+    no workers); while they run, this process tokenises on one thread. With ``num_proc: 1`` a
+    full chunk is rendered here and then (the tokenizer's own threads on, unless
+    ``TOKENIZERS_PARALLELISM`` says otherwise). :meth:`results` returns the result of every chunk
+    put since its last call, in order: ``post(compact)`` of the chunk's :func:`compact_range`
+    (``compact`` itself without ``post``), wherever it was rendered. ``post`` must be a
+    module-level function (or a ``functools.partial`` of one) where workers are spawned rather
+    than forked. Use it as a context manager: leaving it stops the workers.
     """
 
     def __init__(
@@ -222,6 +234,8 @@ class RenderStream:
         self._held: list | None = None
         self._out: list[tuple[int, Any, Any]] = []  # (size, async result or None, result)
         self._pool = None
+        self._waiting = 0  # the first entry of _out that may still be with a worker
+        self._threads: str | None = None  # TOKENIZERS_PARALLELISM before the workers started
 
     def __enter__(self) -> RenderStream:
         return self
@@ -234,11 +248,14 @@ class RenderStream:
         pool, self._pool = self._pool, None
         if pool is None:
             return
-        if abort:
-            pool.terminate()
-        else:
-            pool.close()
-        pool.join()  # reaped workers: their CPU time shows in RUSAGE_CHILDREN
+        try:
+            if abort:
+                pool.terminate()
+            else:
+                pool.close()
+            pool.join()  # reaped workers: their CPU time shows in RUSAGE_CHILDREN
+        finally:
+            _set_threads(self._threads)
 
     def release(self) -> None:
         """Say that no more examples come (after :meth:`results`): the workers exit while the
@@ -260,19 +277,37 @@ class RenderStream:
         if not chunk:
             return
         if self.num_proc <= 1:
-            self._out.append((len(chunk), None, self._here(chunk)))
-            if self.on_progress:
-                self.on_progress(len(chunk))
+            self._render_here(chunk)
             return
         if self._pool is None:
             if self._held is None:
                 self._held = chunk
                 return
             args = (self.renderer, self.mode, self.ack, self.post)
-            self._pool = _fork_pool(self.num_proc, _init_stream, args)
+            self._pool = _fork_pool(self.num_proc - 1, _init_stream, args)
+            # one tokenizer thread here too: the workers have the other cores
+            self._threads = os.environ.get(PARALLELISM)
+            os.environ[PARALLELISM] = "false"
             held, self._held = self._held, None
             self._submit(held)
-        self._submit(chunk)
+        if self._busy() < 2 * (self.num_proc - 1):
+            self._submit(chunk)
+        else:
+            self._render_here(chunk)
+
+    def _busy(self) -> int:
+        """Chunks with the workers, not yet rendered (they finish in the order sent)."""
+        out = self._out
+        while self._waiting < len(out) and (
+            out[self._waiting][1] is None or out[self._waiting][1].ready()
+        ):
+            self._waiting += 1
+        return sum(1 for _, job, _ in out[self._waiting :] if job is not None and not job.ready())
+
+    def _render_here(self, chunk: list) -> None:
+        self._out.append((len(chunk), None, self._here(chunk)))
+        if self.on_progress:
+            self.on_progress(len(chunk))
 
     def _submit(self, chunk: list) -> None:
         assert self._pool is not None
@@ -284,9 +319,7 @@ class RenderStream:
         self._dispatch()
         if self._held is not None:  # a single chunk so far: not worth the workers
             held, self._held = self._held, None
-            self._out.append((len(held), None, self._here(held)))
-            if self.on_progress:
-                self.on_progress(len(held))
+            self._render_here(held)
         out = []
         for size, job, res in self._out:
             if job is not None:
@@ -294,5 +327,5 @@ class RenderStream:
                 if self.on_progress:
                     self.on_progress(size)
             out.append(res)
-        self._out = []
+        self._out, self._waiting = [], 0
         return out
