@@ -7,10 +7,11 @@
 
 Stages: load every source (formats/) -> handle unfinished -> label outcomes (outcome.py) ->
 strategy: class, marker, seeded per-class sampling, weights (nat.py) -> render through the chat
-template with the train mask (render/, ``num_proc`` workers) -> trim the untrained tail,
-truncate or drop over-long examples -> pack (packing.py) -> write atomically (prepared.py).
-The input is streamed: trajectories are read, labelled and marked one at a time, and the last
-stages run per window of ``pack.window_examples`` examples (windows.py), each window written as
+template with the train mask, then trim the untrained tail, truncate or drop over-long examples
+(render/batch.py's ``RenderStream``, fit.py: chunk by chunk in ``num_proc`` processes while the
+next trajectories are read) -> pack (packing.py) -> write atomically (prepared.py).
+The input is streamed: trajectories are read, labelled and marked one at a time, and packing
+runs per window of ``pack.window_examples`` examples (windows.py), each window written as
 one Arrow shard (shards.py) before the next is read, so memory holds one window.
 Bad records raise :class:`DataError` (``on_error: raise``) or are counted in
 ``stats["skipped"]`` (``on_error: skip``).
@@ -165,15 +166,16 @@ def label_one(traj: Trajectory, config: PrepareConfig, issues: Issues) -> bool:
 def _kept(
     config: PrepareConfig,
     window: list,
+    order: list[int],
     chunks: list,
     issues: Issues,
     per_class: dict[str, dict[str, int]],
     counts: dict[str, int],
 ) -> tuple[list, list, list, list]:
-    """The window's kept examples (``ids``, ``masks``, classes, weights) in ``nat.select``'s
-    order (by class, then as read) from its rendered, fitted chunks (``fit.FittedChunk``, in
-    read order); handles the render failures in that order and adds to the per-class counts and
-    the drop counters."""
+    """The window's kept examples (``ids``, ``masks``, classes, weights) in ``order`` (the
+    positions of the window in ``nat.select``'s order) from its rendered, fitted chunks
+    (``fit.FittedChunk``, in read order); handles the render failures in that order and adds to
+    the per-class counts and the drop counters."""
     for c in chunks:
         for key, value in c.counts.items():
             counts[key] += value
@@ -189,13 +191,13 @@ def _kept(
         ids += a
         masks += b
     cls = np.fromiter((ex.cls for ex in window), np.int64, count=len(window))
-    order = np.asarray(windows.class_order(window), dtype=np.int64)
-    for i in order[status[order] == fit.FAILED].tolist():
+    at = np.asarray(order, dtype=np.int64)
+    for i in at[status[at] == fit.FAILED].tolist():
         reason, message = failures[i]
         handle(DataError(message, reason=reason, **_where(window[i].traj)), config.on_error, issues)
     kept = status == fit.KEPT
     slot = np.cumsum(kept) - 1  # the position of a kept example among the kept ones
-    chosen = order[kept[order]]
+    chosen = at[kept[at]]
     take = slot[chosen].tolist()
     lengths = np.concatenate([c.lengths for c in chunks])
     trained = np.concatenate([c.trained for c in chunks])
@@ -325,12 +327,15 @@ def _prepare(
     resolved = config.model_copy(update={"output": str(target)})
 
     def pack_window(k: int, window: list, chunks: list, shards: ShardWriter) -> None:
-        ordered = [window[i] for i in windows.class_order(window)]
+        order = windows.class_order(window)  # nat.select's order: by class, then as read
+        ordered = [window[i] for i in order]
         for kind, w in data_warnings(ordered, {}, config.strategy, prompts).items():
             warned.setdefault(kind, {"count": 0, "message": w["message"]})["count"] += w["count"]
         del ordered
         where = f"window {k}: " if k or len(window) == pc.window_examples else ""
-        ids, masks, classes, weights = _kept(config, window, chunks, issues, per_class, counts)
+        ids, masks, classes, weights = _kept(
+            config, window, order, chunks, issues, per_class, counts
+        )
         del window[:], chunks[:]  # the trajectories are not needed any more
         if not ids:
             return
