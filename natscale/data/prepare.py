@@ -7,10 +7,11 @@
 
 Stages: load every source (formats/) -> handle unfinished -> label outcomes (outcome.py) ->
 strategy: class, marker, seeded per-class sampling, weights (nat.py) -> render through the chat
-template with the train mask (render/, ``num_proc`` workers) -> trim the untrained tail,
-truncate or drop over-long examples -> pack (packing.py) -> write atomically (prepared.py).
-The input is streamed: trajectories are read, labelled and marked one at a time, and the last
-stages run per window of ``pack.window_examples`` examples (windows.py), each window written as
+template with the train mask, then trim the untrained tail, truncate or drop over-long examples
+(render/batch.py's ``RenderStream``, fit.py: chunk by chunk in ``num_proc`` processes while the
+next trajectories are read) -> pack (packing.py) -> write atomically (prepared.py).
+The input is streamed: trajectories are read, labelled and marked one at a time, and packing
+runs per window of ``pack.window_examples`` examples (windows.py), each window written as
 one Arrow shard (shards.py) before the next is read, so memory holds one window.
 Bad records raise :class:`DataError` (``on_error: raise``) or are counted in
 ``stats["skipped"]`` (``on_error: skip``).
@@ -23,6 +24,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +33,7 @@ import numpy as np
 from natscale.atomic import check_destination
 from natscale.config.loader import save_config
 from natscale.config.prepare import PrepareConfig
-from natscale.data import nat, outcome, windows
+from natscale.data import fit, nat, outcome, windows
 from natscale.data.checks import data_warnings
 from natscale.data.errors import DataError, Issues, handle
 from natscale.data.formats import iter_trajectories, load_trajectories
@@ -161,71 +163,53 @@ def label_one(traj: Trajectory, config: PrepareConfig, issues: Issues) -> bool:
     return True
 
 
-def _fit(enc, max_seq_len: int, overlong: str, trim_tail: bool, counts: dict[str, int]):
-    """Trim / truncate one encoded example; None when it must be dropped (counted)."""
-    ids, mask = enc.ids, enc.mask
-    trained = np.flatnonzero(mask[1:])
-    if trained.size == 0:
-        counts["no_trained_tokens"] += 1
-        return None
-    if trim_tail:
-        # tokens after the last trained one change no loss (attention is causal): drop them
-        end = int(trained[-1]) + 2
-        counts["tail_tokens_trimmed"] += len(ids) - end
-        ids, mask = ids[:end], mask[:end]
-    if len(ids) > max_seq_len:
-        if overlong == "drop":
-            counts["too_long"] += 1
-            return None
-        counts["truncated"] += 1
-        counts["truncated_tokens"] += len(ids) - max_seq_len
-        ids, mask = ids[:max_seq_len], mask[:max_seq_len]
-        if not mask[1:].any():
-            counts["no_trained_tokens_after_truncation"] += 1
-            return None
-    return ids, mask
-
-
-def _encode(
+def _kept(
     config: PrepareConfig,
-    examples: list,
-    renderer,
+    window: list,
+    order: list[int],
+    chunks: list,
     issues: Issues,
-    progress: bool,
     per_class: dict[str, dict[str, int]],
     counts: dict[str, int],
-) -> list:
-    """Render the examples, then trim / truncate / drop; returns the kept
-    ``(ids, mask, class, weight)`` tuples and adds to the per-class counts and drop counters."""
-    from tqdm import tqdm
-
-    from natscale.data.render.batch import render_examples
-
-    rc, pc = config.render, config.pack
-    with tqdm(total=len(examples), desc="render", unit="traj", disable=not progress) as bar:
-        encoded = render_examples(
-            renderer,
-            examples,
-            mode=rc.instruction,
-            acknowledgement=rc.acknowledgement,
-            num_proc=config.num_proc,
-            on_progress=bar.update,
-        )
-    names = config.strategy.class_names()
-    kept = []
-    for ex, enc in zip(examples, encoded, strict=True):
-        if isinstance(enc, tuple):
-            handle(DataError(enc[1], reason=enc[0], **_where(ex.traj)), config.on_error, issues)
-            continue
-        fitted = _fit(enc, pc.max_seq_len, pc.overlong, rc.trim_untrained_tail, counts)
-        if fitted is None:
-            continue
-        kept.append((fitted[0], fitted[1], ex.cls, ex.weight))
-        c = per_class[names[ex.cls]]
-        c["examples"] += 1
-        c["tokens"] += len(fitted[0])
-        c["trained_tokens"] += int(fitted[1][1:].sum())
-    return kept
+) -> tuple[list, list, list, list]:
+    """The window's kept examples (``ids``, ``masks``, classes, weights) in ``order`` (the
+    positions of the window in ``nat.select``'s order) from its rendered, fitted chunks
+    (``fit.FittedChunk``, in read order); handles the render failures in that order and adds to
+    the per-class counts and the drop counters."""
+    for c in chunks:
+        for key, value in c.counts.items():
+            counts[key] += value
+    status = np.concatenate([c.status for c in chunks])
+    failures: dict[int, tuple[str, str]] = {}
+    ids: list[np.ndarray] = []
+    masks: list[np.ndarray] = []
+    offset = 0
+    for c in chunks:
+        failures.update((offset + k, f) for k, f in c.failures.items())
+        offset += c.status.shape[0]
+        a, b = c.split()
+        ids += a
+        masks += b
+    cls = np.fromiter((ex.cls for ex in window), np.int64, count=len(window))
+    at = np.asarray(order, dtype=np.int64)
+    for i in at[status[at] == fit.FAILED].tolist():
+        reason, message = failures[i]
+        handle(DataError(message, reason=reason, **_where(window[i].traj)), config.on_error, issues)
+    kept = status == fit.KEPT
+    slot = np.cumsum(kept) - 1  # the position of a kept example among the kept ones
+    chosen = at[kept[at]]
+    take = slot[chosen].tolist()
+    lengths = np.concatenate([c.lengths for c in chunks])
+    trained = np.concatenate([c.trained for c in chunks])
+    for k, name in enumerate(config.strategy.class_names()):
+        of_k = slot[kept & (cls == k)]
+        c = per_class[name]
+        c["examples"] += int(of_k.shape[0])
+        c["tokens"] += int(lengths[of_k].sum())
+        c["trained_tokens"] += int(trained[of_k].sum())
+    classes = cls[chosen].tolist()
+    weights = [window[i].weight for i in chosen.tolist()]
+    return [ids[j] for j in take], [masks[j] for j in take], classes, weights
 
 
 def _nothing_left(counts: dict[str, int], issues: Issues) -> DataError:
@@ -242,7 +226,7 @@ def _nothing_left(counts: dict[str, int], issues: Issues) -> DataError:
 
 
 DROP_REASONS = ("too_long", "no_trained_tokens", "no_trained_tokens_after_truncation")
-DROP_COUNTERS = (*DROP_REASONS, "truncated", "truncated_tokens", "tail_tokens_trimmed")
+DROP_COUNTERS = fit.COUNTERS
 
 
 def input_paths(config: PrepareConfig) -> list[str]:
@@ -342,18 +326,20 @@ def _prepare(
     all_lengths: list[np.ndarray] = []
     resolved = config.model_copy(update={"output": str(target)})
 
-    def pack_window(k: int, window: list, shards: ShardWriter) -> None:
-        for kind, w in data_warnings(window, {}, config.strategy, prompts).items():
+    def pack_window(k: int, window: list, chunks: list, shards: ShardWriter) -> None:
+        order = windows.class_order(window)  # nat.select's order: by class, then as read
+        ordered = [window[i] for i in order]
+        for kind, w in data_warnings(ordered, {}, config.strategy, prompts).items():
             warned.setdefault(kind, {"count": 0, "message": w["message"]})["count"] += w["count"]
+        del ordered
         where = f"window {k}: " if k or len(window) == pc.window_examples else ""
-        say(f"{where}rendering {len(window)} examples ({template} template)")
-        kept = _encode(config, window, renderer, issues, progress, per_class, counts)
-        del window[:]  # the trajectories are not needed any more
-        if not kept:
+        ids, masks, classes, weights = _kept(
+            config, window, order, chunks, issues, per_class, counts
+        )
+        del window[:], chunks[:]  # the trajectories are not needed any more
+        if not ids:
             return
-        say(f"{where}packing {len(kept)} examples into rows of {pc.max_seq_len}")
-        ids, masks, classes, weights = (list(col) for col in zip(*kept, strict=True))
-        del kept
+        say(f"{where}packing {len(ids)} examples into rows of {pc.max_seq_len}")
         lengths = np.fromiter((x.shape[0] for x in ids), dtype=np.int64, count=len(ids))
         t_plan = time.perf_counter()
         # window 0 packs with `seed` itself: data in one window packs as one global plan
@@ -380,11 +366,53 @@ def _prepare(
         shards.add(rows)
 
     def fill(tmp: PreparedDir) -> None:
+        from tqdm import tqdm
+
+        from natscale.data.render.batch import RenderStream
+
         shards = ShardWriter(tmp.root, progress=progress)
-        say("loading trajectories")
-        for k, window in enumerate(windows.windows(examples(), pc.window_examples)):
-            pack_window(k, window, shards)
-            gc.collect()  # the window's objects are acyclic, but be sure they are gone
+        say(f"loading trajectories and rendering them ({template} template)")
+        # each chunk is rendered and fitted (fit.py) in a worker while the next ones are read
+        post = partial(
+            fit.fit_chunk,
+            max_seq_len=pc.max_seq_len,
+            overlong=pc.overlong,
+            trim_tail=rc.trim_untrained_tail,
+        )
+        with (
+            tqdm(desc="render", unit="traj", disable=not progress) as bar,
+            RenderStream(
+                renderer,
+                mode=rc.instruction,
+                acknowledgement=rc.acknowledgement,
+                num_proc=config.num_proc,
+                post=post,
+                on_progress=bar.update,
+            ) as stream,
+        ):
+            k, window, saved = 0, [], False
+
+            def rendered() -> list:
+                nonlocal saved
+                if not saved:  # while the workers render the window's last chunks
+                    tokenizer.save_pretrained(str(tmp.tokenizer))
+                    save_config(resolved, tmp.prepare_config)
+                    saved = True
+                return stream.results()
+
+            for ex in examples():
+                window.append(ex)
+                stream.put(ex)
+                if len(window) == pc.window_examples:
+                    pack_window(k, window, rendered(), shards)
+                    k, window = k + 1, []
+                    # more may follow: free what the window left in cycles (datasets, arrow)
+                    gc.collect()
+            if window:
+                chunks = rendered()
+                stream.release()  # the workers exit while the last window is packed
+                bar.close()
+                pack_window(k, window, chunks, shards)
         if not packed:
             raise _nothing_left(counts, issues)
         sampling = selector.report()
@@ -414,8 +442,6 @@ def _prepare(
                 "warnings": warned,
             }
         )
-        tokenizer.save_pretrained(str(tmp.tokenizer))
-        save_config(resolved, tmp.prepare_config)
         stats["elapsed_s"] = round(time.perf_counter() - t0, 3)
         write_json(tmp.stats, stats)
 

@@ -109,6 +109,11 @@ class Selector:
         return out
 
 
+def class_order(window: list[Example]) -> list[int]:
+    """The positions of ``window`` in ``nat.select``'s order: by class, then as given."""
+    return sorted(range(len(window)), key=lambda i: window[i].cls)
+
+
 def windows(examples: Iterable[Example], size: int) -> Iterator[list[Example]]:
     """Consecutive windows of ``size`` examples (the last may be shorter), each ordered as
     ``nat.select`` orders examples: by class, then in stream order."""

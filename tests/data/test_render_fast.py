@@ -16,7 +16,7 @@ from natscale.data.render import Message, Renderer, add_missing_tokens, load_tok
 from natscale.data.render.batch import render_range
 from natscale.data.render.encode import Encoded, Piece, PieceEncoder, char_lengths
 
-from .test_render import CHATML_JINJA, MESSAGES
+from .test_render import CHATML_JINJA, LLAMA2_JINJA, MESSAGES
 
 # text the vocabulary lengths cannot place: byte-fallback pieces (emoji, CJK), combining marks
 ODD = "Observation: café 🙂 日本語 e\u0301 ▁▁ tab\there  double  space\n"
@@ -238,6 +238,72 @@ def test_hf_template_layout_is_rendered_once_and_content_still_checked(tokenizer
     # another layout (one message fewer) gets its own skeleton
     r.encode(MESSAGES[:-1])
     assert len(r.template._skeletons) == 2
+
+
+def _hf_pair(tokenizer_copy, jinja: str):
+    tok = load_tokenizer(tokenizer_copy)
+    tok.chat_template = jinja
+    fast, ref = Renderer(tok, "hf"), Renderer(tok, "hf")
+    ref.template._direct = None  # apply_chat_template for every conversation
+    return fast, ref
+
+
+CONVERSATIONS = [
+    MESSAGES,
+    MESSAGES[:-1],
+    [Message("user", "  padded  "), Message("assistant", " a </s> [INST] b ", True)],
+]
+
+
+@pytest.mark.parametrize("jinja", [LLAMA2_JINJA, CHATML_JINJA])
+def test_hf_direct_render_gives_what_apply_chat_template_gives(tokenizer_copy, jinja):
+    """The real-content render bypasses apply_chat_template's conversions (special-token
+    variables, trim included) and gives exactly its result."""
+    fast, ref = _hf_pair(tokenizer_copy, jinja)
+    for conv in CONVERSATIONS * 2:
+        assert fast.pieces(conv) == ref.pieces(conv)
+        a, b = fast.encode(conv), ref.encode(conv)
+        assert np.array_equal(a.ids, b.ids) and np.array_equal(a.mask, b.mask)
+    layouts = {fast.template._layout(c, False, None) for c in CONVERSATIONS}
+    assert fast.template._direct is not None and fast.template._checked == layouts
+
+
+def test_hf_direct_render_falls_back_when_it_differs(tokenizer_copy):
+    """A direct render that differs from apply_chat_template (here: without the special-token
+    variables, so no bos/eos) is caught at its layout's first render and never used again."""
+    fast, ref = _hf_pair(tokenizer_copy, LLAMA2_JINJA)
+    template, _variables = fast.template._direct
+    fast.template._direct = (template, {})
+    for conv in CONVERSATIONS:
+        assert fast.pieces(conv) == ref.pieces(conv)
+    assert fast.template._direct is None
+    # a template set after the renderer was made is rendered as set, not as compiled before
+    fast2, ref2 = _hf_pair(tokenizer_copy, LLAMA2_JINJA)
+    fast2.pieces(MESSAGES)
+    fast2.template.tokenizer.chat_template = CHATML_JINJA
+    ref2.template.tokenizer.chat_template = CHATML_JINJA
+    assert fast2.pieces(MESSAGES) == ref2.pieces(MESSAGES)
+
+
+def test_hf_direct_render_pickles_and_keeps_the_sandbox(tokenizer_copy):
+    """A renderer sent to a spawned worker compiles the template again; the memoised sandbox
+    check still refuses what jinja's sandbox refuses, every time."""
+    import pickle
+
+    from natscale.data.render import TemplateError
+
+    fast, ref = _hf_pair(tokenizer_copy, LLAMA2_JINJA)
+    fast.pieces(MESSAGES)
+    again = pickle.loads(pickle.dumps(fast))
+    assert again.template._direct is not None
+    for conv in CONVERSATIONS:
+        assert again.pieces(conv) == ref.pieces(conv)
+    sneaky = CHATML_JINJA.replace("message['content']", "message['content'].__class__")
+    bad, _ = _hf_pair(tokenizer_copy, sneaky)
+    for _ in range(2):
+        with pytest.raises(TemplateError, match="chat template failed"):
+            bad.pieces(MESSAGES)
+    assert bad.template._direct is not None  # refused by both: the direct render stays
 
 
 @pytest.mark.parametrize("setting", [None, "true"])

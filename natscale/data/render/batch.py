@@ -6,6 +6,11 @@ Results come back in input order, so the output does not depend on ``num_proc``.
 returned as ``(reason, message)`` for the caller's ``on_error``. With ``num_proc: 1`` the
 tokenizer's batched calls use its own threads (unless ``TOKENIZERS_PARALLELISM`` says no); the
 workers of ``num_proc > 1`` are one process a core each, their tokenizer threads off.
+
+:func:`render_examples` renders a list it is given. :class:`RenderStream` renders examples as
+they are read: each full chunk goes to the workers at once (as plain tuples, see
+:func:`_slim`), so they tokenise while the caller reads the next ones, and a ``post`` function
+(``prepare``'s trimming, ``natscale.data.fit``) runs on each chunk in the worker that rendered it.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -35,6 +41,50 @@ def _init(renderer: Renderer, examples: Sequence, mode: str, ack: str | None) ->
 def _render_range(bounds: tuple[int, int]) -> tuple:
     s = _STATE
     return compact_range(s["renderer"], s["examples"][bounds[0] : bounds[1]], s["mode"], s["ack"])
+
+
+def _init_stream(renderer: Renderer, mode: str, ack: str | None, post: Callable | None) -> None:
+    _STATE.update(renderer=renderer, mode=mode, ack=ack, post=post)
+
+
+class _Turn(NamedTuple):  # what ``trajectory_messages`` reads of a Turn
+    role: str
+    content: str
+    train: bool | None
+    tool_calls: list | None
+    name: str | None
+
+
+class _Traj(NamedTuple):  # ... and of a Trajectory (with the tools the renderer reads)
+    system: str
+    instruction: str
+    acknowledgement: str | None
+    tools: list | None
+    turns: list
+
+
+class _Example(NamedTuple):
+    traj: _Traj
+    query: str
+
+
+def _slim(ex) -> tuple:
+    """What a worker needs to render an example, as plain tuples (they pickle several times
+    faster than the Trajectory with its metadata)."""
+    t = ex.traj
+    turns = [(u.role, u.content, u.train, u.tool_calls, u.name) for u in t.turns]
+    return (ex.query, t.system, t.instruction, t.acknowledgement, t.tools, turns)
+
+
+def _unslim(s: tuple) -> _Example:
+    query, system, instruction, ack, tools, turns = s
+    return _Example(_Traj(system, instruction, ack, tools, [_Turn(*u) for u in turns]), query)
+
+
+def _render_slim(slims: list[tuple]) -> Any:
+    s = _STATE
+    out = compact_range(s["renderer"], [_unslim(x) for x in slims], s["mode"], s["ack"])
+    return s["post"](out) if s["post"] else out
 
 
 def _expand(compact: tuple) -> list[Result]:
@@ -88,6 +138,30 @@ def _chunks(n: int, num_proc: int) -> list[tuple[int, int]]:
     return bounds
 
 
+def _fork_pool(num_proc: int, initializer: Callable, initargs: tuple):
+    """``num_proc`` forked workers (spawned where there is no fork) whose tokenizer threads are
+    off (one process a core; its thread pool would deadlock after a fork); the setting is this
+    process's again once they are started. Forked workers inherit ``initargs`` unpickled."""
+    methods = mp.get_all_start_methods()
+    ctx = mp.get_context("fork" if "fork" in methods else "spawn")
+    before = os.environ.get(PARALLELISM)
+    os.environ[PARALLELISM] = "false"
+    try:
+        return ctx.Pool(num_proc, initializer=initializer, initargs=initargs)
+    finally:
+        if before is None:
+            del os.environ[PARALLELISM]
+        else:
+            os.environ[PARALLELISM] = before
+
+
+def _set_threads(value: str | None) -> None:
+    if value is None:
+        os.environ.pop(PARALLELISM, None)
+    else:
+        os.environ[PARALLELISM] = value
+
+
 def render_examples(
     renderer: Renderer,
     examples: Sequence,
@@ -106,22 +180,8 @@ def render_examples(
             if on_progress:
                 on_progress(b[1] - b[0])
         return results
-    # forked workers inherit the examples without pickling them; the Rust tokenizer's own
-    # threads are off in them (one process a core; its thread pool would deadlock after a
-    # fork), and the setting is this process's again once they are started
-    methods = mp.get_all_start_methods()
-    ctx = mp.get_context("fork" if "fork" in methods else "spawn")
-    before = os.environ.get(PARALLELISM)
-    os.environ[PARALLELISM] = "false"
-    try:
-        pool = ctx.Pool(
-            num_proc, initializer=_init, initargs=(renderer, examples, mode, acknowledgement)
-        )
-    finally:
-        if before is None:
-            del os.environ[PARALLELISM]
-        else:
-            os.environ[PARALLELISM] = before
+    # forked workers inherit the examples without pickling them
+    pool = _fork_pool(num_proc, _init, (renderer, examples, mode, acknowledgement))
     try:
         for b, part in zip(bounds, pool.imap(_render_range, bounds), strict=True):
             results += _expand(part)
@@ -134,3 +194,138 @@ def render_examples(
     finally:
         pool.join()  # reaped workers: their CPU time shows in RUSAGE_CHILDREN
     return results
+
+
+class RenderStream:
+    """Examples rendered as they are :meth:`put`, a chunk of ``chunk`` at a time (default ``CHUNK``,
+    with workers half that).
+
+    With ``num_proc > 1`` this process and ``num_proc - 1`` forked workers render: a full chunk
+    goes to the workers while they hold fewer than two chunks each (one rendering, one waiting),
+    else this process renders it itself, so ``num_proc`` processes share the cores, the reading
+    included, and none is left idle or oversubscribed. The workers are forked when the second
+    chunk is full (the first is held back until then: data of one chunk is rendered here, with
+    no workers); while they run, this process tokenises on one thread. With ``num_proc: 1`` a
+    full chunk is rendered here and then (the tokenizer's own threads on, unless
+    ``TOKENIZERS_PARALLELISM`` says otherwise). :meth:`results` returns the result of every chunk
+    put since its last call, in order: ``post(compact)`` of the chunk's :func:`compact_range`
+    (``compact`` itself without ``post``), wherever it was rendered. ``post`` must be a
+    module-level function (or a ``functools.partial`` of one) where workers are spawned rather
+    than forked. Use it as a context manager: leaving it stops the workers.
+    """
+
+    def __init__(
+        self,
+        renderer: Renderer,
+        *,
+        mode: str = "turn",
+        acknowledgement: str | None = None,
+        num_proc: int = 1,
+        post: Callable[[tuple], Any] | None = None,
+        chunk: int | None = None,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> None:
+        self.renderer, self.mode, self.ack = renderer, mode, acknowledgement
+        # with workers, half chunks: the last one, which one worker renders alone, is shorter
+        self.num_proc, self.post = num_proc, post
+        self.chunk = chunk or (CHUNK if num_proc <= 1 else max(MIN_CHUNK, CHUNK // 2))
+        self.on_progress = on_progress
+        self._pending: list = []
+        self._held: list | None = None
+        self._out: list[tuple[int, Any, Any]] = []  # (size, async result or None, result)
+        self._pool = None
+        self._waiting = 0  # the first entry of _out that may still be with a worker
+        self._threads: str | None = None  # TOKENIZERS_PARALLELISM before the workers started
+
+    def __enter__(self) -> RenderStream:
+        return self
+
+    def __exit__(self, kind, *_exc) -> None:
+        self.close(abort=kind is not None)
+
+    def close(self, *, abort: bool = False) -> None:
+        """Stop the workers (``abort``: without waiting for their work)."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        try:
+            if abort:
+                pool.terminate()
+            else:
+                pool.close()
+            pool.join()  # reaped workers: their CPU time shows in RUSAGE_CHILDREN
+        finally:
+            _set_threads(self._threads)
+
+    def release(self) -> None:
+        """Say that no more examples come (after :meth:`results`): the workers exit while the
+        caller goes on, and :meth:`close` only reaps them."""
+        if self._pool is not None and not self._out and not self._pending:
+            self._pool.close()
+
+    def put(self, example) -> None:
+        self._pending.append(example)
+        if len(self._pending) >= self.chunk:
+            self._dispatch()
+
+    def _here(self, chunk: list) -> Any:
+        out = compact_range(self.renderer, chunk, self.mode, self.ack)
+        return self.post(out) if self.post else out
+
+    def _dispatch(self) -> None:
+        chunk, self._pending = self._pending, []
+        if not chunk:
+            return
+        if self.num_proc <= 1:
+            self._render_here(chunk)
+            return
+        if self._pool is None:
+            if self._held is None:
+                self._held = chunk
+                return
+            args = (self.renderer, self.mode, self.ack, self.post)
+            self._pool = _fork_pool(self.num_proc - 1, _init_stream, args)
+            # one tokenizer thread here too: the workers have the other cores
+            self._threads = os.environ.get(PARALLELISM)
+            os.environ[PARALLELISM] = "false"
+            held, self._held = self._held, None
+            self._submit(held)
+        if self._busy() < 2 * (self.num_proc - 1):
+            self._submit(chunk)
+        else:
+            self._render_here(chunk)
+
+    def _busy(self) -> int:
+        """Chunks with the workers, not yet rendered (they finish in the order sent)."""
+        out = self._out
+        while self._waiting < len(out) and (
+            out[self._waiting][1] is None or out[self._waiting][1].ready()
+        ):
+            self._waiting += 1
+        return sum(1 for _, job, _ in out[self._waiting :] if job is not None and not job.ready())
+
+    def _render_here(self, chunk: list) -> None:
+        self._out.append((len(chunk), None, self._here(chunk)))
+        if self.on_progress:
+            self.on_progress(len(chunk))
+
+    def _submit(self, chunk: list) -> None:
+        assert self._pool is not None
+        job = self._pool.apply_async(_render_slim, ([_slim(ex) for ex in chunk],))
+        self._out.append((len(chunk), job, None))
+
+    def results(self) -> list:
+        """The results of the chunks put since the last call, in order (waits for them)."""
+        self._dispatch()
+        if self._held is not None:  # a single chunk so far: not worth the workers
+            held, self._held = self._held, None
+            self._render_here(held)
+        out = []
+        for size, job, res in self._out:
+            if job is not None:
+                res = job.get()
+                if self.on_progress:
+                    self.on_progress(size)
+            out.append(res)
+        self._out, self._waiting = [], 0
+        return out

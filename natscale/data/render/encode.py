@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import re
-from bisect import bisect_right
 from dataclasses import dataclass
 from itertools import chain
 from typing import NamedTuple
@@ -82,7 +81,6 @@ class PieceEncoder:
         names = sorted(self.added, key=len, reverse=True)
         self._split = re.compile("(" + "|".join(map(re.escape, names)) + ")") if names else None
         self._literals: dict[str, tuple[str | int, ...]] = {}
-        self._token_arrays: dict[int, np.ndarray] = {}
 
     @property
     def _first(self):
@@ -154,9 +152,12 @@ class PieceEncoder:
                 if it[0] == "run":
                     unique[k > 0].setdefault(it[1], len(unique[k > 0]))
         fast = self._char_len is not None
+        # (the runner of a first run is made only when there is one: see ``_first``)
         encs = [
-            _encode(tk, list(texts), offsets=not fast) if texts else []
-            for tk, texts in ((self._first, unique[0]), (self._tk_later, unique[1]))
+            _encode(self._tk_later if later else self._first, list(texts), offsets=not fast)
+            if texts
+            else []
+            for later, texts in ((False, unique[0]), (True, unique[1]))
         ]
         # the ids of each group's unique runs back to back in one int32 array: each run's ids
         # cross into Python once, however often it repeats; run u is flat[g][cut[u]:cut[u + 1]]
@@ -168,9 +169,18 @@ class PieceEncoder:
             flat.append(np.fromiter(chain.from_iterable(ids_of), np.int32, count=int(cut[-1])))
             cuts.append(cut.tolist())
         locate = self._locators(plans, unique, encs, flat, cuts) if fast and with_mask else None
-        parts: list[np.ndarray] = []
+        # every item's ids are a slice of `pool` (group 0, group 1, then the added tokens as
+        # they come): src[i] / size[i] of item i, gathered at the end in one indexing
+        offset = (0, len(flat[0]))
+        pool_tokens: list[int] = []
+        token_base = len(flat[0]) + len(flat[1])
+        src: list[int] = []
+        size: list[int] = []
         starts: list[int] = []  # trained token ranges [start, stop) in the batch's ids
         stops: list[int] = []
+        # trained character ranges of runs whose tokens are found from the vocabulary lengths:
+        # (group, first token of the run in the batch minus a, a, b, start, end), solved at once
+        pending: list[tuple[int, int, int, int, int, int]] = []
         lengths: list[int] = []
         n = 0
         for plan in plans:
@@ -180,13 +190,16 @@ class PieceEncoder:
                     if extra:
                         starts.append(n)
                         stops.append(n + 1)
-                    parts.append(self._token_array(value))
+                    src.append(token_base + len(pool_tokens))
+                    size.append(1)
+                    pool_tokens.append(value)
                     n += 1
                     continue
                 later = k > 0
                 u = unique[later][value]
                 a, b = cuts[later][u], cuts[later][u + 1]
-                parts.append(flat[later][a:b])
+                src.append(offset[later] + a)
+                size.append(b - a)
                 if extra and with_mask:
                     if locate is None or u not in locate[later]:
                         where = encs[later][u] if locate is None else locate[2][later][u]
@@ -196,30 +209,37 @@ class PieceEncoder:
                             if first is not None and last is not None:
                                 starts.append(n + first)
                                 stops.append(n + last + 1)
-                    else:  # token t of the group ends at character ends[t] - base of this run
-                        ends, base = locate[later][u]
+                    else:
                         for start, end in extra:
-                            starts.append(n + bisect_right(ends, base + start, a, b) - a)
-                            stops.append(n + bisect_right(ends, base + end - 1, a, b) - a + 1)
+                            pending.append((later, n - a, a, b, start, end))
                 n += b - a
             lengths.append(n - first_token)
-        ids = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
+        pool = np.concatenate([*flat, np.asarray(pool_tokens, dtype=np.int32)])
+        size_a = np.asarray(size, dtype=np.int64)
+        gather = np.repeat(np.asarray(src, dtype=np.int64) - (np.cumsum(size_a) - size_a), size_a)
+        ids = pool[gather + np.arange(n, dtype=np.int64)]
         # mask: +1 where a trained range starts, -1 where it stops, running sum > 0
         edges = np.zeros(n + 1, dtype=np.int32)
         np.add.at(edges, np.asarray(starts, dtype=np.int64), 1)
         np.add.at(edges, np.asarray(stops, dtype=np.int64), -1)
+        if pending:
+            assert locate is not None
+            for first, last in _solve(pending, locate[3]).values():
+                np.add.at(edges, first, 1)
+                np.add.at(edges, last, -1)
         mask = np.cumsum(edges[:n]) > 0
         return ids, mask, np.asarray(lengths, dtype=np.int64)
 
-    def _locators(self, plans, unique, encs, flat, cuts) -> tuple[dict, dict, tuple]:
+    def _locators(self, plans, unique, encs, flat, cuts) -> tuple:
         """Where each unique run with a trained part finds its tokens' characters:
-        ``locate[g][u] = (ends, base)`` (``ends[t] - base`` = the end character of the group's
-        token t, from the vocabulary lengths) when those add up to the run's length; else its
-        Encoding with offsets (encoded again, in one batch per group) in ``locate[2][g][u]``."""
+        ``u in locate[g]`` when the vocabulary lengths of its tokens add up to the run's length
+        (``locate[3][g]``: the group's running character count, so token t of the group ends at
+        character ``ends[t] - ends[a - 1]`` of a run that starts at token a); else its Encoding
+        with offsets (encoded again, in one batch per group) is ``locate[2][g][u]``."""
         assert self._char_len is not None
-        found: tuple[dict, dict] = ({}, {})
+        found: tuple[set, set] = (set(), set())
         redo: tuple[dict[str, int], dict[str, int]] = ({}, {})
-        ends: list[list[int] | None] = [None, None]
+        ends: list[np.ndarray | None] = [None, None]
         for plan in plans:
             for k, (kind, text, extra) in enumerate(plan):
                 if kind != "run" or not extra:
@@ -229,12 +249,12 @@ class PieceEncoder:
                 if u in found[later] or text in redo[later]:
                     continue
                 if ends[later] is None:  # the group's running character count, once
-                    ends[later] = np.cumsum(self._char_len[flat[later]]).tolist()
+                    ends[later] = np.cumsum(self._char_len[flat[later]])
                 run_ends = ends[later]
                 a, b = cuts[later][u], cuts[later][u + 1]
-                base = run_ends[a - 1] if a else 0
-                if b > a and run_ends[b - 1] - base == len(text):
-                    found[later][u] = (run_ends, base)
+                base = int(run_ends[a - 1]) if a else 0
+                if b > a and int(run_ends[b - 1]) - base == len(text):
+                    found[later].add(u)
                 else:
                     redo[later][text] = u
         again: tuple[dict, dict] = ({}, {})
@@ -243,16 +263,30 @@ class PieceEncoder:
                 tk = self._tk_later if later else self._first
                 encoded = _encode(tk, list(redo[later]), offsets=True)
                 again[later].update(zip(redo[later].values(), encoded, strict=True))
-        return (*found, again)
-
-    def _token_array(self, token_id: int) -> np.ndarray:
-        arr = self._token_arrays.get(token_id)
-        if arr is None:
-            arr = self._token_arrays[token_id] = np.array([token_id], dtype=np.int32)
-        return arr
+        return (*found, again, ends)
 
     def encode(self, pieces: list[Piece]) -> Encoded:
         return self.encode_batch([pieces])[0]
+
+
+def _solve(pending: list[tuple], ends: list) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Per group, the first token and one past the last token (in the batch's ids) of every
+    pending trained character range ``(group, shift, a, b, start, end)`` of a run of tokens
+    ``[a, b)`` of the group: the tokens ending after ``start`` and the first ending after
+    ``end - 1`` (``bisect_right`` on the running character count, all at once)."""
+    rows = np.asarray(pending, dtype=np.int64)
+    out = {}
+    for later in (0, 1):
+        part = rows[rows[:, 0] == later]
+        if not len(part):
+            continue
+        run_ends = ends[later]
+        shift, a, b, start, end = part[:, 1], part[:, 2], part[:, 3], part[:, 4], part[:, 5]
+        base = np.where(a > 0, run_ends[np.maximum(a - 1, 0)], 0)
+        first = np.clip(np.searchsorted(run_ends, base + start, side="right"), a, b)
+        last = np.clip(np.searchsorted(run_ends, base + end - 1, side="right"), a, b)
+        out[later] = (shift + first, shift + last + 1)
+    return out
 
 
 def _encode(tk, texts: list[str], *, offsets: bool) -> list:

@@ -7,6 +7,12 @@ real content to check that the template inserts each content unchanged (or strip
 Llama-2's ``| trim``). A template that rewrites content (reasoning splitters,
 content-dependent branches) is reported with a hint to use a built-in template.
 
+The real-content render goes straight to the template as ``apply_chat_template`` compiles it, with
+the variables it passes (its per-call conversion of the messages to plain data, which ours
+already are, costs a third as much as the render itself); the first render of each layout is
+also made through ``apply_chat_template`` and any difference, or a ``transformers`` without the
+compiled template, falls back to it for good.
+
 Trained: an assistant message's content plus the template text after it up to and including the
 first end-of-turn token (so rendered tool calls and ``<|im_end|>`` / ``</s>`` / ``<|eot_id|>``
 are trained, the next header is not).
@@ -51,6 +57,17 @@ class HFChatTemplate(Template):
         self._tool_support: dict[tuple, bool] = {}
         # the template text around the messages, by layout (see _literals)
         self._skeletons: dict[tuple, list[str]] = {}
+        self._direct = _compiled(tokenizer)  # (template, variables) or None
+        self._direct_for = tokenizer.chat_template  # ... of this template (it may be reset)
+        self._checked: set[tuple] = set()  # layouts whose direct render was checked
+
+    def __getstate__(self) -> dict:
+        # the compiled template is made again where the renderer is unpickled (spawned workers)
+        return {k: v for k, v in self.__dict__.items() if k != "_direct"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._direct = _compiled(self.tokenizer)
 
     def _hf_messages(self, messages: list[Message], contents: list[str]) -> list[dict]:
         out = []
@@ -98,13 +115,35 @@ class HFChatTemplate(Template):
                 "role it accepts, or use a built-in template (llama2, chatml, llama3)"
             ) from exc
 
-    def _literals(
-        self, messages: list[Message], generation: bool, tools: list | None, *, fresh: bool
-    ) -> list[str]:
-        """The template text around the messages: the output with placeholder contents, cut at
-        them. It depends only on the messages' layout (roles, tool calls, names), so it is
-        rendered once per layout (``fresh``: rendered again)."""
-        key = (
+    def _real(self, messages: list[Message], generation: bool, tools: list | None, key) -> str:
+        """The messages rendered with their content: straight through the compiled template
+        where that gives what ``apply_chat_template`` gives (see the module doc)."""
+        if self._direct is None or tools or self.tokenizer.chat_template is not self._direct_for:
+            return self._render(messages, [m.content for m in messages], generation, tools)
+        template, variables = self._direct
+        hf = self._hf_messages(messages, [m.content for m in messages])
+        try:
+            out: str | None = template.render(
+                messages=hf,
+                tools=None,
+                documents=None,
+                add_generation_prompt=generation,
+                **variables,
+            )
+        except Exception:
+            out = None
+        if out is None or key not in self._checked:
+            # raises the template's error as apply_chat_template reports it
+            want = self._render(messages, [m.content for m in messages], generation, tools)
+            if out != want:
+                self._direct = None
+                return want
+            self._checked.add(key)
+        return out
+
+    def _layout(self, messages: list[Message], generation: bool, tools: list | None) -> tuple:
+        """What the template text around the messages depends on (roles, tool calls, names)."""
+        return (
             generation,
             json.dumps(tools, sort_keys=True) if tools else None,
             *(
@@ -116,6 +155,19 @@ class HFChatTemplate(Template):
                 for m in messages
             ),
         )
+
+    def _literals(
+        self,
+        messages: list[Message],
+        generation: bool,
+        tools: list | None,
+        key: tuple,
+        *,
+        fresh: bool,
+    ) -> list[str]:
+        """The template text around the messages: the output with placeholder contents, cut at
+        them. It depends only on the messages' layout ``key`` (roles, tool calls, names), so it
+        is rendered once per layout (``fresh``: rendered again)."""
         literals = None if fresh else self._skeletons.get(key)
         if literals is None:
             slots = [_SLOT.format(i) for i in range(len(messages))]
@@ -134,9 +186,10 @@ class HFChatTemplate(Template):
     def pieces(
         self, messages: list[Message], *, generation: bool = False, tools: list | None = None
     ) -> list[Piece]:
-        real = self._render(messages, [m.content for m in messages], generation, tools)
+        key = self._layout(messages, generation, tools)
+        real = self._real(messages, generation, tools, key)
         for fresh in (False, True):  # a cached layout first; on a mismatch, rendered anew
-            literals = self._literals(messages, generation, tools, fresh=fresh)
+            literals = self._literals(messages, generation, tools, key, fresh=fresh)
             contents = [m.content for m in messages]
             if _join(literals, contents) == real:
                 break
@@ -164,6 +217,58 @@ class HFChatTemplate(Template):
             return 0
         i, n = min(hits)
         return i + n
+
+
+def _compiled(tokenizer) -> tuple | None:
+    """The tokenizer's chat template compiled as ``apply_chat_template`` compiles it, and the
+    variables it renders it with (the special tokens); None where ``transformers`` differs.
+
+    In jinja's own sandbox the check of every attribute read (``content.strip``, ``loop.index0``)
+    is most of the render's time; for the plain types the template reads (``_memo_types``) its
+    answer depends on the type and the attribute's name alone (``isinstance`` tests and a name
+    prefix), so here it is memoised for them, in an overlay: the environment ``transformers``
+    shares is untouched."""
+    try:
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+        from transformers.utils.chat_template_utils import (
+            _compile_jinja_template,
+            _plain_template_data,
+        )
+
+        source = tokenizer.get_chat_template(None, None)
+        compiled = _compile_jinja_template(source)
+        variables = _plain_template_data(dict(tokenizer.special_tokens_map))
+        if type(compiled.environment) is ImmutableSandboxedEnvironment:
+            env = compiled.environment.overlay()
+            env.is_safe_attribute = _memoised(env.is_safe_attribute)
+            compiled = env.from_string(source)
+    except Exception:  # another transformers: apply_chat_template every time
+        return None
+    return compiled, variables
+
+
+def _memo_types() -> tuple[type, ...]:
+    from jinja2.runtime import LoopContext
+
+    return (str, dict, list, int, LoopContext)
+
+
+def _memoised(check):
+    """jinja's ``is_safe_attribute(obj, attr, value)`` memoised by ``(type(obj), attr)`` for
+    objects of exactly the ``_memo_types``."""
+    memo_types = frozenset(_memo_types())
+    safe: dict[tuple[type, str], bool] = {}
+
+    def is_safe_attribute(obj, attr: str, value) -> bool:
+        kind = type(obj)
+        if kind not in memo_types:
+            return check(obj, attr, value)
+        ok = safe.get((kind, attr))
+        if ok is None:
+            ok = safe[kind, attr] = check(obj, attr, value)
+        return ok
+
+    return is_safe_attribute
 
 
 def _join(literals: list[str], contents: list[str]) -> str:
