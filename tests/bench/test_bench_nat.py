@@ -101,6 +101,23 @@ def test_report_table_and_chart(tmp_path: Path):
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.parametrize("width_in", [3.8, 5.4, 7.0])
+def test_long_chart_titles_are_wrapped_to_fit_the_figure(width_in: float):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    long = "natscale bench nat --preset cpu-warm: 4-layer Llama (hidden 128), 150 steps, " * 3
+    fig, ax = plt.subplots(figsize=(width_in, 3.6))
+    title = ax.set_title(report.wrap_title(long, width_in), fontsize=9)
+    fig.canvas.draw()
+    box = title.get_window_extent()
+    plt.close(fig)
+    assert "\n" in title.get_text() and title.get_text().split() == long.split()
+    assert box.x0 >= 0 and box.x1 <= width_in * fig.dpi  # nothing cut off at either side
+
+
 def test_work_dir_is_the_benchmarks_own(tmp_path: Path):
     mine = tmp_path / "someone"
     mine.mkdir()

@@ -123,6 +123,14 @@ def markdown(preset: Preset, rows: list[dict[str, Any]], header: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def wrap_title(title: str, width_in: float) -> str:
+    """``title`` in lines that fit a figure ``width_in`` inches wide at font size 9 (about 13
+    characters an inch)."""
+    import textwrap
+
+    return textwrap.fill(title, width=max(20, int(13 * width_in)))
+
+
 def plot(preset: Preset, rows: list[dict[str, Any]], path: Path, title: str) -> Path:
     """Grouped bars: accuracy per strategy at each P, with the 95% intervals."""
     import matplotlib
@@ -131,7 +139,8 @@ def plot(preset: Preset, rows: list[dict[str, Any]], path: Path, title: str) -> 
     import matplotlib.pyplot as plt
 
     ps = _positives(preset, rows)
-    strategies = list(preset.strategies)
+    # the strategies with runs (the calibration has vanilla alone)
+    strategies = [s for s in preset.strategies if any(r["strategy"] == s for r in rows)]
     width = 0.8 / len(strategies)
     fig, ax = plt.subplots(figsize=(2.2 + 1.6 * len(ps), 3.6))
     for k, strategy in enumerate(strategies):
@@ -155,7 +164,7 @@ def plot(preset: Preset, rows: list[dict[str, Any]], path: Path, title: str) -> 
         ax.bar(xs, ys, width, yerr=[lo, hi], capsize=3, label=strategy)
     ax.set_xticks(range(len(ps)), [p_label(p) for p in ps])
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(wrap_title(title, fig.get_figwidth()), fontsize=9)
     ax.legend(fontsize=8, ncols=2)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
