@@ -3,7 +3,7 @@
 ``nat.select`` needs every trajectory at once; :class:`Selector` does the same one trajectory at a
 time, so ``prepare`` holds one window of examples (``pack.window_examples``) instead of the whole
 data. Within a window the examples are ordered as ``nat.select`` orders them (by class, top
-first, then in load order), so data that fits in one window gives exactly ``nat.select``'s
+first, then in load order: :func:`class_order`), so data that fits in one window gives exactly ``nat.select``'s
 examples, and so exactly the rows of a global packing.
 
 A per-class sample (``strategy.counts``) needs each class's size before the first example is
@@ -15,7 +15,6 @@ position within their class was drawn.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Iterator
 
 import numpy as np
 
@@ -112,18 +111,3 @@ class Selector:
 def class_order(window: list[Example]) -> list[int]:
     """The positions of ``window`` in ``nat.select``'s order: by class, then as given."""
     return sorted(range(len(window)), key=lambda i: window[i].cls)
-
-
-def windows(examples: Iterable[Example], size: int) -> Iterator[list[Example]]:
-    """Consecutive windows of ``size`` examples (the last may be shorter), each ordered as
-    ``nat.select`` orders examples: by class, then in stream order."""
-    if size < 1:
-        raise ValueError(f"window size must be at least 1, got {size}")
-    window: list[Example] = []
-    for ex in examples:
-        window.append(ex)
-        if len(window) == size:
-            yield sorted(window, key=lambda e: e.cls)  # stable: load order within a class
-            window = []
-    if window:
-        yield sorted(window, key=lambda e: e.cls)
