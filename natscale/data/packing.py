@@ -152,10 +152,10 @@ def build_rows(
     slow to fault in, so no row-sized temporaries are made.
     """
     num_rows = len(bins)
-    input_ids = np.full((num_rows, max_seq_len), pad_id, dtype=np.int64)
-    targets = np.full((num_rows, max_seq_len), IGNORE_INDEX, dtype=np.int64)
-    position_ids = np.empty((num_rows, max_seq_len), dtype=np.int64)
-    ramp = np.arange(max_seq_len, dtype=np.int64)
+    input_ids = np.full((num_rows, max_seq_len), pad_id, dtype=np.int32)
+    targets = np.full((num_rows, max_seq_len), IGNORE_INDEX, dtype=np.int32)
+    position_ids = np.empty((num_rows, max_seq_len), dtype=np.int32)
+    ramp = np.arange(max_seq_len, dtype=np.int32)
     rows = PackedColumns(input_ids, position_ids, targets, [], [], [], [], [])
     for r, members in enumerate(bins):
         cu = np.zeros(len(members) + 1, dtype=np.int32)

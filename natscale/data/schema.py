@@ -4,9 +4,9 @@ See docs/architecture.md, "The prepared directory and the packed row".
 
 A row holds several examples (segments) back to back, padded at the end only::
 
-    input_ids     [L]   int64    tokens of segments 0..S-1, then padding
-    position_ids  [L]   int64    0,1,2,.. restarting at every segment (padding continues from 0)
-    targets       [L]   int64    next token of the same segment where it is trained, else -100
+    input_ids     [L]   int32    tokens of segments 0..S-1, then padding
+    position_ids  [L]   int32    0,1,2,.. restarting at every segment (padding continues from 0)
+    targets       [L]   int32    next token of the same segment where it is trained, else -100
     cu_seqlens    [S+1] int32    segment offsets; cu_seqlens[-1] = number of non-pad tokens
     segment_class [S]   int32    0 = success / top bucket, 1.. = failure classes
     segment_weight[S]   float32  per-segment loss weight from the strategy
@@ -18,7 +18,9 @@ Example (L=8, two segments of 3 and 4 tokens, one pad)::
     targets       a1 a2 -- b1 b2 b3 -- --      (-- = -100; also wherever the token is untrained)
     cu_seqlens    [0, 3, 7]
 
-Attention is block-causal: a token sees only earlier tokens of its own segment.
+Attention is block-causal: a token sees only earlier tokens of its own segment. The token
+columns are int32 on disk (half the bytes to build, write and read); the collator casts them to
+int64. Rows written as int64 (by earlier versions) are still read.
 """
 
 from __future__ import annotations
@@ -32,13 +34,16 @@ import numpy as np
 IGNORE_INDEX = -100
 
 ROW_FIELDS: dict[str, str] = {
-    "input_ids": "int64",
-    "position_ids": "int64",
-    "targets": "int64",
+    "input_ids": "int32",
+    "position_ids": "int32",
+    "targets": "int32",
     "cu_seqlens": "int32",
     "segment_class": "int32",
     "segment_weight": "float32",
 }
+
+# older prepared data: the token columns as int64 (read as they are; cast in the collator)
+LEGACY_DTYPES: dict[str, str] = {"input_ids": "int64", "position_ids": "int64", "targets": "int64"}
 
 
 class RowError(ValueError):

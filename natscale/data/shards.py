@@ -85,7 +85,8 @@ def join_shards(
         other = json.loads((folder / "dataset_info.json").read_text(encoding="utf-8"))
         if other.get("features") != info.get("features"):
             raise ValueError(
-                f"{folder}: its columns {other.get('features')} differ from those of {first}"
+                f"{folder}: its columns {other.get('features')} differ from those of {first} "
+                "(prepared by different natscale versions? prepare the older one again)"
             )
     state = json.loads((first / "state.json").read_text(encoding="utf-8"))
     names = [shard_name(k, len(files)) for k in range(len(files))]

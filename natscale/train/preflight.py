@@ -17,7 +17,7 @@ from natscale.config.ds_config import (
 from natscale.config.loader import ConfigError
 from natscale.config.run import RunConfig
 from natscale.data.prepared import PreparedDataError, PreparedDir, first_bad_token
-from natscale.data.schema import ROW_FIELDS
+from natscale.data.schema import LEGACY_DTYPES, ROW_FIELDS
 from natscale.model.load import ModelSourceError, has_weights, load_hf_config
 from natscale.train.metrics import MetricsFileError, parse_metrics
 
@@ -84,7 +84,7 @@ def check_data(path: str, *, vocab_size: int) -> int:
         if feature is None:
             raise PreflightError(f"data.path: {d} rows lack the field {field!r}; re-run prepare")
         got = getattr(getattr(feature, "feature", None), "dtype", None)
-        if got != dtype:
+        if got not in (dtype, LEGACY_DTYPES.get(field)):
             raise PreflightError(
                 f"data.path: {d} field {field!r} holds {feature}, expected a list of {dtype}"
             )

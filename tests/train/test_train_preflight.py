@@ -130,6 +130,28 @@ def test_wrong_field_dtype(setup):
         _check(cfg, f"data.path={tmp / 'data64'}")
 
 
+def test_int64_token_columns_of_older_data_are_read(setup):
+    import datasets
+    import torch
+
+    from natscale.train.batch import collate
+
+    tmp, cfg = setup
+    ds = datasets.load_from_disk(str(tmp / "data"))
+    assert ds.features["input_ids"].feature.dtype == "int32"  # what prepare writes now
+    for name in ("input_ids", "position_ids", "targets"):
+        ds = ds.cast_column(name, datasets.List(datasets.Value("int64")))
+    ds.save_to_disk(str(tmp / "old"))
+    (tmp / "old" / "stats.json").write_bytes((tmp / "data" / "stats.json").read_bytes())
+    _check(cfg, f"data.path={tmp / 'old'}")
+    rows = [dict(r, index=i) for i, r in enumerate(ds.with_format("numpy").select([0, 1]))]
+    new = datasets.load_from_disk(str(tmp / "data")).with_format("numpy").select([0, 1])
+    a = collate(rows, loss_norm="token", vocab_size=2**20)
+    b = collate([dict(r, index=i) for i, r in enumerate(new)], loss_norm="token", vocab_size=2**20)
+    assert a.input_ids_BL.dtype == b.input_ids_BL.dtype == torch.int64
+    assert torch.equal(a.input_ids_BL, b.input_ids_BL) and torch.equal(a.targets_T, b.targets_T)
+
+
 def test_token_ids_outside_the_model_vocabulary(setup):
     tmp, cfg = setup
     write_model_config(tmp / "small", vocab=16)
