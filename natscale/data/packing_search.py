@@ -216,29 +216,35 @@ def _absorb(rows: _Rows, pool: list[int], max_batches: int) -> list[int]:
             break
         cand = cand[np.argsort(-g[cand], kind="stable")]
         picks = np.searchsorted(vals, reach[cand, best[cand]], side="right") - 1
-        used = np.zeros(len(pool), dtype=bool)
-        out: list[int] = []
-        need_widen = False
-        for c, jj in zip(cand.tolist(), picks.tolist(), strict=True):
-            k = int(best[c])
-            q1, q2 = int(first[jj]), int(second[jj])
+        # the best rows first, each taking its pool items unless a better row took one; every
+        # row is a candidate at most once, so the swaps taken are then applied all at once
+        used = [False] * len(pool)
+        taken: list[int] = []  # positions in cand
+        q1s = first[picks].tolist()
+        q2s = second[picks].tolist()
+        for t, (q1, q2) in enumerate(zip(q1s, q2s, strict=True)):
             if used[q1] or (q2 >= 0 and used[q2]):
                 continue
-            r = int(live[c])
-            sa, sb = int(rows.pa[k]), int(rows.pb[k])
-            for s in (sa, sb):
-                if m[r, s]:
-                    out.append(int(m[r, s]))
-            m[r, sa] = pool[q1]
-            m[r, sb] = pool[q2] if q2 >= 0 else 0
             used[q1] = True
             if q2 >= 0:
                 used[q2] = True
-            if np.count_nonzero(m[r] == 0) < 2:
-                need_widen = True
+            taken.append(t)
+        at = np.asarray(taken, dtype=np.int64)
+        c = cand[at]
+        r = live[c]
+        k = best[c]
+        sa, sb = rows.pa[k], rows.pb[k]
+        old_a, old_b = m[r, sa], m[r, sb]  # the row's items that go back to the pool
+        pool_a = np.asarray(pool, dtype=m.dtype)
+        q1 = first[picks[at]]
+        q2 = second[picks[at]]
+        m[r, sa] = pool_a[q1]
+        m[r, sb] = np.where(q2 >= 0, pool_a[np.maximum(q2, 0)], 0)
+        back = np.stack([old_a, old_b], axis=1).ravel()  # row by row, slot a then b
+        out = back[back != 0].tolist()
         pool = [x for x, u in zip(pool, used, strict=True) if not u] + out
         pool.sort()
-        if need_widen:
+        if (np.count_nonzero(m[r] == 0, axis=1) < 2).any():
             rows.widen(m.shape[1] + 2)
     return pool
 
