@@ -163,53 +163,69 @@ def label_one(traj: Trajectory, config: PrepareConfig, issues: Issues) -> bool:
     return True
 
 
-def _kept(
-    config: PrepareConfig,
-    window: list,
-    order: list[int],
-    chunks: list,
-    issues: Issues,
-    per_class: dict[str, dict[str, int]],
-    counts: dict[str, int],
-) -> tuple[list, list, list, list]:
-    """The window's kept examples (``ids``, ``masks``, classes, weights) in ``order`` (the
-    positions of the window in ``nat.select``'s order) from its rendered, fitted chunks
-    (``fit.FittedChunk``, in read order); handles the render failures in that order and adds to
-    the per-class counts and the drop counters."""
-    for c in chunks:
-        for key, value in c.counts.items():
-            counts[key] += value
-    status = np.concatenate([c.status for c in chunks])
-    failures: dict[int, tuple[str, str]] = {}
-    ids: list[np.ndarray] = []
-    masks: list[np.ndarray] = []
-    offset = 0
-    for c in chunks:
-        failures.update((offset + k, f) for k, f in c.failures.items())
-        offset += c.status.shape[0]
-        a, b = c.split()
-        ids += a
-        masks += b
-    cls = np.fromiter((ex.cls for ex in window), np.int64, count=len(window))
-    at = np.asarray(order, dtype=np.int64)
-    for i in at[status[at] == fit.FAILED].tolist():
-        reason, message = failures[i]
-        handle(DataError(message, reason=reason, **_where(window[i].traj)), config.on_error, issues)
-    kept = status == fit.KEPT
-    slot = np.cumsum(kept) - 1  # the position of a kept example among the kept ones
-    chosen = at[kept[at]]
-    take = slot[chosen].tolist()
-    lengths = np.concatenate([c.lengths for c in chunks])
-    trained = np.concatenate([c.trained for c in chunks])
-    for k, name in enumerate(config.strategy.class_names()):
-        of_k = slot[kept & (cls == k)]
-        c = per_class[name]
-        c["examples"] += int(of_k.shape[0])
-        c["tokens"] += int(lengths[of_k].sum())
-        c["trained_tokens"] += int(trained[of_k].sum())
-    classes = cls[chosen].tolist()
-    weights = [window[i].weight for i in chosen.tolist()]
-    return [ids[j] for j in take], [masks[j] for j in take], classes, weights
+class _Kept:
+    """The kept examples of a window's rendered, fitted chunks (``fit.FittedChunk``, in read
+    order), in ``order`` (the positions of the window in ``nat.select``'s order): their lengths
+    at once (what packing plans on), the rest by :meth:`collect`."""
+
+    def __init__(self, window: list, order: list[int], chunks: list) -> None:
+        self.window, self.chunks = window, chunks
+        self.status = np.concatenate([c.status for c in chunks])
+        self.at = np.asarray(order, dtype=np.int64)
+        self.kept = self.status == fit.KEPT
+        self.slot = np.cumsum(self.kept) - 1  # the position of a kept example among the kept
+        self.chosen = self.at[self.kept[self.at]]
+        self.take = self.slot[self.chosen]
+        self.all_lengths = np.concatenate([c.lengths for c in chunks])
+        self.lengths = self.all_lengths[self.take]
+
+    def collect(
+        self,
+        config: PrepareConfig,
+        issues: Issues,
+        per_class: dict[str, dict[str, int]],
+        counts: dict[str, int],
+    ) -> tuple[list, list, list, list]:
+        """``ids``, ``masks``, classes and weights of the kept examples in order; handles the
+        render failures in that order and adds to the per-class counts and drop counters."""
+        window, chunks, at, kept, slot = self.window, self.chunks, self.at, self.kept, self.slot
+        for c in chunks:
+            for key, value in c.counts.items():
+                counts[key] += value
+        failures: dict[int, tuple[str, str]] = {}
+        ids: list[np.ndarray] = []
+        masks: list[np.ndarray] = []
+        offset = 0
+        for c in chunks:
+            failures.update((offset + k, f) for k, f in c.failures.items())
+            offset += c.status.shape[0]
+            a, b = c.split()
+            ids += a
+            masks += b
+        cls = np.fromiter((ex.cls for ex in window), np.int64, count=len(window))
+        for i in at[self.status[at] == fit.FAILED].tolist():
+            reason, message = failures[i]
+            err = DataError(message, reason=reason, **_where(window[i].traj))
+            handle(err, config.on_error, issues)
+        trained = np.concatenate([c.trained for c in chunks])
+        for k, name in enumerate(config.strategy.class_names()):
+            of_k = slot[kept & (cls == k)]
+            c = per_class[name]
+            c["examples"] += int(of_k.shape[0])
+            c["tokens"] += int(self.all_lengths[of_k].sum())
+            c["trained_tokens"] += int(trained[of_k].sum())
+        take = self.take.tolist()
+        classes = cls[self.chosen].tolist()
+        weights = [window[i].weight for i in self.chosen.tolist()]
+        return [ids[j] for j in take], [masks[j] for j in take], classes, weights
+
+
+def timed_plan(
+    lengths: list[int], capacity: int, algorithm: str, seed: int
+) -> tuple[list[list[int]], float]:
+    """``plan_bins`` and its seconds (run in a render worker while this process goes on)."""
+    t0 = time.perf_counter()
+    return plan_bins(lengths, capacity, algorithm, seed), time.perf_counter() - t0
 
 
 def _nothing_left(counts: dict[str, int], issues: Issues) -> DataError:
@@ -326,25 +342,30 @@ def _prepare(
     all_lengths: list[np.ndarray] = []
     resolved = config.model_copy(update={"output": str(target)})
 
-    def pack_window(k: int, window: list, chunks: list, shards: ShardWriter) -> None:
+    def pack_window(
+        k: int, window: list, chunks: list, shards: ShardWriter, stream, *, last: bool = False
+    ) -> None:
+        """Pack and write window ``k``. ``stream.call`` plans its rows in a render worker while
+        this process gathers the examples; after the ``last`` window's plan the workers exit."""
         order = windows.class_order(window)  # nat.select's order: by class, then as read
+        found = _Kept(window, order, chunks)
+        lengths = found.lengths
+        # window 0 packs with `seed` itself: data in one window packs as one global plan
+        args = (lengths.tolist(), pc.max_seq_len, pc.algorithm, config.seed + k)
+        planned = stream.call(timed_plan, *args) if len(lengths) else None
+        if last:
+            stream.release()  # the workers exit once the plan is made
         ordered = [window[i] for i in order]
         for kind, w in data_warnings(ordered, {}, config.strategy, prompts).items():
             warned.setdefault(kind, {"count": 0, "message": w["message"]})["count"] += w["count"]
         del ordered
         where = f"window {k}: " if k or len(window) == pc.window_examples else ""
-        ids, masks, classes, weights = _kept(
-            config, window, order, chunks, issues, per_class, counts
-        )
-        del window[:], chunks[:]  # the trajectories are not needed any more
-        if not ids:
+        ids, masks, classes, weights = found.collect(config, issues, per_class, counts)
+        del window[:], chunks[:], found  # the trajectories are not needed any more
+        if planned is None:
             return
         say(f"{where}packing {len(ids)} examples into rows of {pc.max_seq_len}")
-        lengths = np.fromiter((x.shape[0] for x in ids), dtype=np.int64, count=len(ids))
-        t_plan = time.perf_counter()
-        # window 0 packs with `seed` itself: data in one window packs as one global plan
-        bins = plan_bins(lengths.tolist(), pc.max_seq_len, pc.algorithm, config.seed + k)
-        plan_s = time.perf_counter() - t_plan
+        bins, plan_s = planned()
         rows = build_rows(
             bins, ids, masks, classes, weights, max_seq_len=pc.max_seq_len, pad_id=pad_id
         )
@@ -404,15 +425,14 @@ def _prepare(
                 window.append(ex)
                 stream.put(ex)
                 if len(window) == pc.window_examples:
-                    pack_window(k, window, rendered(), shards)
+                    pack_window(k, window, rendered(), shards, stream)
                     k, window = k + 1, []
                     # more may follow: free what the window left in cycles (datasets, arrow)
                     gc.collect()
             if window:
                 chunks = rendered()
-                stream.release()  # the workers exit while the last window is packed
                 bar.close()
-                pack_window(k, window, chunks, shards)
+                pack_window(k, window, chunks, shards, stream, last=True)
         if not packed:
             raise _nothing_left(counts, issues)
         sampling = selector.report()

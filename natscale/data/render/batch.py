@@ -263,6 +263,15 @@ class RenderStream:
         if self._pool is not None and not self._out and not self._pending:
             self._pool.close()
 
+    def call(self, fn: Callable, *args) -> Callable[[], Any]:
+        """``fn(*args)`` in a worker (queued after the chunks sent so far), or here at once
+        without workers; returns a function that gives the result, waiting for it. ``fn`` must
+        be a module-level function (workers may be spawned)."""
+        if self._pool is None:
+            out = fn(*args)
+            return lambda: out
+        return self._pool.apply_async(fn, args).get
+
     def put(self, example) -> None:
         self._pending.append(example)
         if len(self._pending) >= self.chunk:
