@@ -16,6 +16,13 @@ renders through its Llama-2-chat chat template. As ``natscale prepare`` runs by 
 tokenizer's own threads are on (``--tokenizer-threads``), so ``num_proc: 1`` tokenises on every
 core too; the workers of ``num_proc > 1`` run one thread each.
 
+Each prepare timing runs in a fresh process (``--one``), as ``natscale prepare`` runs: this
+process holds every data set, its rendered texts and the tokenizer's thread pool, and a
+prepare forked from such a heap pays for it (its workers' copy-on-write faults; up to 0.2 s on
+the example data). The fresh process imports what prepare uses before its clock starts (the
+imports of a cold ``natscale prepare`` are reported on their own: AutoTokenizer imports torch).
+``--in-process`` times prepare in this process instead.
+
 Prints a table and writes ``benchmarks/results/data_prepare_<host>_<date>[_<tag>].{json,md}``
 with the machine, versions, load average and the command. Wall-clock rates on a shared machine
 depend on its load, so CPU seconds (this process plus its workers) are reported too.
@@ -30,6 +37,7 @@ import json
 import os
 import resource
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -120,6 +128,58 @@ COLS = [
 ]
 
 
+def prepare_timed(cfg: PrepareConfig, out: Path, *, isolated: bool) -> tuple[dict, float, float]:
+    """(stats, wall, cpu) of one ``prepare(cfg, out)``, in a fresh process when ``isolated``."""
+    if not isolated:
+        res, wall, cpu = timed(lambda: prepare(cfg, out, progress=False))
+        return res.stats, wall, cpu
+    spec = out.parent / f"{out.name}.config.json"
+    spec.write_text(cfg.model_dump_json())
+    run = subprocess.run(
+        [sys.executable, __file__, "--one", str(spec), str(out)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    spec.unlink()
+    if run.returncode:
+        raise RuntimeError(f"the prepare process failed:\n{run.stderr[-4000:]}")
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    return got["stats"], got["wall"], got["cpu"]
+
+
+def one(spec: str, out: str) -> int:
+    """``--one``: time one prepare in this fresh process; prints its numbers as JSON."""
+    t0 = time.perf_counter()
+    import datasets  # noqa: F401  (what prepare imports on the way; not timed)
+    from transformers import AutoTokenizer  # noqa: F401
+
+    import natscale.data.output
+    import natscale.data.render.batch  # noqa: F401
+
+    imports = time.perf_counter() - t0
+    cfg = PrepareConfig.model_validate_json(Path(spec).read_text())
+    res, wall, cpu = timed(lambda: prepare(cfg, out, progress=False))
+    st = res.stats
+    keep = {k: st[k] for k in ("trajectories", "total")}
+    keep["packing"] = {"efficiency": st["packing"]["efficiency"]}
+    print(json.dumps({"stats": keep, "wall": wall, "cpu": cpu, "imports_s": imports}))
+    return 0
+
+
+def cold_imports() -> float:
+    """Seconds a fresh process spends importing what ``natscale prepare`` imports."""
+    code = (
+        "import time; t = time.perf_counter(); import datasets; "
+        "from transformers import AutoTokenizer; import natscale.data.prepare, "
+        "natscale.data.render.batch, natscale.data.output; print(time.perf_counter() - t)"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
+    )
+    return float(run.stdout.strip().splitlines()[-1])
+
+
 def resolve_tokenizer(name: str) -> str:
     if name == "llama32k":
         import llama_tokenizer
@@ -199,9 +259,17 @@ def main() -> int:
         help="TOKENIZERS_PARALLELISM for prepare (on: as `natscale prepare` runs by default, "
         "num_proc 1 tokenises on all cores; num_proc > 1 workers always run one thread)",
     )
+    ap.add_argument(
+        "--in-process",
+        action="store_true",
+        help="time prepare in this process (default: each timing in a fresh process)",
+    )
+    ap.add_argument("--one", nargs=2, metavar=("CONFIG_JSON", "OUT"), help=argparse.SUPPRESS)
     ap.add_argument("--tag", default="", help="suffix of the result files' names")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     args = ap.parse_args()
+    if args.one:
+        return one(*args.one)
     if args.cores:
         os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[: args.cores]))
     os.environ["TOKENIZERS_PARALLELISM"] = "true" if args.tokenizer_threads == "on" else "false"
@@ -221,6 +289,7 @@ def main() -> int:
     synth_name = f"synthetic {args.n} x ~{args.tokens} tok"
     sets[synth_name] = synth.write(tmp / "data", *synth.make(args.n, tok, args.tokens))
     renderer = Renderer(tok, args.template, paper_compat=args.paper_compat)
+    isolated = not args.in_process
     load_before, cpu0 = os.getloadavg(), cpu_seconds()
     rows: list[dict] = []
     cores = len(os.sched_getaffinity(0))
@@ -246,32 +315,27 @@ def main() -> int:
 
         for _ in range(args.repeat):
             for num_proc in args.num_proc:
-                keep(
-                    ("render", num_proc),
-                    *timed(
-                        gc_paused(
-                            lambda e=examples, n=num_proc: render_examples(renderer, e, num_proc=n)
-                        )
-                    ),
+                res, wall, cpu = timed(
+                    gc_paused(
+                        lambda e=examples, n=num_proc: render_examples(renderer, e, num_proc=n)
+                    )
                 )
+                # only the counts are kept: held results would weigh on the next timings
+                keep(("render", num_proc), (len(res), sum(len(e) for e in res)), wall, cpu)
+                del res
+                out = tmp / f"out_{next(outs)}"
                 keep(
                     ("prepare", num_proc),
-                    *timed(
-                        lambda p=paths, n=num_proc: prepare(
-                            config(p, args, n), tmp / f"out_{next(outs)}", progress=False
-                        )
-                    ),
+                    *prepare_timed(config(paths, args, num_proc), out, isolated=isolated),
                 )
                 for old in tmp.glob("out_*"):  # the prepared outputs (tens of MB each)
                     shutil.rmtree(old, ignore_errors=True)
             for fast, threads, label in limits:
                 keep(label, *tokenizer_alone(tok, batch, fast=fast, threads=threads))
         for num_proc in args.num_proc:
-            res, wall, cpu = best[("render", num_proc)]
-            tokens = sum(len(e) for e in res)
-            rows.append(row("render+tokenise", name, num_proc, len(res), tokens, wall, cpu))
-            res, wall, cpu = best[("prepare", num_proc)]
-            st = res.stats
+            (count, tokens), wall, cpu = best[("render", num_proc)]
+            rows.append(row("render+tokenise", name, num_proc, count, tokens, wall, cpu))
+            st, wall, cpu = best[("prepare", num_proc)]
             rows.append(
                 row(
                     "prepare (end to end)",
@@ -302,6 +366,8 @@ def main() -> int:
         "tokenizer_vocab": len(tok),
         "max_seq_len": args.max_seq_len,
         "tokenizer_threads": args.tokenizer_threads,
+        "prepare_timed_in": "a fresh process" if isolated else "the benchmark's process",
+        "fresh_process_imports_s": round(cold_imports(), 3),
         "machine": machine(("tokenizers", "datasets")),
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
@@ -336,6 +402,10 @@ def main() -> int:
         "rate per fully used core; x_tokenizer = wall_s / the limit's wall_s on the same data "
         "(x_tokenizer_cpu: the same for cpu_s); each value is the best of the rounds, which "
         "run every measurement once in turn",
+        f"- prepare timed in {result['prepare_timed_in']}, its imports done before the clock "
+        f"starts; a cold `natscale prepare` process first spends "
+        f"{result['fresh_process_imports_s']} s importing datasets, transformers' AutoTokenizer "
+        "(which imports torch) and natscale",
         "",
         *table,
         "",
