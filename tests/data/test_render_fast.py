@@ -127,6 +127,49 @@ def test_a_first_run_with_a_prepended_meta_space_falls_back(tokenizer):
     assert a.mask.any()
 
 
+def test_runs_the_vocabulary_cannot_place_are_encoded_once_with_offsets(tokenizer, monkeypatch):
+    """Once most non-ASCII trained runs needed the offsets (byte-fallback pieces), such runs are
+    encoded with offsets at once, not twice; ASCII runs keep the fast path; the same result."""
+    from natscale.data.render import encode
+
+    calls: list[tuple[bool, list[str]]] = []
+    real = encode._encode
+
+    def spy(tk, texts, *, offsets):
+        calls.append((offsets, list(texts)))
+        return real(tk, texts, offsets=offsets)
+
+    monkeypatch.setattr(encode, "_encode", spy)
+    enc, ref = PieceEncoder(tokenizer), PieceEncoder(tokenizer)
+    ref._char_len = None
+
+    def batch(k: int) -> list[list[Piece]]:
+        return [
+            [
+                Piece("<s>", False, True),
+                Piece(f"Question {k}: "),
+                Piece(ODD * (j + 1), True),
+                Piece("</s>", False, True),
+                Piece(f" plain {k} {j}", True),
+            ]
+            for j in range(3)
+        ]
+
+    for k in range(3):
+        pieces = batch(k)
+        want = ref.encode_batch(pieces)
+        calls.clear()
+        got = enc.encode_batch(pieces)
+        for a, b in zip(got, want, strict=True):
+            assert np.array_equal(a.ids, b.ids) and np.array_equal(a.mask, b.mask)
+        wide = [t for offsets, texts in calls if offsets for t in texts]
+        assert len(wide) == 3 and all(not t.isascii() for t in wide)  # once each
+        if k:  # learnt: no run is encoded twice
+            narrow = [t for offsets, texts in calls if not offsets for t in texts]
+            assert narrow and all(t.isascii() for t in narrow)
+    assert enc._wide[1] == 3 and enc._wide[0] == 0  # counted on the first batch only
+
+
 def _byte_level_tokenizer(tmp_path, *, trim_offsets: bool):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast

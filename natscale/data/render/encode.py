@@ -81,6 +81,10 @@ class PieceEncoder:
         names = sorted(self.added, key=len, reverse=True)
         self._split = re.compile("(" + "|".join(map(re.escape, names)) + ")") if names else None
         self._literals: dict[str, tuple[str | int, ...]] = {}
+        # trained runs that are not ASCII, encoded without offsets: [placed by the vocabulary
+        # lengths, encoded again with offsets]; once most needed the offsets, such runs are
+        # encoded with them at once (see ``_encode_runs``)
+        self._wide = [0, 0]
 
     @property
     def _first(self):
@@ -147,18 +151,24 @@ class PieceEncoder:
         plans = [self._items(pieces) for pieces in batch]
         # unique runs only: the instruction turn is the same text in every example of a task
         unique: tuple[dict[str, int], dict[str, int]] = ({}, {})
+        trained_runs: tuple[set[str], set[str]] = (set(), set())
         for plan in plans:
             for k, it in enumerate(plan):
                 if it[0] == "run":
                     unique[k > 0].setdefault(it[1], len(unique[k > 0]))
+                    if it[2] and with_mask:
+                        trained_runs[k > 0].add(it[1])
         fast = self._char_len is not None
         # (the runner of a first run is made only when there is one: see ``_first``)
-        encs = [
-            _encode(self._tk_later if later else self._first, list(texts), offsets=not fast)
-            if texts
-            else []
-            for later, texts in ((False, unique[0]), (True, unique[1]))
-        ]
+        encs, with_offsets = [], []
+        for later, texts in ((False, unique[0]), (True, unique[1])):
+            tk = (self._tk_later if later else self._first) if texts else None
+            wide_first = self._wide[1] > self._wide[0]
+            got, wide = _encode_runs(
+                tk, list(texts), trained_runs[later] if wide_first else set(), fast=fast
+            )
+            encs.append(got)
+            with_offsets.append(wide)
         # the ids of each group's unique runs back to back in one int32 array: each run's ids
         # cross into Python once, however often it repeats; run u is flat[g][cut[u]:cut[u + 1]]
         flat, cuts = [], []
@@ -168,7 +178,11 @@ class PieceEncoder:
             ids_of = (enc.ids for enc in group)
             flat.append(np.fromiter(chain.from_iterable(ids_of), np.int32, count=int(cut[-1])))
             cuts.append(cut.tolist())
-        locate = self._locators(plans, unique, encs, flat, cuts) if fast and with_mask else None
+        locate = (
+            self._locators(plans, unique, encs, flat, cuts, with_offsets)
+            if fast and with_mask
+            else None
+        )
         # every item's ids are a slice of `pool` (group 0, group 1, then the added tokens as
         # they come): src[i] / size[i] of item i, gathered at the end in one indexing
         offset = (0, len(flat[0]))
@@ -230,15 +244,17 @@ class PieceEncoder:
         mask = np.cumsum(edges[:n]) > 0
         return ids, mask, np.asarray(lengths, dtype=np.int64)
 
-    def _locators(self, plans, unique, encs, flat, cuts) -> tuple:
+    def _locators(self, plans, unique, encs, flat, cuts, with_offsets) -> tuple:
         """Where each unique run with a trained part finds its tokens' characters:
         ``u in locate[g]`` when the vocabulary lengths of its tokens add up to the run's length
         (``locate[3][g]``: the group's running character count, so token t of the group ends at
         character ``ends[t] - ends[a - 1]`` of a run that starts at token a); else its Encoding
-        with offsets (encoded again, in one batch per group) is ``locate[2][g][u]``."""
+        with offsets (encoded with them at once, ``with_offsets[g]``, or again, in one batch per
+        group) is ``locate[2][g][u]``."""
         assert self._char_len is not None
         found: tuple[set, set] = (set(), set())
         redo: tuple[dict[str, int], dict[str, int]] = ({}, {})
+        again: tuple[dict, dict] = ({}, {})
         ends: list[np.ndarray | None] = [None, None]
         for plan in plans:
             for k, (kind, text, extra) in enumerate(plan):
@@ -246,18 +262,23 @@ class PieceEncoder:
                     continue
                 later = k > 0
                 u = unique[later][text]
-                if u in found[later] or text in redo[later]:
+                if u in found[later] or text in redo[later] or u in again[later]:
+                    continue
+                if u in with_offsets[later]:
+                    again[later][u] = encs[later][u]
                     continue
                 if ends[later] is None:  # the group's running character count, once
                     ends[later] = np.cumsum(self._char_len[flat[later]])
                 run_ends = ends[later]
                 a, b = cuts[later][u], cuts[later][u + 1]
                 base = int(run_ends[a - 1]) if a else 0
-                if b > a and int(run_ends[b - 1]) - base == len(text):
+                placed = b > a and int(run_ends[b - 1]) - base == len(text)
+                if placed:
                     found[later].add(u)
                 else:
                     redo[later][text] = u
-        again: tuple[dict, dict] = ({}, {})
+                if not text.isascii():
+                    self._wide[not placed] += 1
         for later in (False, True):
             if redo[later]:
                 tk = self._tk_later if later else self._first
@@ -287,6 +308,30 @@ def _solve(pending: list[tuple], ends: list) -> dict[int, tuple[np.ndarray, np.n
         last = np.clip(np.searchsorted(run_ends, base + end - 1, side="right"), a, b)
         out[later] = (shift + first, shift + last + 1)
     return out
+
+
+def _encode_runs(tk, texts: list[str], trained: set[str], *, fast: bool) -> tuple[list, set[int]]:
+    """The Encodings of ``texts`` and the positions of those encoded with offsets: all of them
+    when not ``fast``; else those in ``trained`` that are not ASCII, the others without. (The
+    encoder passes its trained runs once most of its non-ASCII runs needed the offsets: where a
+    character outside the vocabulary becomes byte-fallback tokens or byte-level pieces, the
+    vocabulary lengths cannot place the tokens, and encoding such a run twice costs more.)"""
+    if not texts:
+        return [], set()
+    if not fast:
+        return _encode(tk, texts, offsets=True), set(range(len(texts)))
+    wide = [k for k, t in enumerate(texts) if t in trained and not t.isascii()]
+    if not wide:
+        return _encode(tk, texts, offsets=False), set()
+    wide_set = set(wide)
+    narrow = [k for k in range(len(texts)) if k not in wide_set]
+    out: list = [None] * len(texts)
+    for keys, offsets in ((narrow, False), (wide, True)):
+        if keys:
+            encoded = _encode(tk, [texts[k] for k in keys], offsets=offsets)
+            for k, enc in zip(keys, encoded, strict=True):
+                out[k] = enc
+    return out, wide_set
 
 
 def _encode(tk, texts: list[str], *, offsets: bool) -> list:
