@@ -135,6 +135,7 @@ def merged_stats(parts: Sequence[Path], stats: list[dict], files: list[str]) -> 
             "lower_bound": bound,
             "gap": round(rows / bound - 1, 6) if bound else 0.0,
             "plan_s": round(sum(p.get("plan_s", 0.0) for p in pk), 4),
+            "plan_wait_s": round(sum(p.get("plan_wait_s", 0.0) for p in pk), 4),
             "window_examples": pk[0].get("window_examples"),
             "shards": shards,
         },

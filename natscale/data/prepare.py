@@ -352,7 +352,9 @@ def _prepare(
         lengths = found.lengths
         # window 0 packs with `seed` itself: data in one window packs as one global plan
         args = (lengths.tolist(), pc.max_seq_len, pc.algorithm, config.seed + k)
+        t_call = time.perf_counter()  # without workers the plan is made here, in call()
         planned = stream.call(timed_plan, *args) if len(lengths) else None
+        call_s = time.perf_counter() - t_call
         if last:
             stream.release()  # the workers exit once the plan is made
         ordered = [window[i] for i in order]
@@ -365,7 +367,9 @@ def _prepare(
         if planned is None:
             return
         say(f"{where}packing {len(ids)} examples into rows of {pc.max_seq_len}")
+        t_wait = time.perf_counter()
         bins, plan_s = planned()
+        wait_s = call_s + time.perf_counter() - t_wait
         rows = build_rows(
             bins, ids, masks, classes, weights, max_seq_len=pc.max_seq_len, pad_id=pad_id
         )
@@ -381,6 +385,7 @@ def _prepare(
                 "lower_bound": bound,
                 "gap": round(len(rows) / bound - 1, 6) if bound else 0.0,
                 "plan_s": round(plan_s, 4),
+                "plan_wait_s": round(wait_s, 4),
             }
         )
         say(f"{where}writing {len(rows)} rows")
@@ -498,6 +503,7 @@ def _packing_stats(pc, packed: list[dict[str, Any]], files: list[str], bound: in
         "lower_bound": bound,
         "gap": round(rows / bound - 1, 6) if bound else 0.0,
         "plan_s": round(sum(w["plan_s"] for w in packed), 4),
+        "plan_wait_s": round(sum(w["plan_wait_s"] for w in packed), 4),
         "window_examples": pc.window_examples,
         "shards": [{"file": f, **w} for f, w in zip(files, packed, strict=True)],
     }
