@@ -41,7 +41,9 @@ class LaunchOptions:
 
     def cli_argv(self) -> list[str]:
         """These options as a ``natscale launch`` command line (what to type on another node)."""
-        argv = ["natscale", "launch", "--backend", self.backend]
+        argv = ["natscale", "launch"]
+        if self.backend != "local":  # local is what no --backend means on one node, not a choice
+            argv += ["--backend", self.backend]
         flags = (
             ("--hostfile", self.hostfile),
             ("--include", self.include or None),

@@ -40,9 +40,7 @@ def test_multi_rank_jobs_are_natscale_launch_commands(tmp_path, world_size, node
     )
     commands = []
     for rank in range(nodes):
-        argv = opts.cli_argv()[2:]  # drop "natscale launch"
-        if argv[:2] == ["--backend", "local"]:  # one node: the CLI's default, not a choice
-            argv = argv[2:]
+        argv = opts.cli_argv()[2:]  # drop "natscale launch"; the CLI parses the rest as is
         if nodes > 1:
             argv[argv.index("--node-rank") + 1] = str(rank)
         commands += _what_natscale_launch_runs(argv, tmp_path)[0][rank : rank + 1]
