@@ -18,6 +18,7 @@ import shutil
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from natscale.agent.scripted.dataset import TEMPLATES, SyntheticSet
 
@@ -55,32 +56,40 @@ def corpus_texts(data: SyntheticSet) -> list[str]:
     return texts
 
 
-def train_sentencepiece(texts: Iterable[str], vocab_size: int = VOCAB_SIZE) -> bytes:
-    """Train the BPE model; returns the serialised ``.model`` (deterministic: one thread, fixed seed)."""
+# Llama-2's SentencePiece settings: BPE, byte fallback, digits split, no normalisation, a
+# leading "▁", <unk> <s> </s> as ids 0-2
+LLAMA_SPM = {
+    "model_type": "bpe",
+    "byte_fallback": True,
+    "split_digits": True,
+    "normalization_rule_name": "identity",
+    "remove_extra_whitespaces": False,
+    "add_dummy_prefix": True,
+    "allow_whitespace_only_pieces": True,
+    "unk_id": 0,
+    "bos_id": 1,
+    "eos_id": 2,
+    "max_sentence_length": 100_000,
+    "minloglevel": 2,
+}
+
+
+def train_sentencepiece(
+    texts: Iterable[str], vocab_size: int = VOCAB_SIZE, **options: Any
+) -> bytes:
+    """Train a BPE model with Llama-2's settings; returns the serialised ``.model``. By default
+    deterministic (one thread, fixed seed), every character covered and ``<pad>`` as id 3;
+    ``options`` are more or other ``SentencePieceTrainer.train`` arguments (None: not passed)."""
     import sentencepiece as spm
 
+    settings = {"character_coverage": 1.0, "pad_id": 3, "pad_piece": "<pad>", "num_threads": 1}
     buffer = io.BytesIO()
     spm.set_random_generator_seed(0)
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(list(texts)),
         model_writer=buffer,
-        model_type="bpe",
         vocab_size=vocab_size,
-        character_coverage=1.0,
-        byte_fallback=True,
-        split_digits=True,
-        normalization_rule_name="identity",
-        remove_extra_whitespaces=False,
-        add_dummy_prefix=True,
-        allow_whitespace_only_pieces=True,
-        unk_id=0,
-        bos_id=1,
-        eos_id=2,
-        pad_id=3,
-        pad_piece="<pad>",
-        max_sentence_length=100_000,
-        num_threads=1,
-        minloglevel=2,
+        **{k: v for k, v in {**LLAMA_SPM, **settings, **options}.items() if v is not None},
     )
     return buffer.getvalue()
 
