@@ -244,6 +244,33 @@ def extra_meta(rec: Record, conversation_key: str, answer_field: str | None) -> 
     }
 
 
+def chat_trajectory(
+    rec: Record,
+    turns: list[Turn],
+    key: str,
+    *,
+    question_turn: int,
+    task: str,
+    success_field: str | None,
+    score_field: str | None,
+    tools_field: str | None,
+    answer_field: str | None,
+) -> Trajectory:
+    """The trajectory of a chat-style record (openai, sharegpt) whose list ``key`` gave
+    ``turns``: its prompt split off at ``question_turn`` (``split_prompt``), its outcome, its
+    tools and its other fields."""
+    parts = split_prompt(rec, turns, question_turn, key)
+    check_empty(rec, parts["turns"], key)
+    return Trajectory(
+        id=record_id(rec),
+        task=task,
+        outcome=read_outcome(rec, parts["turns"], success_field, score_field),
+        tools=read_tools(rec, tools_field),
+        meta=extra_meta(rec, key, answer_field),
+        **parts,
+    )
+
+
 def load_records(
     paths: Any,
     parse: Callable[[Record], Trajectory],

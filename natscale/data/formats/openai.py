@@ -40,16 +40,11 @@ from pydantic import Field
 from natscale.data.errors import Issues
 from natscale.data.formats.base import Format, RecordSource, per_record
 from natscale.data.formats.common import (
-    check_empty,
-    extra_meta,
+    chat_trajectory,
     field,
     load_records,
     message_role,
-    read_outcome,
-    read_tools,
     record_field,
-    record_id,
-    split_prompt,
 )
 from natscale.data.formats.reader import Record
 from natscale.data.formats.writing import (
@@ -172,17 +167,16 @@ def load(
 ) -> list[Trajectory]:
     def parse(rec: Record) -> Trajectory:
         items = record_field(rec, messages_key, list)
-        parts = split_prompt(
-            rec, parse_messages(rec, items, messages_key), question_turn, messages_key
-        )
-        check_empty(rec, parts["turns"], messages_key)
-        return Trajectory(
-            id=record_id(rec),
+        return chat_trajectory(
+            rec,
+            parse_messages(rec, items, messages_key),
+            messages_key,
+            question_turn=question_turn,
             task=task,
-            outcome=read_outcome(rec, parts["turns"], success_field, score_field),
-            tools=read_tools(rec, tools_field),
-            meta=extra_meta(rec, messages_key, answer_field),
-            **parts,
+            success_field=success_field,
+            score_field=score_field,
+            tools_field=tools_field,
+            answer_field=answer_field,
         )
 
     return load_records(

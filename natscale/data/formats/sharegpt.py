@@ -48,16 +48,11 @@ from natscale.config.loader import get_dotted
 from natscale.data.errors import Issues
 from natscale.data.formats.base import Format, RecordSource, per_record
 from natscale.data.formats.common import (
-    check_empty,
-    extra_meta,
+    chat_trajectory,
     field,
     load_records,
     message_role,
-    read_outcome,
-    read_tools,
     record_field,
-    record_id,
-    split_prompt,
 )
 from natscale.data.formats.reader import Record
 from natscale.data.formats.writing import (
@@ -161,15 +156,16 @@ def load(
         system = get_dotted(rec.data, system_field)
         if isinstance(system, str) and system and not (turns and turns[0].role == "system"):
             turns.insert(0, Turn("system", system, train=False))  # LLaMA-Factory's layout
-        parts = split_prompt(rec, turns, question_turn, conversations_key)
-        check_empty(rec, parts["turns"], conversations_key)
-        return Trajectory(
-            id=record_id(rec),
+        return chat_trajectory(
+            rec,
+            turns,
+            conversations_key,
+            question_turn=question_turn,
             task=task,
-            outcome=read_outcome(rec, parts["turns"], success_field, score_field),
-            tools=read_tools(rec, tools_field),
-            meta=extra_meta(rec, conversations_key, answer_field),
-            **parts,
+            success_field=success_field,
+            score_field=score_field,
+            tools_field=tools_field,
+            answer_field=answer_field,
         )
 
     return load_records(
