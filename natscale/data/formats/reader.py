@@ -119,12 +119,16 @@ def _decode(raw: bytes, path: Path) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
-        raise DataError(
-            f"bytes at offset {exc.start} (line {line}) are not UTF-8 ({exc.reason})",
-            file=str(path),
-            reason="non_utf8",
-            hint="re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)",
-        ) from exc
+        raise _not_utf8(path, exc.start, line, exc.reason) from exc
+
+
+def _not_utf8(path: Path, offset: int, line: int, why: str) -> DataError:
+    return DataError(
+        f"bytes at offset {offset} (line {line}) are not UTF-8 ({why})",
+        file=str(path),
+        reason="non_utf8",
+        hint="re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)",
+    )
 
 
 def _iter_jsonl(
@@ -389,13 +393,7 @@ def _utf8_error(path: Path) -> DataError:
                 decoder.decode(block)
             except UnicodeDecodeError as exc:  # exc.object is pending + block
                 line += exc.object[: exc.start].count(b"\n")
-                return DataError(
-                    f"bytes at offset {done - len(pending) + exc.start} (line {line}) are not "
-                    f"UTF-8 ({exc.reason})",
-                    file=str(path),
-                    reason="non_utf8",
-                    hint="re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)",
-                )
+                return _not_utf8(path, done - len(pending) + exc.start, line, exc.reason)
             done += len(block)
             line += block.count(b"\n")
     return DataError("the file is not UTF-8", file=str(path), reason="non_utf8")

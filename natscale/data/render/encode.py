@@ -151,22 +151,21 @@ class PieceEncoder:
         plans = [self._items(pieces) for pieces in batch]
         # unique runs only: the instruction turn is the same text in every example of a task
         unique: tuple[dict[str, int], dict[str, int]] = ({}, {})
+        # the trained runs, kept only once non-ASCII ones are encoded with offsets at once
+        wide_first = with_mask and self._wide[1] > self._wide[0]
         trained_runs: tuple[set[str], set[str]] = (set(), set())
         for plan in plans:
             for k, it in enumerate(plan):
                 if it[0] == "run":
                     unique[k > 0].setdefault(it[1], len(unique[k > 0]))
-                    if it[2] and with_mask:
+                    if wide_first and it[2]:
                         trained_runs[k > 0].add(it[1])
         fast = self._char_len is not None
         # (the runner of a first run is made only when there is one: see ``_first``)
         encs, with_offsets = [], []
         for later, texts in ((False, unique[0]), (True, unique[1])):
             tk = (self._tk_later if later else self._first) if texts else None
-            wide_first = self._wide[1] > self._wide[0]
-            got, wide = _encode_runs(
-                tk, list(texts), trained_runs[later] if wide_first else set(), fast=fast
-            )
+            got, wide = _encode_runs(tk, list(texts), trained_runs[later], fast=fast)
             encs.append(got)
             with_offsets.append(wide)
         # the ids of each group's unique runs back to back in one int32 array: each run's ids
