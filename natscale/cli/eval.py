@@ -61,10 +61,13 @@ def load_eval_config(path: str, overrides: list[str], data_dir: str | None):
 
     data = read_yaml(path)
     if data_dir:
-        base = prompt_defaults(data_dir)
         user_prompt = data.get("prompt") or {}
         if not isinstance(user_prompt, dict):
             raise ConfigError(f"{path}: prompt must be a mapping")
+        file_given = "file" in user_prompt or any(
+            o.partition("=")[0].strip() == "prompt.file" for o in overrides
+        )
+        base = prompt_defaults(data_dir, file_given=file_given)
         data["prompt"] = {**base, **user_prompt}
     apply_overrides(data, overrides)
     try:

@@ -14,8 +14,11 @@ from typing import Any
 from natscale.eval.errors import EvalError
 
 
-def prompt_defaults(prepared_dir: str | os.PathLike) -> dict[str, Any]:
-    """The ``prompt`` section of an eval config as the dataset in ``prepared_dir`` was prepared."""
+def prompt_defaults(prepared_dir: str | os.PathLike, *, file_given: bool = False) -> dict[str, Any]:
+    """The ``prompt`` section of an eval config as the dataset in ``prepared_dir`` was prepared.
+
+    ``file_given``: the user names the task prompt file (``prompt.file``), so a dataset prepared
+    from several of them is no error and no file is taken from it."""
     from natscale.config.loader import ConfigError, load_config
     from natscale.config.prepare import PrepareConfig
     from natscale.data.formats.nat_release import NatSource
@@ -50,7 +53,7 @@ def prompt_defaults(prepared_dir: str | os.PathLike) -> dict[str, Any]:
     if prepared.tokenizer.is_dir():
         section["tokenizer"] = str(prepared.tokenizer)
     prompts = [s for s in cfg.sources if isinstance(s, NatSource) and s.prompt]
-    if prompts:
+    if prompts and not file_given:
         if len({(s.prompt, s.prompt_variant) for s in prompts}) > 1:
             raise EvalError(
                 f"--data {root}: the dataset mixes several task prompt files; "
