@@ -103,10 +103,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     nat.add_argument(
         "--preset",
-        choices=["cpu", "cpu-warm", "gpu"],
+        choices=["cpu", "cpu-warm", "cpu-systematic", "gpu"],
         default=None,
         help="protocol sizing (default: gpu when torch sees a GPU, else cpu); cpu-warm: the cpu "
-        "comparison from a base model trained on other successes first",
+        "comparison from a base model trained on other successes first; cpu-systematic: "
+        "cpu-warm with failures of one mode per kind and a base that knows both prompts",
     )
     nat.add_argument(
         "--quick",

@@ -183,3 +183,40 @@ def test_difficulty_and_verbosity_knobs():
     assert all(q["answer"].count("<<") == 1 for q in data.test_questions + data.questions)
     default = generate(seed=3, num_questions=60, num_test=20)
     assert any(q["answer"].count("<<") > 1 for q in default.questions)
+
+
+def test_systematic_failures_have_one_mode_per_kind():
+    """failures="systematic": every wrong answer is the problem's wrong operation, every bad tool
+    call is the expression with "=" appended followed by a number of it, and the labels are the
+    paper's exact match as for the varied teacher (``_trajectory`` asserts that)."""
+    from natscale.agent.scripted.dataset import FAILURE_STYLES
+
+    data = generate(seed=5, num_questions=150, num_test=5, verbosity=0, failures="systematic")
+    kinds = {t["info"]["kind"] for t in data.trajectories}
+    assert kinds == {"success", "wrong_answer", "bad_tool_args", "unfinished"}
+    for traj in data.trajectories:
+        actions = [
+            m["content"].split("Action: ", 1)[1]
+            for m in traj["conversations"]
+            if m["role"] == "assistant"
+        ]
+        observations = [m["content"] for m in traj["conversations"] if m["role"] == "user"][1:]
+        kind = traj["info"]["kind"]
+        if kind == "wrong_answer":  # correct-looking calls, no error, a wrong final number
+            assert not any(o.startswith("Observation: Error") for o in observations)
+            assert actions[-1].startswith("finish[") and not traj["info"]["reward"]
+        if kind == "bad_tool_args":
+            bad = [a for a in actions if a.endswith(" =]")]
+            assert len(bad) == 1 and actions[-1].startswith("finish[")
+            guess = actions[-1][len("finish[") : -1]
+            assert guess in bad[0]  # a number copied from the unreadable expression
+    varied = generate(seed=5, num_questions=150, num_test=5, verbosity=0)
+    assert varied.test_questions == data.test_questions  # the held-out split does not change
+    assert any(
+        m["content"].endswith("x") or " x " in m["content"]
+        for t in varied.trajectories
+        for m in t["conversations"]
+    )  # the varied teacher's other malformations
+    assert FAILURE_STYLES == ("varied", "systematic")
+    with pytest.raises(ValueError, match="failures must be one of"):
+        generate(seed=5, num_questions=2, failures="sometimes")

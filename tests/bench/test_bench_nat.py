@@ -131,6 +131,56 @@ def test_work_dir_is_the_benchmarks_own(tmp_path: Path):
     claim_work_dir(work, replace(QUICK, jobs=QUICK.jobs + 1))  # --jobs is not the protocol
     with pytest.raises(WorkDirError, match="differs in: steps"):
         claim_work_dir(work, replace(QUICK, steps=99))
+    # a folder started before `failures` and `base_prompt` existed ran with their defaults
+    saved = json.loads((work / "preset.json").read_text())
+    del saved["failures"], saved["base_prompt"]
+    (work / "preset.json").write_text(json.dumps(saved))
+    claim_work_dir(work, QUICK)
+    with pytest.raises(WorkDirError, match="differs in: failures"):
+        claim_work_dir(work, replace(QUICK, failures="systematic"))
+
+
+def test_base_on_both_prompts_knows_every_evaluation_prompt(tmp_path: Path):
+    """base_prompt "both": half of the base model's successes under the plain question, half under
+    NAT's success prompt, prepared as one dataset; its own evaluation uses the plain prompt."""
+    from natscale.bench.nat.data import BASE
+    from natscale.config.prepare import PrepareConfig
+    from natscale.data.prepare import prepare
+    from natscale.data.prepared import PreparedDir
+
+    both = replace(SMALL, base_steps=5, base_prompt="both", failures="systematic")
+    summary = build_pool(both, tmp_path)
+    halves = [
+        json.loads((tmp_path / "Pbase" / name).read_text())
+        for name in ("trajectories.json", "trajectories-success-prompt.json")
+    ]
+    assert len(halves[0]) + len(halves[1]) == summary["subsets"]["Pbase"]["positives"]
+    assert abs(len(halves[0]) - len(halves[1])) <= 1
+    cfg = PrepareConfig.model_validate(prepare_config(both, tmp_path, BASE, "vanilla"))
+    prepare(cfg, tmp_path / "Pbase" / "vanilla", progress=False)
+    from transformers import AutoTokenizer
+
+    prepared = PreparedDir(tmp_path / "Pbase" / "vanilla")
+    tok = AutoTokenizer.from_pretrained(str(prepared.tokenizer))
+    text = "".join(tok.decode(row["input_ids"]) for row in prepared.open())
+    marked = text.count("to solve the problem correctly.")
+    assert marked == len(halves[1])  # every success-prompt example, and no other
+    assert text.count("Question:") == len(halves[0]) + len(halves[1])
+    # evaluation needs the prompt file named (the data mix two); named, it renders the plain one
+    from natscale.cli.eval import load_eval_config
+    from natscale.eval.errors import EvalError
+    from natscale.eval.prompting import Prompter
+
+    config = tmp_path / "eval.yaml"
+    config.write_text(f"model: m\nquestions: [{tmp_path / 'test.jsonl'}]\ntask: math\n")
+    with pytest.raises(EvalError, match="mixes several task prompt files; set prompt"):
+        load_eval_config(str(config), [], str(prepared.root))
+    given = [f"prompt.file={tmp_path / 'prompt.json'}"]
+    cfg = load_eval_config(str(config), given, str(prepared.root))
+    assert cfg.prompt.file == str(tmp_path / "prompt.json")
+    assert Prompter(cfg.prompt, None).template == "Question: {question}"
+    # the comparison runs' data keep one prompt file
+    assert len(prepare_config(both, tmp_path, 10, "nat")["sources"]) == 1
 
 
 def test_cli_refuses_bad_input_with_exit_2(tmp_path: Path, capsys):

@@ -52,6 +52,7 @@ TEMPLATES = {
     "success": "Question: {question}. Generate a sequence of Thought and Action steps to solve the problem correctly.",
     "failure": "Question: {question}. Generate a sequence of Thought and Action steps. But incorrectly solve the problem.",
 }
+FAILURE_STYLES = ("varied", "systematic")
 FILES = ("trajectories.json", "questions.jsonl", "prompt.json", "questions_test.jsonl")
 
 # Outcome mix: success falls with temperature and plan length; failures split by these weights.
@@ -85,6 +86,7 @@ def generate(
     *,
     verbosity: int | None = None,
     max_steps: int | None = None,
+    failures: str = "varied",
 ) -> SyntheticSet:
     """Generate questions and 1-3 trajectories per question (about 2.3 on average), and a
     held-out test split (:func:`test_questions`).
@@ -92,7 +94,11 @@ def generate(
     ``verbosity`` fixes how much the teacher writes in its thoughts (0 = terse, 1, 2 = restates
     the question and plans); None draws it per trajectory, as the bundled data was made.
     ``max_steps`` keeps only problems whose gold plan has at most that many calculator steps (the
-    task's difficulty; None = every family, as the bundled data)."""
+    task's difficulty; None = every family, as the bundled data). ``failures`` is ``"varied"``
+    (random slips of several modes per kind, as the bundled data) or ``"systematic"`` (one mode
+    per kind, the same on every problem: ``natscale.agent.scripted.teacher`` lists them)."""
+    if failures not in FAILURE_STYLES:
+        raise ValueError(f"failures must be one of {', '.join(FAILURE_STYLES)}, not {failures!r}")
     rng = random.Random(seed)
     questions, trajectories = [], []
     for q_index in range(num_questions):
@@ -102,7 +108,9 @@ def generate(
         questions.append({"id": qid, "question": problem.question, "answer": answer})
         num_samples = rng.choices((1, 2, 3), weights=(2, 3, 5))[0]
         for temperature in sorted(rng.sample(TEMPERATURES, num_samples)):
-            trajectories.append(_trajectory(qid, problem, answer, temperature, rng, verbosity))
+            trajectories.append(
+                _trajectory(qid, problem, answer, temperature, rng, verbosity, failures)
+            )
     exclude = {q["question"] for q in questions}
     test = test_questions(seed + TEST_SEED_OFFSET, num_test, exclude, max_steps=max_steps)
     return SyntheticSet(questions, trajectories, prompt_record(), test)
@@ -169,19 +177,28 @@ def _trajectory(
     temperature: float,
     rng: random.Random,
     verbosity: int | None = None,
+    failures: str = "varied",
 ) -> dict:
     p_success = max(0.15, _SUCCESS_AT[temperature] - 0.03 * (len(problem.steps) - 2))
     drawn = rng.choices((0, 1, 2), weights=(3, 5, 3))[0]
     verbosity = drawn if verbosity is None else verbosity
     kind = "success" if rng.random() < p_success else _weighted(rng, _FAILURE_WEIGHTS)
-    for _ in range(50):
-        try:
-            agent = simulate(problem, kind, rng, verbosity)
+    systematic = failures == "systematic"
+    # a systematic failure may not exist for a problem ("80 out of 80" has no wrong operation that
+    # changes the answer): then the next failure kind that does
+    kinds = [kind] + [k for k in _FAILURE_WEIGHTS if systematic and kind != "success" and k != kind]
+    agent = None
+    for kind in kinds:
+        for _ in range(50):
+            try:
+                agent = simulate(problem, kind, rng, verbosity, systematic=systematic)
+                break
+            except ScenarioUnavailable:
+                continue
+        if agent is not None:
             break
-        except ScenarioUnavailable:
-            continue
     else:
-        raise RuntimeError(f"{qid}: no {kind!r} episode in 50 tries")
+        raise RuntimeError(f"{qid}: no {kinds[0]!r} episode in 50 tries")
     # The teacher is a scripted backend: its assistant turns run through the rollout loop, whose
     # real tools write the observations, so bundled data and model rollouts share one format.
     script = [m["content"] for m in agent.messages if m["role"] == "assistant"]

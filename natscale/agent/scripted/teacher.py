@@ -16,6 +16,15 @@ propagates. Episodes follow the paper's loop: at most :data:`MAX_TURNS` assistan
   malformed expression (``4 x 3``, ``$12 + 3``, ``1,200 * 3``) after which the agent guesses.
 * ``unfinished``: stuck re-trying malformed expressions, or double-checking forever, until the
   turn limit.
+
+With ``systematic=True`` each failure kind has one mode, the same on every problem, so that a model
+can learn it as a behaviour of its own (the varied slips above are mostly noise around the correct
+solution, whose most likely continuation is still the correct one):
+
+* ``wrong_answer``: always the wrong operation in one step (``{0} * {1}`` for ``{0} / {1}``).
+* ``bad_tool_args``: always the expression with an equals sign appended, then a guess: the first
+  number of that expression (that is not the answer).
+* ``unfinished``: as above (both of its modes never finish).
 """
 
 from __future__ import annotations
@@ -62,8 +71,11 @@ def _operand(value: str) -> str:
 class Agent:
     """Writes one episode: assistant turns (thought + action) and observation turns."""
 
-    def __init__(self, problem: Problem, rng: random.Random, verbosity: int) -> None:
+    def __init__(
+        self, problem: Problem, rng: random.Random, verbosity: int, systematic: bool = False
+    ) -> None:
         self.p, self.rng, self.verbosity = problem, rng, verbosity
+        self.systematic = systematic  # one mode per failure kind (see the module docstring)
         self.messages: list[dict] = []
         self.values: dict[int, str] = {}
         self.pred: str | None = None
@@ -219,9 +231,12 @@ def malformed(expression: str, rng: random.Random, problem: Problem) -> tuple[st
 
 
 # -- scenarios ---------------------------------------------------------------------------------
-def simulate(problem: Problem, kind: str, rng: random.Random, verbosity: int) -> Agent:
-    """Run one episode of outcome ``kind``; raises :class:`ScenarioUnavailable` if it cannot."""
-    agent = Agent(problem, rng, verbosity)
+def simulate(
+    problem: Problem, kind: str, rng: random.Random, verbosity: int, *, systematic: bool = False
+) -> Agent:
+    """Run one episode of outcome ``kind``; raises :class:`ScenarioUnavailable` if it cannot.
+    ``systematic``: failures of one mode per kind (the module docstring lists them)."""
+    agent = Agent(problem, rng, verbosity, systematic)
     _SCENARIOS[kind](agent)
     return agent
 
@@ -267,8 +282,15 @@ _VERIFY_THOUGHTS = (
 def _wrong_answer(a: Agent) -> None:
     n, rng = len(a.p.steps), a.rng
     wrong_ops = [i for i, s in enumerate(a.p.steps) if s.wrong]
-    mode = _pick(
-        rng, {"format": 3, "slip": 2, "early": 2 if n > 1 else 0, "wrong_op": 3 if wrong_ops else 0}
+    if a.systematic and not wrong_ops:
+        raise ScenarioUnavailable("no step of this problem has a wrong operation")
+    mode = (
+        "wrong_op"
+        if a.systematic
+        else _pick(
+            rng,
+            {"format": 3, "slip": 2, "early": 2 if n > 1 else 0, "wrong_op": 3 if wrong_ops else 0},
+        )
     )
     gold = _gold(a.p)
     if mode == "wrong_op":
@@ -303,7 +325,18 @@ def _bad_tool_args(a: Agent) -> None:
         if isinstance(arg, str)
     ]
     gold = _gold(a.p)
-    if rng.random() < 0.55:  # wrong number typed into one expression
+    if a.systematic:  # always the equals sign, then the expression's first number as the answer
+        bad_at = rng.randrange(n)
+        for i in range(bad_at):
+            a.run_step(i)
+        expression = a.expression(bad_at)
+        a.calc(a.step_thought(bad_at), expression + " =")
+        numbers = [m[0] for m in _PLAIN_NUMBER.finditer(expression) if m[0] != gold]
+        if not numbers:
+            raise ScenarioUnavailable("every number of the expression is the answer")
+        answer = numbers[0]
+        thought = _GIVE_UP[0] + " " + (a.final_thought(answer) or "")
+    elif rng.random() < 0.55:  # wrong number typed into one expression
         i_bad, k_bad = rng.choice(literal_slots)
         typo = _number_typo(a.p.steps[i_bad].args[k_bad], a.p, rng)
         for i in range(n):

@@ -21,6 +21,11 @@ REPO = Path(__file__).resolve().parents[3]
 TOKENIZER = REPO / "examples" / "tokenizer"
 
 
+# base_prompt "both": the base model's successes under NAT's success prompt, and that prompt file
+# (the task prompt with the success template as its plain one, so that `vanilla` renders it)
+SUCCESS_HALF = "trajectories-success-prompt.json"
+SUCCESS_PROMPT = "prompt-success.json"
+
 ALL = 0  # P = ALL: every success of the pool and no failure (the calibration's data)
 BASE = -1  # the base model's data: the successes that no P subset holds (presets with base_steps)
 
@@ -42,7 +47,9 @@ def build_pool(preset: Preset, root: Path) -> dict[str, Any]:
     ``P<P>/trajectories.json`` per P (NAT release format, ``info.progress`` = the nat-fine score
     of the trajectory's kind), ``Pall/trajectories.json`` (every success: the calibration's
     data) and, with ``base_steps``, ``Pbase/trajectories.json`` (the successes after the largest
-    P's: the base model's data). Written atomically; the same preset gives the same bytes.
+    P's: the base model's data; with ``base_prompt: both`` every other one of them goes to
+    ``Pbase/trajectories-success-prompt.json``, prepared with ``prompt-success.json``). Written
+    atomically; the same preset gives the same bytes.
     """
     from natscale.agent.scripted.dataset import (
         dumps_prompt,
@@ -57,6 +64,7 @@ def build_pool(preset: Preset, root: Path) -> dict[str, Any]:
         preset.test_questions,
         verbosity=0,
         max_steps=preset.max_steps,
+        failures=preset.failures,
     )
     pool.prompt["instruction"] = preset.instruction
     for traj in pool.trajectories:
@@ -98,7 +106,17 @@ def build_pool(preset: Preset, root: Path) -> dict[str, Any]:
         picked = [pool.trajectories[i] for i in rest]
         path = root / subset(BASE) / "trajectories.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, dumps_trajectories(picked).encode())
+        if preset.base_prompt == "both":  # every other success under NAT's success prompt
+            success_prompt = {**pool.prompt, "templates": dict(pool.prompt["templates"])}
+            success_prompt["templates"]["plain"] = pool.prompt["templates"]["success"]
+            atomic_write_bytes(root / SUCCESS_PROMPT, dumps_prompt(success_prompt).encode())
+            atomic_write_bytes(
+                path.with_name(SUCCESS_HALF), dumps_trajectories(picked[1::2]).encode()
+            )
+            picked_plain = picked[::2]
+        else:
+            picked_plain = picked
+        atomic_write_bytes(path, dumps_trajectories(picked_plain).encode())
         kinds = {k: sum(t["info"]["kind"] == k for t in picked) for k in FINE_KINDS}
         subsets[subset(BASE)] = {"positives": len(rest), "negatives": 0, "kinds": kinds}
     summary = {
@@ -138,17 +156,22 @@ def strategy_section(name: str) -> dict[str, Any]:
 
 def prepare_config(preset: Preset, root: Path, p: int, strategy: str) -> dict[str, Any]:
     """The full ``natscale prepare`` config of strategy ``strategy`` at ``P=p``."""
+    halves = [("trajectories.json", "prompt.json", {})]
+    if p == BASE and preset.base_prompt == "both":  # a task name of its own: another prompt file
+        halves.append((SUCCESS_HALF, SUCCESS_PROMPT, {"task": "math-success-prompt"}))
     return {
         "seed": 42,
         "num_proc": 1,
         "sources": [
             {
                 "format": "nat",
-                "paths": [str(root / subset(p) / "trajectories.json")],
+                "paths": [str(root / subset(p) / trajectories)],
                 "questions": [str(root / "questions.jsonl")],
-                "prompt": str(root / "prompt.json"),
+                "prompt": str(root / prompt),
                 "score_field": "info.progress",
+                **task,
             }
+            for trajectories, prompt, task in halves
         ],
         "outcome": {"success": "field", "score": "field", "unfinished": "keep", "empty": "skip"},
         "strategy": strategy_section(strategy),

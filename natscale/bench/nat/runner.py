@@ -36,6 +36,8 @@ from natscale.bench.nat.data import ALL, BASE, build_pool, prepare_config, subse
 from natscale.bench.nat.presets import Preset
 
 MARKER = ".natscale-bench"
+# preset fields added after folders were started; such a folder ran with these values
+_LATER_FIELDS = {"failures": "varied", "base_prompt": "plain"}
 
 
 class BenchNatError(RuntimeError):
@@ -87,6 +89,8 @@ def claim_work_dir(work: Path, preset: Preset) -> None:
     if saved.exists():
         have = json.loads(saved.read_text())
         have.pop("jobs", None)  # folders started before jobs was left out
+        for key, default in _LATER_FIELDS.items():  # folders started before these existed
+            have.setdefault(key, default)
         if have != wanted:
             diff = sorted(k for k in set(have) | set(wanted) if have.get(k) != wanted.get(k))
             raise WorkDirError(
@@ -256,6 +260,8 @@ def _eval(
     argv += ["--data", str(work / "data" / subset(run.p) / run.strategy), "--out", str(out)]
     if marker is not None:
         argv += ["--set", f"prompt.marker={marker}"]
+    if run.p == BASE and preset.base_prompt == "both":  # its data mixes two prompt files
+        argv += ["--set", f"prompt.file={work / 'data' / 'prompt.json'}"]
     if out.exists():
         argv.append("--resume")
     children.run(argv, run_dir / "eval.log", _child_env(preset), f"{run.name}: natscale eval")
