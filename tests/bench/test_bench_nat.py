@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from natscale.bench.nat import report
+from natscale.bench.nat.behaviour import BEHAVIOURS
 from natscale.bench.nat.data import build_pool, prepare_config
 from natscale.bench.nat.presets import FINE_KINDS, PRESETS, QUICK
 from natscale.bench.nat.runner import WorkDirError, claim_work_dir, plan, train_config
@@ -97,8 +98,59 @@ def test_report_table_and_chart(tmp_path: Path):
     text = report.markdown(preset, rows, "# t")
     assert "| nat | **30.5** [" in text and "(30.0, 31.0)" in text
     assert "| nat | 24 | failure | 0.0 |" in text
+    assert "What the agents do" not in text  # results without behaviours (older records)
     png = report.plot(preset, rows, tmp_path / "c.png", "t")
     assert png.read_bytes()[:4] == b"\x89PNG"
+    for r in results:  # the behaviours: their mean over seeds, one row per strategy and marker
+        acc = r["success_marker"]["accuracy"]
+        r["success_marker"]["behaviour"] = {"correct": acc, "wrong_operation": 1 - acc}
+        if "failure_marker" in r:
+            r["failure_marker"]["behaviour"] = {"unfinished": 1.0}
+    rows = report.aggregate(preset, results)
+    nat = next(r for r in rows if r["strategy"] == "nat" and r["marker"] == "success")
+    assert nat["behaviour"] == pytest.approx({"correct": 0.305, "wrong_operation": 0.695})
+    text = report.markdown(preset, rows, "# t")
+    assert "| strategy | P | marker | correct | unfinished | wrong operation |" in text
+    assert "| nat | 24 | success | 30.5 | 0.0 | 69.5 |" in text
+    assert "| nat | 24 | failure | 0.0 | 100.0 | 0.0 |" in text
+
+
+def _episode(actions, observations, reward=False, finished=True, failure=None):
+    turns = []
+    for action, observation in zip(actions, observations, strict=True):
+        turns.append({"role": "assistant", "content": f"Thought: t\nAction: {action}"})
+        turns.append({"role": "user", "content": f"Observation: {observation}"})
+    return {
+        "answer": "It takes 1196/26=<<1196/26=46>>46 minutes.\n#### 46",
+        "info": {"reward": reward, "finished": finished, "failure": failure},
+        "conversations": turns,
+    }
+
+
+def test_behaviour_of_an_episode_is_what_its_first_calculation_did(tmp_path: Path):
+    from natscale.bench.nat.behaviour import behaviour, classify
+
+    done = "Episode finished"
+    cases = {
+        "correct": _episode(["calculate[1196 / 26]", "finish[46]"], ["46", done], reward=True),
+        "unparseable": _episode(["calculate[1196"], ["Error: no ]"], finished=False,
+                                failure="unparseable_action"),
+        "unfinished": _episode(["calculate[1196 / 26]"] * 7, ["46"] * 7, finished=False,
+                               failure="turn_limit"),
+        "tool_error": _episode(["calculate[1196 / 26 =]", "finish[1196]"],
+                               ["Error: invalid syntax", done]),
+        "no_calculation": _episode(["finish[40]"], [done]),
+        "answer_slip": _episode(["calculate[1196 / 26]", "finish[64]"], ["46", done]),
+        "wrong_operation": _episode(["calculate[1196 * 26]", "finish[31096]"], ["31096", done]),
+        "wrong_numbers": _episode(["calculate[1169 / 26]", "finish[44]"], ["1169/26", done]),
+    }  # fmt: skip
+    assert {name: classify(e) for name, e in cases.items()} == {n: n for n in cases}
+    no_gold = {**cases["wrong_operation"], "answer": "#### 46"}
+    assert classify(no_gold) == "wrong_answer"
+    path = tmp_path / "episodes.jsonl"
+    path.write_text("".join(json.dumps(e) + "\n" for e in [*cases.values(), cases["correct"]]))
+    shares = behaviour(path)
+    assert shares["correct"] == pytest.approx(2 / 9) and sum(shares.values()) == pytest.approx(1)
 
 
 @pytest.mark.parametrize("width_in", [3.8, 5.4, 7.0])
@@ -254,12 +306,24 @@ def test_quick_runs_the_pipeline_and_resumes(tmp_path: Path):
         assert math.isfinite(run["train"]["loss_last"])
         m = run["success_marker"]
         assert 0.0 <= m["accuracy"] <= 1.0 and m["episodes"] == QUICK.test_questions
+        assert set(m["behaviour"]) <= set(BEHAVIOURS)
+        assert sum(m["behaviour"].values()) == pytest.approx(1.0)
+        assert m["behaviour"].get("correct", 0.0) == pytest.approx(m["accuracy"])
     nat = next(r for r in record["runs"] if r["strategy"] == "nat")
     assert nat["failure_marker"]["marker"] == "failure"
     assert Path(record["paths"]["png"]).is_file() and Path(record["paths"]["md"]).is_file()
-    # a second call reuses every finished run: nothing is trained or evaluated again
+    # a second call reuses every finished run: nothing is trained or evaluated again; a result
+    # written before results held behaviours gets them from its episodes
+    older = tmp_path / "work" / "runs" / "P24" / "nat" / "seed0" / "result.json"
+    saved = json.loads(older.read_text())
+    del saved["success_marker"]["behaviour"], saved["failure_marker"]["behaviour"]
+    older.write_text(json.dumps(saved))
     second = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "4 runs (4 reused)" in second.stdout
+    assert "What the agents do" in second.stdout
+    again = json.loads(sorted((tmp_path / "results").glob("nat_quick_*.json"))[-1].read_text())
+    nat_again = next(r for r in again["runs"] if r["strategy"] == "nat")
+    assert nat_again["failure_marker"]["behaviour"] == nat["failure_marker"]["behaviour"]
     log = tmp_path / "work" / "runs" / "P24" / "nat" / "seed0" / "train.log"
     assert log.read_text().count("natscale.cli train") == 1  # trained once, by the first call

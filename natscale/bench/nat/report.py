@@ -12,6 +12,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from natscale.bench.nat.behaviour import BEHAVIOURS
 from natscale.bench.nat.data import ALL, BASE
 from natscale.bench.nat.presets import Preset
 
@@ -56,6 +57,7 @@ def aggregate(preset: Preset, results: list[dict[str, Any]]) -> list[dict[str, A
                     continue
                 accs = [r[marker]["accuracy"] for r in runs]
                 fin = [r[marker]["finished"] / r[marker]["episodes"] for r in runs]
+                kinds = [r[marker].get("behaviour") for r in runs]
                 rows.append(
                     {
                         "p": p,
@@ -69,9 +71,21 @@ def aggregate(preset: Preset, results: list[dict[str, Any]]) -> list[dict[str, A
                         "seeds": [r["seed"] for r in runs],
                         "finished_rate": statistics.fmean(fin),
                         "episodes_per_seed": runs[0][marker]["episodes"],
+                        "behaviour": _mean_behaviour(kinds),
                     }
                 )
     return rows
+
+
+def _mean_behaviour(per_run: list[dict[str, float] | None]) -> dict[str, float] | None:
+    """The mean over runs of each behaviour's share (None if a run has none recorded)."""
+    if not per_run or any(b is None for b in per_run):
+        return None
+    return {
+        name: statistics.fmean(b.get(name, 0.0) for b in per_run)
+        for name in BEHAVIOURS
+        if any(name in b for b in per_run)
+    }
 
 
 def _pct(x: float | None) -> str:
@@ -120,7 +134,32 @@ def markdown(preset: Preset, rows: list[dict[str, Any]], header: str) -> str:
                 f"| {r['strategy']} | {p_label(r['p'])[4:]} | {r['marker']} | {_pct(r['accuracy'])} | "
                 f"{_pct(r['finished_rate'])} | {_pct(base['accuracy'])} |"
             )
+    lines += _behaviour_table(rows)
     return "\n".join(lines) + "\n"
+
+
+def _behaviour_table(rows: list[dict[str, Any]]) -> list[str]:
+    """What the agents do: % of the test episodes per behaviour (natscale.bench.nat.behaviour)."""
+    rows = [r for r in rows if r.get("behaviour")]
+    names = [n for n in BEHAVIOURS if any(n in r["behaviour"] for r in rows)]
+    if not names:
+        return []
+    lines = [
+        "",
+        "What the agents do, % of the test episodes (mean over seeds; the behaviours are defined "
+        "in `natscale/bench/nat/behaviour.py`):",
+        "",
+        "| strategy | P | marker | " + " | ".join(n.replace("_", " ") for n in names) + " |",
+        "|---|---|---|" + "---|" * len(names),
+    ]
+    for r in rows:
+        cells = [_pct(r["behaviour"].get(n, 0.0)) for n in names]
+        lines.append(
+            f"| {r['strategy']} | {p_label(r['p']).removeprefix('P = ')} | {r['marker']} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    return lines
 
 
 def wrap_title(title: str, width_in: float) -> str:

@@ -32,6 +32,7 @@ from typing import Any
 import yaml
 
 from natscale.atomic import atomic_write_bytes, atomic_write_json
+from natscale.bench.nat.behaviour import behaviour
 from natscale.bench.nat.data import ALL, BASE, build_pool, prepare_config, subset
 from natscale.bench.nat.presets import Preset
 
@@ -251,10 +252,10 @@ def _write_yaml(path: Path, data: dict[str, Any]) -> Path:
 def _eval(
     children: _Children, preset: Preset, work: Path, run: Run, run_dir: Path, marker: str | None
 ) -> dict[str, Any]:
-    out = run_dir / ("eval-success" if marker is None else "eval-failure")
+    out = _eval_dir(run_dir, marker)
     summary = out / "summary.json"
     if summary.exists() and json.loads(summary.read_text()).get("complete"):
-        return json.loads(summary.read_text())
+        return _metrics(json.loads(summary.read_text()), out)
     cfg = _write_yaml(run_dir / "eval.yaml", eval_config(preset, work, run_dir))
     argv = [sys.executable, "-m", "natscale.cli", "eval", str(cfg), "--no-progress"]
     argv += ["--data", str(work / "data" / subset(run.p) / run.strategy), "--out", str(out)]
@@ -265,10 +266,10 @@ def _eval(
     if out.exists():
         argv.append("--resume")
     children.run(argv, run_dir / "eval.log", _child_env(preset), f"{run.name}: natscale eval")
-    return json.loads(summary.read_text())
+    return _metrics(json.loads(summary.read_text()), out)
 
 
-def _metrics(summary: dict[str, Any]) -> dict[str, Any]:
+def _metrics(summary: dict[str, Any], out: Path) -> dict[str, Any]:
     acc = summary["metrics"]["accuracy"]
     return {
         "accuracy": acc["value"],
@@ -277,7 +278,22 @@ def _metrics(summary: dict[str, Any]) -> dict[str, Any]:
         "finished": summary["finished"],
         "failures": summary["failures"],
         "mean_turns": summary["mean_turns"],
+        "behaviour": behaviour(out / "episodes.jsonl"),
     }
+
+
+def _eval_dir(run_dir: Path, marker: str | None) -> Path:
+    return run_dir / ("eval-success" if marker is None else "eval-failure")
+
+
+def _with_behaviour(result: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """A result written before results held the behaviours, with them (from its episodes)."""
+    for key, marker in (("success_marker", None), ("failure_marker", "failure")):
+        if key in result and "behaviour" not in result[key]:
+            episodes = _eval_dir(run_dir, marker) / "episodes.jsonl"
+            if episodes.is_file():  # else the report leaves the behaviours out
+                result[key]["behaviour"] = behaviour(episodes)
+    return result
 
 
 def execute(children: _Children, preset: Preset, work: Path, run: Run) -> dict[str, Any]:
@@ -285,7 +301,7 @@ def execute(children: _Children, preset: Preset, work: Path, run: Run) -> dict[s
     run_dir = run_dir_of(work, run)
     result_path = run_dir / "result.json"
     if result_path.exists():
-        return {**json.loads(result_path.read_text()), "reused": True}
+        return {**_with_behaviour(json.loads(result_path.read_text()), run_dir), "reused": True}
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     if not (run_dir / "train" / "hf" / "config.json").exists():
@@ -307,13 +323,13 @@ def execute(children: _Children, preset: Preset, work: Path, run: Run) -> dict[s
             "trained_tokens": metrics[-1]["tokens_seen"]["trained"],
             "loss_by_class_last": metrics[-1].get("loss_by_class"),
         },
-        "success_marker": _metrics(_eval(children, preset, work, run, run_dir, None)),
+        "success_marker": _eval(children, preset, work, run, run_dir, None),
     }
     marker = failure_marker(run.strategy)
     if marker is not None and run.strategy in preset.controllability:
         result["failure_marker"] = {
             "marker": marker,
-            **_metrics(_eval(children, preset, work, run, run_dir, marker)),
+            **_eval(children, preset, work, run, run_dir, marker),
         }
     result["seconds"] = {
         "train": round(trained - started, 1),
