@@ -75,6 +75,8 @@ def _spec_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from natscale.bench.nat.presets import PRESETS as NAT_PRESETS
+
     sub = parser.add_subparsers(dest="bench_command", metavar="SUBCOMMAND", required=True)
     _spec_arguments(sub.add_parser("throughput", help="natscale vs baseline on one setup"))
     sweep = sub.add_parser("sweep", help="throughput over values of one spec field + table/PNG")
@@ -103,11 +105,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     nat.add_argument(
         "--preset",
-        choices=["cpu", "cpu-warm", "cpu-systematic", "gpu"],
+        choices=[name for name in NAT_PRESETS if name != "quick"],
         default=None,
         help="protocol sizing (default: gpu when torch sees a GPU, else cpu); cpu-warm: the cpu "
         "comparison from a base model trained on other successes first; cpu-systematic: "
-        "cpu-warm with failures of one mode per kind and a base that knows both prompts",
+        "cpu-warm with failures of one mode per kind and a base that knows both prompts; "
+        "cpu-systematic-long: cpu-systematic fine-tuned 450 steps, not 150",
     )
     nat.add_argument(
         "--quick",
