@@ -183,9 +183,11 @@ def test_work_dir_is_the_benchmarks_own(tmp_path: Path):
     claim_work_dir(work, replace(QUICK, jobs=QUICK.jobs + 1))  # --jobs is not the protocol
     with pytest.raises(WorkDirError, match="differs in: steps"):
         claim_work_dir(work, replace(QUICK, steps=99))
-    # a folder started before `failures` and `base_prompt` existed ran with their defaults
+    # a folder started before fields existed (the base model, the failure style) ran with their
+    # defaults
     saved = json.loads((work / "preset.json").read_text())
-    del saved["failures"], saved["base_prompt"]
+    for later in ("base_steps", "base_lr", "failures", "base_prompt"):
+        del saved[later]
     (work / "preset.json").write_text(json.dumps(saved))
     claim_work_dir(work, QUICK)
     with pytest.raises(WorkDirError, match="differs in: failures"):

@@ -17,6 +17,7 @@ stopped: finished runs are skipped, a half-trained run resumes from its last che
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -37,8 +38,6 @@ from natscale.bench.nat.data import ALL, BASE, build_pool, prepare_config, subse
 from natscale.bench.nat.presets import Preset
 
 MARKER = ".natscale-bench"
-# preset fields added after folders were started; such a folder ran with these values
-_LATER_FIELDS = {"failures": "varied", "base_prompt": "plain"}
 
 
 class BenchNatError(RuntimeError):
@@ -89,9 +88,10 @@ def claim_work_dir(work: Path, preset: Preset) -> None:
     saved = work / "preset.json"
     if saved.exists():
         have = json.loads(saved.read_text())
-        have.pop("jobs", None)  # folders started before jobs was left out
-        for key, default in _LATER_FIELDS.items():  # folders started before these existed
+        # a field added after the folder was started: its default keeps what the folder's runs did
+        for key, default in _field_defaults().items():
             have.setdefault(key, default)
+        have.pop("jobs", None)  # folders started before jobs was left out
         if have != wanted:
             diff = sorted(k for k in set(have) | set(wanted) if have.get(k) != wanted.get(k))
             raise WorkDirError(
@@ -102,6 +102,16 @@ def claim_work_dir(work: Path, preset: Preset) -> None:
     (work / MARKER).touch()
     if not saved.exists():
         atomic_write_json(saved, wanted)
+
+
+def _field_defaults() -> dict[str, Any]:
+    """Every preset field that has a default, as saved (tuples become lists)."""
+    defaults = {
+        f.name: f.default
+        for f in dataclasses.fields(Preset)
+        if f.default is not dataclasses.MISSING
+    }
+    return json.loads(json.dumps(defaults))
 
 
 def prepare_all(
