@@ -2,8 +2,8 @@
 
 docs/nat-benchmark.md states the protocol and why each number is what it is; the presets here are
 its machine-readable form and every run's record carries the one it used. ``cpu`` is the full
-protocol sized for a 2-core machine (24 runs, within 90 minutes), ``cpu-warm`` and
-``cpu-systematic`` its follow-ups from a base model, ``gpu`` the same protocol with a bigger model
+protocol sized for a 2-core machine (24 runs, within 90 minutes), ``cpu-warm``,
+``cpu-systematic`` and ``cpu-systematic-long`` its follow-ups from a base model, ``gpu`` the same protocol with a bigger model
 and more steps for one H100, ``quick`` a smoke test of the whole pipeline (93-111 s on a loaded 2-core machine; its
 accuracies mean nothing).
 """
