@@ -55,6 +55,7 @@ def load_eval_config(path: str, overrides: list[str], data_dir: str | None):
         ConfigError,
         apply_overrides,
         format_validation_error,
+        parse_override,
         read_yaml,
     )
     from natscale.eval.prepared import prompt_defaults
@@ -65,7 +66,7 @@ def load_eval_config(path: str, overrides: list[str], data_dir: str | None):
         if not isinstance(user_prompt, dict):
             raise ConfigError(f"{path}: prompt must be a mapping")
         file_given = "file" in user_prompt or any(
-            o.partition("=")[0].strip() == "prompt.file" for o in overrides
+            parse_override(o)[0] == "prompt.file" for o in overrides
         )
         base = prompt_defaults(data_dir, file_given=file_given)
         data["prompt"] = {**base, **user_prompt}
