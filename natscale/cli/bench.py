@@ -110,7 +110,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="protocol sizing (default: gpu when torch sees a GPU, else cpu); cpu-warm: the cpu "
         "comparison from a base model trained on other successes first; cpu-systematic: "
         "cpu-warm with failures of one mode per kind and a base that knows both prompts; "
-        "cpu-systematic-long: cpu-systematic fine-tuned 450 steps, not 150",
+        "cpu-systematic-long: cpu-systematic fine-tuned 450 steps, not 150; cpu-scarce: "
+        "cpu-systematic-long at P = 100 and 300",
     )
     nat.add_argument(
         "--quick",
@@ -127,7 +128,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--calibrate",
         action="store_true",
         help="only the calibration runs: vanilla on every success of the pool, one per seed "
-        "(run it first)",
+        "(cpu-scarce: the base model and vanilla at each P, which the comparison reuses); run it "
+        "first",
     )
     nat.add_argument("--jobs", type=positive_int, default=None, help="runs at a time")
     nat.add_argument("--results", type=Path, default=RESULTS, help=RESULTS_HELP)

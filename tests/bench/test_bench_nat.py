@@ -186,7 +186,7 @@ def test_work_dir_is_the_benchmarks_own(tmp_path: Path):
     # a folder started before fields existed (the base model, the failure style) ran with their
     # defaults
     saved = json.loads((work / "preset.json").read_text())
-    for later in ("base_steps", "base_lr", "failures", "base_prompt"):
+    for later in ("base_steps", "base_lr", "failures", "base_prompt", "base_from", "calibration"):
         del saved[later]
     (work / "preset.json").write_text(json.dumps(saved))
     claim_work_dir(work, QUICK)
@@ -275,6 +275,38 @@ def test_warm_start_trains_a_base_on_other_successes_first(tmp_path: Path):
     assert not (tmp_path / "again" / "Pbase").exists()
     build_pool(SMALL, tmp_path / "again")
     assert not (tmp_path / "again" / "Pbase").exists()
+
+
+def test_base_from_keeps_the_base_of_a_preset_with_larger_p(tmp_path: Path):
+    """base_from: a preset with smaller P trains the base model of one with larger P, byte for
+    byte, and the base never holds a success of a P subset."""
+    from natscale.bench.nat.data import BenchDataError
+
+    larger = replace(SMALL, base_steps=5)
+    build_pool(larger, tmp_path / "larger")
+    smaller = replace(larger, positives=(5,), base_from=20)
+    summary = build_pool(smaller, tmp_path / "smaller")
+    base = (tmp_path / "smaller" / "Pbase" / "trajectories.json").read_bytes()
+    assert base == (tmp_path / "larger" / "Pbase" / "trajectories.json").read_bytes()
+    assert summary["subsets"]["Pbase"]["positives"] == summary["pool_successes"] - 20
+    with pytest.raises(BenchDataError, match="base_from=3 would give the base model successes"):
+        build_pool(replace(larger, base_from=3), tmp_path / "overlap")
+    assert not (tmp_path / "overlap" / "Pbase").exists()
+
+
+def test_calibration_on_the_positives_is_the_comparisons_own_vanilla_runs():
+    scarce = replace(SMALL, base_steps=5, calibration="positives", seeds=(0, 1))
+    calibration = [r.name for r in plan(scarce, calibrate=True)]
+    assert calibration == [
+        "Pbase/vanilla/seed0",
+        "P10/vanilla/seed0",
+        "P20/vanilla/seed0",
+        "P10/vanilla/seed1",
+        "P20/vanilla/seed1",
+    ]
+    comparison = [r.name for r in plan(scarce)]
+    assert set(calibration) <= set(comparison)  # reused by the comparison, not run twice
+    assert len(comparison) == 1 + 2 * 2 * 4
 
 
 def test_plan_covers_every_strategy_p_and_seed():

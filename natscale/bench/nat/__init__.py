@@ -27,7 +27,8 @@ def run_benchmark(
 ) -> dict[str, Any]:
     """Run (or finish) the protocol in ``work``; write ``nat_<preset>_<device>_<time>.{json,md,png}``
     under ``results``; return the record (its ``paths`` say where the files went). With
-    ``calibrate``, only the calibration runs (``vanilla`` on every success of the pool, per seed)."""
+    ``calibrate``, only the calibration runs (``vanilla`` on every success of the pool, per seed;
+    with ``calibration: positives`` the base model and ``vanilla`` at every P, per seed)."""
     from natscale.atomic import atomic_write_bytes
     from natscale.bench.nat import report
     from natscale.bench.nat.runner import run_all
@@ -47,7 +48,7 @@ def run_benchmark(
         f"(hidden {preset.hidden}), {preset.steps} steps, {len(preset.seeds)} seed(s), "
         f"{preset.test_questions} test questions"
     )
-    if preset.base_steps and not calibrate:
+    if preset.base_steps and (not calibrate or preset.calibration == "positives"):
         title += f"; every run starts from the base model ({preset.base_steps} steps of vanilla)"
     results.mkdir(parents=True, exist_ok=True)
     record = {

@@ -46,8 +46,8 @@ def build_pool(preset: Preset, root: Path) -> dict[str, Any]:
     Files: ``questions.jsonl`` (training questions), ``test.jsonl`` (held out), ``prompt.json``,
     ``P<P>/trajectories.json`` per P (NAT release format, ``info.progress`` = the nat-fine score
     of the trajectory's kind), ``Pall/trajectories.json`` (every success: the calibration's
-    data) and, with ``base_steps``, ``Pbase/trajectories.json`` (the successes after the largest
-    P's: the base model's data; with ``base_prompt: both`` every other one of them goes to
+    data) and, with ``base_steps``, ``Pbase/trajectories.json`` (the successes from ``base_from``,
+    by default after the largest P's: the base model's data; with ``base_prompt: both`` every other one of them goes to
     ``Pbase/trajectories-success-prompt.json``, prepared with ``prompt-success.json``). Written
     atomically; the same preset gives the same bytes.
     """
@@ -97,10 +97,16 @@ def build_pool(preset: Preset, root: Path) -> dict[str, Any]:
         kinds = {k: sum(t["info"]["kind"] == k for t in picked) for k in FINE_KINDS}
         subsets[name] = {"positives": p, "negatives": n_neg, "kinds": kinds}
     if preset.base_steps:
-        rest = positives[max(preset.positives) :]
+        start = preset.base_from or max(preset.positives)
+        if start < max(preset.positives):
+            raise BenchDataError(
+                f"base_from={start} would give the base model successes of P="
+                f"{max(preset.positives)}: set base_from to {max(preset.positives)} or more"
+            )
+        rest = positives[start:]
         if not rest:
             raise BenchDataError(
-                f"the base model needs successes beyond P={max(preset.positives)}; the pool has "
+                f"the base model needs successes beyond the first {start}; the pool has "
                 f"{len(positives)}: raise pool_questions"
             )
         picked = [pool.trajectories[i] for i in rest]

@@ -2,10 +2,11 @@
 
 docs/nat-benchmark.md states the protocol and why each number is what it is; the presets here are
 its machine-readable form and every run's record carries the one it used. ``cpu`` is the full
-protocol sized for a 2-core machine (24 runs, within 90 minutes), ``cpu-warm``,
-``cpu-systematic`` and ``cpu-systematic-long`` its follow-ups from a base model, ``gpu`` the same protocol with a bigger model
-and more steps for one H100, ``quick`` a smoke test of the whole pipeline (93-111 s on a loaded 2-core machine; its
-accuracies mean nothing).
+protocol sized for a 2-core machine (24 runs, within 90 minutes); ``cpu-warm``,
+``cpu-systematic``, ``cpu-systematic-long`` and ``cpu-scarce`` are its follow-ups from a base
+model; ``gpu`` is the same protocol with a bigger model and more steps for one H100; ``quick`` is
+a smoke test of the whole pipeline (93-111 s on a loaded 2-core machine; its accuracies mean
+nothing).
 """
 
 from __future__ import annotations
@@ -110,6 +111,13 @@ class Preset:
     # or "both": every other success with NAT's success prompt, so that the base knows the prompt
     # of every strategy's evaluation (the baselines' plain one and NAT's success marker)
     base_prompt: str = "plain"
+    # the first pool success (in generation order) of the base model's data; 0: the one after the
+    # largest P's. A preset with smaller P sets it to keep the base model of one with larger P.
+    base_from: int = 0
+    # what ``--calibrate`` runs: "all" (vanilla on every success of the pool, from random init:
+    # the protocol as first written) or "positives" (the base model, then vanilla at each P: the
+    # comparison's own vanilla runs, which the comparison then reuses)
+    calibration: str = "all"
     # evaluation: greedy, the paper's loop; NAT models also with the failure marker
     max_depth: int = 6
     max_new_tokens: int = 48
@@ -175,4 +183,16 @@ CPU_SYSTEMATIC = replace(CPU_WARM, name="cpu-systematic", failures="systematic",
 # cpu-systematic fine-tuned three times as long (change 4): in 150 steps no model had learned what
 # its markers mean (a failure marker changed nothing), so the comparison did not test them.
 CPU_SYSTEMATIC_LONG = replace(CPU_SYSTEMATIC, name="cpu-systematic-long", steps=450)
-PRESETS = {p.name: p for p in (CPU, CPU_WARM, CPU_SYSTEMATIC, CPU_SYSTEMATIC_LONG, GPU, QUICK)}
+# cpu-systematic-long with scarcer successes (change 5): at P = 500 and 2,000 vanilla reached
+# 94-97% and left nothing for the failures to add; at P = 100 and 300 (the same base model, so
+# base_from the 2,001st success) vanilla is calibrated first, from its own runs.
+CPU_SCARCE = replace(
+    CPU_SYSTEMATIC_LONG,
+    name="cpu-scarce",
+    positives=(100, 300),
+    base_from=2000,
+    calibration="positives",
+)
+PRESETS = {
+    p.name: p for p in (CPU, CPU_WARM, CPU_SYSTEMATIC, CPU_SYSTEMATIC_LONG, CPU_SCARCE, GPU, QUICK)
+}

@@ -63,11 +63,14 @@ def plan(preset: Preset, *, calibrate: bool = False) -> list[Run]:
     """Every run of the comparison, in the order they start: seed by seed, so a stopped benchmark
     has whole seeds (every P and strategy) done;
     with ``calibrate`` the calibration's runs: ``vanilla`` on every success, one per seed (the
-    learning curve has a sharp step, so one seed's accuracy is not a measure of the setting)."""
-    if calibrate:
-        return [Run(ALL, "vanilla", seed) for seed in preset.seeds]
+    learning curve has a sharp step, so one seed's accuracy is not a measure of the setting), or,
+    with ``calibration: positives``, the base model and ``vanilla`` at every P and seed."""
     # with base_steps, the base model comes first: every other run starts from it
     base = [base_run(preset)] if preset.base_steps else []
+    if calibrate and preset.calibration == "positives":  # the comparison's own vanilla runs
+        return base + [Run(p, "vanilla", seed) for seed in preset.seeds for p in preset.positives]
+    if calibrate:
+        return [Run(ALL, "vanilla", seed) for seed in preset.seeds]
     return base + [
         Run(p, strategy, seed)
         for seed in preset.seeds
