@@ -1,6 +1,7 @@
 """The committed example data is what the seeded generator makes, and it is internally consistent."""
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -191,7 +192,8 @@ def test_systematic_failures_have_one_mode_per_kind():
     paper's exact match as for the varied teacher (``_trajectory`` asserts that)."""
     from natscale.agent.scripted.dataset import FAILURE_STYLES
 
-    data = generate(seed=5, num_questions=150, num_test=5, verbosity=0, failures="systematic")
+    style = {"failures": "systematic"}
+    data = generate(seed=5, num_questions=150, num_test=5, verbosity=0, **style)
     kinds = {t["info"]["kind"] for t in data.trajectories}
     assert kinds == {"success", "wrong_answer", "bad_tool_args", "unfinished"}
     for traj in data.trajectories:
@@ -210,6 +212,19 @@ def test_systematic_failures_have_one_mode_per_kind():
             assert len(bad) == 1 and actions[-1].startswith("finish[")
             guess = actions[-1][len("finish[") : -1]
             assert guess in bad[0]  # a number copied from the unreadable expression
+    # the wrong operation itself: on one-step problems the call holds the gold expression's
+    # numbers with another operation (the gold one is the question's <<expr=value>> annotation)
+    one = generate(seed=5, num_questions=150, num_test=5, verbosity=0, max_steps=1, **style)
+    gold = {q["id"]: q["answer"].split("<<", 1)[1].split("=", 1)[0] for q in one.questions}
+    wrong = [t for t in one.trajectories if t["info"]["kind"] == "wrong_answer"]
+    assert len(wrong) > 10
+    for traj in wrong:
+        call = traj["conversations"][0]["content"].split("Action: calculate[", 1)[1][:-1]
+        expected = gold[traj["id"]].replace(" ", "")
+        assert call.replace(" ", "") != expected
+        assert re.findall(r"[\d.]+", call) and sorted(re.findall(r"[\d.]+", call)) == sorted(
+            re.findall(r"[\d.]+", expected)
+        )  # the same numbers, so not a copying slip: the operation
     varied = generate(seed=5, num_questions=150, num_test=5, verbosity=0)
     assert varied.test_questions == data.test_questions  # the held-out split does not change
     assert any(
