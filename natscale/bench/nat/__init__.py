@@ -24,11 +24,14 @@ def run_benchmark(
     *,
     calibrate: bool = False,
     say: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
+    command: str | None = None,
 ) -> dict[str, Any]:
     """Run (or finish) the protocol in ``work``; write ``nat_<preset>_<device>_<time>.{json,md,png}``
     under ``results``; return the record (its ``paths`` say where the files went). With
     ``calibrate``, only the calibration runs (``vanilla`` on every success of the pool, per seed;
-    with ``calibration: positives`` the base model and ``vanilla`` at every P, per seed)."""
+    with ``calibration: positives`` the base model and ``vanilla`` at every P, per seed).
+    ``command``: what the record names as its command (default: ``natscale`` and this process's
+    arguments)."""
     from natscale.atomic import atomic_write_bytes
     from natscale.bench.nat import report
     from natscale.bench.nat.runner import run_all
@@ -63,7 +66,7 @@ def run_benchmark(
         "runs": runs,
         "interval": "95%: Student t over seeds (one seed: the eval's bootstrap over questions)",
         "environment": env,
-        "command": " ".join(["natscale", *sys.argv[1:]]),
+        "command": command or " ".join(["natscale", *sys.argv[1:]]),
     }
     paths = {
         "json": results / f"{stem}.json",
