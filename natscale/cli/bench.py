@@ -321,8 +321,12 @@ def _nat(args: argparse.Namespace) -> int:
         ]
         cells.append(f"{p_label(p).replace(' ', '')}: " + ", ".join(accs))
     reused = sum(r["reused"] for r in record["runs"])
+    verdict = f" ({record['calibration']})" if record.get("calibration") else ""
     print(
         f"bench nat: preset {name}, {len(record['runs'])} runs ({reused} reused) in "
-        f"{record['elapsed_s'] / 60:.1f} min; " + "; ".join(cells) + f" -> {record['paths']['md']}"
+        f"{record['elapsed_s'] / 60:.1f} min; "
+        + "; ".join(cells)
+        + verdict
+        + f" -> {record['paths']['md']}"
     )
     return 0

@@ -115,6 +115,30 @@ def test_report_table_and_chart(tmp_path: Path):
     assert "| nat | 24 | failure | 0.0 | 100.0 | 0.0 |" in text
 
 
+def test_calibration_verdict_places_vanilla_against_the_band():
+    from natscale.bench.nat.data import ALL, BASE
+
+    scarce = replace(QUICK, positives=(10, 30), calibration="positives", seeds=(0, 1, 2))
+    rows = report.aggregate(
+        scarce,
+        [_result(BASE, "vanilla", 0, 0.45)]
+        + [
+            _result(p, "vanilla", seed, acc)
+            for p, acc in ((10, 0.2), (30, 0.6))
+            for seed in (0, 1, 2)
+        ],
+    )
+    assert report.calibration_verdict(scarce, rows) == (
+        "vanilla at P = 30: 60.0% over 3 seed(s), inside the protocol's 40%-80% band"
+    )  # the largest P decides; P = 10 may fall below
+    every = replace(QUICK, seeds=(0,))
+    high = report.aggregate(every, [_result(ALL, "vanilla", 0, 0.844)])
+    assert report.calibration_verdict(every, high).endswith(
+        "84.4% over 1 seed(s), above the protocol's 40%-80% band"
+    )
+    assert report.calibration_verdict(scarce, high) is None  # no run at the deciding P
+
+
 def _episode(actions, observations, reward=False, finished=True, failure=None):
     turns = []
     for action, observation in zip(actions, observations, strict=True):

@@ -74,6 +74,9 @@ def run_benchmark(
         "png": results / f"{stem}.png",
     }
     header = f"# {title}\n\nDevice {env.get('device')}, commit {env.get('git_commit')}; {stamp}."
+    if calibrate:
+        record["calibration"] = report.calibration_verdict(preset, rows)
+        header += f"\n\nCalibration: {record['calibration'] or 'no vanilla run to decide it'}."
     atomic_write_bytes(paths["md"], report.markdown(preset, rows, header).encode())
     report.plot(preset, rows, paths["png"], title)
     record["paths"] = {k: str(v) for k, v in paths.items()}

@@ -24,6 +24,31 @@ def _positives(preset: Preset, results_or_rows: list[dict[str, Any]]) -> list[in
     return [p for p in (BASE, *preset.positives, ALL) if p in have]
 
 
+# the protocol's calibration target (docs/nat-benchmark.md): vanilla on the study's successes
+# lands inside this band, so that there is room to see both gains and losses
+CALIBRATION_BAND = (0.40, 0.80)
+
+
+def calibration_verdict(preset: Preset, rows: list[dict[str, Any]]) -> str | None:
+    """What a calibration decides: vanilla's mean accuracy on the data that decide it (every
+    success, or with ``calibration: positives`` the largest P) against the band; None when the
+    rows hold no such run."""
+    p = ALL if preset.calibration == "all" else max(preset.positives)
+    row = next(
+        (r for r in rows if (r["p"], r["strategy"], r["marker"]) == (p, "vanilla", "success")),
+        None,
+    )
+    if row is None:
+        return None
+    lo, hi = CALIBRATION_BAND
+    acc = row["accuracy"]
+    where = "inside" if lo <= acc <= hi else ("below" if acc < lo else "above")
+    return (
+        f"vanilla at {p_label(p)}: {_pct(acc)}% over {len(row['per_seed'])} seed(s), {where} the "
+        f"protocol's {lo:.0%}-{hi:.0%} band"
+    )
+
+
 def p_label(p: int) -> str:
     return {ALL: "P = all", BASE: "base model"}.get(p, f"P = {p:,}")
 
