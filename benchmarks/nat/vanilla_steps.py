@@ -19,12 +19,13 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from natscale.bench.nat import PRESETS, run_benchmark
+from natscale.bench.nat import PRESETS, Preset, run_benchmark
 from natscale.bench.nat.data import BASE, build_pool, subset
 from natscale.bench.nat.runner import base_run, claim_work_dir, run_dir_of
+from natscale.cli.argtypes import positive_int
 
 
-def _reuse_base(preset, work: Path, source: Path) -> None:
+def _reuse_base(preset: Preset, work: Path, source: Path) -> None:
     """Copy ``source``'s base-model run into ``work`` if both folders' base data are the same."""
     names = [f"{subset(BASE)}/trajectories.json", "test.jsonl", "prompt.json"]
     if preset.base_prompt == "both":
@@ -45,7 +46,7 @@ def _reuse_base(preset, work: Path, source: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", default="cpu-scarce", choices=sorted(PRESETS))
-    ap.add_argument("--steps", type=int, nargs="+", required=True)
+    ap.add_argument("--steps", type=positive_int, nargs="+", required=True)
     ap.add_argument("--base-from", type=Path, default=None, help="a benchmark folder of the preset")
     ap.add_argument("--work-root", type=Path, default=Path("runs/bench/nat-vanilla-steps"))
     ap.add_argument("--results", type=Path, default=Path("runs/bench/results"))

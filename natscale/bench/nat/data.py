@@ -46,10 +46,10 @@ def build_pool(preset: Preset, root: Path) -> dict[str, Any]:
     Files: ``questions.jsonl`` (training questions), ``test.jsonl`` (held out), ``prompt.json``,
     ``P<P>/trajectories.json`` per P (NAT release format, ``info.progress`` = the nat-fine score
     of the trajectory's kind), ``Pall/trajectories.json`` (every success: the calibration's
-    data) and, with ``base_steps``, ``Pbase/trajectories.json`` (the successes from ``base_from``,
-    by default after the largest P's: the base model's data; with ``base_prompt: both`` every other one of them goes to
-    ``Pbase/trajectories-success-prompt.json``, prepared with ``prompt-success.json``). Written
-    atomically; the same preset gives the same bytes.
+    data) and, with ``base_steps``, ``Pbase/trajectories.json`` (the successes from
+    ``base_from``, by default after the largest P's: the base model's data; with ``base_prompt:
+    both`` every other one of them goes to ``Pbase/trajectories-success-prompt.json``, prepared
+    with ``prompt-success.json``). Written atomically; the same preset gives the same bytes.
     """
     from natscale.agent.scripted.dataset import (
         dumps_prompt,
