@@ -10,14 +10,13 @@ Built in:
   ``Episode finished``).
 
 User tools are ``module:function`` strings: a function taking the argument string and returning
-the observation string. Every call is time-limited (:func:`call_tool`); an exception or a
-timeout becomes the observation ``Error: ...``, as in the paper.
+the observation string. Each runs in a child process of its own, where a call over the time
+limit is killed (:mod:`natscale.agent.tool_worker`). An exception or a timeout becomes the
+observation ``Error: ...``, as in the paper.
 """
 
 from __future__ import annotations
 
-import concurrent.futures as cf
-import importlib
 import json
 import os
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from pathlib import Path
 
 from natscale.agent.calculator import calculate
 from natscale.agent.react import CALCULATE, FINISH, SEARCH
+from natscale.agent.tool_worker import ToolStartError, ToolWorker
 
 SNIPPET_CHARS = 300
 TOP_K = 3
@@ -115,18 +115,12 @@ BUILTIN_TOOLS = (CALCULATE, SEARCH, FINISH)
 
 
 def import_tool(name: str, spec: str) -> Tool:
-    """A user tool from ``module:function``."""
-    module_name, sep, func_name = spec.partition(":")
-    if not sep or not module_name or not func_name:
-        raise ToolConfigError(f"tool {name!r}: {spec!r} is not 'module:function'")
+    """A user tool from ``module:function``, run in a child process of its own
+    (:mod:`natscale.agent.tool_worker`); :func:`close_tools` ends it."""
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ToolConfigError(f"tool {name!r}: cannot import {module_name!r} ({exc})") from None
-    func = getattr(module, func_name, None)
-    if not callable(func):
-        raise ToolConfigError(f"tool {name!r}: {module_name!r} has no function {func_name!r}")
-    return Tool(name, func)
+        return Tool(name, ToolWorker(name, spec))
+    except ToolStartError as exc:
+        raise ToolConfigError(str(exc)) from None
 
 
 def build_tools(
@@ -135,51 +129,52 @@ def build_tools(
     corpus: str | os.PathLike | None = None,
     user_tools: dict[str, str] | None = None,
 ) -> dict[str, Tool]:
-    """The registry for ``names`` (``finish`` is always included)."""
+    """The registry for ``names`` and every user tool (``finish`` is always included); a user
+    tool of a built-in's name replaces it. :func:`close_tools` ends the user tools' processes."""
     user_tools = user_tools or {}
     registry: dict[str, Tool] = {FINISH: Tool(FINISH, finish_tool)}
     for name in names:
-        if name in user_tools:
-            registry[name] = import_tool(name, user_tools[name])
-        elif name == CALCULATE:
+        if name in user_tools or name == FINISH:
+            continue
+        if name == CALCULATE:
             registry[name] = Tool(name, calculate)
         elif name == SEARCH:
             if corpus is None:
                 raise ToolConfigError("tool 'search' needs a corpus: set tools.corpus (JSONL)")
             registry[name] = Tool(name, BM25Search(load_corpus(corpus)))
-        elif name != FINISH:
+        else:
             known = sorted(set(BUILTIN_TOOLS) | set(user_tools))
             raise ToolConfigError(
                 f"unknown tool {name!r}; known tools are {known} "
                 "(add your own under tools.user as name: 'module:function')"
             )
-    for name in user_tools:
-        if name not in registry:
-            registry[name] = import_tool(name, user_tools[name])
+    try:  # every name is known: now start the user tools' processes
+        for name, spec in user_tools.items():
+            registry[name] = import_tool(name, spec)
+    except ToolConfigError:
+        close_tools(registry)
+        raise
     return registry
 
 
-_POOL: cf.ThreadPoolExecutor | None = None
-
-
 def call_tool(tool: Tool, argument: str, timeout_s: float | None = 10.0) -> str:
-    """Run ``tool`` on ``argument``; an exception or exceeding ``timeout_s`` gives ``Error: ...``.
+    """Run ``tool`` on ``argument``; an exception gives the observation ``Error: ...``.
 
-    A timed-out call is abandoned (its thread finishes in the background; Python cannot kill
-    it), so a user tool should not hold resources forever.
+    A user tool (a :class:`ToolWorker`) runs in its process and is killed past ``timeout_s``
+    (None: no limit), which gives ``Error: tool ... timed out``. Other tools (the built-ins, or a
+    :class:`Tool` made in Python) run in this process without a time limit: the built-ins are
+    bounded by construction (the calculator's size limits, BM25 over a fixed corpus).
     """
-    global _POOL
+    if isinstance(tool.run, ToolWorker):
+        return tool.run.call(argument, timeout_s)
     try:
-        if timeout_s is None:
-            result = tool.run(argument)
-        else:
-            if _POOL is None:
-                _POOL = cf.ThreadPoolExecutor(max_workers=4, thread_name_prefix="natscale-tool")
-            future = _POOL.submit(tool.run, argument)
-            try:
-                result = future.result(timeout=timeout_s)
-            except cf.TimeoutError:
-                return f"Error: tool {tool.name!r} timed out after {timeout_s:g} s"
+        return str(tool.run(argument))
     except Exception as exc:  # a tool error is an observation, as in the paper
         return f"Error: {type(exc).__name__}: {exc}"
-    return str(result)
+
+
+def close_tools(tools: dict[str, Tool]) -> None:
+    """End the processes of the user tools in ``tools`` (built-ins have none)."""
+    for tool in tools.values():
+        if isinstance(tool.run, ToolWorker):
+            tool.run.close()

@@ -18,6 +18,7 @@ concurrency, timeouts, ``limit`` and ``bootstrap`` may change between runs.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -342,9 +343,13 @@ def _roll_out(
 ) -> tuple[list[dict[str, Any]], float, str]:
     """Run this rank's pending episodes: (new records, seconds, the prompter's marker)."""
     rank, world = _rank_world(dist)
+    from natscale.agent.tools import close_tools
+
     tools = _load_tools(cfg)
-    backend, prompter, batch_size = build_backend(cfg)
-    try:
+    with contextlib.ExitStack() as stack:
+        stack.callback(close_tools, tools)
+        backend, prompter, batch_size = build_backend(cfg)
+        stack.callback(backend.close)
         backend.check([q.id for q in questions])
         if rank == 0:
             _init_output(out, cfg, world)
@@ -368,8 +373,6 @@ def _roll_out(
             world=world,
             should_stop=should_stop,
         )
-    finally:
-        backend.close()
     return new_records, elapsed, prompter.class_name
 
 

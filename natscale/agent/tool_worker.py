@@ -1,0 +1,173 @@
+"""User tools in a child process of their own, so that a call over its time limit is killed.
+
+A user tool (``module:function``) is arbitrary code: it may loop forever, block on I/O or crash
+the interpreter. Run in the evaluating process, a stuck call could only be abandoned (Python
+cannot kill a thread): it would keep running, hold its worker thread and keep the process from
+exiting at the end. So each user tool runs in a child process, one call at a time. A call over
+its limit kills the child and the next call starts a new one; a call that kills the child (a
+crash, ``sys.exit``) is an error observation too. The child imports the tool, so a bad
+``module:function`` is reported when the tools are built, before any episode runs, and the
+evaluating process never imports user code.
+
+The child is a fresh interpreter (``python -c``, with this process's ``sys.path`` and working
+directory; nothing of its torch or model state), not :mod:`multiprocessing`, which would import
+the caller's main script again. They talk in JSON lines over the child's stdin and a private
+copy of its stdout; what the tool prints goes to stderr.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+START_TIMEOUT_S = 120.0  # importing the tool's module (a corpus load, say) may take a while
+
+_CHILD = (
+    "import json, sys; sys.path[:] = json.loads(sys.argv[1]); "
+    "from natscale.agent.tool_worker import serve; serve(sys.argv[2])"
+)
+
+
+class ToolStartError(ValueError):
+    """A user tool's process cannot import or find its function (the message says which)."""
+
+
+def parse_spec(name: str, spec: str) -> tuple[str, str]:
+    """``module:function`` split in two; :class:`ToolStartError` if it is not of that form."""
+    module_name, sep, func_name = spec.partition(":")
+    if not sep or not module_name or not func_name:
+        raise ToolStartError(f"tool {name!r}: {spec!r} is not 'module:function'")
+    return module_name, func_name
+
+
+def serve(spec: str) -> None:
+    """The child: import the tool, say ``ready`` (or why not), then answer calls until EOF."""
+    channel = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    os.dup2(2, 1)  # the tool's prints must not land in the channel
+    # Ctrl-C reaches the whole process group: the evaluating process decides when this one ends
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def reply(**message: Any) -> None:
+        channel.write(json.dumps(message) + "\n")
+        channel.flush()
+
+    module_name, _, func_name = spec.partition(":")
+    try:
+        func = getattr(importlib.import_module(module_name), func_name, None)
+    except BaseException as exc:  # an import runs user code: anything can come out of it
+        reply(error=f"cannot import {module_name!r} ({type(exc).__name__}: {exc})")
+        return
+    if not callable(func):
+        reply(error=f"{module_name!r} has no function {func_name!r}")
+        return
+    reply(ready=True)
+    for line in sys.stdin:
+        try:
+            result = str(func(json.loads(line)["argument"]))
+        except Exception as exc:  # a tool error is an observation, as in the paper
+            reply(raised=f"{type(exc).__name__}: {exc}")
+        else:
+            reply(ok=result)
+
+
+class ToolWorker:
+    """One user tool's child process; :meth:`call` gives the observation text of one call."""
+
+    def __init__(self, name: str, spec: str, *, start_timeout_s: float = START_TIMEOUT_S) -> None:
+        self.name, self.spec = name, spec
+        parse_spec(name, spec)
+        self.start_timeout_s = start_timeout_s
+        self._proc: subprocess.Popen | None = None
+        self._buffer = b""
+        self._start()
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def _start(self) -> None:
+        self._buffer = b""
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", _CHILD, json.dumps(sys.path), self.spec],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        message = self._read(self.start_timeout_s)
+        why = None
+        if message is None:
+            why = f"its process did not start within {self.start_timeout_s:g} s"
+        elif "error" in message:
+            why = message["error"]
+        elif "ready" not in message:
+            why = f"its process exited with code {self._proc.wait()} while importing"
+        if why is not None:
+            self.close()
+            raise ToolStartError(f"tool {self.name!r} ({self.spec}): {why}")
+
+    def _read(self, timeout_s: float | None) -> dict[str, Any] | None:
+        """The child's next message; ``{}`` if it exited, None if ``timeout_s`` ran out."""
+        assert self._proc is not None and self._proc.stdout is not None
+        fd = self._proc.stdout.fileno()
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while b"\n" not in self._buffer:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not select.select([fd], [], [], left)[0]:
+                return None
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                return {}
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return json.loads(line)
+
+    def call(self, argument: str, timeout_s: float | None) -> str:
+        """Run the tool on ``argument``: its result, or ``Error: ...`` if it raised, ran over
+        ``timeout_s`` (the process is killed; None: no limit) or its process died."""
+        if self._proc is None or self._proc.poll() is not None:
+            self.close()
+            self._start()
+        assert self._proc is not None and self._proc.stdin is not None
+        try:
+            self._proc.stdin.write((json.dumps({"argument": argument}) + "\n").encode())
+            self._proc.stdin.flush()
+        except BrokenPipeError:  # died since the check above: read its exit code below
+            pass
+        message = self._read(timeout_s)
+        if message is None:
+            self.close()
+            return f"Error: tool {self.name!r} timed out after {timeout_s:g} s"
+        if not message:
+            code = self._proc.wait()
+            self.close()
+            how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+            return f"Error: tool {self.name!r} {how}"
+        return message["ok"] if "ok" in message else f"Error: {message['raised']}"
+
+    def __call__(self, argument: str) -> str:
+        return self.call(argument, None)
+
+    def close(self) -> None:
+        """Kill the child (if any); a later :meth:`call` starts a new one."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        for pipe in (proc.stdin, proc.stdout):
+            if pipe is not None:
+                with contextlib.suppress(BrokenPipeError):
+                    pipe.close()
+
+    def __del__(self) -> None:
+        # at interpreter exit, what close() needs may be gone already
+        with contextlib.suppress(Exception):
+            self.close()
