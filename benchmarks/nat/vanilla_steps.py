@@ -9,6 +9,9 @@ saves its minutes).
 
     python benchmarks/nat/vanilla_steps.py --preset cpu-scarce --steps 50 150 300 \\
         --base-from runs/bench/nat-cpu-scarce --results benchmarks/results
+
+``--seeds`` and ``--positives`` replace the preset's (the base model is trained with the first
+seed, as ``natscale bench nat`` does), to repeat the check from another base model.
 """
 
 from __future__ import annotations
@@ -47,11 +50,19 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", default="cpu-scarce", choices=sorted(PRESETS))
     ap.add_argument("--steps", type=positive_int, nargs="+", required=True)
+    ap.add_argument("--seeds", type=int, nargs="+", default=None, help="default: the preset's")
+    ap.add_argument(
+        "--positives", type=positive_int, nargs="+", default=None, help="default: the preset's P"
+    )
     ap.add_argument("--base-from", type=Path, default=None, help="a benchmark folder of the preset")
     ap.add_argument("--work-root", type=Path, default=Path("runs/bench/nat-vanilla-steps"))
     ap.add_argument("--results", type=Path, default=Path("runs/bench/results"))
     args = ap.parse_args(argv)
     base = PRESETS[args.preset]
+    if args.seeds:  # the base model is trained with the first seed, as in the benchmark
+        base = replace(base, seeds=tuple(args.seeds))
+    if args.positives:
+        base = replace(base, positives=tuple(args.positives))
     if base.calibration != "positives":
         sys.exit(f"vanilla_steps: preset {args.preset!r} calibrates on every success, not per P")
     done = []
