@@ -10,8 +10,9 @@ saves its minutes).
     python benchmarks/nat/vanilla_steps.py --preset cpu-scarce --steps 50 150 300 \\
         --base-from runs/bench/nat-cpu-scarce --results benchmarks/results
 
-``--seeds`` and ``--positives`` replace the preset's (the base model is trained with the first
-seed, as ``natscale bench nat`` does), to repeat the check from another base model.
+``--seeds`` and ``--positives`` replace the preset's as in ``natscale bench nat`` (the base model
+is trained with the first seed; the records are named for them, ``cpu-scarce-seeds345-p300-
+vanilla150``), to repeat the check from another base model.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from natscale.bench.nat import PRESETS, Preset, run_benchmark
 from natscale.bench.nat.data import BASE, build_pool, subset
+from natscale.bench.nat.presets import variant
 from natscale.bench.nat.runner import base_run, claim_work_dir, run_dir_of
 from natscale.cli.argtypes import positive_int
 
@@ -58,11 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work-root", type=Path, default=Path("runs/bench/nat-vanilla-steps"))
     ap.add_argument("--results", type=Path, default=Path("runs/bench/results"))
     args = ap.parse_args(argv)
-    base = PRESETS[args.preset]
-    if args.seeds:  # the base model is trained with the first seed, as in the benchmark
-        base = replace(base, seeds=tuple(args.seeds))
-    if args.positives:
-        base = replace(base, positives=tuple(args.positives))
+    try:  # the base model is trained with the first seed, as in the benchmark
+        base = variant(PRESETS[args.preset], seeds=args.seeds, positives=args.positives)
+    except ValueError as exc:
+        sys.exit(f"vanilla_steps: {exc}")
     if base.calibration != "positives":
         sys.exit(f"vanilla_steps: preset {args.preset!r} calibrates on every success, not per P")
     done = []

@@ -3,7 +3,7 @@
 natscale bench throughput --model tiny --data example --seq-len 1024
 natscale bench sweep --param micro_batch_rows=1,2,4 --model tiny --data gsm8k
 natscale bench project --model llama-3-8b --network h100-ib400 [--calibrate CAL.json]
-natscale bench nat [--preset cpu|gpu] [--quick]      # vanilla vs NUT vs NAT, trained and evaluated
+natscale bench nat [--preset cpu|gpu] [--quick] [--seeds S..] [--positives P..]  # vanilla vs NUT vs NAT
 
 Results go to ``--results DIR`` (default ``runs/bench/results``); the tracked tables in
 ``benchmarks/results`` change only when that folder is named. Progress lines go to stderr.
@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from natscale.cli.argtypes import float_in, positive_float, positive_int
+from natscale.cli.argtypes import float_in, int_at_least, positive_float, positive_int
 
 RESULTS = Path("runs/bench/results")  # untracked; pass --results benchmarks/results to publish
 RESULTS_HELP = (
@@ -130,6 +130,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="only the calibration runs: vanilla on every success of the pool, one per seed "
         "(cpu-scarce: the base model and vanilla at each P, which the comparison reuses); run it "
         "first",
+    )
+    nat.add_argument(
+        "--seeds",
+        type=int_at_least(0),
+        nargs="+",
+        default=None,
+        help="other seeds than the preset's, to replicate a comparison (with a base model, the "
+        "first seed trains a new one); the preset is renamed, e.g. cpu-scarce-seeds345",
+    )
+    nat.add_argument(
+        "--positives",
+        type=positive_int,
+        nargs="+",
+        default=None,
+        metavar="P",
+        help="other P (successes kept) than the preset's; the preset is renamed, e.g. ...-p300",
     )
     nat.add_argument("--jobs", type=positive_int, default=None, help="runs at a time")
     nat.add_argument("--results", type=Path, default=RESULTS, help=RESULTS_HELP)
@@ -300,11 +316,13 @@ def _nat(args: argparse.Namespace) -> int:
     import torch
 
     from natscale.bench.nat import PRESETS, run_benchmark
+    from natscale.bench.nat.presets import variant
 
     name = "quick" if args.quick else args.preset or ("gpu" if torch.cuda.is_available() else "cpu")
     if args.quick and args.preset:
         raise UsageError("--quick is its own preset; give --quick or --preset, not both")
-    preset = PRESETS[name]
+    preset = variant(PRESETS[name], seeds=args.seeds, positives=args.positives)
+    name = preset.name
     if args.jobs:
         preset = replace(preset, jobs=args.jobs)
     work = args.work_dir or Path("runs/bench") / f"nat-{name}"

@@ -16,7 +16,7 @@ import pytest
 from natscale.bench.nat import report
 from natscale.bench.nat.behaviour import BEHAVIOURS
 from natscale.bench.nat.data import build_pool, prepare_config
-from natscale.bench.nat.presets import FINE_KINDS, PRESETS, QUICK
+from natscale.bench.nat.presets import FINE_KINDS, PRESETS, QUICK, variant
 from natscale.bench.nat.runner import WorkDirError, claim_work_dir, plan, train_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -273,6 +273,25 @@ def test_cli_refuses_bad_input_with_exit_2(tmp_path: Path, capsys):
     assert main(args) == 2
     assert "not made by `natscale bench nat`" in capsys.readouterr().err
     assert sorted(p.name for p in theirs.iterdir()) == ["data.json"]  # nothing added, nothing lost
+
+
+def test_a_variant_is_named_for_its_seeds_and_positives(capsys):
+    from natscale.cli.main import main
+
+    scarce = PRESETS["cpu-scarce"]
+    assert variant(scarce) == scarce
+    v = variant(scarce, seeds=(3, 4, 5), positives=(300,))
+    assert (v.name, v.seeds, v.positives) == ("cpu-scarce-seeds345-p300", (3, 4, 5), (300,))
+    assert replace(v, name=scarce.name, seeds=scarce.seeds, positives=scarce.positives) == scarce
+    assert variant(scarce, seeds=(10, 11)).name == "cpu-scarce-seeds10-11"
+    assert plan(variant(scarce, seeds=(6, 7)))[0].name == "Pbase/vanilla/seed6"  # a new base
+    with pytest.raises(ValueError, match="distinct"):
+        variant(scarce, seeds=(1, 1))
+    # the base model learns from the successes after the 2,000th: P cannot reach into them
+    assert main(["bench", "nat", "--preset", "cpu-scarce", "--positives", "2500"]) == 2
+    assert "P can be at most 2000" in capsys.readouterr().err
+    assert main(["bench", "nat", "--preset", "cpu", "--seeds", "1", "1"]) == 2
+    assert "distinct" in capsys.readouterr().err
 
 
 def test_warm_start_trains_a_base_on_other_successes_first(tmp_path: Path):

@@ -196,3 +196,35 @@ CPU_SCARCE = replace(
 PRESETS = {
     p.name: p for p in (CPU, CPU_WARM, CPU_SYSTEMATIC, CPU_SYSTEMATIC_LONG, CPU_SCARCE, GPU, QUICK)
 }
+
+
+def variant(
+    preset: Preset,
+    *,
+    seeds: tuple[int, ...] | None = None,
+    positives: tuple[int, ...] | None = None,
+) -> Preset:
+    """``preset`` with other seeds and/or P values, named for them (``cpu-scarce-seeds345-p300``):
+    a replication of a comparison. The base model, if the preset has one, is trained with the
+    first seed, so new seeds give a new base model too. Raises ValueError on bad values."""
+    name = preset.name
+    if seeds:
+        if len(set(seeds)) != len(seeds) or min(seeds) < 0:
+            raise ValueError(f"seeds {list(seeds)}: give distinct whole numbers >= 0")
+        sep = "" if max(seeds) < 10 else "-"
+        name += "-seeds" + sep.join(map(str, seeds))
+    if positives:
+        if len(set(positives)) != len(positives) or min(positives) < 1:
+            raise ValueError(f"positives {list(positives)}: give distinct whole numbers >= 1")
+        if preset.base_steps and preset.base_from and max(positives) > preset.base_from:
+            raise ValueError(
+                f"positives {list(positives)}: preset {preset.name!r} trains its base model on the "
+                f"successes after the {preset.base_from}th, so P can be at most {preset.base_from}"
+            )
+        name += "-p" + "-".join(map(str, positives))
+    return replace(
+        preset,
+        name=name,
+        seeds=tuple(seeds or preset.seeds),
+        positives=tuple(positives or preset.positives),
+    )
