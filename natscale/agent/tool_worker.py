@@ -12,7 +12,7 @@ evaluating process never imports user code.
 The child is a fresh interpreter (``python -c``, with this process's ``sys.path`` and working
 directory; nothing of its torch or model state), not :mod:`multiprocessing`, which would import
 the caller's main script again. They talk in JSON lines over the child's stdin and a private
-copy of its stdout; what the tool prints goes to stderr.
+copy of its stdout; what the tool prints goes to stderr, and its stdin is empty.
 """
 
 from __future__ import annotations
@@ -50,8 +50,13 @@ def parse_spec(name: str, spec: str) -> tuple[str, str]:
 
 def serve(spec: str) -> None:
     """The child: import the tool, say ``ready`` (or why not), then answer calls until EOF."""
+    inbox = os.fdopen(os.dup(0), "r", encoding="utf-8")
     channel = os.fdopen(os.dup(1), "w", encoding="utf-8")
-    os.dup2(2, 1)  # the tool's prints must not land in the channel
+    # the tool's prints go to stderr and its reads find nothing: neither touches the channel
+    os.dup2(2, 1)
+    nothing = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(nothing, 0)
+    os.close(nothing)
     # Ctrl-C reaches the whole process group: the evaluating process decides when this one ends
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
@@ -69,7 +74,7 @@ def serve(spec: str) -> None:
         reply(error=f"{module_name!r} has no function {func_name!r}")
         return
     reply(ready=True)
-    for line in sys.stdin:
+    for line in inbox:
         try:
             result = str(func(json.loads(line)["argument"]))
         except Exception as exc:  # a tool error is an observation, as in the paper

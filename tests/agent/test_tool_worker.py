@@ -28,8 +28,9 @@ def boom(arg):
 def die(arg):
     os._exit(3)
 def noisy(arg):
+    import sys
     print("chatter")
-    return "quiet"
+    return "quiet" + sys.stdin.read()
 """
 
 
@@ -49,7 +50,9 @@ def test_a_call_over_its_limit_is_killed_and_the_next_starts_afresh(user_module)
         assert first[:2] == ["a", "1"] and int(first[2]) != os.getpid()  # not this process
         assert call_tool(tools["count"], "b").split(":")[:2] == ["b", "2"]  # state is kept
         assert call_tool(tools["boom"], "x") == "Error: RuntimeError: bad x"
-        assert call_tool(tools["noisy"], "") == "quiet"  # its print goes to stderr
+        # its print goes to stderr, its stdin is empty: neither touches the calls' channel
+        assert call_tool(tools["noisy"], "") == "quiet"
+        assert call_tool(tools["count"], "c").split(":")[:2] == ["c", "3"]
         worker = tools["forever"].run
         pid = worker.pid
         start = time.monotonic()
