@@ -27,7 +27,7 @@ from natscale.bench.nat import PRESETS, Preset, run_benchmark
 from natscale.bench.nat.data import BASE, build_pool, subset
 from natscale.bench.nat.presets import variant
 from natscale.bench.nat.runner import base_run, claim_work_dir, run_dir_of
-from natscale.cli.argtypes import positive_int
+from natscale.cli.argtypes import int_at_least, positive_int
 
 
 def _reuse_base(preset: Preset, work: Path, source: Path) -> None:
@@ -52,7 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", default="cpu-scarce", choices=sorted(PRESETS))
     ap.add_argument("--steps", type=positive_int, nargs="+", required=True)
-    ap.add_argument("--seeds", type=int, nargs="+", default=None, help="default: the preset's")
+    ap.add_argument(
+        "--seeds", type=int_at_least(0), nargs="+", default=None, help="default: the preset's"
+    )
     ap.add_argument(
         "--positives", type=positive_int, nargs="+", default=None, help="default: the preset's P"
     )

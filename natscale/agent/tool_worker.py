@@ -64,7 +64,7 @@ def serve(spec: str) -> None:
         channel.write(json.dumps(message) + "\n")
         channel.flush()
 
-    module_name, _, func_name = spec.partition(":")
+    module_name, func_name = parse_spec("", spec)  # checked by the parent already
     try:
         func = getattr(importlib.import_module(module_name), func_name, None)
     except BaseException as exc:  # an import runs user code: anything can come out of it
@@ -88,7 +88,7 @@ class ToolWorker:
 
     def __init__(self, name: str, spec: str, *, start_timeout_s: float = START_TIMEOUT_S) -> None:
         self.name, self.spec = name, spec
-        parse_spec(name, spec)
+        parse_spec(name, spec)  # a malformed spec is refused before a process starts
         self.start_timeout_s = start_timeout_s
         self._proc: subprocess.Popen | None = None
         self._buffer = b""
