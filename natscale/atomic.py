@@ -14,9 +14,12 @@ killed with SIGKILL cannot clean up: its partial folder is removed by the next r
 the same place (once its pid is gone).
 
 Every folder written here carries a marker file, ``.natscale-output``, holding
-``{"kind": KIND, "version": 1}`` (``prepared`` for ``natscale prepare``, ``hf-export`` for an HF
-folder). ``overwrite`` replaces an existing folder only when it carries the marker of the same
-kind. Never replaced, whatever the flags: the working directory or a folder above it, a folder
+``{"kind": KIND, "version": 2, "entries": [...]}`` (``prepared`` for ``natscale prepare``,
+``hf-export`` for an HF folder; ``entries``: the names natscale wrote in it). ``overwrite``
+replaces an existing folder only when it carries the marker of the same kind and holds nothing
+else than what natscale wrote there: a file or folder a user added since (notes, an evaluation,
+a merged dataset) is never deleted; the command refuses and names it. (A version-1 marker has no
+list: the kind's known layout stands in for it.) Never replaced, whatever the flags: the working directory or a folder above it, a folder
 holding (or equal to) one of the command's inputs, and a run directory (``checkpoints/``,
 ``metrics.jsonl`` or ``summary.json`` inside). An existing empty folder may always be filled. A
 prepare output from before the marker existed is recognised by its exact layout.
@@ -37,7 +40,7 @@ from typing import Any
 from natscale.filemode import apply_umask
 
 MARKER = ".natscale-output"
-MARKER_VERSION = 1
+MARKER_VERSION = 2
 RUN_DIR_ENTRIES = ("checkpoints", "metrics.jsonl", "summary.json")
 PREPARED, HF_EXPORT = "prepared", "hf-export"  # the kinds of output natscale writes
 KIND_NAMES = {PREPARED: "a `natscale prepare` output", HF_EXPORT: "a Hugging Face export"}
@@ -116,19 +119,44 @@ def remove_stale_partials(out_dir: Path) -> None:
 
 
 def write_marker(folder: str | os.PathLike, kind: str) -> None:
-    """Mark ``folder`` as a natscale output of ``kind`` (what ``overwrite`` may replace)."""
-    text = json.dumps({"kind": kind, "version": MARKER_VERSION}) + "\n"
-    (Path(folder) / MARKER).write_text(text, encoding="utf-8")
+    """Mark ``folder`` as a natscale output of ``kind`` (what ``overwrite`` may replace), listing
+    what it holds now as what natscale wrote. Call it when the folder is complete."""
+    folder = Path(folder)
+    entries = sorted(p.name for p in folder.iterdir() if p.name != MARKER)
+    text = json.dumps({"kind": kind, "version": MARKER_VERSION, "entries": entries}) + "\n"
+    (folder / MARKER).write_text(text, encoding="utf-8")
+
+
+def _marker(folder: str | os.PathLike) -> dict[str, Any]:
+    try:
+        data = json.loads((Path(folder) / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def read_marker(folder: str | os.PathLike) -> str | None:
     """The kind ``folder`` was marked with, or None (no marker, or one we cannot read)."""
-    try:
-        data = json.loads((Path(folder) / MARKER).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    kind = data.get("kind") if isinstance(data, dict) else None
+    kind = _marker(folder).get("kind")
     return kind if isinstance(kind, str) else None
+
+
+def foreign_entries(folder: str | os.PathLike) -> list[str]:
+    """The names in a marked ``folder`` that natscale did not write there (sorted)."""
+    folder = Path(folder)
+    data = _marker(folder)
+    listed = data.get("entries")
+    names = sorted(p.name for p in folder.iterdir() if p.name != MARKER)
+    if isinstance(listed, list):
+        return [n for n in names if n not in listed]
+    patterns = V1_ENTRIES.get(str(data.get("kind")))
+    if patterns is None:
+        return []
+    return [n for n in names if not any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+
+
+def _names(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
 
 
 # outputs written before the marker existed: replaced only when they hold the whole layout and
@@ -139,6 +167,16 @@ LEGACY_LAYOUTS = {
         ("data-*.arrow", "tokenizer"),
     ),
 }
+
+
+# what a version-1 marker's folder may hold (it has no list of entries): the kind's layout
+V1_ENTRIES = {
+    PREPARED: (*LEGACY_LAYOUTS[PREPARED][0], *LEGACY_LAYOUTS[PREPARED][1]),
+    HF_EXPORT: ("config.json", "generation_config.json", "*.safetensors",
+                "model.safetensors.index.json", "pytorch_model*.bin*", "tokenizer*",
+                "special_tokens_map.json", "added_tokens.json", "chat_template.*", "*.model",
+                "vocab.*", "merges.txt", "verify.json"),
+}  # fmt: skip
 
 
 def legacy_output(out_dir: Path, kind: str) -> bool:
@@ -179,8 +217,7 @@ def protected_reason(out_dir: Path, inputs: Iterable[str | os.PathLike] = ()) ->
 
 def _describe(out_dir: Path) -> str:
     names = sorted(p.name for p in out_dir.iterdir())
-    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-    return f"{len(names)} entr{'y' if len(names) == 1 else 'ies'}: {shown}"
+    return f"{len(names)} entr{'y' if len(names) == 1 else 'ies'}: {_names(names)}"
 
 
 def check_destination(
@@ -214,7 +251,16 @@ def check_destination(
     if not overwrite:
         raise error(f"{out_dir} already exists; {hint}")
     found = read_marker(out_dir)
-    if found == kind or (found is None and legacy_output(out_dir, kind)):
+    if found == kind:
+        added = foreign_entries(out_dir)
+        if added:
+            raise error(
+                f"{out_dir} holds what natscale did not write there ({_names(added)}), and "
+                "--overwrite deletes only what natscale made; move that out of the folder "
+                "first, or choose another output"
+            )
+        return
+    if found is None and legacy_output(out_dir, kind):
         return
     what = KIND_NAMES.get(kind, kind)
     if found is None:

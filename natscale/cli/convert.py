@@ -4,7 +4,6 @@ checkpoint (`zero-to-universal`); trajectory files (`data`)."""
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 
 from natscale.cli.argtypes import SIZE_HELP, positive_int, size_bytes
@@ -87,16 +86,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
 
 
-def _on_sigterm(signum, frame):  # turn SIGTERM into an exception so partial output is removed
-    raise SystemExit(128 + signum)
-
-
 def run(args: argparse.Namespace) -> int:
+    from natscale.cli.interrupt import run_interruptible
+
+    return run_interruptible(f"convert {args.convert_command}", lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
     from natscale.checkpoint.safety import UnsafeCheckpointError
     from natscale.checkpoint.universal import UniversalConversionError
     from natscale.convert.errors import ConvertError
 
-    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         if args.convert_command == "zero-to-hf":
             return _zero_to_hf(args)
@@ -107,13 +107,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"natscale convert {args.convert_command}: error: {exc}", file=sys.stderr)
         print(f"convert {args.convert_command}: failed, nothing written", file=sys.stderr)
         return 2
-    except (ConvertError, UniversalConversionError) as exc:
+    except (ConvertError, UniversalConversionError, OSError) as exc:  # OSError: e.g. unwritable
         print(f"natscale convert {args.convert_command}: error: {exc}", file=sys.stderr)
         print(f"convert {args.convert_command}: failed, nothing written", file=sys.stderr)
         return 2  # bad input: the one exit code every command uses
-    except KeyboardInterrupt:
-        print(f"convert {args.convert_command}: interrupted, nothing written", file=sys.stderr)
-        return 130
 
 
 def _zero_to_hf(args: argparse.Namespace) -> int:
@@ -191,10 +188,11 @@ def _zero_to_universal(args: argparse.Namespace) -> int:
     return 0
 
 
-def _options(pairs: list[str]) -> dict:
+def _options(pairs: list[str], src: str) -> dict:
     import json
 
     from natscale.convert.errors import ConvertError
+    from natscale.data.formats import FORMATS
 
     options = {}
     for pair in pairs:
@@ -205,6 +203,11 @@ def _options(pairs: list[str]) -> dict:
             options[key] = json.loads(value)
         except json.JSONDecodeError:
             options[key] = value
+        if src in FORMATS:
+            try:
+                options[key] = FORMATS[src].parse_option(key, options[key])
+            except TypeError as exc:
+                raise ConvertError(f"--option {pair!r}: {exc}") from None
     return options
 
 
@@ -216,7 +219,7 @@ def _data(args: argparse.Namespace) -> int:
         args.output,
         src=args.src_format,
         dst=args.dst_format,
-        options=_options(args.option),
+        options=_options(args.option, args.src_format),
         overwrite=args.overwrite,
     )
     for key, value in res.options.items():

@@ -15,6 +15,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from natscale.cli.interrupt import run_interruptible
+
+    return run_interruptible("merge", lambda: _run(args), what="nothing written")
+
+
+def _run(args: argparse.Namespace) -> int:
     from natscale.cli.prepare import summary
     from natscale.data.merge import merge_prepared
 
@@ -24,5 +30,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"merge: error: {exc}", file=sys.stderr)
         return 2
     line = summary(stats, out).removeprefix("prepare: ")
-    print(f"merge: {len(args.parts)} prepared folders, {line}")
+    n = len(args.parts)
+    print(f"merge: {n} prepared folder{'s' if n != 1 else ''}, {line}")
     return 0

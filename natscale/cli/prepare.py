@@ -27,11 +27,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from natscale.cli.interrupt import run_interruptible
+
+    return run_interruptible("prepare", lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
     from natscale.config.loader import ConfigError, load_config
     from natscale.config.prepare import PrepareConfig
     from natscale.data.errors import DataError
     from natscale.data.prepare import prepare
 
+    if args.out is not None and not args.out.strip():
+        print("prepare: error: --out is empty; give the output folder", file=sys.stderr)
+        return 2
     overrides = list(args.overrides)
     if args.num_proc is not None:
         overrides.append(f"num_proc={args.num_proc}")

@@ -11,7 +11,9 @@ sums the parts' counts, recomputes the packing efficiency and the L2 bound over 
 tokenizer is the first part's (every part must have the same one).
 
 The parts must agree on what makes their rows one dataset: classes, strategy, template,
-``max_seq_len``, the row columns and the tokenizer files. The Arrow files are hard-linked where
+``max_seq_len``, the row columns, the tokenizer files, and every setting of their prepare configs
+but those that only say where or how a part was made (``PER_PART``). The output may not lie
+inside a part (merge never changes its parts). The Arrow files are hard-linked where
 the filesystem allows (no copy; they are never modified in place), else copied. Nothing is
 written unless every part is complete and compatible, and the output is written atomically.
 """
@@ -37,6 +39,15 @@ SAME = ("classes", "strategy", "template", "end_of_turn", "tokenizer.vocab_size"
         "tokenizer.pad_id", "packing.max_seq_len")  # fmt: skip
 
 
+# prepare config settings the parts may differ in: where a part was read from and written to, and
+# how it was made (the sampling seed and counts are per part: the merged stats sum what was asked)
+PER_PART = ("output", "overwrite", "seed", "num_proc", "on_error", "sources", "render.tokenizer",
+            "strategy.counts", "pack.window_examples", "pack.algorithm")  # fmt: skip
+# stats.json fields merging reads: each must be an object in every part
+STATS_OBJECTS = ("trajectories", "sampling", "per_class", "total", "packing", "truncated",
+                 "dropped", "skipped")  # fmt: skip
+
+
 class MergeError(ValueError):
     """The parts cannot be merged (bad input: exit code 2)."""
 
@@ -48,19 +59,71 @@ def _get(stats: dict, dotted: str) -> Any:
     return node
 
 
-def _check_compatible(parts: Sequence[Path], stats: list[dict]) -> None:
+def _check_stats(part: Path, stats: Any) -> None:
+    """The fields of a part's stats.json that merging reads are there, with the right types."""
+    where = part / "stats.json"
+    if not isinstance(stats, dict):
+        raise MergeError(f"{where}: not a JSON object; prepare this part again")
+    for key in STATS_OBJECTS:
+        if not isinstance(stats.get(key), dict):
+            raise MergeError(
+                f"{where}: field {key!r} is missing or not an object: the file is damaged or "
+                "was edited; prepare this part again"
+            )
+    for key in ("rows", "non_pad_tokens", "max_seq_len"):
+        value = stats["packing"].get(key)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise MergeError(
+                f"{where}: field 'packing.{key}' is {value!r}, not a whole number: the file is "
+                "damaged or was edited; prepare this part again"
+            )
+
+
+def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(data, dict):
+        return {prefix: data}
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        out.update(_flat(value, f"{prefix}.{key}" if prefix else key))
+    return out
+
+
+def _config_settings(config: Any) -> dict[str, Any]:
+    """A part's prepare config as dotted settings, without the ``PER_PART`` ones."""
+    flat = _flat(config.model_dump(mode="json"))
+    return {
+        k: v for k, v in flat.items() if not any(k == p or k.startswith(p + ".") for p in PER_PART)
+    }
+
+
+def _differ(part: Path, first: Path, what: str, mine: Any, theirs: Any) -> MergeError:
+    return MergeError(
+        f"{part} and {first} were prepared differently: {what} is {mine!r} in {part} but "
+        f"{theirs!r} in {first}; prepare every part with the same config (only sources and "
+        "output may differ)"
+    )
+
+
+def _check_compatible(parts: Sequence[Path], stats: list[dict], configs: list[Any]) -> None:
     first, s0 = parts[0], stats[0]
-    for part, s in zip(parts[1:], stats[1:], strict=True):
+    t0 = first / "tokenizer"
+    settings0 = _config_settings(configs[0])
+    for part, s, config in zip(parts, stats, configs, strict=True):
+        if not (part / "tokenizer").is_dir():
+            raise MergeError(f"{part}: has no tokenizer/ folder; prepare this part again")
+        if part == first:
+            continue
         for key in SAME:
             if _get(s, key) != _get(s0, key):
-                raise MergeError(
-                    f"{part}: stats.json {key} is {_get(s, key)!r} but {first} has "
-                    f"{_get(s0, key)!r}; prepare every part with the same config (only sources "
-                    "and output may differ)"
-                )
-        t0, t = first / "tokenizer", part / "tokenizer"
+                raise _differ(part, first, f"stats.json {key}", _get(s, key), _get(s0, key))
+        settings = _config_settings(config)
+        for key in sorted(set(settings) | set(settings0)):
+            if settings.get(key) != settings0.get(key):
+                what = f"prepare_config.yaml {key}"
+                raise _differ(part, first, what, settings.get(key), settings0.get(key))
+        t = part / "tokenizer"
         names = sorted(p.name for p in t0.iterdir() if p.is_file())
-        other = sorted(p.name for p in t.iterdir() if p.is_file()) if t.is_dir() else []
+        other = sorted(p.name for p in t.iterdir() if p.is_file())
         _, diff, errors = filecmp.cmpfiles(t0, t, names, shallow=False)
         if names != other or diff or errors:
             raise MergeError(
@@ -173,16 +236,24 @@ def merge_prepared(
         raise MergeError("no prepared folder to merge")
     if len({p.resolve() for p in folders}) != len(folders):
         raise MergeError("a prepared folder is given twice")
+    target = Path(out_dir)
+    for folder in folders:
+        if folder.resolve() in target.resolve().parents:
+            raise MergeError(
+                f"{target} is inside {folder}, one of the parts; merge never writes into its "
+                "parts: choose an output outside them"
+            )
     for folder in folders:
         try:
             PreparedDir(folder).check_complete()
         except PreparedDataError as exc:
             raise MergeError(str(exc)) from exc
     stats = [json.loads(PreparedDir(p).stats.read_text(encoding="utf-8")) for p in folders]
-    _check_compatible(folders, stats)
+    for folder, s in zip(folders, stats, strict=True):
+        _check_stats(folder, s)
     configs = [load_config(PreparedDir(p).prepare_config, PrepareConfig) for p in folders]
+    _check_compatible(folders, stats, configs)
     sources = [src for cfg in configs for src in cfg.sources]
-    target = Path(out_dir)
     config = configs[0].model_copy(update={"sources": sources, "output": str(target)})
     merged: dict = {}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import subprocess
@@ -127,9 +128,13 @@ def test_existing_output_needs_overwrite(zero_run, tmp_path):
     assert (tmp_path / "hf/keep.txt").read_text() == "mine"
     (tmp_path / "hf/keep.txt").unlink()
     convert(run, tmp_path)  # an empty folder is filled; the export gets our marker
-    (tmp_path / "hf/stale.txt").write_text("old")
+    (tmp_path / "hf/notes.txt").write_text("mine")  # ... but what a user adds there is kept
+    with pytest.raises(ConvertError, match=r"did not write there \(notes\.txt\)"):
+        convert(run, tmp_path, overwrite=True)
+    (tmp_path / "hf/notes.txt").unlink()
+    (tmp_path / "hf/config.json").write_text("{}")
     convert(run, tmp_path, overwrite=True)  # ... so a later --overwrite replaces it
-    assert not (tmp_path / "hf/stale.txt").exists() and (tmp_path / "hf/config.json").exists()
+    assert json.loads((tmp_path / "hf/config.json").read_text())  # the export's own again
     # the run folder itself (it holds the checkpoint) is never replaced
     before = sorted(p.relative_to(run) for p in run.rglob("*"))
     with pytest.raises(ConvertError, match="holds an input of this command"):

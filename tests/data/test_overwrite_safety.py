@@ -92,7 +92,12 @@ def test_overwrite_of_an_earlier_prepare_output_still_works(tokenizer_dir, nat_f
     out = tmp_path / "out"
     prepare(cfg, out, progress=False)
     assert read_marker(out) == "prepared"
+    # a file the earlier run wrote (listed in its marker) goes with the folder
     (out / "stale.txt").write_text("from an older run")
+    marker = json.loads((out / MARKER).read_text())
+    assert "stats.json" in marker["entries"] and MARKER not in marker["entries"]
+    marker["entries"].append("stale.txt")
+    (out / MARKER).write_text(json.dumps(marker))
     res = prepare(cfg.model_copy(update={"overwrite": True}, deep=True), out, progress=False)
     assert res.out_dir == out.resolve() and not (out / "stale.txt").exists()
     assert read_marker(out) == "prepared" and (out / "stats.json").is_file()
@@ -135,3 +140,28 @@ def test_an_unmarked_prepare_output_from_before_the_marker_is_replaced(
     with pytest.raises(FileExistsError, match=r"no \.natscale-output marker.*my_notes\.txt"):
         prepare(again, out, progress=False)
     assert (out / "my_notes.txt").read_text() == "mine"
+
+
+def test_overwrite_never_deletes_what_a_user_added(tokenizer_dir, nat_files, tmp_path, capsys):
+    cfg = _config(tokenizer_dir, nat_files)
+    out = tmp_path / "out"
+    prepare(cfg, out, progress=False)
+    (out / "NOTES.md").write_text("mine")
+    (out / "merged").mkdir()  # e.g. `natscale merge out/merged ...` or an evaluation
+    (out / "merged" / "x.json").write_text("[]")
+    before = _snapshot(out)
+    again = cfg.model_copy(update={"overwrite": True}, deep=True)
+    with pytest.raises(FileExistsError, match=r"holds what natscale did not write there \(NOTES"):
+        prepare(again, out, progress=False)
+    assert _snapshot(out) == before
+    # a marker from before the list of entries (version 1): the prepare layout stands in for it
+    (out / MARKER).write_text(json.dumps({"kind": "prepared", "version": 1}))
+    before = _snapshot(out)
+    with pytest.raises(FileExistsError, match=r"NOTES\.md, merged\)"):
+        prepare(again, out, progress=False)
+    assert _snapshot(out) == before
+    (out / "NOTES.md").unlink()
+    (out / "merged" / "x.json").unlink()
+    (out / "merged").rmdir()
+    prepare(again, out, progress=False)  # only what natscale wrote: replaced
+    assert read_marker(out) == "prepared"

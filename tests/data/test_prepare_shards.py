@@ -283,9 +283,32 @@ def test_merge_joins_node_outputs(traj_file, example_data, tmp_path):
         tmp_path / "other",
         progress=False,
     )
-    with pytest.raises(MergeError, match=r"other: stats.json packing.max_seq_len is 2048"):
+    with pytest.raises(MergeError, match=r"stats.json packing.max_seq_len is 2048 in .*other"):
         merge_prepared([parts[0].out_dir, other.out_dir], tmp_path / "m2")
     assert not (tmp_path / "m2").exists() and not list(tmp_path.glob(".m2.*"))
+    # a setting the stats do not show: the marker's position (in prepare_config.yaml)
+    cfg = _config(tmp_path / "node1.json", example_data)
+    cfg.strategy.position = "prefix"
+    prefix = prepare(cfg, tmp_path / "prefix", progress=False)
+    with pytest.raises(MergeError, match=r"prepare_config.yaml strategy.position is 'prefix' in"):
+        merge_prepared([parts[0].out_dir, prefix.out_dir], tmp_path / "m2")
+    # the output inside a part: merge never writes into its parts
+    inside = parts[0].out_dir / "sub"
+    with pytest.raises(MergeError, match=r"inside .*part0, one of the parts"):
+        merge_prepared([p.out_dir for p in parts], inside)
+    assert not inside.exists()
+    # a damaged stats.json or a missing tokenizer/ is named, not a traceback
+    saved = (parts[1].out_dir / "stats.json").read_text()
+    stats = json.loads(saved)
+    del stats["sampling"]
+    (parts[1].out_dir / "stats.json").write_text(json.dumps(stats))
+    with pytest.raises(MergeError, match=r"part1/stats.json: field 'sampling' is missing"):
+        merge_prepared([p.out_dir for p in parts], tmp_path / "m3")
+    (parts[1].out_dir / "stats.json").write_text(saved)
+    (parts[1].out_dir / "tokenizer").rename(tmp_path / "tok")
+    with pytest.raises(MergeError, match=r"part1: has no tokenizer/ folder"):
+        merge_prepared([p.out_dir for p in parts], tmp_path / "m3")
+    assert not (tmp_path / "m3").exists()
 
 
 def test_trainer_preflight_reads_sharded_output(traj_file, example_data, tmp_path):

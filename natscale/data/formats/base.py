@@ -8,12 +8,13 @@ they are declared. A ``Format`` may preset some options (``agentinstruct`` is ``
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from natscale.data.formats.writing import Notes
 from natscale.data.trajectory import Trajectory
@@ -70,6 +71,23 @@ class Format:
             )
         defaults = {n: self.source.model_fields[n].get_default() for n in names}
         return {**defaults, **self.preset, **given}
+
+    def parse_option(self, name: str, value: Any) -> Any:
+        """``value`` (from a command line: a string or parsed JSON) of option ``name`` as its
+        field in the options model takes it; a TypeError that names the option otherwise."""
+        if name not in self.option_names():
+            self.loader_options({name: value})  # raises, listing the options
+        info = self.source.model_fields[name]
+        kind = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
+        adapter = TypeAdapter(kind)
+        try:
+            return adapter.validate_python(value)
+        except ValidationError as exc:
+            if isinstance(value, str):  # one path where the option takes a list of them
+                with contextlib.suppress(ValidationError):
+                    return adapter.validate_python([value])
+            why = exc.errors()[0]["msg"]
+            raise TypeError(f"option {name}={value!r} of format {self.name!r}: {why}") from None
 
 
 def per_record(make: Callable[[Trajectory, Notes], dict[str, Any]]) -> Writer:

@@ -6,7 +6,12 @@ index in a JSON array or Parquet file) so an error can say exactly which one is 
 File-level problems (missing or empty file, a JSON array that does not parse or is not UTF-8)
 always raise: there is no record to skip. A UTF-8 byte-order mark at the start of a file is
 accepted (and ignored). Record-level problems (a bad JSONL line, non-UTF-8 bytes in a
-line, a record that is not an object) follow ``on_error``.
+line, a record that is not an object, text with a lone UTF-16 surrogate) follow ``on_error``.
+
+A directory stands for the data files below it, except hidden ones (a name starting with ``.``,
+in the path below the directory: editors' and notebooks' copies) and natscale's own output
+folders (they carry ``.natscale-output``), so an output written under a source directory is
+never read back as input.
 """
 
 from __future__ import annotations
@@ -14,11 +19,13 @@ from __future__ import annotations
 import codecs
 import json
 import os
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from natscale.atomic import MARKER
 from natscale.data.errors import DataError, Issues, handle
 
 SUFFIXES = (".json", ".jsonl", ".ndjson", ".parquet")
@@ -28,6 +35,12 @@ SUFFIXES = (".json", ".jsonl", ".ndjson", ".parquet")
 # not after the whole array is parsed, and one `raw_decode` per record is no slower in all.
 STREAM_BYTES = 64 * 2**20
 _BLOCK = 2**20  # characters read at a time when streaming a JSON array
+# a \\uD800-\\uDFFF escape: one half of a surrogate pair (an emoji, ...); json.loads joins a
+# pair into one character but leaves a lone half in the string, which is not text (no tokenizer
+# and no UTF-8 writer takes it). Records whose text holds such an escape are checked.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_SURROGATE_ESCAPE_TEXT = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -49,7 +62,7 @@ def expand_paths(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in SUFFIXES)
+            found = sorted(_data_files(p))
             if not found:
                 raise DataError(
                     f"directory has no data files ({', '.join(SUFFIXES)})",
@@ -62,6 +75,25 @@ def expand_paths(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list
         else:
             raise DataError("file not found", file=str(p), reason="missing_file")
     return files
+
+
+def _data_files(root: Path) -> Iterator[Path]:
+    """The data files below ``root``, skipping hidden names and natscale output folders (linked
+    folders are followed, each real folder once)."""
+    seen: set[str] = set()
+    for folder, dirs, names in os.walk(root, followlinks=True):
+        seen.add(os.path.realpath(folder))
+        dirs[:] = [
+            d
+            for d in dirs
+            if not d.startswith(".")
+            and not (Path(folder, d) / MARKER).exists()
+            and os.path.realpath(Path(folder, d)) not in seen
+        ]
+        for name in names:
+            path = Path(folder, name)
+            if not name.startswith(".") and path.suffix in SUFFIXES and path.is_file():
+                yield path
 
 
 def iter_records(
@@ -107,7 +139,8 @@ def _iter_whole(
             except json.JSONDecodeError:
                 obj = None
             if isinstance(obj, dict):
-                yield Record(str(path), "record 0", obj)
+                suspect = _SURROGATE_ESCAPE.search(raw) is not None
+                yield from _checked(obj, str(path), "record 0", on_error, issues, None, suspect)
                 return
         yield from _iter_jsonl(raw, path, on_error, issues, wrap_lists)
         return
@@ -168,7 +201,8 @@ def _iter_jsonl(
                 issues,
             )
             continue
-        yield from _checked(obj, str(path), where, on_error, issues, wrap)
+        suspect = _SURROGATE_ESCAPE.search(line) is not None
+        yield from _checked(obj, str(path), where, on_error, issues, wrap, suspect)
 
 
 def _iter_json_array(
@@ -184,8 +218,9 @@ def _iter_json_array(
             reason="malformed_json",
             hint="a .json file must hold one JSON array of records (use .jsonl for one per line)",
         ) from exc
+    suspect = _SURROGATE_ESCAPE.search(raw) is not None
     for i, obj in enumerate(data):
-        yield from _checked(obj, str(path), f"record {i}", on_error, issues, wrap)
+        yield from _checked(obj, str(path), f"record {i}", on_error, issues, wrap, suspect)
 
 
 def _iter_parquet(
@@ -201,9 +236,34 @@ def _iter_parquet(
 
 
 def _checked(
-    obj: Any, file: str, where: str, on_error: str, issues: Issues | None, wrap: str | None
+    obj: Any,
+    file: str,
+    where: str,
+    on_error: str,
+    issues: Issues | None,
+    wrap: str | None,
+    suspect: bool = False,
 ):
-    if isinstance(obj, dict):
+    """``obj`` as a Record, or the error ``on_error`` says; ``suspect``: its JSON text holds a
+    surrogate escape, so its strings are checked for a lone surrogate."""
+    bad = _lone_surrogate(obj) if suspect else None
+    if bad is not None:
+        field, char = bad
+        handle(
+            DataError(
+                f"the text holds a lone UTF-16 surrogate (\\u{ord(char):04x}): half of a "
+                "character such as an emoji, cut where the text was cut; it is not valid text",
+                file=file,
+                record=where,
+                field=field or None,
+                reason="bad_text",
+                hint="fix or drop the record where the data was made, or skip such records "
+                "(on_error: skip)",
+            ),
+            on_error,
+            issues,
+        )
+    elif isinstance(obj, dict):
         yield Record(file, where, obj)
     elif wrap and isinstance(obj, list) and all(isinstance(t, dict) for t in obj):
         yield Record(file, where, {wrap: obj})  # a bare list of turns (ETO): the conversation
@@ -219,6 +279,23 @@ def _checked(
             on_error,
             issues,
         )
+
+
+def _lone_surrogate(obj: Any, field: str = "") -> tuple[str, str] | None:
+    """The dotted field of the first string in ``obj`` (or key) holding a lone surrogate, and it."""
+    if isinstance(obj, str):
+        found = _SURROGATE.search(obj)
+        return (field, found.group()) if found else None
+    if isinstance(obj, list):
+        for i, value in enumerate(obj):
+            if found := _lone_surrogate(value, f"{field}[{i}]"):
+                return found
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            name = f"{field}.{key}" if field else str(key)
+            if found := _lone_surrogate(key, name) or _lone_surrogate(value, name):
+                return found
+    return None
 
 
 def layout_hint(data: Any) -> str:
@@ -374,8 +451,9 @@ def _iter_json_array_streamed(
                 if end == len(buf) and fill():  # a number may go on in the next block
                     continue
                 break
+            suspect = _SURROGATE_ESCAPE_TEXT.search(buf, pos, end) is not None
             pos = end
-            yield from _checked(obj, str(path), f"record {index}", on_error, issues, wrap)
+            yield from _checked(obj, str(path), f"record {index}", on_error, issues, wrap, suspect)
             index += 1
         if next_char():
             raise malformed("extra data after the array", pos)

@@ -1,0 +1,63 @@
+"""What a source directory stands for, and text that is not text (a lone UTF-16 surrogate)."""
+
+import json
+
+import pytest
+
+from natscale.atomic import MARKER
+from natscale.data.errors import DataError, Issues
+from natscale.data.formats import reader
+
+
+def _records(path, **kw):
+    return [(r.file.rsplit("/", 1)[-1], r.where) for r in reader.iter_records(path, **kw)]
+
+
+def test_a_directory_skips_hidden_files_and_natscale_outputs(tmp_path):
+    data = tmp_path / "data"
+    (data / "sub").mkdir(parents=True)
+    (data / "a.jsonl").write_text('{"id": 1}\n')
+    (data / "sub" / "b.json").write_text('[{"id": 2}]')
+    # a notebook's copy, a macOS resource fork, a natscale output written under the source
+    (data / ".ipynb_checkpoints").mkdir()
+    (data / ".ipynb_checkpoints" / "a-checkpoint.jsonl").write_text('{"id": 1}\n')
+    (data / "._a.jsonl").write_bytes(b"\x00\x05\x16\x07")
+    (data / "prep" / "tokenizer").mkdir(parents=True)
+    (data / "prep" / "stats.json").write_text("{}")
+    (data / "prep" / "tokenizer" / "tokenizer.json").write_text("{}")
+    (data / "prep" / MARKER).write_text(json.dumps({"kind": "prepared", "version": 2}))
+    (data / "sub" / "loop").symlink_to(data)  # a link back up is read once, not forever
+    assert reader.expand_paths(data) == [data / "a.jsonl", data / "sub" / "b.json"]
+    # a file named explicitly is read even if hidden
+    assert reader.expand_paths([data / "._a.jsonl"]) == [data / "._a.jsonl"]
+    only_hidden = tmp_path / "h"
+    (only_hidden / ".cache").mkdir(parents=True)
+    (only_hidden / ".cache" / "x.json").write_text("[]")
+    with pytest.raises(DataError, match="directory has no data files"):
+        reader.expand_paths(only_hidden)
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json"])
+def test_a_lone_surrogate_is_a_record_error(tmp_path, suffix):
+    good = {"id": "ok", "turns": [{"content": "an emoji \U0001f600 whole"}]}
+    lines = [
+        '{"id": "cut", "turns": [{"content": "an emoji cut \\ud83d"}]}',
+        json.dumps(good),  # a surrogate pair is one character: fine
+    ]
+    path = tmp_path / f"t{suffix}"
+    path.write_text("\n".join(lines) + "\n" if suffix == ".jsonl" else f"[{','.join(lines)}]")
+    where = "line 1" if suffix == ".jsonl" else "record 0"
+    with pytest.raises(DataError, match=rf"{where}: field 'turns\[0\]\.content': .*lone UTF-16 "):
+        list(reader.iter_records(path))
+    issues = Issues()
+    kept = list(reader.iter_records(path, on_error="skip", issues=issues))
+    assert [r.data for r in kept] == [good]
+    assert issues.as_dict() == {"bad_text": 1}
+
+
+def test_a_lone_surrogate_in_a_streamed_array_and_a_key(tmp_path, monkeypatch):
+    monkeypatch.setattr(reader, "_BLOCK", 16)  # the record spans several buffer fills
+    path = tmp_path / "big.json"
+    path.write_text('[{"id": 1, "text": "fine"}, {"id": 2, "meta": {"k\\udc00": 1}}]')
+    with pytest.raises(DataError, match=r"record 1: field 'meta\.k\\udc00': .*\(\\udc00\)"):
+        list(reader.iter_records(path))
