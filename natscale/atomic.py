@@ -8,10 +8,11 @@ folder replaces another with :func:`replace_dir`.
 
 Output directories (:func:`atomic_output_dir`):
 
-Files go to a hidden sibling ``.<name>.partial-<pid>`` (same filesystem, so the final ``rename`` is
-atomic); on any exception, KeyboardInterrupt included, the partial folder is removed. A process
-killed with SIGKILL cannot clean up: its partial folder is removed by the next run that writes to
-the same place (once its pid is gone).
+Files go to a hidden sibling ``.<name>.partial-<host>-<pid>`` (same filesystem, so the final
+``rename`` is atomic); on any exception, KeyboardInterrupt included, the partial folder is
+removed. A process killed with SIGKILL cannot clean up: its partial folder is removed by the next
+run on the same host that writes to the same place, once its pid is gone (a folder of another
+host, on a shared filesystem, is left alone: its process cannot be seen from here).
 
 Every folder written here carries a marker file, ``.natscale-output``, holding
 ``{"kind": KIND, "version": 2, "entries": [...]}`` (``prepared`` for ``natscale prepare``,
@@ -32,6 +33,7 @@ import fnmatch
 import json
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -107,14 +109,28 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _host() -> str:
+    """This host's name as it goes into a partial folder's name (no ``-`` or path separator)."""
+    return "".join(c if c.isalnum() or c in "._" else "_" for c in socket.gethostname()) or "host"
+
+
+def partial_dir(out_dir: Path) -> Path:
+    """The hidden folder beside ``out_dir`` that this process writes it in."""
+    return out_dir.parent / f".{out_dir.name}.partial-{_host()}-{os.getpid()}"
+
+
 def remove_stale_partials(out_dir: Path) -> None:
-    """Delete partial folders for ``out_dir`` left by runs that were killed."""
+    """Delete partial folders for ``out_dir`` left by killed runs on this host (and by runs of
+    natscale versions that did not name the host)."""
     parent = out_dir.parent
     if not parent.is_dir():
         return
-    for p in parent.glob(f".{out_dir.name}.partial-*"):
-        pid = p.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _pid_alive(int(pid)):
+    prefix = f".{out_dir.name}.partial-"
+    for p in parent.iterdir():
+        if not p.name.startswith(prefix):
+            continue
+        host, _, pid = p.name[len(prefix) :].rpartition("-")
+        if host in ("", _host()) and pid.isdigit() and not _pid_alive(int(pid)):
             shutil.rmtree(p, ignore_errors=True)
 
 
@@ -237,6 +253,9 @@ def check_destination(
     """
     out_dir = Path(out_dir)
     if not out_dir.exists():
+        above = next((p for p in out_dir.parents if p.exists()), None)
+        if above is not None and not above.is_dir():
+            raise error(f"{out_dir}: {above} is a file, not a folder; choose another output")
         return
     if not out_dir.is_dir():
         raise error(f"{out_dir} exists and is not a directory; choose another output")
@@ -292,7 +311,7 @@ def atomic_output_dir(
     check_destination(out_dir, overwrite, kind=kind, inputs=inputs, error=error, hint=hint)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_partials(out_dir)
-    tmp = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
+    tmp = partial_dir(out_dir)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:

@@ -5,15 +5,20 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from natscale.atomic import (
+    atomic_output_dir,
     atomic_path,
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
+    check_destination,
+    partial_dir,
     replace_dir,
 )
 
@@ -66,3 +71,23 @@ def test_replace_dir_swaps_a_whole_folder(tmp_path):
     other.mkdir()
     replace_dir(other, tmp_path / "fresh")  # nothing to replace: a plain rename
     assert (tmp_path / "fresh").is_dir() and not other.exists()
+
+
+def test_stale_partials_of_this_host_go_and_other_hosts_stay(tmp_path):
+    out = tmp_path / "out"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    mine = partial_dir(out).with_name(partial_dir(out).name.rsplit("-", 1)[0] + f"-{dead.pid}")
+    older = tmp_path / f".out.partial-{dead.pid}"  # named before the host was in the name
+    other = tmp_path / f".out.partial-node7-{dead.pid}"  # another node on a shared filesystem
+    for folder in (mine, older, other):
+        folder.mkdir()
+    with atomic_output_dir(out, kind="prepared") as tmp:
+        assert tmp == partial_dir(out) and tmp.name.endswith(f"-{os.getpid()}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [other.name, "out"]
+
+
+def test_an_output_below_a_file_is_refused_with_a_reason(tmp_path):
+    (tmp_path / "config.yaml").write_text("x")
+    with pytest.raises(FileExistsError, match=r"config\.yaml is a file, not a folder"):
+        check_destination(tmp_path / "config.yaml" / "sub", False, kind="prepared")
