@@ -61,3 +61,12 @@ def test_a_lone_surrogate_in_a_streamed_array_and_a_key(tmp_path, monkeypatch):
     path.write_text('[{"id": 1, "text": "fine"}, {"id": 2, "meta": {"k\\udc00": 1}}]')
     with pytest.raises(DataError, match=r"record 1: field 'meta\.k\\udc00': .*\(\\udc00\)"):
         list(reader.iter_records(path))
+
+
+def test_a_file_listed_twice_is_refused(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.jsonl").write_text('{"id": 1}\n')
+    with pytest.raises(DataError, match=r"a\.jsonl: read twice: .* are the same file"):
+        reader.expand_paths([tmp_path / "d", tmp_path / "d" / "a.jsonl"])
+    with pytest.raises(DataError, match="read twice"):
+        reader.expand_paths([tmp_path / "d" / "a.jsonl", tmp_path / "d" / ".." / "d" / "a.jsonl"])

@@ -74,6 +74,17 @@ def expand_paths(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list
             files.append(p)
         else:
             raise DataError("file not found", file=str(p), reason="missing_file")
+    seen: dict[Path, Path] = {}
+    for f in files:
+        first = seen.setdefault(f.resolve(), f)
+        if first is not f:
+            raise DataError(
+                f"read twice: {first} and {f} are the same file, so its records would count twice",
+                file=str(f),
+                reason="duplicate_file",
+                hint="list each file once (a directory stands for every data file below it); "
+                "weigh classes with strategy.weights or strategy.counts",
+            )
     return files
 
 
