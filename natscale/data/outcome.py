@@ -86,7 +86,7 @@ def label(
     if success == "field":
         if out.success is None:
             raise DataError(
-                f"trajectory {traj.id!r} has no success field",
+                f"trajectory {traj.id!r} has no success value (the field is missing or null)",
                 field="reward",
                 reason="no_outcome",
                 hint=NO_OUTCOME_HINT,

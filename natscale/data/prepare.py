@@ -228,14 +228,17 @@ def timed_plan(
     return plan_bins(lengths, capacity, algorithm, seed), time.perf_counter() - t0
 
 
-def _nothing_left(counts: dict[str, int], issues: Issues) -> DataError:
+def _nothing_left(counts: dict[str, int], issues: Issues, loaded: int) -> DataError:
     dropped = {k: v for k, v in counts.items() if v and k in DROP_REASONS}
     skipped = issues.as_dict()
     hint = "check pack.max_seq_len, the strategy's counts and the skip reasons"
     if "no_outcome" in skipped:
         hint = f"every no_outcome record was skipped: {outcome.NO_OUTCOME_HINT}"
+    elif not loaded and not skipped:
+        hint = "the sources hold no records: check sources.*.paths"
     return DataError(
-        f"no example left to pack: dropped {dropped}, skipped {skipped}",
+        f"no example left to pack: {loaded} trajectories read, dropped {dropped}, "
+        f"skipped {skipped}",
         reason="empty_dataset",
         hint=hint,
     )
@@ -439,7 +442,7 @@ def _prepare(
                 bar.close()
                 pack_window(k, window, chunks, shards, stream, last=True)
         if not packed:
-            raise _nothing_left(counts, issues)
+            raise _nothing_left(counts, issues, tally["loaded"])
         sampling = selector.report()
         for kind, w in data_warnings([], sampling, config.strategy, prompts).items():
             warned[kind] = w

@@ -57,7 +57,7 @@ def test_label_rules():
 
 
 def test_label_errors_name_the_problem():
-    with pytest.raises(DataError, match="has no success field") as exc:
+    with pytest.raises(DataError, match="has no success value") as exc:
         label(_traj("1"), success="field")
     assert exc.value.reason == "no_outcome"
     with pytest.raises(DataError, match="no gold answer") as exc:

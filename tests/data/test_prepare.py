@@ -111,7 +111,9 @@ def test_truncate_drop_and_counts(tokenizer_dir, nat_files, tmp_path):
     assert st["truncated"]["examples"] == 2 and st["truncated"]["tokens"] >= 10
     assert st["total"]["tokens"] == full["total"]["tokens"] - st["truncated"]["tokens"]
     drop = cfg.model_copy(update={"pack": cfg.pack.model_copy(update={"overlong": "drop"})})
-    with pytest.raises(DataError, match=r"no example left to pack: dropped \{'too_long': 2"):
+    with pytest.raises(
+        DataError, match=r"no example left to pack: 2 trajectories read, dropped \{'too_long': 2"
+    ):
         prepare(drop, tmp_path / "d", progress=False)
     assert not (tmp_path / "d").exists()
 

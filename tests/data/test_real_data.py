@@ -47,7 +47,7 @@ def test_sft_data_without_outcomes_names_the_outcome_mode(tokenizer_dir, tmp_pat
     path = write_jsonl(tmp_path / "ai.jsonl", [AGENTINSTRUCT])
     src = [{"format": "agentinstruct", "paths": [str(path)]}]
     cfg = _prepare_config(tokenizer_dir, tmp_path, src, strategy={"name": "vanilla"})
-    with pytest.raises(DataError, match="has no success field") as exc:
+    with pytest.raises(DataError, match="has no success value") as exc:
         prepare(cfg, progress=False)
     assert "outcome.success: all" in str(exc.value) and "success: true" in str(exc.value)
     # skipping every record: the empty-dataset error says the same
