@@ -69,6 +69,16 @@ def test_nat_to_format_and_back_keeps_the_trajectories(nat_input, tmp_path, fmt)
     again = load(back, "nat")
     # a folded instruction comes back to NAT as the system prompt, i.e. a leading system turn
     assert [core(t, skip_system_turns=True) for t in again] == [core(t) for t in original]
+    # NAT's other fields (source, info.pred / gt / kind) travel as the record's other fields
+    first = json.loads(middle.read_text().splitlines()[0]) if fmt != "nat" else None
+    if first is not None:
+        assert first["source"] == json.loads(nat_input.read_text())[0]["source"]
+        assert set(first["info"]) == {"pred", "gt", "kind"}
+    strip = ("finished",)  # unfinished episodes gain an explicit flag on the way
+    sent, came = json.loads(nat_input.read_text()), json.loads(back.read_text())
+    assert [
+        (r.get("source"), {k: v for k, v in r["info"].items() if k not in strip}) for r in came
+    ] == [(r.get("source"), {k: v for k, v in r["info"].items() if k not in strip}) for r in sent]
 
 
 OPENAI_RECORD = {

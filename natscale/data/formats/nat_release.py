@@ -135,6 +135,8 @@ def parse_record(
         "pred": info.get("pred"),
         "gt": info.get("gt"),
         "finished": bool(info.get("finished", info.get("pred") is not None)),
+        # what other formats carry as the record's other fields (natscale convert data)
+        "extra": _extra(data, info),
     }
     prompt = prompt or TaskPrompt()
     return Trajectory(
@@ -226,8 +228,24 @@ def _conversation(traj: Trajectory, notes: Notes) -> list[dict[str, Any]]:
     return conv
 
 
+# a NAT record's fields that the trajectory holds elsewhere (turns, question, outcome)
+_HELD = ("id", "conversations", "info", "question", "answer")
+_HELD_INFO = ("reward", "f1", "finished")
+
+
+def _extra(data: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
+    """The record's other fields (``source``, ...) and ``info``'s (``pred``, ``gt``, ...), for a
+    writer of another format to carry over."""
+    extra = {k: v for k, v in data.items() if k not in _HELD}
+    rest = {k: v for k, v in info.items() if k not in _HELD_INFO}
+    if rest:
+        extra["info"] = rest
+    return extra
+
+
 def _info(traj: Trajectory) -> dict[str, Any]:
-    info = dict(traj.meta.get("info") or {})
+    carried = (traj.meta.get("extra") or {}).get("info")  # from another format's record
+    info = {**(carried if isinstance(carried, dict) else {}), **(traj.meta.get("info") or {})}
     if traj.outcome.success is not None:
         info["reward"] = traj.outcome.success
     if traj.outcome.score is not None:
@@ -244,8 +262,9 @@ def nat_files(trajs: list[Trajectory], out: Path, notes: Notes) -> dict[Path, An
     records, questions, prompts = [], {}, {}
     for traj in trajs:
         rec: dict[str, Any] = {"id": traj.id}
-        if traj.meta.get("source") is not None:
-            rec["source"] = traj.meta["source"]
+        source = traj.meta.get("source", (traj.meta.get("extra") or {}).get("source"))
+        if source is not None:
+            rec["source"] = source
         rec["info"] = _info(traj)
         rec["conversations"] = _conversation(traj, notes)
         records.append(rec)
