@@ -34,6 +34,12 @@ def test_errors_name_key_and_allowed_values(tmp_path):
     msg = str(exc.value)
     assert str(cfg) in msg and "train.schedule" in msg and "'cosine'" in msg
     assert "train.lrr: unknown key" in msg
+    # a bad value from --set says so, a bad value from the file does not
+    with pytest.raises(ConfigError) as exc:
+        load_config(cfg, Run, ["train.lr=fast"])
+    lines = str(exc.value).splitlines()
+    assert any(ln.startswith("  - train.lr:") and "given with --set" in ln for ln in lines)
+    assert any(ln.startswith("  - train.schedule:") and "--set" not in ln for ln in lines)
 
 
 @pytest.mark.parametrize(

@@ -96,13 +96,18 @@ def apply_overrides(
     return data
 
 
-def format_validation_error(exc: ValidationError, where: str) -> str:
+def format_validation_error(
+    exc: ValidationError, where: str, overridden: set[str] = frozenset()
+) -> str:
+    """One line per problem, naming its key; a key given by ``--set`` (``overridden``) says so."""
     lines = [f"{where}: invalid config ({exc.error_count()} problem(s))"]
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"]) or "(top level)"
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key (check its spelling and section)"
+        if any(key == k or key.startswith(k + ".") for k in overridden):
+            msg += " (the value given with --set)"
         lines.append(f"  - {key}: {msg}")
     return "\n".join(lines)
 
@@ -132,7 +137,8 @@ def load_config(path: str | os.PathLike, model: type[M], overrides: list[str] | 
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, str(path))) from exc
+        keys = {parse_override(item)[0] for item in overrides or []}
+        raise ConfigError(format_validation_error(exc, str(path), keys)) from exc
 
 
 def save_config(config: BaseModel, path: str | os.PathLike) -> None:
