@@ -112,6 +112,7 @@ def _evaluate(cfg: EvalConfig, args: argparse.Namespace) -> int:
             should_stop=lambda: bool(stopped),
             progress=not args.no_progress,
             dist=dist,
+            inputs=[args.data] if args.data else (),
         )
     except EvalError as exc:
         return _fail(str(exc))
