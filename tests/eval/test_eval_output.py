@@ -105,3 +105,35 @@ def test_resume_names_the_fields_that_differ(tmp_path, capsys):
     assert code == 2 and "differs in: sampling.seed, task" in err and "episodes are kept" in err
     assert _snapshot(out) == before
     assert json.loads((out / "run.json").read_text())["config"]["sampling"]["seed"] == 0
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        '[{"id": "a", "question": "1+1?"}]',
+        '{"metrics": {"accuracy": 0.5}}',
+        '{"status": "done", "steps": 3, "losses": [1.0]}',
+        '{"fingerprint": "abc", "config": {}}',
+    ],
+)
+def test_compare_refuses_what_is_not_an_eval_summary(tmp_path, capsys, content):
+    folder = _folder(tmp_path, "run", {"summary.json": content})
+    for target in (folder, folder / "summary.json"):
+        assert main(["eval", "compare", str(target)]) == 2
+        err = capsys.readouterr().err
+        assert f"{folder / 'summary.json'}: not an eval summary.json" in err
+
+
+def test_compare_marks_incomplete_evals_and_prints_a_summary_line(tmp_path, capsys):
+    for name in ("a", "b"):
+        assert _eval(tmp_path, capsys, tmp_path / name)[0] == 0
+    summary = json.loads((tmp_path / "b" / "summary.json").read_text())
+    summary.update(complete=False, expected_episodes=1600)
+    (tmp_path / "b" / "summary.json").write_text(json.dumps(summary))
+    assert main(["eval", "compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    captured = capsys.readouterr()
+    rows = captured.out.strip().splitlines()
+    assert len(rows) == 4 and "| 5 |" in rows[2] and "| 5 of 1600 (incomplete) |" in rows[3]
+    assert captured.err.strip() == (
+        "natscale eval compare: 2 evaluations, 1 incomplete (rerun with --resume to finish)"
+    )
