@@ -467,6 +467,18 @@ def _throughput(new_records: list[dict[str, Any]], elapsed: float) -> dict[str, 
     }
 
 
+def _earlier(out: Path) -> dict[str, Any]:
+    """The throughput a previous run of this eval measured (a resume that ran no episode
+    measures none), marked as such; else that of no episodes."""
+    try:
+        earlier = json.loads((out / "summary.json").read_text(encoding="utf-8"))["throughput"]
+    except (OSError, ValueError, KeyError, TypeError):
+        earlier = None
+    if not isinstance(earlier, dict) or not earlier.get("episodes_this_run"):
+        return _throughput([], 0.0)
+    return {**earlier, "measured": "by an earlier run (this one had no episode left to run)"}
+
+
 def _summary(
     cfg: EvalConfig,
     out: Path,
@@ -495,7 +507,7 @@ def _summary(
             "world_size": world,
             "marker": marker,
             "sampling": cfg.sampling.model_dump(),
-            "throughput": _throughput(new_records, elapsed),
+            "throughput": _throughput(new_records, elapsed) if new_records else _earlier(out),
             "versions": versions(),
         }
     )

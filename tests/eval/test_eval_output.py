@@ -137,3 +137,47 @@ def test_compare_marks_incomplete_evals_and_prints_a_summary_line(tmp_path, caps
     assert captured.err.strip() == (
         "natscale eval compare: 2 evaluations, 1 incomplete (rerun with --resume to finish)"
     )
+
+
+class _FakeDist:
+    """torch.distributed as rank ``rank`` of 2 sees it; rank 0's verdict is ``verdict``."""
+
+    def __init__(self, rank: int, verdict: str | None = None) -> None:
+        self.rank, self.verdict = rank, verdict
+
+    def get_rank(self) -> int:
+        return self.rank
+
+    def get_world_size(self) -> int:
+        return 2
+
+    def broadcast_object_list(self, objects: list, src: int) -> None:
+        assert src == 0
+        if self.rank != 0:
+            objects[0] = self.verdict
+
+
+def test_only_rank_0_checks_the_output_so_its_run_json_does_not_refuse_a_peer(tmp_path):
+    from natscale.config.eval import EvalConfig
+    from natscale.eval.errors import EvalError
+    from natscale.eval.run import _checked_output, fingerprint
+
+    cfg = EvalConfig.model_validate(scripted_fields(tmp_path / "out", limit=5))
+    out = tmp_path / "out"
+    out.mkdir()  # rank 0 is already past its check and has written run.json
+    config = cfg.model_dump(mode="json")
+    (out / "run.json").write_text(json.dumps({"fingerprint": fingerprint(cfg), "config": config}))
+    assert _checked_output(out, cfg, False, [], dist=_FakeDist(1)) == []
+    with pytest.raises(EvalError, match="refused by rank 0"):
+        _checked_output(out, cfg, False, [], dist=_FakeDist(1, "refused by rank 0"))
+    with pytest.raises(EvalError, match=r"already holds an evaluation \(run.json\)"):
+        _checked_output(out, cfg, False, [], dist=_FakeDist(0))
+
+
+def test_a_resume_with_nothing_left_keeps_the_measured_throughput(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _eval(tmp_path, capsys, out)[0] == 0
+    first = json.loads((out / "summary.json").read_text())["throughput"]
+    assert _eval(tmp_path, capsys, out, "--resume")[0] == 0
+    again = json.loads((out / "summary.json").read_text())["throughput"]
+    assert again["episodes_per_s"] == first["episodes_per_s"] and "earlier run" in again["measured"]
