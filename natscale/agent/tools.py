@@ -123,6 +123,19 @@ def import_tool(name: str, spec: str) -> Tool:
         raise ToolConfigError(str(exc)) from None
 
 
+def _check_user_tool_name(name: str) -> None:
+    """Refuse a user tool name an action ``name[argument]`` could never call."""
+    if name == FINISH:
+        raise ToolConfigError(
+            f"tools.user: {FINISH!r} is the action that ends an episode; name your tool otherwise"
+        )
+    if not name or name != name.strip() or any(c in name for c in "[]\n\r"):
+        raise ToolConfigError(
+            f"tools.user: tool name {name!r} cannot be called as 'name[argument]': use a name "
+            "without '[', ']', line breaks or surrounding spaces, e.g. 'lookup'"
+        )
+
+
 def build_tools(
     names: list[str],
     *,
@@ -132,6 +145,8 @@ def build_tools(
     """The registry for ``names`` and every user tool (``finish`` is always included); a user
     tool of a built-in's name replaces it. :func:`close_tools` ends the user tools' processes."""
     user_tools = user_tools or {}
+    for name in user_tools:
+        _check_user_tool_name(name)
     registry: dict[str, Tool] = {FINISH: Tool(FINISH, finish_tool)}
     for name in names:
         if name in user_tools or name == FINISH:

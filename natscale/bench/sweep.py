@@ -118,25 +118,34 @@ def _calibrated_workload(path: Path):
         raise ValueError(f"--calibrate {path}: cannot read a sweep JSON: {exc}") from exc
     if not isinstance(data, dict) or not isinstance(data.get("records"), list):
         raise ValueError(f"--calibrate {path}: not a sweep JSON (no 'records' list)")
-    by_nodes = {r["spec"]["nodes"]: r for r in data["records"]}
-    if 1 not in by_nodes or 2 not in by_nodes:
-        raise ValueError(f"{path}: needs runs on 1 and 2 nodes (a sweep with --param nodes=1,2)")
-    r1 = by_nodes[1]
-    spec = r1["spec"]
-    fp32 = (spec["precision"] or ("fp32" if spec["device"] == "cpu" else "bf16")) == "fp32"
-    nbytes = 4 if fp32 else 2
-    w = ZeroWorkload(
-        count_params(spec["model"]),
-        model_config(spec["model"])["num_hidden_layers"],
-        r1["natscale"]["tokens_per_step"]["trained"],
-        grad_accum=spec["grad_accum"],
-        param_bytes=nbytes,
-        grad_bytes=nbytes,
-    )
-    t_1 = r1["natscale"]["step_time_s"]["median"]
-    t_2 = by_nodes[2]["natscale"]["step_time_s"]["median"]
+    try:
+        by_nodes = {r["spec"]["nodes"]: r for r in data["records"]}
+        if 1 not in by_nodes or 2 not in by_nodes:
+            raise ValueError(
+                f"{path}: needs runs on 1 and 2 nodes (a sweep with --param nodes=1,2)"
+            )
+        r1 = by_nodes[1]
+        spec = r1["spec"]
+        fp32 = (spec["precision"] or ("fp32" if spec["device"] == "cpu" else "bf16")) == "fp32"
+        nbytes = 4 if fp32 else 2
+        w = ZeroWorkload(
+            count_params(spec["model"]),
+            model_config(spec["model"])["num_hidden_layers"],
+            r1["natscale"]["tokens_per_step"]["trained"],
+            grad_accum=spec["grad_accum"],
+            param_bytes=nbytes,
+            grad_bytes=nbytes,
+        )
+        t_1 = r1["natscale"]["step_time_s"]["median"]
+        t_2 = by_nodes[2]["natscale"]["step_time_s"]["median"]
+        device = r1["environment"]["device"]
+    except (KeyError, TypeError, AttributeError, IndexError) as exc:  # a hand-made or cut file
+        raise ValueError(
+            f"--calibrate {path}: not a sweep JSON of `natscale bench sweep` (a record lacks "
+            f"or mistypes {exc}); give the JSON a sweep with --param nodes=1,2 wrote"
+        ) from None
     net = calibrate_bandwidth(w, t_1, t_2)
-    source = f"measured on {r1['environment']['device']} ({path.name}); 2-node step {t_2:.4g} s"
+    source = f"measured on {device} ({path.name}); 2-node step {t_2:.4g} s"
     return w, net, t_1, source
 
 

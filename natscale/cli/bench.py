@@ -272,7 +272,30 @@ def _parse_param(text: str) -> tuple[str, list]:
     names = [f.name for f in fields(BenchSpec) if f.name not in ("extra", "device")]
     if key not in names:
         raise ValueError(f"--param {text!r}: unknown field {key!r}; one of {', '.join(names)}")
-    return key, [yaml.safe_load(v) for v in values.split(",")]
+    probe = argparse.ArgumentParser(add_help=False)
+    _spec_arguments(probe)
+    action = next((a for a in probe._actions if a.dest == key), None)
+    return key, [_param_value(key, v.strip(), action, yaml) for v in values.split(",")]
+
+
+def _param_value(key: str, raw: str, action: argparse.Action | None, yaml) -> object:
+    """One ``--param`` value, checked with the type and choices of the option of the same name
+    (``--micro-batch-rows`` for micro_batch_rows...); UsageError naming it when it is bad."""
+    bad = f"--param {key}={raw}"
+    if action is None:  # no option of that name: activation_checkpointing (bool), seed (int)
+        value = yaml.safe_load(raw) if raw else None
+        want = bool if key == "activation_checkpointing" else int
+        if type(value) is not want:
+            raise UsageError(f"{bad}: expected {'true or false' if want is bool else 'an integer'}")
+        return value
+    try:
+        value = action.type(raw) if callable(action.type) else raw
+    except (argparse.ArgumentTypeError, ValueError, TypeError) as exc:
+        raise UsageError(f"{bad}: {exc}") from None
+    if action.choices is not None and value not in action.choices:
+        choices = ", ".join(str(c) for c in action.choices)
+        raise UsageError(f"{bad}: not one of {choices}")
+    return value
 
 
 def _sweep(args: argparse.Namespace) -> int:

@@ -79,15 +79,17 @@ def load_eval_config(path: str, overrides: list[str], data_dir: str | None):
 
 def _compare(runs: list[str]) -> int:
     """``natscale eval compare RUN...``: one markdown table of the evaluations."""
-    from natscale.eval.compare import compare_table
+    from natscale.eval.compare import compare
     from natscale.eval.errors import EvalError
 
     if not runs:
         return _fail("compare needs at least one eval output directory")
     try:
-        print(compare_table(runs))
+        table, line = compare(runs)
     except EvalError as exc:
         return _fail(str(exc))
+    print(table)
+    print(line, file=sys.stderr)
     return 0
 
 
@@ -112,6 +114,7 @@ def _evaluate(cfg: EvalConfig, args: argparse.Namespace) -> int:
             should_stop=lambda: bool(stopped),
             progress=not args.no_progress,
             dist=dist,
+            inputs=[args.data] if args.data else (),
         )
     except EvalError as exc:
         return _fail(str(exc))

@@ -9,38 +9,77 @@ from natscale.eval.errors import EvalError
 
 
 def load_summary(run: str | Path) -> dict:
+    """The summary.json of an eval output directory (or the file itself); EvalError naming the
+    file when it is not one ``natscale eval`` wrote."""
     path = Path(run)
     if path.is_dir():
         path = path / "summary.json"
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise EvalError(f"{path}: no summary.json (give eval output directories)") from None
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
         raise EvalError(f"{path}: not a JSON summary ({exc})") from None
+    if not _is_eval_summary(data):
+        raise EvalError(
+            f"{path}: not an eval summary.json (no metrics with values, episodes and "
+            "throughput); give the output directories of `natscale eval`"
+        )
+    return data
+
+
+def _is_eval_summary(data: object) -> bool:
+    if not isinstance(data, dict) or not isinstance(data.get("metrics"), dict):
+        return False
+    metrics_ok = all(
+        isinstance(m, dict) and isinstance(m.get("value"), int | float)
+        for m in data["metrics"].values()
+    )
+    return (
+        metrics_ok
+        and isinstance(data.get("episodes"), int)
+        and isinstance(data.get("finished", 0), int)
+        and isinstance(data.get("complete", True), bool)
+        and isinstance(data.get("throughput"), dict)
+    )
 
 
 def compare_table(runs: list[str]) -> str:
+    """One markdown table of the evaluations, a run not yet complete marked ``(incomplete)``."""
+    return compare(runs)[0]
+
+
+def compare(runs: list[str]) -> tuple[str, str]:
+    """(the markdown table of the evaluations, one line saying how many and how many are
+    incomplete)."""
     summaries = [(run, load_summary(run)) for run in runs]
     metric_names: list[str] = []
     for _, s in summaries:
-        for name in s.get("metrics", {}):
+        for name in s["metrics"]:
             if name not in metric_names:
                 metric_names.append(name)
     header = ["run", "model", "marker", "episodes", *metric_names, "unfinished", "episodes/s"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for run, s in summaries:
-        cells = [str(run), str(s.get("model")), str(s.get("marker")), str(s.get("episodes"))]
+        episodes = str(s["episodes"])
+        if not s.get("complete", True):
+            episodes += f" of {s.get('expected_episodes', '?')} (incomplete)"
+        cells = [str(run), str(s.get("model")), str(s.get("marker")), episodes]
         for name in metric_names:
-            m = s.get("metrics", {}).get(name)
+            m = s["metrics"].get(name)
             if m is None:
                 cells.append("")
                 continue
             text = f"{100 * m['value']:.1f}"
-            if m.get("ci95"):
-                text += f" [{100 * m['ci95'][0]:.1f}, {100 * m['ci95'][1]:.1f}]"
+            ci = m.get("ci95")
+            if isinstance(ci, list) and len(ci) == 2:
+                text += f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
             cells.append(text)
-        cells.append(str(s.get("episodes", 0) - s.get("finished", 0)))
-        cells.append(str(s.get("throughput", {}).get("episodes_per_s")))
+        cells.append(str(s["episodes"] - s.get("finished", 0)))
+        cells.append(str(s["throughput"].get("episodes_per_s")))
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    return "\n".join(lines)
+    unfinished = sum(not s.get("complete", True) for _, s in summaries)
+    line = f"natscale eval compare: {len(summaries)} evaluation{'s' * (len(summaries) != 1)}"
+    if unfinished:
+        line += f", {unfinished} incomplete (rerun with --resume to finish)"
+    return "\n".join(lines), line

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+from pathlib import Path
 from typing import Any
 
 from natscale.eval.errors import EvalError
@@ -59,7 +61,46 @@ def prompt_defaults(prepared_dir: str | os.PathLike, *, file_given: bool = False
                 f"--data {root}: the dataset mixes several task prompt files; "
                 "set prompt.file for the task you evaluate"
             )
-        section["file"] = prompts[0].prompt
+        section["file"] = _recorded_prompt_file(prompts[0].prompt, root, cfg_path)
         if prompts[0].prompt_variant:
             section["variant"] = prompts[0].prompt_variant
     return section
+
+
+def _recorded_prompt_file(recorded: str, root: Path, cfg_path: Path) -> str:
+    """The task prompt file ``recorded`` in ``cfg_path`` as an absolute path. A relative one was
+    taken from the directory `natscale prepare` ran in, which is not recorded: it is looked for
+    from the working directory and from every folder above the dataset; found once (or as the
+    same bytes everywhere) it is used, and said on stderr; else an error says how to name it."""
+    path = Path(recorded).expanduser()
+    hint = (
+        f"the path comes from --data {root} ({cfg_path.name}); name the file the dataset was "
+        "prepared with: --set prompt.file=PATH (or prompt.file in the eval config)"
+    )
+    if path.is_absolute():
+        if not path.is_file():
+            raise EvalError(f"prompt.file: {recorded}: task prompt file not found; {hint}")
+        return str(path)
+    places = [Path.cwd(), *Path(root).resolve().parents]
+    found: list[Path] = []
+    for place in places:
+        candidate = (place / path).resolve()
+        if candidate.is_file() and candidate not in found:
+            found.append(candidate)
+    if not found:
+        raise EvalError(
+            f"prompt.file: {recorded}: task prompt file not found (a relative path, looked for "
+            f"from the working directory and the folders above {root}); {hint}"
+        )
+    if len({f.read_bytes() for f in found}) > 1:
+        raise EvalError(
+            f"prompt.file: {recorded} is relative and names different files from here "
+            f"({', '.join(str(f) for f in found)}); {hint}"
+        )
+    print(
+        f"natscale eval: prompt.file {recorded} (from --data {root}/{cfg_path.name}): using "
+        f"{found[0]}",
+        file=sys.stderr,
+        flush=True,
+    )
+    return str(found[0])

@@ -25,11 +25,11 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from natscale.atomic import atomic_write_json
+from natscale.atomic import RUN_DIR_ENTRIES, atomic_write_json, protected_reason
 from natscale.config.eval import EvalConfig
 from natscale.eval.episodes import EPISODES, EpisodeWriter, episode_record, read_episodes
 from natscale.eval.errors import EvalError
@@ -42,17 +42,68 @@ _FREE_FIELDS = {
     "hf": {"batch_size", "device"},
     "openai": {"concurrency", "timeout_s", "retries"},
 }
+# what makes a folder a training run directory, an eval's own summary.json aside
+_RUN_ONLY = {n for n in RUN_DIR_ENTRIES if n != "summary.json"}
 
 
-def fingerprint(cfg: EvalConfig) -> str:
-    data = cfg.model_dump(mode="json")
+# the config's fields that name files or folders (compared as absolute paths: a relative and an
+# absolute spelling of the same file are the same eval)
+_PATH_FIELDS = (("model",), ("questions",), ("prompt", "file"), ("prompt", "tokenizer"),
+                ("tools", "corpus"), ("scripted", "trajectories"))  # fmt: skip
+
+
+def _absolute(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_absolute(v) for v in value]
+    if not isinstance(value, str) or not value or value.startswith(("http://", "https://")):
+        return value
+    return os.path.abspath(os.path.expanduser(value))
+
+
+def _compared(config: dict[str, Any], *, absolute: bool = True) -> dict[str, Any]:
+    """The part of a config (``model_dump(mode="json")``) that makes two evals the same, with
+    its paths made absolute (``absolute``; relative ones are taken from the working directory)."""
+    data = json.loads(json.dumps(config))
     for key, sub in _FREE_FIELDS.items():
         if sub is None:
             data.pop(key, None)
         else:
             for k in sub:
-                data[key].pop(k, None)
+                data.get(key, {}).pop(k, None)
+    if absolute:
+        for path in _PATH_FIELDS:
+            holder = data
+            for k in path[:-1]:
+                holder = holder.get(k) if isinstance(holder, dict) else None
+            if isinstance(holder, dict) and path[-1] in holder:
+                holder[path[-1]] = _absolute(holder[path[-1]])
+    return data
+
+
+def _digest(data: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def fingerprint(cfg: EvalConfig) -> str:
+    """What makes two evals the same: model, questions, prompt, tools, loop and sampling (paths
+    as absolute paths; file contents are not read)."""
+    return _digest(_compared(cfg.model_dump(mode="json")))
+
+
+def _legacy_fingerprint(cfg: EvalConfig) -> str:
+    """The fingerprint of natscale <= this version's first release: paths as spelled."""
+    return _digest(_compared(cfg.model_dump(mode="json"), absolute=False))
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """The dotted names of the fields that differ between two compared configs."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for key in sorted(set(old) | set(new), key=str):
+            name = f"{prefix}.{key}" if prefix else str(key)
+            out += _differences(old.get(key), new.get(key), name)
+        return out
+    return [] if old == new else [prefix or "(the whole config)"]
 
 
 def rank_files(out: Path) -> list[Path]:
@@ -90,33 +141,160 @@ def merge_rank_files(out: Path) -> None:
         path.unlink()
 
 
-def check_output(out: Path, cfg: EvalConfig, resume: bool) -> list[dict[str, Any]]:
-    """Refuse a directory holding another eval's episodes; return the done records."""
-    episodes = out / EPISODES
-    run_file = out / "run.json"
-    if not episodes.exists() and not run_file.exists() and not rank_files(out):
-        if out.exists() and not out.is_dir():
-            raise EvalError(f"output {out} exists and is not a directory")
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def _path_inputs(cfg: EvalConfig) -> list[str]:
+    """The files and folders the eval reads (the output must neither hold nor be inside one)."""
+    paths = [*cfg.questions, *cfg.scripted.trajectories]
+    paths += [p for p in (cfg.prompt.file, cfg.prompt.tokenizer, cfg.tools.corpus) if p]
+    if cfg.model and not cfg.model.startswith(("http://", "https://")):
+        paths.append(cfg.model)
+    return paths
+
+
+def eval_record(out: Path) -> dict[str, Any] | None:
+    """``out/run.json`` when it is one an eval wrote (an object with its fingerprint and config):
+    what makes a folder an evaluation output of natscale; else None."""
+    try:
+        data = json.loads((out / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if isinstance(data, dict) and isinstance(data.get("fingerprint"), str) and "config" in data:
+        return data
+    return None
+
+
+def _cwd_or_input(resolved: Path, inputs: list[str]) -> str | None:
+    """Why ``resolved`` is the working directory, a folder above it or one holding an input."""
+    cwd = Path.cwd().resolve()
+    if _inside(cwd, resolved):
+        return "it is the current working directory or a folder above it"
+    for item in inputs:
+        if _inside(Path(item).expanduser().resolve(), resolved):
+            return f"it holds an input of this eval ({item})"
+    return None
+
+
+def _refusal(out: Path, inputs: list[str], *, is_eval: bool) -> str | None:
+    """Why the existing folder ``out`` may not receive an eval's files, or None."""
+    from natscale.atomic import HF_EXPORT, MARKER, PREPARED, legacy_output, read_marker
+
+    resolved = out.resolve()
+    why = protected_reason(out, inputs)  # the working directory, inputs, run directories
+    if why is not None and is_eval and not _RUN_ONLY & {p.name for p in out.iterdir()}:
+        why = _cwd_or_input(resolved, inputs)  # its summary.json is the eval's own
+    if why is not None:
+        return why
+    kind = read_marker(out)
+    if kind == HF_EXPORT or (out / "config.json").exists():
+        return "it is a Hugging Face model folder (holds config.json or an hf-export marker)"
+    if kind == PREPARED or legacy_output(out, PREPARED):
+        return "it is a prepared dataset (a `natscale prepare` output)"
+    if kind is not None:
+        return f"it is a natscale output of kind {kind!r} ({MARKER})"
+    return None
+
+
+def _enclosing(out: Path, inputs: list[str]) -> str | None:
+    """Why ``out`` (existing or not) may not be inside what encloses it, or None."""
+    from natscale.atomic import HF_EXPORT, PREPARED, read_marker
+
+    resolved = out.resolve()
+    for item in inputs:
+        if _inside(resolved, Path(item).expanduser().resolve()):
+            return f"it is inside an input of this eval ({item})"
+    for parent in resolved.parents:
+        if read_marker(parent) in (HF_EXPORT, PREPARED):
+            return f"it is inside {parent}, a natscale output that is replaced as a whole"
+    return None
+
+
+def check_output(
+    out: Path, cfg: EvalConfig, resume: bool, inputs: list[str] | None = None
+) -> list[dict[str, Any]]:
+    """Refuse (before any work) an output that is not a new or empty folder or this eval's own
+    output: the working directory or above it, a folder holding or inside an input, a training
+    run directory, a model or dataset folder, any other non-empty folder, another eval's output.
+    ``inputs``: more inputs than the config names (``--data``). Return the done records."""
+    if out.exists() and not out.is_dir():
+        raise EvalError(f"output {out} exists and is not a directory; choose another output")
+    inputs = [*_path_inputs(cfg), *(inputs or [])]
+    why = _enclosing(out, inputs)
+    if why is None and not out.exists():
         return []
+    record = eval_record(out)
+    if why is None:
+        why = _refusal(out, inputs, is_eval=record is not None)
+    if why is not None:
+        raise EvalError(
+            f"output {out} cannot be the output: {why}; natscale eval writes nothing there. "
+            "Choose a new (or empty) folder for the output"
+        )
+    names = sorted(p.name for p in out.iterdir())
+    if not names:
+        return []
+    if record is None:
+        if (out / EPISODES).exists() or rank_files(out):
+            raise EvalError(
+                f"output {out} holds {EPISODES} but no readable run.json: not an eval this "
+                "command wrote; choose another output directory"
+            )
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        raise EvalError(
+            f"output {out} is not an evaluation output of natscale (no run.json; it holds "
+            f"{shown}); natscale eval writes only into a new or empty folder or its own "
+            "output: choose another output directory"
+        )
+    held = [n for n in ("run.json", EPISODES, "summary.json") if n in names]
+    held += [p.name for p in rank_files(out)]
     if not resume:
         raise EvalError(
-            f"output {out} already holds an evaluation ({EPISODES}); pass --resume to continue "
-            "it, or choose another output directory"
+            f"output {out} already holds an evaluation ({', '.join(held)}); pass --resume to "
+            "continue it, or choose another output directory"
         )
-    try:
-        recorded = json.loads(run_file.read_text(encoding="utf-8"))["fingerprint"]
-    except (OSError, ValueError, KeyError, TypeError):
+    recorded = record["fingerprint"]
+    if recorded not in (fingerprint(cfg), _legacy_fingerprint(cfg)):
+        then = record.get("config")
+        changed = (
+            _differences(_compared(then), _compared(cfg.model_dump(mode="json")))
+            if isinstance(then, dict)
+            else []
+        )
+        what = (
+            ", ".join(changed) if changed else "model, questions, prompt, tools, loop or sampling"
+        )
         raise EvalError(
-            f"output {out} holds {EPISODES} but no readable run.json: not an eval this command "
-            "wrote; choose another output directory"
-        ) from None
-    if recorded != fingerprint(cfg):
-        raise EvalError(
-            f"output {out} holds another eval's episodes (its run.json fingerprint {recorded} "
-            f"differs from this config's {fingerprint(cfg)}: model, questions, prompt, tools, "
-            "loop or sampling changed); choose another output directory"
+            f"output {out} holds another eval's episodes (its config differs in: {what}; "
+            f"run.json fingerprint {recorded}, this config's {fingerprint(cfg)}); to continue "
+            "that eval, resume with the values recorded in its run.json (its episodes are "
+            "kept); for this config, choose another output directory"
         )
     return read_done(out, repair=True)
+
+
+def _checked_output(
+    out: Path, cfg: EvalConfig, resume: bool, inputs: list[str], *, dist: Any
+) -> list[dict[str, Any]]:
+    """:func:`check_output` on rank 0 alone (before rank 0 writes anything), its verdict shared
+    with the other ranks, which then read the done records rank 0 repaired."""
+    rank, world = _rank_world(dist)
+    if world == 1:
+        return check_output(out, cfg, resume, inputs)
+    verdict: list[Any] = [None]
+    done: list[dict[str, Any]] = []
+    if rank == 0:
+        try:
+            done = check_output(out, cfg, resume, inputs)
+        except EvalError as exc:
+            verdict[0] = str(exc)
+    dist.broadcast_object_list(verdict, src=0)
+    if verdict[0] is not None:
+        raise EvalError(verdict[0])
+    if rank != 0 and out.is_dir():
+        done = read_done(out, repair=False)
+    return done
 
 
 def versions() -> dict[str, str]:
@@ -289,6 +467,18 @@ def _throughput(new_records: list[dict[str, Any]], elapsed: float) -> dict[str, 
     }
 
 
+def _earlier(out: Path) -> dict[str, Any]:
+    """The throughput a previous run of this eval measured (a resume that ran no episode
+    measures none), marked as such; else that of no episodes."""
+    try:
+        earlier = json.loads((out / "summary.json").read_text(encoding="utf-8"))["throughput"]
+    except (OSError, ValueError, KeyError, TypeError):
+        earlier = None
+    if not isinstance(earlier, dict) or not earlier.get("episodes_this_run"):
+        return _throughput([], 0.0)
+    return {**earlier, "measured": "by an earlier run (this one had no episode left to run)"}
+
+
 def _summary(
     cfg: EvalConfig,
     out: Path,
@@ -317,7 +507,7 @@ def _summary(
             "world_size": world,
             "marker": marker,
             "sampling": cfg.sampling.model_dump(),
-            "throughput": _throughput(new_records, elapsed),
+            "throughput": _throughput(new_records, elapsed) if new_records else _earlier(out),
             "versions": versions(),
         }
     )
@@ -384,16 +574,19 @@ def run_eval(
     should_stop: Callable[[], bool] = lambda: False,
     progress: bool = False,
     dist: Any = None,
+    inputs: Sequence[str | os.PathLike] = (),
 ) -> dict[str, Any] | None:
     """Run (or continue) the evaluation; return the summary (also written to summary.json).
 
     ``dist``: ``torch.distributed`` when running as one rank of several (initialised by the
-    caller); then only rank 0 returns the summary, the other ranks None."""
+    caller); then only rank 0 returns the summary, the other ranks None. ``inputs``: what the
+    eval reads besides the files its config names (``--data``), which the output must not hold.
+    """
     rank, world = _rank_world(dist)
     from natscale.eval.questions import load_questions
 
     out = _output_dir(cfg, out_dir)
-    done = check_output(out, cfg, resume)
+    done = _checked_output(out, cfg, resume, [str(i) for i in inputs], dist=dist)
     questions = load_questions(cfg.questions, cfg.limit)
     new_records, elapsed, marker = _roll_out(
         cfg, out, questions, done, dist=dist, progress=progress, should_stop=should_stop

@@ -161,7 +161,7 @@ def read_hostfile(path: str | os.PathLike) -> tuple[Hostfile | None, list[Findin
     """Read and parse ``path``; (None, [error]) if it cannot be read."""
     shown = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8-sig")  # a BOM is no part of a host name
     except FileNotFoundError:
         return None, [Finding("error", "hostfile not found (give --hostfile PATH)", shown)]
     except (OSError, UnicodeDecodeError) as exc:

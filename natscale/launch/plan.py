@@ -150,6 +150,17 @@ def _resources(
     if errors(findings):
         return hostfile, None
     active = select(opts, hostfile)
+    if not any(active.values()):
+        flag = "--exclude" if opts.exclude else "--include/--nodes/--gpus-per-node"
+        findings.append(
+            Finding(
+                "error",
+                f"this leaves no host and no slot of {hostfile.path} to launch on; "
+                "exclude fewer hosts or slots",
+                flag,
+            )
+        )
+        return hostfile, None
     findings += check_backend(opts, hostfile, active)
     return hostfile, None if errors(findings) else active
 

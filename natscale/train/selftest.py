@@ -101,7 +101,9 @@ def load_model_config(path: str | None) -> Any:
             f"--model-config {path}: {file} does not exist; give a config.json file or a directory holding one"
         )
     try:
-        data = json.loads(file.read_text())
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{file}: not a UTF-8 text file ({exc}); give a config.json") from exc
     except json.JSONDecodeError as exc:
         raise ValueError(
             f"{file}: line {exc.lineno}, column {exc.colno}: invalid JSON ({exc.msg})"

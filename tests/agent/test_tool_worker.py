@@ -96,3 +96,9 @@ def test_the_process_exits_while_a_tool_call_never_returns(user_module):
     lines = done.stdout.splitlines()
     assert lines[:2] == ["Error: tool 'f' timed out after 0.2 s"] * 2
     assert lines[2].startswith("z:1:")
+
+
+@pytest.mark.parametrize("name", ["finish", "look[up]", " lookup", "look\nup", ""])
+def test_user_tool_names_no_action_can_call_are_refused_before_starting(name):
+    with pytest.raises(ToolConfigError, match=r"tools\.user"):
+        build_tools([], user_tools={name: "natscale.agent.calculator:calculate"})

@@ -404,3 +404,18 @@ def test_quick_runs_the_pipeline_and_resumes(tmp_path: Path):
     assert nat_again["failure_marker"]["behaviour"] == nat["failure_marker"]["behaviour"]
     log = tmp_path / "work" / "runs" / "P24" / "nat" / "seed0" / "train.log"
     assert log.read_text().count("natscale.cli train") == 1  # trained once, by the first call
+
+
+def test_cli_refuses_a_file_work_dir_and_too_many_positives_before_writing(tmp_path: Path, capsys):
+    from natscale.cli.main import main
+
+    a_file = tmp_path / "q.json"
+    a_file.write_text("[]")
+    args = ["bench", "nat", "--quick", "--results", str(tmp_path / "results")]
+    assert main([*args, "--work-dir", str(a_file)]) == 2
+    assert f"{a_file} exists and is not a directory" in capsys.readouterr().err
+    work = tmp_path / "work"
+    assert main([*args, "--work-dir", str(work), "--positives", "100000"]) == 2
+    err = capsys.readouterr().err
+    assert "P=100000 needs 100000 successes" in err and "smaller --positives" in err
+    assert not work.exists() and not (tmp_path / "results").exists()

@@ -106,3 +106,41 @@ def test_sigterm_flushes_exits_0_and_resumes(tmp_path):
     assert final[: len(done)] == done and len(final) == 600
     bundled = bundled_by_id()
     assert all(e["info"]["reward"] == bundled[e["id"]][0]["info"]["reward"] for e in final)
+
+
+def test_data_with_a_relative_prompt_path_finds_it_says_so_or_names_the_fix(
+    tmp_path, monkeypatch, capsys
+):
+    import shutil
+
+    import pytest
+
+    from natscale.eval.errors import EvalError
+
+    run_eval(EvalConfig.model_validate(scripted_fields(tmp_path / "run", limit=20)))
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    shutil.copy(DATA / "prompt.json", proj / "prompt.json")
+    monkeypatch.chdir(proj)  # prepare records `prompt: prompt.json`, relative to here
+    fields = _prepare_fields(tmp_path / "run" / "episodes.jsonl", proj / "data")
+    fields["sources"][0]["prompt"] = "prompt.json"
+    prepare(PrepareConfig.model_validate(fields))
+    cfg_path = write_config(
+        tmp_path / "eval.yaml",
+        **{k: v for k, v in scripted_fields(tmp_path / "r2").items() if k != "prompt"},
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cfg = load_eval_config(str(cfg_path), [], str(proj / "data"))
+    assert cfg.prompt.file == str(proj / "prompt.json")  # found above the dataset
+    assert f"prompt.file prompt.json (from --data {proj / 'data'}" in capsys.readouterr().err
+    (elsewhere / "prompt.json").write_text('{"other": "wording"}')
+    with pytest.raises(EvalError, match="names different files") as err:
+        load_eval_config(str(cfg_path), [], str(proj / "data"))
+    assert "--set prompt.file=PATH" in str(err.value)
+    (elsewhere / "prompt.json").unlink()
+    (proj / "prompt.json").unlink()
+    with pytest.raises(EvalError, match="task prompt file not found") as err:
+        load_eval_config(str(cfg_path), [], str(proj / "data"))
+    assert "prepare_config.yaml" in str(err.value) and "--set prompt.file=PATH" in str(err.value)

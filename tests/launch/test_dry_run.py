@@ -178,3 +178,18 @@ def test_runcheck_takes_train_args_without_the_cli(run_dir: Path, monkeypatch):
         lines[0] == "run config: run.yaml (resume) -> runs/golden" and "8 rows per step" in lines[2]
     )
     assert [f.level for f in findings] == ["note"]  # no tokenizer
+
+
+def test_exclude_leaving_no_host_is_refused(run_dir: Path, capsys):
+    for spec in ("node-a@node-b", "node-a:0,1@node-b:0,1"):
+        args = ["launch", "--hostfile", "hosts", "--ifname", "eth1", "--exclude", spec]
+        code = main([*args, "--dry-run", "--", "run.yaml"])
+        out, err = capsys.readouterr()
+        assert code == 2 and "launch: refused (1 error(s)" in out
+        assert "error: --exclude: this leaves no host and no slot of hosts to launch on" in err
+
+
+def test_hostfile_with_a_byte_order_mark(run_dir: Path, capsys):
+    (run_dir / "hosts").write_bytes(b"\xef\xbb\xbf" + HOSTS.encode())
+    text = _dry_run("pdsh", capsys, run_dir)
+    assert "\ufeff" not in text and "pdsh -S -f 1024 -w node-a,node-b" in text

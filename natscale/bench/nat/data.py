@@ -40,23 +40,13 @@ def subset(p: int) -> str:
     return {ALL: "Pall", BASE: "Pbase"}.get(p, f"P{p}")
 
 
-def build_pool(preset: Preset, root: Path) -> dict[str, Any]:
-    """Generate the pool and write every P's files under ``root``; returns what was written.
+class PoolTooSmallError(BenchDataError, ValueError):
+    """The preset (its ``--positives``) asks for more than its pool has: bad input (exit 2)."""
 
-    Files: ``questions.jsonl`` (training questions), ``test.jsonl`` (held out), ``prompt.json``,
-    ``P<P>/trajectories.json`` per P (NAT release format, ``info.progress`` = the nat-fine score
-    of the trajectory's kind), ``Pall/trajectories.json`` (every success: the calibration's
-    data) and, with ``base_steps``, ``Pbase/trajectories.json`` (the successes from
-    ``base_from``, by default after the largest P's: the base model's data; with ``base_prompt:
-    both`` every other one of them goes to ``Pbase/trajectories-success-prompt.json``, prepared
-    with ``prompt-success.json``). Written atomically; the same preset gives the same bytes.
-    """
-    from natscale.agent.scripted.dataset import (
-        dumps_prompt,
-        dumps_questions,
-        dumps_trajectories,
-        generate,
-    )
+
+def _generate_pool(preset: Preset):
+    """The preset's generated pool (the same preset gives the same pool)."""
+    from natscale.agent.scripted.dataset import generate
 
     pool = generate(
         preset.pool_seed,
@@ -69,8 +59,57 @@ def build_pool(preset: Preset, root: Path) -> dict[str, Any]:
     pool.prompt["instruction"] = preset.instruction
     for traj in pool.trajectories:
         traj["info"]["progress"] = FINE_SCORES[traj["info"]["kind"]]
-    positives = [i for i, t in enumerate(pool.trajectories) if t["info"]["reward"]]
-    negatives = [i for i, t in enumerate(pool.trajectories) if not t["info"]["reward"]]
+    return pool
+
+
+def _split(pool) -> tuple[list[int], list[int]]:
+    """(indices of the pool's successes, of its failures)."""
+    rewards = [bool(t["info"]["reward"]) for t in pool.trajectories]
+    return [i for i, r in enumerate(rewards) if r], [i for i, r in enumerate(rewards) if not r]
+
+
+def check_pool(preset: Preset, pool=None) -> None:
+    """Refuse, before anything is written, a preset whose pool cannot supply every P's successes
+    and failures or the base model's successes (``pool``: already generated, else generated)."""
+    positives, negatives = _split(pool if pool is not None else _generate_pool(preset))
+    for p in preset.positives:
+        n_neg = preset.negatives_per_positive * p
+        if p > len(positives) or n_neg > len(negatives):
+            raise PoolTooSmallError(
+                f"P={p} needs {p} successes and {n_neg} failures; the pool of "
+                f"{preset.pool_questions} questions has {len(positives)} and {len(negatives)}: "
+                "choose a smaller --positives, or raise pool_questions"
+            )
+    if preset.base_steps:
+        start = preset.base_from or max(preset.positives)
+        if start < max(preset.positives):
+            raise PoolTooSmallError(
+                f"base_from={start} would give the base model successes of P="
+                f"{max(preset.positives)}: set base_from to {max(preset.positives)} or more"
+            )
+        if not positives[start:]:
+            raise PoolTooSmallError(
+                f"the base model needs successes beyond the first {start}; the pool has "
+                f"{len(positives)}: choose a smaller --positives, or raise pool_questions"
+            )
+
+
+def build_pool(preset: Preset, root: Path) -> dict[str, Any]:
+    """Generate the pool and write every P's files under ``root``; returns what was written.
+
+    Files: ``questions.jsonl`` (training questions), ``test.jsonl`` (held out), ``prompt.json``,
+    ``P<P>/trajectories.json`` per P (NAT release format, ``info.progress`` = the nat-fine score
+    of the trajectory's kind), ``Pall/trajectories.json`` (every success: the calibration's
+    data) and, with ``base_steps``, ``Pbase/trajectories.json`` (the successes from
+    ``base_from``, by default after the largest P's: the base model's data; with ``base_prompt:
+    both`` every other one of them goes to ``Pbase/trajectories-success-prompt.json``, prepared
+    with ``prompt-success.json``). Written atomically; the same preset gives the same bytes.
+    """
+    from natscale.agent.scripted.dataset import dumps_prompt, dumps_questions, dumps_trajectories
+
+    pool = _generate_pool(preset)
+    check_pool(preset, pool)
+    positives, negatives = _split(pool)
     train_texts = {q["question"] for q in pool.questions}
     leaked = [q["id"] for q in pool.test_questions if q["question"] in train_texts]
     if leaked:  # the generator promises this; the benchmark's claim rests on it
@@ -83,12 +122,6 @@ def build_pool(preset: Preset, root: Path) -> dict[str, Any]:
     for p in (*preset.positives, ALL):
         n_neg = 0 if p == ALL else preset.negatives_per_positive * p
         p = len(positives) if p == ALL else p
-        if p > len(positives) or n_neg > len(negatives):
-            raise BenchDataError(
-                f"P={p} needs {p} successes and {n_neg} failures; the pool of "
-                f"{preset.pool_questions} questions has {len(positives)} and {len(negatives)}: "
-                "raise pool_questions"
-            )
         picked = [pool.trajectories[i] for i in sorted(positives[:p] + negatives[:n_neg])]
         name = subset(ALL if n_neg == 0 else p)
         path = root / name / "trajectories.json"
@@ -97,18 +130,7 @@ def build_pool(preset: Preset, root: Path) -> dict[str, Any]:
         kinds = {k: sum(t["info"]["kind"] == k for t in picked) for k in FINE_KINDS}
         subsets[name] = {"positives": p, "negatives": n_neg, "kinds": kinds}
     if preset.base_steps:
-        start = preset.base_from or max(preset.positives)
-        if start < max(preset.positives):
-            raise BenchDataError(
-                f"base_from={start} would give the base model successes of P="
-                f"{max(preset.positives)}: set base_from to {max(preset.positives)} or more"
-            )
-        rest = positives[start:]
-        if not rest:
-            raise BenchDataError(
-                f"the base model needs successes beyond the first {start}; the pool has "
-                f"{len(positives)}: raise pool_questions"
-            )
+        rest = positives[preset.base_from or max(preset.positives) :]
         picked = [pool.trajectories[i] for i in rest]
         path = root / subset(BASE) / "trajectories.json"
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -34,7 +34,7 @@ import yaml
 
 from natscale.atomic import atomic_write_bytes, atomic_write_json
 from natscale.bench.nat.behaviour import behaviour
-from natscale.bench.nat.data import ALL, BASE, build_pool, prepare_config, subset
+from natscale.bench.nat.data import ALL, BASE, build_pool, check_pool, prepare_config, subset
 from natscale.bench.nat.presets import Preset
 
 MARKER = ".natscale-bench"
@@ -83,6 +83,8 @@ def claim_work_dir(work: Path, preset: Preset) -> None:
     """Use ``work`` only if it is new, empty, or a benchmark folder of the same preset."""
     wanted = json.loads(json.dumps(preset.as_dict()))  # as saved: tuples become lists
     wanted.pop("jobs")  # how many runs share the machine changes no run's result
+    if work.exists() and not work.is_dir():
+        raise WorkDirError(f"{work} exists and is not a directory; choose another --work-dir")
     if work.exists() and not (work / MARKER).exists() and any(work.iterdir()):
         raise WorkDirError(
             f"{work} is not empty and was not made by `natscale bench nat`; "
@@ -358,6 +360,7 @@ def run_all(
     """Prepare, then every run (``preset.jobs`` at a time); returns (data record, run results)."""
     import torch
 
+    check_pool(preset)  # a --positives the pool cannot supply: refused before the work dir
     claim_work_dir(work, preset)
     if preset.precision != "fp32" and not torch.cuda.is_available():
         raise BenchNatError(

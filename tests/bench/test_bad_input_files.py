@@ -1,0 +1,36 @@
+"""Hand-made or damaged input files to ``bench project --calibrate`` and ``selftest
+--model-config``: exit 2 naming the file, no traceback."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from natscale.cli.main import main
+
+
+@pytest.mark.parametrize(
+    "records",
+    [
+        [{}],
+        [{"spec": {"nodes": 1}}, {"spec": {"nodes": 2}}],
+        ["not a record"],
+    ],
+)
+def test_project_calibrate_with_malformed_records(tmp_path, capsys, records):
+    sweep = tmp_path / "sweep.json"
+    sweep.write_text(json.dumps({"records": records}))
+    out = tmp_path / "results"
+    assert main(["bench", "project", "--calibrate", str(sweep), "--results", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"--calibrate {sweep}: not a sweep JSON of `natscale bench sweep`" in err
+    assert not out.exists()
+
+
+def test_selftest_model_config_that_is_not_utf8_is_named(tmp_path, capsys):
+    config = tmp_path / "config.json"
+    config.write_bytes(b'{"model_type": "llama", "name": "\xff\xfe"}')
+    assert main(["selftest", "--model-config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert f"{config}: not a UTF-8 text file" in err

@@ -1,0 +1,183 @@
+"""Where ``natscale eval`` writes: only a new or empty folder or its own output, never a run
+directory, model, dataset, input or the working directory; resume compares paths, not spellings."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from natscale.atomic import MARKER
+from natscale.cli.main import main
+
+from .conftest import DATA, scripted_fields, write_config
+
+
+def _eval(tmp_path, capsys, out, *extra: str, **changes) -> tuple[int, str]:
+    fields = scripted_fields(out, limit=5)
+    fields.update(changes)
+    cfg = write_config(tmp_path / "eval.yaml", **fields)
+    code = main(["eval", str(cfg), "--no-progress", *extra])
+    return code, capsys.readouterr().err
+
+
+def _snapshot(folder) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def _folder(tmp_path, name: str, files: dict[str, str]):
+    folder = tmp_path / name
+    folder.mkdir()
+    for rel, text in files.items():
+        (folder / rel).write_text(text)
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("files", "reason"),
+    [
+        ({"summary.json": '{"status": "done"}', "metrics.jsonl": "{}\n"}, "training run directory"),
+        ({"summary.json": '{"status": "done", "steps": 3}'}, "training run directory"),
+        ({"config.json": "{}", "model.safetensors": "x"}, "Hugging Face model folder"),
+        ({MARKER: '{"kind": "prepared", "version": 2, "entries": []}'}, "prepared dataset"),
+        ({"notes.txt": "mine"}, "not an evaluation output"),
+        ({"run.json": '{"not": "an eval"}'}, "not an evaluation output"),
+    ],
+)
+def test_foreign_folder_is_refused_untouched(tmp_path, capsys, files, reason):
+    out = _folder(tmp_path, "target", files)
+    before = _snapshot(out)
+    code, err = _eval(tmp_path, capsys, out)
+    assert code == 2 and reason in err and str(out) in err
+    assert _snapshot(out) == before  # nothing written, nothing replaced
+
+
+def test_inside_a_model_folder_or_a_dataset_is_refused(tmp_path, capsys):
+    hf = _folder(tmp_path, "hf", {MARKER: '{"kind": "hf-export", "version": 2, "entries": []}'})
+    code, err = _eval(tmp_path, capsys, hf / "eval")
+    assert code == 2 and "replaced as a whole" in err and not (hf / "eval").exists()
+
+
+def test_working_directory_a_folder_above_it_and_an_input_folder_are_refused(
+    tmp_path, capsys, monkeypatch
+):
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    for out in (work, tmp_path):
+        code, err = _eval(tmp_path, capsys, out)
+        assert code == 2 and "working directory" in err
+    questions = _folder(tmp_path, "qdir", {})
+    shutil.copy(DATA / "questions.jsonl", questions / "q.jsonl")
+    code, err = _eval(tmp_path, capsys, questions, questions=[str(questions / "q.jsonl")])
+    assert code == 2 and "holds an input" in err
+    assert sorted(p.name for p in questions.iterdir()) == ["q.jsonl"]
+    assert not (work / "run.json").exists() and not (tmp_path / "run.json").exists()
+
+
+def test_empty_folder_is_filled_and_run_json_alone_names_itself(tmp_path, capsys):
+    out = _folder(tmp_path, "empty", {})
+    assert _eval(tmp_path, capsys, out)[0] == 0
+    assert (out / "summary.json").is_file()
+    (out / "episodes.jsonl").unlink()
+    (out / "summary.json").unlink()
+    code, err = _eval(tmp_path, capsys, out)
+    assert code == 2 and "(run.json)" in err and "episodes.jsonl" not in err
+    assert _eval(tmp_path, capsys, out, "--resume")[0] == 0  # its own output: resumed
+
+
+def test_resume_compares_paths_not_spellings(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(DATA / "questions.jsonl", tmp_path / "q.jsonl")
+    out = tmp_path / "out"
+    assert _eval(tmp_path, capsys, out, questions=["q.jsonl"], limit=3)[0] == 0
+    code, _ = _eval(tmp_path, capsys, out, "--resume", questions=[str(tmp_path / "q.jsonl")])
+    assert code == 0
+    assert len((out / "episodes.jsonl").read_text().splitlines()) == 5
+
+
+def test_resume_names_the_fields_that_differ(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _eval(tmp_path, capsys, out)[0] == 0
+    before = _snapshot(out)
+    code, err = _eval(tmp_path, capsys, out, "--resume", sampling={"seed": 7}, task="qa")
+    assert code == 2 and "differs in: sampling.seed, task" in err and "episodes are kept" in err
+    assert _snapshot(out) == before
+    assert json.loads((out / "run.json").read_text())["config"]["sampling"]["seed"] == 0
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        '[{"id": "a", "question": "1+1?"}]',
+        '{"metrics": {"accuracy": 0.5}}',
+        '{"status": "done", "steps": 3, "losses": [1.0]}',
+        '{"fingerprint": "abc", "config": {}}',
+    ],
+)
+def test_compare_refuses_what_is_not_an_eval_summary(tmp_path, capsys, content):
+    folder = _folder(tmp_path, "run", {"summary.json": content})
+    for target in (folder, folder / "summary.json"):
+        assert main(["eval", "compare", str(target)]) == 2
+        err = capsys.readouterr().err
+        assert f"{folder / 'summary.json'}: not an eval summary.json" in err
+
+
+def test_compare_marks_incomplete_evals_and_prints_a_summary_line(tmp_path, capsys):
+    for name in ("a", "b"):
+        assert _eval(tmp_path, capsys, tmp_path / name)[0] == 0
+    summary = json.loads((tmp_path / "b" / "summary.json").read_text())
+    summary.update(complete=False, expected_episodes=1600)
+    (tmp_path / "b" / "summary.json").write_text(json.dumps(summary))
+    assert main(["eval", "compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    captured = capsys.readouterr()
+    rows = captured.out.strip().splitlines()
+    assert len(rows) == 4 and "| 5 |" in rows[2] and "| 5 of 1600 (incomplete) |" in rows[3]
+    assert captured.err.strip() == (
+        "natscale eval compare: 2 evaluations, 1 incomplete (rerun with --resume to finish)"
+    )
+
+
+class _FakeDist:
+    """torch.distributed as rank ``rank`` of 2 sees it; rank 0's verdict is ``verdict``."""
+
+    def __init__(self, rank: int, verdict: str | None = None) -> None:
+        self.rank, self.verdict = rank, verdict
+
+    def get_rank(self) -> int:
+        return self.rank
+
+    def get_world_size(self) -> int:
+        return 2
+
+    def broadcast_object_list(self, objects: list, src: int) -> None:
+        assert src == 0
+        if self.rank != 0:
+            objects[0] = self.verdict
+
+
+def test_only_rank_0_checks_the_output_so_its_run_json_does_not_refuse_a_peer(tmp_path):
+    from natscale.config.eval import EvalConfig
+    from natscale.eval.errors import EvalError
+    from natscale.eval.run import _checked_output, fingerprint
+
+    cfg = EvalConfig.model_validate(scripted_fields(tmp_path / "out", limit=5))
+    out = tmp_path / "out"
+    out.mkdir()  # rank 0 is already past its check and has written run.json
+    config = cfg.model_dump(mode="json")
+    (out / "run.json").write_text(json.dumps({"fingerprint": fingerprint(cfg), "config": config}))
+    assert _checked_output(out, cfg, False, [], dist=_FakeDist(1)) == []
+    with pytest.raises(EvalError, match="refused by rank 0"):
+        _checked_output(out, cfg, False, [], dist=_FakeDist(1, "refused by rank 0"))
+    with pytest.raises(EvalError, match=r"already holds an evaluation \(run.json\)"):
+        _checked_output(out, cfg, False, [], dist=_FakeDist(0))
+
+
+def test_a_resume_with_nothing_left_keeps_the_measured_throughput(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _eval(tmp_path, capsys, out)[0] == 0
+    first = json.loads((out / "summary.json").read_text())["throughput"]
+    assert _eval(tmp_path, capsys, out, "--resume")[0] == 0
+    again = json.loads((out / "summary.json").read_text())["throughput"]
+    assert again["episodes_per_s"] == first["episodes_per_s"] and "earlier run" in again["measured"]
