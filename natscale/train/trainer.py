@@ -101,6 +101,7 @@ class Trainer:
         self._build_engine()
         self.state = TrainState()
         self.resumed_from: str | None = None
+        self.last_complete: str | None = None  # the newest complete tag this run loaded or saved
         if latest is not None:
             load_tag = self.converted["load_tag"] if self.converted else None
             self._restore(
@@ -171,7 +172,7 @@ class Trainer:
             tokens_seen=dict(client["tokens_seen"]),
             nonfinite_steps=int(client["nonfinite_steps"]),
         )
-        self.resumed_from = client["tag"]
+        self.resumed_from = self.last_complete = client["tag"]
 
     def _note_conversion(self) -> None:
         if self.converted is None or self.info.rank != 0:
@@ -309,13 +310,16 @@ class Trainer:
     def _save(self) -> str:
         client = asdict(self.state)
         client["world_size"] = self.info.world_size
-        return checkpoint.save(
+        tag = checkpoint.save(
             self.engine,
             self.ckpt_dir,
             step=self.state.step,
             client_state=client,
             keep_last=self.run.checkpoint.keep_last,
+            fallback=self.last_complete,
         )
+        self.last_complete = tag
+        return tag
 
     def train(self, stop: StopSignal | None = None) -> dict[str, Any]:
         """Run until ``total_steps``, ``stop_after_steps`` or SIGTERM; returns the summary.
