@@ -77,7 +77,7 @@ def _load_run(args: argparse.Namespace) -> tuple[TrainArgs, RunConfig, Preflight
     """(train args, run config, preflight checks), or the exit code of a bad command line."""
     from natscale.config.loader import ConfigError, load_config
     from natscale.config.run import RunConfig
-    from natscale.train.preflight import PreflightError, check_run
+    from natscale.train.preflight import PreflightError, check_config_location, check_run
 
     if config_given_twice(args):
         return _fail("give the config once (positionally or with --config)", 2)
@@ -86,6 +86,7 @@ def _load_run(args: argparse.Namespace) -> tuple[TrainArgs, RunConfig, Preflight
         return _fail("no run config: natscale train CONFIG (or --config CONFIG)", 2)
     try:
         run_cfg = load_config(targs.config, RunConfig, targs.overrides)
+        check_config_location(targs.config, run_cfg)
         checks = check_run(
             run_cfg, resume=targs.resume, fresh=targs.fresh, resume_from=targs.resume_from
         )
