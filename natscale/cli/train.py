@@ -124,6 +124,12 @@ def _train(
         return _fail(str(exc), 1)
     except (RowError, UniversalConversionError, UnsafeCheckpointError, ResumeError) as exc:
         return _fail(str(exc), 2)
+    except KeyboardInterrupt:  # a second Ctrl-C (natscale.train.trainer.StopSignal)
+        return _fail(
+            "interrupted (Ctrl-C twice): stopped without saving; --resume continues from the "
+            "last checkpoint in checkpoints/latest, if any",
+            130,
+        )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -141,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
     from natscale.train.engine import export_local_size
     from natscale.train.trainer import StopSignal
 
-    stop = StopSignal()  # from here on a SIGTERM means: checkpoint at the next step boundary
+    stop = StopSignal()  # from here on SIGTERM/SIGINT mean: checkpoint at the next step boundary
     export_local_size()
     info = init_distributed()
     if info.rank == 0:

@@ -13,6 +13,7 @@ gradient is exactly ``grad(sum of all loss sums) / D`` for any ranks x accumulat
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import sys
@@ -63,17 +64,40 @@ class TrainState:
 
 
 class StopSignal:
-    """Remembers a SIGTERM (SLURM preemption); the loop checkpoints and exits at the next step."""
+    """Remembers a SIGTERM (SLURM preemption) or SIGINT (Ctrl-C); the loop checkpoints and exits
+    at the next step boundary. A second SIGINT, given at least ``AGAIN_S`` seconds after the first
+    (a launcher passing on the same Ctrl-C comes sooner), aborts at once (KeyboardInterrupt)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+    AGAIN_S = 2.0
 
     def __init__(self) -> None:
         self.received = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        self.name: str | None = None  # the first signal received, e.g. "SIGINT"
+        self._first_at: float | None = None
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
 
     def _handle(self, signum: int, frame: Any) -> None:
+        now = time.monotonic()
+        if signum == signal.SIGINT and self._first_at is not None:
+            if self.name == "SIGINT" and now - self._first_at >= self.AGAIN_S:
+                raise KeyboardInterrupt
+            return
         self.received = True
+        self.name = self.name or signal.Signals(signum).name
+        self._first_at = now
+        if signum == signal.SIGINT:
+            with contextlib.suppress(RuntimeError, OSError, ValueError, AttributeError):
+                print(  # may interrupt a write to stderr: a reentrant write is skipped
+                    "\nnatscale train: Ctrl-C: saving a checkpoint at the end of this step, "
+                    "then stopping (Ctrl-C again to abort at once, without saving)",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
     def restore(self) -> None:
-        signal.signal(signal.SIGTERM, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
 
 
 class Trainer:
@@ -322,9 +346,9 @@ class Trainer:
         return tag
 
     def train(self, stop: StopSignal | None = None) -> dict[str, Any]:
-        """Run until ``total_steps``, ``stop_after_steps`` or SIGTERM; returns the summary.
+        """Run until ``total_steps``, ``stop_after_steps``, SIGTERM or SIGINT; returns the summary.
 
-        Install ``stop`` early (before loading the model) so that a SIGTERM during start-up is
+        Install ``stop`` early (before loading the model) so that a signal during start-up is
         honoured at the first step boundary too.
         """
         stop = stop or StopSignal()
@@ -376,7 +400,7 @@ class Trainer:
                     start_step,
                 )
             if out["stop_requested"]:
-                reason = "SIGTERM"
+                reason = stop.name or "SIGTERM"  # a rank without the signal: the usual one
                 break
             every = run.checkpoint.every_steps
             if every and state.step % every == 0 and state.step < last_stop:
@@ -384,7 +408,8 @@ class Trainer:
                 self._save_or_abort(records, started, start_step, bar)
         if bar is not None:
             bar.close()
-        if saved_at != state.step and (run.checkpoint.at_end or reason == "SIGTERM"):
+        signalled = reason in ("SIGTERM", "SIGINT")
+        if saved_at != state.step and (run.checkpoint.at_end or signalled):
             self._save_or_abort(records, started, start_step, None)
         if reason == "finished" and state.step < self.total_steps:
             reason = "stop_after_steps"

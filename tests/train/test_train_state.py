@@ -146,3 +146,26 @@ def test_files_written_through_a_temp_path_follow_the_umask(tmp_path):
         assert mode(tmp_path / "config.yaml") == 0o640
     finally:
         os.umask(old)
+
+
+def test_ctrl_c_is_handled_like_sigterm_and_a_later_second_one_aborts():
+    """Bug 6: SIGINT asks for a checkpoint at the step boundary, as SIGTERM does."""
+    import os
+    import signal
+
+    from natscale.train.trainer import StopSignal
+
+    before = signal.getsignal(signal.SIGINT)
+    stop = StopSignal()
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.received and stop.name == "SIGINT"
+        os.kill(os.getpid(), signal.SIGINT)  # the same Ctrl-C passed on by a launcher: ignored
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.name == "SIGINT"
+        stop._first_at -= StopSignal.AGAIN_S
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        stop.restore()
+    assert signal.getsignal(signal.SIGINT) is before
