@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from natscale.atomic import HF_EXPORT, MARKER, foreign_entries, read_marker
 from natscale.checkpoint.layout import RunDir
@@ -63,6 +64,8 @@ def check_run(
         "model.tokenizer" if run.model.tokenizer else "the tokenizer": tokenizer_dir,
         "data.path": run.data.path,
     }
+    if (resume or resume_from is not None) and not fresh:
+        check_same_model(run, config)
     check_output_dir(
         Path(run.output_dir),
         resume=resume or resume_from is not None,
@@ -262,6 +265,50 @@ def check_hf_destination(hf: Path, inputs: dict[str, Path]) -> None:
             f"export at the end of the run would delete it; move that out of {hf}, or set "
             "checkpoint.export_hf=false"
         )
+
+
+# the config fields that decide the shapes of a checkpoint's tensors
+SHAPE_FIELDS = (
+    "model_type",
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "tie_word_embeddings",
+)
+
+
+def check_same_model(run: RunConfig, config: Any) -> None:
+    """When resuming, the model has the shapes of the one that wrote the checkpoints (recorded in
+    ``RUN_DIR/model_config/config.json``); else loading the checkpoint would fail deep in DeepSpeed."""
+    import json
+
+    layout = RunDir(run.output_dir)
+    saved = layout.model_config / "config.json"
+    ckpts = layout.checkpoints
+    if not saved.is_file() or not (ckpts.list_tags() or ckpts.latest_file.is_file()):
+        return
+    try:
+        before = json.loads(saved.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # unreadable record: the load itself still checks the shapes
+    source = (
+        f"model.path {run.model.path}" if run.model.path else f"model.config {run.model.config}"
+    )
+    for key in SHAPE_FIELDS:
+        if key not in before or not hasattr(config, key):
+            continue
+        now = getattr(config, key)
+        if before[key] != now:
+            raise PreflightError(
+                f"--resume: the checkpoints in {ckpts.root} were written by a model with "
+                f"{key}={before[key]!r} ({saved}), but {source} has {key}={now!r}; resume with "
+                "the model the run was trained with, or start over with --fresh or another "
+                "output_dir"
+            )
 
 
 def check_config_location(config: str | Path, run: RunConfig) -> None:

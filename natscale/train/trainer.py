@@ -29,7 +29,7 @@ from natscale.atomic import atomic_write_json
 from natscale.checkpoint import save as checkpoint
 from natscale.checkpoint.hf_export import export_hf, original_use_cache, write_model_config
 from natscale.checkpoint.layout import RunDir
-from natscale.checkpoint.resume import agree_on_start
+from natscale.checkpoint.resume import ResumeError, agree_on_start
 from natscale.checkpoint.universal import prepare_resume
 from natscale.config.loader import save_config
 from natscale.config.run import RunConfig
@@ -128,9 +128,7 @@ class Trainer:
         self.last_complete: str | None = None  # the newest complete tag this run loaded or saved
         if latest is not None:
             load_tag = self.converted["load_tag"] if self.converted else None
-            self._restore(
-                checkpoint.load(self.engine, self.ckpt_dir, tag=latest, load_tag=load_tag)
-            )
+            self._restore(self._load(latest, load_tag))
             self._note_conversion()
         self.use_cache = original_use_cache(run.model)
         self.writer: MetricsWriter | None = None
@@ -197,6 +195,24 @@ class Trainer:
             nonfinite_steps=int(client["nonfinite_steps"]),
         )
         self.resumed_from = self.last_complete = client["tag"]
+
+    def _load(self, tag: str, load_tag: str | None) -> dict[str, Any]:
+        """The client state of checkpoint ``tag``, loaded into the engine; a checkpoint whose
+        tensors do not fit the model is a :class:`ResumeError` naming both."""
+        try:
+            return checkpoint.load(self.engine, self.ckpt_dir, tag=tag, load_tag=load_tag)
+        except RuntimeError as exc:
+            text = str(exc)
+            if "size" not in text or ("match" not in text and "mismatch" not in text):
+                raise
+            model = self.run.model
+            source = f"model.path {model.path}" if model.path else f"model.config {model.config}"
+            raise ResumeError(
+                f"checkpoint {self.ckpt_dir / tag} does not fit the model of {source} "
+                f"({text.splitlines()[0]}); resume with the model the run was trained with "
+                f"({self.layout.model_config}/config.json), or start over with --fresh or "
+                "another output_dir"
+            ) from exc
 
     def _note_conversion(self) -> None:
         if self.converted is None or self.info.rank != 0:

@@ -359,3 +359,18 @@ def test_a_run_config_that_is_the_run_directorys_config_yaml(setup, capsys):
     from natscale.train.preflight import check_config_location
 
     check_config_location(own, run)  # resuming from the saved config is fine
+
+
+def test_resume_with_another_model_names_the_checkpoint_and_the_config(setup, capsys):
+    """Bug 9: not a DeepSpeed size-mismatch traceback from the load."""
+    tmp, cfg = setup
+    out = tmp / "out"
+    write_model_config(out / "model_config", tied=True)  # what the previous run trained
+    (out / "checkpoints" / "global_step2").mkdir(parents=True)
+    assert main(["train", str(cfg), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert f"checkpoints in {out / 'checkpoints'} were written by a model with " in err
+    assert "tie_word_embeddings=True" in err and "tie_word_embeddings=False" in err
+    assert f"model.config {tmp / 'model'}" in err and "Traceback" not in err
+    write_model_config(out / "model_config")  # the same model: fine
+    _check_flags(cfg, resume=True)
