@@ -169,3 +169,31 @@ def test_ctrl_c_is_handled_like_sigterm_and_a_later_second_one_aborts():
     finally:
         stop.restore()
     assert signal.getsignal(signal.SIGINT) is before
+
+
+@pytest.mark.parametrize(
+    ("record", "needle"),
+    [
+        ({"loss": 2.0}, "line 2: 'step' is None, not an integer"),
+        ({"step": 2, "loss_by_class": None}, None),  # null: plotted without classes
+        ({"step": 2, "loss": "x"}, "line 2: 'loss' is 'x', not a number"),
+        ({"step": 2, "loss_by_class": ["a"]}, "line 2: 'loss_by_class' is ['a'], not an object"),
+    ],
+)
+def test_plot_names_the_file_and_line_of_a_bad_record(tmp_path, capsys, record, needle):
+    from natscale.cli.main import main
+
+    good = {"step": 1, "loss": 2.0, "loss_by_class": {"a": 2.0}, "tokens_per_s_per_gpu": {}}
+    (tmp_path / "metrics.jsonl").write_text(json.dumps(good) + "\n" + json.dumps(record) + "\n")
+    code = main(["plot", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert (code, "Traceback" in err) == ((0, False) if needle is None else (2, False))
+    if needle is not None:
+        assert f"{tmp_path / 'metrics.jsonl'}, {needle}" in err
+
+
+def test_plot_of_a_folder_that_is_not_a_run(tmp_path, capsys):
+    from natscale.cli.main import main
+
+    assert main(["plot", str(tmp_path)]) == 2
+    assert "is not a `natscale train` run directory" in capsys.readouterr().err
