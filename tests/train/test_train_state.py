@@ -197,3 +197,23 @@ def test_plot_of_a_folder_that_is_not_a_run(tmp_path, capsys):
 
     assert main(["plot", str(tmp_path)]) == 2
     assert "is not a `natscale train` run directory" in capsys.readouterr().err
+
+
+def test_an_interrupted_export_leaves_no_temp_folder(tmp_path):
+    """The export writes in a hidden `.NAME.tmp`, removed when it is interrupted (Ctrl-C)."""
+    from types import SimpleNamespace
+
+    from natscale.checkpoint.hf_export import write_model_config
+
+    def interrupted(path: str) -> None:
+        (tmp_path / path / "config.json").write_text("{}")
+        raise KeyboardInterrupt
+
+    config = SimpleNamespace(use_cache=False, save_pretrained=interrupted)
+    model = SimpleNamespace(config=config, generation_config=None)
+    (tmp_path / "model_config").mkdir()
+    (tmp_path / "model_config" / "config.json").write_text('{"old": 1}')
+    with pytest.raises(KeyboardInterrupt):
+        write_model_config(model, tmp_path / "model_config", use_cache=True, tokenizer_dir=None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model_config"]
+    assert (tmp_path / "model_config" / "config.json").read_text() == '{"old": 1}'
