@@ -14,7 +14,6 @@ gradient is exactly ``grad(sum of all loss sums) / D`` for any ranks x accumulat
 from __future__ import annotations
 
 import contextlib
-import math
 import signal
 import sys
 import time
@@ -28,7 +27,7 @@ import torch.distributed as dist
 from natscale.atomic import atomic_write_json
 from natscale.checkpoint import save as checkpoint
 from natscale.checkpoint.hf_export import export_hf, original_use_cache, write_model_config
-from natscale.checkpoint.layout import RunDir
+from natscale.checkpoint.layout import TAG_RE, RunDir, tag_step
 from natscale.checkpoint.resume import ResumeError, agree_on_start
 from natscale.checkpoint.universal import prepare_resume
 from natscale.config.loader import save_config
@@ -36,7 +35,7 @@ from natscale.config.run import RunConfig
 from natscale.data.prepared import PreparedDir
 from natscale.train.batch import MicroBatch, collate
 from natscale.train.dist import DistInfo
-from natscale.train.engine import build_engine
+from natscale.train.engine import apply_optimizer_settings, build_engine
 from natscale.train.metrics import FlopsModel, MetricsWriter, memory_gib, peak_flops
 from natscale.train.preflight import Preflight
 from natscale.train.rows import PreparedRowsReader, RowOrder, StepPlan
@@ -121,17 +120,22 @@ class Trainer:
         self.ckpts = self.layout.checkpoints
         self.ckpt_dir = self.ckpts.root
         self._plan_data()
-        latest = self._agree_on_start(resume=resume, fresh=fresh, resume_from=resume_from)
-        self._build_engine()
-        self.state = TrainState()
+        self.last_stop = min(self.total_steps, run.train.stop_after_steps or self.total_steps)
         self.resumed_from: str | None = None
         self.last_complete: str | None = None  # the newest complete tag this run loaded or saved
+        self.writer: MetricsWriter | None = None
+        latest = self._agree_on_start(resume=resume, fresh=fresh, resume_from=resume_from)
+        if self.finished_at is not None:  # nothing to train: no engine, nothing written
+            self.resumed_from = latest
+            return
+        self._build_engine()
+        self.state = TrainState()
         if latest is not None:
             load_tag = self.converted["load_tag"] if self.converted else None
             self._restore(self._load(latest, load_tag))
+            self._apply_run_settings()
             self._note_conversion()
         self.use_cache = original_use_cache(run.model)
-        self.writer: MetricsWriter | None = None
         if info.rank == 0:
             self._write_run_files()
             self._open_metrics()
@@ -161,9 +165,15 @@ class Trainer:
             for note in plan.notes:
                 print(f"natscale train: note: {note}", file=sys.stderr, flush=True)
         latest = plan.tag
+        # the checkpoint is at (or past) the last step of this run: nothing to do
+        self.finished_at = (
+            tag_step(latest)
+            if latest is not None and TAG_RE.match(latest) and tag_step(latest) >= self.last_stop
+            else None
+        )
         self.converted = (  # a checkpoint of another world size, made loadable here
             prepare_resume(self.ckpt_dir, latest, world_size=info.world_size, rank=info.rank)
-            if latest is not None
+            if latest is not None and self.finished_at is None
             else None
         )
         return latest
@@ -213,6 +223,17 @@ class Trainer:
                 f"({self.layout.model_config}/config.json), or start over with --fresh or "
                 "another output_dir"
             ) from exc
+
+    def _apply_run_settings(self) -> None:
+        """The run config's optimizer values replace the checkpoint's, with a note for each."""
+        notes = apply_optimizer_settings(self.engine.lr_scheduler, self.run.train)
+        if notes and self.info.rank == 0:
+            print(
+                f"natscale train: note: the run config changes what {self.resumed_from} holds: "
+                f"{', '.join(notes)}; the new values apply from step {self.state.step + 1}",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def _note_conversion(self) -> None:
         if self.converted is None or self.info.rank != 0:
@@ -368,6 +389,15 @@ class Trainer:
         honoured at the first step boundary too.
         """
         stop = stop or StopSignal()
+        if self.finished_at is not None:
+            stop.restore()
+            return {
+                "status": "nothing_to_do",
+                "steps": self.finished_at,
+                "total_steps": self.total_steps,
+                "last_stop": self.last_stop,
+                "checkpoint": str(self.ckpt_dir / self.resumed_from),
+            }
         try:
             return self._loop(stop)
         finally:
@@ -377,7 +407,7 @@ class Trainer:
 
     def _loop(self, stop: StopSignal) -> dict[str, Any]:
         run, state = self.run, self.state
-        last_stop = min(self.total_steps, run.train.stop_after_steps or self.total_steps)
+        last_stop = self.last_stop
         bar = self._progress_bar()
         started, start_step = time.time(), state.step
         records: list[dict[str, Any]] = []
@@ -512,11 +542,16 @@ class Trainer:
         exported: Path | None,
     ) -> dict[str, Any]:
         timed = records[1:] or records  # the first step includes one-off warm-up
-        total_time = sum(r["step_time_s"] for r in timed) or math.nan
+        total_time = sum(r["step_time_s"] for r in timed)
         world = self.info.world_size
-        rates = {k: sum(r["tokens"][k] for r in timed) / total_time / world for k in TOKEN_KINDS}
+        rates, tflops, data_wait = None, None, None  # no step timed: unknown (null in JSON)
+        if total_time > 0:
+            rates = {
+                k: sum(r["tokens"][k] for r in timed) / total_time / world for k in TOKEN_KINDS
+            }
+            tflops = sum(r["tflops_per_gpu"] * r["step_time_s"] for r in timed) / total_time
+            data_wait = sum(r["data_time_s"] for r in timed) / total_time
         mfus = [r["mfu"] for r in timed if r["mfu"] is not None]
-        tflops = sum(r["tflops_per_gpu"] * r["step_time_s"] for r in timed) / total_time
         last = records[-1] if records else {}
         latest = self.ckpts.read_latest()
         return {
@@ -535,7 +570,7 @@ class Trainer:
             "tokens_per_s_per_gpu": rates,
             "tflops_per_gpu": tflops,
             "mfu": sum(mfus) / len(mfus) if mfus else None,
-            "data_wait_share": sum(r["data_time_s"] for r in timed) / total_time,
+            "data_wait_share": data_wait,
             "device": self.device_label,
             "attn_implementation": self.bundle.attn_implementation,
             "loss_implementation": loss_implementation(self.bundle.model.loss),
