@@ -43,13 +43,13 @@ def write_model_config(
     hf_model: Any, out_dir: Path, *, use_cache: bool, tokenizer_dir: Path | None
 ) -> None:
     """config.json (+ generation_config.json) and the tokenizer, no weights. Rank 0 only."""
-    tmp = _fresh(out_dir.with_name(out_dir.name + ".tmp"))
-    with _use_cache(hf_model.config, use_cache):
-        hf_model.config.save_pretrained(str(tmp))
-    if getattr(hf_model, "generation_config", None) is not None and hf_model.can_generate():
-        hf_model.generation_config.save_pretrained(str(tmp))
-    save_tokenizer(tokenizer_dir, tmp)
-    _swap_in(tmp, out_dir)
+    with _temp_beside(out_dir) as tmp:
+        with _use_cache(hf_model.config, use_cache):
+            hf_model.config.save_pretrained(str(tmp))
+        if getattr(hf_model, "generation_config", None) is not None and hf_model.can_generate():
+            hf_model.generation_config.save_pretrained(str(tmp))
+        save_tokenizer(tokenizer_dir, tmp)
+        _swap_in(tmp, out_dir)
 
 
 def export_hf(
@@ -63,12 +63,12 @@ def export_hf(
     else:
         state_dict = engine.module.state_dict()
     if dist.get_rank() == 0:
-        tmp = _fresh(out_dir.with_name(out_dir.name + ".tmp"))
-        with _use_cache(hf_model.config, use_cache):
-            hf_model.save_pretrained(str(tmp), state_dict=state_dict)
-        save_tokenizer(tokenizer_dir, tmp)
-        write_marker(tmp, HF_EXPORT)  # `convert zero-to-hf ... --overwrite` may replace it
-        _swap_in(tmp, out_dir)
+        with _temp_beside(out_dir) as tmp:
+            with _use_cache(hf_model.config, use_cache):
+                hf_model.save_pretrained(str(tmp), state_dict=state_dict)
+            save_tokenizer(tokenizer_dir, tmp)
+            write_marker(tmp, HF_EXPORT)  # `convert zero-to-hf ... --overwrite` may replace it
+            _swap_in(tmp, out_dir)
     dist.barrier()
     return out_dir
 
@@ -83,10 +83,18 @@ def _use_cache(config: Any, use_cache: bool) -> Iterator[None]:
         config.use_cache = saved
 
 
-def _fresh(path: Path) -> Path:
-    shutil.rmtree(path, ignore_errors=True)
-    path.mkdir(parents=True)
-    return path
+@contextlib.contextmanager
+def _temp_beside(out_dir: Path) -> Iterator[Path]:
+    """An empty hidden folder ``.NAME.tmp`` beside ``out_dir`` to write in; removed if the body
+    raises (Ctrl-C included). One left by a process that was killed is replaced."""
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _swap_in(tmp: Path, final: Path) -> None:

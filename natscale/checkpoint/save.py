@@ -8,7 +8,11 @@ Layout of ``RUN_DIR/checkpoints`` (named in ``natscale.checkpoint.layout``)::
     zero_to_fp32.py         DeepSpeed's offline converter (written by DeepSpeed)
 
 ``latest`` is written by rank 0 (temp file + rename) only after every rank has finished writing
-the tag, so a crash mid-save leaves the previous checkpoint in charge. A save that fails on any
+the tag, so a crash mid-save leaves the previous checkpoint in charge. Saving a step whose tag
+``latest`` names (a run resumed from an earlier tag reaches that step again) first moves ``latest``
+to a complete earlier tag (the one the run resumed from, or its last save) and removes the old
+folder: the tag is never rewritten in place. A tag's universal copy (``{tag}_universal``) goes
+whenever the tag is saved again or removed. A save that fails on any
 rank (disk full, read-only, ...) is agreed on by every rank: the partial tag is removed, ``latest``
 stays on the last good tag and every rank raises :class:`CheckpointSaveError`. After a good save,
 the tags older than it beyond the newest ``keep_last`` are deleted; tags newer than the one just
@@ -54,8 +58,7 @@ def _prune(ckpt_dir: Path, keep_last: int, current: str) -> list[str]:
         return []
     doomed = [name for name in tags[: -max(keep_last, 1)] if name != current]
     for name in doomed:
-        shutil.rmtree(ckpts.tag_dir(name), ignore_errors=True)
-        shutil.rmtree(ckpts.universal_dir(name), ignore_errors=True)  # see universal.py
+        _remove_tag(ckpts, name)
     return doomed
 
 
@@ -181,6 +184,12 @@ def _complete_tag(ckpt_dir: Path, tag: str, failed: list[tuple[int, str]]) -> li
     return box[0]
 
 
+def _remove_tag(ckpts: CheckpointDir, tag: str) -> None:
+    """Delete the folder of ``tag`` and its universal copy (made from it, stale without it)."""
+    shutil.rmtree(ckpts.tag_dir(tag), ignore_errors=True)
+    shutil.rmtree(ckpts.universal_dir(tag), ignore_errors=True)
+
+
 def _save_failed(
     ckpts: CheckpointDir, tag: str, failed: list[tuple[int, str]]
 ) -> CheckpointSaveError:
@@ -188,29 +197,58 @@ def _save_failed(
     import torch.distributed as dist
 
     if dist.get_rank() == 0 and ckpts.read_latest() != tag:
-        shutil.rmtree(ckpts.tag_dir(tag), ignore_errors=True)
+        _remove_tag(ckpts, tag)
     dist.barrier()
     previous = ckpts.read_latest()
     r, first = failed[0]
+    partial = ckpts.tag_dir(tag)
     return CheckpointSaveError(
         f"checkpoint {tag} could not be saved: {first} (rank {r}"
         + (f" and {len(failed) - 1} more" if len(failed) > 1 else "")
-        + f"). The partial {ckpts.tag_dir(tag)} was removed; "
+        + ")"
         + (
-            f"latest still names {previous}, the last good checkpoint (continue from it "
+            f". The partial {partial} is still there; "
+            if partial.is_dir()
+            else f". The partial {partial} was removed; "
+        )
+        + (
+            f"latest names {previous}, the last good checkpoint (continue from it "
             "with --resume once there is room)"
-            if previous
+            if previous and previous != tag
             else "there is no earlier checkpoint"
         )
     )
 
 
+def _clear_for_save(ckpts: CheckpointDir, tag: str, fallback: str | None) -> None:
+    """Rank 0, before ``tag`` is written: remove an earlier folder of it (and its universal copy).
+
+    When ``latest`` names ``tag`` (a run resumed from an earlier tag reached that step again),
+    ``latest`` first moves to ``fallback``, a complete earlier tag, or is removed when there is
+    none; a crash during the save then leaves a complete checkpoint in charge, never a mix of two
+    runs' files.
+    """
+    if ckpts.read_latest_text() == tag:
+        if fallback is not None and fallback != tag and ckpts.tag_dir(fallback).is_dir():
+            _write_latest(ckpts.root, fallback)
+        else:
+            ckpts.latest_file.unlink(missing_ok=True)
+    _remove_tag(ckpts, tag)
+
+
 def save(
-    engine: Any, ckpt_dir: str | Path, *, step: int, client_state: dict[str, Any], keep_last: int
+    engine: Any,
+    ckpt_dir: str | Path,
+    *,
+    step: int,
+    client_state: dict[str, Any],
+    keep_last: int,
+    fallback: str | None = None,
 ) -> str:
     """Save tag ``global_step{step}`` on all ranks (collective), then move ``latest`` to it.
 
-    Raises :class:`CheckpointSaveError` on every rank when any rank failed to write (see the
+    fallback: a complete tag older than this step (the last one this run saved or resumed from);
+    ``latest`` names it while the step is written when ``latest`` named this step's tag. Raises :class:`CheckpointSaveError` on every rank when any rank failed to write (see the
     module doc); the message names the rank, the error and the tag ``latest`` still names.
     """
     import torch.distributed as dist
@@ -219,9 +257,11 @@ def save(
     ckpts = CheckpointDir(ckpt_dir)
     tag = tag_for(step)
     rank = dist.get_rank()
-    if rank == 0 and ckpts.tag_dir(tag).is_dir() and ckpts.read_latest() != tag:
-        # left by a save of this step that never completed (`latest` never named it)
-        shutil.rmtree(ckpts.tag_dir(tag), ignore_errors=True)
+    if rank == 0:
+        # an earlier save of this step: one that never completed, or a run resumed from an
+        # earlier tag saving this step again
+        _clear_for_save(ckpts, tag, fallback)
+    dist.barrier()  # no rank writes before the old files are gone
     failed = _complete_tag(ckpt_dir, tag, _write_tag(engine, ckpt_dir, tag, client_state))
     if failed:
         raise _save_failed(ckpts, tag, failed)

@@ -10,7 +10,10 @@ as one file per parameter (fp32 master weight, Adam moments) that any world size
     checkpoints/global_step40_universal/    zero/<param>/{fp32,exp_avg,exp_avg_sq}.pt + model states
 
 The universal folder is written in a temporary folder and renamed into place, so it either exists
-complete or not at all; it is reused when present.
+complete or not at all. It records the size and modification time of every file of the tag it was
+made from (``natscale_source.json``); it is reused only while the tag still holds exactly those
+files, and converted again otherwise (the tag was saved again since, e.g. by a run resumed from an
+earlier tag). A save or removal of the tag removes its universal copy too (natscale.checkpoint.save).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import argparse
 import contextlib
 import functools
 import io
+import json
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -27,9 +31,34 @@ from types import ModuleType
 
 from natscale.checkpoint.layout import WORLD_FILE, CheckpointDir
 
+SOURCE_FILE = "natscale_source.json"  # in a universal folder: the files of the tag it was made from
+
 
 class UniversalConversionError(RuntimeError):
     """A ZeRO checkpoint could not be converted to a universal one."""
+
+
+def source_fingerprint(tag_dir: Path) -> dict[str, list[int]]:
+    """``{name: [size, mtime_ns]}`` of the files of ``tag_dir`` (what a universal copy was made of)."""
+    found = {}
+    for path in sorted(tag_dir.iterdir()):
+        if path.is_file():
+            st = path.stat()
+            found[path.name] = [st.st_size, st.st_mtime_ns]
+    return found
+
+
+def universal_is_current(ckpt_dir: str | Path, tag: str) -> bool:
+    """Whether ``ckpt_dir/{tag}_universal`` exists and was made from the files ``tag`` holds now."""
+    ckpts = CheckpointDir(ckpt_dir)
+    src, dst = ckpts.tag_dir(tag), ckpts.universal_dir(tag)
+    if not dst.is_dir() or not src.is_dir():
+        return False
+    try:
+        recorded = json.loads((dst / SOURCE_FILE).read_text(encoding="utf-8"))
+        return recorded == source_fingerprint(src)
+    except (OSError, ValueError):
+        return False  # no record (made before it existed, or cut off): not known to be current
 
 
 def saved_world_size(tag_dir: str | Path) -> int | None:
@@ -88,7 +117,8 @@ def _run_ds_to_universal(ds_to_universal: ModuleType, src: Path, out: Path, work
 
 
 def convert_to_universal(ckpt_dir: str | Path, tag: str, *, workers: int = 1) -> Path:
-    """Convert ``ckpt_dir/tag`` to ``ckpt_dir/{tag}_universal`` (returned; reused if it exists).
+    """Convert ``ckpt_dir/tag`` to ``ckpt_dir/{tag}_universal`` (returned). An existing one is
+    reused when it was made from the files the tag holds now, else converted again.
 
     Runs DeepSpeed's ``ds_to_universal`` in this process (no process group needed), its loads
     weights-only. Raises :class:`UniversalConversionError` naming the checkpoint, DeepSpeed's error
@@ -102,17 +132,21 @@ def convert_to_universal(ckpt_dir: str | Path, tag: str, *, workers: int = 1) ->
     ckpt_dir = Path(ckpt_dir)
     ckpts = CheckpointDir(ckpt_dir)
     src, dst = ckpts.tag_dir(tag), ckpts.universal_dir(tag)
-    if dst.is_dir():
-        return dst
     if not src.is_dir():
         raise UniversalConversionError(f"{src}: no such checkpoint tag folder")
+    if universal_is_current(ckpt_dir, tag):
+        return dst
     check_files(sorted(src.glob("*.pt")))
     for stale in ckpt_dir.glob(".universal.*"):  # left by a conversion that was killed
         shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(dir=ckpt_dir, prefix=".universal."))
     try:
         # ds_to_universal writes 'latest_universal' next to its output folder: keep it in tmp too
+        fingerprint = source_fingerprint(src)
         _run_ds_to_universal(ds_to_universal, src, tmp / dst.name, workers)
+        (tmp / dst.name / SOURCE_FILE).write_text(json.dumps(fingerprint) + "\n", encoding="utf-8")
+        if dst.is_dir():  # made from an earlier save of this tag: stale
+            shutil.rmtree(dst)
         (tmp / dst.name).rename(dst)
     except UnsafeCheckpointError:
         raise

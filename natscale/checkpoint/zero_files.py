@@ -56,7 +56,14 @@ def load_metadata_file(path: Path) -> dict[str, Any]:
     except UnsafeCheckpointError:
         raise
     except Exception as exc:  # torch raises RuntimeError / EOFError / UnpicklingError here
-        size = path.stat().st_size if path.exists() else 0
+        if isinstance(exc, FileNotFoundError) or not path.exists():
+            gone = "its tag folder" if not path.parent.is_dir() else "the file"
+            raise ConvertError(
+                f"cannot read {path}: {gone} disappeared while it was read (a running training "
+                "job prunes its older checkpoints as it saves new ones); convert a tag the job "
+                "keeps with --tag, or convert once the job has stopped."
+            ) from exc
+        size = path.stat().st_size
         raise ConvertError(
             f"cannot read {path} ({size} bytes): {type(exc).__name__}: {str(exc).splitlines()[0]}. "
             "The file is truncated or corrupt (an interrupted save, or a copy that did not finish); "

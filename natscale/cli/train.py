@@ -77,7 +77,7 @@ def _load_run(args: argparse.Namespace) -> tuple[TrainArgs, RunConfig, Preflight
     """(train args, run config, preflight checks), or the exit code of a bad command line."""
     from natscale.config.loader import ConfigError, load_config
     from natscale.config.run import RunConfig
-    from natscale.train.preflight import PreflightError, check_run
+    from natscale.train.preflight import PreflightError, check_config_location, check_run
 
     if config_given_twice(args):
         return _fail("give the config once (positionally or with --config)", 2)
@@ -86,6 +86,7 @@ def _load_run(args: argparse.Namespace) -> tuple[TrainArgs, RunConfig, Preflight
         return _fail("no run config: natscale train CONFIG (or --config CONFIG)", 2)
     try:
         run_cfg = load_config(targs.config, RunConfig, targs.overrides)
+        check_config_location(targs.config, run_cfg)
         checks = check_run(
             run_cfg, resume=targs.resume, fresh=targs.fresh, resume_from=targs.resume_from
         )
@@ -123,6 +124,12 @@ def _train(
         return _fail(str(exc), 1)
     except (RowError, UniversalConversionError, UnsafeCheckpointError, ResumeError) as exc:
         return _fail(str(exc), 2)
+    except KeyboardInterrupt:  # a second Ctrl-C (natscale.train.trainer.StopSignal)
+        return _fail(
+            "interrupted (Ctrl-C twice): stopped without saving; --resume continues from the "
+            "last checkpoint in checkpoints/latest, if any",
+            130,
+        )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -140,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
     from natscale.train.engine import export_local_size
     from natscale.train.trainer import StopSignal
 
-    stop = StopSignal()  # from here on a SIGTERM means: checkpoint at the next step boundary
+    stop = StopSignal()  # from here on SIGTERM/SIGINT mean: checkpoint at the next step boundary
     export_local_size()
     info = init_distributed()
     if info.rank == 0:
@@ -149,7 +156,21 @@ def run(args: argparse.Namespace) -> int:
     summary = _train(run_cfg, targs, checks, info, stop)
     if isinstance(summary, int):
         return summary
-    if info.rank == 0:
+    if info.rank == 0 and summary.get("status") == "nothing_to_do":
+        print(
+            f"natscale train: nothing to do, already at step {summary['steps']}/"
+            f"{summary['total_steps']}"
+            + (
+                f" (train.stop_after_steps={run_cfg.train.stop_after_steps})"
+                if summary["last_stop"] < summary["total_steps"]
+                else ""
+            )
+            + f" in {summary['checkpoint']}; summary.json and hf/ are left as they are. To "
+            "train further, raise train.steps (or train.stop_after_steps)",
+            file=sys.stderr,
+            flush=True,
+        )
+    elif info.rank == 0:
         _write_summary(run_cfg.output_dir, summary)
         print(summary_line(summary), flush=True)
     dist.barrier()
@@ -183,11 +204,24 @@ def _no_library_progress_bars() -> None:
     hf_logging.disable_progress_bar()
 
 
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, inf) replaced by None: strict JSON has none."""
+    import math
+
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
 def _write_summary(output_dir: str, summary: dict) -> None:
     from natscale.atomic import atomic_write_json
     from natscale.checkpoint.layout import RunDir
 
-    atomic_write_json(RunDir(output_dir).summary, summary)
+    atomic_write_json(RunDir(output_dir).summary, _finite(summary), allow_nan=False)
 
 
 def summary_line(s: dict) -> str:
@@ -196,13 +230,17 @@ def summary_line(s: dict) -> str:
 
     classes = ", ".join(f"{k} {num(v, '.3f')}" for k, v in (s["final_loss_by_class"] or {}).items())
     rates = s["tokens_per_s_per_gpu"]
+    speed = (
+        f"tok/s/device slot {rates['slot']:,.0f} non-pad {rates['nonpad']:,.0f} "
+        f"trained {rates['trained']:,.0f}; {s['tflops_per_gpu']:.3g} TFLOP/s/device"
+        if rates is not None and s["tflops_per_gpu"] is not None
+        else "tok/s/device n/a"
+    )
     mfu = "n/a" if s["mfu"] is None else f"{100 * s['mfu']:.1f}%"
     where = s["hf_export"] or s["checkpoint"] or "no checkpoint"
     return (
         f"train: {s['reason']} at step {s['steps']}/{s['total_steps']} in {s['wall_s']:.1f} s; "
         f"loss {num(s['first_loss'])} -> {num(s['final_loss'])} ({classes}); "
-        f"{s['tokens_seen']['trained']:,} trained tokens; tok/s/device slot {rates['slot']:,.0f} "
-        f"non-pad {rates['nonpad']:,.0f} trained {rates['trained']:,.0f}; "
-        f"{s['tflops_per_gpu']:.3g} TFLOP/s/device, MFU {mfu} on "
+        f"{s['tokens_seen']['trained']:,} trained tokens; {speed}, MFU {mfu} on "
         f"{s['device']}; skipped {s['nonfinite_steps']}; -> {where}"
     )

@@ -110,7 +110,8 @@ class LoggingSection(_Section):
 
 
 class RunConfig(_Section):
-    output_dir: str
+    output_dir: str = Field(min_length=1)
+    """The run directory (never empty: "" would mean the current directory)."""
     model: ModelSection
     data: DataSection
     train: TrainSection = Field(default_factory=TrainSection)

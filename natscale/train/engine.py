@@ -112,3 +112,49 @@ def build_engine(
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule),
     )
     return EngineBundle(engine, model, hf_config, ds, attn, hf_ds_config)
+
+
+def apply_optimizer_settings(scheduler: Any, train: TrainSection) -> list[str]:
+    """After a checkpoint is loaded: the run config's ``lr``, ``adam_betas``, ``adam_eps`` and
+    ``weight_decay`` replace the ones the checkpoint restored (LambdaLR's ``base_lrs``, the
+    optimizer's param groups), and the current LR follows the schedule from them. Returns a note
+    per value that changed (empty when the run config repeats the checkpoint's).
+
+    ``scheduler`` is the engine's LambdaLR; its optimizer's groups are the ones DeepSpeed steps
+    (ZeRO's ``param_groups`` are the wrapped optimizer's). Group 0 is the decayed one
+    (:func:`param_groups`); the others are never decayed.
+    """
+    groups = scheduler.optimizer.param_groups
+    notes = []
+
+    def changed(name: str, before: Any, after: Any) -> bool:
+        if before is None or math.isclose(float(before), float(after), rel_tol=1e-9):
+            return False
+        notes.append(f"{name} {before:g} -> {after:g}")
+        return True
+
+    if changed("train.lr", scheduler.base_lrs[0], train.lr) or any(
+        b != train.lr for b in scheduler.base_lrs
+    ):
+        scheduler.base_lrs = [train.lr] * len(groups)
+    beta1, beta2 = train.adam_betas
+    for i, group in enumerate(groups):
+        group["initial_lr"] = train.lr
+        if "betas" in group:
+            old1, old2 = group["betas"]
+            if i == 0:
+                changed("train.adam_betas[0]", old1, beta1)
+                changed("train.adam_betas[1]", old2, beta2)
+            group["betas"] = (beta1, beta2)
+        if "eps" in group:
+            if i == 0:
+                changed("train.adam_eps", group["eps"], train.adam_eps)
+            group["eps"] = train.adam_eps
+        if i == 0 and "weight_decay" in group:
+            changed("train.weight_decay", group["weight_decay"], train.weight_decay)
+            group["weight_decay"] = train.weight_decay
+    step = scheduler.last_epoch
+    for group, base, factor in zip(groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True):
+        group["lr"] = base * factor(step)
+    scheduler._last_lr = [group["lr"] for group in groups]
+    return notes

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from natscale.atomic import HF_EXPORT, MARKER, foreign_entries, read_marker
 from natscale.checkpoint.layout import RunDir
 from natscale.config.ds_config import (
     check_with_deepspeed,
@@ -56,11 +58,21 @@ def check_run(
     if tokenizer_dir is not None:
         check_tokenizer(run, tokenizer_dir, config.vocab_size)
     check_ds_config(run, hidden_size=config.hidden_size)
+    inputs = {
+        "model.path": run.model.path,
+        "model.config": run.model.config,
+        "model.tokenizer" if run.model.tokenizer else "the tokenizer": tokenizer_dir,
+        "data.path": run.data.path,
+    }
+    if (resume or resume_from is not None) and not fresh:
+        check_same_model(run, config)
     check_output_dir(
         Path(run.output_dir),
         resume=resume or resume_from is not None,
         fresh=fresh,
         resume_from=resume_from,
+        inputs={k: Path(v) for k, v in inputs.items() if v is not None},
+        export_hf=run.checkpoint.export_hf,
     )
     return Preflight(config.vocab_size, config.hidden_size, num_rows, tokenizer_dir, notes)
 
@@ -149,10 +161,20 @@ def check_ds_config(run: RunConfig, *, hidden_size: int) -> None:
 
 
 def check_output_dir(
-    out: Path, *, resume: bool, fresh: bool = False, resume_from: str | None = None
+    out: Path,
+    *,
+    resume: bool,
+    fresh: bool = False,
+    resume_from: str | None = None,
+    inputs: dict[str, Path] | None = None,
+    export_hf: bool = False,
 ) -> None:
     """``out`` can be written, and what it holds fits the flags (the checkpoint itself is checked
-    later, on rank 0: natscale.checkpoint.resume)."""
+    later, on rank 0: natscale.checkpoint.resume).
+
+    inputs: what the run reads (``{"model.path": PATH, ...}``): none may lie in what ``--fresh``
+    moves aside, nor in ``out/hf`` when the run exports there (``export_hf``)."""
+    inputs = inputs or {}
     if out.exists() and not out.is_dir():
         raise PreflightError(f"output_dir: {out} exists and is not a directory")
     if resume and fresh:
@@ -170,6 +192,19 @@ def check_output_dir(
             "that run, --fresh to start over at step 1 (the previous run's files are moved to "
             f"{out}/previous-<time>/, not deleted), or choose another output_dir"
         )
+    held = [name for name in ("metrics.jsonl", "summary.json", "hf") if (out / name).exists()]
+    if not resume and not fresh and held:
+        raise PreflightError(
+            f"output_dir: {out} already holds a previous run ({', '.join(held)}); pass --resume "
+            "to continue it, --fresh to start over at step 1 (the previous run's files are moved "
+            f"to {out}/previous-<time>/, not deleted), or choose another output_dir"
+        )
+    if fresh:
+        _check_inputs_outside(
+            out, inputs, RunDir.ENTRIES, "--fresh would move it to previous-<time>/"
+        )
+    elif export_hf:
+        check_hf_destination(run_dir.hf, inputs)
     if resume_from is not None and not ckpts.tag_dir(resume_from).is_dir():
         raise PreflightError(
             f"--resume-from {resume_from}: {ckpts.tag_dir(resume_from)} does not exist (checkpoints in "
@@ -181,6 +216,120 @@ def check_output_dir(
             parse_metrics(metrics)  # a cut-off last line is fine: the trainer removes it
         except (MetricsFileError, OSError) as exc:
             raise PreflightError(f"output_dir: {exc}") from exc
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    path, folder = path.resolve(), folder.resolve()
+    return path == folder or folder in path.parents
+
+
+def _check_inputs_outside(
+    out: Path, inputs: dict[str, Path], entries: tuple[str, ...], why: str
+) -> None:
+    """No input of the run lies in ``out/NAME`` for NAME in ``entries`` (an existing one)."""
+    for name in entries:
+        held = out / name
+        if not held.exists():
+            continue
+        for field, path in inputs.items():
+            if _inside(path, held):
+                raise PreflightError(
+                    f"{field}: {path} is inside {held}, and {why}; copy it outside {out} and "
+                    f"set {field} to the copy, or choose another output_dir"
+                )
+
+
+def check_hf_destination(hf: Path, inputs: dict[str, Path]) -> None:
+    """``hf`` (RUN_DIR/hf) may be replaced by the end-of-run export: absent or empty, or an HF
+    export natscale wrote holding nothing else, and none of the run's inputs inside."""
+    if not hf.exists():
+        return
+    fix = "move it out of the run directory, or set checkpoint.export_hf=false"
+    if not hf.is_dir():
+        raise PreflightError(f"output_dir: {hf} exists and is not a directory; {fix}")
+    _check_inputs_outside(
+        hf.parent, inputs, (hf.name,), "the export at the end of the run replaces that folder"
+    )
+    if not any(hf.iterdir()):
+        return
+    if read_marker(hf) != HF_EXPORT:
+        raise PreflightError(
+            f"output_dir: {hf} was not written by natscale (no {MARKER} marker of an HF export), "
+            f"and the export at the end of the run would replace it; {fix}"
+        )
+    added = foreign_entries(hf)
+    if added:
+        shown = ", ".join(added[:5]) + (f" and {len(added) - 5} more" if len(added) > 5 else "")
+        raise PreflightError(
+            f"output_dir: {hf} holds what natscale did not write there ({shown}), and the "
+            f"export at the end of the run would delete it; move that out of {hf}, or set "
+            "checkpoint.export_hf=false"
+        )
+
+
+# the config fields that decide the shapes of a checkpoint's tensors
+SHAPE_FIELDS = (
+    "model_type",
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "tie_word_embeddings",
+)
+
+
+def check_same_model(run: RunConfig, config: Any) -> None:
+    """When resuming, the model has the shapes of the one that wrote the checkpoints (recorded in
+    ``RUN_DIR/model_config/config.json``); else loading the checkpoint would fail deep in DeepSpeed."""
+    import json
+
+    layout = RunDir(run.output_dir)
+    saved = layout.model_config / "config.json"
+    ckpts = layout.checkpoints
+    if not saved.is_file() or not (ckpts.list_tags() or ckpts.latest_file.is_file()):
+        return
+    try:
+        before = json.loads(saved.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # unreadable record: the load itself still checks the shapes
+    source = (
+        f"model.path {run.model.path}" if run.model.path else f"model.config {run.model.config}"
+    )
+    for key in SHAPE_FIELDS:
+        if key not in before or not hasattr(config, key):
+            continue
+        now = getattr(config, key)
+        if before[key] != now:
+            raise PreflightError(
+                f"--resume: the checkpoints in {ckpts.root} were written by a model with "
+                f"{key}={before[key]!r} ({saved}), but {source} has {key}={now!r}; resume with "
+                "the model the run was trained with, or start over with --fresh or another "
+                "output_dir"
+            )
+
+
+def check_config_location(config: str | Path, run: RunConfig) -> None:
+    """The run config file is not ``RUN_DIR/config.yaml``, which the run rewrites with the
+    resolved config, unless it already holds exactly that (a run resumed from its saved config)."""
+    import yaml
+
+    saved = RunDir(run.output_dir).config
+    if not saved.is_file() or Path(config).resolve() != saved.resolve():
+        return
+    resolved = yaml.safe_dump(run.model_dump(mode="json"), sort_keys=False)
+    try:
+        same = saved.read_text(encoding="utf-8") == resolved
+    except (OSError, UnicodeDecodeError):
+        same = False
+    if not same:
+        raise PreflightError(
+            f"{config} is the run directory's config.yaml, which the run overwrites with the "
+            "resolved config (comments and --set values included); keep the run config outside "
+            f"the run directory {run.output_dir} (copy it elsewhere and pass the copy)"
+        )
 
 
 def check_writable(out: Path) -> None:

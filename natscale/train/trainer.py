@@ -13,7 +13,7 @@ gradient is exactly ``grad(sum of all loss sums) / D`` for any ranks x accumulat
 
 from __future__ import annotations
 
-import math
+import contextlib
 import signal
 import sys
 import time
@@ -27,15 +27,15 @@ import torch.distributed as dist
 from natscale.atomic import atomic_write_json
 from natscale.checkpoint import save as checkpoint
 from natscale.checkpoint.hf_export import export_hf, original_use_cache, write_model_config
-from natscale.checkpoint.layout import RunDir
-from natscale.checkpoint.resume import agree_on_start
+from natscale.checkpoint.layout import TAG_RE, RunDir, tag_step
+from natscale.checkpoint.resume import ResumeError, agree_on_start
 from natscale.checkpoint.universal import prepare_resume
 from natscale.config.loader import save_config
 from natscale.config.run import RunConfig
 from natscale.data.prepared import PreparedDir
 from natscale.train.batch import MicroBatch, collate
 from natscale.train.dist import DistInfo
-from natscale.train.engine import build_engine
+from natscale.train.engine import apply_optimizer_settings, build_engine
 from natscale.train.metrics import FlopsModel, MetricsWriter, memory_gib, peak_flops
 from natscale.train.preflight import Preflight
 from natscale.train.rows import PreparedRowsReader, RowOrder, StepPlan
@@ -63,17 +63,40 @@ class TrainState:
 
 
 class StopSignal:
-    """Remembers a SIGTERM (SLURM preemption); the loop checkpoints and exits at the next step."""
+    """Remembers a SIGTERM (SLURM preemption) or SIGINT (Ctrl-C); the loop checkpoints and exits
+    at the next step boundary. A second SIGINT, given at least ``AGAIN_S`` seconds after the first
+    (a launcher passing on the same Ctrl-C comes sooner), aborts at once (KeyboardInterrupt)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+    AGAIN_S = 2.0
 
     def __init__(self) -> None:
         self.received = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        self.name: str | None = None  # the first signal received, e.g. "SIGINT"
+        self._first_at: float | None = None
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
 
     def _handle(self, signum: int, frame: Any) -> None:
+        now = time.monotonic()
+        if signum == signal.SIGINT and self._first_at is not None:
+            if self.name == "SIGINT" and now - self._first_at >= self.AGAIN_S:
+                raise KeyboardInterrupt
+            return
         self.received = True
+        self.name = self.name or signal.Signals(signum).name
+        self._first_at = now
+        if signum == signal.SIGINT:
+            with contextlib.suppress(RuntimeError, OSError, ValueError, AttributeError):
+                print(  # may interrupt a write to stderr: a reentrant write is skipped
+                    "\nnatscale train: Ctrl-C: saving a checkpoint at the end of this step, "
+                    "then stopping (Ctrl-C again to abort at once, without saving)",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
     def restore(self) -> None:
-        signal.signal(signal.SIGTERM, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
 
 
 class Trainer:
@@ -97,18 +120,22 @@ class Trainer:
         self.ckpts = self.layout.checkpoints
         self.ckpt_dir = self.ckpts.root
         self._plan_data()
+        self.last_stop = min(self.total_steps, run.train.stop_after_steps or self.total_steps)
+        self.resumed_from: str | None = None
+        self.last_complete: str | None = None  # the newest complete tag this run loaded or saved
+        self.writer: MetricsWriter | None = None
         latest = self._agree_on_start(resume=resume, fresh=fresh, resume_from=resume_from)
+        if self.finished_at is not None:  # nothing to train: no engine, nothing written
+            self.resumed_from = latest
+            return
         self._build_engine()
         self.state = TrainState()
-        self.resumed_from: str | None = None
         if latest is not None:
             load_tag = self.converted["load_tag"] if self.converted else None
-            self._restore(
-                checkpoint.load(self.engine, self.ckpt_dir, tag=latest, load_tag=load_tag)
-            )
+            self._restore(self._load(latest, load_tag))
+            self._apply_run_settings()
             self._note_conversion()
         self.use_cache = original_use_cache(run.model)
-        self.writer: MetricsWriter | None = None
         if info.rank == 0:
             self._write_run_files()
             self._open_metrics()
@@ -138,9 +165,15 @@ class Trainer:
             for note in plan.notes:
                 print(f"natscale train: note: {note}", file=sys.stderr, flush=True)
         latest = plan.tag
+        # the checkpoint is at (or past) the last step of this run: nothing to do
+        self.finished_at = (
+            tag_step(latest)
+            if latest is not None and TAG_RE.match(latest) and tag_step(latest) >= self.last_stop
+            else None
+        )
         self.converted = (  # a checkpoint of another world size, made loadable here
             prepare_resume(self.ckpt_dir, latest, world_size=info.world_size, rank=info.rank)
-            if latest is not None
+            if latest is not None and self.finished_at is None
             else None
         )
         return latest
@@ -171,7 +204,36 @@ class Trainer:
             tokens_seen=dict(client["tokens_seen"]),
             nonfinite_steps=int(client["nonfinite_steps"]),
         )
-        self.resumed_from = client["tag"]
+        self.resumed_from = self.last_complete = client["tag"]
+
+    def _load(self, tag: str, load_tag: str | None) -> dict[str, Any]:
+        """The client state of checkpoint ``tag``, loaded into the engine; a checkpoint whose
+        tensors do not fit the model is a :class:`ResumeError` naming both."""
+        try:
+            return checkpoint.load(self.engine, self.ckpt_dir, tag=tag, load_tag=load_tag)
+        except RuntimeError as exc:
+            text = str(exc)
+            if "size" not in text or ("match" not in text and "mismatch" not in text):
+                raise
+            model = self.run.model
+            source = f"model.path {model.path}" if model.path else f"model.config {model.config}"
+            raise ResumeError(
+                f"checkpoint {self.ckpt_dir / tag} does not fit the model of {source} "
+                f"({text.splitlines()[0]}); resume with the model the run was trained with "
+                f"({self.layout.model_config}/config.json), or start over with --fresh or "
+                "another output_dir"
+            ) from exc
+
+    def _apply_run_settings(self) -> None:
+        """The run config's optimizer values replace the checkpoint's, with a note for each."""
+        notes = apply_optimizer_settings(self.engine.lr_scheduler, self.run.train)
+        if notes and self.info.rank == 0:
+            print(
+                f"natscale train: note: the run config changes what {self.resumed_from} holds: "
+                f"{', '.join(notes)}; the new values apply from step {self.state.step + 1}",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def _note_conversion(self) -> None:
         if self.converted is None or self.info.rank != 0:
@@ -309,21 +371,33 @@ class Trainer:
     def _save(self) -> str:
         client = asdict(self.state)
         client["world_size"] = self.info.world_size
-        return checkpoint.save(
+        tag = checkpoint.save(
             self.engine,
             self.ckpt_dir,
             step=self.state.step,
             client_state=client,
             keep_last=self.run.checkpoint.keep_last,
+            fallback=self.last_complete,
         )
+        self.last_complete = tag
+        return tag
 
     def train(self, stop: StopSignal | None = None) -> dict[str, Any]:
-        """Run until ``total_steps``, ``stop_after_steps`` or SIGTERM; returns the summary.
+        """Run until ``total_steps``, ``stop_after_steps``, SIGTERM or SIGINT; returns the summary.
 
-        Install ``stop`` early (before loading the model) so that a SIGTERM during start-up is
+        Install ``stop`` early (before loading the model) so that a signal during start-up is
         honoured at the first step boundary too.
         """
         stop = stop or StopSignal()
+        if self.finished_at is not None:
+            stop.restore()
+            return {
+                "status": "nothing_to_do",
+                "steps": self.finished_at,
+                "total_steps": self.total_steps,
+                "last_stop": self.last_stop,
+                "checkpoint": str(self.ckpt_dir / self.resumed_from),
+            }
         try:
             return self._loop(stop)
         finally:
@@ -333,7 +407,7 @@ class Trainer:
 
     def _loop(self, stop: StopSignal) -> dict[str, Any]:
         run, state = self.run, self.state
-        last_stop = min(self.total_steps, run.train.stop_after_steps or self.total_steps)
+        last_stop = self.last_stop
         bar = self._progress_bar()
         started, start_step = time.time(), state.step
         records: list[dict[str, Any]] = []
@@ -372,7 +446,7 @@ class Trainer:
                     start_step,
                 )
             if out["stop_requested"]:
-                reason = "SIGTERM"
+                reason = stop.name or "SIGTERM"  # a rank without the signal: the usual one
                 break
             every = run.checkpoint.every_steps
             if every and state.step % every == 0 and state.step < last_stop:
@@ -380,7 +454,8 @@ class Trainer:
                 self._save_or_abort(records, started, start_step, bar)
         if bar is not None:
             bar.close()
-        if saved_at != state.step and (run.checkpoint.at_end or reason == "SIGTERM"):
+        signalled = reason in ("SIGTERM", "SIGINT")
+        if saved_at != state.step and (run.checkpoint.at_end or signalled):
             self._save_or_abort(records, started, start_step, None)
         if reason == "finished" and state.step < self.total_steps:
             reason = "stop_after_steps"
@@ -467,11 +542,16 @@ class Trainer:
         exported: Path | None,
     ) -> dict[str, Any]:
         timed = records[1:] or records  # the first step includes one-off warm-up
-        total_time = sum(r["step_time_s"] for r in timed) or math.nan
+        total_time = sum(r["step_time_s"] for r in timed)
         world = self.info.world_size
-        rates = {k: sum(r["tokens"][k] for r in timed) / total_time / world for k in TOKEN_KINDS}
+        rates, tflops, data_wait = None, None, None  # no step timed: unknown (null in JSON)
+        if total_time > 0:
+            rates = {
+                k: sum(r["tokens"][k] for r in timed) / total_time / world for k in TOKEN_KINDS
+            }
+            tflops = sum(r["tflops_per_gpu"] * r["step_time_s"] for r in timed) / total_time
+            data_wait = sum(r["data_time_s"] for r in timed) / total_time
         mfus = [r["mfu"] for r in timed if r["mfu"] is not None]
-        tflops = sum(r["tflops_per_gpu"] * r["step_time_s"] for r in timed) / total_time
         last = records[-1] if records else {}
         latest = self.ckpts.read_latest()
         return {
@@ -490,7 +570,7 @@ class Trainer:
             "tokens_per_s_per_gpu": rates,
             "tflops_per_gpu": tflops,
             "mfu": sum(mfus) / len(mfus) if mfus else None,
-            "data_wait_share": sum(r["data_time_s"] for r in timed) / total_time,
+            "data_wait_share": data_wait,
             "device": self.device_label,
             "attn_implementation": self.bundle.attn_implementation,
             "loss_implementation": loss_implementation(self.bundle.model.loss),

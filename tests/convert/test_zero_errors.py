@@ -202,3 +202,15 @@ def test_partial_output_of_a_killed_run_is_cleaned_up(zero_run, tmp_path):
     (stale / "model-00001-of-00002.safetensors").write_bytes(b"half")
     convert(run, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "run"]
+
+
+def test_a_shard_that_disappears_while_read_is_named_as_pruned(tmp_path):
+    """A running job pruned the tag after `latest` was read: not "truncated or corrupt"."""
+    from natscale.checkpoint.zero_files import load_metadata_file
+
+    tag = tmp_path / "global_step3"
+    with pytest.raises(ConvertError) as info:
+        load_metadata_file(tag / "zero_pp_rank_0_mp_rank_00_optim_states.pt")
+    message = str(info.value)
+    assert "its tag folder disappeared while it was read" in message and "--tag" in message
+    assert "truncated" not in message

@@ -46,3 +46,40 @@ def test_norms_and_biases_are_not_decayed():
 def test_local_size_like_the_deepspeed_launcher(env: dict, expected: str | None):
     export_local_size(env)
     assert env.get("LOCAL_SIZE") == expected
+
+
+def test_resumed_optimizer_settings_follow_the_run_config():
+    """Bug 7: LambdaLR's base_lrs and the groups' betas/eps/decay come back from a checkpoint;
+    the run config's values replace them, and the current LR follows the schedule."""
+    import torch
+
+    from natscale.config.run import TrainSection
+    from natscale.train.engine import apply_optimizer_settings
+
+    def make(lr: float, wd: float):
+        params = [torch.nn.Parameter(torch.zeros(2, 2)), torch.nn.Parameter(torch.zeros(2))]
+        groups = [
+            {"params": params[:1], "weight_decay": wd},
+            {"params": params[1:], "weight_decay": 0.0},
+        ]
+        opt = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95))
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5)
+
+    saved = make(3e-3, 0.1)
+    saved.optimizer.step()
+    saved.step()
+    sched = make(3e-3, 0.1)
+    sched.load_state_dict(saved.state_dict())
+    train = TrainSection(lr=3e-3, weight_decay=0.1, adam_betas=(0.9, 0.95))
+    assert apply_optimizer_settings(sched, train) == []  # same config: nothing changes
+    train = TrainSection(lr=1e-4, weight_decay=0.0, adam_betas=(0.9, 0.99))
+    notes = apply_optimizer_settings(sched, train)
+    assert notes == [
+        "train.lr 0.003 -> 0.0001",
+        "train.adam_betas[1] 0.95 -> 0.99",
+        "train.weight_decay 0.1 -> 0",
+    ]
+    groups = sched.optimizer.param_groups
+    assert [g["lr"] for g in groups] == [pytest.approx(5e-5)] * 2
+    assert sched.get_last_lr() == [pytest.approx(5e-5)] * 2
+    assert groups[0]["betas"] == (0.9, 0.99) and groups[0]["weight_decay"] == 0.0

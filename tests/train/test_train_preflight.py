@@ -277,3 +277,100 @@ def test_a_read_only_output_dir_is_refused_before_any_process_group(setup, capsy
     finally:
         undo()
     assert not dist.is_initialized()
+
+
+# ---- a previous run, an HF folder natscale did not write, inputs inside the run directory ------
+@pytest.mark.parametrize("name", ["metrics.jsonl", "summary.json", "hf/"])
+def test_a_previous_run_without_checkpoints_needs_a_flag(setup, name):
+    """checkpoint.at_end=false, or a run killed before its first save: still a previous run."""
+    tmp, cfg = setup
+    out = tmp / "out"
+    out.mkdir()
+    if name.endswith("/"):
+        (out / name).mkdir()
+    else:
+        (out / name).write_text("{}\n")
+    with pytest.raises(PreflightError, match=r"already holds a previous run .*--fresh"):
+        _check_flags(cfg, resume=False)
+    _check_flags(cfg, resume=False, fresh=True)
+
+
+def _hf_model(folder: Path) -> Path:
+    write_model_config(folder)
+    (folder / "model.safetensors").write_bytes(b"weights")
+    return folder
+
+
+def test_an_hf_folder_natscale_did_not_write_is_refused_before_training(setup, capsys):
+    from natscale.atomic import HF_EXPORT, write_marker
+
+    tmp, cfg = setup
+    hf = tmp / "out" / "hf"
+    _hf_model(hf)
+    (tmp / "out" / "metrics.jsonl").write_text("")
+    before = sorted(p.name for p in hf.iterdir())
+    assert main(["train", str(cfg), "--resume", "--set", "checkpoint.export_hf=true"]) == 2
+    err = capsys.readouterr().err
+    assert f"{hf} was not written by natscale" in err and "checkpoint.export_hf=false" in err
+    assert sorted(p.name for p in hf.iterdir()) == before and not dist.is_initialized()
+    _check_flags(cfg, resume=True)  # export_hf=false (the fixture's): hf is not touched
+    write_marker(hf, HF_EXPORT)
+    flags = {"resume": True}
+    run = load_config(cfg, RunConfig, ["checkpoint.export_hf=true"])
+    check_run(run, **flags)  # natscale's own export: replaced at the end
+    (hf / "README.md").write_text("notes")
+    with pytest.raises(PreflightError, match=r"holds what natscale did not write there \(README"):
+        check_run(run, **flags)
+
+
+def test_model_path_inside_the_run_directory(setup):
+    """The export would replace the model the run reads; --fresh would move it away."""
+    tmp, cfg = setup
+    hf = _hf_model(tmp / "out" / "hf")
+    run = load_config(
+        cfg, RunConfig, ["model.config=null", f"model.path={hf}", "checkpoint.export_hf=true"]
+    )
+    with pytest.raises(PreflightError, match=r"model.path: .*hf is inside .*export at the end"):
+        check_run(run, resume=True)
+    with pytest.raises(PreflightError, match=r"model.path: .*--fresh would move it"):
+        check_run(run, resume=False, fresh=True)
+    assert sorted(p.name for p in (tmp / "out").iterdir()) == ["hf"]  # nothing moved
+
+
+def test_an_empty_output_dir_is_refused(setup, capsys):
+    _, cfg = setup
+    assert main(["train", str(cfg), "--set", "output_dir="]) == 2
+    assert "output_dir" in capsys.readouterr().err
+
+
+def test_a_run_config_that_is_the_run_directorys_config_yaml(setup, capsys):
+    tmp, cfg = setup
+    own = tmp / "out" / "config.yaml"
+    own.parent.mkdir()
+    text = "# my notes\n" + cfg.read_text()
+    own.write_text(text)
+    assert main(["train", str(own)]) == 2
+    assert "keep the run config outside the run directory" in capsys.readouterr().err
+    assert own.read_text() == text
+    import yaml
+
+    run = load_config(own, RunConfig, [])
+    own.write_text(yaml.safe_dump(run.model_dump(mode="json"), sort_keys=False))  # as saved
+    from natscale.train.preflight import check_config_location
+
+    check_config_location(own, run)  # resuming from the saved config is fine
+
+
+def test_resume_with_another_model_names_the_checkpoint_and_the_config(setup, capsys):
+    """Bug 9: not a DeepSpeed size-mismatch traceback from the load."""
+    tmp, cfg = setup
+    out = tmp / "out"
+    write_model_config(out / "model_config", tied=True)  # what the previous run trained
+    (out / "checkpoints" / "global_step2").mkdir(parents=True)
+    assert main(["train", str(cfg), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert f"checkpoints in {out / 'checkpoints'} were written by a model with " in err
+    assert "tie_word_embeddings=True" in err and "tie_word_embeddings=False" in err
+    assert f"model.config {tmp / 'model'}" in err and "Traceback" not in err
+    write_model_config(out / "model_config")  # the same model: fine
+    _check_flags(cfg, resume=True)

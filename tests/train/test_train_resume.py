@@ -217,7 +217,7 @@ def test_disk_full_during_a_save_keeps_the_last_good_checkpoint(base, tmp_path):
     assert result.returncodes == [1] and not result.timed_out, result.format_logs(60)
     log = result.rank_logs[0]
     assert "checkpoint global_step3 could not be saved: no space left on device" in log
-    assert "latest still names global_step2, the last good checkpoint" in log
+    assert "latest names global_step2, the last good checkpoint" in log
     assert "Traceback" not in log
     ckpt = tmp_path / "run" / "checkpoints"
     assert CheckpointDir(ckpt).read_latest() == "global_step2"
@@ -309,9 +309,66 @@ def test_a_really_full_disk_during_a_save(base, tmp_path):
         assert result.returncodes == [1] and not result.timed_out, result.format_logs(60)
         log = result.rank_logs[0]
         assert "checkpoint global_step2 could not be saved: no space left on device" in log
-        assert "latest still names global_step1" in log and "Traceback" not in log
+        assert "latest names global_step1" in log and "Traceback" not in log
         assert CheckpointDir(ckpt).read_latest() == "global_step1"
         assert sorted(p.name for p in ckpt.glob("global_step*")) == ["global_step1"]
         assert plan_resume(ckpt).tag == "global_step1"
     finally:
         subprocess.run(["umount", str(ckpt)], check=True)
+
+
+def test_resume_of_a_run_at_its_last_step_has_nothing_to_do(base, tmp_path):
+    """Bug 10: no engine, no summary.json rewritten with nulls and NaN, no export."""
+    run = _copy(base, tmp_path)
+    summary = (run / "summary.json").read_bytes()
+    shutil.copytree(base / "data", tmp_path / "data")
+    shutil.copytree(base / "model", tmp_path / "model")
+    cfg = _config(tmp_path, "run")  # stop_after_steps=4: the checkpoint is at step 4
+    result = run_distributed(
+        ["train", str(cfg), "--resume"], launcher="single", nprocs=1, log_dir=tmp_path / "logs"
+    )
+    assert_ok(result)
+    log = result.rank_logs[0]
+    assert "nothing to do, already at step 4/6 (train.stop_after_steps=4)" in log
+    assert "Traceback" not in log
+    assert (run / "summary.json").read_bytes() == summary
+    assert not (run / "hf").exists()
+
+
+def test_a_summary_never_holds_nan():
+    from natscale.cli.train import _finite
+
+    assert _finite({"a": float("nan"), "b": [1.0, float("inf")], "c": {"d": 2}}) == {
+        "a": None,
+        "b": [1.0, None],
+        "c": {"d": 2},
+    }
+
+
+def test_a_changed_lr_on_resume_is_applied_with_a_note(base, tmp_path):
+    """Bug 7: the checkpoint's LR must not silently win over the run config's (config.yaml
+    records train.lr, so that is the one used)."""
+    from natscale.config.loader import load_config
+    from natscale.config.run import RunConfig
+    from natscale.train.engine import lr_multiplier
+
+    run = _copy(base, tmp_path)
+    shutil.copytree(base / "data", tmp_path / "data")
+    shutil.copytree(base / "model", tmp_path / "model")
+    cfg = _config(tmp_path, "run", train={"lr": 1e-4, "stop_after_steps": None})
+    result = run_distributed(
+        ["train", str(cfg), "--resume-from", "global_step4"],
+        launcher="single",
+        nprocs=1,
+        log_dir=tmp_path / "logs",
+    )
+    assert_ok(result)
+    assert (
+        "the run config changes what global_step4 holds: train.lr 0.003 -> 0.0001"
+        in (result.rank_logs[0])
+    )
+    train = load_config(cfg, RunConfig, []).train
+    records = {r["step"]: r for r in read_metrics(run)}
+    for step in (5, 6):
+        expected = 1e-4 * lr_multiplier(step - 1, train=train, total_steps=STEPS)
+        assert records[step]["lr"] == pytest.approx(expected)

@@ -146,3 +146,74 @@ def test_files_written_through_a_temp_path_follow_the_umask(tmp_path):
         assert mode(tmp_path / "config.yaml") == 0o640
     finally:
         os.umask(old)
+
+
+def test_ctrl_c_is_handled_like_sigterm_and_a_later_second_one_aborts():
+    """Bug 6: SIGINT asks for a checkpoint at the step boundary, as SIGTERM does."""
+    import os
+    import signal
+
+    from natscale.train.trainer import StopSignal
+
+    before = signal.getsignal(signal.SIGINT)
+    stop = StopSignal()
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.received and stop.name == "SIGINT"
+        os.kill(os.getpid(), signal.SIGINT)  # the same Ctrl-C passed on by a launcher: ignored
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.name == "SIGINT"
+        stop._first_at -= StopSignal.AGAIN_S
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        stop.restore()
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+@pytest.mark.parametrize(
+    ("record", "needle"),
+    [
+        ({"loss": 2.0}, "line 2: 'step' is None, not an integer"),
+        ({"step": 2, "loss_by_class": None}, None),  # null: plotted without classes
+        ({"step": 2, "loss": "x"}, "line 2: 'loss' is 'x', not a number"),
+        ({"step": 2, "loss_by_class": ["a"]}, "line 2: 'loss_by_class' is ['a'], not an object"),
+    ],
+)
+def test_plot_names_the_file_and_line_of_a_bad_record(tmp_path, capsys, record, needle):
+    from natscale.cli.main import main
+
+    good = {"step": 1, "loss": 2.0, "loss_by_class": {"a": 2.0}, "tokens_per_s_per_gpu": {}}
+    (tmp_path / "metrics.jsonl").write_text(json.dumps(good) + "\n" + json.dumps(record) + "\n")
+    code = main(["plot", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert (code, "Traceback" in err) == ((0, False) if needle is None else (2, False))
+    if needle is not None:
+        assert f"{tmp_path / 'metrics.jsonl'}, {needle}" in err
+
+
+def test_plot_of_a_folder_that_is_not_a_run(tmp_path, capsys):
+    from natscale.cli.main import main
+
+    assert main(["plot", str(tmp_path)]) == 2
+    assert "is not a `natscale train` run directory" in capsys.readouterr().err
+
+
+def test_an_interrupted_export_leaves_no_temp_folder(tmp_path):
+    """The export writes in a hidden `.NAME.tmp`, removed when it is interrupted (Ctrl-C)."""
+    from types import SimpleNamespace
+
+    from natscale.checkpoint.hf_export import write_model_config
+
+    def interrupted(path: str) -> None:
+        (tmp_path / path / "config.json").write_text("{}")
+        raise KeyboardInterrupt
+
+    config = SimpleNamespace(use_cache=False, save_pretrained=interrupted)
+    model = SimpleNamespace(config=config, generation_config=None)
+    (tmp_path / "model_config").mkdir()
+    (tmp_path / "model_config" / "config.json").write_text('{"old": 1}')
+    with pytest.raises(KeyboardInterrupt):
+        write_model_config(model, tmp_path / "model_config", use_cache=True, tokenizer_dir=None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model_config"]
+    assert (tmp_path / "model_config" / "config.json").read_text() == '{"old": 1}'
