@@ -158,6 +158,7 @@ def _zero_to_universal(args: argparse.Namespace) -> int:
         UniversalConversionError,
         convert_to_universal,
         saved_world_size,
+        universal_is_current,
     )
 
     ckpt_dir = Path(args.ckpt_dir)
@@ -176,7 +177,7 @@ def _zero_to_universal(args: argparse.Namespace) -> int:
             f"{tag_dir}: no ZeRO optimizer shards (zero_pp_rank_*_optim_states.pt); "
             "a checkpoint without ZeRO loads on any number of ranks as it is"
         )
-    existed = ckpts.universal_dir(tag).is_dir()
+    existed = universal_is_current(ckpt_dir, tag)  # a stale copy is converted again
     start = time.perf_counter()
     out = convert_to_universal(ckpt_dir, tag, workers=args.workers)
     what = "already there, kept" if existed else f"written in {time.perf_counter() - start:.1f}s"
