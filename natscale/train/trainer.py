@@ -14,6 +14,7 @@ gradient is exactly ``grad(sum of all loss sums) / D`` for any ranks x accumulat
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import sys
 import time
@@ -197,6 +198,49 @@ class Trainer:
         for note in self.writer.notes:
             print(f"natscale train: note: {note}", file=sys.stderr, flush=True)
 
+    def _data_identity(self) -> dict[str, Any]:
+        """What the data cursor of a checkpoint is a position in: the prepared rows (their
+        number and tokens) and their order (seed, shuffle)."""
+        try:
+            stats = json.loads(PreparedDir(self.run.data.path).stats.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            stats = {}  # preflight read it; a file gone since changes nothing we can check
+        total = stats.get("total") if isinstance(stats, dict) else None
+        total = total if isinstance(total, dict) else {}
+        return {
+            "rows": len(self.rows),
+            "tokens": total.get("tokens"),
+            "trained_tokens": total.get("trained_tokens"),
+            "seed": self.run.train.seed,
+            "shuffle": self.run.data.shuffle,
+        }
+
+    def _check_data(self, tag: str, saved: Any) -> None:
+        """Refuse to resume ``tag`` on other data (its row cursor would point into other rows);
+        note a changed order (seed, shuffle), which a user may mean."""
+        if not isinstance(saved, dict):  # a checkpoint from before this was recorded
+            return
+        now = self._data_identity()
+        changed = [k for k in ("rows", "tokens", "trained_tokens") if saved.get(k) != now[k]]
+        if changed:
+            was = ", ".join(f"{k} {saved.get(k)}" for k in changed)
+            raise ResumeError(
+                f"data.path {self.run.data.path} is not the data checkpoint {tag} was trained on "
+                f"({was} then; {', '.join(f'{k} {now[k]}' for k in changed)} now): its cursor "
+                f"(row {self.state.rows_consumed}) would point into other rows. Resume with the "
+                "data the run started with; to train this model on new data, start a new run "
+                f"from its weights (model.path: {self.layout.hf}, or `natscale convert zero-to-hf`)"
+            )
+        order = [k for k in ("seed", "shuffle") if k in saved and saved[k] != now[k]]
+        if order and self.info.rank == 0:
+            print(
+                f"natscale train: note: {', '.join(f'{k} {saved[k]} -> {now[k]}' for k in order)}"
+                f" since {tag}: the rows after row {self.state.rows_consumed} follow the new "
+                "order, so within this epoch some rows may repeat and others be skipped",
+                file=sys.stderr,
+                flush=True,
+            )
+
     def _restore(self, client: dict[str, Any]) -> None:
         self.state = TrainState(
             step=int(client["step"]),
@@ -205,6 +249,7 @@ class Trainer:
             nonfinite_steps=int(client["nonfinite_steps"]),
         )
         self.resumed_from = self.last_complete = client["tag"]
+        self._check_data(client["tag"], client.get("data"))
 
     def _load(self, tag: str, load_tag: str | None) -> dict[str, Any]:
         """The client state of checkpoint ``tag``, loaded into the engine; a checkpoint whose
@@ -371,6 +416,7 @@ class Trainer:
     def _save(self) -> str:
         client = asdict(self.state)
         client["world_size"] = self.info.world_size
+        client["data"] = self._data_identity()
         tag = checkpoint.save(
             self.engine,
             self.ckpt_dir,

@@ -372,3 +372,25 @@ def test_a_changed_lr_on_resume_is_applied_with_a_note(base, tmp_path):
     for step in (5, 6):
         expected = 1e-4 * lr_multiplier(step - 1, train=train, total_steps=STEPS)
         assert records[step]["lr"] == pytest.approx(expected)
+
+
+def test_resume_on_other_data_is_refused_and_another_order_is_noted(base, tmp_path):
+    """A checkpoint's cursor is a row position in its data and order: other data is an error
+    (the rows after it would be other rows), another seed a note (a user may mean it)."""
+    run = _copy(base, tmp_path)
+    save_rows(pack_greedy(make_segments(80, seed=4), 64), tmp_path / "data")  # other rows
+    shutil.copytree(base / "model", tmp_path / "model")
+    cfg = _config(tmp_path, "run", train={"stop_after_steps": 5})
+    args = ["train", str(cfg), "--resume"]
+    result = run_distributed(args, launcher="single", nprocs=1, log_dir=tmp_path / "logs")
+    assert result.returncodes == [2], result.rank_logs
+    log = result.rank_logs[0]
+    assert "is not the data checkpoint global_step4 was trained on (rows" in log
+    assert "Traceback" not in log and (run / "checkpoints" / "latest").read_text() == "global_step4"
+    shutil.rmtree(tmp_path / "data")
+    shutil.copytree(base / "data", tmp_path / "data")
+    cfg = _config(tmp_path, "run", train={"stop_after_steps": 5, "seed": 7})
+    result = run_distributed(args, launcher="single", nprocs=1, log_dir=tmp_path / "logs2")
+    assert_ok(result)
+    assert "-> 7 since global_step4: the rows after row" in result.rank_logs[0]
+    assert (run / "checkpoints" / "latest").read_text() == "global_step5"
