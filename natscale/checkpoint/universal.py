@@ -24,11 +24,11 @@ import functools
 import io
 import json
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 
+from natscale.atomic import partial_dir, remove_stale_partials
 from natscale.checkpoint.layout import WORLD_FILE, CheckpointDir
 
 SOURCE_FILE = "natscale_source.json"  # in a universal folder: the files of the tag it was made from
@@ -137,9 +137,14 @@ def convert_to_universal(ckpt_dir: str | Path, tag: str, *, workers: int = 1) ->
     if universal_is_current(ckpt_dir, tag):
         return dst
     check_files(sorted(src.glob("*.pt")))
-    for stale in ckpt_dir.glob(".universal.*"):  # left by a conversion that was killed
+    for stale in ckpt_dir.glob(
+        ".universal.*"
+    ):  # left by a killed conversion of an earlier natscale
         shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(dir=ckpt_dir, prefix=".universal."))
+    # left by a killed conversion of this tag on this host (a live one, or another tag's, stays)
+    remove_stale_partials(dst)
+    tmp = partial_dir(dst)
+    tmp.mkdir()
     try:
         # ds_to_universal writes 'latest_universal' next to its output folder: keep it in tmp too
         fingerprint = source_fingerprint(src)
