@@ -10,7 +10,9 @@ crash, ``sys.exit``) is an error observation too. The child imports the tool, so
 evaluating process never imports user code.
 
 The child is a fresh interpreter (``python -c``, with this process's ``sys.path`` and working
-directory; nothing of its torch or model state), not :mod:`multiprocessing`, which would import
+directory, the working directory last on its path as under ``python -m``, so that a tool module
+beside the user's config imports under the ``natscale`` command too; nothing of its torch or
+model state), not :mod:`multiprocessing`, which would import
 the caller's main script again. They talk in JSON lines over the child's stdin and a private
 copy of its stdout; what the tool prints goes to stderr, and its stdin is empty.
 """
@@ -34,6 +36,14 @@ _CHILD = (
     "import json, sys; sys.path[:] = json.loads(sys.argv[1]); "
     "from natscale.agent.tool_worker import serve; serve(sys.argv[2])"
 )
+
+
+def child_path() -> list[str]:
+    """The tool process's ``sys.path``: this one's, with the working directory added last when
+    it is not on it (``python -m`` has it first; the ``natscale`` script has its bin folder)."""
+    here = [os.path.abspath(p or os.curdir) for p in sys.path]
+    cwd = os.getcwd()
+    return sys.path + ([] if cwd in here else [cwd])
 
 
 class ToolStartError(ValueError):
@@ -101,7 +111,7 @@ class ToolWorker:
     def _start(self) -> None:
         self._buffer = b""
         self._proc = subprocess.Popen(
-            [sys.executable, "-c", _CHILD, json.dumps(sys.path), self.spec],
+            [sys.executable, "-c", _CHILD, json.dumps(child_path()), self.spec],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )

@@ -102,3 +102,19 @@ def test_the_process_exits_while_a_tool_call_never_returns(user_module):
 def test_user_tool_names_no_action_can_call_are_refused_before_starting(name):
     with pytest.raises(ToolConfigError, match=r"tools\.user"):
         build_tools([], user_tools={name: "natscale.agent.calculator:calculate"})
+
+
+def test_a_tool_module_in_the_working_directory_imports_under_the_natscale_script(
+    tmp_path, monkeypatch
+):
+    # the `natscale` console script's sys.path starts with its bin folder, not the working
+    # directory (`python -m natscale.cli` has it): the tool's process gets it either way
+    (tmp_path / "cwdtools.py").write_text("def echo(arg):\n    return 'echo ' + arg\n")
+    monkeypatch.chdir(tmp_path)
+    here = {str(tmp_path), "", "."}
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in here])
+    tools = build_tools(["echo"], user_tools={"echo": "cwdtools:echo"})
+    try:
+        assert call_tool(tools["echo"], "hi") == "echo hi"
+    finally:
+        close_tools(tools)
