@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -149,6 +150,8 @@ def convert_trajectories(
     from natscale.data.formats import FORMATS
     from natscale.data.formats.writing import Notes, WriteError
 
+    if str(output).endswith(("/", os.sep)) or Path(output).is_dir():
+        raise ConvertError(f"{output}: names a folder; give the output file (.json or .jsonl)")
     input_path, output = Path(input_path), Path(output)
     _check_request(src, dst, output)
     options = dict(options or {})

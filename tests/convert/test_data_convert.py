@@ -145,6 +145,12 @@ def test_usage_errors(nat_input, tmp_path):
         convert_trajectories(nat_input, tmp_path / "o.jsonl", src="nat", dst="csv")
     with pytest.raises(ConvertError, match=r"must end in .json or .jsonl"):
         convert_trajectories(nat_input, tmp_path / "o.txt", src="nat", dst="openai")
+    with pytest.raises(ConvertError, match=r"names a folder"):  # not a file called out.json
+        convert_trajectories(nat_input, f"{tmp_path}/out.json/", src="nat", dst="openai")
+    (tmp_path / "d.json").mkdir()
+    with pytest.raises(ConvertError, match=r"names a folder"):
+        convert_trajectories(nat_input, tmp_path / "d.json", src="nat", dst="openai")
+    assert not (tmp_path / "out.json").exists()
     (tmp_path / "o.jsonl").write_text("keep")
     with pytest.raises(ConvertError, match="already exists"):
         convert_trajectories(nat_input, tmp_path / "o.jsonl", src="nat", dst="openai")
