@@ -2,7 +2,8 @@
 
 Output directory::
 
-    run.json         the resolved config and its fingerprint (what makes two evals "the same")
+    run.json         the resolved config, its fingerprint (what makes two evals "the same") and
+                     the digests of the files it reads (natscale.eval.inputs)
     episodes.jsonl   one finished episode per line (natscale.eval.episodes), appended live
     summary.json     metrics with 95% intervals, failure kinds, throughput, backend, versions
 
@@ -12,7 +13,8 @@ merges them into ``episodes.jsonl``, removes them and writes the summary. Rank f
 killed run count as done on resume.
 
 A directory that already holds episodes is only continued with ``resume=True``, and only when
-its fingerprint matches (same model, questions, prompt, tools, loop and sampling); batch sizes,
+its fingerprint matches (same model, questions, prompt, tools, loop and sampling) and the files
+it reads still hold what they held when it started; batch sizes,
 concurrency, timeouts, ``limit`` and ``bootstrap`` may change between runs.
 """
 
@@ -33,6 +35,7 @@ from natscale.atomic import RUN_DIR_ENTRIES, atomic_write_json, protected_reason
 from natscale.config.eval import EvalConfig
 from natscale.eval.episodes import EPISODES, EpisodeWriter, episode_record, read_episodes
 from natscale.eval.errors import EvalError
+from natscale.eval.inputs import changed_inputs, input_identity
 
 # fields that may differ between a run and its resumption
 _FREE_FIELDS = {
@@ -271,6 +274,14 @@ def check_output(
             "that eval, resume with the values recorded in its run.json (its episodes are "
             "kept); for this config, choose another output directory"
         )
+    changed = changed_inputs(record.get("inputs"), cfg)
+    if changed:
+        raise EvalError(
+            f"output {out} holds the episodes of an eval whose files have changed since: "
+            f"{', '.join(changed)} (a model retrained or replaced in place, a regenerated "
+            "questions file); its episodes come from the old files, so resuming would mix two "
+            "evals. Choose another output directory"
+        )
     return read_done(out, repair=True)
 
 
@@ -365,7 +376,11 @@ def _init_output(out: Path, cfg: EvalConfig, world: int) -> None:
     if not (out / "run.json").exists():
         atomic_write_json(
             out / "run.json",
-            {"fingerprint": fingerprint(cfg), "config": cfg.model_dump(mode="json")},
+            {
+                "fingerprint": fingerprint(cfg),
+                "config": cfg.model_dump(mode="json"),
+                "inputs": input_identity(cfg),
+            },
             ensure_ascii=False,
         )
     if world == 1 and rank_files(out):  # left by a killed data-parallel run

@@ -97,6 +97,19 @@ def test_resume_compares_paths_not_spellings(tmp_path, capsys, monkeypatch):
     assert len((out / "episodes.jsonl").read_text().splitlines()) == 5
 
 
+def test_resume_refuses_files_changed_in_place(tmp_path, capsys):
+    shutil.copy(DATA / "questions.jsonl", tmp_path / "q.jsonl")
+    out = tmp_path / "out"
+    assert _eval(tmp_path, capsys, out, questions=[str(tmp_path / "q.jsonl")], limit=3)[0] == 0
+    assert "questions[0]" in json.loads((out / "run.json").read_text())["inputs"]
+    lines = (tmp_path / "q.jsonl").read_text().splitlines()
+    (tmp_path / "q.jsonl").write_text("\n".join(reversed(lines)) + "\n")  # regenerated
+    before = _snapshot(out)
+    code, err = _eval(tmp_path, capsys, out, "--resume", questions=[str(tmp_path / "q.jsonl")])
+    assert code == 2 and "whose files have changed since: questions[0]" in err
+    assert _snapshot(out) == before
+
+
 def test_resume_names_the_fields_that_differ(tmp_path, capsys):
     out = tmp_path / "out"
     assert _eval(tmp_path, capsys, out)[0] == 0
@@ -181,3 +194,16 @@ def test_a_resume_with_nothing_left_keeps_the_measured_throughput(tmp_path, caps
     assert _eval(tmp_path, capsys, out, "--resume")[0] == 0
     again = json.loads((out / "summary.json").read_text())["throughput"]
     assert again["episodes_per_s"] == first["episodes_per_s"] and "earlier run" in again["measured"]
+
+
+def test_a_model_retrained_in_place_has_another_identity(tmp_path):
+    from natscale.eval.inputs import _model
+
+    model = _folder(tmp_path, "hf", {"config.json": "{}", "notes.md": "x"})
+    (model / "model.safetensors").write_bytes(b"header" + bytes(100))
+    first = _model(model)
+    (model / "notes.md").write_text("other notes")  # not the model: the same
+    shutil.copytree(model, tmp_path / "copy")  # a copy (new mtimes): the same
+    assert _model(model) == first == _model(tmp_path / "copy")
+    (model / "model.safetensors").write_bytes(b"header" + bytes(99) + b"\x01")  # new weights
+    assert _model(model) != first
