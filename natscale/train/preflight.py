@@ -192,17 +192,31 @@ def check_output_dir(
             "that run, --fresh to start over at step 1 (the previous run's files are moved to "
             f"{out}/previous-<time>/, not deleted), or choose another output_dir"
         )
-    held = [name for name in ("metrics.jsonl", "summary.json", "hf") if (out / name).exists()]
-    if not resume and not fresh and held:
-        raise PreflightError(
-            f"output_dir: {out} already holds a previous run ({', '.join(held)}); pass --resume "
-            "to continue it, --fresh to start over at step 1 (the previous run's files are moved "
-            f"to {out}/previous-<time>/, not deleted), or choose another output_dir"
-        )
+    # a previous run without checkpoints (checkpoint.at_end: false, or killed before its first
+    # save); an hf/ natscale did not write is not a run's (check_hf_destination says what it is)
+    hf_ours = run_dir.hf.is_dir() and read_marker(run_dir.hf) == HF_EXPORT
+    held = [name for name in ("metrics.jsonl", "summary.json") if (out / name).exists()]
+    held += ["hf"] if hf_ours else []
+    if not tags and latest is None and held and not fresh:
+        finished = [name for name in held if name != "metrics.jsonl"]
+        if not resume or finished:
+            what = "a finished run" if finished else "a previous run"
+            raise PreflightError(
+                f"output_dir: {out} already holds {what} without checkpoints "
+                f"({', '.join(held)}), so there is nothing to --resume from; pass --fresh to "
+                "start over at step 1 (the previous run's files are moved to "
+                f"{out}/previous-<time>/, not deleted), or choose another output_dir"
+            )
     if fresh:
         _check_inputs_outside(
             out, inputs, RunDir.ENTRIES, "--fresh would move it to previous-<time>/"
         )
+        if run_dir.hf.is_dir() and any(run_dir.hf.iterdir()) and not hf_ours:
+            raise PreflightError(
+                f"output_dir: {run_dir.hf} was not written by natscale (no {MARKER} marker of an "
+                "HF export), and --fresh would move it to previous-<time>/ with the previous "
+                "run's files; move it out of the run directory first"
+            )
     elif export_hf:
         check_hf_destination(run_dir.hf, inputs)
     if resume_from is not None and not ckpts.tag_dir(resume_from).is_dir():
@@ -233,8 +247,9 @@ def _check_inputs_outside(
             continue
         for field, path in inputs.items():
             if _inside(path, held):
+                where = f"is {held}" if path.resolve() == held.resolve() else f"is inside {held}"
                 raise PreflightError(
-                    f"{field}: {path} is inside {held}, and {why}; copy it outside {out} and "
+                    f"{field}: {path} {where}, and {why}; copy it outside {out} and "
                     f"set {field} to the copy, or choose another output_dir"
                 )
 
@@ -313,12 +328,16 @@ def check_same_model(run: RunConfig, config: Any) -> None:
 
 def check_config_location(config: str | Path, run: RunConfig) -> None:
     """The run config file is not ``RUN_DIR/config.yaml``, which the run rewrites with the
-    resolved config, unless it already holds exactly that (a run resumed from its saved config)."""
+    resolved config, unless a run has started there (it wrote that file: a run resumed from its
+    saved config, with or without ``--set``) or it already holds exactly that."""
     import yaml
 
-    saved = RunDir(run.output_dir).config
+    layout = RunDir(run.output_dir)
+    saved = layout.config
     if not saved.is_file() or Path(config).resolve() != saved.resolve():
         return
+    if layout.model_config.is_dir() or layout.metrics.exists():
+        return  # a run has started here and written it: the resolved config of that run
     resolved = yaml.safe_dump(run.model_dump(mode="json"), sort_keys=False)
     try:
         same = saved.read_text(encoding="utf-8") == resolved

@@ -283,16 +283,38 @@ def test_a_read_only_output_dir_is_refused_before_any_process_group(setup, capsy
 @pytest.mark.parametrize("name", ["metrics.jsonl", "summary.json", "hf/"])
 def test_a_previous_run_without_checkpoints_needs_a_flag(setup, name):
     """checkpoint.at_end=false, or a run killed before its first save: still a previous run."""
+    from natscale.atomic import HF_EXPORT, write_marker
+
     tmp, cfg = setup
     out = tmp / "out"
     out.mkdir()
     if name.endswith("/"):
         (out / name).mkdir()
+        (out / name / "config.json").write_text("{}")
+        write_marker(out / name, HF_EXPORT)  # natscale's export of that run
     else:
         (out / name).write_text("{}\n")
-    with pytest.raises(PreflightError, match=r"already holds a previous run .*--fresh"):
+    with pytest.raises(PreflightError, match=r"holds .* without checkpoints .* --fresh"):
         _check_flags(cfg, resume=False)
+    if name == "metrics.jsonl":  # an attempt killed before its first save: --resume starts it
+        _check_flags(cfg, resume=True)
+    else:  # a finished run: --resume would start over and replace its files
+        with pytest.raises(PreflightError, match=r"a finished run .*nothing to --resume from"):
+            _check_flags(cfg, resume=True)
     _check_flags(cfg, resume=False, fresh=True)
+
+
+def test_an_hf_folder_of_the_users_is_not_a_previous_run_and_fresh_leaves_it(setup):
+    tmp, cfg = setup
+    hf = tmp / "out" / "hf"
+    hf.mkdir(parents=True)
+    (hf / "config.json").write_text("{}")  # no marker: the user's
+    _check_flags(cfg, resume=False)  # export_hf=false (the fixture's): not touched, no refusal
+    with pytest.raises(
+        PreflightError, match=r"hf was not written by natscale .*--fresh would move"
+    ):
+        _check_flags(cfg, resume=False, fresh=True)
+    assert sorted(p.name for p in hf.iterdir()) == ["config.json"]
 
 
 def _hf_model(folder: Path) -> Path:
@@ -314,6 +336,7 @@ def test_an_hf_folder_natscale_did_not_write_is_refused_before_training(setup, c
     assert f"{hf} was not written by natscale" in err and "checkpoint.export_hf=false" in err
     assert sorted(p.name for p in hf.iterdir()) == before and not dist.is_initialized()
     _check_flags(cfg, resume=True)  # export_hf=false (the fixture's): hf is not touched
+    (tmp / "out" / "checkpoints" / "global_step1").mkdir(parents=True)  # a run to resume
     write_marker(hf, HF_EXPORT)
     flags = {"resume": True}
     run = load_config(cfg, RunConfig, ["checkpoint.export_hf=true"])
@@ -330,7 +353,9 @@ def test_model_path_inside_the_run_directory(setup):
     run = load_config(
         cfg, RunConfig, ["model.config=null", f"model.path={hf}", "checkpoint.export_hf=true"]
     )
-    with pytest.raises(PreflightError, match=r"model.path: .*hf is inside .*export at the end"):
+    with pytest.raises(
+        PreflightError, match=r"model.path: .*hf is .*hf, and the export at the end"
+    ):
         check_run(run, resume=True)
     with pytest.raises(PreflightError, match=r"model.path: .*--fresh would move it"):
         check_run(run, resume=False, fresh=True)
@@ -359,6 +384,12 @@ def test_a_run_config_that_is_the_run_directorys_config_yaml(setup, capsys):
     from natscale.train.preflight import check_config_location
 
     check_config_location(own, run)  # resuming from the saved config is fine
+    # once a run has started there (it wrote config.yaml), --set changes are fine too
+    changed = load_config(own, RunConfig, ["train.steps=99"])
+    with pytest.raises(PreflightError, match="keep the run config outside"):
+        check_config_location(own, changed)
+    (tmp / "out" / "metrics.jsonl").write_text("")
+    check_config_location(own, changed)
 
 
 def test_resume_with_another_model_names_the_checkpoint_and_the_config(setup, capsys):
