@@ -86,10 +86,14 @@ def write_files_atomically(
             raise ConvertError(f"{path} already exists; choose another output or pass --overwrite")
     with contextlib.ExitStack() as stack:  # every file renamed at the end, or none
         for path, content in files.items():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            stack.enter_context(atomic_path(path)).write_text(
-                _dump(content, path), encoding="utf-8"
-            )
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = stack.enter_context(atomic_path(path))
+            except OSError as exc:
+                raise ConvertError(
+                    f"{path}: cannot write there ({exc.strerror or exc}); choose another output"
+                ) from None
+            tmp.write_text(_dump(content, path), encoding="utf-8")
 
 
 def _input_files(input_path: Path, options: dict[str, Any]) -> list[Path]:

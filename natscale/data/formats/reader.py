@@ -60,7 +60,9 @@ def expand_paths(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     files: list[Path] = []
-    for p in map(Path, paths):
+    spelled: list[str] = []  # each file as the caller wrote it (Path drops a leading ./)
+    for given in paths:
+        p = Path(given)
         if p.is_dir():
             found = sorted(_data_files(p))
             if not found:
@@ -70,16 +72,21 @@ def expand_paths(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list
                     reason="no_files",
                 )
             files.extend(found)
+            spelled.extend(f"{f} (in {given})" for f in found)
         elif p.is_file():
             files.append(p)
+            spelled.append(str(given))
         else:
             raise DataError("file not found", file=str(p), reason="missing_file")
-    seen: dict[Path, Path] = {}
-    for f in files:
-        first = seen.setdefault(f.resolve(), f)
-        if first is not f:
+    seen: dict[Path, int] = {}
+    for i, f in enumerate(files):
+        first = seen.setdefault(f.resolve(), i)
+        if first != i:
+            one, two = spelled[first], spelled[i]
             raise DataError(
-                f"read twice: {first} and {f} are the same file, so its records would count twice",
+                f"read twice: {one} and {two} are the same file"
+                + (" (listed twice)" if one == two else "")
+                + ", so its records would count twice",
                 file=str(f),
                 reason="duplicate_file",
                 hint="list each file once (a directory stands for every data file below it); "
@@ -268,8 +275,8 @@ def _checked(
                 record=where,
                 field=field or None,
                 reason="bad_text",
-                hint="fix or drop the record where the data was made, or skip such records "
-                "(on_error: skip)",
+                hint="fix or drop the record where the data was made, or let prepare skip such "
+                "records (on_error: skip)",
             ),
             on_error,
             issues,
