@@ -55,17 +55,20 @@ _PATH_FIELDS = (("model",), ("questions",), ("prompt", "file"), ("prompt", "toke
                 ("tools", "corpus"), ("scripted", "trajectories"))  # fmt: skip
 
 
-def _absolute(value: Any) -> Any:
+def _absolute(value: Any, base: str | None = None) -> Any:
     if isinstance(value, list):
-        return [_absolute(v) for v in value]
+        return [_absolute(v, base) for v in value]
     if not isinstance(value, str) or not value or value.startswith(("http://", "https://")):
         return value
-    return os.path.abspath(os.path.expanduser(value))
+    return os.path.abspath(os.path.join(base or os.getcwd(), os.path.expanduser(value)))
 
 
-def _compared(config: dict[str, Any], *, absolute: bool = True) -> dict[str, Any]:
+def _compared(
+    config: dict[str, Any], *, absolute: bool = True, base: str | None = None
+) -> dict[str, Any]:
     """The part of a config (``model_dump(mode="json")``) that makes two evals the same, with
-    its paths made absolute (``absolute``; relative ones are taken from the working directory)."""
+    its paths made absolute (``absolute``; relative ones are taken from ``base``, default the
+    working directory)."""
     data = json.loads(json.dumps(config))
     for key, sub in _FREE_FIELDS.items():
         if sub is None:
@@ -79,7 +82,7 @@ def _compared(config: dict[str, Any], *, absolute: bool = True) -> dict[str, Any
             for k in path[:-1]:
                 holder = holder.get(k) if isinstance(holder, dict) else None
             if isinstance(holder, dict) and path[-1] in holder:
-                holder[path[-1]] = _absolute(holder[path[-1]])
+                holder[path[-1]] = _absolute(holder[path[-1]], base)
     return data
 
 
@@ -261,7 +264,12 @@ def check_output(
     if recorded not in (fingerprint(cfg), _legacy_fingerprint(cfg)):
         then = record.get("config")
         changed = (
-            _differences(_compared(then), _compared(cfg.model_dump(mode="json")))
+            _differences(
+                _compared(
+                    then, base=record.get("cwd") if isinstance(record.get("cwd"), str) else None
+                ),
+                _compared(cfg.model_dump(mode="json")),
+            )
             if isinstance(then, dict)
             else []
         )
@@ -380,6 +388,7 @@ def _init_output(out: Path, cfg: EvalConfig, world: int) -> None:
                 "fingerprint": fingerprint(cfg),
                 "config": cfg.model_dump(mode="json"),
                 "inputs": input_identity(cfg),
+                "cwd": os.getcwd(),  # what the config's relative paths are relative to
             },
             ensure_ascii=False,
         )

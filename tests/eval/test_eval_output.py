@@ -97,6 +97,18 @@ def test_resume_compares_paths_not_spellings(tmp_path, capsys, monkeypatch):
     assert len((out / "episodes.jsonl").read_text().splitlines()) == 5
 
 
+def test_resume_from_another_directory_names_the_paths_that_differ(tmp_path, capsys, monkeypatch):
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        shutil.copy(DATA / "questions.jsonl", tmp_path / name / "q.jsonl")
+    out = tmp_path / "out"
+    monkeypatch.chdir(tmp_path / "a")
+    assert _eval(tmp_path, capsys, out, questions=["q.jsonl"], limit=3)[0] == 0
+    monkeypatch.chdir(tmp_path / "b")  # the same spelling is another file here
+    code, err = _eval(tmp_path, capsys, out, "--resume", questions=["q.jsonl"])
+    assert code == 2 and "differs in: questions" in err
+
+
 def test_resume_refuses_files_changed_in_place(tmp_path, capsys):
     shutil.copy(DATA / "questions.jsonl", tmp_path / "q.jsonl")
     out = tmp_path / "out"
