@@ -115,8 +115,9 @@ def _plan_requested(ckpt_dir: Path, requested: str) -> StartPlan:
     newer = [t for t in CheckpointDir(ckpt_dir).list_tags() if m and tag_step(t) > int(m.group(1))]
     if newer:
         notes.append(
-            f"{', '.join(newer)} (newer than {requested}) are kept until this run saves "
-            "the same step, which replaces it"
+            f"{', '.join(newer)} (newer than {requested}) "
+            + ("is" if len(newer) == 1 else "are")
+            + " kept until this run saves the same step, which replaces it"
         )
     return StartPlan(requested, notes)
 
