@@ -171,7 +171,8 @@ def foreign_entries(folder: str | os.PathLike) -> list[str]:
     return [n for n in names if not any(fnmatch.fnmatchcase(n, p) for p in patterns)]
 
 
-def _names(names: list[str]) -> str:
+def shown_names(names: list[str]) -> str:
+    """The first five of ``names``, and how many more (for an error message)."""
     return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
 
 
@@ -207,7 +208,8 @@ def legacy_output(out_dir: Path, kind: str) -> bool:
     )
 
 
-def _contains(folder: Path, path: Path) -> bool:
+def within(path: Path, folder: Path) -> bool:
+    """Whether ``path`` is ``folder`` or below it (as given: resolve both first for real paths)."""
     return path == folder or folder in path.parents
 
 
@@ -215,7 +217,7 @@ def protected_reason(out_dir: Path, inputs: Iterable[str | os.PathLike] = ()) ->
     """Why ``out_dir`` (an existing folder) must never be replaced, or None."""
     out = out_dir.resolve()
     cwd = Path.cwd().resolve()
-    if _contains(out, cwd):
+    if within(cwd, out):
         return (
             "it is the current working directory"
             if out == cwd
@@ -223,7 +225,7 @@ def protected_reason(out_dir: Path, inputs: Iterable[str | os.PathLike] = ()) ->
         )
     for item in inputs:
         path = Path(item).resolve()
-        if _contains(out, path):
+        if within(path, out):
             return f"it holds an input of this command ({item})"
     held = [name for name in RUN_DIR_ENTRIES if (out / name).exists()]
     if held:
@@ -233,7 +235,7 @@ def protected_reason(out_dir: Path, inputs: Iterable[str | os.PathLike] = ()) ->
 
 def _describe(out_dir: Path) -> str:
     names = sorted(p.name for p in out_dir.iterdir())
-    return f"{len(names)} entr{'y' if len(names) == 1 else 'ies'}: {_names(names)}"
+    return f"{len(names)} entr{'y' if len(names) == 1 else 'ies'}: {shown_names(names)}"
 
 
 def check_destination(
@@ -274,7 +276,7 @@ def check_destination(
         added = foreign_entries(out_dir)
         if added:
             raise error(
-                f"{out_dir} holds what natscale did not write there ({_names(added)}), and "
+                f"{out_dir} holds what natscale did not write there ({shown_names(added)}), and "
                 "--overwrite deletes only what natscale made; move that out of the folder "
                 "first, or choose another output"
             )

@@ -137,9 +137,8 @@ def convert_to_universal(ckpt_dir: str | Path, tag: str, *, workers: int = 1) ->
     if universal_is_current(ckpt_dir, tag):
         return dst
     check_files(sorted(src.glob("*.pt")))
-    for stale in ckpt_dir.glob(
-        ".universal.*"
-    ):  # left by a killed conversion of an earlier natscale
+    # left by a killed conversion of an earlier natscale (named without tag, host or pid)
+    for stale in ckpt_dir.glob(".universal.*"):
         shutil.rmtree(stale, ignore_errors=True)
     # left by a killed conversion of this tag on this host (a live one, or another tag's, stays)
     remove_stale_partials(dst)

@@ -31,7 +31,18 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from natscale.atomic import RUN_DIR_ENTRIES, atomic_write_json, protected_reason
+from natscale.atomic import (
+    HF_EXPORT,
+    MARKER,
+    PREPARED,
+    RUN_DIR_ENTRIES,
+    atomic_write_json,
+    legacy_output,
+    protected_reason,
+    read_marker,
+    shown_names,
+    within,
+)
 from natscale.config.eval import EvalConfig
 from natscale.eval.episodes import EPISODES, EpisodeWriter, episode_record, read_episodes
 from natscale.eval.errors import EvalError
@@ -147,10 +158,6 @@ def merge_rank_files(out: Path) -> None:
         path.unlink()
 
 
-def _inside(path: Path, folder: Path) -> bool:
-    return path == folder or folder in path.parents
-
-
 def _path_inputs(cfg: EvalConfig) -> list[str]:
     """The files and folders the eval reads (the output must neither hold nor be inside one)."""
     paths = [*cfg.questions, *cfg.scripted.trajectories]
@@ -175,18 +182,16 @@ def eval_record(out: Path) -> dict[str, Any] | None:
 def _cwd_or_input(resolved: Path, inputs: list[str]) -> str | None:
     """Why ``resolved`` is the working directory, a folder above it or one holding an input."""
     cwd = Path.cwd().resolve()
-    if _inside(cwd, resolved):
+    if within(cwd, resolved):
         return "it is the current working directory or a folder above it"
     for item in inputs:
-        if _inside(Path(item).expanduser().resolve(), resolved):
+        if within(Path(item).expanduser().resolve(), resolved):
             return f"it holds an input of this eval ({item})"
     return None
 
 
 def _refusal(out: Path, inputs: list[str], *, is_eval: bool) -> str | None:
     """Why the existing folder ``out`` may not receive an eval's files, or None."""
-    from natscale.atomic import HF_EXPORT, MARKER, PREPARED, legacy_output, read_marker
-
     resolved = out.resolve()
     why = protected_reason(out, inputs)  # the working directory, inputs, run directories
     if why is not None and is_eval and not _RUN_ONLY & {p.name for p in out.iterdir()}:
@@ -205,11 +210,9 @@ def _refusal(out: Path, inputs: list[str], *, is_eval: bool) -> str | None:
 
 def _enclosing(out: Path, inputs: list[str]) -> str | None:
     """Why ``out`` (existing or not) may not be inside what encloses it, or None."""
-    from natscale.atomic import HF_EXPORT, PREPARED, read_marker
-
     resolved = out.resolve()
     for item in inputs:
-        if _inside(resolved, Path(item).expanduser().resolve()):
+        if within(resolved, Path(item).expanduser().resolve()):
             return f"it is inside an input of this eval ({item})"
     for parent in resolved.parents:
         if read_marker(parent) in (HF_EXPORT, PREPARED):
@@ -247,10 +250,9 @@ def check_output(
                 f"output {out} holds {EPISODES} but no readable run.json: not an eval this "
                 "command wrote; choose another output directory"
             )
-        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
         raise EvalError(
             f"output {out} is not an evaluation output of natscale (no run.json; it holds "
-            f"{shown}); natscale eval writes only into a new or empty folder or its own "
+            f"{shown_names(names)}); natscale eval writes only into a new or empty folder or its own "
             "output: choose another output directory"
         )
     held = [n for n in ("run.json", EPISODES, "summary.json") if n in names]

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from natscale.atomic import HF_EXPORT, MARKER, foreign_entries, read_marker
+from natscale.atomic import HF_EXPORT, MARKER, foreign_entries, read_marker, shown_names, within
 from natscale.checkpoint.layout import RunDir
 from natscale.config.ds_config import (
     check_with_deepspeed,
@@ -232,11 +232,6 @@ def check_output_dir(
             raise PreflightError(f"output_dir: {exc}") from exc
 
 
-def _inside(path: Path, folder: Path) -> bool:
-    path, folder = path.resolve(), folder.resolve()
-    return path == folder or folder in path.parents
-
-
 def _check_inputs_outside(
     out: Path, inputs: dict[str, Path], entries: tuple[str, ...], why: str
 ) -> None:
@@ -246,7 +241,7 @@ def _check_inputs_outside(
         if not held.exists():
             continue
         for field, path in inputs.items():
-            if _inside(path, held):
+            if within(path.resolve(), held.resolve()):
                 where = f"is {held}" if path.resolve() == held.resolve() else f"is inside {held}"
                 raise PreflightError(
                     f"{field}: {path} {where}, and {why}; copy it outside {out} and "
@@ -274,9 +269,8 @@ def check_hf_destination(hf: Path, inputs: dict[str, Path]) -> None:
         )
     added = foreign_entries(hf)
     if added:
-        shown = ", ".join(added[:5]) + (f" and {len(added) - 5} more" if len(added) > 5 else "")
         raise PreflightError(
-            f"output_dir: {hf} holds what natscale did not write there ({shown}), and the "
+            f"output_dir: {hf} holds what natscale did not write there ({shown_names(added)}), and the "
             f"export at the end of the run would delete it; move that out of {hf}, or set "
             "checkpoint.export_hf=false"
         )

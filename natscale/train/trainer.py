@@ -154,6 +154,7 @@ class Trainer:
         self.total_steps = run.train.steps or self.plan.steps_for_epochs(
             len(self.rows), run.train.epochs
         )
+        self.data_identity = self._data_identity()  # recorded in every checkpoint
 
     def _agree_on_start(self, *, resume: bool, fresh: bool, resume_from: str | None) -> str | None:
         """The checkpoint tag to resume from (None: start fresh), converted if needed."""
@@ -220,7 +221,7 @@ class Trainer:
         note a changed order (seed, shuffle), which a user may mean."""
         if not isinstance(saved, dict):  # a checkpoint from before this was recorded
             return
-        now = self._data_identity()
+        now = self.data_identity
         changed = [k for k in ("rows", "tokens", "trained_tokens") if saved.get(k) != now[k]]
         if changed:
             was = ", ".join(f"{k} {saved.get(k)}" for k in changed)
@@ -416,7 +417,7 @@ class Trainer:
     def _save(self) -> str:
         client = asdict(self.state)
         client["world_size"] = self.info.world_size
-        client["data"] = self._data_identity()
+        client["data"] = self.data_identity
         tag = checkpoint.save(
             self.engine,
             self.ckpt_dir,
