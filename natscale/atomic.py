@@ -16,7 +16,7 @@ host, on a shared filesystem, is left alone: its process cannot be seen from her
 
 Every folder written here carries a marker file, ``.natscale-output``, holding
 ``{"kind": KIND, "version": 2, "entries": [...]}`` (``prepared`` for ``natscale prepare``,
-``hf-export`` for an HF folder; ``entries``: the names natscale wrote in it). ``overwrite``
+``hf-export`` for an HF folder, ``model-config`` for a run's ``model_config/``; ``entries``: the names natscale wrote in it). ``overwrite``
 replaces an existing folder only when it carries the marker of the same kind and holds nothing
 else than what natscale wrote there: a file or folder a user added since (notes, an evaluation,
 a merged dataset) is never deleted; the command refuses and names it. (A version-1 marker has no
@@ -45,7 +45,12 @@ MARKER = ".natscale-output"
 MARKER_VERSION = 2
 RUN_DIR_ENTRIES = ("checkpoints", "metrics.jsonl", "summary.json")
 PREPARED, HF_EXPORT = "prepared", "hf-export"  # the kinds of output natscale writes
-KIND_NAMES = {PREPARED: "a `natscale prepare` output", HF_EXPORT: "a Hugging Face export"}
+RUN_MODEL_CONFIG = "model-config"  # RUN_DIR/model_config: written by `natscale train` at start
+KIND_NAMES = {
+    PREPARED: "a `natscale prepare` output",
+    HF_EXPORT: "a Hugging Face export",
+    RUN_MODEL_CONFIG: "a training run's model config",
+}
 
 
 @contextlib.contextmanager

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from natscale.atomic import HF_EXPORT, replace_dir, write_marker
+from natscale.atomic import HF_EXPORT, RUN_MODEL_CONFIG, replace_dir, write_marker
 from natscale.filemode import apply_umask_tree
 from natscale.model.load import config_path
 
@@ -49,6 +49,7 @@ def write_model_config(
         if getattr(hf_model, "generation_config", None) is not None and hf_model.can_generate():
             hf_model.generation_config.save_pretrained(str(tmp))
         save_tokenizer(tokenizer_dir, tmp)
+        write_marker(tmp, RUN_MODEL_CONFIG)  # the next run may replace it (train preflight)
         _swap_in(tmp, out_dir)
 
 

@@ -5,11 +5,20 @@ Every rank runs them (they are cheap), so no rank sits in a collective waiting f
 
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from natscale.atomic import HF_EXPORT, MARKER, foreign_entries, read_marker, shown_names, within
+from natscale.atomic import (
+    HF_EXPORT,
+    MARKER,
+    RUN_MODEL_CONFIG,
+    foreign_entries,
+    read_marker,
+    shown_names,
+    within,
+)
 from natscale.checkpoint.layout import RunDir
 from natscale.config.ds_config import (
     check_with_deepspeed,
@@ -74,6 +83,8 @@ def check_run(
         inputs={k: Path(v) for k, v in inputs.items() if v is not None},
         export_hf=run.checkpoint.export_hf,
     )
+    if not fresh:  # --fresh moves them to previous-<time>/ first
+        check_start_files(run)
     return Preflight(config.vocab_size, config.hidden_size, num_rows, tokenizer_dir, notes)
 
 
@@ -320,24 +331,102 @@ def check_same_model(run: RunConfig, config: Any) -> None:
             )
 
 
+# what RUN_DIR/model_config held before natscale marked it: a config and a tokenizer, no weights
+LEGACY_MODEL_CONFIG = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer*",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.*",
+    "*.model",
+    "vocab.*",
+    "merges.txt",
+)
+
+
+def run_started(layout: RunDir) -> bool:
+    """Whether a natscale run has started in ``layout`` (its first act is to write
+    ``model_config/``, marked, then ``config.yaml`` and ``ds_config.json``)."""
+    mc, ckpts = layout.model_config, layout.checkpoints
+    if mc.is_dir() and read_marker(mc) == RUN_MODEL_CONFIG:
+        return True
+    if layout.metrics.exists() or layout.summary.exists():
+        return True
+    if ckpts.list_tags() or ckpts.latest_file.exists():
+        return True
+    # a run of a natscale from before the marker, stopped before its first step
+    return (mc / "config.json").is_file() and layout.config.is_file() and layout.ds_config.is_file()
+
+
+def check_start_files(run: RunConfig) -> None:
+    """What a run rewrites when it starts, ``RUN_DIR/{model_config/, config.yaml,
+    ds_config.json}``, holds only what a natscale run wrote there: a user's file of that name
+    would be replaced (when ``config.yaml`` is the run config itself, :func:`check_config_location`
+    says so first)."""
+    out = Path(run.output_dir)
+    layout = RunDir(out)
+    started = run_started(layout)
+    mc = layout.model_config
+    fix = "move it out of the run directory, or choose another output_dir"
+    if mc.exists() and not mc.is_dir():
+        raise PreflightError(
+            f"output_dir: {mc} is a file; the run writes the model's config and tokenizer in a "
+            f"folder of that name when it starts; {fix}"
+        )
+    if mc.is_dir():
+        names = sorted(p.name for p in mc.iterdir() if p.name != MARKER)
+        if read_marker(mc) == RUN_MODEL_CONFIG:
+            foreign = foreign_entries(mc)
+        elif started:
+            legacy = LEGACY_MODEL_CONFIG
+            foreign = [n for n in names if not any(fnmatch.fnmatchcase(n, p) for p in legacy)]
+        else:
+            foreign = names
+        if foreign:
+            raise PreflightError(
+                f"output_dir: {mc} holds what natscale did not write there "
+                f"({shown_names(foreign)}), and the run replaces that folder with the model's "
+                f"config and tokenizer when it starts; {fix}"
+            )
+    if started:
+        return
+    if layout.ds_config.exists():
+        raise PreflightError(
+            f"output_dir: {layout.ds_config} exists but no run has started in {out}, and the run "
+            "writes its resolved DeepSpeed config there when it starts; move the file out of the "
+            "run directory (point deepspeed.config at the copy if the run reads it), or choose "
+            "another output_dir"
+        )
+    if layout.config.exists() and not _holds_resolved_config(layout.config, run):
+        raise PreflightError(
+            f"output_dir: {layout.config} exists but no run has started in {out}, and the "
+            f"run writes its resolved config there when it starts; {fix}"
+        )
+
+
+def _holds_resolved_config(path: Path, run: RunConfig) -> bool:
+    """Whether ``path`` holds exactly what the run writes to ``RUN_DIR/config.yaml``."""
+    import yaml
+
+    resolved = yaml.safe_dump(run.model_dump(mode="json"), sort_keys=False)
+    try:
+        return path.read_text(encoding="utf-8") == resolved
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
 def check_config_location(config: str | Path, run: RunConfig) -> None:
     """The run config file is not ``RUN_DIR/config.yaml``, which the run rewrites with the
     resolved config, unless a run has started there (it wrote that file: a run resumed from its
     saved config, with or without ``--set``) or it already holds exactly that."""
-    import yaml
-
     layout = RunDir(run.output_dir)
     saved = layout.config
     if not saved.is_file() or Path(config).resolve() != saved.resolve():
         return
-    if layout.model_config.is_dir() or layout.metrics.exists():
+    if run_started(layout):
         return  # a run has started here and written it: the resolved config of that run
-    resolved = yaml.safe_dump(run.model_dump(mode="json"), sort_keys=False)
-    try:
-        same = saved.read_text(encoding="utf-8") == resolved
-    except (OSError, UnicodeDecodeError):
-        same = False
-    if not same:
+    if not _holds_resolved_config(saved, run):
         raise PreflightError(
             f"{config} is the run directory's config.yaml, which the run overwrites with the "
             "resolved config (comments and --set values included); keep the run config outside "

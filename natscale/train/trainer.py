@@ -297,14 +297,14 @@ class Trainer:
 
     def _write_run_files(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(self.run, self.layout.config)
-        atomic_write_json(self.layout.ds_config, self.bundle.ds_config)
-        write_model_config(
+        write_model_config(  # first: its marker says a run started here (train preflight)
             self.bundle.model.hf_model,
             self.layout.model_config,
             use_cache=self.use_cache,
             tokenizer_dir=self.checks.tokenizer_dir,
         )
+        save_config(self.run, self.layout.config)
+        atomic_write_json(self.layout.ds_config, self.bundle.ds_config)
 
     # ---- one optimizer step ------------------------------------------------------------------
     def _micro_batches(self) -> list[MicroBatch]:

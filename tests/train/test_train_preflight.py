@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -405,3 +406,80 @@ def test_resume_with_another_model_names_the_checkpoint_and_the_config(setup, ca
     assert f"model.config {tmp / 'model'}" in err and "Traceback" not in err
     write_model_config(out / "model_config")  # the same model: fine
     _check_flags(cfg, resume=True)
+
+
+# ---- what the run rewrites at start: model_config/, config.yaml, ds_config.json ----------------
+def _names(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_a_model_config_folder_of_the_users_is_never_replaced(setup, capsys):
+    """The run swaps in RUN_DIR/model_config at start: a model the user keeps there (weights and
+    all) would be deleted."""
+    tmp, cfg = setup
+    mc = _hf_model(tmp / "out" / "model_config")
+    before = _names(mc)
+    assert main(["train", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert f"{mc} holds what natscale did not write there" in err
+    assert "config.json" in err and "model.safetensors" in err and not dist.is_initialized()
+    assert _names(mc) == before
+    # as the run's model (model.path) too: refused before anything is written
+    run = load_config(cfg, RunConfig, ["model.config=null", f"model.path={mc}"])
+    with pytest.raises(PreflightError, match=r"model_config holds what natscale did not write"):
+        check_run(run, resume=False)
+    # an earlier run's (unmarked, from before the marker): config and tokenizer only are fine
+    (mc / "model.safetensors").unlink()
+    (tmp / "out" / "metrics.jsonl").write_text("")
+    _check_flags(cfg, resume=True)
+    (mc / "weights.bin").write_bytes(b"mine")
+    with pytest.raises(PreflightError, match=r"did not write there \(weights.bin\)"):
+        _check_flags(cfg, resume=True)
+    assert (mc / "weights.bin").read_bytes() == b"mine"
+    # --fresh moves it aside with the previous run's files (not deleted)
+    _check_flags(cfg, resume=False, fresh=True)
+
+
+def test_a_marked_model_config_may_be_replaced_unless_something_was_added(setup):
+    from natscale.atomic import RUN_MODEL_CONFIG, write_marker
+
+    tmp, cfg = setup
+    mc = write_model_config(tmp / "out" / "model_config")
+    write_marker(mc, RUN_MODEL_CONFIG)
+    (tmp / "out" / "checkpoints" / "global_step1").mkdir(parents=True)
+    _check_flags(cfg, resume=True)
+    (mc / "notes.txt").write_text("mine")
+    with pytest.raises(PreflightError, match=r"did not write there \(notes.txt\)"):
+        _check_flags(cfg, resume=True)
+    (mc / "notes.txt").unlink()
+    shutil.rmtree(tmp / "out" / "checkpoints")
+    # the marker alone says a run started here: its config.yaml and ds_config.json are its own
+    (tmp / "out" / "ds_config.json").write_text("{}")
+    (tmp / "out" / "config.yaml").write_text("output_dir: elsewhere\n")
+    _check_flags(cfg, resume=False)
+
+
+@pytest.mark.parametrize("name", ["ds_config.json", "config.yaml"])
+def test_run_files_in_a_folder_where_no_run_started_are_refused(setup, capsys, name):
+    """A ds_config.json or config.yaml the user keeps in output_dir would be overwritten."""
+    tmp, cfg = setup
+    own = tmp / "out" / name
+    own.parent.mkdir()
+    own.write_text('{"train_batch_size": 8}\n')
+    assert main(["train", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert f"{own} exists but no run has started in {tmp / 'out'}" in err
+    assert own.read_text() == '{"train_batch_size": 8}\n' and not dist.is_initialized()
+    (tmp / "out" / "metrics.jsonl").write_text("")  # a previous run's: rewritten on resume
+    _check_flags(cfg, resume=True)
+
+
+def test_a_config_yaml_holding_the_resolved_config_is_fine(setup):
+    import yaml
+
+    tmp, cfg = setup
+    run = load_config(cfg, RunConfig, [])
+    saved = tmp / "out" / "config.yaml"
+    saved.parent.mkdir()
+    saved.write_text(yaml.safe_dump(run.model_dump(mode="json"), sort_keys=False))
+    check_run(run, resume=False)

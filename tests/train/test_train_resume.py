@@ -76,6 +76,15 @@ def _truncate(path: Path) -> None:
     path.write_bytes(data[: len(data) // 2])
 
 
+def test_the_run_marks_its_model_config_as_its_own(base):
+    """The next run (--resume) may replace it; a folder a user made there is refused instead."""
+    from natscale.atomic import RUN_MODEL_CONFIG, foreign_entries, read_marker
+
+    mc = base / "run" / "model_config"
+    assert read_marker(mc) == RUN_MODEL_CONFIG and foreign_entries(mc) == []
+    assert (mc / "config.json").is_file()
+
+
 # ---- which checkpoint --resume picks (rank 0's plan; no process group) ------------------------
 def test_latest_naming_a_missing_folder_falls_back_to_the_newest_complete(base, tmp_path):
     ckpt = _copy(base, tmp_path) / "checkpoints"
