@@ -8,7 +8,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from natscale.atomic import atomic_write_text
 from natscale.bench.record import write_json_atomic
+from natscale.figures import save_png
 
 
 def collect(records: list[dict[str, Any]], key: str) -> dict[str, Any]:
@@ -54,10 +56,10 @@ def write_sweep(
     base = results / f"sweep_{name}_{records[0]['spec']['model']}_{stamp}".replace(".", "_")
     write_json_atomic(base.with_suffix(".json"), {"table": table, "records": records})
     md = base.with_suffix(".md")
-    md.write_text(
+    atomic_write_text(
+        md,
         f"# sweep {name}\n\n`{records[0]['command']}`\n\ndevice: {env['device']}; commit "
         f"{env['git_commit'][:8]}; load {env['load_average_1_5_15']}\n\n{table['markdown']}",
-        encoding="utf-8",
     )
     return {"json": base.with_suffix(".json"), "md": md, "png": base.with_suffix(".png")}
 
@@ -76,8 +78,7 @@ def plot_sweep(table: dict[str, Any], key: str, png: Path) -> None:
     a.legend()
     b.plot(xs, [r["efficiency_vs_first"] for r in table["rows"]], marker="o")
     b.set(xlabel=key, ylabel="trained tok/s/device vs first", title="relative to the first value")
-    fig.tight_layout()
-    fig.savefig(png, dpi=100)
+    save_png(fig, png)
     plt.close(fig)
 
 
@@ -180,7 +181,7 @@ def projection(args: argparse.Namespace) -> dict[str, Any]:
     out["network"] = net.name
     out["label"] = label
     out["json"] = str(write_json_atomic(base.with_suffix(".json"), out))
-    base.with_suffix(".md").write_text(f"# scaling projection: {label}\n\n{md}", encoding="utf-8")
+    atomic_write_text(base.with_suffix(".md"), f"# scaling projection: {label}\n\n{md}")
     out["png"] = str(base.with_suffix(".png"))
     _plot_projection(out, label, Path(out["png"]))
     return out
@@ -201,6 +202,5 @@ def _plot_projection(out: dict[str, Any], label: str, png: Path) -> None:
         ax.set_xscale("log", base=2)
         ax.set(xlabel="nodes", title=f"{label}: {title} ({out['network']})")
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(png, dpi=100)
+    save_png(fig, png)
     plt.close(fig)

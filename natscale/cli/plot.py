@@ -8,7 +8,12 @@ import sys
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a `natscale train` output_dir")
-    parser.add_argument("--out", metavar="DIR", help="where to write PNGs (default RUN_DIR/plots)")
+    parser.add_argument(
+        "--out",
+        metavar="DIR",
+        help="where to write PNGs (default RUN_DIR/plots); a loss.png or throughput.png "
+        "there that natscale plot did not write is never replaced",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,9 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from natscale.atomic import atomic_path
 from natscale.checkpoint.layout import RunDir
+from natscale.figures import save_png
 from natscale.train.metrics import read_metrics
+
+PLOTS = ("loss.png", "throughput.png")
+PNG_KEY = "natscale"  # a PNG text chunk ("natscale": "plot") that says natscale wrote the file
 
 
 def _is_number(value: Any) -> bool:
@@ -68,6 +71,8 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
     out = Path(out_dir) if out_dir is not None else RunDir(run_dir).plots
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a folder; name a folder for the PNGs")
+    if out_dir is not None:  # RUN_DIR/plots is the run's own: its PNGs are replaced
+        _check_replaceable([out / name for name in PLOTS])
     out.mkdir(parents=True, exist_ok=True)
     written = []
 
@@ -79,7 +84,7 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
     ax.set(xlabel="optimizer step", ylabel="loss", title=f"loss: {name}")
     ax.grid(alpha=0.3)
     ax.legend()
-    written.append(_save(fig, out / "loss.png"))
+    written.append(_save(fig, out / PLOTS[0]))
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for kind in ("slot", "nonpad", "trained"):
@@ -87,13 +92,30 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
     ax.set(xlabel="optimizer step", ylabel="tokens / s / device", title=f"throughput: {name}")
     ax.grid(alpha=0.3)
     ax.legend()
-    written.append(_save(fig, out / "throughput.png"))
+    written.append(_save(fig, out / PLOTS[1]))
     plt.close("all")
     return written
 
 
+def _check_replaceable(paths: list[Path]) -> None:
+    """Each existing path is a PNG ``natscale plot`` wrote (its text chunk says so); a file of
+    the user's with the same name is never replaced."""
+    from PIL import Image
+
+    for path in paths:
+        if not path.exists() and not path.is_symlink():
+            continue
+        try:
+            with Image.open(path) as image:
+                ours = getattr(image, "text", {}).get(PNG_KEY) == "plot"
+        except OSError:  # not an image, a folder, unreadable
+            ours = False
+        if not ours or not path.is_file() or path.is_symlink():
+            raise ValueError(
+                f"--out {path.parent} already holds {path.name}, which natscale plot did not "
+                "write, and plotting would replace it; move it, or name another folder with --out"
+            )
+
+
 def _save(fig: Any, path: Path) -> Path:
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format=path.suffix.lstrip("."))
-    return path
+    return save_png(fig, path, **{PNG_KEY: "plot"})

@@ -217,3 +217,34 @@ def test_an_interrupted_export_leaves_no_temp_folder(tmp_path):
         write_model_config(model, tmp_path / "model_config", use_cache=True, tokenizer_dir=None)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model_config"]
     assert (tmp_path / "model_config" / "config.json").read_text() == '{"old": 1}'
+
+
+def test_plot_out_never_replaces_a_png_it_did_not_write(tmp_path, capsys):
+    """`plot --out DIR` replaces only its own loss.png / throughput.png (a PNG text chunk says
+    natscale wrote them); RUN_DIR/plots is the run's own."""
+    from natscale.cli.main import main
+
+    rec = {"step": 1, "loss": 2.0, "loss_by_class": {"a": 2.0}, "tokens_per_s_per_gpu": {}}
+    (tmp_path / "metrics.jsonl").write_text(json.dumps(rec) + "\n")
+    out = tmp_path / "figures"
+    out.mkdir()
+    (out / "loss.png").write_bytes(b"my figure")
+    assert main(["plot", str(tmp_path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {out} already holds loss.png, which natscale plot did not write" in err
+    assert (out / "loss.png").read_bytes() == b"my figure"
+    assert sorted(p.name for p in out.iterdir()) == ["loss.png"]  # nothing half-written
+    (out / "loss.png").unlink()
+    assert main(["plot", str(tmp_path), "--out", str(out)]) == 0
+    assert main(["plot", str(tmp_path), "--out", str(out)]) == 0  # its own PNGs: replaced
+    assert sorted(p.name for p in out.iterdir()) == ["loss.png", "throughput.png"]
+    import matplotlib.pyplot as plt
+
+    plt.figure().savefig(out / "throughput.png")  # a real PNG, not natscale's
+    assert main(["plot", str(tmp_path), "--out", str(out)]) == 2
+    assert "already holds throughput.png" in capsys.readouterr().err
+    plots = tmp_path / "plots"
+    plots.mkdir()
+    (plots / "loss.png").write_bytes(b"old")  # the run's own folder: replaced
+    assert main(["plot", str(tmp_path)]) == 0
+    assert (plots / "loss.png").read_bytes()[:4] == b"\x89PNG"

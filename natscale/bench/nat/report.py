@@ -15,6 +15,7 @@ from typing import Any
 from natscale.bench.nat.behaviour import BEHAVIOURS
 from natscale.bench.nat.data import ALL, BASE
 from natscale.bench.nat.presets import Preset
+from natscale.figures import save_png
 
 
 def _positives(preset: Preset, results_or_rows: list[dict[str, Any]]) -> list[int]:
@@ -231,7 +232,6 @@ def plot(preset: Preset, rows: list[dict[str, Any]], path: Path, title: str) -> 
     ax.set_title(wrap_title(title, fig.get_figwidth()), fontsize=9)
     ax.legend(fontsize=8, ncols=2)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_png(fig, path, dpi=120)
     plt.close(fig)
     return path
