@@ -185,18 +185,18 @@ class _FakeDist:
 def test_only_rank_0_checks_the_output_so_its_run_json_does_not_refuse_a_peer(tmp_path):
     from natscale.config.eval import EvalConfig
     from natscale.eval.errors import EvalError
-    from natscale.eval.run import _checked_output, fingerprint
+    from natscale.eval.output import checked_output, fingerprint
 
     cfg = EvalConfig.model_validate(scripted_fields(tmp_path / "out", limit=5))
     out = tmp_path / "out"
     out.mkdir()  # rank 0 is already past its check and has written run.json
     config = cfg.model_dump(mode="json")
     (out / "run.json").write_text(json.dumps({"fingerprint": fingerprint(cfg), "config": config}))
-    assert _checked_output(out, cfg, False, [], dist=_FakeDist(1)) == []
+    assert checked_output(out, cfg, False, [], dist=_FakeDist(1)) == []
     with pytest.raises(EvalError, match="refused by rank 0"):
-        _checked_output(out, cfg, False, [], dist=_FakeDist(1, "refused by rank 0"))
+        checked_output(out, cfg, False, [], dist=_FakeDist(1, "refused by rank 0"))
     with pytest.raises(EvalError, match=r"already holds an evaluation \(run.json\)"):
-        _checked_output(out, cfg, False, [], dist=_FakeDist(0))
+        checked_output(out, cfg, False, [], dist=_FakeDist(0))
 
 
 def test_a_resume_with_nothing_left_keeps_the_measured_throughput(tmp_path, capsys):
