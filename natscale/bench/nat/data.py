@@ -11,6 +11,7 @@ trains them like successes, ``nat`` marks both classes, ``nat-fine`` marks each 
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -45,18 +46,24 @@ class PoolTooSmallError(BenchDataError, ValueError):
 
 
 def _generate_pool(preset: Preset):
-    """The preset's generated pool (the same preset gives the same pool)."""
-    from natscale.agent.scripted.dataset import generate
-
-    pool = generate(
+    """The preset's generated pool (the same preset gives the same pool; generated once per
+    process: ``check_pool`` and ``build_pool`` share it; read it, never change it)."""
+    return _pool(
         preset.pool_seed,
         preset.pool_questions,
         preset.test_questions,
-        verbosity=0,
-        max_steps=preset.max_steps,
-        failures=preset.failures,
+        preset.max_steps,
+        preset.failures,
+        preset.instruction,
     )
-    pool.prompt["instruction"] = preset.instruction
+
+
+@functools.lru_cache(maxsize=1)
+def _pool(seed: int, questions: int, test: int, max_steps: int, failures: str, instruction: str):
+    from natscale.agent.scripted.dataset import generate
+
+    pool = generate(seed, questions, test, verbosity=0, max_steps=max_steps, failures=failures)
+    pool.prompt["instruction"] = instruction
     for traj in pool.trajectories:
         traj["info"]["progress"] = FINE_SCORES[traj["info"]["kind"]]
     return pool
