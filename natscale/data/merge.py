@@ -81,6 +81,17 @@ def _check_stats(part: Path, stats: Any) -> None:
             )
 
 
+def _check_dataset_info(part: Path) -> None:
+    """A part's dataset_info.json is a JSON object (its columns are compared with the others')."""
+    where = part / "dataset_info.json"
+    try:
+        info = json.loads(where.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MergeError(f"{where}: unreadable ({exc}); prepare this part again") from exc
+    if not isinstance(info, dict):
+        raise MergeError(f"{where}: not a JSON object; prepare this part again")
+
+
 def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
     if not isinstance(data, dict):
         return {prefix: data}
@@ -287,6 +298,8 @@ def merge_prepared(
             PreparedDir(folder).check_complete()
         except PreparedDataError as exc:
             raise MergeError(str(exc)) from exc
+    for folder in folders:  # join_shards reads it; check_complete only checks it is there
+        _check_dataset_info(folder)
     stats = [json.loads(PreparedDir(p).stats.read_text(encoding="utf-8")) for p in folders]
     for folder, s in zip(folders, stats, strict=True):
         _check_stats(folder, s)

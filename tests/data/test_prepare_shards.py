@@ -305,6 +305,12 @@ def test_merge_joins_node_outputs(traj_file, example_data, tmp_path):
     with pytest.raises(MergeError, match=r"part1/stats.json: field 'sampling' is missing"):
         merge_prepared([p.out_dir for p in parts], tmp_path / "m3")
     (parts[1].out_dir / "stats.json").write_text(saved)
+    info = parts[1].out_dir / "dataset_info.json"
+    saved = info.read_text()
+    info.write_text(saved[: len(saved) // 2])  # cut off
+    with pytest.raises(MergeError, match=r"part1/dataset_info.json: unreadable"):
+        merge_prepared([p.out_dir for p in parts], tmp_path / "m3")
+    info.write_text(saved)
     (parts[1].out_dir / "tokenizer").rename(tmp_path / "tok")
     with pytest.raises(MergeError, match=r"part1: has no tokenizer/ folder"):
         merge_prepared([p.out_dir for p in parts], tmp_path / "m3")
