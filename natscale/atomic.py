@@ -92,7 +92,8 @@ def atomic_write_json(path: str | os.PathLike, data: Any, **dumps: Any) -> Path:
 
 def replace_dir(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
     """Rename the finished folder ``tmp`` to ``final``; an existing ``final`` is moved aside first
-    and deleted after, so readers see the old folder or the new one, never a mix."""
+    and deleted after, so readers see the old folder or the new one, never a mix. Stopped between
+    the two renames (Ctrl-C, SIGTERM, an error), the old folder is put back under its name."""
     tmp, final = Path(tmp), Path(final)
     if not final.exists():
         os.rename(tmp, final)
@@ -100,7 +101,11 @@ def replace_dir(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
     old = final.parent / f".{final.name}.old-{os.getpid()}"
     shutil.rmtree(old, ignore_errors=True)
     os.rename(final, old)
-    os.rename(tmp, final)
+    try:
+        os.rename(tmp, final)
+    except BaseException:
+        os.rename(old, final)
+        raise
     shutil.rmtree(old, ignore_errors=True)
 
 

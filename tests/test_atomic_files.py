@@ -73,6 +73,33 @@ def test_replace_dir_swaps_a_whole_folder(tmp_path):
     assert (tmp_path / "fresh").is_dir() and not other.exists()
 
 
+@pytest.mark.parametrize("signal", [KeyboardInterrupt, OSError])
+def test_replace_dir_stopped_between_its_renames_puts_the_old_folder_back(
+    tmp_path, monkeypatch, signal
+):
+    """Ctrl-C/SIGTERM (or an error) after the old folder was moved aside and before the new one
+    took its place: the old folder is back under its name, not hidden in .NAME.old-PID."""
+    import natscale.atomic as atomic
+
+    final, new = tmp_path / "hf", tmp_path / "hf.tmp"
+    final.mkdir()
+    (final / "old.txt").write_text("old")
+    new.mkdir()
+    real_rename, calls = os.rename, []
+
+    def rename(src, dst):
+        calls.append(src)
+        if len(calls) == 2:  # the new folder into place
+            raise signal
+        real_rename(src, dst)
+
+    monkeypatch.setattr(atomic.os, "rename", rename)
+    with pytest.raises(signal):
+        replace_dir(new, final)
+    assert [p.name for p in final.iterdir()] == ["old.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "hf.tmp"]
+
+
 def test_stale_partials_of_this_host_go_and_other_hosts_stay(tmp_path):
     out = tmp_path / "out"
     dead = subprocess.Popen([sys.executable, "-c", "pass"])

@@ -11,6 +11,7 @@ import multiprocessing
 import os
 import pickle
 import random
+import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -162,6 +163,30 @@ def test_pool_workers_load_weights_only(tmp_path: Path, start: str):
     finally:
         ds_to_universal.ProcessPoolExecutor = pool_cls
     assert not marker.exists()
+
+
+def _sleep() -> None:
+    time.sleep(0.2)
+
+
+def test_a_stopped_pool_cancels_the_work_not_started():
+    """ds_to_universal's `with ProcessPoolExecutor(...)`, left by Ctrl-C/SIGTERM, cancels the
+    queued tasks instead of waiting for all of them (a plain pool's shutdown runs them all)."""
+    import types
+
+    from natscale.checkpoint.universal import _pool_initializer
+
+    module = types.SimpleNamespace(ProcessPoolExecutor=ProcessPoolExecutor)
+    futures = []
+    with (
+        _pool_initializer(module, install_in_worker),
+        pytest.raises(KeyboardInterrupt),
+        module.ProcessPoolExecutor(max_workers=1) as pool,
+    ):
+        futures += [pool.submit(_sleep) for _ in range(20)]
+        raise KeyboardInterrupt
+    assert module.ProcessPoolExecutor is ProcessPoolExecutor
+    assert sum(f.cancelled() for f in futures) > 10
 
 
 def test_rng_state_loads_weights_only_and_restores_every_stream(tmp_path: Path):

@@ -80,8 +80,8 @@ class CheckpointDir:
         """The tag named by ``latest`` (None when there is no complete checkpoint)."""
         if not self.latest_file.is_file():
             return None
-        tag = self.latest_file.read_text(encoding="utf-8").strip()
-        return tag if self.tag_dir(tag).is_dir() else None
+        tag = self.read_latest_text()  # a damaged file (not UTF-8) names no tag, no traceback
+        return tag if tag and "\x00" not in tag and self.tag_dir(tag).is_dir() else None
 
     def read_latest_text(self) -> str | None:
         """What ``latest`` says, stripped ("" when empty); None when there is no such file."""

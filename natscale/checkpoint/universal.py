@@ -27,6 +27,7 @@ import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from natscale.atomic import partial_dir, remove_stale_partials
 from natscale.checkpoint.layout import WORLD_FILE, CheckpointDir
@@ -80,15 +81,38 @@ def saved_world_size(tag_dir: str | Path) -> int | None:
     return len(ranks)
 
 
+class _CancellingPool:
+    """A process pool whose ``with`` block, left by an exception (Ctrl-C, SIGTERM, an error),
+    cancels the work not yet started: a plain pool waits for every queued task first, so a
+    stopped conversion went on writing (into a folder about to be removed) until all were done."""
+
+    def __init__(self, pool: Any) -> None:
+        self._pool = pool
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pool, name)
+
+    def __enter__(self) -> _CancellingPool:
+        self._pool.__enter__()
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> Any:
+        if exc_type is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        return self._pool.__exit__(exc_type, exc, tb)
+
+
 @contextlib.contextmanager
 def _pool_initializer(module: ModuleType, initializer: Callable[[], None]) -> Iterator[None]:
-    """Start the worker pools of ``module`` (ds_to_universal's --workers > 1) with ``initializer``.
+    """Start the worker pools of ``module`` (ds_to_universal's --workers > 1) with ``initializer``,
+    as :class:`_CancellingPool`.
 
     Forked workers inherit the weights-only ``torch.load`` anyway; this also covers workers that
     start a fresh interpreter (spawn/forkserver, the default from Python 3.14).
     """
     original = module.ProcessPoolExecutor
-    module.ProcessPoolExecutor = functools.partial(original, initializer=initializer)
+    make = functools.partial(original, initializer=initializer)
+    module.ProcessPoolExecutor = lambda *args, **kwargs: _CancellingPool(make(*args, **kwargs))
     try:
         yield
     finally:

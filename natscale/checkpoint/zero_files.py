@@ -86,7 +86,7 @@ def resolve_tag(ckpt_dir: Path, tag: str | None) -> tuple[Path, str, Path]:
                 + (f"; pass one of its tags with --tag: {', '.join(tags)}" if tags else "")
                 + ". Point at the folder that engine.save_checkpoint() wrote (it holds 'latest')."
             )
-        tag = latest.read_text().strip()
+        tag = CheckpointDir(ckpt_dir).read_latest_text() or ""  # damaged (not UTF-8): no tag
         if not tag:
             raise ConvertError(f"{latest} is empty; pass the tag with --tag ({', '.join(tags)})")
     tag_dir = CheckpointDir(ckpt_dir).tag_dir(tag)

@@ -40,6 +40,7 @@ DTYPES = {
 @dataclass
 class ConvertResult:
     out_dir: Path
+    ckpt_root: Path  # the folder holding the tag folders (CKPT_DIR, or the parent of a tag folder)
     tag: str
     stage: int
     world_size: int
@@ -205,6 +206,7 @@ def convert_zero_to_hf(
         files = write_assets(assets, config, tmp, out_dtype)
     return ConvertResult(
         out_dir=out_dir,
+        ckpt_root=ckpt.root,
         tag=ckpt.tag,
         stage=ckpt.stage,
         world_size=ckpt.world_size,

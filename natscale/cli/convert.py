@@ -132,7 +132,15 @@ def _zero_to_hf(args: argparse.Namespace) -> int:
     if args.verify:
         from natscale.checkpoint.verify import verify_export
 
-        v = verify_export(res.out_dir, args.ckpt_dir, tag=res.tag)
+        try:  # CKPT_DIR may be the tag folder itself: DeepSpeed's reader wants its parent
+            v = verify_export(res.out_dir, res.ckpt_root, tag=res.tag)
+        except Exception as exc:  # the export is complete: say so, not "nothing written"
+            print(
+                f"natscale convert zero-to-hf: --verify could not run ({type(exc).__name__}: "
+                f"{exc}); {res.out_dir} was written and is kept",
+                file=sys.stderr,
+            )
+            return 1
         verdict = "OK" if v.ok else f"MISMATCH (tolerance {v.atol:.1e})"
         print(
             f"verify: max |logit diff| vs checkpoint weights in {res.dtype}: {v.max_abs_diff:.3e}; "

@@ -12,7 +12,9 @@ tokenizer is the first part's (every part must have the same one).
 
 The parts must agree on what makes their rows one dataset: classes, strategy, template,
 ``max_seq_len``, the row columns, the tokenizer files, and every setting of their prepare configs
-but those that only say where or how a part was made (``PER_PART``). The output may not lie
+but those that only say where or how a part was made (``PER_PART``). No rows may come twice: two
+parts may not share a data file or a folder they were merged from (``merged_from``, absolute
+paths). The output may not lie
 inside a part (merge never changes its parts). The Arrow files are hard-linked where
 the filesystem allows (no copy; they are never modified in place), else copied. Nothing is
 written unless every part is complete and compatible, and the output is written atomically.
@@ -79,6 +81,17 @@ def _check_stats(part: Path, stats: Any) -> None:
             )
 
 
+def _check_dataset_info(part: Path) -> None:
+    """A part's dataset_info.json is a JSON object (its columns are compared with the others')."""
+    where = part / "dataset_info.json"
+    try:
+        info = json.loads(where.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MergeError(f"{where}: unreadable ({exc}); prepare this part again") from exc
+    if not isinstance(info, dict):
+        raise MergeError(f"{where}: not a JSON object; prepare this part again")
+
+
 def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
     if not isinstance(data, dict):
         return {prefix: data}
@@ -130,6 +143,43 @@ def _check_compatible(parts: Sequence[Path], stats: list[dict], configs: list[An
                 f"{part}: its tokenizer/ differs from {t0} ({', '.join(diff + errors) or 'files'})"
                 "; prepare every part with the same tokenizer"
             )
+
+
+def _origins(part: Path, stats: dict) -> set[Path]:
+    """The prepared folders whose rows ``part`` holds: itself, and the parts it was merged from."""
+    found = {part.resolve()}
+    merged_from = stats.get("merged_from")
+    if isinstance(merged_from, list):
+        found |= {Path(p).resolve() for p in merged_from if isinstance(p, str)}
+    return found
+
+
+def _check_disjoint(parts: Sequence[Path], stats: list[dict]) -> None:
+    """No rows twice: no two parts hold the same data file (a hard link, as merge makes) or
+    rows of the same prepared folder (a merged folder and one of its own parts)."""
+    from natscale.data.shards import data_files
+
+    owner: dict[tuple[int, int], tuple[Path, str]] = {}
+    for part in parts:
+        for name in data_files(part):
+            st = (part / name).stat()
+            other = owner.setdefault((st.st_dev, st.st_ino), (part, name))
+            if other[0] != part:
+                raise MergeError(
+                    f"{part / name} and {other[0] / other[1]} are the same file: {part} and "
+                    f"{other[0]} hold the same rows (one was merged from the other?); merging "
+                    "them would repeat those rows. Give each prepared folder once"
+                )
+    for i, (part, s) in enumerate(zip(parts, stats, strict=True)):
+        mine = _origins(part, s)
+        for other, t in zip(parts[:i], stats[:i], strict=True):
+            shared = sorted(mine & _origins(other, t))
+            if shared:
+                raise MergeError(
+                    f"{part} and {other} both hold the rows of {shared[0]} (see merged_from in "
+                    "their stats.json); merging them would repeat those rows. Give each "
+                    "prepared folder once"
+                )
 
 
 def _summed(dicts: list[dict]) -> dict:
@@ -208,7 +258,7 @@ def merged_stats(parts: Sequence[Path], stats: list[dict], files: list[str]) -> 
         "skipped_examples": skipped_examples,
         "tail_tokens_trimmed": sum(s.get("tail_tokens_trimmed", 0) for s in stats),
         "warnings": warnings,
-        "merged_from": [str(p) for p in parts],
+        "merged_from": [str(p.resolve()) for p in parts],
     }
 
 
@@ -248,9 +298,12 @@ def merge_prepared(
             PreparedDir(folder).check_complete()
         except PreparedDataError as exc:
             raise MergeError(str(exc)) from exc
+    for folder in folders:  # join_shards reads it; check_complete only checks it is there
+        _check_dataset_info(folder)
     stats = [json.loads(PreparedDir(p).stats.read_text(encoding="utf-8")) for p in folders]
     for folder, s in zip(folders, stats, strict=True):
         _check_stats(folder, s)
+    _check_disjoint(folders, stats)
     configs = [load_config(PreparedDir(p).prepare_config, PrepareConfig) for p in folders]
     _check_compatible(folders, stats, configs)
     sources = [src for cfg in configs for src in cfg.sources]

@@ -67,7 +67,8 @@ class ShardWriter:
         return names
 
 
-def _single_file(folder: Path) -> list[str]:
+def data_files(folder: Path) -> list[str]:
+    """The Arrow files of the ``datasets`` folder ``folder``, in row order (its state.json)."""
     state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
     return [f["filename"] for f in state["_data_files"]]
 
@@ -78,7 +79,7 @@ def join_shards(
     """Lay the Arrow files of the ``datasets`` folders ``folders`` (in order) into ``out`` as one
     dataset, each put there by ``place(src, dst)`` (a rename, link or copy). Every folder must
     have the same features. Returns the file names in row order."""
-    files = [(folder, name) for folder in folders for name in _single_file(folder)]
+    files = [(folder, name) for folder in folders for name in data_files(folder)]
     first = folders[0]
     info = json.loads((first / "dataset_info.json").read_text(encoding="utf-8"))
     for folder in folders[1:]:

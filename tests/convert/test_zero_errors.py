@@ -95,6 +95,21 @@ def test_directory_that_is_not_a_checkpoint(tmp_path):
     assert_nothing_written(tmp_path)
 
 
+def test_a_latest_file_that_is_not_text_is_an_unknown_tag(tmp_path, capsys):
+    """A damaged `latest` (bytes that are not UTF-8) is a named error for both conversions, not
+    a UnicodeDecodeError traceback."""
+    from natscale.cli.main import main
+
+    run = tmp_path / "run"
+    (run / "checkpoints/global_step2").mkdir(parents=True)
+    (run / "checkpoints/latest").write_bytes(b"\xff\xfeglobal_step2\n")
+    with pytest.raises(ConvertError, match=r"unknown tag .*tags in"):
+        convert(run, tmp_path)
+    assert main(["convert", "zero-to-universal", str(run / "checkpoints")]) == 2
+    assert "no valid 'latest' file); pass --tag" in capsys.readouterr().err
+    assert_nothing_written(tmp_path)
+
+
 def test_missing_config_names_the_places_searched(zero_run, tmp_path):
     run = copy_run(zero_run, 2, "z3-fp32", tmp_path)
     shutil.rmtree(run / "hf_config")

@@ -145,3 +145,34 @@ def test_tag_folder_itself_and_explicit_tag(zero_run, tmp_path):
     assert (tmp_path / "a/model.safetensors").read_bytes() == (
         tmp_path / "b/model.safetensors"
     ).read_bytes()
+
+
+def test_verify_with_the_tag_folder_as_ckpt_dir(zero_run, tmp_path):
+    """`CKPT_DIR` may be the tag folder itself, --verify included (DeepSpeed's reader, which
+    --verify uses, wants the folder above the tag: it was given the tag folder and failed, and
+    the CLI said "nothing written" over a complete export)."""
+    tag_dir = zero_run(1, "z2-fp32") / "checkpoints" / "global_step2"
+    out = tmp_path / "hf"
+    proc = subprocess.run(
+        [sys.executable, "-m", "natscale.cli", "convert", "zero-to-hf", str(tag_dir), str(out),
+         "--verify", "--quiet"],
+        capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "nothing written" not in proc.stderr
+    verify = next(line for line in proc.stdout.splitlines() if line.startswith("verify:"))
+    assert verify.endswith("OK") and (out / "model.safetensors").is_file()
+
+
+def test_a_verify_that_cannot_run_keeps_the_export_and_says_so(zero_run, tmp_path, monkeypatch):
+    from natscale.checkpoint import verify
+    from natscale.cli.main import main
+
+    def broken(*args, **kwargs):
+        raise FileNotFoundError("no such file: reference")
+
+    monkeypatch.setattr(verify, "verify_export", broken)
+    out = tmp_path / "hf"
+    ckpts = zero_run(1, "z2-fp32") / "checkpoints"
+    code = main(["convert", "zero-to-hf", str(ckpts), str(out), "--verify", "--quiet"])
+    assert code == 1 and (out / "model.safetensors").is_file()

@@ -305,10 +305,38 @@ def test_merge_joins_node_outputs(traj_file, example_data, tmp_path):
     with pytest.raises(MergeError, match=r"part1/stats.json: field 'sampling' is missing"):
         merge_prepared([p.out_dir for p in parts], tmp_path / "m3")
     (parts[1].out_dir / "stats.json").write_text(saved)
+    info = parts[1].out_dir / "dataset_info.json"
+    saved = info.read_text()
+    info.write_text(saved[: len(saved) // 2])  # cut off
+    with pytest.raises(MergeError, match=r"part1/dataset_info.json: unreadable"):
+        merge_prepared([p.out_dir for p in parts], tmp_path / "m3")
+    info.write_text(saved)
     (parts[1].out_dir / "tokenizer").rename(tmp_path / "tok")
     with pytest.raises(MergeError, match=r"part1: has no tokenizer/ folder"):
         merge_prepared([p.out_dir for p in parts], tmp_path / "m3")
     assert not (tmp_path / "m3").exists()
+
+
+def test_merge_refuses_rows_given_twice(traj_file, example_data, tmp_path):
+    """A merged folder merged again with one of its own parts would repeat that part's rows."""
+    import shutil
+
+    trajs = json.loads(traj_file.read_text())
+    parts = []
+    for k, (a, b) in enumerate([(0, 60), (60, 120)]):
+        p = tmp_path / f"node{k}.json"
+        p.write_text(json.dumps(trajs[a:b]))
+        parts.append(prepare(_config(p, example_data), tmp_path / f"part{k}", progress=False))
+    merged, stats = merge_prepared([p.out_dir for p in parts], tmp_path / "all")
+    assert stats["merged_from"] == [str(p.out_dir.resolve()) for p in parts]
+    # its data files are hard links of the parts' files
+    with pytest.raises(MergeError, match=r"are the same file: .*would repeat those rows"):
+        merge_prepared([merged, parts[0].out_dir], tmp_path / "again")
+    # a copy (another filesystem: no links): its stats.json's merged_from names the part
+    shutil.copytree(merged, tmp_path / "copy")
+    with pytest.raises(MergeError, match=r"both hold the rows of .*part1"):
+        merge_prepared([parts[1].out_dir, tmp_path / "copy"], tmp_path / "again")
+    assert not (tmp_path / "again").exists()
 
 
 def test_trainer_preflight_reads_sharded_output(traj_file, example_data, tmp_path):
