@@ -94,6 +94,15 @@ def test_row_order_is_seeded_per_epoch_and_covers_every_row():
     assert sorted(epoch0) == sorted(epoch1) == list(range(10)) and epoch0 != epoch1
     assert epoch0 == [RowOrder(10, seed=3, shuffle=True)[i] for i in range(10)]
     assert [RowOrder(10, seed=3, shuffle=False)[i] for i in range(12)] == [*range(10), 0, 1]
+    with pytest.raises(ValueError, match="the dataset has no rows"):
+        RowOrder(0, seed=3, shuffle=True)
+
+
+def test_micro_batch_m_of_rank_r_holds_the_documented_offsets():
+    """rows.py: micro-batch m of rank r holds offsets [(m * world + r) * B, ... + B) of the step."""
+    order = RowOrder(100, seed=0, shuffle=False)
+    assert StepPlan(2, 0, 2, 2).micro_batches(order, 10) == [[10, 11], [14, 15]]
+    assert StepPlan(2, 1, 2, 2).micro_batches(order, 10) == [[12, 13], [16, 17]]
 
 
 @pytest.mark.parametrize(("world", "accum"), [(1, 4), (2, 2), (4, 1)])
