@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from natscale.eval.metrics import pass_at_k, summarize
@@ -33,3 +35,22 @@ def test_interval_is_the_95_percent_bootstrap_of_questions():
     lo, hi = summary["metrics"]["accuracy"]["ci95"]
     half = 1.96 * (0.25 / 200) ** 0.5  # 0.069; bootstrap means step by 1/200
     assert lo == pytest.approx(0.5 - half, abs=0.006) and hi == pytest.approx(0.5 + half, abs=0.006)
+
+
+def test_compare_table_cells(tmp_path):
+    from natscale.eval.compare import compare
+
+    summary = {
+        "model": "m",
+        "marker": "success",
+        "episodes": 40,
+        "finished": 37,
+        "metrics": {"accuracy": {"value": 0.625, "ci95": [0.5, 0.75]}},
+        "throughput": {"episodes_per_s": 2.5, "episodes_this_run": 40},
+    }
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    table, line = compare([str(tmp_path)])
+    header, _, row = table.splitlines()
+    assert header == "| run | model | marker | episodes | accuracy | unfinished | episodes/s |"
+    assert row == f"| {tmp_path} | m | success | 40 | 62.5 [50.0, 75.0] | 3 | 2.5 |"
+    assert line == "natscale eval compare: 1 evaluation"
