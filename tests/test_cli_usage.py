@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from natscale.cli.argtypes import size_bytes
+from natscale.cli.argtypes import float_in, port, positive_float, positive_int, size_bytes
 from natscale.cli.main import main
 
 
@@ -47,6 +47,17 @@ def test_size_units():
     assert size_bytes(" 1.5 kib ") == 1536
     with pytest.raises(argparse.ArgumentTypeError):
         size_bytes("100")
+
+
+def test_numeric_types_at_their_bounds():
+    assert positive_float("1e-9") == 1e-9 and positive_int("1") == 1 and port("65535") == 65535
+    assert float_in(0.0, 1.0, low_open=False)("0") == 0.0  # a closed end takes its bound
+    with pytest.raises(argparse.ArgumentTypeError, match=r"expected a number in \(0, inf\)"):
+        positive_float("0")  # an open end does not
+    with pytest.raises(argparse.ArgumentTypeError, match="the minimum is 1"):
+        positive_int("0")
+    with pytest.raises(argparse.ArgumentTypeError, match="not a TCP port"):
+        port("65536")
 
 
 def test_selftest_steps_minimum_is_named(capsys):

@@ -2,6 +2,7 @@ import pytest
 
 from natscale.agent.react import (
     ReActParseError,
+    finish_argument,
     format_observation,
     format_step,
     parse_action,
@@ -56,6 +57,14 @@ def test_format_then_parse_round_trip():
     assert format_step(None, "finish", "4") == "Action: finish[4]"
     assert parse_step("Action: finish[4]").thought == ""
     assert format_observation("2/3") == "Observation: 2/3"
+
+
+def test_finish_argument_is_lenient_for_labelling():
+    """From the first ``finish[`` to the last ``]``, across lines, stripped."""
+    assert finish_argument("Thought: x\nAction: finish[ [1, 2] ]  ") == "[1, 2]"
+    assert finish_argument("Action: finish[two\nlines]\nObservation: ok") == "two\nlines"
+    assert finish_argument("Action: finish[4") is None
+    assert finish_argument("Action: calculate[4]") is None
 
 
 def test_format_step_rejects_ambiguous_input():

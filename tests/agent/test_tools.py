@@ -83,3 +83,12 @@ def test_scoring_rules():
         score_answer("yesno", "Yes", True).correct and score_answer("yesno", "no", "False").correct
     )
     assert not score_answer("yesno", "Unclear", True).correct and yes_no("maybe") is None
+    # math: surrounding spaces of the finish[...] argument are ignored, nothing else is
+    assert score_answer("math", " 18 ", "#### 18").correct
+    assert not score_answer("math", "$18", "#### 18").correct
+    # yes/no answers on either side score F1 by exact match only, no partial token credit
+    assert f1_score("yes it is", "yes") == 0.0 and f1_score("maybe yes", "yes") == 0.0
+    assert f1_score("no", "False") == 1.0 and f1_score("yes", "true") == 1.0
+    assert f1_score("maybe yes", "maybe") == pytest.approx(2 / 3)  # no yes/no gold: token F1
+    # a gold that is not a boolean matches nothing, not even an unparseable prediction
+    assert not score_answer("yesno", "Unclear", "unknown").correct

@@ -61,7 +61,9 @@ def _run(**train) -> RunConfig:
 
 
 def test_fill_auto_values_from_the_run():
-    run = _run(lr=3e-4, grad_accum=4, precision="fp32", grad_clip=0.5, weight_decay=0.1)
+    run = _run(
+        lr=3e-4, grad_accum=4, precision="fp32", grad_clip=0.5, weight_decay=0.1, adam_eps=1e-6
+    )
     ds = fill_ds_config(
         load_ds_config("ds_configs/zero3_bf16.json"), run, world_size=8, hidden_size=64
     )
@@ -70,10 +72,13 @@ def test_fill_auto_values_from_the_run():
     assert ds["optimizer"]["params"] == {
         "lr": 3e-4,
         "betas": [0.9, 0.95],
-        "eps": 1e-8,
+        "eps": 1e-6,
         "weight_decay": 0.1,
     }
-    assert ds["zero_optimization"]["reduce_bucket_size"] == 64 * 64
+    zero = ds["zero_optimization"]
+    assert zero["reduce_bucket_size"] == 64 * 64
+    assert zero["stage3_prefetch_bucket_size"] == int(0.9 * 64 * 64)
+    assert zero["stage3_param_persistence_threshold"] == 10 * 64
 
 
 def test_fill_rejects_conflicts_and_a_scheduler():
@@ -82,6 +87,8 @@ def test_fill_rejects_conflicts_and_a_scheduler():
         ConfigError, match=r"gradient_clipping is 2\.0 but the run config says 1\.0"
     ):
         fill_ds_config({**base, "gradient_clipping": 2.0}, _run(), world_size=1, hidden_size=8)
+    with pytest.raises(ConfigError, match="fp16 is not supported"):
+        fill_ds_config({**base, "fp16": {"enabled": True}}, _run(), world_size=1, hidden_size=8)
     with pytest.raises(ConfigError, match="remove its 'scheduler' block"):
         fill_ds_config(
             {**base, "scheduler": {"type": "WarmupLR"}}, _run(), world_size=1, hidden_size=8

@@ -117,6 +117,9 @@ def test_seeded_sampling_per_class_and_weights():
     }
     assert report["failure"] == {"available": 200, "requested": 50, "kept": 50}
     first, _ = select(trajs, strategy.model_copy(update={"sample": "first"}))
+    # all but one, and more than there are
+    _, report = select(trajs, StrategyConfig(counts={"success": 99, "failure": 201}), seed=1)
+    assert report["success"]["kept"] == 99 and report["failure"]["kept"] == 200
     assert [e.traj.id for e in first if e.cls == 0] == [f"t{i}" for i in range(0, 60, 3)]
 
 

@@ -54,6 +54,19 @@ def test_label_rules():
     assert label(t).score == 0.0
     # a recorded prediction wins over the parsed finish[]
     assert label(_traj("7", "#### 6", pred="6"), success="exact").success is True
+    # the last finish[] counts
+    t = _traj("5", "#### 6")
+    t.turns.append(Turn("assistant", "Thought: no, 6.\nAction: finish[6]"))
+    assert extract_pred(t) == "6" and label(t, success="exact").success is True
+    # without an answer the source's "gt" is the gold
+    assert label(_traj("6", gt="6"), success="exact").success is True
+    assert label(_traj("5", gt="6"), success="exact").success is False
+    # the F1 threshold is inclusive: the default 1.0 accepts an exact answer
+    assert label(_traj("Roman Catholic", "Roman Catholic"), success="f1").success is True
+    # score: none drops the source's score
+    t = _traj("x", "y")
+    t.outcome = Outcome(success=True, score=0.3)
+    assert label(t, score="none").score is None and label(t, score="field").score == 0.3
 
 
 def test_label_errors_name_the_problem():

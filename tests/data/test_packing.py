@@ -71,6 +71,8 @@ def test_plan_is_seeded_and_rejects_oversize():
     assert plan_bins(lengths, 16, "bfd", 1) != plan_bins(lengths, 16, "bfd", 2)
     with pytest.raises(ValueError, match="example 1 has length 17, outside"):
         plan_bins([3, 17], 16)
+    with pytest.raises(ValueError, match=r"example 1 has length 0, outside \[1, 16\]"):
+        plan_bins([3, 0], 16)
     with pytest.raises(ValueError, match="unknown packing algorithm"):
         plan_bins([3], 16, "nfd")
 

@@ -6,6 +6,7 @@ so a run makes several shards in seconds.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from natscale.data.formats import iter_trajectories, load_trajectories, reader
 from natscale.data.merge import MergeError, merge_prepared
 from natscale.data.prepare import prepare
 from natscale.data.prepared import PreparedDir
+from natscale.data.prompts import TaskPrompt
 from natscale.data.schema import ROW_FIELDS
 from natscale.data.shards import ShardWriter
 from natscale.train.rows import PreparedRowsReader
@@ -157,15 +159,22 @@ def test_streamed_selection_equals_nat_select(example_data):
         questions=example_data / "questions.jsonl",
         prompt=example_data / "prompt.json",
     )[:400]
+    # every third trajectory of another task, whose prompt file words the question differently
+    trajs = [dataclasses.replace(t, task="other") if i % 3 == 0 else t for i, t in enumerate(trajs)]
+    prompts = {
+        "other": TaskPrompt(templates={"success": "OK {question}", "failure": "KO {question}"})
+    }
+    failures = sum(t.outcome.success is False for t in trajs)
     for counts, sample in [(None, "random"), ({"success": 50, "failure": 90}, "random"),
-                           ({"failure": 30}, "first")]:  # fmt: skip
+                           ({"failure": 30}, "first"),
+                           ({"failure": failures - 1}, "random")]:  # fmt: skip
         strategy = StrategyConfig(name="nat", counts=counts, sample=sample)
-        want, report = nat.select(trajs, strategy, seed=7)
-        counter = windows.Selector(strategy, {})
+        want, report = nat.select(trajs, strategy, seed=7, prompts=prompts)
+        counter = windows.Selector(strategy, prompts)
         for t in trajs:
             counter.classify(t)
         keep = windows.sampled_positions(counter.available, strategy, seed=7)
-        sel = windows.Selector(strategy, {}, keep)
+        sel = windows.Selector(strategy, prompts, keep)
         stream = (ex for ex in (sel.take(t) for t in trajs) if ex is not None)
         window = list(stream)  # data in one window
         got = [window[i] for i in windows.class_order(window)]

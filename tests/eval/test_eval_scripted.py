@@ -105,6 +105,15 @@ def test_marker_choice_is_recorded_and_changes_the_prompt(tmp_path, tokenizer_di
     )
     with pytest.raises(EvalError, match="unknown class 'great'"):
         Prompter(PromptConfig(marker="great"), None)
+    with pytest.raises(EvalError, match="class index 2 out of range"):
+        Prompter(PromptConfig(marker=2), None)
+    # the file's acknowledgement (here not the paper's) unless the config gives its own
+    prompt = json.loads((DATA / "prompt.json").read_text())
+    (tmp_path / "prompt.json").write_text(json.dumps({**prompt, "acknowledgement": "Got it."}))
+    from_file = Prompter(PromptConfig(file=str(tmp_path / "prompt.json")), None)
+    assert from_file.messages("Q?", [])[1].content == "Got it."
+    own = Prompter(PromptConfig(file=str(tmp_path / "prompt.json"), acknowledgement="Fine."), None)
+    assert own.messages("Q?", [])[1].content == "Fine."
 
 
 def test_compare_prints_one_markdown_table(tmp_path, capsys):

@@ -67,10 +67,24 @@ def test_token_weights(norm: str):
     assert mb.num_trained_segments == len(segs)
 
 
+def test_a_segment_without_trained_tokens_is_not_counted():
+    rows, segs = _rows()
+    row = dict(rows[1], targets=np.array(rows[1]["targets"]))
+    start, end = row["cu_seqlens"][1], row["cu_seqlens"][2]  # the row's second segment
+    row["targets"][start:end] = IGNORE_INDEX
+    mb = collate([rows[0], row, rows[2]], loss_norm="sequence", vocab_size=96)
+    assert mb.num_trained_segments == len(segs) - 1  # the sequence-mean denominator
+    assert torch.all(mb.token_weight_T[32 + start : 32 + end] == 0)
+
+
 def test_collate_rejects_ids_outside_the_vocabulary():
     rows, _ = _rows()
     with pytest.raises(RowError, match=r"row 7: token id .* outside the model's vocabulary"):
         collate([dict(rows[0], index=7)], loss_norm="token", vocab_size=5)
+    negative = dict(rows[0], input_ids=np.array(rows[0]["input_ids"]))
+    negative["input_ids"][3] = -2
+    with pytest.raises(RowError, match=r"row 0: token id -2 is outside"):
+        collate([negative], loss_norm="token", vocab_size=96)
 
 
 def test_row_order_is_seeded_per_epoch_and_covers_every_row():
@@ -80,6 +94,15 @@ def test_row_order_is_seeded_per_epoch_and_covers_every_row():
     assert sorted(epoch0) == sorted(epoch1) == list(range(10)) and epoch0 != epoch1
     assert epoch0 == [RowOrder(10, seed=3, shuffle=True)[i] for i in range(10)]
     assert [RowOrder(10, seed=3, shuffle=False)[i] for i in range(12)] == [*range(10), 0, 1]
+    with pytest.raises(ValueError, match="the dataset has no rows"):
+        RowOrder(0, seed=3, shuffle=True)
+
+
+def test_micro_batch_m_of_rank_r_holds_the_documented_offsets():
+    """rows.py: micro-batch m of rank r holds offsets [(m * world + r) * B, ... + B) of the step."""
+    order = RowOrder(100, seed=0, shuffle=False)
+    assert StepPlan(2, 0, 2, 2).micro_batches(order, 10) == [[10, 11], [14, 15]]
+    assert StepPlan(2, 1, 2, 2).micro_batches(order, 10) == [[12, 13], [16, 17]]
 
 
 @pytest.mark.parametrize(("world", "accum"), [(1, 4), (2, 2), (4, 1)])
