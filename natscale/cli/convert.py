@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="load the result with AutoModelForCausalLM and compare logits with the checkpoint",
     )
     z.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
-    z.add_argument("--quiet", action="store_true", help="no progress bar")
+    z.add_argument("--quiet", "--no-progress", action="store_true", help="no progress bar")
 
     u = sub.add_parser(
         "zero-to-universal",
