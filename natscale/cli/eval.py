@@ -74,7 +74,8 @@ def load_eval_config(path: str, overrides: list[str], data_dir: str | None):
     try:
         return EvalConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, str(path))) from exc
+        overridden = {parse_override(o)[0] for o in overrides}
+        raise ConfigError(format_validation_error(exc, str(path), overridden)) from exc
 
 
 def _compare(runs: list[str]) -> int:

@@ -329,6 +329,14 @@ def run_eval(
     return summary
 
 
+def _rate(value: float | None) -> str:
+    """A rate for the summary line: 3 significant digits (``0.0123``, ``3.1``, ``290``), whole
+    numbers from 100 on (``1,234``); ``n/a`` when unknown."""
+    if value is None:
+        return "n/a"
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
 def summary_line(summary: dict[str, Any]) -> str:
     parts = []
     for name, m in summary["metrics"].items():
@@ -339,10 +347,10 @@ def summary_line(summary: dict[str, Any]) -> str:
         parts.append(text)
     fails = ", ".join(f"{k} {v}" for k, v in summary["failures"].items() if v) or "none"
     tp = summary["throughput"]
+    eps, tps = _rate(tp["episodes_per_s"]), _rate(tp["generated_tokens_per_s"])
     state = "" if summary["complete"] else " (INCOMPLETE: rerun with --resume)"
     return (
         f"natscale eval: {summary['task']} {'; '.join(parts)} over {summary['episodes']} "
         f"episodes of {summary['questions']} questions; failures: {fails}; "
-        f"{tp['episodes_per_s']} episodes/s, {tp['generated_tokens_per_s']} tokens/s; "
-        f"{summary['output']}{state}"
+        f"{eps} episodes/s, {tps} tokens/s; {summary['output']}{state}"
     )

@@ -219,3 +219,38 @@ def test_a_model_retrained_in_place_has_another_identity(tmp_path):
     assert _model(model) == first == _model(tmp_path / "copy")
     (model / "model.safetensors").write_bytes(b"header" + bytes(99) + b"\x01")  # new weights
     assert _model(model) != first
+
+
+def test_summary_line_rounds_the_rates():
+    from natscale.eval.run import summary_line
+
+    summary = {
+        "task": "math",
+        "metrics": {"accuracy": {"value": 0.41, "ci95": [0.345, 0.475]}},
+        "failures": {"turn_limit": 12, "unknown_tool": 0},
+        "throughput": {"episodes_per_s": 3.13456, "generated_tokens_per_s": 290.4172},
+        "episodes": 200,
+        "questions": 200,
+        "output": "runs/demo/eval",
+        "complete": True,
+    }
+    assert summary_line(summary) == (
+        "natscale eval: math accuracy 41.0% [34.5, 47.5] over 200 episodes of 200 questions; "
+        "failures: turn_limit 12; 3.13 episodes/s, 290 tokens/s; runs/demo/eval"
+    )
+    summary["throughput"] = {"episodes_per_s": 0.012345, "generated_tokens_per_s": None}
+    assert "0.0123 episodes/s, n/a tokens/s;" in summary_line(summary)
+
+
+def test_a_misspelt_set_key_says_it_came_from_set(tmp_path, capsys):
+    code, err = _eval(tmp_path, capsys, tmp_path / "out", "--set", "limt=3")
+    assert code == 2
+    assert "limt: unknown key (check its spelling and section) (the value given with --set)" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_data_that_does_not_exist_is_named_as_missing(tmp_path, capsys):
+    code, err = _eval(tmp_path, capsys, tmp_path / "out", "--data", str(tmp_path / "nope"))
+    assert code == 2
+    assert f"--data {tmp_path / 'nope'}: no such directory" in err
+    assert "natscale prepare CONFIG --out" in err and not (tmp_path / "out").exists()
