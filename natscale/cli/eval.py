@@ -100,6 +100,10 @@ def _evaluate(cfg: EvalConfig, args: argparse.Namespace) -> int:
     from natscale.eval.errors import EvalError
     from natscale.eval.run import run_eval
 
+    if args.no_progress:  # the libraries' bars too (transformers' "Loading weights")
+        from natscale.cli.train import _no_library_progress_bars
+
+        _no_library_progress_bars()
     dist = _maybe_distributed()
     stopped: list[int] = []
 

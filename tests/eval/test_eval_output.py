@@ -254,3 +254,30 @@ def test_data_that_does_not_exist_is_named_as_missing(tmp_path, capsys):
     assert code == 2
     assert f"--data {tmp_path / 'nope'}: no such directory" in err
     assert "natscale prepare CONFIG --out" in err and not (tmp_path / "out").exists()
+
+
+def test_no_progress_shows_no_bar_of_the_libraries_either(tmp_path, tiny_model):
+    # transformers' "Loading weights" bar is a progress bar too; in a subprocess, as turning
+    # the libraries' bars off is global to the process
+    import os
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+
+    fields = scripted_fields(tmp_path / "out", limit=2)
+    fields.update(backend="hf", model=str(tiny_model), loop={"max_new_tokens": 4})
+    del fields["scripted"]
+    cfg = write_config(tmp_path / "eval.yaml", **fields)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "natscale.cli", "eval", str(cfg), "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "natscale eval: math accuracy" in proc.stdout
+    assert "Loading weights" not in proc.stderr and "it/s]" not in proc.stderr, proc.stderr
