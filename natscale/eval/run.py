@@ -29,6 +29,7 @@ from typing import Any
 
 from natscale.atomic import atomic_write_json
 from natscale.config.eval import EvalConfig
+from natscale.eval.compare import format_rate
 from natscale.eval.episodes import EPISODES, EpisodeWriter, episode_record
 from natscale.eval.errors import EvalError
 from natscale.eval.output import (
@@ -329,14 +330,6 @@ def run_eval(
     return summary
 
 
-def _rate(value: float | None) -> str:
-    """A rate for the summary line: 3 significant digits (``0.0123``, ``3.1``, ``290``), whole
-    numbers from 100 on (``1,234``); ``n/a`` when unknown."""
-    if value is None:
-        return "n/a"
-    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
-
-
 def summary_line(summary: dict[str, Any]) -> str:
     parts = []
     for name, m in summary["metrics"].items():
@@ -347,7 +340,7 @@ def summary_line(summary: dict[str, Any]) -> str:
         parts.append(text)
     fails = ", ".join(f"{k} {v}" for k, v in summary["failures"].items() if v) or "none"
     tp = summary["throughput"]
-    eps, tps = _rate(tp["episodes_per_s"]), _rate(tp["generated_tokens_per_s"])
+    eps, tps = format_rate(tp["episodes_per_s"]), format_rate(tp["generated_tokens_per_s"])
     state = "" if summary["complete"] else " (INCOMPLETE: rerun with --resume)"
     return (
         f"natscale eval: {summary['task']} {'; '.join(parts)} over {summary['episodes']} "

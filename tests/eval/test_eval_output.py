@@ -154,11 +154,13 @@ def test_compare_marks_incomplete_evals_and_prints_a_summary_line(tmp_path, caps
         assert _eval(tmp_path, capsys, tmp_path / name)[0] == 0
     summary = json.loads((tmp_path / "b" / "summary.json").read_text())
     summary.update(complete=False, expected_episodes=1600)
+    summary["throughput"]["episodes_per_s"] = 9.0527
     (tmp_path / "b" / "summary.json").write_text(json.dumps(summary))
     assert main(["eval", "compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
     captured = capsys.readouterr()
     rows = captured.out.strip().splitlines()
     assert len(rows) == 4 and "| 5 |" in rows[2] and "| 5 of 1600 (incomplete) |" in rows[3]
+    assert rows[3].endswith("| 9.05 |")  # rounded as in the summary line
     assert captured.err.strip() == (
         "natscale eval compare: 2 evaluations, 1 incomplete (rerun with --resume to finish)"
     )
