@@ -9,8 +9,8 @@ from natscale.eval.errors import EvalError
 
 
 def format_rate(value: float | None) -> str:
-    """A rate as eval shows it (summary line, compare table): 3 significant digits (``0.0123``, ``3.1``, ``290``), whole
-    numbers from 100 on (``1,234``); ``n/a`` when unknown."""
+    """A rate as eval shows it (summary line, compare table): 3 significant digits (``0.0123``,
+    ``3.1``, ``290``), whole numbers from 100 on (``1,234``); ``n/a`` when unknown."""
     if value is None:
         return "n/a"
     return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
