@@ -61,6 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=1,
         help="processes for DeepSpeed's extract/merge passes (default 1)",
     )
+    u.add_argument(
+        "--no-progress", "--quiet", action="store_true", help="no progress bars (DeepSpeed's)"
+    )
 
     d = sub.add_parser(
         "data",
@@ -179,7 +182,7 @@ def _zero_to_universal(args: argparse.Namespace) -> int:
         )
     existed = universal_is_current(ckpt_dir, tag)  # a stale copy is converted again
     start = time.perf_counter()
-    out = convert_to_universal(ckpt_dir, tag, workers=args.workers)
+    out = convert_to_universal(ckpt_dir, tag, workers=args.workers, progress=not args.no_progress)
     what = "already there, kept" if existed else f"written in {time.perf_counter() - start:.1f}s"
     when = "" if tag == ckpts.read_latest() else f" once {tag} is named in 'latest'"
     print(
