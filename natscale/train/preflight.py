@@ -95,6 +95,11 @@ def check_data(path: str, *, vocab_size: int) -> int:
     token id of every row is one the model knows (one vectorised pass over the id column)."""
     prepared = PreparedDir(path)
     d = prepared.root
+    if not d.exists():
+        raise PreflightError(
+            f"data.path: {d} does not exist; prepare the data first: natscale prepare CONFIG "
+            f"--out {d}"
+        )
     if not prepared.state.is_file() and not prepared.stats.is_file():
         raise PreflightError(
             f"data.path: {d} is not a `natscale prepare` output directory (no datasets "

@@ -70,6 +70,11 @@ def test_cli_fails_before_any_process_group(setup, capsys, argv):
     argv = [a.format(cfg=cfg) for a in argv]
     assert main([*argv, "--set", f"data.path={tmp / 'nowhere'}"]) == 2
     err = capsys.readouterr().err
+    assert f"data.path: {tmp / 'nowhere'} does not exist; prepare the data first" in err
+    assert f"natscale prepare CONFIG --out {tmp / 'nowhere'}" in err
+    (tmp / "nowhere").mkdir()  # a folder that is not a prepare output
+    assert main([*argv, "--set", f"data.path={tmp / 'nowhere'}"]) == 2
+    err = capsys.readouterr().err
     assert "is not a `natscale prepare` output directory" in err and "nowhere" in err
     assert not dist.is_initialized()
 
