@@ -283,3 +283,23 @@ def test_no_progress_shows_no_bar_of_the_libraries_either(tmp_path, tiny_model):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "natscale eval: math accuracy" in proc.stdout
     assert "Loading weights" not in proc.stderr and "it/s]" not in proc.stderr, proc.stderr
+
+
+def test_a_run_or_checkpoint_folder_as_the_model_names_what_to_give(tmp_path, capsys):
+    # a new user's mistake: model=RUN (or RUN/checkpoints) instead of RUN/hf
+    run = tmp_path / "run"
+    (run / "hf").mkdir(parents=True)
+    (run / "hf" / "config.json").write_text("{}")
+    (run / "checkpoints" / "global_step4").mkdir(parents=True)
+    (run / "checkpoints" / "latest").write_text("global_step4")
+    for model, needle in (
+        (run, f"It is a training run directory: give its export, --set model={run / 'hf'}"),
+        (run / "checkpoints", f"`natscale convert zero-to-hf {run / 'checkpoints'} OUT_DIR`"),
+    ):
+        code, err = _eval(tmp_path, capsys, tmp_path / "out", backend="hf", model=str(model))
+        assert code == 2 and "no config.json; not a Hugging Face model directory" in err, err
+        assert needle in err, err
+    shutil.rmtree(run / "hf")  # a run without an export: its checkpoints
+    code, err = _eval(tmp_path, capsys, tmp_path / "out", backend="hf", model=str(run))
+    assert code == 2 and f"zero-to-hf {run / 'checkpoints'} OUT_DIR" in err, err
+    assert not (tmp_path / "out").exists()

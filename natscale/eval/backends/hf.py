@@ -28,9 +28,27 @@ def check_model_dir(path: str) -> None:
             "`natscale convert zero-to-hf`)"
         )
     if not (root / "config.json").is_file():
-        raise EvalError(f"{path}: no config.json; not a Hugging Face model directory")
+        raise EvalError(
+            f"{path}: no config.json; not a Hugging Face model directory{_model_hint(root)}"
+        )
     if not any(root.glob("*.safetensors")) and not any(root.glob("*.bin")):
         raise EvalError(f"{path}: no weights (*.safetensors) in the model directory")
+
+
+def _model_hint(root: Path) -> str:
+    """What ``root`` is instead of a model folder, and what to give (a run or checkpoint folder)."""
+    from natscale.checkpoint.layout import CheckpointDir, RunDir
+
+    run = RunDir(root)
+    if (run.hf / "config.json").is_file():
+        return f". It is a training run directory: give its export, --set model={run.hf}"
+    ckpts = run.checkpoints if run.checkpoints.root.is_dir() else CheckpointDir(root)
+    if ckpts.list_tags() or ckpts.read_latest_text() is not None:
+        return (
+            f". It holds DeepSpeed checkpoints: export them first with `natscale convert "
+            f"zero-to-hf {ckpts.root} OUT_DIR`, then --set model=OUT_DIR"
+        )
+    return ""
 
 
 def resolve_device(spec: str):
