@@ -293,7 +293,7 @@ def test_a_run_or_checkpoint_folder_as_the_model_names_what_to_give(tmp_path, ca
     (run / "checkpoints" / "global_step4").mkdir(parents=True)
     (run / "checkpoints" / "latest").write_text("global_step4")
     for model, needle in (
-        (run, f"It is a training run directory: give its export, --set model={run / 'hf'}"),
+        (run, f"It is a training run directory; its HF export is {run / 'hf'}"),
         (run / "checkpoints", f"`natscale convert zero-to-hf {run / 'checkpoints'} OUT_DIR`"),
     ):
         code, err = _eval(tmp_path, capsys, tmp_path / "out", backend="hf", model=str(model))

@@ -515,3 +515,18 @@ def test_output_dir_among_the_inputs_or_in_an_output_is_refused(setup, capsys, o
     assert "choose an output_dir outside it" in capsys.readouterr().err
     assert before == {p: sorted(q.name for q in (tmp / p).iterdir()) for p in before}
     assert not (tmp / "data" / "run").exists() and not (tmp / "prepared" / "run").exists()
+
+
+def test_a_run_directory_as_model_path_names_its_export(setup):
+    # a new user's mistake: model.path=RUN (or RUN/checkpoints) instead of RUN/hf
+    tmp, cfg = setup
+    run = tmp / "prev"
+    (run / "hf").mkdir(parents=True)
+    (run / "hf" / "config.json").write_text("{}")
+    (run / "checkpoints" / "global_step4").mkdir(parents=True)
+    with pytest.raises(PreflightError, match=r"its HF export is .*prev/hf$"):
+        _check(cfg, "model.config=null", f"model.path={run}")
+    with pytest.raises(
+        PreflightError, match=r"`natscale convert zero-to-hf .*prev/checkpoints OUT"
+    ):
+        _check(cfg, "model.config=null", f"model.path={run / 'checkpoints'}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from natscale.checkpoint.layout import model_folder_hint
 from natscale.config.eval import HFConfig, LoopConfig, SamplingConfig
 from natscale.eval.backends import OBSERVATION_STOP, Generation, Request, cut_at_stops
 from natscale.eval.errors import EvalError
@@ -29,26 +30,10 @@ def check_model_dir(path: str) -> None:
         )
     if not (root / "config.json").is_file():
         raise EvalError(
-            f"{path}: no config.json; not a Hugging Face model directory{_model_hint(root)}"
+            f"{path}: no config.json; not a Hugging Face model directory{model_folder_hint(root)}"
         )
     if not any(root.glob("*.safetensors")) and not any(root.glob("*.bin")):
         raise EvalError(f"{path}: no weights (*.safetensors) in the model directory")
-
-
-def _model_hint(root: Path) -> str:
-    """What ``root`` is instead of a model folder, and what to give (a run or checkpoint folder)."""
-    from natscale.checkpoint.layout import CheckpointDir, RunDir
-
-    run = RunDir(root)
-    if (run.hf / "config.json").is_file():
-        return f". It is a training run directory: give its export, --set model={run.hf}"
-    ckpts = run.checkpoints if run.checkpoints.root.is_dir() else CheckpointDir(root)
-    if ckpts.list_tags() or ckpts.read_latest_text() is not None:
-        return (
-            f". It holds DeepSpeed checkpoints: export them first with `natscale convert "
-            f"zero-to-hf {ckpts.root} OUT_DIR`, then --set model=OUT_DIR"
-        )
-    return ""
 
 
 def resolve_device(spec: str):
