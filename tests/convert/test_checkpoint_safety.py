@@ -89,6 +89,6 @@ def test_zero_to_universal_no_progress_shows_no_bar(zero_run, tmp_path, capfd):
     run = tmp_path / "run"
     shutil.copytree(zero_run(1, "z3-fp32"), run)
     ckpt = str(run / "checkpoints")
-    assert main(["convert", "zero-to-universal", ckpt, "--workers", "2", "--no-progress"]) == 0
+    assert main(["convert", "zero-to-universal", ckpt, "--no-progress"]) == 0
     out, err = capfd.readouterr()
     assert "zero-to-universal: " in out and "it/s]" not in err and "%|" not in err, err
