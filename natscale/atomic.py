@@ -264,6 +264,14 @@ def check_destination(
     (callers use their own error class); ``hint`` says what to do when ``overwrite`` is off.
     """
     out_dir = Path(out_dir)
+    for parent in out_dir.resolve().parents:
+        found = read_marker(parent) if parent.is_dir() else None
+        if found in (PREPARED, HF_EXPORT):
+            raise error(
+                f"{out_dir} is inside {parent}, {KIND_NAMES[found]}: natscale writes no output "
+                "into another one (it would no longer be what natscale wrote there); choose an "
+                "output outside it"
+            )
     if not out_dir.exists():
         above = next((p for p in out_dir.parents if p.exists()), None)
         if above is not None and not above.is_dir():

@@ -118,3 +118,25 @@ def test_an_output_below_a_file_is_refused_with_a_reason(tmp_path):
     (tmp_path / "config.yaml").write_text("x")
     with pytest.raises(FileExistsError, match=r"config\.yaml is a file, not a folder"):
         check_destination(tmp_path / "config.yaml" / "sub", False, kind="prepared")
+
+
+@pytest.mark.parametrize("enclosing", ["prepared", "hf-export"])
+@pytest.mark.parametrize("kind", ["prepared", "hf-export"])
+def test_an_output_inside_another_natscale_output_is_refused(tmp_path, enclosing, kind):
+    # e.g. `natscale convert zero-to-hf CKPT runs/x/data/hf` or `prepare --out RUN/hf/data`
+    from natscale.atomic import write_marker
+
+    outer = tmp_path / "outer"
+    outer.mkdir()
+    write_marker(outer, enclosing)
+    for out in (outer / "sub", outer / "a" / "b"):
+        with (
+            pytest.raises(FileExistsError, match=r"is inside .*outer, .*choose an output outside"),
+            atomic_output_dir(out, kind=kind),
+        ):
+            pass
+    assert sorted(p.name for p in outer.iterdir()) == [".natscale-output"]
+    # beside it is fine
+    with atomic_output_dir(tmp_path / "beside", kind=kind) as tmp:
+        (tmp / "f").write_text("x")
+    assert (tmp_path / "beside" / "f").is_file()

@@ -48,3 +48,13 @@ def test_deepspeed_local_rank_argument_is_dropped(capsys, monkeypatch):
     assert main(["--local_rank=1", "no-such-command"]) == 2
     assert "unknown command 'no-such-command'" in capsys.readouterr().err
     assert os.environ.pop("LOCAL_RANK") == "1"
+
+
+def test_version_flag_prints_the_version(capsys):
+    from natscale import __version__
+
+    for flag in ("--version", "-V"):
+        assert main([flag]) == 0
+        assert capsys.readouterr().out == f"natscale {__version__}\n"
+    assert main(["--help"]) == 0
+    assert "--version" in capsys.readouterr().out

@@ -173,3 +173,18 @@ class RunDir:
         for name in present:
             (self.root / name).rename(dest / name)
         return dest
+
+
+def model_folder_hint(folder: str | Path) -> str:
+    """For an error about ``folder`` given where an HF model folder belongs: what it is instead
+    (a training run directory, DeepSpeed checkpoints) and what to give; "" otherwise."""
+    run = RunDir(folder)
+    if (run.hf / "config.json").is_file():
+        return f". It is a training run directory; its HF export is {run.hf}"
+    ckpts = run.checkpoints if run.checkpoints.root.is_dir() else CheckpointDir(folder)
+    if ckpts.list_tags() or ckpts.read_latest_text() is not None:
+        return (
+            f". It holds DeepSpeed checkpoints; export them first with `natscale convert "
+            f"zero-to-hf {ckpts.root} OUT_DIR` and give OUT_DIR"
+        )
+    return ""

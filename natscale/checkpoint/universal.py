@@ -26,7 +26,7 @@ import json
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 from typing import Any
 
 from natscale.atomic import partial_dir, remove_stale_partials
@@ -119,8 +119,24 @@ def _pool_initializer(module: ModuleType, initializer: Callable[[], None]) -> It
         module.ProcessPoolExecutor = original
 
 
-def _run_ds_to_universal(ds_to_universal: ModuleType, src: Path, out: Path, workers: int) -> None:
-    """``ds_to_universal`` (DeepSpeed's module) of ``src`` into ``out``, weights-only, quietly."""
+@contextlib.contextmanager
+def _no_bars(module: ModuleType, progress: bool) -> Iterator[None]:
+    """Without ``progress``, the ``tqdm.tqdm`` bars ``module`` shows (DeepSpeed's
+    ``ds_to_universal``, in this process) are disabled while the block runs."""
+    original = module.tqdm
+    if not progress:
+        module.tqdm = SimpleNamespace(tqdm=functools.partial(original.tqdm, disable=True))
+    try:
+        yield
+    finally:
+        module.tqdm = original
+
+
+def _run_ds_to_universal(
+    ds_to_universal: ModuleType, src: Path, out: Path, workers: int, *, progress: bool = True
+) -> None:
+    """``ds_to_universal`` (DeepSpeed's module) of ``src`` into ``out``, weights-only, quietly
+    (``progress``: its bars on stderr)."""
     from natscale.checkpoint.safety import install_in_worker, weights_only_loads
 
     args = argparse.Namespace(
@@ -136,13 +152,17 @@ def _run_ds_to_universal(ds_to_universal: ModuleType, src: Path, out: Path, work
         weights_only_loads(),
         _pool_initializer(ds_to_universal, install_in_worker),
         contextlib.redirect_stdout(io.StringIO()),  # its progress prints; errors still raise
+        _no_bars(ds_to_universal, progress),
     ):
         ds_to_universal.main(args)
 
 
-def convert_to_universal(ckpt_dir: str | Path, tag: str, *, workers: int = 1) -> Path:
+def convert_to_universal(
+    ckpt_dir: str | Path, tag: str, *, workers: int = 1, progress: bool = True
+) -> Path:
     """Convert ``ckpt_dir/tag`` to ``ckpt_dir/{tag}_universal`` (returned). An existing one is
     reused when it was made from the files the tag holds now, else converted again.
+    ``progress``: DeepSpeed's progress bars on stderr.
 
     Runs DeepSpeed's ``ds_to_universal`` in this process (no process group needed), its loads
     weights-only. Raises :class:`UniversalConversionError` naming the checkpoint, DeepSpeed's error
@@ -171,7 +191,7 @@ def convert_to_universal(ckpt_dir: str | Path, tag: str, *, workers: int = 1) ->
     try:
         # ds_to_universal writes 'latest_universal' next to its output folder: keep it in tmp too
         fingerprint = source_fingerprint(src)
-        _run_ds_to_universal(ds_to_universal, src, tmp / dst.name, workers)
+        _run_ds_to_universal(ds_to_universal, src, tmp / dst.name, workers, progress=progress)
         (tmp / dst.name / SOURCE_FILE).write_text(json.dumps(fingerprint) + "\n", encoding="utf-8")
         if dst.is_dir():  # made from an earlier save of this tag: stale
             shutil.rmtree(dst)

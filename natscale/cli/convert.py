@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="load the result with AutoModelForCausalLM and compare logits with the checkpoint",
     )
     z.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
-    z.add_argument("--quiet", action="store_true", help="no progress bar")
+    z.add_argument("--quiet", "--no-progress", action="store_true", help="no progress bar")
 
     u = sub.add_parser(
         "zero-to-universal",
@@ -60,6 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=positive_int,
         default=1,
         help="processes for DeepSpeed's extract/merge passes (default 1)",
+    )
+    u.add_argument(
+        "--no-progress", "--quiet", action="store_true", help="no progress bars (DeepSpeed's)"
     )
 
     d = sub.add_parser(
@@ -187,7 +190,7 @@ def _zero_to_universal(args: argparse.Namespace) -> int:
         )
     existed = universal_is_current(ckpt_dir, tag)  # a stale copy is converted again
     start = time.perf_counter()
-    out = convert_to_universal(ckpt_dir, tag, workers=args.workers)
+    out = convert_to_universal(ckpt_dir, tag, workers=args.workers, progress=not args.no_progress)
     what = "already there, kept" if existed else f"written in {time.perf_counter() - start:.1f}s"
     when = "" if tag == ckpts.read_latest() else f" once {tag} is named in 'latest'"
     print(

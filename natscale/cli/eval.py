@@ -74,7 +74,8 @@ def load_eval_config(path: str, overrides: list[str], data_dir: str | None):
     try:
         return EvalConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, str(path))) from exc
+        overridden = {parse_override(o)[0] for o in overrides}
+        raise ConfigError(format_validation_error(exc, str(path), overridden)) from exc
 
 
 def _compare(runs: list[str]) -> int:
@@ -99,6 +100,10 @@ def _evaluate(cfg: EvalConfig, args: argparse.Namespace) -> int:
     from natscale.eval.errors import EvalError
     from natscale.eval.run import run_eval
 
+    if args.no_progress:  # the libraries' bars too (transformers' "Loading weights")
+        from natscale.cli.train import _no_library_progress_bars
+
+        _no_library_progress_bars()
     dist = _maybe_distributed()
     stopped: list[int] = []
 

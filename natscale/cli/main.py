@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="natscale",
         description="Negative-Aware Training of LLM agents at cluster scale.",
     )
+    parser.add_argument("-V", "--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         sp = sub.add_parser(name, help=help_text, description=help_text)
@@ -124,6 +125,11 @@ def use_checkout_op_cache(environ: dict[str, str] | os._Environ = os.environ) ->
 def _run(argv: list[str] | None) -> int:
     argv = _strip_local_rank(list(sys.argv[1:] if argv is None else argv))
     quiet_deepspeed_accelerator_notice()
+    if argv and argv[0] in ("-V", "--version"):
+        from natscale import __version__
+
+        print(f"natscale {__version__}")
+        return 0
     if not argv or argv[0] not in COMMANDS:
         parser = build_parser()
         if argv and argv[0] in ("-h", "--help"):

@@ -48,8 +48,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="start at step 1 even though output_dir holds a previous run: its files are moved "
         "to output_dir/previous-<time>/ first (nothing is deleted)",
     )
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bars (the same as --set logging.progress_bar=false)",
+    )
     # the deepspeed launcher appends --local_rank=N; LOCAL_RANK in the environment says the same
     parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
+
+
+NO_PROGRESS = ["logging.progress_bar=false"]  # what --no-progress sets
 
 
 def config_given_twice(args: argparse.Namespace) -> bool:
@@ -61,7 +69,7 @@ def train_args(args: argparse.Namespace) -> TrainArgs:
     """The parsed command line as the library takes it (check ``config_given_twice`` first)."""
     return TrainArgs(
         config=args.config_opt or args.config_pos,
-        overrides=list(args.overrides),
+        overrides=list(args.overrides) + NO_PROGRESS * bool(getattr(args, "no_progress", False)),
         resume=args.resume,
         resume_from=args.resume_from,
         fresh=args.fresh,

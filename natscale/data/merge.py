@@ -318,5 +318,8 @@ def merge_prepared(
         merged["elapsed_s"] = round(time.perf_counter() - t0, 3)
         write_json(tmp.stats, merged)
 
-    out = PreparedDir(target).write(fill, overwrite=overwrite, inputs=folders)
+    # merge has no config: its only switch is --overwrite
+    out = PreparedDir(target).write(
+        fill, overwrite=overwrite, inputs=folders, hint="remove it or pass --overwrite"
+    )
     return out, merged

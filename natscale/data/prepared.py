@@ -97,15 +97,16 @@ class PreparedDir:
         *,
         overwrite: bool = False,
         inputs: Iterable[str | os.PathLike] = (),
+        hint: str = OVERWRITE_HINT,
     ) -> Path:
         """Call ``fill(PreparedDir(tmp_dir))`` and rename ``tmp_dir`` to this folder; remove it
         on failure. Returns the folder's resolved path.
 
         ``overwrite`` replaces only an earlier prepared-data folder, never one holding ``inputs``
-        (see ``natscale.atomic``)."""
+        (see ``natscale.atomic``); ``hint`` ends the error of an existing folder (what to do)."""
         out = self.root.resolve()
         with atomic_output_dir(
-            out, kind=OUTPUT_KIND, overwrite=overwrite, inputs=inputs, hint=OVERWRITE_HINT
+            out, kind=OUTPUT_KIND, overwrite=overwrite, inputs=inputs, hint=hint
         ) as tmp:
             fill(PreparedDir(tmp))
         return out

@@ -8,6 +8,14 @@ from pathlib import Path
 from natscale.eval.errors import EvalError
 
 
+def format_rate(value: float | None) -> str:
+    """A rate as eval shows it (summary line, compare table): 3 significant digits (``0.0123``,
+    ``3.1``, ``290``), whole numbers from 100 on (``1,234``); ``n/a`` when unknown."""
+    if value is None:
+        return "n/a"
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
 def load_summary(run: str | Path) -> dict:
     """The summary.json of an eval output directory (or the file itself); EvalError naming the
     file when it is not one ``natscale eval`` wrote."""
@@ -76,7 +84,7 @@ def compare(runs: list[str]) -> tuple[str, str]:
                 text += f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
             cells.append(text)
         cells.append(str(s["episodes"] - s.get("finished", 0)))
-        cells.append(str(s["throughput"].get("episodes_per_s")))
+        cells.append(format_rate(s["throughput"].get("episodes_per_s")))
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     unfinished = sum(not s.get("complete", True) for _, s in summaries)
     line = f"natscale eval compare: {len(summaries)} evaluation{'s' * (len(summaries) != 1)}"

@@ -29,6 +29,11 @@ def prompt_defaults(prepared_dir: str | os.PathLike, *, file_given: bool = False
     prepared = PreparedDir(prepared_dir)
     root = prepared.root
     cfg_path, stats_path = prepared.prepare_config, prepared.stats
+    if not root.is_dir():
+        raise EvalError(
+            f"--data {root}: no such directory; give the output of `natscale prepare` "
+            f"(natscale prepare CONFIG --out {root})"
+        )
     for path in (cfg_path, stats_path):
         if not path.is_file():
             raise EvalError(

@@ -29,6 +29,7 @@ from typing import Any
 
 from natscale.atomic import atomic_write_json
 from natscale.config.eval import EvalConfig
+from natscale.eval.compare import format_rate
 from natscale.eval.episodes import EPISODES, EpisodeWriter, episode_record
 from natscale.eval.errors import EvalError
 from natscale.eval.output import (
@@ -339,10 +340,10 @@ def summary_line(summary: dict[str, Any]) -> str:
         parts.append(text)
     fails = ", ".join(f"{k} {v}" for k, v in summary["failures"].items() if v) or "none"
     tp = summary["throughput"]
+    eps, tps = format_rate(tp["episodes_per_s"]), format_rate(tp["generated_tokens_per_s"])
     state = "" if summary["complete"] else " (INCOMPLETE: rerun with --resume)"
     return (
         f"natscale eval: {summary['task']} {'; '.join(parts)} over {summary['episodes']} "
         f"episodes of {summary['questions']} questions; failures: {fails}; "
-        f"{tp['episodes_per_s']} episodes/s, {tp['generated_tokens_per_s']} tokens/s; "
-        f"{summary['output']}{state}"
+        f"{eps} episodes/s, {tps} tokens/s; {summary['output']}{state}"
     )

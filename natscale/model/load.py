@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from natscale.checkpoint.layout import model_folder_hint
 from natscale.config.run import ModelSection
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -37,11 +38,13 @@ def config_path(section: ModelSection) -> Path:
     """The config.json that describes the model (inside model.path, or model.config)."""
     src = Path(section.path if section.path is not None else section.config)  # type: ignore[arg-type]
     key = "model.path" if section.path is not None else "model.config"
+    hint = ""
     if src.is_dir():
+        hint = model_folder_hint(src)
         src = src / "config.json"
     if not src.is_file():
         raise ModelSourceError(
-            f"{key}: {src} not found; give a Hugging Face model directory or config.json"
+            f"{key}: {src} not found; give a Hugging Face model directory or config.json{hint}"
         )
     return src
 

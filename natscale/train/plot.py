@@ -60,6 +60,8 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
     import matplotlib.pyplot as plt
 
     path = RunDir(run_dir).metrics
+    if not Path(run_dir).exists():
+        raise ValueError(f"{run_dir} does not exist; give the output_dir of a `natscale train` run")
     if not path.is_file():
         raise ValueError(
             f"{run_dir} is not a `natscale train` run directory (it holds no metrics.jsonl)"

@@ -12,7 +12,9 @@ from typing import Any
 
 from natscale.atomic import (
     HF_EXPORT,
+    KIND_NAMES,
     MARKER,
+    PREPARED,
     RUN_MODEL_CONFIG,
     foreign_entries,
     read_marker,
@@ -93,6 +95,11 @@ def check_data(path: str, *, vocab_size: int) -> int:
     token id of every row is one the model knows (one vectorised pass over the id column)."""
     prepared = PreparedDir(path)
     d = prepared.root
+    if not d.exists():
+        raise PreflightError(
+            f"data.path: {d} does not exist; prepare the data first: natscale prepare CONFIG "
+            f"--out {d}"
+        )
     if not prepared.state.is_file() and not prepared.stats.is_file():
         raise PreflightError(
             f"data.path: {d} is not a `natscale prepare` output directory (no datasets "
@@ -188,6 +195,7 @@ def check_output_dir(
     inputs = inputs or {}
     if out.exists() and not out.is_dir():
         raise PreflightError(f"output_dir: {out} exists and is not a directory")
+    _check_outside_inputs(out, inputs)
     if resume and fresh:
         raise PreflightError("--fresh starts over and --resume continues: pass one of them")
     check_writable(out)
@@ -241,6 +249,28 @@ def check_output_dir(
             parse_metrics(metrics)  # a cut-off last line is fine: the trainer removes it
         except (MetricsFileError, OSError) as exc:
             raise PreflightError(f"output_dir: {exc}") from exc
+
+
+def _check_outside_inputs(out: Path, inputs: dict[str, Path]) -> None:
+    """``out`` is neither an input folder of the run (the prepared data, the model, the
+    tokenizer) nor inside one, nor inside a prepared dataset or an HF export: the run would write
+    its checkpoints, ``config.yaml`` and ``hf/`` among files that are not its own (e.g.
+    ``output_dir`` and ``data.path`` swapped)."""
+    fix = (
+        "the run writes its checkpoints, config.yaml and hf/ export there; choose an output_dir "
+        "outside it"
+    )
+    resolved = out.resolve()
+    for field, path in inputs.items():
+        folder = path.resolve()
+        if folder.is_dir() and within(resolved, folder):
+            where = "is" if resolved == folder else "is inside"
+            raise PreflightError(f"output_dir: {out} {where} {field} ({path}); {fix}")
+    for folder in (resolved, *resolved.parents):
+        kind = read_marker(folder) if folder.is_dir() else None
+        if kind in (PREPARED, HF_EXPORT):
+            where = "is" if folder == resolved else f"is inside {folder},"
+            raise PreflightError(f"output_dir: {out} {where} {KIND_NAMES[kind]}; {fix}")
 
 
 def _check_inputs_outside(

@@ -82,3 +82,13 @@ def test_legitimate_checkpoint_converts_to_universal_with_workers(zero_run, tmp_
     code = main(["convert", "zero-to-universal", str(run / "checkpoints"), "--workers", "2"])
     assert code == 0, capsys.readouterr().err
     assert (run / "checkpoints" / "global_step2_universal" / "zero").is_dir()
+
+
+def test_zero_to_universal_no_progress_shows_no_bar(zero_run, tmp_path, capfd):
+    # README: --no-progress turns the bars off; here they are DeepSpeed's (ds_to_universal)
+    run = tmp_path / "run"
+    shutil.copytree(zero_run(1, "z3-fp32"), run)
+    ckpt = str(run / "checkpoints")
+    assert main(["convert", "zero-to-universal", ckpt, "--no-progress"]) == 0
+    out, err = capfd.readouterr()
+    assert "zero-to-universal: " in out and "it/s]" not in err and "%|" not in err, err

@@ -286,7 +286,8 @@ def test_merge_joins_node_outputs(traj_file, example_data, tmp_path):
     proc = subprocess.run(
         [*cmd, *(str(p.out_dir) for p in parts)], capture_output=True, text=True, timeout=300
     )
-    assert proc.returncode == 2 and "already exists" in proc.stderr
+    assert proc.returncode == 2 and "already exists; remove it or pass --overwrite" in proc.stderr
+    assert "overwrite: true" not in proc.stderr  # merge has no config to set it in
     other = prepare(
         _config(tmp_path / "node1.json", example_data, max_seq_len=2048),
         tmp_path / "other",

@@ -154,11 +154,13 @@ def test_compare_marks_incomplete_evals_and_prints_a_summary_line(tmp_path, caps
         assert _eval(tmp_path, capsys, tmp_path / name)[0] == 0
     summary = json.loads((tmp_path / "b" / "summary.json").read_text())
     summary.update(complete=False, expected_episodes=1600)
+    summary["throughput"]["episodes_per_s"] = 9.0527
     (tmp_path / "b" / "summary.json").write_text(json.dumps(summary))
     assert main(["eval", "compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
     captured = capsys.readouterr()
     rows = captured.out.strip().splitlines()
     assert len(rows) == 4 and "| 5 |" in rows[2] and "| 5 of 1600 (incomplete) |" in rows[3]
+    assert rows[3].endswith("| 9.05 |")  # rounded as in the summary line
     assert captured.err.strip() == (
         "natscale eval compare: 2 evaluations, 1 incomplete (rerun with --resume to finish)"
     )
@@ -219,3 +221,85 @@ def test_a_model_retrained_in_place_has_another_identity(tmp_path):
     assert _model(model) == first == _model(tmp_path / "copy")
     (model / "model.safetensors").write_bytes(b"header" + bytes(99) + b"\x01")  # new weights
     assert _model(model) != first
+
+
+def test_summary_line_rounds_the_rates():
+    from natscale.eval.run import summary_line
+
+    summary = {
+        "task": "math",
+        "metrics": {"accuracy": {"value": 0.41, "ci95": [0.345, 0.475]}},
+        "failures": {"turn_limit": 12, "unknown_tool": 0},
+        "throughput": {"episodes_per_s": 3.13456, "generated_tokens_per_s": 290.4172},
+        "episodes": 200,
+        "questions": 200,
+        "output": "runs/demo/eval",
+        "complete": True,
+    }
+    assert summary_line(summary) == (
+        "natscale eval: math accuracy 41.0% [34.5, 47.5] over 200 episodes of 200 questions; "
+        "failures: turn_limit 12; 3.13 episodes/s, 290 tokens/s; runs/demo/eval"
+    )
+    summary["throughput"] = {"episodes_per_s": 0.012345, "generated_tokens_per_s": None}
+    assert "0.0123 episodes/s, n/a tokens/s;" in summary_line(summary)
+
+
+def test_a_misspelt_set_key_says_it_came_from_set(tmp_path, capsys):
+    code, err = _eval(tmp_path, capsys, tmp_path / "out", "--set", "limt=3")
+    assert code == 2
+    assert "limt: unknown key (check its spelling and section) (the value given with --set)" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_data_that_does_not_exist_is_named_as_missing(tmp_path, capsys):
+    code, err = _eval(tmp_path, capsys, tmp_path / "out", "--data", str(tmp_path / "nope"))
+    assert code == 2
+    assert f"--data {tmp_path / 'nope'}: no such directory" in err
+    assert "natscale prepare CONFIG --out" in err and not (tmp_path / "out").exists()
+
+
+def test_no_progress_shows_no_bar_of_the_libraries_either(tmp_path, tiny_model):
+    # transformers' "Loading weights" bar is a progress bar too; in a subprocess, as turning
+    # the libraries' bars off is global to the process
+    import os
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+
+    fields = scripted_fields(tmp_path / "out", limit=2)
+    fields.update(backend="hf", model=str(tiny_model), loop={"max_new_tokens": 4})
+    del fields["scripted"]
+    cfg = write_config(tmp_path / "eval.yaml", **fields)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "natscale.cli", "eval", str(cfg), "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "natscale eval: math accuracy" in proc.stdout
+    assert "Loading weights" not in proc.stderr and "it/s]" not in proc.stderr, proc.stderr
+
+
+def test_a_run_or_checkpoint_folder_as_the_model_names_what_to_give(tmp_path, capsys):
+    # a new user's mistake: model=RUN (or RUN/checkpoints) instead of RUN/hf
+    run = tmp_path / "run"
+    (run / "hf").mkdir(parents=True)
+    (run / "hf" / "config.json").write_text("{}")
+    (run / "checkpoints" / "global_step4").mkdir(parents=True)
+    (run / "checkpoints" / "latest").write_text("global_step4")
+    for model, needle in (
+        (run, f"It is a training run directory; its HF export is {run / 'hf'}"),
+        (run / "checkpoints", f"`natscale convert zero-to-hf {run / 'checkpoints'} OUT_DIR`"),
+    ):
+        code, err = _eval(tmp_path, capsys, tmp_path / "out", backend="hf", model=str(model))
+        assert code == 2 and "no config.json; not a Hugging Face model directory" in err, err
+        assert needle in err, err
+    shutil.rmtree(run / "hf")  # a run without an export: its checkpoints
+    code, err = _eval(tmp_path, capsys, tmp_path / "out", backend="hf", model=str(run))
+    assert code == 2 and f"zero-to-hf {run / 'checkpoints'} OUT_DIR" in err, err
+    assert not (tmp_path / "out").exists()

@@ -70,6 +70,11 @@ def test_cli_fails_before_any_process_group(setup, capsys, argv):
     argv = [a.format(cfg=cfg) for a in argv]
     assert main([*argv, "--set", f"data.path={tmp / 'nowhere'}"]) == 2
     err = capsys.readouterr().err
+    assert f"data.path: {tmp / 'nowhere'} does not exist; prepare the data first" in err
+    assert f"natscale prepare CONFIG --out {tmp / 'nowhere'}" in err
+    (tmp / "nowhere").mkdir()  # a folder that is not a prepare output
+    assert main([*argv, "--set", f"data.path={tmp / 'nowhere'}"]) == 2
+    err = capsys.readouterr().err
     assert "is not a `natscale prepare` output directory" in err and "nowhere" in err
     assert not dist.is_initialized()
 
@@ -483,3 +488,45 @@ def test_a_config_yaml_holding_the_resolved_config_is_fine(setup):
     saved.parent.mkdir()
     saved.write_text(yaml.safe_dump(run.model_dump(mode="json"), sort_keys=False))
     check_run(run, resume=False)
+
+
+@pytest.mark.parametrize(
+    ("out", "needle"),
+    [
+        ("data", r"output_dir: .*data is data.path \(.*data\); the run writes its checkpoints"),
+        ("data/run", r"output_dir: .*data/run is inside data.path"),
+        ("model", r"output_dir: .*model is model.config \(.*model\)"),
+        ("prepared/run", r"output_dir: .*prepared/run is inside .*prepared, a `natscale prepare`"),
+        ("export", r"output_dir: .*export is a Hugging Face export; .*outside it"),
+    ],
+)
+def test_output_dir_among_the_inputs_or_in_an_output_is_refused(setup, capsys, out, needle):
+    """e.g. output_dir and data.path swapped: the run would write into the prepared dataset."""
+    from natscale.atomic import HF_EXPORT, PREPARED, write_marker
+
+    tmp, cfg = setup
+    for name, kind in (("prepared", PREPARED), ("export", HF_EXPORT)):
+        (tmp / name).mkdir()
+        write_marker(tmp / name, kind)
+    before = {p: sorted(q.name for q in (tmp / p).iterdir()) for p in ("data", "model")}
+    with pytest.raises(PreflightError, match=needle):
+        _check(cfg, f"output_dir={tmp / out}")
+    assert main(["train", str(cfg), "--set", f"output_dir={tmp / out}"]) == 2
+    assert "choose an output_dir outside it" in capsys.readouterr().err
+    assert before == {p: sorted(q.name for q in (tmp / p).iterdir()) for p in before}
+    assert not (tmp / "data" / "run").exists() and not (tmp / "prepared" / "run").exists()
+
+
+def test_a_run_directory_as_model_path_names_its_export(setup):
+    # a new user's mistake: model.path=RUN (or RUN/checkpoints) instead of RUN/hf
+    tmp, cfg = setup
+    run = tmp / "prev"
+    (run / "hf").mkdir(parents=True)
+    (run / "hf" / "config.json").write_text("{}")
+    (run / "checkpoints" / "global_step4").mkdir(parents=True)
+    with pytest.raises(PreflightError, match=r"its HF export is .*prev/hf$"):
+        _check(cfg, "model.config=null", f"model.path={run}")
+    with pytest.raises(
+        PreflightError, match=r"`natscale convert zero-to-hf .*prev/checkpoints OUT"
+    ):
+        _check(cfg, "model.config=null", f"model.path={run / 'checkpoints'}")

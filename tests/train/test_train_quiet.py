@@ -67,3 +67,26 @@ def test_accelerator_notice_filter_keeps_other_warnings(capfd):
         logger.removeHandler(handler)
     err = capfd.readouterr().err
     assert "Setting accelerator" not in err and "a real DeepSpeed warning" in err
+
+
+def test_no_progress_flag_is_logging_progress_bar_false():
+    # the README's "--no-progress turns it off" holds for train (and convert zero-to-hf) too
+    import argparse
+
+    from natscale.cli import convert as convert_cli
+    from natscale.cli import train as train_cli
+    from natscale.config.loader import load_config
+    from natscale.config.run import RunConfig
+
+    parser = argparse.ArgumentParser()
+    train_cli.add_arguments(parser)
+    config = str(REPO / "examples" / "configs" / "train_tiny.yaml")
+    for argv, expected in (([config], True), ([config, "--no-progress"], False)):
+        targs = train_cli.train_args(parser.parse_args(argv))
+        cfg = load_config(targs.config, RunConfig, targs.overrides)
+        assert cfg.logging.progress_bar is expected, argv
+
+    parser = argparse.ArgumentParser()
+    convert_cli.add_arguments(parser)
+    assert parser.parse_args(["zero-to-hf", "ckpt", "out", "--no-progress"]).quiet
+    assert not parser.parse_args(["zero-to-hf", "ckpt", "out"]).quiet

@@ -197,6 +197,9 @@ def test_plot_of_a_folder_that_is_not_a_run(tmp_path, capsys):
 
     assert main(["plot", str(tmp_path)]) == 2
     assert "is not a `natscale train` run directory" in capsys.readouterr().err
+    assert main(["plot", str(tmp_path / "trian")]) == 2  # a typo
+    assert f"{tmp_path / 'trian'} does not exist; give the output_dir" in capsys.readouterr().err
+    assert not (tmp_path / "trian").exists()
 
 
 def test_an_interrupted_export_leaves_no_temp_folder(tmp_path):

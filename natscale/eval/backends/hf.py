@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from natscale.checkpoint.layout import model_folder_hint
 from natscale.config.eval import HFConfig, LoopConfig, SamplingConfig
 from natscale.eval.backends import OBSERVATION_STOP, Generation, Request, cut_at_stops
 from natscale.eval.errors import EvalError
@@ -28,7 +29,9 @@ def check_model_dir(path: str) -> None:
             "`natscale convert zero-to-hf`)"
         )
     if not (root / "config.json").is_file():
-        raise EvalError(f"{path}: no config.json; not a Hugging Face model directory")
+        raise EvalError(
+            f"{path}: no config.json; not a Hugging Face model directory{model_folder_hint(root)}"
+        )
     if not any(root.glob("*.safetensors")) and not any(root.glob("*.bin")):
         raise EvalError(f"{path}: no weights (*.safetensors) in the model directory")
 
