@@ -102,6 +102,18 @@ class _CancellingPool:
         return self._pool.__exit__(exc_type, exc, tb)
 
 
+def _init_worker() -> None:
+    """Initializer of ds_to_universal's pool workers: weights-only loads, and one torch thread.
+    GNU OpenMP is not fork-safe: a worker forked from a process whose thread pool has run (any
+    large tensor op before the conversion) hangs in its first parallel op otherwise."""
+    import torch
+
+    from natscale.checkpoint.safety import install_in_worker
+
+    torch.set_num_threads(1)
+    install_in_worker()
+
+
 @contextlib.contextmanager
 def _pool_initializer(module: ModuleType, initializer: Callable[[], None]) -> Iterator[None]:
     """Start the worker pools of ``module`` (ds_to_universal's --workers > 1) with ``initializer``,
@@ -137,7 +149,7 @@ def _run_ds_to_universal(
 ) -> None:
     """``ds_to_universal`` (DeepSpeed's module) of ``src`` into ``out``, weights-only, quietly
     (``progress``: its bars on stderr)."""
-    from natscale.checkpoint.safety import install_in_worker, weights_only_loads
+    from natscale.checkpoint.safety import weights_only_loads
 
     args = argparse.Namespace(
         input_folder=str(src),
@@ -150,7 +162,7 @@ def _run_ds_to_universal(
     )
     with (
         weights_only_loads(),
-        _pool_initializer(ds_to_universal, install_in_worker),
+        _pool_initializer(ds_to_universal, _init_worker),
         contextlib.redirect_stdout(io.StringIO()),  # its progress prints; errors still raise
         _no_bars(ds_to_universal, progress),
     ):

@@ -92,3 +92,23 @@ def test_zero_to_universal_no_progress_shows_no_bar(zero_run, tmp_path, capfd):
     assert main(["convert", "zero-to-universal", ckpt, "--no-progress"]) == 0
     out, err = capfd.readouterr()
     assert "zero-to-universal: " in out and "it/s]" not in err and "%|" not in err, err
+
+
+def test_universal_workers_forked_after_torch_ran_threads_do_not_hang(zero_run, tmp_path):
+    """GNU OpenMP is not fork-safe: a worker forked from a process whose thread pool has run
+    hung in its first parallel op. Here the parent multiplies matrices first (as a trainer or a
+    notebook has), then converts with --workers 2 in a fresh interpreter."""
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    shutil.copytree(zero_run(1, "z3-fp32"), run)
+    code = (
+        "import torch; torch.set_num_threads(2); x = torch.randn(1024, 1024); (x @ x).sum()\n"
+        "from natscale.cli.main import main\n"
+        f"raise SystemExit(main(['convert', 'zero-to-universal', {str(run / 'checkpoints')!r}, "
+        "'--workers', '2', '--no-progress']))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (run / "checkpoints" / "global_step2_universal" / "zero").is_dir()
