@@ -5,9 +5,10 @@ DeepSpeed's multi-node runners (pdsh, openmpi, slurm) read ``~/.deepspeed_env`` 
 ``KEY=VALUE`` per line, and export every line to every rank (``export K=V;`` over ssh, ``mpirun
 -x K=V``, ``srun --export=ALL,K=V``). The file has no comment syntax (every line must hold ``=``),
 so natscale marks the files it writes with one extra variable, ``NATSCALE_ENV_FILE=<hash of the
-other lines>``: a file whose hash still matches is regenerated on the next launch; a file without
-the mark, or edited by hand since, is merged in (its values beat the ones copied from this node,
-and ``--env`` / ``--ifname`` beat it).
+other lines>[:KEY,KEY...]``: a file whose hash still matches is regenerated on the next launch,
+keeping the variables the mark names (the ones a user's file brought in, so they survive every
+later launch); a file without the mark, or edited by hand since, is merged in (its values beat the
+ones copied from this node, and ``--env`` / ``--ifname`` beat it).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import hashlib
 import os
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +45,7 @@ class EnvSpec:
 
     values: dict[str, str] = field(default_factory=dict)
     source: dict[str, str] = field(default_factory=dict)
+    user_keys: list[str] = field(default_factory=list)  # from an existing (user's) env file
 
     def set(self, key: str, value: str, source: str) -> None:
         self.values[key] = value
@@ -78,8 +80,12 @@ def read_user_env_file(path: Path) -> dict[str, str]:
         return {}
     values = parse_env_lines(path.read_text(encoding="utf-8"), str(path))
     mark = values.pop(MARK, None)
-    if mark is not None and mark == _digest(values):
-        return {}  # ours, unedited: regenerate it from scratch
+    if mark is not None:
+        digest, _, names = mark.partition(":")
+        keys = [k for k in names.split(",") if k]
+        if digest == _digest(values, keys):
+            # ours, unedited: regenerate it, keeping what a user's file brought in earlier
+            return {k: values[k] for k in keys if k in values}
     return values
 
 
@@ -117,6 +123,7 @@ def build_env(
     spec.set("PYTHONPATH", os.pathsep.join(_unique(pythonpath)), "natscale's source first")
     for key, value in user_file.items():
         spec.set(key, value, "existing env file")
+    spec.user_keys = sorted(user_file)
     if ifname:
         spec.set("GLOO_SOCKET_IFNAME", ifname, "--ifname")
         spec.set("NCCL_SOCKET_IFNAME", ifname, "--ifname")
@@ -147,14 +154,23 @@ def _unique(items: list[str]) -> list[str]:
     return list(dict.fromkeys(items))
 
 
-def _digest(values: Mapping[str, str]) -> str:
+def _digest(values: Mapping[str, str], user_keys: Sequence[str] = ()) -> str:
     text = "\n".join(f"{k}={values[k]}" for k in sorted(values))
+    if user_keys:
+        text += "\n" + ",".join(user_keys)
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
+def _mark(spec: EnvSpec) -> str:
+    keys = [k for k in spec.user_keys if k in spec.values]
+    digest = _digest(spec.values, keys)
+    return f"{digest}:{','.join(keys)}" if keys else digest
+
+
 def env_file_text(spec: EnvSpec) -> str:
-    """The file natscale writes: sorted ``KEY=VALUE`` lines, then the ``NATSCALE_ENV_FILE`` mark."""
-    return "".join(f"{line}\n" for line in spec.lines()) + f"{MARK}={_digest(spec.values)}\n"
+    """The file natscale writes: sorted ``KEY=VALUE`` lines, then the ``NATSCALE_ENV_FILE`` mark
+    (naming the variables of a user's file, which later launches keep)."""
+    return "".join(f"{line}\n" for line in spec.lines()) + f"{MARK}={_mark(spec)}\n"
 
 
 def write_env_file(path: Path, spec: EnvSpec) -> None:

@@ -94,5 +94,22 @@ def test_written_file_is_regenerated_but_a_hand_edited_one_is_merged(tmp_path):
         read_user_env_file(path)
 
 
+def test_a_users_variables_survive_every_later_launch(tmp_path):
+    """Launch 1 merges a user's file and overwrites it with natscale's; launch 2 must not
+    regenerate the user's variables away (they used to vanish from every rank)."""
+    path = tmp_path / ".deepspeed_env"
+    path.write_text("NCCL_IB_HCA=mlx5_0\nNCCL_DEBUG=WARN\n")
+    for _ in range(3):  # each launch reads the file, then writes it
+        spec = _build(user_file=read_user_env_file(path))
+        assert spec.values["NCCL_IB_HCA"] == "mlx5_0" and spec.values["NCCL_DEBUG"] == "WARN"
+        write_env_file(path, spec)
+    assert path.read_text().splitlines()[-1].endswith(":NCCL_DEBUG,NCCL_IB_HCA")
+    # a variable natscale copied from this node is not kept: it follows this node's value
+    assert read_user_env_file(path) == {"NCCL_IB_HCA": "mlx5_0", "NCCL_DEBUG": "WARN"}
+    # the kept list itself is part of the hash: editing it by hand makes the file "yours"
+    path.write_text(path.read_text().replace(":NCCL_DEBUG,NCCL_IB_HCA", ":NCCL_IB_HCA"))
+    assert "PATH" in read_user_env_file(path)
+
+
 def test_parse_env_lines_splits_at_the_first_equals():
     assert parse_env_lines("A=b=c\nB= d \n", "f") == {"A": "b=c", "B": "d"}
