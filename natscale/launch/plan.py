@@ -138,7 +138,8 @@ def _resources(
                 )
             )
             return None, None
-        return None, OrderedDict(localhost=_local_slots(opts, environ, findings))
+        slots = _local_slots(opts, environ, findings)
+        return None, None if slots is None else OrderedDict(localhost=slots)
     if not opts.hostfile:
         findings.append(Finding("error", f"the {opts.backend} backend needs --hostfile PATH"))
         return None, None
@@ -193,8 +194,9 @@ def _env(
 
 def _local_slots(
     opts: LaunchOptions, environ: Mapping[str, str], findings: list[Finding]
-) -> list[int]:
-    """The device ids of a single-node launch, as deepspeed's runner picks them."""
+) -> list[int] | None:
+    """The device ids of a single-node launch, as deepspeed's runner picks them (None: an error
+    was added to ``findings``)."""
     from deepspeed.accelerator import get_accelerator
 
     visible_var = get_accelerator().visible_devices_envs()[0]
@@ -212,7 +214,19 @@ def _local_slots(
             )
         return list(range(opts.gpus_per_node))
     if visible:  # deepspeed turns it into --include localhost:<ids>
-        return [int(i) for i in visible.split(",") if i.strip()]
+        ids = [i.strip() for i in visible.split(",") if i.strip()]
+        if not all(i.isdigit() for i in ids):
+            findings.append(
+                Finding(
+                    "error",
+                    f"{visible_var}={visible}: deepspeed's launcher takes only device numbers "
+                    f"(it turns them into --include localhost:{visible}), not UUIDs or names. Set "
+                    f"{visible_var} to numbers (nvidia-smi -L lists them), or give "
+                    "--gpus-per-node N to use devices 0..N-1",
+                )
+            )
+            return None
+        return [int(i) for i in ids]
     return list(range(max(1, get_accelerator().device_count())))
 
 

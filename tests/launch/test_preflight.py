@@ -189,3 +189,15 @@ def test_an_existing_deepspeed_env_is_kept_and_a_dry_run_writes_nothing(cli, tmp
     ).read_text() == "NCCL_IB_DISABLE=1\nGLOO_SOCKET_IFNAME=eth7\n"
     code, out, err = cli("--hostfile", hosts, "--ifname", "eth1", "--dry-run", "--selftest")
     assert re.search(r"^  GLOO_SOCKET_IFNAME +\= eth1   \[--ifname\]$", out, re.M)
+
+
+def test_device_uuids_in_cuda_visible_devices_are_refused_not_a_traceback(cli, monkeypatch):
+    from deepspeed.accelerator import get_accelerator
+
+    var = get_accelerator().visible_devices_envs()[0]
+    monkeypatch.setenv(var, "GPU-5f3c,GPU-9a1b")
+    code, out, err = cli("--dry-run", "--selftest")
+    assert code == 2 and "nothing started" in out
+    assert f"error: {var}=GPU-5f3c,GPU-9a1b: deepspeed's launcher takes only device numbers" in err
+    code, _, err = cli("--gpus-per-node", "1", "--dry-run", "--selftest")  # numbers 0..N-1
+    assert code == 0, err
