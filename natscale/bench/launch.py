@@ -10,7 +10,9 @@ gloo).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -108,19 +110,36 @@ def run_train(
     log_dir.mkdir(parents=True, exist_ok=True)
     job = build_job(config, world_size=world_size, nodes=nodes, log_dir=log_dir, environ=os.environ)
     logs = [log_dir / f"node{i}.log" for i in range(len(job.commands))]
-    procs = []
+    procs: list[subprocess.Popen] = []
+    codes = [124]
     try:
         for cmd, log in zip(job.commands, logs, strict=True):
             with log.open("w") as fh:
+                # its own process group: the deepspeed launcher's ranks are its grandchildren,
+                # and a timeout (or Ctrl-C here) must stop them too, not only the launcher
                 procs.append(
-                    subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=job.env)
+                    subprocess.Popen(
+                        cmd,
+                        stdout=fh,
+                        stderr=subprocess.STDOUT,
+                        env=job.env,
+                        start_new_session=True,
+                    )
                 )
         codes = [p.wait(timeout=timeout_s) for p in procs]
     except subprocess.TimeoutExpired:
-        for p in procs:
-            p.kill()
-        codes = [124]
+        pass
     finally:
+        _kill_groups(procs)  # whatever still runs: a timeout, an interrupt, a launcher's leftovers
         remove_shm_buffers(job.port)  # left behind only by a rank that died before its init
     tail = "\n".join(log.read_text(errors="replace")[-3000:] for log in logs)
     return max(codes), tail, job.commands
+
+
+def _kill_groups(procs: list[subprocess.Popen]) -> None:
+    """SIGKILL the process group of each job process (its ranks included) and reap it."""
+    for p in procs:
+        # ProcessLookupError: the group is gone, every process in it has exited
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(p.pid, signal.SIGKILL)
+        p.wait()

@@ -114,3 +114,22 @@ def test_a_two_node_benchmark_runs_through_the_launcher(tmp_path, monkeypatch):
     assert [c.split("--node_rank ")[1].split()[0] for c in commands] == ["0", "1"]
     assert all("--no_ssh" in c and "natscale.cli train --config" in c for c in commands)
     assert record["natscale"]["measured_steps"] == 1
+
+
+def test_a_timed_out_job_takes_its_grandchildren_down(tmp_path, monkeypatch):
+    """The job's process is the deepspeed launcher, whose ranks are its grandchildren: a timeout
+    used to SIGKILL the launcher only, leaving the ranks running (and skewing the next run)."""
+    from natscale.bench import launch as bench_launch
+
+    pid_file = tmp_path / "grandchild.pid"
+    script = f"sleep 600 & echo $! > {pid_file}; wait"
+    job = bench_launch.BenchJob([["bash", "-c", script]], dict(os.environ), port=1)
+    monkeypatch.setattr(bench_launch, "build_job", lambda *a, **k: job)
+    code, _, _ = bench_launch.run_train(
+        tmp_path / "run.yaml", world_size=1, nodes=1, log_dir=tmp_path / "logs", timeout_s=1
+    )
+    assert code == 124
+    pid = int(pid_file.read_text())
+    status = Path(f"/proc/{pid}/status")
+    state = status.read_text().split("State:")[1].split()[0] if status.exists() else "gone"
+    assert state in ("Z", "X", "gone"), f"the grandchild {pid} still runs ({state})"
