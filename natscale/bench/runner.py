@@ -69,6 +69,11 @@ class BenchSpec:
             raise ValueError(f"device must be cpu or cuda, got {self.device!r}")
         if self.warmup < 1 or self.steps < 1:
             raise ValueError("warmup and steps must be at least 1")
+        if self.nodes < 1 or self.world_size % self.nodes:
+            raise ValueError(
+                f"world size {self.world_size} is not a multiple of {self.nodes} node(s): every "
+                "node runs world_size / nodes ranks (--world-size / --nodes)"
+            )
 
     @property
     def rows_needed(self) -> int:

@@ -21,8 +21,20 @@ from natscale.cli.main import main
     ],
 )
 def test_bad_param_value_is_refused_before_any_work(tmp_path, capsys, param, expected):
+    _refused_before_any_work(tmp_path, capsys, ["--param", param], expected)
+
+
+def test_a_world_size_that_does_not_split_over_the_nodes_is_refused_before_any_work(
+    tmp_path, capsys
+):
+    # world_size=2 runs, then world_size=3 on 2 nodes used to fail only when its turn came
+    args = ["--param", "world_size=2,3", "--nodes", "2"]
+    _refused_before_any_work(tmp_path, capsys, args, "world size 3 is not a multiple of 2 node(s)")
+
+
+def _refused_before_any_work(tmp_path, capsys, options: list[str], expected: str) -> None:
     work, results = tmp_path / "work", tmp_path / "results"
-    args = ["bench", "sweep", "--param", param, "--work-dir", str(work), "--results", str(results)]
+    args = ["bench", "sweep", *options, "--work-dir", str(work), "--results", str(results)]
     assert main(args) == 2
     captured = capsys.readouterr()
     assert f"natscale bench sweep: error: {expected}" in captured.err
