@@ -125,6 +125,13 @@ def _calibrated_workload(path: Path):
             raise ValueError(
                 f"{path}: needs runs on 1 and 2 nodes (a sweep with --param nodes=1,2)"
             )
+        for n in (1, 2):
+            world = by_nodes[n]["spec"]["world_size"]
+            if world != n:  # the fit takes the 1-node step as free of communication
+                raise ValueError(
+                    f"--calibrate {path}: the {n}-node run has {world} ranks; the fit needs one "
+                    "rank per node (a sweep with --param nodes=1,2 and --world-size 1)"
+                )
         r1 = by_nodes[1]
         spec = r1["spec"]
         fp32 = (spec["precision"] or ("fp32" if spec["device"] == "cpu" else "bf16")) == "fp32"

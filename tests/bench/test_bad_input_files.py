@@ -28,6 +28,28 @@ def test_project_calibrate_with_malformed_records(tmp_path, capsys, records):
     assert not out.exists()
 
 
+def test_project_calibrate_refuses_a_sweep_with_several_ranks_per_node(tmp_path, capsys):
+    # the fit reads the 1-node step as communication-free: true only with one rank per node
+    spec = {"model": "tiny", "precision": None, "device": "cpu", "grad_accum": 1}
+    records = [
+        {
+            "spec": {**spec, "nodes": n, "world_size": 2 * n},
+            "natscale": {"tokens_per_step": {"trained": 1000.0}, "step_time_s": {"median": n}},
+            "environment": {"device": "cpu"},
+        }
+        for n in (1, 2)
+    ]
+    sweep = tmp_path / "sweep.json"
+    sweep.write_text(json.dumps({"records": records}))
+    out = tmp_path / "results"
+    assert main(["bench", "project", "--calibrate", str(sweep), "--results", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert (
+        f"--calibrate {sweep}: the 1-node run has 2 ranks; the fit needs one rank per node" in err
+    )
+    assert not out.exists()
+
+
 def test_selftest_model_config_that_is_not_utf8_is_named(tmp_path, capsys):
     config = tmp_path / "config.json"
     config.write_bytes(b'{"model_type": "llama", "name": "\xff\xfe"}')
