@@ -98,7 +98,7 @@ def replace_dir(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
     if not final.exists():
         os.rename(tmp, final)
         return
-    old = final.parent / f".{final.name}.old-{os.getpid()}"
+    old = final.parent / f".{final.name}.old-{_host()}-{os.getpid()}"  # see remove_stale_partials
     shutil.rmtree(old, ignore_errors=True)
     os.rename(final, old)
     try:
@@ -131,13 +131,15 @@ def partial_dir(out_dir: Path) -> Path:
 
 def remove_stale_partials(out_dir: Path) -> None:
     """Delete partial folders for ``out_dir`` left by killed runs on this host (and by runs of
-    natscale versions that did not name the host)."""
+    natscale versions that did not name the host), and the old outputs a :func:`replace_dir`
+    stopped while deleting them left (``.NAME.old-HOST-PID``: the new output was in place)."""
     parent = out_dir.parent
     if not parent.is_dir():
         return
-    prefix = f".{out_dir.name}.partial-"
+    prefixes = (f".{out_dir.name}.partial-", f".{out_dir.name}.old-")
     for p in parent.iterdir():
-        if not p.name.startswith(prefix):
+        prefix = next((x for x in prefixes if p.name.startswith(x)), None)
+        if prefix is None:
             continue
         host, _, pid = p.name[len(prefix) :].rpartition("-")
         if host in ("", _host()) and pid.isdigit() and not _pid_alive(int(pid)):

@@ -78,7 +78,7 @@ def test_replace_dir_stopped_between_its_renames_puts_the_old_folder_back(
     tmp_path, monkeypatch, signal
 ):
     """Ctrl-C/SIGTERM (or an error) after the old folder was moved aside and before the new one
-    took its place: the old folder is back under its name, not hidden in .NAME.old-PID."""
+    took its place: the old folder is back under its name, not hidden in .NAME.old-HOST-PID."""
     import natscale.atomic as atomic
 
     final, new = tmp_path / "hf", tmp_path / "hf.tmp"
@@ -107,11 +107,17 @@ def test_stale_partials_of_this_host_go_and_other_hosts_stay(tmp_path):
     mine = partial_dir(out).with_name(partial_dir(out).name.rsplit("-", 1)[0] + f"-{dead.pid}")
     older = tmp_path / f".out.partial-{dead.pid}"  # named before the host was in the name
     other = tmp_path / f".out.partial-node7-{dead.pid}"  # another node on a shared filesystem
-    for folder in (mine, older, other):
+    # the old output of a replace_dir stopped while deleting it (the new one was in place)
+    old = tmp_path / mine.name.replace(".partial-", ".old-")
+    old_other = tmp_path / f".out.old-node7-{dead.pid}"
+    live = tmp_path / mine.name.replace(".partial-", ".old-").replace(f"-{dead.pid}", "-1")
+    for folder in (mine, older, other, old, old_other, live):
         folder.mkdir()
     with atomic_output_dir(out, kind="prepared") as tmp:
         assert tmp == partial_dir(out) and tmp.name.endswith(f"-{os.getpid()}")
-    assert sorted(p.name for p in tmp_path.iterdir()) == [other.name, "out"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [other.name, old_other.name, live.name, "out"]
+    )
 
 
 def test_an_output_below_a_file_is_refused_with_a_reason(tmp_path):
