@@ -77,7 +77,13 @@ def expand_paths(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list
             files.append(p)
             spelled.append(str(given))
         else:
-            raise DataError("file not found", file=str(p), reason="missing_file")
+            where = "" if p.is_absolute() else f"; relative paths are taken from {Path.cwd()}"
+            raise DataError(
+                "file not found",
+                file=str(p),
+                reason="missing_file",
+                hint=f"check the source's paths in the prepare config{where}",
+            )
     seen: dict[Path, int] = {}
     for i, f in enumerate(files):
         first = seen.setdefault(f.resolve(), i)
