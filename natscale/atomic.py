@@ -16,14 +16,16 @@ host, on a shared filesystem, is left alone: its process cannot be seen from her
 
 Every folder written here carries a marker file, ``.natscale-output``, holding
 ``{"kind": KIND, "version": 2, "entries": [...]}`` (``prepared`` for ``natscale prepare``,
-``hf-export`` for an HF folder, ``model-config`` for a run's ``model_config/``; ``entries``: the names natscale wrote in it). ``overwrite``
-replaces an existing folder only when it carries the marker of the same kind and holds nothing
-else than what natscale wrote there: a file or folder a user added since (notes, an evaluation,
-a merged dataset) is never deleted; the command refuses and names it. (A version-1 marker has no
-list: the kind's known layout stands in for it.) Never replaced, whatever the flags: the working directory or a folder above it, a folder
-holding (or equal to) one of the command's inputs, and a run directory (``checkpoints/``,
-``metrics.jsonl`` or ``summary.json`` inside). An existing empty folder may always be filled. A
-prepare output from before the marker existed is recognised by its exact layout.
+``hf-export`` for an HF folder, ``model-config`` for a run's ``model_config/``; ``entries``: the
+names natscale wrote in it). ``overwrite`` replaces an existing folder only when it carries the
+marker of the same kind and holds nothing else than what natscale wrote there: a file or folder
+a user added since (notes, an evaluation, a merged dataset) is never deleted; the command refuses
+and names it. (A version-1 marker has no list: the kind's known layout stands in for it.) Never
+replaced, whatever the flags: the working directory or a folder above it, a folder holding (or
+equal to) one of the command's inputs, and a run directory (``checkpoints/``, ``metrics.jsonl``
+or ``summary.json`` inside). No output is written inside a prepared dataset or an HF export
+(:func:`enclosing_output`). An existing empty folder may always be filled. A prepare output from
+before the marker existed is recognised by its exact layout.
 """
 
 from __future__ import annotations
@@ -198,13 +200,17 @@ LEGACY_LAYOUTS = {
 }
 
 
+# an HF folder's config and tokenizer files (no weights): what a run's model_config/ held before
+# it was marked, and part of an HF export's layout
+HF_CONFIG_FILES = ("config.json", "generation_config.json", "tokenizer*",
+                   "special_tokens_map.json", "added_tokens.json", "chat_template.*", "*.model",
+                   "vocab.*", "merges.txt")  # fmt: skip
+
 # what a version-1 marker's folder may hold (it has no list of entries): the kind's layout
 V1_ENTRIES = {
     PREPARED: (*LEGACY_LAYOUTS[PREPARED][0], *LEGACY_LAYOUTS[PREPARED][1]),
-    HF_EXPORT: ("config.json", "generation_config.json", "*.safetensors",
-                "model.safetensors.index.json", "pytorch_model*.bin*", "tokenizer*",
-                "special_tokens_map.json", "added_tokens.json", "chat_template.*", "*.model",
-                "vocab.*", "merges.txt", "verify.json"),
+    HF_EXPORT: (*HF_CONFIG_FILES, "*.safetensors", "model.safetensors.index.json",
+                "pytorch_model*.bin*", "verify.json"),
 }  # fmt: skip
 
 
@@ -223,6 +229,18 @@ def legacy_output(out_dir: Path, kind: str) -> bool:
 def within(path: Path, folder: Path) -> bool:
     """Whether ``path`` is ``folder`` or below it (as given: resolve both first for real paths)."""
     return path == folder or folder in path.parents
+
+
+def enclosing_output(path: Path, *, include_self: bool = False) -> tuple[Path, str] | None:
+    """The nearest folder above ``path`` (resolved; ``path`` itself too with ``include_self``)
+    marked as a prepared dataset or an HF export, with its kind: natscale writes no output inside
+    one (it would then hold what natscale did not write there). None if there is none."""
+    resolved = path.resolve()
+    for folder in (resolved, *resolved.parents) if include_self else resolved.parents:
+        kind = read_marker(folder) if folder.is_dir() else None
+        if kind in (PREPARED, HF_EXPORT):
+            return folder, kind
+    return None
 
 
 def protected_reason(out_dir: Path, inputs: Iterable[str | os.PathLike] = ()) -> str | None:
@@ -266,14 +284,14 @@ def check_destination(
     (callers use their own error class); ``hint`` says what to do when ``overwrite`` is off.
     """
     out_dir = Path(out_dir)
-    for parent in out_dir.resolve().parents:
-        found = read_marker(parent) if parent.is_dir() else None
-        if found in (PREPARED, HF_EXPORT):
-            raise error(
-                f"{out_dir} is inside {parent}, {KIND_NAMES[found]}: natscale writes no output "
-                "into another one (it would no longer be what natscale wrote there); choose an "
-                "output outside it"
-            )
+    enclosing = enclosing_output(out_dir)
+    if enclosing is not None:
+        parent, found = enclosing
+        raise error(
+            f"{out_dir} is inside {parent}, {KIND_NAMES[found]}: natscale writes no output "
+            "into another one (it would no longer be what natscale wrote there); choose an "
+            "output outside it"
+        )
     if not out_dir.exists():
         above = next((p for p in out_dir.parents if p.exists()), None)
         if above is not None and not above.is_dir():

@@ -101,9 +101,9 @@ def _evaluate(cfg: EvalConfig, args: argparse.Namespace) -> int:
     from natscale.eval.run import run_eval
 
     if args.no_progress:  # the libraries' bars too (transformers' "Loading weights")
-        from natscale.cli.train import _no_library_progress_bars
+        from natscale.cli.train import no_library_progress_bars
 
-        _no_library_progress_bars()
+        no_library_progress_bars()
     dist = _maybe_distributed()
     stopped: list[int] = []
 

@@ -147,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
     targs, run_cfg, checks = loaded
     _quiet_libraries()
     if not run_cfg.logging.progress_bar:
-        _no_library_progress_bars()
+        no_library_progress_bars()
 
     import torch.distributed as dist
 
@@ -200,7 +200,7 @@ def _quiet_libraries() -> None:
     hf_logging.set_verbosity_warning()
 
 
-def _no_library_progress_bars() -> None:
+def no_library_progress_bars() -> None:
     """``logging.progress_bar: false`` covers the libraries' bars too (dataset loading, the HF
     export's "Writing model shards"), not only the trainer's."""
     import datasets

@@ -23,6 +23,7 @@ from natscale.atomic import (
     PREPARED,
     RUN_DIR_ENTRIES,
     atomic_write_json,
+    enclosing_output,
     legacy_output,
     protected_reason,
     read_marker,
@@ -200,9 +201,9 @@ def _enclosing(out: Path, inputs: list[str]) -> str | None:
     for item in inputs:
         if within(resolved, Path(item).expanduser().resolve()):
             return f"it is inside an input of this eval ({item})"
-    for parent in resolved.parents:
-        if read_marker(parent) in (HF_EXPORT, PREPARED):
-            return f"it is inside {parent}, a natscale output that is replaced as a whole"
+    enclosing = enclosing_output(resolved)
+    if enclosing is not None:
+        return f"it is inside {enclosing[0]}, a natscale output that is replaced as a whole"
     return None
 
 

@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from natscale.atomic import (
+    HF_CONFIG_FILES,
     HF_EXPORT,
     KIND_NAMES,
     MARKER,
-    PREPARED,
     RUN_MODEL_CONFIG,
+    enclosing_output,
     foreign_entries,
     read_marker,
     shown_names,
@@ -195,7 +196,7 @@ def check_output_dir(
     inputs = inputs or {}
     if out.exists() and not out.is_dir():
         raise PreflightError(f"output_dir: {out} exists and is not a directory")
-    _check_outside_inputs(out, inputs)
+    _check_output_outside_inputs(out, inputs)
     if resume and fresh:
         raise PreflightError("--fresh starts over and --resume continues: pass one of them")
     check_writable(out)
@@ -251,7 +252,7 @@ def check_output_dir(
             raise PreflightError(f"output_dir: {exc}") from exc
 
 
-def _check_outside_inputs(out: Path, inputs: dict[str, Path]) -> None:
+def _check_output_outside_inputs(out: Path, inputs: dict[str, Path]) -> None:
     """``out`` is neither an input folder of the run (the prepared data, the model, the
     tokenizer) nor inside one, nor inside a prepared dataset or an HF export: the run would write
     its checkpoints, ``config.yaml`` and ``hf/`` among files that are not its own (e.g.
@@ -266,11 +267,11 @@ def _check_outside_inputs(out: Path, inputs: dict[str, Path]) -> None:
         if folder.is_dir() and within(resolved, folder):
             where = "is" if resolved == folder else "is inside"
             raise PreflightError(f"output_dir: {out} {where} {field} ({path}); {fix}")
-    for folder in (resolved, *resolved.parents):
-        kind = read_marker(folder) if folder.is_dir() else None
-        if kind in (PREPARED, HF_EXPORT):
-            where = "is" if folder == resolved else f"is inside {folder},"
-            raise PreflightError(f"output_dir: {out} {where} {KIND_NAMES[kind]}; {fix}")
+    enclosing = enclosing_output(resolved, include_self=True)
+    if enclosing is not None:
+        folder, kind = enclosing
+        where = "is" if folder == resolved else f"is inside {folder},"
+        raise PreflightError(f"output_dir: {out} {where} {KIND_NAMES[kind]}; {fix}")
 
 
 def _check_inputs_outside(
@@ -361,20 +362,6 @@ def check_same_model(run: RunConfig, config: Any) -> None:
             )
 
 
-# what RUN_DIR/model_config held before natscale marked it: a config and a tokenizer, no weights
-LEGACY_MODEL_CONFIG = (
-    "config.json",
-    "generation_config.json",
-    "tokenizer*",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "chat_template.*",
-    "*.model",
-    "vocab.*",
-    "merges.txt",
-)
-
-
 def run_started(layout: RunDir) -> bool:
     """Whether a natscale run has started in ``layout`` (its first act is to write
     ``model_config/``, marked, then ``config.yaml`` and ``ds_config.json``)."""
@@ -409,7 +396,8 @@ def check_start_files(run: RunConfig) -> None:
         if read_marker(mc) == RUN_MODEL_CONFIG:
             foreign = foreign_entries(mc)
         elif started:
-            legacy = LEGACY_MODEL_CONFIG
+            # from before the marker: a config and a tokenizer, no weights
+            legacy = HF_CONFIG_FILES
             foreign = [n for n in names if not any(fnmatch.fnmatchcase(n, p) for p in legacy)]
         else:
             foreign = names
