@@ -12,6 +12,7 @@ and prints nothing while it compiles; :func:`announce_build` prints one line to 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
 from collections.abc import Iterable
@@ -38,9 +39,35 @@ def extensions_root() -> Path:
     return Path(get_default_build_root()) / f"{version}_{accelerator}"
 
 
+def use_natscale_ninja() -> str | None:
+    """Put the ninja that natscale installs (the ``ninja`` wheel, >= 1.13) first on ``PATH``, for
+    this process and the processes it starts; the directory added, or None if nothing changed.
+
+    torch and DeepSpeed run whichever ``ninja`` is first on ``PATH``. A system ninja (1.11 on
+    Ubuntu 24.04) and the wheel's write ``.ninja_log`` hashes that the other does not recognise, so
+    each rebuilds every object the other built: a silent minute per op whenever an activated
+    virtualenv (or a launcher that puts it on ``PATH``) and a plain ``.venv/bin/natscale``
+    alternate on one JIT cache. With the wheel's ninja pinned, every natscale process agrees.
+    """
+    try:
+        import ninja
+    except ImportError:
+        return None
+    bin_dir = str(getattr(ninja, "BIN_DIR", ""))
+    binary = Path(bin_dir, "ninja")
+    if not bin_dir or not binary.is_file():
+        return None
+    found = shutil.which("ninja")
+    if found is not None and Path(found).resolve() == binary.resolve():
+        return None
+    os.environ["PATH"] = os.pathsep.join(p for p in (bin_dir, os.environ.get("PATH", "")) if p)
+    return bin_dir
+
+
 def needs_build(build_dir: Path, name: str, inputs: Iterable[str | Path]) -> bool:
     """Whether a JIT load of ``name`` will compile: no ``name.so`` in ``build_dir``, or a source
-    or header newer than it (ninja's own rule; a flag change is not seen here)."""
+    or header newer than it (ninja's own rule; a flag change, or another ninja version, is not
+    seen here: see :func:`use_natscale_ninja`)."""
     built = build_dir / f"{name}.so"
     try:
         stamp = built.stat().st_mtime
@@ -126,6 +153,7 @@ def build_shm_op() -> str:
     if not shm_op_needs_build():
         return f"{SHM_OP}: already built ({extensions_root() / SHM_OP})"
     announce_build("DeepSpeed's shared-memory all-reduce op", SHM_OP, extensions_root() / SHM_OP)
+    use_natscale_ninja()
     start = time.perf_counter()
     builder.jit_load(verbose=False)
     seconds = time.perf_counter() - start

@@ -109,9 +109,10 @@ def init_distributed(timeout_s: float | None = None) -> DistInfo:
     kwargs = {}
     if timeout_s is not None:
         kwargs["timeout"] = datetime.timedelta(seconds=timeout_s)
-    if first and get_accelerator().device_name() == "cpu":
-        from natscale.ops.first_build import announce_shm_op_build
+    from natscale.ops.first_build import announce_shm_op_build, use_natscale_ninja
 
+    use_natscale_ninja()  # DeepSpeed JIT-builds ops from here on (the shm op on CPU)
+    if first and get_accelerator().device_name() == "cpu":
         announce_shm_op_build()  # DeepSpeed compiles it silently on first use (1-3 min)
     # auto_mpi_discovery=False: rank variables come from map_rank_env, never from `hostname -I`
     with _without_op_loaded_line():

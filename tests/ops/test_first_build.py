@@ -83,6 +83,33 @@ def test_jit_build_is_announced_once_then_cached(empty_cache, tmp_path, capfd):
     assert first_build.needs_build(empty_cache / builder.name, builder.name, [source])
 
 
+def test_builds_use_the_wheels_ninja_whatever_comes_first_on_path(
+    empty_cache, tmp_path, monkeypatch
+):
+    """Another ninja first on PATH (a system 1.11, or here one that fails every build): the JIT
+    build still goes through natscale's own ninja, which is then first for child processes too."""
+    ninja = pytest.importorskip("ninja")
+    fake = tmp_path / "other-bin"
+    fake.mkdir()
+    (fake / "ninja").write_text(
+        '#!/bin/sh\n[ "$1" = --version ] && echo 1.11.1 && exit 0\necho "other ninja" >&2\nexit 1\n'
+    )
+    (fake / "ninja").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
+    name = "natscale_ninja_probe_op"  # torch refuses a second build of a name in one process
+    source = tmp_path / "probe.cpp"
+    source.write_text(PROBE.replace("natscale_probe_op", name))
+    builder = ProbeBuilder(source)
+    builder.name = name
+    if not builder.compatible()[0]:
+        pytest.skip(builder.compatible()[1])
+
+    assert builder.load().__name__ == name
+    first = os.environ["PATH"].split(os.pathsep)[0]
+    assert Path(first, "ninja").resolve() == Path(ninja.BIN_DIR, "ninja").resolve()
+    assert first_build.use_natscale_ninja() is None  # already first: PATH is left as it is
+
+
 def test_only_local_rank_0_announces(empty_cache, monkeypatch, capfd):
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert not first_build.announce_build("x", "x_op", empty_cache / "x_op")
