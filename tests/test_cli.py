@@ -58,3 +58,32 @@ def test_version_flag_prints_the_version(capsys):
         assert capsys.readouterr().out == f"natscale {__version__}\n"
     assert main(["--help"]) == 0
     assert "--version" in capsys.readouterr().out
+
+
+def test_a_closed_stdout_pipe_ends_quietly_with_141():
+    """`natscale ... | head -1`: the reader is gone before the command prints; no traceback."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "natscale.cli", "--version"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    proc.stdout.close()  # before the interpreter has even started importing natscale
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141, err
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
+
+
+def test_a_broken_pipe_that_is_not_stdout_is_still_an_error(monkeypatch):
+    import natscale.cli.main as cli_main
+
+    def broken(argv):
+        raise BrokenPipeError(32, "Broken pipe")  # e.g. a tool worker's pipe, stdout fine
+
+    monkeypatch.setattr(cli_main, "_run", broken)
+    try:
+        cli_main.main(["env"])
+    except BrokenPipeError:
+        pass
+    else:
+        raise AssertionError("a broken pipe other than stdout was swallowed")

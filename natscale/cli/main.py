@@ -11,6 +11,7 @@ import argparse
 import importlib
 import logging
 import os
+import select
 import shutil
 import sys
 from pathlib import Path
@@ -79,11 +80,31 @@ def _strip_local_rank(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     """Run one subcommand; its exit status. As the process's own command line (``argv`` None),
     a command that started torch.distributed ends the process here (see ``exit_process``)."""
-    code = _run(argv)
+    try:
+        code = _run(argv)
+    except BrokenPipeError:
+        if not _stdout_reader_gone():
+            raise  # a socket or a worker's pipe: a real error
+        code = 141  # 128 + SIGPIPE, as a C tool killed by it (`natscale env | head -3`)
     dist_mod = sys.modules.get("natscale.train.dist")  # imported only by distributed commands
     if argv is None and dist_mod is not None and dist_mod.started():
         dist_mod.exit_process(code)
     return code
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reader has exited; if so stdout is pointed at /dev/null,
+    so Python's own flush at exit does not print a second traceback."""
+    try:
+        fd = sys.stdout.fileno()
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        gone = any(event & select.POLLERR for _, event in poller.poll(0))
+    except (AttributeError, ValueError, OSError):
+        return False
+    if gone:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+    return gone
 
 
 class _NoCpuFallbackNotice(logging.Filter):
