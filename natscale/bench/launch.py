@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,14 +127,29 @@ def run_train(
                         start_new_session=True,
                     )
                 )
-        codes = [p.wait(timeout=timeout_s) for p in procs]
-    except subprocess.TimeoutExpired:
-        pass
+        codes = _wait_all_or_first_failure(procs, timeout_s)
     finally:
         _kill_groups(procs)  # whatever still runs: a timeout, an interrupt, a launcher's leftovers
         remove_shm_buffers(job.port)  # left behind only by a rank that died before its init
     tail = "\n".join(log.read_text(errors="replace")[-3000:] for log in logs)
-    return max(codes), tail, job.commands
+    return next((c for c in codes if c != 0), 0), tail, job.commands
+
+
+def _wait_all_or_first_failure(procs: list[subprocess.Popen], timeout_s: float) -> list[int]:
+    """Exit codes once every process has ended, or as soon as one fails: the other nodes of a
+    job cannot finish without it and would only wait out their rendezvous. The failed node's
+    code comes first; 124 for a timeout."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        codes = [p.poll() for p in procs]
+        failed = [c for c in codes if c not in (None, 0)]
+        if failed:
+            return failed
+        if all(c == 0 for c in codes):
+            return [0] * len(procs)
+        if time.monotonic() >= deadline:
+            return [124]
+        time.sleep(0.2)
 
 
 def _kill_groups(procs: list[subprocess.Popen]) -> None:

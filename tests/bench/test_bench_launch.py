@@ -145,3 +145,37 @@ def test_a_timed_out_job_takes_its_grandchildren_down(tmp_path, monkeypatch):
             break
         time.sleep(0.05)
     assert state in ("Z", "X", "gone"), f"the grandchild {pid} still runs ({state})"
+
+
+def test_a_node_that_fails_early_ends_the_job_at_once(tmp_path, monkeypatch):
+    """Two loopback nodes: one fails at start, the other would wait out its rendezvous. The job
+    ends with the failed node's code, long before the timeout, and takes the other node down."""
+    from natscale.bench import launch as bench_launch
+
+    job = bench_launch.BenchJob(
+        [["bash", "-c", "sleep 600"], ["bash", "-c", "echo node 1 broke; exit 3"]],
+        dict(os.environ),
+        port=1,
+    )
+    monkeypatch.setattr(bench_launch, "build_job", lambda *a, **k: job)
+    start = time.monotonic()
+    code, tail, _ = bench_launch.run_train(
+        tmp_path / "run.yaml", world_size=2, nodes=2, log_dir=tmp_path / "logs", timeout_s=300
+    )
+    assert code == 3 and "node 1 broke" in tail
+    assert time.monotonic() - start < 60
+
+
+def test_a_node_killed_by_a_signal_is_a_failure_even_when_the_other_succeeded(
+    tmp_path, monkeypatch
+):
+    from natscale.bench import launch as bench_launch
+
+    job = bench_launch.BenchJob(
+        [["bash", "-c", "exit 0"], ["bash", "-c", "sleep 0.5; kill -9 $$"]], dict(os.environ), 1
+    )
+    monkeypatch.setattr(bench_launch, "build_job", lambda *a, **k: job)
+    code, _, _ = bench_launch.run_train(
+        tmp_path / "run.yaml", world_size=2, nodes=2, log_dir=tmp_path / "logs", timeout_s=60
+    )
+    assert code == -9  # max() of the codes made this 0: a success
