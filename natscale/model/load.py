@@ -69,8 +69,36 @@ def has_weights(model_dir: str | Path) -> bool:
     return any(d.glob("*.safetensors")) or any(d.glob("pytorch_model*.bin"))
 
 
+# the class attribute of an HF model that says it implements each backend (eager: all do)
+_SUPPORT_FLAGS = {
+    "flash_attention_2": "_supports_flash_attn",
+    "flex_attention": "_supports_flex_attn",
+    "sdpa": "_supports_sdpa",
+}
+
+
+def model_class(config: Any) -> type | None:
+    """The ``*ForCausalLM`` class transformers builds for ``config`` (None if it has none)."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM._model_mapping[type(config)]
+    except (KeyError, AttributeError):
+        return None
+
+
+def supports_attn(cls: type | None, implementation: str) -> bool:
+    """Whether the model class implements an attention backend (unknown class: assumed)."""
+    flag = _SUPPORT_FLAGS.get(implementation)
+    return cls is None or flag is None or bool(getattr(cls, flag, True))
+
+
 def choose_attn_implementation(
-    requested: str, device_type: str, *, flash_attn_installed: bool | None = None
+    requested: str,
+    device_type: str,
+    *,
+    flash_attn_installed: bool | None = None,
+    model_cls: type | None = None,
 ) -> str:
     """The attention backend for packed rows.
 
@@ -78,6 +106,8 @@ def choose_attn_implementation(
     (transformers builds a FlexAttention document mask from the restarting ``position_ids``, so
     packed rows never fall back to a dense masked SDPA on GPU); sdpa on CPU, where
     flex_attention is slow to compile and crashes with 4D masks (docs/architecture.md, "Packed attention").
+    Where ``model_cls`` does not implement that one (Gemma 2 has no sdpa), the next that it does,
+    down to eager; a backend asked for by name that it lacks is an error.
     """
     if flash_attn_installed is None:
         flash_attn_installed = importlib.util.find_spec("flash_attn") is not None
@@ -87,10 +117,19 @@ def choose_attn_implementation(
                 "model.attn_implementation: flash_attention_2 needs the flash-attn package "
                 "(pip install 'natscale[gpu]'); use flex_attention, sdpa or auto"
             )
+        if not supports_attn(model_cls, requested):
+            name = model_cls.__name__ if model_cls is not None else "the model"
+            raise ModelSourceError(
+                f"model.attn_implementation: {name} does not implement {requested}; "
+                "use auto (the fastest it implements) or eager"
+            )
         return requested
     if device_type == "cuda":
-        return "flash_attention_2" if flash_attn_installed else "flex_attention"
-    return "sdpa"
+        order = ["flash_attention_2"] if flash_attn_installed else []
+        order += ["flex_attention", "sdpa"]
+    else:
+        order = ["sdpa"]
+    return next((a for a in order if supports_attn(model_cls, a)), "eager")
 
 
 def build_causal_lm(

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from natscale.model.logits import LogitTransform, fused_loss_blocker, logit_transform
 from natscale.ops import IGNORE_INDEX, segment_cross_entropy
 from natscale.ops.segment_ce.reference import per_segment_sums
 
@@ -27,10 +28,14 @@ from natscale.ops.segment_ce.reference import per_segment_sums
 class SegmentLossHead(nn.Module):
     """lm_head projection + segment-masked loss, on the (possibly partitioned) output embedding."""
 
-    def __init__(self, output_embeddings: nn.Module):
+    def __init__(self, output_embeddings: nn.Module, transform: LogitTransform | None = None):
         super().__init__()
         # a list, not a child module: the weight stays owned (and named) by the LM
         self._head = [output_embeddings]
+        transform = transform or LogitTransform()
+        if transform.softcap is not None:
+            raise ValueError("the fused loss cannot apply a logit softcap (use model.loss: logits)")
+        self.scale = transform.scale  # (s * h) @ W.T == s * (h @ W.T): folded into h
 
     def forward(
         self,
@@ -41,6 +46,8 @@ class SegmentLossHead(nn.Module):
         num_trained: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         weight_VH = self._head[0].weight
+        if self.scale != 1.0:
+            hidden_TH = hidden_TH * self.scale
         # num_trained (host-known) lets the CUDA op drop untrained tokens without a host sync
         return segment_cross_entropy(
             hidden_TH, weight_VH, targets_T, token_weight_T, cu_seqlens, num_trained=num_trained
@@ -55,9 +62,10 @@ class LogitsLossHead(nn.Module):
     under ZeRO-3 DeepSpeed gathers its weight as for any module.
     """
 
-    def __init__(self, output_embeddings: nn.Module):
+    def __init__(self, output_embeddings: nn.Module, transform: LogitTransform | None = None):
         super().__init__()
         self._head = [output_embeddings]
+        self.transform = transform or LogitTransform()  # HF's scale / softcap, in its order
 
     def forward(
         self,
@@ -67,7 +75,8 @@ class LogitsLossHead(nn.Module):
         cu_seqlens: torch.Tensor,
         num_trained: int | None = None,  # unused: the baseline computes every token's logits
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        logits_TV = self._head[0](hidden_TH).float()  # HF's loss upcasts the logits the same way
+        # the lm_head module itself (its bias too), then the model's own scale / softcap
+        logits_TV = self.transform.apply(self._head[0](hidden_TH)).float()  # HF upcasts too
         nll_T = nn.functional.cross_entropy(
             logits_TV, targets_T, ignore_index=IGNORE_INDEX, reduction="none"
         )
@@ -97,8 +106,10 @@ class NatCausalLM(nn.Module):
         self.flatten_rows = flatten_rows
         if loss not in LOSS_HEADS:
             raise ValueError(f"model.loss must be one of {sorted(LOSS_HEADS)}, got {loss!r}")
+        if loss == "fused" and (blocker := fused_loss_blocker(lm.config, head)) is not None:
+            raise ValueError(f"model.loss: fused: {blocker}; set model.loss: logits")
         self.loss = loss
-        self.nat_loss = LOSS_HEADS[loss](head)
+        self.nat_loss = LOSS_HEADS[loss](head, logit_transform(lm.config))
 
     @property
     def hf_model(self) -> nn.Module:

@@ -12,7 +12,12 @@ import torch
 
 from natscale.config.ds_config import deep_merge, resolve_ds_config, zero_stage
 from natscale.config.run import RunConfig, TrainSection
-from natscale.model.load import build_causal_lm, choose_attn_implementation, load_hf_config
+from natscale.model.load import (
+    build_causal_lm,
+    choose_attn_implementation,
+    load_hf_config,
+    model_class,
+)
 from natscale.model.nat_lm import NatCausalLM
 
 
@@ -97,7 +102,9 @@ def build_engine(
     zero3 = zero_stage(ds) == 3
     hf_ds_config = HfDeepSpeedConfig(ds) if zero3 else None  # makes from_pretrained use zero.Init
     device_type = get_accelerator().device_name()
-    attn = choose_attn_implementation(run.model.attn_implementation, device_type)
+    attn = choose_attn_implementation(
+        run.model.attn_implementation, device_type, model_cls=model_class(hf_config)
+    )
     lm = build_causal_lm(
         run.model, precision=run.train.precision, attn_implementation=attn, seed=run.train.seed
     )

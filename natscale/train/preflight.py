@@ -32,7 +32,13 @@ from natscale.config.loader import ConfigError
 from natscale.config.run import RunConfig
 from natscale.data.prepared import PreparedDataError, PreparedDir, first_bad_token
 from natscale.data.schema import LEGACY_DTYPES, ROW_FIELDS
-from natscale.model.load import ModelSourceError, has_weights, load_hf_config
+from natscale.model.load import (
+    ModelSourceError,
+    choose_attn_implementation,
+    has_weights,
+    load_hf_config,
+    model_class,
+)
 from natscale.train.metrics import MetricsFileError, parse_metrics
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
@@ -65,6 +71,7 @@ def check_run(
             f"model.path: {run.model.path} has no *.safetensors or pytorch_model*.bin weights; "
             "for random init use model.config instead"
         )
+    check_model_class(run, config)
     num_rows = check_data(run.data.path, vocab_size=config.vocab_size)
     tokenizer_dir = resolve_tokenizer(run, notes)
     if tokenizer_dir is not None:
@@ -330,6 +337,37 @@ SHAPE_FIELDS = (
     "head_dim",
     "tie_word_embeddings",
 )
+
+
+def check_model_class(run: RunConfig, config: Any) -> None:
+    """What the model's class implements: a ``model.attn_implementation`` asked for by name, and
+    ``model.loss: fused`` only for a model whose logits it computes exactly (no logit cap, no
+    lm_head bias: natscale.model.logits). The model is built on the meta device (no memory, no
+    weights read) to see its lm_head."""
+    try:  # the device only matters for auto, which never fails
+        choose_attn_implementation(
+            run.model.attn_implementation, "cpu", model_cls=model_class(config)
+        )
+    except ModelSourceError as exc:
+        raise PreflightError(str(exc)) from exc
+    if run.model.loss != "fused":
+        return
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from natscale.model.logits import fused_loss_blocker
+
+    try:
+        with torch.device("meta"):
+            head = AutoModelForCausalLM.from_config(config).get_output_embeddings()
+    except Exception:  # not buildable here (e.g. an attention backend): the real build says why
+        head = None
+    blocker = fused_loss_blocker(config, head)
+    if blocker is not None:
+        raise PreflightError(
+            f"model.loss: fused: {blocker}; set model.loss: logits "
+            "(the lm_head's logits, then the model's own transform and F.cross_entropy)"
+        )
 
 
 def check_same_model(run: RunConfig, config: Any) -> None:

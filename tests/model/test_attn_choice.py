@@ -35,3 +35,29 @@ def test_flash_without_the_package_is_an_error():
         choose_attn_implementation("flash_attention_2", "cuda", flash_attn_installed=True)
         == "flash_attention_2"
     )
+
+
+def _cls(model_type: str) -> type:
+    from transformers import AutoConfig
+
+    from natscale.model.load import model_class
+
+    cls = model_class(AutoConfig.for_model(model_type))
+    assert cls is not None
+    return cls
+
+
+def test_auto_picks_what_the_model_implements():
+    gemma2 = _cls("gemma2")  # no sdpa in transformers: eager on CPU, flex on CUDA
+    assert choose_attn_implementation("auto", "cpu", model_cls=gemma2) == "eager"
+    assert (
+        choose_attn_implementation("auto", "cuda", flash_attn_installed=False, model_cls=gemma2)
+        == "flex_attention"
+    )
+    llama = _cls("llama")
+    assert choose_attn_implementation("auto", "cpu", model_cls=llama) == "sdpa"
+
+
+def test_a_backend_the_model_lacks_is_an_error_naming_it():
+    with pytest.raises(ModelSourceError, match=r"Gemma2ForCausalLM does not implement sdpa"):
+        choose_attn_implementation("sdpa", "cpu", model_cls=_cls("gemma2"))

@@ -114,6 +114,30 @@ def test_bad_model_or_ds_config(setup, overrides, needle):
     assert needle in str(exc.value)
 
 
+@pytest.mark.parametrize(
+    ("model_type", "fields", "needle"),
+    [
+        ("gemma2", {"head_dim": 8}, "gemma2 caps its logits (final_logit_softcapping=30)"),
+        ("phi", {}, "phi's lm_head has a bias"),
+    ],
+)
+def test_fused_loss_on_a_model_it_cannot_train_exactly_is_refused(
+    setup, capsys, model_type, fields, needle
+):
+    import json
+
+    tmp, cfg = setup
+    config = json.loads((tmp / "model" / "config.json").read_text())
+    folder = tmp / model_type
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({**config, **fields, "model_type": model_type}))
+    assert main(["train", str(cfg), "--set", f"model.config={folder}"]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "set model.loss: logits" in err
+    assert not (tmp / "out").exists() and not dist.is_initialized()
+    _check(cfg, f"model.config={folder}", "model.loss=logits")  # the way out passes
+
+
 def test_model_dir_without_weights(setup):
     tmp, cfg = setup
     with pytest.raises(
@@ -530,3 +554,18 @@ def test_a_run_directory_as_model_path_names_its_export(setup):
         PreflightError, match=r"`natscale convert zero-to-hf .*prev/checkpoints OUT"
     ):
         _check(cfg, "model.config=null", f"model.path={run / 'checkpoints'}")
+
+
+def test_an_attention_backend_the_model_lacks_is_refused(setup):
+    import json
+
+    tmp, cfg = setup
+    config = json.loads((tmp / "model" / "config.json").read_text())
+    (tmp / "gemma2").mkdir()
+    (tmp / "gemma2" / "config.json").write_text(
+        json.dumps({**config, "model_type": "gemma2", "head_dim": 8})
+    )
+    model = [f"model.config={tmp / 'gemma2'}", "model.loss=logits"]
+    with pytest.raises(PreflightError, match="Gemma2ForCausalLM does not implement sdpa"):
+        _check(cfg, *model, "model.attn_implementation=sdpa")
+    _check(cfg, *model)  # auto: eager on CPU

@@ -1,0 +1,73 @@
+"""What a Hugging Face ``*ForCausalLM`` does to its lm_head's output before the loss.
+
+Most causal LMs compute ``logits = lm_head(h)``. Some change them first, and natscale's loss
+heads must do the same, or a run trains against other logits than the model predicts with:
+
+- a constant factor: Granite ``logits / logits_scaling``, Cohere ``logits * logit_scale``;
+- a cap: Gemma 2 (and Gemma 3 where set) ``c * tanh(logits / c)`` with
+  ``c = final_logit_softcapping``;
+- a bias in the lm_head itself (Phi-1/2, ``nn.Linear(..., bias=True)``).
+
+The fused loss (:func:`natscale.ops.segment_cross_entropy`) computes ``h @ W.T``: a factor is
+folded into ``h`` exactly, a cap or a bias cannot be, so those models need ``model.loss: logits``
+(:class:`natscale.model.nat_lm.LogitsLossHead` applies all three). Fields of other, rarer
+architectures are not known here; ``tests/model/test_architectures.py`` checks the families
+listed in ``docs/training.md`` against the HF model's own logits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class LogitTransform:
+    """``logits * scale``, then ``softcap * tanh(logits / softcap)`` when ``softcap`` is set."""
+
+    scale: float = 1.0
+    softcap: float | None = None
+    fields: tuple[str, ...] = ()  # the config fields that set them, as "name=value"
+
+    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.scale != 1.0:
+            logits = logits * self.scale
+        if self.softcap is not None:
+            logits = self.softcap * torch.tanh(logits / self.softcap)
+        return logits
+
+
+def logit_transform(config: Any) -> LogitTransform:
+    """The transform an HF config asks for (its text config, for a multimodal one)."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    scale, fields = 1.0, []
+    divisor = getattr(text, "logits_scaling", None)  # Granite family
+    if divisor is not None and float(divisor) != 1.0:
+        scale /= float(divisor)
+        fields.append(f"logits_scaling={divisor}")
+    factor = getattr(text, "logit_scale", None)  # Cohere family
+    if isinstance(factor, (int, float)) and float(factor) != 1.0:
+        scale *= float(factor)
+        fields.append(f"logit_scale={factor}")
+    cap = getattr(text, "final_logit_softcapping", None)  # Gemma 2 / 3
+    softcap = float(cap) if cap else None
+    if softcap is not None:
+        fields.append(f"final_logit_softcapping={cap}")
+    return LogitTransform(scale=scale, softcap=softcap, fields=tuple(fields))
+
+
+def fused_loss_blocker(config: Any, head: nn.Module) -> str | None:
+    """Why the fused loss cannot train this model exactly (None when it can)."""
+    model_type = getattr(config, "model_type", "this model")
+    transform = logit_transform(config)
+    if transform.softcap is not None:
+        return (
+            f"{model_type} caps its logits (final_logit_softcapping={transform.softcap:g}), "
+            "which the fused loss cannot apply"
+        )
+    if getattr(head, "bias", None) is not None:
+        return f"{model_type}'s lm_head has a bias, which the fused loss does not add"
+    return None

@@ -1,0 +1,138 @@
+"""The training module against each model family's own Hugging Face logits.
+
+For every family a tiny random model (fp32, CPU) trains on one packed row of three segments; its
+loss sum and per-segment NLLs must equal ``F.cross_entropy`` of the HF model's own ``.logits`` on
+each segment alone, and so must its gradients. That checks at once that packed attention stays
+inside a segment (sliding windows included) and that the loss heads apply what the family does to
+its lm_head output (Granite's ``logits_scaling``, Cohere's ``logit_scale``, Gemma 2's logit cap,
+Phi's lm_head bias). The lm_head is scaled up so that logits reach the range where a cap bites.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from natscale.data.schema import IGNORE_INDEX
+from natscale.model.logits import fused_loss_blocker, logit_transform
+from natscale.model.nat_lm import NatCausalLM
+from natscale.train.batch import collate
+from tests.train.train_fixtures import make_segments, pack
+
+VOCAB = 96
+BASE = {
+    "vocab_size": VOCAB,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 128,
+    "pad_token_id": 0,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+}
+# family -> (config fields beyond BASE, attention backend, loss heads that must train it exactly)
+FAMILIES = {
+    "llama": ({}, "sdpa", ("fused", "logits")),
+    "qwen2": ({}, "sdpa", ("fused", "logits")),
+    "qwen3": ({"head_dim": 8}, "sdpa", ("fused", "logits")),
+    "qwen3_moe": (
+        {"head_dim": 8, "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 16},
+        "sdpa",
+        ("fused", "logits"),
+    ),
+    "mistral": ({"sliding_window": 4}, "sdpa", ("fused", "logits")),
+    "starcoder2": ({"sliding_window": 4}, "sdpa", ("fused", "logits")),
+    "phi3": ({}, "sdpa", ("fused", "logits")),
+    "olmo2": ({}, "sdpa", ("fused", "logits")),
+    "gemma": ({"head_dim": 8}, "sdpa", ("fused", "logits")),
+    "gemma3_text": ({"head_dim": 8, "sliding_window": 4}, "sdpa", ("fused", "logits")),
+    "granite": ({"logits_scaling": 4.0}, "sdpa", ("fused", "logits")),
+    "cohere": ({"logit_scale": 0.5}, "sdpa", ("fused", "logits")),
+    # a cap and a bias: the fused loss refuses them, the logits head applies them
+    "gemma2": (
+        {"head_dim": 8, "final_logit_softcapping": 3.0, "sliding_window": 4},
+        "eager",
+        ("logits",),
+    ),
+    "phi": ({}, "sdpa", ("logits",)),
+}
+
+
+def _family(name: str):
+    fields, attn, heads = FAMILIES[name]
+    config = AutoConfig.for_model(name, **BASE, **fields)
+    config.use_cache = False
+    torch.manual_seed(0)
+    lm = AutoModelForCausalLM.from_config(config, attn_implementation=attn).float()
+    with torch.no_grad():
+        head = lm.get_output_embeddings()
+        head.weight.mul_(20.0)  # logits of tens: a cap of 3 is far from the identity
+        if getattr(head, "bias", None) is not None:
+            head.bias.uniform_(-2.0, 2.0)  # HF initialises it to zero
+    return lm, heads
+
+
+def _reference(lm, segs) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Sum of F.cross_entropy of the HF model's own logits, each segment run alone."""
+    total, per_segment = torch.zeros(()), []
+    for seg in segs:
+        mb = collate([pack([seg], len(seg[0]))], loss_norm="token", vocab_size=VOCAB)
+        out = lm(input_ids=mb.input_ids_BL, position_ids=mb.position_ids_BL, use_cache=False)
+        nll = torch.nn.functional.cross_entropy(
+            out.logits[0].float(), mb.targets_T, ignore_index=IGNORE_INDEX, reduction="sum"
+        )
+        per_segment.append(nll.detach())
+        total = total + nll
+    return total, per_segment
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_packed_loss_and_gradients_equal_the_hf_models_own(name: str):
+    lm, heads = _family(name)
+    segs = make_segments(3, seed=5, max_len=12)
+    mb = collate([pack(segs, 40)], loss_norm="token", vocab_size=VOCAB)
+    lm.zero_grad()
+    expected, expected_segments = _reference(lm, segs)
+    expected.backward()
+    want = {n: p.grad.clone() for n, p in lm.named_parameters() if p.grad is not None}
+    assert want, "the reference produced no gradients"
+    for loss in heads:
+        model = NatCausalLM(lm, loss=loss)
+        lm.zero_grad()
+        got, seg_nll, _ = model(**mb.model_inputs("cpu"))
+        got.backward()
+        msg = f"{name} with model.loss={loss}"
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4, msg=msg)
+        torch.testing.assert_close(
+            seg_nll, torch.stack(expected_segments), rtol=1e-4, atol=1e-4, msg=msg
+        )
+        for param, grad in want.items():
+            torch.testing.assert_close(
+                dict(lm.named_parameters())[param].grad,
+                grad,
+                rtol=1e-3,
+                atol=1e-5,
+                msg=f"{msg}: {param}",
+            )
+
+
+@pytest.mark.parametrize("name", ["gemma2", "phi"])
+def test_the_fused_loss_refuses_what_it_cannot_compute(name: str):
+    lm, _ = _family(name)
+    assert fused_loss_blocker(lm.config, lm.get_output_embeddings()) is not None
+    with pytest.raises(ValueError, match=r"model\.loss: logits"):
+        NatCausalLM(lm, loss="fused")
+
+
+def test_transforms_read_from_the_config():
+    granite = AutoConfig.for_model("granite", logits_scaling=8.0)
+    assert logit_transform(granite).scale == 1 / 8
+    cohere = AutoConfig.for_model("cohere", logit_scale=0.0625)
+    assert logit_transform(cohere).scale == 0.0625
+    gemma2 = AutoConfig.for_model("gemma2")  # the family's default cap: 30
+    assert logit_transform(gemma2).softcap == 30.0
+    plain = logit_transform(AutoConfig.for_model("llama"))
+    assert plain.scale == 1.0 and plain.softcap is None and plain.fields == ()
