@@ -19,7 +19,7 @@ from natscale.train.dist import free_port, remove_shm_buffers
 REPO = Path(__file__).resolve().parents[2]
 MAKER = Path(__file__).with_name("make_zero_checkpoint.py")
 VARIANTS = {
-    1: ["z3-fp32", "z2-fp32"],
+    1: ["z3-fp32", "z2-fp32", "z3-fp32-gemma2"],
     2: ["z3-fp32", "z3-bf16-tied", "z2-fp32", "z2-bf16"],
     3: ["z3-fp32", "z2-fp32"],
 }

@@ -4,8 +4,8 @@ One rank of a job: run it under ``torchrun --nproc_per_node N`` (or alone, a wor
 conversion tests and the conversion benchmark use it to make real DeepSpeed checkpoints. Several
 variants share one process group (python and DeepSpeed start once), one engine after the other.
 
-A variant is ``z{stage}-{fp32|bf16}[-tied]``; the tiny models are the shipped example configs
-(``examples/models/tiny-llama[-tied]``). For each it writes ``OUT/<variant>/``:
+A variant is ``z{stage}-{fp32|bf16}[-tied][-gemma2]``; the tiny models are the shipped example
+configs (``examples/models/tiny-llama[-tied]``; ``-gemma2``: a Gemma 2 of the same sizes). For each it writes ``OUT/<variant>/``:
 ``checkpoints/<tag>/`` (DeepSpeed's files, ``checkpoints/latest``), ``hf_config/config.json``
 (as the trainer's run directory holds it) and, on rank 0, ``reference.safetensors``: the model's
 parameters after the last step gathered from the live engine, in the training dtype.
@@ -90,10 +90,19 @@ def train_and_save(variant: str, args: argparse.Namespace, rank: int, world_size
     stage, bf16, tie = int(parts[0][1:]), parts[1] == "bf16", "tied" in parts
     torch.manual_seed(1234)
     cfg = _config(args.size, tie)
+    if "gemma2" in parts:  # a family without sdpa, with a logit cap: verify must still run
+        from transformers import Gemma2Config
+
+        keep = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers")
+        cfg = Gemma2Config(
+            **{k: getattr(cfg, k) for k in keep}, head_dim=8, num_attention_heads=2,
+            num_key_value_heads=1, use_cache=False,
+        )  # fmt: skip
     ds_config = _ds_config(stage, bf16, world_size)
     # the object must stay alive while the model is built: then it is built under zero.Init
     hf_ds = HfDeepSpeedConfig(ds_config) if stage == 3 else None
-    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa", dtype=torch.float32)
+    attn = "eager" if "gemma2" in parts else "sdpa"
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation=attn, dtype=torch.float32)
     engine, *_ = deepspeed.initialize(
         model=model, config=ds_config, model_parameters=model.parameters()
     )

@@ -176,3 +176,15 @@ def test_a_verify_that_cannot_run_keeps_the_export_and_says_so(zero_run, tmp_pat
     ckpts = zero_run(1, "z2-fp32") / "checkpoints"
     code = main(["convert", "zero-to-hf", str(ckpts), str(out), "--verify", "--quiet"])
     assert code == 1 and (out / "model.safetensors").is_file()
+
+
+def test_verify_of_a_model_without_sdpa(zero_run, tmp_path):
+    """Gemma 2 has no sdpa in transformers: verify builds it with eager (was a ValueError)."""
+    from natscale.cli.main import main
+
+    out = tmp_path / "hf"
+    ckpts = zero_run(1, "z3-fp32-gemma2") / "checkpoints"
+    config = zero_run(1, "z3-fp32-gemma2") / "hf_config"
+    args = ["convert", "zero-to-hf", str(ckpts), str(out), "--verify", "--quiet"]
+    assert main([*args, "--config-dir", str(config)]) == 0
+    assert (out / "model.safetensors").is_file()
