@@ -54,13 +54,14 @@ def reference_logits(
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from natscale.checkpoint.safety import weights_only_loads
+    from natscale.model.load import sdpa_or_eager
 
     sink = io.StringIO()  # DeepSpeed prints and draws progress bars while it reads
     with weights_only_loads(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
         sd = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
     config = AutoConfig.from_pretrained(out_dir)
     model = AutoModelForCausalLM.from_config(
-        config, dtype=torch.float32, attn_implementation=cpu_attention(config)
+        config, dtype=torch.float32, attn_implementation=sdpa_or_eager(config)
     )
     prefix = strip_wrapper_prefix(list(sd), set(model.state_dict()))
     sd = {k[len(prefix) :]: v for k, v in sd.items()}
@@ -73,13 +74,6 @@ def reference_logits(
     }
     model.load_state_dict(rounded, strict=True)
     return _logits(model, ids_BL), fp32
-
-
-def cpu_attention(config) -> str:
-    """sdpa, or eager for a model class without it (Gemma 2): both exact on CPU."""
-    from natscale.model.load import choose_attn_implementation, model_class
-
-    return choose_attn_implementation("auto", "cpu", model_cls=model_class(config))
 
 
 def verify_export(
@@ -95,6 +89,8 @@ def verify_export(
     from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
+    from natscale.model.load import sdpa_or_eager
+
     hf_logging.disable_progress_bar()
     out_dir, ckpt_dir = Path(out_dir), Path(ckpt_dir)
     config = AutoConfig.from_pretrained(out_dir)
@@ -104,7 +100,7 @@ def verify_export(
     ids_BL = torch.randint(0, config.vocab_size, (num_sequences, seq_len), generator=gen)
     ref_rounded, ref_fp32 = reference_logits(ckpt_dir, tag, out_dir, ids_BL, dtype)
     exported = AutoModelForCausalLM.from_pretrained(
-        out_dir, dtype=torch.float32, attn_implementation=cpu_attention(config)
+        out_dir, dtype=torch.float32, attn_implementation=sdpa_or_eager(config)
     )
     got = _logits(exported, ids_BL)
     del exported

@@ -93,6 +93,12 @@ def supports_attn(cls: type | None, implementation: str) -> bool:
     return cls is None or flag is None or bool(getattr(cls, flag, True))
 
 
+def sdpa_or_eager(config: Any) -> str:
+    """sdpa, or eager for a model class without it (Gemma 2): for unpacked batches, where both
+    are exact (export verification, selftest)."""
+    return "sdpa" if supports_attn(model_class(config), "sdpa") else "eager"
+
+
 def choose_attn_implementation(
     requested: str,
     device_type: str,

@@ -143,9 +143,12 @@ def build_model(model_config: Any, ds_config: dict[str, Any]) -> Any:
     from transformers.integrations import HfDeepSpeedConfig, unset_hf_deepspeed_config
 
     # HfDeepSpeedConfig is looked up through a weak reference: keep it alive while building.
+    from natscale.model.load import sdpa_or_eager
+
     hf_ds = HfDeepSpeedConfig(ds_config)
     try:
-        model = AutoModelForCausalLM.from_config(model_config, attn_implementation="sdpa")
+        attn = sdpa_or_eager(model_config)
+        model = AutoModelForCausalLM.from_config(model_config, attn_implementation=attn)
     except ValueError as exc:
         raise ValueError(
             f"model config {model_config.model_type!r}: not a causal LM ({exc})"

@@ -106,3 +106,17 @@ def test_model_config_errors_name_the_file(tmp_path, text, expected):
 def test_selftest_command_rejects_a_bad_model_config_before_starting(tmp_path, capsys):
     assert main(["selftest", "--model-config", str(tmp_path / "missing")]) == 2
     assert "natscale selftest: --model-config" in capsys.readouterr().err
+
+
+def test_a_model_class_without_sdpa_is_built_with_eager():
+    from transformers import AutoConfig
+
+    from natscale.train.selftest import build_model
+
+    stage2 = deepspeed_config(SelftestOptions(zero_stage=2))  # no zero.Init: no process group
+    fields = {k: v for k, v in TINY_LLAMA.items() if k != "model_type"}
+    config = AutoConfig.for_model("gemma2", **fields, head_dim=8)
+    model = build_model(config, stage2)  # sdpa: transformers' ValueError
+    assert model.config._attn_implementation == "eager"
+    llama = build_model(AutoConfig.for_model(**TINY_LLAMA), stage2)
+    assert llama.config._attn_implementation == "sdpa"
