@@ -11,7 +11,8 @@ MFU (model FLOPs utilisation; docs/training.md gives the derivation):
                + 6 * H * V * trained                    lm_head: only trained tokens reach it
                + 6 * n_layers * d_attn * sum_seg(L_seg^2)   attention, per packed segment, causal-halved
     MFU = flops_step / step_time / world_size / peak_flops_per_device
-N_body counts every parameter except the input embedding and the lm_head; d_attn = heads * head_dim.
+N_body counts every parameter except the input embedding and the lm_head (of a mixture of experts,
+the routed experts a token runs through: num_experts_per_tok / num_experts of them); d_attn = heads * head_dim.
 Activation-checkpointing recompute is not counted (that would be HFU).
 """
 
@@ -54,6 +55,20 @@ def peak_flops(override_tflops: float | None) -> tuple[float | None, str]:
     return None, f"{name} (peak unknown: set logging.peak_tflops for MFU)"
 
 
+def routed_expert_fraction(config: Any) -> float:
+    """The share of a mixture-of-experts layer's routed experts that each token runs through:
+    ``num_experts_per_tok / num_experts`` (Mixtral, Qwen-MoE, DeepSeek, OLMoE, gpt-oss name the
+    count ``num_local_experts``, ``num_experts`` or ``n_routed_experts``); 1 for a dense model.
+    Shared experts and the router are outside the ``experts`` module and always count whole."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    top_k = getattr(text, "num_experts_per_tok", None)
+    names = ("num_local_experts", "num_experts", "n_routed_experts")
+    total = next((getattr(text, k) for k in names if getattr(text, k, None)), None)
+    if not top_k or not total:
+        return 1.0
+    return min(1.0, int(top_k) / int(total))
+
+
 @dataclass(frozen=True)
 class FlopsModel:
     body_params: int
@@ -65,11 +80,21 @@ class FlopsModel:
     @classmethod
     def from_model(cls, lm: torch.nn.Module, config: Any) -> FlopsModel:
         skip = {id(lm.get_input_embeddings().weight), id(lm.get_output_embeddings().weight)}
-        body = sum(getattr(p, "ds_numel", p.numel()) for p in lm.parameters() if id(p) not in skip)
+        active = routed_expert_fraction(config)
+        body = 0.0
+        for name, p in lm.named_parameters():
+            if id(p) in skip:
+                continue
+            numel = getattr(p, "ds_numel", p.numel())  # the whole tensor under ZeRO-3
+            body += numel * active if "experts" in name.split(".") else numel
         heads = config.num_attention_heads
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
         return cls(
-            body, config.hidden_size, config.vocab_size, config.num_hidden_layers, heads * head_dim
+            round(body),
+            config.hidden_size,
+            config.vocab_size,
+            config.num_hidden_layers,
+            heads * head_dim,
         )
 
     def step_flops(self, *, nonpad: float, trained: float, sum_sq_segment_len: float) -> float:

@@ -251,3 +251,28 @@ def test_plot_out_never_replaces_a_png_it_did_not_write(tmp_path, capsys):
     (plots / "loss.png").write_bytes(b"old")  # the run's own folder: replaced
     assert main(["plot", str(tmp_path)]) == 0
     assert (plots / "loss.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_flops_model_of_a_mixture_of_experts_counts_the_experts_a_token_runs_through():
+    """Qwen3-MoE: 8 experts, 2 per token, and Qwen2-MoE's shared expert (always run). Counting
+    all experts would state a model FLOP rate (and MFU) 8/2 times too high in the expert layers."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    dims = {"vocab_size": 96, "hidden_size": 32, "num_hidden_layers": 2}
+    dims |= {"num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8}
+    moe = {"num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 16}
+    for model_type, extra in (
+        ("qwen3_moe", {}),
+        ("qwen2_moe", {"shared_expert_intermediate_size": 24}),
+    ):
+        config = AutoConfig.for_model(model_type, **dims, **moe, **extra)
+        model = AutoModelForCausalLM.from_config(config)
+        flops = FlopsModel.from_model(model, config)
+        h, layers = config.hidden_size, config.num_hidden_layers
+        every_expert = layers * 8 * 3 * h * 16  # gate, up and down of each expert
+        total_body = sum(p.numel() for p in model.parameters()) - 2 * h * config.vocab_size
+        assert flops.body_params == total_body - every_expert + every_expert * 2 // 8, model_type
+    dense = AutoConfig.for_model("llama", **dims)
+    assert FlopsModel.from_model(AutoModelForCausalLM.from_config(dense), dense).body_params == (
+        sum(p.numel() for p in AutoModelForCausalLM.from_config(dense).parameters()) - 2 * 32 * 96
+    )
