@@ -5,10 +5,11 @@ conversion tests and the conversion benchmark use it to make real DeepSpeed chec
 variants share one process group (python and DeepSpeed start once), one engine after the other.
 
 A variant is ``z{stage}-{fp32|bf16}[-tied][-gemma2]``; the tiny models are the shipped example
-configs (``examples/models/tiny-llama[-tied]``; ``-gemma2``: a Gemma 2 of the same sizes). For each it writes ``OUT/<variant>/``:
-``checkpoints/<tag>/`` (DeepSpeed's files, ``checkpoints/latest``), ``hf_config/config.json``
-(as the trainer's run directory holds it) and, on rank 0, ``reference.safetensors``: the model's
-parameters after the last step gathered from the live engine, in the training dtype.
+configs (``examples/models/tiny-llama[-tied]``; ``-gemma2``: a Gemma 2 of the same sizes). For
+each it writes ``OUT/<variant>/``: ``checkpoints/<tag>/`` (DeepSpeed's files,
+``checkpoints/latest``), ``hf_config/config.json`` (as the trainer's run directory holds it) and,
+on rank 0, ``reference.safetensors``: the model's parameters after the last step gathered from the
+live engine, in the training dtype.
 """
 
 from __future__ import annotations
