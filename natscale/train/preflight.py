@@ -71,7 +71,7 @@ def check_run(
             f"model.path: {run.model.path} has no *.safetensors or pytorch_model*.bin weights; "
             "for random init use model.config instead"
         )
-    check_model_class(run, config)
+    check_model_class(run, config, notes)
     num_rows = check_data(run.data.path, vocab_size=config.vocab_size)
     tokenizer_dir = resolve_tokenizer(run, notes)
     if tokenizer_dir is not None:
@@ -339,11 +339,19 @@ SHAPE_FIELDS = (
 )
 
 
-def check_model_class(run: RunConfig, config: Any) -> None:
-    """What the model's class implements: a ``model.attn_implementation`` asked for by name, and
-    ``model.loss: fused`` only for a model whose logits it computes exactly (no logit cap, no
-    lm_head bias: natscale.model.logits). The model is built on the meta device (no memory, no
-    weights read) to see its lm_head."""
+def check_model_class(run: RunConfig, config: Any, notes: list[str]) -> None:
+    """The model's family and class: not one whose packed rows leak across segments (a note for
+    one natscale has not checked: natscale.model.families); a ``model.attn_implementation`` asked
+    for by name that the class implements; ``model.loss: fused`` only for a model whose logits it
+    computes exactly (no logit cap, no lm_head bias: natscale.model.logits). The model is built
+    on the meta device (no memory, no weights read) to see its lm_head."""
+    from natscale.model.families import packing_refusal, unchecked_note
+
+    model_type = str(getattr(config, "model_type", ""))
+    if (refusal := packing_refusal(model_type)) is not None:
+        raise PreflightError(refusal)
+    if (note := unchecked_note(model_type)) is not None:
+        notes.append(note)
     try:  # the device only matters for auto, which never fails
         choose_attn_implementation(
             run.model.attn_implementation, "cpu", model_cls=model_class(config)
