@@ -87,6 +87,7 @@ def test_hung_rank_dumps_its_stack_before_the_timeout(tmp_path):
     assert "in hang_forever" in message and "in barrier" in message
 
 
+@pytest.mark.slow  # the harness's own safety net (30 s of waiting), not natscale's behaviour
 def test_timeout_dumps_stacks_and_kills_the_whole_tree(tmp_path):
     # no in-rank guard: the harness's own timeout must dump (SIGUSR1) and kill every process
     result = run_distributed(
