@@ -120,17 +120,22 @@ def shm_op_inputs(builder: Any) -> list[Path]:
     return files
 
 
+def _shm_op_prebuilt() -> bool:
+    """Whether the op is compiled into the DeepSpeed install (``DS_BUILD_SHM_COMM=1``)."""
+    try:
+        from deepspeed.git_version_info import installed_ops
+    except ImportError:
+        return False
+    return bool(installed_ops.get(SHM_OP, False))
+
+
 def shm_op_needs_build() -> bool:
     """Whether DeepSpeed's next CPU ``init_distributed`` will compile its shm op (never builds)."""
     builder = _shm_builder()
     if builder is None:
         return False
-    try:
-        from deepspeed.git_version_info import installed_ops
-    except ImportError:
-        installed_ops = {}
-    if installed_ops.get(SHM_OP, False):
-        return False  # prebuilt into the DeepSpeed install (DS_BUILD_SHM_COMM=1)
+    if _shm_op_prebuilt():
+        return False
     return needs_build(extensions_root() / SHM_OP, SHM_OP, shm_op_inputs(builder))
 
 
@@ -143,6 +148,27 @@ def announce_shm_op_build() -> bool:
     )
 
 
+def load_shm_op() -> None:
+    """Build or load DeepSpeed's shm op under natscale's build lock (:func:`natscale.ops.builder.
+    build_lock`), ahead of ``deepspeed.init_distributed``, which then finds it built.
+
+    torch guards the build with a ``lock`` file that only the builder removes; a first run
+    stopped during its silent build (Ctrl-C, a timeout) left it, and every later run on the CPU
+    accelerator waited on it in ``init_distributed`` for ever, printing nothing. Under the lock
+    natscale holds, a ``lock`` file is known to be a dead build's, and is removed. Called before
+    any rendezvous: local ranks wait here for each other's build, never for a peer's init."""
+    builder = _shm_builder()
+    if builder is None or not builder.is_compatible() or _shm_op_prebuilt():
+        return
+    from natscale.ops.builder import build_lock
+
+    build_dir = extensions_root() / SHM_OP
+    build_dir.mkdir(parents=True, exist_ok=True)
+    use_natscale_ninja()
+    with build_lock(build_dir):
+        builder.jit_load(verbose=False)
+
+
 def build_shm_op() -> str:
     """Compile (or find) DeepSpeed's shm op in the JIT cache; a one-line result."""
     builder = _shm_builder()
@@ -153,9 +179,8 @@ def build_shm_op() -> str:
     if not shm_op_needs_build():
         return f"{SHM_OP}: already built ({extensions_root() / SHM_OP})"
     announce_build("DeepSpeed's shared-memory all-reduce op", SHM_OP, extensions_root() / SHM_OP)
-    use_natscale_ninja()
     start = time.perf_counter()
-    builder.jit_load(verbose=False)
+    load_shm_op()
     seconds = time.perf_counter() - start
     announce_done(SHM_OP, seconds)
     return f"{SHM_OP}: built in {seconds:.0f} s ({extensions_root() / SHM_OP})"

@@ -109,11 +109,13 @@ def init_distributed(timeout_s: float | None = None) -> DistInfo:
     kwargs = {}
     if timeout_s is not None:
         kwargs["timeout"] = datetime.timedelta(seconds=timeout_s)
-    from natscale.ops.first_build import announce_shm_op_build, use_natscale_ninja
+    from natscale.ops.first_build import announce_shm_op_build, load_shm_op, use_natscale_ninja
 
     use_natscale_ninja()  # DeepSpeed JIT-builds ops from here on (the shm op on CPU)
     if first and get_accelerator().device_name() == "cpu":
-        announce_shm_op_build()  # DeepSpeed compiles it silently on first use (1-3 min)
+        announce_shm_op_build()
+        with _without_op_loaded_line():
+            load_shm_op()  # under natscale's build lock: a killed build's lock file cannot hang us  # DeepSpeed compiles it silently on first use (1-3 min)
     # auto_mpi_discovery=False: rank variables come from map_rank_env, never from `hostname -I`
     with _without_op_loaded_line():
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, **kwargs)

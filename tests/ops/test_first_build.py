@@ -169,3 +169,27 @@ def test_checkout_cache_is_the_default_after_make_install():
     assert use_checkout_op_cache(env) == str(cache) == env["TORCH_EXTENSIONS_DIR"]
     env = {"TORCH_EXTENSIONS_DIR": "/elsewhere"}
     assert use_checkout_op_cache(env) is None and env["TORCH_EXTENSIONS_DIR"] == "/elsewhere"
+
+
+def test_a_killed_shm_op_build_leaves_no_lock_that_hangs_the_next_run(tmp_path):
+    """A first run stopped during DeepSpeed's silent shm-op build left torch's ``lock`` file;
+    every later run then waited on it in init_distributed for ever. natscale loads the op under
+    its own build lock first, which knows such a file is a dead build's."""
+    import shutil
+    import subprocess
+    import sys
+
+    if first_build._shm_builder() is None or first_build.shm_op_needs_build():
+        pytest.skip("DeepSpeed's shm op is not built in this checkout's cache")
+    built = first_build.extensions_root() / first_build.SHM_OP
+    cache = tmp_path / "torch_extensions"
+    shutil.copytree(built, cache / first_build.SHM_OP)  # a copy: ninja finds it up to date
+    (cache / first_build.SHM_OP / "lock").touch()  # what a killed build leaves
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(cache), "DS_ACCELERATOR": "cpu"}
+    code = "from natscale.ops.first_build import load_shm_op; load_shm_op()"
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=240
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "left by a build that did not finish" in proc.stderr
+    assert not (cache / first_build.SHM_OP / "lock").exists()
