@@ -115,7 +115,9 @@ class OpBuilder:
 
         from natscale.ops.first_build import use_natscale_ninja
 
-        use_natscale_ninja()  # the wheel's ninja, also where the virtualenv is not activated
+        # the wheel's ninja, also where the virtualenv is not activated; load() checks here
+        # before every JIT build, so the build runs it too
+        use_natscale_ninja()
         if not is_ninja_available():
             return False, "ninja not found (pip install ninja)"
         return True, f"JIT-buildable with {compiler} + ninja"
@@ -220,19 +222,13 @@ class OpBuilder:
 
         from torch.utils.cpp_extension import load
 
-        from natscale.ops.first_build import (
-            announce_build,
-            announce_done,
-            needs_build,
-            use_natscale_ninja,
-        )
+        from natscale.ops.first_build import announce_build, announce_done, needs_build
 
         build_dir = self.jit_build_dir()
         build_dir.mkdir(parents=True, exist_ok=True)
         building = needs_build(build_dir, self.name, self.build_inputs())
         if building:
             announce_build(self.description(), self.name, build_dir)
-        use_natscale_ninja()
         start = time.perf_counter()
         with _arch_list_env(), build_lock(build_dir):
             module = load(

@@ -113,9 +113,9 @@ def init_distributed(timeout_s: float | None = None) -> DistInfo:
 
     use_natscale_ninja()  # DeepSpeed JIT-builds ops from here on (the shm op on CPU)
     if first and get_accelerator().device_name() == "cpu":
-        announce_shm_op_build()
+        announce_shm_op_build()  # DeepSpeed compiles it silently on first use (1-3 min)
         with _without_op_loaded_line():
-            load_shm_op()  # under natscale's build lock: a killed build's lock file cannot hang us  # DeepSpeed compiles it silently on first use (1-3 min)
+            load_shm_op()  # under natscale's build lock: a killed build's lock file cannot hang us
     # auto_mpi_discovery=False: rank variables come from map_rank_env, never from `hostname -I`
     with _without_op_loaded_line():
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, **kwargs)
