@@ -36,6 +36,11 @@ class ModelSection(_Section):
     """fused: natscale.ops.segment_cross_entropy (lm_head + loss, no [T, V] logits in HF code).
     logits: the HF lm_head materialises fp32 [T, V] logits, then F.cross_entropy (the usual HF
     ``labels`` path; a baseline for benchmarks). Both return the same sums and normalisation."""
+    router_aux_loss_coef: float | None = Field(None, ge=0)
+    """Weight of a mixture-of-experts model's router load-balancing loss (natscale.model.router).
+    Default: what the HF model does, its config's ``router_aux_loss_coef`` when its
+    ``output_router_logits`` is true, else none. 0: none. A model whose HF class computes no
+    such loss is refused when this is positive."""
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSection:

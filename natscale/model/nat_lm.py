@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from natscale.model.logits import LogitTransform, fused_loss_blocker, logit_transform
+from natscale.model.router import resolve_router_aux
 from natscale.ops import IGNORE_INDEX, segment_cross_entropy
 from natscale.ops.segment_ce.reference import per_segment_sums
 
@@ -92,7 +93,14 @@ LOSS_HEADS = {"fused": SegmentLossHead, "logits": LogitsLossHead}
 class NatCausalLM(nn.Module):
     """Wraps an HF ``*ForCausalLM`` for packed, segment-weighted training."""
 
-    def __init__(self, lm: nn.Module, *, flatten_rows: bool = False, loss: str = "fused"):
+    def __init__(
+        self,
+        lm: nn.Module,
+        *,
+        flatten_rows: bool = False,
+        loss: str = "fused",
+        router_aux_loss_coef: float | None = None,
+    ):
         super().__init__()
         if next(lm.named_parameters(recurse=False), None) is not None:
             raise ValueError(f"{type(lm).__name__} holds parameters outside its submodules")
@@ -110,6 +118,8 @@ class NatCausalLM(nn.Module):
             raise ValueError(f"model.loss: fused: {blocker}; set model.loss: logits")
         self.loss = loss
         self.nat_loss = LOSS_HEADS[loss](head, logit_transform(lm.config))
+        # an MoE model's load-balancing loss (natscale.model.router); None: not added
+        self.router_aux = resolve_router_aux(lm, router_aux_loss_coef)
 
     @property
     def hf_model(self) -> nn.Module:
@@ -124,15 +134,20 @@ class NatCausalLM(nn.Module):
             return
         deepspeed.zero.register_external_parameter(self.nat_loss, self.nat_loss._head[0].weight)
 
-    def hidden_states(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
-        """[B, L] ids and restarting positions -> [B*L, H] last hidden states (block-causal)."""
+    def hidden_states(
+        self, input_ids: torch.Tensor, position_ids: torch.Tensor
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+        """[B, L] ids and restarting positions -> ([B*L, H] last hidden states (block-causal),
+        each MoE layer's [B*L, E] router logits when the router loss is on, else None)."""
         num_rows, length = input_ids.shape
         if self.flatten_rows:  # flash-attn varlen reads segments of a single [1, T] row
             input_ids = input_ids.reshape(1, -1)
             position_ids = position_ids.reshape(1, -1)
         base = getattr(self, self._base_name)
-        out = base(input_ids=input_ids, position_ids=position_ids, use_cache=False)
-        return out.last_hidden_state.reshape(num_rows * length, -1)
+        kwargs = {"output_router_logits": True} if self.router_aux is not None else {}
+        out = base(input_ids=input_ids, position_ids=position_ids, use_cache=False, **kwargs)
+        router_logits = out.router_logits if self.router_aux is not None else None
+        return out.last_hidden_state.reshape(num_rows * length, -1), router_logits
 
     def forward(
         self,
@@ -142,10 +157,20 @@ class NatCausalLM(nn.Module):
         token_weight: torch.Tensor,
         cu_seqlens: torch.Tensor,
         num_trained: int | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Returns (weighted loss sum fp32 [], per-segment NLL sum fp32 [S], trained count int32 [S]).
+        nonpad: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Returns (weighted loss sum fp32 [], per-segment NLL sum fp32 [S], trained count int32
+        [S], the unweighted router load-balancing loss [] or None when it is off).
 
         ``num_trained``: the number of targets that are not -100, when known on the host.
+        ``nonpad``: [B*L] bool, the tokens of real segments (the router loss leaves padding out;
+        None: every token counts).
         """
-        hidden_TH = self.hidden_states(input_ids, position_ids)
-        return self.nat_loss(hidden_TH, targets, token_weight, cu_seqlens, num_trained)
+        hidden_TH, router_logits = self.hidden_states(input_ids, position_ids)
+        loss_sum, seg_nll, seg_count = self.nat_loss(
+            hidden_TH, targets, token_weight, cu_seqlens, num_trained
+        )
+        router_aux = None
+        if router_logits is not None:
+            router_aux = self.router_aux(router_logits, nonpad)
+        return loss_sum, seg_nll, seg_count, router_aux

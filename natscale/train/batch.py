@@ -31,6 +31,7 @@ class MicroBatch:
     position_ids_BL: torch.Tensor  # int64
     targets_T: torch.Tensor  # int64, -100 = untrained
     token_weight_T: torch.Tensor  # float32
+    nonpad_T: torch.Tensor  # bool: a token of a real segment (not padding)
     cu_seqlens: torch.Tensor  # int32 [S+1]
     segment_class_S: torch.Tensor  # int64 [S]
     num_slot_tokens: int  # B * L: tokens the model processes, padding included
@@ -47,6 +48,7 @@ class MicroBatch:
             "targets": self.targets_T.to(device, non_blocking=True),
             "token_weight": self.token_weight_T.to(device, non_blocking=True),
             "cu_seqlens": self.cu_seqlens.to(device, non_blocking=True),
+            "nonpad": self.nonpad_T.to(device, non_blocking=True),
         }
 
 
@@ -67,6 +69,7 @@ def collate(
     position_ids = np.zeros((num_rows, length), dtype=np.int64)
     targets = np.full((num_rows, length), IGNORE_INDEX, dtype=np.int64)
     weights = np.zeros((num_rows, length), dtype=np.float32)
+    nonpad = np.zeros((num_rows, length), dtype=bool)
     cu_parts = [np.zeros(1, dtype=np.int64)]
     classes = []
     counts = {"nonpad": 0, "trained": 0, "segments": 0, "sq": 0}
@@ -82,6 +85,7 @@ def collate(
         )
         targets[b, :row_len] = row["targets"]
         cu = np.asarray(row["cu_seqlens"], dtype=np.int64)
+        nonpad[b, : cu[-1]] = True
         weights[b, :row_len] = _token_weights(row, cu, loss_norm, counts)
         cu_parts.append(cu[1:] + b * length)
         classes.append(np.asarray(row["segment_class"], dtype=np.int64))
@@ -91,6 +95,7 @@ def collate(
         position_ids_BL=torch.from_numpy(position_ids),
         targets_T=torch.from_numpy(targets.reshape(-1)),
         token_weight_T=torch.from_numpy(weights.reshape(-1)),
+        nonpad_T=torch.from_numpy(nonpad.reshape(-1)),
         cu_seqlens=torch.from_numpy(np.concatenate(cu_parts).astype(np.int32)),
         segment_class_S=torch.from_numpy(np.concatenate(classes)),
         num_slot_tokens=num_rows * length,

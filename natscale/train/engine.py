@@ -108,7 +108,12 @@ def build_engine(
     lm = build_causal_lm(
         run.model, precision=run.train.precision, attn_implementation=attn, seed=run.train.seed
     )
-    model = NatCausalLM(lm, flatten_rows=attn.startswith("flash"), loss=run.model.loss)
+    model = NatCausalLM(
+        lm,
+        flatten_rows=attn.startswith("flash"),
+        loss=run.model.loss,
+        router_aux_loss_coef=run.model.router_aux_loss_coef,
+    )
     if zero3:
         model.register_zero3_head()
     schedule = functools.partial(lr_multiplier, train=run.train, total_steps=total_steps)

@@ -343,9 +343,11 @@ def check_model_class(run: RunConfig, config: Any, notes: list[str]) -> None:
     """The model's family and class: not one whose packed rows leak across segments (a note for
     one natscale has not checked: natscale.model.families); a ``model.attn_implementation`` asked
     for by name that the class implements; ``model.loss: fused`` only for a model whose logits it
-    computes exactly (no logit cap, no lm_head bias: natscale.model.logits). The model is built
+    computes exactly (no logit cap, no lm_head bias: natscale.model.logits); a positive
+    ``model.router_aux_loss_coef`` only for an MoE model with a router loss. The model is built
     on the meta device (no memory, no weights read) to see its lm_head."""
     from natscale.model.families import packing_refusal, unchecked_note
+    from natscale.model.router import router_aux_refusal
 
     model_type = str(getattr(config, "model_type", ""))
     if (refusal := packing_refusal(model_type)) is not None:
@@ -358,6 +360,10 @@ def check_model_class(run: RunConfig, config: Any, notes: list[str]) -> None:
         )
     except ModelSourceError as exc:
         raise PreflightError(str(exc)) from exc
+    cls = model_class(config)
+    coef = run.model.router_aux_loss_coef
+    if cls is not None and (refusal := router_aux_refusal(config, cls, coef)) is not None:
+        raise PreflightError(refusal)
     if run.model.loss != "fused":
         return
     import torch

@@ -347,19 +347,27 @@ class Trainer:
         counts = self._counts(batches)
         denom_index = 0 if self.run.train.loss_norm == "token" else 1
         scale = self.info.world_size / counts[denom_index].clamp(min=1).to(torch.float32)
+        router = self.bundle.model.router_aux
         loss_acc = torch.zeros((), dtype=torch.float64, device=self.device)
+        router_acc = torch.zeros((), dtype=torch.float64, device=self.device)
         nll_by_class = torch.zeros(num_classes, dtype=torch.float64, device=self.device)
         count_by_class = torch.zeros(num_classes, dtype=torch.float64, device=self.device)
         for mb in batches:
-            loss_sum, seg_nll, seg_count = self.engine(**mb.model_inputs(self.device))
-            self.engine.backward(loss_sum * scale, scale_wrt_gas=False)
+            loss_sum, seg_nll, seg_count, router_aux = self.engine(**mb.model_inputs(self.device))
+            objective = loss_sum * scale
+            if router_aux is not None:
+                # HF adds coef * aux to each batch's mean loss: after DeepSpeed's mean over
+                # ranks, this adds coef * (the step's mean over micro-batches and ranks)
+                objective = objective + router_aux * (router.coef / len(batches))
+                router_acc += router_aux.detach().double()
+            self.engine.backward(objective, scale_wrt_gas=False)
             self.engine.step()
             loss_acc += loss_sum.detach().double()
             cls = mb.segment_class_S.to(self.device)
             nll_by_class.index_add_(0, cls, seg_nll.detach().double())
             count_by_class.index_add_(0, cls, seg_count.double())
         flag = torch.tensor([float(stop.received)], dtype=torch.float64, device=self.device)
-        sums = torch.cat([loss_acc[None], nll_by_class, count_by_class, flag])
+        sums = torch.cat([loss_acc[None], nll_by_class, count_by_class, router_acc[None], flag])
         dist.all_reduce(sums)
         sums = sums.tolist()
         counts = counts.tolist()
@@ -379,6 +387,9 @@ class Trainer:
             "sum_sq_segment_len": counts[4],
             "applied": bool(self.engine.was_step_applied()),
             "grad_norm": self.engine.get_global_grad_norm(),
+            "router_aux_loss": (
+                sums[-2] / (len(batches) * self.info.world_size) if router is not None else None
+            ),
             "stop_requested": sums[-1] > 0,
             "data_time_s": data_time,
         }
@@ -401,6 +412,7 @@ class Trainer:
             "trained_tokens_by_class": out["trained_tokens_by_class"],
             "lr": out["lr"],
             "grad_norm": float(grad_norm) if grad_norm is not None else None,
+            "router_aux_loss": out["router_aux_loss"],
             "skipped": not out["applied"],
             "nonfinite_steps": self.state.nonfinite_steps,
             "tokens": tok,
@@ -621,6 +633,9 @@ class Trainer:
             "device": self.device_label,
             "attn_implementation": self.bundle.attn_implementation,
             "loss_implementation": loss_implementation(self.bundle.model.loss),
+            "router_aux_loss_coef": router.coef
+            if (router := self.bundle.model.router_aux)
+            else None,
             "nonfinite_steps": self.state.nonfinite_steps,
             "checkpoint": str(self.ckpt_dir / latest) if latest else None,
             "hf_export": str(exported) if exported else None,

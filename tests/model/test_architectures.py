@@ -154,7 +154,7 @@ def test_packed_loss_and_gradients_equal_the_hf_models_own(name: str):
     for loss in heads:
         model = NatCausalLM(lm, loss=loss)
         lm.zero_grad()
-        got, seg_nll, _ = model(**mb.model_inputs("cpu"))
+        got, seg_nll, *_ = model(**mb.model_inputs("cpu"))
         got.backward()
         msg = f"{name} with model.loss={loss}"
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4, msg=msg)
@@ -187,7 +187,7 @@ def test_families_whose_packed_rows_leak_still_leak(name: str):
     segs = make_segments(3, seed=5, max_len=12)
     mb = collate([pack(segs, 40)], loss_norm="token", vocab_size=VOCAB)
     with torch.no_grad():
-        _, seg_nll, _ = NatCausalLM(lm, loss="logits")(**mb.model_inputs("cpu"))
+        _, seg_nll, *_ = NatCausalLM(lm, loss="logits")(**mb.model_inputs("cpu"))
         _, alone = _reference(lm, segs)
     torch.testing.assert_close(seg_nll[0], alone[0])  # the first segment has nothing before it
     assert not torch.allclose(seg_nll[1:], torch.stack(alone[1:]), rtol=1e-5, atol=1e-5)

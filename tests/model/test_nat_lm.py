@@ -31,20 +31,20 @@ def _check_packed_row_equals_segments(model: NatCausalLM, device: str) -> None:
     row = pack(segs, 40)
     mb = collate([row], loss_norm="token", vocab_size=96)
     ids, pos = mb.input_ids_BL.to(device), mb.position_ids_BL.to(device)
-    hidden = model.hidden_states(ids, pos)
+    hidden, _ = model.hidden_states(ids, pos)
     head = model.lm_head.weight
-    loss, seg_nll, seg_count = model(**mb.model_inputs(device))
+    loss, seg_nll, seg_count, _ = model(**mb.model_inputs(device))
     cu = row["cu_seqlens"]
     # CUDA kernels tile a 40-token row and a 12-token one differently: fp32 rounding, not leaks
     tol = {"rtol": 2e-4, "atol": 2e-4} if device == "cuda" else {}
     total = torch.zeros((), device=device)
     for i, seg in enumerate(segs):
         alone = collate([pack([seg], len(seg[0]))], loss_norm="token", vocab_size=96)
-        h_alone = model.hidden_states(
+        h_alone, _ = model.hidden_states(
             alone.input_ids_BL.to(device), alone.position_ids_BL.to(device)
         )
         torch.testing.assert_close(hidden[cu[i] : cu[i + 1]] @ head.T, h_alone @ head.T, **tol)
-        l_alone, nll_alone, count_alone = model(**alone.model_inputs(device))
+        l_alone, nll_alone, count_alone, _ = model(**alone.model_inputs(device))
         torch.testing.assert_close(seg_nll[i], nll_alone[0], **tol)
         assert seg_count[i] == count_alone[0]
         total = total + l_alone

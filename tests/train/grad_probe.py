@@ -52,7 +52,8 @@ def probe(config: str, out: str) -> None:
     engine.step = step_and_capture
     result = trainer.train_step(StopSignal())
     if info.rank == 0:
-        torch.save({"grads": grads, "loss": result["loss"], "tokens": result["tokens"]}, out)
+        keys = ("loss", "tokens", "router_aux_loss")
+        torch.save({"grads": grads, **{k: result[k] for k in keys}}, out)
     if trainer.writer is not None:
         trainer.writer.close()
     engine.destroy()

@@ -26,6 +26,7 @@ from tests.mp.harness import RunResult, assert_ok, run_distributed
 from tests.train.train_fixtures import (
     REPO,
     TAG,
+    VOCAB,
     make_segments,
     pack_greedy,
     save_rows,
@@ -288,6 +289,8 @@ def test_gradients_agree_over_ranks_accumulation_and_packing(tmp_path: Path):
         torch.manual_seed(0)
         config = AutoConfig.from_pretrained(tmp_path / f"cfg_{tied}")
         AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / tied)
+    torch.manual_seed(0)  # an MoE with its router loss on (the coefficient comes from --set)
+    AutoModelForCausalLM.from_config(_moe_config()).save_pretrained(tmp_path / "moe")
 
     def probe_args(name: str, model: str, data: str, **train) -> list[str]:
         path = write_run_config(
@@ -298,22 +301,28 @@ def test_gradients_agree_over_ranks_accumulation_and_packing(tmp_path: Path):
                 "path": str(tmp_path / model),
                 "config": None,
                 "activation_checkpointing": train.pop("checkpointing", False),
+                "router_aux_loss_coef": train.pop("router_aux_loss_coef", None),
             },
             data={"shuffle": False, "micro_batch_rows": train.pop("rows", 1)},
             train=train,
         )
         return [str(path), str(tmp_path / f"{name}.pt")]
 
+    def moe_args(name: str, **train) -> list[str]:
+        return probe_args(name, "moe", "packed", router_aux_loss_coef=MOE_COEF, **train)
+
     probe = str(Path(__file__).parent / "grad_probe.py")
     one = probe_args("tied_r1a4", "tied", "packed", grad_accum=4)
     one += probe_args("tied_unpacked", "tied", "unpacked", grad_accum=1, rows=len(step_segments))
     one += probe_args("untied_r1a4", "untied", "packed", grad_accum=4)
     one += probe_args("seq_r1a4", "tied", "packed", grad_accum=4, loss_norm="sequence")
+    one += moe_args("moe_r1a2", grad_accum=2)
     logs = tmp_path / "logs"
     assert_ok(run_distributed(one, launcher="single", nprocs=1, entry=probe, log_dir=logs))
     two = probe_args("tied_r2a2", "tied", "packed", grad_accum=2)
     two += probe_args("untied_r2a2", "untied", "packed", grad_accum=2, checkpointing=True)
     two += probe_args("seq_r2a2", "tied", "packed", grad_accum=2, loss_norm="sequence")
+    two += moe_args("moe_r2a1", grad_accum=1, checkpointing=True)
     # two no-ssh "nodes" of one rank each: the multi-node path
     assert_ok(run_distributed(two, launcher="nossh", nprocs=2, entry=probe, log_dir=logs))
 
@@ -332,6 +341,50 @@ def test_gradients_agree_over_ranks_accumulation_and_packing(tmp_path: Path):
                 torch.testing.assert_close(
                     got["grads"][key], ref, rtol=1e-4, atol=1e-6, msg=f"{name} {key}"
                 )
+    # the router loss is a mean over micro-batches: 1 x 2 and 2 x 1 hold the same two
+    ref_loss, ref_grads = _reference_moe_step(tmp_path / "moe", rows[:2])
+    for name in ("moe_r1a2", "moe_r2a1"):
+        got = torch.load(tmp_path / f"{name}.pt")
+        assert got["loss"] == pytest.approx(ref_loss, rel=1e-6), name
+        assert got["router_aux_loss"] > 0, name
+        assert set(got["grads"]) == set(ref_grads), name
+        for key, ref in ref_grads.items():
+            torch.testing.assert_close(
+                got["grads"][key], ref, rtol=1e-4, atol=1e-6, msg=f"{name} {key}"
+            )
+
+
+MOE_COEF = 0.5  # far above the usual 0.001-0.01, so a wrong router gradient shows
+
+
+def _moe_config():
+    from transformers import AutoConfig
+
+    return AutoConfig.for_model(
+        "qwen3_moe", vocab_size=VOCAB, hidden_size=32, intermediate_size=64,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+        num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
+        max_position_embeddings=256,
+    )  # fmt: skip
+
+
+def _reference_moe_step(model_dir: Path, rows) -> tuple[float, dict[str, torch.Tensor]]:
+    """NLL sum / trained tokens + coef * the mean of the micro-batches' router losses, with
+    NatCausalLM outside DeepSpeed (tests/model/test_router_aux.py checks it against HF)."""
+    from transformers import AutoModelForCausalLM
+
+    from natscale.model.nat_lm import NatCausalLM
+    from natscale.train.batch import collate
+
+    lm = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model = NatCausalLM(lm, router_aux_loss_coef=MOE_COEF)
+    nll, aux, trained = torch.zeros(()), torch.zeros(()), 0
+    for row in rows:
+        mb = collate([row], loss_norm="token", vocab_size=VOCAB)
+        loss_sum, _, _, router_aux = model(**mb.model_inputs("cpu"))
+        nll, aux, trained = nll + loss_sum, aux + router_aux, trained + mb.num_trained_tokens
+    (nll / trained + MOE_COEF * aux / len(rows)).backward()
+    return (nll / trained).item(), {n: p.grad.float() for n, p in model.named_parameters()}
 
 
 def _reference_step(model_dir: Path, segments, norm: str) -> tuple[float, dict[str, torch.Tensor]]:

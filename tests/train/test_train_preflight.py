@@ -585,3 +585,12 @@ def test_a_family_whose_packed_rows_leak_is_refused_and_an_unchecked_one_noted(s
     checks = _check(cfg, f"model.config={tmp / 'internlm3'}")
     assert any("'internlm3' is not among the families natscale checks" in n for n in checks.notes)
     assert not any("not among the families" in n for n in _check(cfg).notes)  # llama: checked
+
+
+def test_a_router_loss_for_a_model_without_one_is_refused(setup, capsys):
+    tmp, cfg = setup
+    assert main(["train", str(cfg), "--set", "model.router_aux_loss_coef=0.01"]) == 2
+    err = capsys.readouterr().err
+    assert "llama (LlamaForCausalLM) computes no router load-balancing loss" in err
+    assert not (tmp / "out").exists() and not dist.is_initialized()
+    _check(cfg, "model.router_aux_loss_coef=0")  # 0 (off) is fine for any model
