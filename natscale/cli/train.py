@@ -246,9 +246,13 @@ def summary_line(s: dict) -> str:
     )
     mfu = "n/a" if s["mfu"] is None else f"{100 * s['mfu']:.1f}%"
     where = s["hf_export"] or s["checkpoint"] or "no checkpoint"
+    coef = s.get("router_aux_loss_coef")
+    router = (
+        f"router loss {num(s.get('final_router_aux_loss'), '.3f')} x {coef:g}; " if coef else ""
+    )
     return (
         f"train: {s['reason']} at step {s['steps']}/{s['total_steps']} in {s['wall_s']:.1f} s; "
-        f"loss {num(s['first_loss'])} -> {num(s['final_loss'])} ({classes}); "
+        f"loss {num(s['first_loss'])} -> {num(s['final_loss'])} ({classes}); {router}"
         f"{s['tokens_seen']['trained']:,} trained tokens; {speed}, MFU {mfu} on "
         f"{s['device']}; skipped {s['nonfinite_steps']}; -> {where}"
     )

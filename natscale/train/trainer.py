@@ -613,6 +613,7 @@ class Trainer:
         mfus = [r["mfu"] for r in timed if r["mfu"] is not None]
         last = records[-1] if records else {}
         latest = self.ckpts.read_latest()
+        router = self.bundle.model.router_aux
         return {
             "status": "completed",
             "reason": reason,
@@ -633,9 +634,8 @@ class Trainer:
             "device": self.device_label,
             "attn_implementation": self.bundle.attn_implementation,
             "loss_implementation": loss_implementation(self.bundle.model.loss),
-            "router_aux_loss_coef": router.coef
-            if (router := self.bundle.model.router_aux)
-            else None,
+            "router_aux_loss_coef": router.coef if router is not None else None,
+            "final_router_aux_loss": last.get("router_aux_loss"),
             "nonfinite_steps": self.state.nonfinite_steps,
             "checkpoint": str(self.ckpt_dir / latest) if latest else None,
             "hf_export": str(exported) if exported else None,
