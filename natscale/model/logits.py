@@ -3,8 +3,9 @@
 Most causal LMs compute ``logits = lm_head(h)``. Some change them first, and natscale's loss
 heads must do the same, or a run trains against other logits than the model predicts with:
 
-- a constant factor: Granite ``logits / logits_scaling``, Cohere ``logits * logit_scale``;
-- a cap: Gemma 2 (and Gemma 3 where set) ``c * tanh(logits / c)`` with
+- a constant factor: Granite ``logits / logits_scaling`` (MiniCPM3 divides the hidden states),
+  HyperCLOVA X ``logits * logits_scaling``, Cohere ``logits * logit_scale``;
+- a cap: Gemma 2 (and Gemma 3, VaultGemma, nanochat where set) ``c * tanh(logits / c)`` with
   ``c = final_logit_softcapping``;
 - a bias in the lm_head itself (Phi-1/2, ``nn.Linear(..., bias=True)``).
 
@@ -22,6 +23,9 @@ from typing import Any
 
 import torch
 from torch import nn
+
+# families whose ``logits_scaling`` multiplies the logits (the others divide them by it)
+MULTIPLY_LOGITS_SCALING = frozenset({"hyperclovax"})
 
 
 @dataclass(frozen=True)
@@ -44,10 +48,12 @@ def logit_transform(config: Any) -> LogitTransform:
     """The transform an HF config asks for (its text config, for a multimodal one)."""
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     scale, fields = 1.0, []
-    divisor = getattr(text, "logits_scaling", None)  # Granite family
-    if divisor is not None and float(divisor) != 1.0:
-        scale /= float(divisor)
-        fields.append(f"logits_scaling={divisor}")
+    # Granite and MiniCPM3 divide by logits_scaling, HyperCLOVA X multiplies
+    scaling = getattr(text, "logits_scaling", None)
+    if scaling is not None and float(scaling) != 1.0:
+        multiplies = getattr(text, "model_type", None) in MULTIPLY_LOGITS_SCALING
+        scale = scale * float(scaling) if multiplies else scale / float(scaling)
+        fields.append(f"logits_scaling={scaling}")
     factor = getattr(text, "logit_scale", None)  # Cohere family
     if isinstance(factor, (int, float)) and float(factor) != 1.0:
         scale *= float(factor)

@@ -110,7 +110,7 @@ class NatCausalLM(nn.Module):
         for name, child in lm.named_children():
             self.add_module(name, child)
         self._lm = [lm]
-        self._base_name = lm.base_model_prefix
+        self._base_name = _base_model_name(lm)
         self.flatten_rows = flatten_rows
         if loss not in LOSS_HEADS:
             raise ValueError(f"model.loss must be one of {sorted(LOSS_HEADS)}, got {loss!r}")
@@ -174,3 +174,17 @@ class NatCausalLM(nn.Module):
         if router_logits is not None:
             router_aux = self.router_aux(router_logits, nonpad)
         return loss_sum, seg_nll, seg_count, router_aux
+
+
+def _base_model_name(lm: nn.Module) -> str:
+    """The name of the child holding the decoder: ``base_model_prefix``, else the one child that
+    is an HF model (Llama 4's prefix is ``language_model``, but its decoder is ``model``)."""
+    from transformers import PreTrainedModel
+
+    prefix = lm.base_model_prefix
+    if isinstance(getattr(lm, prefix, None), nn.Module):
+        return prefix
+    models = [n for n, c in lm.named_children() if isinstance(c, PreTrainedModel)]
+    if len(models) != 1:
+        raise ValueError(f"{type(lm).__name__}: cannot tell which child module is the decoder")
+    return models[0]
