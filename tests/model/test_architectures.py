@@ -36,6 +36,10 @@ BASE = {
     "bos_token_id": 1,
     "eos_token_id": 2,
 }
+MLA = {
+    "q_lora_rank": 16, "kv_lora_rank": 8, "qk_rope_head_dim": 4, "qk_nope_head_dim": 4,
+    "v_head_dim": 8, "num_key_value_heads": 4,
+}  # fmt: skip
 # family -> (config fields beyond BASE, attention backend, loss heads that must train it exactly)
 FAMILIES = {
     "llama": ({}, "sdpa", ("fused", "logits")),
@@ -130,6 +134,24 @@ FAMILIES = {
     "hyperclovax": ({"logits_scaling": 0.25}, "sdpa", ("fused", "logits")),  # multiplies
     "vaultgemma": ({"head_dim": 8, "final_logit_softcapping": 3.0}, "eager", ("logits",)),
     "nanochat": ({"final_logit_softcapping": 3.0}, "sdpa", ("logits",)),
+    # multi-head latent attention (MLA)
+    "deepseek_v2": (
+        {**MLA, "n_routed_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 16,
+         "first_k_dense_replace": 0, "n_group": 1, "topk_group": 1},
+        "sdpa",
+        ("fused", "logits"),
+    ),
+    "minicpm3": (  # divides the hidden states by hidden_size / dim_model_base = 2
+        {**MLA, "scale_emb": 12, "dim_model_base": 16, "scale_depth": 1.4},
+        "sdpa",
+        ("fused", "logits"),
+    ),
+    "dots1": (
+        {"head_dim": 8, "n_routed_experts": 4, "num_experts_per_tok": 2, "n_shared_experts": 1,
+         "moe_intermediate_size": 16, "first_k_dense_replace": 0, "n_group": 1, "topk_group": 1},
+        "sdpa",
+        ("fused", "logits"),
+    ),
 }  # fmt: skip
 GPT = {"vocab_size": VOCAB, "n_embd": 32, "n_layer": 2, "n_head": 4, "n_positions": 128}
 OWN_FIELDS = {
