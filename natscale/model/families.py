@@ -58,7 +58,7 @@ def packing_refusal(model_type: str) -> str | None:
         return None
     return (
         f"model type {model_type!r} cannot be trained on packed rows: {reason}, so a segment "
-        "would attend to the segments before it in its row (docs/training.md#model-families)"
+        "would see the segments before it in its row (docs/training.md#model-families)"
     )
 
 
