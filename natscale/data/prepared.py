@@ -199,3 +199,12 @@ def first_bad_token(dataset: Any, vocab_size: int, column: str = "input_ids") ->
                 return first_row + row, int(ids[pos])
         first_row += len(chunk)
     return -1, -1
+
+
+def longest_row(dataset: Any, column: str = "input_ids") -> int:
+    """The number of tokens of the longest row (one vectorised pass over the list lengths)."""
+    import pyarrow.compute as pc
+
+    table = dataset.data.table if hasattr(dataset.data, "table") else dataset.data
+    longest = pc.max(pc.list_value_length(table.column(column))).as_py()
+    return int(longest or 0)

@@ -13,21 +13,27 @@ before it in its row, silently.
 
 from __future__ import annotations
 
+from typing import Any
+
 CHECKED = frozenset(
     {
         "apertus", "arcee", "codegen", "cohere", "cohere2", "deepseek_v2", "deepseek_v3",
-        "dots1", "ernie4_5", "ernie4_5_moe", "exaone4", "falcon", "flex_olmo", "gemma",
-        "gemma2", "gemma3_text", "glm", "glm4", "glm4_moe", "gpt2", "gpt_bigcode",
-        "gpt_neo", "gpt_neox", "gptj", "granite", "granitemoe", "granitemoeshared",
-        "helium", "hunyuan_v1_dense", "hunyuan_v1_moe", "hyperclovax", "jetmoe", "llama",
-        "llama4_text", "minicpm3", "ministral", "mistral", "mixtral", "nanochat",
-        "nemotron", "olmo", "olmo2", "olmo3", "olmoe", "phi", "phi3", "phimoe", "qwen2",
-        "qwen2_moe", "qwen3", "qwen3_moe", "seed_oss", "smollm3", "stablelm", "starcoder2",
-        "vaultgemma",
+        "deepseek_v32", "dots1", "ernie4_5", "ernie4_5_moe", "exaone4", "falcon",
+        "flex_olmo", "gemma", "gemma2", "gemma3_text", "glm", "glm4", "glm4_moe", "gpt2",
+        "gpt_bigcode", "gpt_neo", "gpt_neox", "gptj", "granite", "granitemoe",
+        "granitemoeshared", "helium", "hunyuan_v1_dense", "hunyuan_v1_moe", "hyperclovax",
+        "jetmoe", "llama", "llama4_text", "minicpm3", "ministral", "mistral", "mixtral",
+        "nanochat", "nemotron", "olmo", "olmo2", "olmo3", "olmoe", "phi", "phi3", "phimoe",
+        "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "seed_oss", "smollm3", "stablelm",
+        "starcoder2", "vaultgemma",
     }
 )  # fmt: skip
 
 _RECURRENT = "its recurrent (state-space) layers carry their state into the next segment"
+_LINEAR = (
+    "its linear-attention layers (Gated DeltaNet and kin) carry their state into the next segment"
+)
+_CONV = "its short convolutions reach into the end of the segment before"
 PACKING_LEAKS = {
     "opt": "its learned positions come from the attention mask, not position_ids",
     "bloom": "its ALiBi biases come from the attention mask, not position_ids",
@@ -45,9 +51,23 @@ PACKING_LEAKS = {
     "zamba2": _RECURRENT,
     "nemotron_h": _RECURRENT,
     "recurrent_gemma": _RECURRENT,
-    "qwen3_next": "its linear-attention (Gated DeltaNet) layers carry their state into the next segment",
+    "qwen3_next": _LINEAR,
     "minimax": "its linear (lightning) attention layers carry their state into the next segment",
-    "lfm2": "its short convolutions reach into the end of the segment before",
+    "lfm2": _CONV,
+    "lfm2_moe": _CONV,
+    "lfm3": _CONV,
+    "zaya": "its convolutional attention layers reach into the end of the segment before",
+    "qwen3_5": _LINEAR,
+    "qwen3_5_text": _LINEAR,
+    "qwen3_5_moe": _LINEAR,
+    "qwen3_5_moe_text": _LINEAR,
+    "qwen4_exp": _LINEAR,
+    "qwen4_exp_text": _LINEAR,
+    "olmo_hybrid": _LINEAR,
+    "kimi_linear": _LINEAR,
+    "bailing_hybrid": _LINEAR,
+    "lara_mini": _LINEAR,
+    "afmoe": "its attention masks are built without position_ids, so the segments are not told apart",
 }
 
 
@@ -70,4 +90,31 @@ def unchecked_note(model_type: str) -> str | None:
         f"model type {model_type!r} is not among the families natscale checks for packed "
         "attention and logits (docs/training.md#model-families); run "
         "tests/model/test_architectures.py with a tiny config of it before a long run"
+    )
+
+
+def index_topk(config: Any) -> int | None:
+    """The keys DeepSeek Sparse Attention keeps per query (None: the model has no such indexer)."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    topk = getattr(text, "index_topk", None)
+    return int(topk) if topk else None
+
+
+def sparse_attention_refusal(config: Any, row_tokens: int | None) -> str | None:
+    """Why packed rows of ``row_tokens`` tokens would mix segments in a model with DeepSeek
+    Sparse Attention (None when they do not). Its indexer keeps the ``index_topk`` best keys of
+    the whole row before the block-causal mask applies, so once a row is longer than
+    ``index_topk`` a token keeps fewer of its own segment's keys than it would alone (measured
+    with transformers 5.25 on CPU: deepseek_v32, glm_moe_dsa and hy_v4 differ at index_topk
+    below the row length and are exact at or above it)."""
+    topk = index_topk(config)
+    if topk is None or (row_tokens is not None and row_tokens <= topk):
+        return None
+    model_type = getattr(config, "model_type", "this model")
+    rows = f"rows of up to {row_tokens} tokens" if row_tokens else "rows of unknown length"
+    return (
+        f"{model_type}'s sparse attention keeps the top index_topk={topk} keys of a whole packed "
+        f"row, whatever their segment, so with {rows} a segment trains on other keys than it "
+        f"would alone; prepare the data with max_seq_len <= {topk} "
+        "(docs/training.md#model-families)"
     )

@@ -30,7 +30,7 @@ from natscale.config.ds_config import (
 )
 from natscale.config.loader import ConfigError
 from natscale.config.run import RunConfig
-from natscale.data.prepared import PreparedDataError, PreparedDir, first_bad_token
+from natscale.data.prepared import PreparedDataError, PreparedDir, first_bad_token, longest_row
 from natscale.data.schema import LEGACY_DTYPES, ROW_FIELDS
 from natscale.model.load import (
     ModelSourceError,
@@ -73,6 +73,7 @@ def check_run(
         )
     check_model_class(run, config, notes)
     num_rows = check_data(run.data.path, vocab_size=config.vocab_size)
+    check_sparse_attention(run.data.path, config)
     tokenizer_dir = resolve_tokenizer(run, notes)
     if tokenizer_dir is not None:
         check_tokenizer(run, tokenizer_dir, config.vocab_size)
@@ -136,6 +137,18 @@ def check_data(path: str, *, vocab_size: int) -> int:
             "model's tokenizer, or train the model it was prepared for)"
         )
     return len(ds)
+
+
+def check_sparse_attention(path: str, config: Any) -> None:
+    """A model with DeepSeek Sparse Attention trains packed rows exactly only when no row is
+    longer than its ``index_topk`` (natscale.model.families.sparse_attention_refusal)."""
+    from natscale.model.families import index_topk, sparse_attention_refusal
+
+    if index_topk(config) is None:
+        return
+    refusal = sparse_attention_refusal(config, longest_row(PreparedDir(path).open()))
+    if refusal is not None:
+        raise PreflightError(f"data.path: {path}: {refusal}")
 
 
 def resolve_tokenizer(run: RunConfig, notes: list[str]) -> Path | None:

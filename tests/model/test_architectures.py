@@ -17,7 +17,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from natscale.data.schema import IGNORE_INDEX
-from natscale.model.families import CHECKED, PACKING_LEAKS
+from natscale.model.families import CHECKED, PACKING_LEAKS, sparse_attention_refusal
 from natscale.model.logits import fused_loss_blocker, logit_transform
 from natscale.model.nat_lm import NatCausalLM
 from natscale.train.batch import collate
@@ -40,6 +40,9 @@ MLA = {
     "q_lora_rank": 16, "kv_lora_rank": 8, "qk_rope_head_dim": 4, "qk_nope_head_dim": 4,
     "v_head_dim": 8, "num_key_value_heads": 4,
 }  # fmt: skip
+DSA = {**MLA, "head_dim": 4, "index_head_dim": 8, "index_n_heads": 2, "n_routed_experts": 4,
+       "num_experts_per_tok": 2, "moe_intermediate_size": 16, "first_k_dense_replace": 0,
+       "n_group": 1, "topk_group": 1}  # fmt: skip
 # family -> (config fields beyond BASE, attention backend, loss heads that must train it exactly)
 FAMILIES = {
     "llama": ({}, "sdpa", ("fused", "logits")),
@@ -146,6 +149,8 @@ FAMILIES = {
         "sdpa",
         ("fused", "logits"),
     ),
+    # DeepSeek Sparse Attention: exact while a row is no longer than index_topk (the test below)
+    "deepseek_v32": ({**DSA, "index_topk": 64}, "sdpa", ("fused", "logits")),
     "dots1": (
         {"head_dim": 8, "n_routed_experts": 4, "num_experts_per_tok": 2, "n_shared_experts": 1,
          "moe_intermediate_size": 16, "first_k_dense_replace": 0, "n_group": 1, "topk_group": 1},
@@ -175,6 +180,7 @@ OWN_FIELDS = {
         "v_head_dim": 8, "n_group": 1, "topk_group": 1,
     },
 }  # fmt: skip
+EXPERTS = {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 16}
 # transformers' attention lets a packed segment see the ones before it (natscale refuses them)
 LEAKING = {
     "opt": {
@@ -227,7 +233,25 @@ LEAKING = {
     },
     "minimax": {**BASE, "num_local_experts": 4, "num_experts_per_tok": 2, "head_dim": 8},
     "lfm2": {**BASE, "layer_types": ["conv", "full_attention"], "conv_L_cache": 3},
+    "lfm2_moe": {
+        **BASE, "layer_types": ["conv", "full_attention"], "conv_L_cache": 3, **EXPERTS,
+        "num_dense_layers": 0,
+    },
+    "lfm3": {**BASE, "head_dim": 8},
+    "zaya": {**BASE, "head_dim": 8, **EXPERTS, "num_experts_per_tok": 1},
+    "qwen3_5_text": {**BASE, "head_dim": 8},
+    "qwen3_5_moe_text": {**BASE, "head_dim": 8, **EXPERTS, "shared_expert_intermediate_size": 16},
+    "qwen4_exp_text": {**BASE, "head_dim": 8, **EXPERTS, "shared_expert_intermediate_size": 16},
+    "olmo_hybrid": {**BASE, "head_dim": 8},
+    "kimi_linear": {**BASE, **EXPERTS, "num_experts_per_token": 2},
+    "bailing_hybrid": {**BASE, "head_dim": 8},
+    "lara_mini": {**BASE, "head_dim": 8, **EXPERTS, "shared_expert_intermediate_size": 16},
+    "afmoe": {**BASE, "head_dim": 8, **EXPERTS, "num_dense_layers": 0, "sliding_window": 4},
 }  # fmt: skip
+# multimodal families refused with their text model, whose class is the same (their config
+# nests a full-size text config that this test does not build)
+LEAKING_AS = {"qwen3_5": "qwen3_5_text", "qwen3_5_moe": "qwen3_5_moe_text",
+              "qwen4_exp": "qwen4_exp_text"}  # fmt: skip
 ISOLATED = 1e-5  # relative hidden-state difference of a segment packed vs alone (fp32 noise: 1e-7)
 
 
@@ -309,7 +333,8 @@ def test_packed_loss_and_gradients_equal_the_hf_models_own(name: str):
 
 def test_the_checked_families_are_the_ones_natscale_lists():
     assert set(FAMILIES) == CHECKED
-    assert not set(LEAKING) & CHECKED and set(LEAKING) == set(PACKING_LEAKS)
+    assert not set(LEAKING) & CHECKED and set(LEAKING) | set(LEAKING_AS) == set(PACKING_LEAKS)
+    assert set(LEAKING_AS.values()) <= set(LEAKING)
 
 
 @pytest.mark.parametrize("name", sorted(LEAKING))
@@ -346,3 +371,17 @@ def test_transforms_read_from_the_config():
     assert logit_transform(gemma2).softcap == 30.0
     plain = logit_transform(AutoConfig.for_model("llama"))
     assert plain.scale == 1.0 and plain.softcap is None and plain.fields == ()
+
+
+@pytest.mark.parametrize("name", ["deepseek_v32", "glm_moe_dsa"])
+def test_sparse_attention_mixes_segments_once_a_row_exceeds_index_topk(name: str):
+    """The indexer keeps the top ``index_topk`` keys of the whole row: rows no longer than that
+    are exact, longer ones are not (preflight refuses data whose rows exceed it)."""
+    segs = make_segments(3, seed=5, max_len=12)
+    mb = collate([pack(segs, 40)], loss_norm="token", vocab_size=VOCAB)
+    for topk, exact in ((40, True), (8, False)):
+        config = AutoConfig.for_model(name, **{**BASE, **DSA, "index_topk": topk})
+        torch.manual_seed(0)
+        lm = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").float().eval()
+        assert (max(_hidden_differences(lm, segs, mb)) < ISOLATED) == exact, f"index_topk={topk}"
+        assert (sparse_attention_refusal(config, 40) is None) == exact

@@ -594,3 +594,21 @@ def test_a_router_loss_for_a_model_without_one_is_refused(setup, capsys):
     assert "llama (LlamaForCausalLM) computes no router load-balancing loss" in err
     assert not (tmp / "out").exists() and not dist.is_initialized()
     _check(cfg, "model.router_aux_loss_coef=0")  # 0 (off) is fine for any model
+
+
+def test_sparse_attention_is_refused_for_rows_longer_than_its_index_topk(setup):
+    import json
+
+    from tests.model.test_architectures import DSA
+
+    tmp, cfg = setup
+    base = json.loads((tmp / "model" / "config.json").read_text())
+    for topk in (32, 64):  # the rows hold up to 64 tokens
+        (tmp / f"dsa{topk}").mkdir()
+        fields = {**base, **DSA, "model_type": "deepseek_v32", "index_topk": topk}
+        (tmp / f"dsa{topk}" / "config.json").write_text(json.dumps(fields))
+    with pytest.raises(
+        PreflightError, match=r"index_topk=32 .* prepare the data with max_seq_len <= 32"
+    ):
+        _check(cfg, f"model.config={tmp / 'dsa32'}")
+    _check(cfg, f"model.config={tmp / 'dsa64'}")
