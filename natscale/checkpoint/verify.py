@@ -89,7 +89,7 @@ def verify_export(
     from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
-    from natscale.model.load import sdpa_or_eager
+    from natscale.model.load import sdpa_or_eager, text_config
 
     hf_logging.disable_progress_bar()
     out_dir, ckpt_dir = Path(out_dir), Path(ckpt_dir)
@@ -97,7 +97,8 @@ def verify_export(
     dtype = getattr(config, "dtype", None) or torch.float32
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     gen = torch.Generator().manual_seed(seed)
-    ids_BL = torch.randint(0, config.vocab_size, (num_sequences, seq_len), generator=gen)
+    vocab_size = text_config(config).vocab_size
+    ids_BL = torch.randint(0, vocab_size, (num_sequences, seq_len), generator=gen)
     ref_rounded, ref_fp32 = reference_logits(ckpt_dir, tag, out_dir, ids_BL, dtype)
     exported = AutoModelForCausalLM.from_pretrained(
         out_dir, dtype=torch.float32, attn_implementation=sdpa_or_eager(config)

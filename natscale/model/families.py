@@ -15,11 +15,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from natscale.model.load import text_config
+
 CHECKED = frozenset(
     {
         "apertus", "arcee", "codegen", "cohere", "cohere2", "deepseek_v2", "deepseek_v3",
         "deepseek_v32", "dots1", "ernie4_5", "ernie4_5_moe", "exaone4", "falcon",
-        "flex_olmo", "gemma", "gemma2", "gemma3_text", "glm", "glm4", "glm4_moe", "gpt2",
+        "flex_olmo", "gemma", "gemma2", "gemma3", "gemma3_text", "glm", "glm4", "glm4_moe", "gpt2",
         "gpt_bigcode", "gpt_neo", "gpt_neox", "gptj", "granite", "granitemoe",
         "granitemoeshared", "helium", "hunyuan_v1_dense", "hunyuan_v1_moe", "hyperclovax",
         "jetmoe", "llama", "llama4_text", "minicpm3", "ministral", "mistral", "mixtral",
@@ -95,7 +97,7 @@ def unchecked_note(model_type: str) -> str | None:
 
 def index_topk(config: Any) -> int | None:
     """The keys DeepSeek Sparse Attention keeps per query (None: the model has no such indexer)."""
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    text = text_config(config)
     topk = getattr(text, "index_topk", None)
     return int(topk) if topk else None
 

@@ -77,6 +77,12 @@ _SUPPORT_FLAGS = {
 }
 
 
+def text_config(config: Any) -> Any:
+    """The config of the language model: the config itself, or a multimodal model's text config
+    (Gemma 3's ``vocab_size`` and ``hidden_size`` live in ``config.text_config``)."""
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
 def model_class(config: Any) -> type | None:
     """The ``*ForCausalLM`` class transformers builds for ``config`` (None if it has none)."""
     from transformers import AutoModelForCausalLM

@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from natscale.model.load import text_config
+
 # families whose ``logits_scaling`` multiplies the logits (the others divide them by it)
 MULTIPLY_LOGITS_SCALING = frozenset({"hyperclovax"})
 
@@ -46,7 +48,7 @@ class LogitTransform:
 
 def logit_transform(config: Any) -> LogitTransform:
     """The transform an HF config asks for (its text config, for a multimodal one)."""
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    text = text_config(config)
     scale, fields = 1.0, []
     # Granite and MiniCPM3 divide by logits_scaling, HyperCLOVA X multiplies
     scaling = getattr(text, "logits_scaling", None)

@@ -17,6 +17,7 @@ from natscale.model.load import (
     choose_attn_implementation,
     load_hf_config,
     model_class,
+    text_config,
 )
 from natscale.model.nat_lm import NatCausalLM
 
@@ -96,7 +97,8 @@ def build_engine(
     from transformers.integrations import HfDeepSpeedConfig
 
     hf_config = load_hf_config(run.model)
-    ds = resolve_ds_config(run, world_size=world_size, hidden_size=hf_config.hidden_size)
+    hidden_size = text_config(hf_config).hidden_size
+    ds = resolve_ds_config(run, world_size=world_size, hidden_size=hidden_size)
     if load_universal:
         ds = deep_merge(ds, {"checkpoint": {"load_universal": True}})
     zero3 = zero_stage(ds) == 3

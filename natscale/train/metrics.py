@@ -30,6 +30,7 @@ import torch
 
 from natscale.atomic import atomic_write_text
 from natscale.checkpoint.layout import RunDir
+from natscale.model.load import text_config
 
 # dense bf16 tensor-core peak, FLOP/s per device (datasheets); first match on the device name wins
 PEAK_BF16_FLOPS: list[tuple[str, float]] = [
@@ -60,7 +61,7 @@ def routed_expert_fraction(config: Any) -> float:
     ``num_experts_per_tok / num_experts`` (Mixtral, Qwen-MoE, DeepSeek, OLMoE, gpt-oss name the
     count ``num_local_experts``, ``num_experts`` or ``n_routed_experts``); 1 for a dense model.
     Shared experts and the router are outside the ``experts`` module and always count whole."""
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    text = text_config(config)
     top_k = getattr(text, "num_experts_per_tok", None)
     names = ("num_local_experts", "num_experts", "n_routed_experts")
     total = next((getattr(text, k) for k in names if getattr(text, k, None)), None)
@@ -81,20 +82,19 @@ class FlopsModel:
     def from_model(cls, lm: torch.nn.Module, config: Any) -> FlopsModel:
         skip = {id(lm.get_input_embeddings().weight), id(lm.get_output_embeddings().weight)}
         active = routed_expert_fraction(config)
+        # the language model only: a multimodal model's vision tower does not run on text
+        decoder = lm.get_decoder() if hasattr(lm, "get_decoder") else lm
         body = 0.0
-        for name, p in lm.named_parameters():
+        for name, p in decoder.named_parameters():
             if id(p) in skip:
                 continue
             numel = getattr(p, "ds_numel", p.numel())  # the whole tensor under ZeRO-3
             body += numel * active if "experts" in name.split(".") else numel
-        heads = config.num_attention_heads
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        text = text_config(config)
+        heads = text.num_attention_heads
+        head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
         return cls(
-            round(body),
-            config.hidden_size,
-            config.vocab_size,
-            config.num_hidden_layers,
-            heads * head_dim,
+            round(body), text.hidden_size, text.vocab_size, text.num_hidden_layers, heads * head_dim
         )
 
     def step_flops(self, *, nonpad: float, trained: float, sum_sq_segment_len: float) -> float:

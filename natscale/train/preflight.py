@@ -38,6 +38,7 @@ from natscale.model.load import (
     has_weights,
     load_hf_config,
     model_class,
+    text_config,
 )
 from natscale.train.metrics import MetricsFileError, parse_metrics
 
@@ -72,12 +73,13 @@ def check_run(
             "for random init use model.config instead"
         )
     check_model_class(run, config, notes)
-    num_rows = check_data(run.data.path, vocab_size=config.vocab_size)
+    text = text_config(config)  # a multimodal model's language model
+    num_rows = check_data(run.data.path, vocab_size=text.vocab_size)
     check_sparse_attention(run.data.path, config)
     tokenizer_dir = resolve_tokenizer(run, notes)
     if tokenizer_dir is not None:
-        check_tokenizer(run, tokenizer_dir, config.vocab_size)
-    check_ds_config(run, hidden_size=config.hidden_size)
+        check_tokenizer(run, tokenizer_dir, text.vocab_size)
+    check_ds_config(run, hidden_size=text.hidden_size)
     inputs = {
         "model.path": run.model.path,
         "model.config": run.model.config,
@@ -96,7 +98,7 @@ def check_run(
     )
     if not fresh:  # --fresh moves them to previous-<time>/ first
         check_start_files(run)
-    return Preflight(config.vocab_size, config.hidden_size, num_rows, tokenizer_dir, notes)
+    return Preflight(text.vocab_size, text.hidden_size, num_rows, tokenizer_dir, notes)
 
 
 def check_data(path: str, *, vocab_size: int) -> int:

@@ -180,6 +180,8 @@ def run_selftest(opts: SelftestOptions, info: DistInfo, *, started: float) -> Ra
     import torch
     from tqdm import tqdm
 
+    from natscale.model.load import text_config
+
     # DeepSpeed calls torch's deprecated all_gather_into_tensor / reduce_scatter_tensor every step.
     warnings.filterwarnings("ignore", r"`torch\.distributed\.\w+` is deprecated", FutureWarning)
     if opts.steps < 2:
@@ -196,7 +198,7 @@ def run_selftest(opts: SelftestOptions, info: DistInfo, *, started: float) -> Ra
     # int64 [micro_batch, seq_len]; different tokens per rank, the same batch every step
     gen = torch.Generator().manual_seed(opts.seed + info.rank)
     input_ids = torch.randint(
-        0, model_config.vocab_size, (opts.micro_batch, opts.seq_len), generator=gen
+        0, text_config(model_config).vocab_size, (opts.micro_batch, opts.seq_len), generator=gen
     )
     losses = []
     for _ in tqdm(

@@ -59,6 +59,7 @@ FAMILIES = {
     "olmo2": ({}, "sdpa", ("fused", "logits")),
     "gemma": ({"head_dim": 8}, "sdpa", ("fused", "logits")),
     "gemma3_text": ({"head_dim": 8, "sliding_window": 4}, "sdpa", ("fused", "logits")),
+    "gemma3": ({}, "sdpa", ("fused", "logits")),  # OWN_FIELDS: a text and a vision config
     "granite": ({"logits_scaling": 4.0}, "sdpa", ("fused", "logits")),
     "cohere": ({"logit_scale": 0.5}, "sdpa", ("fused", "logits")),
     # a cap and a bias: the fused loss refuses them, the logits head applies them
@@ -172,6 +173,12 @@ OWN_FIELDS = {
     "falcon": {
         "vocab_size": VOCAB, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
         "new_decoder_architecture": False,
+    },
+    "gemma3": {  # the multimodal model (Gemma 3 4B and up), text only
+        "text_config": {**BASE, "head_dim": 8, "sliding_window": 4},
+        "vision_config": {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+                          "num_attention_heads": 2, "image_size": 28, "patch_size": 14},
+        "mm_tokens_per_image": 4,
     },
     "deepseek_v3": {
         **BASE, "num_hidden_layers": 1, "num_key_value_heads": 4, "n_routed_experts": 4,

@@ -612,3 +612,18 @@ def test_sparse_attention_is_refused_for_rows_longer_than_its_index_topk(setup):
     ):
         _check(cfg, f"model.config={tmp / 'dsa32'}")
     _check(cfg, f"model.config={tmp / 'dsa64'}")
+
+
+def test_a_multimodal_model_is_sized_by_its_text_config(setup):
+    import json
+
+    from tests.model.test_architectures import OWN_FIELDS
+
+    tmp, cfg = setup
+    (tmp / "gemma3").mkdir()
+    fields = {"model_type": "gemma3", **OWN_FIELDS["gemma3"]}
+    (tmp / "gemma3" / "config.json").write_text(json.dumps(fields))
+    checks = _check(cfg, f"model.config={tmp / 'gemma3'}")
+    text = OWN_FIELDS["gemma3"]["text_config"]
+    assert (checks.vocab_size, checks.hidden_size) == (text["vocab_size"], text["hidden_size"])
+    assert not any("not among the families" in n for n in checks.notes)

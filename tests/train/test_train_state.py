@@ -276,3 +276,22 @@ def test_flops_model_of_a_mixture_of_experts_counts_the_experts_a_token_runs_thr
     assert FlopsModel.from_model(AutoModelForCausalLM.from_config(dense), dense).body_params == (
         sum(p.numel() for p in AutoModelForCausalLM.from_config(dense).parameters()) - 2 * 32 * 96
     )
+
+
+def test_flops_model_of_a_multimodal_model_counts_its_language_model():
+    """Gemma 3 (4B and up) is a multimodal model: its sizes live in ``text_config`` and its
+    vision tower does not run on the text natscale trains."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from tests.model.test_architectures import OWN_FIELDS
+
+    config = AutoConfig.for_model("gemma3", **OWN_FIELDS["gemma3"])
+    model = AutoModelForCausalLM.from_config(config)
+    flops = FlopsModel.from_model(model, config)
+    text = config.text_config
+    assert (flops.hidden_size, flops.vocab_size) == (text.hidden_size, text.vocab_size)
+    decoder = model.get_decoder()
+    embed = decoder.get_input_embeddings().weight.numel()
+    assert flops.body_params == sum(p.numel() for p in decoder.parameters()) - embed
+    vision = sum(p.numel() for n, p in model.named_parameters() if "vision" in n)
+    assert vision > 0 and flops.body_params < sum(p.numel() for p in model.parameters()) - vision
