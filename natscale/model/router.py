@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from natscale.model.load import text_config
+
 
 @dataclass(frozen=True)
 class RouterAux:
@@ -48,6 +50,7 @@ def router_loss_fn(model_cls: type) -> Callable[..., torch.Tensor] | None:
 
 def router_aux_default(config: Any) -> float | None:
     """The coefficient the HF model itself would use (None when it adds no router loss)."""
+    config = text_config(config)  # a multimodal MoE keeps them in its text config
     if not getattr(config, "output_router_logits", False):
         return None
     coef = getattr(config, "router_aux_loss_coef", None)
