@@ -21,13 +21,13 @@ CHECKED = frozenset(
     {
         "apertus", "arcee", "codegen", "cohere", "cohere2", "deepseek_v2", "deepseek_v3",
         "deepseek_v32", "dots1", "ernie4_5", "ernie4_5_moe", "exaone4", "falcon",
-        "flex_olmo", "gemma", "gemma2", "gemma3", "gemma3_text", "glm", "glm4", "glm4_moe", "gpt2",
-        "gpt_bigcode", "gpt_neo", "gpt_neox", "gptj", "granite", "granitemoe",
-        "granitemoeshared", "helium", "hunyuan_v1_dense", "hunyuan_v1_moe", "hyperclovax",
-        "jetmoe", "llama", "llama4_text", "minicpm3", "ministral", "mistral", "mixtral",
-        "nanochat", "nemotron", "olmo", "olmo2", "olmo3", "olmoe", "phi", "phi3", "phimoe",
-        "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "seed_oss", "smollm3", "stablelm",
-        "starcoder2", "vaultgemma",
+        "flex_olmo", "gemma", "gemma2", "gemma3", "gemma3_text", "gemma4", "gemma4_text",
+        "glm", "glm4", "glm4_moe", "gpt2", "gpt_bigcode", "gpt_neo", "gpt_neox", "gptj",
+        "granite", "granitemoe", "granitemoeshared", "helium", "hunyuan_v1_dense",
+        "hunyuan_v1_moe", "hyperclovax", "jetmoe", "llama", "llama4_text", "minicpm3",
+        "ministral", "mistral", "mixtral", "nanochat", "nemotron", "olmo", "olmo2", "olmo3",
+        "olmoe", "phi", "phi3", "phimoe", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe",
+        "seed_oss", "smollm3", "stablelm", "starcoder2", "vaultgemma",
     }
 )  # fmt: skip
 

@@ -40,6 +40,8 @@ MLA = {
     "q_lora_rank": 16, "kv_lora_rank": 8, "qk_rope_head_dim": 4, "qk_nope_head_dim": 4,
     "v_head_dim": 8, "num_key_value_heads": 4,
 }  # fmt: skip
+GEMMA4 = {"head_dim": 8, "sliding_window": 4, "vocab_size_per_layer_input": 96,
+          "hidden_size_per_layer_input": 8, "layer_types": ["sliding_attention", "full_attention"]}  # fmt: skip
 DSA = {**MLA, "head_dim": 4, "index_head_dim": 8, "index_n_heads": 2, "n_routed_experts": 4,
        "num_experts_per_tok": 2, "moe_intermediate_size": 16, "first_k_dense_replace": 0,
        "n_group": 1, "topk_group": 1}  # fmt: skip
@@ -60,6 +62,8 @@ FAMILIES = {
     "gemma": ({"head_dim": 8}, "sdpa", ("fused", "logits")),
     "gemma3_text": ({"head_dim": 8, "sliding_window": 4}, "sdpa", ("fused", "logits")),
     "gemma3": ({}, "sdpa", ("fused", "logits")),  # OWN_FIELDS: a text and a vision config
+    "gemma4_text": ({**GEMMA4}, "sdpa", ("fused", "logits")),
+    "gemma4": ({}, "sdpa", ("logits",)),  # OWN_FIELDS: with a logit cap
     "granite": ({"logits_scaling": 4.0}, "sdpa", ("fused", "logits")),
     "cohere": ({"logit_scale": 0.5}, "sdpa", ("fused", "logits")),
     # a cap and a bias: the fused loss refuses them, the logits head applies them
@@ -173,6 +177,11 @@ OWN_FIELDS = {
     "falcon": {
         "vocab_size": VOCAB, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
         "new_decoder_architecture": False,
+    },
+    "gemma4": {
+        "text_config": {**BASE, **GEMMA4, "final_logit_softcapping": 3.0},
+        "vision_config": {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+                          "num_attention_heads": 2},
     },
     "gemma3": {  # the multimodal model (Gemma 3 4B and up), text only
         "text_config": {**BASE, "head_dim": 8, "sliding_window": 4},
