@@ -131,8 +131,10 @@ class RenderConfig(_Strict):
 
 class PackConfig(_Strict):
     max_seq_len: int = Field(4096, ge=8)
-    algorithm: Literal["bfd_repair", "bfd", "ffd"] = Field(
-        "bfd_repair", description="bfd_repair = best-fit decreasing + local-search repair"
+    algorithm: Literal["bfd_repair", "bfd", "ffd", "none"] = Field(
+        "bfd_repair",
+        description="bfd_repair = best-fit decreasing + local-search repair; none = one example "
+        "per row (for model families natscale cannot train on packed rows)",
     )
     overlong: Literal["truncate", "drop"] = "truncate"
     window_examples: int = Field(

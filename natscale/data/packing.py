@@ -5,10 +5,11 @@ best-fit-decreasing (``bfd``: the row with the least room that still fits), both
 (the default, ``bfd_repair``) best-fit-decreasing followed by the bounded local-search repair of
 ``packing_search.py``, which stops at the Martello-Toth L2 lower bound on the number of rows
 (above ``GROUP_ROWS`` rows holding ``FILL_MIN_ITEMS`` or more examples on average, the repair
-starts from ``fill_sizes``'s plan instead where that has fewer rows).
-Equal lengths are ordered by a seeded shuffle and the rows are shuffled with the same seed, so the
-plan is deterministic for a seed; within a row the examples go longest first. ``build_rows`` lays the examples of each row
-back to back and pads the end::
+starts from ``fill_sizes``'s plan instead where that has fewer rows); ``none`` puts each
+example in a row of its own (for model families whose layers carry state across segments:
+``natscale.model.families``). Equal lengths are ordered by a seeded shuffle and the rows are
+shuffled with the same seed, so the plan is deterministic for a seed; within a row the examples
+go longest first. ``build_rows`` lays the examples of each row back to back and pads the end::
 
     input_ids     a0 a1 a2 b0 b1 b2 b3 pad     targets  a1 a2 -- b1 b2 b3 -- --
     position_ids   0  1  2  0  1  2  3   0     cu_seqlens [0, 3, 7]
@@ -36,7 +37,7 @@ from natscale.data.packing_search import (
 )
 from natscale.data.schema import IGNORE_INDEX
 
-ALGORITHMS = ("bfd_repair", "bfd", "ffd")
+ALGORITHMS = ("bfd_repair", "bfd", "ffd", "none")
 DEFAULT_ALGORITHM = "bfd_repair"
 
 
@@ -54,6 +55,10 @@ def plan_bins(
             "truncate or drop it before packing"
         )
     rng = random.Random(seed)
+    if algorithm == "none":  # one example per row, for models that cannot take packed rows
+        bins = [[i] for i in range(len(lengths))]
+        rng.shuffle(bins)
+        return bins
     order = list(range(len(lengths)))
     rng.shuffle(order)
     order.sort(key=lambda i: -lengths[i])  # stable: ties keep the seeded order

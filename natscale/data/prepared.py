@@ -208,3 +208,12 @@ def longest_row(dataset: Any, column: str = "input_ids") -> int:
     table = dataset.data.table if hasattr(dataset.data, "table") else dataset.data
     longest = pc.max(pc.list_value_length(table.column(column))).as_py()
     return int(longest or 0)
+
+
+def most_segments(dataset: Any) -> int:
+    """The most segments (examples) any row holds: 1 for ``pack.algorithm: none`` data."""
+    import pyarrow.compute as pc
+
+    table = dataset.data.table if hasattr(dataset.data, "table") else dataset.data
+    longest = pc.max(pc.list_value_length(table.column("cu_seqlens"))).as_py()
+    return max(int(longest or 1) - 1, 0)

@@ -117,6 +117,6 @@ def sparse_attention_refusal(config: Any, row_tokens: int | None) -> str | None:
     return (
         f"{model_type}'s sparse attention keeps the top index_topk={topk} keys of a whole packed "
         f"row, whatever their segment, so with {rows} a segment trains on other keys than it "
-        f"would alone; prepare the data with max_seq_len <= {topk} "
-        "(docs/training.md#model-families)"
+        f"would alone (docs/training.md#model-families); or prepare the data with max_seq_len "
+        f"<= {topk}"
     )

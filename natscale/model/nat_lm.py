@@ -135,12 +135,16 @@ class NatCausalLM(nn.Module):
         deepspeed.zero.register_external_parameter(self.nat_loss, self.nat_loss._head[0].weight)
 
     def hidden_states(
-        self, input_ids: torch.Tensor, position_ids: torch.Tensor
+        self, input_ids: torch.Tensor, position_ids: torch.Tensor, *, packed: bool = True
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
         """[B, L] ids and restarting positions -> ([B*L, H] last hidden states (block-causal),
-        each MoE layer's [B*L, E] router logits when the router loss is on, else None)."""
+        each MoE layer's [B*L, E] router logits when the router loss is on, else None).
+
+        ``packed``: some row holds more than one segment. Rows of one segment each are never
+        flattened: each row is then one causal sequence under every backend, which is what the
+        families that cannot take packed rows need (a recurrent layer would run across rows)."""
         num_rows, length = input_ids.shape
-        if self.flatten_rows:  # flash-attn varlen reads segments of a single [1, T] row
+        if self.flatten_rows and packed:  # flash-attn varlen reads segments of one [1, T] row
             input_ids = input_ids.reshape(1, -1)
             position_ids = position_ids.reshape(1, -1)
         base = getattr(self, self._base_name)
@@ -166,7 +170,8 @@ class NatCausalLM(nn.Module):
         ``nonpad``: [B*L] bool, the tokens of real segments (the router loss leaves padding out;
         None: every token counts).
         """
-        hidden_TH, router_logits = self.hidden_states(input_ids, position_ids)
+        packed = cu_seqlens.numel() - 1 > input_ids.shape[0]  # more segments than rows
+        hidden_TH, router_logits = self.hidden_states(input_ids, position_ids, packed=packed)
         loss_sum, seg_nll, seg_count = self.nat_loss(
             hidden_TH, targets, token_weight, cu_seqlens, num_trained
         )

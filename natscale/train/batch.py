@@ -2,7 +2,9 @@
 
 Legend: B rows in the micro-batch, L the longest row, T = B * L flattened tokens, S segments of all
 rows. Rows shorter than L are padded at the end (padding continues the position count, so it forms
-its own attention block and never joins a real segment; its targets are -100).
+its own attention block and never joins a real segment; its targets are -100). Rows of one
+segment each (``pack.algorithm: none``) are first cut to the longest segment: their own padding,
+after the segment, changes nothing a causal model computes for it.
 
 ``cu_seqlens`` of the micro-batch indexes the flattened [T] tokens. The first segment of row b>0
 starts at ``b * L``, not at the end of row b-1's last segment: the padding between them is folded
@@ -64,6 +66,10 @@ def collate(
     if loss_norm not in ("token", "sequence"):
         raise ValueError(f"loss_norm must be 'token' or 'sequence', got {loss_norm!r}")
     length = max(len(r["input_ids"]) for r in rows)
+    if all(len(r["cu_seqlens"]) == 2 for r in rows):
+        # one example per row (pack.algorithm: none): the rows' own padding is never computed
+        length = max(int(r["cu_seqlens"][-1]) for r in rows)
+        rows = [_trimmed(r, length) for r in rows]
     num_rows = len(rows)
     input_ids = np.full((num_rows, length), pad_id, dtype=np.int64)
     position_ids = np.zeros((num_rows, length), dtype=np.int64)
@@ -104,6 +110,14 @@ def collate(
         num_trained_segments=counts["segments"],
         sum_sq_segment_len=counts["sq"],
     )
+
+
+def _trimmed(row: dict[str, Any], length: int) -> dict[str, Any]:
+    """A one-segment row without the padding past ``length`` (its segment ends before it)."""
+    if len(row["input_ids"]) <= length:
+        return row
+    cut = ("input_ids", "position_ids", "targets")
+    return {k: (v[:length] if k in cut else v) for k, v in row.items()}
 
 
 def _token_weights(

@@ -30,7 +30,13 @@ from natscale.config.ds_config import (
 )
 from natscale.config.loader import ConfigError
 from natscale.config.run import RunConfig
-from natscale.data.prepared import PreparedDataError, PreparedDir, first_bad_token, longest_row
+from natscale.data.prepared import (
+    PreparedDataError,
+    PreparedDir,
+    first_bad_token,
+    longest_row,
+    most_segments,
+)
 from natscale.data.schema import LEGACY_DTYPES, ROW_FIELDS
 from natscale.model.load import (
     ModelSourceError,
@@ -75,7 +81,7 @@ def check_run(
     check_model_class(run, config, notes)
     text = text_config(config)  # a multimodal model's language model
     num_rows = check_data(run.data.path, vocab_size=text.vocab_size)
-    check_sparse_attention(run.data.path, config)
+    check_packing(run.data.path, config)
     tokenizer_dir = resolve_tokenizer(run, notes)
     if tokenizer_dir is not None:
         check_tokenizer(run, tokenizer_dir, text.vocab_size)
@@ -141,16 +147,25 @@ def check_data(path: str, *, vocab_size: int) -> int:
     return len(ds)
 
 
-def check_sparse_attention(path: str, config: Any) -> None:
-    """A model with DeepSeek Sparse Attention trains packed rows exactly only when no row is
-    longer than its ``index_topk`` (natscale.model.families.sparse_attention_refusal)."""
-    from natscale.model.families import index_topk, sparse_attention_refusal
+def check_packing(path: str, config: Any) -> None:
+    """A family whose packed rows mix segments (natscale.model.families) trains only on rows of
+    one example each (``pack.algorithm: none``); DeepSeek Sparse Attention on packed rows only
+    when none is longer than its ``index_topk``."""
+    from natscale.model.families import index_topk, packing_refusal, sparse_attention_refusal
 
-    if index_topk(config) is None:
+    refusal = packing_refusal(str(getattr(config, "model_type", "")))
+    if refusal is None and index_topk(config) is None:
         return
-    refusal = sparse_attention_refusal(config, longest_row(PreparedDir(path).open()))
+    rows = PreparedDir(path).open()
+    if most_segments(rows) <= 1:  # unpacked: every causal model computes each row exactly
+        return
+    if refusal is None:
+        refusal = sparse_attention_refusal(config, longest_row(rows))
     if refusal is not None:
-        raise PreflightError(f"data.path: {path}: {refusal}")
+        raise PreflightError(
+            f"data.path: {path} holds packed rows, and {refusal}. Prepare the data with "
+            "pack.algorithm: none (one example per row) to train it unpacked"
+        )
 
 
 def resolve_tokenizer(run: RunConfig, notes: list[str]) -> Path | None:
@@ -361,12 +376,10 @@ def check_model_class(run: RunConfig, config: Any, notes: list[str]) -> None:
     computes exactly (no logit cap, no lm_head bias: natscale.model.logits); a positive
     ``model.router_aux_loss_coef`` only for an MoE model with a router loss. The model is built
     on the meta device (no memory, no weights read) to see its lm_head."""
-    from natscale.model.families import packing_refusal, unchecked_note
+    from natscale.model.families import unchecked_note
     from natscale.model.router import router_aux_refusal
 
     model_type = str(getattr(config, "model_type", ""))
-    if (refusal := packing_refusal(model_type)) is not None:
-        raise PreflightError(refusal)
     if (note := unchecked_note(model_type)) is not None:
         notes.append(note)
     try:  # the device only matters for auto, which never fails

@@ -24,7 +24,7 @@ def examples(draw):
     masks = [rng.random(k) < 0.6 for k in lengths]
     classes = [int(rng.integers(0, 3)) for _ in lengths]
     weights = [float(rng.choice([0.5, 1.0, 2.0])) for _ in lengths]
-    algo = draw(st.sampled_from(["bfd_repair", "bfd", "ffd"]))
+    algo = draw(st.sampled_from(["bfd_repair", "bfd", "ffd", "none"]))
     return cap, ids, masks, classes, weights, algo, seed
 
 
@@ -38,7 +38,9 @@ def test_packing_invariants(case):
     assert sorted(itertools.chain.from_iterable(bins)) == list(range(len(ids)))
     loads = [sum(len(ids[i]) for i in b) for b in bins]
     assert max(loads) <= cap
-    if algo != "bfd_repair":  # any-fit property of first/best fit: no two rows make one row
+    if algo == "none":  # one example per row
+        assert all(len(b) == 1 for b in bins) and len(bins) == len(ids)
+    elif algo != "bfd_repair":  # any-fit property of first/best fit: no two rows make one row
         assert all(a + b > cap for a, b in itertools.combinations(loads, 2))
     else:  # the repair starts from best fit and never ends with more rows
         assert len(bins) <= len(plan_bins([len(x) for x in ids], cap, "bfd", seed))

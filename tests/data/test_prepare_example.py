@@ -89,3 +89,19 @@ def test_prepare_math_packs_the_example_data(monkeypatch, tmp_path, example_data
         if c == 0
     }
     assert tuple(ids) in success_prefixes
+
+
+def test_prepare_without_packing_writes_one_example_per_row(monkeypatch, tmp_path, example_data):
+    """pack.algorithm: none, for the families natscale cannot train on packed rows."""
+    monkeypatch.chdir(REPO)
+    cfg = load_config(
+        REPO / "examples" / "configs" / "prepare_math.yaml",
+        PrepareConfig,
+        ["pack.algorithm=none"],
+    )
+    res = prepare(cfg, tmp_path / "unpacked", progress=False)
+    trajs = json.loads((example_data / "trajectories.json").read_text())
+    ds = datasets.load_from_disk(str(res.out_dir)).with_format("numpy")
+    assert len(ds) == len(trajs) == res.stats["packing"]["rows"]
+    assert all(len(r["cu_seqlens"]) == 2 for r in ds)
+    assert res.stats["packing"]["algorithm"] == "none"

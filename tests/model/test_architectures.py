@@ -401,3 +401,37 @@ def test_sparse_attention_mixes_segments_once_a_row_exceeds_index_topk(name: str
         lm = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").float().eval()
         assert (max(_hidden_differences(lm, segs, mb)) < ISOLATED) == exact, f"index_topk={topk}"
         assert (sparse_attention_refusal(config, 40) is None) == exact
+
+
+@pytest.mark.parametrize(
+    "name", ["opt", "bloom", "gpt_oss", "mamba", "qwen3_5_text", "lfm2", "afmoe", "deepseek_v32"]
+)
+def test_refused_families_train_exactly_on_rows_of_one_example(name: str):
+    """pack.algorithm: none: rows of one segment each, of different lengths (so padded in the
+    micro-batch), under NatCausalLM as the trainer builds it for flash-attn (flatten_rows, which
+    such rows skip): loss and gradients equal the HF model's own on each segment alone."""
+    fields = {**BASE, **DSA, "index_topk": 4} if name == "deepseek_v32" else LEAKING[name]
+    config = AutoConfig.for_model(name, **fields)
+    config.use_cache = False
+    torch.manual_seed(0)
+    lm = AutoModelForCausalLM.from_config(config, attn_implementation="eager").float().eval()
+    segs = make_segments(3, seed=5, max_len=12)
+    mb = collate([pack([s], 16) for s in segs], loss_norm="token", vocab_size=VOCAB)
+    assert mb.input_ids_BL.shape == (3, max(len(s[0]) for s in segs))  # cut to the longest
+    lm.zero_grad()
+    expected, expected_segments = _reference(lm, segs)
+    expected.backward()
+    want = {n: p.grad.clone() for n, p in lm.named_parameters() if p.grad is not None}
+    lm.zero_grad()
+    got, seg_nll, *_ = NatCausalLM(lm, loss="logits", flatten_rows=True)(**mb.model_inputs("cpu"))
+    got.backward()
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(seg_nll, torch.stack(expected_segments), rtol=1e-4, atol=1e-4)
+    for param, grad in want.items():
+        torch.testing.assert_close(
+            dict(lm.named_parameters())[param].grad,
+            grad,
+            rtol=1e-3,
+            atol=1e-5 * max(1.0, grad.abs().max().item()),
+            msg=param,
+        )

@@ -627,3 +627,20 @@ def test_a_multimodal_model_is_sized_by_its_text_config(setup):
     text = OWN_FIELDS["gemma3"]["text_config"]
     assert (checks.vocab_size, checks.hidden_size) == (text["vocab_size"], text["hidden_size"])
     assert not any("not among the families" in n for n in checks.notes)
+
+
+def test_a_family_refused_for_packed_rows_trains_on_rows_of_one_example(setup):
+    import json
+
+    from tests.model.test_architectures import LEAKING
+    from tests.train.train_fixtures import pack
+
+    tmp, cfg = setup
+    (tmp / "qwen3_5").mkdir()
+    fields = {"model_type": "qwen3_5_text", **LEAKING["qwen3_5_text"], "vocab_size": VOCAB}
+    (tmp / "qwen3_5" / "config.json").write_text(json.dumps(fields))
+    model = f"model.config={tmp / 'qwen3_5'}"
+    with pytest.raises(PreflightError, match=r"holds packed rows.*pack\.algorithm: none"):
+        _check(cfg, model)
+    save_rows([pack([s], 64) for s in make_segments(6, seed=0)], tmp / "unpacked")
+    _check(cfg, model, f"data.path={tmp / 'unpacked'}")
