@@ -370,12 +370,13 @@ SHAPE_FIELDS = (
 
 
 def check_model_class(run: RunConfig, config: Any, notes: list[str]) -> None:
-    """The model's family and class: not one whose packed rows leak across segments (a note for
-    one natscale has not checked: natscale.model.families); a ``model.attn_implementation`` asked
-    for by name that the class implements; ``model.loss: fused`` only for a model whose logits it
-    computes exactly (no logit cap, no lm_head bias: natscale.model.logits); a positive
-    ``model.router_aux_loss_coef`` only for an MoE model with a router loss. The model is built
-    on the meta device (no memory, no weights read) to see its lm_head."""
+    """The model's family and class: a note for a family natscale has not checked
+    (natscale.model.families; the ones it refuses for packed rows: check_packing); a
+    ``model.attn_implementation`` asked for by name that the class implements; ``model.loss:
+    fused`` only for a model whose logits it computes exactly (no logit cap, no lm_head bias:
+    natscale.model.logits); a positive ``model.router_aux_loss_coef`` only for an MoE model with
+    a router loss. The model is built on the meta device (no memory, no weights read) to see its
+    lm_head."""
     from natscale.model.families import unchecked_note
     from natscale.model.router import router_aux_refusal
 
