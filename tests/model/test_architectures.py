@@ -163,6 +163,20 @@ FAMILIES = {
         ("fused", "logits"),
     ),
 }  # fmt: skip
+# newer families, sized by the common fields (a MoE's expert fields under each family's name)
+ANY_MOE = {"num_experts": 4, "num_local_experts": 4, "n_routed_experts": 4, "num_experts_per_tok": 2,
+           "moe_intermediate_size": 16, "first_k_dense_replace": 0, "n_group": 1, "topk_group": 1}  # fmt: skip
+DENSE_MORE = ("apertus1p5_text", "aria_text", "bitnet", "cwm", "diffllama", "doge", "exaone",
+              "flint", "gpt_neox_japanese", "granite_swa", "internlm3", "iquestcoder", "jais2",
+              "ministral3", "persimmon")  # fmt: skip
+MOE_MORE = ("cohere2_moe", "deepseek_v4", "ergo", "exaone_moe", "granitemoe_swa", "hy_v3",
+            "laguna", "mellum", "mimo_v2_flash", "minicpm5_moe", "minimax_m2", "param2moe",
+            "sarvam_moe", "solar_open")  # fmt: skip
+NO_SDPA = {"deepseek_v4", "flint", "gpt_neox_japanese", "granite_swa", "granitemoe_swa",
+           "mimo_v2_flash"}  # fmt: skip
+for _name in DENSE_MORE + MOE_MORE:
+    _fields = {"head_dim": 8, **(ANY_MOE if _name in MOE_MORE else {})}
+    FAMILIES[_name] = (_fields, "eager" if _name in NO_SDPA else "sdpa", ("fused", "logits"))
 GPT = {"vocab_size": VOCAB, "n_embd": 32, "n_layer": 2, "n_head": 4, "n_positions": 128}
 OWN_FIELDS = {
     "gpt2": GPT,
