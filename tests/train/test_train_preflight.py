@@ -576,14 +576,16 @@ def test_a_family_whose_packed_rows_leak_is_refused_and_an_unchecked_one_noted(s
 
     tmp, cfg = setup
     config = json.loads((tmp / "model" / "config.json").read_text())
-    for model_type in ("gpt_oss", "internlm3"):
+    for model_type in ("gpt_oss", "glm4_moe_lite"):
         (tmp / model_type).mkdir()
         fields = {**config, "model_type": model_type, "head_dim": 8}
         (tmp / model_type / "config.json").write_text(json.dumps(fields))
     with pytest.raises(PreflightError, match="'gpt_oss' cannot be trained on packed rows"):
         _check(cfg, f"model.config={tmp / 'gpt_oss'}", "model.loss=logits")
-    checks = _check(cfg, f"model.config={tmp / 'internlm3'}")
-    assert any("'internlm3' is not among the families natscale checks" in n for n in checks.notes)
+    checks = _check(cfg, f"model.config={tmp / 'glm4_moe_lite'}")
+    assert any(
+        "'glm4_moe_lite' is not among the families natscale checks" in n for n in checks.notes
+    )
     assert not any("not among the families" in n for n in _check(cfg).notes)  # llama: checked
 
 
