@@ -336,17 +336,23 @@ def test_packed_loss_and_gradients_equal_the_hf_models_own(name: str):
     segs = make_segments(3, seed=5, max_len=12)
     mb = collate([pack(segs, 40)], loss_norm="token", vocab_size=VOCAB)
     assert max(_hidden_differences(lm, segs, mb)) < ISOLATED, "a packed segment sees another"
+    _assert_trains_like_hf(lm, segs, mb, [(f"model.loss={h}", {"loss": h}) for h in heads])
+
+
+def _assert_trains_like_hf(lm, segs, mb, variants: list[tuple[str, dict]]) -> None:
+    """For each (label, NatCausalLM kwargs): the loss sum, per-segment NLLs and every gradient
+    of ``mb`` equal those of the HF model's own logits on each segment alone."""
     lm.zero_grad()
     expected, expected_segments = _reference(lm, segs)
     expected.backward()
     want = {n: p.grad.clone() for n, p in lm.named_parameters() if p.grad is not None}
     assert want, "the reference produced no gradients"
-    for loss in heads:
-        model = NatCausalLM(lm, loss=loss)
+    for label, kwargs in variants:
+        model = NatCausalLM(lm, **kwargs)
         lm.zero_grad()
         got, seg_nll, *_ = model(**mb.model_inputs("cpu"))
         got.backward()
-        msg = f"{name} with model.loss={loss}"
+        msg = f"{lm.config.model_type} with {label}"
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4, msg=msg)
         torch.testing.assert_close(
             seg_nll, torch.stack(expected_segments), rtol=1e-4, atol=1e-4, msg=msg
@@ -432,20 +438,6 @@ def test_refused_families_train_exactly_on_rows_of_one_example(name: str):
     segs = make_segments(3, seed=5, max_len=12)
     mb = collate([pack([s], 16) for s in segs], loss_norm="token", vocab_size=VOCAB)
     assert mb.input_ids_BL.shape == (3, max(len(s[0]) for s in segs))  # cut to the longest
-    lm.zero_grad()
-    expected, expected_segments = _reference(lm, segs)
-    expected.backward()
-    want = {n: p.grad.clone() for n, p in lm.named_parameters() if p.grad is not None}
-    lm.zero_grad()
-    got, seg_nll, *_ = NatCausalLM(lm, loss="logits", flatten_rows=True)(**mb.model_inputs("cpu"))
-    got.backward()
-    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(seg_nll, torch.stack(expected_segments), rtol=1e-4, atol=1e-4)
-    for param, grad in want.items():
-        torch.testing.assert_close(
-            dict(lm.named_parameters())[param].grad,
-            grad,
-            rtol=1e-3,
-            atol=1e-5 * max(1.0, grad.abs().max().item()),
-            msg=param,
-        )
+    _assert_trains_like_hf(
+        lm, segs, mb, [("flatten_rows", {"loss": "logits", "flatten_rows": True})]
+    )
