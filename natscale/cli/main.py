@@ -29,6 +29,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "train a causal LM on packed rows with DeepSpeed ZeRO-3 (one rank of a job)",
     ),
     "plot": ("plot", "PNG curves of a run directory: loss by class, throughput"),
+    "check-model": (
+        "check_model",
+        "does natscale train this model family exactly (packed rows, logits)? a tiny CPU check",
+    ),
     "convert": (
         "convert",
         "ZeRO checkpoint -> Hugging Face safetensors folder; trajectory formats",

@@ -95,8 +95,8 @@ def unchecked_note(model_type: str) -> str | None:
         return None
     return (
         f"model type {model_type!r} is not among the families natscale checks for packed "
-        "attention and logits (docs/training.md#model-families); run "
-        "tests/model/test_architectures.py with a tiny config of it before a long run"
+        "attention and logits (docs/training.md#model-families); run `natscale check-model` "
+        "on its model directory before a long run (a tiny random copy, on CPU)"
     )
 
 
