@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from natscale.config.run import ModelSection
     from natscale.model.check import ISOLATED, check_model
-    from natscale.model.families import CHECKED, PACKING_LEAKS
+    from natscale.model.families import CHECKED, PACKING_LEAKS, index_topk
     from natscale.model.load import ModelSourceError, load_hf_config
 
     try:
@@ -57,6 +57,11 @@ def run(args: argparse.Namespace) -> int:
         f"  logits: natscale's loss vs F.cross_entropy of the model's own logits differ by "
         f"{r.logits_difference:.1e}: {verdict}"
     )
+    if (topk := index_topk(config)) is not None:
+        print(
+            f"  sparse attention: packed rows are exact only up to index_topk={topk} tokens "
+            "(the copy's rows are shorter); `natscale train` checks the data's rows"
+        )
     if not r.logits_ok:
         summary = (
             "natscale would train it against other logits than it predicts with: do not train "
