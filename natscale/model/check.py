@@ -16,6 +16,7 @@ build, and the error says so. A feature the config leaves off is not exercised.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass
 from typing import Any
@@ -61,20 +62,43 @@ def shrunk(config: Any) -> Any:
     """A copy of the (text) config with the common size fields made tiny."""
     small = copy.deepcopy(text_config(config))
     for name, value in SHRINK.items():
-        if getattr(small, name, None) is not None:
-            setattr(small, name, value)
-    if getattr(small, "qk_rope_head_dim", None) is not None:  # MLA: as many kv heads as heads
-        small.head_dim = small.qk_rope_head_dim
-        small.num_key_value_heads = small.num_attention_heads
-    if getattr(small, "num_experts_per_tok", None) == 2 and getattr(small, "num_experts", 4) < 2:
-        small.num_experts_per_tok = 1
-    layers = small.num_hidden_layers
-    for name in ("layer_types", "mlp_layer_types"):
-        pattern = getattr(small, name, None)
-        if isinstance(pattern, list) and len(pattern) > layers:
-            setattr(small, name, pattern[-layers:])  # the last ones: hybrids end on attention
+        _set(small, name, value)
+    if _get(small, "qk_rope_head_dim") is not None:  # MLA: as many kv heads as heads
+        _set(small, "head_dim", small.qk_rope_head_dim)
+        _set(small, "num_key_value_heads", small.num_attention_heads)
+    _set(small, "rotary_dim", 8)  # GPT-J, CodeGen: within the head
+    for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        if isinstance(_get(small, name), int) and _get(small, name) >= SHRINK["vocab_size"]:
+            setattr(small, name, 0)
+    # one layer of each kind, in the order they come: a hybrid keeps its recurrent layers
+    # (a config that derives its layer kinds from other fields keeps them as they come)
+    pattern = _get(small, "layer_types")
+    if isinstance(pattern, list) and pattern:
+        kinds = list(dict.fromkeys(pattern))
+        layers = max(len(kinds), 2)
+        _set(small, "layer_types", (kinds * layers)[:layers])
+        if _get(small, "layer_types") == (kinds * layers)[:layers]:
+            small.num_hidden_layers = layers
+            mlp = _get(small, "mlp_layer_types")
+            if isinstance(mlp, list) and mlp:
+                _set(small, "mlp_layer_types", (list(dict.fromkeys(mlp)) * layers)[:layers])
     small.use_cache = False
     return small
+
+
+def _get(config: Any, name: str) -> Any:
+    try:
+        return getattr(config, name, None)
+    except Exception:  # a per-layer attribute some configs refuse to give as one value
+        return None
+
+
+def _set(config: Any, name: str, value: Any) -> None:
+    """Set a size the config has (not one it leaves unset, nor a derived property)."""
+    if _get(config, name) is None:
+        return
+    with contextlib.suppress(AttributeError, TypeError, ValueError):  # a derived property
+        setattr(config, name, value)
 
 
 def check_model(config: Any, *, seed: int = 0) -> CheckReport:

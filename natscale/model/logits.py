@@ -60,10 +60,13 @@ def logit_transform(config: Any) -> LogitTransform:
     if isinstance(factor, (int, float)) and float(factor) != 1.0:
         scale *= float(factor)
         fields.append(f"logit_scale={factor}")
-    cap = getattr(text, "final_logit_softcapping", None)  # Gemma 2 / 3
-    softcap = float(cap) if cap else None
-    if softcap is not None:
-        fields.append(f"final_logit_softcapping={cap}")
+    # Gemma 2 / 3 / 4 and others; RecurrentGemma names it logits_soft_cap
+    softcap = None
+    for name in ("final_logit_softcapping", "logits_soft_cap"):
+        if cap := getattr(text, name, None):
+            softcap = float(cap)
+            fields.append(f"{name}={cap}")
+            break
     return LogitTransform(scale=scale, softcap=softcap, fields=tuple(fields))
 
 

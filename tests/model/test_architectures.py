@@ -169,10 +169,10 @@ ANY_MOE = {"num_experts": 4, "num_local_experts": 4, "n_routed_experts": 4, "num
 DENSE_MORE = ("apertus1p5_text", "aria_text", "bitnet", "cwm", "diffllama", "doge", "exaone",
               "flint", "gpt_neox_japanese", "granite_swa", "internlm3", "iquestcoder", "jais2",
               "ministral3", "persimmon")  # fmt: skip
-MOE_MORE = ("cohere2_moe", "deepseek_v4", "ergo", "exaone_moe", "granitemoe_swa", "hy_v3",
+MOE_MORE = ("cohere2_moe", "ergo", "exaone_moe", "granitemoe_swa", "hy_v3",
             "laguna", "mellum", "mimo_v2_flash", "minicpm5_moe", "minimax_m2", "param2moe",
             "sarvam_moe", "solar_open")  # fmt: skip
-NO_SDPA = {"deepseek_v4", "flint", "gpt_neox_japanese", "granite_swa", "granitemoe_swa",
+NO_SDPA = {"flint", "gpt_neox_japanese", "granite_swa", "granitemoe_swa",
            "mimo_v2_flash"}  # fmt: skip
 for _name in DENSE_MORE + MOE_MORE:
     _fields = {"head_dim": 8, **(ANY_MOE if _name in MOE_MORE else {})}
@@ -276,6 +276,10 @@ LEAKING = {
     "kimi_linear": {**BASE, **EXPERTS, "num_experts_per_token": 2},
     "bailing_hybrid": {**BASE, "head_dim": 8},
     "lara_mini": {**BASE, "head_dim": 8, **EXPERTS, "shared_expert_intermediate_size": 16},
+    "deepseek_v4": {
+        **BASE, "head_dim": 8, **ANY_MOE,
+        "layer_types": ["heavily_compressed_attention", "compressed_sparse_attention"],
+    },
     "afmoe": {**BASE, "head_dim": 8, **EXPERTS, "num_dense_layers": 0, "sliding_window": 4},
 }  # fmt: skip
 # multimodal families refused with their text model, whose class is the same (their config
