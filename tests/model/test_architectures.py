@@ -407,6 +407,8 @@ def test_transforms_read_from_the_config():
     assert logit_transform(hyperclovax).scale == 0.25
     cohere = AutoConfig.for_model("cohere", logit_scale=0.0625)
     assert logit_transform(cohere).scale == 0.0625
+    recurrent_gemma = AutoConfig.for_model("recurrent_gemma")  # logits_soft_cap, default 30
+    assert logit_transform(recurrent_gemma).softcap == 30.0
     gemma2 = AutoConfig.for_model("gemma2")  # the family's default cap: 30
     assert logit_transform(gemma2).softcap == 30.0
     plain = logit_transform(AutoConfig.for_model("llama"))
