@@ -203,17 +203,16 @@ def first_bad_token(dataset: Any, vocab_size: int, column: str = "input_ids") ->
 
 def longest_row(dataset: Any, column: str = "input_ids") -> int:
     """The number of tokens of the longest row (one vectorised pass over the list lengths)."""
-    import pyarrow.compute as pc
-
-    table = dataset.data.table if hasattr(dataset.data, "table") else dataset.data
-    longest = pc.max(pc.list_value_length(table.column(column))).as_py()
-    return int(longest or 0)
+    return _longest_list(dataset, column)
 
 
 def most_segments(dataset: Any) -> int:
     """The most segments (examples) any row holds: 1 for ``pack.algorithm: none`` data."""
+    return max(_longest_list(dataset, "cu_seqlens") - 1, 0)
+
+
+def _longest_list(dataset: Any, column: str) -> int:
     import pyarrow.compute as pc
 
     table = dataset.data.table if hasattr(dataset.data, "table") else dataset.data
-    longest = pc.max(pc.list_value_length(table.column("cu_seqlens"))).as_py()
-    return max(int(longest or 1) - 1, 0)
+    return int(pc.max(pc.list_value_length(table.column(column))).as_py() or 0)

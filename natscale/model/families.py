@@ -108,7 +108,7 @@ def index_topk(config: Any) -> int | None:
     return int(topk) if topk else None
 
 
-def sparse_attention_refusal(config: Any, row_tokens: int | None) -> str | None:
+def sparse_attention_refusal(config: Any, row_tokens: int) -> str | None:
     """Why packed rows of ``row_tokens`` tokens would mix segments in a model with DeepSeek
     Sparse Attention (None when they do not). Its indexer keeps the ``index_topk`` best keys of
     the whole row before the block-causal mask applies, so once a row is longer than
@@ -116,13 +116,13 @@ def sparse_attention_refusal(config: Any, row_tokens: int | None) -> str | None:
     with transformers 5.25 on CPU: deepseek_v32, glm_moe_dsa and hy_v4 differ at index_topk
     below the row length and are exact at or above it)."""
     topk = index_topk(config)
-    if topk is None or (row_tokens is not None and row_tokens <= topk):
+    if topk is None or row_tokens <= topk:
         return None
     model_type = getattr(config, "model_type", "this model")
-    rows = f"rows of up to {row_tokens} tokens" if row_tokens else "rows of unknown length"
     return (
         f"{model_type}'s sparse attention keeps the top index_topk={topk} keys of a whole packed "
-        f"row, whatever their segment, so with {rows} a segment trains on other keys than it "
+        f"row, whatever their segment, so with rows of up to {row_tokens} tokens a segment "
+        "trains on other keys than it "
         f"would alone (docs/training.md#model-families); or prepare the data with max_seq_len "
         f"<= {topk}"
     )

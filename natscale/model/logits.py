@@ -6,7 +6,7 @@ heads must do the same, or a run trains against other logits than the model pred
 - a constant factor: Granite ``logits / logits_scaling`` (MiniCPM3 divides the hidden states),
   HyperCLOVA X ``logits * logits_scaling``, Cohere ``logits * logit_scale``;
 - a cap: Gemma 2 (and Gemma 3, VaultGemma, nanochat where set) ``c * tanh(logits / c)`` with
-  ``c = final_logit_softcapping``;
+  ``c = final_logit_softcapping`` (RecurrentGemma: ``logits_soft_cap``);
 - a bias in the lm_head itself (Phi-1/2, ``nn.Linear(..., bias=True)``).
 
 The fused loss (:func:`natscale.ops.segment_cross_entropy`) computes ``h @ W.T``: a factor is

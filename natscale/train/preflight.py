@@ -383,13 +383,11 @@ def check_model_class(run: RunConfig, config: Any, notes: list[str]) -> None:
     model_type = str(getattr(config, "model_type", ""))
     if (note := unchecked_note(model_type)) is not None:
         notes.append(note)
+    cls = model_class(config)
     try:  # the device only matters for auto, which never fails
-        choose_attn_implementation(
-            run.model.attn_implementation, "cpu", model_cls=model_class(config)
-        )
+        choose_attn_implementation(run.model.attn_implementation, "cpu", model_cls=cls)
     except ModelSourceError as exc:
         raise PreflightError(str(exc)) from exc
-    cls = model_class(config)
     coef = run.model.router_aux_loss_coef
     if cls is not None and (refusal := router_aux_refusal(config, cls, coef)) is not None:
         raise PreflightError(refusal)

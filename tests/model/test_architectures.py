@@ -17,6 +17,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from natscale.data.schema import IGNORE_INDEX
+from natscale.model.check import ISOLATED, hidden_differences
 from natscale.model.families import CHECKED, PACKING_LEAKS, sparse_attention_refusal
 from natscale.model.logits import fused_loss_blocker, logit_transform
 from natscale.model.nat_lm import NatCausalLM
@@ -286,7 +287,6 @@ LEAKING = {
 # nests a full-size text config that this test does not build)
 LEAKING_AS = {"qwen3_5": "qwen3_5_text", "qwen3_5_moe": "qwen3_5_moe_text",
               "qwen4_exp": "qwen4_exp_text"}  # fmt: skip
-ISOLATED = 1e-5  # relative hidden-state difference of a segment packed vs alone (fp32 noise: 1e-7)
 
 
 def _family(name: str):
@@ -319,19 +319,9 @@ def _reference(lm, segs) -> tuple[torch.Tensor, list[torch.Tensor]]:
 
 
 def _hidden_differences(lm, segs, mb) -> list[float]:
-    """Per segment: max |hidden state packed - alone| / max |alone| (the last layer's output).
-    Far more sensitive than the loss: a leak that moves the loss by 1e-5 shows here."""
-    model = NatCausalLM(lm, loss="logits")
-    cu = mb.cu_seqlens.tolist()
-    with torch.no_grad():
-        packed, _ = model.hidden_states(mb.input_ids_BL, mb.position_ids_BL)
-        out = []
-        for i, seg in enumerate(segs):
-            one = collate([pack([seg], len(seg[0]))], loss_norm="token", vocab_size=VOCAB)
-            alone, _ = model.hidden_states(one.input_ids_BL, one.position_ids_BL)
-            diff = (packed[cu[i] : cu[i + 1]] - alone).abs().max() / alone.abs().max()
-            out.append(diff.item())
-    return out
+    """natscale.model.check's measure, per segment of the packed row ``mb``."""
+    alone = [collate([pack([s], len(s[0]))], loss_norm="token", vocab_size=VOCAB) for s in segs]
+    return hidden_differences(NatCausalLM(lm, loss="logits"), mb, alone)
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))
