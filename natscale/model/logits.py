@@ -46,6 +46,10 @@ class LogitTransform:
         return logits
 
 
+# Gemma 2 / 3 / 4 and others; RecurrentGemma names it logits_soft_cap
+SOFTCAP_FIELDS = ("final_logit_softcapping", "logits_soft_cap")
+
+
 def logit_transform(config: Any) -> LogitTransform:
     """The transform an HF config asks for (its text config, for a multimodal one)."""
     text = text_config(config)
@@ -60,9 +64,8 @@ def logit_transform(config: Any) -> LogitTransform:
     if isinstance(factor, (int, float)) and float(factor) != 1.0:
         scale *= float(factor)
         fields.append(f"logit_scale={factor}")
-    # Gemma 2 / 3 / 4 and others; RecurrentGemma names it logits_soft_cap
     softcap = None
-    for name in ("final_logit_softcapping", "logits_soft_cap"):
+    for name in SOFTCAP_FIELDS:
         if cap := getattr(text, name, None):
             softcap = float(cap)
             fields.append(f"{name}={cap}")
@@ -75,8 +78,9 @@ def fused_loss_blocker(config: Any, head: nn.Module) -> str | None:
     model_type = getattr(config, "model_type", "this model")
     transform = logit_transform(config)
     if transform.softcap is not None:
+        name = next(f.split("=")[0] for f in transform.fields if f.split("=")[0] in SOFTCAP_FIELDS)
         return (
-            f"{model_type} caps its logits (final_logit_softcapping={transform.softcap:g}), "
+            f"{model_type} caps its logits ({name}={transform.softcap:g}), "
             "which the fused loss cannot apply"
         )
     if getattr(head, "bias", None) is not None:

@@ -399,6 +399,8 @@ def test_transforms_read_from_the_config():
     assert logit_transform(cohere).scale == 0.0625
     recurrent_gemma = AutoConfig.for_model("recurrent_gemma")  # logits_soft_cap, default 30
     assert logit_transform(recurrent_gemma).softcap == 30.0
+    head = torch.nn.Linear(4, 8, bias=False)
+    assert "(logits_soft_cap=30)" in fused_loss_blocker(recurrent_gemma, head)
     gemma2 = AutoConfig.for_model("gemma2")  # the family's default cap: 30
     assert logit_transform(gemma2).softcap == 30.0
     plain = logit_transform(AutoConfig.for_model("llama"))
