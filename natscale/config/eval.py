@@ -29,6 +29,9 @@ class PromptConfig(_Strict):
     system: str = ""
     observation_role: str = "user"
     end_of_turn: str | None = None
+    chat_template: str | None = Field(
+        None, description="Jinja file that replaces the tokenizer's chat template"
+    )
     strategy: StrategyConfig = StrategyConfig()
     marker: str | int = Field(
         0, description="class whose marker the question carries: name or index (0 = success)"

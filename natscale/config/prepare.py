@@ -119,6 +119,11 @@ class RenderConfig(_Strict):
     acknowledgement: str | None = Field(None, description="override; default the prompt file's")
     observation_role: str = "user"
     end_of_turn: str | None = Field(None, description="hf template: token closing a turn")
+    chat_template: str | None = Field(
+        None,
+        description="Jinja file that replaces the tokenizer's chat template (saved with the "
+        "prepared tokenizer, so training's export and evaluation use it too)",
+    )
     add_missing_special_tokens: bool = False
     trim_untrained_tail: bool = True
     paper_compat: bool = Field(

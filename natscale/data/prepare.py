@@ -288,7 +288,13 @@ def _prepare(
 ) -> PrepareResult:
     from natscale.data.output import write_json
     from natscale.data.prepared import OUTPUT_KIND, OVERWRITE_HINT, PreparedDir
-    from natscale.data.render import Renderer, add_missing_tokens, load_tokenizer, resolve_template
+    from natscale.data.render import (
+        Renderer,
+        add_missing_tokens,
+        load_tokenizer,
+        read_chat_template,
+        resolve_template,
+    )
 
     t0 = time.perf_counter()
     say = on_stage or (lambda _msg: None)
@@ -302,6 +308,8 @@ def _prepare(
     )
     rc, pc = config.render, config.pack
     tokenizer = load_tokenizer(rc.tokenizer)
+    if rc.chat_template is not None:
+        tokenizer.chat_template = read_chat_template(rc.chat_template, "render.chat_template")
     template = resolve_template(tokenizer, rc.template)
     added = add_missing_tokens(tokenizer, template) if rc.add_missing_special_tokens else []
     renderer = Renderer(

@@ -14,7 +14,7 @@ from natscale.config.eval import PromptConfig
 from natscale.data.errors import DataError
 from natscale.data.nat import format_question, question_template
 from natscale.data.prompts import TaskPrompt, load_task_prompt
-from natscale.data.render import Renderer
+from natscale.data.render import Renderer, read_chat_template
 from natscale.data.render.messages import Message, prompt_messages
 from natscale.eval.errors import EvalError
 
@@ -48,6 +48,13 @@ class Prompter:
         self.renderer: Renderer | None = None
         if tokenizer is None:  # the scripted backend renders nothing
             return
+        if cfg.chat_template is not None:
+            try:
+                tokenizer.chat_template = read_chat_template(
+                    cfg.chat_template, "prompt.chat_template"
+                )
+            except (OSError, ValueError) as exc:
+                raise EvalError(str(exc)) from None
         try:
             self.renderer = Renderer(
                 tokenizer,

@@ -268,19 +268,25 @@ def test_hf_template_layout_is_rendered_once_and_content_still_checked(tokenizer
         "('[hidden]' if 'SECRET' in message['content'] else message['content'])",
     )
     r = Renderer(tok, "hf")
+
+    def skeletons() -> tuple[int, int]:
+        """(conversation layouts, generation-prompt layouts) rendered so far"""
+        prompts = sum(key[0] for key in r.template._skeletons)  # key[0]: add_generation_prompt
+        return len(r.template._skeletons) - prompts, prompts
+
     first = r.encode(MESSAGES)
-    assert len(r.template._skeletons) == 1
+    assert skeletons() == (1, 2)  # and the prompt before each of the two trained turns
     other = [*MESSAGES[:-1], Message("observation", "Observation: something else")]
     again = r.encode(other)
-    assert len(r.template._skeletons) == 1  # same layout: no second skeleton
+    assert skeletons() == (1, 2)  # same layout: nothing rendered again
     fresh = Renderer(tok, "hf").encode(other)
     assert np.array_equal(again.ids, fresh.ids) and np.array_equal(again.mask, fresh.mask)
     assert not np.array_equal(first.ids, again.ids)
     with pytest.raises(TemplateError, match="changes message content"):
         r.encode([*MESSAGES[:-1], Message("observation", "SECRET")])
-    # another layout (one message fewer) gets its own skeleton
+    # another layout (one message fewer) gets its own skeleton; its prompts are known
     r.encode(MESSAGES[:-1])
-    assert len(r.template._skeletons) == 2
+    assert skeletons() == (2, 2)
 
 
 def _hf_pair(tokenizer_copy, jinja: str):

@@ -53,6 +53,28 @@ def load_tokenizer(path: str | os.PathLike):
     return tok
 
 
+def read_chat_template(path: str | os.PathLike, field: str) -> str:
+    """A chat template file (Jinja, as transformers' ``chat_template.jinja``), compiled as
+    ``apply_chat_template`` compiles it to check it. ``field`` names the setting in errors."""
+    from pathlib import Path
+
+    import jinja2
+
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"{field}: chat template file {str(path)!r} not found")
+    text = file.read_text(encoding="utf-8")
+    try:
+        from transformers.utils.chat_template_utils import _compile_jinja_template
+    except ImportError:  # another transformers: its first render reports errors
+        return text
+    try:
+        _compile_jinja_template(text)
+    except jinja2.TemplateSyntaxError as exc:
+        raise ValueError(f"{field}: {path}, line {exc.lineno}: {exc.message}") from None
+    return text
+
+
 def resolve_template(tokenizer, template: str) -> str:
     if template not in TEMPLATES:
         raise ValueError(f"unknown template {template!r}; expected one of {TEMPLATES}")
@@ -150,6 +172,7 @@ __all__ = [
     "load_tokenizer",
     "missing_tokens",
     "prompt_messages",
+    "read_chat_template",
     "resolve_template",
     "trajectory_messages",
 ]

@@ -13,9 +13,16 @@ already are, costs a third as much as the render itself); the first render of ea
 also made through ``apply_chat_template`` and any difference, or a ``transformers`` without the
 compiled template, falls back to it for good.
 
-Trained: an assistant message's content plus the template text after it up to and including the
-first end-of-turn token (so rendered tool calls and ``<|im_end|>`` / ``</s>`` / ``<|eot_id|>``
-are trained, the next header is not).
+Trained: what the model writes when it runs. For an assistant message that is the text after the
+prompt the template renders for generating it (the conversation before it with
+``add_generation_prompt``), so template text the template puts between that prompt and the
+content is trained too (gpt-oss's ``<|channel|>final<|message|>``, Qwen3's empty
+``<think>\n\n</think>\n\n``); then the content, and the template text after it up to and
+including the first end-of-turn token (so rendered tool calls and ``<|im_end|>`` / ``</s>`` /
+``<|eot_id|>`` are trained, the next header is not). A template whose generation prompt is not
+how it renders the same conversation as history would train each turn after text the model never
+sees at inference; it is refused, naming the two texts (checked once per layout, with
+placeholder contents).
 """
 
 from __future__ import annotations
@@ -60,6 +67,9 @@ class HFChatTemplate(Template):
         self._direct = _compiled(tokenizer)  # (template, variables) or None
         self._direct_for = tokenizer.chat_template  # ... of this template (it may be reset)
         self._checked: set[tuple] = set()  # layouts whose direct render was checked
+        # per layout: characters at the end of the template text before each message that the
+        # model writes itself (see _heads)
+        self._head_sizes: dict[tuple, list[int]] = {}
 
     def __getstate__(self) -> dict:
         # the compiled template is made again where the renderer is unpickled (spawned workers)
@@ -174,9 +184,18 @@ class HFChatTemplate(Template):
             parts = _SLOT_RE.split(self._render(messages, slots, generation, tools))
             literals, order = parts[0::2], [int(x) for x in parts[1::2]]
             if order != list(range(len(messages))):
+                moved = [i for i, m in enumerate(messages) if m.role == "system"]
+                hint = (
+                    " (it moves the system message, as Mistral's puts it into the last user "
+                    "turn: give the trajectories no system prompt and keep the instruction out "
+                    "of it with render.instruction: turn or prepend)"
+                    if any(order[i : i + 1] != [i] for i in moved)
+                    else ""
+                )
                 raise TemplateError(
                     f"the chat template renders messages in order {order}, not each message "
-                    "once; use a built-in template (llama2, chatml, llama3)"
+                    f"once{hint}; use a built-in template (llama2, chatml, llama3) or a "
+                    "template in render.chat_template that keeps the order"
                 )
             if len(self._skeletons) >= 4096:
                 self._skeletons.clear()
@@ -201,14 +220,60 @@ class HFChatTemplate(Template):
                 "the chat template changes message content (beyond stripping it); "
                 "use a built-in template (llama2, chatml, llama3)"
             )
-        out = [Piece(literals[0], False, True)]
-        for msg, content, after in zip(messages, contents, literals[1:], strict=True):
-            out.append(Piece(content, msg.train))
-            cut = self._eot_end(after) if (msg.role == "assistant" and msg.train) else 0
-            if cut:
-                out.append(Piece(after[:cut], True, True))
-            out.append(Piece(after[cut:], False, True))
+        heads = (
+            [0] * len(messages)
+            if generation
+            else self._heads(messages, tools, key, literals, fresh=fresh)
+        )
+        out: list[Piece] = []
+        cut = 0  # the previous assistant turn's end-of-turn ends here in this literal
+        for i, (msg, content) in enumerate(zip(messages, contents, strict=True)):
+            lit = literals[i]
+            head = max(cut, len(lit) - heads[i])
+            out += [
+                Piece(lit[:cut], True, True),
+                Piece(lit[cut:head], False, True),
+                Piece(lit[head:], True, True),  # what the model writes before the content
+                Piece(content, msg.train),
+            ]
+            cut = self._eot_end(literals[i + 1]) if (msg.role == "assistant" and msg.train) else 0
+        out += [Piece(literals[-1][:cut], True, True), Piece(literals[-1][cut:], False, True)]
         return [p for p in out if p.text]
+
+    def _heads(
+        self,
+        messages: list[Message],
+        tools: list | None,
+        key: tuple,
+        literals: list[str],
+        *,
+        fresh: bool,
+    ) -> list[int]:
+        """Per message, how many characters at the end of the template text before it the model
+        writes itself: for a trained assistant message, the text between the end of its
+        generation prompt (the messages before it rendered with ``add_generation_prompt``) and its
+        content; 0 for the others. Raises when the generation prompt is not a prefix of the
+        training text (a turn would be trained after text it never follows at inference)."""
+        heads = None if fresh else self._head_sizes.get(key)
+        if heads is not None:
+            return heads
+        slots = [_SLOT.format(i) for i in range(len(messages))]
+        heads = [0] * len(messages)
+        for k, msg in enumerate(messages):
+            if msg.role != "assistant" or not msg.train:
+                continue
+            history = _join(literals[: k + 1], slots[:k])
+            prompt_key = self._layout(messages[:k], True, tools)
+            prompt = _join(
+                self._literals(messages[:k], True, tools, prompt_key, fresh=fresh), slots[:k]
+            )
+            if not history.startswith(prompt):
+                raise TemplateError(_prompt_mismatch(k, history, prompt))
+            heads[k] = len(history) - len(prompt)
+        if len(self._head_sizes) >= 4096:
+            self._head_sizes.clear()
+        self._head_sizes[key] = heads
+        return heads
 
     def _eot_end(self, text: str) -> int:
         """End offset of the first end-of-turn token in ``text`` (0 if there is none)."""
@@ -269,6 +334,26 @@ def _memoised(check):
         return ok
 
     return is_safe_attribute
+
+
+def _prompt_mismatch(k: int, history: str, prompt: str) -> str:
+    history, prompt = (_SLOT_RE.sub(r"<message \1>", t) for t in (history, prompt))
+    at = next(
+        (i for i, (a, b) in enumerate(zip(history, prompt, strict=False)) if a != b),
+        min(len(history), len(prompt)),
+    )
+
+    def around(text: str) -> str:
+        return repr(text[max(0, at - 30) : at + 30])
+
+    return (
+        f"the chat template renders the conversation before message {k} (an assistant turn) "
+        "one way as history and another way as the prompt for generating that turn "
+        f"(add_generation_prompt): the training text has {around(history)} where the inference "
+        f"prompt has {around(prompt)}, so the turn would be trained after text the model never "
+        "sees when it runs. Use a built-in template (llama2, chatml, llama3), another "
+        "render.observation_role, or a corrected template in render.chat_template"
+    )
 
 
 def _join(literals: list[str], contents: list[str]) -> str:

@@ -1,0 +1,178 @@
+"""The tokenizer's chat template: a turn is trained on exactly what the model writes at inference.
+
+For every trained assistant turn, the prompt the template renders for generating it
+(``add_generation_prompt``) must be the start of the training text, and everything after that
+prompt up to the end-of-turn token is trained, template text included. The templates below are
+small stand-ins written for these tests, each with one habit of a real family's template.
+"""
+
+import json
+
+import pytest
+
+from natscale.cli.main import main
+from natscale.config.eval import PromptConfig
+from natscale.data.render import (
+    Message,
+    Renderer,
+    TemplateError,
+    load_tokenizer,
+    read_chat_template,
+)
+from natscale.eval.errors import EvalError
+from natscale.eval.prompting import Prompter
+
+from .test_render import CHATML_JINJA, MESSAGES, trained_spans
+
+# gpt-oss (harmony): the generation prompt stops at the role; the model writes the channel
+HARMONY = (
+    "{% for m in messages %}{% if m['role'] == 'assistant' %}"
+    "{{ '<|start|>assistant<|channel|>final<|message|>' + m['content'] + '<|end|>' }}"
+    "{% else %}{{ '<|start|>' + m['role'] + '<|message|>' + m['content'] + '<|end|>' }}"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '<|start|>assistant' }}{% endif %}"
+)
+# Qwen3: the last assistant turn of a conversation carries an empty reasoning block
+LAST_TURN_THINKS = (
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' }}"
+    "{% if m['role'] == 'assistant' and loop.last %}{{ '<think>\\n\\n</think>\\n\\n' }}{% endif %}"
+    "{{ m['content'] + '<|im_end|>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+# a whitespace slip: a user turn ends with a newline only when something follows it
+LAST_USER_SLIP = (
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] }}"
+    "{% if not loop.last %}{{ '\\n' }}{% endif %}{{ '<|im_end|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+# Mistral: the system message goes into the last user turn
+SYSTEM_LAST = (
+    "{% set system = messages[0]['content'] if messages[0]['role'] == 'system' else none %}"
+    "{% set rest = messages[1:] if system else messages %}"
+    "{% set last_user = namespace(i=-1) %}{% for m in rest %}"
+    "{% if m['role'] == 'user' %}{% set last_user.i = loop.index0 %}{% endif %}{% endfor %}"
+    "{% for m in rest %}{% if m['role'] == 'user' %}{{ '[INST] ' }}"
+    "{% if system and loop.index0 == last_user.i %}{{ system + '\\n\\n' }}{% endif %}"
+    "{{ m['content'] + ' [/INST]' }}{% else %}{{ m['content'] + eos_token }}{% endif %}"
+    "{% endfor %}"
+)
+SPECIALS = ["<|start|>", "<|channel|>", "<|message|>", "<|end|>", "<|im_start|>", "<|im_end|>"]
+WITHOUT_FINAL_OBSERVATION = MESSAGES[:-1]  # ends with the trained finish turn
+MESSAGES_ASSISTANT = [m.content for m in MESSAGES if m.role == "assistant" and m.train]
+
+
+@pytest.fixture
+def tok_for(tokenizer_copy):
+    def make(jinja: str):
+        tok = load_tokenizer(tokenizer_copy)
+        tok.add_special_tokens({"additional_special_tokens": SPECIALS})
+        tok.chat_template = jinja
+        return tok
+
+    return make
+
+
+def written_at_inference(renderer: Renderer, messages: list[Message]) -> list[list[int]]:
+    """Per trained assistant turn: the training tokens after its generation prompt, through the
+    first trained token that is not followed by another trained one (the end of the turn)."""
+    enc = renderer.encode(messages)
+    ids, mask = enc.ids.tolist(), enc.mask.tolist()
+    out = []
+    for k, msg in enumerate(messages):
+        if msg.role == "assistant" and msg.train:
+            prompt = renderer.generation_prompt(messages[:k])
+            assert ids[: len(prompt)] == prompt, f"turn {k}: the prompt is not where training is"
+            end = len(prompt)
+            while end < len(ids) and mask[end]:
+                end += 1
+            out.append(ids[len(prompt) : end])
+    return out
+
+
+@pytest.mark.parametrize("jinja", [CHATML_JINJA, HARMONY, LAST_TURN_THINKS])
+@pytest.mark.parametrize("messages", [MESSAGES, WITHOUT_FINAL_OBSERVATION])
+def test_every_written_token_is_trained_and_nothing_else(tok_for, jinja, messages):
+    tok = tok_for(jinja)
+    r = Renderer(tok, "hf")
+    turns = written_at_inference(r, messages)
+    # the trained spans are exactly the tokens after each generation prompt
+    assert turns == trained_spans(r.encode(messages))
+    texts = [tok.decode(t) for t in turns]
+    assert len(texts) == 2 and all(t.rstrip().endswith(("<|im_end|>", "<|end|>")) for t in texts)
+
+
+def test_template_text_the_model_writes_is_trained(tok_for):
+    tok = tok_for(HARMONY)
+    texts = [tok.decode(s) for s in trained_spans(Renderer(tok, "hf").encode(MESSAGES))]
+    assert texts == [f"<|channel|>final<|message|>{a}<|end|>" for a in MESSAGES_ASSISTANT]
+
+    tok = tok_for(LAST_TURN_THINKS)
+    r = Renderer(tok, "hf")
+    first, last = [tok.decode(s) for s in trained_spans(r.encode(WITHOUT_FINAL_OBSERVATION))]
+    assert first == f"{MESSAGES_ASSISTANT[0]}<|im_end|>"  # followed by an observation: no block
+    assert last == f"<think>\n\n</think>\n\n{MESSAGES_ASSISTANT[1]}<|im_end|>"
+
+
+def test_history_that_differs_from_the_prompt_is_refused(tok_for):
+    tok = tok_for(LAST_USER_SLIP)
+    r = Renderer(tok, "hf")
+    with pytest.raises(TemplateError) as exc:
+        r.encode(MESSAGES)
+    msg = str(exc.value)
+    assert "before message 3 (an assistant turn)" in msg
+    assert "<message 2>\\n<|im_end|><|im_start|>assista" in msg  # history
+    assert "<message 2><|im_end|><|im_start|>assistan" in msg  # the inference prompt
+    assert "render.chat_template" in msg
+    # evaluation renders prompts only: an off-the-shelf model with this template still runs
+    assert tok.decode(r.generation_prompt(MESSAGES[:3])).endswith("<|im_start|>assistant\n")
+
+
+def test_a_template_that_moves_the_system_message_says_so(tok_for):
+    tok = tok_for(SYSTEM_LAST)
+    r = Renderer(tok, "hf")
+    assert len(trained_spans(r.encode(MESSAGES))) == 2  # no system message: fine
+    with pytest.raises(TemplateError, match="moves the system message"):
+        r.encode([Message("system", "Be brief."), *MESSAGES])
+
+
+def _write(path, text: str):
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_chat_template_file_replaces_the_tokenizers_and_travels_with_the_data(
+    tokenizer_dir, nat_files, tmp_path, capsys
+):
+    from natscale.data.prepared import PreparedDir
+
+    from .test_prepare import _config
+
+    jinja = _write(tmp_path / "fixed.jinja", HARMONY)
+    cfg = _config(tokenizer_dir, nat_files, **{"render.template": "auto"})
+    cfg_file = tmp_path / "prepare.yaml"
+    data = cfg.model_dump(mode="json", exclude_none=True)
+    data["render"]["chat_template"] = str(jinja)
+    data["render"]["add_missing_special_tokens"] = False
+    cfg_file.write_text(json.dumps(data))
+    out = tmp_path / "out"
+    assert main(["prepare", str(cfg_file), "--out", str(out)]) == 0
+    saved = load_tokenizer(PreparedDir(out).tokenizer)
+    assert saved.chat_template == HARMONY
+    assert json.loads((out / "stats.json").read_text())["template"] == "hf"
+
+    # the same file for evaluation (a model without --data)
+    tok = load_tokenizer(tokenizer_dir)
+    prompter = Prompter(PromptConfig(chat_template=str(jinja)), tok)
+    assert prompter.renderer.name == "hf" and tok.chat_template == HARMONY
+
+    # errors name the field and the file
+    data["render"]["chat_template"] = str(tmp_path / "missing.jinja")
+    cfg_file.write_text(json.dumps(data))
+    capsys.readouterr()
+    assert main(["prepare", str(cfg_file), "--out", str(tmp_path / "o2")]) == 2
+    assert "render.chat_template: chat template file" in capsys.readouterr().err
+    assert not (tmp_path / "o2").exists()
+    broken = _write(tmp_path / "broken.jinja", "{% for m in messages %}\n{{ m['content'] }")
+    with pytest.raises(ValueError, match=r"prompt\.chat_template: .*broken\.jinja, line 2"):
+        read_chat_template(broken, "prompt.chat_template")
+    with pytest.raises(EvalError, match=r"prompt\.chat_template: chat template file"):
+        Prompter(PromptConfig(chat_template=str(tmp_path / "nope.jinja")), tok)
