@@ -10,6 +10,8 @@ Each check returns nothing or counts one kind of disagreement; none stops the ru
   observation, or a reply split in two); each is rendered as its own trained turn.
 - ``assistant_starts_with_observation``: an assistant turn that begins with ``Observation:``
   (an observation the source labelled as model text): it would be trained.
+- ``tool_call_text_dropped``: assistant turns with text beside their tool calls, through a chat
+  template that renders a call alone (Llama 3's): the text is not trained (nor seen at inference).
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ def data_warnings(
     sampling: dict[str, dict[str, Any]],
     strategy: StrategyConfig,
     prompts: dict[str, TaskPrompt],
+    *,
+    drops_tool_call_text: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """``{kind: {"count": n, "message": text}}`` for every kind that occurs (see the module)."""
     out: dict[str, dict[str, Any]] = {}
@@ -65,7 +69,7 @@ def data_warnings(
             "strategy.templates, or give a prompt file with templates (or the paper's "
             "zero-shot-target-aware variant) for these tasks",
         )
-    back_to_back = starts_obs = 0
+    back_to_back = starts_obs = call_text = 0
     for ex in examples:
         roles = [t.role for t in ex.traj.turns]
         back_to_back += any(a == b == "assistant" for a, b in pairwise(roles))
@@ -73,6 +77,10 @@ def data_warnings(
             t.role == "assistant" and t.content.lstrip().startswith("Observation:")
             for t in ex.traj.turns
         )
+        if drops_tool_call_text:
+            call_text += sum(
+                bool(t.role == "assistant" and t.tool_calls and t.content) for t in ex.traj.turns
+            )
     add(
         "back_to_back_assistant",
         back_to_back,
@@ -84,5 +92,12 @@ def data_warnings(
         starts_obs,
         "trajectories with an assistant turn that begins with 'Observation:' (trained as model "
         "text); map the source's observation role (sharegpt roles: {...: observation})",
+    )
+    add(
+        "tool_call_text_dropped",
+        call_text,
+        "assistant turns with text beside their tool calls: the chat template renders a call "
+        "alone (as Llama 3's does), so that text is neither trained nor shown at inference; "
+        "give render.chat_template a template that renders it to keep it",
     )
     return out

@@ -320,6 +320,7 @@ def _prepare(
         paper_compat=rc.paper_compat,
     )
 
+    drops_call_text = renderer.template.drops_tool_call_text()
     issues = Issues()
     sources, prompts = source_options(config)
     keep = None
@@ -369,7 +370,9 @@ def _prepare(
         if last:
             stream.release()  # the workers exit once the plan is made
         ordered = [window[i] for i in order]
-        for kind, w in data_warnings(ordered, {}, config.strategy, prompts).items():
+        for kind, w in data_warnings(
+            ordered, {}, config.strategy, prompts, drops_tool_call_text=drops_call_text
+        ).items():
             warned.setdefault(kind, {"count": 0, "message": w["message"]})["count"] += w["count"]
         del ordered
         where = f"window {k}: " if k or len(window) == pc.window_examples else ""

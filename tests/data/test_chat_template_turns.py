@@ -176,3 +176,130 @@ def test_chat_template_file_replaces_the_tokenizers_and_travels_with_the_data(
         read_chat_template(broken, "prompt.chat_template")
     with pytest.raises(EvalError, match=r"prompt\.chat_template: chat template file"):
         Prompter(PromptConfig(chat_template=str(tmp_path / "nope.jinja")), tok)
+
+
+# tool calls: stand-ins for Qwen3's (a newline before the call only after text), Llama 3's (the
+# call rendered alone, the text left out), Phi-4-mini's (the calls left out beside text) and
+# Mistral's (call ids required, echoed by the tool message)
+CALL_AFTER_TEXT = (
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] }}"
+    "{% for c in m['tool_calls'] or [] %}{% if m['content'] %}{{ '\\n' }}{% endif %}"
+    "{{ '<tool_call>' + (c['function'] | tojson) + '</tool_call>' }}{% endfor %}"
+    "{{ '<|im_end|>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+CALL_ALONE = CALL_AFTER_TEXT.replace(
+    "{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] }}",
+    "{{ '<|im_start|>' + m['role'] + '\\n' }}{% if not m['tool_calls'] %}{{ m['content'] }}"
+    "{% endif %}",
+).replace("{% if m['content'] %}{{ '\\n' }}{% endif %}", "")
+CALL_OR_TEXT = CALL_AFTER_TEXT.replace(
+    "{% for c in m['tool_calls'] or [] %}",
+    "{% for c in m['tool_calls'] or [] if not m['content'] %}",
+)
+CALL_IDS = CALL_AFTER_TEXT.replace(
+    "(c['function'] | tojson)", "(c['function'] | tojson) + ' id=' + c['id']"
+).replace(
+    "{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] }}",
+    "{{ '<|im_start|>' + m['role'] + '\\n' }}{% if m['tool_call_id'] %}"
+    "{{ '[' + m['tool_call_id'] + '] ' }}{% endif %}{{ m['content'] }}",
+)
+CALL = {"name": "calculate", "arguments": {"expression": "5 + 7"}}
+
+
+def _tool_turns(text: str = "", call_id: str | None = None) -> list[Message]:
+    call = {**CALL, "id": call_id} if call_id else CALL
+    return [
+        Message("user", "Question: What is 5 + 7?"),
+        Message("assistant", text, True, [call]),
+        Message("observation", "12", name="calculate"),
+        Message("assistant", "The answer is 12.", True),
+    ]
+
+
+@pytest.mark.parametrize("text", ["", "Let me compute it."])
+def test_tool_calls_with_and_without_text(tok_for, text):
+    call = '<tool_call>{"name": "calculate", "arguments": {"expression": "5 + 7"}}</tool_call>'
+    tok = tok_for(CALL_AFTER_TEXT)
+    r = Renderer(tok, "hf", observation_role="tool")
+    messages = _tool_turns(text)
+    spans = [tok.decode(s) for s in trained_spans(r.encode(messages))]
+    assert spans == [f"{text}\n{call}<|im_end|>" if text else f"{call}<|im_end|>",
+                     "The answer is 12.<|im_end|>"]  # fmt: skip
+    assert written_at_inference(r, messages) == trained_spans(r.encode(messages))
+    assert not r.template.drops_tool_call_text()
+
+    tok = tok_for(CALL_ALONE)  # the text is left out, as the template does at inference
+    r = Renderer(tok, "hf", observation_role="tool")
+    spans = [tok.decode(s) for s in trained_spans(r.encode(messages))]
+    assert spans == [f"{call}<|im_end|>", "The answer is 12.<|im_end|>"]
+    assert r.template.drops_tool_call_text()
+
+
+def test_tool_calls_a_template_leaves_out_are_refused(tok_for):
+    r = Renderer(tok_for(CALL_OR_TEXT), "hf", observation_role="tool")
+    assert len(trained_spans(r.encode(_tool_turns("")))) == 2
+    with pytest.raises(TemplateError, match=r"does not render the tool call\(s\) \['calculate'\]"):
+        r.encode(_tool_turns("Let me compute it."))
+
+
+def test_call_ids_reach_the_template(tok_for):
+    tok = tok_for(CALL_IDS)
+    r = Renderer(tok, "hf", observation_role="tool")
+    with pytest.raises(TemplateError, match="chat template failed"):  # it needs the ids
+        r.encode(_tool_turns())
+    text = tok.decode(r.encode(_tool_turns(call_id="call00001")).ids.tolist())
+    assert " id=call00001</tool_call>" in text and "tool\n[call00001] 12" in text
+
+
+def test_a_turn_with_nothing_to_train_or_a_lost_message_is_refused(tok_for):
+    no_end = CALL_AFTER_TEXT.replace("{{ '<|im_end|>\\n' }}", "{{ '\\n' }}")
+    r = Renderer(tok_for(no_end), "hf", observation_role="tool")
+    with pytest.raises(TemplateError, match="no end-of-turn token follows"):
+        r.encode(_tool_turns(""))
+    no_observation = CALL_AFTER_TEXT.replace(
+        "{% for m in messages %}", "{% for m in messages if m['role'] != 'tool' %}"
+    )
+    r = Renderer(tok_for(no_observation), "hf", observation_role="tool")
+    with pytest.raises(TemplateError, match=r"does not render the text of message 2 \(observation"):
+        r.encode(_tool_turns(""))
+
+
+def test_prepare_counts_text_a_template_leaves_out(tokenizer_dir, tmp_path):
+    from natscale.config.prepare import PrepareConfig
+    from natscale.data.prepare import prepare
+
+    # the example tokenizer has no <|im_end|>: its </s> ends the turns
+    jinja = _write(tmp_path / "alone.jinja", CALL_ALONE.replace("<|im_end|>", "</s>"))
+    call = {"type": "function", "id": "c1",
+            "function": {"name": "calculate", "arguments": '{"expression": "5 + 7"}'}}  # fmt: skip
+    records = [
+        {
+            "messages": [
+                {"role": "user", "content": "What is 5 + 7?"},
+                {"role": "assistant", "content": text, "tool_calls": [call]},
+                {"role": "tool", "content": "12", "tool_call_id": "c1"},
+                {"role": "assistant", "content": "Action: finish[12]"},
+            ],
+            "answer": "12",
+        }
+        for text in ("I will compute it.", None, "Computing.")
+    ]
+    path = tmp_path / "calls.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    cfg = PrepareConfig.model_validate(
+        {
+            "sources": [{"format": "openai", "paths": [str(path)]}],
+            "outcome": {"success": "all"},
+            "render": {
+                "tokenizer": str(tokenizer_dir),
+                "chat_template": str(jinja),
+                "observation_role": "tool",
+                "add_missing_special_tokens": True,
+            },
+            "pack": {"max_seq_len": 256},
+        }
+    )
+    stats = prepare(cfg, tmp_path / "out", progress=False).stats
+    assert stats["warnings"]["tool_call_text_dropped"]["count"] == 2
+    assert "renders a call alone" in stats["warnings"]["tool_call_text_dropped"]["message"]

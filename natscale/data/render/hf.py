@@ -27,6 +27,7 @@ placeholder contents).
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 
@@ -36,11 +37,24 @@ from natscale.data.render.templates import Template
 
 _SLOT = "\ue000{}\ue001"
 _SLOT_RE = re.compile("\ue000(\\d+)\ue001")
-EOT_CANDIDATES = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>")
+EOT_CANDIDATES = (
+    "<|im_end|>",
+    "<|eot_id|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "<|end_of_text|>",  # Granite
+    "<|call|>",  # gpt-oss: a turn that calls a tool ends here
+    "<|return|>",
+)
 
 
 class TemplateError(ValueError):
     pass
+
+
+# a layout's literals, each cut into (text, trained) parts
+_Plan = tuple[tuple[tuple[str, bool], ...], ...]
 
 
 class HFChatTemplate(Template):
@@ -62,14 +76,13 @@ class HFChatTemplate(Template):
         self.end_of_turn = self.eot[0] if self.eot else ""
         # whether the template renders `tools`, by the messages' roles (its layout may depend on them)
         self._tool_support: dict[tuple, bool] = {}
-        # the template text around the messages, by layout (see _literals)
+        # the template text around the messages, by layout (see _skeleton)
         self._skeletons: dict[tuple, list[str]] = {}
         self._direct = _compiled(tokenizer)  # (template, variables) or None
         self._direct_for = tokenizer.chat_template  # ... of this template (it may be reset)
         self._checked: set[tuple] = set()  # layouts whose direct render was checked
-        # per layout: characters at the end of the template text before each message that the
-        # model writes itself (see _heads)
-        self._head_sizes: dict[tuple, list[int]] = {}
+        self._plans: dict[tuple, _Plan] = {}  # per layout: its literals cut by train flag
+        self._drops_call_text: bool | None = None
 
     def __getstate__(self) -> dict:
         # the compiled template is made again where the renderer is unpickled (spawned workers)
@@ -80,21 +93,42 @@ class HFChatTemplate(Template):
         self._direct = _compiled(self.tokenizer)
 
     def _hf_messages(self, messages: list[Message], contents: list[str]) -> list[dict]:
-        out = []
+        """OpenAI-style messages; a call's ``id`` (Mistral's templates require them) is kept,
+        and the observations after it get the ids as ``tool_call_id``, in order."""
+        out, pending = [], []
         for msg, content in zip(messages, contents, strict=True):
             m = {"role": self.role(msg), "content": content}
             if msg.tool_calls:
-                m["tool_calls"] = [
-                    {
-                        "type": "function",
-                        "function": {"name": c["name"], "arguments": c.get("arguments")},
-                    }
-                    for c in msg.tool_calls
-                ]
-            if msg.name and msg.role == "observation":
-                m["name"] = msg.name
+                m["tool_calls"] = []
+                for c in msg.tool_calls:
+                    call = {"name": c["name"], "arguments": c.get("arguments")}
+                    m["tool_calls"].append({"type": "function", "function": call})
+                    if c.get("id"):
+                        m["tool_calls"][-1]["id"] = c["id"]
+                        pending.append(c["id"])
+            if msg.role == "observation":
+                if msg.name:
+                    m["name"] = msg.name
+                if pending:
+                    m["tool_call_id"] = pending.pop(0)
             out.append(m)
         return out
+
+    def drops_tool_call_text(self) -> bool:
+        """Whether the template leaves out the text of an assistant message that calls a tool
+        (Llama 3's renders the call alone)."""
+        if self._drops_call_text is None:
+            probe = [
+                Message("user", "question"),
+                Message("assistant", "text", True, [{"name": "f", "arguments": {}}]),
+            ]
+            try:
+                self._drops_call_text = _SLOT.format(1) not in self._render(
+                    probe, [_SLOT.format(0), _SLOT.format(1)], False
+                )
+            except TemplateError:  # a template that needs more (ids, tools) to render a call
+                self._drops_call_text = False
+        return self._drops_call_text
 
     def renders_tools(self, messages: list[Message], tools: list) -> bool:
         """True when the chat template's output changes with ``tools`` (it renders them)."""
@@ -152,7 +186,8 @@ class HFChatTemplate(Template):
         return out
 
     def _layout(self, messages: list[Message], generation: bool, tools: list | None) -> tuple:
-        """What the template text around the messages depends on (roles, tool calls, names)."""
+        """What the template text around the messages depends on (roles, tool calls, names,
+        which contents are empty)."""
         return (
             generation,
             json.dumps(tools, sort_keys=True) if tools else None,
@@ -161,12 +196,13 @@ class HFChatTemplate(Template):
                     self.role(m),
                     m.name if m.role == "observation" else None,
                     json.dumps(m.tool_calls, sort_keys=True) if m.tool_calls else None,
+                    not m.content,
                 )
                 for m in messages
             ),
         )
 
-    def _literals(
+    def _skeleton(
         self,
         messages: list[Message],
         generation: bool,
@@ -174,33 +210,48 @@ class HFChatTemplate(Template):
         key: tuple,
         *,
         fresh: bool,
-    ) -> list[str]:
-        """The template text around the messages: the output with placeholder contents, cut at
-        them. It depends only on the messages' layout ``key`` (roles, tool calls, names), so it
-        is rendered once per layout (``fresh``: rendered again)."""
-        literals = None if fresh else self._skeletons.get(key)
-        if literals is None:
-            slots = [_SLOT.format(i) for i in range(len(messages))]
-            parts = _SLOT_RE.split(self._render(messages, slots, generation, tools))
-            literals, order = parts[0::2], [int(x) for x in parts[1::2]]
-            if order != list(range(len(messages))):
-                moved = [i for i, m in enumerate(messages) if m.role == "system"]
+    ) -> tuple[list[str], list[int]]:
+        """The template text around the messages: the output with a placeholder for each
+        non-empty content, cut at them, and the message of each placeholder in output order. It
+        depends only on the layout ``key``, so it is rendered once per layout (``fresh``: again).
+        An empty content has no placeholder (templates branch on it: Qwen3 puts a newline before
+        a tool call only after text), and neither has the text of an assistant message with tool
+        calls that the template leaves out (Llama 3's renders the call alone)."""
+        cached = None if fresh else self._skeletons.get(key)
+        if cached is None:
+            marks = [_SLOT.format(i) if m.content else "" for i, m in enumerate(messages)]
+            parts = _SLOT_RE.split(self._render(messages, marks, generation, tools))
+            literals, slots = parts[0::2], [int(x) for x in parts[1::2]]
+            if any(b <= a for a, b in itertools.pairwise(slots)):
+                moved = any(m.role == "system" for m in messages)
                 hint = (
                     " (it moves the system message, as Mistral's puts it into the last user "
                     "turn: give the trajectories no system prompt and keep the instruction out "
                     "of it with render.instruction: turn or prepend)"
-                    if any(order[i : i + 1] != [i] for i in moved)
+                    if moved
                     else ""
                 )
                 raise TemplateError(
-                    f"the chat template renders messages in order {order}, not each message "
+                    f"the chat template renders messages in order {slots}, not each message "
                     f"once{hint}; use a built-in template (llama2, chatml, llama3) or a "
                     "template in render.chat_template that keeps the order"
                 )
+            lost = [
+                i
+                for i, m in enumerate(messages)
+                if m.content and i not in slots and not (m.role == "assistant" and m.tool_calls)
+            ]
+            if lost:
+                raise TemplateError(
+                    "the chat template does not render the text of "
+                    + ", ".join(f"message {i} ({messages[i].role})" for i in lost)
+                    + "; use a built-in template (llama2, chatml, llama3) or a template in "
+                    "render.chat_template that renders it"
+                )
             if len(self._skeletons) >= 4096:
                 self._skeletons.clear()
-            self._skeletons[key] = literals
-        return literals
+            cached = self._skeletons[key] = (literals, slots)
+        return cached
 
     def pieces(
         self, messages: list[Message], *, generation: bool = False, tools: list | None = None
@@ -208,72 +259,96 @@ class HFChatTemplate(Template):
         key = self._layout(messages, generation, tools)
         real = self._real(messages, generation, tools, key)
         for fresh in (False, True):  # a cached layout first; on a mismatch, rendered anew
-            literals = self._literals(messages, generation, tools, key, fresh=fresh)
-            contents = [m.content for m in messages]
-            if _join(literals, contents) == real:
+            literals, slots = self._skeleton(messages, generation, tools, key, fresh=fresh)
+            placed = [messages[i].content for i in slots]
+            if _join(literals, placed) == real:
                 break
-            contents = [c.strip() for c in contents]
-            if _join(literals, contents) == real:
+            placed = [c.strip() for c in placed]
+            if _join(literals, placed) == real:
                 break
         else:
             raise TemplateError(
                 "the chat template changes message content (beyond stripping it); "
                 "use a built-in template (llama2, chatml, llama3)"
             )
-        heads = (
-            [0] * len(messages)
-            if generation
-            else self._heads(messages, tools, key, literals, fresh=fresh)
-        )
+        plan = self._plan(messages, generation, tools, key, literals, slots, fresh=fresh)
         out: list[Piece] = []
-        cut = 0  # the previous assistant turn's end-of-turn ends here in this literal
-        for i, (msg, content) in enumerate(zip(messages, contents, strict=True)):
-            lit = literals[i]
-            head = max(cut, len(lit) - heads[i])
-            out += [
-                Piece(lit[:cut], True, True),
-                Piece(lit[cut:head], False, True),
-                Piece(lit[head:], True, True),  # what the model writes before the content
-                Piece(content, msg.train),
-            ]
-            cut = self._eot_end(literals[i + 1]) if (msg.role == "assistant" and msg.train) else 0
-        out += [Piece(literals[-1][:cut], True, True), Piece(literals[-1][cut:], False, True)]
-        return [p for p in out if p.text]
+        for j, parts in enumerate(plan):
+            out += [Piece(text, trained, True) for text, trained in parts]
+            if j < len(slots) and placed[j]:
+                out.append(Piece(placed[j], messages[slots[j]].train))
+        return out
 
-    def _heads(
+    def _plan(
         self,
         messages: list[Message],
+        generation: bool,
         tools: list | None,
         key: tuple,
         literals: list[str],
+        slots: list[int],
         *,
         fresh: bool,
-    ) -> list[int]:
-        """Per message, how many characters at the end of the template text before it the model
-        writes itself: for a trained assistant message, the text between the end of its
-        generation prompt (the messages before it rendered with ``add_generation_prompt``) and its
-        content; 0 for the others. Raises when the generation prompt is not a prefix of the
-        training text (a turn would be trained after text it never follows at inference)."""
-        heads = None if fresh else self._head_sizes.get(key)
-        if heads is not None:
-            return heads
-        slots = [_SLOT.format(i) for i in range(len(messages))]
-        heads = [0] * len(messages)
+    ) -> _Plan:
+        """Which template text of a layout is trained (see the module doc), as its literals cut
+        into (text, trained) parts. Raises when a trained turn's generation prompt is not how
+        the template renders the same conversation as history."""
+        plan = None if fresh else self._plans.get(key)
+        if plan is not None:
+            return plan
+        text = _join(literals, [_SLOT.format(i) for i in slots])
+        starts, where, pos = [], {}, 0  # literal starts; (start, end) of each placeholder
+        for j, lit in enumerate(literals):
+            starts.append(pos)
+            pos += len(lit)
+            if j < len(slots):
+                where[slots[j]] = (pos, pos + len(_SLOT.format(slots[j])))
+                pos = where[slots[j]][1]
+        trained: list[tuple[int, int]] = []  # template text the model writes, in `text`
         for k, msg in enumerate(messages):
-            if msg.role != "assistant" or not msg.train:
+            if generation or msg.role != "assistant" or not msg.train:
                 continue
-            history = _join(literals[: k + 1], slots[:k])
-            prompt_key = self._layout(messages[:k], True, tools)
-            prompt = _join(
-                self._literals(messages[:k], True, tools, prompt_key, fresh=fresh), slots[:k]
+            later = next((where[i][0] for i in slots if i > k), len(text))
+            before = where[k][0] if k in where else later  # the history this turn follows
+            prompt_lits, prompt_slots = self._skeleton(
+                messages[:k], True, tools, self._layout(messages[:k], True, tools), fresh=fresh
             )
-            if not history.startswith(prompt):
-                raise TemplateError(_prompt_mismatch(k, history, prompt))
-            heads[k] = len(history) - len(prompt)
-        if len(self._head_sizes) >= 4096:
-            self._head_sizes.clear()
-        self._head_sizes[key] = heads
-        return heads
+            prompt = _join(prompt_lits, [_SLOT.format(i) for i in prompt_slots])
+            if len(prompt) > before or not text.startswith(prompt):
+                raise TemplateError(_prompt_mismatch(k, text[:before], prompt))
+            after = where[k][1] if k in where else len(prompt)
+            end = after + self._eot_end(text[after:later])
+            if end == len(prompt):
+                raise TemplateError(
+                    f"the chat template renders message {k} (an assistant turn) without its text "
+                    "and no end-of-turn token follows its prompt, so nothing of it would be "
+                    "trained; set render.end_of_turn to the token that ends a turn"
+                )
+            written = text[len(prompt) : end]
+            missing = [c["name"] for c in msg.tool_calls or () if c["name"] not in written]
+            if missing:
+                raise TemplateError(
+                    f"the chat template does not render the tool call(s) {missing} of message {k} "
+                    "(an assistant turn), so the model would learn the turn without them; use a "
+                    "template in render.chat_template that renders them"
+                )
+            trained += [(len(prompt), where[k][0] if k in where else len(prompt)), (after, end)]
+        parts = []
+        for j, lit in enumerate(literals):
+            a, b = starts[j], starts[j] + len(lit)
+            cuts = sorted({a, b, *(x for span in trained for x in span if a < x < b)})
+            parts.append(
+                tuple(
+                    (text[s:e], any(ts <= s and e <= te for ts, te in trained))
+                    for s, e in itertools.pairwise(cuts)
+                    if e > s
+                )
+            )
+        plan = tuple(parts)
+        if len(self._plans) >= 4096:
+            self._plans.clear()
+        self._plans[key] = plan
+        return plan
 
     def _eot_end(self, text: str) -> int:
         """End offset of the first end-of-turn token in ``text`` (0 if there is none)."""

@@ -50,6 +50,10 @@ class Template:
         prompt, :mod:`natscale.data.render.tools`)."""
         return False
 
+    def drops_tool_call_text(self) -> bool:
+        """Whether the text of an assistant message that calls a tool is left out."""
+        return False
+
 
 class Llama2(Template):
     name = "llama2"
