@@ -303,3 +303,31 @@ def test_prepare_counts_text_a_template_leaves_out(tokenizer_dir, tmp_path):
     stats = prepare(cfg, tmp_path / "out", progress=False).stats
     assert stats["warnings"]["tool_call_text_dropped"]["count"] == 2
     assert "renders a call alone" in stats["warnings"]["tool_call_text_dropped"]["message"]
+
+
+@pytest.mark.parametrize("jinja", [CALL_AFTER_TEXT, CALL_ALONE, CALL_IDS])
+def test_prompts_found_by_shape_equal_prompts_rendered(tok_for, jinja):
+    """With tool calls every conversation is its own layout, so a turn's generation prompt is
+    checked once per shape (arguments and ids left out) and found in the history by its end;
+    the result must be what rendering each prompt gives."""
+    tok = tok_for(jinja)
+    fast = Renderer(tok, "hf", observation_role="tool")
+    exact = Renderer(tok, "hf", observation_role="tool")
+    exact.template._shape_tail = lambda *args: None  # render every prompt
+    conversations = []
+    for n in range(12):
+        turns = [Message("user", f"Question: what is {n} * 3?")]
+        for t in range(n % 4 + 1):
+            call = {"name": "calculate", "arguments": {"expression": f"{n} * {t}"}}
+            call["id"] = f"call{n:03d}{t}"
+            turns += [
+                Message("assistant", "" if (n + t) % 2 else f"Step {t}.", True, [call]),
+                Message("observation", str(n * t), name="calculate"),
+            ]
+        conversations.append([*turns, Message("assistant", f"It is {n * 3}.", True)])
+    for messages in conversations:
+        a, b = fast.encode(messages), exact.encode(messages)
+        assert a.ids.tolist() == b.ids.tolist() and a.mask.tolist() == b.mask.tolist()
+    # found by shape (once per shape and turn), not rendered: 30 turns follow a call
+    tails = fast.template._tails
+    assert 0 < len(tails) < 30 and all(v is not None for v in tails.values())

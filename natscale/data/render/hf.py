@@ -82,6 +82,7 @@ class HFChatTemplate(Template):
         self._direct_for = tokenizer.chat_template  # ... of this template (it may be reset)
         self._checked: set[tuple] = set()  # layouts whose direct render was checked
         self._plans: dict[tuple, _Plan] = {}  # per layout: its literals cut by train flag
+        self._tails: dict[tuple, tuple[int | None, str] | None] = {}  # see _shape_tail
         self._drops_call_text: bool | None = None
 
     def __getstate__(self) -> dict:
@@ -296,35 +297,23 @@ class HFChatTemplate(Template):
         plan = None if fresh else self._plans.get(key)
         if plan is not None:
             return plan
-        text = _join(literals, [_SLOT.format(i) for i in slots])
-        starts, where, pos = [], {}, 0  # literal starts; (start, end) of each placeholder
-        for j, lit in enumerate(literals):
-            starts.append(pos)
-            pos += len(lit)
-            if j < len(slots):
-                where[slots[j]] = (pos, pos + len(_SLOT.format(slots[j])))
-                pos = where[slots[j]][1]
+        text, starts, where = _positions(literals, slots)
         trained: list[tuple[int, int]] = []  # template text the model writes, in `text`
         for k, msg in enumerate(messages):
             if generation or msg.role != "assistant" or not msg.train:
                 continue
             later = next((where[i][0] for i in slots if i > k), len(text))
             before = where[k][0] if k in where else later  # the history this turn follows
-            prompt_lits, prompt_slots = self._skeleton(
-                messages[:k], True, tools, self._layout(messages[:k], True, tools), fresh=fresh
-            )
-            prompt = _join(prompt_lits, [_SLOT.format(i) for i in prompt_slots])
-            if len(prompt) > before or not text.startswith(prompt):
-                raise TemplateError(_prompt_mismatch(k, text[:before], prompt))
-            after = where[k][1] if k in where else len(prompt)
+            prompt = self._prompt_end(messages, k, tools, text, where, before, fresh=fresh)
+            after = where[k][1] if k in where else prompt
             end = after + self._eot_end(text[after:later])
-            if end == len(prompt):
+            if end == prompt:
                 raise TemplateError(
                     f"the chat template renders message {k} (an assistant turn) without its text "
                     "and no end-of-turn token follows its prompt, so nothing of it would be "
                     "trained; set render.end_of_turn to the token that ends a turn"
                 )
-            written = text[len(prompt) : end]
+            written = text[prompt:end]
             missing = [c["name"] for c in msg.tool_calls or () if c["name"] not in written]
             if missing:
                 raise TemplateError(
@@ -332,7 +321,7 @@ class HFChatTemplate(Template):
                     "(an assistant turn), so the model would learn the turn without them; use a "
                     "template in render.chat_template that renders them"
                 )
-            trained += [(len(prompt), where[k][0] if k in where else len(prompt)), (after, end)]
+            trained += [(prompt, where[k][0] if k in where else prompt), (after, end)]
         parts = []
         for j, lit in enumerate(literals):
             a, b = starts[j], starts[j] + len(lit)
@@ -349,6 +338,65 @@ class HFChatTemplate(Template):
             self._plans.clear()
         self._plans[key] = plan
         return plan
+
+    def _prompt_end(
+        self,
+        messages: list[Message],
+        k: int,
+        tools: list | None,
+        text: str,
+        where: dict[int, tuple[int, int]],
+        before: int,
+        *,
+        fresh: bool,
+    ) -> int:
+        """Where the generation prompt of ``messages[:k]`` ends in the history ``text``; raises
+        when it is not the start of the history before message ``k`` (which ends at
+        ``before``). Tool calls' arguments and ids make nearly every conversation a layout of its
+        own; such a prompt is checked once per shape (the layout with stand-ins for them, see
+        :func:`_shape`) and found in ``text`` by its text after its last message, and rendered
+        itself only when that text is not there."""
+        if not fresh and any(m.tool_calls for m in messages[:k]):
+            found = self._shape_tail(messages, k, tools)
+            if found is not None:
+                last, tail = found
+                pos = where[last][1] if last is not None else 0
+                if pos + len(tail) <= before and text.startswith(tail, pos):
+                    return pos + len(tail)
+        lits, slots = self._skeleton(
+            messages[:k], True, tools, self._layout(messages[:k], True, tools), fresh=fresh
+        )
+        prompt = _join(lits, [_SLOT.format(i) for i in slots])
+        if len(prompt) > before or not text.startswith(prompt):
+            raise TemplateError(_prompt_mismatch(k, text[:before], prompt))
+        return len(prompt)
+
+    def _shape_tail(
+        self, messages: list[Message], k: int, tools: list | None
+    ) -> tuple[int | None, str] | None:
+        """For the shape of ``messages``: when its turn ``k``'s generation prompt is the start of
+        its history, the prompt's last placeholder (None: none) and its text after it."""
+        shape = _shape(messages)
+        key = (self._layout(shape, False, tools), k)
+        if key not in self._tails:
+            found = None
+            try:
+                lits, slots = self._skeleton(shape, False, tools, key[0], fresh=False)
+                prompt_key = self._layout(shape[:k], True, tools)
+                p_lits, p_slots = self._skeleton(shape[:k], True, tools, prompt_key, fresh=False)
+            except TemplateError:  # the exact path reports it
+                pass
+            else:
+                text, _, where = _positions(lits, slots)
+                prompt = _join(p_lits, [_SLOT.format(i) for i in p_slots])
+                later = next((where[i][0] for i in slots if i > k), len(text))
+                before = where[k][0] if k in where else later
+                if len(prompt) <= before and text.startswith(prompt):
+                    found = (p_slots[-1] if p_slots else None, p_lits[-1])
+            if len(self._tails) >= 4096:
+                self._tails.clear()
+            self._tails[key] = found
+        return self._tails[key]
 
     def _eot_end(self, text: str) -> int:
         """End offset of the first end-of-turn token in ``text`` (0 if there is none)."""
@@ -429,6 +477,37 @@ def _prompt_mismatch(k: int, history: str, prompt: str) -> str:
         "sees when it runs. Use a built-in template (llama2, chatml, llama3), another "
         "render.observation_role, or a corrected template in render.chat_template"
     )
+
+
+def _positions(
+    literals: list[str], slots: list[int]
+) -> tuple[str, list[int], dict[int, tuple[int, int]]]:
+    """A skeleton's text with its placeholders, where each literal starts in it, and the
+    ``(start, end)`` of each message's placeholder."""
+    starts, where, pos = [], {}, 0
+    for j, lit in enumerate(literals):
+        starts.append(pos)
+        pos += len(lit)
+        if j < len(slots):
+            where[slots[j]] = (pos, pos + len(_SLOT.format(slots[j])))
+            pos = where[slots[j]][1]
+    return _join(literals, [_SLOT.format(i) for i in slots]), starts, where
+
+
+def _shape(messages: list[Message]) -> list[Message]:
+    """``messages`` with each tool call's arguments ``{}`` and its id zeros of the same length:
+    what a template renders around the messages apart from those."""
+    out = []
+    for m in messages:
+        if m.tool_calls:
+            calls = [
+                {"name": c["name"], "arguments": {}}
+                | ({"id": "0" * len(c["id"])} if c.get("id") else {})
+                for c in m.tool_calls
+            ]
+            m = Message(m.role, m.content, m.train, calls, m.name)
+        out.append(m)
+    return out
 
 
 def _join(literals: list[str], contents: list[str]) -> str:
