@@ -1,11 +1,13 @@
 """The tokenizer's own chat template (``apply_chat_template``) as pieces with train flags.
 
-The template is rendered twice: once with every message's content replaced by a unique
+The template is rendered twice: once with every non-empty content replaced by a unique
 placeholder, which cuts the output into template text (literal pieces) and message slots (once
-per layout of roles, tool calls and names: it does not depend on the content), and once with the
-real content to check that the template inserts each content unchanged (or stripped; e.g.
-Llama-2's ``| trim``). A template that rewrites content (reasoning splitters,
-content-dependent branches) is reported with a hint to use a built-in template.
+per layout of roles, tool calls, names and empty contents: it does not depend on the content),
+and once with the real content to check that the template inserts each content unchanged (or
+stripped; e.g. Llama-2's ``| trim``). A template that rewrites content (reasoning splitters,
+content-dependent branches) is reported with a hint to use a built-in template. An empty content
+gets no placeholder (templates branch on it), and an assistant's text beside tool calls may be
+left out by the template (Llama 3's renders the call alone); any other message must be rendered.
 
 The real-content render goes straight to the template as ``apply_chat_template`` compiles it, with
 the variables it passes (its per-call conversion of the messages to plain data, which ours
@@ -22,7 +24,8 @@ including the first end-of-turn token (so rendered tool calls and ``<|im_end|>``
 ``<|eot_id|>`` are trained, the next header is not). A template whose generation prompt is not
 how it renders the same conversation as history would train each turn after text the model never
 sees at inference; it is refused, naming the two texts (checked once per layout, with
-placeholder contents).
+placeholder contents; with tool calls, whose arguments make nearly every conversation a layout of
+its own, once per shape: the layout with stand-in arguments, see ``_prompt_end``).
 """
 
 from __future__ import annotations
