@@ -246,7 +246,7 @@ def test_tool_calls_a_template_leaves_out_are_refused(tok_for):
 def test_call_ids_reach_the_template(tok_for):
     tok = tok_for(CALL_IDS)
     r = Renderer(tok, "hf", observation_role="tool")
-    with pytest.raises(TemplateError, match="chat template failed"):  # it needs the ids
+    with pytest.raises(TemplateError, match=r"give every tool call an id"):  # it reads them
         r.encode(_tool_turns())
     text = tok.decode(r.encode(_tool_turns(call_id="call00001")).ids.tolist())
     assert " id=call00001</tool_call>" in text and "tool\n[call00001] 12" in text

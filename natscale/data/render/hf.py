@@ -158,9 +158,16 @@ class HFChatTemplate(Template):
                 add_generation_prompt=generation,
             )
         except Exception as exc:  # jinja raises its own errors (e.g. roles must alternate)
+            calls = [c for m in messages for c in m.tool_calls or ()]
+            hint = (
+                "give every tool call an id in the data (OpenAI tool_calls[].id: the template "
+                "reads them), "
+                if any("id" not in c for c in calls) and "'id'" in str(exc)
+                else ""
+            )
             raise TemplateError(
-                f"the tokenizer's chat template failed: {exc}; set render.observation_role to a "
-                "role it accepts, or use a built-in template (llama2, chatml, llama3)"
+                f"the tokenizer's chat template failed: {exc}; {hint}set render.observation_role "
+                "to a role it accepts, or use a built-in template (llama2, chatml, llama3)"
             ) from exc
 
     def _real(self, messages: list[Message], generation: bool, tools: list | None, key) -> str:
@@ -272,8 +279,9 @@ class HFChatTemplate(Template):
                 break
         else:
             raise TemplateError(
-                "the chat template changes message content (beyond stripping it); "
-                "use a built-in template (llama2, chatml, llama3)"
+                "the chat template changes message content (beyond stripping it; e.g. it drops "
+                "earlier turns' <think> blocks); use a built-in template (llama2, chatml, llama3) "
+                "or a template in render.chat_template that keeps the text as it is"
             )
         plan = self._plan(messages, generation, tools, key, literals, slots, fresh=fresh)
         out: list[Piece] = []
