@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "prepare": ("prepare", "raw trajectories -> NAT-marked, loss-masked, packed dataset on disk"),
     "merge": ("merge", "join `natscale prepare` outputs (one per node) into one prepared folder"),
+    "inspect": ("inspect", "print prepared examples with the text they train marked"),
     "train": (
         "train",
         "train a causal LM on packed rows with DeepSpeed ZeRO-3 (one rank of a job)",
