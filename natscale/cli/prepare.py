@@ -22,6 +22,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", help="output directory (overrides `output:`)")
     parser.add_argument("--num-proc", type=positive_int, help="tokenisation worker processes")
+    parser.add_argument(
+        "--limit",
+        type=positive_int,
+        metavar="N",
+        help="read only the first N trajectories: try a config, then `natscale inspect` the output",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -46,6 +52,8 @@ def _run(args: argparse.Namespace) -> int:
         overrides.append(f"num_proc={args.num_proc}")
     if args.overwrite:
         overrides.append("overwrite=true")
+    if args.limit is not None:
+        overrides.append(f"limit={args.limit}")
     try:
         config = load_config(args.config, PrepareConfig, overrides)
         result = prepare(

@@ -155,6 +155,9 @@ class PrepareConfig(_Strict):
     overwrite: bool = False
     seed: int = 42
     num_proc: int = Field(1, ge=1)
+    limit: int | None = Field(
+        None, ge=1, description="read only the first N trajectories (all sources): a trial run"
+    )
     on_error: Literal["raise", "skip"] = "raise"
     sources: list[Source] = Field(min_length=1)
     outcome: OutcomeConfig = OutcomeConfig()

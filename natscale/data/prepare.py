@@ -20,6 +20,7 @@ Bad records raise :class:`DataError` (``on_error: raise``) or are counted in
 from __future__ import annotations
 
 import gc
+import itertools
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -84,7 +85,14 @@ def source_options(config: PrepareConfig) -> tuple[list[tuple[Any, dict]], dict[
 def iter_sources(
     config: PrepareConfig, issues: Issues, sources: list[tuple[Any, dict]]
 ) -> Iterator[Trajectory]:
-    """Every trajectory of every source, read as it is consumed (see ``iter_trajectories``)."""
+    """Every trajectory of every source (the first ``config.limit``), read as it is consumed
+    (see ``iter_trajectories``)."""
+    yield from itertools.islice(_every_trajectory(config, issues, sources), config.limit)
+
+
+def _every_trajectory(
+    config: PrepareConfig, issues: Issues, sources: list[tuple[Any, dict]]
+) -> Iterator[Trajectory]:
     for src, opts in sources:
         for traj in iter_trajectories(
             src.paths,

@@ -70,3 +70,20 @@ def test_cli_marks_filters_and_refuses_bad_input(prepared, capsys, tmp_path):
     assert "has the classes ['success', 'failure']" in capsys.readouterr().err
     assert main(["inspect", str(tmp_path)]) == 2
     assert "natscale inspect: error: " in capsys.readouterr().err
+
+
+def test_prepare_limit_reads_the_first_trajectories(tokenizer_dir, nat_files, tmp_path, capsys):
+    import json
+
+    cfg = tmp_path / "prepare.json"
+    cfg.write_text(json.dumps(_config(tokenizer_dir, nat_files).model_dump(mode="json")))
+    out = tmp_path / "trial"
+    assert main(["prepare", str(cfg), "--out", str(out), "--limit", "1", "--no-progress"]) == 0
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["trajectories"]["loaded"] == 1 and stats["total"]["examples"] == 1
+    assert "limit: 1" in (out / "prepare_config.yaml").read_text()  # a trial says so
+    assert main(["inspect", str(out), "--color", "never"]) == 0
+    assert "inspect: 1 example from 1 of 1 rows" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:
+        main(["prepare", str(cfg), "--out", str(tmp_path / "x"), "--limit", "0"])
+    assert exc.value.code == 2 and "--limit: 0 is too small" in capsys.readouterr().err
