@@ -1,0 +1,178 @@
+"""Benchmark rendering through a tokenizer's chat template (``template: hf``), in one process.
+
+    python benchmarks/data/bench_render_template.py            # 2,000 conversations, best of 3
+    python benchmarks/data/bench_render_template.py --n 500 --calls 8 --repeat 2
+
+``Renderer.encode_batch`` (render, cut into trained / untrained pieces, tokenise; what a prepare
+worker does per chunk) on the example tokenizer, for two kinds of conversation:
+
+- ``react``: the paper's layout (instruction turn, acknowledgement, question, then ``--calls``
+  Thought/Action turns and their observations as user turns), every conversation the same layout;
+- ``tool calls``: OpenAI-style, a question, then ``--calls`` assistant turns that each call a
+  tool (every other one with text beside the call) and their ``tool`` results, then the answer.
+  The call arguments differ, so every conversation is a layout of its own.
+
+Rows: the built-in ``chatml`` template (Python, no Jinja: the baseline), and a Qwen-style Jinja
+chat template with ``tool_calls`` support (written here: a newline before a call only after text,
+as Qwen's) through ``hf``, once as ``prepare`` runs it and once with every turn's generation
+prompt rendered (``_shape_tail`` off: what the per-shape prompt check saves). Prints a table and
+writes ``benchmarks/results/render_template_<host>_<UTC time>.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from natscale.data.render import Message, Renderer, add_missing_tokens, load_tokenizer  # noqa: E402
+from natscale.env import machine  # noqa: E402
+
+# Qwen-style, written for this benchmark: chatml turns, tool calls as <tool_call> JSON after the
+# text (a newline only after text), tool results as user turns in <tool_response>
+CHAT_TEMPLATE = (
+    "{% for m in messages %}"
+    "{% if m['role'] == 'tool' %}{{ '<|im_start|>user\\n<tool_response>\\n' + m['content'] + "
+    "'\\n</tool_response><|im_end|>\\n' }}"
+    "{% else %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] }}"
+    "{% for c in m['tool_calls'] or [] %}{% if m['content'] or not loop.first %}{{ '\\n' }}"
+    "{% endif %}{{ '<tool_call>\\n' + (c['function'] | tojson) + '\\n</tool_call>' }}"
+    "{% endfor %}{{ '<|im_end|>\\n' }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def react(n: int, calls: int) -> list[list[Message]]:
+    out = []
+    for i in range(n):
+        m = [
+            Message("user", "Solve a math problem with interleaving Thought, Action, Observation."),
+            Message("assistant", "I've understood your instruction, start please."),
+            Message("user", f"Question: what is {i} * {i + 3} + 7?. Solve it correctly."),
+        ]
+        for t in range(calls):
+            m += [
+                Message("assistant", f"Thought: step {t}.\nAction: calculate[{i} * {t} + 7]", True),
+                Message("observation", f"Observation: {i * t + 7}"),
+            ]
+        out.append([*m, Message("assistant", f"Thought: done.\nAction: finish[{i}]", True)])
+    return out
+
+
+def tool_calls(n: int, calls: int) -> list[list[Message]]:
+    out = []
+    for i in range(n):
+        m = [Message("user", f"What is {i} * {i + 3} + 7?")]
+        for t in range(calls):
+            call = {"name": "calculate", "arguments": {"expression": f"{i} * {t} + 7"}}
+            text = "" if t % 2 else f"Step {t}: I will compute it."
+            m += [
+                Message("assistant", text, True, [call]),
+                Message("observation", str(i * t + 7), name="calculate"),
+            ]
+        out.append([*m, Message("assistant", f"The answer is {i}.", True)])
+    return out
+
+
+def best_rate(tok, name: str, exact: bool, convs: list, repeat: int) -> tuple[float, int]:
+    """(conversations per second, tokens) of ``encode_batch`` with the template ``name``, best of
+    ``repeat`` runs, each with a fresh renderer (its caches empty, as a prepare worker starts)."""
+    best, tokens = float("inf"), 0
+    for _ in range(repeat):
+        renderer = Renderer(tok, name, observation_role="tool")
+        if exact:  # render every turn's generation prompt instead of finding it by shape
+            renderer.template._shape_tail = lambda *args: None
+        t0 = time.perf_counter()
+        encoded = renderer.encode_batch(convs)
+        best = min(best, time.perf_counter() - t0)
+        tokens = sum(len(e) for e in encoded)
+    return len(convs) / best, tokens
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=2000, help="conversations per data set")
+    ap.add_argument("--calls", type=int, default=6, help="tool calls / ReAct steps each")
+    ap.add_argument("--repeat", type=int, default=3, help="best of N")
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    args = ap.parse_args()
+
+    tok = load_tokenizer(REPO / "examples" / "tokenizer")
+    add_missing_tokens(tok, "chatml")
+    tok.chat_template = CHAT_TEMPLATE
+    load_before = os.getloadavg()
+    rows = []
+    for data, convs in (
+        ("react", react(args.n, args.calls)),
+        ("tool calls", tool_calls(args.n, args.calls)),
+    ):
+        base = None
+        for label, name, exact in (
+            ("chatml (built-in)", "chatml", False),
+            ("hf chat template", "hf", False),
+            ("hf, every prompt rendered", "hf", True),
+        ):
+            if exact and data == "react":
+                continue  # one layout: its prompts are rendered once either way
+            rate, tokens = best_rate(tok, name, exact, convs, args.repeat)
+            base = base or rate
+            rows.append(
+                {
+                    "data": data,
+                    "renderer": label,
+                    "conv_per_s": round(rate, 1),
+                    "tokens_per_s": round(rate * tokens / len(convs)),
+                    "tokens_per_conv": round(tokens / len(convs), 1),
+                    "vs_chatml": round(rate / base, 3),
+                }
+            )
+    cols = ["data", "renderer", "conv_per_s", "tokens_per_s", "tokens_per_conv", "vs_chatml"]
+    table = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    table += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
+    print("\n".join(table))
+
+    m = machine(("tokenizers", "transformers", "jinja2"))
+    result = {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(["python", *sys.argv]),
+        "machine": m,
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "n": args.n,
+        "calls": args.calls,
+        "repeat": args.repeat,
+        "results": rows,
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"render_template_{m['host']}_{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}"
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    v = m["versions"]
+    md = [
+        f"# Chat-template rendering benchmark ({result['date']})",
+        "",
+        f"- command: `{result['command']}`",
+        f"- machine: {m['cpu']}, {m['cpu_count']} CPUs (load average before / after "
+        f"{result['load_average_before']} / {result['load_average_after']})",
+        f"- python {m['python']}, tokenizers {v['tokenizers']}, transformers {v['transformers']}, "
+        f"jinja2 {v['jinja2']}, natscale {(m.get('git_commit') or '?')[:8]}",
+        f"- {args.n} conversations per data set, {args.calls} steps / calls each; "
+        f"`Renderer.encode_batch`, one process, best of {args.repeat}",
+        "",
+        *table,
+        "",
+    ]
+    (out / f"{stem}.md").write_text("\n".join(md))
+    print(f"bench_render_template: wrote {out / stem}.json and .md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
