@@ -331,3 +331,19 @@ def test_prompts_found_by_shape_equal_prompts_rendered(tok_for, jinja):
     # found by shape (once per shape and turn), not rendered: 30 turns follow a call
     tails = fast.template._tails
     assert 0 < len(tails) < 30 and all(v is not None for v in tails.values())
+
+
+def test_end_of_turn_is_the_token_that_closes_a_turn(tok_for):
+    """Gemma's tokenizer has EOS <eos> but its turns end with <end_of_turn>: that is what the
+    model learns to write, so what prepare records and evaluation stops at."""
+    gemma_like = CHATML_JINJA.replace("<|im_start|>", "<start_of_turn>").replace(
+        "<|im_end|>", "<end_of_turn>"
+    )
+    tok = tok_for(gemma_like)
+    tok.add_special_tokens({"additional_special_tokens": ["<start_of_turn>", "<end_of_turn>"]})
+    assert tok.eos_token == "</s>"
+    r = Renderer(tok, "hf")
+    assert r.end_of_turn == "<end_of_turn>"
+    assert [tok.decode(s)[-13:] for s in trained_spans(r.encode(MESSAGES))] == ["<end_of_turn>"] * 2
+    assert Renderer(tok_for(CHATML_JINJA), "hf").end_of_turn == "<|im_end|>"
+    assert Renderer(tok, "hf", end_of_turn="</s>").end_of_turn == "</s>"  # as configured

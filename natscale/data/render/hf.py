@@ -87,6 +87,8 @@ class HFChatTemplate(Template):
         self._plans: dict[tuple, _Plan] = {}  # per layout: its literals cut by train flag
         self._tails: dict[tuple, tuple[int | None, str] | None] = {}  # see _shape_tail
         self._drops_call_text: bool | None = None
+        if end_of_turn is None and len(self.eot) > 1:
+            self.end_of_turn = self._closing_token() or self.end_of_turn
 
     def __getstate__(self) -> dict:
         # the compiled template is made again where the renderer is unpickled (spawned workers)
@@ -117,6 +119,19 @@ class HFChatTemplate(Template):
                     m["tool_call_id"] = pending.pop(0)
             out.append(m)
         return out
+
+    def _closing_token(self) -> str | None:
+        """The end-of-turn token the template closes an assistant turn with, where the
+        tokenizer has several (Gemma's ``<end_of_turn>``, not its EOS ``<eos>``): what the model
+        learns to end a turn with, so what generation stops at."""
+        probe = [Message("user", "q"), Message("assistant", "a", True), Message("user", "q")]
+        try:
+            text = self._render(probe, [_SLOT.format(i) for i in range(3)], False)
+        except TemplateError:
+            return None
+        after = text.partition(_SLOT.format(1))[2]
+        hits = [(i, t) for t in self.eot if (i := after.find(t)) >= 0]
+        return min(hits)[1] if hits else None
 
     def drops_tool_call_text(self) -> bool:
         """Whether the template leaves out the text of an assistant message that calls a tool
