@@ -384,7 +384,7 @@ class HFChatTemplate(Template):
         itself only when that text is not there."""
         if not fresh and any(m.tool_calls for m in messages[:k]):
             found = self._shape_tail(messages, k, tools)
-            if found is not None:
+            if found is not None and (found[0] is None or found[0] in where):
                 last, tail = found
                 pos = where[last][1] if last is not None else 0
                 if pos + len(tail) <= before and text.startswith(tail, pos):
