@@ -347,3 +347,59 @@ def test_end_of_turn_is_the_token_that_closes_a_turn(tok_for):
     assert [tok.decode(s)[-13:] for s in trained_spans(r.encode(MESSAGES))] == ["<end_of_turn>"] * 2
     assert Renderer(tok_for(CHATML_JINJA), "hf").end_of_turn == "<|im_end|>"
     assert Renderer(tok, "hf", end_of_turn="</s>").end_of_turn == "</s>"  # as configured
+
+
+@pytest.mark.parametrize(
+    "jinja", [CHATML_JINJA, HARMONY, LAST_TURN_THINKS, CALL_AFTER_TEXT, CALL_ALONE]
+)
+def test_random_conversations_train_exactly_what_follows_each_prompt(tok_for, jinja):
+    """Random layouts (system or not, empty texts, tool calls, untrained and back-to-back
+    assistant turns, a final observation or not): every trained turn's tokens are exactly the
+    tokens after its generation prompt, and nothing else is trained."""
+    import random
+
+    rnd = random.Random(0)
+    tok = tok_for(jinja)
+    r = Renderer(tok, "hf", observation_role="tool")  # one renderer: its caches are shared
+    checked = 0
+    for n in range(60):
+        messages = [Message("system", "Be brief.")] if rnd.random() < 0.3 else []
+        messages.append(Message("user", f"Question {n}: what is {n} + 1?"))
+        for t in range(rnd.randint(1, 4)):
+            calls = None
+            if jinja in (CALL_AFTER_TEXT, CALL_ALONE) and rnd.random() < 0.6:
+                calls = [{"name": "calculate", "arguments": {"expression": f"{n} + {t}"}}]
+            text = (
+                rnd.choice(["", f"Step {t}.", f" Thought {t}\nAction: go "])
+                if calls
+                else (f"Thought {t}. Action: finish[{n}]")
+            )
+            messages.append(Message("assistant", text, rnd.random() < 0.85, calls))
+            if rnd.random() < 0.85:
+                messages.append(Message("observation", rnd.choice(["", f"Observation {t}"])))
+        try:
+            encoded = r.encode(messages)
+        except TemplateError as exc:
+            # a turn the template renders without text or end (CALL_ALONE, an empty text), or,
+            # for LAST_TURN_THINKS, an assistant turn right after another: the prompt for the
+            # second gives the first the think block, the history does not
+            allowed = ["no end-of-turn token"]
+            if jinja is LAST_TURN_THINKS:
+                allowed.append("one way as history")
+            assert any(a in str(exc) for a in allowed), exc
+            continue
+        assert written_at_inference(r, messages) == trained_spans(encoded), messages
+        checked += 1
+    assert checked >= 40
+
+
+def test_the_same_layout_with_other_train_flags_trains_other_turns(tok_for):
+    """A renderer caches per layout; which turns train is not part of the layout."""
+    r = Renderer(tok_for(CHATML_JINJA), "hf")
+    both = r.encode(MESSAGES)
+    first_only = [
+        m if i != 5 else Message(m.role, m.content, False) for i, m in enumerate(MESSAGES)
+    ]
+    one = r.encode(first_only)
+    assert len(trained_spans(both)) == 2 and len(trained_spans(one)) == 1
+    assert trained_spans(one)[0] == trained_spans(both)[0]

@@ -84,7 +84,8 @@ class HFChatTemplate(Template):
         self._direct = _compiled(tokenizer)  # (template, variables) or None
         self._direct_for = tokenizer.chat_template  # ... of this template (it may be reset)
         self._checked: set[tuple] = set()  # layouts whose direct render was checked
-        self._plans: dict[tuple, _Plan] = {}  # per layout: its literals cut by train flag
+        # per layout and train flags: its literals cut into trained and untrained text
+        self._plans: dict[tuple, _Plan] = {}
         self._tails: dict[tuple, tuple[int | None, str] | None] = {}  # see _shape_tail
         self._drops_call_text: bool | None = None
         if end_of_turn is None and len(self.eot) > 1:
@@ -320,7 +321,8 @@ class HFChatTemplate(Template):
         """Which template text of a layout is trained (see the module doc), as its literals cut
         into (text, trained) parts. Raises when a trained turn's generation prompt is not how
         the template renders the same conversation as history."""
-        plan = None if fresh else self._plans.get(key)
+        plan_key = (key, *(m.train for m in messages))  # the layout and which turns train
+        plan = None if fresh else self._plans.get(plan_key)
         if plan is not None:
             return plan
         text, starts, where = _positions(literals, slots)
@@ -362,7 +364,7 @@ class HFChatTemplate(Template):
         plan = tuple(parts)
         if len(self._plans) >= 4096:
             self._plans.clear()
-        self._plans[key] = plan
+        self._plans[plan_key] = plan
         return plan
 
     def _prompt_end(
