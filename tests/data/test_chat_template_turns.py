@@ -355,7 +355,8 @@ def test_end_of_turn_is_the_token_that_closes_a_turn(tok_for):
 def test_random_conversations_train_exactly_what_follows_each_prompt(tok_for, jinja):
     """Random layouts (system or not, empty texts, tool calls, untrained and back-to-back
     assistant turns, a final observation or not): every trained turn's tokens are exactly the
-    tokens after its generation prompt, and nothing else is trained."""
+    tokens after its generation prompt, nothing else is trained, and a renderer that has seen
+    other conversations (its caches) encodes each as a fresh one does."""
     import random
 
     rnd = random.Random(0)
@@ -389,6 +390,9 @@ def test_random_conversations_train_exactly_what_follows_each_prompt(tok_for, ji
             assert any(a in str(exc) for a in allowed), exc
             continue
         assert written_at_inference(r, messages) == trained_spans(encoded), messages
+        alone = Renderer(tok, "hf", observation_role="tool").encode(messages)  # no caches
+        assert encoded.ids.tolist() == alone.ids.tolist()
+        assert encoded.mask.tolist() == alone.mask.tolist()
         checked += 1
     assert checked >= 40
 
