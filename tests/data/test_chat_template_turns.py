@@ -407,3 +407,21 @@ def test_the_same_layout_with_other_train_flags_trains_other_turns(tok_for):
     one = r.encode(first_only)
     assert len(trained_spans(both)) == 2 and len(trained_spans(one)) == 1
     assert trained_spans(one)[0] == trained_spans(both)[0]
+
+
+def test_a_tool_result_the_template_json_escapes(tok_for):
+    """Llama 3's template writes a tool result through ``tojson``: quotes and newlines escaped."""
+    as_json = CALL_AFTER_TEXT.replace(
+        "{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] }}",
+        "{{ '<|im_start|>' + m['role'] + '\\n' }}{% if m['role'] == 'tool' %}"
+        "{{ '{\"output\": ' + (m['content'] | tojson) + '}' }}{% else %}{{ m['content'] }}"
+        "{% endif %}",
+    )
+    tok = tok_for(as_json)
+    r = Renderer(tok, "hf", observation_role="tool")
+    messages = _tool_turns()
+    messages[2] = Message("observation", 'He said "12"\nand left ü', name="calculate")
+    encoded = r.encode(messages)
+    assert '{"output": "He said \\"12\\"\\nand left ü"}' in tok.decode(encoded.ids.tolist())
+    assert written_at_inference(r, messages) == trained_spans(encoded)
+    assert [tok.decode(s)[-10:] for s in trained_spans(encoded)] == ["<|im_end|>"] * 2

@@ -4,8 +4,9 @@ The template is rendered twice: once with every non-empty content replaced by a 
 placeholder, which cuts the output into template text (literal pieces) and message slots (once
 per layout of roles, tool calls, names and empty contents: it does not depend on the content),
 and once with the real content to check that the template inserts each content unchanged (or
-stripped; e.g. Llama-2's ``| trim``). A template that rewrites content (reasoning splitters,
-content-dependent branches) is reported with a hint to use a built-in template. An empty content
+stripped: Llama-2's ``| trim``; or JSON-escaped: Llama 3's ``tojson`` of a tool result). A
+template that rewrites content otherwise (reasoning splitters, content-dependent branches) is
+reported with a hint to use a built-in template. An empty content
 gets no placeholder (templates branch on it), and an assistant's text beside tool calls may be
 left out by the template (Llama 3's renders the call alone); any other message must be rendered.
 
@@ -287,11 +288,8 @@ class HFChatTemplate(Template):
         real = self._real(messages, generation, tools, key)
         for fresh in (False, True):  # a cached layout first; on a mismatch, rendered anew
             literals, slots = self._skeleton(messages, generation, tools, key, fresh=fresh)
-            placed = [messages[i].content for i in slots]
-            if _join(literals, placed) == real:
-                break
-            placed = [c.strip() for c in placed]
-            if _join(literals, placed) == real:
+            placed = _place(literals, [messages[i].content for i in slots], real)
+            if placed is not None:
                 break
         else:
             raise TemplateError(
@@ -536,6 +534,34 @@ def _shape(messages: list[Message]) -> list[Message]:
             m = Message(m.role, m.content, m.train, calls, m.name)
         out.append(m)
     return out
+
+
+# how a template may insert a content: as it is, stripped (Llama-2's ``| trim``), or as a JSON
+# string's inside (Llama 3's tool results go through ``tojson``, whose quotes are template text)
+_INSERTS = (
+    lambda c: c,
+    str.strip,
+    lambda c: json.dumps(c, ensure_ascii=False)[1:-1],
+)
+
+
+def _place(literals: list[str], contents: list[str], real: str) -> list[str] | None:
+    """The text each content has in ``real`` (the render with real contents) between the
+    template text ``literals``: each as it is, stripped, or JSON-escaped (the first that puts the
+    next literal right after it); None when ``real`` is not the literals with the contents."""
+    if not real.startswith(literals[0]):
+        return None
+    pos, placed = len(literals[0]), []
+    for content, lit in zip(contents, literals[1:], strict=True):
+        for insert in _INSERTS:
+            text = insert(content)
+            if real.startswith(text, pos) and real.startswith(lit, pos + len(text)):
+                break
+        else:
+            return None
+        placed.append(text)
+        pos += len(text) + len(lit)
+    return placed if pos == len(real) else None
 
 
 def _join(literals: list[str], contents: list[str]) -> str:
