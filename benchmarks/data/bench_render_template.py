@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import sys
 import time
@@ -32,6 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from natscale.atomic import atomic_write_json, atomic_write_text  # noqa: E402
 from natscale.data.render import Message, Renderer, add_missing_tokens, load_tokenizer  # noqa: E402
 from natscale.env import machine  # noqa: E402
 
@@ -139,38 +139,28 @@ def main() -> int:
     print("\n".join(table))
 
     m = machine(("tokenizers", "transformers", "jinja2"))
-    result = {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(["python", *sys.argv]),
-        "machine": m,
-        "load_average_before": [round(x, 2) for x in load_before],
-        "load_average_after": [round(x, 2) for x in os.getloadavg()],
-        "n": args.n,
-        "calls": args.calls,
-        "repeat": args.repeat,
-        "results": rows,
-    }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = f"render_template_{m['host']}_{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}"
-    (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     v = m["versions"]
-    md = [
-        f"# Chat-template rendering benchmark ({result['date']})",
-        "",
-        f"- command: `{result['command']}`",
-        f"- machine: {m['cpu']}, {m['cpu_count']} CPUs (load average before / after "
-        f"{result['load_average_before']} / {result['load_average_after']})",
-        f"- python {m['python']}, tokenizers {v['tokenizers']}, transformers {v['transformers']}, "
-        f"jinja2 {v['jinja2']}, natscale {(m.get('git_commit') or '?')[:8]}",
+    now = dt.datetime.now(dt.timezone.utc)
+    command = " ".join(["python", *sys.argv])
+    load = {
+        "before": [round(x, 2) for x in load_before],
+        "after": [round(x, 2) for x in os.getloadavg()],
+    }
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    stem = f"{args.out}/render_template_{m['host']}_{now:%Y%m%dT%H%M%SZ}"  # host may hold dots
+    settings = {"n": args.n, "calls": args.calls, "repeat": args.repeat}
+    record = {"date": now.isoformat(timespec="seconds"), "command": command, "machine": m}
+    atomic_write_json(f"{stem}.json", {**record, **settings, "load": load, "results": rows})
+    header = (
+        f"# Chat-template rendering benchmark ({record['date']})\n\n- command: `{command}`\n"
+        f"- machine: {m['cpu']}, {m['cpu_count']} CPUs (load average {load})\n"
+        f"- python {m['python']}, tokenizers {v['tokenizers']}, transformers "
+        f"{v['transformers']}, jinja2 {v['jinja2']}, natscale {(m.get('git_commit') or '?')[:8]}\n"
         f"- {args.n} conversations per data set, {args.calls} steps / calls each; "
-        f"`Renderer.encode_batch`, one process, best of {args.repeat}",
-        "",
-        *table,
-        "",
-    ]
-    (out / f"{stem}.md").write_text("\n".join(md))
-    print(f"bench_render_template: wrote {out / stem}.json and .md")
+        f"`Renderer.encode_batch`, one process, best of {args.repeat}\n\n"
+    )
+    atomic_write_text(f"{stem}.md", header + "\n".join(table) + "\n")
+    print(f"bench_render_template: wrote {stem}.json and .md")
     return 0
 
 
