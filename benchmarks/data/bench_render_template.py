@@ -17,6 +17,15 @@ chat template with ``tool_calls`` support (written here: a newline before a call
 as Qwen's) through ``hf``, once as ``prepare`` runs it and once with every turn's generation
 prompt rendered (``_shape_tail`` off: what the per-shape prompt check saves). Prints a table and
 writes ``benchmarks/results/render_template_<host>_<UTC time>.{json,md}``.
+
+Against an older natscale, run this file from a worktree of it, on the same machine in the same
+session (``--always-text``: before 2026-12-07 a call without text did not render through such a
+template)::
+
+    git worktree add /tmp/old b5c98c5 && cp benchmarks/data/bench_render_template.py \
+        /tmp/old/benchmarks/data/ && python /tmp/old/benchmarks/data/bench_render_template.py \
+        --always-text --out /tmp/old-results
+    python benchmarks/data/bench_render_template.py --always-text
 """
 
 from __future__ import annotations
@@ -66,13 +75,13 @@ def react(n: int, calls: int) -> list[list[Message]]:
     return out
 
 
-def tool_calls(n: int, calls: int) -> list[list[Message]]:
+def tool_calls(n: int, calls: int, *, always_text: bool = False) -> list[list[Message]]:
     out = []
     for i in range(n):
         m = [Message("user", f"What is {i} * {i + 3} + 7?")]
         for t in range(calls):
             call = {"name": "calculate", "arguments": {"expression": f"{i} * {t} + 7"}}
-            text = "" if t % 2 else f"Step {t}: I will compute it."
+            text = "" if t % 2 and not always_text else f"Step {t}: I will compute it."
             m += [
                 Message("assistant", text, True, [call]),
                 Message("observation", str(i * t + 7), name="calculate"),
@@ -101,6 +110,12 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=2000, help="conversations per data set")
     ap.add_argument("--calls", type=int, default=6, help="tool calls / ReAct steps each")
     ap.add_argument("--repeat", type=int, default=3, help="best of N")
+    ap.add_argument(
+        "--always-text",
+        action="store_true",
+        help="text beside every call (natscale before 2026-12-07 refused a call without text "
+        "through such a template: this compares with it)",
+    )
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     args = ap.parse_args()
 
@@ -111,7 +126,7 @@ def main() -> int:
     rows = []
     for data, convs in (
         ("react", react(args.n, args.calls)),
-        ("tool calls", tool_calls(args.n, args.calls)),
+        ("tool calls", tool_calls(args.n, args.calls, always_text=args.always_text)),
     ):
         base = None
         for label, name, exact in (
@@ -149,6 +164,7 @@ def main() -> int:
     Path(args.out).mkdir(parents=True, exist_ok=True)
     stem = f"{args.out}/render_template_{m['host']}_{now:%Y%m%dT%H%M%SZ}"  # host may hold dots
     settings = {"n": args.n, "calls": args.calls, "repeat": args.repeat}
+    settings["always_text"] = args.always_text
     record = {"date": now.isoformat(timespec="seconds"), "command": command, "machine": m}
     atomic_write_json(f"{stem}.json", {**record, **settings, "load": load, "results": rows})
     header = (
@@ -156,7 +172,8 @@ def main() -> int:
         f"- machine: {m['cpu']}, {m['cpu_count']} CPUs (load average {load})\n"
         f"- python {m['python']}, tokenizers {v['tokenizers']}, transformers "
         f"{v['transformers']}, jinja2 {v['jinja2']}, natscale {(m.get('git_commit') or '?')[:8]}\n"
-        f"- {args.n} conversations per data set, {args.calls} steps / calls each; "
+        f"- {args.n} conversations per data set, {args.calls} steps / calls each"
+        f"{' (text beside every call)' if args.always_text else ''}; "
         f"`Renderer.encode_batch`, one process, best of {args.repeat}\n\n"
     )
     atomic_write_text(f"{stem}.md", header + "\n".join(table) + "\n")

@@ -31,6 +31,7 @@ its own, once per shape: the layout with stand-in arguments, see ``_prompt_end``
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import json
 import re
@@ -325,12 +326,18 @@ class HFChatTemplate(Template):
             return plan
         text, starts, where = _positions(literals, slots)
         trained: list[tuple[int, int]] = []  # template text the model writes, in `text`
+        shape = None  # with tool calls: the conversation's shape and its layout (_prompt_end)
+        if not fresh and not generation and any(m.tool_calls for m in messages):
+            shaped = _shape(messages)
+            shape = (shaped, self._layout(shaped, False, tools))
         for k, msg in enumerate(messages):
             if generation or msg.role != "assistant" or not msg.train:
                 continue
             later = next((where[i][0] for i in slots if i > k), len(text))
             before = where[k][0] if k in where else later  # the history this turn follows
-            prompt = self._prompt_end(messages, k, tools, text, where, before, fresh=fresh)
+            prompt = self._prompt_end(
+                messages, k, tools, text, where, before, shape=shape, fresh=fresh
+            )
             after = where[k][1] if k in where else prompt
             end = after + self._eot_end(text[after:later])
             if end == prompt:
@@ -348,16 +355,21 @@ class HFChatTemplate(Template):
                     "template in render.chat_template that renders them"
                 )
             trained += [(prompt, where[k][0] if k in where else prompt), (after, end)]
+        spans = sorted(span for span in trained if span[1] > span[0])  # disjoint
+        span_starts = [a for a, _ in spans]
+        edges = sorted({x for span in spans for x in span})
+
+        def is_trained(a: int, b: int) -> bool:  # [a, b) lies inside a span or outside all
+            i = bisect.bisect_right(span_starts, a) - 1
+            return i >= 0 and b <= spans[i][1]
+
         parts = []
         for j, lit in enumerate(literals):
             a, b = starts[j], starts[j] + len(lit)
-            cuts = sorted({a, b, *(x for span in trained for x in span if a < x < b)})
+            inner = edges[bisect.bisect_right(edges, a) : bisect.bisect_left(edges, b)]
+            cuts = [a, *inner, b]
             parts.append(
-                tuple(
-                    (text[s:e], any(ts <= s and e <= te for ts, te in trained))
-                    for s, e in itertools.pairwise(cuts)
-                    if e > s
-                )
+                tuple((text[x:y], is_trained(x, y)) for x, y in itertools.pairwise(cuts) if y > x)
             )
         plan = tuple(parts)
         if len(self._plans) >= 4096:
@@ -374,16 +386,18 @@ class HFChatTemplate(Template):
         where: dict[int, tuple[int, int]],
         before: int,
         *,
+        shape: tuple[list[Message], tuple] | None,
         fresh: bool,
     ) -> int:
         """Where the generation prompt of ``messages[:k]`` ends in the history ``text``; raises
         when it is not the start of the history before message ``k`` (which ends at
         ``before``). Tool calls' arguments and ids make nearly every conversation a layout of its
-        own; such a prompt is checked once per shape (the layout with stand-ins for them, see
-        :func:`_shape`) and found in ``text`` by its text after its last message, and rendered
-        itself only when that text is not there."""
-        if not fresh and any(m.tool_calls for m in messages[:k]):
-            found = self._shape_tail(messages, k, tools)
+        own; such a prompt is checked once per ``shape`` (the messages with stand-ins for
+        them, see :func:`_shape`, and their layout; None: render the prompt) and found in
+        ``text`` by its text after its last message, and rendered itself only when that text is
+        not there."""
+        if shape is not None and any(m.tool_calls for m in messages[:k]):
+            found = self._shape_tail(shape, k, tools)
             if found is not None and (found[0] is None or found[0] in where):
                 last, tail = found
                 pos = where[last][1] if last is not None else 0
@@ -398,12 +412,13 @@ class HFChatTemplate(Template):
         return len(prompt)
 
     def _shape_tail(
-        self, messages: list[Message], k: int, tools: list | None
+        self, shape: tuple[list[Message], tuple], k: int, tools: list | None
     ) -> tuple[int | None, str] | None:
-        """For the shape of ``messages``: when its turn ``k``'s generation prompt is the start of
-        its history, the prompt's last placeholder (None: none) and its text after it."""
-        shape = _shape(messages)
-        key = (self._layout(shape, False, tools), k)
+        """For a conversation's ``(shape, its layout)``: when its turn ``k``'s generation prompt
+        is the start of its history, the prompt's last placeholder (None: none) and its text
+        after it."""
+        shape, layout = shape
+        key = (layout, k)
         if key not in self._tails:
             found = None
             try:
