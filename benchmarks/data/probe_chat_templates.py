@@ -9,7 +9,11 @@ special tokens added, it renders two kinds of conversation through ``Renderer(to
 - ``react``: the paper's Thought/Action loop, observations as ``user`` and as ``tool`` turns,
   with and without a system message, ending with an observation or with the assistant (8 cases);
 - ``tool calls``: OpenAI ``tool_calls`` with a ``calculate`` schema, with and without text beside
-  the call, ending with a user turn or with the assistant (4 cases).
+  the call, ending with a user turn or with the assistant (4 cases);
+- ``reasoning``: the ReAct loop with each assistant turn's reasoning in ``<think>`` tags,
+  observations as ``user`` and as ``tool`` turns, as one example (``render.turns: all``) or one
+  example per trained turn (``each``) (4 cases); such a case is ``ok`` only when, besides,
+  every trained turn's reasoning is in its trained tokens.
 
 A case is ``ok`` when it renders and every trained turn's tokens are exactly the tokens after its
 generation prompt (the conversation before it with ``add_generation_prompt``); otherwise the
@@ -77,12 +81,37 @@ def tool_calls(text: str, final_user: bool) -> list[Message]:
     return out + ([Message("user", "Thanks")] if final_user else [])
 
 
+THOUGHTS = ("Add them first.", "The sum is known.")
+
+
+def reasoning(each: bool) -> list[list[Message]]:
+    """The ReAct loop with its thoughts in ``<think>`` tags: one conversation, or (``each``) one
+    per trained turn, ending with it, only it trained (as ``render.turns: each`` cuts it)."""
+    out = [
+        Message("user", "Question: What is 5 + 7?. Solve it correctly."),
+        Message("assistant", f"<think>\n{THOUGHTS[0]}\n</think>\n\nAction: calculate[5 + 7]", True),
+        Message("observation", "Observation: 12"),
+        Message("assistant", f"<think>\n{THOUGHTS[1]}\n</think>\n\nAction: finish[12]", True),
+    ]
+    if not each:
+        return [out]
+    return [
+        [Message(m.role, m.content, j == k) for j, m in enumerate(out[: k + 1])] for k in (1, 3)
+    ]
+
+
 def check(renderer: Renderer, messages: list[Message], tools: list | None) -> str:
     """``ok``, or why not: the refusal, or the turn whose trained tokens differ."""
     try:
         enc = renderer.encode(messages, tools=tools)
     except TemplateError as exc:
         return f"refused: {str(exc)[:110]}"
+    tok = renderer.template.tokenizer
+    thoughts = [t for t in THOUGHTS for m in messages if m.train and t in m.content]
+    trained = tok.decode(enc.ids[enc.mask]) if thoughts else ""
+    lost = [t for t in thoughts if t not in trained]
+    if lost:
+        return f"BAD: the trained tokens leave out the reasoning {lost}"
     ids, mask = enc.ids.tolist(), enc.mask.tolist()
     written = [False] * len(ids)
     for k, msg in enumerate(messages):
@@ -106,6 +135,7 @@ def main() -> int:
         source = path.read_text(encoding="utf-8")
         tok = load_tokenizer(REPO / "examples" / "tokenizer")
         tok.add_special_tokens({"additional_special_tokens": sorted(set(SPECIAL.findall(source)))})
+        tok.add_tokens([t for t in ("<think>", "</think>") if t in source])  # Qwen3's: not special
         tok.chat_template = source
         counts: Counter = Counter()
         cases = [
@@ -116,10 +146,17 @@ def main() -> int:
             (f"tool calls, text {bool(text)}, ends with user {final}", "tool",
              tool_calls(text, final), TOOLS)
             for text in ("", "I will compute it.") for final in (True, False)
+        ] + [
+            (f"reasoning, observations as {role}, turns {'each' if each else 'all'}", role,
+             reasoning(each), None)
+            for role in ("user", "tool") for each in (False, True)
         ]  # fmt: skip
-        for name, role, messages, tools in cases:
+        for name, role, conversations, tools in cases:
             renderer = Renderer(tok, "hf", observation_role=role)
-            verdict = check(renderer, messages, tools)
+            if isinstance(conversations[0], Message):
+                conversations = [conversations]
+            verdicts = [check(renderer, messages, tools) for messages in conversations]
+            verdict = next((v for v in verdicts if v != "ok"), "ok")
             counts["ok" if verdict == "ok" else verdict.split(":")[0]] += 1
             print(f"{path.stem}: {name}: {verdict}")
         print(f"{path.stem}: {dict(counts)}")

@@ -124,6 +124,12 @@ class RenderConfig(_Strict):
         description="Jinja file that replaces the tokenizer's chat template (saved with the "
         "prepared tokenizer, so training's export and evaluation use it too)",
     )
+    turns: Literal["all", "each"] = Field(
+        "all",
+        description="all = one example per trajectory; each = one example per trained turn, "
+        "ending with it, after the history as the chat template shows it when generating that "
+        "turn (for templates that drop earlier turns' <think> reasoning: Qwen3, DeepSeek-R1)",
+    )
     add_missing_special_tokens: bool = False
     trim_untrained_tail: bool = True
     paper_compat: bool = Field(

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from natscale.config.prepare import PAPER_MARKERS, StrategyConfig
 from natscale.data.errors import DataError
@@ -32,6 +32,25 @@ class Example:
     cls: int
     weight: float
     query: str
+
+
+def each_turn(ex: Example) -> list[Example]:
+    """``render.turns: each``: one example per trained turn of ``ex``, its trajectory cut after
+    that turn with only it trained (the earlier turns are its history). An example with one
+    trained turn or none is kept as it is."""
+    turns = ex.traj.turns
+    trained = [i for i, t in enumerate(turns) if t.train]
+    if len(trained) <= 1:
+        return [ex]
+    return [
+        replace(
+            ex,
+            traj=replace(
+                ex.traj, turns=[replace(t, train=j == i) for j, t in enumerate(turns[: i + 1])]
+            ),
+        )
+        for i in trained
+    ]
 
 
 def assign_class(traj: Trajectory, strategy: StrategyConfig) -> int | None:

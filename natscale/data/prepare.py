@@ -351,7 +351,7 @@ def _prepare(
                 tally["labelled"] += 1
                 ex = selector.take(traj)
                 if ex is not None:
-                    yield ex
+                    yield from nat.each_turn(ex) if rc.turns == "each" else (ex,)
 
     names = config.strategy.class_names()
     per_class = {n: {"examples": 0, "tokens": 0, "trained_tokens": 0} for n in names}
@@ -503,6 +503,7 @@ def _stats(config, template, renderer, tokenizer, added, pad_id, tally, sampling
         "classes": config.strategy.class_names(),
         "strategy": config.strategy.name,
         "template": template,
+        "turns": config.render.turns,
         "end_of_turn": renderer.end_of_turn,
         "tokenizer": {"vocab_size": len(tokenizer), "pad_id": pad_id, "added_tokens": added},
         "seed": config.seed,

@@ -128,7 +128,7 @@ def test_hf_template_that_rewrites_content_is_refused(tok_with):
     tok = tok_with(
         "chatml", CHATML_JINJA.replace("message['content']", "message['content'] | upper")
     )
-    with pytest.raises(TemplateError, match="changes message content"):
+    with pytest.raises(TemplateError, match="changes the text of message 3"):
         Renderer(tok, "hf").encode(MESSAGES)
     with pytest.raises(TemplateError, match="no chat_template"):
         Renderer(tok_with("chatml"), "hf")

@@ -282,8 +282,11 @@ def test_hf_template_layout_is_rendered_once_and_content_still_checked(tokenizer
     fresh = Renderer(tok, "hf").encode(other)
     assert np.array_equal(again.ids, fresh.ids) and np.array_equal(again.mask, fresh.mask)
     assert not np.array_equal(first.ids, again.ids)
-    with pytest.raises(TemplateError, match="changes message content"):
-        r.encode([*MESSAGES[:-1], Message("observation", "SECRET")])
+    # an untrained message is shown as the template shows it; a trained one must be kept
+    hidden = r.encode([*MESSAGES[:-1], Message("observation", "SECRET")])
+    assert "[hidden]" in tok.decode(hidden.ids) and "SECRET" not in tok.decode(hidden.ids)
+    with pytest.raises(TemplateError, match="changes the text of message 3"):
+        r.encode([*MESSAGES[:3], Message("assistant", "SECRET", True), *MESSAGES[4:]])
     # another layout (one message fewer) gets its own skeleton; its prompts are known
     r.encode(MESSAGES[:-1])
     assert skeletons() == (2, 2)

@@ -17,7 +17,8 @@ Roles: system (first only), user, assistant, tool / function -> observation (``n
 "text": ...}`` parts. Assistant ``tool_calls`` are kept structured on the turn (``name``,
 ``arguments``, ``id``); the renderer serialises them. A per-message ``weight`` (0/1, as in
 OpenAI fine-tuning) or ``loss`` flag decides whether that turn is trained. ``question_turn`` and
-the outcome fields work as for ShareGPT.
+the outcome fields work as for ShareGPT. An assistant's ``reasoning_content`` (or ``reasoning``)
+goes before its content in ``<think>`` tags, as reasoning models write it.
 
 Writing (``natscale convert data --to openai``): ``[system], user question, turns``; the
 instruction joins the system prompt. Assistant tool calls stay structured (``{"id", "type":
@@ -130,6 +131,38 @@ def _tool_calls(rec: Record, msg: dict[str, Any], name: str) -> list[dict[str, A
     return out
 
 
+# where an assistant message's reasoning is (DeepSeek's API and vLLM: reasoning_content;
+# vLLM's later versions and OpenRouter: reasoning)
+REASONING_FIELDS = ("reasoning_content", "reasoning")
+
+
+def _with_reasoning(rec: Record, msg: dict[str, Any], name: str, content: str) -> str:
+    """``content`` after the message's reasoning in ``<think>`` tags, the form reasoning models
+    write it in and chat templates (Qwen3's, DeepSeek-R1's) split it from; never dropped."""
+    found = {
+        key: field(rec, msg, key, str, name=f"{name}.{key}")
+        for key in REASONING_FIELDS
+        if msg.get(key) is not None
+    }
+    texts = {v.strip("\n") for v in found.values()} - {""}
+    if not texts:
+        return content
+    if len(texts) > 1:
+        raise rec.error(
+            "reasoning_content and reasoning differ; keep one of them",
+            field=f"{name}.reasoning",
+            reason="conflicting_fields",
+        )
+    if "<think>" in content or "</think>" in content:
+        raise rec.error(
+            "the message has reasoning both in a reasoning field and in <think> tags in its "
+            "content; keep it in one place",
+            field=f"{name}.content",
+            reason="conflicting_fields",
+        )
+    return f"<think>\n{texts.pop()}\n</think>\n\n{content.lstrip(chr(10))}"
+
+
 def parse_messages(rec: Record, items: list, list_name: str) -> list[Turn]:
     turns = []
     for i, msg in enumerate(items):
@@ -139,10 +172,13 @@ def parse_messages(rec: Record, items: list, list_name: str) -> list[Turn]:
         weight = field(rec, msg, "weight", (int, float), name=f"{name}.weight", default=None)
         if weight is not None:
             train = bool(weight)
+        content = _content(rec, msg, name)
+        if role == "assistant":
+            content = _with_reasoning(rec, msg, name, content)
         turns.append(
             Turn(
                 ROLE_MAP[role],
-                _content(rec, msg, name),
+                content,
                 train=train,
                 tool_calls=_tool_calls(rec, msg, name) if role == "assistant" else None,
                 name=msg.get("name") if isinstance(msg.get("name"), str) else None,

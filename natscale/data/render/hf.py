@@ -32,6 +32,7 @@ its own, once per shape: the layout with stand-in arguments, see ``_prompt_end``
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import itertools
 import json
 import re
@@ -90,6 +91,7 @@ class HFChatTemplate(Template):
         self._plans: dict[tuple, _Plan] = {}
         self._tails: dict[tuple, tuple[int | None, str] | None] = {}  # see _shape_tail
         self._drops_call_text: bool | None = None
+        self._apart: set[tuple] = set()  # layouts rendered by _by_prompts
         if end_of_turn is None and len(self.eot) > 1:
             self.end_of_turn = self._closing_token() or self.end_of_turn
 
@@ -287,16 +289,30 @@ class HFChatTemplate(Template):
     ) -> list[Piece]:
         key = self._layout(messages, generation, tools)
         real = self._real(messages, generation, tools, key)
-        for fresh in (False, True):  # a cached layout first; on a mismatch, rendered anew
+        # a cached layout first; on a mismatch, rendered anew (unless the layout is one whose
+        # trained turns the template renders apart from their content: see _by_prompts)
+        apart = key in self._apart and any(m.train for m in messages)
+        for fresh in (False,) if apart else (False, True):
             literals, slots = self._skeleton(messages, generation, tools, key, fresh=fresh)
-            placed = _place(literals, [messages[i].content for i in slots], real)
+            placed = _place(
+                literals,
+                [messages[i].content for i in slots],
+                real,
+                [messages[i].train and not generation for i in slots],  # a prompt: as shown
+            )
             if placed is not None:
                 break
         else:
+            if not generation and any(m.train for m in messages):
+                if len(self._apart) >= 4096:
+                    self._apart.clear()
+                self._apart.add(key)
+                return self._by_prompts(messages, tools, real)
             raise TemplateError(
-                "the chat template changes message content (beyond stripping it; e.g. it drops "
-                "earlier turns' <think> blocks); use a built-in template (llama2, chatml, llama3) "
-                "or a template in render.chat_template that keeps the text as it is"
+                "the chat template changes the template text around the messages with their "
+                "content (beyond a content-dependent rendering of the content itself); use a "
+                "built-in template (llama2, chatml, llama3) or a template in "
+                "render.chat_template that keeps the text as it is"
             )
         plan = self._plan(messages, generation, tools, key, literals, slots, fresh=fresh)
         out: list[Piece] = []
@@ -305,6 +321,84 @@ class HFChatTemplate(Template):
             if j < len(slots) and placed[j]:
                 out.append(Piece(placed[j], messages[slots[j]].train))
         return out
+
+    def _by_prompts(self, messages: list[Message], tools: list | None, real: str) -> list[Piece]:
+        """The pieces of a conversation whose trained turns the template does not render from
+        their content alone (Qwen3's writes a turn's ``<think>`` block apart from its answer):
+        each trained turn is what follows its own generation prompt in the real render, up to
+        and including the first end-of-turn token after its content; the rest is the untrained
+        text of those prompts (and of the conversation after the last trained turn).
+
+        Every part of a trained turn's content (its text outside and inside ``<think>`` tags)
+        must be in what the template renders for it, in order: a template that drops the
+        reasoning of a turn that later turns follow (Qwen3's, before the last user message)
+        is refused with the way out, ``render.turns: each``."""
+        trained = [k for k, m in enumerate(messages) if m.train]
+        other = [k for k in trained if messages[k].role != "assistant"]
+        if other:
+            k = other[0]
+            raise TemplateError(
+                f"the chat template changes the text of message {k} ({messages[k].role}, "
+                "trained); use a built-in template (llama2, chatml, llama3) or a template in "
+                "render.chat_template that keeps the text as it is"
+            )
+        history = [dataclasses.replace(m, train=False) for m in messages]
+        out: list[Piece] = []
+        pos = 0
+        for k in trained:
+            prompt = self.pieces(history[:k], generation=True, tools=tools)
+            text = "".join(p.text for p in prompt)
+            if not real.startswith(text):
+                raise TemplateError(_prompt_mismatch(k, real, text))
+            out += _cut(prompt, pos)
+            written, pos = self._written(messages, k, real, len(text), tools), len(text)
+            out += written
+            pos += sum(len(p.text) for p in written)
+        if trained[-1] == len(messages) - 1:  # template text after the last turn
+            out.append(Piece(real[pos:], False, True))
+        else:  # the untrained rest of the conversation
+            out += _cut(self.pieces(history, tools=tools), pos)
+        return [p for p in out if p.text]
+
+    def _written(
+        self, messages: list[Message], k: int, real: str, start: int, tools: list | None
+    ) -> list[Piece]:
+        """Trained pieces of assistant message ``k``, whose generation prompt ends at ``start``
+        in ``real``: template text and the parts of its content, up to and including the first
+        end-of-turn token after them."""
+        msg = messages[k]
+        pieces, at = [], start
+        for part in _content_parts(msg.content):
+            i = real.find(part, at)
+            if i < 0:
+                # would the turn keep it as the last of its own example (render.turns: each)?
+                alone = (
+                    k == len(messages) - 1
+                    or part
+                    in self._render(
+                        messages[: k + 1], [m.content for m in messages[: k + 1]], False, tools
+                    )[start:]
+                )
+                raise TemplateError(_lost_part(messages, k, part, real[start:], alone))
+            pieces += [Piece(real[at:i], True, True), Piece(part, True)]
+            at = i + len(part)
+        end = at + self._eot_end(real[at:])
+        if end == at and not pieces:
+            raise TemplateError(
+                f"the chat template renders message {k} (an assistant turn) without its text "
+                "and no end-of-turn token follows its prompt, so nothing of it would be "
+                "trained; set render.end_of_turn to the token that ends a turn"
+            )
+        pieces.append(Piece(real[at:end], True, True))
+        written = real[start:end]
+        missing = [c["name"] for c in msg.tool_calls or () if c["name"] not in written]
+        if missing:
+            raise TemplateError(
+                f"the chat template does not render the tool call(s) {missing} of message {k} "
+                "(an assistant turn), so the model would learn the turn without them; use a "
+                "template in render.chat_template that renders them"
+            )
+        return [p for p in pieces if p.text]
 
     def _plan(
         self,
@@ -520,6 +614,48 @@ def _prompt_mismatch(k: int, history: str, prompt: str) -> str:
     )
 
 
+_THINK_TAGS = re.compile(r"</?think>")
+
+
+def _content_parts(content: str) -> list[str]:
+    """A content's text outside and inside ``<think>`` tags, each stripped (templates put the
+    tags and the whitespace around them their own way)."""
+    return [s for part in _THINK_TAGS.split(content) if (s := part.strip())]
+
+
+def _lost_part(messages: list[Message], k: int, part: str, rendered: str, alone: bool) -> str:
+    """``alone``: whether the template keeps ``part`` where the turn ends the conversation."""
+    thinking = (
+        "</think>" in messages[k].content and part in messages[k].content.split("</think>")[0]
+    )
+    what = "leaves out the reasoning (<think>) of" if thinking else "changes the text of"
+    why = (
+        "The template leaves out the reasoning of turns that later turns follow (it drops "
+        "earlier turns' <think> blocks from the history): set render.turns: each, which makes "
+        "one example of each trained turn after the history as the template shows it"
+        if thinking and k < len(messages) - 1 and alone
+        else "Use a built-in template (llama2, chatml, llama3) or a template in "
+        "render.chat_template that keeps the text"
+    )
+    return (
+        f"the chat template {what} message {k} (an assistant turn, trained): "
+        f"{part[:60]!r} is not in what it renders for the turn ({rendered[:120]!r}), so the "
+        f"model would learn the turn without it. {why}"
+    )
+
+
+def _cut(pieces: list[Piece], skip: int) -> list[Piece]:
+    """``pieces`` without their first ``skip`` characters."""
+    out = []
+    for p in pieces:
+        if skip >= len(p.text):
+            skip -= len(p.text)
+            continue
+        out.append(p._replace(text=p.text[skip:]) if skip else p)
+        skip = 0
+    return out
+
+
 def _positions(
     literals: list[str], slots: list[int]
 ) -> tuple[str, list[int], dict[int, tuple[int, int]]]:
@@ -560,20 +696,34 @@ _INSERTS = (
 )
 
 
-def _place(literals: list[str], contents: list[str], real: str) -> list[str] | None:
+def _place(
+    literals: list[str], contents: list[str], real: str, exact: list[bool]
+) -> list[str] | None:
     """The text each content has in ``real`` (the render with real contents) between the
     template text ``literals``: each as it is, stripped, or JSON-escaped (the first that puts the
-    next literal right after it); None when ``real`` is not the literals with the contents."""
+    next literal right after it); None when ``real`` is not the literals with the contents.
+
+    A content that is not ``exact`` (an untrained message) may be rendered otherwise: it is
+    then whatever the template puts before the next literal (Qwen3's template drops the
+    reasoning of earlier turns), the text the model is shown at inference too."""
     if not real.startswith(literals[0]):
         return None
-    pos, placed = len(literals[0]), []
-    for content, lit in zip(contents, literals[1:], strict=True):
+    pos, placed, last = len(literals[0]), [], len(contents) - 1
+    for j, (content, lit, must) in enumerate(zip(contents, literals[1:], exact, strict=True)):
         for insert in _INSERTS:
             text = insert(content)
             if real.startswith(text, pos) and real.startswith(lit, pos + len(text)):
                 break
         else:
-            return None
+            if must:
+                return None
+            if j == last:
+                end = len(real) - len(lit) if real.endswith(lit) else -1
+            else:  # the first place the next literal follows (adjacent contents: none)
+                end = real.find(lit, pos) if lit else -1
+            if end < pos:
+                return None
+            text = real[pos:end]
         placed.append(text)
         pos += len(text) + len(lit)
     return placed if pos == len(real) else None

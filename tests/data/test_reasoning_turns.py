@@ -1,0 +1,285 @@
+"""Reasoning traces (``<think>``) through chat templates that render them apart from the answer.
+
+``THINKS`` is a stand-in written for these tests with the habits of Qwen3's template: a
+turn's ``<think>`` block is split from its answer and written back in the template's own
+whitespace; the last turn always gets a block; the reasoning of turns before the last user
+message is left out of the history. Every trained turn must be trained on exactly the tokens
+the model writes after the prompt it is given at inference, with its reasoning.
+"""
+
+import json
+
+import pytest
+
+from natscale.data.formats.openai import load as load_openai
+from natscale.data.render import Message, Renderer, TemplateError, load_tokenizer
+
+from .test_chat_template_turns import written_at_inference
+from .test_render import trained_spans
+
+THINKS = (
+    "{% set ns = namespace(last=-1) %}{% for m in messages %}"
+    "{% if m['role'] == 'user' %}{% set ns.last = loop.index0 %}{% endif %}{% endfor %}"
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' }}"
+    "{% if m['role'] == 'assistant' %}"
+    "{% set answer = m['content'] %}{% set thought = '' %}"
+    "{% if '</think>' in m['content'] %}"
+    "{% set answer = m['content'].split('</think>')[-1].lstrip('\\n') %}"
+    "{% set thought = m['content'].split('</think>')[0].split('<think>')[-1].strip('\\n') %}"
+    "{% endif %}"
+    "{% if loop.index0 > ns.last and (loop.last or thought) %}"
+    "{{ '<think>\\n' + thought + '\\n</think>\\n\\n' }}{% endif %}{{ answer }}"
+    "{% else %}{{ m['content'] }}{% endif %}{{ '<|im_end|>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+# DeepSeek-R1's habit: every assistant turn, the last included, loses its reasoning
+DROPS_ALL = THINKS.replace("loop.index0 > ns.last and (loop.last or thought)", "false")
+
+QUESTION = [Message("user", "What is 2 + 3 * 4?")]
+FIRST = "<think>\nMultiply first.\n</think>\n\nAction: calculate[3 * 4]"
+SECOND = "<think>Now add 2.</think>Action: finish[14]"  # not the template's whitespace
+TURNS = [
+    Message("assistant", FIRST, True),
+    Message("observation", "12"),
+    Message("assistant", SECOND, True),
+]
+
+
+@pytest.fixture
+def tok(tokenizer_copy):
+    tok = load_tokenizer(tokenizer_copy)
+    tok.add_tokens(["<think>", "</think>"])  # as Qwen3's: added, not special
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tok.chat_template = THINKS
+    return tok
+
+
+def reference_ids(tok, messages: list[Message], role: str, *, generation: bool = False):
+    """What transformers gives for the same messages: the template's text, tokenised whole."""
+    roles = {"observation": role}
+    hf = [{"role": roles.get(m.role, m.role), "content": m.content} for m in messages]
+    text = tok.apply_chat_template(hf, tokenize=False, add_generation_prompt=generation)
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+def test_a_final_turn_is_trained_with_its_reasoning_as_the_template_writes_it(tok):
+    r = Renderer(tok, "hf")
+    messages = [*QUESTION, TURNS[0]]
+    enc = r.encode(messages)
+    assert enc.ids.tolist() == reference_ids(tok, messages, "user")
+    (span,) = trained_spans(enc)
+    assert tok.decode(span) == f"{FIRST}<|im_end|>"
+    assert tok.convert_tokens_to_ids("<think>") in span  # one token, as the model writes it
+    assert written_at_inference(r, messages) == [span]
+    # the template's whitespace, not the data's, is what the model writes
+    enc = r.encode([*QUESTION, TURNS[2]])
+    (span,) = trained_spans(enc)
+    want = "<think>\nNow add 2.\n</think>\n\nAction: finish[14]<|im_end|>"
+    assert tok.decode(span) == want
+
+
+def test_history_that_keeps_reasoning_trains_every_turn_in_one_example(tok):
+    """With observations in the tool role the last user message is the question, so the
+    template keeps every later turn's reasoning in the history."""
+    r = Renderer(tok, "hf", observation_role="tool")
+    messages = [*QUESTION, *TURNS]
+    enc = r.encode(messages)
+    assert enc.ids.tolist() == reference_ids(tok, messages, "tool")
+    first, second = (tok.decode(s) for s in trained_spans(enc))
+    assert first == f"{FIRST}<|im_end|>"
+    assert second == "<think>\nNow add 2.\n</think>\n\nAction: finish[14]<|im_end|>"
+    assert trained_spans(enc) == written_at_inference(r, messages)
+
+
+def test_history_that_drops_reasoning_is_refused_with_the_way_out(tok):
+    with pytest.raises(TemplateError) as exc:
+        Renderer(tok, "hf").encode([*QUESTION, *TURNS])
+    msg = str(exc.value)
+    assert "leaves out the reasoning (<think>) of message 1" in msg
+    assert "'Multiply first.'" in msg and "render.turns: each" in msg
+
+
+def test_each_turn_after_the_history_the_model_is_shown(tok):
+    from natscale.data.nat import Example, each_turn
+    from natscale.data.trajectory import Trajectory, Turn
+
+    traj = Trajectory(
+        "t",
+        QUESTION[0].content,
+        [Turn(m.role, m.content) for m in TURNS],
+    )
+    examples = each_turn(Example(traj, 0, 1.0, traj.question))
+    assert [[t.train for t in ex.traj.turns] for ex in examples] == [[True], [False, False, True]]
+    r = Renderer(tok, "hf")
+    spans = []
+    for ex in examples:
+        messages = [*QUESTION, *(Message(t.role, t.content, t.train) for t in ex.traj.turns)]
+        enc = r.encode(messages)
+        assert enc.ids.tolist() == reference_ids(tok, messages, "user")
+        # the history is the inference prompt: the earlier turn without its reasoning
+        prompt = r.generation_prompt(messages[:-1])
+        assert prompt == reference_ids(tok, messages[:-1], "user", generation=True)
+        assert enc.ids[: len(prompt)].tolist() == prompt and not enc.mask[: len(prompt)].any()
+        (span,) = trained_spans(enc)
+        spans.append(tok.decode(span))
+    assert spans == [
+        f"{FIRST}<|im_end|>",
+        "<think>\nNow add 2.\n</think>\n\nAction: finish[14]<|im_end|>",
+    ]
+    assert "Multiply first." not in tok.decode(r.generation_prompt([*QUESTION, *TURNS[:2]]))
+    # one trained turn or none: the example as it is
+    assert each_turn(examples[0]) == [examples[0]]
+
+
+def test_a_template_that_drops_the_trained_turns_reasoning_is_refused(tok):
+    tok.chat_template = DROPS_ALL
+    with pytest.raises(TemplateError) as exc:
+        Renderer(tok, "hf").encode([*QUESTION, TURNS[0]])
+    msg = str(exc.value)
+    assert "leaves out the reasoning (<think>) of message 1" in msg
+    assert "render.turns" not in msg and "render.chat_template" in msg
+    with pytest.raises(TemplateError) as exc:  # render.turns: each would not help
+        Renderer(tok, "hf").encode([*QUESTION, *TURNS])
+    assert "render.turns" not in str(exc.value)
+    # an answer the template rewrites is refused too
+    tok.chat_template = THINKS.replace("{{ answer }}", "{{ answer | upper }}")
+    with pytest.raises(TemplateError, match="changes the text of message 1"):
+        Renderer(tok, "hf").encode([*QUESTION, TURNS[0]])
+
+
+def test_tool_calls_after_reasoning(tok):
+    calls = "{% for c in m['tool_calls'] or [] %}{{ '<call>' + c['function']['name'] }}{% endfor %}"
+    tok.chat_template = THINKS.replace("{{ answer }}", "{{ answer }}" + calls)
+    call = [{"name": "calculate", "arguments": {"expression": "3 * 4"}}]
+    messages = [*QUESTION, Message("assistant", "<think>\nMultiply.\n</think>", True, call)]
+    (span,) = trained_spans(Renderer(tok, "hf").encode(messages))
+    assert tok.decode(span) == "<think>\nMultiply.\n</think>\n\n<call>calculate<|im_end|>"
+    tok.chat_template = THINKS  # renders no calls
+    with pytest.raises(TemplateError, match=r"does not render the tool call\(s\) \['calculate'\]"):
+        Renderer(tok, "hf").encode(messages)
+
+
+def test_evaluation_prompts_with_reasoning_in_the_history(tok):
+    """The agent's own turns, reasoning and all, become history as the template shows it."""
+    r = Renderer(tok, "hf")
+    history = [*QUESTION, *(Message(m.role, m.content) for m in TURNS[:2])]
+    assert r.generation_prompt(history) == reference_ids(tok, history, "user", generation=True)
+    r = Renderer(tok, "hf", observation_role="tool")
+    assert r.generation_prompt(history) == reference_ids(tok, history, "tool", generation=True)
+
+
+def test_untrained_content_is_rendered_as_the_template_renders_it(tok):
+    tok.chat_template = THINKS.replace(
+        "{{ m['content'] }}", "{{ '[hidden]' if 'SECRET' in m['content'] else m['content'] }}"
+    )
+    r = Renderer(tok, "hf")
+    messages = [*QUESTION[:0], Message("user", "SECRET question"), TURNS[0]]
+    enc = r.encode(messages)
+    assert enc.ids.tolist() == reference_ids(tok, messages, "user")
+    assert "[hidden]" in tok.decode(enc.ids) and "SECRET" not in tok.decode(enc.ids)
+
+
+def _records() -> list[dict]:
+    return [
+        {
+            "messages": [
+                {"role": "user", "content": f"What is 2 + {n}?"},
+                {"role": "assistant", "reasoning_content": "Add.", "content": "Action: add"},
+                {"role": "user", "content": f"{2 + n}"},
+                {"role": "assistant", "reasoning": "\nDone.\n", "content": f"finish[{2 + n}]"},
+            ],
+            "answer": str(2 + n),
+        }
+        for n in range(3)
+    ]
+
+
+def test_openai_reasoning_fields_become_think_blocks(tmp_path):
+    path = tmp_path / "r.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in _records()))
+    kw = dict(question_turn=0, messages_key="messages", tools_field=None, task="")
+    kw |= dict(success_field=None, score_field=None, answer_field="answer")
+    (traj, *_) = load_openai([path], **kw)
+    assert [t.content for t in traj.turns] == [
+        "<think>\nAdd.\n</think>\n\nAction: add",
+        "2",
+        "<think>\nDone.\n</think>\n\nfinish[2]",
+    ]
+    bad = _records()[0]
+    bad["messages"][1]["content"] = "<think>x</think>Action: add"
+    path.write_text(json.dumps(bad) + "\n")
+    with pytest.raises(ValueError, match=r"line 1: field 'messages\[1\]\.content': .*one place"):
+        load_openai([path], **kw)
+    bad["messages"][1] |= {"content": "Action: add", "reasoning": "Other."}
+    path.write_text(json.dumps(bad) + "\n")
+    with pytest.raises(ValueError, match=r"reasoning_content and reasoning differ"):
+        load_openai([path], **kw)
+
+
+def test_prepare_with_each_turn(tok, tmp_path):
+    from natscale.config.prepare import PrepareConfig
+    from natscale.data.prepare import prepare
+    from natscale.data.prepared import PreparedDir
+
+    tok.save_pretrained(tmp_path / "tok")
+    path = tmp_path / "r.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in _records()))
+
+    def run(turns: str, out: str):
+        cfg = {
+            "sources": [{"format": "openai", "paths": [str(path)]}],
+            "outcome": {"success": "all"},
+            "render": {"tokenizer": str(tmp_path / "tok"), "turns": turns},
+            "pack": {"max_seq_len": 512, "algorithm": "none"},
+        }
+        return prepare(PrepareConfig.model_validate(cfg), tmp_path / out, progress=False)
+
+    # one example per trajectory: every one is refused (the history drops the reasoning)
+    with pytest.raises(ValueError, match=r"render\.turns: each"):
+        run("all", "all")
+    result = run("each", "each")
+    assert result.stats["turns"] == "each"
+    assert result.stats["trajectories"]["loaded"] == 3
+    assert sum(c["examples"] for c in result.stats["per_class"].values()) == 6
+    rows = PreparedDir(tmp_path / "each").open().with_format("numpy")
+    assert len(rows) == 6  # pack.algorithm none: an example a row
+    texts = sorted(tok.decode(row["targets"][row["targets"] != -100]) for row in rows)
+    assert texts[:3] == ["<think>\nAdd.\n</think>\n\nAction: add<|im_end|>"] * 3
+    assert "<think>\nDone.\n</think>\n\nfinish[4]<|im_end|>" in texts
+
+
+@pytest.mark.parametrize("role", ["user", "tool"])
+def test_random_conversations_train_each_turn_with_its_reasoning(tok, role):
+    """user: the history drops reasoning, so one example per turn (render.turns: each); tool:
+    it keeps it, so one example trains every turn."""
+    import random
+
+    from natscale.data.nat import Example, each_turn
+    from natscale.data.trajectory import Trajectory, Turn
+
+    rng = random.Random(7)
+    r = Renderer(tok, "hf", observation_role=role)
+    for case in range(40):
+        turns, thoughts = [], []
+        for t in range(rng.randint(1, 4)):
+            thought = f"step {t} of case {case}" if rng.random() < 0.7 else ""
+            gap = rng.choice(["", "\n", "\n\n"])
+            think = f"<think>{gap}{thought}{gap}</think>{gap}" if thought else ""
+            turns += [Turn("assistant", f"{think}Action: act[{t}]"), Turn("observation", f"{t}")]
+            thoughts.append(thought)
+        traj = Trajectory(str(case), f"Question {case}?", turns[:-1])
+        examples = [Example(traj, 0, 1.0, traj.question)]
+        if role == "user":
+            examples = each_turn(examples[0])
+        spans = []
+        for ex in examples:
+            messages = [Message("user", ex.query)]
+            messages += [Message(t.role, t.content, t.train) for t in ex.traj.turns]
+            enc = r.encode(messages)
+            assert enc.ids.tolist() == reference_ids(tok, messages, role), case
+            found = trained_spans(enc)
+            assert found == written_at_inference(r, messages), case
+            spans += found
+        assert len(spans) == len(thoughts)
+        for span, thought in zip(spans, thoughts, strict=True):
+            assert thought in tok.decode(span)
