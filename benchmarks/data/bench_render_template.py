@@ -10,9 +10,15 @@ worker does per chunk) on the example tokenizer, for two kinds of conversation:
   Thought/Action turns and their observations as user turns), every conversation the same layout;
 - ``tool calls``: OpenAI-style, a question, then ``--calls`` assistant turns that each call a
   tool (every other one with text beside the call) and their ``tool`` results, then the answer.
-  The call arguments differ, so every conversation is a layout of its own.
+  The call arguments differ, so every conversation is a layout of its own;
+- ``reasoning``: the ReAct steps of ``react`` with their reasoning in ``<think>`` tags, through a
+  Qwen3-style template (written here: it splits a turn at ``</think>`` and drops the reasoning of
+  turns before the last user message), observations as ``user`` turns with one example per
+  trained turn (``render.turns: each``: ``--calls`` + 1 examples a conversation, counted as
+  conversations in the table), and as ``tool`` turns in one example (the reasoning is kept).
 
-Rows: the built-in ``chatml`` template (Python, no Jinja: the baseline), and a Qwen-style Jinja
+Rows: the built-in ``chatml`` template (Python, no Jinja: the baseline; it renders ``<think>`` as
+text), and a Qwen-style Jinja
 chat template with ``tool_calls`` support (written here: a newline before a call only after text,
 as Qwen's) through ``hf``, once as ``prepare`` runs it and once with every turn's generation
 prompt rendered (``_shape_tail`` off: what the per-shape prompt check saves). Prints a table and
@@ -58,6 +64,46 @@ CHAT_TEMPLATE = (
 )
 
 
+# Qwen3-style, written for this benchmark: a turn's reasoning split from its answer at </think>;
+# the last turn always gets a block; turns before the last user message lose theirs
+THINK_TEMPLATE = (
+    "{% set ns = namespace(last=-1) %}{% for m in messages %}"
+    "{% if m['role'] == 'user' %}{% set ns.last = loop.index0 %}{% endif %}{% endfor %}"
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' }}"
+    "{% if m['role'] == 'assistant' %}"
+    "{% set answer = m['content'] %}{% set thought = '' %}"
+    "{% if '</think>' in m['content'] %}"
+    "{% set answer = m['content'].split('</think>')[-1].lstrip('\\n') %}"
+    "{% set thought = m['content'].split('</think>')[0].split('<think>')[-1].strip('\\n') %}"
+    "{% endif %}"
+    "{% if loop.index0 > ns.last and (loop.last or thought) %}"
+    "{{ '<think>\\n' + thought + '\\n</think>\\n\\n' }}{% endif %}{{ answer }}"
+    "{% else %}{{ m['content'] }}{% endif %}{{ '<|im_end|>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def reasoning(n: int, calls: int, *, each: bool) -> list[list[Message]]:
+    """``react`` with each step's reasoning in <think> tags (without the instruction turn);
+    ``each``: one conversation per trained turn, ending with it (``render.turns: each``)."""
+    out = []
+    for conv in react(n, calls):
+        m = [conv[2]]
+        for x in conv[3:]:
+            if x.role == "assistant":
+                thought, _, action = x.content.partition("\n")
+                why = f"{thought[9:]} The expression comes from the question; compute it."
+                x = Message("assistant", f"<think>\n{why}\n</think>\n\n{action}", True)
+            m.append(x)
+        if not each:
+            out.append(m)
+            continue
+        for k, x in enumerate(m):
+            if x.train:
+                out.append([Message(y.role, y.content, j == k) for j, y in enumerate(m[: k + 1])])
+    return out
+
+
 def react(n: int, calls: int) -> list[list[Message]]:
     out = []
     for i in range(n):
@@ -90,12 +136,14 @@ def tool_calls(n: int, calls: int, *, always_text: bool = False) -> list[list[Me
     return out
 
 
-def best_rate(tok, name: str, exact: bool, convs: list, repeat: int) -> tuple[float, int]:
+def best_rate(
+    tok, name: str, exact: bool, convs: list, repeat: int, role: str = "tool"
+) -> tuple[float, int]:
     """(conversations per second, tokens) of ``encode_batch`` with the template ``name``, best of
     ``repeat`` runs, each with a fresh renderer (its caches empty, as a prepare worker starts)."""
     best, tokens = float("inf"), 0
     for _ in range(repeat):
-        renderer = Renderer(tok, name, observation_role="tool")
+        renderer = Renderer(tok, name, observation_role=role)
         if exact:  # render every turn's generation prompt instead of finding it by shape
             renderer.template._shape_tail = lambda *args: None
         t0 = time.perf_counter()
@@ -121,22 +169,35 @@ def main() -> int:
 
     tok = load_tokenizer(REPO / "examples" / "tokenizer")
     add_missing_tokens(tok, "chatml")
-    tok.chat_template = CHAT_TEMPLATE
     load_before = os.getloadavg()
     rows = []
-    for data, convs in (
-        ("react", react(args.n, args.calls)),
-        ("tool calls", tool_calls(args.n, args.calls, always_text=args.always_text)),
-    ):
+    for data, convs, role, template in (
+        ("react", react(args.n, args.calls), "tool", CHAT_TEMPLATE),
+        (
+            "tool calls",
+            tool_calls(args.n, args.calls, always_text=args.always_text),
+            "tool",
+            CHAT_TEMPLATE,
+        ),
+        (
+            "reasoning, user, turns each",
+            reasoning(args.n, args.calls, each=True),
+            "user",
+            THINK_TEMPLATE,
+        ),
+        ("reasoning, tool, turns all", reasoning(args.n, args.calls, each=False), "tool",
+         THINK_TEMPLATE),
+    ):  # fmt: skip
+        tok.chat_template = template
         base = None
         for label, name, exact in (
             ("chatml (built-in)", "chatml", False),
             ("hf chat template", "hf", False),
             ("hf, every prompt rendered", "hf", True),
         ):
-            if exact and data == "react":
-                continue  # one layout: its prompts are rendered once either way
-            rate, tokens = best_rate(tok, name, exact, convs, args.repeat)
+            if exact and data != "tool calls":
+                continue  # no calls: the prompts are rendered once a layout either way
+            rate, tokens = best_rate(tok, name, exact, convs, args.repeat, role)
             base = base or rate
             rows.append(
                 {

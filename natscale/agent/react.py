@@ -13,6 +13,10 @@ first action wins); a turn that starts with ``"Action: "`` has an empty thought;
 the text before the first ``[`` and the argument runs to the closing ``]``. Unlike the paper, the
 closing ``]`` is required (the paper drops the last character whatever it is) and the argument is
 everything between the first ``[`` and that final ``]``, so brackets inside it survive.
+
+A reasoning model's turn (``<think>...</think>`` then the step) is parsed after its last
+``</think>``: an ``Action:`` line the model wrote while thinking is not its action. The
+reasoning is part of the thought.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ FINISH_OBSERVATION = "Episode finished"
 CALCULATE = "calculate"
 SEARCH = "search"
 FINISH = "finish"
+THINK_END = "</think>"  # a reasoning model's turn: its step follows the last one
 
 # Line starts of a ReAct transcript written as one text (FireAct / Alpaca ``output``):
 # ``Observation:`` / ``Observation 2:`` opens an observation, ``Thought``/``Action`` agent text.
@@ -79,12 +84,14 @@ def split_thought_action(text: str) -> tuple[str, str]:
     The thought keeps its ``Thought:`` prefix if it had one; the action text has no ``Action:``
     prefix. Raises :class:`ReActParseError` if the turn has no action.
     """
-    stripped = text.strip()
+    reasoning, end, stripped = text.strip().rpartition(THINK_END)
+    reasoning += end
+    stripped = stripped.strip()
     if "\nAction: " in stripped:
         thought, action = stripped.split("\nAction: ")[:2]
-        return thought, action
+        return f"{reasoning}\n{thought}" if reasoning else thought, action
     if stripped.startswith(ACTION_PREFIX):
-        return "", stripped[len(ACTION_PREFIX) :]
+        return reasoning, stripped[len(ACTION_PREFIX) :]
     raise ReActParseError(
         f"no action in assistant turn {_preview(text)}: expected a line 'Action: tool[argument]'"
     )
@@ -125,9 +132,9 @@ def finish_argument(text: str) -> str | None:
     """The argument of a ``finish[...]`` anywhere in ``text`` (stripped), else None.
 
     Lenient on purpose (for labelling recorded data whose turns may not parse as one step): it
-    runs from the first ``finish[`` to the last ``]``.
+    runs from the first ``finish[`` to the last ``]``, after the last ``</think>``.
     """
-    match = _FINISH_ANYWHERE.search(text)
+    match = _FINISH_ANYWHERE.search(text.rpartition(THINK_END)[2])
     return match.group(1).strip() if match else None
 
 

@@ -67,6 +67,20 @@ def test_finish_argument_is_lenient_for_labelling():
     assert finish_argument("Action: calculate[4]") is None
 
 
+def test_a_reasoning_models_step_follows_its_thinking():
+    """An action written while thinking is not the turn's action; the reasoning is thought."""
+    turn = "<think>\nMaybe:\nAction: finish[5]\nNo, compute.\n</think>\n\nAction: calculate[2 * 3]"
+    step = parse_step(turn)
+    assert (step.tool, step.argument) == ("calculate", "2 * 3")
+    assert step.thought == "<think>\nMaybe:\nAction: finish[5]\nNo, compute.\n</think>"
+    turn = "<think>Sure.</think>\nThought: multiply.\nAction: calculate[2 * 3]"
+    assert parse_step(turn).thought == "<think>Sure.</think>\nThought: multiply."
+    assert finish_argument("<think>finish[5] is wrong</think>Action: finish[6]") == "6"
+    assert finish_argument("<think>finish[5]?</think>Action: calculate[6]") is None
+    with pytest.raises(ReActParseError, match="no action"):
+        parse_step("<think>\nAction: finish[5]\n</think>\n\nI am not sure.")
+
+
 def test_format_step_rejects_ambiguous_input():
     with pytest.raises(ValueError):
         format_step("a\nAction: b", "calculate", "1")
