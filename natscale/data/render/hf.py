@@ -4,11 +4,14 @@ The template is rendered twice: once with every non-empty content replaced by a 
 placeholder, which cuts the output into template text (literal pieces) and message slots (once
 per layout of roles, tool calls, names and empty contents: it does not depend on the content),
 and once with the real content to check that the template inserts each content unchanged (or
-stripped: Llama-2's ``| trim``; or JSON-escaped: Llama 3's ``tojson`` of a tool result). A
-template that rewrites content otherwise (reasoning splitters, content-dependent branches) is
-reported with a hint to use a built-in template. An empty content
-gets no placeholder (templates branch on it), and an assistant's text beside tool calls may be
-left out by the template (Llama 3's renders the call alone); any other message must be rendered.
+stripped: Llama-2's ``| trim``; or JSON-escaped: Llama 3's ``tojson`` of a tool result). An
+untrained content the template renders otherwise (Qwen3's drops earlier turns' reasoning) is
+kept as the template renders it: it is what the model is shown. A conversation with a trained
+turn the template renders otherwise (a reasoning splitter writes ``<think>`` apart from the
+answer) is cut at each trained turn's generation prompt instead (``_by_prompts``). An empty
+content gets no placeholder (templates branch on it), and an assistant's text beside tool calls
+may be left out by the template (Llama 3's renders the call alone); any other message must be
+rendered.
 
 The real-content render goes straight to the template as ``apply_chat_template`` compiles it, with
 the variables it passes (its per-call conversion of the messages to plain data, which ours
