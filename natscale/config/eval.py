@@ -8,7 +8,7 @@ override any field. See ``examples/configs/eval_math.yaml``.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -31,6 +31,9 @@ class PromptConfig(_Strict):
     end_of_turn: str | None = None
     chat_template: str | None = Field(
         None, description="Jinja file that replaces the tokenizer's chat template"
+    )
+    chat_template_kwargs: dict[str, Any] | None = Field(
+        None, description="more variables for the chat template (e.g. {enable_thinking: false})"
     )
     strategy: StrategyConfig = StrategyConfig()
     marker: str | int = Field(

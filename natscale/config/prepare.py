@@ -7,7 +7,7 @@ models (``natscale.data.formats``). See ``examples/configs/prepare_math.yaml``.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -123,6 +123,11 @@ class RenderConfig(_Strict):
         None,
         description="Jinja file that replaces the tokenizer's chat template (saved with the "
         "prepared tokenizer, so training's export and evaluation use it too)",
+    )
+    chat_template_kwargs: dict[str, Any] | None = Field(
+        None,
+        description="more variables for the chat template, as apply_chat_template's **kwargs "
+        "and vLLM's chat_template_kwargs (e.g. {enable_thinking: false} for Qwen3); hf only",
     )
     turns: Literal["all", "each"] = Field(
         "all",

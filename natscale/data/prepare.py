@@ -326,6 +326,7 @@ def _prepare(
         observation_role=rc.observation_role,
         end_of_turn=rc.end_of_turn,
         paper_compat=rc.paper_compat,
+        chat_template_kwargs=rc.chat_template_kwargs,
     )
 
     drops_call_text = renderer.template.drops_tool_call_text()

@@ -53,6 +53,8 @@ def prompt_defaults(prepared_dir: str | os.PathLike, *, file_given: bool = False
         "observation_role": cfg.render.observation_role,
         "strategy": cfg.strategy.model_dump(mode="json"),
     }
+    if cfg.render.chat_template_kwargs:
+        section["chat_template_kwargs"] = cfg.render.chat_template_kwargs
     if stats.get("end_of_turn"):
         section["end_of_turn"] = stats["end_of_turn"]
     if cfg.render.acknowledgement is not None:

@@ -61,6 +61,7 @@ class Prompter:
                 cfg.template,
                 observation_role=cfg.observation_role,
                 end_of_turn=cfg.end_of_turn,
+                chat_template_kwargs=cfg.chat_template_kwargs,
             )
         except (ValueError, TypeError) as exc:
             raise EvalError(f"prompt.template: {exc}") from None

@@ -11,8 +11,10 @@ import json
 
 import pytest
 
+from natscale.config.eval import PromptConfig
 from natscale.data.formats.openai import load as load_openai
 from natscale.data.render import Message, Renderer, TemplateError, load_tokenizer
+from natscale.eval.prompting import Prompter
 
 from .test_chat_template_turns import written_at_inference
 from .test_render import trained_spans
@@ -179,14 +181,17 @@ def test_untrained_content_is_rendered_as_the_template_renders_it(tok):
     assert "[hidden]" in tok.decode(enc.ids) and "SECRET" not in tok.decode(enc.ids)
 
 
-def _records() -> list[dict]:
+def _records(reasoning: bool = True) -> list[dict]:
+    add, done = (
+        ({"reasoning_content": "Add."}, {"reasoning": "\nDone.\n"}) if reasoning else ({}, {})
+    )
     return [
         {
             "messages": [
                 {"role": "user", "content": f"What is 2 + {n}?"},
-                {"role": "assistant", "reasoning_content": "Add.", "content": "Action: add"},
+                {"role": "assistant", "content": "Action: add", **add},
                 {"role": "user", "content": f"{2 + n}"},
-                {"role": "assistant", "reasoning": "\nDone.\n", "content": f"finish[{2 + n}]"},
+                {"role": "assistant", "content": f"finish[{2 + n}]", **done},
             ],
             "answer": str(2 + n),
         }
@@ -283,3 +288,57 @@ def test_random_conversations_train_each_turn_with_its_reasoning(tok, role):
         assert len(spans) == len(thoughts)
         for span, thought in zip(spans, thoughts, strict=True):
             assert thought in tok.decode(span)
+
+
+# Qwen3's switch: without thinking, the generation prompt holds an empty reasoning block
+NO_THINKING = THINKS.replace(
+    "{{ '<|im_start|>assistant\\n' }}{% endif %}",
+    "{{ '<|im_start|>assistant\\n' }}{% if enable_thinking is defined and not enable_thinking %}"
+    "{{ '<think>\\n\\n</think>\\n\\n' }}{% endif %}{% endif %}",
+)
+
+
+def test_chat_template_kwargs_reach_the_template(tok, tmp_path):
+    from natscale.config.prepare import PrepareConfig
+    from natscale.data.prepare import prepare
+    from natscale.eval.prepared import prompt_defaults
+
+    tok.chat_template = NO_THINKING
+    messages = [*QUESTION, Message("assistant", "Action: finish[14]", True)]
+    off = {"enable_thinking": False}
+    (span,) = trained_spans(Renderer(tok, "hf").encode(messages))
+    assert tok.decode(span) == "<think>\n\n</think>\n\nAction: finish[14]<|im_end|>"
+    r = Renderer(tok, "hf", chat_template_kwargs=off)
+    enc = r.encode(messages)
+    hf = [{"role": m.role, "content": m.content} for m in messages]
+    text = tok.apply_chat_template(hf, tokenize=False, enable_thinking=False)
+    assert enc.ids.tolist() == tok(text, add_special_tokens=False)["input_ids"]
+    (span,) = trained_spans(enc)
+    assert tok.decode(span) == "Action: finish[14]<|im_end|>"  # the empty block is the prompt's
+    assert tok.decode(r.generation_prompt(QUESTION)).endswith("<think>\n\n</think>\n\n")
+    # earlier turns are shown without the block the prompt gave them: one example per turn
+    plain = [Message("assistant", "Action: add", True), Message("observation", "5")]
+    with pytest.raises(TemplateError, match=r"render\.turns: each"):
+        r.encode([*QUESTION, *plain, messages[-1]])
+    with pytest.raises(TemplateError, match=r"\['add_generation_prompt'\] are set by natscale"):
+        Renderer(tok, "hf", chat_template_kwargs={"add_generation_prompt": True})
+    with pytest.raises(TemplateError, match="'chatml' is natscale's own"):
+        Renderer(tok, "chatml", chat_template_kwargs=off)
+
+    # recorded with the data: evaluation renders its prompts the same way
+    tok.save_pretrained(tmp_path / "tok")
+    path = tmp_path / "r.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in _records(reasoning=False)))
+    cfg = {
+        "sources": [{"format": "openai", "paths": [str(path)]}],
+        "outcome": {"success": "all"},
+        "render": {"tokenizer": str(tmp_path / "tok"), "turns": "each"},
+        "pack": {"max_seq_len": 512},
+    }
+    cfg["render"]["chat_template_kwargs"] = off
+    prepare(PrepareConfig.model_validate(cfg), tmp_path / "out", progress=False)
+    section = prompt_defaults(tmp_path / "out")
+    assert section["chat_template_kwargs"] == off
+    prompter = Prompter(PromptConfig.model_validate(section), load_tokenizer(section["tokenizer"]))
+    ids = prompter.ids(prompter.messages("What is 2 + 3?", []))
+    assert tok.decode(ids).endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")

@@ -111,7 +111,10 @@ class Renderer:
         observation_role: str = "user",
         end_of_turn: str | None = None,
         paper_compat: bool = False,
+        chat_template_kwargs: dict | None = None,
     ) -> None:
+        """``chat_template_kwargs``: more variables for the tokenizer's chat template
+        (``apply_chat_template(**kwargs)``, e.g. Qwen3's ``enable_thinking``); ``hf`` only."""
         self.name = resolve_template(tokenizer, template)
         self.paper_compat = paper_compat
         if paper_compat and self.name != "llama2":
@@ -128,7 +131,14 @@ class Renderer:
                 "(the model's embeddings are then resized)"
             )
         if self.name == "hf":
-            self.template: Template = HFChatTemplate(tokenizer, observation_role, end_of_turn)
+            self.template: Template = HFChatTemplate(
+                tokenizer, observation_role, end_of_turn, chat_template_kwargs
+            )
+        elif chat_template_kwargs:
+            raise TemplateError(
+                f"chat_template_kwargs are variables of the tokenizer's chat template; template "
+                f"{self.name!r} is natscale's own and reads none (use template: hf)"
+            )
         else:
             self.template = BUILTIN[self.name](observation_role)
         self.encoder = PieceEncoder(tokenizer)

@@ -39,6 +39,7 @@ import dataclasses
 import itertools
 import json
 import re
+from typing import Any
 
 from natscale.data.render.encode import Piece
 from natscale.data.render.messages import Message
@@ -58,6 +59,16 @@ EOT_CANDIDATES = (
 )
 
 
+# variables apply_chat_template sets: not for chat_template_kwargs
+RESERVED = frozenset(
+    {"messages", "tools", "documents", "add_generation_prompt", "continue_final_message",
+     "tokenize", "return_dict", "return_tensors", "padding", "truncation", "max_length",
+     "chat_template", "tokenizer_kwargs", "return_assistant_tokens_mask", "bos_token",
+     "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token",
+     "additional_special_tokens"}
+)  # fmt: skip
+
+
 class TemplateError(ValueError):
     pass
 
@@ -69,13 +80,27 @@ _Plan = tuple[tuple[tuple[str, bool], ...], ...]
 class HFChatTemplate(Template):
     name = "hf"
 
-    def __init__(self, tokenizer, observation_role: str = "user", end_of_turn: str | None = None):
+    def __init__(
+        self,
+        tokenizer,
+        observation_role: str = "user",
+        end_of_turn: str | None = None,
+        kwargs: dict[str, Any] | None = None,
+    ):
         super().__init__(observation_role)
         if not getattr(tokenizer, "chat_template", None):
             raise TemplateError(
                 "the tokenizer has no chat_template; use template: llama2, chatml or llama3"
             )
         self.tokenizer = tokenizer
+        # more variables for the template (apply_chat_template's **kwargs: enable_thinking)
+        self.kwargs = dict(kwargs or {})
+        taken = sorted(RESERVED & set(self.kwargs))
+        if taken:
+            raise TemplateError(
+                f"chat_template_kwargs: {taken} are set by natscale itself (messages, tools, "
+                "add_generation_prompt and the special tokens); leave them out"
+            )
         if end_of_turn is not None:
             self.eot = (end_of_turn,)
         else:
@@ -179,6 +204,7 @@ class HFChatTemplate(Template):
                 tools=tools,
                 tokenize=False,
                 add_generation_prompt=generation,
+                **self.kwargs,
             )
         except Exception as exc:  # jinja raises its own errors (e.g. roles must alternate)
             calls = [c for m in messages for c in m.tool_calls or ()]
@@ -207,6 +233,7 @@ class HFChatTemplate(Template):
                 documents=None,
                 add_generation_prompt=generation,
                 **variables,
+                **self.kwargs,
             )
         except Exception:
             out = None
@@ -613,7 +640,9 @@ def _prompt_mismatch(k: int, history: str, prompt: str) -> str:
         f"(add_generation_prompt): the training text has {around(history)} where the inference "
         f"prompt has {around(prompt)}, so the turn would be trained after text the model never "
         "sees when it runs. Use a built-in template (llama2, chatml, llama3), another "
-        "render.observation_role, or a corrected template in render.chat_template"
+        "render.observation_role, render.turns: each (each turn in an example of its own, "
+        "after the history as the prompt shows it; enough where the history differs only "
+        "for turns that later turns follow), or a corrected template in render.chat_template"
     )
 
 
