@@ -4,7 +4,7 @@
 
 For each Jinja chat template (a model's ``chat_template.jinja``, or the ``chat_template`` field
 of its ``tokenizer_config.json`` saved as a file), on the example tokenizer with the template's
-special tokens added, it renders two kinds of conversation through ``Renderer(tok, "hf")``:
+special tokens added, it renders three kinds of conversation through ``Renderer(tok, "hf")``:
 
 - ``react``: the paper's Thought/Action loop, observations as ``user`` and as ``tool`` turns,
   with and without a system message, ending with an observation or with the assistant (8 cases);
@@ -15,6 +15,10 @@ special tokens added, it renders two kinds of conversation through ``Renderer(to
   example per trained turn (``each``) (4 cases); such a case is ``ok`` only when, besides,
   every trained turn's reasoning is in its trained tokens.
 
+``--kwargs`` renders them all with more template variables (``render.chat_template_kwargs``);
+``--turns each`` cuts the ``react`` and ``tool calls`` cases into one conversation per trained
+turn, as ``render.turns: each`` does.
+
 A case is ``ok`` when it renders and every trained turn's tokens are exactly the tokens after its
 generation prompt (the conversation before it with ``add_generation_prompt``); otherwise the
 refusal's first words are shown. Prints one line per case and a count per template; nothing is
@@ -24,6 +28,7 @@ written. The templates of published models are not shipped with natscale: bring 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from collections import Counter
@@ -93,10 +98,18 @@ def reasoning(each: bool) -> list[list[Message]]:
         Message("observation", "Observation: 12"),
         Message("assistant", f"<think>\n{THOUGHTS[1]}\n</think>\n\nAction: finish[12]", True),
     ]
-    if not each:
-        return [out]
+    return per_turn(out) if each else [out]
+
+
+def per_turn(messages: list[Message]) -> list[list[Message]]:
+    """One conversation per trained turn, ending with it, only it trained (``turns: each``)."""
     return [
-        [Message(m.role, m.content, j == k) for j, m in enumerate(out[: k + 1])] for k in (1, 3)
+        [
+            Message(m.role, m.content, j == k, m.tool_calls, m.name)
+            for j, m in enumerate(messages[: k + 1])
+        ]
+        for k, x in enumerate(messages)
+        if x.train
     ]
 
 
@@ -130,6 +143,13 @@ def check(renderer: Renderer, messages: list[Message], tools: list | None) -> st
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("templates", nargs="+", type=Path, help="chat template files (Jinja)")
+    ap.add_argument(
+        "--kwargs",
+        type=json.loads,
+        default=None,
+        help="render.chat_template_kwargs as JSON, e.g. '{\"enable_thinking\": false}'",
+    )
+    ap.add_argument("--turns", choices=("all", "each"), default="all", help="render.turns")
     args = ap.parse_args()
     for path in args.templates:
         source = path.read_text(encoding="utf-8")
@@ -152,9 +172,10 @@ def main() -> int:
             for role in ("user", "tool") for each in (False, True)
         ]  # fmt: skip
         for name, role, conversations, tools in cases:
-            renderer = Renderer(tok, "hf", observation_role=role)
+            renderer = Renderer(tok, "hf", observation_role=role, chat_template_kwargs=args.kwargs)
             if isinstance(conversations[0], Message):
-                conversations = [conversations]
+                each = args.turns == "each"
+                conversations = per_turn(conversations) if each else [conversations]
             verdicts = [check(renderer, messages, tools) for messages in conversations]
             verdict = next((v for v in verdicts if v != "ok"), "ok")
             counts["ok" if verdict == "ok" else verdict.split(":")[0]] += 1
