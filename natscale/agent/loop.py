@@ -12,6 +12,9 @@ format by construction). Each step asks the backend for the next assistant turn 
 - ``turn_limit``: ``max_depth + 1`` turns without ``finish`` (the paper's depth 6 = 7 turns);
 - ``context_overflow``: the prompt no longer fits the model's context.
 
+A turn the backend cut at ``loop.max_new_tokens`` before its end of turn (a reasoning model that
+thinks longer) is counted in the episode's ``truncated_turns``; it is parsed as it is.
+
 Tool errors (a bad expression, a timeout) are observations ``Error: ...`` and the episode goes
 on, as in the paper. Finished episodes are handed to ``on_done`` at once; when ``should_stop()``
 turns true the loop returns after the current step and drops the unfinished episodes (a resumed
@@ -51,6 +54,7 @@ class Generation:
     text: str
     tokens: int  # generated tokens (for tokens/s)
     overflow: bool = False  # the prompt (plus room to answer) did not fit the context
+    truncated: bool = False  # cut at loop.max_new_tokens before its end of turn
 
 
 @dataclass
@@ -63,6 +67,7 @@ class Episode:
     history: list[dict[str, Any]] = field(default_factory=list)
     turns: int = 0
     generated_tokens: int = 0
+    truncated_turns: int = 0  # turns cut at loop.max_new_tokens
     pred: str | None = None
     failure: str | None = None
     done: bool = False
@@ -84,6 +89,7 @@ def advance(
         return
     ep.turns += 1
     ep.generated_tokens += gen.tokens
+    ep.truncated_turns += gen.truncated
     ep.history.append({"role": "assistant", "content": gen.text, "loss": True})
 
     def observe(text: str) -> None:

@@ -4,7 +4,8 @@
 
     {"id": "math-00017", "sample": 0, "question": "...", "answer": "... #### 18", "source": 0.0,
      "info": {"reward": true, "pred": "18", "f1": 1.0, "gt": "18", "finished": true,
-              "failure": null, "turns": 3, "generated_tokens": 61, "marker": "success"},
+              "failure": null, "turns": 3, "generated_tokens": 61, "truncated_turns": 0,
+              "marker": "success"},
      "conversations": [{"role": "assistant", "content": "Thought: ...", "loss": true},
                        {"role": "user", "content": "Observation: 6", "loss": false}, ...]}
 
@@ -46,6 +47,7 @@ def episode_record(ep: Episode, task: str, *, temperature: float, marker: str) -
             "failure": ep.failure,
             "turns": ep.turns,
             "generated_tokens": ep.generated_tokens,
+            "truncated_turns": ep.truncated_turns,
             "marker": marker,
         },
         "conversations": ep.conversations(),

@@ -68,6 +68,7 @@ def summarize(
         "metrics": metrics,
         "failures": {kind: failures.get(kind, 0) for kind in FAILURES},
         "finished": sum(bool(r["info"].get("finished")) for r in records),
+        "truncated_turns": sum(int(r["info"].get("truncated_turns") or 0) for r in records),
         "mean_turns": round(float(np.mean([r["info"].get("turns", 0) for r in records])), 4)
         if records
         else 0.0,

@@ -342,6 +342,9 @@ def summary_line(summary: dict[str, Any]) -> str:
     tp = summary["throughput"]
     eps, tps = format_rate(tp["episodes_per_s"]), format_rate(tp["generated_tokens_per_s"])
     state = "" if summary["complete"] else " (INCOMPLETE: rerun with --resume)"
+    if summary.get("truncated_turns"):
+        n = summary["truncated_turns"]
+        fails += f" ({n} turn{'s' if n != 1 else ''} cut at loop.max_new_tokens)"
     return (
         f"natscale eval: {summary['task']} {'; '.join(parts)} over {summary['episodes']} "
         f"episodes of {summary['questions']} questions; failures: {fails}; "

@@ -112,7 +112,8 @@ class OpenAIBackend:
                 text = choice.get("text") or ""
                 usage = reply.get("usage") or {}
                 tokens = int(usage.get("completion_tokens") or len(text.split()))
-                return Generation(cut_at_stops(text, self.stops), tokens)
+                cut = choice.get("finish_reason") == "length"
+                return Generation(cut_at_stops(text, self.stops), tokens, truncated=cut)
             except urllib.error.HTTPError as exc:
                 if exc.code < 500 and exc.code != 429:
                     detail = exc.read()[:300].decode("utf-8", "replace")
