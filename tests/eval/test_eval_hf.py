@@ -92,6 +92,10 @@ def test_random_model_episodes_end_unparseable_and_are_recorded(tiny_model, tmp_
     assert summary["throughput"]["generated_tokens"] == sum(
         e["info"]["generated_tokens"] for e in episodes
     )
+    # a turn that ran to loop.max_new_tokens (12) without an end of turn is counted as cut
+    for ep in episodes:
+        assert ep["info"]["truncated_turns"] == int(ep["info"]["generated_tokens"] == 12)
+    assert summary["truncated_turns"] == sum(e["info"]["truncated_turns"] for e in episodes) > 0
     assert "torch" in summary["versions"] and "transformers" in summary["versions"]
 
 

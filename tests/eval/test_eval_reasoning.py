@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 import pytest
 
@@ -36,7 +37,7 @@ REPLIES = {
 
 
 class Endpoint(BaseHTTPRequestHandler):
-    prompts: list[str] = []
+    prompts: ClassVar[list[str]] = []
 
     def _reply(self, body: dict) -> None:
         data = json.dumps(body).encode()
@@ -46,10 +47,10 @@ class Endpoint(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+    def do_GET(self) -> None:
         self._reply({"data": [{"id": "reasoner"}]})
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         prompt = body["prompt"]
         Endpoint.prompts.append(prompt)
@@ -88,7 +89,9 @@ def test_a_reasoning_models_episodes(endpoint, tmp_path):
     questions = tmp_path / "q.jsonl"
     questions.write_text(
         "".join(
-            json.dumps({"id": f"q{n}", "question": f"What is {n} + {n}?", "answer": f"#### {2 * n}"})
+            json.dumps(
+                {"id": f"q{n}", "question": f"What is {n} + {n}?", "answer": f"#### {2 * n}"}
+            )
             + "\n"
             for n in (2, 3)
         )

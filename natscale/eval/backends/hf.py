@@ -160,7 +160,10 @@ class HFBackend:
         hit_stop = stopped or any(s in text for s in self.stops) or n < len(ids)
         overflow = not hit_stop and max_new < self.loop.max_new_tokens
         return Generation(
-            cut_at_stops(text, self.stops), n, overflow=overflow, truncated=not (hit_stop or overflow)
+            cut_at_stops(text, self.stops),
+            n,
+            overflow=overflow,
+            truncated=not (hit_stop or overflow),
         )
 
     def close(self) -> None:
