@@ -342,3 +342,13 @@ def test_chat_template_kwargs_reach_the_template(tok, tmp_path):
     prompter = Prompter(PromptConfig.model_validate(section), load_tokenizer(section["tokenizer"]))
     ids = prompter.ids(prompter.messages("What is 2 + 3?", []))
     assert tok.decode(ids).endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+
+
+def test_a_turn_is_never_found_in_a_later_one(tok):
+    """Two identical turns: the first one's reasoning, dropped from the history, is in the
+    second one's text; it must not be taken for the first's (its span would run over the
+    observation between them)."""
+    same = Message("assistant", FIRST, True)
+    messages = [*QUESTION, same, Message("observation", "12"), same]
+    with pytest.raises(TemplateError, match="leaves out the reasoning"):
+        Renderer(tok, "hf").encode(messages)

@@ -395,11 +395,13 @@ class HFChatTemplate(Template):
     ) -> list[Piece]:
         """Trained pieces of assistant message ``k``, whose generation prompt ends at ``start``
         in ``real``: template text and the parts of its content, up to and including the first
-        end-of-turn token after them."""
+        end-of-turn token after the prompt (the parts must lie before it: a part found only in
+        a later turn is not this turn's)."""
         msg = messages[k]
         pieces, at = [], start
+        limit = start + (self._eot_end(real[start:]) or len(real) - start)
         for part in _content_parts(msg.content):
-            i = real.find(part, at)
+            i = real.find(part, at, limit)
             if i < 0:
                 # would the turn keep it as the last of its own example (render.turns: each)?
                 alone = (
@@ -412,7 +414,7 @@ class HFChatTemplate(Template):
                 raise TemplateError(_lost_part(messages, k, part, real[start:], alone))
             pieces += [Piece(real[at:i], True, True), Piece(part, True)]
             at = i + len(part)
-        end = at + self._eot_end(real[at:])
+        end = at + self._eot_end(real[at:limit])
         if end == at and not pieces:
             raise TemplateError(
                 f"the chat template renders message {k} (an assistant turn) without its text "
