@@ -352,3 +352,28 @@ def test_a_turn_is_never_found_in_a_later_one(tok):
     messages = [*QUESTION, same, Message("observation", "12"), same]
     with pytest.raises(TemplateError, match="leaves out the reasoning"):
         Renderer(tok, "hf").encode(messages)
+
+
+def test_untrained_reasoning_the_prompt_shows_otherwise_is_refused(tok):
+    """Observations as tool turns: an untrained turn's reasoning is kept in the prompt of the
+    next turn (the last user message is the question), but dropped from the history once the
+    user asks again; training that next turn after the history would train it after text its
+    prompt does not have."""
+    thought = Message("assistant", FIRST)  # untrained, with its reasoning
+    later = [Message("assistant", "Action: finish[12]", True), Message("user", "And 2 * 6?")]
+    answer = Message("assistant", "Action: finish[24]", True)
+    messages = [*QUESTION, thought, Message("observation", "12"), *later, answer]
+    r = Renderer(tok, "hf", observation_role="tool")
+    with pytest.raises(TemplateError, match=r"before message 3 .* render\.turns: each"):
+        r.encode(messages)
+    # one example per turn: each after the history its own prompt shows
+    for k in (3, 5):
+        cut = [
+            Message(m.role, m.content, j == k and m.role == "assistant")
+            for j, m in enumerate(messages[: k + 1])
+        ]
+        enc = r.encode(cut)
+        assert enc.ids.tolist() == reference_ids(tok, cut, "tool")
+        assert trained_spans(enc) == written_at_inference(r, cut)
+    assert "Multiply first." in tok.decode(r.generation_prompt(messages[:3]))
+    assert "Multiply first." not in tok.decode(r.generation_prompt(messages[:5]))

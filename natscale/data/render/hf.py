@@ -322,28 +322,35 @@ class HFChatTemplate(Template):
         # a cached layout first; on a mismatch, rendered anew (unless the layout is one whose
         # trained turns the template renders apart from their content: see _by_prompts)
         apart = key in self._apart and any(m.train for m in messages)
+        found = None
         for fresh in (False,) if apart else (False, True):
             literals, slots = self._skeleton(messages, generation, tools, key, fresh=fresh)
-            placed = _place(
+            found = _place(
                 literals,
                 [messages[i].content for i in slots],
                 real,
                 [messages[i].train and not generation for i in slots],  # a prompt: as shown
             )
-            if placed is not None:
+            if found is not None:
                 break
-        else:
+        if found is None or found[1]:
+            # not placed, or an untrained content rendered the template's own way, which the
+            # prompt of a later turn may render another way (Qwen3's keeps the reasoning of
+            # turns after the last user message): each trained turn's real prompt is checked
+            # against the real history
             if not generation and any(m.train for m in messages):
                 if len(self._apart) >= 4096:
                     self._apart.clear()
                 self._apart.add(key)
                 return self._by_prompts(messages, tools, real)
-            raise TemplateError(
-                "the chat template changes the template text around the messages with their "
-                "content (beyond a content-dependent rendering of the content itself); use a "
-                "built-in template (llama2, chatml, llama3) or a template in "
-                "render.chat_template that keeps the text as it is"
-            )
+            if found is None:
+                raise TemplateError(
+                    "the chat template changes the template text around the messages with "
+                    "their content (beyond a content-dependent rendering of the content "
+                    "itself); use a built-in template (llama2, chatml, llama3) or a template "
+                    "in render.chat_template that keeps the text as it is"
+                )
+        placed = found[0]
         plan = self._plan(messages, generation, tools, key, literals, slots, fresh=fresh)
         out: list[Piece] = []
         for j, parts in enumerate(plan):
@@ -411,7 +418,7 @@ class HFChatTemplate(Template):
                         messages[: k + 1], [m.content for m in messages[: k + 1]], False, tools
                     )[start:]
                 )
-                raise TemplateError(_lost_part(messages, k, part, real[start:], alone))
+                raise TemplateError(_lost_part(messages, k, part, real[start:limit], alone))
             pieces += [Piece(real[at:i], True, True), Piece(part, True)]
             at = i + len(part)
         end = at + self._eot_end(real[at:limit])
@@ -732,17 +739,18 @@ _INSERTS = (
 
 def _place(
     literals: list[str], contents: list[str], real: str, exact: list[bool]
-) -> list[str] | None:
+) -> tuple[list[str], bool] | None:
     """The text each content has in ``real`` (the render with real contents) between the
     template text ``literals``: each as it is, stripped, or JSON-escaped (the first that puts the
     next literal right after it); None when ``real`` is not the literals with the contents.
 
     A content that is not ``exact`` (an untrained message) may be rendered otherwise: it is
     then whatever the template puts before the next literal (Qwen3's template drops the
-    reasoning of earlier turns), the text the model is shown at inference too."""
+    reasoning of earlier turns), the text the model is shown at inference too. The flag says
+    whether one was."""
     if not real.startswith(literals[0]):
         return None
-    pos, placed, last = len(literals[0]), [], len(contents) - 1
+    pos, placed, last, other = len(literals[0]), [], len(contents) - 1, False
     for j, (content, lit, must) in enumerate(zip(contents, literals[1:], exact, strict=True)):
         for insert in _INSERTS:
             text = insert(content)
@@ -757,10 +765,10 @@ def _place(
                 end = real.find(lit, pos) if lit else -1
             if end < pos:
                 return None
-            text = real[pos:end]
+            text, other = real[pos:end], True
         placed.append(text)
         pos += len(text) + len(lit)
-    return placed if pos == len(real) else None
+    return (placed, other) if pos == len(real) else None
 
 
 def _join(literals: list[str], contents: list[str]) -> str:
