@@ -36,11 +36,11 @@ class Example:
 
 def each_turn(ex: Example) -> list[Example]:
     """``render.turns: each``: one example per trained turn of ``ex``, its trajectory cut after
-    that turn with only it trained (the earlier turns are its history). An example with one
-    trained turn or none is kept as it is."""
+    that turn with only it trained (the earlier turns are its history). An example without a
+    trained turn is kept as it is."""
     turns = ex.traj.turns
     trained = [i for i, t in enumerate(turns) if t.train]
-    if len(trained) <= 1:
+    if not trained:
         return [ex]
     return [
         replace(

@@ -290,6 +290,55 @@ def test_random_conversations_train_each_turn_with_its_reasoning(tok, role):
             assert thought in tok.decode(span)
 
 
+@pytest.mark.parametrize("role", ["user", "tool"])
+def test_random_mixed_conversations_are_trained_right_or_refused(tok, role):
+    """Assistant turns with and without reasoning, trained or not, observations and follow-up
+    user questions: one example per trajectory is trained exactly as the model writes each turn
+    after its own prompt, or refused; one example per turn (render.turns: each) always is."""
+    import random
+
+    from natscale.data.nat import Example, each_turn
+    from natscale.data.trajectory import Trajectory, Turn
+
+    rng = random.Random(11)
+    r = Renderer(tok, "hf", observation_role=role)
+    outcomes = {"trained": 0, "refused": 0}
+    for case in range(60):
+        turns = []
+        for t in range(rng.randint(1, 5)):
+            thought = f"reason {t} of {case}" if rng.random() < 0.6 else ""
+            think = f"<think>\n{thought}\n</think>\n\n" if thought else ""
+            train = rng.random() < 0.7
+            turns.append(Turn("assistant", f"{think}Action: act[{t}]", train=train))
+            turns.append(Turn("observation" if rng.random() < 0.7 else "user", f"{t}"))
+        if rng.random() < 0.5:
+            turns.pop()  # end with the assistant
+        traj = Trajectory(str(case), f"Question {case}?", turns)
+        whole = Example(traj, 0, 1.0, traj.question)
+        for each in (False, True):
+            for ex in each_turn(whole) if each else [whole]:
+                messages = [Message("user", ex.query)]
+                messages += [Message(t.role, t.content, t.train) for t in ex.traj.turns]
+                if not any(m.train for m in messages):
+                    continue
+                try:
+                    enc = r.encode(messages)
+                except TemplateError:
+                    assert not each, case
+                    outcomes["refused"] += 1
+                    continue
+                outcomes["trained"] += not each
+                assert enc.ids.tolist() == reference_ids(tok, messages, role), case
+                spans = trained_spans(enc)
+                assert spans == written_at_inference(r, messages), case
+                written = [m.content for m in messages if m.train]
+                assert len(spans) == len(written), case
+                for span, content in zip(spans, written, strict=True):
+                    text = tok.decode(span)
+                    assert all(part in text for part in content.split("\n") if part), case
+    assert outcomes["refused"] and outcomes["trained"]  # both kinds were drawn
+
+
 # Qwen3's switch: without thinking, the generation prompt holds an empty reasoning block
 NO_THINKING = THINKS.replace(
     "{{ '<|im_start|>assistant\\n' }}{% endif %}",

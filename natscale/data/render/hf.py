@@ -391,10 +391,14 @@ class HFChatTemplate(Template):
             written, pos = self._written(messages, k, real, len(text), tools), len(text)
             out += written
             pos += sum(len(p.text) for p in written)
-        if trained[-1] == len(messages) - 1:  # template text after the last turn
-            out.append(Piece(real[pos:], False, True))
-        else:  # the untrained rest of the conversation
-            out += _cut(self.pieces(history, tools=tools), pos)
+        rest = real[pos:]  # untrained: template text, or the rest of the conversation
+        if trained[-1] < len(messages) - 1:
+            try:
+                out += _cut(self.pieces(history, tools=tools), pos)
+                rest = ""
+            except TemplateError:  # rendered apart from its content (a last assistant turn)
+                pass  # as template text: no trained token follows it, so it changes no loss
+        out.append(Piece(rest, False, True))
         return [p for p in out if p.text]
 
     def _written(
