@@ -426,21 +426,8 @@ class HFChatTemplate(Template):
             pieces += [Piece(real[at:i], True, True), Piece(part, True)]
             at = i + len(part)
         end = at + self._eot_end(real[at:limit])
-        if end == at and not pieces:
-            raise TemplateError(
-                f"the chat template renders message {k} (an assistant turn) without its text "
-                "and no end-of-turn token follows its prompt, so nothing of it would be "
-                "trained; set render.end_of_turn to the token that ends a turn"
-            )
+        _check_written(msg, k, real[start:end])
         pieces.append(Piece(real[at:end], True, True))
-        written = real[start:end]
-        missing = [c["name"] for c in msg.tool_calls or () if c["name"] not in written]
-        if missing:
-            raise TemplateError(
-                f"the chat template does not render the tool call(s) {missing} of message {k} "
-                "(an assistant turn), so the model would learn the turn without them; use a "
-                "template in render.chat_template that renders them"
-            )
         return [p for p in pieces if p.text]
 
     def _plan(
@@ -477,20 +464,7 @@ class HFChatTemplate(Template):
             )
             after = where[k][1] if k in where else prompt
             end = after + self._eot_end(text[after:later])
-            if end == prompt:
-                raise TemplateError(
-                    f"the chat template renders message {k} (an assistant turn) without its text "
-                    "and no end-of-turn token follows its prompt, so nothing of it would be "
-                    "trained; set render.end_of_turn to the token that ends a turn"
-                )
-            written = text[prompt:end]
-            missing = [c["name"] for c in msg.tool_calls or () if c["name"] not in written]
-            if missing:
-                raise TemplateError(
-                    f"the chat template does not render the tool call(s) {missing} of message {k} "
-                    "(an assistant turn), so the model would learn the turn without them; use a "
-                    "template in render.chat_template that renders them"
-                )
+            _check_written(msg, k, text[prompt:end])
             trained += [(prompt, where[k][0] if k in where else prompt), (after, end)]
         spans = sorted(span for span in trained if span[1] > span[0])  # disjoint
         span_starts = [a for a, _ in spans]
@@ -635,6 +609,24 @@ def _memoised(check):
         return ok
 
     return is_safe_attribute
+
+
+def _check_written(msg: Message, k: int, written: str) -> None:
+    """Raises when ``written``, what assistant message ``k`` is trained on, is empty or lacks
+    one of its tool calls."""
+    if not written:
+        raise TemplateError(
+            f"the chat template renders message {k} (an assistant turn) without its text "
+            "and no end-of-turn token follows its prompt, so nothing of it would be "
+            "trained; set render.end_of_turn to the token that ends a turn"
+        )
+    missing = [c["name"] for c in msg.tool_calls or () if c["name"] not in written]
+    if missing:
+        raise TemplateError(
+            f"the chat template does not render the tool call(s) {missing} of message {k} "
+            "(an assistant turn), so the model would learn the turn without them; use a "
+            "template in render.chat_template that renders them"
+        )
 
 
 def _prompt_mismatch(k: int, history: str, prompt: str) -> str:
