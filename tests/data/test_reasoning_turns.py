@@ -219,6 +219,14 @@ def test_openai_reasoning_fields_become_think_blocks(tmp_path):
     path.write_text(json.dumps(bad) + "\n")
     with pytest.raises(ValueError, match=r"reasoning_content and reasoning differ"):
         load_openai([path], **kw)
+    # gpt-oss data (thinking); the same text in two fields is no conflict
+    good = _records()[0]
+    good["messages"][1] = {"role": "assistant", "content": "Action: add", "thinking": "Add."}
+    good["messages"][3]["reasoning_content"] = "Done."
+    path.write_text(json.dumps(good) + "\n")
+    (traj,) = load_openai([path], **kw)
+    assert traj.turns[0].content == "<think>\nAdd.\n</think>\n\nAction: add"
+    assert traj.turns[2].content == "<think>\nDone.\n</think>\n\nfinish[2]"
 
 
 def test_prepare_with_each_turn(tok, tmp_path):

@@ -18,7 +18,8 @@ Roles: system (first only), user, assistant, tool / function -> observation (``n
 ``arguments``, ``id``); the renderer serialises them. A per-message ``weight`` (0/1, as in
 OpenAI fine-tuning) or ``loss`` flag decides whether that turn is trained. ``question_turn`` and
 the outcome fields work as for ShareGPT. An assistant's ``reasoning_content`` (or ``reasoning``)
-goes before its content in ``<think>`` tags, as reasoning models write it.
+goes before its content in ``<think>`` tags, as reasoning models write it (as does gpt-oss data's
+``thinking``).
 
 Writing (``natscale convert data --to openai``): ``[system], user question, turns``; the
 instruction joins the system prompt. Assistant tool calls stay structured (``{"id", "type":
@@ -132,8 +133,8 @@ def _tool_calls(rec: Record, msg: dict[str, Any], name: str) -> list[dict[str, A
 
 
 # where an assistant message's reasoning is (DeepSeek's API and vLLM: reasoning_content;
-# vLLM's later versions and OpenRouter: reasoning)
-REASONING_FIELDS = ("reasoning_content", "reasoning")
+# vLLM's later versions and OpenRouter: reasoning; gpt-oss data: thinking)
+REASONING_FIELDS = ("reasoning_content", "reasoning", "thinking")
 
 
 def _with_reasoning(rec: Record, msg: dict[str, Any], name: str, content: str) -> str:
@@ -149,8 +150,8 @@ def _with_reasoning(rec: Record, msg: dict[str, Any], name: str, content: str) -
         return content
     if len(texts) > 1:
         raise rec.error(
-            "reasoning_content and reasoning differ; keep one of them",
-            field=f"{name}.reasoning",
+            f"{' and '.join(found)} differ; keep one of them",
+            field=f"{name}.{next(iter(found))}",
             reason="conflicting_fields",
         )
     if "<think>" in content or "</think>" in content:
