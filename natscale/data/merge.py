@@ -232,6 +232,7 @@ def merged_stats(parts: Sequence[Path], stats: list[dict], files: list[str]) -> 
             entry["requested"] = None if None in asked else sum(asked)
     return {
         **{k: s0[k] for k in ("version", "classes", "strategy", "template", "end_of_turn")},
+        "turns": s0.get("turns", "all"),  # the config check made every part's the same
         "tokenizer": s0["tokenizer"],
         "seed": s0.get("seed"),
         "trajectories": _summed([s["trajectories"] for s in stats]),

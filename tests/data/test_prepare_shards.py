@@ -275,6 +275,7 @@ def test_merge_joins_node_outputs(traj_file, example_data, tmp_path):
         "data-00001-of-00002.arrow",
     ]
     assert len(st["merged_from"]) == 2 and (out / "tokenizer" / "tokenizer.json").is_file()
+    assert st["turns"] == "all" == parts[0].stats["turns"]
     # the global L2 bound of every example, from the rows' cu_seqlens
     both = _config([tmp_path / "node0.json", tmp_path / "node1.json"], example_data)
     assert (
