@@ -38,15 +38,23 @@ import bisect
 import dataclasses
 import itertools
 import json
-import re
 from typing import Any
 
 from natscale.data.render.encode import Piece
+from natscale.data.render.hf_compiled import compiled_template
+from natscale.data.render.hf_text import (
+    SLOT,
+    SLOT_RE,
+    content_parts,
+    cut,
+    join,
+    place,
+    positions,
+    with_stand_ins,
+)
 from natscale.data.render.messages import Message
 from natscale.data.render.templates import Template
 
-_SLOT = "\ue000{}\ue001"
-_SLOT_RE = re.compile("\ue000(\\d+)\ue001")
 EOT_CANDIDATES = (
     "<|im_end|>",
     "<|eot_id|>",
@@ -112,7 +120,7 @@ class HFChatTemplate(Template):
         self._tool_support: dict[tuple, bool] = {}
         # the template text around the messages, by layout (see _skeleton)
         self._skeletons: dict[tuple, list[str]] = {}
-        self._direct = _compiled(tokenizer)  # (template, variables) or None
+        self._direct = compiled_template(tokenizer)  # (template, variables) or None
         self._direct_for = tokenizer.chat_template  # ... of this template (it may be reset)
         self._checked: set[tuple] = set()  # layouts whose direct render was checked
         # per layout and train flags: its literals cut into trained and untrained text
@@ -129,7 +137,7 @@ class HFChatTemplate(Template):
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        self._direct = _compiled(self.tokenizer)
+        self._direct = compiled_template(self.tokenizer)
 
     def _hf_messages(self, messages: list[Message], contents: list[str]) -> list[dict]:
         """OpenAI-style messages; a call's ``id`` (Mistral's templates require them) is kept,
@@ -159,10 +167,10 @@ class HFChatTemplate(Template):
         learns to end a turn with, so what generation stops at."""
         probe = [Message("user", "q"), Message("assistant", "a", True), Message("user", "q")]
         try:
-            text = self._render(probe, [_SLOT.format(i) for i in range(3)], False)
+            text = self._render(probe, [SLOT.format(i) for i in range(3)], False)
         except TemplateError:
             return None
-        after = text.partition(_SLOT.format(1))[2]
+        after = text.partition(SLOT.format(1))[2]
         hits = [(i, t) for t in self.eot if (i := after.find(t)) >= 0]
         return min(hits)[1] if hits else None
 
@@ -175,8 +183,8 @@ class HFChatTemplate(Template):
                 Message("assistant", "text", True, [{"name": "f", "arguments": {}}]),
             ]
             try:
-                self._drops_call_text = _SLOT.format(1) not in self._render(
-                    probe, [_SLOT.format(0), _SLOT.format(1)], False
+                self._drops_call_text = SLOT.format(1) not in self._render(
+                    probe, [SLOT.format(0), SLOT.format(1)], False
                 )
             except TemplateError:  # a template that needs more (ids, tools) to render a call
                 self._drops_call_text = False
@@ -186,7 +194,7 @@ class HFChatTemplate(Template):
         """True when the chat template's output changes with ``tools`` (it renders them)."""
         key = tuple(self.role(m) for m in messages)
         if key not in self._tool_support:
-            slots = [_SLOT.format(i) for i in range(len(messages))]
+            slots = [SLOT.format(i) for i in range(len(messages))]
             plain = self._render(messages, slots, False)
             self._tool_support[key] = self._render(messages, slots, False, tools) != plain
         return self._tool_support[key]
@@ -280,8 +288,8 @@ class HFChatTemplate(Template):
         calls that the template leaves out (Llama 3's renders the call alone)."""
         cached = None if fresh else self._skeletons.get(key)
         if cached is None:
-            marks = [_SLOT.format(i) if m.content else "" for i, m in enumerate(messages)]
-            parts = _SLOT_RE.split(self._render(messages, marks, generation, tools))
+            marks = [SLOT.format(i) if m.content else "" for i, m in enumerate(messages)]
+            parts = SLOT_RE.split(self._render(messages, marks, generation, tools))
             literals, slots = parts[0::2], [int(x) for x in parts[1::2]]
             if any(b <= a for a, b in itertools.pairwise(slots)):
                 moved = any(m.role == "system" for m in messages)
@@ -325,7 +333,7 @@ class HFChatTemplate(Template):
         found = None
         for fresh in (False,) if apart else (False, True):
             literals, slots = self._skeleton(messages, generation, tools, key, fresh=fresh)
-            found = _place(
+            found = place(
                 literals,
                 [messages[i].content for i in slots],
                 real,
@@ -387,14 +395,14 @@ class HFChatTemplate(Template):
             text = "".join(p.text for p in prompt)
             if not real.startswith(text):
                 raise TemplateError(_prompt_mismatch(k, real, text))
-            out += _cut(prompt, pos)
+            out += cut(prompt, pos)
             written, pos = self._written(messages, k, real, len(text), tools), len(text)
             out += written
             pos += sum(len(p.text) for p in written)
         rest = real[pos:]  # untrained: template text, or the rest of the conversation
         if trained[-1] < len(messages) - 1:
             try:
-                out += _cut(self.pieces(history, tools=tools), pos)
+                out += cut(self.pieces(history, tools=tools), pos)
                 rest = ""
             except TemplateError:  # rendered apart from its content (a last assistant turn)
                 pass  # as template text: no trained token follows it, so it changes no loss
@@ -411,7 +419,7 @@ class HFChatTemplate(Template):
         msg = messages[k]
         pieces, at = [], start
         limit = start + (self._eot_end(real[start:]) or len(real) - start)
-        for part in _content_parts(msg.content):
+        for part in content_parts(msg.content):
             i = real.find(part, at, limit)
             if i < 0:
                 # would the turn keep it as the last of its own example (render.turns: each)?
@@ -448,11 +456,11 @@ class HFChatTemplate(Template):
         plan = None if fresh else self._plans.get(plan_key)
         if plan is not None:
             return plan
-        text, starts, where = _positions(literals, slots)
+        text, starts, where = positions(literals, slots)
         trained: list[tuple[int, int]] = []  # template text the model writes, in `text`
         shape = None  # with tool calls: the conversation's shape and its layout (_prompt_end)
         if not fresh and not generation and any(m.tool_calls for m in messages):
-            shaped = _shape(messages)
+            shaped = with_stand_ins(messages)
             shape = (shaped, self._layout(shaped, False, tools))
         for k, msg in enumerate(messages):
             if generation or msg.role != "assistant" or not msg.train:
@@ -504,7 +512,7 @@ class HFChatTemplate(Template):
         when it is not the start of the history before message ``k`` (which ends at
         ``before``). Tool calls' arguments and ids make nearly every conversation a layout of its
         own; such a prompt is checked once per ``shape`` (the messages with stand-ins for
-        them, see :func:`_shape`, and their layout; None: render the prompt) and found in
+        them, see :func:`with_stand_ins`, and their layout; None: render the prompt) and found in
         ``text`` by its text after its last message, and rendered itself only when that text is
         not there."""
         if shape is not None and any(m.tool_calls for m in messages[:k]):
@@ -517,7 +525,7 @@ class HFChatTemplate(Template):
         lits, slots = self._skeleton(
             messages[:k], True, tools, self._layout(messages[:k], True, tools), fresh=fresh
         )
-        prompt = _join(lits, [_SLOT.format(i) for i in slots])
+        prompt = join(lits, [SLOT.format(i) for i in slots])
         if len(prompt) > before or not text.startswith(prompt):
             raise TemplateError(_prompt_mismatch(k, text[:before], prompt))
         return len(prompt)
@@ -539,8 +547,8 @@ class HFChatTemplate(Template):
             except TemplateError:  # the exact path reports it
                 pass
             else:
-                text, _, where = _positions(lits, slots)
-                prompt = _join(p_lits, [_SLOT.format(i) for i in p_slots])
+                text, _, where = positions(lits, slots)
+                prompt = join(p_lits, [SLOT.format(i) for i in p_slots])
                 later = next((where[i][0] for i in slots if i > k), len(text))
                 before = where[k][0] if k in where else later
                 if len(prompt) <= before and text.startswith(prompt):
@@ -557,58 +565,6 @@ class HFChatTemplate(Template):
             return 0
         i, n = min(hits)
         return i + n
-
-
-def _compiled(tokenizer) -> tuple | None:
-    """The tokenizer's chat template compiled as ``apply_chat_template`` compiles it, and the
-    variables it renders it with (the special tokens); None where ``transformers`` differs.
-
-    In jinja's own sandbox the check of every attribute read (``content.strip``, ``loop.index0``)
-    is most of the render's time; for the plain types the template reads (``_memo_types``) its
-    answer depends on the type and the attribute's name alone (``isinstance`` tests and a name
-    prefix), so here it is memoised for them, in an overlay: the environment ``transformers``
-    shares is untouched."""
-    try:
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
-        from transformers.utils.chat_template_utils import (
-            _compile_jinja_template,
-            _plain_template_data,
-        )
-
-        source = tokenizer.get_chat_template(None, None)
-        compiled = _compile_jinja_template(source)
-        variables = _plain_template_data(dict(tokenizer.special_tokens_map))
-        if type(compiled.environment) is ImmutableSandboxedEnvironment:
-            env = compiled.environment.overlay()
-            env.is_safe_attribute = _memoised(env.is_safe_attribute)
-            compiled = env.from_string(source)
-    except Exception:  # another transformers: apply_chat_template every time
-        return None
-    return compiled, variables
-
-
-def _memo_types() -> tuple[type, ...]:
-    from jinja2.runtime import LoopContext
-
-    return (str, dict, list, int, LoopContext)
-
-
-def _memoised(check):
-    """jinja's ``is_safe_attribute(obj, attr, value)`` memoised by ``(type(obj), attr)`` for
-    objects of exactly the ``_memo_types``."""
-    memo_types = frozenset(_memo_types())
-    safe: dict[tuple[type, str], bool] = {}
-
-    def is_safe_attribute(obj, attr: str, value) -> bool:
-        kind = type(obj)
-        if kind not in memo_types:
-            return check(obj, attr, value)
-        ok = safe.get((kind, attr))
-        if ok is None:
-            ok = safe[kind, attr] = check(obj, attr, value)
-        return ok
-
-    return is_safe_attribute
 
 
 def _check_written(msg: Message, k: int, written: str) -> None:
@@ -630,7 +586,7 @@ def _check_written(msg: Message, k: int, written: str) -> None:
 
 
 def _prompt_mismatch(k: int, history: str, prompt: str) -> str:
-    history, prompt = (_SLOT_RE.sub(r"<message \1>", t) for t in (history, prompt))
+    history, prompt = (SLOT_RE.sub(r"<message \1>", t) for t in (history, prompt))
     at = next(
         (i for i, (a, b) in enumerate(zip(history, prompt, strict=False)) if a != b),
         min(len(history), len(prompt)),
@@ -649,15 +605,6 @@ def _prompt_mismatch(k: int, history: str, prompt: str) -> str:
         "after the history as the prompt shows it; enough where the history differs only "
         "for turns that later turns follow), or a corrected template in render.chat_template"
     )
-
-
-_THINK_TAGS = re.compile(r"</?think>")
-
-
-def _content_parts(content: str) -> list[str]:
-    """A content's text outside and inside ``<think>`` tags, each stripped (templates put the
-    tags and the whitespace around them their own way)."""
-    return [s for part in _THINK_TAGS.split(content) if (s := part.strip())]
 
 
 def _lost_part(messages: list[Message], k: int, part: str, rendered: str, alone: bool) -> str:
@@ -679,96 +626,3 @@ def _lost_part(messages: list[Message], k: int, part: str, rendered: str, alone:
         f"{part[:60]!r} is not in what it renders for the turn ({rendered[:120]!r}), so the "
         f"model would learn the turn without it. {why}"
     )
-
-
-def _cut(pieces: list[Piece], skip: int) -> list[Piece]:
-    """``pieces`` without their first ``skip`` characters."""
-    out = []
-    for p in pieces:
-        if skip >= len(p.text):
-            skip -= len(p.text)
-            continue
-        out.append(p._replace(text=p.text[skip:]) if skip else p)
-        skip = 0
-    return out
-
-
-def _positions(
-    literals: list[str], slots: list[int]
-) -> tuple[str, list[int], dict[int, tuple[int, int]]]:
-    """A skeleton's text with its placeholders, where each literal starts in it, and the
-    ``(start, end)`` of each message's placeholder."""
-    starts, where, pos = [], {}, 0
-    for j, lit in enumerate(literals):
-        starts.append(pos)
-        pos += len(lit)
-        if j < len(slots):
-            where[slots[j]] = (pos, pos + len(_SLOT.format(slots[j])))
-            pos = where[slots[j]][1]
-    return _join(literals, [_SLOT.format(i) for i in slots]), starts, where
-
-
-def _shape(messages: list[Message]) -> list[Message]:
-    """``messages`` with each tool call's arguments ``{}`` and its id zeros of the same length:
-    what a template renders around the messages apart from those."""
-    out = []
-    for m in messages:
-        if m.tool_calls:
-            calls = [
-                {"name": c["name"], "arguments": {}}
-                | ({"id": "0" * len(c["id"])} if c.get("id") else {})
-                for c in m.tool_calls
-            ]
-            m = Message(m.role, m.content, m.train, calls, m.name)
-        out.append(m)
-    return out
-
-
-# how a template may insert a content: as it is, stripped (Llama-2's ``| trim``), or as a JSON
-# string's inside (Llama 3's tool results go through ``tojson``, whose quotes are template text)
-_INSERTS = (
-    lambda c: c,
-    str.strip,
-    lambda c: json.dumps(c, ensure_ascii=False)[1:-1],
-)
-
-
-def _place(
-    literals: list[str], contents: list[str], real: str, exact: list[bool]
-) -> tuple[list[str], bool] | None:
-    """The text each content has in ``real`` (the render with real contents) between the
-    template text ``literals``: each as it is, stripped, or JSON-escaped (the first that puts the
-    next literal right after it); None when ``real`` is not the literals with the contents.
-
-    A content that is not ``exact`` (an untrained message) may be rendered otherwise: it is
-    then whatever the template puts before the next literal (Qwen3's template drops the
-    reasoning of earlier turns), the text the model is shown at inference too. The flag says
-    whether one was."""
-    if not real.startswith(literals[0]):
-        return None
-    pos, placed, last, other = len(literals[0]), [], len(contents) - 1, False
-    for j, (content, lit, must) in enumerate(zip(contents, literals[1:], exact, strict=True)):
-        for insert in _INSERTS:
-            text = insert(content)
-            if real.startswith(text, pos) and real.startswith(lit, pos + len(text)):
-                break
-        else:
-            if must:
-                return None
-            if j == last:
-                end = len(real) - len(lit) if real.endswith(lit) else -1
-            else:  # the first place the next literal follows (adjacent contents: none)
-                end = real.find(lit, pos) if lit else -1
-            if end < pos:
-                return None
-            text, other = real[pos:end], True
-        placed.append(text)
-        pos += len(text) + len(lit)
-    return (placed, other) if pos == len(real) else None
-
-
-def _join(literals: list[str], contents: list[str]) -> str:
-    out = [literals[0]]
-    for c, lit in zip(contents, literals[1:], strict=True):
-        out += [c, lit]
-    return "".join(out)
