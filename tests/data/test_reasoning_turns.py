@@ -202,7 +202,7 @@ def _records(reasoning: bool = True) -> list[dict]:
 def test_openai_reasoning_fields_become_think_blocks(tmp_path):
     path = tmp_path / "r.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in _records()))
-    kw = dict(question_turn=0, messages_key="messages", tools_field=None, task="")
+    kw = dict(question_turn=0, messages_key="messages", tools_field=None, task="", reasoning="keep")
     kw |= dict(success_field=None, score_field=None, answer_field="answer")
     (traj, *_) = load_openai([path], **kw)
     assert [t.content for t in traj.turns] == [
@@ -227,6 +227,8 @@ def test_openai_reasoning_fields_become_think_blocks(tmp_path):
     (traj,) = load_openai([path], **kw)
     assert traj.turns[0].content == "<think>\nAdd.\n</think>\n\nAction: add"
     assert traj.turns[2].content == "<think>\nDone.\n</think>\n\nfinish[2]"
+    (traj,) = load_openai([path], **{**kw, "reasoning": "drop"})  # to train without it
+    assert [t.content for t in traj.turns] == ["Action: add", "2", "finish[2]"]
 
 
 def test_prepare_with_each_turn(tok, tmp_path):

@@ -19,7 +19,7 @@ Roles: system (first only), user, assistant, tool / function -> observation (``n
 OpenAI fine-tuning) or ``loss`` flag decides whether that turn is trained. ``question_turn`` and
 the outcome fields work as for ShareGPT. An assistant's ``reasoning_content`` (or ``reasoning``)
 goes before its content in ``<think>`` tags, as reasoning models write it (as does gpt-oss data's
-``thinking``).
+``thinking``); ``reasoning: drop`` leaves it out.
 
 Writing (``natscale convert data --to openai``): ``[system], user question, turns``; the
 instruction joins the system prompt. Assistant tool calls stay structured (``{"id", "type":
@@ -63,6 +63,11 @@ class OpenAISource(RecordSource):
     question_turn: int = Field(0, ge=0)
     messages_key: str = "messages"
     tools_field: str | None = Field("tools", description="tool schemas offered to the agent")
+    reasoning: Literal["keep", "drop"] = Field(
+        "keep",
+        description="an assistant's reasoning field (reasoning_content, reasoning, thinking): "
+        "keep = before its content in <think> tags; drop = left out (to train without it)",
+    )
 
 
 # content part types that hold text (chat completions; the Responses API's input/output text)
@@ -137,16 +142,19 @@ def _tool_calls(rec: Record, msg: dict[str, Any], name: str) -> list[dict[str, A
 REASONING_FIELDS = ("reasoning_content", "reasoning", "thinking")
 
 
-def _with_reasoning(rec: Record, msg: dict[str, Any], name: str, content: str) -> str:
+def _with_reasoning(
+    rec: Record, msg: dict[str, Any], name: str, content: str, reasoning: str
+) -> str:
     """``content`` after the message's reasoning in ``<think>`` tags, the form reasoning models
-    write it in and chat templates (Qwen3's, DeepSeek-R1's) split it from; never dropped."""
+    write it in and chat templates (Qwen3's, DeepSeek-R1's) split it from; left out only when
+    ``reasoning`` is ``drop``."""
     found = {
         key: field(rec, msg, key, str, name=f"{name}.{key}")
         for key in REASONING_FIELDS
         if msg.get(key) is not None
     }
     texts = {v.strip("\n") for v in found.values()} - {""}
-    if not texts:
+    if not texts or reasoning == "drop":
         return content
     if len(texts) > 1:
         raise rec.error(
@@ -164,7 +172,9 @@ def _with_reasoning(rec: Record, msg: dict[str, Any], name: str, content: str) -
     return f"<think>\n{texts.pop()}\n</think>\n\n{content.lstrip(chr(10))}"
 
 
-def parse_messages(rec: Record, items: list, list_name: str) -> list[Turn]:
+def parse_messages(
+    rec: Record, items: list, list_name: str, *, reasoning: str = "keep"
+) -> list[Turn]:
     turns = []
     for i, msg in enumerate(items):
         name = f"{list_name}[{i}]"
@@ -175,7 +185,7 @@ def parse_messages(rec: Record, items: list, list_name: str) -> list[Turn]:
             train = bool(weight)
         content = _content(rec, msg, name)
         if role == "assistant":
-            content = _with_reasoning(rec, msg, name, content)
+            content = _with_reasoning(rec, msg, name, content, reasoning)
         turns.append(
             Turn(
                 ROLE_MAP[role],
@@ -195,6 +205,7 @@ def load(
     messages_key: str,
     tools_field: str | None,
     task: str,
+    reasoning: str,
     success_field: str | None,
     score_field: str | None,
     answer_field: str | None,
@@ -206,7 +217,7 @@ def load(
         items = record_field(rec, messages_key, list)
         return chat_trajectory(
             rec,
-            parse_messages(rec, items, messages_key),
+            parse_messages(rec, items, messages_key, reasoning=reasoning),
             messages_key,
             question_turn=question_turn,
             task=task,
