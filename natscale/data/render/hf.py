@@ -329,7 +329,8 @@ class HFChatTemplate(Template):
         real = self._real(messages, generation, tools, key)
         # a cached layout first; on a mismatch, rendered anew (unless the layout is one whose
         # trained turns the template renders apart from their content: see _by_prompts)
-        apart = key in self._apart and any(m.train for m in messages)
+        trains = not generation and any(m.train for m in messages)
+        apart = trains and key in self._apart
         found = None
         for fresh in (False,) if apart else (False, True):
             literals, slots = self._skeleton(messages, generation, tools, key, fresh=fresh)
@@ -346,7 +347,7 @@ class HFChatTemplate(Template):
             # prompt of a later turn may render another way (Qwen3's keeps the reasoning of
             # turns after the last user message): each trained turn's real prompt is checked
             # against the real history
-            if not generation and any(m.train for m in messages):
+            if trains:
                 if len(self._apart) >= 4096:
                     self._apart.clear()
                 self._apart.add(key)

@@ -9,12 +9,8 @@ import re
 from natscale.data.render.encode import Piece
 from natscale.data.render.messages import Message
 
-SLOT = "\ue000{}\ue001"
-
-
+SLOT = "\ue000{}\ue001"  # a placeholder content: message i's
 SLOT_RE = re.compile("\ue000(\\d+)\ue001")
-
-
 _THINK_TAGS = re.compile(r"</?think>")
 
 
