@@ -15,6 +15,10 @@ format by construction). Each step asks the backend for the next assistant turn 
 A turn the backend cut at ``loop.max_new_tokens`` before its end of turn (a reasoning model that
 thinks longer) is counted in the episode's ``truncated_turns``; it is parsed as it is.
 
+With native tool calls (:func:`advance_tool_calls`, ``loop.protocol: tool_calls``) the turn's
+calls are read by a response parser (:mod:`natscale.agent.tool_calls`) and each result is a
+``tool`` message; ``finish``'s ``answer``, or a turn without a call (its text), ends the episode.
+
 Tool errors (a bad expression, a timeout) are observations ``Error: ...`` and the episode goes
 on, as in the paper. Finished episodes are handed to ``on_done`` at once; when ``should_stop()``
 turns true the loop returns after the current step and drops the unfinished episodes (a resumed
@@ -23,6 +27,7 @@ run redoes them).
 
 from __future__ import annotations
 
+import json
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -35,7 +40,13 @@ from natscale.agent.react import (
     format_observation,
     parse_step,
 )
-from natscale.agent.tools import Tool, call_tool
+from natscale.agent.tool_calls import (
+    FINISH_ARGUMENT,
+    ParsedTurn,
+    ToolCallParseError,
+    call_id,
+)
+from natscale.agent.tools import Tool, call_tool, call_tool_with
 
 FAILURES = ("unparseable_action", "unknown_tool", "turn_limit", "context_overflow")
 
@@ -70,6 +81,7 @@ class Episode:
     truncated_turns: int = 0  # turns cut at loop.max_new_tokens
     pred: str | None = None
     failure: str | None = None
+    error: str | None = None  # what made the last turn fail (unparseable_action, unknown_tool)
     done: bool = False
 
     def conversations(self) -> list[dict[str, Any]]:
@@ -99,7 +111,7 @@ def advance(
         step = parse_step(gen.text)
     except ReActParseError as exc:
         observe(f"Error: {exc}")
-        ep.failure, ep.done = "unparseable_action", True
+        ep.failure, ep.error, ep.done = "unparseable_action", str(exc), True
         return
     if step.tool == FINISH:
         ep.pred = step.argument.strip()
@@ -108,10 +120,86 @@ def advance(
         return
     tool = tools.get(step.tool)
     if tool is None:
-        observe(f"Error: unknown tool {step.tool!r}; the tools are {sorted(tools)}")
+        ep.error = f"unknown tool {step.tool!r}; the tools are {sorted(tools)}"
+        observe(f"Error: {ep.error}")
         ep.failure, ep.done = "unknown_tool", True
         return
     observe(call_tool(tool, step.argument, timeout_s))
+    if ep.turns >= max_turns:
+        ep.failure, ep.done = "turn_limit", True
+
+
+def advance_tool_calls(
+    ep: Episode,
+    gen: Generation,
+    tools: dict[str, Tool],
+    *,
+    parse: Callable[[Episode, Generation], ParsedTurn],
+    max_turns: int,
+    timeout_s: float,
+) -> None:
+    """Apply one generated turn with native tool calls to ``ep`` (the module docstring).
+
+    The history holds OpenAI-style messages: ``{"role": "assistant", "content", "tool_calls":
+    [{"id", "name", "arguments"}], "loss": true}`` and ``{"role": "tool", "tool_call_id",
+    "name", "content", "loss": false}``; ``parse(ep, gen)`` reads the turn."""
+    if gen.overflow:
+        ep.failure, ep.done = "context_overflow", True
+        return
+    ep.turns += 1
+    ep.generated_tokens += gen.tokens
+    ep.truncated_turns += gen.truncated
+    try:
+        turn = parse(ep, gen)
+    except ToolCallParseError as exc:
+        ep.history.append({"role": "assistant", "content": gen.text, "loss": True})
+        ep.failure, ep.error, ep.done = "unparseable_action", str(exc), True
+        return
+    calls = [
+        {"id": call_id(ep.turns, k), "name": c.name, "arguments": c.arguments}
+        for k, c in enumerate(turn.calls)
+    ]
+    message: dict[str, Any] = {"role": "assistant", "content": turn.history_content()}
+    ep.history.append(
+        {**message, "tool_calls": calls, "loss": True} if calls else {**message, "loss": True}
+    )
+    if not calls:  # a chat agent's answer, unless the turn was cut short
+        if turn.content and not gen.truncated:
+            ep.pred, ep.done = turn.content, True
+        else:
+            ep.failure, ep.done = "unparseable_action", True
+            ep.error = (
+                "the turn was cut at loop.max_new_tokens before a tool call or its end"
+                if gen.truncated
+                else "the turn has neither a tool call nor an answer"
+            )
+        return
+    for call in calls:
+        if call["name"] == FINISH:
+            answer = call["arguments"].get(FINISH_ARGUMENT)
+            ep.pred = answer if isinstance(answer, str) else json.dumps(answer)
+            ep.done = True
+            return
+        tool = tools.get(call["name"])
+        if tool is None:
+            ep.error = f"unknown tool {call['name']!r}; the tools are {sorted(tools)}"
+            ep.failure, ep.done = "unknown_tool", True
+        observation = (
+            f"Error: {ep.error}"
+            if tool is None
+            else call_tool_with(tool, call["arguments"], timeout_s)
+        )
+        ep.history.append(
+            {
+                "role": "tool",
+                "tool_call_id": call["id"],
+                "name": call["name"],
+                "content": observation,
+                "loss": False,
+            }
+        )
+        if ep.done:
+            return
     if ep.turns >= max_turns:
         ep.failure, ep.done = "turn_limit", True
 
@@ -125,12 +213,14 @@ def rollout(
     max_turns: int,
     timeout_s: float = 10.0,
     should_stop: Callable[[], bool] = lambda: False,
+    step: Callable[..., None] = advance,
 ) -> Iterator[Episode]:
     """Run episodes ``batch_size`` at a time (refilled as episodes end); yield each finished one.
 
     ``generate`` gets the active episodes (``turns`` = the index of the turn to write; the
     episode's :func:`turn_seed` is ``turn_seed(seed, id, sample, turns)``) and returns one
-    :class:`Generation` per episode, in order."""
+    :class:`Generation` per episode, in order. ``step`` applies a turn: :func:`advance` (ReAct)
+    or :func:`advance_tool_calls` with its ``parse`` bound."""
     pending = iter(work)
     active: list[Episode] = []
     while True:
@@ -145,7 +235,7 @@ def rollout(
         if len(generations) != len(active):
             raise RuntimeError(f"backend answered {len(generations)} of {len(active)} episodes")
         for ep, gen in zip(active, generations, strict=True):
-            advance(ep, gen, tools, max_turns=max_turns, timeout_s=timeout_s)
+            step(ep, gen, tools, max_turns=max_turns, timeout_s=timeout_s)
             if ep.done:
                 yield ep
         active = [ep for ep in active if not ep.done]

@@ -85,12 +85,30 @@ def serve(spec: str) -> None:
         return
     reply(ready=True)
     for line in inbox:
+        request = json.loads(line)
+        if "schema" in request:
+            reply(**_schema_of(func))
+            continue
         try:
-            result = str(func(json.loads(line)["argument"]))
+            if "arguments" in request:  # a native tool call: its JSON object as keywords
+                result = str(func(**request["arguments"]))
+            else:
+                result = str(func(request["argument"]))
         except Exception as exc:  # a tool error is an observation, as in the paper
             reply(raised=f"{type(exc).__name__}: {exc}")
         else:
             reply(ok=result)
+
+
+def _schema_of(func: Any) -> dict[str, Any]:
+    """The function's OpenAI tool schema from its type hints and Google-style docstring
+    (transformers' ``get_json_schema``, what ``apply_chat_template(tools=[func])`` uses)."""
+    try:
+        from transformers.utils import get_json_schema
+
+        return {"schema": get_json_schema(func)}
+    except Exception as exc:  # the docstring or hints do not describe the function
+        return {"raised": f"{type(exc).__name__}: {exc}"}
 
 
 class ToolWorker:
@@ -143,19 +161,12 @@ class ToolWorker:
         line, self._buffer = self._buffer.split(b"\n", 1)
         return json.loads(line)
 
-    def call(self, argument: str, timeout_s: float | None) -> str:
-        """Run the tool on ``argument``: its result, or ``Error: ...`` if it raised, ran over
-        ``timeout_s`` (the process is killed; None: no limit) or its process died."""
-        if self._proc is None or self._proc.poll() is not None:
-            self.close()
-            self._start()
-        assert self._proc is not None and self._proc.stdin is not None
-        try:
-            self._proc.stdin.write((json.dumps({"argument": argument}) + "\n").encode())
-            self._proc.stdin.flush()
-        except BrokenPipeError:  # died since the check above: read its exit code below
-            pass
-        message = self._read(timeout_s)
+    def call(self, argument: str | dict[str, Any], timeout_s: float | None) -> str:
+        """Run the tool on ``argument`` (a dict: a native call's arguments, passed as keywords):
+        its result, or ``Error: ...`` if it raised, ran over ``timeout_s`` (the process is killed;
+        None: no limit) or its process died."""
+        key = "arguments" if isinstance(argument, dict) else "argument"
+        message = self._ask({key: argument}, timeout_s)
         if message is None:
             self.close()
             return f"Error: tool {self.name!r} timed out after {timeout_s:g} s"
@@ -165,6 +176,35 @@ class ToolWorker:
             how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
             return f"Error: tool {self.name!r} {how}"
         return message["ok"] if "ok" in message else f"Error: {message['raised']}"
+
+    def schema(self) -> dict[str, Any]:
+        """The tool's OpenAI schema, from its function's type hints and docstring;
+        :class:`ToolStartError` says what transformers' ``get_json_schema`` missed."""
+        message = self._ask({"schema": True}, self.start_timeout_s)
+        if message and "schema" in message:
+            return message["schema"]
+        why = message.get("raised") if message else None
+        if why is None:
+            self.close()
+            why = "its process died" if message == {} else "no answer in time"
+        raise ToolStartError(
+            f"tool {self.name!r} ({self.spec}): no tool schema for loop.protocol: tool_calls "
+            f"({why}); give the function type hints and a Google-style docstring with an "
+            "'Args:' line per parameter, or its schema in tools.schemas"
+        )
+
+    def _ask(self, request: dict[str, Any], timeout_s: float | None) -> dict[str, Any] | None:
+        """Send one request; the reply, ``{}`` if the process died, None past ``timeout_s``."""
+        if self._proc is None or self._proc.poll() is not None:
+            self.close()
+            self._start()
+        assert self._proc is not None and self._proc.stdin is not None
+        try:
+            self._proc.stdin.write((json.dumps(request) + "\n").encode())
+            self._proc.stdin.flush()
+        except BrokenPipeError:  # died since the check above: the read finds it gone
+            pass
+        return self._read(timeout_s)
 
     def __call__(self, argument: str) -> str:
         return self.call(argument, None)

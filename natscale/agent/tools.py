@@ -20,11 +20,13 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from natscale.agent.calculator import calculate
 from natscale.agent.react import CALCULATE, FINISH, SEARCH
+from natscale.agent.tool_calls import BUILTIN_SCHEMAS, single_parameter
 from natscale.agent.tool_worker import ToolStartError, ToolWorker
 
 SNIPPET_CHARS = 300
@@ -39,6 +41,7 @@ class ToolConfigError(ValueError):
 class Tool:
     name: str
     run: Callable[[str], str]
+    schema: dict[str, Any] | None = None  # OpenAI form; set for loop.protocol: tool_calls
 
 
 def finish_tool(argument: str) -> str:
@@ -186,6 +189,75 @@ def call_tool(tool: Tool, argument: str, timeout_s: float | None = 10.0) -> str:
         return str(tool.run(argument))
     except Exception as exc:  # a tool error is an observation, as in the paper
         return f"Error: {type(exc).__name__}: {exc}"
+
+
+def load_schemas(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """``tools.schemas``: a JSON file of OpenAI tool schemas (a list, as a chat template's
+    ``tools``, or bare ``{"name", "description", "parameters"}`` objects), by name."""
+    from natscale.data.render.tools import normalize_tools
+
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ToolConfigError(f"tools.schemas: {path}: file not found") from None
+    except (OSError, ValueError) as exc:
+        raise ToolConfigError(f"tools.schemas: {path}: not a JSON file ({exc})") from None
+    try:
+        schemas = normalize_tools(raw)
+    except ValueError as exc:
+        raise ToolConfigError(f"tools.schemas: {path}: {exc}") from None
+    return {s["function"]["name"]: s for s in schemas}
+
+
+def with_schemas(
+    registry: dict[str, Tool], overrides: dict[str, dict[str, Any]] | None = None
+) -> dict[str, Tool]:
+    """``registry`` with each tool's OpenAI schema (for ``loop.protocol: tool_calls``): the one in
+    ``overrides`` (``tools.schemas``), else a built-in's own, else the one a user tool's function
+    describes (its type hints and docstring). ``finish`` comes last."""
+    overrides = overrides or {}
+    extra = sorted(set(overrides) - set(registry))
+    if extra:
+        raise ToolConfigError(
+            f"tools.schemas: schemas for tools that are not configured: {extra}; the tools are "
+            f"{sorted(registry)}"
+        )
+    out: dict[str, Tool] = {}
+    for name in sorted(registry, key=lambda n: n == FINISH):
+        tool = registry[name]
+        worker = isinstance(tool.run, ToolWorker)
+        if name in overrides:
+            schema = overrides[name]
+        elif worker:
+            try:
+                schema = tool.run.schema()
+            except ToolStartError as exc:
+                raise ToolConfigError(str(exc)) from None
+        else:
+            schema = BUILTIN_SCHEMAS[name]
+        if not worker and single_parameter(schema) is None:
+            raise ToolConfigError(
+                f"tools.schemas: built-in tool {name!r} takes one string argument; its schema "
+                "must have exactly one parameter"
+            )
+        out[name] = replace(tool, schema=schema)
+    return out
+
+
+def call_tool_with(tool: Tool, arguments: dict[str, Any], timeout_s: float | None = 10.0) -> str:
+    """Run ``tool`` on a native call's ``arguments`` (a JSON object): a user tool gets them as
+    keyword arguments, a built-in its one parameter's value. A call that does not fit is the
+    observation ``Error: ...``."""
+    if isinstance(tool.run, ToolWorker):
+        return tool.run.call(arguments, timeout_s)
+    param = single_parameter(tool.schema) if tool.schema else None
+    if param is None or set(arguments) != {param}:
+        return (
+            f"Error: {tool.name} takes one argument, {param!r}; the call gave "
+            f"{sorted(arguments) or 'none'}"
+        )
+    value = arguments[param]
+    return call_tool(tool, value if isinstance(value, str) else json.dumps(value), timeout_s)
 
 
 def close_tools(tools: dict[str, Tool]) -> None:

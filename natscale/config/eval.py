@@ -35,6 +35,11 @@ class PromptConfig(_Strict):
     chat_template_kwargs: dict[str, Any] | None = Field(
         None, description="more variables for the chat template (e.g. {enable_thinking: false})"
     )
+    response_template: str | None = Field(
+        None,
+        description="JSON file: transformers' response template that reads tool calls "
+        "(loop.protocol: tool_calls); default the tokenizer's, else <tool_call> JSON blocks",
+    )
     strategy: StrategyConfig = StrategyConfig()
     marker: str | int = Field(
         0, description="class whose marker the question carries: name or index (0 = success)"
@@ -46,9 +51,19 @@ class ToolsConfig(_Strict):
     corpus: str | None = Field(None, description="search corpus: JSONL of {title, text}")
     user: dict[str, str] = Field(default_factory=dict, description="name -> 'module:function'")
     timeout_s: float = Field(10.0, gt=0)
+    schemas: str | None = Field(
+        None,
+        description="JSON file of OpenAI tool schemas that replace the tools' own "
+        "(loop.protocol: tool_calls), e.g. the `tools` of the training data",
+    )
 
 
 class LoopConfig(_Strict):
+    protocol: Literal["react", "tool_calls"] = Field(
+        "react",
+        description="react: the paper's Thought/Action text; tool_calls: the chat template's "
+        "native tool calls, with tool schemas and tool messages",
+    )
     max_depth: int = Field(6, ge=0, description="the paper's 6: up to max_depth + 1 turns")
     max_new_tokens: int = Field(256, ge=1, description="per assistant turn")
     max_context: int | None = Field(None, ge=16, description="default the model's limit")
@@ -76,6 +91,11 @@ class OpenAIConfig(_Strict):
     retries: int = Field(3, ge=0)
     api_key_env: str | None = Field(None, description="environment variable holding the key")
     strip_bos: bool = Field(True, description="drop a leading BOS text; servers add their own")
+    extra_body: dict[str, Any] = Field(
+        default_factory=dict,
+        description="more fields for every request, e.g. {skip_special_tokens: false} for vLLM "
+        "to return the special tokens a model's tool calls are written with",
+    )
     prompt_format: Literal["text", "ids"] = Field(
         "text",
         description="text: the rendered prompt (the server tokenizes it); ids: our token ids "
@@ -113,4 +133,15 @@ class EvalConfig(_Strict):
             raise ValueError("backend 'openai' needs `model` to be an http(s) endpoint URL")
         if self.backend == "scripted" and not self.scripted.trajectories:
             raise ValueError("backend 'scripted' needs scripted.trajectories")
+        if self.backend == "scripted" and self.loop.protocol == "tool_calls":
+            raise ValueError(
+                "backend 'scripted' replays ReAct text turns; loop.protocol: tool_calls needs "
+                "backend 'hf' or 'openai'"
+            )
+        native = self.prompt.response_template is not None or self.tools.schemas is not None
+        if native and self.loop.protocol != "tool_calls":
+            raise ValueError(
+                "prompt.response_template and tools.schemas are for native tool calls: set "
+                "loop.protocol: tool_calls (or leave them out)"
+            )
         return self

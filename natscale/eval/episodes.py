@@ -9,6 +9,20 @@
      "conversations": [{"role": "assistant", "content": "Thought: ...", "loss": true},
                        {"role": "user", "content": "Observation: 6", "loss": false}, ...]}
 
+With native tool calls (``loop.protocol: tool_calls``) ``conversations`` is replaced by the
+OpenAI chat form, which ``natscale prepare`` reads with ``format: openai`` (``success_field:
+info.reward``; ``question_turn: 1`` when the task prompt has an instruction turn)::
+
+    "messages": [{"role": "user", "content": "What is 17 * 23?"},
+                 {"role": "assistant", "content": null, "tool_calls": [{"id": "call01000",
+                  "type": "function", "function": {"name": "calculate",
+                  "arguments": "{\"expression\": \"17 * 23\"}"}}]},
+                 {"role": "tool", "tool_call_id": "call01000", "name": "calculate",
+                  "content": "391"}, ...],
+    "tools": [{"type": "function", "function": {"name": "calculate", ...}}, ...]
+
+The prompt messages come first as the model saw them, the question without its NAT marker.
+
 ``source`` is the sampling temperature, as in the paper's release. The file is appended to and
 flushed as each episode ends, so ``natscale prepare`` (``format: nat``) reads it directly and an
 interrupted run resumes from it: a resumed run skips every ``(id, sample)`` already there and
@@ -24,14 +38,47 @@ from typing import Any
 
 from natscale.agent.loop import Episode
 from natscale.agent.scoring import extract_gold, score_answer
+from natscale.data.render.messages import Message
 from natscale.eval.errors import EvalError
 
 EPISODES = "episodes.jsonl"
 
 
-def episode_record(ep: Episode, task: str, *, temperature: float, marker: str) -> dict[str, Any]:
+def openai_messages(prompt: list[Message], history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The OpenAI chat form of an episode with native tool calls: ``prompt`` then its turns."""
+    out: list[dict[str, Any]] = [{"role": m.role, "content": m.content} for m in prompt]
+    for turn in history:
+        msg = {k: v for k, v in turn.items() if k not in ("loss", "tool_calls")}
+        if turn.get("tool_calls"):
+            msg["content"] = turn["content"] or None
+            msg["tool_calls"] = [
+                {
+                    "id": c["id"],
+                    "type": "function",
+                    "function": {"name": c["name"], "arguments": json.dumps(c["arguments"])},
+                }
+                for c in turn["tool_calls"]
+            ]
+        out.append(msg)
+    return out
+
+
+def episode_record(
+    ep: Episode,
+    task: str,
+    *,
+    temperature: float,
+    marker: str,
+    tool_calls: tuple[list[Message], list[dict[str, Any]]] | None = None,
+) -> dict[str, Any]:
+    """The record of a finished episode; ``tool_calls``: (prompt messages without the marker,
+    tool schemas) of an episode with native tool calls, written in the OpenAI chat form."""
     gold = ep.question.answer
     score = score_answer(task, ep.pred, gold)
+    if tool_calls is None:
+        turns: dict[str, Any] = {"conversations": ep.conversations()}
+    else:
+        turns = {"messages": openai_messages(tool_calls[0], ep.history), "tools": tool_calls[1]}
     return {
         "id": ep.question.id,
         "sample": ep.sample,
@@ -48,9 +95,10 @@ def episode_record(ep: Episode, task: str, *, temperature: float, marker: str) -
             "turns": ep.turns,
             "generated_tokens": ep.generated_tokens,
             "truncated_turns": ep.truncated_turns,
+            "error": ep.error,
             "marker": marker,
         },
-        "conversations": ep.conversations(),
+        **turns,
     }
 
 

@@ -3,7 +3,8 @@
 The config's fingerprint (``natscale.eval.run``) compares paths. This compares contents, cheaply:
 the model folder's ``config.json`` and, for every weight file, its size and the SHA-256 of its
 first 8 MiB (the header and the first tensors: a retrained model differs there); every questions,
-corpus and scripted-trajectories file by its size and the SHA-256 of its first 8 MiB as well.
+corpus, scripted-trajectories, tool-schema and response-template file by its size and the
+SHA-256 of its first 8 MiB as well.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ def input_identity(cfg: EvalConfig) -> dict[str, str]:
         *((f"questions[{i}]", p) for i, p in enumerate(cfg.questions)),
         *((f"scripted.trajectories[{i}]", p) for i, p in enumerate(cfg.scripted.trajectories)),
         ("tools.corpus", cfg.tools.corpus),
+        ("tools.schemas", cfg.tools.schemas),
+        ("prompt.response_template", cfg.prompt.response_template),
     ]
     for name, path in named:
         if path and Path(path).is_file():

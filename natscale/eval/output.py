@@ -43,6 +43,10 @@ _FREE_FIELDS = {
     "hf": {"batch_size", "device"},
     "openai": {"concurrency", "timeout_s", "retries"},
 }
+# fields added after evals were first recorded, with their defaults: left out of the comparison
+# while they hold them, so an eval started before they existed still resumes
+_ADDED_FIELDS = (("loop", "protocol", "react"), ("prompt", "response_template", None),
+                 ("tools", "schemas", None), ("openai", "extra_body", {}))  # fmt: skip
 # what makes a folder a training run directory, an eval's own summary.json aside
 _RUN_ONLY = {n for n in RUN_DIR_ENTRIES if n != "summary.json"}
 
@@ -50,7 +54,8 @@ _RUN_ONLY = {n for n in RUN_DIR_ENTRIES if n != "summary.json"}
 # the config's fields that name files or folders (compared as absolute paths: a relative and an
 # absolute spelling of the same file are the same eval)
 _PATH_FIELDS = (("model",), ("questions",), ("prompt", "file"), ("prompt", "tokenizer"),
-                ("tools", "corpus"), ("scripted", "trajectories"))  # fmt: skip
+                ("prompt", "response_template"), ("tools", "corpus"), ("tools", "schemas"),
+                ("scripted", "trajectories"))  # fmt: skip
 
 
 def _absolute(value: Any, base: str | None = None) -> Any:
@@ -68,6 +73,9 @@ def _compared(
     its paths made absolute (``absolute``; relative ones are taken from ``base``, default the
     working directory)."""
     data = json.loads(json.dumps(config))
+    for section, key, default in _ADDED_FIELDS:
+        if data.get(section, {}).get(key, default) == default:
+            data.get(section, {}).pop(key, None)
     for key, sub in _FREE_FIELDS.items():
         if sub is None:
             data.pop(key, None)

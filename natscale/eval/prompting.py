@@ -45,6 +45,7 @@ class Prompter:
         self.class_name = names[self.cls]
         self.template = question_template(self.cls, cfg.strategy, self.task_prompt)
         self.tokenizer = tokenizer
+        self.tools: list[dict] | None = None  # the tool schemas, with native tool calls
         self.renderer: Renderer | None = None
         if tokenizer is None:  # the scripted backend renders nothing
             return
@@ -71,7 +72,22 @@ class Prompter:
         return self.renderer.end_of_turn if self.renderer is not None else ""
 
     def messages(self, question: str, history: list[dict]) -> list[Message]:
-        """The prompt messages, then ``history`` (NAT release conversation turns)."""
+        """The prompt messages, then ``history`` (NAT release conversation turns, or OpenAI-style
+        messages with native tool calls)."""
+        return self.unmarked(format_question(question, self.template)) + [
+            Message(
+                "assistant" if t["role"] == "assistant" else "observation",
+                t["content"],
+                bool(t.get("loss", t["role"] == "assistant")),
+                tool_calls=t.get("tool_calls"),
+                name=t.get("name"),
+            )
+            for t in history
+        ]
+
+    def unmarked(self, question: str) -> list[Message]:
+        """The prompt messages with the bare question (no template, no marker): how an episode
+        with native tool calls is written, for ``natscale prepare`` to mark again."""
         ack = self.cfg.acknowledgement
         if ack is None:
             ack = self.task_prompt.acknowledgement
@@ -79,23 +95,17 @@ class Prompter:
             system=self.cfg.system,
             instruction=self.task_prompt.instruction,
             acknowledgement=ack,
-            query=format_question(question, self.template),
+            query=question,
             mode=self.cfg.instruction,
-        ) + [
-            Message(
-                "assistant" if t["role"] == "assistant" else "observation",
-                t["content"],
-                bool(t.get("loss", t["role"] == "assistant")),
-            )
-            for t in history
-        ]
+        )
 
     def ids(self, messages: list[Message]) -> list[int]:
-        return self.renderer.generation_prompt(messages)
+        return self.renderer.generation_prompt(messages, self.tools)
 
     def text(self, messages: list[Message]) -> str:
         """The rendered prompt as one string (for servers that tokenize it themselves)."""
-        return "".join(p.text for p in self.renderer.pieces(messages, generation=True))
+        pieces = self.renderer.pieces(messages, generation=True, tools=self.tools)
+        return "".join(p.text for p in pieces)
 
 
 def load_eval_tokenizer(path: str | Path):

@@ -91,12 +91,48 @@ def _output_dir(cfg: EvalConfig, out_dir: str | os.PathLike | None) -> Path:
 
 
 def _load_tools(cfg: EvalConfig):
-    from natscale.agent.tools import ToolConfigError, build_tools
+    """The tool registry; with native tool calls, each tool with its schema."""
+    from natscale.agent.tools import (
+        ToolConfigError,
+        build_tools,
+        close_tools,
+        load_schemas,
+        with_schemas,
+    )
 
     try:
-        return build_tools(cfg.tools.names, corpus=cfg.tools.corpus, user_tools=cfg.tools.user)
+        tools = build_tools(cfg.tools.names, corpus=cfg.tools.corpus, user_tools=cfg.tools.user)
     except ToolConfigError as exc:
         raise EvalError(f"tools: {exc}") from None
+    if cfg.loop.protocol == "react":
+        return tools
+    try:
+        return with_schemas(tools, load_schemas(cfg.tools.schemas) if cfg.tools.schemas else None)
+    except ToolConfigError as exc:
+        close_tools(tools)
+        raise EvalError(f"tools: {exc}") from None
+
+
+def _step(cfg: EvalConfig, prompter, tools) -> Callable:
+    """The rollout's ``step``: ReAct, or native tool calls read by the model's response parser."""
+    from functools import partial
+
+    from natscale.agent.loop import advance, advance_tool_calls
+
+    if cfg.loop.protocol == "react":
+        return advance
+    from natscale.eval.tool_parsing import build_parser
+
+    parser = build_parser(cfg.prompt.response_template, prompter)
+    prompter.tools = [t.schema for t in tools.values()]
+
+    def parse(ep, gen):
+        prompt = ""
+        if parser.prefixed:  # the template anchors on the prompt before the turn
+            prompt = prompter.text(prompter.messages(ep.question.question, ep.history))
+        return parser.parse(gen.text, prompt, prompter.tools)
+
+    return partial(advance_tool_calls, parse=parse)
 
 
 def _key(rec: dict[str, Any]) -> tuple[str, int]:
@@ -147,6 +183,7 @@ def _run_episodes(
     backend,
     prompter,
     tools,
+    step: Callable,
     batch_size: int,
     bar,
     rank: int,
@@ -168,9 +205,17 @@ def _run_episodes(
             max_turns=cfg.loop.max_depth + 1,
             timeout_s=cfg.tools.timeout_s,
             should_stop=should_stop,
+            step=step,
         ):
+            native = None
+            if cfg.loop.protocol == "tool_calls":
+                native = (prompter.unmarked(ep.question.question), prompter.tools)
             rec = episode_record(
-                ep, cfg.task, temperature=cfg.sampling.temperature, marker=prompter.class_name
+                ep,
+                cfg.task,
+                temperature=cfg.sampling.temperature,
+                marker=prompter.class_name,
+                tool_calls=native,
             )
             writer.write(rec)
             new_records.append(rec)
@@ -231,6 +276,7 @@ def _summary(
             "output": str(out),
             "model": cfg.model,
             "backend": cfg.backend,
+            "protocol": cfg.loop.protocol,
             "world_size": world,
             "marker": marker,
             "sampling": cfg.sampling.model_dump(),
@@ -267,6 +313,7 @@ def _roll_out(
         stack.callback(close_tools, tools)
         backend, prompter, batch_size = build_backend(cfg)
         stack.callback(backend.close)
+        step = _step(cfg, prompter, tools)
         backend.check([q.id for q in questions])
         if rank == 0:
             init_output(out, cfg, world)
@@ -284,6 +331,7 @@ def _roll_out(
             backend=backend,
             prompter=prompter,
             tools=tools,
+            step=step,
             batch_size=batch_size,
             bar=bar,
             rank=rank,

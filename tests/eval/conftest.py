@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -61,3 +65,48 @@ def build_tiny_model(out: Path, *, seed: int = 0) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@contextlib.contextmanager
+def completions_endpoint(
+    reply: Callable[[str], tuple[str, str]],
+) -> Iterator[tuple[str, list[str]]]:
+    """A stand-in for an OpenAI-compatible server on 127.0.0.1: ``/v1/models`` lists one model
+    and ``/v1/completions`` answers ``reply(prompt)`` = (text, finish_reason). Yields the base
+    URL and the list of the prompts it was sent."""
+    prompts: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def _send(self, body: dict) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:
+            self._send({"data": [{"id": "served"}]})
+
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            prompts.append(body["prompt"])
+            text, reason = reply(body["prompt"])
+            self._send(
+                {
+                    "choices": [{"text": text, "finish_reason": reason}],
+                    "usage": {"completion_tokens": len(text.split())},
+                }
+            )
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1", prompts
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -9,9 +9,6 @@ so the agent's earlier turns reach the next prompt as the template shows them.
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import ClassVar
 
 import pytest
 
@@ -20,7 +17,7 @@ from natscale.data.render import load_tokenizer
 from natscale.eval.run import run_eval, summary_line
 
 from ..data.test_reasoning_turns import THINKS
-from .conftest import DATA, TOKENIZER, read_jsonl
+from .conftest import DATA, TOKENIZER, completions_endpoint, read_jsonl
 
 # per question, the model's turns: (text, finish_reason)
 REPLIES = {
@@ -36,51 +33,19 @@ REPLIES = {
 }
 
 
-class Endpoint(BaseHTTPRequestHandler):
-    prompts: ClassVar[list[str]] = []
-
-    def _reply(self, body: dict) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_GET(self) -> None:
-        self._reply({"data": [{"id": "reasoner"}]})
-
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        prompt = body["prompt"]
-        Endpoint.prompts.append(prompt)
-        question = next(q for q in REPLIES if q in prompt)
-        turn = prompt.count("Observation: ")  # one after each turn so far
-        text, reason = REPLIES[question][turn]
-        tokens = len(text.split())
-        self._reply(
-            {
-                "choices": [{"text": text, "finish_reason": reason}],
-                "usage": {"completion_tokens": tokens},
-            }
-        )
-
-    def log_message(self, *args) -> None:
-        pass
+def _reply(prompt: str) -> tuple[str, str]:
+    question = next(q for q in REPLIES if q in prompt)
+    return REPLIES[question][prompt.count("Observation: ")]  # one after each turn so far
 
 
 @pytest.fixture
 def endpoint():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Endpoint)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    Endpoint.prompts = []
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    server.shutdown()
-    server.server_close()
+    with completions_endpoint(_reply) as served:
+        yield served
 
 
 def test_a_reasoning_models_episodes(endpoint, tmp_path):
+    url, prompts = endpoint
     tok = load_tokenizer(TOKENIZER)
     tok.add_tokens(["<think>", "</think>"])
     tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
@@ -98,7 +63,7 @@ def test_a_reasoning_models_episodes(endpoint, tmp_path):
     )
     fields = {
         "backend": "openai",
-        "model": endpoint,
+        "model": url,
         "output": str(tmp_path / "run"),
         "questions": [str(questions)],
         "prompt": {"file": str(DATA / "prompt.json"), "tokenizer": str(tmp_path / "tok")},
@@ -113,6 +78,6 @@ def test_a_reasoning_models_episodes(endpoint, tmp_path):
     assert summary["truncated_turns"] == 1
     assert "(1 turn cut at loop.max_new_tokens)" in summary_line(summary)
     # the second prompt shows the first turn as the template does: without its reasoning
-    second = next(p for p in Endpoint.prompts if "Observation: 4" in p)
+    second = next(p for p in prompts if "Observation: 4" in p)
     assert "Thought: add.\nAction: calculate[2 + 2]<|im_end|>" in second
     assert "would be a guess" not in second and second.endswith("<|im_start|>assistant\n")

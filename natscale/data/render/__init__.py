@@ -166,9 +166,9 @@ class Renderer:
     def encode_batch(self, batch: list[list[Message]]) -> list[Encoded]:
         return self.encoder.encode_batch([self.pieces(m) for m in batch])
 
-    def generation_prompt(self, messages: list[Message]) -> list[int]:
+    def generation_prompt(self, messages: list[Message], tools: list | None = None) -> list[int]:
         """Token ids of ``messages`` followed by the assistant header, ready for generate()."""
-        return self.encoder.encode(self.pieces(messages, generation=True)).ids.tolist()
+        return self.encoder.encode(self.pieces(messages, generation=True, tools=tools)).ids.tolist()
 
 
 __all__ = [

@@ -88,7 +88,10 @@ class HFBackend:
             self.eos_ids.append(int(eot_id))
         if tok.eos_token_id is not None and tok.eos_token_id not in self.eos_ids:
             self.eos_ids.append(int(tok.eos_token_id))
-        self.stops = [OBSERVATION_STOP] + ([eot] if eot and not self.eos_ids else [])
+        self.react = loop.protocol == "react"
+        self.stops = ([OBSERVATION_STOP] if self.react else []) + (
+            [eot] if eot and not self.eos_ids else []
+        )
         pad = tok.pad_token_id if tok.pad_token_id is not None else (self.eos_ids or [0])[0]
         self.pad_id = int(pad)
         self.tokenizer = tok
@@ -156,7 +159,10 @@ class HFBackend:
         if not stopped:  # rows finished by a stop string are padded after it
             while n > 0 and ids[n - 1] == self.pad_id and self.pad_id not in self.eos_ids:
                 n -= 1
-        text = self.tokenizer.decode(ids[:n], skip_special_tokens=True)
+        if self.react:
+            text = self.tokenizer.decode(ids[:n], skip_special_tokens=True)
+        else:  # a tool call may be written with special tokens: keep them, but not the end
+            text = self.tokenizer.decode(ids[: n - stopped], skip_special_tokens=False)
         hit_stop = stopped or any(s in text for s in self.stops) or n < len(ids)
         overflow = not hit_stop and max_new < self.loop.max_new_tokens
         return Generation(

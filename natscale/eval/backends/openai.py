@@ -46,7 +46,8 @@ class OpenAIBackend:
         self.key = os.environ.get(cfg.api_key_env, "") if cfg.api_key_env else ""
         self.max_context = loop.max_context
         eot = prompter.end_of_turn
-        self.stops = [s for s in (eot, OBSERVATION_STOP) if s]
+        react = loop.protocol == "react"
+        self.stops = [s for s in (eot, OBSERVATION_STOP if react else "") if s]
         self.pool = cf.ThreadPoolExecutor(max_workers=cfg.concurrency)
 
     def _post(self, path: str, body: dict | None) -> dict:
@@ -104,6 +105,7 @@ class OpenAIBackend:
         }
         if self.sampling.temperature > 0:
             body["seed"] = r.seed
+        body.update(self.cfg.extra_body)
         delay = 0.5
         for attempt in range(self.cfg.retries + 1):
             try:

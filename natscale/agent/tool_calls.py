@@ -1,0 +1,193 @@
+"""Native tool calls: the agent calls its tools the way its chat template writes calls.
+
+With ``loop.protocol: tool_calls`` the tools are offered as OpenAI-form schemas (through the chat
+template's ``tools``, as in training), the model writes its calls in its own syntax (Qwen's and
+Hermes' ``<tool_call>`` JSON blocks, natscale's built-in templates' likewise, Llama 3's bare
+JSON, ...) and each call's result comes back as a ``tool`` message. Parsing the written turn into
+``content`` / reasoning / ``tool_calls`` is transformers' own response parser
+(``tokenizer.parse_response``, driven by a declarative *response template*): the tokenizer's
+``response_template`` when the model ships one, else the one given in ``prompt.response_template``,
+else :func:`default_response_template`, which reads the ``<tool_call>`` JSON blocks.
+
+Built-in tools take one string each (:data:`BUILTIN_SCHEMAS`); ``finish`` ends the episode with its
+``answer``. A turn with no call ends the episode too: its text (after the reasoning) is the answer,
+as a chat agent answers.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from natscale.agent.react import CALCULATE, FINISH, SEARCH, THINK_END
+
+THINK_START = "<think>"
+
+
+def _schema(name: str, description: str, param: str, param_description: str) -> dict[str, Any]:
+    return {
+        "type": "function",
+        "function": {
+            "name": name,
+            "description": description,
+            "parameters": {
+                "type": "object",
+                "properties": {param: {"type": "string", "description": param_description}},
+                "required": [param],
+            },
+        },
+    }
+
+
+BUILTIN_SCHEMAS = {
+    CALCULATE: _schema(
+        CALCULATE,
+        "Evaluate an arithmetic expression exactly: numbers, + - * / // % **, parentheses.",
+        "expression",
+        "the expression, e.g. (3 + 4) * 2",
+    ),
+    SEARCH: _schema(
+        SEARCH,
+        "Search the corpus; returns the top 3 passages.",
+        "query",
+        "what to search for",
+    ),
+    FINISH: _schema(
+        FINISH,
+        "Give the final answer; this ends the task.",
+        "answer",
+        "the final answer, as short as possible",
+    ),
+}
+FINISH_ARGUMENT = "answer"
+
+
+class ToolCallParseError(ValueError):
+    """An assistant turn whose tool calls cannot be read (the message says why)."""
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    name: str
+    arguments: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ParsedTurn:
+    content: str  # the text outside reasoning and calls, stripped
+    reasoning: str | None
+    calls: list[ToolCall]
+
+    def history_content(self) -> str:
+        """The turn's text as the history keeps it: the reasoning in ``<think>`` tags before
+        the content, the form the ``openai`` data loader gives a reasoning field."""
+        if not self.reasoning:
+            return self.content
+        return f"{THINK_START}\n{self.reasoning}\n{THINK_END}\n\n{self.content}"
+
+
+def default_response_template(end_of_turn: str = "") -> dict[str, Any]:
+    """transformers' response template for ``<think>`` reasoning and ``<tool_call>`` JSON blocks
+    (``{"name": ..., "arguments": {...}}``), the text ending at ``end_of_turn``.
+
+    It parses the generated text alone (its anchor is the start of the text)."""
+    fields: dict[str, Any] = {
+        "reasoning_content": {"open": THINK_START, "close": THINK_END, "content": "text"},
+        "tool_calls": {
+            "open_pattern": r"\s*<tool_call>",
+            "close": "</tool_call>",
+            "repeats": True,
+            "content": "json",
+            "transform": {"type": "function", "function": "{content}"},
+        },
+        "content": {"content": "text"},
+    }
+    if end_of_turn:
+        fields["content"]["close_pattern"] = r"\s*" + re.escape(end_of_turn)
+    return {"defaults": {"role": "assistant"}, "start_anchor_pattern": r"\A", "fields": fields}
+
+
+def _arguments(raw: Any, name: str) -> dict[str, Any]:
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw) if raw.strip() else {}
+        except json.JSONDecodeError as exc:
+            raise ToolCallParseError(
+                f"the arguments of the call to {name!r} are not JSON ({exc.msg})"
+            ) from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ToolCallParseError(
+            f"the arguments of the call to {name!r} are {type(raw).__name__}, not a JSON object"
+        )
+    return raw
+
+
+def _call(entry: Any) -> ToolCall:
+    fn = entry.get("function", entry) if isinstance(entry, dict) else None
+    if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
+        raise ToolCallParseError(f"a tool call without a function name: {entry!r}"[:200])
+    args = fn.get("arguments", fn.get("parameters"))
+    return ToolCall(fn["name"], _arguments(args, fn["name"]))
+
+
+class ResponseParser:
+    """Reads assistant turns with a response template (see the module docstring).
+
+    ``prefixed``: the template anchors on the prompt (a model's own ``response_template``), so
+    the prompt text is passed as ``prefix``; the default template reads the turn alone."""
+
+    def __init__(self, tokenizer, template: dict[str, Any], *, prefixed: bool) -> None:
+        self.tokenizer, self.template, self.prefixed = tokenizer, template, prefixed
+
+    def parse(self, text: str, prompt: str = "", tools: list | None = None) -> ParsedTurn:
+        if not self.prefixed and THINK_END in text and THINK_START not in text:
+            text = THINK_START + text  # the prompt opened the reasoning (Qwen3's enable_thinking)
+        try:
+            parsed = self.tokenizer.parse_response(
+                text, self.template, prefix=prompt if self.prefixed else "", tools=tools
+            )
+        except ValueError as exc:
+            raise ToolCallParseError(str(exc).splitlines()[0]) from None
+        if not isinstance(parsed, dict):
+            raise ToolCallParseError(f"the response template gave {type(parsed).__name__}")
+        reasoning = next(
+            (parsed[k] for k in ("reasoning_content", "thinking", "reasoning") if parsed.get(k)),
+            None,
+        )
+        content = parsed.get("content") or ""
+        if not isinstance(content, str):
+            raise ToolCallParseError("the response template's content is not text")
+        calls = parsed.get("tool_calls") or []
+        if isinstance(calls, dict):
+            calls = [calls]
+        return ParsedTurn(
+            content.strip(),
+            str(reasoning).strip("\n") if reasoning else None,
+            [_call(c) for c in calls],
+        )
+
+
+def response_parser(tokenizer, template: dict[str, Any] | None, end_of_turn: str) -> ResponseParser:
+    """The parser for a model: ``template`` (``prompt.response_template``), else the tokenizer's
+    ``response_template``, else :func:`default_response_template`."""
+    if template is None:
+        template = getattr(tokenizer, "response_template", None)
+    if template is not None:
+        return ResponseParser(tokenizer, template, prefixed=True)
+    return ResponseParser(tokenizer, default_response_template(end_of_turn), prefixed=False)
+
+
+def single_parameter(schema: dict[str, Any]) -> str | None:
+    """The one parameter of a tool that takes one (a built-in's), else None."""
+    props = schema["function"].get("parameters", {}).get("properties") or {}
+    return next(iter(props)) if len(props) == 1 else None
+
+
+def call_id(turn: int, index: int) -> str:
+    """The id of the ``index``-th call of turn ``turn``: nine letters and digits, as Mistral's
+    templates require (``call01000``)."""
+    return f"call{turn % 100:02d}{index % 1000:03d}"
