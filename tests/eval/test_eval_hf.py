@@ -27,7 +27,9 @@ def _hf_fields(model, out, **extra) -> dict:
     return fields
 
 
-def _backend(model, *, batch_size: int, temperature: float = 0.0, max_context=None):
+def _backend(
+    model, *, batch_size: int, temperature: float = 0.0, max_context=None, protocol="react"
+):
     from natscale.eval.backends.hf import HFBackend
     from natscale.eval.prompting import Prompter, load_eval_tokenizer
 
@@ -39,7 +41,7 @@ def _backend(model, *, batch_size: int, temperature: float = 0.0, max_context=No
         str(model),
         prompter,
         HFConfig(batch_size=batch_size),
-        LoopConfig(max_new_tokens=12, max_context=max_context),
+        LoopConfig(max_new_tokens=12, max_context=max_context, protocol=protocol),
         SamplingConfig(temperature=temperature),
     )
     return backend, prompter
@@ -121,3 +123,25 @@ def test_sampling_is_seeded(tiny_model):
     assert first != [g.text for g in backend.generate(other)]
     greedy, _ = _backend(tiny_model, batch_size=4)
     assert first != [g.text for g in greedy.generate(reqs)]
+
+
+def test_tool_call_turns_keep_their_special_tokens(tiny_model, tmp_path):
+    """A model may write its calls with special tokens (Mistral's ``[TOOL_CALLS]``): with native
+    tool calls they stay in the text the parser reads; the end of the turn does not."""
+    react, prompter = _backend(tiny_model, batch_size=1)
+    native, _ = _backend(tiny_model, batch_size=1, protocol="tool_calls")
+    tok = prompter.tokenizer
+    ids = [*tok.encode("Call", add_special_tokens=False), tok.bos_token_id, tok.eos_token_id]
+    assert native._decode(ids, 12).text == "Call<s>" and react._decode(ids, 12).text == "Call"
+    assert native.stops == [] and react.stops == ["\nObservation:"]
+
+    fields = _hf_fields(tiny_model, tmp_path / "run", limit=2)
+    summary = run_eval(
+        EvalConfig.model_validate(
+            {**fields, "loop": {"protocol": "tool_calls", "max_new_tokens": 12}}
+        )
+    )
+    assert summary["protocol"] == "tool_calls" and summary["episodes"] == 2
+    for rec in read_jsonl(tmp_path / "run" / "episodes.jsonl"):
+        assert "conversations" not in rec and rec["messages"][-1]["role"] == "assistant"
+        assert [t["function"]["name"] for t in rec["tools"]] == ["calculate", "finish"]
