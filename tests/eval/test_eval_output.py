@@ -303,3 +303,23 @@ def test_a_run_or_checkpoint_folder_as_the_model_names_what_to_give(tmp_path, ca
     code, err = _eval(tmp_path, capsys, tmp_path / "out", backend="hf", model=str(run))
     assert code == 2 and f"zero-to-hf {run / 'checkpoints'} OUT_DIR" in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_fingerprints_of_earlier_configs_are_unchanged_by_later_fields():
+    """Fields added later (loop.protocol, tools.schemas, ...) leave the fingerprint of a config
+    that keeps their defaults as it was, so an eval started before them still resumes. The
+    digests were computed by natscale at 7e1d65e."""
+    from natscale.config.eval import EvalConfig
+    from natscale.eval.output import fingerprint
+
+    hf = {
+        "model": "/models/m",
+        "questions": ["/data/q.jsonl"],
+        "prompt": {"file": "/data/prompt.json"},
+    }
+    served = {"backend": "openai", "model": "http://h:1/v1", "questions": ["/data/q.jsonl"],
+              "prompt": {"tokenizer": "/t"}}  # fmt: skip
+    assert fingerprint(EvalConfig.model_validate(hf)) == "53f3c4c966b63898"
+    assert fingerprint(EvalConfig.model_validate(served)) == "2943dfc1e307e03a"
+    native = {**served, "loop": {"protocol": "tool_calls"}}
+    assert fingerprint(EvalConfig.model_validate(native)) != "2943dfc1e307e03a"
