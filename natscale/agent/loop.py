@@ -84,6 +84,16 @@ class Episode:
     error: str | None = None  # what made the last turn fail (unparseable_action, unknown_tool)
     done: bool = False
 
+    def count_turn(self, gen: Generation) -> bool:
+        """Count a generated turn; False (the episode ends) if its prompt did not fit."""
+        if gen.overflow:
+            self.failure, self.done = "context_overflow", True
+            return False
+        self.turns += 1
+        self.generated_tokens += gen.tokens
+        self.truncated_turns += gen.truncated
+        return True
+
     def conversations(self) -> list[dict[str, Any]]:
         return [dict(m) for m in self.history]
 
@@ -96,12 +106,8 @@ def advance(
     ep: Episode, gen: Generation, tools: dict[str, Tool], *, max_turns: int, timeout_s: float
 ) -> None:
     """Apply one generated assistant turn to ``ep`` (see the module docstring)."""
-    if gen.overflow:
-        ep.failure, ep.done = "context_overflow", True
+    if not ep.count_turn(gen):
         return
-    ep.turns += 1
-    ep.generated_tokens += gen.tokens
-    ep.truncated_turns += gen.truncated
     ep.history.append({"role": "assistant", "content": gen.text, "loss": True})
 
     def observe(text: str) -> None:
@@ -143,12 +149,8 @@ def advance_tool_calls(
     The history holds OpenAI-style messages: ``{"role": "assistant", "content", "tool_calls":
     [{"id", "name", "arguments"}], "loss": true}`` and ``{"role": "tool", "tool_call_id",
     "name", "content", "loss": false}``; ``parse(ep, gen)`` reads the turn."""
-    if gen.overflow:
-        ep.failure, ep.done = "context_overflow", True
+    if not ep.count_turn(gen):
         return
-    ep.turns += 1
-    ep.generated_tokens += gen.tokens
-    ep.truncated_turns += gen.truncated
     try:
         turn = parse(ep, gen)
     except ToolCallParseError as exc:
