@@ -135,19 +135,22 @@ def _call(entry: Any) -> ToolCall:
 
 
 class ResponseParser:
-    """Reads assistant turns with a response template (see the module docstring).
+    """Reads assistant turns with a response template (see the module docstring), through
+    transformers' ``parse_response`` (what ``tokenizer.parse_response`` runs on text).
 
     ``prefixed``: the template anchors on the prompt (a model's own ``response_template``), so
     the prompt text is passed as ``prefix``; the default template reads the turn alone."""
 
-    def __init__(self, tokenizer, template: dict[str, Any], *, prefixed: bool) -> None:
-        self.tokenizer, self.template, self.prefixed = tokenizer, template, prefixed
+    def __init__(self, template: dict[str, Any], *, prefixed: bool) -> None:
+        self.template, self.prefixed = template, prefixed
 
     def parse(self, text: str, prompt: str = "", tools: list | None = None) -> ParsedTurn:
+        from transformers.utils.chat_parsing import parse_response
+
         if not self.prefixed and THINK_END in text and THINK_START not in text:
             text = THINK_START + text  # the prompt opened the reasoning (Qwen3's enable_thinking)
         try:
-            parsed = self.tokenizer.parse_response(
+            parsed = parse_response(
                 text, self.template, prefix=prompt if self.prefixed else "", tools=tools
             )
         except ValueError as exc:
@@ -173,12 +176,12 @@ class ResponseParser:
 
 def response_parser(tokenizer, template: dict[str, Any] | None, end_of_turn: str) -> ResponseParser:
     """The parser for a model: ``template`` (``prompt.response_template``), else the tokenizer's
-    ``response_template``, else :func:`default_response_template`."""
+    ``response_template`` (``tokenizer`` may be None), else :func:`default_response_template`."""
     if template is None:
         template = getattr(tokenizer, "response_template", None)
     if template is not None:
-        return ResponseParser(tokenizer, template, prefixed=True)
-    return ResponseParser(tokenizer, default_response_template(end_of_turn), prefixed=False)
+        return ResponseParser(template, prefixed=True)
+    return ResponseParser(default_response_template(end_of_turn), prefixed=False)
 
 
 def single_parameter(schema: dict[str, Any]) -> str | None:

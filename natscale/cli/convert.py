@@ -87,6 +87,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "question_turn=1); repeatable",
     )
     d.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    d.add_argument(
+        "--tool-calls",
+        action="store_true",
+        help="turn ReAct text turns (Thought/Action, Observation) into native tool calls and "
+        "tool results, with tool schemas (for --to openai / sharegpt; natscale eval's "
+        "loop.protocol: tool_calls runs such an agent)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -233,6 +240,7 @@ def _data(args: argparse.Namespace) -> int:
         dst=args.dst_format,
         options=_options(args.option, args.src_format),
         overwrite=args.overwrite,
+        tool_calls=args.tool_calls,
     )
     for key, value in res.options.items():
         print(f"note: loader option {key}={value}", file=sys.stderr)

@@ -105,7 +105,9 @@ class OpenAIConfig(_Strict):
 
 class ScriptedConfig(_Strict):
     trajectories: list[str] = Field(
-        default_factory=list, description="NAT release files whose assistant turns are replayed"
+        default_factory=list,
+        description="NAT release files (or OpenAI chat files, for tool calls) whose assistant "
+        "turns are replayed",
     )
 
 
@@ -133,11 +135,6 @@ class EvalConfig(_Strict):
             raise ValueError("backend 'openai' needs `model` to be an http(s) endpoint URL")
         if self.backend == "scripted" and not self.scripted.trajectories:
             raise ValueError("backend 'scripted' needs scripted.trajectories")
-        if self.backend == "scripted" and self.loop.protocol == "tool_calls":
-            raise ValueError(
-                "backend 'scripted' replays ReAct text turns; loop.protocol: tool_calls needs "
-                "backend 'hf' or 'openai'"
-            )
         native = self.prompt.response_template is not None or self.tools.schemas is not None
         if native and self.loop.protocol != "tool_calls":
             raise ValueError(

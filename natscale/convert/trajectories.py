@@ -148,8 +148,11 @@ def convert_trajectories(
     dst: str,
     options: dict[str, Any] | None = None,
     overwrite: bool = False,
+    tool_calls: bool = False,
 ) -> DataConvertResult:
-    """Load ``input_path`` in format ``src`` and write it as ``dst`` to ``output`` (.json/.jsonl)."""
+    """Load ``input_path`` in format ``src`` and write it as ``dst`` to ``output`` (.json/.jsonl).
+
+    ``tool_calls``: ReAct text turns become native tool calls (:mod:`.react_calls`)."""
     from natscale.data.errors import Issues
     from natscale.data.formats import FORMATS
     from natscale.data.formats.writing import Notes, WriteError
@@ -164,6 +167,10 @@ def convert_trajectories(
     issues = Issues()
     trajs = _load(input_path, src, options, issues)
     notes = Notes()
+    if tool_calls:
+        from natscale.convert.react_calls import react_to_tool_calls
+
+        trajs = react_to_tool_calls(trajs, notes)
     try:
         files = FORMATS[dst].write(trajs, output, notes)
     except WriteError as err:

@@ -172,10 +172,6 @@ def _calls(message: dict) -> list[dict]:
 
 def test_bad_tool_call_settings_are_refused(tmp_path):
     fields = _fields("http://127.0.0.1:9/v1", tmp_path)
-    with pytest.raises(ValueError, match=r"loop\.protocol: tool_calls needs backend"):
-        EvalConfig.model_validate(
-            {**fields, "backend": "scripted", "scripted": {"trajectories": ["x.json"]}}
-        )
     with pytest.raises(ValueError, match=r"set loop\.protocol: tool_calls"):
         EvalConfig.model_validate({**fields, "loop": {}, "tools": {"schemas": "s.json"}})
     bad = tmp_path / "schemas.json"
@@ -194,3 +190,40 @@ def test_bad_tool_call_settings_are_refused(tmp_path):
                 {**fields, "prompt": {**fields["prompt"], "response_template": str(template)}}
             )
         )
+
+
+def test_react_data_converted_to_tool_calls_replays_to_the_same_episodes(tmp_path):
+    """The bundled ReAct trajectories, converted (`convert data --tool-calls`), replayed through
+    the tool-call loop: the same conversations, structured, and the same rewards."""
+    from natscale.cli.main import main
+
+    from .conftest import DATA, bundled_by_id
+
+    converted = tmp_path / "calls.jsonl"
+    src = str(DATA / "trajectories.json")
+    args = ["convert", "data", "--from", "nat", "--to", "openai", src, str(converted)]
+    assert main([*args, "--tool-calls"]) == 0
+    records = {}
+    for rec in read_jsonl(converted):
+        records.setdefault(rec["id"], rec)
+    instruction = records["math-00000"]["messages"][0]["content"]
+    fields = {
+        "backend": "scripted",
+        "output": str(tmp_path / "run"),
+        "questions": [str(DATA / "questions.jsonl")],
+        "limit": 300,
+        "scripted": {"trajectories": [str(converted)]},
+        "prompt": {"system": instruction},
+        "loop": {"protocol": "tool_calls"},
+        "bootstrap": 0,
+    }
+    summary = run_eval(EvalConfig.model_validate(fields))
+    bundled = bundled_by_id()
+    episodes = read_jsonl(tmp_path / "run" / "episodes.jsonl")
+    assert len(episodes) == 300 and summary["protocol"] == "tool_calls"
+    for ep in episodes:
+        want = bundled[ep["id"]][0]["info"]
+        assert ep["messages"] == records[ep["id"]]["messages"], ep["id"]
+        assert ep["tools"] == records[ep["id"]]["tools"]
+        assert (ep["info"]["reward"], ep["info"]["pred"]) == (want["reward"], want["pred"])
+        assert (ep["info"]["failure"] == "turn_limit") == (want["kind"] == "unfinished")

@@ -272,6 +272,8 @@ def openai_record(traj: Trajectory, notes: Notes) -> dict[str, Any]:
     pending: list[str] = []
     messages += [_message(t, pending) for t in traj.turns]
     record = {"id": traj.id, "messages": messages, **outcome_fields(traj)}
+    if traj.tools:
+        record["tools"] = traj.tools
     record.update(extra_fields(traj, set(record)))
     return record
 

@@ -198,6 +198,8 @@ def _record(traj: Trajectory, prompt: list[dict[str, Any]], notes: Notes) -> dic
     question = {"from": "human", "value": traj.question, "loss": False}
     record = {"id": traj.id, "conversations": [*prompt, question, *_turns(traj, notes)]}
     record.update(outcome_fields(traj))
+    if traj.tools:
+        record["tools"] = traj.tools
     record.update(extra_fields(traj, set(record)))
     return record
 

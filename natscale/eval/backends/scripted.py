@@ -3,6 +3,8 @@
 Sample ``s`` of question ``q`` replays the ``s``-th trajectory with id ``q`` in the given NAT
 release files (cycling when there are fewer), turn by turn; the observations come from the real
 tools of the loop, so a replay of the bundled data must reproduce its conversations and rewards.
+Files in the OpenAI chat form (``messages``) replay with native tool calls: each assistant
+message is written as natscale's templates write it, its calls as ``<tool_call>`` JSON blocks.
 """
 
 from __future__ import annotations
@@ -10,9 +12,10 @@ from __future__ import annotations
 from collections import defaultdict
 
 from natscale.data.errors import DataError
-from natscale.data.formats import nat_release
+from natscale.data.formats import nat_release, openai
 from natscale.data.formats.common import field
 from natscale.data.formats.reader import expand_paths, iter_records
+from natscale.data.formats.writing import tool_calls_text
 from natscale.eval.backends import Generation, Request
 from natscale.eval.errors import EvalError
 
@@ -26,9 +29,14 @@ class ScriptedBackend:
             for path in expand_paths(paths):
                 for rec in iter_records(path):
                     tid = str(field(rec, rec.data, "id", (str, int)))
-                    convs = field(rec, rec.data, "conversations", list)
-                    turns = [nat_release._turn(rec, m, i) for i, m in enumerate(convs)]
-                    self.turns[tid].append([t.content for t in turns if t.role == "assistant"])
+                    if "messages" in rec.data:  # OpenAI chat form: calls as <tool_call> text
+                        turns = openai.parse_messages(rec, rec.data["messages"], "messages")
+                        texts = [tool_calls_text(t) for t in turns if t.role == "assistant"]
+                    else:
+                        convs = field(rec, rec.data, "conversations", list)
+                        turns = [nat_release._turn(rec, m, i) for i, m in enumerate(convs)]
+                        texts = [t.content for t in turns if t.role == "assistant"]
+                    self.turns[tid].append(texts)
         except (DataError, FileNotFoundError) as exc:
             raise EvalError(f"scripted.trajectories: {exc}") from None
 

@@ -1,0 +1,121 @@
+"""ReAct text turns as native tool calls (``natscale convert data ... --tool-calls``).
+
+The paper's agents write ``Thought: ...\\nAction: tool[argument]`` and read ``Observation: ...``;
+agents with native tool calls write a structured call and read a ``tool`` message. This turns the
+one into the other, the way ``natscale eval``'s ``loop.protocol: tool_calls`` runs an episode, so
+data collected in ReAct text trains a tool-calling agent that the eval then runs:
+
+- an assistant turn that parses (``natscale.agent.react``) becomes its thought as text plus one
+  call, ``{"name": tool, "arguments": {parameter: argument}}``, the parameter being the built-in
+  tool's (``calculate(expression)``, ``search(query)``, ``finish(answer)``) or ``input`` for
+  another tool; its id is the eval's (``call01000`` for the first turn's call);
+- the observation after it becomes that call's result (``Observation: `` removed, the tool
+  named); ``finish``'s ``Episode finished`` is dropped (the eval writes none);
+- a turn that does not parse stays text, and the observation after it (the error the agent was
+  shown) a user turn: the agent did write that;
+- every trajectory offers the same tools: those the file's trajectories call (built-ins with
+  their schemas, others with a one-string ``input``), ``finish`` last.
+
+The task instruction is kept as it is; the paper's describes the ReAct action syntax, so a task
+prompt written for tool calls (or none) suits the converted data better.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from natscale.agent.react import (
+    FINISH,
+    FINISH_OBSERVATION,
+    OBSERVATION_LINE,
+    ReActParseError,
+    parse_step,
+)
+from natscale.agent.tool_calls import BUILTIN_SCHEMAS, call_id, single_parameter
+from natscale.data.formats.writing import Notes
+from natscale.data.trajectory import Trajectory, Turn
+
+OTHER_PARAMETER = "input"
+
+
+def _parameter(tool: str) -> str:
+    schema = BUILTIN_SCHEMAS.get(tool)
+    return single_parameter(schema) if schema else OTHER_PARAMETER
+
+
+def _schema(tool: str) -> dict[str, Any]:
+    if tool in BUILTIN_SCHEMAS:
+        return BUILTIN_SCHEMAS[tool]
+    return {
+        "type": "function",
+        "function": {
+            "name": tool,
+            "description": f"The {tool} tool.",
+            "parameters": {
+                "type": "object",
+                "properties": {OTHER_PARAMETER: {"type": "string"}},
+                "required": [OTHER_PARAMETER],
+            },
+        },
+    }
+
+
+def _observation_text(turn: Turn) -> str:
+    match = OBSERVATION_LINE.match(turn.content)
+    return turn.content[match.end() :].strip() if match else turn.content
+
+
+def _turns(traj: Trajectory, notes: Notes, used: dict[str, None]) -> list[Turn]:
+    out: list[Turn] = []
+    called: str | None = None  # the tool the last assistant turn called
+    assistant = 0
+    for turn in traj.turns:
+        if turn.role == "assistant" and not turn.tool_calls:
+            assistant += 1
+            try:
+                step = parse_step(turn.content)
+            except ReActParseError:
+                notes["assistant turns without a parseable action kept as text"] += 1
+                out.append(turn)
+                called = None
+                continue
+            used.setdefault(step.tool, None)
+            call = {
+                "id": call_id(assistant, 0),
+                "name": step.tool,
+                "arguments": {_parameter(step.tool): step.argument.strip()},
+            }
+            out.append(Turn("assistant", step.thought, turn.train, [call]))
+            called = step.tool
+        elif turn.role == "observation" and called is not None:
+            text = _observation_text(turn)
+            if not (called == FINISH and text == FINISH_OBSERVATION):
+                out.append(Turn("observation", text, turn.train, name=called))
+            called = None
+        elif turn.role == "observation":
+            notes["observations after a turn without a call became user turns"] += 1
+            out.append(Turn("user", turn.content, turn.train))
+        else:
+            out.append(turn)
+            called = None
+    return out
+
+
+def react_to_tool_calls(trajs: list[Trajectory], notes: Notes) -> list[Trajectory]:
+    """The trajectories with their ReAct text turns as native tool calls (module docstring);
+    trajectories that already have tool schemas or calls are left as they are."""
+    used: dict[str, None] = {}
+    converted: list[list[Turn] | None] = []
+    for traj in trajs:
+        if traj.tools or any(t.tool_calls for t in traj.turns):
+            notes["trajectories with tool calls already, left as they are"] += 1
+            converted.append(None)
+        else:
+            converted.append(_turns(traj, notes, used))
+    names = sorted(used, key=lambda n: (n == FINISH, n not in BUILTIN_SCHEMAS, n))
+    tools = [_schema(n) for n in (names if FINISH in used else [*names, FINISH])]
+    return [
+        traj if turns is None else dataclasses.replace(traj, turns=turns, tools=tools)
+        for traj, turns in zip(trajs, converted, strict=True)
+    ]
