@@ -15,6 +15,10 @@ special tokens added, it renders three kinds of conversation through ``Renderer(
   example per trained turn (``each``) (4 cases); such a case is ``ok`` only when, besides,
   every trained turn's reasoning is in its trained tokens.
 
+For each template it also says which response template ``natscale eval`` (``loop.protocol:
+tool_calls``) reads its tool calls with: the first that reads back a call and an answer as the
+template writes them (``--response-template`` names one to check instead), or what each read.
+
 ``--kwargs`` renders them all with more template variables (``render.chat_template_kwargs``);
 ``--turns each`` cuts the ``react`` and ``tool calls`` cases into one conversation per trained
 turn, as ``render.turns: each`` does.
@@ -37,7 +41,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from natscale.config.eval import PromptConfig  # noqa: E402
 from natscale.data.render import Message, Renderer, TemplateError, load_tokenizer  # noqa: E402
+from natscale.eval.errors import EvalError  # noqa: E402
+from natscale.eval.prompting import Prompter  # noqa: E402
+from natscale.eval.tool_parsing import build_parser  # noqa: E402
 
 # special-token spellings of the common families: <|...|>, <｜...｜>, Gemma's, Mistral's [INST]
 SPECIAL = re.compile(
@@ -140,6 +148,17 @@ def check(renderer: Renderer, messages: list[Message], tools: list | None) -> st
     return "ok" if written == mask else "BAD: trained tokens that follow no prompt"
 
 
+def calls_read_with(tok, kwargs: dict | None, template: str | None) -> str:
+    """Which response template ``natscale eval`` reads this chat template's tool calls with."""
+    cfg = PromptConfig(template="hf", observation_role="tool", chat_template_kwargs=kwargs)
+    prompter = Prompter(cfg, tok)
+    prompter.tools = TOOLS
+    try:
+        return f"tool calls read with {build_parser(template, prompter).name}"
+    except EvalError as exc:
+        return "tool calls NOT read: " + " | ".join(str(exc).splitlines()[1:-1])[:300]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("templates", nargs="+", type=Path, help="chat template files (Jinja)")
@@ -150,6 +169,12 @@ def main() -> int:
         help="render.chat_template_kwargs as JSON, e.g. '{\"enable_thinking\": false}'",
     )
     ap.add_argument("--turns", choices=("all", "each"), default="all", help="render.turns")
+    ap.add_argument(
+        "--response-template",
+        default=None,
+        help="prompt.response_template: a bundled name or a JSON file (default: the first "
+        "that reads the calls back)",
+    )
     args = ap.parse_args()
     for path in args.templates:
         source = path.read_text(encoding="utf-8")
@@ -180,6 +205,7 @@ def main() -> int:
             verdict = next((v for v in verdicts if v != "ok"), "ok")
             counts["ok" if verdict == "ok" else verdict.split(":")[0]] += 1
             print(f"{path.stem}: {name}: {verdict}")
+        print(f"{path.stem}: {calls_read_with(tok, args.kwargs, args.response_template)}")
         print(f"{path.stem}: {dict(counts)}")
     return 0
 

@@ -6,8 +6,9 @@ Hermes' ``<tool_call>`` JSON blocks, natscale's built-in templates' likewise, Ll
 JSON, ...) and each call's result comes back as a ``tool`` message. Parsing the written turn into
 ``content`` / reasoning / ``tool_calls`` is transformers' own response parser
 (``tokenizer.parse_response``, driven by a declarative *response template*): the tokenizer's
-``response_template`` when the model ships one, else the one given in ``prompt.response_template``,
-else :func:`default_response_template`, which reads the ``<tool_call>`` JSON blocks.
+``response_template`` when the model ships one, else one given in ``prompt.response_template``,
+else the first of natscale's (:mod:`natscale.agent.response_templates`) that reads back a call as
+the model's chat template writes it (``natscale.eval.tool_parsing``).
 
 Built-in tools take one string each (:data:`BUILTIN_SCHEMAS`); ``finish`` ends the episode with its
 ``answer``. A turn with no call ends the episode too: its text (after the reasoning) is the answer,
@@ -17,7 +18,6 @@ as a chat agent answers.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,27 +88,6 @@ class ParsedTurn:
         return f"{THINK_START}\n{self.reasoning}\n{THINK_END}\n\n{self.content}"
 
 
-def default_response_template(end_of_turn: str = "") -> dict[str, Any]:
-    """transformers' response template for ``<think>`` reasoning and ``<tool_call>`` JSON blocks
-    (``{"name": ..., "arguments": {...}}``), the text ending at ``end_of_turn``.
-
-    It parses the generated text alone (its anchor is the start of the text)."""
-    fields: dict[str, Any] = {
-        "reasoning_content": {"open": THINK_START, "close": THINK_END, "content": "text"},
-        "tool_calls": {
-            "open_pattern": r"\s*<tool_call>",
-            "close": "</tool_call>",
-            "repeats": True,
-            "content": "json",
-            "transform": {"type": "function", "function": "{content}"},
-        },
-        "content": {"content": "text"},
-    }
-    if end_of_turn:
-        fields["content"]["close_pattern"] = r"\s*" + re.escape(end_of_turn)
-    return {"defaults": {"role": "assistant"}, "start_anchor_pattern": r"\A", "fields": fields}
-
-
 def _arguments(raw: Any, name: str) -> dict[str, Any]:
     if isinstance(raw, str):
         try:
@@ -141,8 +120,8 @@ class ResponseParser:
     ``prefixed``: the template anchors on the prompt (a model's own ``response_template``), so
     the prompt text is passed as ``prefix``; the default template reads the turn alone."""
 
-    def __init__(self, template: dict[str, Any], *, prefixed: bool) -> None:
-        self.template, self.prefixed = template, prefixed
+    def __init__(self, template: dict[str, Any], *, prefixed: bool, name: str = "") -> None:
+        self.template, self.prefixed, self.name = template, prefixed, name
 
     def parse(self, text: str, prompt: str = "", tools: list | None = None) -> ParsedTurn:
         from transformers.utils.chat_parsing import parse_response
@@ -175,13 +154,16 @@ class ResponseParser:
 
 
 def response_parser(tokenizer, template: dict[str, Any] | None, end_of_turn: str) -> ResponseParser:
-    """The parser for a model: ``template`` (``prompt.response_template``), else the tokenizer's
-    ``response_template`` (``tokenizer`` may be None), else :func:`default_response_template`."""
+    """The parser for a model: ``template``, else the tokenizer's ``response_template``
+    (``tokenizer`` may be None), else the bundled ``tool_call_json``
+    (:mod:`natscale.agent.response_templates`)."""
+    from natscale.agent.response_templates import DEFAULT, response_template
+
     if template is None:
         template = getattr(tokenizer, "response_template", None)
     if template is not None:
-        return ResponseParser(template, prefixed=True)
-    return ResponseParser(default_response_template(end_of_turn), prefixed=False)
+        return ResponseParser(template, prefixed=True, name="the given response template")
+    return ResponseParser(response_template(DEFAULT, end_of_turn), prefixed=False, name=DEFAULT)
 
 
 def single_parameter(schema: dict[str, Any]) -> str | None:

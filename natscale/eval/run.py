@@ -113,18 +113,19 @@ def _load_tools(cfg: EvalConfig):
         raise EvalError(f"tools: {exc}") from None
 
 
-def _step(cfg: EvalConfig, prompter, tools) -> Callable:
-    """The rollout's ``step``: ReAct, or native tool calls read by the model's response parser."""
+def _step(cfg: EvalConfig, prompter, tools) -> tuple[Callable, str | None]:
+    """The rollout's ``step`` (ReAct, or native tool calls read by the model's response parser)
+    and the name of that parser's response template."""
     from functools import partial
 
     from natscale.agent.loop import advance, advance_tool_calls
 
     if cfg.loop.protocol == "react":
-        return advance
+        return advance, None
     from natscale.eval.tool_parsing import build_parser
 
-    parser = build_parser(cfg.prompt.response_template, prompter)
     prompter.tools = [t.schema for t in tools.values()]
+    parser = build_parser(cfg.prompt.response_template, prompter)
 
     def parse(ep, gen):
         prompt = ""
@@ -132,7 +133,7 @@ def _step(cfg: EvalConfig, prompter, tools) -> Callable:
             prompt = prompter.text(prompter.messages(ep.question.question, ep.history))
         return parser.parse(gen.text, prompt, prompter.tools)
 
-    return partial(advance_tool_calls, parse=parse)
+    return partial(advance_tool_calls, parse=parse), parser.name
 
 
 def _key(rec: dict[str, Any]) -> tuple[str, int]:
@@ -259,7 +260,7 @@ def _summary(
     new_records: list[dict[str, Any]],
     *,
     world: int,
-    marker: str,
+    facts: dict[str, Any],
     elapsed: float,
 ) -> dict[str, Any]:
     """summary.json: the metrics of the questions' episodes and what produced them."""
@@ -278,7 +279,7 @@ def _summary(
             "backend": cfg.backend,
             "protocol": cfg.loop.protocol,
             "world_size": world,
-            "marker": marker,
+            **facts,
             "sampling": cfg.sampling.model_dump(),
             "throughput": _throughput(new_records, elapsed) if new_records else _earlier(out),
             "versions": versions(),
@@ -303,8 +304,9 @@ def _roll_out(
     dist: Any,
     progress: bool,
     should_stop: Callable[[], bool],
-) -> tuple[list[dict[str, Any]], float, str]:
-    """Run this rank's pending episodes: (new records, seconds, the prompter's marker)."""
+) -> tuple[list[dict[str, Any]], float, dict[str, str]]:
+    """Run this rank's pending episodes: (new records, seconds, what the summary records of
+    the prompt: the marker and, with native tool calls, the response template)."""
     rank, world = rank_world(dist)
     from natscale.agent.tools import close_tools
 
@@ -313,7 +315,7 @@ def _roll_out(
         stack.callback(close_tools, tools)
         backend, prompter, batch_size = build_backend(cfg)
         stack.callback(backend.close)
-        step = _step(cfg, prompter, tools)
+        step, parser_name = _step(cfg, prompter, tools)
         backend.check([q.id for q in questions])
         if rank == 0:
             init_output(out, cfg, world)
@@ -338,7 +340,10 @@ def _roll_out(
             world=world,
             should_stop=should_stop,
         )
-    return new_records, elapsed, prompter.class_name
+    facts = {"marker": prompter.class_name}
+    if parser_name is not None:
+        facts["response_template"] = parser_name
+    return new_records, elapsed, facts
 
 
 def run_eval(
@@ -363,7 +368,7 @@ def run_eval(
     out = _output_dir(cfg, out_dir)
     done = checked_output(out, cfg, resume, [str(i) for i in inputs], dist=dist)
     questions = load_questions(cfg.questions, cfg.limit)
-    new_records, elapsed, marker = _roll_out(
+    new_records, elapsed, facts = _roll_out(
         cfg, out, questions, done, dist=dist, progress=progress, should_stop=should_stop
     )
     if world > 1:
@@ -372,7 +377,7 @@ def run_eval(
             return None
         new_records = _merged_new_records(out, done)
     summary = _summary(
-        cfg, out, questions, done, new_records, world=world, marker=marker, elapsed=elapsed
+        cfg, out, questions, done, new_records, world=world, facts=facts, elapsed=elapsed
     )
     atomic_write_json(out / "summary.json", summary, ensure_ascii=False)
     return summary

@@ -1,17 +1,34 @@
 """The response parser of an eval with native tool calls (``loop.protocol: tool_calls``).
 
-``prompt.response_template`` names a JSON file holding a transformers response template (the
-``response_template`` a tokenizer config may carry); without it the tokenizer's own is used, else
-natscale's ``<tool_call>`` JSON reader (:func:`natscale.agent.tool_calls.default_response_template`).
+``prompt.response_template`` is the name of a bundled template
+(:mod:`natscale.agent.response_templates`) or a JSON file holding a transformers response
+template. Without it the candidates are the tokenizer's own ``response_template`` (models that
+ship one), then every bundled template, and the first one that **reads back** what training
+teaches is used: a ``finish`` call and a plain answer, each rendered through the model's chat
+template as a trained assistant turn after the prompt ``natscale eval`` gives it, must parse to
+that call and that text (:func:`reads_back`). A given template is checked the same way. None that
+reads them back is an error before the first episode, naming what each read.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
-from natscale.agent.tool_calls import ResponseParser, ToolCallParseError, response_parser
+from natscale.agent.react import FINISH
+from natscale.agent.response_templates import NAMES, response_template
+from natscale.agent.tool_calls import (
+    ResponseParser,
+    ToolCall,
+    ToolCallParseError,
+    call_id,
+    single_parameter,
+)
+from natscale.data.render import Message, TemplateError
 from natscale.eval.errors import EvalError
+
+FIELD = "prompt.response_template"
 
 
 def read_response_template(path: str) -> dict:
@@ -19,25 +36,94 @@ def read_response_template(path: str) -> dict:
     try:
         template = json.loads(file.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise EvalError(f"prompt.response_template: {path}: file not found") from None
+        raise EvalError(
+            f"{FIELD}: {path}: neither a bundled template ({', '.join(NAMES)}) nor a file"
+        ) from None
     except (OSError, ValueError) as exc:
-        raise EvalError(f"prompt.response_template: {path}: not a JSON file ({exc})") from None
+        raise EvalError(f"{FIELD}: {path}: not a JSON file ({exc})") from None
     if not isinstance(template, dict):
         raise EvalError(
-            f"prompt.response_template: {path}: expected a JSON object (a transformers response "
-            f"template with 'fields'), got {type(template).__name__}"
+            f"{FIELD}: {path}: expected a JSON object (a transformers response template with "
+            f"'fields'), got {type(template).__name__}"
         )
     return template
 
 
-def build_parser(path: str | None, prompter) -> ResponseParser:
-    """The parser for ``prompter``'s tokenizer; a template that transformers refuses is an
-    error naming where it came from."""
-    template = read_response_template(path) if path else None
-    parser = response_parser(prompter.tokenizer, template, prompter.end_of_turn)
-    try:
-        parser.parse("")  # transformers checks the template's shape on first use
-    except ToolCallParseError as exc:
-        origin = path or "the tokenizer's response_template"
-        raise EvalError(f"prompt.response_template: {origin}: {exc}") from None
-    return parser
+def reads_back(prompter, parser: ResponseParser) -> str | None:
+    """None when ``parser`` reads a ``finish`` call and a plain answer back from the turns
+    training teaches for them (the chat template's rendering after the eval's prompt); else
+    what it read. Raises ``TemplateError`` when the chat template refuses the turns."""
+    renderer, tok, tools = prompter.renderer, prompter.tokenizer, prompter.tools
+    finish = next((t for t in tools if t["function"]["name"] == FINISH), None)
+    arguments = {(single_parameter(finish) if finish else None) or "answer": "12"}
+    call = {"id": call_id(1, 0), "name": FINISH, "arguments": arguments}
+    question = Message("user", "What is 5 + 7?")
+    probes = [
+        (Message("assistant", "", True, [call]), [ToolCall(FINISH, arguments)], ""),
+        (Message("assistant", "The answer is 12.", True), [], "The answer is 12."),
+    ]
+    prompt = renderer.generation_prompt([question], tools)
+    prefix = tok.decode(prompt, skip_special_tokens=False) if parser.prefixed else ""
+    for message, calls, content in probes:
+        enc = renderer.encode([question, message], tools=tools)
+        ids, mask = enc.ids.tolist(), enc.mask.tolist()
+        end = len(prompt)
+        while end < len(ids) and mask[end]:
+            end += 1
+        written = tok.decode(ids[len(prompt) : end], skip_special_tokens=False)
+        eot = renderer.end_of_turn
+        written = written[: -len(eot)] if eot and written.endswith(eot) else written
+        try:
+            turn = parser.parse(written, prefix, tools)
+        except ToolCallParseError as exc:
+            return f"cannot read {written!r} ({exc})"
+        if turn.calls != calls or turn.content != content:
+            got = [(c.name, c.arguments) for c in turn.calls]
+            return f"reads {written!r} as the calls {got} and the text {turn.content!r}"
+    return None
+
+
+def _candidates(setting: str | None, prompter) -> list[ResponseParser]:
+    eot = prompter.end_of_turn
+    if setting in NAMES:
+        return [ResponseParser(response_template(setting, eot), prefixed=False, name=setting)]
+    if setting:
+        return [ResponseParser(read_response_template(setting), prefixed=True, name=setting)]
+    own = getattr(prompter.tokenizer, "response_template", None)
+    found = [ResponseParser(own, prefixed=True, name="the tokenizer's response_template")]
+    return (found if own else []) + [
+        ResponseParser(response_template(n, eot), prefixed=False, name=n) for n in NAMES
+    ]
+
+
+def build_parser(setting: str | None, prompter) -> ResponseParser:
+    """The parser for ``prompter``'s model (module docstring); an EvalError when none fits."""
+    failures: list[str] = []
+    for parser in _candidates(setting, prompter):
+        try:
+            parser.parse("")  # transformers checks the template's shape on first use
+        except ToolCallParseError as exc:
+            why = f"{parser.name}: not a response template transformers reads ({exc})"
+            if setting:
+                raise EvalError(f"{FIELD}: {why}") from None
+            failures.append(why)
+            continue
+        if prompter.renderer is None:  # the scripted backend: natscale's own call text
+            return parser
+        try:
+            why = reads_back(prompter, parser)
+        except TemplateError as exc:
+            print(
+                f"natscale eval: note: {parser.name} reads the tool calls, unchecked: the chat "
+                f"template cannot render a call turn to check it with ({exc})",
+                file=sys.stderr,
+            )
+            return parser
+        if why is None:
+            return parser
+        failures.append(f"{parser.name}: {why}")
+    raise EvalError(
+        f"{FIELD}: no response template reads back a tool call as the chat template writes "
+        "it:\n  " + "\n  ".join(failures) + "\nwrite one for this model (transformers' "
+        f"response-template format) and give its JSON file in {FIELD}"
+    )

@@ -88,6 +88,7 @@ def test_an_agent_with_native_tool_calls(endpoint, tmp_path):
     tool_msg = eps["q4"]["messages"][3]
     assert tool_msg["role"] == "tool" and tool_msg["content"].startswith("Error: calculate takes")
     assert summary["protocol"] == "tool_calls" and summary["failures"]["unknown_tool"] == 1
+    assert summary["response_template"] == "tool_call_json"  # what llama2 writes, found by itself
     assert "accuracy 40.0%" in summary_line(summary)
 
     # the record is the OpenAI chat form: the bare question, the structured call, its result
@@ -183,7 +184,8 @@ def test_bad_tool_call_settings_are_refused(tmp_path):
     template = tmp_path / "response.json"
     template.write_text(json.dumps({"fields": {}}))
     with pytest.raises(
-        EvalError, match=r"prompt.response_template: .*response.json: .*fields must be a non-empty"
+        EvalError,
+        match=r"prompt.response_template: .*response.json: not a response template .*fields must be",
     ):
         run_eval(
             EvalConfig.model_validate(
