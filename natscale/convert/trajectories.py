@@ -152,7 +152,7 @@ def convert_trajectories(
 ) -> DataConvertResult:
     """Load ``input_path`` in format ``src`` and write it as ``dst`` to ``output`` (.json/.jsonl).
 
-    ``tool_calls``: ReAct text turns become native tool calls (:mod:`.react_calls`)."""
+    ``tool_calls``: ReAct text turns become native tool calls (:mod:`natscale.data.react_calls`)."""
     from natscale.data.errors import Issues
     from natscale.data.formats import FORMATS
     from natscale.data.formats.writing import Notes, WriteError
@@ -168,7 +168,7 @@ def convert_trajectories(
     trajs = _load(input_path, src, options, issues)
     notes = Notes()
     if tool_calls:
-        from natscale.convert.react_calls import react_to_tool_calls
+        from natscale.data.react_calls import react_to_tool_calls
 
         trajs = react_to_tool_calls(trajs, notes)
     try:

@@ -151,6 +151,29 @@ def _episode(actions, observations, reward=False, finished=True, failure=None):
     }
 
 
+def _with_tool_calls(episode: dict) -> dict:
+    """``episode`` as an eval with native tool calls writes it (``messages``)."""
+    from natscale.data.formats.writing import Notes
+    from natscale.data.react_calls import tool_call_turns
+    from natscale.data.trajectory import Trajectory, Turn
+    from natscale.eval.episodes import openai_messages
+
+    turns = [
+        Turn("assistant" if t["role"] == "assistant" else "observation", t["content"])
+        for t in episode["conversations"]
+    ]
+    native, _ = tool_call_turns(Trajectory("e", "q", turns), Notes())
+    history, last = [], None
+    for t in native:
+        if t.role == "observation":
+            history.append({"role": "tool", "tool_call_id": last, "content": t.content})
+        else:
+            last = t.tool_calls[0]["id"] if t.tool_calls else None
+            history.append({"role": t.role, "content": t.content, "tool_calls": t.tool_calls})
+    rest = {k: v for k, v in episode.items() if k != "conversations"}
+    return {**rest, "messages": openai_messages([], history)}
+
+
 def test_behaviour_of_an_episode_is_what_its_first_calculation_did(tmp_path: Path):
     from natscale.bench.nat.behaviour import behaviour, classify
 
@@ -169,6 +192,9 @@ def test_behaviour_of_an_episode_is_what_its_first_calculation_did(tmp_path: Pat
         "wrong_numbers": _episode(["calculate[1169 / 26]", "finish[44]"], ["1169/26", done]),
     }  # fmt: skip
     assert {name: classify(e) for name, e in cases.items()} == {n: n for n in cases}
+    # the same episodes with native tool calls (eval's loop.protocol: tool_calls records)
+    native = {name: _with_tool_calls(e) for name, e in cases.items()}
+    assert {name: classify(e) for name, e in native.items()} == {n: n for n in cases}
     no_gold = {**cases["wrong_operation"], "answer": "#### 46"}
     assert classify(no_gold) == "wrong_answer"
     path = tmp_path / "episodes.jsonl"
@@ -419,3 +445,28 @@ def test_cli_refuses_a_file_work_dir_and_too_many_positives_before_writing(tmp_p
     err = capsys.readouterr().err
     assert "P=100000 needs 100000 successes" in err and "smaller --positives" in err
     assert not work.exists() and not (tmp_path / "results").exists()
+
+
+def test_the_tool_call_preset_trains_and_evaluates_native_calls(tmp_path: Path):
+    """`cpu-scarce-tools`: the same trajectories as native tool calls, with the tools in the
+    prompt; its eval runs the tool-call loop with the same tools."""
+    import datasets
+
+    from natscale.bench.nat.presets import QUICK_TOOLS
+    from natscale.bench.nat.runner import eval_config
+    from natscale.config.prepare import PrepareConfig
+    from natscale.data.prepare import prepare
+    from natscale.data.render import load_tokenizer
+
+    small = replace(QUICK_TOOLS, positives=(10,), pool_questions=80, test_questions=30)
+    build_pool(small, tmp_path)
+    cfg = PrepareConfig.model_validate(prepare_config(small, tmp_path, 10, "nat"))
+    result = prepare(cfg, tmp_path / "P10" / "nat", progress=False)
+    assert result.stats["per_class"]["success"]["examples"] == 10
+    row = datasets.load_from_disk(str(result.out_dir))[0]
+    text = load_tokenizer(tmp_path / "P10" / "nat" / "tokenizer").decode(row["input_ids"])
+    assert '<tools>\n{"name": "calculate"' in text and '{"name": "finish"' in text
+    assert '<tool_call>\n{"name": "calculate", "arguments": {"expression": ' in text
+    assert "Action:" not in text.split("[/INST]", 2)[2]  # the agent's turns are calls
+    loop = eval_config(small, tmp_path, tmp_path / "run")["loop"]
+    assert loop["protocol"] == "tool_calls" and PRESETS["cpu-scarce-tools"].max_new_tokens == 96

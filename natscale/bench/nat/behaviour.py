@@ -57,24 +57,11 @@ def classify(episode: dict[str, Any]) -> str:
         return "correct"
     if not info.get("finished"):
         return "unparseable" if info.get("failure") == "unparseable_action" else "unfinished"
-    turns = episode["conversations"]
-    observations = [
-        t["content"].removeprefix(_OBSERVATION) for t in turns if t["role"] != "assistant"
-    ]
-    if any(o.startswith("Error") for o in observations):
+    calls = _calls(episode)
+    if any(observation.startswith("Error") for _, _, observation in calls):
         return "tool_error"
-    first = None  # (expression, observation) of the first calculator call
-    for k, turn in enumerate(turns):
-        if turn["role"] != "assistant":
-            continue
-        try:
-            tool, argument = parse_action(turn["content"])
-        except ReActParseError:
-            continue
-        if tool == "calculate":
-            following = turns[k + 1]["content"] if k + 1 < len(turns) else ""
-            first = (argument, following.removeprefix(_OBSERVATION).strip())
-            break
+    # (expression, observation) of the first calculator call
+    first = next(((arg, obs) for tool, arg, obs in calls if tool == "calculate"), None)
     if first is None:
         return "no_calculation"
     gold = _GOLD_STEP.search(episode.get("answer") or "")
@@ -83,6 +70,34 @@ def classify(episode: dict[str, Any]) -> str:
     if first[1] == gold[2].strip():
         return "answer_slip"
     return "wrong_operation" if _numbers(first[0]) == _numbers(gold[1]) else "wrong_numbers"
+
+
+def _calls(episode: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(tool, argument, observation) of each step of an episode: ReAct turns
+    (``conversations``) or native tool calls (``messages``). An observation that follows no
+    call (a ReAct turn without a parseable action) has the tool ``""``."""
+    out: list[tuple[str, str, str]] = []
+    if "messages" in episode:
+        results = {
+            m.get("tool_call_id"): m["content"] for m in episode["messages"] if m["role"] == "tool"
+        }
+        for m in episode["messages"]:
+            for c in m.get("tool_calls") or []:
+                args = json.loads(c["function"]["arguments"] or "{}")
+                arg = str(next(iter(args.values()), "")) if isinstance(args, dict) else ""
+                out.append((c["function"]["name"], arg, results.get(c.get("id"), "").strip()))
+        return out
+    turns = episode["conversations"]
+    for k, turn in enumerate(turns):
+        if turn["role"] == "assistant":
+            continue
+        observation = turn["content"].removeprefix(_OBSERVATION).strip()
+        try:
+            tool, argument = parse_action(turns[k - 1]["content"]) if k else ("", "")
+        except ReActParseError:
+            tool, argument = "", ""
+        out.append((tool, argument, observation))
+    return out
 
 
 def behaviour(episodes: Path) -> dict[str, float]:

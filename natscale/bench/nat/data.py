@@ -27,6 +27,7 @@ TOKENIZER = REPO / "examples" / "tokenizer"
 SUCCESS_HALF = "trajectories-success-prompt.json"
 SUCCESS_PROMPT = "prompt-success.json"
 
+TOOLS = ("calculate",)  # the agent's tools (finish is always there)
 ALL = 0  # P = ALL: every success of the pool and no failure (the calibration's data)
 BASE = -1  # the base model's data: the successes that no P subset holds (presets with base_steps)
 
@@ -192,6 +193,7 @@ def strategy_section(name: str) -> dict[str, Any]:
 def prepare_config(preset: Preset, root: Path, p: int, strategy: str) -> dict[str, Any]:
     """The full ``natscale prepare`` config of strategy ``strategy`` at ``P=p``."""
     halves = [("trajectories.json", "prompt.json", {})]
+    native = {"native_tools": list(TOOLS)} if preset.protocol == "tool_calls" else {}
     if p == BASE and preset.base_prompt == "both":  # a task name of its own: another prompt file
         halves.append((SUCCESS_HALF, SUCCESS_PROMPT, {"task": "math-success-prompt"}))
     return {
@@ -205,6 +207,7 @@ def prepare_config(preset: Preset, root: Path, p: int, strategy: str) -> dict[st
                 "prompt": str(root / prompt),
                 "score_field": "info.progress",
                 **task,
+                **native,
             }
             for trajectories, prompt, task in halves
         ],

@@ -4,9 +4,10 @@ docs/nat-benchmark.md states the protocol and why each number is what it is; the
 its machine-readable form and every run's record carries the one it used. ``cpu`` is the full
 protocol sized for a 2-core machine (24 runs, within 90 minutes); ``cpu-warm``,
 ``cpu-systematic``, ``cpu-systematic-long`` and ``cpu-scarce`` are its follow-ups from a base
-model; ``gpu`` is the same protocol with a bigger model and more steps for one H100; ``quick`` is
-a smoke test of the whole pipeline (93-111 s on a loaded 2-core machine; its accuracies mean
-nothing).
+model, and ``cpu-scarce-tools`` is ``cpu-scarce`` with an agent that calls its tools natively;
+``gpu`` is the same protocol with a bigger model and more steps for one H100; ``quick`` is a smoke
+test of the whole pipeline (93-111 s on a loaded 2-core machine; its accuracies mean nothing),
+``quick-tools`` the same with native tool calls.
 """
 
 from __future__ import annotations
@@ -35,6 +36,12 @@ FINE_MARKERS = {
 SHORT_INSTRUCTION = (
     "Solve a math problem with Thought and Action steps. "
     "Action is calculate[expression] or finish[answer]."
+)
+
+# the instruction of a tool-calling agent (protocol tool_calls): the calls are native, so the
+# instruction names no action syntax; the markers keep the paper's wording
+TOOLS_INSTRUCTION = (
+    "Solve a math problem step by step. Call calculate for arithmetic and finish with the answer."
 )
 
 # the small Llama of the benchmark: the bundled tokenizer's vocabulary, random init
@@ -118,6 +125,9 @@ class Preset:
     # the protocol as first written) or "positives" (the base model, then vanilla at each P: the
     # comparison's own vanilla runs, which the comparison then reuses)
     calibration: str = "all"
+    # the agent: "react" (the paper's Thought/Action text) or "tool_calls" (the same
+    # trajectories as native tool calls: prepare's native_tools, eval's loop.protocol)
+    protocol: str = "react"
     # evaluation: greedy, the paper's loop; NAT models also with the failure marker
     max_depth: int = 6
     max_new_tokens: int = 48
@@ -193,8 +203,35 @@ CPU_SCARCE = replace(
     base_from=2000,
     calibration="positives",
 )
+# cpu-scarce with a tool-calling agent (change 6): the same trajectories as native tool calls
+# (tool schemas in the prompt, JSON calls, tool results), so that whether NAT helps is measured on
+# a second agent format. A call turn is ~2.7x the tokens of its ReAct step (68 vs 25 on average,
+# at most 82): room for 96 new tokens a turn.
+CPU_SCARCE_TOOLS = replace(
+    CPU_SCARCE,
+    name="cpu-scarce-tools",
+    protocol="tool_calls",
+    instruction=TOOLS_INSTRUCTION,
+    max_new_tokens=96,
+)
+# the tool schemas in the prompt are ~475 tokens with the bundled tokenizer (JSON's braces and
+# quotes are byte tokens in its 2,048-word vocabulary): a row holds one example
+QUICK_TOOLS = replace(
+    QUICK, name="quick-tools", protocol="tool_calls", max_new_tokens=24, max_seq_len=1024
+)
 PRESETS = {
-    p.name: p for p in (CPU, CPU_WARM, CPU_SYSTEMATIC, CPU_SYSTEMATIC_LONG, CPU_SCARCE, GPU, QUICK)
+    p.name: p
+    for p in (
+        CPU,
+        CPU_WARM,
+        CPU_SYSTEMATIC,
+        CPU_SYSTEMATIC_LONG,
+        CPU_SCARCE,
+        CPU_SCARCE_TOOLS,
+        GPU,
+        QUICK,
+        QUICK_TOOLS,
+    )
 }
 
 

@@ -34,7 +34,15 @@ import yaml
 
 from natscale.atomic import atomic_write_bytes, atomic_write_json
 from natscale.bench.nat.behaviour import behaviour
-from natscale.bench.nat.data import ALL, BASE, build_pool, check_pool, prepare_config, subset
+from natscale.bench.nat.data import (
+    ALL,
+    BASE,
+    TOOLS,
+    build_pool,
+    check_pool,
+    prepare_config,
+    subset,
+)
 from natscale.bench.nat.presets import Preset
 
 MARKER = ".natscale-bench"
@@ -201,8 +209,12 @@ def eval_config(preset: Preset, work: Path, run_dir: Path) -> dict[str, Any]:
         "model": str(run_dir / "train" / "hf"),
         "questions": [str(work / "data" / "test.jsonl")],
         "task": "math",
-        "tools": {"names": ["calculate"]},
-        "loop": {"max_depth": preset.max_depth, "max_new_tokens": preset.max_new_tokens},
+        "tools": {"names": list(TOOLS)},
+        "loop": {
+            "protocol": preset.protocol,
+            "max_depth": preset.max_depth,
+            "max_new_tokens": preset.max_new_tokens,
+        },
         "sampling": {"temperature": 0.0},
         "hf": {"batch_size": preset.eval_batch},
         "bootstrap": 1000,

@@ -27,7 +27,7 @@ from which the prepare config builds its ``sources`` union.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from natscale.data.errors import Issues
@@ -64,8 +64,10 @@ def load_trajectories(
     """
     fmt, skip, opts = _resolve(format, on_error, empty, options)
     issues = issues if issues is not None else Issues()
+    native = _native(opts.pop("native_tools", None))
     with keeping_empty(empty == "keep"):
-        return fmt.load(paths, on_error=on_error, issues=issues, skip_reasons=skip, **opts)
+        trajs = fmt.load(paths, on_error=on_error, issues=issues, skip_reasons=skip, **opts)
+    return [native(t) for t in trajs]
 
 
 def iter_trajectories(
@@ -82,6 +84,7 @@ def iter_trajectories(
     the caller keeps. The side files (``questions``, ``prompt``) are read when it starts."""
     fmt, skip, opts = _resolve(format, on_error, empty, options)
     issues = issues if issues is not None else Issues()
+    native = _native(opts.pop("native_tools", None))
     with keeping_empty(empty == "keep"), lazily():
         found = iter(fmt.load(paths, on_error=on_error, issues=issues, skip_reasons=skip, **opts))
     while True:  # the context only while a record is parsed, never across a yield
@@ -89,7 +92,19 @@ def iter_trajectories(
             traj = next(found, None)
         if traj is None:
             return
-        yield traj
+        yield native(traj)
+
+
+def _native(names: list[str] | None) -> Callable[[Trajectory], Trajectory]:
+    """A source's ``native_tools``: its ReAct turns as native tool calls offering these tools
+    (:mod:`natscale.data.react_calls`); none: each trajectory as it is."""
+    if names is None:
+        return lambda traj: traj
+    from natscale.data.formats.writing import Notes
+    from natscale.data.react_calls import offered_tools, with_tool_calls
+
+    tools = offered_tools(names)
+    return lambda traj: with_tool_calls(traj, tools, Notes())
 
 
 def _resolve(format: str, on_error: str, empty: str, options: dict[str, Any]):

@@ -36,6 +36,17 @@ SUCCESS_DOC = (
 )
 
 
+NATIVE_TOOLS_DOC = (
+    "turn ReAct text turns (Thought/Action, Observation) into native tool calls and tool "
+    "results, offering these tools (e.g. [calculate, finish]), as natscale eval's "
+    "loop.protocol: tool_calls runs an agent; null: as they are"
+)
+
+
+def native_tools_field() -> Any:
+    return Field(None, description=NATIVE_TOOLS_DOC)
+
+
 class RecordSource(StrictModel):
     """Options shared by the formats that hold one whole trajectory per record."""
 
@@ -45,6 +56,7 @@ class RecordSource(StrictModel):
     success_field: str | None = Field("reward", description="dotted path of the success value")
     score_field: str | None = Field("score", description="dotted path of a quality score")
     answer_field: str | None = Field("answer", description="dotted path of the gold answer")
+    native_tools: list[str] | None = native_tools_field()
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,13 @@ from typing import Any, Literal
 from pydantic import Field
 
 from natscale.data.errors import DataError, Issues, handle
-from natscale.data.formats.base import SUCCESS_DOC, Format, Paths, StrictModel
+from natscale.data.formats.base import (
+    SUCCESS_DOC,
+    Format,
+    Paths,
+    StrictModel,
+    native_tools_field,
+)
 from natscale.data.formats.common import (
     check_empty,
     field,
@@ -62,6 +68,7 @@ class NatSource(StrictModel):
     task: str = ""
     success_field: str | None = "info.reward"
     score_field: str | None = "info.f1"
+    native_tools: list[str] | None = native_tools_field()
 
 
 ROLE_MAP = {"assistant": "assistant", "user": "observation", "system": "system"}

@@ -1,6 +1,7 @@
-"""ReAct text turns as native tool calls (``natscale convert data ... --tool-calls``).
+"""ReAct text turns as native tool calls: a prepare source's ``native_tools``, and
+``natscale convert data ... --tool-calls``.
 
-The paper's agents write ``Thought: ...\\nAction: tool[argument]`` and read ``Observation: ...``;
+The paper's agents write ``Thought: ...\nAction: tool[argument]`` and read ``Observation: ...``;
 agents with native tool calls write a structured call and read a ``tool`` message. This turns the
 one into the other, the way ``natscale eval``'s ``loop.protocol: tool_calls`` runs an episode, so
 data collected in ReAct text trains a tool-calling agent that the eval then runs:
@@ -13,11 +14,12 @@ data collected in ReAct text trains a tool-calling agent that the eval then runs
   named); ``finish``'s ``Episode finished`` is dropped (the eval writes none);
 - a turn that does not parse stays text, and the observation after it (the error the agent was
   shown) a user turn: the agent did write that;
-- every trajectory offers the same tools: those the file's trajectories call (built-ins with
-  their schemas, others with a one-string ``input``), ``finish`` last.
+- the trajectory offers tools: the ones named (``native_tools``), or for a converted file those
+  its trajectories call; built-ins with their schemas, others with a one-string ``input``,
+  ``finish`` last. A call of a tool not offered stays a call (the agent did make it).
 
 The task instruction is kept as it is; the paper's describes the ReAct action syntax, so a task
-prompt written for tool calls (or none) suits the converted data better.
+prompt written for tool calls suits the converted data better.
 """
 
 from __future__ import annotations
@@ -66,8 +68,10 @@ def _observation_text(turn: Turn) -> str:
     return turn.content[match.end() :].strip() if match else turn.content
 
 
-def _turns(traj: Trajectory, notes: Notes, used: dict[str, None]) -> list[Turn]:
+def tool_call_turns(traj: Trajectory, notes: Notes) -> tuple[list[Turn], list[str]]:
+    """``traj``'s turns with its ReAct steps as calls, and the tools it calls, in order."""
     out: list[Turn] = []
+    used: dict[str, None] = {}
     called: str | None = None  # the tool the last assistant turn called
     assistant = 0
     for turn in traj.turns:
@@ -99,23 +103,29 @@ def _turns(traj: Trajectory, notes: Notes, used: dict[str, None]) -> list[Turn]:
         else:
             out.append(turn)
             called = None
-    return out
+    return out, list(used)
+
+
+def offered_tools(names: list[str]) -> list[dict[str, Any]]:
+    """The schemas of ``names``: built-ins first, then the others by name, ``finish`` last
+    (added when missing)."""
+    ordered = sorted(
+        set(names) | {FINISH}, key=lambda n: (n == FINISH, n not in BUILTIN_SCHEMAS, n)
+    )
+    return [_schema(n) for n in ordered]
+
+
+def with_tool_calls(traj: Trajectory, tools: list[dict[str, Any]], notes: Notes) -> Trajectory:
+    """``traj`` with native tool calls, offering ``tools`` (a trajectory that has calls or tools
+    already is returned as it is)."""
+    if traj.tools or any(t.tool_calls for t in traj.turns):
+        notes["trajectories with tool calls already, left as they are"] += 1
+        return traj
+    return dataclasses.replace(traj, turns=tool_call_turns(traj, notes)[0], tools=tools)
 
 
 def react_to_tool_calls(trajs: list[Trajectory], notes: Notes) -> list[Trajectory]:
-    """The trajectories with their ReAct text turns as native tool calls (module docstring);
-    trajectories that already have tool schemas or calls are left as they are."""
-    used: dict[str, None] = {}
-    converted: list[list[Turn] | None] = []
-    for traj in trajs:
-        if traj.tools or any(t.tool_calls for t in traj.turns):
-            notes["trajectories with tool calls already, left as they are"] += 1
-            converted.append(None)
-        else:
-            converted.append(_turns(traj, notes, used))
-    names = sorted(used, key=lambda n: (n == FINISH, n not in BUILTIN_SCHEMAS, n))
-    tools = [_schema(n) for n in (names if FINISH in used else [*names, FINISH])]
-    return [
-        traj if turns is None else dataclasses.replace(traj, turns=turns, tools=tools)
-        for traj, turns in zip(trajs, converted, strict=True)
-    ]
+    """A file's trajectories with native tool calls, each offering the tools any of them calls."""
+    used = [n for t in trajs if not t.tools for n in tool_call_turns(t, Notes())[1]]
+    tools = offered_tools(used)
+    return [with_tool_calls(t, tools, notes) for t in trajs]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 
-from natscale.convert.react_calls import react_to_tool_calls
 from natscale.convert.trajectories import convert_trajectories
 from natscale.data.formats import load_trajectories
 from natscale.data.formats.writing import Notes
+from natscale.data.react_calls import react_to_tool_calls
 from natscale.data.trajectory import Outcome, Trajectory, Turn
 
 
