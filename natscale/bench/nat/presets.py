@@ -217,7 +217,12 @@ CPU_SCARCE_TOOLS = replace(
 # the tool schemas in the prompt are ~475 tokens with the bundled tokenizer (JSON's braces and
 # quotes are byte tokens in its 2,048-word vocabulary): a row holds one example
 QUICK_TOOLS = replace(
-    QUICK, name="quick-tools", protocol="tool_calls", max_new_tokens=24, max_seq_len=1024
+    QUICK,
+    name="quick-tools",
+    protocol="tool_calls",
+    instruction=TOOLS_INSTRUCTION,
+    max_new_tokens=24,
+    max_seq_len=1024,
 )
 PRESETS = {
     p.name: p
