@@ -16,7 +16,7 @@ Each check returns nothing or counts one kind of disagreement; none stops the ru
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import pairwise
 from typing import Any
 
@@ -33,6 +33,7 @@ def data_warnings(
     prompts: dict[str, TaskPrompt],
     *,
     drops_tool_call_text: bool = False,
+    unreadable_calls: Callable[[], str | None] = lambda: None,
 ) -> dict[str, dict[str, Any]]:
     """``{kind: {"count": n, "message": text}}`` for every kind that occurs (see the module)."""
     out: dict[str, dict[str, Any]] = {}
@@ -69,8 +70,9 @@ def data_warnings(
             "strategy.templates, or give a prompt file with templates (or the paper's "
             "zero-shot-target-aware variant) for these tasks",
         )
-    back_to_back = starts_obs = call_text = 0
+    back_to_back = starts_obs = call_text = with_calls = 0
     for ex in examples:
+        with_calls += any(t.tool_calls for t in ex.traj.turns)
         roles = [t.role for t in ex.traj.turns]
         back_to_back += any(a == b == "assistant" for a, b in pairwise(roles))
         starts_obs += any(
@@ -100,4 +102,14 @@ def data_warnings(
         "alone (as Llama 3's does), so that text is neither trained nor shown at inference; "
         "give render.chat_template a template that renders it to keep it",
     )
+    why = unreadable_calls() if with_calls else None  # checked once calls are met
+    if why:
+        add(
+            "tool_calls_unreadable",
+            with_calls,
+            "examples with tool calls written by a chat template whose calls no response "
+            f"template of natscale eval reads back ({why}): a model trained on them may write "
+            "calls nothing can parse; check the template (render.chat_template), or write a "
+            "response template for it (natscale eval's prompt.response_template)",
+        )
     return out

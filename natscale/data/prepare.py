@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ from natscale.data.formats.nat_release import NatSource
 from natscale.data.packing import build_rows, efficiency, plan_bins
 from natscale.data.packing_search import l2_bound
 from natscale.data.prompts import TaskPrompt, load_task_prompt
+from natscale.data.render.readback import unreadable_calls
 from natscale.data.shards import ShardWriter
 from natscale.data.trajectory import Trajectory
 
@@ -330,6 +331,7 @@ def _prepare(
     )
 
     drops_call_text = renderer.template.drops_tool_call_text()
+    unreadable = cache(lambda: unreadable_calls(renderer, tokenizer))
     issues = Issues()
     sources, prompts = source_options(config)
     keep = None
@@ -380,7 +382,12 @@ def _prepare(
             stream.release()  # the workers exit once the plan is made
         ordered = [window[i] for i in order]
         for kind, w in data_warnings(
-            ordered, {}, config.strategy, prompts, drops_tool_call_text=drops_call_text
+            ordered,
+            {},
+            config.strategy,
+            prompts,
+            drops_tool_call_text=drops_call_text,
+            unreadable_calls=unreadable,
         ).items():
             warned.setdefault(kind, {"count": 0, "message": w["message"]})["count"] += w["count"]
         del ordered

@@ -6,7 +6,8 @@ template. Without it the candidates are the tokenizer's own ``response_template`
 ship one), then every bundled template, and the first one that **reads back** what training
 teaches is used: a ``finish`` call and a plain answer, each rendered through the model's chat
 template as a trained assistant turn after the prompt ``natscale eval`` gives it, must parse to
-that call and that text (:func:`reads_back`). A given template is checked the same way. None that
+that call and that text (:mod:`natscale.data.render.readback`). A given template is checked the
+same way. None that
 reads them back is an error before the first episode, naming what each read.
 """
 
@@ -16,16 +17,10 @@ import json
 import sys
 from pathlib import Path
 
-from natscale.agent.react import FINISH
 from natscale.agent.response_templates import NAMES, response_template
-from natscale.agent.tool_calls import (
-    ResponseParser,
-    ToolCall,
-    ToolCallParseError,
-    call_id,
-    single_parameter,
-)
-from natscale.data.render import Message, TemplateError
+from natscale.agent.tool_calls import ResponseParser, ToolCallParseError
+from natscale.data.render import TemplateError
+from natscale.data.render.readback import candidates, reads_back
 from natscale.eval.errors import EvalError
 
 FIELD = "prompt.response_template"
@@ -49,51 +44,13 @@ def read_response_template(path: str) -> dict:
     return template
 
 
-def reads_back(prompter, parser: ResponseParser) -> str | None:
-    """None when ``parser`` reads a ``finish`` call and a plain answer back from the turns
-    training teaches for them (the chat template's rendering after the eval's prompt); else
-    what it read. Raises ``TemplateError`` when the chat template refuses the turns."""
-    renderer, tok, tools = prompter.renderer, prompter.tokenizer, prompter.tools
-    finish = next((t for t in tools if t["function"]["name"] == FINISH), None)
-    arguments = {(single_parameter(finish) if finish else None) or "answer": "12"}
-    call = {"id": call_id(1, 0), "name": FINISH, "arguments": arguments}
-    question = Message("user", "What is 5 + 7?")
-    probes = [
-        (Message("assistant", "", True, [call]), [ToolCall(FINISH, arguments)], ""),
-        (Message("assistant", "The answer is 12.", True), [], "The answer is 12."),
-    ]
-    prompt = renderer.generation_prompt([question], tools)
-    prefix = tok.decode(prompt, skip_special_tokens=False) if parser.prefixed else ""
-    for message, calls, content in probes:
-        enc = renderer.encode([question, message], tools=tools)
-        ids, mask = enc.ids.tolist(), enc.mask.tolist()
-        end = len(prompt)
-        while end < len(ids) and mask[end]:
-            end += 1
-        written = tok.decode(ids[len(prompt) : end], skip_special_tokens=False)
-        eot = renderer.end_of_turn
-        written = written[: -len(eot)] if eot and written.endswith(eot) else written
-        try:
-            turn = parser.parse(written, prefix, tools)
-        except ToolCallParseError as exc:
-            return f"cannot read {written!r} ({exc})"
-        if turn.calls != calls or turn.content != content:
-            got = [(c.name, c.arguments) for c in turn.calls]
-            return f"reads {written!r} as the calls {got} and the text {turn.content!r}"
-    return None
-
-
 def _candidates(setting: str | None, prompter) -> list[ResponseParser]:
     eot = prompter.end_of_turn
     if setting in NAMES:
         return [ResponseParser(response_template(setting, eot), prefixed=False, name=setting)]
     if setting:
         return [ResponseParser(read_response_template(setting), prefixed=True, name=setting)]
-    own = getattr(prompter.tokenizer, "response_template", None)
-    found = [ResponseParser(own, prefixed=True, name="the tokenizer's response_template")]
-    return (found if own else []) + [
-        ResponseParser(response_template(n, eot), prefixed=False, name=n) for n in NAMES
-    ]
+    return candidates(prompter.tokenizer, eot)
 
 
 def build_parser(setting: str | None, prompter) -> ResponseParser:
@@ -111,7 +68,7 @@ def build_parser(setting: str | None, prompter) -> ResponseParser:
         if prompter.renderer is None:  # the scripted backend: natscale's own call text
             return parser
         try:
-            why = reads_back(prompter, parser)
+            why = reads_back(prompter.renderer, prompter.tokenizer, parser, prompter.tools)
         except TemplateError as exc:
             print(
                 f"natscale eval: note: {parser.name} reads the tool calls, unchecked: the chat "

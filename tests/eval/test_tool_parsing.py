@@ -108,3 +108,51 @@ def test_a_syntax_no_template_reads_is_refused_before_any_episode():
     with pytest.raises(EvalError, match=r"mistral: reads 'CALL finish'"):
         build_parser("mistral", _prompter(odd))
     assert build_parser("mistral", _prompter(STAND_INS["mistral"])).name == "mistral"
+
+
+def test_prepare_warns_when_no_template_reads_the_calls_it_trains(tmp_path):
+    """A chat template that writes malformed calls (vLLM's Hermes tool template writes
+    ``{"name": "calculate"}, "arguments": {...}``) is trained as it is, with a warning."""
+    from natscale.config.prepare import PrepareConfig
+    from natscale.data.prepare import prepare
+
+    broken = chat(
+        EACH + "{{ '<tool_call>\\n{\"name\": \"' + c['function']['name'] + '\"}, "
+        "\"arguments\": ' + c['function']['arguments'] | tojson + '\\n</tool_call>' }}"
+        "{% endfor %}"
+    )
+    call = {"type": "function", "id": "c1",
+            "function": {"name": "calculate", "arguments": '{"expression": "5 + 7"}'}}  # fmt: skip
+    record = {
+        "messages": [
+            {"role": "user", "content": "What is 5 + 7?"},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "content": "12", "tool_call_id": "c1"},
+            {"role": "assistant", "content": "12"},
+        ]
+    }
+    data = tmp_path / "calls.jsonl"
+    data.write_text(json.dumps(record) + "\n")
+    warnings = {}
+    for name, jinja in (("broken", broken), ("json", STAND_INS["tool_call_json"])):
+        template = tmp_path / f"{name}.jinja"
+        template.write_text(jinja.replace("<|im_end|>", "</s>"))  # the tokenizer's end of turn
+        cfg = PrepareConfig.model_validate(
+            {
+                "sources": [{"format": "openai", "paths": [str(data)]}],
+                "outcome": {"success": "all"},
+                "strategy": {"name": "vanilla"},
+                "render": {
+                    "tokenizer": str(TOKENIZER),
+                    "chat_template": str(template),
+                    "observation_role": "tool",
+                },
+                "pack": {"max_seq_len": 512},
+            }
+        )
+        result = prepare(cfg, tmp_path / name, progress=False)
+        warnings[name] = result.stats["warnings"]
+    assert "tool_calls_unreadable" not in warnings["json"]
+    found = warnings["broken"]["tool_calls_unreadable"]
+    assert found["count"] == 1
+    assert 'tool_call_json cannot read \'<tool_call>\\n{"name": "finish"}, ' in found["message"]
