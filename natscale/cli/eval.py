@@ -58,7 +58,7 @@ def load_eval_config(path: str, overrides: list[str], data_dir: str | None):
         parse_override,
         read_yaml,
     )
-    from natscale.eval.prepared import prompt_defaults
+    from natscale.eval.prepared import agent_defaults, prompt_defaults
 
     data = read_yaml(path)
     if data_dir:
@@ -70,6 +70,11 @@ def load_eval_config(path: str, overrides: list[str], data_dir: str | None):
         )
         base = prompt_defaults(data_dir, file_given=file_given)
         data["prompt"] = {**base, **user_prompt}
+        for section, values in agent_defaults(data_dir).items():
+            given = data.get(section) or {}
+            if not isinstance(given, dict):
+                raise ConfigError(f"{path}: {section} must be a mapping")
+            data[section] = {**values, **given}
     apply_overrides(data, overrides)
     try:
         return EvalConfig.model_validate(data)

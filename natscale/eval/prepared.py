@@ -16,14 +16,11 @@ from typing import Any
 from natscale.eval.errors import EvalError
 
 
-def prompt_defaults(prepared_dir: str | os.PathLike, *, file_given: bool = False) -> dict[str, Any]:
-    """The ``prompt`` section of an eval config as the dataset in ``prepared_dir`` was prepared.
-
-    ``file_given``: the user names the task prompt file (``prompt.file``), so a dataset prepared
-    from several of them is no error and no file is taken from it."""
+def _recorded(prepared_dir: str | os.PathLike):
+    """(the PreparedDir, its PrepareConfig, its stats.json) of a dataset; EvalError when it is
+    not one ``natscale prepare`` wrote."""
     from natscale.config.loader import ConfigError, load_config
     from natscale.config.prepare import PrepareConfig
-    from natscale.data.formats.nat_release import NatSource
     from natscale.data.prepared import PreparedDir
 
     prepared = PreparedDir(prepared_dir)
@@ -47,6 +44,28 @@ def prompt_defaults(prepared_dir: str | os.PathLike, *, file_given: bool = False
         stats = json.loads(stats_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise EvalError(f"{stats_path}: not a JSON file ({exc})") from None
+    return prepared, cfg, stats
+
+
+def agent_defaults(prepared_dir: str | os.PathLike) -> dict[str, Any]:
+    """The ``loop`` and ``tools`` sections of an eval config for a dataset whose sources turned
+    ReAct steps into native tool calls (``native_tools``): the tool-call loop, those tools."""
+    _, cfg, _ = _recorded(prepared_dir)
+    names = [n for s in cfg.sources for n in (getattr(s, "native_tools", None) or [])]
+    if not names:
+        return {}
+    return {"loop": {"protocol": "tool_calls"}, "tools": {"names": list(dict.fromkeys(names))}}
+
+
+def prompt_defaults(prepared_dir: str | os.PathLike, *, file_given: bool = False) -> dict[str, Any]:
+    """The ``prompt`` section of an eval config as the dataset in ``prepared_dir`` was prepared.
+
+    ``file_given``: the user names the task prompt file (``prompt.file``), so a dataset prepared
+    from several of them is no error and no file is taken from it."""
+    from natscale.data.formats.nat_release import NatSource
+
+    prepared, cfg, stats = _recorded(prepared_dir)
+    root, cfg_path = prepared.root, prepared.prepare_config
     section: dict[str, Any] = {
         "template": stats.get("template", cfg.render.template),
         "instruction": cfg.render.instruction,

@@ -229,3 +229,35 @@ def test_react_data_converted_to_tool_calls_replays_to_the_same_episodes(tmp_pat
         assert ep["tools"] == records[ep["id"]]["tools"]
         assert (ep["info"]["reward"], ep["info"]["pred"]) == (want["reward"], want["pred"])
         assert (ep["info"]["failure"] == "turn_limit") == (want["kind"] == "unfinished")
+
+
+def test_data_from_native_tools_defaults_the_tool_call_loop(tmp_path):
+    """--data of a dataset whose sources turned ReAct steps into calls (`native_tools`): the eval
+    runs the tool-call loop with those tools unless the config says otherwise."""
+    from natscale.cli.eval import load_eval_config
+
+    from .conftest import DATA, scripted_fields, write_config
+
+    fields = {
+        "output": str(tmp_path / "data"),
+        "limit": 20,
+        "sources": [
+            {
+                "format": "nat",
+                "paths": [str(DATA / "trajectories.json")],
+                "questions": [str(DATA / "questions.jsonl")],
+                "prompt": str(DATA / "prompt.json"),
+                "native_tools": ["calculate"],
+            }
+        ],
+        "render": {"tokenizer": str(TOKENIZER), "template": "llama2"},
+        "pack": {"max_seq_len": 4096},
+    }
+    prepare(PrepareConfig.model_validate(fields), progress=False)
+    base = {k: v for k, v in scripted_fields(tmp_path / "run").items() if k != "prompt"}
+    cfg = load_eval_config(
+        str(write_config(tmp_path / "e.yaml", **base)), [], str(tmp_path / "data")
+    )
+    assert cfg.loop.protocol == "tool_calls" and cfg.tools.names == ["calculate"]
+    mine = write_config(tmp_path / "r.yaml", **base, loop={"protocol": "react"})
+    assert load_eval_config(str(mine), [], str(tmp_path / "data")).loop.protocol == "react"
