@@ -37,8 +37,10 @@ class PromptConfig(_Strict):
     )
     response_template: str | None = Field(
         None,
-        description="JSON file: transformers' response template that reads tool calls "
-        "(loop.protocol: tool_calls); default the tokenizer's, else <tool_call> JSON blocks",
+        description="what reads the model's tool calls (loop.protocol: tool_calls): a bundled "
+        "name (natscale.agent.response_templates) or a JSON file holding a transformers "
+        "response template; default the tokenizer's, else the first bundled one that reads "
+        "back the calls the chat template writes",
     )
     strategy: StrategyConfig = StrategyConfig()
     marker: str | int = Field(
