@@ -5,8 +5,8 @@ template's ``tools``, as in training), the model writes its calls in its own syn
 Hermes' ``<tool_call>`` JSON blocks, natscale's built-in templates' likewise, Llama 3's bare
 JSON, ...) and each call's result comes back as a ``tool`` message. Parsing the written turn into
 ``content`` / reasoning / ``tool_calls`` is transformers' own response parser
-(``tokenizer.parse_response``, driven by a declarative *response template*): the tokenizer's
-``response_template`` when the model ships one, else one given in ``prompt.response_template``,
+(``tokenizer.parse_response``, driven by a declarative *response template*): the one named in
+``prompt.response_template``, else the tokenizer's ``response_template`` when the model ships one,
 else the first of natscale's (:mod:`natscale.agent.response_templates`) that reads back a call as
 the model's chat template writes it (``natscale.eval.tool_parsing``).
 
