@@ -52,6 +52,7 @@ def load_trajectories(
     on_error: str = "raise",
     empty: str = "skip",
     issues: Issues | None = None,
+    native_tools: list[str] | None = None,
     **options: Any,
 ) -> list[Trajectory]:
     """Load every record of ``paths`` as canonical trajectories.
@@ -61,10 +62,11 @@ def load_trajectories(
     with no turn after the question are ``"skip"``-ped (counted), an ``"error"``, or ``"keep"``-t.
     ``options`` are the format's own (e.g. ``questions=``, ``prompt=`` for ``nat``); the ones not
     given take the defaults of the format's options model. An unknown one is a ``TypeError``.
+    ``native_tools``: ReAct steps become native tool calls offering these tools (any format).
     """
     fmt, skip, opts = _resolve(format, on_error, empty, options)
     issues = issues if issues is not None else Issues()
-    native = _native(opts.pop("native_tools", None))
+    native = _native(native_tools)
     with keeping_empty(empty == "keep"):
         trajs = fmt.load(paths, on_error=on_error, issues=issues, skip_reasons=skip, **opts)
     return [native(t) for t in trajs]
@@ -77,6 +79,7 @@ def iter_trajectories(
     on_error: str = "raise",
     empty: str = "skip",
     issues: Issues | None = None,
+    native_tools: list[str] | None = None,
     **options: Any,
 ) -> Iterator[Trajectory]:
     """:func:`load_trajectories` one trajectory at a time: the records are read and parsed as
@@ -84,7 +87,7 @@ def iter_trajectories(
     the caller keeps. The side files (``questions``, ``prompt``) are read when it starts."""
     fmt, skip, opts = _resolve(format, on_error, empty, options)
     issues = issues if issues is not None else Issues()
-    native = _native(opts.pop("native_tools", None))
+    native = _native(native_tools)
     with keeping_empty(empty == "keep"), lazily():
         found = iter(fmt.load(paths, on_error=on_error, issues=issues, skip_reasons=skip, **opts))
     while True:  # the context only while a record is parsed, never across a yield

@@ -22,8 +22,9 @@ from natscale.data.trajectory import Trajectory
 Paths = list[str]
 # (trajectories, OUT, notes) -> {path: JSON content}: OUT itself, plus side files (nat)
 Writer = Callable[[list[Trajectory], Path, Notes], dict[Path, Any]]
-# options of the ``sources:`` entry that are not loader options
-SOURCE_ONLY = frozenset({"format", "paths", "success"})
+# options of the ``sources:`` entry that are not loader options (``native_tools`` applies to
+# what any loader gives: ``natscale.data.formats.load_trajectories`` takes it)
+SOURCE_ONLY = frozenset({"format", "paths", "success", "native_tools"})
 
 
 class StrictModel(BaseModel):
