@@ -64,23 +64,9 @@ CHAT_TEMPLATE = (
 )
 
 
-# Qwen3-style, written for this benchmark: a turn's reasoning split from its answer at </think>;
-# the last turn always gets a block; turns before the last user message lose theirs
-THINK_TEMPLATE = (
-    "{% set ns = namespace(last=-1) %}{% for m in messages %}"
-    "{% if m['role'] == 'user' %}{% set ns.last = loop.index0 %}{% endif %}{% endfor %}"
-    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' }}"
-    "{% if m['role'] == 'assistant' %}"
-    "{% set answer = m['content'] %}{% set thought = '' %}"
-    "{% if '</think>' in m['content'] %}"
-    "{% set answer = m['content'].split('</think>')[-1].lstrip('\\n') %}"
-    "{% set thought = m['content'].split('</think>')[0].split('<think>')[-1].strip('\\n') %}"
-    "{% endif %}"
-    "{% if loop.index0 > ns.last and (loop.last or thought) %}"
-    "{{ '<think>\\n' + thought + '\\n</think>\\n\\n' }}{% endif %}{{ answer }}"
-    "{% else %}{{ m['content'] }}{% endif %}{{ '<|im_end|>\\n' }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
+# Qwen3-style, written for natscale: a turn's reasoning split from its answer at </think>; the
+# last turn always gets a block; turns before the last user message lose theirs
+THINK_TEMPLATE = (REPO / "examples" / "chat_templates" / "qwen3_style_thinks.jinja").read_text()
 
 
 def reasoning(n: int, calls: int, *, each: bool) -> list[list[Message]]:

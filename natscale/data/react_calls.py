@@ -39,6 +39,7 @@ from natscale.data.formats.writing import Notes
 from natscale.data.trajectory import Trajectory, Turn
 
 OTHER_PARAMETER = "input"
+LEFT_AS_THEY_ARE = "trajectories with tool calls already, left as they are"
 
 
 def _parameter(tool: str) -> str:
@@ -115,17 +116,26 @@ def offered_tools(names: list[str]) -> list[dict[str, Any]]:
     return [_schema(n) for n in ordered]
 
 
+def _has_calls(traj: Trajectory) -> bool:
+    return bool(traj.tools) or any(t.tool_calls for t in traj.turns)
+
+
 def with_tool_calls(traj: Trajectory, tools: list[dict[str, Any]], notes: Notes) -> Trajectory:
     """``traj`` with native tool calls, offering ``tools`` (a trajectory that has calls or tools
     already is returned as it is)."""
-    if traj.tools or any(t.tool_calls for t in traj.turns):
-        notes["trajectories with tool calls already, left as they are"] += 1
+    if _has_calls(traj):
+        notes[LEFT_AS_THEY_ARE] += 1
         return traj
     return dataclasses.replace(traj, turns=tool_call_turns(traj, notes)[0], tools=tools)
 
 
 def react_to_tool_calls(trajs: list[Trajectory], notes: Notes) -> list[Trajectory]:
     """A file's trajectories with native tool calls, each offering the tools any of them calls."""
-    used = [n for t in trajs if not t.tools for n in tool_call_turns(t, Notes())[1]]
-    tools = offered_tools(used)
-    return [with_tool_calls(t, tools, notes) for t in trajs]
+    converted = [None if _has_calls(t) else tool_call_turns(t, notes) for t in trajs]
+    if None in converted:
+        notes[LEFT_AS_THEY_ARE] += converted.count(None)
+    tools = offered_tools([name for c in converted if c for name in c[1]])
+    return [
+        traj if c is None else dataclasses.replace(traj, turns=c[0], tools=tools)
+        for traj, c in zip(trajs, converted, strict=True)
+    ]

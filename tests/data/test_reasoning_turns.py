@@ -8,6 +8,7 @@ the model writes after the prompt it is given at inference, with its reasoning.
 """
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -19,21 +20,11 @@ from natscale.eval.prompting import Prompter
 from .test_chat_template_turns import written_at_inference
 from .test_render import trained_spans
 
-THINKS = (
-    "{% set ns = namespace(last=-1) %}{% for m in messages %}"
-    "{% if m['role'] == 'user' %}{% set ns.last = loop.index0 %}{% endif %}{% endfor %}"
-    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' }}"
-    "{% if m['role'] == 'assistant' %}"
-    "{% set answer = m['content'] %}{% set thought = '' %}"
-    "{% if '</think>' in m['content'] %}"
-    "{% set answer = m['content'].split('</think>')[-1].lstrip('\\n') %}"
-    "{% set thought = m['content'].split('</think>')[0].split('<think>')[-1].strip('\\n') %}"
-    "{% endif %}"
-    "{% if loop.index0 > ns.last and (loop.last or thought) %}"
-    "{{ '<think>\\n' + thought + '\\n</think>\\n\\n' }}{% endif %}{{ answer }}"
-    "{% else %}{{ m['content'] }}{% endif %}{{ '<|im_end|>\\n' }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+# Qwen3's habits: a turn's reasoning split from its answer at </think>; the last turn always gets
+# a block; turns before the last user message lose theirs (shared with the render benchmark)
+THINKS = (EXAMPLES / "chat_templates" / "qwen3_style_thinks.jinja").read_text()
 # DeepSeek-R1's habit: every assistant turn, the last included, loses its reasoning
 DROPS_ALL = THINKS.replace("loop.index0 > ns.last and (loop.last or thought)", "false")
 
