@@ -29,8 +29,11 @@ $(VENV)/.installed: setup.py pyproject.toml
 demo: install
 	bash scripts/demo.sh
 
+# Test files run on up to 4 worker processes, a file's tests on one worker (module fixtures are
+# built once); PYTEST_WORKERS=0 runs everything in this process.
+PYTEST_WORKERS ?= auto
 test: install
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --maxprocesses=4 --dist loadfile) $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
