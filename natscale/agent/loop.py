@@ -66,6 +66,9 @@ class Generation:
     tokens: int  # generated tokens (for tokens/s)
     overflow: bool = False  # the prompt (plus room to answer) did not fit the context
     truncated: bool = False  # cut at loop.max_new_tokens before its end of turn
+    # the message a ``/v1/chat/completions`` server answered (its ``tool_calls`` parsed by the
+    # server); ``text`` is then its content, after its reasoning in ``<think>`` tags
+    message: dict[str, Any] | None = None
 
 
 @dataclass

@@ -113,6 +113,39 @@ def _call(entry: Any) -> ToolCall:
     return ToolCall(fn["name"], _arguments(args, fn["name"]))
 
 
+def split_reasoning(text: str) -> tuple[str | None, str]:
+    """(reasoning, content) of a turn's text with the reasoning inline: what precedes the last
+    ``</think>`` (its ``<think>`` dropped) and what follows it, each stripped; (None, text)
+    without one."""
+    if THINK_END not in text:
+        return None, text.strip()
+    before, _, after = text.rpartition(THINK_END)
+    before = before.strip()
+    if before.startswith(THINK_START):
+        before = before[len(THINK_START) :]
+    return before.strip("\n") or None, after.strip()
+
+
+def from_chat_message(message: dict[str, Any]) -> ParsedTurn:
+    """The turn an OpenAI-compatible ``/v1/chat/completions`` answered: its ``content``, its
+    reasoning (``reasoning_content`` as vLLM and DeepSeek name it, ``reasoning`` as newer vLLM
+    and OpenRouter do, else inline ``<think>`` tags) and its ``tool_calls``, which the server
+    parsed (arguments as a JSON string, or an object)."""
+    content = message.get("content") or ""
+    if not isinstance(content, str):  # content parts
+        content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    reasoning = next(
+        (message[k] for k in ("reasoning_content", "reasoning") if message.get(k)), None
+    )
+    if reasoning is None:
+        reasoning, content = split_reasoning(content)
+    calls = message.get("tool_calls") or []
+    if not isinstance(calls, list):
+        raise ToolCallParseError(f"tool_calls is {type(calls).__name__}, not a list")
+    reasoning = str(reasoning).strip("\n") if reasoning else None
+    return ParsedTurn(content.strip(), reasoning, [_call(c) for c in calls])
+
+
 class ResponseParser:
     """Reads assistant turns with a response template (see the module docstring), through
     transformers' ``parse_response`` (what ``tokenizer.parse_response`` runs on text).

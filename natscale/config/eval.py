@@ -98,6 +98,12 @@ class OpenAIConfig(_Strict):
         description="more fields for every request, e.g. {skip_special_tokens: false} for vLLM "
         "to return the special tokens a model's tool calls are written with",
     )
+    api: Literal["completions", "chat"] = Field(
+        "completions",
+        description="completions: natscale renders the prompt with the training template and "
+        "posts /v1/completions; chat: the messages go to /v1/chat/completions and the server's "
+        "chat template renders them (and its tool parser reads the calls)",
+    )
     prompt_format: Literal["text", "ids"] = Field(
         "text",
         description="text: the rendered prompt (the server tokenizes it); ids: our token ids "
@@ -137,6 +143,11 @@ class EvalConfig(_Strict):
             raise ValueError("backend 'openai' needs `model` to be an http(s) endpoint URL")
         if self.backend == "scripted" and not self.scripted.trajectories:
             raise ValueError("backend 'scripted' needs scripted.trajectories")
+        if self.openai.api == "chat" and self.openai.prompt_format == "ids":
+            raise ValueError(
+                "openai.prompt_format: ids is for openai.api: completions (a chat endpoint "
+                "takes messages, not a prompt)"
+            )
         native = self.prompt.response_template is not None or self.tools.schemas is not None
         if native and self.loop.protocol != "tool_calls":
             raise ValueError(

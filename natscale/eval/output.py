@@ -46,7 +46,8 @@ _FREE_FIELDS = {
 # fields added after evals were first recorded, with their defaults: left out of the comparison
 # while they hold them, so an eval started before they existed still resumes
 _ADDED_FIELDS = (("loop", "protocol", "react"), ("prompt", "response_template", None),
-                 ("tools", "schemas", None), ("openai", "extra_body", {}))  # fmt: skip
+                 ("tools", "schemas", None), ("openai", "extra_body", {}),
+                 ("openai", "api", "completions"))  # fmt: skip
 # what makes a folder a training run directory, an eval's own summary.json aside
 _RUN_ONLY = {n for n in RUN_DIR_ENTRIES if n != "summary.json"}
 

@@ -70,11 +70,15 @@ def build_backend(cfg: EvalConfig):
     if cfg.backend == "openai":
         from natscale.eval.backends.openai import OpenAIBackend
 
-        if not tok_dir:
+        if cfg.openai.api == "chat":  # the server renders the messages: no tokenizer here
+            prompter = Prompter(cfg.prompt, None)
+        elif not tok_dir:
             raise EvalError(
-                "backend 'openai' renders prompts itself: set prompt.tokenizer (or --data)"
+                "backend 'openai' renders prompts itself: set prompt.tokenizer (or --data), or "
+                "openai.api: chat for the server to render them"
             )
-        prompter = Prompter(cfg.prompt, load_eval_tokenizer(tok_dir))
+        else:
+            prompter = Prompter(cfg.prompt, load_eval_tokenizer(tok_dir))
         backend = OpenAIBackend(cfg.model, prompter, cfg.openai, cfg.loop, cfg.sampling)
         return backend, prompter, cfg.openai.concurrency * 2
     from natscale.eval.backends.scripted import ScriptedBackend
@@ -122,18 +126,27 @@ def _step(cfg: EvalConfig, prompter, tools) -> tuple[Callable, str | None]:
 
     if cfg.loop.protocol == "react":
         return advance, None
+    from natscale.agent.tool_calls import from_chat_message
     from natscale.eval.tool_parsing import build_parser
 
     prompter.tools = [t.schema for t in tools.values()]
-    parser = build_parser(cfg.prompt.response_template, prompter)
+    setting = cfg.prompt.response_template
+    chat = cfg.backend == "openai" and cfg.openai.api == "chat"
+    # a chat server parses the calls; a response template given with it reads them from the
+    # text of a turn it returned without any (a server with no tool parser)
+    parser = build_parser(setting, prompter) if setting or not chat else None
 
     def parse(ep, gen):
+        if gen.message is not None:
+            turn = from_chat_message(gen.message)
+            if turn.calls or parser is None:
+                return turn
         prompt = ""
-        if parser.prefixed:  # the template anchors on the prompt before the turn
+        if parser.prefixed and prompter.renderer is not None:  # it anchors on the prompt
             prompt = prompter.text(prompter.messages(ep.question.question, ep.history))
         return parser.parse(gen.text, prompt, prompter.tools)
 
-    return partial(advance_tool_calls, parse=parse), parser.name
+    return partial(advance_tool_calls, parse=parse), parser.name if parser else "server"
 
 
 def _key(rec: dict[str, Any]) -> tuple[str, int]:

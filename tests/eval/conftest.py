@@ -68,36 +68,30 @@ def tiny_model(tmp_path_factory) -> Path:
 
 
 @contextlib.contextmanager
-def completions_endpoint(
-    reply: Callable[[str], tuple[str, str]],
-) -> Iterator[tuple[str, list[str]]]:
+def openai_endpoint(
+    answer: Callable[[str, dict], tuple[int, dict]],
+) -> Iterator[tuple[str, list[dict]]]:
     """A stand-in for an OpenAI-compatible server on 127.0.0.1: ``/v1/models`` lists one model
-    and ``/v1/completions`` answers ``reply(prompt)`` = (text, finish_reason). Yields the base
-    URL and the list of the prompts it was sent."""
-    prompts: list[str] = []
+    (``served``) and a POST to ``path`` answers ``answer(path, body)`` = (HTTP status, JSON
+    body). Yields the base URL and the list of the request bodies it was sent."""
+    bodies: list[dict] = []
 
     class Handler(BaseHTTPRequestHandler):
-        def _send(self, body: dict) -> None:
+        def _send(self, status: int, body: dict) -> None:
             data = json.dumps(body).encode()
-            self.send_response(200)
+            self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
 
         def do_GET(self) -> None:
-            self._send({"data": [{"id": "served"}]})
+            self._send(200, {"data": [{"id": "served"}]})
 
         def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            prompts.append(body["prompt"])
-            text, reason = reply(body["prompt"])
-            self._send(
-                {
-                    "choices": [{"text": text, "finish_reason": reason}],
-                    "usage": {"completion_tokens": len(text.split())},
-                }
-            )
+            bodies.append(body)
+            self._send(*answer(self.path, body))
 
         def log_message(self, *args) -> None:
             pass
@@ -106,7 +100,26 @@ def completions_endpoint(
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1", prompts
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1", bodies
     finally:
         server.shutdown()
         server.server_close()
+
+
+@contextlib.contextmanager
+def completions_endpoint(
+    reply: Callable[[str], tuple[str, str]],
+) -> Iterator[tuple[str, list[str]]]:
+    """:func:`openai_endpoint` answering ``/v1/completions`` with ``reply(prompt)`` = (text,
+    finish_reason). Yields the base URL and the list of the prompts it was sent."""
+    prompts: list[str] = []
+
+    def answer(path: str, body: dict) -> tuple[int, dict]:
+        assert path == "/v1/completions", path
+        prompts.append(body["prompt"])
+        text, reason = reply(body["prompt"])
+        usage = {"completion_tokens": len(text.split())}
+        return 200, {"choices": [{"text": text, "finish_reason": reason}], "usage": usage}
+
+    with openai_endpoint(answer) as (url, _):
+        yield url, prompts

@@ -1,12 +1,18 @@
-"""``openai``: any OpenAI-compatible server (vLLM, SGLang, ``transformers serve``).
+"""``openai``: any OpenAI-compatible server (vLLM, SGLang, ``transformers serve``, hosted APIs).
 
-Prompts are rendered here (the same template as training) and sent to ``/v1/completions``
-as text (the server tokenizes it: at special-token boundaries its tokens can differ from the
-training tokens, e.g. ``▁[INST]`` vs ``[INST]`` right after the BOS it adds) or, with
-``openai.prompt_format: ids``, as our token ids (exactly the training tokens), several at a time (``openai.concurrency``), each with a timeout and
-retries with backoff on connection errors, timeouts and 5xx / 429 answers. Before the first
-episode the server is asked for its models (``/v1/models``): an unreachable server, or one that
-does not serve ``openai.served_model``, is an error.
+With ``openai.api: completions`` (the default) prompts are rendered here (the same template as
+training) and sent to ``/v1/completions`` as text (the server tokenizes it: at special-token
+boundaries its tokens can differ from the training tokens, e.g. ``▁[INST]`` vs ``[INST]`` right
+after the BOS it adds) or, with ``openai.prompt_format: ids``, as our token ids (exactly the
+training tokens). With ``openai.api: chat`` the messages go to ``/v1/chat/completions`` and the
+server renders them with its own chat template, offers the tools and parses the calls
+(:func:`chat_messages`): the way to run a model that only a chat endpoint serves (a hosted
+teacher collecting trajectories, a server with its own tool parser).
+
+Requests run several at a time (``openai.concurrency``), each with a timeout and retries with
+backoff on connection errors, timeouts and 5xx / 429 answers. Before the first episode the
+server is asked for its models (``/v1/models``): an unreachable server, or one that does not
+serve ``openai.served_model``, is an error.
 """
 
 from __future__ import annotations
@@ -14,14 +20,53 @@ from __future__ import annotations
 import concurrent.futures as cf
 import json
 import os
+import re
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
+from typing import Any
 
+from natscale.agent.react import THINK_END
+from natscale.agent.tool_calls import THINK_START
 from natscale.config.eval import LoopConfig, OpenAIConfig, SamplingConfig
+from natscale.data.render.messages import Message
 from natscale.eval.backends import OBSERVATION_STOP, Generation, Request, cut_at_stops
 from natscale.eval.errors import EvalError
 from natscale.eval.prompting import Prompter
+
+# what servers answer (HTTP 400) to a prompt that leaves no room in the model's context: vLLM
+# "maximum context length is", OpenAI "context_length_exceeded", transformers serve "takes at most"
+_CONTEXT_FULL = re.compile(r"context.length|maximum context|takes at most", re.IGNORECASE)
+
+
+def chat_messages(messages: list[Message], observation_role: str) -> list[dict[str, Any]]:
+    """``messages`` as ``/v1/chat/completions`` takes them: a call's arguments as a JSON string,
+    the results after it as ``tool`` messages with its ``id`` (in order), other observations
+    with ``observation_role`` (the ReAct ``Observation:`` turns). An assistant turn's reasoning
+    stays inline in ``<think>`` tags, as training renders it, for the server's template to keep
+    or drop as it does in training."""
+    out: list[dict[str, Any]] = []
+    pending: list[str] = []
+    for m in messages:
+        msg: dict[str, Any] = {"role": m.role, "content": m.content}
+        if m.tool_calls:
+            msg["content"] = m.content or None
+            msg["tool_calls"] = [
+                {
+                    "id": c["id"],
+                    "type": "function",
+                    "function": {"name": c["name"], "arguments": json.dumps(c["arguments"])},
+                }
+                for c in m.tool_calls
+            ]
+            pending += [c["id"] for c in m.tool_calls]
+        elif m.role == "observation" and pending:
+            msg = {"role": "tool", "tool_call_id": pending.pop(0), "content": m.content}
+        elif m.role == "observation":
+            msg["role"] = observation_role
+        out.append(msg)
+    return out
 
 
 class EndpointError(RuntimeError):
@@ -83,6 +128,8 @@ class OpenAIBackend:
         return list(self.pool.map(self._one, requests))
 
     def _one(self, r: Request) -> Generation:
+        if self.cfg.api == "chat":
+            return self._send("/v1/chat/completions", self._chat_body(r), self._chat_generation)
         prompt: str | list[int]
         if self.cfg.prompt_format == "ids":
             prompt = self.prompter.ids(r.messages)
@@ -95,42 +142,85 @@ class OpenAIBackend:
             n = len(prompt) if isinstance(prompt, list) else len(self.prompter.ids(r.messages))
             if n + 1 > self.max_context:
                 return Generation("", 0, overflow=True)
-        body = {
+        body = {**self._sampling(r), "prompt": prompt, "stop": self.stops}
+        return self._send("/v1/completions", body, self._completion)
+
+    def _sampling(self, r: Request) -> dict[str, Any]:
+        body: dict[str, Any] = {
             "model": self.served_model,
-            "prompt": prompt,
             "max_tokens": self.loop.max_new_tokens,
             "temperature": self.sampling.temperature,
             "top_p": self.sampling.top_p,
-            "stop": self.stops,
         }
         if self.sampling.temperature > 0:
             body["seed"] = r.seed
-        body.update(self.cfg.extra_body)
+        return body
+
+    def _chat_body(self, r: Request) -> dict[str, Any]:
+        body = self._sampling(r)
+        body["messages"] = chat_messages(r.messages, self.prompter.cfg.observation_role)
+        if self.stops:  # some reasoning APIs refuse `stop` altogether
+            body["stop"] = self.stops
+        if self.prompter.tools:
+            body["tools"] = self.prompter.tools
+        if self.prompter.cfg.chat_template_kwargs:  # vLLM, SGLang, transformers serve
+            body["chat_template_kwargs"] = self.prompter.cfg.chat_template_kwargs
+        return body
+
+    def _completion(self, reply: dict) -> Generation:
+        choice = reply["choices"][0]
+        text = choice.get("text") or ""
+        return Generation(
+            cut_at_stops(text, self.stops),
+            _completion_tokens(reply, text),
+            truncated=choice.get("finish_reason") == "length",
+        )
+
+    def _chat_generation(self, reply: dict) -> Generation:
+        choice = reply["choices"][0]
+        message = choice["message"]
+        if not isinstance(message, dict):
+            raise ValueError(f"the choice's message is {type(message).__name__}")
+        content = message.get("content") or ""
+        if not isinstance(content, str):
+            raise ValueError("the message's content is not text")
+        reasoning = message.get("reasoning_content") or message.get("reasoning")
+        text = cut_at_stops(content, self.stops)
+        if reasoning and THINK_START not in content:  # the history keeps it inline, as prepare
+            text = f"{THINK_START}\n{str(reasoning).strip()}\n{THINK_END}\n\n{text}"
+        return Generation(
+            text,
+            _completion_tokens(reply, text),
+            truncated=choice.get("finish_reason") == "length",
+            message=message,
+        )
+
+    def _send(self, path: str, body: dict, read: Callable[[dict], Generation]) -> Generation:
+        """POST ``body`` (with ``openai.extra_body``; a key set to null there is removed) and
+        ``read`` the reply, retrying; a prompt the server says is too long is an overflow."""
+        body = {k: v for k, v in {**body, **self.cfg.extra_body}.items() if v is not None}
         delay = 0.5
         for attempt in range(self.cfg.retries + 1):
             try:
-                reply = self._post("/v1/completions", body)
-                choice = reply["choices"][0]
-                text = choice.get("text") or ""
-                usage = reply.get("usage") or {}
-                tokens = int(usage.get("completion_tokens") or len(text.split()))
-                cut = choice.get("finish_reason") == "length"
-                return Generation(cut_at_stops(text, self.stops), tokens, truncated=cut)
+                return read(self._post(path, body))
             except urllib.error.HTTPError as exc:
                 if exc.code < 500 and exc.code != 429:
                     detail = exc.read()[:300].decode("utf-8", "replace")
-                    raise EndpointError(
-                        f"{self.base}/v1/completions: HTTP {exc.code}: {detail}"
-                    ) from None
+                    if exc.code == 400 and _CONTEXT_FULL.search(detail):
+                        return Generation("", 0, overflow=True)
+                    raise EndpointError(f"{self.base}{path}: HTTP {exc.code}: {detail}") from None
                 error: Exception = exc
             except (urllib.error.URLError, OSError, KeyError, IndexError, ValueError) as exc:
                 error = exc
             if attempt < self.cfg.retries:
                 time.sleep(delay)
                 delay *= 2
-        raise EndpointError(
-            f"{self.base}/v1/completions failed after {self.cfg.retries + 1} tries: {error}"
-        )
+        raise EndpointError(f"{self.base}{path} failed after {self.cfg.retries + 1} tries: {error}")
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _completion_tokens(reply: dict, text: str) -> int:
+    usage = reply.get("usage") or {}
+    return int(usage.get("completion_tokens") or len(text.split()))
