@@ -1,6 +1,7 @@
 """`natscale eval CONFIG [--data PREPARED] [--set K=V] [--resume]`: run the agent, score it.
 
-`natscale eval compare RUN...` prints one markdown table of several evaluations.
+`natscale eval compare RUN... [--plot PNG]` prints one markdown table of several evaluations, each
+compared with the first question by question.
 """
 
 from __future__ import annotations
@@ -39,6 +40,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--resume", action="store_true", help="continue the eval already in the output directory"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--plot",
+        metavar="PNG",
+        help="compare: also draw the runs' metric and their differences with the first run",
+    )
 
 
 def _fail(message: str, code: int = 2) -> int:
@@ -83,15 +89,19 @@ def load_eval_config(path: str, overrides: list[str], data_dir: str | None):
         raise ConfigError(format_validation_error(exc, str(path), overridden)) from exc
 
 
-def _compare(runs: list[str]) -> int:
-    """``natscale eval compare RUN...``: one markdown table of the evaluations."""
+def _compare(runs: list[str], plot: str | None) -> int:
+    """``natscale eval compare RUN... [--plot PNG]``: one markdown table of the evaluations."""
+    from pathlib import Path
+
     from natscale.eval.compare import compare
     from natscale.eval.errors import EvalError
 
     if not runs:
         return _fail("compare needs at least one eval output directory")
+    if plot is not None and Path(plot).suffix.lower() != ".png":
+        return _fail(f"--plot {plot}: the chart is a PNG; give a path ending in .png")
     try:
-        table, line = compare(runs)
+        table, line = compare(runs, plot)
     except EvalError as exc:
         return _fail(str(exc))
     print(table)
@@ -158,7 +168,9 @@ def run(args: argparse.Namespace) -> int:
     from natscale.eval.errors import EvalError
 
     if args.target and args.target[0] == "compare":
-        return _compare(args.target[1:])
+        return _compare(args.target[1:], args.plot)
+    if args.plot is not None:
+        return _fail("--plot is for `natscale eval compare RUN...`")
     if len(args.target) != 1:
         return _fail("give one config: natscale eval CONFIG (or: natscale eval compare RUN...)")
     try:

@@ -1,0 +1,90 @@
+"""`natscale eval compare`: each run against the first, question by question (the paired
+difference, its interval, the sign test) and the chart."""
+
+from __future__ import annotations
+
+import json
+from math import comb
+
+import pytest
+
+from natscale.cli.main import main
+from natscale.eval.errors import EvalError
+from natscale.eval.paired import paired_difference, sign_test
+
+from .conftest import DATA, read_jsonl, scripted_fields, write_config
+
+LIMIT = 20
+
+
+def test_sign_test_is_the_exact_binomial_two_sided_test():
+    assert sign_test(0, 0) == 1.0 and sign_test(5, 5) == 1.0
+    assert sign_test(10, 0) == pytest.approx(2 / 1024)
+    assert sign_test(2, 8) == sign_test(8, 2) == pytest.approx(2 * (1 + 10 + 45) / 1024)
+    assert sign_test(30, 10) == pytest.approx(2 * sum(comb(40, k) for k in range(11)) / 2**40)
+
+
+def test_paired_difference_over_the_shared_questions():
+    base = {f"q{i}": (f"question {i}", float(i % 2)) for i in range(10)}  # 5 right
+    other = {f"q{i}": (f"question {i}", 1.0) for i in range(1, 12)}  # all right, q0 missing
+    d = paired_difference(base, other, bootstrap=500)
+    assert d["questions"] == 9 and d["better"] == 4 and d["worse"] == 0
+    assert d["value"] == pytest.approx(4 / 9)
+    lo, hi = d["ci95"]
+    assert 0 < lo <= d["value"] <= hi <= 1
+    assert d["p_sign_test"] == pytest.approx(2 / 16)
+    same = paired_difference(base, base)
+    assert same["value"] == 0 and same["ci95"] == [0, 0] and same["p_sign_test"] == 1.0
+    clash = {"q3": ("another question", 1.0)}
+    with pytest.raises(EvalError, match=r"question 'q3' is 'question 3' in a but .* in b"):
+        paired_difference(base, clash, names=("a", "b"))
+
+
+def _eval(tmp_path, capsys, name: str, trajectories) -> None:
+    fields = scripted_fields(tmp_path / name, limit=LIMIT, bootstrap=200)
+    fields["scripted"] = {"trajectories": [str(trajectories)]}
+    cfg = write_config(tmp_path / f"{name}.yaml", **fields)
+    assert main(["eval", str(cfg), "--no-progress"]) == 0
+    capsys.readouterr()
+
+
+def test_compare_two_agents_question_by_question_with_a_chart(tmp_path, capsys):
+    """Two real evals of the same questions: the bundled trajectories replayed, and the same with
+    each question's trajectories in reverse order (another first answer where there are
+    several): the table's difference is the per-question one, and the chart is written."""
+    bundled = json.loads((DATA / "trajectories.json").read_text())
+    groups: dict[str, list] = {}
+    for t in bundled:
+        groups.setdefault(t["id"], []).append(t)
+    reordered = tmp_path / "reordered.json"
+    reordered.write_text(json.dumps([t for g in groups.values() for t in reversed(g)]))
+    _eval(tmp_path, capsys, "a", DATA / "trajectories.json")
+    _eval(tmp_path, capsys, "b", reordered)
+
+    first = {e["id"]: e["info"]["reward"] for e in read_jsonl(tmp_path / "a" / "episodes.jsonl")}
+    second = {e["id"]: e["info"]["reward"] for e in read_jsonl(tmp_path / "b" / "episodes.jsonl")}
+    better = sum(second[q] and not first[q] for q in first)
+    worse = sum(first[q] and not second[q] for q in first)
+    assert worse > 0  # the data has questions whose later trajectory failed
+
+    png = tmp_path / "charts" / "compare.png"
+    runs = [str(tmp_path / "a"), str(tmp_path / "b")]
+    assert main(["eval", "compare", *runs, "--plot", str(png)]) == 0
+    captured = capsys.readouterr()
+    header, _, row_a, row_b = captured.out.strip().splitlines()
+    assert "accuracy vs first, paired [95% CI] on N questions | better / worse | p |" in header
+    assert "| (baseline) |" in row_a
+    delta = 100 * (better - worse) / LIMIT
+    assert f"| {delta:+.1f} [" in row_b and f"] on {LIMIT} | {better} / {worse} |" in row_b
+    assert f"| {sign_test(better, worse):.2g} |" in row_b
+    assert png.read_bytes().startswith(b"\x89PNG")
+    assert captured.err.strip() == f"natscale eval compare: 2 evaluations; chart {png}"
+
+
+def test_compare_refuses_a_plot_that_is_not_a_png_and_plot_without_compare(tmp_path, capsys):
+    assert main(["eval", "compare", str(tmp_path), "--plot", str(tmp_path / "c.svg")]) == 2
+    assert "the chart is a PNG" in capsys.readouterr().err
+    cfg = write_config(tmp_path / "e.yaml", **scripted_fields(tmp_path / "out"))
+    assert main(["eval", str(cfg), "--plot", str(tmp_path / "c.png")]) == 2
+    assert "--plot is for `natscale eval compare RUN...`" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
