@@ -113,6 +113,35 @@ def test_report_table_and_chart(tmp_path: Path):
     assert "| strategy | P | marker | correct | unfinished | wrong operation |" in text
     assert "| nat | 24 | success | 30.5 | 0.0 | 69.5 |" in text
     assert "| nat | 24 | failure | 0.0 | 100.0 | 0.0 |" in text
+    assert "Against vanilla" not in text  # results without per-question rewards
+
+
+def test_each_strategy_against_vanilla_question_by_question():
+    preset = replace(QUICK, positives=(24,), seeds=(0, 1))
+    right = {  # per strategy and seed: the test questions answered right, of q0..q9
+        "vanilla": ({0, 1, 2}, {0, 1, 2, 3}),
+        "nut": ({0, 1, 2}, {0, 1, 2, 3}),
+        "nat": ({0, 1, 2, 5, 6, 7, 8}, {1, 2, 3, 5, 6, 7, 8, 9}),
+        "nat-fine": ({9}, set()),
+    }
+    results = []
+    for strategy, per_seed in right.items():
+        for seed, qs in enumerate(per_seed):
+            r = _result(24, strategy, seed, len(qs) / 10)
+            r["success_marker"]["rewards"] = {f"q{i}": float(i in qs) for i in range(10)}
+            results.append(r)
+    pairs = {r["strategy"]: r for r in report.paired(preset, results)}
+    assert set(pairs) == {"nut", "nat", "nat-fine"}
+    assert pairs["nut"]["value"] == 0 and pairs["nut"]["p_sign_test"] == 1.0
+    # nat: q0 right in one seed of two (vanilla: both), q1-q3 as vanilla, q5-q8 right where
+    # vanilla never is, q9 in one seed of two
+    nat = pairs["nat"]
+    assert nat["value"] == pytest.approx((-0.5 + 4 * 1.0 + 0.5) / 10)
+    assert (nat["better"], nat["worse"], nat["questions"], nat["seeds"]) == (5, 1, 10, [0, 1])
+    assert pairs["nat-fine"]["better"] == 1 and pairs["nat-fine"]["worse"] == 4
+    text = report.markdown(preset, report.aggregate(preset, results), "# t", list(pairs.values()))
+    assert "| strategy | P | difference, points [95% CI] | better / worse questions | p |" in text
+    assert "| nat | 24 | **+40.0** [" in text and "| 5 / 1 of 10 | 0.22 |" in text
 
 
 def test_calibration_verdict_places_vanilla_against_the_band():
@@ -415,6 +444,10 @@ def test_quick_runs_the_pipeline_and_resumes(tmp_path: Path):
     nat = next(r for r in record["runs"] if r["strategy"] == "nat")
     assert nat["failure_marker"]["marker"] == "failure"
     assert Path(record["paths"]["png"]).is_file() and Path(record["paths"]["md"]).is_file()
+    # each strategy against vanilla on the test questions; the record keeps no per-question data
+    assert [r["strategy"] for r in record["paired"]] == ["nut", "nat", "nat-fine"]
+    assert all(r["questions"] == QUICK.test_questions for r in record["paired"])
+    assert not any("rewards" in run["success_marker"] for run in record["runs"])
     # a second call reuses every finished run: nothing is trained or evaluated again; a result
     # written before results held behaviours gets them from its episodes
     older = tmp_path / "work" / "runs" / "P24" / "nat" / "seed0" / "result.json"

@@ -45,6 +45,7 @@ def run_benchmark(
     kind = f"{preset.name}-calibration" if calibrate else preset.name
     stem = f"nat_{kind}_{device_tag(env)}_{stamp}"
     rows = report.aggregate(preset, runs)
+    pairs = report.paired(preset, runs)
     title = (
         f"natscale bench nat --preset {preset.name}{' --calibrate' if calibrate else ''}: "
         f"{preset.layers}-layer Llama "
@@ -63,7 +64,8 @@ def run_benchmark(
         "work_dir": str(work),
         "data": data,
         "rows": rows,
-        "runs": runs,
+        "paired": pairs,
+        "runs": [_without_rewards(r) for r in runs],
         "interval": "95%: Student t over seeds (one seed: the eval's bootstrap over questions)",
         "environment": env,
         "command": command or " ".join(["natscale", *sys.argv[1:]]),
@@ -77,11 +79,20 @@ def run_benchmark(
     if calibrate:
         record["calibration"] = report.calibration_verdict(preset, rows)
         header += f"\n\nCalibration: {record['calibration'] or 'no vanilla run to decide it'}."
-    atomic_write_bytes(paths["md"], report.markdown(preset, rows, header).encode())
+    atomic_write_bytes(paths["md"], report.markdown(preset, rows, header, pairs).encode())
     report.plot(preset, rows, paths["png"], title)
     record["paths"] = {k: str(v) for k, v in paths.items()}
     write_json_atomic(paths["json"], record)
     return record
+
+
+def _without_rewards(run: dict) -> dict:
+    """A run's result as the record keeps it: its per-question rewards (in the work folder's
+    result.json) are summed up by the record's ``paired``."""
+    return {
+        k: {kk: vv for kk, vv in v.items() if kk != "rewards"} if k.endswith("_marker") else v
+        for k, v in run.items()
+    }
 
 
 __all__ = ["PRESETS", "Preset", "run_benchmark"]

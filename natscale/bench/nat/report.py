@@ -3,6 +3,12 @@
 Accuracy per (strategy, P) is the mean over seeds. Its 95% interval is the Student t interval
 over the seeds' accuracies (what changes when the model is trained again), or with one seed the
 eval's bootstrap interval over questions. Both are written down in every record.
+
+Each strategy is also set against vanilla question by question (:func:`paired`): a test
+question's score is its reward averaged over the seeds, and the difference gets a paired
+bootstrap interval over the questions and the sign test (:mod:`natscale.eval.paired`). That
+interval is about the test questions, for these trained models; the seed interval above is
+about training again.
 """
 
 from __future__ import annotations
@@ -103,6 +109,54 @@ def aggregate(preset: Preset, results: list[dict[str, Any]]) -> list[dict[str, A
     return rows
 
 
+def paired(preset: Preset, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per P, each strategy against vanilla on the test questions both evaluated in every seed
+    (success marker); runs without per-question rewards (older results) are left out."""
+    from natscale.eval.paired import paired_difference
+
+    def scores(p: int, strategy: str) -> tuple[dict[str, tuple[str, float]], list[int]] | None:
+        runs = [r for r in results if r["p"] == p and r["strategy"] == strategy]
+        per_run = [r["success_marker"].get("rewards") for r in runs]
+        if not runs or any(not x for x in per_run):
+            return None
+        shared = set.intersection(*(set(x) for x in per_run))
+        mean = {q: ("", statistics.fmean(x[q] for x in per_run)) for q in shared}
+        return mean, sorted(r["seed"] for r in runs)
+
+    out = []
+    for p in _positives(preset, results):
+        base = scores(p, "vanilla")
+        for strategy in preset.strategies:
+            other = scores(p, strategy) if strategy != "vanilla" else None
+            if base is None or other is None:
+                continue
+            d = paired_difference(base[0], other[0], names=("vanilla", strategy))
+            out.append({"p": p, "strategy": strategy, "versus": "vanilla", "seeds": other[1], **d})
+    return out
+
+
+def _paired_table(rows: list[dict[str, Any]]) -> list[str]:
+    if not rows:
+        return []
+    lines = [
+        "",
+        "Against vanilla, question by question (each test question's reward averaged over the "
+        "seeds; paired bootstrap 95% interval over the questions; exact sign test):",
+        "",
+        "| strategy | P | difference, points [95% CI] | better / worse questions | p |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        ci = r["ci95"]
+        ci_txt = f" [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]" if ci else ""
+        lines.append(
+            f"| {r['strategy']} | {p_label(r['p']).removeprefix('P = ')} | "
+            f"**{100 * r['value']:+.1f}**{ci_txt} | {r['better']} / {r['worse']} of "
+            f"{r['questions']} | {r['p_sign_test']:.2g} |"
+        )
+    return lines
+
+
 def _mean_behaviour(per_run: list[dict[str, float] | None]) -> dict[str, float] | None:
     """The mean over runs of each behaviour's share (None if a run has none recorded)."""
     if not per_run or any(b is None for b in per_run):
@@ -118,8 +172,14 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}"
 
 
-def markdown(preset: Preset, rows: list[dict[str, Any]], header: str) -> str:
-    """The accuracy table (success marker) and the controllability table (failure markers)."""
+def markdown(
+    preset: Preset,
+    rows: list[dict[str, Any]],
+    header: str,
+    pairs: list[dict[str, Any]] | None = None,
+) -> str:
+    """The accuracy table (success marker), each strategy against vanilla question by question
+    (``pairs``, :func:`paired`) and the controllability table (failure markers)."""
     ps = _positives(preset, rows)
     lines = [header, "", "Test accuracy, % (95% interval; per seed), greedy, success marker:", ""]
     lines.append("| strategy | " + " | ".join(p_label(p) for p in ps) + " |")
@@ -143,6 +203,7 @@ def markdown(preset: Preset, rows: list[dict[str, Any]], header: str) -> str:
             seeds = ", ".join(_pct(a) for a in row["per_seed"])
             cells.append(f"**{_pct(row['accuracy'])}**{ci_txt} ({seeds})")
         lines.append(f"| {strategy} | " + " | ".join(cells) + " |")
+    lines += _paired_table(pairs or [])
     ctrl = [r for r in rows if r["marker"] != "success"]
     if ctrl:
         lines += ["", "Controllability: the same models with a failure marker in the question:", ""]

@@ -44,6 +44,7 @@ from natscale.bench.nat.data import (
     subset,
 )
 from natscale.bench.nat.presets import Preset
+from natscale.eval.paired import question_scores
 
 MARKER = ".natscale-bench"
 
@@ -306,7 +307,13 @@ def _metrics(summary: dict[str, Any], out: Path) -> dict[str, Any]:
         "failures": summary["failures"],
         "mean_turns": summary["mean_turns"],
         "behaviour": behaviour(out / "episodes.jsonl"),
+        "rewards": _rewards(out),
     }
+
+
+def _rewards(eval_dir: Path) -> dict[str, float]:
+    """Each test question's reward (its mean over samples): what the report pairs."""
+    return {q: score for q, (_, score) in (question_scores(eval_dir) or {}).items()}
 
 
 def _eval_dir(run_dir: Path, marker: str | None) -> Path:
@@ -314,12 +321,16 @@ def _eval_dir(run_dir: Path, marker: str | None) -> Path:
 
 
 def _with_behaviour(result: dict[str, Any], run_dir: Path) -> dict[str, Any]:
-    """A result written before results held the behaviours, with them (from its episodes)."""
+    """A result written before results held the behaviours and the per-question rewards, with
+    them (from its episodes; without those the report leaves them out)."""
     for key, marker in (("success_marker", None), ("failure_marker", "failure")):
-        if key in result and "behaviour" not in result[key]:
-            episodes = _eval_dir(run_dir, marker) / "episodes.jsonl"
-            if episodes.is_file():  # else the report leaves the behaviours out
-                result[key]["behaviour"] = behaviour(episodes)
+        episodes = _eval_dir(run_dir, marker) / "episodes.jsonl"
+        if key not in result or not episodes.is_file():
+            continue
+        if "behaviour" not in result[key]:
+            result[key]["behaviour"] = behaviour(episodes)
+        if "rewards" not in result[key]:
+            result[key]["rewards"] = _rewards(episodes.parent)
     return result
 
 
