@@ -37,6 +37,15 @@ def scripted_fields(out: Path, **extra) -> dict:
     return fields
 
 
+def endpoint_fields(url: str, tmp_path: Path, questions: list[dict], **fields) -> dict:
+    """An eval config of ``backend: openai`` at ``url`` on ``questions`` (written under
+    ``tmp_path``, as is the output), then ``fields``."""
+    path = tmp_path / "q.jsonl"
+    path.write_text("".join(json.dumps(q) + "\n" for q in questions))
+    base = {"backend": "openai", "model": url, "output": str(tmp_path / "run")}
+    return {**base, "questions": [str(path)], "bootstrap": 0, **fields}
+
+
 def bundled_by_id() -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {}
     for t in json.loads((DATA / "trajectories.json").read_text()):

@@ -17,7 +17,7 @@ from natscale.config.eval import EvalConfig
 from natscale.eval.backends.openai import EndpointError
 from natscale.eval.run import run_eval
 
-from .conftest import DATA, openai_endpoint, read_jsonl
+from .conftest import DATA, endpoint_fields, openai_endpoint, read_jsonl
 
 SUCCESS = "Generate a sequence of Thought and Action steps to solve the problem correctly."
 QUESTIONS = [
@@ -28,18 +28,14 @@ QUESTIONS = [
 
 
 def _fields(url: str, tmp_path, **extra) -> dict:
-    questions = tmp_path / "q.jsonl"
-    questions.write_text("".join(json.dumps(q) + "\n" for q in QUESTIONS))
-    fields = {
-        "backend": "openai",
-        "model": url,
-        "output": str(tmp_path / "run"),
-        "questions": [str(questions)],
-        "prompt": {"file": str(DATA / "prompt.json")},
-        "openai": {"api": "chat", "concurrency": 1},
-        "loop": {"max_new_tokens": 64},
-        "bootstrap": 0,
-    }
+    fields = endpoint_fields(
+        url,
+        tmp_path,
+        QUESTIONS,
+        prompt={"file": str(DATA / "prompt.json")},
+        openai={"api": "chat", "concurrency": 1},
+        loop={"max_new_tokens": 64},
+    )
     for key, value in extra.items():
         fields[key] = {**fields.get(key, {}), **value} if isinstance(value, dict) else value
     return fields

@@ -22,7 +22,7 @@ from natscale.eval.errors import EvalError
 from natscale.eval.prompting import Prompter
 from natscale.eval.run import run_eval, summary_line
 
-from .conftest import TOKENIZER, completions_endpoint, read_jsonl
+from .conftest import TOKENIZER, completions_endpoint, endpoint_fields, read_jsonl
 
 
 def call(name: str, **arguments) -> str:
@@ -58,18 +58,14 @@ def endpoint():
 
 
 def _fields(url: str, tmp_path, **extra) -> dict:
-    questions = tmp_path / "q.jsonl"
-    questions.write_text("".join(json.dumps(q) + "\n" for q in QUESTIONS))
-    fields = {
-        "backend": "openai",
-        "model": url,
-        "output": str(tmp_path / "run"),
-        "questions": [str(questions)],
-        "prompt": {"tokenizer": str(TOKENIZER), "template": "llama2", "system": "Use the tools."},
-        "loop": {"protocol": "tool_calls"},
-        "openai": {"concurrency": 1},
-        "bootstrap": 0,
-    }
+    fields = endpoint_fields(
+        url,
+        tmp_path,
+        QUESTIONS,
+        prompt={"tokenizer": str(TOKENIZER), "template": "llama2", "system": "Use the tools."},
+        loop={"protocol": "tool_calls"},
+        openai={"concurrency": 1},
+    )
     fields.update(extra)
     return fields
 
