@@ -222,3 +222,10 @@ def test_a_full_context_ends_the_episode_and_extra_body_replaces_fields(tmp_path
 def test_chat_takes_no_token_ids(tmp_path):
     with pytest.raises(ValueError, match=r"prompt_format: ids is for openai.api: completions"):
         EvalConfig.model_validate(_fields("http://x/v1", tmp_path, openai={"prompt_format": "ids"}))
+
+
+@pytest.mark.parametrize("name", ["collect_chat", "eval_math", "eval_scripted"])
+def test_example_configs_are_valid(name):
+    from natscale.cli.eval import load_eval_config
+
+    assert load_eval_config(str(DATA.parent / "configs" / f"{name}.yaml"), [], None).task == "math"
