@@ -191,21 +191,26 @@ def call_tool(tool: Tool, argument: str, timeout_s: float | None = 10.0) -> str:
         return f"Error: {type(exc).__name__}: {exc}"
 
 
-def load_schemas(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
-    """``tools.schemas``: a JSON file of OpenAI tool schemas (a list, as a chat template's
-    ``tools``, or bare ``{"name", "description", "parameters"}`` objects), by name."""
+def load_schemas(source: str | os.PathLike | list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``tools.schemas``: OpenAI tool schemas (a list, as a chat template's ``tools``, or bare
+    ``{"name", "description", "parameters"}`` objects) in a JSON file or given as the list, by
+    name."""
     from natscale.data.render.tools import normalize_tools
 
-    try:
-        raw = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ToolConfigError(f"tools.schemas: {path}: file not found") from None
-    except (OSError, ValueError) as exc:
-        raise ToolConfigError(f"tools.schemas: {path}: not a JSON file ({exc})") from None
+    where = "tools.schemas" if isinstance(source, list) else f"tools.schemas: {source}"
+    if isinstance(source, list):
+        raw: Any = source
+    else:
+        try:
+            raw = json.loads(Path(source).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ToolConfigError(f"{where}: file not found") from None
+        except (OSError, ValueError) as exc:
+            raise ToolConfigError(f"{where}: not a JSON file ({exc})") from None
     try:
         schemas = normalize_tools(raw)
     except ValueError as exc:
-        raise ToolConfigError(f"tools.schemas: {path}: {exc}") from None
+        raise ToolConfigError(f"{where}: {exc}") from None
     return {s["function"]["name"]: s for s in schemas}
 
 

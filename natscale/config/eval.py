@@ -53,10 +53,11 @@ class ToolsConfig(_Strict):
     corpus: str | None = Field(None, description="search corpus: JSONL of {title, text}")
     user: dict[str, str] = Field(default_factory=dict, description="name -> 'module:function'")
     timeout_s: float = Field(10.0, gt=0)
-    schemas: str | None = Field(
+    schemas: str | list[dict[str, Any]] | None = Field(
         None,
-        description="JSON file of OpenAI tool schemas that replace the tools' own "
-        "(loop.protocol: tool_calls), e.g. the `tools` of the training data",
+        description="OpenAI tool schemas that replace the tools' own (loop.protocol: "
+        "tool_calls), e.g. the `tools` of the training data: a JSON file, or the list itself "
+        "(--data of a dataset whose trajectories offered tools gives them)",
     )
 
 

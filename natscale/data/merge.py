@@ -205,6 +205,16 @@ def _lengths(folder: Path) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
 
+def offered_tools(stats: list[dict]) -> list[dict[str, Any]]:
+    """The tool schemas the parts' trajectories offered (``stats.json`` ``tools``): each name
+    once, the first part's schema, in order."""
+    tools: dict[str, Any] = {}
+    for s in stats:
+        for schema in s.get("tools", []):
+            tools.setdefault(schema["function"]["name"], schema)
+    return list(tools.values())
+
+
 def merged_stats(parts: Sequence[Path], stats: list[dict], files: list[str]) -> dict:
     """The stats.json of the merged folder (see the module doc)."""
     s0 = stats[0]
@@ -230,7 +240,9 @@ def merged_stats(parts: Sequence[Path], stats: list[dict], files: list[str]) -> 
         if isinstance(entry, dict) and "requested" in entry:
             asked = [s["sampling"][name].get("requested") for s in stats]
             entry["requested"] = None if None in asked else sum(asked)
+    tools = offered_tools(stats)
     return {
+        **({"tools": tools} if tools else {}),
         **{k: s0[k] for k in ("version", "classes", "strategy", "template", "end_of_turn")},
         "turns": s0.get("turns", "all"),  # the config check made every part's the same
         "tokenizer": s0["tokenizer"],

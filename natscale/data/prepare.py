@@ -345,6 +345,7 @@ def _prepare(
         keep = windows.sampled_positions(counter.available, config.strategy, config.seed)
     selector = windows.Selector(config.strategy, prompts, keep)
     tally = {"loaded": 0, "unfinished": 0, "labelled": 0}
+    offered: dict[str, dict[str, Any]] = {}  # the tools the kept trajectories offer, by name
 
     def examples() -> Iterator:
         for traj in iter_sources(config, issues, sources):
@@ -354,6 +355,8 @@ def _prepare(
                 tally["labelled"] += 1
                 ex = selector.take(traj)
                 if ex is not None:
+                    for schema in traj.tools or ():
+                        offered.setdefault(schema["function"]["name"], schema)
                     yield from nat.each_turn(ex) if rc.turns == "each" else (ex,)
 
     names = config.strategy.class_names()
@@ -497,6 +500,8 @@ def _prepare(
                 "warnings": warned,
             }
         )
+        if offered:  # what `natscale eval --data` offers the agent (natscale.eval.prepared)
+            stats["tools"] = list(offered.values())
         stats["elapsed_s"] = round(time.perf_counter() - t0, 3)
         write_json(tmp.stats, stats)
 

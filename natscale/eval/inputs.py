@@ -48,7 +48,7 @@ def input_identity(cfg: EvalConfig) -> dict[str, str]:
         ("prompt.response_template", cfg.prompt.response_template),
     ]
     for name, path in named:
-        if path and Path(path).is_file():
+        if isinstance(path, str) and path and Path(path).is_file():
             out[name] = _file(Path(path))
     return out
 

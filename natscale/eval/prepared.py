@@ -48,13 +48,22 @@ def _recorded(prepared_dir: str | os.PathLike):
 
 
 def agent_defaults(prepared_dir: str | os.PathLike) -> dict[str, Any]:
-    """The ``loop`` and ``tools`` sections of an eval config for a dataset whose sources turned
-    ReAct steps into native tool calls (``native_tools``): the tool-call loop, those tools."""
-    _, cfg, _ = _recorded(prepared_dir)
-    names = [n for s in cfg.sources for n in (getattr(s, "native_tools", None) or [])]
+    """The ``loop`` and ``tools`` sections of an eval config for a dataset of native tool calls:
+    the tool-call loop with the tools its trajectories offered (``stats.json`` ``tools``, their
+    schemas as they were trained: ``tools.schemas``) or that ReAct steps were turned into
+    (``native_tools``). A tool that is not built in still needs ``tools.user``."""
+    from natscale.agent.react import FINISH
+
+    _, cfg, stats = _recorded(prepared_dir)
+    native = [n for s in cfg.sources for n in (getattr(s, "native_tools", None) or [])]
+    schemas = [] if native else list(stats.get("tools") or [])
+    names = native + [t["function"]["name"] for t in schemas]
     if not names:
         return {}
-    return {"loop": {"protocol": "tool_calls"}, "tools": {"names": list(dict.fromkeys(names))}}
+    tools: dict[str, Any] = {"names": [n for n in dict.fromkeys(names) if n != FINISH]}
+    if schemas:
+        tools["schemas"] = schemas
+    return {"loop": {"protocol": "tool_calls"}, "tools": tools}
 
 
 def prompt_defaults(prepared_dir: str | os.PathLike, *, file_given: bool = False) -> dict[str, Any]:

@@ -384,3 +384,15 @@ def test_trainer_preflight_reads_sharded_output(traj_file, example_data, tmp_pat
         check_run(load_config(cfg, RunConfig), resume=False)
     with pytest.raises(PreparedDataError, match=r"data-00002-of-00003\.arrow"):
         PreparedRowsReader(out)
+
+
+def test_merge_keeps_every_part_s_tools_once():
+    from natscale.data.merge import offered_tools
+
+    def tool(name: str, text: str) -> dict:
+        return {"type": "function", "function": {"name": name, "description": text}}
+
+    parts = [{"tools": [tool("calc", "a"), tool("web", "b")]}, {}, {"tools": [tool("calc", "c")]}]
+    parts.append({"tools": [tool("shell", "d")]})
+    assert offered_tools(parts) == [tool("calc", "a"), tool("web", "b"), tool("shell", "d")]
+    assert offered_tools([{}, {}]) == []

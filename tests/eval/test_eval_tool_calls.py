@@ -257,3 +257,55 @@ def test_data_from_native_tools_defaults_the_tool_call_loop(tmp_path):
     assert cfg.loop.protocol == "tool_calls" and cfg.tools.names == ["calculate"]
     mine = write_config(tmp_path / "r.yaml", **base, loop={"protocol": "react"})
     assert load_eval_config(str(mine), [], str(tmp_path / "data")).loop.protocol == "react"
+
+
+def test_data_of_tool_call_trajectories_defaults_their_tools(endpoint, tmp_path):
+    """--data of a dataset whose trajectories offered tools (here: the agent's own tool-call
+    episodes, prepared as `format: openai`): the eval runs the tool-call loop and offers those
+    tools with the schemas they were trained with; one that is not built in needs tools.user."""
+    from natscale.cli.eval import load_eval_config
+
+    from .conftest import write_config
+
+    url, prompts = endpoint
+    run_eval(EvalConfig.model_validate(_fields(url, tmp_path)))
+    episodes = tmp_path / "episodes.jsonl"  # the episodes, with the tools worded their own way
+    records = read_jsonl(tmp_path / "run" / "episodes.jsonl")
+    for rec in records:
+        rec["tools"][0]["function"]["description"] = "Exact arithmetic, as trained."
+    episodes.write_text("".join(json.dumps(r) + "\n" for r in records))
+    trained_tools = records[0]["tools"]
+
+    def prepared(name: str, path) -> str:
+        source = {"format": "openai", "paths": [str(path)], "success_field": "info.reward"}
+        fields = {
+            "output": str(tmp_path / name),
+            "sources": [source],
+            "render": {"tokenizer": str(TOKENIZER), "template": "llama2"},
+            "pack": {"max_seq_len": 2048},
+        }
+        prepare(PrepareConfig.model_validate(fields), progress=False)
+        return str(tmp_path / name)
+
+    data = prepared("data", episodes)
+    assert json.loads((tmp_path / "data" / "stats.json").read_text())["tools"] == trained_tools
+    base = {k: v for k, v in _fields(url, tmp_path).items() if k != "loop"}
+    base["output"] = str(tmp_path / "again")
+    cfg = load_eval_config(str(write_config(tmp_path / "e.yaml", **base)), [], data)
+    assert cfg.loop.protocol == "tool_calls" and cfg.tools.names == ["calculate"]
+    assert cfg.tools.schemas == trained_tools
+    prompts.clear()
+    summary = run_eval(cfg)
+    assert summary["protocol"] == "tool_calls" and summary["episodes"] == len(QUESTIONS)
+    assert all("Exact arithmetic, as trained." in p for p in prompts)  # the trained schema
+
+    other = tmp_path / "lookup.jsonl"
+    record = read_jsonl(episodes)[0]
+    record["tools"] = [{"type": "function", "function": {"name": "lookup", "parameters": {}}}]
+    other.write_text(json.dumps(record) + "\n")
+    cfg = load_eval_config(
+        str(write_config(tmp_path / "e.yaml", **base)), [], prepared("d2", other)
+    )
+    assert cfg.tools.names == ["lookup"]
+    with pytest.raises(EvalError, match=r"unknown tool 'lookup'.*tools\.user"):
+        run_eval(cfg.model_copy(update={"output": str(tmp_path / "third")}))
