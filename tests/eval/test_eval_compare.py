@@ -4,6 +4,7 @@ difference, its interval, the sign test) and the chart."""
 from __future__ import annotations
 
 import json
+import shutil
 from math import comb
 
 import pytest
@@ -79,6 +80,14 @@ def test_compare_two_agents_question_by_question_with_a_chart(tmp_path, capsys):
     assert f"| {sign_test(better, worse):.2g} |" in row_b
     assert png.read_bytes().startswith(b"\x89PNG")
     assert captured.err.strip() == f"natscale eval compare: 2 evaluations; chart {png}"
+    # a summary.json without its episodes cannot be paired; one run alone is just drawn
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(tmp_path / "b" / "summary.json", alone / "summary.json")
+    assert main(["eval", "compare", runs[0], str(alone), "--plot", str(png)]) == 0
+    assert "| n/a |  |  |" in capsys.readouterr().out.strip().splitlines()[-1]
+    assert main(["eval", "compare", runs[0], "--plot", str(tmp_path / "one.png")]) == 0
+    assert "vs first" not in capsys.readouterr().out and (tmp_path / "one.png").is_file()
 
 
 def test_compare_refuses_a_plot_that_is_not_a_png_and_plot_without_compare(tmp_path, capsys):
