@@ -61,15 +61,17 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     permissions ``open()`` would give it), on any exception it is removed. The parent must exist.
     """
     path = Path(path)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(name)
-    try:
+    name = None
+    try:  # a signal that lands just after the file is made still removes it
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        tmp = Path(name)
         yield tmp
         apply_umask(tmp)  # mkstemp made it 0600
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        if name is not None:
+            Path(name).unlink(missing_ok=True)
         raise
 
 
@@ -352,9 +354,9 @@ def atomic_output_dir(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_partials(out_dir)
     tmp = partial_dir(out_dir)
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    try:  # a signal that lands just after the folder is made (inside mkdir) still removes it
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
         yield tmp
         write_marker(tmp, kind)
         # the folder may have appeared or changed while we worked: check again before replacing

@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from natscale.atomic import atomic_output_dir
 from natscale.cli.interrupt import run_interruptible
 
@@ -56,4 +58,21 @@ def test_prepare_stopped_by_sigterm_leaves_nothing(tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err
     assert "prepare: stopped by SIGTERM, nothing written" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_stop_that_lands_as_the_partial_folder_is_made_removes_it(tmp_path, monkeypatch):
+    """SIGTERM's handler raises wherever Python is: also inside ``mkdir``, after the folder was
+    made (a busy machine hit this). The partial folder goes all the same."""
+    made = Path.mkdir
+
+    def mkdir_then_stop(self, *args, **kwargs):
+        made(self, *args, **kwargs)
+        if ".partial-" in self.name:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "mkdir", mkdir_then_stop)
+    with pytest.raises(KeyboardInterrupt), atomic_output_dir(tmp_path / "out", kind="prepared"):
+        pass
+    monkeypatch.undo()
     assert list(tmp_path.iterdir()) == []
