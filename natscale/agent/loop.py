@@ -69,6 +69,9 @@ class Generation:
     # the message a ``/v1/chat/completions`` server answered (its ``tool_calls`` parsed by the
     # server); ``text`` is then its content, after its reasoning in ``<think>`` tags
     message: dict[str, Any] | None = None
+    # the server generated the turn but could not read it (its tool parser failed): the turn
+    # is an unparseable_action with this message
+    error: str | None = None
 
 
 @dataclass
@@ -88,13 +91,18 @@ class Episode:
     done: bool = False
 
     def count_turn(self, gen: Generation) -> bool:
-        """Count a generated turn; False (the episode ends) if its prompt did not fit."""
+        """Count a generated turn; False (the episode ends) if its prompt did not fit or the
+        server could not read it."""
         if gen.overflow:
             self.failure, self.done = "context_overflow", True
             return False
         self.turns += 1
         self.generated_tokens += gen.tokens
         self.truncated_turns += gen.truncated
+        if gen.error is not None:
+            self.history.append({"role": "assistant", "content": gen.text, "loss": True})
+            self.failure, self.error, self.done = "unparseable_action", gen.error, True
+            return False
         return True
 
     def conversations(self) -> list[dict[str, Any]]:

@@ -192,21 +192,28 @@ def test_calls_left_in_the_text_are_read_with_a_response_template(tmp_path):
 
 
 def test_a_full_context_ends_the_episode_and_extra_body_replaces_fields(tmp_path):
-    """A server's 400 for a prompt that does not fit is a context overflow (the episode ends;
-    other 4xx stop the run); `openai.extra_body` adds fields, and a null there removes one
+    """A server's 400 for a prompt that does not fit is a context overflow, and one for a turn
+    its parser cannot read (`transformers serve`) an unparseable action: the episode ends; other
+    4xx stop the run. `openai.extra_body` adds fields, and a null there removes one
     (`max_tokens` for APIs that want `max_completion_tokens`)."""
     too_long = {"error": {"message": "This model's maximum context length is 2048 tokens."}}
+    unreadable = {"detail": "json parser could not parse region as JSON.\nContent: '{\"na"}
 
     def answer(path: str, body: dict) -> tuple[int, dict]:
         if "17 * 23" in json.dumps(body["messages"]):
             return 400, too_long
+        if "3 + 3" in json.dumps(body["messages"]):
+            return 400, unreadable
         return _chat_reply({"content": "Thought: x\nAction: finish[4]"})
 
     extra = {"max_tokens": None, "max_completion_tokens": 32, "stop": None}
-    fields = _fields("", tmp_path, limit=2, openai={"extra_body": extra})
+    fields = _fields("", tmp_path, openai={"extra_body": extra})
     with openai_endpoint(answer) as (url, bodies):
         summary = run_eval(EvalConfig.model_validate({**fields, "model": url}))
-    assert summary["failures"]["context_overflow"] == 1 and summary["episodes"] == 2
+    assert summary["failures"]["context_overflow"] == 1 and summary["episodes"] == 3
+    (bad,) = [e for e in read_jsonl(tmp_path / "run" / "episodes.jsonl") if e["id"] == "q2"]
+    assert bad["info"]["failure"] == "unparseable_action" and bad["info"]["turns"] == 1
+    assert bad["info"]["error"].startswith("the server could not read the turn: {")
     assert all(b["max_completion_tokens"] == 32 for b in bodies)
     assert not any("max_tokens" in b or "stop" in b for b in bodies)
 

@@ -12,6 +12,7 @@ Slow (training the tiny model takes a minute or more on a shared CPU).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -137,16 +138,17 @@ def test_hf_trained_model_plays_whole_episodes(trained, questions, tmp_path):
         assert ep["info"]["turns"] == 3 and ep["info"]["failure"] is None
 
 
-@pytest.fixture(scope="module")
-def server(trained, tmp_path_factory):
+@contextlib.contextmanager
+def _serve(model: Path, log_dir: Path):
+    """A real ``transformers serve`` of ``model`` on 127.0.0.1; yields its URL."""
     pytest.importorskip("fastapi", reason="needs the transformers[serving] extra")
     pytest.importorskip("uvicorn", reason="needs the transformers[serving] extra")
     port = free_port()
     exe = Path(sys.executable).with_name("transformers")
-    log = (tmp_path_factory.mktemp("serve") / "serve.log").open("w")
+    log = (log_dir / "serve.log").open("w")
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     proc = subprocess.Popen(
-        [str(exe), "serve", str(trained), "--host", "127.0.0.1", "--port", str(port),
+        [str(exe), "serve", str(model), "--host", "127.0.0.1", "--port", str(port),
          "--device", "cpu", "--log-level", "warning"],
         stdout=log, stderr=subprocess.STDOUT, env=env,
     )  # fmt: skip
@@ -169,6 +171,12 @@ def server(trained, tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+@pytest.fixture(scope="module")
+def server(trained, tmp_path_factory):
+    with _serve(trained, tmp_path_factory.mktemp("serve")) as url:
+        yield url
 
 
 def test_openai_backend_against_transformers_serve(trained, server, questions, tmp_path):
@@ -202,3 +210,98 @@ def test_chat_api_against_transformers_serve(trained, server, questions, tmp_pat
         want = by_id[ep["id"]]
         assert ep["conversations"][0] == want["conversations"][0]
         assert ep["info"]["pred"] == want["info"]["pred"] and ep["info"]["failure"] is None
+
+
+# a chat template with tools and calls (Qwen's layout, the call as `<tool_call>` JSON), each
+# assistant turn ended by the EOS the server stops at; a turn with calls is its calls alone, as
+# `transformers serve` passes such a turn to the template without its text
+TOOLS_JINJA = (
+    "{% if tools %}{{ '<|im_start|>system\\nTools:' }}{% for t in tools %}"
+    "{{ ' ' + t['function']['name'] }}{% endfor %}{{ '<|im_end|>\\n' }}{% endif %}"
+    "{% for m in messages %}{% if m['role'] == 'assistant' %}{{ '<|im_start|>assistant\\n' }}"
+    "{% if m['content'] and not m.get('tool_calls') %}{{ m['content'] }}{% endif %}"
+    "{% for c in m.get('tool_calls') or [] %}"
+    "{{ '<tool_call>\\n' + (c['function'] | tojson) + '\\n</tool_call>' }}{% endfor %}"
+    "{{ eos_token + '\\n' }}{% else %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + "
+    "'<|im_end|>\\n' }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def _train_tiny_tools(out: Path) -> Path:
+    """The tiny model trained on the two questions' trajectories as native tool calls, saved with
+    the chat template above and the response template the server parses its calls with."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from natscale.agent.response_templates import response_template
+    from natscale.data.formats import load_trajectories
+    from natscale.data.nat import format_question
+    from natscale.data.prompts import load_task_prompt
+    from natscale.data.render import Renderer, load_tokenizer, trajectory_messages
+
+    tok = load_tokenizer(TOKENIZER)
+    tok.chat_template = TOOLS_JINJA
+    # natscale's template for such calls, anchored on the generation prompt: the server parses
+    # the turn after the prompt (natscale reads the turn alone, which needs no anchor)
+    turn_alone = response_template("tool_call_json", tok.eos_token)
+    anchored = {k: v for k, v in turn_alone.items() if k != "start_anchor_pattern"}
+    tok.response_template = {**anchored, "start_anchor": "<|im_start|>assistant\n"}
+    renderer = Renderer(tok, "hf", observation_role="tool")  # as the chat API sends results
+    prompt = load_task_prompt(DATA / "prompt.json")
+    path = out.parent / "trajectories.json"
+    path.write_text(json.dumps([_bundled()[q] for q in QIDS]))
+    trajs = load_trajectories(
+        [path],
+        "nat",
+        questions=[str(DATA / "questions.jsonl")],
+        prompt=str(DATA / "prompt.json"),
+        native_tools=["calculate"],
+    )
+    batch = []
+    for traj in trajs:
+        query = format_question(traj.question, prompt.templates["success"])
+        enc = renderer.encode(trajectory_messages(traj, query), tools=traj.tools)
+        ids = torch.tensor(enc.ids, dtype=torch.long)[None]
+        labels = ids.clone()
+        labels[0, ~torch.tensor(enc.mask)] = -100
+        batch.append((ids, labels))
+    raw = json.loads((EXAMPLES / "models" / "tiny-llama" / "config.json").read_text())
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(**{k: v for k, v in raw.items() if k != "architectures"}))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)  # 1e-2 spikes on these longer rows
+    for _ in range(1000):
+        total = 0.0
+        for ids, labels in batch:
+            loss = model(input_ids=ids, labels=labels).loss
+            loss.backward()
+            total += loss.item()
+        opt.step()
+        opt.zero_grad()
+        if total < 0.002:
+            break
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def test_chat_api_with_tool_calls_the_server_parses(tmp_path_factory, questions, tmp_path):
+    """`transformers serve` renders the tools and the history with the model's chat template
+    and parses the calls with its response template; natscale gets structured calls back and
+    plays the same episodes as the local `hf` backend, which reads the calls itself."""
+    model = _train_tiny_tools(tmp_path_factory.mktemp("tools") / "model")
+    loop = {"protocol": "tool_calls", "max_new_tokens": 160}
+    fields = _fields(str(model), tmp_path / "hf", questions, loop=loop)
+    fields["prompt"] = {
+        "file": str(DATA / "prompt.json"), "template": "hf", "observation_role": "tool",
+    }  # fmt: skip
+    hf = run_eval(EvalConfig.model_validate(fields))
+    assert hf["metrics"]["accuracy"]["value"] == 1.0, hf
+    with _serve(model, tmp_path) as url:
+        fields = _fields(url + "/v1", tmp_path / "chat", questions, backend="openai", loop=loop)
+        fields["prompt"] = {"file": str(DATA / "prompt.json")}  # the server renders
+        chat = run_eval(EvalConfig.model_validate({**fields, "openai": {"api": "chat"}}))
+    assert chat["metrics"] == hf["metrics"] and chat["response_template"] == "server"
+    want = {e["id"]: e for e in read_jsonl(tmp_path / "hf" / "episodes.jsonl")}
+    for ep in read_jsonl(tmp_path / "chat" / "episodes.jsonl"):
+        assert ep["messages"] == want[ep["id"]]["messages"]

@@ -38,6 +38,9 @@ from natscale.eval.prompting import Prompter
 # what servers answer (HTTP 400) to a prompt that leaves no room in the model's context: vLLM
 # "maximum context length is", OpenAI "context_length_exceeded", transformers serve "takes at most"
 _CONTEXT_FULL = re.compile(r"context.length|maximum context|takes at most", re.IGNORECASE)
+# what `transformers serve` answers (HTTP 400) when its response parser cannot read the turn the
+# model wrote (vLLM returns such a turn as text instead)
+_UNREADABLE = re.compile(r"could not parse", re.IGNORECASE)
 
 
 def chat_messages(messages: list[Message], observation_role: str) -> list[dict[str, Any]]:
@@ -208,6 +211,9 @@ class OpenAIBackend:
                     detail = exc.read()[:300].decode("utf-8", "replace")
                     if exc.code == 400 and _CONTEXT_FULL.search(detail):
                         return Generation("", 0, overflow=True)
+                    if exc.code == 400 and _UNREADABLE.search(detail):
+                        why = f"the server could not read the turn: {detail.strip()[:200]}"
+                        return Generation("", 0, error=why)
                     raise EndpointError(f"{self.base}{path}: HTTP {exc.code}: {detail}") from None
                 error: Exception = exc
             except (urllib.error.URLError, OSError, KeyError, IndexError, ValueError) as exc:
