@@ -42,41 +42,23 @@ LLAMA2_JINJA = (
 )
 
 
-def _train_tiny(out: Path) -> Path:
+def _fit(encodings, *, lr: float, steps: int):
+    """The tiny random Llama (seed 0) trained on ``encodings`` (rendered examples with their
+    train masks), full batch with Adam, until the summed loss is below 0.002."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
-
-    from natscale.data.nat import format_question
-    from natscale.data.prompts import load_task_prompt
-    from natscale.data.render import Renderer, load_tokenizer
-    from natscale.data.render.messages import Message, prompt_messages
 
     raw = json.loads((EXAMPLES / "models" / "tiny-llama" / "config.json").read_text())
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(**{k: v for k, v in raw.items() if k != "architectures"}))
-    renderer = Renderer(load_tokenizer(TOKENIZER), "llama2")
-    prompt = load_task_prompt(DATA / "prompt.json")
-    questions = {
-        q["id"]: q for q in map(json.loads, (DATA / "questions.jsonl").read_text().splitlines())
-    }
-    trajs = [_bundled()[qid] for qid in QIDS]  # one per question: math-00002 has three
     batch = []
-    for t in trajs:
-        msgs = prompt_messages(
-            instruction=prompt.instruction,
-            acknowledgement=prompt.acknowledgement,
-            query=format_question(questions[t["id"]]["question"], prompt.templates["success"]),
-        )
-        for c in t["conversations"]:
-            role = "assistant" if c["role"] == "assistant" else "observation"
-            msgs.append(Message(role, c["content"], c["loss"]))
-        enc = renderer.encode(msgs)
+    for enc in encodings:
         ids = torch.tensor(enc.ids, dtype=torch.long)[None]
         labels = ids.clone()
         labels[0, ~torch.tensor(enc.mask)] = -100
         batch.append((ids, labels))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(300):
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    for _ in range(steps):
         total = 0.0
         for ids, labels in batch:
             loss = model(input_ids=ids, labels=labels).loss
@@ -86,7 +68,32 @@ def _train_tiny(out: Path) -> Path:
         opt.zero_grad()
         if total < 0.002:
             break
-    model.save_pretrained(out)
+    return model
+
+
+def _train_tiny(out: Path) -> Path:
+    from natscale.data.nat import format_question
+    from natscale.data.prompts import load_task_prompt
+    from natscale.data.render import Renderer, load_tokenizer
+    from natscale.data.render.messages import Message, prompt_messages
+
+    renderer = Renderer(load_tokenizer(TOKENIZER), "llama2")
+    prompt = load_task_prompt(DATA / "prompt.json")
+    questions = {
+        q["id"]: q for q in map(json.loads, (DATA / "questions.jsonl").read_text().splitlines())
+    }
+    encodings = []
+    for t in [_bundled()[qid] for qid in QIDS]:  # one per question: math-00002 has three
+        msgs = prompt_messages(
+            instruction=prompt.instruction,
+            acknowledgement=prompt.acknowledgement,
+            query=format_question(questions[t["id"]]["question"], prompt.templates["success"]),
+        )
+        for c in t["conversations"]:
+            role = "assistant" if c["role"] == "assistant" else "observation"
+            msgs.append(Message(role, c["content"], c["loss"]))
+        encodings.append(renderer.encode(msgs))
+    _fit(encodings, lr=1e-2, steps=300).save_pretrained(out)
     for f in TOKENIZER.iterdir():
         shutil.copy(f, out / f.name)
     (out / "chat_template.jinja").write_text(LLAMA2_JINJA)
@@ -231,9 +238,6 @@ TOOLS_JINJA = (
 def _train_tiny_tools(out: Path) -> Path:
     """The tiny model trained on the two questions' trajectories as native tool calls, saved with
     the chat template above and the response template the server parses its calls with."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from natscale.agent.response_templates import response_template
     from natscale.data.formats import load_trajectories
     from natscale.data.nat import format_question
@@ -258,29 +262,15 @@ def _train_tiny_tools(out: Path) -> Path:
         prompt=str(DATA / "prompt.json"),
         native_tools=["calculate"],
     )
-    batch = []
-    for traj in trajs:
-        query = format_question(traj.question, prompt.templates["success"])
-        enc = renderer.encode(trajectory_messages(traj, query), tools=traj.tools)
-        ids = torch.tensor(enc.ids, dtype=torch.long)[None]
-        labels = ids.clone()
-        labels[0, ~torch.tensor(enc.mask)] = -100
-        batch.append((ids, labels))
-    raw = json.loads((EXAMPLES / "models" / "tiny-llama" / "config.json").read_text())
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(**{k: v for k, v in raw.items() if k != "architectures"}))
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)  # 1e-2 spikes on these longer rows
-    for _ in range(1000):
-        total = 0.0
-        for ids, labels in batch:
-            loss = model(input_ids=ids, labels=labels).loss
-            loss.backward()
-            total += loss.item()
-        opt.step()
-        opt.zero_grad()
-        if total < 0.002:
-            break
-    model.save_pretrained(out)
+    encodings = [
+        renderer.encode(
+            trajectory_messages(t, format_question(t.question, prompt.templates["success"])),
+            tools=t.tools,
+        )
+        for t in trajs
+    ]
+    # 1e-2 spikes on these longer rows
+    _fit(encodings, lr=3e-3, steps=1000).save_pretrained(out)
     tok.save_pretrained(out)
     return out
 
