@@ -138,6 +138,8 @@ def compare(runs: list[str], plot: str | Path | None = None) -> tuple[str, str]:
 
         try:
             line += f"; chart {plot_compare(runs, summaries, paired, plot)}"
+        except ValueError as exc:  # a file of the user's is in the way
+            raise EvalError(str(exc)) from None
         except OSError as exc:
             raise EvalError(f"--plot {plot}: cannot write the chart: {exc}") from None
     return "\n".join(lines), line

@@ -6,7 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from natscale.figures import save_png
+from natscale.figures import PNG_KEY, replaceable, save_png
+
+WRITER = "eval compare"  # the PNG text chunk that marks a chart as this command's
 
 
 def _label(run: str) -> str:
@@ -26,7 +28,14 @@ def plot_compare(
     paired: list[dict[str, Any] | None],
     path: str | Path,
 ) -> Path:
-    """Write the chart to ``path`` (a PNG, complete or not at all); return the path."""
+    """Write the chart to ``path`` (a PNG, complete or not at all); return the path. A file
+    there that this command did not write is never replaced (ValueError)."""
+    path = Path(path)
+    if not replaceable(path, WRITER):
+        raise ValueError(
+            f"--plot {path} exists and natscale eval compare did not write it; move it, or "
+            "give another path"
+        )
     import matplotlib
 
     matplotlib.use("Agg")
@@ -70,7 +79,7 @@ def plot_compare(
         ax.set_xlabel(f"{headline} minus the first run's, points (paired 95% CI)")
     fig.suptitle(f"natscale eval compare: {summaries[0].get('task', '')} {headline}", fontsize=10)
     try:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        return save_png(fig, path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return save_png(fig, path, **{PNG_KEY: WRITER})
     finally:
         plt.close(fig)

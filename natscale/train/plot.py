@@ -6,11 +6,10 @@ from pathlib import Path
 from typing import Any
 
 from natscale.checkpoint.layout import RunDir
-from natscale.figures import save_png
+from natscale.figures import PNG_KEY, replaceable, save_png
 from natscale.train.metrics import read_metrics
 
 PLOTS = ("loss.png", "throughput.png")
-PNG_KEY = "natscale"  # a PNG text chunk ("natscale": "plot") that says natscale wrote the file
 
 
 def _is_number(value: Any) -> bool:
@@ -102,17 +101,8 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
 def _check_replaceable(paths: list[Path]) -> None:
     """Each existing path is a PNG ``natscale plot`` wrote (its text chunk says so); a file of
     the user's with the same name is never replaced."""
-    from PIL import Image
-
     for path in paths:
-        if not path.exists() and not path.is_symlink():
-            continue
-        try:
-            with Image.open(path) as image:
-                ours = getattr(image, "text", {}).get(PNG_KEY) == "plot"
-        except OSError:  # not an image, a folder, unreadable
-            ours = False
-        if not ours or not path.is_file() or path.is_symlink():
+        if not replaceable(path, "plot"):
             raise ValueError(
                 f"--out {path.parent} already holds {path.name}, which natscale plot did not "
                 "write, and plotting would replace it; move it, or name another folder with --out"

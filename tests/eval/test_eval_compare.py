@@ -88,6 +88,16 @@ def test_compare_two_agents_question_by_question_with_a_chart(tmp_path, capsys):
     assert "| n/a |  |  |" in capsys.readouterr().out.strip().splitlines()[-1]
     assert main(["eval", "compare", runs[0], "--plot", str(tmp_path / "one.png")]) == 0
     assert "vs first" not in capsys.readouterr().out and (tmp_path / "one.png").is_file()
+    # a PNG of the user's at that path is never replaced
+    mine = tmp_path / "mine.png"
+    shutil.copy(tmp_path / "one.png", mine)
+    from PIL import Image
+
+    Image.open(mine).save(mine)  # the same picture, saved without natscale's mark
+    before = mine.read_bytes()
+    assert main(["eval", "compare", runs[0], "--plot", str(mine)]) == 2
+    assert "natscale eval compare did not write it" in capsys.readouterr().err
+    assert mine.read_bytes() == before
 
 
 def test_compare_refuses_a_plot_that_is_not_a_png_and_plot_without_compare(tmp_path, capsys):

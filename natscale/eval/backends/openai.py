@@ -27,8 +27,7 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
-from natscale.agent.react import THINK_END
-from natscale.agent.tool_calls import THINK_START
+from natscale.agent.tool_calls import THINK_START, ParsedTurn
 from natscale.config.eval import LoopConfig, OpenAIConfig, SamplingConfig
 from natscale.data.render.messages import Message
 from natscale.eval.backends import OBSERVATION_STOP, Generation, Request, cut_at_stops
@@ -190,7 +189,7 @@ class OpenAIBackend:
         reasoning = message.get("reasoning_content") or message.get("reasoning")
         text = cut_at_stops(content, self.stops)
         if reasoning and THINK_START not in content:  # the history keeps it inline, as prepare
-            text = f"{THINK_START}\n{str(reasoning).strip()}\n{THINK_END}\n\n{text}"
+            text = ParsedTurn(text, str(reasoning).strip(), []).history_content()
         return Generation(
             text,
             _completion_tokens(reply, text),
