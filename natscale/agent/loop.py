@@ -45,6 +45,7 @@ from natscale.agent.tool_calls import (
     ParsedTurn,
     ToolCallParseError,
     call_id,
+    single_parameter,
 )
 from natscale.agent.tools import Tool, call_tool, call_tool_with
 
@@ -146,6 +147,13 @@ def advance(
         ep.failure, ep.done = "turn_limit", True
 
 
+def finish_argument(tools: dict[str, Tool]) -> str:
+    """The name of ``finish``'s one parameter: ``answer``, or what ``tools.schemas`` renamed it to."""
+    finish = tools.get(FINISH)
+    param = single_parameter(finish.schema) if finish is not None and finish.schema else None
+    return param or FINISH_ARGUMENT
+
+
 def advance_tool_calls(
     ep: Episode,
     gen: Generation,
@@ -189,7 +197,7 @@ def advance_tool_calls(
         return
     for call in calls:
         if call["name"] == FINISH:
-            answer = call["arguments"].get(FINISH_ARGUMENT)
+            answer = call["arguments"].get(finish_argument(tools))
             ep.pred = answer if isinstance(answer, str) else json.dumps(answer)
             ep.done = True
             return
