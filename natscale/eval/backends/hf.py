@@ -84,13 +84,14 @@ class HFBackend:
         eot = prompter.end_of_turn
         self.eos_ids: list[int] = []
         eot_id = tok.convert_tokens_to_ids(eot) if eot else None
-        if eot_id is not None and eot_id != tok.unk_token_id:
+        eot_is_token = eot_id is not None and eot_id != tok.unk_token_id
+        if eot_is_token:
             self.eos_ids.append(int(eot_id))
         if tok.eos_token_id is not None and tok.eos_token_id not in self.eos_ids:
             self.eos_ids.append(int(tok.eos_token_id))
         self.react = loop.protocol == "react"
         self.stops = ([OBSERVATION_STOP] if self.react else []) + (
-            [eot] if eot and not self.eos_ids else []
+            [eot] if eot and not eot_is_token else []
         )
         pad = tok.pad_token_id if tok.pad_token_id is not None else (self.eos_ids or [0])[0]
         self.pad_id = int(pad)
@@ -106,8 +107,6 @@ class HFBackend:
         return out
 
     def _batch(self, requests: list[Request]) -> list[Generation]:
-        import torch
-
         prompts = [self.prompter.ids(r.messages) for r in requests]
         results: list[Generation | None] = [None] * len(requests)
         rows = []
@@ -116,38 +115,51 @@ class HFBackend:
                 results[i] = Generation("", 0, overflow=True)
             else:
                 rows.append(i)
-        if rows:
-            longest = max(len(prompts[i]) for i in rows)
-            max_new = min(self.loop.max_new_tokens, self.max_context - longest)
-            batch = torch.full((len(rows), longest), self.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(rows), longest), dtype=torch.long)
-            for j, i in enumerate(rows):
-                ids = prompts[i]
-                batch[j, longest - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-                mask[j, longest - len(ids) :] = 1
-            kwargs = {
-                "max_new_tokens": max_new,
-                "pad_token_id": self.pad_id,
-                "eos_token_id": self.eos_ids or None,
-                "use_cache": True,
-            }
-            if self.stops:
-                kwargs.update(stop_strings=self.stops, tokenizer=self.tokenizer)
-            if self.sampling.temperature > 0:
-                torch.manual_seed(requests[rows[0]].seed)
-                kwargs.update(
-                    do_sample=True, temperature=self.sampling.temperature, top_p=self.sampling.top_p
-                )
-            else:
-                kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-            with torch.inference_mode():
-                gen = self.model.generate(
-                    input_ids=batch.to(self.device), attention_mask=mask.to(self.device), **kwargs
-                )
-            new = gen[:, longest:].tolist()
-            for j, i in enumerate(rows):
-                results[i] = self._decode(new[j], max_new)
+        # Each row gets the tokens its own context has room for, whatever it is batched with:
+        # rows with less room than loop.max_new_tokens (near loop.max_context) go in their own
+        # generate call, so that a long prompt never cuts a short one.
+        groups: dict[int, list[int]] = {}
+        for i in rows:
+            room = min(self.loop.max_new_tokens, self.max_context - len(prompts[i]))
+            groups.setdefault(room, []).append(i)
+        for max_new, group in sorted(groups.items(), reverse=True):
+            for i, generation in zip(group, self._generate(prompts, group, requests, max_new)):
+                results[i] = generation
         return [r for r in results if r is not None]
+
+    def _generate(
+        self, prompts: list[list[int]], rows: list[int], requests: list[Request], max_new: int
+    ) -> list[Generation]:
+        import torch
+
+        longest = max(len(prompts[i]) for i in rows)
+        batch = torch.full((len(rows), longest), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), longest), dtype=torch.long)
+        for j, i in enumerate(rows):
+            ids = prompts[i]
+            batch[j, longest - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+            mask[j, longest - len(ids) :] = 1
+        kwargs = {
+            "max_new_tokens": max_new,
+            "pad_token_id": self.pad_id,
+            "eos_token_id": self.eos_ids or None,
+            "use_cache": True,
+        }
+        if self.stops:
+            kwargs.update(stop_strings=self.stops, tokenizer=self.tokenizer)
+        if self.sampling.temperature > 0:
+            torch.manual_seed(requests[rows[0]].seed)
+            kwargs.update(
+                do_sample=True, temperature=self.sampling.temperature, top_p=self.sampling.top_p
+            )
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        with torch.inference_mode():
+            gen = self.model.generate(
+                input_ids=batch.to(self.device), attention_mask=mask.to(self.device), **kwargs
+            )
+        new = gen[:, longest:].tolist()
+        return [self._decode(new[j], max_new) for j in range(len(rows))]
 
     def _decode(self, ids: list[int], max_new: int) -> Generation:
         n = len(ids)
