@@ -83,6 +83,38 @@ def test_context_overflow_is_a_failure_kind(tiny_model, tmp_path):
     assert summary["failures"]["context_overflow"] == 3
 
 
+def test_a_rows_token_budget_does_not_depend_on_its_batch(tiny_model):
+    """A short prompt batched with one near loop.max_context still gets all of
+    loop.max_new_tokens: the long row's lack of room is its own."""
+    backend, prompter = _backend(tiny_model, batch_size=2)
+    short, long = QUESTIONS[0], QUESTIONS[0] + " Tom has apples and pears." * 20
+    reqs = _requests(prompter, [short, long])
+    backend.max_context = len(prompter.ids(reqs[1].messages)) + 4  # room for 4 new tokens
+    single, _ = _backend(tiny_model, batch_size=1)
+    single.max_context = backend.max_context
+    together, alone = backend.generate(reqs), single.generate(reqs)
+    assert [(g.text, g.tokens, g.overflow, g.truncated) for g in together] == [
+        (g.text, g.tokens, g.overflow, g.truncated) for g in alone
+    ]
+    assert not together[0].overflow and together[1].tokens <= 4
+
+
+def test_an_end_of_turn_of_several_tokens_is_a_stop_string(tiny_model):
+    from natscale.eval.backends.hf import HFBackend
+    from natscale.eval.prompting import Prompter, load_eval_tokenizer
+
+    template = DATA.parent / "chat_templates" / "qwen3_style_thinks.jinja"
+    for protocol in ("react", "tool_calls"):
+        prompter = Prompter(
+            PromptConfig(template="hf", chat_template=str(template), end_of_turn="[END]"),
+            load_eval_tokenizer(tiny_model),
+        )
+        backend = HFBackend(
+            str(tiny_model), prompter, HFConfig(), LoopConfig(protocol=protocol), SamplingConfig()
+        )
+        assert "[END]" in backend.stops and backend.eos_ids == [prompter.tokenizer.eos_token_id]
+
+
 def test_random_model_episodes_end_unparseable_and_are_recorded(tiny_model, tmp_path):
     summary = run_eval(EvalConfig.model_validate(_hf_fields(tiny_model, tmp_path / "run", limit=4)))
     episodes = read_jsonl(tmp_path / "run" / "episodes.jsonl")
