@@ -3,7 +3,8 @@
 The config's fingerprint (``natscale.eval.run``) compares paths. This compares contents, cheaply:
 the model folder's ``config.json`` and, for every weight file, its size and the SHA-256 of its
 first 8 MiB (the header and the first tensors: a retrained model differs there); every questions,
-corpus, scripted-trajectories, tool-schema and response-template file by its size and the
+corpus, scripted-trajectories, tool-schema, response-template, prompt and chat-template file,
+and the tokenizer's files (``prompt.tokenizer``'s, else the model folder's), by its size and the
 SHA-256 of its first 8 MiB as well.
 """
 
@@ -17,6 +18,9 @@ from natscale.config.eval import EvalConfig
 
 HEAD_BYTES = 8 * 2**20
 WEIGHTS = ("*.safetensors", "*.bin", "*.pt")
+# what a tokenizer folder holds that changes the prompt's tokens (the chat template included)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
+                   "special_tokens_map.json", "added_tokens.json", "chat_template.jinja")  # fmt: skip
 
 
 def _file(path: Path) -> str:
@@ -26,13 +30,17 @@ def _file(path: Path) -> str:
     return f"{path.stat().st_size}:{digest.hexdigest()[:16]}"
 
 
-def _model(folder: Path) -> str:
+def _files(folder: Path, names: list[str]) -> str:
     digest = hashlib.sha256()
-    names = sorted({p.name for pattern in WEIGHTS for p in folder.glob(pattern) if p.is_file()})
-    for name in ["config.json", *names]:
+    for name in names:
         if (folder / name).is_file():
             digest.update(f"{name}={_file(folder / name)};".encode())
     return digest.hexdigest()[:16]
+
+
+def _model(folder: Path) -> str:
+    names = sorted({p.name for pattern in WEIGHTS for p in folder.glob(pattern) if p.is_file()})
+    return _files(folder, ["config.json", *names])
 
 
 def input_identity(cfg: EvalConfig) -> dict[str, str]:
@@ -40,12 +48,17 @@ def input_identity(cfg: EvalConfig) -> dict[str, str]:
     out: dict[str, str] = {}
     if cfg.model and Path(cfg.model).is_dir():
         out["model"] = _model(Path(cfg.model))
+    tokenizer = cfg.prompt.tokenizer or cfg.model
+    if tokenizer and Path(tokenizer).is_dir():
+        out["tokenizer"] = _files(Path(tokenizer), list(TOKENIZER_FILES))
     named: list[tuple[str, Any]] = [
         *((f"questions[{i}]", p) for i, p in enumerate(cfg.questions)),
         *((f"scripted.trajectories[{i}]", p) for i, p in enumerate(cfg.scripted.trajectories)),
         ("tools.corpus", cfg.tools.corpus),
         ("tools.schemas", cfg.tools.schemas),
         ("prompt.response_template", cfg.prompt.response_template),
+        ("prompt.file", cfg.prompt.file),
+        ("prompt.chat_template", cfg.prompt.chat_template),
     ]
     for name, path in named:
         if isinstance(path, str) and path and Path(path).is_file():

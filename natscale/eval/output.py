@@ -4,7 +4,8 @@ and the rank files of a data-parallel eval.
 A directory that already holds episodes is only continued with ``resume=True``, and only when
 its fingerprint matches (same model, questions, prompt, tools, loop and sampling) and the files
 it reads still hold what they held when it started (``natscale.eval.inputs``); batch sizes,
-concurrency, timeouts, ``limit`` and ``bootstrap`` may change between runs. Never written: the
+concurrency, the server's timeout and retries, ``limit`` and ``bootstrap`` may change between
+runs (``tools.timeout_s`` may not: it changes what the tools observe). Never written: the
 working directory or a folder above it, a folder holding or inside an input, a training run
 directory, a model or dataset folder, any other non-empty folder, another eval's output.
 """
@@ -17,6 +18,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from natscale.agent.response_templates import NAMES as TEMPLATE_NAMES
 from natscale.atomic import (
     HF_EXPORT,
     MARKER,
@@ -55,8 +57,11 @@ _RUN_ONLY = {n for n in RUN_DIR_ENTRIES if n != "summary.json"}
 # the config's fields that name files or folders (compared as absolute paths: a relative and an
 # absolute spelling of the same file are the same eval)
 _PATH_FIELDS = (("model",), ("questions",), ("prompt", "file"), ("prompt", "tokenizer"),
-                ("prompt", "response_template"), ("tools", "corpus"), ("tools", "schemas"),
-                ("scripted", "trajectories"))  # fmt: skip
+                ("prompt", "response_template"), ("prompt", "chat_template"), ("tools", "corpus"),
+                ("tools", "schemas"), ("scripted", "trajectories"))  # fmt: skip
+# as evals were compared until December 2026: a bundled response template's name was made a path
+# too, and prompt.chat_template was compared as spelled (evals recorded so still resume)
+_PREVIOUS_PATH_FIELDS = tuple(f for f in _PATH_FIELDS if f != ("prompt", "chat_template"))
 
 
 def _absolute(value: Any, base: str | None = None) -> Any:
@@ -68,11 +73,16 @@ def _absolute(value: Any, base: str | None = None) -> Any:
 
 
 def _compared(
-    config: dict[str, Any], *, absolute: bool = True, base: str | None = None
+    config: dict[str, Any],
+    *,
+    absolute: bool = True,
+    base: str | None = None,
+    previous: bool = False,
 ) -> dict[str, Any]:
     """The part of a config (``model_dump(mode="json")``) that makes two evals the same, with
     its paths made absolute (``absolute``; relative ones are taken from ``base``, default the
-    working directory)."""
+    working directory; a bundled response template's name stays a name unless ``previous``,
+    the way evals were compared before)."""
     data = json.loads(json.dumps(config))
     for section, key, default in _ADDED_FIELDS:
         if data.get(section, {}).get(key, default) == default:
@@ -84,12 +94,16 @@ def _compared(
             for k in sub:
                 data.get(key, {}).pop(k, None)
     if absolute:
-        for path in _PATH_FIELDS:
+        for path in _PREVIOUS_PATH_FIELDS if previous else _PATH_FIELDS:
             holder = data
             for k in path[:-1]:
                 holder = holder.get(k) if isinstance(holder, dict) else None
-            if isinstance(holder, dict) and path[-1] in holder:
-                holder[path[-1]] = _absolute(holder[path[-1]], base)
+            if not isinstance(holder, dict) or path[-1] not in holder:
+                continue
+            if path == ("prompt", "response_template") and not previous:
+                if holder[path[-1]] in TEMPLATE_NAMES:
+                    continue
+            holder[path[-1]] = _absolute(holder[path[-1]], base)
     return data
 
 
@@ -103,9 +117,11 @@ def fingerprint(cfg: EvalConfig) -> str:
     return _digest(_compared(cfg.model_dump(mode="json")))
 
 
-def _legacy_fingerprint(cfg: EvalConfig) -> str:
-    """The fingerprint of natscale <= this version's first release: paths as spelled."""
-    return _digest(_compared(cfg.model_dump(mode="json"), absolute=False))
+def _legacy_fingerprints(cfg: EvalConfig) -> tuple[str, str]:
+    """The fingerprints evals were recorded with before: paths as spelled (the first release),
+    then every path field but ``prompt.chat_template`` made absolute, bundled names included."""
+    config = cfg.model_dump(mode="json")
+    return _digest(_compared(config, absolute=False)), _digest(_compared(config, previous=True))
 
 
 def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
@@ -157,7 +173,8 @@ def merge_rank_files(out: Path) -> None:
 def _path_inputs(cfg: EvalConfig) -> list[str]:
     """The files and folders the eval reads (the output must neither hold nor be inside one)."""
     paths = [*cfg.questions, *cfg.scripted.trajectories]
-    paths += [p for p in (cfg.prompt.file, cfg.prompt.tokenizer, cfg.tools.corpus) if p]
+    named = (cfg.prompt.file, cfg.prompt.tokenizer, cfg.prompt.chat_template, cfg.tools.corpus)
+    paths += [p for p in named if p]
     if cfg.model and not cfg.model.startswith(("http://", "https://")):
         paths.append(cfg.model)
     return paths
@@ -259,7 +276,7 @@ def check_output(
             "continue it, or choose another output directory"
         )
     recorded = record["fingerprint"]
-    if recorded not in (fingerprint(cfg), _legacy_fingerprint(cfg)):
+    if recorded not in (fingerprint(cfg), *_legacy_fingerprints(cfg)):
         then = record.get("config")
         changed = (
             _differences(
@@ -285,7 +302,7 @@ def check_output(
         raise EvalError(
             f"output {out} holds the episodes of an eval whose files have changed since: "
             f"{', '.join(changed)} (a model retrained or replaced in place, a regenerated "
-            "questions file); its episodes come from the old files, so resuming would mix two "
+            "questions file, an edited prompt, chat template or tokenizer); its episodes come from the old files, so resuming would mix two "
             "evals. Choose another output directory"
         )
     return read_done(out, repair=True)

@@ -122,6 +122,53 @@ def test_resume_refuses_files_changed_in_place(tmp_path, capsys):
     assert _snapshot(out) == before
 
 
+def test_resume_refuses_a_prompt_file_edited_in_place(tmp_path, capsys):
+    prompt = tmp_path / "prompt.json"
+    shutil.copy(DATA / "prompt.json", prompt)
+    out = tmp_path / "out"
+    assert _eval(tmp_path, capsys, out, prompt={"file": str(prompt)}, limit=3)[0] == 0
+    fields = json.loads(prompt.read_text())
+    fields["instruction"] = fields.get("instruction", "") + " Be brief."
+    prompt.write_text(json.dumps(fields))
+    code, err = _eval(tmp_path, capsys, out, "--resume", prompt={"file": str(prompt)})
+    assert code == 2 and "whose files have changed since: prompt.file" in err
+
+
+def test_a_tokenizer_with_another_chat_template_has_another_identity(tmp_path):
+    from natscale.config.eval import EvalConfig
+    from natscale.eval.inputs import input_identity
+
+    tok = shutil.copytree(DATA.parent / "tokenizer", tmp_path / "tok")
+    cfg = EvalConfig.model_validate({"model": str(tmp_path / "m"), "questions": ["q.jsonl"],
+                                     "prompt": {"tokenizer": str(tok)}})  # fmt: skip
+    first = input_identity(cfg)["tokenizer"]
+    config = json.loads((tok / "tokenizer_config.json").read_text())
+    config["chat_template"] = "{{ messages[0]['content'] }}"
+    (tok / "tokenizer_config.json").write_text(json.dumps(config))
+    assert input_identity(cfg)["tokenizer"] != first
+
+
+def test_a_bundled_response_template_is_a_name_not_a_path(tmp_path, monkeypatch):
+    """An eval with absolute paths and ``response_template: tool_call_json`` has one fingerprint
+    wherever it runs; one recorded before that (the name made a path, ``prompt.chat_template``
+    as spelled; digest by natscale at 5699b62, run from ``/``) still resumes."""
+    from natscale.config.eval import EvalConfig
+    from natscale.eval.output import _legacy_fingerprints, fingerprint
+
+    fields = {"backend": "openai", "model": "http://h:1/v1", "questions": ["/data/q.jsonl"],
+              "prompt": {"tokenizer": "/t", "template": "hf", "chat_template": "t.jinja",
+                         "response_template": "tool_call_json"},
+              "loop": {"protocol": "tool_calls"}}  # fmt: skip
+    cfg = EvalConfig.model_validate(fields)
+    monkeypatch.chdir("/")
+    here = fingerprint(cfg)
+    assert _legacy_fingerprints(cfg)[1] == "5aefffa299daf4a4"
+    monkeypatch.chdir(tmp_path)
+    assert _legacy_fingerprints(cfg)[1] != "5aefffa299daf4a4"  # a path, so another one here
+    fields["prompt"]["chat_template"] = "/t.jinja"
+    assert fingerprint(EvalConfig.model_validate(fields)) == here  # t.jinja from / is /t.jinja
+
+
 def test_resume_names_the_fields_that_differ(tmp_path, capsys):
     out = tmp_path / "out"
     assert _eval(tmp_path, capsys, out)[0] == 0
