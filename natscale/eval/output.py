@@ -100,9 +100,9 @@ def _compared(
                 holder = holder.get(k) if isinstance(holder, dict) else None
             if not isinstance(holder, dict) or path[-1] not in holder:
                 continue
-            if path == ("prompt", "response_template") and not previous:
-                if holder[path[-1]] in TEMPLATE_NAMES:
-                    continue
+            name = path == ("prompt", "response_template") and holder[path[-1]] in TEMPLATE_NAMES
+            if name and not previous:
+                continue
             holder[path[-1]] = _absolute(holder[path[-1]], base)
     return data
 

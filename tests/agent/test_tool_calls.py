@@ -209,7 +209,9 @@ def test_tool_schema_files(tmp_path):
     finish = {"name": "finish", "description": "The final answer.", "parameters": {
         "type": "object", "properties": {"result": {"type": "string"}}}}  # fmt: skip
     renamed = with_schemas(build_tools(["calculate"]), load_schemas([finish]))
-    ep = _run([Generation(_call("finish", result="4"), 1)], renamed)  # the answer under its own name
+    ep = _run(
+        [Generation(_call("finish", result="4"), 1)], renamed
+    )  # the answer under its own name
     assert ep.pred == "4" and ep.done and ep.failure is None
     path.write_text("[{")
     with pytest.raises(ToolConfigError, match=r"tools\.schemas: .*tools\.json: not a JSON file"):

@@ -123,7 +123,8 @@ class HFBackend:
             room = min(self.loop.max_new_tokens, self.max_context - len(prompts[i]))
             groups.setdefault(room, []).append(i)
         for max_new, group in sorted(groups.items(), reverse=True):
-            for i, generation in zip(group, self._generate(prompts, group, requests, max_new)):
+            generations = self._generate(prompts, group, requests, max_new)
+            for i, generation in zip(group, generations, strict=True):
                 results[i] = generation
         return [r for r in results if r is not None]
 
