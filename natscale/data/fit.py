@@ -55,7 +55,11 @@ class FittedChunk:
     counts: dict[str, int]
 
     def split(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """The kept examples' ids and masks, one array each (views, no copies)."""
+        """The kept examples' ids and masks, one array each (views, no copies); none when no
+        example of the chunk is kept (``np.split`` would give one empty array, shifting every
+        later example of the window by one)."""
+        if not self.lengths.shape[0]:
+            return [], []
         cuts = np.cumsum(self.lengths)[:-1]
         return np.split(self.ids, cuts), np.split(self.mask, cuts)
 

@@ -265,3 +265,64 @@ def test_render_errors_are_counted_or_raised(tokenizer_dir, tmp_path):
             tmp_path / "b",
             progress=False,
         )
+
+
+def _segments(out_dir) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """Every packed example of a dataset as (ids, targets), sorted."""
+    ds = datasets.load_from_disk(str(out_dir)).with_format("numpy")
+    segs = []
+    for row in ds:
+        cu = row["cu_seqlens"]
+        for k in range(len(cu) - 1):
+            a, b = int(cu[k]), int(cu[k + 1])
+            segs.append(
+                (tuple(row["input_ids"][a:b].tolist()), tuple(row["targets"][a:b].tolist()))
+            )
+    return sorted(segs)
+
+
+@pytest.mark.parametrize("algorithm", ["bfd", "none"])
+def test_a_render_chunk_with_nothing_kept_shifts_no_example(tokenizer_dir, tmp_path, algorithm):
+    """The first render chunk (128 examples) is all too long and dropped: the short examples
+    after it are packed whole, each with its own tokens, as when read alone."""
+    long = [
+        {
+            "messages": [
+                {"role": "user", "content": f"long {i}"},
+                {"role": "assistant", "content": "word " * 300},
+            ]
+        }
+        for i in range(128)
+    ]
+    short = [
+        {
+            "messages": [
+                {"role": "user", "content": f"short question {i}"},
+                {"role": "assistant", "content": f"answer number {i} " * (i + 1)},
+            ]
+        }
+        for i in range(3)
+    ]
+
+    def run(name: str, recs: list[dict]):
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+        cfg = PrepareConfig.model_validate(
+            {
+                "sources": [{"format": "openai", "paths": [str(path)]}],
+                "outcome": {"success": "all"},
+                "strategy": {"name": "vanilla"},
+                "render": {"tokenizer": str(tokenizer_dir), "template": "llama2"},
+                "pack": {"max_seq_len": 256, "overlong": "drop", "algorithm": algorithm},
+                "num_proc": 1,
+            }
+        )
+        return prepare(cfg, tmp_path / name, progress=False)
+
+    alone, after = run("alone", short), run("after", long + short)
+    assert after.stats["dropped"]["too_long"] == 128
+    assert after.stats["total"] == alone.stats["total"]
+    assert after.stats["total"]["examples"] == 3
+    segs = _segments(after.out_dir)
+    assert all(len(ids) > 0 for ids, _ in segs)
+    assert segs == _segments(alone.out_dir)

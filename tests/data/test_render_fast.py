@@ -115,6 +115,14 @@ def test_trained_parts_inside_a_run(tokenizer, trained):
     assert int(enc._char_len[run].sum()) == len("".join(texts))
 
 
+def test_encode_batch_of_nothing_is_nothing(tokenizer):
+    """One result per piece list: none for none (not one empty array from ``np.split``)."""
+    enc = PieceEncoder(tokenizer)
+    assert enc.encode_batch([]) == []
+    two = enc.encode_batch([[Piece("a", True)], [Piece("b c", False)]])
+    assert len(two) == 2 and all(e.ids.size for e in two)
+
+
 def test_a_first_run_with_a_prepended_meta_space_falls_back(tokenizer):
     """No special token first: the tokenizer prepends "▁" (one more character than the text), so
     the run is placed with offsets."""

@@ -136,6 +136,8 @@ class PieceEncoder:
 
     def encode_batch(self, batch: list[list[Piece]]) -> list[Encoded]:
         """Encode several piece lists with one batched tokenizer call."""
+        if not batch:
+            return []  # np.split of nothing gives one empty array, not none
         ids, mask, lengths = self.encode_flat(batch)
         cuts = np.cumsum(lengths)[:-1]
         return [
