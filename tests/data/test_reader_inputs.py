@@ -70,3 +70,28 @@ def test_a_file_listed_twice_is_refused(tmp_path):
         reader.expand_paths([tmp_path / "d", tmp_path / "d" / "a.jsonl"])
     with pytest.raises(DataError, match="read twice"):
         reader.expand_paths([tmp_path / "d" / "a.jsonl", tmp_path / "d" / ".." / "d" / "a.jsonl"])
+
+
+@pytest.mark.parametrize(
+    "name, stream_bytes", [("t.jsonl", None), ("t.jsonl", 1), ("t.json", None)]
+)
+def test_streamed_jsonl_errors_name_their_line(tmp_path, monkeypatch, name, stream_bytes):
+    """Read whole, streamed (a large .jsonl) or as JSONL under a .json name (always streamed),
+    a bad line is named by its own number, not as line 1."""
+    if stream_bytes is not None:
+        monkeypatch.setattr(reader, "STREAM_BYTES", stream_bytes)
+    path = tmp_path / name
+    path.write_bytes(b'{"a": 1}\n{"a": 2}\n{"a": 3\n[1, 2]\n\xff\n{"t": "\\ud83d"}\n{"a": 7}\n')
+    issues = Issues()
+    kept = list(reader.iter_records(path, on_error="skip", issues=issues))
+    assert [(r.where, r.data) for r in kept] == [
+        ("line 1", {"a": 1}),
+        ("line 2", {"a": 2}),
+        ("line 7", {"a": 7}),
+    ]
+    assert issues.total() == 4
+    found = [m for ms in issues.examples.values() for m in ms]
+    for line in (3, 4, 5, 6):
+        assert sum(f"line {line}:" in m for m in found) == 1, (line, found)
+    with pytest.raises(DataError, match=r"t\.jsonl?: line 3: malformed JSON at column"):
+        list(reader.iter_records(path))

@@ -189,9 +189,16 @@ def _not_utf8(path: Path, offset: int, line: int, why: str) -> DataError:
 
 
 def _iter_jsonl(
-    raw: bytes, path: Path, on_error: str, issues: Issues | None, wrap: str | None = None
+    raw: bytes,
+    path: Path,
+    on_error: str,
+    issues: Issues | None,
+    wrap: str | None = None,
+    first_line: int = 1,
 ) -> Iterator[Record]:
-    for lineno, line in enumerate(raw.split(b"\n"), start=1):
+    """The records of JSONL bytes, each named by its line: ``first_line`` is the number in the
+    file of the first line of ``raw`` (a streamed file passes its lines one at a time)."""
+    for lineno, line in enumerate(raw.split(b"\n"), start=first_line):
         if not line.strip():
             continue
         where = f"line {lineno}"
@@ -402,8 +409,7 @@ def _iter_jsonl_lines(
             if lineno == 1 and line.startswith(codecs.BOM_UTF8):
                 line = line[len(codecs.BOM_UTF8) :]
             # one line at a time through the same checks as a whole file
-            for rec in _iter_jsonl(line.rstrip(b"\n"), path, on_error, issues, wrap):
-                yield Record(rec.file, f"line {lineno}", rec.data)
+            yield from _iter_jsonl(line.rstrip(b"\n"), path, on_error, issues, wrap, lineno)
 
 
 def _iter_json_array_streamed(
