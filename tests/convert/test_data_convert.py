@@ -172,3 +172,30 @@ def test_cli_summary(nat_input, tmp_path):
         f"convert data: wrote 40 trajectories to {tmp_path / 'ai.jsonl'} "
         "(nat -> agentinstruct, 0 skipped)"
     )
+
+
+def test_alpaca_keeps_a_first_assistant_turn_out_of_the_question(tmp_path):
+    """An opening assistant turn without Thought:/Action: gets "Thought: " (and a note), so the
+    loader does not read it as the question's preamble."""
+    src = tmp_path / "in.jsonl"
+    rec = {
+        "id": "a",
+        "messages": [
+            {"role": "user", "content": "What is 2+3?"},
+            {"role": "assistant", "content": "I will use the calculator."},
+            {"role": "tool", "content": "5"},
+            {"role": "assistant", "content": "The answer is 5."},
+        ],
+        "reward": True,
+    }
+    src.write_text(json.dumps(rec) + "\n")
+    res = convert_trajectories(src, tmp_path / "out.jsonl", src="openai", dst="alpaca")
+    (again,) = load_trajectories(tmp_path / "out.jsonl", "alpaca")
+    assert again.question == "What is 2+3?"
+    assert [(t.role, t.content, t.train) for t in again.turns] == [
+        ("assistant", "Thought: I will use the calculator.", True),
+        ("observation", "Observation: 5", False),
+        ("assistant", "Thought: The answer is 5.", True),
+    ]
+    assert "'Thought: ' prefix added to the first assistant turn (1x)" in res.notes
+    assert "'Thought: ' prefix added after an observation (1x)" in res.notes

@@ -21,8 +21,9 @@ too; here they are masked like every other format (docs/data.md, "Masking"). Out
 Writing (``natscale convert data --to alpaca``): the question in ``instruction``, the turns' text
 joined by newlines in ``output``, which the loader splits again at lines starting ``Observation``
 / ``Thought`` / ``Action``. So an observation that does not start with ``Observation`` gets that
-prefix, an assistant turn right after an observation that does not start with ``Thought``/
-``Action`` gets ``Thought: `` (else it would be read back as part of the observation), and
+prefix, an assistant turn right after an observation or before any such line (the first one)
+that does not start with ``Thought``/``Action`` gets ``Thought: `` (else it would be read back
+as part of the observation, or of the question as its preamble), and
 turn-level training flags are not kept (the loader trains assistant turns). The instruction
 joins ``system``; tool calls are written as ``<tool_call>`` text.
 """
@@ -145,6 +146,7 @@ def _question(question: str, extra: str, preamble: str) -> str:
 def alpaca_record(traj: Trajectory, notes: Notes) -> dict[str, Any]:
     lines: list[str] = []
     previous = ""
+    started = False  # a line split_preamble stops at is written: no more text joins the question
     for turn in traj.turns:
         text = tool_calls_text(turn)
         if turn.tool_calls:
@@ -152,9 +154,16 @@ def alpaca_record(traj: Trajectory, notes: Notes) -> dict[str, Any]:
         if turn.role == "observation" and not text.lstrip().startswith("Observation"):
             text = f"Observation: {text}"
             notes["'Observation: ' prefix added"] += 1
-        if turn.role == "assistant" and previous == "observation" and not AGENT_LINE.match(text):
-            text = f"Thought: {text}"
-            notes["'Thought: ' prefix added after an observation"] += 1
+        if turn.role == "assistant" and not AGENT_LINE.match(text):
+            if previous == "observation":
+                text = f"Thought: {text}"
+                notes["'Thought: ' prefix added after an observation"] += 1
+            elif not started:  # else the loader would append it to the question, untrained
+                text = f"Thought: {text}"
+                notes["'Thought: ' prefix added to the first assistant turn"] += 1
+        started = started or any(
+            AGENT_LINE.match(line) or OBSERVATION_LINE.match(line) for line in text.split("\n")
+        )
         previous = turn.role
         if turn.role in ("user", "system"):
             notes[f"{turn.role} turns written as assistant text"] += 1
