@@ -12,6 +12,7 @@ import pytest
 
 from natscale.convert.errors import ConvertError
 from natscale.convert.trajectories import convert_trajectories, nat_side_files
+from natscale.data.errors import DataError
 from natscale.data.formats import load_trajectories
 from natscale.data.formats.writing import is_finished
 
@@ -199,3 +200,32 @@ def test_alpaca_keeps_a_first_assistant_turn_out_of_the_question(tmp_path):
     ]
     assert "'Thought: ' prefix added to the first assistant turn (1x)" in res.notes
     assert "'Thought: ' prefix added after an observation (1x)" in res.notes
+
+
+def test_a_nat_folder_does_not_read_its_question_and_prompt_files_as_trajectories(
+    nat_input, tmp_path
+):
+    """A folder input (the release layout): its questions.jsonl and prompt.json are found and
+    used as such, not read as trajectory records too."""
+    folder = nat_input.parent
+    res = convert_trajectories(folder, tmp_path / "out.jsonl", src="nat", dst="openai")
+    assert res.num_records == 40
+    assert res.options == {
+        "questions": str(folder / "questions.jsonl"),
+        "prompt": str(folder / "prompt.json"),
+    }
+    assert [core(t) for t in load(tmp_path / "out.jsonl", "openai")] == [
+        core(t) for t in load(nat_input, "nat")
+    ]
+    # the same when they are given as options, and for the loader itself
+    given = {"questions": str(folder / "questions.jsonl"), "prompt": str(folder / "prompt.json")}
+    assert len(load_trajectories(folder, "nat", **given)) == 40
+    # named explicitly as a trajectory file, a file is still read as one
+    with pytest.raises(DataError, match=r"prompt\.json: record 0: field 'id'"):
+        load_trajectories([nat_input, folder / "prompt.json"], "nat", **given)
+    only = tmp_path / "only"
+    only.mkdir()
+    for name in ("questions.jsonl", "prompt.json"):
+        shutil.copy(folder / name, only)
+    with pytest.raises(ConvertError, match="no trajectory file: the folder holds only the"):
+        convert_trajectories(only, tmp_path / "none.jsonl", src="nat", dst="openai")

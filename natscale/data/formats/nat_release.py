@@ -193,6 +193,7 @@ def load(
     qmap = (
         None if questions is None else load_questions(questions, on_error=on_error, issues=issues)
     )
+    files = trajectory_files(paths, questions, prompt)
     if prompt is not None and not isinstance(prompt, TaskPrompt):
         prompt = load_task_prompt(prompt, prompt_variant)
 
@@ -201,7 +202,32 @@ def load(
             rec, qmap, prompt, task=task, success_field=success_field, score_field=score_field
         )
 
-    return load_records(paths, parse, on_error=on_error, issues=issues, skip_reasons=skip_reasons)
+    return load_records(files, parse, on_error=on_error, issues=issues, skip_reasons=skip_reasons)
+
+
+def trajectory_files(
+    paths: str | os.PathLike | Iterable[str | os.PathLike],
+    questions: str | os.PathLike | Iterable[str | os.PathLike] | None,
+    prompt: str | os.PathLike | TaskPrompt | None,
+) -> list[Path]:
+    """The files of ``paths`` to read as trajectories: a folder's data files less the question
+    and prompt files among them (the release keeps all three in one folder); a file named in
+    ``paths`` itself is always read."""
+    given = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    files = expand_paths(given)
+    side = set() if questions is None else {p.resolve() for p in expand_paths(questions)}
+    if prompt is not None and not isinstance(prompt, TaskPrompt):
+        side.add(Path(prompt).resolve())
+    named = {Path(p).resolve() for p in given if Path(p).is_file()}
+    kept = [f for f in files if f.resolve() not in side or f.resolve() in named]
+    if files and not kept:
+        raise DataError(
+            "no trajectory file: the folder holds only the question and prompt files",
+            file=", ".join(str(p) for p in given),
+            reason="no_files",
+            hint="put the trajectory file (JSON/JSONL) in the folder, or name it in paths",
+        )
+    return kept
 
 
 WRITE_ROLE = {"assistant": "assistant", "observation": "user", "user": "user", "system": "system"}
