@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 
 from natscale.config.prepare import PAPER_MARKERS, StrategyConfig
 from natscale.data.errors import DataError
+from natscale.data.outcome import no_success_error
 from natscale.data.prompts import PLAIN_TEMPLATE, TaskPrompt
 from natscale.data.render.messages import Message, prompt_messages
 from natscale.data.trajectory import Trajectory
@@ -86,9 +87,7 @@ def assign_class(traj: Trajectory, strategy: StrategyConfig) -> int | None:
                 return k
         raise AssertionError("the last bucket is a catch-all")
     if traj.outcome.success is None:
-        raise DataError(
-            f"trajectory {traj.id!r} has no success label", field="reward", reason="no_outcome"
-        )
+        raise no_success_error(traj)
     if traj.outcome.success:
         return 0
     return None if strategy.name == "vanilla" else 1

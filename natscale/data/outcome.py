@@ -36,6 +36,24 @@ NO_OUTCOME_HINT = (
 )
 
 
+def no_success_error(traj: Trajectory) -> DataError:
+    """The error for a trajectory without a success value, naming the field its source reads it
+    from (``meta["success_field"]``, which prepare sets from the source: ``info.reward`` for
+    nat unless the source's ``success_field`` says otherwise)."""
+    if "success_field" not in traj.meta:
+        name, why = None, "its success field is missing or null"
+    elif traj.meta["success_field"] is None:
+        name, why = None, "the source has success_field: null and no 'reward = ...' observation"
+    else:
+        name, why = traj.meta["success_field"], "the field is missing or null"
+    return DataError(
+        f"trajectory {traj.id!r} has no success value ({why})",
+        field=name,
+        reason="no_outcome",
+        hint=NO_OUTCOME_HINT,
+    )
+
+
 def extract_pred(traj: Trajectory) -> str | None:
     """The argument of the last ``finish[...]`` in the assistant turns, if any."""
     for turn in reversed(traj.turns):
@@ -85,12 +103,7 @@ def label(
         )
     if success == "field":
         if out.success is None:
-            raise DataError(
-                f"trajectory {traj.id!r} has no success value (the field is missing or null)",
-                field="reward",
-                reason="no_outcome",
-                hint=NO_OUTCOME_HINT,
-            )
+            raise no_success_error(traj)
         ok = out.success
     elif success == "all":
         ok = True

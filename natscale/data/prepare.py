@@ -109,6 +109,7 @@ def _every_trajectory(
 
 def _source_fields(traj: Trajectory, src: Any) -> None:
     traj.meta["score_field"] = src.score_field  # names the field in a later score error
+    traj.meta["success_field"] = src.success_field  # and in a no-success-value error
     if src.success is not None:  # the whole source is successes (SFT data) / failures
         traj.outcome = replace(traj.outcome, success=src.success)
 

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from natscale.data.errors import DataError
@@ -76,3 +78,40 @@ def test_label_errors_name_the_problem():
     with pytest.raises(DataError, match="no gold answer") as exc:
         label(_traj("1"), success="em")
     assert exc.value.reason == "no_gold"
+
+
+@pytest.mark.parametrize(
+    "fmt, record, options, field",
+    [
+        ("nat", {"id": "q1", "question": "1+1?", "info": {"pred": "2"}}, {}, "info.reward"),
+        ("openai", {"id": "q1"}, {"success_field": "meta.solved"}, "meta.solved"),
+        ("openai", {"id": "q1"}, {}, "reward"),
+    ],
+)
+def test_no_success_value_names_the_source_success_field(
+    tokenizer_dir, tmp_path, fmt, record, options, field
+):
+    """The error names the field the source reads success from (nat: info.reward by default,
+    or the source's success_field), not always 'reward'."""
+    from natscale.config.prepare import PrepareConfig
+    from natscale.data.prepare import prepare
+
+    if fmt == "nat":
+        record["conversations"] = [{"role": "assistant", "content": "Action: finish[2]"}]
+    else:
+        record["messages"] = [
+            {"role": "user", "content": "1+1?"},
+            {"role": "assistant", "content": "Action: finish[2]"},
+        ]
+    path = tmp_path / "t.jsonl"
+    path.write_text(json.dumps(record) + "\n")
+    cfg = PrepareConfig.model_validate(
+        {
+            "sources": [{"format": fmt, "paths": [str(path)], **options}],
+            "render": {"tokenizer": str(tokenizer_dir), "template": "llama2"},
+        }
+    )
+    with pytest.raises(DataError, match="has no success value") as exc:
+        prepare(cfg, tmp_path / "out", progress=False)
+    assert exc.value.reason == "no_outcome" and exc.value.field == field
+    assert f"t.jsonl: line 1: field '{field}': trajectory 'q1'" in str(exc.value)
