@@ -186,6 +186,7 @@ def run_side(
         nodes=spec.nodes,
         log_dir=work / f"{name}_logs",
         timeout_s=timeout_s,
+        device=spec.device,
     )
     if code != 0:
         raise BenchError(f"{name} run failed (exit {code}): {' '.join(cmds[0])}\n{tail}")
@@ -334,6 +335,20 @@ def _add_comparison(record: dict[str, Any], runs: list[dict[str, dict[str, Any]]
     ]
 
 
+def invocation_dir(work_dir: Path) -> Path:
+    """A new folder for this invocation's training runs, ``WORK/runs/<UTC time>``: a rerun never
+    meets (nor removes) an earlier one's run directories; the prepared data above are shared."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    for n in range(1, 1000):
+        folder = work_dir / "runs" / (stamp if n == 1 else f"{stamp}-{n}")
+        try:
+            folder.mkdir(parents=True)
+            return folder
+        except FileExistsError:
+            continue
+    raise BenchError(f"{work_dir / 'runs'}: no free folder for {stamp}")
+
+
 def throughput(
     spec: BenchSpec,
     *,
@@ -360,7 +375,7 @@ def throughput(
     runs = _run_repeats(
         spec,
         sides,
-        work_dir=work_dir,
+        work_dir=invocation_dir(work_dir),
         model_cfg=model_cfg,
         repeats=repeats,
         timeout_s=timeout_s,

@@ -106,6 +106,12 @@ def test_tiny_throughput_record(tmp_path: Path, monkeypatch, capsys):
     table = (results / "throughput_cpu.md").read_text()
     assert table.count("| tiny | gsm8k |") == 1
     assert f"[{spread['min']:.2f}-{spread['max']:.2f}] n=2 |" in table
+    # a second benchmark in the same work folder: its runs go to a folder of their own
+    again = ["bench", "throughput", "--model", "tiny", "--data", "gsm8k", "--seq-len", "256",
+             "--warmup", "1", "--steps", "1", "--device", "cpu", "--no-ac", "--no-baseline",
+             "--work-dir", str(tmp_path / "work"), "--repeats", "1"]  # fmt: skip
+    assert main(again) == 0, capsys.readouterr().err
+    assert len(list((tmp_path / "work" / "throughput" / "runs").iterdir())) == 2
 
 
 def test_bad_override_is_a_clear_error(capsys):
