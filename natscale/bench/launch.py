@@ -104,12 +104,26 @@ def build_job(
     return BenchJob([list(node.argv or []) for node in plan.nodes], env, port)
 
 
+def device_environ(device: str, environ: Mapping[str, str]) -> dict[str, str]:
+    """``environ`` for ranks on ``device``: for ``cpu``, DeepSpeed's CPU accelerator, which it
+    would otherwise not pick on a machine with a GPU (the run would train there)."""
+    return {**environ, "DS_ACCELERATOR": "cpu"} if device == "cpu" else dict(environ)
+
+
 def run_train(
-    config: Path, *, world_size: int, nodes: int, log_dir: Path, timeout_s: float
+    config: Path,
+    *,
+    world_size: int,
+    nodes: int,
+    log_dir: Path,
+    timeout_s: float,
+    device: str = "cuda",
 ) -> tuple[int, str, list[list[str]]]:
-    """Run the job to the end; returns (worst exit code, the tail of the logs, the commands)."""
+    """Run the job to the end; returns (worst exit code, the tail of the logs, the commands).
+    ``device: cpu`` runs on the CPU even where a GPU is visible (DeepSpeed's CPU accelerator)."""
     log_dir.mkdir(parents=True, exist_ok=True)
-    job = build_job(config, world_size=world_size, nodes=nodes, log_dir=log_dir, environ=os.environ)
+    environ = device_environ(device, os.environ)
+    job = build_job(config, world_size=world_size, nodes=nodes, log_dir=log_dir, environ=environ)
     logs = [log_dir / f"node{i}.log" for i in range(len(job.commands))]
     procs: list[subprocess.Popen] = []
     codes = [124]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from natscale.bench.launch import build_job, launch_options
+from natscale.bench.launch import build_job, device_environ, launch_options
 from natscale.cli import launch as launch_cli
 from natscale.launch.envfile import source_root
 from natscale.launch.plan import build_plan
@@ -74,6 +74,13 @@ def test_one_node_uses_the_first_visible_devices(tmp_path):
     job = _job(tmp_path, 2, CUDA_VISIBLE_DEVICES="3,5,7")
     assert job.env["CUDA_VISIBLE_DEVICES"] == "3,5"
     assert "--num_gpus" not in job.commands[0]  # DeepSpeed then runs on exactly those
+
+
+def test_a_cpu_benchmark_runs_on_the_cpu_where_a_gpu_is_visible(tmp_path):
+    env = {"CUDA_VISIBLE_DEVICES": "0", "DS_ACCELERATOR": "cuda"}
+    job = _job(tmp_path, 1, **device_environ("cpu", env))
+    assert job.env["DS_ACCELERATOR"] == "cpu"  # --device cpu is what was asked for
+    assert device_environ("cuda", env) == env
 
 
 def test_bad_shape_is_refused(tmp_path):
