@@ -368,6 +368,12 @@ def test_warm_start_trains_a_base_on_other_successes_first(tmp_path: Path):
     later = train_config(warm, tmp_path, runs[1], tmp_path / "r")
     assert later["model"]["path"] == str(tmp_path / "runs/Pbase/vanilla/seed0/train/hf")
     assert (later["train"]["steps"], later["train"]["lr"]) == (warm.steps, warm.lr)
+    # its calibration (vanilla on every success, `calibration: all`) starts from random init
+    assert [r.name for r in plan(warm, calibrate=True)] == [
+        f"Pall/vanilla/seed{s}" for s in warm.seeds
+    ]
+    calibration = train_config(warm, tmp_path, plan(warm, calibrate=True)[0], tmp_path / "c")
+    assert "config" in calibration["model"] and "path" not in calibration["model"]
     # without base_steps: random init, no base run
     assert "config" in train_config(SMALL, tmp_path, plan(SMALL)[0], tmp_path / "x")["model"]
     assert not (tmp_path / "again" / "Pbase").exists()
@@ -503,3 +509,17 @@ def test_the_tool_call_preset_trains_and_evaluates_native_calls(tmp_path: Path):
     assert "Action:" not in text.split("[/INST]", 2)[2]  # the agent's turns are calls
     loop = eval_config(small, tmp_path, tmp_path / "run")["loop"]
     assert loop["protocol"] == "tool_calls" and PRESETS["cpu-scarce-tools"].max_new_tokens == 96
+
+
+def test_seed_intervals_use_the_t_quantile_of_their_seed_count():
+    import math
+    import statistics
+
+    from natscale.bench.nat.report import interval, t95
+
+    assert (t95(2), t95(10), t95(30)) == (4.303, 2.228, 2.042)
+    assert abs(t95(40) - 2.0211) < 1e-3 and abs(t95(120) - 1.9799) < 1e-3
+    values = [0.5 + 0.01 * (i % 3) for i in range(11)]  # 11 seeds: 10 degrees of freedom
+    half = 2.228 * statistics.stdev(values) / math.sqrt(11)
+    lo, hi = interval(values)
+    assert math.isclose(hi - lo, 2 * half)

@@ -173,7 +173,7 @@ def train_config(preset: Preset, work: Path, run: Run, run_dir: Path) -> dict[st
     steps, lr = preset.steps, preset.lr
     if run.p == BASE:
         steps, lr = preset.base_steps, preset.base_lr
-    elif preset.base_steps:  # start from the base model's weights
+    elif preset.base_steps and run.p != ALL:  # from the base model (a calibration: from init)
         model = {"path": str(run_dir_of(work, base_run(preset)) / "train" / "hf")}
     return {
         "output_dir": str(run_dir / "train"),
