@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         if not _stdout_reader_gone():
             raise  # a socket or a worker's pipe: a real error
         code = 141  # 128 + SIGPIPE, as a C tool killed by it (`natscale env | head -3`)
-    dist_mod = sys.modules.get("natscale.train.dist")  # imported only by distributed commands
+    dist_mod = sys.modules.get("natscale.train.dist")
     if argv is None and dist_mod is not None and dist_mod.started():
         dist_mod.exit_process(code)
     return code
@@ -169,7 +169,13 @@ def _run(argv: list[str] | None) -> int:
     args = parser.parse_args(argv)
     if args.command in _BUILDS_OPS:
         use_checkout_op_cache()
-    return int(_load(args._module).run(args) or 0)
+    from natscale.train.dist import LaunchEnvError  # stdlib only; started() stays False
+
+    try:
+        return int(_load(args._module).run(args) or 0)
+    except LaunchEnvError as exc:  # before any process group: each rank says why and exits
+        print(f"natscale {args.command}: {exc}", file=sys.stderr, flush=True)
+        return 2
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 Works under torchrun, the deepspeed launcher (pdsh / no-ssh / slurm / openmpi backends), plain
 ``mpirun`` and ``srun``, or a single process. It never lets DeepSpeed's MPI discovery choose the
 master address (that discovery uses ``hostname -I``, i.e. the external interface): rank variables
-from Open MPI / PMI / SLURM are mapped here instead, and the master defaults to 127.0.0.1.
+from Open MPI / PMI / SLURM are mapped here instead, and the master defaults to 127.0.0.1 (on one
+node; a multi-node world without ``MASTER_ADDR`` is an error, not a hang at the rendezvous).
 """
 
 from __future__ import annotations
@@ -23,9 +24,17 @@ _RANK_SOURCES = (
     ("PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID"),
     ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"),
 )
+# where LOCAL_RANK comes from when the rank source has none of its own: srun's PMI-2 plugin sets
+# PMI_RANK/PMI_SIZE but not MPI_LOCALRANKID, and SLURM_LOCALID next to them
+_LOCAL_RANK_VARS = ("SLURM_LOCALID", "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID")
 # DeepSpeed's CPU shm all-reduce segment, one per rank (csrc/cpu/comm/shm.cpp: 66 MiB each)
 _SHM_BUFFER = "/dev/shm/deepspeed_allreduce_buffer_{uid}_{addr}_{port}_{rank}"
 _STARTED = False  # init_distributed ran in this process (see exit_process)
+
+
+class LaunchEnvError(ValueError):
+    """The launcher's variables describe a world these ranks cannot join (no MASTER_ADDR for
+    several nodes)."""
 
 
 @dataclass(frozen=True)
@@ -41,23 +50,65 @@ def map_rank_env(environ: dict[str, str] | os._Environ = os.environ) -> None:
 
     Variables that are already set win. Without any launcher, this is a world of one; it then
     gets a free loopback port, so single-process runs on a shared machine never collide on 29500.
+    MASTER_ADDR defaults to 127.0.0.1 only on one node: ranks that mpirun / srun started on
+    several nodes without it raise LaunchEnvError (each node's loopback would be its own master).
     """
     alone = False
+    source: tuple[str, str, str] | None = None
     if "RANK" not in environ:
         for rank_var, size_var, local_var in _RANK_SOURCES:
             if rank_var in environ and size_var in environ:
                 environ["RANK"] = environ[rank_var]
                 environ["WORLD_SIZE"] = environ[size_var]
-                environ["LOCAL_RANK"] = environ.get(local_var, "0")
+                source = (rank_var, size_var, local_var)
                 break
         else:
             environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
             alone = True
-    environ.setdefault("LOCAL_RANK", "0")
+    if "LOCAL_RANK" not in environ:
+        local_vars = (source[2],) if source else ()
+        for var in (*local_vars, *_LOCAL_RANK_VARS):
+            if var in environ:
+                environ["LOCAL_RANK"] = environ[var]
+                break
+        else:
+            environ["LOCAL_RANK"] = "0"
+    if source is not None and "MASTER_ADDR" not in environ:
+        nodes = _several_nodes(environ, source[0])
+        if nodes:
+            raise LaunchEnvError(
+                f"MASTER_ADDR is not set and this {environ['WORLD_SIZE']}-rank job spans several "
+                f"nodes ({nodes}): every node would wait on its own 127.0.0.1. Export MASTER_ADDR "
+                "(the first node's hostname or address on the network the nodes share) and "
+                "MASTER_PORT to every rank, e.g. mpirun -x MASTER_ADDR=node-a or "
+                "srun --export=ALL,MASTER_ADDR=node-a; or start the job with natscale launch, "
+                "which sets both"
+            )
     environ.setdefault("MASTER_ADDR", "127.0.0.1")
     if alone and "MASTER_PORT" not in environ:
         environ["MASTER_PORT"] = str(free_port())
     environ.setdefault("MASTER_PORT", "29500")
+
+
+def _several_nodes(environ: dict[str, str] | os._Environ, rank_var: str) -> str | None:
+    """Why the launcher that set ``rank_var`` put ranks on more than one node, or None when it
+    says they share one (or does not say)."""
+
+    def differ(local_var: str, size_var: str) -> str | None:
+        local, size = environ.get(local_var), environ.get(size_var)
+        if local and size and local != size:
+            return f"{local_var}={local} of {size_var}={size}"
+        return None
+
+    if rank_var == "OMPI_COMM_WORLD_RANK":
+        return differ("OMPI_COMM_WORLD_LOCAL_SIZE", "OMPI_COMM_WORLD_SIZE")
+    if rank_var == "PMI_RANK" and "SLURM_PROCID" not in environ:
+        return differ("MPI_LOCALNRANKS", "PMI_SIZE")  # MPICH's Hydra
+    for var in ("SLURM_STEP_NUM_NODES", "SLURM_NNODES"):  # srun: this step's nodes first
+        value = environ.get(var, "")
+        if value.isdigit():
+            return f"{var}={value}" if int(value) > 1 else None
+    return None
 
 
 def free_port(host: str = "127.0.0.1") -> int:

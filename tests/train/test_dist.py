@@ -5,7 +5,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from natscale.train.dist import map_rank_env
+import pytest
+
+from natscale.train.dist import LaunchEnvError, map_rank_env
 
 
 def test_open_mpi_variables_are_mapped_and_the_master_stays_on_loopback():
@@ -47,6 +49,71 @@ def test_a_process_alone_is_a_world_of_one_on_a_free_port():
     env = {"MASTER_PORT": "29611"}
     map_rank_env(env)
     assert env["MASTER_PORT"] == "29611"
+
+
+def test_srun_with_pmi2_keeps_each_rank_on_its_own_device():
+    # Slurm's mpi/pmi2 plugin sets PMI_RANK/PMI_SIZE but no MPI_LOCALRANKID: LOCAL_RANK must come
+    # from SLURM_LOCALID, not default to 0 (every rank of the node on device 0)
+    env = {
+        "SLURM_PROCID": "3",
+        "SLURM_NTASKS": "8",
+        "SLURM_LOCALID": "3",
+        "SLURM_NNODES": "1",
+        "PMI_RANK": "3",
+        "PMI_SIZE": "8",
+    }
+    map_rank_env(env)
+    assert (env["RANK"], env["WORLD_SIZE"], env["LOCAL_RANK"]) == ("3", "8", "3")
+    env = {"PMI_RANK": "2", "PMI_SIZE": "4", "MPI_LOCALRANKID": "1", "SLURM_LOCALID": "0"}
+    map_rank_env(env)
+    assert env["LOCAL_RANK"] == "1"  # the source's own local rank comes first
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"SLURM_PROCID": "3", "SLURM_NTASKS": "8", "SLURM_LOCALID": "3", "SLURM_NNODES": "2"},
+        {"PMI_RANK": "3", "PMI_SIZE": "8", "SLURM_PROCID": "3", "SLURM_STEP_NUM_NODES": "2"},
+        {
+            "OMPI_COMM_WORLD_RANK": "3",
+            "OMPI_COMM_WORLD_SIZE": "8",
+            "OMPI_COMM_WORLD_LOCAL_RANK": "3",
+            "OMPI_COMM_WORLD_LOCAL_SIZE": "4",
+        },
+        {"PMI_RANK": "3", "PMI_SIZE": "8", "MPI_LOCALNRANKS": "4"},
+    ],
+    ids=["slurm", "srun-pmi2", "openmpi", "hydra"],
+)
+def test_a_multi_node_world_without_master_addr_is_an_error_not_a_hang(env):
+    with pytest.raises(LaunchEnvError, match=r"MASTER_ADDR is not set.*natscale launch"):
+        map_rank_env(dict(env))
+    env = {**env, "MASTER_ADDR": "node-a"}
+    map_rank_env(env)
+    assert (env["RANK"], env["WORLD_SIZE"], env["MASTER_ADDR"]) == ("3", "8", "node-a")
+
+
+def test_one_node_or_a_single_process_in_a_multi_node_allocation_keeps_loopback():
+    one_node = {
+        "OMPI_COMM_WORLD_RANK": "1",
+        "OMPI_COMM_WORLD_SIZE": "4",
+        "OMPI_COMM_WORLD_LOCAL_SIZE": "4",
+        "SLURM_NNODES": "2",  # mpirun inside a 2-node allocation, all ranks on this node
+    }
+    map_rank_env(one_node)
+    assert one_node["MASTER_ADDR"] == "127.0.0.1"
+    torchrun = {"RANK": "0", "WORLD_SIZE": "2", "SLURM_NNODES": "2", "SLURM_PROCID": "0"}
+    map_rank_env(torchrun)  # RANK came from another launcher: not srun's world
+    assert torchrun["MASTER_ADDR"] == "127.0.0.1"
+
+
+def test_the_command_reports_a_multi_node_world_without_master_addr(monkeypatch, capsys):
+    import natscale.cli.selftest
+    from natscale.cli.main import main
+
+    env = {"SLURM_PROCID": "0", "SLURM_NTASKS": "2", "SLURM_NNODES": "2"}
+    monkeypatch.setattr(natscale.cli.selftest, "run", lambda args: map_rank_env(env))
+    assert main(["selftest"]) == 2  # each rank says why and exits, before any process group
+    assert "natscale selftest: MASTER_ADDR is not set" in capsys.readouterr().err
 
 
 def test_exit_process_runs_atexit_handlers_flushes_and_keeps_the_code():
