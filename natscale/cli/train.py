@@ -164,7 +164,9 @@ def run(args: argparse.Namespace) -> int:
     summary = _train(run_cfg, targs, checks, info, stop)
     if isinstance(summary, int):
         return summary
+    export_missing = False
     if info.rank == 0 and summary.get("status") == "nothing_to_do":
+        export_missing = _hf_export_missing(run_cfg, summary)
         print(
             f"natscale train: nothing to do, already at step {summary['steps']}/"
             f"{summary['total_steps']}"
@@ -173,8 +175,14 @@ def run(args: argparse.Namespace) -> int:
                 if summary["last_stop"] < summary["total_steps"]
                 else ""
             )
-            + f" in {summary['checkpoint']}; summary.json and hf/ are left as they are. To "
-            "train further, raise train.steps (or train.stop_after_steps)",
+            + f" in {summary['checkpoint']}; "
+            + (
+                "hf/ is missing (the run stopped before its export): writing it from that "
+                "checkpoint; summary.json is left as it is"
+                if export_missing
+                else "summary.json and hf/ are left as they are. To train further, raise "
+                "train.steps (or train.stop_after_steps)"
+            ),
             file=sys.stderr,
             flush=True,
         )
@@ -183,7 +191,61 @@ def run(args: argparse.Namespace) -> int:
         print(summary_line(summary), flush=True)
     dist.barrier()
     dist.destroy_process_group()
+    if export_missing:  # rank 0 alone, with no peer left waiting on a collective
+        return _export_from_checkpoint(run_cfg, summary["checkpoint"])
     return 0
+
+
+def _hf_export_missing(run_cfg: RunConfig, summary: dict[str, Any]) -> bool:
+    """A finished run (its checkpoint at its last step) that exports, without RUN_DIR/hf: one
+    that a kill (or, in older versions, a stop signal during the last step) ended before its
+    export."""
+    from natscale.checkpoint.layout import RunDir
+
+    hf = RunDir(run_cfg.output_dir).hf
+    return (
+        run_cfg.checkpoint.export_hf
+        and summary["steps"] == summary["total_steps"]
+        and not (hf.exists() or hf.is_symlink())
+    )
+
+
+def _export_from_checkpoint(run_cfg: RunConfig, checkpoint: str) -> int:
+    """Write RUN_DIR/hf from the run's final checkpoint, as `natscale convert zero-to-hf` does
+    (never over an existing folder); 1 if it cannot be written."""
+    from pathlib import Path
+
+    from natscale.checkpoint.layout import RunDir
+    from natscale.checkpoint.safety import UnsafeCheckpointError
+    from natscale.checkpoint.zero_to_hf import convert_zero_to_hf
+    from natscale.cli.interrupt import run_interruptible
+    from natscale.convert.errors import ConvertError
+
+    layout = RunDir(run_cfg.output_dir)
+    tag = Path(checkpoint)
+
+    def work() -> int:
+        try:
+            res = convert_zero_to_hf(
+                tag.parent,
+                layout.hf,
+                tag=tag.name,
+                config_dir=layout.model_config,
+                progress=run_cfg.logging.progress_bar,
+            )
+        except (ConvertError, UnsafeCheckpointError, OSError) as exc:
+            return _fail(
+                f"could not write {layout.hf} from {checkpoint}: {exc}. The checkpoint is "
+                f"intact; retry with natscale convert zero-to-hf {tag.parent} {layout.hf} "
+                f"--tag {tag.name} --config-dir {layout.model_config}",
+                1,
+            )
+        for note in res.notes:
+            print(f"natscale train: note: {note}", file=sys.stderr, flush=True)
+        print(f"train: wrote {res.out_dir} from {checkpoint}", flush=True)
+        return 0
+
+    return run_interruptible("natscale train", work, what=f"{layout.hf} not written")
 
 
 def _quiet_libraries() -> None:

@@ -471,7 +471,7 @@ class Trainer:
         started, start_step = time.time(), state.step
         records: list[dict[str, Any]] = []
         saved_at = state.step if self.resumed_from else -1
-        reason = "finished"
+        signal_name: str | None = None
         while state.step < last_stop:
             t0 = time.perf_counter()
             out = self.train_step(stop)
@@ -505,7 +505,7 @@ class Trainer:
                     start_step,
                 )
             if out["stop_requested"]:
-                reason = stop.name or "SIGTERM"  # a rank without the signal: the usual one
+                signal_name = stop.name or "SIGTERM"  # a rank without the signal: the usual one
                 break
             every = run.checkpoint.every_steps
             if every and state.step % every == 0 and state.step < last_stop:
@@ -513,11 +513,17 @@ class Trainer:
                 self._save_or_abort(records, started, start_step, bar)
         if bar is not None:
             bar.close()
+        reason = end_reason(state.step, last_stop, self.total_steps, signal_name)
+        if signal_name is not None and reason != signal_name and self.info.rank == 0:
+            print(
+                f"natscale train: note: {signal_name} arrived during step {state.step}, the "
+                f"last of this run: it ends as it would have without it ({reason})",
+                file=sys.stderr,
+                flush=True,
+            )
         signalled = reason in ("SIGTERM", "SIGINT")
         if saved_at != state.step and (run.checkpoint.at_end or signalled):
             self._save_or_abort(records, started, start_step, None)
-        if reason == "finished" and state.step < self.total_steps:
-            reason = "stop_after_steps"
         exported = None
         if reason == "finished" and run.checkpoint.export_hf:
             exported = export_hf(
@@ -640,6 +646,15 @@ class Trainer:
             "checkpoint": str(self.ckpt_dir / latest) if latest else None,
             "hf_export": str(exported) if exported else None,
         }
+
+
+def end_reason(step: int, last_stop: int, total_steps: int, signal_name: str | None) -> str:
+    """Why the loop ended after ``step``: the signal that stopped it before ``last_stop``; a
+    signal during the last step stops nothing, so that run ends as ``finished`` (and exports) or
+    at ``stop_after_steps`` like any other."""
+    if signal_name is not None and step < last_stop:
+        return signal_name
+    return "finished" if step >= total_steps else "stop_after_steps"
 
 
 def loss_implementation(loss: str) -> dict[str, Any]:

@@ -39,7 +39,12 @@ def _config(base: Path, name: str, **sections) -> Path:
         out=base / name,
         data={"shuffle": False},
         train=train,
-        checkpoint={"every_steps": 1, "keep_last": 4, "export_hf": False},
+        checkpoint={
+            "every_steps": 1,
+            "keep_last": 4,
+            "export_hf": False,
+            **sections.pop("checkpoint", {}),
+        },
         **sections,
     )
 
@@ -342,6 +347,34 @@ def test_resume_of_a_run_at_its_last_step_has_nothing_to_do(base, tmp_path):
     assert "Traceback" not in log
     assert (run / "summary.json").read_bytes() == summary
     assert not (run / "hf").exists()
+
+
+def test_resume_of_a_finished_run_without_its_export_writes_hf_from_the_checkpoint(base, tmp_path):
+    """A stop or a kill during the last step left the final checkpoint but no hf/: --resume has
+    nothing to train, and writes hf/ from that checkpoint instead of leaving the run without it."""
+    from natscale.atomic import HF_EXPORT, read_marker
+
+    run = _copy(base, tmp_path)
+    summary = (run / "summary.json").read_bytes()
+    shutil.copytree(base / "data", tmp_path / "data")
+    shutil.copytree(base / "model", tmp_path / "model")
+    cfg = _config(  # the run's last step is 4: global_step4 is its final checkpoint
+        tmp_path,
+        "run",
+        train={"steps": 4, "stop_after_steps": None},
+        checkpoint={"export_hf": True},
+    )
+    result = run_distributed(
+        ["train", str(cfg), "--resume"], launcher="single", nprocs=1, log_dir=tmp_path / "logs"
+    )
+    assert_ok(result)
+    log = result.rank_logs[0]
+    assert "nothing to do, already at step 4/4" in log and "hf/ is missing" in log, log
+    assert f"train: wrote {run / 'hf'} from {run / 'checkpoints' / 'global_step4'}" in log
+    assert "Traceback" not in log
+    assert read_marker(run / "hf") == HF_EXPORT
+    assert (run / "hf" / "config.json").is_file() and (run / "hf" / "model.safetensors").is_file()
+    assert (run / "summary.json").read_bytes() == summary
 
 
 def test_a_summary_never_holds_nan():

@@ -171,6 +171,19 @@ def test_ctrl_c_is_handled_like_sigterm_and_a_later_second_one_aborts():
     assert signal.getsignal(signal.SIGINT) is before
 
 
+def test_a_signal_during_the_last_step_ends_the_run_as_finished():
+    """A stop during the run's last step: the run ended there anyway, so it is finished (and
+    exports), not stopped by the signal (which skipped the export for good)."""
+    from natscale.train.trainer import end_reason
+
+    assert end_reason(6, 6, 6, "SIGTERM") == "finished"
+    assert end_reason(4, 4, 6, "SIGINT") == "stop_after_steps"
+    assert end_reason(3, 6, 6, "SIGTERM") == "SIGTERM"
+    assert end_reason(3, 4, 6, "SIGINT") == "SIGINT"
+    assert end_reason(6, 6, 6, None) == "finished"
+    assert end_reason(4, 4, 6, None) == "stop_after_steps"
+
+
 @pytest.mark.parametrize(
     ("record", "needle"),
     [
