@@ -521,8 +521,8 @@ class Trainer:
                 file=sys.stderr,
                 flush=True,
             )
-        signalled = reason in ("SIGTERM", "SIGINT")
-        if saved_at != state.step and (run.checkpoint.at_end or signalled):
+        # a run stopped early (a signal, stop_after_steps) always saves: it is meant to resume
+        if saved_at != state.step and (run.checkpoint.at_end or reason != "finished"):
             self._save_or_abort(records, started, start_step, None)
         exported = None
         if reason == "finished" and run.checkpoint.export_hf:

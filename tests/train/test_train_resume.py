@@ -431,7 +431,9 @@ def test_resume_on_other_data_is_refused_and_another_order_is_noted(base, tmp_pa
     assert "Traceback" not in log and (run / "checkpoints" / "latest").read_text() == "global_step4"
     shutil.rmtree(tmp_path / "data")
     shutil.copytree(base / "data", tmp_path / "data")
-    cfg = _config(tmp_path, "run", train={"stop_after_steps": 5, "seed": 7})
+    cfg = _config(  # checkpoint.at_end false: stop_after_steps saves anyway (to resume from)
+        tmp_path, "run", train={"stop_after_steps": 5, "seed": 7}, checkpoint={"at_end": False}
+    )
     result = run_distributed(args, launcher="single", nprocs=1, log_dir=tmp_path / "logs2")
     assert_ok(result)
     assert "-> 7 since global_step4: the rows after row" in result.rank_logs[0]
