@@ -20,7 +20,7 @@ def check_train(args: TrainArgs, *, world_size: int) -> tuple[list[str], list[Fi
     from natscale.config.ds_config import resolve_ds_config
     from natscale.config.loader import ConfigError, load_config
     from natscale.config.run import RunConfig
-    from natscale.train.preflight import PreflightError, check_run
+    from natscale.train.preflight import PreflightError, check_config_location, check_run
 
     path = args.config
     if not path:
@@ -35,6 +35,10 @@ def check_train(args: TrainArgs, *, world_size: int) -> tuple[list[str], list[Fi
         run = load_config(path, RunConfig, args.overrides)
     except ConfigError as exc:
         return [], [Finding("error", str(exc))]
+    try:
+        check_config_location(path, run)  # as natscale train's _load_run, before its check_run
+    except PreflightError as exc:
+        return [], [Finding("error", str(exc), path)]
     data = Path(run.data.path)
     if not data.exists():
         return [], [

@@ -165,6 +165,21 @@ def test_the_run_config_is_given_once(run_dir: Path, capsys):
     assert "error: after --: no run config: natscale launch [options] -- CONFIG [--set" in err
 
 
+def test_a_run_config_that_is_the_run_directorys_config_yaml_is_refused(run_dir: Path, capsys):
+    """natscale train refuses it (the run overwrites that file), with --fresh too (which skips
+    the start-file checks): so does launch, before any node starts."""
+    own = run_dir / "runs" / "golden" / "config.yaml"
+    own.parent.mkdir(parents=True)
+    text = "# my notes\n" + (run_dir / "run.yaml").read_text()
+    own.write_text(text)
+    for extra in ([], ["--fresh"]):
+        code = main(["launch", "--dry-run", "--", "runs/golden/config.yaml", *extra])
+        out, err = capsys.readouterr()
+        assert code == 2 and "launch: refused (1 error(s)" in out, (extra, out, err)
+        assert "keep the run config outside the run directory" in err
+    assert own.read_text() == text
+
+
 def test_runcheck_takes_train_args_without_the_cli(run_dir: Path, monkeypatch):
     from natscale.launch.runcheck import check_train
     from natscale.train.args import TrainArgs
