@@ -5,15 +5,23 @@ DeepSpeed's multi-node runners (pdsh, openmpi, slurm) read ``~/.deepspeed_env`` 
 ``KEY=VALUE`` per line, and export every line to every rank (``export K=V;`` over ssh, ``mpirun
 -x K=V``, ``srun --export=ALL,K=V``). The file has no comment syntax (every line must hold ``=``),
 so natscale marks the files it writes with one extra variable, ``NATSCALE_ENV_FILE=<hash of the
-other lines>[:KEY,KEY...]``: a file whose hash still matches is regenerated on the next launch,
-keeping the variables the mark names (the ones a user's file brought in, so they survive every
-later launch); a file without the mark, or edited by hand since, is merged in (its values beat the
-ones copied from this node, and ``--env`` / ``--ifname`` beat it).
+other lines>[:KEY,KEY...[:SAVED]]``: a file whose hash still matches is regenerated on the next
+launch, keeping the variables the mark names (the ones a user's file brought in, so they survive
+every later launch) with the user's own values: where ``--env`` / ``--ifname`` replaced one for
+that launch, SAVED (base64 of a JSON object) holds the user's value, so the override does not
+outlive its launch. A file without the mark, or edited by hand since, is merged in (its values
+beat the ones copied from this node, and ``--env`` / ``--ifname`` beat it).
+
+DeepSpeed also reads ``~/.deepspeed_env`` for every job of the user, wherever it starts, so
+natscale refuses to write that one (:func:`check_env_file_location`).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
+import json
 import os
 import re
 import sys
@@ -46,6 +54,7 @@ class EnvSpec:
     values: dict[str, str] = field(default_factory=dict)
     source: dict[str, str] = field(default_factory=dict)
     user_keys: list[str] = field(default_factory=list)  # from an existing (user's) env file
+    user_values: dict[str, str] = field(default_factory=dict)  # that file's own values
 
     def set(self, key: str, value: str, source: str) -> None:
         self.values[key] = value
@@ -58,6 +67,20 @@ class EnvSpec:
 def env_file_path(environ: Mapping[str, str], cwd: Path) -> Path:
     """Where DeepSpeed looks last (so its values win): ``./$DS_ENV_FILE`` or ``./.deepspeed_env``."""
     return cwd / environ.get("DS_ENV_FILE", ".deepspeed_env")
+
+
+def check_env_file_location(path: Path, environ: Mapping[str, str]) -> None:
+    """ValueError if ``path`` is the home directory's env file: DeepSpeed reads
+    ``~/.deepspeed_env`` for every job the user launches, from any folder, so what natscale writes
+    for this launch (its master address and port, its PATH) would reach all of them."""
+    home = environ.get("HOME") or os.path.expanduser("~")
+    home_file = Path(home) / path.name
+    if path.resolve() == home_file.resolve():
+        raise ValueError(
+            f"{path} is the env file in your home directory, which DeepSpeed applies to every job "
+            "you launch, from any folder; natscale writes this launch's variables there. Launch "
+            "from a project folder (cd into it, e.g. the one holding the run config) instead"
+        )
 
 
 def parse_env_lines(text: str, where: str) -> dict[str, str]:
@@ -81,11 +104,14 @@ def read_user_env_file(path: Path) -> dict[str, str]:
     values = parse_env_lines(path.read_text(encoding="utf-8"), str(path))
     mark = values.pop(MARK, None)
     if mark is not None:
-        digest, _, names = mark.partition(":")
+        digest, _, rest = mark.partition(":")
+        names, _, saved = rest.partition(":")
         keys = [k for k in names.split(",") if k]
-        if digest == _digest(values, keys):
-            # ours, unedited: regenerate it, keeping what a user's file brought in earlier
-            return {k: values[k] for k in keys if k in values}
+        if digest == _digest(values, keys, saved):
+            # ours, unedited: regenerate it, keeping what a user's file brought in earlier, with
+            # the user's values (not those --env / --ifname replaced them with for one launch)
+            own = _decode_saved(saved, path)
+            return {k: own.get(k, values[k]) for k in keys if k in values}
     return values
 
 
@@ -124,6 +150,7 @@ def build_env(
     for key, value in user_file.items():
         spec.set(key, value, "existing env file")
     spec.user_keys = sorted(user_file)
+    spec.user_values = dict(user_file)
     if ifname:
         spec.set("GLOO_SOCKET_IFNAME", ifname, "--ifname")
         spec.set("NCCL_SOCKET_IFNAME", ifname, "--ifname")
@@ -154,22 +181,60 @@ def _unique(items: list[str]) -> list[str]:
     return list(dict.fromkeys(items))
 
 
-def _digest(values: Mapping[str, str], user_keys: Sequence[str] = ()) -> str:
+def _digest(values: Mapping[str, str], user_keys: Sequence[str] = (), saved: str = "") -> str:
     text = "\n".join(f"{k}={values[k]}" for k in sorted(values))
     if user_keys:
         text += "\n" + ",".join(user_keys)
+    if saved:
+        text += "\n" + saved
     return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def _encode_saved(own: Mapping[str, str]) -> str:
+    """The user's values the file does not hold, as unpadded URL-safe base64 of JSON: no ``,``
+    or ``:`` (the mark's separators) and nothing DeepSpeed would quote."""
+    if not own:
+        return ""
+    raw = json.dumps(dict(own), sort_keys=True, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_saved(saved: str, path: Path) -> dict[str, str]:
+    if not saved:
+        return {}
+    try:
+        own = json.loads(base64.urlsafe_b64decode(saved + "=" * (-len(saved) % 4)))
+    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+        raise ValueError(
+            f"{path}: the {MARK} line is damaged ({exc}); delete the file (natscale writes it "
+            "again) and put your own variables back in it, or pass them with --env"
+        ) from exc
+    if not isinstance(own, dict) or not all(isinstance(v, str) for v in own.values()):
+        raise ValueError(
+            f"{path}: the {MARK} line is damaged (saved values are not an object of strings); "
+            "delete the file and put your own variables back in it, or pass them with --env"
+        )
+    return own
 
 
 def _mark(spec: EnvSpec) -> str:
     keys = [k for k in spec.user_keys if k in spec.values]
-    digest = _digest(spec.values, keys)
-    return f"{digest}:{','.join(keys)}" if keys else digest
+    own = {
+        k: spec.user_values[k]
+        for k in keys
+        if k in spec.user_values and spec.user_values[k] != spec.values[k]
+    }
+    saved = _encode_saved(own)
+    digest = _digest(spec.values, keys, saved)
+    if not keys:
+        return digest
+    return f"{digest}:{','.join(keys)}" + (f":{saved}" if saved else "")
 
 
 def env_file_text(spec: EnvSpec) -> str:
     """The file natscale writes: sorted ``KEY=VALUE`` lines, then the ``NATSCALE_ENV_FILE`` mark
-    (naming the variables of a user's file, which later launches keep)."""
+    (naming the variables of a user's file, which later launches keep, and the user's values of
+    those this launch replaced)."""
     return "".join(f"{line}\n" for line in spec.lines()) + f"{MARK}={_mark(spec)}\n"
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from natscale.launch.envfile import (
     EnvSpec,
     build_env,
+    check_env_file_location,
     env_file_path,
     env_file_text,
     parse_env_lines,
@@ -174,6 +175,8 @@ def _env(
     findings: list[Finding],
 ) -> EnvSpec | None:
     try:
+        if env_path is not None:
+            check_env_file_location(env_path, environ)
         user_file = read_user_env_file(env_path) if env_path else {}
         env = build_env(
             environ,

@@ -53,7 +53,7 @@ def run_dir(tmp_path: Path, monkeypatch) -> Path:
     monkeypatch.setenv("DS_ACCELERATOR", "cpu")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("PATH", "/usr/bin:/bin")
-    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # not the launch folder (refused)
     (tmp_path / "hosts").write_text(HOSTS)
     save_rows(pack_greedy(make_segments(24, seed=0), 64), tmp_path / "data")
     write_model_config(tmp_path / "model")
@@ -178,6 +178,17 @@ def test_a_run_config_that_is_the_run_directorys_config_yaml_is_refused(run_dir:
         assert code == 2 and "launch: refused (1 error(s)" in out, (extra, out, err)
         assert "keep the run config outside the run directory" in err
     assert own.read_text() == text
+
+
+def test_a_launch_from_the_home_directory_is_refused(run_dir: Path, capsys, monkeypatch):
+    monkeypatch.setenv("HOME", str(run_dir))
+    code = main(
+        ["launch", "--hostfile", "hosts", "--ifname", "eth1", "--dry-run", "--", "run.yaml"]
+    )
+    out, err = capsys.readouterr()
+    assert code == 2 and "launch: refused (1 error(s)" in out
+    assert "is the env file in your home directory" in err
+    assert not (run_dir / ".deepspeed_env").exists()
 
 
 def test_runcheck_takes_train_args_without_the_cli(run_dir: Path, monkeypatch):

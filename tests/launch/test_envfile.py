@@ -7,6 +7,7 @@ import pytest
 from natscale.launch.envfile import (
     MARK,
     build_env,
+    check_env_file_location,
     env_file_text,
     parse_env_lines,
     python_bin,
@@ -109,6 +110,60 @@ def test_a_users_variables_survive_every_later_launch(tmp_path):
     # the kept list itself is part of the hash: editing it by hand makes the file "yours"
     path.write_text(path.read_text().replace(":NCCL_DEBUG,NCCL_IB_HCA", ":NCCL_IB_HCA"))
     assert "PATH" in read_user_env_file(path)
+
+
+def test_a_one_off_override_of_a_users_variable_does_not_outlive_its_launch(tmp_path):
+    """--ifname / --env replace a user's value for one launch; the launches after it get the
+    user's own value back (the mark used to keep the replaced one for good)."""
+    path = tmp_path / ".deepspeed_env"
+    path.write_text("NCCL_SOCKET_IFNAME=ib0\nNCCL_DEBUG=WARN\nMY_VAR=a,b:c\n")
+    launches = [
+        dict(ifname="eth0", explicit=["NCCL_DEBUG=TRACE"]),
+        dict(explicit=["MY_VAR=other"]),
+        {},
+        {},
+    ]
+    expected = [
+        ("eth0", "TRACE", "a,b:c"),
+        ("ib0", "WARN", "other"),
+        ("ib0", "WARN", "a,b:c"),
+        ("ib0", "WARN", "a,b:c"),
+    ]
+    for kw, want in zip(launches, expected, strict=True):
+        spec = _build(user_file=read_user_env_file(path), **kw)
+        got = tuple(spec.values[k] for k in ("NCCL_SOCKET_IFNAME", "NCCL_DEBUG", "MY_VAR"))
+        assert got == want, kw
+        write_env_file(path, spec)
+        lines = path.read_text().splitlines()
+        assert all("=" in line for line in lines)  # still a file DeepSpeed reads
+        assert not any(c in lines[-1].partition("=")[2] for c in " \"'$;")  # nothing it quotes
+    assert read_user_env_file(path) == {
+        "NCCL_SOCKET_IFNAME": "ib0",
+        "NCCL_DEBUG": "WARN",
+        "MY_VAR": "a,b:c",
+    }
+    # the saved values are part of the hash: a hand-edited mark makes the file "yours"
+    spec = _build(user_file=read_user_env_file(path), ifname="eth0")
+    write_env_file(path, spec)
+    text = path.read_text()
+    assert read_user_env_file(path)["NCCL_SOCKET_IFNAME"] == "ib0"
+    path.write_text(text[:-3] + "xx\n")
+    assert read_user_env_file(path)["NCCL_SOCKET_IFNAME"] == "eth0" and "PATH" in (
+        read_user_env_file(path)
+    )
+
+
+def test_the_home_directorys_env_file_is_refused(tmp_path):
+    """DeepSpeed reads ~/.deepspeed_env for every job the user launches: launching from $HOME
+    must not write this launch's variables there."""
+    home = tmp_path / "home"
+    (home / "project").mkdir(parents=True)
+    environ = {"HOME": str(home)}
+    with pytest.raises(ValueError, match=r"home directory.*Launch from a project folder"):
+        check_env_file_location(home / ".deepspeed_env", environ)
+    with pytest.raises(ValueError, match="home directory"):
+        check_env_file_location(home / "project" / ".." / ".deepspeed_env", environ)
+    check_env_file_location(home / "project" / ".deepspeed_env", environ)
 
 
 def test_parse_env_lines_splits_at_the_first_equals():

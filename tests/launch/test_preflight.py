@@ -19,7 +19,8 @@ from natscale.train.dist import free_port
 def cli(monkeypatch, tmp_path, capsys):
     """Run `natscale launch ARGS` in tmp_path with a controlled environment: (code, out, err)."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.deepspeed_env of the machine
+    # no ~/.deepspeed_env of the machine; not the launch folder (natscale refuses to write there)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("DS_ACCELERATOR", "cpu")
     monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")
 
