@@ -30,10 +30,27 @@ SSH_TIMEOUT_S = 8
 _QUOTED_BY_DEEPSPEED = re.compile(r"[^\w@%+=:,./-]")
 
 
+_REMOTE_BACKENDS = ("pdsh", "openmpi", "slurm")  # the ranks run on the hostfile's nodes
+
+
 def is_cpu_run() -> bool:
+    """Whether this node's DeepSpeed accelerator is the CPU."""
     from deepspeed.accelerator import get_accelerator
 
     return get_accelerator().device_name() == "cpu"
+
+
+def ranks_on_cpu(plan: LaunchPlan) -> bool | None:
+    """Whether the ranks run on CPU: DS_ACCELERATOR as the ranks get it, else this node's
+    accelerator when this node runs ranks (no-ssh, local) or has one (a GPU launching node of a
+    GPU cluster); None when it cannot tell (a remote backend started from a node without one,
+    e.g. a login node launching onto GPU nodes)."""
+    accelerator = plan.env.values.get("DS_ACCELERATOR")
+    if accelerator:
+        return accelerator == "cpu"
+    if is_cpu_run() and plan.options.backend in _REMOTE_BACKENDS:
+        return None
+    return is_cpu_run()
 
 
 def static_checks(plan: LaunchPlan, environ: Mapping[str, str]) -> list[Finding]:
@@ -50,7 +67,24 @@ def _interface_checks(plan: LaunchPlan) -> list[Finding]:
     if len(plan.active) < 2:
         return []
     env = plan.env.values
-    if is_cpu_run() and "GLOO_SOCKET_IFNAME" not in env:
+    on_cpu = ranks_on_cpu(plan)
+    if on_cpu is None:
+        missing = [k for k in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME") if k not in env]
+        if not missing:
+            return []
+        return [
+            Finding(
+                "warning",
+                f"{' and '.join(missing)} not set, and this node has no accelerator, so whether "
+                f"the ranks on the {plan.options.backend} nodes use gloo (CPU) or NCCL (GPU) is "
+                "unknown here (set DS_ACCELERATOR=cpu or cuda, or --env DS_ACCELERATOR=..., to "
+                "say). gloo without GLOO_SOCKET_IFNAME binds to the address the hostname resolves "
+                "to, often a loopback one ('Connection refused' on the other nodes); NCCL picks an "
+                "interface itself and may pick one the other nodes cannot reach. Pass --ifname "
+                "IFACE (the interface the nodes share)",
+            )
+        ]
+    if on_cpu and "GLOO_SOCKET_IFNAME" not in env:
         return [
             Finding(
                 "error",
@@ -60,7 +94,7 @@ def _interface_checks(plan: LaunchPlan) -> list[Finding]:
                 f"(the interface that reaches the other nodes; here: {_interfaces()})",
             )
         ]
-    if not is_cpu_run() and "NCCL_SOCKET_IFNAME" not in env:
+    if not on_cpu and "NCCL_SOCKET_IFNAME" not in env:
         return [
             Finding(
                 "warning",

@@ -85,6 +85,35 @@ def test_multi_node_cpu_run_needs_an_interface(cli, tmp_path, monkeypatch):
     assert code == 0, err
 
 
+def test_a_launch_from_a_node_without_gpus_onto_other_nodes_is_not_refused(
+    cli, tmp_path, monkeypatch
+):
+    """A login node without GPUs launching onto GPU nodes: this node's accelerator says nothing
+    about the ranks'. DS_ACCELERATOR (as the ranks get it) decides; unset, a warning names both."""
+    import natscale.launch.preflight as preflight
+
+    monkeypatch.delenv("GLOO_SOCKET_IFNAME")
+    monkeypatch.delenv("DS_ACCELERATOR")
+    monkeypatch.setattr(preflight, "is_cpu_run", lambda: True)  # this node: no accelerator
+    hosts = _hostfile(tmp_path, "gpu-a slots=1\ngpu-b slots=1\n")
+    for backend in ("pdsh", "openmpi"):
+        args = ["--hostfile", hosts, "--backend", backend, "--dry-run", "--selftest"]
+        args += ["--launcher-args=--allow-run-as-root --bind-to none"] * (backend == "openmpi")
+        code, _, err = cli(*args)
+        assert code == 0, err
+        assert "GLOO_SOCKET_IFNAME and NCCL_SOCKET_IFNAME not set" in err
+        assert "gloo (CPU) or NCCL (GPU) is unknown here" in err and "--ifname" in err
+    args = ["--hostfile", hosts, "--dry-run", "--selftest", "--env"]
+    code, _, err = cli(*args, "DS_ACCELERATOR=cuda")
+    assert code == 0 and "NCCL_SOCKET_IFNAME is not set" in err and "gloo" not in err, err
+    code, _, err = cli(*args, "DS_ACCELERATOR=cpu")
+    assert code == 2 and "error: a multi-node CPU run without GLOO_SOCKET_IFNAME" in err
+    # no-ssh: this node runs ranks itself, so its accelerator is theirs
+    args = ["--hostfile", hosts, "--backend", "no-ssh", "--node-rank", "0", "--dry-run"]
+    code, _, err = cli(*args, "--selftest")
+    assert code == 2 and "error: a multi-node CPU run without GLOO_SOCKET_IFNAME" in err
+
+
 def test_interface_must_exist_on_a_no_ssh_node(cli, tmp_path):
     hosts = _hostfile(tmp_path, "n0 slots=1\nn1 slots=1\n")
     args = ["--hostfile", hosts, "--node-rank", "1", "--master-addr", "127.0.0.1"]
