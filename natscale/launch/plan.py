@@ -263,7 +263,7 @@ def _deepspeed_args(opts: LaunchOptions, master: str, num_nodes: int) -> list[st
             args += ["--ssh_port", str(opts.ssh_port)]
         launcher_args = _launcher_args(opts)
         if launcher_args:
-            args += ["--launcher_args", launcher_args]
+            args += [f"--launcher_args={launcher_args}"]  # one word may start with -
         venv_activate = Path(sys.executable).with_name("activate")
         if opts.backend == "pdsh" and venv_activate.is_file():
             args += ["--venv_script", str(venv_activate)]

@@ -132,6 +132,25 @@ def test_dry_run_facts(run_dir: Path, capsys):
         assert f"--no_ssh --node_rank {rank} --module natscale.cli train run.yaml" in text
 
 
+def test_launcher_args_of_one_word_starting_with_a_dash(run_dir: Path, capsys):
+    """`--launcher-args=--allow-run-as-root` (docs/launch.md's form) reaches mpirun: DeepSpeed's
+    runner gets it as `--launcher_args=...`, which its parser reads as a value."""
+    args = [
+        "launch",
+        "--hostfile",
+        "hosts",
+        "--backend",
+        "openmpi",
+        "--env",
+        "GLOO_SOCKET_IFNAME=eth1",
+    ]
+    code = main([*args, "--launcher-args=--allow-run-as-root", "--dry-run", "--", "run.yaml"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "--launcher_args=--allow-run-as-root" in out + err
+    assert "--allow-run-as-root -x UCX_TLS=tcp" in out  # in the mpirun command DeepSpeed builds
+
+
 def test_missing_data_is_refused_with_a_pointer_to_prepare(run_dir: Path, capsys):
     code = main(["launch", "--dry-run", "--", "run.yaml", "--set", "data.path=not/prepared"])
     out, err = capsys.readouterr()
