@@ -14,36 +14,43 @@ derived from the config). The tokenizer is the first folder with ``tokenizer_con
 ``tokenizer.json``: the top of a place, then its ``tokenizer/``, ``model_config/``, ``hf_config/``.
 A missing config is an error naming every folder tried; a missing tokenizer is a warning (the
 weights are still usable). The config is written as found, with ``dtype`` set to the export's.
+
+The tokenizer is copied whole: every file of its folder (vocabulary files of any name, e.g.
+``emoji.json``, chat templates) and its ``additional_chat_templates/`` (the named templates
+transformers 5 saves), so the export loads as the folder does. Left out: the config files
+(written above), hidden entries (natscale's marker), weights and checkpoint files, a run's or a
+checkpoint folder's own files, code, model cards and licences, and every other sub-folder (no
+tokenizer reads one), so a tokenizer found at the top of a run directory or a model folder
+brings nothing else with it.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from natscale.checkpoint.layout import MODEL_CONFIG, CheckpointDir
+from natscale.checkpoint.layout import LATEST, MODEL_CONFIG, WORLD_FILE, CheckpointDir, RunDir
 from natscale.convert.errors import ConvertError
 
 # hf_config/ and tokenizer/: what other tools put next to a checkpoint
 CONFIG_SUBDIRS = ("hf_config", MODEL_CONFIG)
 TOKENIZER_SUBDIRS = ("tokenizer", MODEL_CONFIG, "hf_config")
 TOKENIZER_MARKERS = ("tokenizer_config.json", "tokenizer.json")
-# Everything a tokenizer directory written by save_pretrained can hold.
-TOKENIZER_FILES = (
-    "tokenizer_config.json",
-    "tokenizer.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "chat_template.jinja",
-    "chat_template.json",
-    "tokenizer.model",
-    "spiece.model",
-    "sentencepiece.bpe.model",
-    "vocab.json",
-    "vocab.txt",
-    "merges.txt",
-)
+# The one sub-folder a tokenizer has: the named chat templates transformers 5 saves beside
+# chat_template.jinja (e.g. Command-R's tool_use.jinja, rag.jinja)
+TOKENIZER_SUBFOLDERS = ("additional_chat_templates",)
+# What a tokenizer's folder may hold that is not the tokenizer: the config files (write_assets
+# writes them itself), weights and checkpoint files, what natscale and DeepSpeed write beside a
+# checkpoint (a run directory's files, `latest`, zero_to_fp32.py, natscale_world_size), code,
+# model cards and licences. Names starting with "." (natscale's marker, .git) are left out too.
+NOT_TOKENIZER = (
+    "config.json", "generation_config.json",
+    "*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt", "*.h5", "*.msgpack", "*.gguf", "*.onnx",
+    "*.index.json", "adapter_*",
+    *RunDir.ENTRIES, LATEST, WORLD_FILE, "*.py", "*.log", "*.md", "LICENSE*", "verify.json",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -112,9 +119,23 @@ def write_assets(assets: HfAssets, config, out_dir: Path, dtype) -> list[str]:
     gen.save_pretrained(out_dir)
     written.append("generation_config.json")
     if assets.tokenizer_dir is not None:
-        for name in TOKENIZER_FILES:
-            src = assets.tokenizer_dir / name
-            if src.is_file():
-                shutil.copy2(src, out_dir / name)
-                written.append(name)
+        for src in tokenizer_entries(assets.tokenizer_dir):
+            if src.is_dir():
+                shutil.copytree(src, out_dir / src.name)
+            else:
+                shutil.copy2(src, out_dir / src.name)
+            written.append(src.name)
     return written
+
+
+def tokenizer_entries(folder: Path) -> list[Path]:
+    """The files and folders of ``folder`` that belong to the tokenizer in it (module doc), sorted
+    by name; links are followed (an HF cache snapshot is a folder of links)."""
+    found = []
+    for path in sorted(folder.iterdir()):
+        name = path.name
+        if name.startswith(".") or any(fnmatch.fnmatchcase(name, p) for p in NOT_TOKENIZER):
+            continue
+        if path.is_file() or (path.is_dir() and name in TOKENIZER_SUBFOLDERS):
+            found.append(path)
+    return found

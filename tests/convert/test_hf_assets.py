@@ -10,6 +10,8 @@ import pytest
 from natscale.checkpoint.hf_assets import find_assets, write_assets
 from natscale.convert.errors import ConvertError
 
+EXAMPLE_TOKENIZER = Path(__file__).resolve().parents[2] / "examples" / "tokenizer"
+
 
 def layout(tmp_path: Path) -> tuple[Path, Path]:
     """<run>/checkpoints/<tag>/ — the trainer's run directory, empty of assets."""
@@ -103,3 +105,51 @@ def test_write_assets_keeps_generation_config_and_copies_tokenizer(tmp_path):
     assert config["dtype"] == "bfloat16" and config["use_cache"] is False  # as found
     gen = json.loads((out / "generation_config.json").read_text())
     assert (gen["eos_token_id"], gen["top_p"]) == (7, 0.5)
+
+
+def test_write_assets_copies_the_whole_tokenizer_and_nothing_else(tmp_path):
+    """Named chat templates (additional_chat_templates/) and vocabulary files of any name (e.g.
+    gpt_neox_japanese's emoji.json) come along; weights, run files and other folders do not."""
+    import torch
+    from transformers import AutoConfig, AutoTokenizer
+
+    root, tag_dir = layout(tmp_path)
+    mc = put_config(root.parent / "model_config")
+    tok = AutoTokenizer.from_pretrained(EXAMPLE_TOKENIZER)
+    tok.chat_template = {"default": "{{ 'DEFAULT' }}", "tool_use": "{{ 'TOOLS' }}"}
+    tok.save_pretrained(mc)
+    (mc / "emoji.json").write_text('{"emoji": {}}')
+    (mc / ".natscale-output").write_text('{"kind": "model-config"}')
+    (mc / "model.safetensors").write_bytes(b"weights")
+    (mc / "zero_to_fp32.py").write_text("")
+    (mc / "checkpoints").mkdir()
+    assets = find_assets(root, tag_dir)
+    assert assets.tokenizer_dir == mc
+    out = tmp_path / "out"
+    out.mkdir()
+    written = write_assets(assets, AutoConfig.from_pretrained(mc), out, torch.bfloat16)
+    assert "additional_chat_templates" in written and "emoji.json" in written
+    assert (out / "emoji.json").read_text() == '{"emoji": {}}'
+    names = sorted(p.name for p in out.iterdir())
+    for junk in (".natscale-output", "model.safetensors", "zero_to_fp32.py", "checkpoints"):
+        assert junk not in names
+    assert sorted(written) == names
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    got = AutoTokenizer.from_pretrained(out).apply_chat_template(
+        [{"role": "user", "content": "hi"}], tools=tools, tokenize=False
+    )
+    assert got == "TOOLS"  # the named template, as from the source folder
+
+
+def test_tokenizer_at_the_top_of_a_run_directory_brings_no_run_files(tmp_path):
+    from natscale.checkpoint.hf_assets import tokenizer_entries
+
+    root, tag_dir = layout(tmp_path)
+    run = put_tokenizer(put_config(root.parent))
+    for name in ("metrics.jsonl", "summary.json", "config.yaml", "ds_config.json", "README.md"):
+        (run / name).write_text("{}")
+    (run / "vocab.txt").write_text("a\n")
+    (root / "latest").write_text("global_step4")
+    assert find_assets(root, tag_dir).tokenizer_dir == run
+    assert [p.name for p in tokenizer_entries(run)] == [
+        "tokenizer.json", "tokenizer_config.json", "vocab.txt"]  # fmt: skip
