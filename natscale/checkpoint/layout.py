@@ -23,6 +23,7 @@ module that touches a run directory can import it cheaply.
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -33,6 +34,12 @@ LATEST = "latest"
 WORLD_FILE = "natscale_world_size"  # in each tag folder: how many ranks wrote it
 UNIVERSAL_SUFFIX = "_universal"
 MODEL_CONFIG = "model_config"  # RUN_DIR/model_config: HF config + tokenizer, no weights
+
+
+def spelled_out(path: Path) -> Path:
+    """``path`` as written, or made absolute when it ends in ``.`` or ``..``, whose ``name`` and
+    ``parent`` as written are not the folder's (``Path(".").parent`` is ``.``, its name "")."""
+    return Path(os.path.abspath(path)) if path.name in ("", "..") else path
 
 
 def tag_for(step: int) -> str:
@@ -73,8 +80,8 @@ class CheckpointDir:
 
     @property
     def run_dir(self) -> RunDir:
-        """The run directory holding this folder (its parent)."""
-        return RunDir(self.root.parent)
+        """The run directory holding this folder (its parent, also for a root of ``.``)."""
+        return RunDir(spelled_out(self.root).parent)
 
     def read_latest(self) -> str | None:
         """The tag named by ``latest`` (None when there is no complete checkpoint)."""

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from natscale.checkpoint.layout import CheckpointDir
+from natscale.checkpoint.layout import CheckpointDir, spelled_out
 from natscale.checkpoint.safety import UnsafeCheckpointError, load_weights_only
 from natscale.convert.errors import ConvertError
 
@@ -77,7 +77,8 @@ def resolve_tag(ckpt_dir: Path, tag: str | None) -> tuple[Path, str, Path]:
         raise ConvertError(f"checkpoint directory {ckpt_dir} does not exist or is not a directory")
     latest = CheckpointDir(ckpt_dir).latest_file
     if tag is None and _rank_files(ckpt_dir, _OPTIM_RE) and not latest.exists():
-        return ckpt_dir.parent, ckpt_dir.name, ckpt_dir  # the user pointed at the tag folder
+        named = spelled_out(ckpt_dir)  # the user pointed at the tag folder (`.` too)
+        return named.parent, named.name, ckpt_dir
     tags = available_tags(ckpt_dir)
     if tag is None:
         if not latest.is_file():

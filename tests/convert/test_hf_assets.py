@@ -153,3 +153,31 @@ def test_tokenizer_at_the_top_of_a_run_directory_brings_no_run_files(tmp_path):
     assert find_assets(root, tag_dir).tokenizer_dir == run
     assert [p.name for p in tokenizer_entries(run)] == [
         "tokenizer.json", "tokenizer_config.json", "vocab.txt"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("cwd", "arg", "root"),
+    [("run", "checkpoints", "checkpoints"), ("run/checkpoints", ".", "."),
+     ("run/checkpoints", "global_step4", "."), ("run/checkpoints/global_step4", ".", None),
+     ("run/checkpoints/global_step4/sub", "..", None)],
+)  # fmt: skip
+def test_a_relative_ckpt_dir_still_searches_the_run_directory(
+    tmp_path, monkeypatch, cwd, arg, root
+):
+    """`.` (or a bare tag) given from inside the checkpoint folder: CKPT_DIR/.. is the run
+    directory, not `.` again, and `.` given from inside a tag folder names that tag."""
+    from natscale.checkpoint.zero_files import resolve_tag
+
+    ckpts, tag_dir = layout(tmp_path)
+    (tag_dir / "zero_pp_rank_0_mp_rank_00_optim_states.pt").write_bytes(b"")
+    (tag_dir / "sub").mkdir()
+    if root is not None:  # a folder holding `latest` (else: the tag folder itself is given)
+        (ckpts / "latest").write_text("global_step4")
+    mc = put_tokenizer(put_config(ckpts.parent / "model_config"))
+    monkeypatch.chdir(tmp_path / cwd)
+    got_root, tag, got_tag_dir = resolve_tag(Path(arg), None)
+    assert tag == "global_step4" and got_tag_dir.resolve() == tag_dir.resolve()
+    if root is not None:
+        assert got_root == Path(root)  # as typed
+    assets = find_assets(got_root, got_tag_dir)
+    assert assets.config_dir.resolve() == assets.tokenizer_dir.resolve() == mc.resolve()
