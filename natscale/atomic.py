@@ -10,9 +10,15 @@ Output directories (:func:`atomic_output_dir`):
 
 Files go to a hidden sibling ``.<name>.partial-<host>-<pid>`` (same filesystem, so the final
 ``rename`` is atomic); on any exception, KeyboardInterrupt included, the partial folder is
-removed. A process killed with SIGKILL cannot clean up: its partial folder is removed by the next
-run on the same host that writes to the same place, once its pid is gone (a folder of another
-host, on a shared filesystem, is left alone: its process cannot be seen from here).
+removed. An existing empty folder (or a link to one, or a mount point) is filled, not replaced:
+the files go to a hidden ``.natscale-partial-<host>-<pid>`` inside it (same filesystem whatever
+the folder is), and when complete each entry is renamed into the folder, the marker last; the
+folder itself (its link, mount, owner and permissions) stays. Ctrl-C and SIGTERM wait while the
+entries move (renames only); an error puts back those already moved, so the folder is left
+empty, never half-filled. A process killed with SIGKILL cannot clean up (killed during those
+renames, it leaves part of the entries, unmarked): its partial folder is removed by the next run
+on the same host that writes to the same place, once its pid is gone (a folder of another host,
+on a shared filesystem, is left alone: its process cannot be seen from here).
 
 Every folder written here carries a marker file, ``.natscale-output``, holding
 ``{"kind": KIND, "version": 2, "entries": [...]}`` (``prepared`` for ``natscale prepare``,
@@ -35,8 +41,10 @@ import fnmatch
 import json
 import os
 import shutil
+import signal
 import socket
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -133,21 +141,48 @@ def partial_dir(out_dir: Path) -> Path:
     return out_dir.parent / f".{out_dir.name}.partial-{_host()}-{os.getpid()}"
 
 
+FILL_PREFIX = ".natscale-partial-"  # inside an existing empty output folder: see fill_partial_dir
+
+
+def fill_partial_dir(out_dir: Path) -> Path:
+    """The hidden folder inside an existing empty ``out_dir`` that this process fills it from."""
+    return out_dir / f"{FILL_PREFIX}{_host()}-{os.getpid()}"
+
+
+def _left_by_dead_process(suffix: str) -> bool:
+    """Whether a partial folder's ``HOST-PID`` suffix names a process of this host that is gone
+    (no host: a natscale version that did not name it)."""
+    host, _, pid = suffix.rpartition("-")
+    return host in ("", _host()) and pid.isdigit() and not _pid_alive(int(pid))
+
+
+def _partial_of_fill(path: Path) -> bool:
+    """Whether ``path``, inside an output folder, is the partial folder of a fill by this
+    process or by a killed one of this host (nothing of what a user put there)."""
+    if not path.name.startswith(FILL_PREFIX):
+        return False
+    return path.name == fill_partial_dir(path.parent).name or _left_by_dead_process(
+        path.name[len(FILL_PREFIX) :]
+    )
+
+
 def remove_stale_partials(out_dir: Path) -> None:
     """Delete partial folders for ``out_dir`` left by killed runs on this host (and by runs of
-    natscale versions that did not name the host), and the old outputs a :func:`replace_dir`
-    stopped while deleting them left (``.NAME.old-HOST-PID``: the new output was in place)."""
+    natscale versions that did not name the host), beside it or, for a fill, inside it, and the
+    old outputs a :func:`replace_dir` stopped while deleting them left (``.NAME.old-HOST-PID``:
+    the new output was in place)."""
     parent = out_dir.parent
     if not parent.is_dir():
         return
     prefixes = (f".{out_dir.name}.partial-", f".{out_dir.name}.old-")
     for p in parent.iterdir():
         prefix = next((x for x in prefixes if p.name.startswith(x)), None)
-        if prefix is None:
-            continue
-        host, _, pid = p.name[len(prefix) :].rpartition("-")
-        if host in ("", _host()) and pid.isdigit() and not _pid_alive(int(pid)):
+        if prefix is not None and _left_by_dead_process(p.name[len(prefix) :]):
             shutil.rmtree(p, ignore_errors=True)
+    if out_dir.is_dir():
+        for p in out_dir.iterdir():
+            if p.name.startswith(FILL_PREFIX) and _left_by_dead_process(p.name[len(FILL_PREFIX) :]):
+                shutil.rmtree(p, ignore_errors=True)
 
 
 def write_marker(folder: str | os.PathLike, kind: str) -> None:
@@ -265,6 +300,12 @@ def protected_reason(out_dir: Path, inputs: Iterable[str | os.PathLike] = ()) ->
     return None
 
 
+def is_empty_dir(folder: Path) -> bool:
+    """Whether ``folder`` (an existing folder) holds nothing, or only the partial folder of a fill
+    by this process or by a killed one of this host (:func:`atomic_output_dir`)."""
+    return all(_partial_of_fill(p) for p in folder.iterdir())
+
+
 def _describe(out_dir: Path) -> str:
     names = sorted(p.name for p in out_dir.iterdir())
     return f"{len(names)} entr{'y' if len(names) == 1 else 'ies'}: {shown_names(names)}"
@@ -307,7 +348,7 @@ def check_destination(
             f"{out_dir} cannot be the output: {why}, and natscale never replaces it; "
             "choose a new folder for the output"
         )
-    if not any(out_dir.iterdir()):
+    if is_empty_dir(out_dir):
         return
     if not overwrite:
         raise error(f"{out_dir} already exists; {hint}")
@@ -347,12 +388,17 @@ def atomic_output_dir(
     hint: str = "choose another output or pass --overwrite",
 ) -> Iterator[Path]:
     """Yield a temporary folder; on success it gets the ``kind`` marker and becomes ``out_dir``
-    (replacing it only if :func:`check_destination` allows)."""
+    (replacing it only if :func:`check_destination` allows; an existing empty ``out_dir`` is
+    filled instead: see the module doc)."""
     out_dir = Path(out_dir)
     inputs = list(inputs)
     check_destination(out_dir, overwrite, kind=kind, inputs=inputs, error=error, hint=hint)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_partials(out_dir)
+    if out_dir.is_dir() and is_empty_dir(out_dir):
+        with _filled_dir(out_dir, kind=kind, inputs=inputs, error=error) as tmp:
+            yield tmp
+        return
     tmp = partial_dir(out_dir)
     try:  # a signal that lands just after the folder is made (inside mkdir) still removes it
         shutil.rmtree(tmp, ignore_errors=True)
@@ -365,3 +411,75 @@ def atomic_output_dir(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextlib.contextmanager
+def _filled_dir(
+    out_dir: Path, *, kind: str, inputs: list[str | os.PathLike], error: type[Exception]
+) -> Iterator[Path]:
+    """Yield a partial folder inside the existing empty ``out_dir``; on success it gets the
+    ``kind`` marker and its entries move into ``out_dir`` (see the module doc)."""
+    tmp = fill_partial_dir(out_dir)
+    try:  # a signal that lands just after the folder is made (inside mkdir) still removes it
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        yield tmp
+        write_marker(tmp, kind)
+        # the folder may have changed while we worked: it must still be empty and allowed
+        if not is_empty_dir(out_dir):
+            raise error(_changed(out_dir))
+        check_destination(out_dir, False, kind=kind, inputs=inputs, error=error)
+        _move_entries(tmp, out_dir, error)
+        tmp.rmdir()
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _changed(out_dir: Path) -> str:
+    added = [p.name for p in out_dir.iterdir() if not _partial_of_fill(p)]
+    return (
+        f"{out_dir} was empty when this command started and now holds {shown_names(sorted(added))}"
+        "; nothing was written into it (natscale fills only an empty folder); choose another "
+        "output, or empty that folder and run the command again"
+    )
+
+
+def _move_entries(tmp: Path, out_dir: Path, error: type[Exception]) -> None:
+    """Rename every entry of ``tmp`` into ``out_dir`` (the marker last), all or none: on an error
+    the ones moved go back to ``tmp``. Ctrl-C and SIGTERM wait until this ends (renames only)."""
+    names = [*sorted(p.name for p in tmp.iterdir() if p.name != MARKER), MARKER]
+    moved: list[str] = []
+    with _signals_held():
+        try:
+            for name in names:
+                if os.path.lexists(out_dir / name):  # never rename over what appeared there
+                    raise error(_changed(out_dir))
+                os.rename(tmp / name, out_dir / name)
+                moved.append(name)
+        except BaseException:
+            for name in reversed(moved):
+                with contextlib.suppress(OSError):
+                    os.rename(out_dir / name, tmp / name)
+            raise
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Ctrl-C and SIGTERM arriving inside the block reach their handlers when it ends (in the
+    main thread only, where Python runs handlers; one set outside Python or ignored is kept)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {n: signal.getsignal(n) for n in (signal.SIGINT, signal.SIGTERM)}
+    previous = {n: h for n, h in previous.items() if h not in (None, signal.SIG_IGN)}
+    for n in previous:
+        signal.signal(n, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        for n, handler in previous.items():
+            signal.signal(n, handler)
+        for n in dict.fromkeys(held):
+            signal.raise_signal(n)

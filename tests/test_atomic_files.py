@@ -146,3 +146,83 @@ def test_an_output_inside_another_natscale_output_is_refused(tmp_path, enclosing
     with atomic_output_dir(tmp_path / "beside", kind=kind) as tmp:
         (tmp / "f").write_text("x")
     assert (tmp_path / "beside" / "f").is_file()
+
+
+def test_an_existing_empty_folder_is_filled_not_replaced(tmp_path):
+    """An empty OUT_DIR, here a link to a folder on a bigger disk, keeps being that folder: the
+    files land in the link's target, with its permissions, and nothing is left beside it."""
+    target = tmp_path / "big_disk" / "out"
+    target.mkdir(parents=True)
+    os.chmod(target, 0o2775)
+    link = tmp_path / "out"
+    link.symlink_to(target)
+    with atomic_output_dir(link, kind="hf-export") as tmp:
+        assert tmp.parent == link  # built inside the folder: the same filesystem, whatever it is
+        (tmp / "model.safetensors").write_bytes(b"x")
+        (tmp / "sub").mkdir()
+    assert link.is_symlink() and _mode(target) == 0o2775
+    assert sorted(p.name for p in target.iterdir()) == [".natscale-output", "model.safetensors",
+                                                        "sub"]  # fmt: skip
+    assert json.loads((target / ".natscale-output").read_text())["entries"] == [
+        "model.safetensors", "sub"]  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big_disk", "out"]
+
+
+@pytest.mark.parametrize("stop", ["error", "ctrl-c"])
+def test_a_fill_stopped_while_its_entries_move_is_all_or_nothing(tmp_path, monkeypatch, stop):
+    """An error while the entries move puts back those moved (the folder is left empty); Ctrl-C
+    waits until they all moved (the folder is complete) and is raised after."""
+    import signal as signals
+
+    import natscale.atomic as atomic
+
+    out = tmp_path / "out"
+    out.mkdir()
+    real_rename, calls = os.rename, []
+
+    def rename(src, dst):
+        calls.append(src)
+        if len(calls) == 2:
+            if stop == "error":
+                raise OSError("disk gone")
+            signals.raise_signal(signals.SIGINT)
+        real_rename(src, dst)
+
+    monkeypatch.setattr(atomic.os, "rename", rename)
+    with (
+        pytest.raises(OSError if stop == "error" else KeyboardInterrupt),
+        atomic_output_dir(out, kind="prepared") as tmp,
+    ):
+        for name in ("a", "b", "c"):
+            (tmp / name).write_text(name)
+    left = sorted(p.name for p in out.iterdir())
+    assert left == ([] if stop == "error" else [".natscale-output", "a", "b", "c"])
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_a_fill_never_mixes_with_what_appeared_in_the_folder_meanwhile(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    with (
+        pytest.raises(FileExistsError, match=r"was empty when .* now holds notes\.txt"),
+        atomic_output_dir(out, kind="prepared") as tmp,
+    ):
+        (tmp / "a").write_text("a")
+        (out / "notes.txt").write_text("mine")
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
+def test_the_partial_folder_of_a_killed_fill_does_not_make_the_folder_non_empty(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    from natscale.atomic import fill_partial_dir
+
+    stale = out / fill_partial_dir(out).name.replace(f"-{os.getpid()}", f"-{dead.pid}")
+    stale.mkdir()
+    (stale / "half.safetensors").write_bytes(b"x")
+    check_destination(out, False, kind="prepared")  # empty but for it
+    with atomic_output_dir(out, kind="prepared") as tmp:
+        (tmp / "a").write_text("a")
+    assert sorted(p.name for p in out.iterdir()) == [".natscale-output", "a"]
