@@ -76,12 +76,12 @@ def resolve_tag(ckpt_dir: Path, tag: str | None) -> tuple[Path, str, Path]:
     if not ckpt_dir.is_dir():
         raise ConvertError(f"checkpoint directory {ckpt_dir} does not exist or is not a directory")
     latest = CheckpointDir(ckpt_dir).latest_file
-    if tag is None and _rank_files(ckpt_dir, _OPTIM_RE) and not latest.exists():
+    if tag is None and optim_shard_ranks(ckpt_dir) and not latest.exists():
         named = spelled_out(ckpt_dir)  # the user pointed at the tag folder (`.` too)
         return named.parent, named.name, ckpt_dir
-    tags = available_tags(ckpt_dir)
     if tag is None:
         if not latest.is_file():
+            tags = available_tags(ckpt_dir)
             raise ConvertError(
                 f"{ckpt_dir} is not a DeepSpeed checkpoint directory: it has no 'latest' file"
                 + (f"; pass one of its tags with --tag: {', '.join(tags)}" if tags else "")
@@ -89,10 +89,11 @@ def resolve_tag(ckpt_dir: Path, tag: str | None) -> tuple[Path, str, Path]:
             )
         tag = CheckpointDir(ckpt_dir).read_latest_text() or ""  # damaged (not UTF-8): no tag
         if not tag:
+            tags = available_tags(ckpt_dir)
             raise ConvertError(f"{latest} is empty; pass the tag with --tag ({', '.join(tags)})")
     tag_dir = CheckpointDir(ckpt_dir).tag_dir(tag)
     if not tag_dir.is_dir():
-        known = ", ".join(tags) if tags else "none"
+        known = ", ".join(available_tags(ckpt_dir)) or "none"
         raise ConvertError(
             f"unknown tag {tag!r}: {tag_dir} does not exist (tags in {ckpt_dir}: {known})"
         )
@@ -100,8 +101,16 @@ def resolve_tag(ckpt_dir: Path, tag: str | None) -> tuple[Path, str, Path]:
 
 
 def available_tags(ckpt_dir: Path) -> list[str]:
-    """Sub-folders of ``ckpt_dir`` that hold ZeRO optimizer files."""
-    return sorted(p.name for p in ckpt_dir.iterdir() if p.is_dir() and _rank_files(p, _OPTIM_RE))
+    """Sub-folders of ``ckpt_dir`` that hold ZeRO optimizer files, for messages: unchecked (a
+    tag folder's own problems are reported when it is converted), unreadable ones left out."""
+    found = []
+    for path in ckpt_dir.iterdir():
+        try:
+            if path.is_dir() and optim_shard_ranks(path):
+                found.append(path.name)
+        except OSError:
+            continue
+    return sorted(found)
 
 
 def optim_shard_ranks(folder: Path) -> set[int]:

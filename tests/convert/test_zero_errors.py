@@ -71,6 +71,30 @@ def test_unknown_tag_lists_the_tags(zero_run, tmp_path):
     assert_nothing_written(tmp_path)
 
 
+def test_a_bad_unrelated_tag_folder_does_not_block_a_good_tag(zero_run, tmp_path):
+    """Another tag folder with files of two runs mixed (or tensor-parallel files) is reported
+    only when it is the one converted, not when `latest` or --tag names a good one."""
+    run = copy_run(zero_run, 2, "z3-fp32", tmp_path)
+    bad = run / "checkpoints/global_step1"
+    bad.mkdir()
+    for name in (
+        OPTIM.format(0),
+        "bf16_" + OPTIM.format(0),
+        "zero_pp_rank_0_mp_rank_01_optim_states.pt",
+    ):
+        (bad / name).write_bytes(b"")
+    assert convert(run, tmp_path).tag == "global_step2"
+    assert convert(run, tmp_path, tag="global_step2", overwrite=True).tag == "global_step2"
+    with pytest.raises(
+        ConvertError, match=r"global_step1/.*mp_rank > 0|world-size mismatch in .*global_step1"
+    ):
+        convert(run, tmp_path, tag="global_step1", overwrite=True)
+    with pytest.raises(
+        ConvertError, match=r"unknown tag 'global_step9'.*global_step1, global_step2"
+    ):
+        convert(run, tmp_path, tag="global_step9", overwrite=True)
+
+
 def test_truncated_file(zero_run, tmp_path):
     run = copy_run(zero_run, 2, "z3-fp32", tmp_path)
     path = run / "checkpoints/global_step2" / OPTIM.format(0)
