@@ -10,10 +10,11 @@ Output directories (:func:`atomic_output_dir`):
 
 Files go to a hidden sibling ``.<name>.partial-<host>-<pid>`` (same filesystem, so the final
 ``rename`` is atomic); on any exception, KeyboardInterrupt included, the partial folder is
-removed. An existing empty folder (or a link to one, or a mount point) is filled, not replaced:
-the files go to a hidden ``.natscale-partial-<host>-<pid>`` inside it (same filesystem whatever
-the folder is), and when complete each entry is renamed into the folder, the marker last; the
-folder itself (its link, mount, owner and permissions) stays. Ctrl-C and SIGTERM wait while the
+removed. A link to a folder stays a link: the folder it names is replaced (its partial folder
+is beside that one). An existing empty folder (or a link to one, or a mount point) is filled, not
+replaced: the files go to a hidden ``.natscale-partial-<host>-<pid>`` inside it (same filesystem
+whatever the folder is), and when complete each entry is renamed into the folder, the marker
+last; the folder itself (its link, mount, owner and permissions) stays. Ctrl-C and SIGTERM wait while the
 entries move (renames only); an error puts back those already moved, so the folder is left
 empty, never half-filled. A process killed with SIGKILL cannot clean up (killed during those
 renames, it leaves part of the entries, unmarked): its partial folder is removed by the next run
@@ -399,7 +400,11 @@ def atomic_output_dir(
         with _filled_dir(out_dir, kind=kind, inputs=inputs, error=error) as tmp:
             yield tmp
         return
-    tmp = partial_dir(out_dir)
+    # a link to an earlier output (e.g. on a bigger disk) stays a link: its folder is replaced
+    final = out_dir.resolve() if out_dir.is_symlink() and out_dir.is_dir() else out_dir
+    if final != out_dir:
+        remove_stale_partials(final)
+    tmp = partial_dir(final)
     try:  # a signal that lands just after the folder is made (inside mkdir) still removes it
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
@@ -407,7 +412,7 @@ def atomic_output_dir(
         write_marker(tmp, kind)
         # the folder may have appeared or changed while we worked: check again before replacing
         check_destination(out_dir, overwrite, kind=kind, inputs=inputs, error=error, hint=hint)
-        replace_dir(tmp, out_dir)
+        replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

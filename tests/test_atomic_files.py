@@ -226,3 +226,19 @@ def test_the_partial_folder_of_a_killed_fill_does_not_make_the_folder_non_empty(
     with atomic_output_dir(out, kind="prepared") as tmp:
         (tmp / "a").write_text("a")
     assert sorted(p.name for p in out.iterdir()) == [".natscale-output", "a"]
+
+
+def test_overwrite_through_a_link_replaces_the_folder_it_names_and_keeps_the_link(tmp_path):
+    target = tmp_path / "big_disk" / "out"
+    target.mkdir(parents=True)
+    link = tmp_path / "out"
+    link.symlink_to(target)
+    with atomic_output_dir(link, kind="hf-export") as tmp:
+        (tmp / "old.safetensors").write_bytes(b"old")
+    with atomic_output_dir(link, kind="hf-export", overwrite=True) as tmp:
+        assert tmp.parent == target.parent  # beside the folder replaced: the same filesystem
+        (tmp / "new.safetensors").write_bytes(b"new")
+    assert link.is_symlink() and link.resolve() == target
+    assert sorted(p.name for p in target.iterdir()) == [".natscale-output", "new.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big_disk", "out"]  # no .out.old-* link
+    assert [p.name for p in target.parent.iterdir()] == ["out"]
