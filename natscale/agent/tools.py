@@ -218,8 +218,9 @@ def with_schemas(
     registry: dict[str, Tool], overrides: dict[str, dict[str, Any]] | None = None
 ) -> dict[str, Tool]:
     """``registry`` with each tool's OpenAI schema (for ``loop.protocol: tool_calls``): the one in
-    ``overrides`` (``tools.schemas``), else a built-in's own, else the one a user tool's function
-    describes (its type hints and docstring). ``finish`` comes last."""
+    ``overrides`` (``tools.schemas``, each named as its tool), else a built-in's own, else the
+    one a user tool's function describes (its type hints and docstring), named as the tool is
+    configured (``tools.user``'s key, not the function's name). ``finish`` comes last."""
     overrides = overrides or {}
     extra = sorted(set(overrides) - set(registry))
     if extra:
@@ -233,11 +234,19 @@ def with_schemas(
         worker = isinstance(tool.run, ToolWorker)
         if name in overrides:
             schema = overrides[name]
+            given = schema["function"]["name"]
+            if given != name:
+                raise ToolConfigError(
+                    f"tools.schemas: the schema for tool {name!r} is named {given!r}; a tool is "
+                    "offered and called under its configured name"
+                )
         elif worker:
             try:
-                schema = tool.run.schema()
+                derived = tool.run.schema()
             except ToolStartError as exc:
                 raise ToolConfigError(str(exc)) from None
+            # offered under its tools.user name (what the registry calls), not its function's
+            schema = {**derived, "function": {**derived["function"], "name": name}}
         else:
             schema = BUILTIN_SCHEMAS[name]
         if not worker and single_parameter(schema) is None:

@@ -194,6 +194,32 @@ def test_user_tools_schema_from_their_docstring_and_keyword_calls(tmp_path, monk
         close_tools(bare)
 
 
+def test_a_user_tool_is_offered_under_its_configured_name(tmp_path, monkeypatch):
+    """``tools.user: {forecast: "mod:weather"}`` is offered as ``forecast``, the name the
+    registry calls, not as its function's name ``weather``."""
+    (tmp_path / "weathertools.py").write_text(USER_TOOLS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    tools = build_tools([], user_tools={"forecast": "weathertools:weather"})
+    try:
+        tools = with_schemas(tools)
+        fn = tools["forecast"].schema["function"]
+        assert fn["name"] == "forecast" and fn["description"] == "The forecast of a city."
+        ep = _run(
+            [
+                Generation(_call("forecast", city="Oslo"), 1),
+                Generation(_call("finish", answer="sunny"), 1),
+            ],
+            tools,
+        )
+        assert ep.failure is None and ep.pred == "sunny"
+        assert ep.history[1]["content"] == "Oslo: sunny for 1 day(s)"
+        misnamed = {"forecast": {"type": "function", "function": {"name": "weather"}}}
+        with pytest.raises(ToolConfigError, match="schema for tool 'forecast' is named 'weather'"):
+            with_schemas(tools, misnamed)
+    finally:
+        close_tools(tools)
+
+
 def test_tool_schema_files(tmp_path):
     path = tmp_path / "tools.json"
     schema = {"name": "calculate", "description": "Arithmetic.", "parameters": {
