@@ -87,11 +87,11 @@ def split_thought_action(text: str) -> tuple[str, str]:
     reasoning, end, stripped = text.strip().rpartition(THINK_END)
     reasoning += end
     stripped = stripped.strip()
+    if stripped.startswith(ACTION_PREFIX):  # no thought; a later action line is not the action
+        return reasoning, stripped[len(ACTION_PREFIX) :].split("\nAction: ", 1)[0]
     if "\nAction: " in stripped:
         thought, action = stripped.split("\nAction: ")[:2]
         return f"{reasoning}\n{thought}" if reasoning else thought, action
-    if stripped.startswith(ACTION_PREFIX):
-        return reasoning, stripped[len(ACTION_PREFIX) :]
     raise ReActParseError(
         f"no action in assistant turn {_preview(text)}: expected a line 'Action: tool[argument]'"
     )

@@ -21,6 +21,7 @@ from natscale.agent.scoring import extract_gsm8k_answer, math_reward
         ("Thought: x\nAction: calculate[[1 + 2]]", ("calculate", "[1 + 2]")),
         ("Thought: x\nAction: finish[]", ("finish", "")),
         ("Thought: x\nAction: calculate[1]\nAction: finish[2]", ("calculate", "1")),
+        ("Action: calculate[1]\nAction: finish[2]", ("calculate", "1")),
         ("Thought: x\nAction: calculate[4 × 3]", ("calculate", "4 × 3")),
     ],
 )
@@ -56,6 +57,9 @@ def test_format_then_parse_round_trip():
     )
     assert format_step(None, "finish", "4") == "Action: finish[4]"
     assert parse_step("Action: finish[4]").thought == ""
+    # the first action wins without a thought too, and is not taken for one
+    step = parse_step("Action: calculate[3 * 4]\nAction: finish[12]")
+    assert (step.thought, step.tool, step.argument) == ("", "calculate", "3 * 4")
     assert format_observation("2/3") == "Observation: 2/3"
 
 
