@@ -5,7 +5,8 @@ turn (``tokenizer.parse_response``; the ``response_template`` a tokenizer config
 published models ship one yet, so natscale carries these, each for one way of writing calls, and
 ``natscale eval`` picks the first that reads back a call as the model's own chat template writes
 it (:mod:`natscale.eval.tool_parsing`). Each reads the generated turn alone (anchored at its
-start); a turn without a call is all ``content``.
+start); a turn without a call is all ``content``, and the text around a turn's calls is its
+``content`` (each region stripped, joined with a line break).
 
 ====================  ===================================================================
 ``tool_call_json``    ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` blocks after
@@ -37,7 +38,9 @@ NAMED_CALL = {"type": "function", "function": {"name": "{name}", "arguments": "{
 
 
 def _template(tool_calls: dict[str, Any], end_of_turn: str, *, think: bool) -> dict[str, Any]:
-    content: dict[str, Any] = {"content": "text"}
+    # every text region, before and after the calls, not only the last one (ResponseParser
+    # joins them)
+    content: dict[str, Any] = {"content": "text", "repeats": True}
     if end_of_turn:
         content["close_pattern"] = r"\s*" + re.escape(end_of_turn)
     fields = {"reasoning_content": THINK} if think else {}

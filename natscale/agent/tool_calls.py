@@ -76,7 +76,7 @@ class ToolCall:
 
 @dataclass(frozen=True)
 class ParsedTurn:
-    content: str  # the text outside reasoning and calls, stripped
+    content: str  # the text outside reasoning and calls (its regions joined by "\n"), stripped
     reasoning: str | None
     calls: list[ToolCall]
 
@@ -174,6 +174,9 @@ class ResponseParser:
             None,
         )
         content = parsed.get("content") or ""
+        if isinstance(content, list) and all(isinstance(part, str) for part in content):
+            # a repeated content field: the text before and after the calls, all of it
+            content = "\n".join(part.strip() for part in content if part.strip())
         if not isinstance(content, str):
             raise ToolCallParseError("the response template's content is not text")
         calls = parsed.get("tool_calls") or []

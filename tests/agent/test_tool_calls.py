@@ -8,9 +8,11 @@ import json
 import pytest
 
 from natscale.agent.loop import Generation, Question, advance_tool_calls, rollout
+from natscale.agent.response_templates import response_template
 from natscale.agent.tool_calls import (
     BUILTIN_SCHEMAS,
     ParsedTurn,
+    ResponseParser,
     ToolCall,
     ToolCallParseError,
     response_parser,
@@ -114,6 +116,29 @@ def _run(turns: list[Generation], tools, max_turns: int = 4):
 
 def _call(name: str, **arguments) -> str:
     return f"<tool_call>\n{json.dumps({'name': name, 'arguments': arguments})}\n</tool_call>"
+
+
+CALL_17_23 = {
+    "tool_call_json": _call("calculate", expression="17 * 23"),
+    "tool_call_xml": "<tool_call>\n<function=calculate>\n<parameter=expression>\n17 * 23\n"
+    "</parameter>\n</function>\n</tool_call>",
+    "pythonic": '[calculate(expression="17 * 23")]',
+}  # the syntaxes whose calls text may follow (llama3_json, mistral, granite read to the end)
+
+
+@pytest.mark.parametrize("name", list(CALL_17_23))
+def test_the_text_before_and_after_the_calls_is_all_content(name):
+    """Text on both sides of the calls is kept, each region stripped, joined by a line break."""
+    parser = ResponseParser(response_template(name, "<|im_end|>"), prefixed=False, name=name)
+    call = CALL_17_23[name]
+    turn = parser.parse(f"I will multiply first.\n{call}\n  Then I will add 5. <|im_end|>")
+    assert turn == ParsedTurn(
+        "I will multiply first.\nThen I will add 5.",
+        None,
+        [ToolCall("calculate", {"expression": "17 * 23"})],
+    )
+    assert parser.parse(f"{call}\n{call}<|im_end|>").content == ""
+    assert parser.parse("Just 391.<|im_end|>").content == "Just 391."
 
 
 def test_the_turn_rules_of_the_tool_call_loop():
