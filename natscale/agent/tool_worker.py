@@ -47,7 +47,12 @@ def child_path() -> list[str]:
 
 
 class ToolStartError(ValueError):
-    """A user tool's process cannot import or find its function (the message says which)."""
+    """A user tool's process cannot import or find its function (the message says which;
+    ``reason`` is the why alone)."""
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason if reason is not None else message
 
 
 def parse_spec(name: str, spec: str) -> tuple[str, str]:
@@ -143,7 +148,7 @@ class ToolWorker:
             why = f"its process exited with code {self._proc.wait()} while importing"
         if why is not None:
             self.close()
-            raise ToolStartError(f"tool {self.name!r} ({self.spec}): {why}")
+            raise ToolStartError(f"tool {self.name!r} ({self.spec}): {why}", why)
 
     def _read(self, timeout_s: float | None) -> dict[str, Any] | None:
         """The child's next message; ``{}`` if it exited, None if ``timeout_s`` ran out."""
@@ -164,9 +169,13 @@ class ToolWorker:
     def call(self, argument: str | dict[str, Any], timeout_s: float | None) -> str:
         """Run the tool on ``argument`` (a dict: a native call's arguments, passed as keywords):
         its result, or ``Error: ...`` if it raised, ran over ``timeout_s`` (the process is killed;
-        None: no limit) or its process died."""
+        None: no limit), its process died, or a new process (after a timeout or a crash) could
+        not start; the next call tries to start it again."""
         key = "arguments" if isinstance(argument, dict) else "argument"
-        message = self._ask({key: argument}, timeout_s)
+        try:
+            message = self._ask({key: argument}, timeout_s)
+        except ToolStartError as exc:  # the restart failed: an observation, the eval goes on
+            return f"Error: tool {self.name!r} could not be restarted ({exc.reason})"
         if message is None:
             self.close()
             return f"Error: tool {self.name!r} timed out after {timeout_s:g} s"

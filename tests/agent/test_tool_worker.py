@@ -68,6 +68,38 @@ def test_a_call_over_its_limit_is_killed_and_the_next_starts_afresh(user_module)
     assert all(t.run.pid is None for n, t in tools.items() if n in spec)
 
 
+FLAKY_MODULE = """
+import os, pathlib
+busy = pathlib.Path(__file__).with_name("busy")  # held by a process that was killed
+if busy.exists():
+    raise RuntimeError("resource busy")
+busy.touch()
+def lookup(arg):
+    if arg == "crash":
+        os._exit(3)
+    return "ok:" + arg
+"""
+
+
+def test_a_tool_that_cannot_restart_is_an_error_observation(user_module):
+    """A restart after a crash that fails is the call's observation, not an exception out of
+    the eval; a later call tries to start the tool again."""
+    (user_module / "flaky.py").write_text(FLAKY_MODULE)
+    tools = build_tools([], user_tools={"lookup": "flaky:lookup"})
+    try:
+        assert call_tool(tools["lookup"], "x") == "ok:x"
+        assert call_tool(tools["lookup"], "crash") == "Error: tool 'lookup' exited with code 3"
+        assert call_tool(tools["lookup"], "y") == (
+            "Error: tool 'lookup' could not be restarted "
+            "(cannot import 'flaky' (RuntimeError: resource busy))"
+        )
+        assert tools["lookup"].run.pid is None
+        (user_module / "busy").unlink()
+        assert call_tool(tools["lookup"], "z") == "ok:z"
+    finally:
+        close_tools(tools)
+
+
 def test_bad_user_tools_are_refused_when_the_tools_are_built(user_module):
     with pytest.raises(ToolConfigError, match=r"'x'.*cannot import 'badimport' \(OSError: index"):
         build_tools([], user_tools={"x": "badimport:run"})
