@@ -17,7 +17,8 @@ thinks longer) is counted in the episode's ``truncated_turns``; it is parsed as 
 
 With native tool calls (:func:`advance_tool_calls`, ``loop.protocol: tool_calls``) the turn's
 calls are read by a response parser (:mod:`natscale.agent.tool_calls`) and each result is a
-``tool`` message; ``finish``'s ``answer``, or a turn without a call (its text), ends the episode.
+``tool`` message; ``finish``'s ``answer``, or a turn without a call (its text), ends the episode
+(a ``finish`` call without its one argument is an ``Error: ...`` result and the episode goes on).
 
 Tool errors (a bad expression, a timeout) are observations ``Error: ...`` and the episode goes
 on, as in the paper. Finished episodes are handed to ``on_done`` at once; when ``should_stop()``
@@ -195,21 +196,26 @@ def advance_tool_calls(
                 else "the turn has neither a tool call nor an answer"
             )
         return
+    answer_key = finish_argument(tools)
     for call in calls:
-        if call["name"] == FINISH:
-            answer = call["arguments"].get(finish_argument(tools))
-            ep.pred = answer if isinstance(answer, str) else json.dumps(answer)
-            ep.done = True
-            return
         tool = tools.get(call["name"])
-        if tool is None:
+        if call["name"] == FINISH:
+            if set(call["arguments"]) == {answer_key}:
+                answer = call["arguments"][answer_key]
+                ep.pred = answer if isinstance(answer, str) else json.dumps(answer)
+                ep.done = True
+                return
+            # no answer, or not under its name: an error result, and the episode goes on
+            observation = (
+                f"Error: {FINISH} takes one argument, {answer_key!r}; the call gave "
+                f"{sorted(call['arguments']) or 'none'}"
+            )
+        elif tool is None:
             ep.error = f"unknown tool {call['name']!r}; the tools are {sorted(tools)}"
             ep.failure, ep.done = "unknown_tool", True
-        observation = (
-            f"Error: {ep.error}"
-            if tool is None
-            else call_tool_with(tool, call["arguments"], timeout_s)
-        )
+            observation = f"Error: {ep.error}"
+        else:
+            observation = call_tool_with(tool, call["arguments"], timeout_s)
         ep.history.append(
             {
                 "role": "tool",

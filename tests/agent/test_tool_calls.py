@@ -171,6 +171,25 @@ def test_the_turn_rules_of_the_tool_call_loop():
     assert overflow.failure == "context_overflow" and overflow.turns == 0
 
 
+@pytest.mark.parametrize("arguments", [{"result": "18"}, {}, {"answer": "18", "why": "9 * 2"}])
+def test_a_finish_call_without_its_answer_is_an_error_result(arguments):
+    """A ``finish`` whose arguments do not fit is an ``Error:`` result, not the answer "null";
+    the episode goes on, and a later ``finish`` with its answer ends it."""
+    tools = with_schemas(build_tools(["calculate"]))
+    bad = Generation(_call("finish", **arguments), 1)
+    ep = _run([bad, Generation(_call("finish", answer="18"), 1)], tools)
+    assert ep.pred == "18" and ep.failure is None and ep.turns == 2
+    gave = sorted(arguments) or "none"
+    assert ep.history[1] == {
+        "role": "tool",
+        "tool_call_id": "call01000",
+        "name": "finish",
+        "content": f"Error: finish takes one argument, 'answer'; the call gave {gave}",
+        "loss": False,
+    }
+    assert _run([bad], tools, max_turns=1).failure == "turn_limit"
+
+
 USER_TOOLS = '''
 def weather(city: str, days: int = 1) -> str:
     """The forecast of a city.
