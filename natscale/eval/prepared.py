@@ -51,13 +51,16 @@ def agent_defaults(prepared_dir: str | os.PathLike) -> dict[str, Any]:
     """The ``loop`` and ``tools`` sections of an eval config for a dataset of native tool calls:
     the tool-call loop with the tools its trajectories offered (``stats.json`` ``tools``, their
     schemas as they were trained: ``tools.schemas``) or that ReAct steps were turned into
-    (``native_tools``). A tool that is not built in still needs ``tools.user``."""
+    (``native_tools``), in the order training offered them (the eval offers ``tools.names`` in
+    its order). A tool that is not built in still needs ``tools.user``."""
     from natscale.agent.react import FINISH
+    from natscale.data.react_calls import offered_tools
 
     _, cfg, stats = _recorded(prepared_dir)
     native = [n for s in cfg.sources for n in (getattr(s, "native_tools", None) or [])]
     schemas = [] if native else list(stats.get("tools") or [])
-    names = native + [t["function"]["name"] for t in schemas]
+    # native_tools are offered as prepare ordered them (built-ins first), not as written
+    names = [t["function"]["name"] for t in (offered_tools(native) if native else schemas)]
     if not names:
         return {}
     tools: dict[str, Any] = {"names": [n for n in dict.fromkeys(names) if n != FINISH]}

@@ -111,10 +111,22 @@ def _load_tools(cfg: EvalConfig):
     if cfg.loop.protocol == "react":
         return tools
     try:
-        return with_schemas(tools, load_schemas(cfg.tools.schemas) if cfg.tools.schemas else None)
+        schemas = load_schemas(cfg.tools.schemas) if cfg.tools.schemas else None
+        return _in_names_order(with_schemas(tools, schemas), cfg.tools.names)
     except ToolConfigError as exc:
         close_tools(tools)
         raise EvalError(f"tools: {exc}") from None
+
+
+def _in_names_order(tools: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """``tools`` in the order the prompt offers them: those ``tools.names`` names in its order
+    (``--data``: the order the training data offered them), then the other ``tools.user`` ones,
+    ``finish`` last."""
+    from natscale.agent.react import FINISH
+
+    rank = {name: k for k, name in enumerate(names)}
+    order = sorted(tools, key=lambda n: (n == FINISH, rank.get(n, len(rank))))
+    return {name: tools[name] for name in order}
 
 
 def _step(cfg: EvalConfig, prompter, tools) -> tuple[Callable, str | None]:

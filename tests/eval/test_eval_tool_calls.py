@@ -259,6 +259,55 @@ def test_data_from_native_tools_defaults_the_tool_call_loop(tmp_path):
     assert load_eval_config(str(mine), [], str(tmp_path / "data")).loop.protocol == "react"
 
 
+def test_data_from_native_tools_offers_them_in_the_training_order(tmp_path):
+    """native_tools: [search, calculate]: training offers calculate, search, finish (built-ins by
+    name), and so does the eval from --data, whatever order the source named them in: its
+    prompt is token for token the prompt of a training example."""
+    import datasets
+
+    from natscale.cli.eval import load_eval_config
+    from natscale.eval.run import _load_tools
+
+    from .conftest import DATA, scripted_fields, write_config
+
+    source = {
+        "format": "nat",
+        "paths": [str(DATA / "trajectories.json")],
+        "questions": [str(DATA / "questions.jsonl")],
+        "prompt": str(DATA / "prompt.json"),
+        "native_tools": ["search", "calculate"],
+    }
+    fields = {
+        "output": str(tmp_path / "data"),
+        "limit": 20,
+        "sources": [source],
+        "render": {"tokenizer": str(TOKENIZER), "template": "llama2"},
+        "pack": {"max_seq_len": 4096},
+    }
+    prepare(PrepareConfig.model_validate(fields), progress=False)
+    trained = json.loads((tmp_path / "data" / "stats.json").read_text())["tools"]
+    assert [t["function"]["name"] for t in trained] == ["calculate", "search", "finish"]
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text(json.dumps({"title": "Paris", "text": "the capital of France"}) + "\n")
+    base = {k: v for k, v in scripted_fields(tmp_path / "run").items() if k != "prompt"}
+    base["tools"] = {"corpus": str(corpus)}
+    cfg = load_eval_config(
+        str(write_config(tmp_path / "e.yaml", **base)), [], str(tmp_path / "data")
+    )
+    assert cfg.tools.names == ["calculate", "search"]
+    tools = _load_tools(cfg)
+    assert [t.schema for t in tools.values()] == trained
+    prompter = Prompter(cfg.prompt, load_tokenizer(cfg.prompt.tokenizer))
+    prompter.tools = [t.schema for t in tools.values()]
+    rows = datasets.load_from_disk(str(tmp_path / "data"))["input_ids"]
+    text = "\n".join(f" {' '.join(map(str, r))} " for r in rows)
+    prompts = [
+        prompter.ids(prompter.messages(q["question"], []))
+        for q in read_jsonl(DATA / "questions.jsonl")[:20]
+    ]
+    assert any(f" {' '.join(map(str, p))} " in text for p in prompts)
+
+
 def test_data_of_tool_call_trajectories_defaults_their_tools(endpoint, tmp_path):
     """--data of a dataset whose trajectories offered tools (here: the agent's own tool-call
     episodes, prepared as `format: openai`): the eval runs the tool-call loop and offers those
