@@ -38,12 +38,30 @@ class Turn:
     train: bool | None = None
     tool_calls: list[dict[str, Any]] | None = None
     name: str | None = None  # tool name of an observation, when the format records it
+    # the id of the call an observation answers, when the format records it (see answered_call)
+    tool_call_id: str | None = None
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
             raise ValueError(f"unknown turn role {self.role!r}; expected one of {ROLES}")
         if self.train is None:
             self.train = self.role == "assistant"
+
+
+def answered_call(pending: list[str], tool_call_id: str | None) -> str | None:
+    """The id of the call an observation answers, taken out of ``pending`` (the ids of the calls
+    still waiting for a result, in call order): its own ``tool_call_id`` when it has one (results
+    of parallel calls may come back in any order), else the first pending one (None when no call
+    is pending). ValueError when ``tool_call_id`` is not pending."""
+    if tool_call_id is None:
+        return pending.pop(0) if pending else None
+    if tool_call_id not in pending:
+        waiting = f"the calls waiting are {pending}" if pending else "no call with an id is waiting"
+        raise ValueError(
+            f"tool_call_id {tool_call_id!r} answers no call made before it ({waiting})"
+        )
+    pending.remove(tool_call_id)
+    return tool_call_id
 
 
 @dataclass

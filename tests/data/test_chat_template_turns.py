@@ -252,6 +252,32 @@ def test_call_ids_reach_the_template(tok_for):
     assert " id=call00001</tool_call>" in text and "tool\n[call00001] 12" in text
 
 
+def test_tool_results_answer_the_call_their_id_names(tok_for):
+    """Parallel calls whose results come back out of order: each result answers the call its
+    tool_call_id names, not the call in its position; results without ids go in order."""
+    tok = tok_for(CALL_IDS)
+    r = Renderer(tok, "hf", observation_role="tool")
+    paris, rome = ({**CALL, "id": f"call{city}"} for city in ("Paris", "Rome0"))
+
+    def turns(*answered: str | None) -> list[Message]:
+        results = [
+            Message("observation", f"result {k}", tool_call_id=a) for k, a in enumerate(answered)
+        ]
+        return [
+            Message("user", "Question: Weather in Paris and Rome?"),
+            Message("assistant", "", True, [paris, rome]),
+            *results,
+            Message("assistant", "Done.", True),
+        ]
+
+    text = tok.decode(r.encode(turns("callRome0", "callParis")).ids.tolist())
+    assert "tool\n[callRome0] result 0" in text and "tool\n[callParis] result 1" in text
+    text = tok.decode(r.encode(turns(None, None)).ids.tolist())
+    assert "tool\n[callParis] result 0" in text and "tool\n[callRome0] result 1" in text
+    with pytest.raises(ValueError, match=r"tool_call_id 'callLisbon' answers no call"):
+        r.encode(turns("callParis", "callLisbon"))
+
+
 def test_a_turn_with_nothing_to_train_or_a_lost_message_is_refused(tok_for):
     no_end = CALL_AFTER_TEXT.replace("{{ '<|im_end|>\\n' }}", "{{ '\\n' }}")
     r = Renderer(tok_for(no_end), "hf", observation_role="tool")

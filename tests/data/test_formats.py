@@ -7,6 +7,8 @@ import pytest
 from natscale.data.errors import DataError, Issues
 from natscale.data.formats import FORMATS, load_trajectories
 from natscale.data.formats.alpaca import split_react
+from natscale.data.formats.openai import openai_record
+from natscale.data.formats.writing import Notes
 from natscale.data.prompts import load_task_prompt
 
 from .nat_test_data import NAT_TRAJ, PROMPT, QUESTION, write_json, write_jsonl
@@ -140,6 +142,40 @@ def test_openai_messages_with_tool_calls(tmp_path):
     assert t.turns[1].role == "observation" and t.turns[1].name == "calculate"
     assert t.turns[2].train is False and t.outcome.success is False
     assert t.id == "o.jsonl:1"
+
+
+def test_openai_tool_results_keep_the_call_they_answer(tmp_path):
+    """A tool message's tool_call_id is kept (parallel results may come back in any order); one
+    that answers no call before it is an error naming the record and field (or skipped)."""
+
+    def call(cid: str, city: str) -> dict:
+        args = json.dumps({"city": city})
+        return {"id": cid, "type": "function", "function": {"name": "weather", "arguments": args}}
+
+    def record(answered: str) -> dict:
+        calls = [call("callParis", "Paris"), call("callRome0", "Rome")]
+        return {
+            "messages": [
+                {"role": "user", "content": "Weather in Paris and Rome?"},
+                {"role": "assistant", "content": "", "tool_calls": calls},
+                {"role": "tool", "tool_call_id": answered, "content": "Rome: 30C"},
+                {"role": "tool", "content": "Paris: 20C"},
+                {"role": "assistant", "content": "Paris 20C, Rome 30C."},
+            ],
+            "reward": True,
+        }
+
+    path = write_jsonl(tmp_path / "o.jsonl", [record("callRome0"), record("callLisbon")])
+    with pytest.raises(DataError) as err:
+        load_trajectories(path, "openai")
+    assert str(err.value).startswith(f"{path}: line 2: field 'messages[2].tool_call_id': ")
+    assert "'callLisbon' answers no call" in str(err.value)
+    issues = Issues()
+    (t,) = load_trajectories(path, "openai", on_error="skip", issues=issues)
+    assert issues.as_dict() == {"unknown_tool_call_id": 1}
+    assert [u.tool_call_id for u in t.turns[1:3]] == ["callRome0", None]
+    written = openai_record(t, Notes())["messages"]  # convert writes each its call's id
+    assert [m.get("tool_call_id") for m in written[2:4]] == ["callRome0", "callParis"]
 
 
 def test_fireact_alpaca_split_and_reward_from_text(tmp_path):

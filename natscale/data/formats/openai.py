@@ -55,7 +55,7 @@ from natscale.data.formats.writing import (
     outcome_fields,
     system_with_instruction,
 )
-from natscale.data.trajectory import Trajectory, Turn
+from natscale.data.trajectory import Trajectory, Turn, answered_call
 
 
 class OpenAISource(RecordSource):
@@ -176,6 +176,7 @@ def parse_messages(
     rec: Record, items: list, list_name: str, *, reasoning: str = "keep"
 ) -> list[Turn]:
     turns = []
+    pending: list[str] = []  # the ids of the calls not answered yet
     for i, msg in enumerate(items):
         name = f"{list_name}[{i}]"
         role = message_role(rec, msg, name, ROLE_MAP)
@@ -186,13 +187,31 @@ def parse_messages(
         content = _content(rec, msg, name)
         if role == "assistant":
             content = _with_reasoning(rec, msg, name, content, reasoning)
+        calls = _tool_calls(rec, msg, name) if role == "assistant" else None
+        pending += [c["id"] for c in calls or () if "id" in c]
+        call_id = None
+        if ROLE_MAP[role] == "observation":
+            call_id = field(
+                rec, msg, "tool_call_id", str, name=f"{name}.tool_call_id", default=None
+            )
+            try:
+                answered_call(pending, call_id)
+            except ValueError as exc:
+                raise rec.error(
+                    str(exc),
+                    field=f"{name}.tool_call_id",
+                    reason="unknown_tool_call_id",
+                    hint="give the id of the call it answers (tool_calls[].id), or leave "
+                    "tool_call_id out to pair the results with the calls in order",
+                ) from None
         turns.append(
             Turn(
                 ROLE_MAP[role],
                 content,
                 train=train,
-                tool_calls=_tool_calls(rec, msg, name) if role == "assistant" else None,
+                tool_calls=calls,
                 name=msg.get("name") if isinstance(msg.get("name"), str) else None,
+                tool_call_id=call_id,
             )
         )
     return turns
@@ -256,8 +275,9 @@ def _message(turn: Turn, pending_ids: list[str]) -> dict[str, Any]:
     if turn.role == "observation":
         if turn.name:
             msg["name"] = turn.name
-        if pending_ids:
-            msg["tool_call_id"] = pending_ids.pop(0)
+        answered = answered_call(pending_ids, turn.tool_call_id)
+        if answered is not None:
+            msg["tool_call_id"] = answered
     if turn.role == "assistant" and not turn.train:
         msg["weight"] = 0
     elif turn.role != "assistant" and turn.train:

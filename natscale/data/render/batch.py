@@ -53,6 +53,7 @@ class _Turn(NamedTuple):  # what ``trajectory_messages`` reads of a Turn
     train: bool | None
     tool_calls: list | None
     name: str | None
+    tool_call_id: str | None
 
 
 class _Traj(NamedTuple):  # ... and of a Trajectory (with the tools the renderer reads)
@@ -72,7 +73,7 @@ def _slim(ex) -> tuple:
     """What a worker needs to render an example, as plain tuples (they pickle several times
     faster than the Trajectory with its metadata)."""
     t = ex.traj
-    turns = [(u.role, u.content, u.train, u.tool_calls, u.name) for u in t.turns]
+    turns = [(u.role, u.content, u.train, u.tool_calls, u.name, u.tool_call_id) for u in t.turns]
     return (ex.query, t.system, t.instruction, t.acknowledgement, t.tools, turns)
 
 

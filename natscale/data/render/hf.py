@@ -54,6 +54,7 @@ from natscale.data.render.hf_text import (
 )
 from natscale.data.render.messages import Message
 from natscale.data.render.templates import Template
+from natscale.data.trajectory import answered_call
 
 EOT_CANDIDATES = (
     "<|im_end|>",
@@ -141,7 +142,8 @@ class HFChatTemplate(Template):
 
     def _hf_messages(self, messages: list[Message], contents: list[str]) -> list[dict]:
         """OpenAI-style messages; a call's ``id`` (Mistral's templates require them) is kept,
-        and the observations after it get the ids as ``tool_call_id``, in order."""
+        and an observation gets the id it answers as ``tool_call_id``: its own, else the next
+        pending call's (:func:`answered_call`; ValueError for an id that answers no call)."""
         out, pending = [], []
         for msg, content in zip(messages, contents, strict=True):
             m = {"role": self.role(msg), "content": content}
@@ -156,8 +158,9 @@ class HFChatTemplate(Template):
             if msg.role == "observation":
                 if msg.name:
                     m["name"] = msg.name
-                if pending:
-                    m["tool_call_id"] = pending.pop(0)
+                answered = answered_call(pending, msg.tool_call_id)
+                if answered is not None:
+                    m["tool_call_id"] = answered
             out.append(m)
         return out
 
@@ -206,9 +209,10 @@ class HFChatTemplate(Template):
         generation: bool,
         tools: list | None = None,
     ) -> str:
+        hf_messages = self._hf_messages(messages, contents)  # its ValueError is the data's
         try:
             return self.tokenizer.apply_chat_template(
-                self._hf_messages(messages, contents),
+                hf_messages,
                 tools=tools,
                 tokenize=False,
                 add_generation_prompt=generation,
@@ -263,7 +267,7 @@ class HFChatTemplate(Template):
             *(
                 (
                     self.role(m),
-                    m.name if m.role == "observation" else None,
+                    (m.name, m.tool_call_id) if m.role == "observation" else None,
                     json.dumps(m.tool_calls, sort_keys=True) if m.tool_calls else None,
                     not m.content,
                 )

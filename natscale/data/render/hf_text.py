@@ -3,6 +3,7 @@ skeleton positions, and where the real render puts each content."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
@@ -48,8 +49,9 @@ def positions(
 
 
 def with_stand_ins(messages: list[Message]) -> list[Message]:
-    """``messages`` with each tool call's arguments ``{}`` and its id zeros of the same length:
-    what a template renders around the messages apart from those."""
+    """``messages`` with each tool call's arguments ``{}`` and its id zeros of the same length
+    (an observation's ``tool_call_id`` too): what a template renders around the messages apart
+    from those."""
     out = []
     for m in messages:
         if m.tool_calls:
@@ -58,7 +60,9 @@ def with_stand_ins(messages: list[Message]) -> list[Message]:
                 | ({"id": "0" * len(c["id"])} if c.get("id") else {})
                 for c in m.tool_calls
             ]
-            m = Message(m.role, m.content, m.train, calls, m.name)
+            m = dataclasses.replace(m, tool_calls=calls)
+        if m.tool_call_id:
+            m = dataclasses.replace(m, tool_call_id="0" * len(m.tool_call_id))
         out.append(m)
     return out
 

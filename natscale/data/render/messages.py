@@ -30,6 +30,7 @@ class Message:
     train: bool = False
     tool_calls: list[dict[str, Any]] | None = None
     name: str | None = None
+    tool_call_id: str | None = None  # the call an observation answers (else: the next one)
 
 
 def prompt_messages(
@@ -73,5 +74,5 @@ def trajectory_messages(
         mode=mode,
     )
     for t in traj.turns:
-        out.append(Message(t.role, t.content, bool(t.train), t.tool_calls, t.name))
+        out.append(Message(t.role, t.content, bool(t.train), t.tool_calls, t.name, t.tool_call_id))
     return out
