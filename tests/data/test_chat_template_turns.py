@@ -152,6 +152,7 @@ def test_chat_template_file_replaces_the_tokenizers_and_travels_with_the_data(
     data = cfg.model_dump(mode="json", exclude_none=True)
     data["render"]["chat_template"] = str(jinja)
     data["render"]["add_missing_special_tokens"] = False
+    data["render"]["end_of_turn"] = "<|end|>"  # as text: the tokenizer lacks it
     cfg_file.write_text(json.dumps(data))
     out = tmp_path / "out"
     assert main(["prepare", str(cfg_file), "--out", str(out)]) == 0
@@ -161,7 +162,7 @@ def test_chat_template_file_replaces_the_tokenizers_and_travels_with_the_data(
 
     # the same file for evaluation (a model without --data)
     tok = load_tokenizer(tokenizer_dir)
-    prompter = Prompter(PromptConfig(chat_template=str(jinja)), tok)
+    prompter = Prompter(PromptConfig(chat_template=str(jinja), end_of_turn="<|end|>"), tok)
     assert prompter.renderer.name == "hf" and tok.chat_template == HARMONY
 
     # errors name the field and the file
@@ -280,9 +281,8 @@ def test_tool_results_answer_the_call_their_id_names(tok_for):
 
 def test_a_turn_with_nothing_to_train_or_a_lost_message_is_refused(tok_for):
     no_end = CALL_AFTER_TEXT.replace("{{ '<|im_end|>\\n' }}", "{{ '\\n' }}")
-    r = Renderer(tok_for(no_end), "hf", observation_role="tool")
-    with pytest.raises(TemplateError, match="no end-of-turn token follows"):
-        r.encode(_tool_turns(""))
+    with pytest.raises(TemplateError, match="none of the end-of-turn tokens"):
+        Renderer(tok_for(no_end), "hf", observation_role="tool")
     no_observation = CALL_AFTER_TEXT.replace(
         "{% for m in messages %}", "{% for m in messages if m['role'] != 'tool' %}"
     )
@@ -372,7 +372,28 @@ def test_end_of_turn_is_the_token_that_closes_a_turn(tok_for):
     assert r.end_of_turn == "<end_of_turn>"
     assert [tok.decode(s)[-13:] for s in trained_spans(r.encode(MESSAGES))] == ["<end_of_turn>"] * 2
     assert Renderer(tok_for(CHATML_JINJA), "hf").end_of_turn == "<|im_end|>"
-    assert Renderer(tok, "hf", end_of_turn="</s>").end_of_turn == "</s>"  # as configured
+    assert Renderer(tok, "hf", end_of_turn="\n").end_of_turn == "\n"  # as configured
+    with pytest.raises(TemplateError, match=r"writes '<end_of_turn>\\n<start_of_turn>user"):
+        Renderer(tok, "hf", end_of_turn="</s>")  # one the template never writes
+
+
+def test_a_template_that_ends_no_turn_is_refused(tok_for):
+    """An Alpaca-style template writes no end-of-turn token after an assistant turn: no turn
+    would be trained to end, so the renderer refuses it, naming render.end_of_turn; set to what
+    the template writes after a turn, that is trained."""
+    alpaca = (
+        "{% for m in messages %}### {{ m['role'] }}:\n{{ m['content'] }}\n\n{% endfor %}"
+        "{% if add_generation_prompt %}### assistant:\n{% endif %}"
+    )
+    tok = tok_for(alpaca)
+    with pytest.raises(TemplateError, match=r"looked for \['</s>'.*set render\.end_of_turn"):
+        Renderer(tok, "hf")
+    r = Renderer(tok, "hf", end_of_turn="\n\n")
+    messages = [Message("user", "Question: 2*3?"), Message("assistant", "Action: finish[6]", True)]
+    assert [tok.decode(s) for s in trained_spans(r.encode(messages))] == ["Action: finish[6]\n\n"]
+    chatml_as_text = CHATML_JINJA.replace("<|im_end|>", "<|eot_id|>")  # not a token here
+    with pytest.raises(TemplateError, match=r"add_missing_special_tokens: true"):
+        Renderer(tok_for(chatml_as_text), "hf")
 
 
 @pytest.mark.parametrize(

@@ -303,6 +303,8 @@ def test_hf_template_layout_is_rendered_once_and_content_still_checked(tokenizer
 def _hf_pair(tokenizer_copy, jinja: str):
     tok = load_tokenizer(tokenizer_copy)
     tok.chat_template = jinja
+    if "<|im_end|>" in jinja:  # its turns end with it: a token (else no turn would end)
+        tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
     fast, ref = Renderer(tok, "hf"), Renderer(tok, "hf")
     ref.template._direct = None  # apply_chat_template for every conversation
     return fast, ref

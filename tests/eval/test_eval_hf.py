@@ -106,13 +106,15 @@ def test_an_end_of_turn_of_several_tokens_is_a_stop_string(tiny_model):
     template = DATA.parent / "chat_templates" / "qwen3_style_thinks.jinja"
     for protocol in ("react", "tool_calls"):
         prompter = Prompter(
-            PromptConfig(template="hf", chat_template=str(template), end_of_turn="[END]"),
+            PromptConfig(template="hf", chat_template=str(template), end_of_turn="<|im_end|>"),
             load_eval_tokenizer(tiny_model),
         )
         backend = HFBackend(
             str(tiny_model), prompter, HFConfig(), LoopConfig(protocol=protocol), SamplingConfig()
         )
-        assert "[END]" in backend.stops and backend.eos_ids == [prompter.tokenizer.eos_token_id]
+        assert "<|im_end|>" in backend.stops and backend.eos_ids == [
+            prompter.tokenizer.eos_token_id
+        ]
 
 
 def test_random_model_episodes_end_unparseable_and_are_recorded(tiny_model, tmp_path):

@@ -129,6 +129,7 @@ class HFChatTemplate(Template):
         self._tails: dict[tuple, tuple[int | None, str] | None] = {}  # see _shape_tail
         self._drops_call_text: bool | None = None
         self._apart: set[tuple] = set()  # layouts rendered by _by_prompts
+        self._check_turns_end()
         if end_of_turn is None and len(self.eot) > 1:
             self.end_of_turn = self._closing_token() or self.end_of_turn
 
@@ -163,6 +164,36 @@ class HFChatTemplate(Template):
                     m["tool_call_id"] = answered
             out.append(m)
         return out
+
+    def _check_turns_end(self) -> None:
+        """Raises when the template writes none of the end-of-turn tokens after an assistant
+        turn (an Alpaca-style ``### {role}:\n{content}\n\n`` writes no EOS): a turn would be
+        trained without one, and the model would never learn to end its turn."""
+        probe = [Message("user", "q"), Message("assistant", "a", True), Message("user", "q")]
+        try:
+            text = self._render(probe, [SLOT.format(i) for i in range(3)], False)
+        except TemplateError:  # a template that needs more to render: rendering reports it
+            return
+        after = text.partition(SLOT.format(1))[2].partition(SLOT.format(2))[0]
+        if SLOT.format(2) not in text or any(t in after for t in self.eot):
+            return
+        looked = f"{list(self.eot)}" if self.eot else "none: the tokenizer has no EOS token"
+        name = getattr(self.tokenizer, "name_or_path", "") or "the tokenizer"
+        as_text = [t for t in EOT_CANDIDATES if t in after]
+        hint = (
+            f" (it writes {as_text[0]} as text, a token the tokenizer lacks: "
+            "render.add_missing_special_tokens: true adds it)"
+            if as_text
+            else ""
+        )
+        raise TemplateError(
+            f"the chat template of {name} writes {after!r} between an assistant turn and the "
+            f"next message, none of the end-of-turn tokens (looked for {looked}), so no turn "
+            "would be trained to end and the model would not learn to stop; set "
+            "render.end_of_turn (prompt.end_of_turn for natscale eval) to the text the template "
+            f"writes right after an assistant turn{hint}, or use a chat template that closes "
+            "assistant turns with a token"
+        )
 
     def _closing_token(self) -> str | None:
         """The end-of-turn token the template closes an assistant turn with, where the
