@@ -46,7 +46,7 @@ import signal
 import socket
 import tempfile
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -405,14 +405,26 @@ def atomic_output_dir(
     if final != out_dir:
         remove_stale_partials(final)
     tmp = partial_dir(final)
+
+    def finish() -> None:
+        # the folder may have appeared or changed while we worked: check again before replacing
+        check_destination(out_dir, overwrite, kind=kind, inputs=inputs, error=error, hint=hint)
+        replace_dir(tmp, final)
+
+    with _partial(tmp, kind, finish):
+        yield tmp
+
+
+@contextlib.contextmanager
+def _partial(tmp: Path, kind: str, finish: Callable[[], None]) -> Iterator[Path]:
+    """Yield the new folder ``tmp``; on success mark it ``kind`` and ``finish()`` (which puts
+    it in place); on any exception, KeyboardInterrupt included, remove it."""
     try:  # a signal that lands just after the folder is made (inside mkdir) still removes it
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         yield tmp
         write_marker(tmp, kind)
-        # the folder may have appeared or changed while we worked: check again before replacing
-        check_destination(out_dir, overwrite, kind=kind, inputs=inputs, error=error, hint=hint)
-        replace_dir(tmp, final)
+        finish()
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -425,20 +437,17 @@ def _filled_dir(
     """Yield a partial folder inside the existing empty ``out_dir``; on success it gets the
     ``kind`` marker and its entries move into ``out_dir`` (see the module doc)."""
     tmp = fill_partial_dir(out_dir)
-    try:  # a signal that lands just after the folder is made (inside mkdir) still removes it
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        yield tmp
-        write_marker(tmp, kind)
+
+    def finish() -> None:
         # the folder may have changed while we worked: it must still be empty and allowed
         if not is_empty_dir(out_dir):
             raise error(_changed(out_dir))
         check_destination(out_dir, False, kind=kind, inputs=inputs, error=error)
         _move_entries(tmp, out_dir, error)
         tmp.rmdir()
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    with _partial(tmp, kind, finish):
+        yield tmp
 
 
 def _changed(out_dir: Path) -> str:
