@@ -169,7 +169,9 @@ def test_an_existing_empty_folder_is_filled_not_replaced(tmp_path):
 
 
 @pytest.mark.parametrize("stop", ["error", "ctrl-c"])
-def test_a_fill_stopped_while_its_entries_move_is_all_or_nothing(tmp_path, monkeypatch, stop):
+def test_a_fill_stopped_while_its_entries_move_is_all_or_nothing(
+    tmp_path, monkeypatch, request, stop
+):
     """An error while the entries move puts back those moved (the folder is left empty); Ctrl-C
     waits until they all moved (the folder is complete) and is raised after."""
     import signal as signals
@@ -189,6 +191,9 @@ def test_a_fill_stopped_while_its_entries_move_is_all_or_nothing(tmp_path, monke
         real_rename(src, dst)
 
     monkeypatch.setattr(atomic.os, "rename", rename)
+    # Python's own Ctrl-C handler, whatever the test runner's worker process set (or ignored)
+    previous = signals.signal(signals.SIGINT, signals.default_int_handler)
+    request.addfinalizer(lambda: signals.signal(signals.SIGINT, previous))
     with (
         pytest.raises(OSError if stop == "error" else KeyboardInterrupt),
         atomic_output_dir(out, kind="prepared") as tmp,
