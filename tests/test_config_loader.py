@@ -78,3 +78,15 @@ def test_dotted_keys_one_implementation():
         apply_overrides(data, ["s.t=1"])
     with pytest.raises(ConfigError, match=r"--set 'train.lr': expected KEY=VALUE"):
         apply_overrides(data, ["train.lr"])
+
+
+def test_exponent_numbers_are_numbers_in_files_and_overrides(tmp_path):
+    """YAML 1.1 reads 5e8 as a string; a DeepSpeed override must get the number."""
+    from natscale.config.loader import load_yaml, parse_override
+
+    assert load_yaml("a: 5e8\nb: 2e-5\nc: '5e8'\nd: 1e\n") == {
+        "a": 5e8, "b": 2e-5, "c": "5e8", "d": "1e"}  # fmt: skip
+    assert parse_override("deepspeed.overrides.zero_optimization.reduce_bucket_size=5e8") == (
+        "deepspeed.overrides.zero_optimization.reduce_bucket_size",
+        5e8,
+    )

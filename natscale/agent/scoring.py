@@ -16,7 +16,7 @@ import string
 from collections import Counter
 from dataclasses import dataclass
 
-_GSM8K_ANSWER = re.compile(r"#### (-?[0-9.,]+)")
+_GSM8K_ANSWER = re.compile(r"####\s*(-?[0-9.,]+)")
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = set(string.punctuation)
 _BOOL_GOLD = {"true": "yes", "false": "no"}
@@ -67,10 +67,12 @@ def f1_score(pred: str | None, gold: str) -> float:
     if pred is None:
         return 0.0
     gold_n = normalize_answer(gold)
-    p, g = normalize_answer(pred).split(), _BOOL_GOLD.get(gold_n, gold_n).split()
-    # yes/no/noanswer must match exactly (SQuAD v2 / HotpotQA convention)
-    if (p and p[0] in ("yes", "no", "noanswer")) or (g and g[0] in ("yes", "no", "noanswer")):
-        return float(p == g)
+    pred_n, gold_n = normalize_answer(pred), _BOOL_GOLD.get(gold_n, gold_n)
+    # an answer that is yes, no or noanswer must match exactly (HotpotQA's rule: the whole
+    # answer, so "No Doubt" or "the Yes Men" still get partial credit)
+    if pred_n in ("yes", "no", "noanswer") or gold_n in ("yes", "no", "noanswer"):
+        return float(pred_n == gold_n)
+    p, g = pred_n.split(), gold_n.split()
     common = sum((Counter(p) & Counter(g)).values())
     if common == 0:
         return 0.0

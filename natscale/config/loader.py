@@ -12,6 +12,7 @@ lookup in natscale uses (run configs, DeepSpeed configs, benchmark specs, data f
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,6 +27,23 @@ M = TypeVar("M", bound=BaseModel)
 
 class ConfigError(ValueError):
     """A config file or override is invalid; the message says where and what to do."""
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 as PyYAML reads it, but ``5e8`` and ``2e-5`` are numbers (YAML 1.2, JSON): the
+    1.1 float needs a dot, so ``reduce_bucket_size: 5e8`` would reach DeepSpeed as a string."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """``text`` parsed as YAML (safe: plain data only), exponent-only numbers as floats."""
+    return yaml.load(text, Loader=_Loader)  # a SafeLoader: plain data only
 
 
 def get_dotted(data: Mapping[str, Any], key: str | None) -> Any:
@@ -77,7 +95,7 @@ def parse_override(item: str, *, source: str = "--set") -> tuple[str, Any]:
     if not sep or not key:
         raise ConfigError(f"{source} {item!r}: expected KEY=VALUE, e.g. train.lr=2e-5")
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = load_yaml(raw) if raw != "" else ""
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source} {item!r}: value is not valid YAML ({exc})") from exc
     return key, value
@@ -117,7 +135,7 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     except UnicodeDecodeError as exc:

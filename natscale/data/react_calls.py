@@ -95,7 +95,8 @@ def tool_call_turns(traj: Trajectory, notes: Notes) -> tuple[list[Turn], list[st
             called = step.tool
         elif turn.role == "observation" and called is not None:
             text = _observation_text(turn)
-            if not (called == FINISH and text == FINISH_OBSERVATION):
+            # "Episode finished" (FireAct's and alpaca's add ", reward = True"): no tool result
+            if not (called == FINISH and text.startswith(FINISH_OBSERVATION)):
                 out.append(Turn("observation", text, turn.train, name=called))
             called = None
         elif turn.role == "observation":

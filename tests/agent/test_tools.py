@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from natscale.agent.scoring import exact_match, f1_score, score_answer, yes_no
+from natscale.agent.scoring import exact_match, f1_score, math_reward, score_answer, yes_no
 from natscale.agent.tools import (
     BM25Search,
     Tool,
@@ -90,5 +90,10 @@ def test_scoring_rules():
     assert f1_score("yes it is", "yes") == 0.0 and f1_score("maybe yes", "yes") == 0.0
     assert f1_score("no", "False") == 1.0 and f1_score("yes", "true") == 1.0
     assert f1_score("maybe yes", "maybe") == pytest.approx(2 / 3)  # no yes/no gold: token F1
+    # only a whole answer of yes/no is matched exactly: "No Doubt" (a band) is a name
+    assert f1_score("No Doubt band", "No Doubt") == pytest.approx(0.8)
+    assert f1_score("yes, Paris", "Paris") == pytest.approx(2 / 3)
+    # GSM8K golds with or without a space after ####, the same in both readers
+    assert score_answer("math", "18", "a ####18").correct and math_reward("18", "a ####18")
     # a gold that is not a boolean matches nothing, not even an unparseable prediction
     assert not score_answer("yesno", "Unclear", "unknown").correct

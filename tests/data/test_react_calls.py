@@ -46,6 +46,13 @@ def test_turns_calls_results_and_what_stays_text():
     assert out[1] is called
     assert notes["assistant turns without a parseable action kept as text"] == 1
     assert notes["trajectories with tool calls already, left as they are"] == 1
+    # FireAct's and alpaca's last observation carries the reward: dropped too, not a tool result
+    fireact = _traj(
+        "c",
+        ("assistant", "Action: finish[5]"),
+        ("observation", "Observation: Episode finished, reward = True"),
+    )
+    assert len(react_to_tool_calls([fireact], Notes())[0].turns) == 1
 
 
 def test_converted_files_load_as_tool_call_data(tmp_path):
