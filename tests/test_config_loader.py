@@ -90,3 +90,26 @@ def test_exponent_numbers_are_numbers_in_files_and_overrides(tmp_path):
         "deepspeed.overrides.zero_optimization.reduce_bucket_size",
         5e8,
     )
+
+
+def test_a_section_check_names_the_set_value_inside_it(tmp_path):
+    from pydantic import model_validator
+
+    class Model(BaseModel):
+        path: str | None = None
+        config: str | None = None
+
+        @model_validator(mode="after")
+        def _one(self):
+            if (self.path is None) == (self.config is None):
+                raise ValueError("set exactly one of model.path and model.config")
+            return self
+
+    class WithModel(BaseModel):
+        model: Model
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("model:\n  path: m\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(cfg, WithModel, ["model.config=c"])
+    assert "(with model.config given with --set)" in str(exc.value)

@@ -124,8 +124,11 @@ def format_validation_error(
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key (check its spelling and section)"
+        inside = sorted(k for k in overridden if err["loc"] and k.startswith(key + "."))
         if any(key == k or key.startswith(k + ".") for k in overridden):
             msg += " (the value given with --set)"
+        elif inside:  # a check of the whole section, which a --set value is part of
+            msg += f" (with {', '.join(inside)} given with --set)"
         lines.append(f"  - {key}: {msg}")
     return "\n".join(lines)
 
