@@ -48,7 +48,7 @@ from natscale.agent.tool_calls import (
     call_id,
     single_parameter,
 )
-from natscale.agent.tools import Tool, call_tool, call_tool_with
+from natscale.agent.tools import Tool, argument_error, call_tool, call_tool_with
 
 FAILURES = ("unparseable_action", "unknown_tool", "turn_limit", "context_overflow")
 
@@ -206,10 +206,7 @@ def advance_tool_calls(
                 ep.done = True
                 return
             # no answer, or not under its name: an error result, and the episode goes on
-            observation = (
-                f"Error: {FINISH} takes one argument, {answer_key!r}; the call gave "
-                f"{sorted(call['arguments']) or 'none'}"
-            )
+            observation = argument_error(FINISH, answer_key, call["arguments"])
         elif tool is None:
             ep.error = f"unknown tool {call['name']!r}; the tools are {sorted(tools)}"
             ep.failure, ep.done = "unknown_tool", True

@@ -258,6 +258,13 @@ def with_schemas(
     return out
 
 
+def argument_error(name: str, param: str | None, arguments: dict[str, Any]) -> str:
+    """The observation for a call of a one-argument tool whose arguments are not ``{param}``."""
+    return (
+        f"Error: {name} takes one argument, {param!r}; the call gave {sorted(arguments) or 'none'}"
+    )
+
+
 def call_tool_with(tool: Tool, arguments: dict[str, Any], timeout_s: float | None = 10.0) -> str:
     """Run ``tool`` on a native call's ``arguments`` (a JSON object): a user tool gets them as
     keyword arguments, a built-in its one parameter's value. A call that does not fit is the
@@ -266,10 +273,7 @@ def call_tool_with(tool: Tool, arguments: dict[str, Any], timeout_s: float | Non
         return tool.run.call(arguments, timeout_s)
     param = single_parameter(tool.schema) if tool.schema else None
     if param is None or set(arguments) != {param}:
-        return (
-            f"Error: {tool.name} takes one argument, {param!r}; the call gave "
-            f"{sorted(arguments) or 'none'}"
-        )
+        return argument_error(tool.name, param, arguments)
     value = arguments[param]
     return call_tool(tool, value if isinstance(value, str) else json.dumps(value), timeout_s)
 

@@ -48,9 +48,8 @@ def ranks_on_cpu(plan: LaunchPlan) -> bool | None:
     accelerator = plan.env.values.get("DS_ACCELERATOR")
     if accelerator:
         return accelerator == "cpu"
-    if is_cpu_run() and plan.options.backend in _REMOTE_BACKENDS:
-        return None
-    return is_cpu_run()
+    here = is_cpu_run()
+    return None if here and plan.options.backend in _REMOTE_BACKENDS else here
 
 
 def static_checks(plan: LaunchPlan, environ: Mapping[str, str]) -> list[Finding]:
