@@ -338,7 +338,10 @@ def test_a_variant_is_named_for_its_seeds_and_positives(capsys):
     v = variant(scarce, seeds=(3, 4, 5), positives=(300,))
     assert (v.name, v.seeds, v.positives) == ("cpu-scarce-seeds345-p300", (3, 4, 5), (300,))
     assert replace(v, name=scarce.name, seeds=scarce.seeds, positives=scarce.positives) == scarce
-    assert variant(scarce, seeds=(10, 11)).name == "cpu-scarce-seeds10-11"
+    assert variant(scarce, seeds=(10, 11)).name == "cpu-scarce-seeds-10-11"
+    # the seed 12 alone and the seeds 1 and 2 are different replications, in different folders
+    assert variant(scarce, seeds=(12,)).name == "cpu-scarce-seeds-12"
+    assert variant(scarce, seeds=(1, 2)).name == "cpu-scarce-seeds12"
     assert plan(variant(scarce, seeds=(6, 7)))[0].name == "Pbase/vanilla/seed6"  # a new base
     with pytest.raises(ValueError, match="distinct"):
         variant(scarce, seeds=(1, 1))

@@ -253,8 +253,12 @@ def variant(
     if seeds:
         if len(set(seeds)) != len(seeds) or min(seeds) < 0:
             raise ValueError(f"seeds {list(seeds)}: give distinct whole numbers >= 0")
-        sep = "" if max(seeds) < 10 else "-"
-        name += "-seeds" + sep.join(map(str, seeds))
+        # One digit a seed (seeds345) or, once one has two digits, a dash before each: seeds-12 is
+        # the seed 12 and seeds12 the seeds 1 and 2, so the two never share a folder.
+        if max(seeds) < 10:
+            name += "-seeds" + "".join(map(str, seeds))
+        else:
+            name += "-seeds" + "".join(f"-{seed}" for seed in seeds)
     if positives:
         if len(set(positives)) != len(positives) or min(positives) < 1:
             raise ValueError(f"positives {list(positives)}: give distinct whole numbers >= 1")
