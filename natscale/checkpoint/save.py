@@ -26,6 +26,7 @@ import contextlib
 import errno
 import random
 import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -47,18 +48,43 @@ def _write_latest(ckpt_dir: Path, tag: str) -> None:
     atomic_write_text(CheckpointDir(ckpt_dir).latest_file, tag)
 
 
+_FOREIGN_WARNED: set[Path] = set()
+
+
+def _foreign_folders(tag_dir: Path) -> list[str]:
+    """Sub-folders of a tag folder: DeepSpeed writes only files there, so each was put there by
+    someone else (an HF export converted into it, say) and is not training's to delete."""
+    try:
+        return sorted(p.name for p in tag_dir.iterdir() if p.is_dir())
+    except OSError:
+        return []
+
+
 def _prune(ckpt_dir: Path, keep_last: int, current: str) -> list[str]:
     """Delete the tags older than ``current`` (just saved, complete) beyond the newest
-    ``keep_last``; tags newer than ``current`` are left alone (not this run's to judge)."""
+    ``keep_last``; tags newer than ``current`` are left alone (not this run's to judge), and so
+    is a tag folder holding a sub-folder (said once on stderr)."""
     m = TAG_RE.match(current)
     limit = int(m.group(1)) if m else None
     ckpts = CheckpointDir(ckpt_dir)
     tags = [t for t in ckpts.list_tags() if limit is None or int(TAG_RE.match(t).group(1)) <= limit]
     if current not in tags:  # only a save that just completed may make room
         return []
-    doomed = [name for name in tags[: -max(keep_last, 1)] if name != current]
-    for name in doomed:
+    doomed = []
+    for name in tags[: -max(keep_last, 1)]:
+        foreign = _foreign_folders(ckpts.tag_dir(name)) if name != current else []
+        if name == current or foreign:
+            if foreign and ckpts.tag_dir(name) not in _FOREIGN_WARNED:
+                _FOREIGN_WARNED.add(ckpts.tag_dir(name))
+                print(
+                    f"natscale: checkpoint.keep_last: kept {ckpts.tag_dir(name)}, which holds "
+                    f"{', '.join(f'{n}/' for n in foreign)} (not written by training); move "
+                    "that out, then delete the tag folder yourself",
+                    file=sys.stderr,
+                )
+            continue
         _remove_tag(ckpts, name)
+        doomed.append(name)
     return doomed
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from natscale.atomic import HF_EXPORT, atomic_output_dir, check_destination
+from natscale.atomic import HF_EXPORT, atomic_output_dir, check_destination, within
 from natscale.checkpoint.hf_assets import find_assets, load_config, write_assets
 from natscale.checkpoint.safetensors_stream import (
     ShardWriter,
@@ -181,6 +181,12 @@ def convert_zero_to_hf(
     inputs = [Path(ckpt_dir)] + ([Path(config_dir)] if config_dir else [])
     check_destination(out_dir, overwrite, kind=HF_EXPORT, inputs=inputs, error=ConvertError)
     ckpt = inspect_checkpoint(ckpt_dir, tag)
+    if within(out_dir.resolve(), ckpt.root.resolve()):
+        raise ConvertError(
+            f"{out_dir} is inside the checkpoint folder {ckpt.root}: training deletes old tags "
+            "there (checkpoint.keep_last) and a --fresh run moves it aside, export and all; "
+            f"choose an output outside it, e.g. {ckpt.root.parent / 'hf'}"
+        )
     assets = find_assets(ckpt.root, ckpt.tag_dir, Path(config_dir) if config_dir else None)
     config = load_config(assets)
     out_dtype = resolve_dtype(dtype, ckpt.train_dtype)

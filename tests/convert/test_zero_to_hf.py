@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from natscale.checkpoint.zero_to_hf import convert_zero_to_hf
+from natscale.convert.errors import ConvertError
 
 pytestmark = pytest.mark.multiproc
 EXAMPLE_TOKENIZER = Path(__file__).resolve().parents[2] / "examples" / "tokenizer"
@@ -188,3 +189,15 @@ def test_verify_of_a_model_without_sdpa(zero_run, tmp_path):
     args = ["convert", "zero-to-hf", str(ckpts), str(out), "--verify", "--quiet"]
     assert main([*args, "--config-dir", str(config)]) == 0
     assert (out / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("ckpt", ["checkpoints", "checkpoints/global_step2"])
+def test_an_output_inside_the_checkpoint_folder_is_refused(zero_run, ckpt):
+    """An export inside a tag folder was deleted, with no word, by the next save's pruning
+    (checkpoint.keep_last); inside the checkpoint folder a --fresh run moves it aside."""
+    checkpoints = zero_run(1, "z2-fp32") / "checkpoints"
+    before = sorted(p.relative_to(checkpoints) for p in checkpoints.rglob("*"))
+    for out in (checkpoints / "global_step2" / "hf", checkpoints / "hf"):
+        with pytest.raises(ConvertError, match="inside the checkpoint folder"):
+            convert_zero_to_hf(checkpoints.parent / ckpt, out, progress=False)
+    assert sorted(p.relative_to(checkpoints) for p in checkpoints.rglob("*")) == before

@@ -41,6 +41,22 @@ def test_prune_keeps_the_newest(tmp_path: Path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["global_step10", "global_step12", "other"]
 
 
+def test_prune_keeps_a_tag_holding_a_folder_it_did_not_write(tmp_path: Path, capsys):
+    # `convert zero-to-hf CKPT CKPT/global_step2/hf` put an export inside a tag: pruning the tag
+    # would delete it with no word
+    for step in (2, 4, 6):
+        (tmp_path / f"global_step{step}").mkdir()
+        (tmp_path / f"global_step{step}" / "mp_rank_00_model_states.pt").write_bytes(b"x")
+    (tmp_path / "global_step2" / "hf").mkdir()
+    (tmp_path / "global_step2" / "hf" / "model.safetensors").write_bytes(b"weights")
+    assert _prune(tmp_path, 1, "global_step6") == ["global_step4"]
+    assert (tmp_path / "global_step2" / "hf" / "model.safetensors").read_bytes() == b"weights"
+    err = capsys.readouterr().err
+    assert "kept" in err and "global_step2" in err and "hf/" in err
+    _prune(tmp_path, 1, "global_step6")  # said once
+    assert capsys.readouterr().err == ""
+
+
 def test_metrics_truncate_and_clean(tmp_path: Path):
     lines = [
         json.dumps(clean({"step": s, "loss": math.nan if s == 2 else 1.0, "x": {"y": math.inf}}))
