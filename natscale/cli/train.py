@@ -110,6 +110,7 @@ def _train(
     from natscale.checkpoint.resume import ResumeError
     from natscale.checkpoint.safety import UnsafeCheckpointError
     from natscale.checkpoint.universal import UniversalConversionError
+    from natscale.config.loader import ConfigError
     from natscale.data.schema import RowError
     from natscale.train.trainer import Trainer, TrainingAborted
 
@@ -130,7 +131,13 @@ def _train(
             except OSError as write_exc:  # e.g. the disk that is full
                 print(f"natscale train: cannot write summary.json: {write_exc}", file=sys.stderr)
         return _fail(str(exc), 1)
-    except (RowError, UniversalConversionError, UnsafeCheckpointError, ResumeError) as exc:
+    except (
+        RowError,
+        UniversalConversionError,
+        UnsafeCheckpointError,
+        ResumeError,
+        ConfigError,
+    ) as exc:  # ConfigError: e.g. deepspeed.config deleted since the checks
         return _fail(str(exc), 2)
     except KeyboardInterrupt:  # a second Ctrl-C (natscale.train.trainer.StopSignal)
         return _fail(

@@ -91,6 +91,7 @@ def check_run(
         "model.config": run.model.config,
         "model.tokenizer" if run.model.tokenizer else "the tokenizer": tokenizer_dir,
         "data.path": run.data.path,
+        "deepspeed.config": resolve_ds_config_path(run.deepspeed.config),
     }
     if (resume or resume_from is not None) and not fresh:
         check_same_model(run, config)

@@ -347,6 +347,29 @@ def test_an_hf_folder_of_the_users_is_not_a_previous_run_and_fresh_leaves_it(set
     assert sorted(p.name for p in hf.iterdir()) == ["config.json"]
 
 
+def test_fresh_with_the_previous_runs_ds_config_is_refused_before_moving_anything(setup, capsys):
+    """Reusing a run's resolved ds_config.json: --fresh moved it to previous-<time>/ with the rest
+    of the run, then failed with a traceback (deepspeed.config not found), the run half-moved."""
+    import json
+
+    from natscale.config.ds_config import resolve_ds_config_path
+
+    tmp, cfg = setup
+    out = tmp / "out"
+    (out / "checkpoints" / "global_step1").mkdir(parents=True)
+    (out / "checkpoints" / "latest").write_text("global_step1")
+    (out / "metrics.jsonl").write_text("")
+    shipped = resolve_ds_config_path(load_config(cfg, RunConfig, []).deepspeed.config)
+    (out / "ds_config.json").write_text(json.dumps(json.loads(shipped.read_text())))
+    before = sorted(p.name for p in out.iterdir())
+    code = main(
+        ["train", str(cfg), "--fresh", "--set", f"deepspeed.config={out / 'ds_config.json'}"]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "deepspeed.config:" in err and "--fresh would move it" in err, err
+    assert sorted(p.name for p in out.iterdir()) == before and not dist.is_initialized()
+
+
 def _hf_model(folder: Path) -> Path:
     write_model_config(folder)
     (folder / "model.safetensors").write_bytes(b"weights")
