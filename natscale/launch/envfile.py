@@ -72,7 +72,8 @@ def env_file_path(environ: Mapping[str, str], cwd: Path) -> Path:
 def check_env_file_location(path: Path, environ: Mapping[str, str]) -> None:
     """ValueError if ``path`` is the home directory's env file: DeepSpeed reads
     ``~/.deepspeed_env`` for every job the user launches, from any folder, so what natscale writes
-    for this launch (its master address and port, its PATH) would reach all of them."""
+    for this launch (its master address and port, its PATH) would reach all of them; or if it is
+    a link (to a file shared with other folders, say), which writing it would replace."""
     home = environ.get("HOME") or os.path.expanduser("~")
     home_file = Path(home) / path.name
     if path.resolve() == home_file.resolve():
@@ -80,6 +81,14 @@ def check_env_file_location(path: Path, environ: Mapping[str, str]) -> None:
             f"{path} is the env file in your home directory, which DeepSpeed applies to every job "
             "you launch, from any folder; natscale writes this launch's variables there. Launch "
             "from a project folder (cd into it, e.g. the one holding the run config) instead"
+        )
+    if path.is_symlink():
+        target = os.readlink(path)
+        raise ValueError(
+            f"{path} is a link to {target}: natscale writes this launch's variables into "
+            f"{path.name}, which would replace your link (or, written through it, change "
+            f"{target} for whoever else reads it); put a copy in its place (cp "
+            f"--remove-destination {target} {path}) or pass the variables with --env"
         )
 
 

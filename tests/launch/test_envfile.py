@@ -166,5 +166,17 @@ def test_the_home_directorys_env_file_is_refused(tmp_path):
     check_env_file_location(home / "project" / ".deepspeed_env", environ)
 
 
+def test_a_linked_env_file_is_refused_and_left_a_link(tmp_path):
+    """A `.deepspeed_env` linked to a shared file was replaced by a plain file on launch."""
+    shared = tmp_path / "shared_env"
+    shared.write_text("MY_SHARED_VAR=1\n")
+    link = tmp_path / "project" / ".deepspeed_env"
+    link.parent.mkdir()
+    link.symlink_to(shared)
+    with pytest.raises(ValueError, match=r"is a link to .*shared_env.*cp --remove-destination"):
+        check_env_file_location(link, {"HOME": str(tmp_path / "home")})
+    assert link.is_symlink() and shared.read_text() == "MY_SHARED_VAR=1\n"
+
+
 def test_parse_env_lines_splits_at_the_first_equals():
     assert parse_env_lines("A=b=c\nB= d \n", "f") == {"A": "b=c", "B": "d"}
