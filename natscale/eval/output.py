@@ -12,6 +12,7 @@ directory, a model or dataset folder, any other non-empty folder, another eval's
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -36,6 +37,7 @@ from natscale.config.eval import EvalConfig
 from natscale.eval.episodes import EPISODES, EpisodeWriter, read_episodes
 from natscale.eval.errors import EvalError
 from natscale.eval.inputs import changed_inputs, input_identity
+from natscale.eval.lock import LOCK, may_lock, output_lock
 
 # fields that may differ between a run and its resumption
 _FREE_FIELDS = {
@@ -254,7 +256,7 @@ def check_output(
             f"output {out} cannot be the output: {why}; natscale eval writes nothing there. "
             "Choose a new (or empty) folder for the output"
         )
-    names = sorted(p.name for p in out.iterdir())
+    names = sorted(p.name for p in out.iterdir() if p.name != LOCK)
     if not names:
         return []
     if record is None:
@@ -309,18 +311,25 @@ def check_output(
 
 
 def checked_output(
-    out: Path, cfg: EvalConfig, resume: bool, inputs: list[str], *, dist: Any
+    out: Path,
+    cfg: EvalConfig,
+    resume: bool,
+    inputs: list[str],
+    *,
+    dist: Any,
+    held: contextlib.ExitStack,
 ) -> list[dict[str, Any]]:
-    """:func:`check_output` on rank 0 alone (before rank 0 writes anything), its verdict shared
-    with the other ranks, which then read the done records rank 0 repaired."""
+    """:func:`check_output` on rank 0 alone (before rank 0 writes anything), under the output's
+    lock (:mod:`natscale.eval.lock`, entered into ``held``), its verdict shared with the other
+    ranks, which then read the done records rank 0 repaired."""
     rank, world = rank_world(dist)
     if world == 1:
-        return check_output(out, cfg, resume, inputs)
+        return _locked_check(out, cfg, resume, inputs, held)
     verdict: list[Any] = [None]
     done: list[dict[str, Any]] = []
     if rank == 0:
         try:
-            done = check_output(out, cfg, resume, inputs)
+            done = _locked_check(out, cfg, resume, inputs, held)
         except EvalError as exc:
             verdict[0] = str(exc)
     dist.broadcast_object_list(verdict, src=0)
@@ -329,6 +338,17 @@ def checked_output(
     if rank != 0 and out.is_dir():
         done = read_done(out, repair=False)
     return done
+
+
+def _locked_check(
+    out: Path, cfg: EvalConfig, resume: bool, inputs: list[str], held: contextlib.ExitStack
+) -> list[dict[str, Any]]:
+    if not may_lock(out):
+        return check_output(out, cfg, resume, inputs)  # refused, untouched
+    if not out.exists():
+        check_output(out, cfg, resume, inputs)  # inside an input, say: refused before mkdir
+    held.enter_context(output_lock(out))
+    return check_output(out, cfg, resume, inputs)  # again: another run may have written since
 
 
 def rank_world(dist: Any) -> tuple[int, int]:

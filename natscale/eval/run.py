@@ -391,20 +391,21 @@ def run_eval(
     from natscale.eval.questions import load_questions
 
     out = _output_dir(cfg, out_dir)
-    done = checked_output(out, cfg, resume, [str(i) for i in inputs], dist=dist)
-    questions = load_questions(cfg.questions, cfg.limit)
-    new_records, elapsed, facts = _roll_out(
-        cfg, out, questions, done, dist=dist, progress=progress, should_stop=should_stop
-    )
-    if world > 1:
-        dist.barrier()  # every rank has stopped and closed its file
-        if rank != 0:
-            return None
-        new_records = _merged_new_records(out, done)
-    summary = _summary(
-        cfg, out, questions, done, new_records, world=world, facts=facts, elapsed=elapsed
-    )
-    atomic_write_json(out / "summary.json", summary, ensure_ascii=False)
+    with contextlib.ExitStack() as held:  # rank 0: the output's lock, until summary.json
+        done = checked_output(out, cfg, resume, [str(i) for i in inputs], dist=dist, held=held)
+        questions = load_questions(cfg.questions, cfg.limit)
+        new_records, elapsed, facts = _roll_out(
+            cfg, out, questions, done, dist=dist, progress=progress, should_stop=should_stop
+        )
+        if world > 1:
+            dist.barrier()  # every rank has stopped and closed its file
+            if rank != 0:
+                return None
+            new_records = _merged_new_records(out, done)
+        summary = _summary(
+            cfg, out, questions, done, new_records, world=world, facts=facts, elapsed=elapsed
+        )
+        atomic_write_json(out / "summary.json", summary, ensure_ascii=False)
     return summary
 
 

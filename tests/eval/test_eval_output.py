@@ -3,6 +3,7 @@ directory, model, dataset, input or the working directory; resume compares paths
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 
@@ -241,11 +242,13 @@ def test_only_rank_0_checks_the_output_so_its_run_json_does_not_refuse_a_peer(tm
     out.mkdir()  # rank 0 is already past its check and has written run.json
     config = cfg.model_dump(mode="json")
     (out / "run.json").write_text(json.dumps({"fingerprint": fingerprint(cfg), "config": config}))
-    assert checked_output(out, cfg, False, [], dist=_FakeDist(1)) == []
+    assert checked_output(out, cfg, False, [], dist=_FakeDist(1), held=contextlib.ExitStack()) == []
     with pytest.raises(EvalError, match="refused by rank 0"):
-        checked_output(out, cfg, False, [], dist=_FakeDist(1, "refused by rank 0"))
+        checked_output(
+            out, cfg, False, [], dist=_FakeDist(1, "refused by rank 0"), held=contextlib.ExitStack()
+        )
     with pytest.raises(EvalError, match=r"already holds an evaluation \(run.json\)"):
-        checked_output(out, cfg, False, [], dist=_FakeDist(0))
+        checked_output(out, cfg, False, [], dist=_FakeDist(0), held=contextlib.ExitStack())
 
 
 def test_a_resume_with_nothing_left_keeps_the_measured_throughput(tmp_path, capsys):
@@ -370,3 +373,36 @@ def test_fingerprints_of_earlier_configs_are_unchanged_by_later_fields():
     assert fingerprint(EvalConfig.model_validate(served)) == "2943dfc1e307e03a"
     native = {**served, "loop": {"protocol": "tool_calls"}}
     assert fingerprint(EvalConfig.model_validate(native)) != "2943dfc1e307e03a"
+
+
+def test_a_second_eval_of_an_output_in_use_stops_and_writes_nothing(tmp_path, capsys):
+    """Two --resume runs of one output (a requeued job, the first still alive) each appended the
+    episodes missing at their start: most episodes were written twice."""
+    from natscale.eval.lock import LOCK, output_lock
+
+    out = tmp_path / "out"
+    assert _eval(tmp_path, capsys, out, limit=2)[0] == 0
+    before = _snapshot(out)
+    assert LOCK not in before  # the lock goes with its run
+    with output_lock(out):  # another eval of this output is running
+        code, err = _eval(tmp_path, capsys, out, "--resume")
+        assert code == 2 and f"output {out} is in use" in err, err
+        assert _snapshot(out) == {**before, LOCK: b""}
+        code, err = _eval(tmp_path, capsys, tmp_path / "new", "--resume")
+        assert code == 0, err  # other outputs are free
+    (out / LOCK).write_text("")  # left by a killed run: the kernel dropped its lock
+    code, err = _eval(tmp_path, capsys, out, "--resume")
+    assert code == 0, err
+    records = [json.loads(line) for line in (out / "episodes.jsonl").read_text().splitlines()]
+    keys = [(r["id"], r["sample"]) for r in records]
+    assert len(keys) == len(set(keys)) == 5 and not (out / LOCK).exists()
+
+
+def test_a_refused_new_output_leaves_no_folder(tmp_path, capsys):
+    from natscale.eval.lock import output_lock
+
+    out = tmp_path / "fresh"
+    with output_lock(out):
+        code, err = _eval(tmp_path, capsys, out)
+        assert code == 2 and "is in use" in err
+    assert not out.exists()  # made for the lock, removed with it
