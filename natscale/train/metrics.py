@@ -105,6 +105,16 @@ class FlopsModel:
         )
 
 
+def time_weighted(records: list[dict[str, Any]], key: str) -> float | None:
+    """``key`` over steps as one measurement, sum(value * step_time) / sum(step_time): for a
+    rate such as TFLOP/s or MFU, all FLOPs over all time. A plain mean of the steps' ratios lets
+    a slow step count as much as a fast one. Steps where ``key`` is None are left out; None when
+    none is timed."""
+    known = [r for r in records if r.get(key) is not None]
+    total = sum(r["step_time_s"] for r in known)
+    return sum(r[key] * r["step_time_s"] for r in known) / total if total > 0 else None
+
+
 def memory_gib() -> dict[str, float]:
     """Peak device memory allocated (CUDA) or peak resident set size of this process (CPU)."""
     if torch.cuda.is_available():

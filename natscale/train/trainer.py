@@ -37,7 +37,13 @@ from natscale.data.prepared import PreparedDir
 from natscale.train.batch import MicroBatch, collate
 from natscale.train.dist import DistInfo
 from natscale.train.engine import apply_optimizer_settings, build_engine
-from natscale.train.metrics import FlopsModel, MetricsWriter, memory_gib, peak_flops
+from natscale.train.metrics import (
+    FlopsModel,
+    MetricsWriter,
+    memory_gib,
+    peak_flops,
+    time_weighted,
+)
 from natscale.train.preflight import Preflight
 from natscale.train.rows import PreparedRowsReader, RowOrder, StepPlan
 
@@ -614,9 +620,8 @@ class Trainer:
             rates = {
                 k: sum(r["tokens"][k] for r in timed) / total_time / world for k in TOKEN_KINDS
             }
-            tflops = sum(r["tflops_per_gpu"] * r["step_time_s"] for r in timed) / total_time
+            tflops = time_weighted(timed, "tflops_per_gpu")
             data_wait = sum(r["data_time_s"] for r in timed) / total_time
-        mfus = [r["mfu"] for r in timed if r["mfu"] is not None]
         last = records[-1] if records else {}
         latest = self.ckpts.read_latest()
         router = self.bundle.model.router_aux
@@ -635,7 +640,7 @@ class Trainer:
             "tokens_seen": dict(self.state.tokens_seen),
             "tokens_per_s_per_gpu": rates,
             "tflops_per_gpu": tflops,
-            "mfu": sum(mfus) / len(mfus) if mfus else None,
+            "mfu": time_weighted(timed, "mfu"),
             "data_wait_share": data_wait,
             "device": self.device_label,
             "attn_implementation": self.bundle.attn_implementation,

@@ -57,6 +57,26 @@ def test_prune_keeps_a_tag_holding_a_folder_it_did_not_write(tmp_path: Path, cap
     assert capsys.readouterr().err == ""
 
 
+def test_summary_rates_are_time_weighted():
+    """The summary's MFU was the plain mean of the steps' MFUs (58.7% beside 0.00541 TFLOP/s of a
+    0.01 peak): a slow step counted as much as a fast one."""
+    from natscale.train.metrics import time_weighted
+
+    steps = [
+        {"step_time_s": 0.551, "mfu": 0.372, "tflops_per_gpu": 0.00372},
+        {"step_time_s": 0.304, "mfu": 0.743, "tflops_per_gpu": 0.00743},
+        {"step_time_s": 0.302, "mfu": 0.646, "tflops_per_gpu": 0.00646},
+        {"step_time_s": 0.5, "mfu": None, "tflops_per_gpu": 0.001},
+    ]
+    flops = sum(s["mfu"] * s["step_time_s"] for s in steps[:3])  # in peak-seconds
+    assert time_weighted(steps, "mfu") == pytest.approx(flops / (0.551 + 0.304 + 0.302))
+    assert time_weighted(steps, "mfu") == pytest.approx(0.541, abs=1e-3)  # not 0.587, the mean
+    assert time_weighted(steps[3:], "mfu") is None and time_weighted([], "mfu") is None
+    assert time_weighted(steps, "tflops_per_gpu") == pytest.approx(
+        (0.00372 * 0.551 + 0.00743 * 0.304 + 0.00646 * 0.302 + 0.001 * 0.5) / 1.657
+    )
+
+
 def test_metrics_truncate_and_clean(tmp_path: Path):
     lines = [
         json.dumps(clean({"step": s, "loss": math.nan if s == 2 else 1.0, "x": {"y": math.inf}}))
