@@ -9,10 +9,12 @@ Rates are per device: count / step wall time / world size.
 MFU (model FLOPs utilisation; docs/training.md gives the derivation):
     flops_step = 6 * N_body * nonpad                    dense layers, forward + backward
                + 6 * H * V * trained                    lm_head: only trained tokens reach it
-               + 6 * n_layers * d_attn * sum_seg(L_seg^2)   attention, per packed segment, causal-halved
+               + 6 * d_attn * sum_layers sum_seg(L_seg^2)   attention, per packed segment, causal-halved
     MFU = flops_step / step_time / world_size / peak_flops_per_device
 N_body counts every parameter except the input embedding and the lm_head (of a mixture of experts,
-the routed experts a token runs through: num_experts_per_tok / num_experts of them); d_attn = heads * head_dim.
+the routed experts a token runs through: num_experts_per_tok / num_experts of them); d_attn =
+heads * head_dim, or heads * (d_qk + d_v) / 2 for multi-head latent attention; a sliding-window
+or chunked layer counts the pairs it computes (attended_sq), not L_seg^2.
 Activation-checkpointing recompute is not counted (that would be HFU).
 """
 
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from natscale.atomic import atomic_write_text
@@ -70,13 +73,47 @@ def routed_expert_fraction(config: Any) -> float:
     return min(1.0, int(top_k) / int(total))
 
 
+def _attention_layers(text: Any) -> tuple[tuple[str, int | None, int], ...]:
+    """The decoder's attention layers as (kind, window or chunk size, how many): ``full``, or
+    ``sliding`` / ``chunked`` where ``layer_types`` says so (a config with ``sliding_window`` and no
+    ``layer_types``, Mistral's, slides in every layer). Other kinds count as full."""
+    layers = text.num_hidden_layers
+    window = getattr(text, "sliding_window", None)
+    chunk = getattr(text, "attention_chunk_size", None)
+    types = getattr(text, "layer_types", None)
+    if not types:
+        return (("sliding", int(window), layers),) if window else (("full", None, layers),)
+    sliding = sum(t == "sliding_attention" for t in types) if window else 0
+    chunked = sum(t == "chunked_attention" for t in types) if chunk else 0
+    groups = [("full", None, layers - sliding - chunked)]
+    groups += [("sliding", int(window), sliding)] if sliding else []
+    groups += [("chunked", int(chunk), chunked)] if chunked else []
+    return tuple(g for g in groups if g[2])
+
+
+def attended_sq(lengths: np.ndarray, kind: str, size: int | None) -> int:
+    """Twice the causal (query, key) pairs of segments of ``lengths`` that a layer computes, in
+    the L^2 units of the full causal layer: L^2 full; within a window W, L^2 up to W, then W^2 for
+    the first W queries and 2W for each query after (2LW - W^2); in chunks of C, C^2 per full
+    chunk plus the rest squared."""
+    n = lengths.astype(np.int64)
+    if kind == "sliding":
+        w = np.int64(size)
+        return int(np.where(n <= w, n * n, 2 * n * w - w * w).sum())
+    if kind == "chunked":
+        c = np.int64(size)
+        return int(((n // c) * c * c + (n % c) ** 2).sum())
+    return int((n * n).sum())
+
+
 @dataclass(frozen=True)
 class FlopsModel:
     body_params: int
     hidden_size: int
     vocab_size: int
     num_layers: int
-    attn_dim: int
+    attn_dim: float  # heads * (d_qk + d_v) / 2: heads * head_dim unless keys and values differ
+    attn_layers: tuple[tuple[str, int | None, int], ...] = ()  # (kind, size, count); () all full
 
     @classmethod
     def from_model(cls, lm: torch.nn.Module, config: Any) -> FlopsModel:
@@ -93,15 +130,45 @@ class FlopsModel:
         text = text_config(config)
         heads = text.num_attention_heads
         head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+        # multi-head latent attention (DeepSeek-V2/V3, MiniCPM3): head_dim is the rope part only;
+        # QK^T runs over nope + rope, AV over v_head_dim
+        d_qk = (getattr(text, "qk_nope_head_dim", 0) or 0) + (
+            getattr(text, "qk_rope_head_dim", 0) or 0
+        )
+        d_v = getattr(text, "v_head_dim", None)
+        attn_dim = heads * (d_qk + d_v) / 2 if d_qk and d_v else heads * head_dim
         return cls(
-            round(body), text.hidden_size, text.vocab_size, text.num_hidden_layers, heads * head_dim
+            round(body),
+            text.hidden_size,
+            text.vocab_size,
+            text.num_hidden_layers,
+            attn_dim,
+            _attention_layers(text),
         )
 
-    def step_flops(self, *, nonpad: float, trained: float, sum_sq_segment_len: float) -> float:
+    def layer_sum_sq(self, cu_seqlens: torch.Tensor | np.ndarray) -> int:
+        """Sum over attention layers and the segments of ``cu_seqlens`` of what each layer attends
+        (:func:`attended_sq`): ``num_layers * sum L^2`` when every layer is full."""
+        lengths = np.diff(np.asarray(cu_seqlens, dtype=np.int64))
+        groups = self.attn_layers or (("full", None, self.num_layers),)
+        return sum(count * attended_sq(lengths, kind, size) for kind, size, count in groups)
+
+    def step_flops(
+        self,
+        *,
+        nonpad: float,
+        trained: float,
+        sum_sq_segment_len: float,
+        layer_sum_sq: float | None = None,
+    ) -> float:
+        """FLOPs of a step; ``layer_sum_sq`` (:meth:`layer_sum_sq`, summed over the step) counts
+        windowed layers right, else every layer is full: ``num_layers * sum_sq_segment_len``."""
+        if layer_sum_sq is None:
+            layer_sum_sq = self.num_layers * sum_sq_segment_len
         return (
             6.0 * self.body_params * nonpad
             + 6.0 * self.hidden_size * self.vocab_size * trained
-            + 6.0 * self.num_layers * self.attn_dim * sum_sq_segment_len
+            + 6.0 * self.attn_dim * layer_sum_sq
         )
 
 

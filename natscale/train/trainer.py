@@ -325,7 +325,8 @@ class Trainer:
         ]
 
     def _counts(self, batches: list[MicroBatch]) -> torch.Tensor:
-        """Global [trained tokens, trained segments, slot, nonpad, sum L_seg^2] of the step."""
+        """Global [trained tokens, trained segments, slot, nonpad, sum L_seg^2, the same summed
+        over the attention layers as each computes it (FlopsModel.layer_sum_sq)] of the step."""
         local = torch.tensor(
             [
                 [
@@ -334,6 +335,7 @@ class Trainer:
                     b.num_slot_tokens,
                     b.num_nonpad_tokens,
                     b.sum_sq_segment_len,
+                    self.flops.layer_sum_sq(b.cu_seqlens),
                 ]
                 for b in batches
             ],
@@ -391,6 +393,7 @@ class Trainer:
             "tokens": dict(zip(TOKEN_KINDS, (counts[2], counts[3], counts[0]), strict=True)),
             "trained_segments": counts[1],
             "sum_sq_segment_len": counts[4],
+            "layer_sum_sq": counts[5],
             "applied": bool(self.engine.was_step_applied()),
             "grad_norm": self.engine.get_global_grad_norm(),
             "router_aux_loss": (
@@ -408,6 +411,7 @@ class Trainer:
             nonpad=tok["nonpad"],
             trained=tok["trained"],
             sum_sq_segment_len=out["sum_sq_segment_len"],
+            layer_sum_sq=out["layer_sum_sq"],
         )
         grad_norm = out["grad_norm"]
         return {

@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from natscale.checkpoint.layout import CheckpointDir
@@ -13,6 +14,7 @@ from natscale.checkpoint.save import _prune, _write_latest
 from natscale.train.metrics import (
     FlopsModel,
     MetricsFileError,
+    attended_sq,
     clean,
     read_metrics,
     truncate_after,
@@ -344,3 +346,69 @@ def test_flops_model_of_a_multimodal_model_counts_its_language_model():
     assert flops.body_params == sum(p.numel() for p in decoder.parameters()) - embed
     vision = sum(p.numel() for n, p in model.named_parameters() if "vision" in n)
     assert vision > 0 and flops.body_params < sum(p.numel() for p in model.parameters()) - vision
+
+
+def _measured_attention_flops(model, length: int) -> int:
+    """The forward FLOPs of QK^T and AV of one sequence, counted by torch (eager attention)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    ids = torch.randint(4, model.config.vocab_size, (1, length))
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(input_ids=ids)
+    counts = counter.get_flop_counts()["Global"]
+    return sum(v for k, v in counts.items() if "bmm" in str(k) or "attention" in str(k))
+
+
+def test_flops_model_of_multi_head_latent_attention_counts_its_query_and_value_widths():
+    """DeepSeek-V3's head_dim is the rope part of a query alone (16 here): QK^T runs over
+    nope + rope = 48 and AV over v_head_dim = 32, so MFU read 2.5 times too little attention."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model(
+        "deepseek_v3", hidden_size=64, intermediate_size=128, moe_intermediate_size=32,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4, vocab_size=512,
+        q_lora_rank=32, kv_lora_rank=32, qk_nope_head_dim=32, qk_rope_head_dim=16,
+        v_head_dim=32, n_routed_experts=4, num_experts_per_tok=2, first_k_dense_replace=1,
+        n_group=1, topk_group=1, attn_implementation="eager",
+    )  # fmt: skip
+    model = AutoModelForCausalLM.from_config(config).eval()
+    flops = FlopsModel.from_model(model, config)
+    assert flops.attn_dim == 4 * (48 + 32) / 2
+    length = 64  # the forward over the full square: 4 * layers * d_attn * L^2 (the causal half, x3)
+    assert _measured_attention_flops(model, length) == 4 * 2 * flops.attn_dim * length**2
+
+
+def test_attended_sq_counts_the_pairs_a_windowed_layer_computes():
+    lengths = np.array([3, 10])
+    assert attended_sq(lengths, "full", None) == 9 + 100
+    assert attended_sq(lengths, "sliding", 4) == 9 + (2 * 10 * 4 - 16)  # 4 full rows, then 4 each
+    assert attended_sq(lengths, "sliding", 10) == 9 + 100  # a window as long as the segment
+    assert attended_sq(lengths, "chunked", 4) == 9 + (16 + 16 + 4)  # chunks of 4, 4 and 2
+
+
+def test_flops_model_of_sliding_window_layers():
+    """Gemma 3: 5 of every 6 layers attend within a window; counting their full L^2 overstated
+    MFU (by 10% at 8k-token segments with a 1k window)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    dims = {"vocab_size": 96, "hidden_size": 32, "num_hidden_layers": 7, "head_dim": 8}
+    dims |= {"num_attention_heads": 4, "num_key_value_heads": 2, "sliding_window": 4}
+    config = AutoConfig.for_model("gemma3_text", **dims)
+    assert config.layer_types.count("sliding_attention") == 6
+    flops = FlopsModel.from_model(AutoModelForCausalLM.from_config(config), config)
+    assert flops.attn_layers == (("full", None, 1), ("sliding", 4, 6))
+    cu = np.array([0, 3, 13])
+    assert flops.layer_sum_sq(cu) == 1 * (9 + 100) + 6 * (9 + 64)
+    got = flops.step_flops(
+        nonpad=13, trained=5, sum_sq_segment_len=109, layer_sum_sq=1 * 109 + 6 * 73
+    )
+    assert got < flops.step_flops(nonpad=13, trained=5, sum_sq_segment_len=109)
+    mistral = AutoConfig.for_model("mistral", **dims)  # no layer_types: every layer slides
+    model = AutoModelForCausalLM.from_config(mistral)
+    assert FlopsModel.from_model(model, mistral).attn_layers == (("sliding", 4, 7),)
+    llama = AutoConfig.for_model(
+        "llama", **{k: v for k, v in dims.items() if k != "sliding_window"}
+    )
+    plain = FlopsModel.from_model(AutoModelForCausalLM.from_config(llama), llama)
+    assert plain.layer_sum_sq(cu) == 7 * 109  # every layer full, as step_flops assumes
