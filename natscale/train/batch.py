@@ -41,6 +41,7 @@ class MicroBatch:
     num_trained_tokens: int
     num_trained_segments: int
     sum_sq_segment_len: int  # sum over segments of length^2 (attention FLOPs)
+    segment_len_S: np.ndarray  # int64 [S]: each segment's length (cu_seqlens's gaps hold padding)
 
     def model_inputs(self, device: torch.device | str) -> dict[str, torch.Tensor | int]:
         return {
@@ -78,6 +79,7 @@ def collate(
     nonpad = np.zeros((num_rows, length), dtype=bool)
     cu_parts = [np.zeros(1, dtype=np.int64)]
     classes = []
+    lengths = []
     counts = {"nonpad": 0, "trained": 0, "segments": 0, "sq": 0}
     for b, row in enumerate(rows):
         row_len = len(row["input_ids"])
@@ -95,6 +97,7 @@ def collate(
         weights[b, :row_len] = _token_weights(row, cu, loss_norm, counts)
         cu_parts.append(cu[1:] + b * length)
         classes.append(np.asarray(row["segment_class"], dtype=np.int64))
+        lengths.append(np.diff(cu))
         counts["nonpad"] += int(cu[-1])
     return MicroBatch(
         input_ids_BL=torch.from_numpy(input_ids),
@@ -109,6 +112,7 @@ def collate(
         num_trained_tokens=counts["trained"],
         num_trained_segments=counts["segments"],
         sum_sq_segment_len=counts["sq"],
+        segment_len_S=np.concatenate(lengths),
     )
 
 

@@ -146,10 +146,9 @@ class FlopsModel:
             _attention_layers(text),
         )
 
-    def layer_sum_sq(self, cu_seqlens: torch.Tensor | np.ndarray) -> int:
-        """Sum over attention layers and the segments of ``cu_seqlens`` of what each layer attends
+    def layer_sum_sq(self, lengths: np.ndarray) -> int:
+        """Sum over attention layers and segments of ``lengths`` of what each layer attends
         (:func:`attended_sq`): ``num_layers * sum L^2`` when every layer is full."""
-        lengths = np.diff(np.asarray(cu_seqlens, dtype=np.int64))
         groups = self.attn_layers or (("full", None, self.num_layers),)
         return sum(count * attended_sq(lengths, kind, size) for kind, size, count in groups)
 

@@ -335,7 +335,7 @@ class Trainer:
                     b.num_slot_tokens,
                     b.num_nonpad_tokens,
                     b.sum_sq_segment_len,
-                    self.flops.layer_sum_sq(b.cu_seqlens),
+                    self.flops.layer_sum_sq(b.segment_len_S),
                 ]
                 for b in batches
             ],

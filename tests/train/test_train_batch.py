@@ -33,6 +33,7 @@ def test_collate_pads_flattens_and_counts():
     trained = int((mb.targets_T != IGNORE_INDEX).sum())
     assert mb.num_trained_tokens == trained
     assert mb.sum_sq_segment_len == sum(x * x for x in n)
+    assert mb.segment_len_S.tolist() == n  # without the padding cu_seqlens gives the next row
     # extra padding never restarts the position count (it would look like a new segment)
     pos = mb.position_ids_BL[2]
     assert torch.all(pos[12:] == torch.arange(13, 33) + pos[11] - 12)

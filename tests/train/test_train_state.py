@@ -398,8 +398,8 @@ def test_flops_model_of_sliding_window_layers():
     assert config.layer_types.count("sliding_attention") == 6
     flops = FlopsModel.from_model(AutoModelForCausalLM.from_config(config), config)
     assert flops.attn_layers == (("full", None, 1), ("sliding", 4, 6))
-    cu = np.array([0, 3, 13])
-    assert flops.layer_sum_sq(cu) == 1 * (9 + 100) + 6 * (9 + 64)
+    lengths = np.array([3, 10])
+    assert flops.layer_sum_sq(lengths) == 1 * (9 + 100) + 6 * (9 + 64)
     got = flops.step_flops(
         nonpad=13, trained=5, sum_sq_segment_len=109, layer_sum_sq=1 * 109 + 6 * 73
     )
@@ -411,4 +411,4 @@ def test_flops_model_of_sliding_window_layers():
         "llama", **{k: v for k, v in dims.items() if k != "sliding_window"}
     )
     plain = FlopsModel.from_model(AutoModelForCausalLM.from_config(llama), llama)
-    assert plain.layer_sum_sq(cu) == 7 * 109  # every layer full, as step_flops assumes
+    assert plain.layer_sum_sq(lengths) == 7 * 109  # every layer full, as step_flops assumes
