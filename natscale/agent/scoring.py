@@ -59,7 +59,8 @@ def exact_match(pred: str | None, gold: str) -> bool:
     if pred is None:
         return False
     gold_n = normalize_answer(gold)
-    return normalize_answer(pred) == _BOOL_GOLD.get(gold_n, gold_n)
+    # a gold True/False also matches yes/no (bool answers written as Python bools)
+    return normalize_answer(pred) in (gold_n, _BOOL_GOLD.get(gold_n, gold_n))
 
 
 def f1_score(pred: str | None, gold: str) -> float:
@@ -67,7 +68,10 @@ def f1_score(pred: str | None, gold: str) -> float:
     if pred is None:
         return 0.0
     gold_n = normalize_answer(gold)
-    pred_n, gold_n = normalize_answer(pred), _BOOL_GOLD.get(gold_n, gold_n)
+    pred_n = normalize_answer(pred)
+    if pred_n and pred_n == gold_n:  # the literal answer, "True" for a gold True too
+        return 1.0
+    gold_n = _BOOL_GOLD.get(gold_n, gold_n)
     # an answer that is yes, no or noanswer must match exactly (HotpotQA's rule: the whole
     # answer, so "No Doubt" or "the Yes Men" still get partial credit)
     if pred_n in ("yes", "no", "noanswer") or gold_n in ("yes", "no", "noanswer"):

@@ -2,7 +2,14 @@ import json
 
 import pytest
 
-from natscale.agent.scoring import exact_match, f1_score, math_reward, score_answer, yes_no
+from natscale.agent.scoring import (
+    Score,
+    exact_match,
+    f1_score,
+    math_reward,
+    score_answer,
+    yes_no,
+)
 from natscale.agent.tools import (
     BM25Search,
     Tool,
@@ -89,6 +96,12 @@ def test_scoring_rules():
     # yes/no answers on either side score F1 by exact match only, no partial token credit
     assert f1_score("yes it is", "yes") == 0.0 and f1_score("maybe yes", "yes") == 0.0
     assert f1_score("no", "False") == 1.0 and f1_score("yes", "true") == 1.0
+    # a boolean gold matches its own literal too: "True" for True (it scored EM 0, F1 0)
+    assert score_answer("qa", "True", True) == Score(True, 1.0)
+    assert score_answer("qa", "false", False) == Score(True, 1.0)
+    assert score_answer("qa", "yes", True) == Score(True, 1.0)
+    assert score_answer("qa", "no", True) == Score(False, 0.0)
+    assert score_answer("qa", "True", False) == Score(False, 0.0)
     assert f1_score("maybe yes", "maybe") == pytest.approx(2 / 3)  # no yes/no gold: token F1
     # only a whole answer of yes/no is matched exactly: "No Doubt" (a band) is a name
     assert f1_score("No Doubt band", "No Doubt") == pytest.approx(0.8)
