@@ -11,6 +11,7 @@ on them gives a p-value (with one sample per question it is the exact McNemar te
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from math import comb
 from pathlib import Path
@@ -24,21 +25,38 @@ from natscale.eval.errors import EvalError
 
 def question_scores(run: str | Path) -> dict[str, tuple[str, float]] | None:
     """Per question id of the run's ``episodes.jsonl``: (question text, mean reward over its
-    samples); None when the run has no episodes file (a ``summary.json`` given alone)."""
+    samples), over the questions and samples its ``summary.json`` scored; None when the run has
+    no episodes file (a ``summary.json`` given alone)."""
     folder = Path(run)
     path = folder / EPISODES if folder.is_dir() else folder.with_name(EPISODES)
     if not path.is_file():
         return None
+    covered = _covered(path.with_name("summary.json"))
     rewards: dict[str, list[float]] = defaultdict(list)
     texts: dict[str, str] = {}
     for lineno, rec in enumerate(read_episodes(path, repair=False), 1):
         try:
             qid, reward = str(rec["id"]), float(bool(rec["info"]["reward"]))
-        except (KeyError, TypeError):
-            raise EvalError(f"{path}: record {lineno} has no info.reward") from None
+            if covered is not None and (qid not in covered[0] or int(rec["sample"]) >= covered[1]):
+                continue  # outside what the summary scored
+        except (KeyError, TypeError, ValueError):
+            raise EvalError(f"{path}: record {lineno} has no info.reward or sample") from None
         rewards[qid].append(reward)
         texts[qid] = str(rec.get("question", ""))
     return {q: (texts[q], float(np.mean(r))) for q, r in rewards.items()}
+
+
+def _covered(summary: Path) -> tuple[set[str], int] | None:
+    """(question ids, samples per question) that ``summary.json`` scored; None when it does not
+    say (written before natscale recorded them, or absent or unreadable: all episodes count)."""
+    try:
+        data = json.loads(summary.read_text(encoding="utf-8"))
+        ids, n = data["question_ids"], data["sampling"]["n"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(ids, list) or not isinstance(n, int):
+        return None
+    return {str(q) for q in ids}, n
 
 
 def sign_test(better: int, worse: int) -> float:

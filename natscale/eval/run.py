@@ -306,6 +306,9 @@ def _summary(
             "world_size": world,
             **facts,
             "sampling": cfg.sampling.model_dump(),
+            # the questions these metrics cover (a resume may lower `limit`, leaving episodes of
+            # other questions in episodes.jsonl): `eval compare` pairs over these
+            "question_ids": sorted(wanted),
             "throughput": _throughput(new_records, elapsed) if new_records else _earlier(out),
             "versions": versions(),
         }

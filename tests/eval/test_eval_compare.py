@@ -107,3 +107,24 @@ def test_compare_refuses_a_plot_that_is_not_a_png_and_plot_without_compare(tmp_p
     assert main(["eval", str(cfg), "--plot", str(tmp_path / "c.png")]) == 2
     assert "--plot is for `natscale eval compare RUN...`" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_paired_difference_covers_the_questions_the_summary_scored(tmp_path, capsys):
+    """A resume with a lower `limit` scores the first 10 questions, but episodes.jsonl still holds
+    20: the paired column was over all 20, beside a summary of 10."""
+    _eval(tmp_path, capsys, "a", DATA / "trajectories.json")
+    _eval(tmp_path, capsys, "b", DATA / "trajectories.json")
+    cfg = tmp_path / "b.yaml"
+    assert main(["eval", str(cfg), "--resume", "--set", "limit=10", "--no-progress"]) == 0
+    summary = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert summary["questions"] == 10 and len(summary["question_ids"]) == 10
+    assert len(read_jsonl(tmp_path / "b" / "episodes.jsonl")) == LIMIT
+    capsys.readouterr()
+    assert main(["eval", "compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    row_b = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "] on 10 |" in row_b, row_b
+    # a summary written before natscale recorded its questions: every episode counts, as before
+    del summary["question_ids"]
+    (tmp_path / "b" / "summary.json").write_text(json.dumps(summary))
+    assert main(["eval", "compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    assert f"on {LIMIT} |" in capsys.readouterr().out.strip().splitlines()[-1]
