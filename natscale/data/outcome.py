@@ -8,6 +8,10 @@ Metrics follow the NAT paper and SQuAD:
   the paper's HotpotQA reward. A gold ``True``/``False`` (StrategyQA) matches ``yes``/``no``.
 - ``f1``: SQuAD token F1 >= ``f1_threshold``; the score drives the fine-grained buckets.
 
+A source's ``success: true`` / ``success: false`` (``meta["source_success"]``, set by prepare)
+marks its trajectories a success / a failure under every rule: what it says wins over the
+record's fields, over ``all`` and over the computed ``exact`` / ``em`` / ``f1``.
+
 The prediction is ``meta["pred"]`` when the source recorded one, else the argument of the last
 ``finish[...]`` action; the gold answer is the question file's ``answer`` (text after ``####``
 when present), else ``meta["gt"]``.
@@ -89,11 +93,15 @@ def label(
     ``success``: ``field`` | ``all`` (every trajectory succeeds: SFT data without outcomes) |
     ``exact`` | ``em`` | ``f1``. ``score``: ``field`` (the source's
     score), ``f1`` (computed), ``auto`` (the source's score, else F1 when a gold answer exists),
-    ``none``. Raises :class:`DataError` (reason ``no_outcome``/``no_gold``) when it cannot label.
+    ``none``. A source's explicit ``success`` (``meta["source_success"]``) decides the class
+    under every rule. Raises :class:`DataError` (reason ``no_outcome``/``no_gold``) when it cannot
+    label.
     """
     out = traj.outcome
     pred, gold_answer = prediction(traj), gold(traj)
-    needs_gold = success in ("exact", "em", "f1") or score == "f1"
+    source_success = traj.meta.get("source_success")
+    computed = success in ("exact", "em", "f1") and source_success is None
+    needs_gold = computed or score == "f1"
     if needs_gold and gold_answer is None:
         raise DataError(
             f"trajectory {traj.id!r} has no gold answer to compute {success!r} against",
@@ -101,7 +109,9 @@ def label(
             reason="no_gold",
             hint="give a question file with answers, or use outcome.success: field",
         )
-    if success == "field":
+    if source_success is not None:
+        ok = bool(source_success)
+    elif success == "field":
         if out.success is None:
             raise no_success_error(traj)
         ok = out.success

@@ -112,6 +112,8 @@ def _source_fields(traj: Trajectory, src: Any) -> None:
     traj.meta["success_field"] = src.success_field  # and in a no-success-value error
     if src.success is not None:  # the whole source is successes (SFT data) / failures
         traj.outcome = replace(traj.outcome, success=src.success)
+        # wins over every outcome.success rule, not only `field` (outcome.label reads it)
+        traj.meta["source_success"] = src.success
 
 
 def load_sources(

@@ -84,6 +84,23 @@ def test_a_source_of_failures(tokenizer_dir, tmp_path):
     }
 
 
+@pytest.mark.parametrize("rule", ["all", "exact", "em", "f1"])
+def test_a_source_success_wins_under_every_outcome_rule(tokenizer_dir, tmp_path, rule):
+    # the gold answer is one no trajectory gives (no finish[...]): computed rules say failure
+    good = write_jsonl(tmp_path / "good.jsonl", [{**AGENTINSTRUCT, "answer": "#### 7"}])
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{**AGENTINSTRUCT, "id": "os_9", "answer": "212"}])
+    sources = [
+        {"format": "agentinstruct", "paths": [str(good)], "success": True},
+        {"format": "agentinstruct", "paths": [str(bad)], "success": False},
+    ]
+    cfg = _prepare_config(tokenizer_dir, tmp_path, sources, outcome={"success": rule})
+    result = prepare(cfg, progress=False)
+    assert {k: v["examples"] for k, v in result.stats["per_class"].items()} == {
+        "success": 1,
+        "failure": 1,
+    }
+
+
 # ---------------------------------------------------------------- item 2: baseline prompt
 
 _INSTR = "Solve a question answering task with interleaving Thought, Action, Observation steps."
