@@ -12,8 +12,10 @@ A source's ``success: true`` / ``success: false`` (``meta["source_success"]``, s
 marks its trajectories a success / a failure under every rule: what it says wins over the
 record's fields, over ``all`` and over the computed ``exact`` / ``em`` / ``f1``.
 
-The prediction is ``meta["pred"]`` when the source recorded one, else the argument of the last
-``finish[...]`` action; the gold answer is the question file's ``answer`` (text after ``####``
+The prediction is ``meta["pred"]`` when the source recorded one (a NAT record's or a natscale
+episode's ``info.pred``), else the answer of the last ``finish`` the agent gave: a ``finish[...]``
+action in its text or a ``finish`` tool call (its answer argument, named as the trajectory's
+``finish`` schema names it, as ``natscale eval``'s tool-call loop reads it); the gold answer is the question file's ``answer`` (text after ``####``
 when present), else ``meta["gt"]``.
 """
 
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from natscale.agent.react import finish_argument
+from natscale.agent.react import FINISH, finish_argument
 from natscale.agent.scoring import (  # noqa: F401  (re-exported: the labelling rules' names)
     exact_match,
     extract_gold,
@@ -29,8 +31,9 @@ from natscale.agent.scoring import (  # noqa: F401  (re-exported: the labelling 
     math_exact,
     normalize_answer,
 )
+from natscale.agent.tool_calls import finish_answer, finish_answer_key
 from natscale.data.errors import DataError
-from natscale.data.trajectory import Outcome, Trajectory
+from natscale.data.trajectory import Outcome, Trajectory, Turn
 
 NO_OUTCOME_HINT = (
     "SFT data without outcomes (e.g. AgentInstruct, glaive, ETO): set outcome.success: all "
@@ -59,12 +62,34 @@ def no_success_error(traj: Trajectory) -> DataError:
 
 
 def extract_pred(traj: Trajectory) -> str | None:
-    """The argument of the last ``finish[...]`` in the assistant turns, if any."""
+    """The answer of the last ``finish`` in the assistant turns, if any: a ``finish`` tool call's
+    answer argument, or the argument of a ``finish[...]`` action in the text."""
+    answer_key = finish_answer_key(_finish_schema(traj))
     for turn in reversed(traj.turns):
         if turn.role == "assistant":
-            pred = finish_argument(turn.content)
+            pred = _finish_call_answer(turn, answer_key)
+            if pred is None:
+                pred = finish_argument(turn.content)
             if pred is not None:
                 return pred
+    return None
+
+
+def _finish_schema(traj: Trajectory) -> dict | None:
+    """The trajectory's ``finish`` tool schema (OpenAI form), if it offers one."""
+    for schema in traj.tools or ():
+        if schema.get("function", {}).get("name") == FINISH:
+            return schema
+    return None
+
+
+def _finish_call_answer(turn: Turn, answer_key: str) -> str | None:
+    """The answer of the turn's last ``finish`` tool call that gives one (see ``finish_answer``)."""
+    for call in reversed(turn.tool_calls or ()):
+        if call.get("name") == FINISH:
+            answer = finish_answer(call.get("arguments"), answer_key)
+            if answer is not None:
+                return answer
     return None
 
 

@@ -244,6 +244,18 @@ def extra_meta(rec: Record, conversation_key: str, answer_field: str | None) -> 
     }
 
 
+def episode_meta(info: dict[str, Any]) -> dict[str, Any]:
+    """The ``meta`` entries of a NAT record's (or a natscale eval episode's) ``info``: the
+    recorded prediction (``pred``) and gold (``gt``), and ``finished``: ``info.finished``, else
+    whether ``info.pred`` is set (an episode without a final answer is unfinished)."""
+    return {
+        "info": info,
+        "pred": info.get("pred"),
+        "gt": info.get("gt"),
+        "finished": bool(info.get("finished", info.get("pred") is not None)),
+    }
+
+
 def chat_trajectory(
     rec: Record,
     turns: list[Turn],

@@ -46,6 +46,7 @@ from natscale.data.formats.base import (
 )
 from natscale.data.formats.common import (
     check_empty,
+    episode_meta,
     field,
     load_records,
     message_role,
@@ -137,11 +138,8 @@ def parse_record(
         answer = str(data.get("answer", ""))
     meta = {
         "source": data.get("source"),
-        "info": info,
         "answer": answer,
-        "pred": info.get("pred"),
-        "gt": info.get("gt"),
-        "finished": bool(info.get("finished", info.get("pred") is not None)),
+        **episode_meta(info),
         # what other formats carry as the record's other fields (natscale convert data)
         "extra": _extra(data, info),
     }

@@ -17,7 +17,10 @@ Roles: system (first only), user, assistant, tool / function -> observation (``n
 "text": ...}`` parts. Assistant ``tool_calls`` are kept structured on the turn (``name``,
 ``arguments``, ``id``); the renderer serialises them. A per-message ``weight`` (0/1, as in
 OpenAI fine-tuning) or ``loss`` flag decides whether that turn is trained. ``question_turn`` and
-the outcome fields work as for ShareGPT. An assistant's ``reasoning_content`` (or ``reasoning``)
+the outcome fields work as for ShareGPT. A record with an ``info`` object holding ``pred`` or
+``finished`` (a natscale eval episode with native tool calls, :mod:`natscale.eval.episodes`) is
+read as the NAT loader reads one: ``info.pred`` is the prediction the outcome rules score,
+``info.finished: false`` (without ``info.finished``: a null ``info.pred``) marks it unfinished. An assistant's ``reasoning_content`` (or ``reasoning``)
 goes before its content in ``<think>`` tags, as reasoning models write it (as does gpt-oss data's
 ``thinking``); ``reasoning: drop`` leaves it out.
 
@@ -43,6 +46,7 @@ from natscale.data.errors import Issues
 from natscale.data.formats.base import Format, RecordSource, per_record
 from natscale.data.formats.common import (
     chat_trajectory,
+    episode_meta,
     field,
     load_records,
     message_role,
@@ -234,7 +238,7 @@ def load(
 ) -> list[Trajectory]:
     def parse(rec: Record) -> Trajectory:
         items = record_field(rec, messages_key, list)
-        return chat_trajectory(
+        traj = chat_trajectory(
             rec,
             parse_messages(rec, items, messages_key, reasoning=reasoning),
             messages_key,
@@ -245,6 +249,10 @@ def load(
             tools_field=tools_field,
             answer_field=answer_field,
         )
+        info = rec.data.get("info")
+        if isinstance(info, dict) and ("pred" in info or "finished" in info):
+            traj.meta.update(episode_meta(info))  # a natscale eval episode (tool-call form)
+        return traj
 
     return load_records(
         paths,
