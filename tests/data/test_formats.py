@@ -144,6 +144,53 @@ def test_openai_messages_with_tool_calls(tmp_path):
     assert t.id == "o.jsonl:1"
 
 
+# OpenAI's legacy function-calling fine-tuning layout (before tool_calls)
+LEGACY_FUNCTION_CALL = {
+    "messages": [
+        {"role": "user", "content": "What is the weather like in Boston?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "function_call": {"name": "weather", "arguments": '{"location": "Boston, MA"}'},
+        },
+        {"role": "function", "name": "weather", "content": '{"temperature": "22"}'},
+        {"role": "assistant", "content": "It is 22 degrees in Boston."},
+    ],
+    "functions": [
+        {
+            "name": "weather",
+            "description": "Get the current weather",
+            "parameters": {"type": "object", "properties": {"location": {"type": "string"}}},
+        }
+    ],
+}
+
+
+def test_openai_legacy_function_call_is_a_tool_call(tmp_path):
+    """An assistant's function_call is one call (not an empty trained turn), the function
+    message its result, and the top-level functions list the tool schemas."""
+    (t,) = load_trajectories(write_jsonl(tmp_path / "o.jsonl", [LEGACY_FUNCTION_CALL]), "openai")
+    assert t.turns[0].role == "assistant" and t.turns[0].content == ""
+    assert t.turns[0].tool_calls == [{"name": "weather", "arguments": {"location": "Boston, MA"}}]
+    assert t.turns[1].role == "observation" and t.turns[1].name == "weather"
+    assert [s["function"]["name"] for s in t.tools] == ["weather"]
+    assert t.tools[0]["function"]["parameters"]["properties"] == {"location": {"type": "string"}}
+    # a record's own tools win; tools_field: null ignores both
+    own = {"type": "function", "function": {"name": "other", "parameters": {}}}
+    path = write_jsonl(tmp_path / "t.jsonl", [{**LEGACY_FUNCTION_CALL, "tools": [own]}])
+    (t,) = load_trajectories(path, "openai")
+    assert [s["function"]["name"] for s in t.tools] == ["other"]
+    (t,) = load_trajectories(path, "openai", tools_field=None)
+    assert t.tools is None
+    # both forms in one message: an error naming the message
+    both = json.loads(json.dumps(LEGACY_FUNCTION_CALL))
+    fn = {"name": "weather", "arguments": "{}"}
+    both["messages"][1]["tool_calls"] = [{"id": "c1", "type": "function", "function": fn}]
+    with pytest.raises(DataError, match="both tool_calls and a legacy function_call") as err:
+        load_trajectories(write_jsonl(tmp_path / "b.jsonl", [both]), "openai")
+    assert err.value.field == "messages[1].function_call"
+
+
 def test_openai_tool_results_keep_the_call_they_answer(tmp_path):
     """A tool message's tool_call_id is kept (parallel results may come back in any order); one
     that answers no call before it is an error naming the record and field (or skipped)."""
