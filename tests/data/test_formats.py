@@ -253,6 +253,47 @@ def test_parquet_through_arrow(tmp_path):
     assert len(trajs) == 2 and trajs[1].meta["record"] == "record 1"
 
 
+def _schema(name: str, param: str) -> dict:
+    props = {param: {"type": "string"}}
+    return {"type": "function", "function": {"name": name, "parameters": {"properties": props}}}
+
+
+def test_parquet_dict_arguments_and_schemas_keep_only_their_own_members(tmp_path):
+    """Arrow merges the argument objects (and tool schemas) of all records into one struct, so
+    each read back with the others' members as nulls; those nulls are dropped."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def record(tool: str, param: str, value: str) -> dict:
+        call = {"id": "c1", "type": "function",
+                "function": {"name": tool, "arguments": {param: value}}}  # fmt: skip
+        return {
+            "messages": [
+                {"role": "user", "content": "Q?"},
+                {"role": "assistant", "content": None, "tool_calls": [call]},
+                {"role": "tool", "tool_call_id": "c1", "content": "A"},
+            ],
+            "tools": [_schema(tool, param)],
+            "reward": True,
+        }
+
+    records = [record("calculate", "expression", "17 * 23"), record("search", "query", "boston")]
+    path = tmp_path / "calls.parquet"
+    pq.write_table(pa.Table.from_pylist(records), path)
+    calc, search = load_trajectories(path, "openai")
+    assert calc.turns[0].tool_calls[0]["arguments"] == {"expression": "17 * 23"}
+    assert search.turns[0].tool_calls[0]["arguments"] == {"query": "boston"}
+    assert calc.tools == [_schema("calculate", "expression")]
+    assert search.tools == [_schema("search", "query")]
+    # an explicit null argument survives in the JSON-string form
+    fn = records[0]["messages"][1]["tool_calls"][0]["function"]
+    fn["arguments"] = json.dumps({"expression": "1", "unit": None})
+    records[1]["messages"][1]["tool_calls"][0]["function"]["arguments"] = '{"query": "x"}'
+    pq.write_table(pa.Table.from_pylist(records), path)
+    calc, _ = load_trajectories(path, "openai")
+    assert calc.turns[0].tool_calls[0]["arguments"] == {"expression": "1", "unit": None}
+
+
 # ---------------------------------------------------------------- errors
 
 

@@ -12,7 +12,13 @@ from typing import Any
 
 from natscale.config.loader import get_dotted
 from natscale.data.errors import DataError, Issues, handle
-from natscale.data.formats.reader import Record, expand_paths, iter_records, layout_hint
+from natscale.data.formats.reader import (
+    Record,
+    expand_paths,
+    iter_records,
+    layout_hint,
+    without_arrow_nulls,
+)
 from natscale.data.trajectory import Outcome, Trajectory, Turn
 
 _MISSING = object()
@@ -186,6 +192,8 @@ def read_tools(rec: Record, tools_field: str | None) -> list[dict[str, Any]] | N
     raw = get_dotted(rec.data, tools_field)
     if raw is None:
         return None
+    if rec.arrow:  # Parquet: the schemas' objects carry each other's members as nulls
+        raw = without_arrow_nulls(raw)
     try:
         return normalize_tools(raw) or None
     except ValueError as exc:

@@ -57,7 +57,7 @@ from natscale.data.formats.common import (
     read_tools,
     record_field,
 )
-from natscale.data.formats.reader import Record
+from natscale.data.formats.reader import Record, without_arrow_nulls
 from natscale.data.formats.writing import (
     Notes,
     extra_fields,
@@ -160,6 +160,8 @@ def _call(rec: Record, fn: dict[str, Any], where: str) -> dict[str, Any]:
         # keep structured arguments when they are JSON, as the chat templates expect
         with contextlib.suppress(json.JSONDecodeError):
             args = json.loads(args)
+    elif rec.arrow:  # Parquet: each call's arguments carry the other calls' names as nulls
+        args = without_arrow_nulls(args)
     return {"name": field(rec, fn, "name", str, name=f"{where}.name"), "arguments": args}
 
 
