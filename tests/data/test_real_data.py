@@ -256,6 +256,44 @@ def test_layout_errors_say_which_format_fits(tmp_path, fmt, record, fits):
         load_trajectories(path, fmt)
 
 
+# Agent-FLAN (internlm/Agent-FLAN): role/content turns with loss flags under "conversation"
+AGENT_FLAN = {
+    "id": "af_0",
+    "conversation": [
+        {"role": "user", "content": "How many files in /etc?", "loss": False},
+        {"role": "assistant", "content": "Thought: count.\nFinal Answer: 212", "loss": True},
+    ],
+}
+
+
+_FLAN_FITS = "format openai with messages_key: conversation"
+
+
+@pytest.mark.parametrize(
+    ("fmt", "options", "hint"),
+    [
+        ("openai", {}, f"the record has 'conversation': {_FLAN_FITS} reads it"),
+        ("nat", {}, f"the record has 'conversation': {_FLAN_FITS} reads it"),
+        (
+            "sharegpt",
+            {"conversations_key": "conversation"},
+            f"the turns are role/content: {_FLAN_FITS} reads them",
+        ),
+    ],
+)
+def test_agent_flan_layout_error_suggests_openai(tmp_path, fmt, options, hint):
+    """role/content turns under 'conversation' are read by openai with messages_key, not by
+    sharegpt (from/value turns), and the layout hint says so."""
+    from natscale.data.formats import load_trajectories
+
+    path = write_jsonl(tmp_path / "flan.jsonl", [AGENT_FLAN])
+    with pytest.raises(DataError) as exc:
+        load_trajectories(path, fmt, **options)
+    assert exc.value.hint == hint
+    (traj,) = load_trajectories(path, "openai", messages_key="conversation")
+    assert traj.question == "How many files in /etc?" and traj.turns[0].train is True
+
+
 def test_set_reaches_list_items(tmp_path):
     from natscale.config.loader import ConfigError, apply_overrides
 

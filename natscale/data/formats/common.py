@@ -14,9 +14,11 @@ from natscale.config.loader import get_dotted
 from natscale.data.errors import DataError, Issues, handle
 from natscale.data.formats.reader import (
     Record,
+    conversation_readers,
     expand_paths,
     iter_records,
     layout_hint,
+    turn_keys,
     without_arrow_nulls,
 )
 from natscale.data.trajectory import Outcome, Trajectory, Turn
@@ -63,6 +65,16 @@ def message_role(
     """The role string of message ``name`` (a dict), checked against ``roles``; DataError otherwise."""
     if not isinstance(msg, dict):
         raise rec.error("expected an object", field=name, reason="wrong_type")
+    keys = turn_keys([msg])
+    if msg.get(role_key) is None and keys not in (None, role_key):
+        turns = name.rpartition("[")[0]  # the turn list's name: "conversation[3]" -> "conversation"
+        raise rec.error(
+            "missing required field",
+            field=f"{name}.{role_key}",
+            reason="missing_field",
+            hint=f"the turns are {keys}/{'content' if keys == 'role' else 'value'}: "
+            f"{conversation_readers(turns, [msg])} reads them",
+        )
     role = field(rec, msg, role_key, str, name=f"{name}.{role_key}")
     if role not in roles:
         raise rec.error(

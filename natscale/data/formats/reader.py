@@ -369,15 +369,35 @@ def layout_hint(data: Any) -> str:
             "rejected conversations as separate sharegpt records (e.g. two sources with "
             "success: true / success: false)"
         )
-    for key, fits in (
-        ("messages", "format openai (or conversations_key: messages)"),
-        ("conversations", "format sharegpt, agentinstruct or nat (or conversations_key)"),
-        ("conversation", "format sharegpt with conversations_key: conversation"),
-        ("output", "format alpaca / fireact"),
-    ):
+    for key in ("messages", "conversations", "conversation"):
         if key in data:
-            return f"the record has {key!r}: {fits} reads it"
+            return f"the record has {key!r}: {conversation_readers(key, data[key])} reads it"
+    if "output" in data:
+        return "the record has 'output': format alpaca / fireact reads it"
     return ""
+
+
+def turn_keys(turns: Any) -> str | None:
+    """How a list of turns names its speaker: ``role`` (role/content: OpenAI, NAT, Agent-FLAN)
+    or ``from`` (from/value: ShareGPT), by its first object; None when it has neither."""
+    first = next((t for t in turns if isinstance(t, dict)), {}) if isinstance(turns, list) else {}
+    return "role" if "role" in first else "from" if "from" in first else None
+
+
+def conversation_readers(key: str, turns: Any) -> str:
+    """The formats (and option) that read a record whose turns are the list under ``key``."""
+    keys = turn_keys(turns)
+    openai = "format openai" + ("" if key == "messages" else f" with messages_key: {key}")
+    sharegpt = "format sharegpt" + (
+        " or agentinstruct" if key == "conversations" else f" with conversations_key: {key}"
+    )
+    if keys == "role":  # nat reads role/content turns under "conversations" too
+        return f"format nat or {openai}" if key == "conversations" else openai
+    if keys == "from":
+        return sharegpt
+    if key == "conversations":
+        return f"format sharegpt, agentinstruct or nat (or openai with messages_key: {key})"
+    return f"{openai} (role/content turns) or {sharegpt} (from/value turns)"
 
 
 def _iter_streamed(
