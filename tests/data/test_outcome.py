@@ -213,3 +213,33 @@ def test_eval_tool_call_episodes_prepare_nat_fine_and_skip_unfinished(tokenizer_
     examples = {k: v["examples"] for k, v in result.stats["per_class"].items()}
     assert examples["correct"] == 1 and sum(examples.values()) == 1
     assert result.stats["skipped"] == {"unfinished": 1}
+
+
+def test_a_top_level_finished_false_of_a_converted_file_is_unfinished(tokenizer_dir, tmp_path):
+    """`convert data --to openai|sharegpt` writes an unfinished NAT episode as `finished: false`
+    at the top of its record; prepare's outcome.unfinished: skip kept it."""
+    from natscale.config.prepare import PrepareConfig
+    from natscale.data.formats import load_trajectories
+    from natscale.data.prepare import prepare
+
+    path = tmp_path / "chat.jsonl"
+    chat = [{"role": "user", "content": "What is 17 * 23?"}, {"role": "assistant", "content": "?"}]
+    records = [
+        {"id": "a", "messages": chat, "reward": False},
+        {"id": "b", "messages": chat, "reward": False, "finished": False},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    done, cut = load_trajectories(path, "openai", success_field="reward")
+    assert done.finished and not cut.finished
+    cfg = PrepareConfig.model_validate(
+        {
+            "sources": [{"format": "openai", "paths": [str(path)], "success_field": "reward"}],
+            "outcome": {"unfinished": "skip"},
+            "render": {"tokenizer": str(tokenizer_dir), "template": "llama2"},
+        }
+    )
+    result = prepare(cfg, tmp_path / "out", progress=False)
+    assert result.stats["skipped"] == {"unfinished": 1}
+    cfg = cfg.model_copy(update={"outcome": cfg.outcome.model_copy(update={"unfinished": "error"})})
+    with pytest.raises(DataError, match=r"unfinished \(finished is false\)"):
+        prepare(cfg, tmp_path / "out2", progress=False)
