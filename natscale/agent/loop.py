@@ -28,7 +28,6 @@ run redoes them).
 
 from __future__ import annotations
 
-import json
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -42,11 +41,11 @@ from natscale.agent.react import (
     parse_step,
 )
 from natscale.agent.tool_calls import (
-    FINISH_ARGUMENT,
     ParsedTurn,
     ToolCallParseError,
     call_id,
-    single_parameter,
+    finish_answer,
+    finish_answer_key,
 )
 from natscale.agent.tools import Tool, argument_error, call_tool, call_tool_with
 
@@ -151,8 +150,7 @@ def advance(
 def finish_argument(tools: dict[str, Tool]) -> str:
     """The name of ``finish``'s one parameter: ``answer``, or what ``tools.schemas`` renamed it to."""
     finish = tools.get(FINISH)
-    param = single_parameter(finish.schema) if finish is not None and finish.schema else None
-    return param or FINISH_ARGUMENT
+    return finish_answer_key(finish.schema if finish is not None else None)
 
 
 def advance_tool_calls(
@@ -200,10 +198,9 @@ def advance_tool_calls(
     for call in calls:
         tool = tools.get(call["name"])
         if call["name"] == FINISH:
-            if set(call["arguments"]) == {answer_key}:
-                answer = call["arguments"][answer_key]
-                ep.pred = answer if isinstance(answer, str) else json.dumps(answer)
-                ep.done = True
+            answer = finish_answer(call["arguments"], answer_key)
+            if answer is not None:
+                ep.pred, ep.done = answer, True
                 return
             # no answer, or not under its name: an error result, and the episode goes on
             observation = argument_error(FINISH, answer_key, call["arguments"])

@@ -208,6 +208,23 @@ def single_parameter(schema: dict[str, Any]) -> str | None:
     return next(iter(props)) if len(props) == 1 else None
 
 
+def finish_answer_key(schema: dict[str, Any] | None) -> str:
+    """The name of ``finish``'s one parameter in its schema (OpenAI form): ``answer``, or what
+    ``tools.schemas`` renamed it to; ``answer`` without a schema."""
+    param = single_parameter(schema) if schema else None
+    return param or FINISH_ARGUMENT
+
+
+def finish_answer(arguments: Any, answer_key: str) -> str | None:
+    """The answer a ``finish`` call with ``arguments`` gives: its one argument ``answer_key`` (as
+    JSON text when it is not a string); None when the arguments are anything else (the agent
+    loop answers such a call with an error result and the episode goes on)."""
+    if not isinstance(arguments, dict) or set(arguments) != {answer_key}:
+        return None
+    answer = arguments[answer_key]
+    return answer if isinstance(answer, str) else json.dumps(answer)
+
+
 def call_id(turn: int, index: int) -> str:
     """The id of the ``index``-th call of turn ``turn``: nine letters and digits, as Mistral's
     templates require (``call01000``)."""

@@ -8,8 +8,14 @@ Metrics follow the NAT paper and SQuAD:
   the paper's HotpotQA reward. A gold ``True``/``False`` (StrategyQA) matches ``yes``/``no``.
 - ``f1``: SQuAD token F1 >= ``f1_threshold``; the score drives the fine-grained buckets.
 
-The prediction is ``meta["pred"]`` when the source recorded one, else the argument of the last
-``finish[...]`` action; the gold answer is the question file's ``answer`` (text after ``####``
+A source's ``success: true`` / ``success: false`` (``meta["source_success"]``, set by prepare)
+marks its trajectories a success / a failure under every rule: what it says wins over the
+record's fields, over ``all`` and over the computed ``exact`` / ``em`` / ``f1``.
+
+The prediction is ``meta["pred"]`` when the source recorded one (a NAT record's or a natscale
+episode's ``info.pred``), else the answer of the last ``finish`` the agent gave: a ``finish[...]``
+action in its text or a ``finish`` tool call (its answer argument, named as the trajectory's
+``finish`` schema names it, as ``natscale eval``'s tool-call loop reads it); the gold answer is the question file's ``answer`` (text after ``####``
 when present), else ``meta["gt"]``.
 """
 
@@ -17,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from natscale.agent.react import finish_argument
+from natscale.agent.react import FINISH, finish_argument
 from natscale.agent.scoring import (  # noqa: F401  (re-exported: the labelling rules' names)
     exact_match,
     extract_gold,
@@ -25,8 +31,9 @@ from natscale.agent.scoring import (  # noqa: F401  (re-exported: the labelling 
     math_exact,
     normalize_answer,
 )
+from natscale.agent.tool_calls import finish_answer, finish_answer_key
 from natscale.data.errors import DataError
-from natscale.data.trajectory import Outcome, Trajectory
+from natscale.data.trajectory import Outcome, Trajectory, Turn
 
 NO_OUTCOME_HINT = (
     "SFT data without outcomes (e.g. AgentInstruct, glaive, ETO): set outcome.success: all "
@@ -55,12 +62,34 @@ def no_success_error(traj: Trajectory) -> DataError:
 
 
 def extract_pred(traj: Trajectory) -> str | None:
-    """The argument of the last ``finish[...]`` in the assistant turns, if any."""
+    """The answer of the last ``finish`` in the assistant turns, if any: a ``finish`` tool call's
+    answer argument, or the argument of a ``finish[...]`` action in the text."""
+    answer_key = finish_answer_key(_finish_schema(traj))
     for turn in reversed(traj.turns):
         if turn.role == "assistant":
-            pred = finish_argument(turn.content)
+            pred = _finish_call_answer(turn, answer_key)
+            if pred is None:
+                pred = finish_argument(turn.content)
             if pred is not None:
                 return pred
+    return None
+
+
+def _finish_schema(traj: Trajectory) -> dict | None:
+    """The trajectory's ``finish`` tool schema (OpenAI form), if it offers one."""
+    for schema in traj.tools or ():
+        if schema.get("function", {}).get("name") == FINISH:
+            return schema
+    return None
+
+
+def _finish_call_answer(turn: Turn, answer_key: str) -> str | None:
+    """The answer of the turn's last ``finish`` tool call that gives one (see ``finish_answer``)."""
+    for call in reversed(turn.tool_calls or ()):
+        if call.get("name") == FINISH:
+            answer = finish_answer(call.get("arguments"), answer_key)
+            if answer is not None:
+                return answer
     return None
 
 
@@ -89,11 +118,15 @@ def label(
     ``success``: ``field`` | ``all`` (every trajectory succeeds: SFT data without outcomes) |
     ``exact`` | ``em`` | ``f1``. ``score``: ``field`` (the source's
     score), ``f1`` (computed), ``auto`` (the source's score, else F1 when a gold answer exists),
-    ``none``. Raises :class:`DataError` (reason ``no_outcome``/``no_gold``) when it cannot label.
+    ``none``. A source's explicit ``success`` (``meta["source_success"]``) decides the class
+    under every rule. Raises :class:`DataError` (reason ``no_outcome``/``no_gold``) when it cannot
+    label.
     """
     out = traj.outcome
     pred, gold_answer = prediction(traj), gold(traj)
-    needs_gold = success in ("exact", "em", "f1") or score == "f1"
+    source_success = traj.meta.get("source_success")
+    computed = success in ("exact", "em", "f1") and source_success is None
+    needs_gold = computed or score == "f1"
     if needs_gold and gold_answer is None:
         raise DataError(
             f"trajectory {traj.id!r} has no gold answer to compute {success!r} against",
@@ -101,7 +134,9 @@ def label(
             reason="no_gold",
             hint="give a question file with answers, or use outcome.success: field",
         )
-    if success == "field":
+    if source_success is not None:
+        ok = bool(source_success)
+    elif success == "field":
         if out.success is None:
             raise no_success_error(traj)
         ok = out.success

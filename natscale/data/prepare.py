@@ -112,6 +112,8 @@ def _source_fields(traj: Trajectory, src: Any) -> None:
     traj.meta["success_field"] = src.success_field  # and in a no-success-value error
     if src.success is not None:  # the whole source is successes (SFT data) / failures
         traj.outcome = replace(traj.outcome, success=src.success)
+        # wins over every outcome.success rule, not only `field` (outcome.label reads it)
+        traj.meta["source_success"] = src.success
 
 
 def load_sources(
@@ -146,12 +148,14 @@ def label_one(traj: Trajectory, config: PrepareConfig, issues: Issues) -> bool:
     try:
         if not traj.finished and oc.unfinished != "keep":
             info = traj.meta.get("info") or {}
-            # name the field this record has: info.finished when set, else the missing pred
-            name, why = (
-                ("info.finished", "info.finished is false")
-                if "finished" in info
-                else ("info.pred", "no info.pred: no final answer")
-            )
+            # name the field this record has: info.finished or a top-level finished when set,
+            # else the missing pred
+            if "finished" in info:
+                name, why = "info.finished", "info.finished is false"
+            elif (traj.meta.get("extra") or {}).get("finished") is False:
+                name, why = "finished", "finished is false"
+            else:
+                name, why = "info.pred", "no info.pred: no final answer"
             err = DataError(
                 f"trajectory is unfinished ({why})",
                 field=name,

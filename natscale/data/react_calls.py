@@ -11,7 +11,10 @@ data collected in ReAct text trains a tool-calling agent that the eval then runs
   tool's (``calculate(expression)``, ``search(query)``, ``finish(answer)``) or ``input`` for
   another tool; its id is the eval's (``call01000`` for the first turn's call);
 - the observation after it becomes that call's result (``Observation: `` removed, the tool
-  named); ``finish``'s ``Episode finished`` is dropped (the eval writes none);
+  named); ``finish``'s ``Episode finished`` is dropped (the eval writes none). A user turn that
+  starts with ``Observation:`` right after such a turn is its observation too: FireAct's
+  ``gpt_format`` (OpenAI messages) gives observations as user messages. A user turn anywhere
+  else stays a user turn, whatever it starts with;
 - a turn that does not parse stays text, and the observation after it (the error the agent was
   shown) a user turn: the agent did write that;
 - the trajectory offers tools: the ones named (``native_tools``), or for a converted file those
@@ -69,6 +72,14 @@ def _observation_text(turn: Turn) -> str:
     return turn.content[match.end() :].strip() if match else turn.content
 
 
+def _is_observation(turn: Turn) -> bool:
+    """An observation turn, or a user turn written as one (``Observation: ...``, FireAct's
+    ``gpt_format``); the caller asks only right after a turn that made a call."""
+    return turn.role == "observation" or (
+        turn.role == "user" and OBSERVATION_LINE.match(turn.content) is not None
+    )
+
+
 def tool_call_turns(traj: Trajectory, notes: Notes) -> tuple[list[Turn], list[str]]:
     """``traj``'s turns with its ReAct steps as calls, and the tools it calls, in order."""
     out: list[Turn] = []
@@ -93,7 +104,7 @@ def tool_call_turns(traj: Trajectory, notes: Notes) -> tuple[list[Turn], list[st
             }
             out.append(Turn("assistant", step.thought, turn.train, [call]))
             called = step.tool
-        elif turn.role == "observation" and called is not None:
+        elif called is not None and _is_observation(turn):
             text = _observation_text(turn)
             # "Episode finished" (FireAct's and alpaca's add ", reward = True"): no tool result
             if not (called == FINISH and text.startswith(FINISH_OBSERVATION)):

@@ -91,5 +91,8 @@ class Trajectory:
 
     @property
     def finished(self) -> bool:
-        """False when the source marks the episode unfinished (no final answer)."""
-        return bool(self.meta.get("finished", True))
+        """False when the source marks the episode unfinished (no final answer): NAT's flag
+        (``meta["finished"]``), or a top-level ``finished: false`` of another format (kept in
+        ``meta["extra"]``; ``convert data`` writes it to openai and sharegpt files)."""
+        extra = self.meta.get("extra") or {}
+        return bool(self.meta.get("finished", True)) and extra.get("finished") is not False

@@ -122,6 +122,21 @@ def test_openai_tool_calls_round_trip_and_become_text_elsewhere(tmp_path):
     assert nat["info"] == {"reward": True, "f1": 0.5, "finished": True}
 
 
+def test_a_system_prompt_written_to_nat_loads_back_as_the_system_prompt(tmp_path):
+    """The nat writer makes a system prompt a leading system turn; the nat loader reads it
+    back as the system prompt (before the question), not as a turn after the question."""
+    src = tmp_path / "chat.jsonl"
+    src.write_text(json.dumps(OPENAI_RECORD) + "\n")
+    (original,) = load_trajectories(src, "openai")
+    out = tmp_path / "n.json"
+    convert_trajectories(src, out, src="openai", dst="nat")
+    assert json.loads(out.read_text())[0]["conversations"][0]["role"] == "system"
+    (again,) = load(out, "nat")
+    assert again.system == original.system == "You can call a calculator."
+    assert [t.role for t in again.turns] == [t.role for t in original.turns]
+    assert again.turns[0].role == "assistant"
+
+
 def test_bad_record_names_file_record_and_field_and_writes_nothing(tmp_path):
     src = tmp_path / "chat.jsonl"
     bad = {**OPENAI_RECORD, "messages": [{"role": "user", "content": 3}]}

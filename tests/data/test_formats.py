@@ -144,6 +144,53 @@ def test_openai_messages_with_tool_calls(tmp_path):
     assert t.id == "o.jsonl:1"
 
 
+# OpenAI's legacy function-calling fine-tuning layout (before tool_calls)
+LEGACY_FUNCTION_CALL = {
+    "messages": [
+        {"role": "user", "content": "What is the weather like in Boston?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "function_call": {"name": "weather", "arguments": '{"location": "Boston, MA"}'},
+        },
+        {"role": "function", "name": "weather", "content": '{"temperature": "22"}'},
+        {"role": "assistant", "content": "It is 22 degrees in Boston."},
+    ],
+    "functions": [
+        {
+            "name": "weather",
+            "description": "Get the current weather",
+            "parameters": {"type": "object", "properties": {"location": {"type": "string"}}},
+        }
+    ],
+}
+
+
+def test_openai_legacy_function_call_is_a_tool_call(tmp_path):
+    """An assistant's function_call is one call (not an empty trained turn), the function
+    message its result, and the top-level functions list the tool schemas."""
+    (t,) = load_trajectories(write_jsonl(tmp_path / "o.jsonl", [LEGACY_FUNCTION_CALL]), "openai")
+    assert t.turns[0].role == "assistant" and t.turns[0].content == ""
+    assert t.turns[0].tool_calls == [{"name": "weather", "arguments": {"location": "Boston, MA"}}]
+    assert t.turns[1].role == "observation" and t.turns[1].name == "weather"
+    assert [s["function"]["name"] for s in t.tools] == ["weather"]
+    assert t.tools[0]["function"]["parameters"]["properties"] == {"location": {"type": "string"}}
+    # a record's own tools win; tools_field: null ignores both
+    own = {"type": "function", "function": {"name": "other", "parameters": {}}}
+    path = write_jsonl(tmp_path / "t.jsonl", [{**LEGACY_FUNCTION_CALL, "tools": [own]}])
+    (t,) = load_trajectories(path, "openai")
+    assert [s["function"]["name"] for s in t.tools] == ["other"]
+    (t,) = load_trajectories(path, "openai", tools_field=None)
+    assert t.tools is None
+    # both forms in one message: an error naming the message
+    both = json.loads(json.dumps(LEGACY_FUNCTION_CALL))
+    fn = {"name": "weather", "arguments": "{}"}
+    both["messages"][1]["tool_calls"] = [{"id": "c1", "type": "function", "function": fn}]
+    with pytest.raises(DataError, match="both tool_calls and a legacy function_call") as err:
+        load_trajectories(write_jsonl(tmp_path / "b.jsonl", [both]), "openai")
+    assert err.value.field == "messages[1].function_call"
+
+
 def test_openai_tool_results_keep_the_call_they_answer(tmp_path):
     """A tool message's tool_call_id is kept (parallel results may come back in any order); one
     that answers no call before it is an error naming the record and field (or skipped)."""
@@ -204,6 +251,47 @@ def test_parquet_through_arrow(tmp_path):
     pq.write_table(pa.Table.from_pylist([rec, rec]), tmp_path / "d.parquet")
     trajs = load_trajectories(tmp_path / "d.parquet", "alpaca")
     assert len(trajs) == 2 and trajs[1].meta["record"] == "record 1"
+
+
+def _schema(name: str, param: str) -> dict:
+    props = {param: {"type": "string"}}
+    return {"type": "function", "function": {"name": name, "parameters": {"properties": props}}}
+
+
+def test_parquet_dict_arguments_and_schemas_keep_only_their_own_members(tmp_path):
+    """Arrow merges the argument objects (and tool schemas) of all records into one struct, so
+    each read back with the others' members as nulls; those nulls are dropped."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def record(tool: str, param: str, value: str) -> dict:
+        call = {"id": "c1", "type": "function",
+                "function": {"name": tool, "arguments": {param: value}}}  # fmt: skip
+        return {
+            "messages": [
+                {"role": "user", "content": "Q?"},
+                {"role": "assistant", "content": None, "tool_calls": [call]},
+                {"role": "tool", "tool_call_id": "c1", "content": "A"},
+            ],
+            "tools": [_schema(tool, param)],
+            "reward": True,
+        }
+
+    records = [record("calculate", "expression", "17 * 23"), record("search", "query", "boston")]
+    path = tmp_path / "calls.parquet"
+    pq.write_table(pa.Table.from_pylist(records), path)
+    calc, search = load_trajectories(path, "openai")
+    assert calc.turns[0].tool_calls[0]["arguments"] == {"expression": "17 * 23"}
+    assert search.turns[0].tool_calls[0]["arguments"] == {"query": "boston"}
+    assert calc.tools == [_schema("calculate", "expression")]
+    assert search.tools == [_schema("search", "query")]
+    # an explicit null argument survives in the JSON-string form
+    fn = records[0]["messages"][1]["tool_calls"][0]["function"]
+    fn["arguments"] = json.dumps({"expression": "1", "unit": None})
+    records[1]["messages"][1]["tool_calls"][0]["function"]["arguments"] = '{"query": "x"}'
+    pq.write_table(pa.Table.from_pylist(records), path)
+    calc, _ = load_trajectories(path, "openai")
+    assert calc.turns[0].tool_calls[0]["arguments"] == {"expression": "1", "unit": None}
 
 
 # ---------------------------------------------------------------- errors

@@ -80,3 +80,64 @@ def test_converted_files_load_as_tool_call_data(tmp_path):
     convert_trajectories(src, share, src="nat", dst="sharegpt", tool_calls=True)
     (again,) = load_trajectories(share, "sharegpt")
     assert again.tools == traj.tools and again.turns[2].tool_calls[0]["name"] == "finish"
+
+
+FIREACT_STEPS = (
+    "Thought: I need to search for when the linguist Grassmann was born.\n"
+    "Action: search[Grassmann birth year]\n"
+    "Observation: April 15, 1809\n"
+    "Thought: I have found the answer.\n"
+    "Action: finish[1809]\n"
+    "Observation: Episode finished, reward = True\n"
+)
+FIREACT_QUESTION = "Grassmann's law is named after a linguist born in which year ?"
+
+
+def _fireact_gpt_record() -> dict:
+    """FireAct's gpt_format: OpenAI messages whose observations are user messages."""
+    steps = FIREACT_STEPS.strip().split("\n")
+    pairs = [steps[i : i + 3] for i in range(0, len(steps), 3)]
+    messages = [{"role": "user", "content": FIREACT_QUESTION}]
+    for thought, action, observation in pairs:
+        messages.append({"role": "assistant", "content": f"{thought}\n{action}"})
+        messages.append({"role": "user", "content": observation})
+    return {"messages": messages}
+
+
+def test_fireact_gpt_format_user_observations_become_tool_results(tmp_path):
+    """A user 'Observation: ...' right after an action is that call's result, as the alpaca
+    form's observation is; the finish observation is dropped."""
+    gpt = tmp_path / "fireact_gpt.jsonl"
+    gpt.write_text(json.dumps(_fireact_gpt_record()) + "\n")
+    alpaca = tmp_path / "fireact.json"
+    alpaca.write_text(
+        json.dumps([{"instruction": FIREACT_QUESTION, "input": "", "output": FIREACT_STEPS}])
+    )
+    want = load_trajectories(alpaca, "fireact", native_tools=["search"])[0]
+    got = load_trajectories(gpt, "openai", native_tools=["search"])[0]
+    assert [t.role for t in got.turns] == ["assistant", "observation", "assistant"]
+    assert got.turns == want.turns and got.tools == want.tools
+    assert got.turns[1] == Turn("observation", "April 15, 1809", False, name="search")
+    # convert data --from openai --to openai --tool-calls writes the same
+    out = tmp_path / "converted.jsonl"
+    convert_trajectories(gpt, out, src="openai", dst="openai", tool_calls=True)
+    messages = json.loads(out.read_text())["messages"]
+    assert [m["role"] for m in messages] == ["user", "assistant", "tool", "assistant"]
+    assert messages[2]["content"] == "April 15, 1809" and messages[2]["tool_call_id"] == "call01000"
+
+
+def test_user_observation_text_without_a_call_stays_a_user_turn():
+    chat = _traj(
+        "d",
+        ("assistant", "What did you see?"),  # no action
+        ("user", "Observation: a bird"),
+        ("assistant", "Thought: check.\nAction: finish[bird]"),
+        ("user", "Thanks"),
+        ("user", "Observation: it flew away"),  # not right after the action
+    )
+    turns = react_to_tool_calls([chat], Notes())[0].turns
+    assert turns[1] == Turn("user", "Observation: a bird", False)
+    assert turns[3:] == [
+        Turn("user", "Thanks", False),
+        Turn("user", "Observation: it flew away", False),
+    ]

@@ -84,6 +84,23 @@ def test_a_source_of_failures(tokenizer_dir, tmp_path):
     }
 
 
+@pytest.mark.parametrize("rule", ["all", "exact", "em", "f1"])
+def test_a_source_success_wins_under_every_outcome_rule(tokenizer_dir, tmp_path, rule):
+    # the gold answer is one no trajectory gives (no finish[...]): computed rules say failure
+    good = write_jsonl(tmp_path / "good.jsonl", [{**AGENTINSTRUCT, "answer": "#### 7"}])
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{**AGENTINSTRUCT, "id": "os_9", "answer": "212"}])
+    sources = [
+        {"format": "agentinstruct", "paths": [str(good)], "success": True},
+        {"format": "agentinstruct", "paths": [str(bad)], "success": False},
+    ]
+    cfg = _prepare_config(tokenizer_dir, tmp_path, sources, outcome={"success": rule})
+    result = prepare(cfg, progress=False)
+    assert {k: v["examples"] for k, v in result.stats["per_class"].items()} == {
+        "success": 1,
+        "failure": 1,
+    }
+
+
 # ---------------------------------------------------------------- item 2: baseline prompt
 
 _INSTR = "Solve a question answering task with interleaving Thought, Action, Observation steps."
@@ -237,6 +254,44 @@ def test_layout_errors_say_which_format_fits(tmp_path, fmt, record, fits):
     path = write_jsonl(tmp_path / "r.jsonl", [record])
     with pytest.raises(DataError, match=fits):
         load_trajectories(path, fmt)
+
+
+# Agent-FLAN (internlm/Agent-FLAN): role/content turns with loss flags under "conversation"
+AGENT_FLAN = {
+    "id": "af_0",
+    "conversation": [
+        {"role": "user", "content": "How many files in /etc?", "loss": False},
+        {"role": "assistant", "content": "Thought: count.\nFinal Answer: 212", "loss": True},
+    ],
+}
+
+
+_FLAN_FITS = "format openai with messages_key: conversation"
+
+
+@pytest.mark.parametrize(
+    ("fmt", "options", "hint"),
+    [
+        ("openai", {}, f"the record has 'conversation': {_FLAN_FITS} reads it"),
+        ("nat", {}, f"the record has 'conversation': {_FLAN_FITS} reads it"),
+        (
+            "sharegpt",
+            {"conversations_key": "conversation"},
+            f"the turns are role/content: {_FLAN_FITS} reads them",
+        ),
+    ],
+)
+def test_agent_flan_layout_error_suggests_openai(tmp_path, fmt, options, hint):
+    """role/content turns under 'conversation' are read by openai with messages_key, not by
+    sharegpt (from/value turns), and the layout hint says so."""
+    from natscale.data.formats import load_trajectories
+
+    path = write_jsonl(tmp_path / "flan.jsonl", [AGENT_FLAN])
+    with pytest.raises(DataError) as exc:
+        load_trajectories(path, fmt, **options)
+    assert exc.value.hint == hint
+    (traj,) = load_trajectories(path, "openai", messages_key="conversation")
+    assert traj.question == "How many files in /etc?" and traj.turns[0].train is True
 
 
 def test_set_reaches_list_items(tmp_path):

@@ -12,7 +12,15 @@ from typing import Any
 
 from natscale.config.loader import get_dotted
 from natscale.data.errors import DataError, Issues, handle
-from natscale.data.formats.reader import Record, expand_paths, iter_records, layout_hint
+from natscale.data.formats.reader import (
+    Record,
+    conversation_readers,
+    expand_paths,
+    iter_records,
+    layout_hint,
+    turn_keys,
+    without_arrow_nulls,
+)
 from natscale.data.trajectory import Outcome, Trajectory, Turn
 
 _MISSING = object()
@@ -57,6 +65,16 @@ def message_role(
     """The role string of message ``name`` (a dict), checked against ``roles``; DataError otherwise."""
     if not isinstance(msg, dict):
         raise rec.error("expected an object", field=name, reason="wrong_type")
+    keys = turn_keys([msg])
+    if msg.get(role_key) is None and keys not in (None, role_key):
+        turns = name.rpartition("[")[0]  # the turn list's name: "conversation[3]" -> "conversation"
+        raise rec.error(
+            "missing required field",
+            field=f"{name}.{role_key}",
+            reason="missing_field",
+            hint=f"the turns are {keys}/{'content' if keys == 'role' else 'value'}: "
+            f"{conversation_readers(turns, [msg])} reads them",
+        )
     role = field(rec, msg, role_key, str, name=f"{name}.{role_key}")
     if role not in roles:
         raise rec.error(
@@ -186,6 +204,8 @@ def read_tools(rec: Record, tools_field: str | None) -> list[dict[str, Any]] | N
     raw = get_dotted(rec.data, tools_field)
     if raw is None:
         return None
+    if rec.arrow:  # Parquet: the schemas' objects carry each other's members as nulls
+        raw = without_arrow_nulls(raw)
     try:
         return normalize_tools(raw) or None
     except ValueError as exc:
@@ -241,6 +261,18 @@ def extra_meta(rec: Record, conversation_key: str, answer_field: str | None) -> 
     return {
         "answer": "" if answer is None else str(answer),
         "extra": {k: v for k, v in rec.data.items() if k != conversation_key},
+    }
+
+
+def episode_meta(info: dict[str, Any]) -> dict[str, Any]:
+    """The ``meta`` entries of a NAT record's (or a natscale eval episode's) ``info``: the
+    recorded prediction (``pred``) and gold (``gt``), and ``finished``: ``info.finished``, else
+    whether ``info.pred`` is set (an episode without a final answer is unfinished)."""
+    return {
+        "info": info,
+        "pred": info.get("pred"),
+        "gt": info.get("gt"),
+        "finished": bool(info.get("finished", info.get("pred") is not None)),
     }
 
 

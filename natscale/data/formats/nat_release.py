@@ -10,7 +10,8 @@ Three files. The trajectory file is a JSON list (or JSONL) of::
         {"role": "assistant", "content": "Thought: ...\\nAction: finish[18]", "loss": true},
         {"role": "user", "content": "Observation: Episode finished", "loss": false}]}
 
-The conversation starts at the first assistant turn; ``user`` turns are observations. The question
+The conversation starts at the first assistant turn; ``user`` turns are observations. A
+leading ``system`` turn (what the writer makes of a system prompt) is the system prompt. The question
 file (JSON or JSONL) holds ``{"id": "q17", "question": "...", "answer": "... #### 20"}`` and is
 joined by ``id`` (several trajectories may share one). The task prompt file gives the instruction
 turns and question templates (:mod:`natscale.data.prompts`).
@@ -46,6 +47,7 @@ from natscale.data.formats.base import (
 )
 from natscale.data.formats.common import (
     check_empty,
+    episode_meta,
     field,
     load_records,
     message_role,
@@ -121,6 +123,8 @@ def parse_record(
     info = field(rec, data, "info", dict, default={})
     convs = record_field(rec, "conversations", list)
     turns = [_turn(rec, msg, i) for i, msg in enumerate(convs)]
+    # a leading system turn (what the writer makes of a system prompt) is the system prompt
+    system = turns.pop(0).content if turns and turns[0].role == "system" else ""
     check_empty(rec, turns, "conversations")
     if questions is not None:
         if tid not in questions:
@@ -137,11 +141,8 @@ def parse_record(
         answer = str(data.get("answer", ""))
     meta = {
         "source": data.get("source"),
-        "info": info,
         "answer": answer,
-        "pred": info.get("pred"),
-        "gt": info.get("gt"),
-        "finished": bool(info.get("finished", info.get("pred") is not None)),
+        **episode_meta(info),
         # what other formats carry as the record's other fields (natscale convert data)
         "extra": _extra(data, info),
     }
@@ -152,6 +153,7 @@ def parse_record(
         instruction=prompt.instruction,
         acknowledgement=prompt.acknowledgement,
         question=question,
+        system=system,
         turns=turns,
         outcome=read_outcome(rec, turns, success_field, score_field),
         meta=meta,

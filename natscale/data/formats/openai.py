@@ -15,9 +15,15 @@ One record::
 Roles: system (first only), user, assistant, tool / function -> observation (``name`` kept),
 ``developer`` -> system. ``content`` may be a string, null, or a list of ``{"type": "text",
 "text": ...}`` parts. Assistant ``tool_calls`` are kept structured on the turn (``name``,
-``arguments``, ``id``); the renderer serialises them. A per-message ``weight`` (0/1, as in
+``arguments``, ``id``); the renderer serialises them. OpenAI's legacy function-calling layout
+reads the same way: an assistant's ``function_call: {"name", "arguments"}`` is one call (without
+an id), the ``function`` message after it its result, and a top-level ``functions`` list the
+tool schemas when the record has no ``tools_field``. A per-message ``weight`` (0/1, as in
 OpenAI fine-tuning) or ``loss`` flag decides whether that turn is trained. ``question_turn`` and
-the outcome fields work as for ShareGPT. An assistant's ``reasoning_content`` (or ``reasoning``)
+the outcome fields work as for ShareGPT. A record with an ``info`` object holding ``pred`` or
+``finished`` (a natscale eval episode with native tool calls, :mod:`natscale.eval.episodes`) is
+read as the NAT loader reads one: ``info.pred`` is the prediction the outcome rules score,
+``info.finished: false`` (without ``info.finished``: a null ``info.pred``) marks it unfinished. An assistant's ``reasoning_content`` (or ``reasoning``)
 goes before its content in ``<think>`` tags, as reasoning models write it (as does gpt-oss data's
 ``thinking``); ``reasoning: drop`` leaves it out.
 
@@ -39,16 +45,19 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from natscale.config.loader import get_dotted
 from natscale.data.errors import Issues
 from natscale.data.formats.base import Format, RecordSource, per_record
 from natscale.data.formats.common import (
     chat_trajectory,
+    episode_meta,
     field,
     load_records,
     message_role,
+    read_tools,
     record_field,
 )
-from natscale.data.formats.reader import Record
+from natscale.data.formats.reader import Record, without_arrow_nulls
 from natscale.data.formats.writing import (
     Notes,
     extra_fields,
@@ -70,6 +79,9 @@ class OpenAISource(RecordSource):
     )
 
 
+# where OpenAI's legacy function-calling format (assistant ``function_call``, ``function``
+# results) lists the tool schemas, read when the record has no ``tools_field``
+LEGACY_TOOLS = "functions"
 # content part types that hold text (chat completions; the Responses API's input/output text)
 TEXT_PARTS = ("text", "input_text", "output_text")
 ROLE_MAP = {
@@ -113,7 +125,19 @@ def _content(rec: Record, msg: dict[str, Any], name: str) -> str:
 
 
 def _tool_calls(rec: Record, msg: dict[str, Any], name: str) -> list[dict[str, Any]] | None:
+    """The message's calls: its ``tool_calls``, or its legacy ``function_call`` (OpenAI's
+    function-calling format before tool calls) as one call without an id."""
     calls = field(rec, msg, "tool_calls", list, name=f"{name}.tool_calls", default=None)
+    legacy = field(rec, msg, "function_call", dict, name=f"{name}.function_call", default=None)
+    if calls and legacy:
+        raise rec.error(
+            "the message has both tool_calls and a legacy function_call",
+            field=f"{name}.function_call",
+            reason="conflicting_fields",
+            hint="keep one of them (tool_calls for new data)",
+        )
+    if legacy:
+        return [_call(rec, legacy, f"{name}.function_call")]
     if not calls:
         return None
     out = []
@@ -122,19 +146,23 @@ def _tool_calls(rec: Record, msg: dict[str, Any], name: str) -> list[dict[str, A
         if not isinstance(call, dict):
             raise rec.error("expected an object", field=where, reason="wrong_type")
         fn = field(rec, call, "function", dict, name=f"{where}.function")
-        args = field(rec, fn, "arguments", (str, dict), name=f"{where}.function.arguments")
-        if isinstance(args, str):
-            # keep structured arguments when they are JSON, as the chat templates expect
-            with contextlib.suppress(json.JSONDecodeError):
-                args = json.loads(args)
-        entry = {
-            "name": field(rec, fn, "name", str, name=f"{where}.function.name"),
-            "arguments": args,
-        }
+        entry = _call(rec, fn, f"{where}.function")
         if isinstance(call.get("id"), str):
             entry["id"] = call["id"]
         out.append(entry)
     return out
+
+
+def _call(rec: Record, fn: dict[str, Any], where: str) -> dict[str, Any]:
+    """``{"name", "arguments"}`` of a call's ``function`` (or legacy ``function_call``) object."""
+    args = field(rec, fn, "arguments", (str, dict), name=f"{where}.arguments")
+    if isinstance(args, str):
+        # keep structured arguments when they are JSON, as the chat templates expect
+        with contextlib.suppress(json.JSONDecodeError):
+            args = json.loads(args)
+    elif rec.arrow:  # Parquet: each call's arguments carry the other calls' names as nulls
+        args = without_arrow_nulls(args)
+    return {"name": field(rec, fn, "name", str, name=f"{where}.name"), "arguments": args}
 
 
 # where an assistant message's reasoning is (DeepSeek's API and vLLM: reasoning_content;
@@ -234,7 +262,7 @@ def load(
 ) -> list[Trajectory]:
     def parse(rec: Record) -> Trajectory:
         items = record_field(rec, messages_key, list)
-        return chat_trajectory(
+        traj = chat_trajectory(
             rec,
             parse_messages(rec, items, messages_key, reasoning=reasoning),
             messages_key,
@@ -245,6 +273,16 @@ def load(
             tools_field=tools_field,
             answer_field=answer_field,
         )
+        if (
+            traj.tools is None
+            and tools_field is not None
+            and get_dotted(rec.data, tools_field) is None
+        ):
+            traj.tools = read_tools(rec, LEGACY_TOOLS)  # the legacy format's `functions` list
+        info = rec.data.get("info")
+        if isinstance(info, dict) and ("pred" in info or "finished" in info):
+            traj.meta.update(episode_meta(info))  # a natscale eval episode (tool-call form)
+        return traj
 
     return load_records(
         paths,

@@ -48,11 +48,29 @@ class Record:
     file: str
     where: str
     data: dict[str, Any]
+    # read from Parquet: Arrow stores the objects at one place of every record (a tool call's
+    # arguments, ...) as one struct with the members of all of them, so a member that one of
+    # them lacks reads back as null (see ``without_arrow_nulls``)
+    arrow: bool = False
 
     def error(self, message: str, *, field: str | None = None, reason: str, hint: str = ""):
         return DataError(
             message, file=self.file, record=self.where, field=field, reason=reason, hint=hint
         )
+
+
+def without_arrow_nulls(value: Any) -> Any:
+    """``value`` without the null members of its objects, at any depth (list items are kept).
+
+    For what a Parquet record holds as free-form objects (tool-call arguments, tool schemas):
+    Arrow merged the objects of all records into one struct type, so each has every other's
+    members as nulls (``{"expression": "17 * 23", "query": null}``). An explicit null member
+    cannot be told from those; in the JSON-string form (``"arguments": "{...}"``) it survives."""
+    if isinstance(value, dict):
+        return {k: without_arrow_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [without_arrow_nulls(v) for v in value]
+    return value
 
 
 def expand_paths(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
@@ -262,7 +280,9 @@ def _iter_parquet(
     index = 0
     for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
         for obj in batch.to_pylist():
-            yield from _checked(obj, str(path), f"record {index}", on_error, issues, wrap)
+            yield from _checked(
+                obj, str(path), f"record {index}", on_error, issues, wrap, arrow=True
+            )
             index += 1
 
 
@@ -274,9 +294,11 @@ def _checked(
     issues: Issues | None,
     wrap: str | None,
     suspect: bool = False,
+    arrow: bool = False,
 ):
     """``obj`` as a Record, or the error ``on_error`` says; ``suspect``: its JSON text holds a
-    surrogate escape, so its strings are checked for a lone surrogate."""
+    surrogate escape, so its strings are checked for a lone surrogate; ``arrow``: read from
+    Parquet (``Record.arrow``)."""
     bad = _lone_surrogate(obj) if suspect else None
     if bad is not None:
         field, char = bad
@@ -295,9 +317,9 @@ def _checked(
             issues,
         )
     elif isinstance(obj, dict):
-        yield Record(file, where, obj)
+        yield Record(file, where, obj, arrow)
     elif wrap and isinstance(obj, list) and all(isinstance(t, dict) for t in obj):
-        yield Record(file, where, {wrap: obj})  # a bare list of turns (ETO): the conversation
+        yield Record(file, where, {wrap: obj}, arrow)  # a bare list of turns (ETO)
     else:
         handle(
             DataError(
@@ -347,15 +369,35 @@ def layout_hint(data: Any) -> str:
             "rejected conversations as separate sharegpt records (e.g. two sources with "
             "success: true / success: false)"
         )
-    for key, fits in (
-        ("messages", "format openai (or conversations_key: messages)"),
-        ("conversations", "format sharegpt, agentinstruct or nat (or conversations_key)"),
-        ("conversation", "format sharegpt with conversations_key: conversation"),
-        ("output", "format alpaca / fireact"),
-    ):
+    for key in ("messages", "conversations", "conversation"):
         if key in data:
-            return f"the record has {key!r}: {fits} reads it"
+            return f"the record has {key!r}: {conversation_readers(key, data[key])} reads it"
+    if "output" in data:
+        return "the record has 'output': format alpaca / fireact reads it"
     return ""
+
+
+def turn_keys(turns: Any) -> str | None:
+    """How a list of turns names its speaker: ``role`` (role/content: OpenAI, NAT, Agent-FLAN)
+    or ``from`` (from/value: ShareGPT), by its first object; None when it has neither."""
+    first = next((t for t in turns if isinstance(t, dict)), {}) if isinstance(turns, list) else {}
+    return "role" if "role" in first else "from" if "from" in first else None
+
+
+def conversation_readers(key: str, turns: Any) -> str:
+    """The formats (and option) that read a record whose turns are the list under ``key``."""
+    keys = turn_keys(turns)
+    openai = "format openai" + ("" if key == "messages" else f" with messages_key: {key}")
+    sharegpt = "format sharegpt" + (
+        " or agentinstruct" if key == "conversations" else f" with conversations_key: {key}"
+    )
+    if keys == "role":  # nat reads role/content turns under "conversations" too
+        return f"format nat or {openai}" if key == "conversations" else openai
+    if keys == "from":
+        return sharegpt
+    if key == "conversations":
+        return f"format sharegpt, agentinstruct or nat (or openai with messages_key: {key})"
+    return f"{openai} (role/content turns) or {sharegpt} (from/value turns)"
 
 
 def _iter_streamed(

@@ -54,7 +54,7 @@ def outcome_fields(traj: Trajectory) -> dict[str, Any]:
 
 def is_finished(traj: Trajectory) -> bool:
     """NAT's flag (``meta["finished"]``), or a ``finished: false`` field of another format."""
-    return traj.finished and (traj.meta.get("extra") or {}).get("finished") is not False
+    return traj.finished
 
 
 def extra_fields(traj: Trajectory, taken: set[str]) -> dict[str, Any]:
