@@ -37,6 +37,41 @@ def test_a_directory_skips_hidden_files_and_natscale_outputs(tmp_path):
         reader.expand_paths(only_hidden)
 
 
+def test_a_directory_skips_eval_outputs_and_training_runs_but_a_named_eval_is_its_episodes(
+    tmp_path,
+):
+    """An eval written under a source directory came back as training data (its episodes, and
+    its run.json and summary.json as bad records); a training run's ds_config.json and
+    metrics.jsonl failed as records."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.jsonl").write_text('{"id": 1}\n')
+    ev = data / "eval_round1"
+    ev.mkdir()
+    for name, text in (("run.json", "{}"), ("summary.json", "{}"), ("episodes.jsonl", "{}\n")):
+        (ev / name).write_text(text)
+    run = data / "run1"
+    (run / "model_config").mkdir(parents=True)
+    (run / "model_config" / MARKER).write_text(json.dumps({"kind": "model-config"}))
+    (run / "ds_config.json").write_text("{}")
+    old_run = data / "run0"  # before the marker: its metrics
+    old_run.mkdir()
+    (old_run / "metrics.jsonl").write_text('{"step": 1}\n')
+    (old_run / "config.yaml").write_text("{}")
+    assert reader.expand_paths(data) == [data / "a.jsonl"]
+    assert reader.expand_paths(ev) == [ev / "episodes.jsonl"]  # named: its episodes
+    (data / "a.jsonl").unlink()
+    with pytest.raises(
+        DataError, match=r"natscale outputs are not read: .*eval_round1 \(eval output\)"
+    ):
+        reader.expand_paths(data)
+    # a user's folder that merely holds a checkpoints/ or a run.json is read
+    mine = tmp_path / "mine"
+    (mine / "checkpoints").mkdir(parents=True)
+    (mine / "run.json").write_text("{}")
+    assert reader.expand_paths(mine) == [mine / "run.json"]
+
+
 @pytest.mark.parametrize("suffix", [".jsonl", ".json"])
 def test_a_lone_surrogate_is_a_record_error(tmp_path, suffix):
     good = {"id": "ok", "turns": [{"content": "an emoji \U0001f600 whole"}]}

@@ -82,12 +82,17 @@ def expand_paths(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list
     for given in paths:
         p = Path(given)
         if p.is_dir():
-            found = sorted(_data_files(p))
+            skipped: list[str] = []
+            found = sorted(_data_files(p, skipped))
             if not found:
                 raise DataError(
-                    f"directory has no data files ({', '.join(SUFFIXES)})",
+                    f"directory has no data files ({', '.join(SUFFIXES)})"
+                    + (f"; natscale outputs are not read: {', '.join(skipped)}" if skipped else ""),
                     file=str(p),
                     reason="no_files",
+                    hint="an eval's episodes are read when named: list OUT/episodes.jsonl or OUT"
+                    if any(s.endswith("(eval output)") for s in skipped)
+                    else "",
                 )
             files.extend(found)
             spelled.extend(f"{f} (in {given})" for f in found)
@@ -119,19 +124,49 @@ def expand_paths(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list
     return files
 
 
-def _data_files(root: Path) -> Iterator[Path]:
-    """The data files below ``root``, skipping hidden names and natscale output folders (linked
-    folders are followed, each real folder once)."""
+# what makes a folder one natscale wrote without a marker of its own: a training run directory
+# (its metrics, or its model_config/, which carries one) and an eval's output (run.json beside
+# its episodes or summary)
+_RUN_ENTRIES = ("metrics.jsonl", f"model_config/{MARKER}")
+_EVAL_RECORD, _EVAL_OUTPUTS = "run.json", ("episodes.jsonl", "summary.json")
+
+
+def natscale_folder(folder: Path) -> str | None:
+    """What natscale output ``folder`` is (``output``, ``training run``, ``eval output``), or None:
+    a source directory reads none of them (nothing in them is trajectories, and an eval's episodes
+    would otherwise come back as training data unasked)."""
+    if (folder / MARKER).exists():
+        return "output"
+    if any((folder / name).exists() for name in _RUN_ENTRIES):
+        return "training run"
+    if (folder / _EVAL_RECORD).is_file() and any((folder / n).exists() for n in _EVAL_OUTPUTS):
+        return "eval output"
+    return None
+
+
+def _data_files(root: Path, skipped: list[str] | None = None) -> Iterator[Path]:
+    """The data files below ``root``, skipping hidden names and natscale's outputs (each named in
+    ``skipped``; linked folders are followed, each real folder once). ``root`` itself an eval's
+    output stands for its ``episodes.jsonl``."""
+    if natscale_folder(root) == "eval output":
+        if (root / _EVAL_OUTPUTS[0]).is_file():
+            yield root / _EVAL_OUTPUTS[0]
+        return
     seen: set[str] = set()
     for folder, dirs, names in os.walk(root, followlinks=True):
         seen.add(os.path.realpath(folder))
-        dirs[:] = [
-            d
-            for d in dirs
-            if not d.startswith(".")
-            and not (Path(folder, d) / MARKER).exists()
-            and os.path.realpath(Path(folder, d)) not in seen
-        ]
+        kept = []
+        for d in dirs:
+            path = Path(folder, d)
+            if d.startswith(".") or os.path.realpath(path) in seen:
+                continue
+            kind = natscale_folder(path)
+            if kind is not None:
+                if skipped is not None:
+                    skipped.append(f"{path} ({kind})")
+                continue
+            kept.append(d)
+        dirs[:] = kept
         for name in names:
             path = Path(folder, name)
             if not name.startswith(".") and path.suffix in SUFFIXES and path.is_file():
