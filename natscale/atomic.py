@@ -269,6 +269,26 @@ def within(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
+# what makes a folder one natscale wrote without a marker of its own: a training run directory
+# (its metrics, or its model_config/, which carries one) and an eval's output (run.json beside
+# its episodes or summary)
+_RUN_ENTRIES = ("metrics.jsonl", f"model_config/{MARKER}")
+_EVAL_RECORD, _EVAL_OUTPUTS = "run.json", ("episodes.jsonl", "summary.json")
+
+
+def natscale_folder(folder: Path) -> str | None:
+    """What natscale output ``folder`` is (``output``, ``training run``, ``eval output``), or None:
+    a source directory reads none of them (nothing in them is trajectories, and an eval's episodes
+    would otherwise come back as training data unasked)."""
+    if (folder / MARKER).exists():
+        return "output"
+    if any((folder / name).exists() for name in _RUN_ENTRIES):
+        return "training run"
+    if (folder / _EVAL_RECORD).is_file() and any((folder / n).exists() for n in _EVAL_OUTPUTS):
+        return "eval output"
+    return None
+
+
 def enclosing_output(path: Path, *, include_self: bool = False) -> tuple[Path, str] | None:
     """The nearest folder above ``path`` (resolved; ``path`` itself too with ``include_self``)
     marked as a prepared dataset or an HF export, with its kind: natscale writes no output inside

@@ -28,6 +28,7 @@ from natscale.atomic import (
     atomic_write_json,
     enclosing_output,
     legacy_output,
+    natscale_folder,
     protected_reason,
     read_marker,
     shown_names,
@@ -232,6 +233,9 @@ def _enclosing(out: Path, inputs: list[str]) -> str | None:
     enclosing = enclosing_output(resolved)
     if enclosing is not None:
         return f"it is inside {enclosing[0]}, a natscale output that is replaced as a whole"
+    run = next((f for f in resolved.parents if natscale_folder(f) == "training run"), None)
+    if run is not None:  # its checkpoints are pruned, --fresh moves it aside
+        return f"it is inside {run}, a training run directory"
     return None
 
 

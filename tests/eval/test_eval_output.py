@@ -60,6 +60,15 @@ def test_inside_a_model_folder_or_a_dataset_is_refused(tmp_path, capsys):
     assert code == 2 and "replaced as a whole" in err and not (hf / "eval").exists()
 
 
+@pytest.mark.parametrize("inside", ["ev", "checkpoints/ev"])
+def test_inside_a_training_run_directory_is_refused(tmp_path, capsys, inside):
+    run = _folder(tmp_path, "run", {"metrics.jsonl": '{"step": 1}\n', "config.yaml": "{}"})
+    (run / "checkpoints").mkdir()
+    code, err = _eval(tmp_path, capsys, run / inside)
+    assert code == 2 and "inside" in err and "a training run directory" in err, err
+    assert not (run / inside).exists()
+
+
 def test_working_directory_a_folder_above_it_and_an_input_folder_are_refused(
     tmp_path, capsys, monkeypatch
 ):

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from natscale.atomic import MARKER
+from natscale.atomic import natscale_folder
 from natscale.data.errors import DataError, Issues, handle
 
 SUFFIXES = (".json", ".jsonl", ".ndjson", ".parquet")
@@ -124,33 +124,13 @@ def expand_paths(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list
     return files
 
 
-# what makes a folder one natscale wrote without a marker of its own: a training run directory
-# (its metrics, or its model_config/, which carries one) and an eval's output (run.json beside
-# its episodes or summary)
-_RUN_ENTRIES = ("metrics.jsonl", f"model_config/{MARKER}")
-_EVAL_RECORD, _EVAL_OUTPUTS = "run.json", ("episodes.jsonl", "summary.json")
-
-
-def natscale_folder(folder: Path) -> str | None:
-    """What natscale output ``folder`` is (``output``, ``training run``, ``eval output``), or None:
-    a source directory reads none of them (nothing in them is trajectories, and an eval's episodes
-    would otherwise come back as training data unasked)."""
-    if (folder / MARKER).exists():
-        return "output"
-    if any((folder / name).exists() for name in _RUN_ENTRIES):
-        return "training run"
-    if (folder / _EVAL_RECORD).is_file() and any((folder / n).exists() for n in _EVAL_OUTPUTS):
-        return "eval output"
-    return None
-
-
 def _data_files(root: Path, skipped: list[str] | None = None) -> Iterator[Path]:
     """The data files below ``root``, skipping hidden names and natscale's outputs (each named in
     ``skipped``; linked folders are followed, each real folder once). ``root`` itself an eval's
     output stands for its ``episodes.jsonl``."""
     if natscale_folder(root) == "eval output":
-        if (root / _EVAL_OUTPUTS[0]).is_file():
-            yield root / _EVAL_OUTPUTS[0]
+        if (root / "episodes.jsonl").is_file():
+            yield root / "episodes.jsonl"
         return
     seen: set[str] = set()
     for folder, dirs, names in os.walk(root, followlinks=True):
