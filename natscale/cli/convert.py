@@ -178,17 +178,12 @@ def _zero_to_universal(args: argparse.Namespace) -> int:
         saved_world_size,
         universal_is_current,
     )
+    from natscale.checkpoint.zero_files import resolve_tag
 
-    ckpt_dir = Path(args.ckpt_dir)
+    # the same reading of CKPT_DIR and --tag as zero-to-hf, with its messages (a missing folder,
+    # a run folder given for its checkpoints/, an unknown tag and the tags there are)
+    ckpt_dir, tag, tag_dir = resolve_tag(Path(args.ckpt_dir), args.tag)
     ckpts = CheckpointDir(ckpt_dir)
-    tag = args.tag or ckpts.read_latest()
-    if tag is None:
-        raise UniversalConversionError(
-            f"{ckpt_dir}: no complete checkpoint (no valid 'latest' file); pass --tag TAG"
-        )
-    tag_dir = ckpts.tag_dir(tag)
-    if not tag_dir.is_dir():
-        raise UniversalConversionError(f"{tag_dir}: no such checkpoint tag folder")
     world = saved_world_size(tag_dir)
     if world is None:
         raise UniversalConversionError(

@@ -84,6 +84,23 @@ def test_legitimate_checkpoint_converts_to_universal_with_workers(zero_run, tmp_
     assert (run / "checkpoints" / "global_step2_universal" / "zero").is_dir()
 
 
+def test_zero_to_universal_says_what_is_wrong_with_its_input_as_zero_to_hf_does(
+    zero_run, tmp_path, capsys
+):
+    """A missing folder and a run folder were told to pass --tag; an unknown tag got no list."""
+    run = zero_run(1, "z2-fp32")
+    for ckpt, said in (
+        (tmp_path / "nope", "does not exist"),
+        (run, "Point at the folder that engine.save_checkpoint() wrote"),
+    ):
+        assert main(["convert", "zero-to-universal", str(ckpt)]) == 2
+        err = capsys.readouterr().err
+        assert said in err and "pass --tag TAG" not in err, err
+    assert main(["convert", "zero-to-universal", str(run / "checkpoints"), "--tag", "x"]) == 2
+    assert "(tags in " in capsys.readouterr().err
+    assert not list((run / "checkpoints").glob("*_universal"))
+
+
 def test_zero_to_universal_no_progress_shows_no_bar(zero_run, tmp_path, capfd):
     # README: --no-progress turns the bars off; here they are DeepSpeed's (ds_to_universal)
     run = tmp_path / "run"
