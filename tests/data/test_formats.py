@@ -367,7 +367,9 @@ def test_skip_counts_every_reason(tmp_path):
 def test_file_level_errors(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="file not found") as err:
         load_trajectories(tmp_path / "nope.json", "nat")
-    assert "check the source's paths in the prepare config" in str(err.value)
+    assert "check the path" in str(err.value) and "prepare config" not in str(
+        err.value
+    )  # eval and convert data read files too
     assert "relative paths" not in str(err.value)  # an absolute path: no working-directory hint
     monkeypatch.chdir(tmp_path)
     with pytest.raises(DataError, match=f"relative paths are taken from {tmp_path}"):

@@ -105,7 +105,7 @@ def expand_paths(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list
                 "file not found",
                 file=str(p),
                 reason="missing_file",
-                hint=f"check the source's paths in the prepare config{where}",
+                hint=f"check the path{where}",  # prepare, convert data and eval read files
             )
     seen: dict[Path, int] = {}
     for i, f in enumerate(files):
