@@ -93,7 +93,9 @@ def paired_difference(
         "ci95": None,
         "better": better,
         "worse": worse,
-        "p_sign_test": round(sign_test(better, worse), 6),
+        "p_sign_test": float(
+            f"{sign_test(better, worse):.6g}"
+        ),  # 6 significant digits: 4.7e-14, not 0
     }
     if len(d) and bootstrap > 0:
         rng = np.random.default_rng(seed)

@@ -25,6 +25,14 @@ def test_sign_test_is_the_exact_binomial_two_sided_test():
     assert sign_test(30, 10) == pytest.approx(2 * sum(comb(40, k) for k in range(11)) / 2**40)
 
 
+def test_a_tiny_p_value_is_kept_in_significant_digits():
+    """244 better and 441 worse: p = 4.7e-14 was rounded to 6 decimals and shown as 0."""
+    base = {str(i): ("q", 0.5) for i in range(685)}
+    other = {str(i): ("q", 1.0 if i < 244 else 0.0) for i in range(685)}
+    p = paired_difference(base, other, bootstrap=0)["p_sign_test"]
+    assert p == pytest.approx(sign_test(244, 441), rel=1e-5) and 1e-14 < p < 1e-13
+
+
 def test_paired_difference_over_the_shared_questions():
     base = {f"q{i}": (f"question {i}", float(i % 2)) for i in range(10)}  # 5 right
     other = {f"q{i}": (f"question {i}", 1.0) for i in range(1, 12)}  # all right, q0 missing
