@@ -88,6 +88,32 @@ def _prune(ckpt_dir: Path, keep_last: int, current: str) -> list[str]:
     return doomed
 
 
+def _own_step_tensors(engine: Any) -> int:
+    """Give each parameter's optimizer state its own ``step`` tensor; how many were shared.
+
+    DeepSpeed's universal-checkpoint load (ZeRO-3) sets one ``step`` tensor object on every
+    parameter group's state, and torch's Adam adds 1 to it in place once per group: after a
+    resume on another number of ranks the bias correction counted 2 steps per step, and every
+    checkpoint saved from then on held the shared tensor, so later resumes kept doing so."""
+    optimizer = getattr(engine, "optimizer", None)
+    while optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+        optimizer = getattr(optimizer, "optimizer", None)
+    if optimizer is None:
+        return 0
+    seen: set[int] = set()
+    shared = 0
+    for state in optimizer.state.values():
+        step = state.get("step") if isinstance(state, dict) else None
+        if not torch.is_tensor(step):
+            continue
+        if step.untyped_storage().data_ptr() in seen:
+            state["step"] = step.clone()
+            shared += 1
+        else:
+            seen.add(step.untyped_storage().data_ptr())
+    return shared
+
+
 def rng_state() -> dict[str, Any]:
     """This process's RNG states as plain values and tensors (checkpoints load weights-only).
 
@@ -322,6 +348,7 @@ def load(
         load_path, client_state = engine.load_checkpoint(str(ckpt_dir), tag=load_tag or tag)
     if load_path is None:
         raise FileNotFoundError(f"{ckpt_dir}/{tag}: DeepSpeed found no checkpoint files to load")
+    _own_step_tensors(engine)
     states = client_state.get("rng_states") or []
     client_state["rng_restored"] = len(states) == dist.get_world_size()
     if client_state["rng_restored"]:

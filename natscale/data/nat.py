@@ -5,8 +5,8 @@
   as the paper) or a prefix. Default wording: the task prompt file's templates, else the paper's
   GSM8K sentences.
 - ``nat-fine``: K buckets by score (default the paper's F1 = 1 / >= 0.4 / > 0 / = 0 with
-  ``[Correct]`` ... ``[Totally Incorrect]`` as prefixes; where the success is known ``[Correct]``
-  is the successes: a failure scored into it goes to the next bucket).
+  ``[Correct]`` ... ``[Totally Incorrect]`` as prefixes; a known failure scored into
+  ``[Correct]`` goes to the next bucket).
 
 Class 0 is always success / the top bucket; inference always renders class 0
 (:func:`render_inference_prompt`).
@@ -83,16 +83,13 @@ def assign_class(traj: Trajectory, strategy: StrategyConfig) -> int | None:
                 hint="fix the score, point score_field at an F1 in [0, 1], or define "
                 "strategy.buckets for this score's range",
             )
-        # the paper's [Correct] (the marker inference uses) is the successes where the success
-        # is known: never a failure (an F1 of 1 for "1,080" against 1080, which the exact-match
-        # rule fails), and each success. Custom buckets go by the score alone.
-        paper = strategy.buckets is None
-        success = traj.outcome.success
-        if paper and success is True:
-            return 0
+        # the paper's [Correct] (the marker inference uses) never holds a known failure: an F1
+        # of 1 for "1,080" against 1080, which the exact-match rule fails, goes one bucket down.
+        # Custom buckets go by the score alone.
+        failed = strategy.buckets is None and traj.outcome.success is False
         for k, b in enumerate(strategy.resolved_buckets()):
             if b.min is None or score > b.min or (b.inclusive and score == b.min):
-                return max(k, 1) if paper and success is False else k
+                return max(k, 1) if failed else k
         raise AssertionError("the last bucket is a catch-all")
     if traj.outcome.success is None:
         raise no_success_error(traj)

@@ -91,12 +91,12 @@ def test_nat_fine_paper_buckets(score, bucket):
     assert _queries(strategy, [t])[0][2] == f"{marker} Question: Q?."
 
 
-def test_nat_fines_correct_bucket_is_the_successes_where_they_are_known():
+def test_nat_fines_correct_bucket_never_holds_a_known_failure():
     """F1 reads "1,080" as 1080 (score 1) where the exact-match rule failed it: 38 failures of the
     bundled math data were trained with [Correct], the marker inference uses."""
     strategy = StrategyConfig(name="nat-fine")
     assert assign_class(_t(0, False, 1.0), strategy) == 1  # [Mostly Correct]
-    assert assign_class(_t(0, True, 0.5), strategy) == 0  # a success is [Correct]
+    assert assign_class(_t(0, True, 0.5), strategy) == 1  # a success goes by its score
     assert assign_class(_t(0, None, 1.0), strategy) == 0  # scores alone: the paper's F1 rule
     assert assign_class(_t(0, False, 0.0), strategy) == 3
 

@@ -99,11 +99,55 @@ def test_resume_two_rank_checkpoint_on_one_rank(tmp_path: Path, capsys):
     assert summary["resumed_from"] == "global_step4" and summary["world_size"] == 1
     assert (ckpt / "latest").read_text() == "global_step8"
     assert saved_world_size(ckpt / "global_step8") == 1  # the new checkpoint is a 1-rank one
+    # Adam counted each of steps 5-8 once per parameter group when the groups shared the loaded
+    # step tensor (11 at step 8, and its bias correction with it)
+    assert _adam_steps(tmp_path / "ref" / "checkpoints" / "global_step8") == {8.0}
+    assert _adam_steps(ckpt / "global_step8") == {8.0}
     assert sorted(p.name for p in ckpt.glob("global_step*")) == [
         "global_step4",
         "global_step4_universal",
         "global_step8",
     ]
+
+
+def _adam_steps(tag_dir: Path) -> set[float]:
+    """Every ``step`` of the optimizer states saved in ``tag_dir`` (all ranks' files)."""
+    found: set[float] = set()
+
+    def walk(obj) -> None:
+        if isinstance(obj, dict):
+            for key, value in obj.items():
+                if key == "step" and (torch.is_tensor(value) or isinstance(value, (int, float))):
+                    found.add(float(value))
+                else:
+                    walk(value)
+        elif isinstance(obj, (list, tuple)):
+            for value in obj:
+                walk(value)
+
+    files = sorted(tag_dir.glob("*optim_states.pt"))
+    assert files, tag_dir
+    for path in files:
+        walk(torch.load(path, map_location="cpu", weights_only=True).get("optimizer_state_dict"))
+    return found
+
+
+def test_shared_step_tensors_are_given_one_each():
+    """DeepSpeed's universal load gives every parameter group's state one `step` tensor; torch's
+    Adam then adds 1 to it once per group."""
+    from natscale.checkpoint.save import _own_step_tensors
+
+    a, b = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(3))
+    adam = torch.optim.AdamW([{"params": [a]}, {"params": [b]}])
+    (a.sum() + b.sum()).backward()
+    adam.step()
+    step = torch.tensor(4.0)
+    adam.state[a]["step"] = adam.state[b]["step"] = step  # as the universal load leaves them
+    engine = type("Engine", (), {"optimizer": type("Zero", (), {"optimizer": adam})()})()
+    assert _own_step_tensors(engine) == 1
+    adam.step()
+    assert float(adam.state[a]["step"]) == float(adam.state[b]["step"]) == 5.0
+    assert _own_step_tensors(engine) == 0
 
 
 def test_pruning_a_tag_removes_its_universal_copy(tmp_path: Path):
