@@ -86,6 +86,37 @@ def test_mpi_run_script_trains_on_two_ranks(prepared):
     assert "+ exec mpirun -np 2 --hostfile" in result.launcher_logs[0]
 
 
+def test_sigterm_to_natscale_launch_stops_its_ranks_which_save(prepared):
+    """SIGTERM to `natscale launch` alone (a job script's kill, Kubernetes): DeepSpeed's local
+    runner passed it on to nothing, so the ranks trained on as orphans, unsaved."""
+    config = write_run_config(
+        prepared / "term.yaml",
+        data_dir=prepared / "data",
+        model_config=prepared / "model" / "config.json",
+        out=prepared / "term",
+        train={"steps": 400},
+    )
+    metrics = prepared / "term" / "metrics.jsonl"
+    script = (
+        'metrics=$1; shift; "$@" & pid=$!; '
+        'while [ ! -s "$metrics" ] && kill -0 $pid 2>/dev/null; do sleep 0.2; done; '
+        "kill -TERM $pid; wait $pid"
+    )
+    result = run_distributed(
+        ["--gpus-per-node", "2", "--", str(config)],
+        launcher="launch-once",
+        nprocs=2,
+        log_dir=prepared,
+        timeout=300,
+        wrap=lambda _i, cmd: ["sh", "-c", script, "sh", str(metrics), *cmd],
+    )
+    assert not result.timed_out, result.format_logs()
+    # natscale launch returned once its ranks had saved and stopped, not before
+    summary = json.loads((prepared / "term" / "summary.json").read_text())
+    assert summary["reason"] == "SIGTERM" and summary["steps"] < 400, result.format_logs()
+    assert (prepared / "term" / "checkpoints" / "latest").is_file()
+
+
 def _path_first(directory) -> Callable[[int, list[str]], list[str]]:
     def wrap(_index: int, cmd: list[str]) -> list[str]:
         return ["sh", "-c", 'PATH="$0:$PATH" exec "$@"', str(directory), *cmd]
