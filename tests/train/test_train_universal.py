@@ -125,10 +125,12 @@ def _adam_steps(tag_dir: Path) -> set[float]:
             for value in obj:
                 walk(value)
 
+    from natscale.checkpoint.safety import load_weights_only
+
     files = sorted(tag_dir.glob("*optim_states.pt"))
     assert files, tag_dir
     for path in files:
-        walk(torch.load(path, map_location="cpu", weights_only=True).get("optimizer_state_dict"))
+        walk(load_weights_only(path, map_location="cpu").get("optimizer_state_dict"))
     return found
 
 
