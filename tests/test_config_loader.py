@@ -113,3 +113,35 @@ def test_a_section_check_names_the_set_value_inside_it(tmp_path):
     with pytest.raises(ConfigError) as exc:
         load_config(cfg, WithModel, ["model.config=c"])
     assert "(with model.config given with --set)" in str(exc.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ("train:\n  lr: 1.0e-4\nother: 1\ntrain:\n  schedule: linear\n", 4),
+        ("train:\n  lr: 1.0e-4\n  lr: 2.0e-4\n", 3),
+        ("train: {lr: 1.0e-4, lr: 2.0e-4}\n", 1),
+    ],
+)
+def test_a_key_given_twice_is_refused(tmp_path, text, line):
+    """PyYAML keeps the last of two equal keys: a second section silently replaced the first,
+    defaults and all."""
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(text)
+    with pytest.raises(ConfigError, match=rf"(?s)given twice .*line {line}, column") as exc:
+        load_config(cfg, Run)
+    assert str(cfg) in str(exc.value)
+
+
+def test_yaml_merge_keys_and_empty_sections_are_fine(tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("base: &b {lr: 1.0e-4}\ntrain:\n  <<: *b\n  schedule: linear\n")
+
+    class WithBase(Run):
+        base: dict = {}
+
+    assert load_config(cfg, WithBase).train.lr == 1e-4
+    # a section whose keys are all commented out is null in YAML: its defaults, and --set works
+    cfg.write_text("train:\n#  lr: 1.0e-4\n")
+    assert load_config(cfg, Run) == Run()
+    assert load_config(cfg, Run, ["train.schedule=linear"]).train.schedule == "linear"

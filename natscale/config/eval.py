@@ -75,7 +75,7 @@ class LoopConfig(_Strict):
 class SamplingConfig(_Strict):
     temperature: float = Field(0.0, ge=0.0, description="0 = greedy")
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     n: int = Field(1, ge=1, description="samples per question (pass@k up to n)")
 
 

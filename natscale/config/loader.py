@@ -31,7 +31,30 @@ class ConfigError(ValueError):
 
 class _Loader(yaml.SafeLoader):
     """YAML 1.1 as PyYAML reads it, but ``5e8`` and ``2e-5`` are numbers (YAML 1.2, JSON): the
-    1.1 float needs a dot, so ``reduce_bucket_size: 5e8`` would reach DeepSpeed as a string."""
+    1.1 float needs a dot, so ``reduce_bucket_size: 5e8`` would reach DeepSpeed as a string. A key
+    given twice in one mapping is an error (PyYAML keeps the last: a second ``pack:`` section
+    silently replaced the first, defaults and all)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _value in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` merges, by design
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: PyYAML's own error follows
+                continue
+            seen[key] = key_node.start_mark.line
+            if first is not None:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"{key!r} is given twice (first on line {first + 1}): YAML would keep only "
+                    "the last; merge the two into one",
+                    key_node.start_mark,
+                )
+        return super().construct_mapping(node, deep=deep)
 
 
 _Loader.add_implicit_resolver(
@@ -153,8 +176,15 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def load_config(path: str | os.PathLike, model: type[M], overrides: list[str] | None = None) -> M:
-    """Read, override and validate a YAML config into ``model``."""
-    data = apply_overrides(read_yaml(path), overrides or [])
+    """Read, override and validate a YAML config into ``model``. A section left empty (every
+    key under it commented out: YAML reads it as null) holds its defaults."""
+    data = read_yaml(path)
+    for key, value in list(data.items()):
+        field = model.model_fields.get(key)
+        annotation = field.annotation if field is not None else None
+        if value is None and isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            data[key] = {}
+    data = apply_overrides(data, overrides or [])
     try:
         return model.model_validate(data)
     except ValidationError as exc:

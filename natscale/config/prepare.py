@@ -71,11 +71,13 @@ class StrategyConfig(_Strict):
     suffix_format: str = "{plain}. {marker}"
     prefix_format: str = "{marker} {plain}."
     buckets: list[Bucket] | None = Field(None, description="nat-fine buckets; default paper's 4")
-    counts: dict[str, int] | None = Field(
+    counts: dict[str, Annotated[int, Field(ge=0)]] | None = Field(
         None, description="examples to keep per class name (seeded sample); missing = all"
     )
     sample: Literal["random", "first"] = "random"
-    weights: dict[str, float] | None = Field(None, description="loss weight per class name")
+    weights: dict[str, Annotated[float, Field(ge=0.0, allow_inf_nan=False)]] | None = Field(
+        None, description="loss weight per class name (finite, >= 0)"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> StrategyConfig:

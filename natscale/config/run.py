@@ -9,7 +9,7 @@ config is saved as ``RUN_DIR/config.yaml``; ``docs/training.md`` documents every
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -61,8 +61,11 @@ class DataSection(_Section):
     """Packed rows per micro-batch on each rank (DeepSpeed's train_micro_batch_size_per_gpu)."""
 
 
+_Beta = Annotated[float, Field(ge=0.0, lt=1.0)]  # torch's Adam refuses any other, on every rank
+
+
 class TrainSection(_Section):
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     precision: Literal["bf16", "fp32"] = "bf16"
     steps: int | None = Field(None, ge=1)
     """Optimizer steps; default: enough for ``epochs`` passes over the rows."""
@@ -79,7 +82,7 @@ class TrainSection(_Section):
     """Final learning rate of the cosine/linear decay, as a fraction of ``lr``."""
     weight_decay: float = Field(0.0, ge=0)
     """Decoupled (AdamW) decay of matrices; biases and norm weights are never decayed."""
-    adam_betas: tuple[float, float] = (0.9, 0.95)
+    adam_betas: tuple[_Beta, _Beta] = (0.9, 0.95)
     adam_eps: float = Field(1e-8, gt=0)
     grad_clip: float = Field(1.0, ge=0)
     """Clip the global gradient norm to this (0: off)."""

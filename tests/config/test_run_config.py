@@ -48,6 +48,9 @@ def test_minimal_config_defaults_and_overrides(tmp_path: Path):
         ("train.lr_rate=1", "train.lr_rate: unknown key"),
         ("train.grad_accum=0", "train.grad_accum: Input should be greater than or equal to 1"),
         ("model.path=somewhere", "set exactly one of model.path"),
+        # these passed every check, then crashed every rank (numpy's rng, torch's Adam)
+        ("train.seed=-1", "train.seed: Input should be greater than or equal to 0"),
+        ("train.adam_betas=[1.5, 0.9]", "train.adam_betas.0: Input should be less than 1"),
     ],
 )
 def test_errors_name_the_key_and_allowed_values(tmp_path: Path, override: str, needle: str):
@@ -145,3 +148,13 @@ def test_every_example_run_config_validates(path: Path):
     run = load_config(path, RunConfig)
     ds = fill_ds_config(load_ds_config(run.deepspeed.config), run, world_size=2, hidden_size=64)
     assert ds["zero_optimization"]["stage"] == 3
+
+
+def test_a_negative_eval_seed_is_refused_before_any_episode():
+    """It crashed in the bootstrap after every episode had run, and then on every --resume."""
+    from pydantic import ValidationError
+
+    from natscale.config.eval import SamplingConfig
+
+    with pytest.raises(ValidationError, match="greater than or equal to 0"):
+        SamplingConfig(seed=-1)

@@ -447,3 +447,22 @@ def test_loader_options_are_the_models_defaults_then_the_presets_then_the_given(
     path = write_jsonl(tmp_path / "o.jsonl", [{"messages": []}])
     with pytest.raises(TypeError, match="format 'openai' has no option 'question_field'; its"):
         load_trajectories(path, "openai", question_field="q")
+
+
+@pytest.mark.parametrize("weight", [0.5, 2, -1])
+def test_openai_message_weight_other_than_0_or_1_is_refused(tmp_path, weight):
+    """Any weight but 0 trained at full weight: 0.5 did not mean half."""
+    path = tmp_path / "w.jsonl"
+    record = {
+        "messages": [
+            {"role": "user", "content": "Q?"},
+            {"role": "assistant", "content": "A.", "weight": weight},
+        ]
+    }
+    write_jsonl(path, [record])
+    with pytest.raises(DataError, match=r"messages\[1\]\.weight") as exc:
+        load_trajectories(path, "openai")
+    assert exc.value.reason == "bad_value" and "strategy.weights" in str(exc.value)
+    record["messages"][1]["weight"] = 0
+    write_jsonl(path, [record])
+    assert load_trajectories(path, "openai")[0].turns[-1].train is False

@@ -158,3 +158,17 @@ def test_inference_prompt_uses_the_success_marker():
         "Q?", StrategyConfig(name="vanilla"), prompt, instruction_mode="prepend"
     )
     assert [(m.role, m.content) for m in prepend] == [("user", "Solve.\n\nQuestion: Q?")]
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"weights": {"failure": -1.0}},  # gradient ascent on the failures
+        {"weights": {"failure": float("nan")}},
+        {"weights": {"failure": float("inf")}},
+        {"counts": {"success": -5}},  # `sample: first` kept all but the last 5
+    ],
+)
+def test_negative_or_non_finite_weights_and_counts_are_refused(fields):
+    with pytest.raises(ValidationError, match=r"(greater than or equal to 0|finite number)"):
+        StrategyConfig(**fields)

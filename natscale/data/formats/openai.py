@@ -211,6 +211,14 @@ def parse_messages(
         train = field(rec, msg, "loss", bool, name=f"{name}.loss", default=None)
         weight = field(rec, msg, "weight", (int, float), name=f"{name}.weight", default=None)
         if weight is not None:
+            if weight not in (0, 1):  # (True is refused as not a number already)
+                raise rec.error(
+                    f"weight {weight!r}: OpenAI's per-message weight is 0 (not trained) or 1 "
+                    "(trained)",
+                    field=f"{name}.weight",
+                    reason="bad_value",
+                    hint="a class's loss weight is strategy.weights in the prepare config",
+                )
             train = bool(weight)
         content = _content(rec, msg, name)
         if role == "assistant":
