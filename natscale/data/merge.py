@@ -182,6 +182,28 @@ def _check_disjoint(parts: Sequence[Path], stats: list[dict]) -> None:
                 )
 
 
+def _check_distinct_inputs(parts: Sequence[Path], configs: list[Any]) -> None:
+    """No two parts made from the same sources with the same sampling (seed, counts, windows):
+    they hold the same rows, whether prepared twice (a loop's ``$i`` left out) or copied."""
+    seen: dict[str, Path] = {}
+    for part, config in zip(parts, configs, strict=True):
+        dumped = config.model_dump(mode="json")
+        made = {
+            "sources": dumped["sources"],
+            "seed": dumped.get("seed"),
+            "counts": (dumped.get("strategy") or {}).get("counts"),
+            "window": (dumped.get("pack") or {}).get("window_examples"),
+        }
+        other = seen.setdefault(json.dumps(made, sort_keys=True), part)
+        if other != part:
+            raise MergeError(
+                f"{part} and {other} were prepared from the same sources with the same seed "
+                "(prepare_config.yaml): they hold the same rows, which merging would repeat. "
+                "Prepare each part from its own part of the input (a $i left out of the "
+                "command?), or give the folder once"
+            )
+
+
 def _summed(dicts: list[dict]) -> dict:
     """Numbers added key by key (nested dicts too); anything else from the first dict."""
     out: dict = {}
@@ -319,6 +341,7 @@ def merge_prepared(
     _check_disjoint(folders, stats)
     configs = [load_config(PreparedDir(p).prepare_config, PrepareConfig) for p in folders]
     _check_compatible(folders, stats, configs)
+    _check_distinct_inputs(folders, configs)
     sources = [src for cfg in configs for src in cfg.sources]
     config = configs[0].model_copy(update={"sources": sources, "output": str(target)})
     merged: dict = {}

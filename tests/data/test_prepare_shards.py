@@ -348,6 +348,15 @@ def test_merge_refuses_rows_given_twice(traj_file, example_data, tmp_path):
     with pytest.raises(MergeError, match=r"both hold the rows of .*part1"):
         merge_prepared([parts[1].out_dir, tmp_path / "copy"], tmp_path / "again")
     assert not (tmp_path / "again").exists()
+    # the same input prepared twice (a node loop's $i left out), or a plain copy of a part
+    again = prepare(
+        _config(tmp_path / "node0.json", example_data), tmp_path / "twice", progress=False
+    )
+    shutil.copytree(parts[0].out_dir, tmp_path / "part0-copy")
+    for other in (again.out_dir, tmp_path / "part0-copy"):
+        with pytest.raises(MergeError, match=r"prepared from the same sources .* same rows"):
+            merge_prepared([parts[0].out_dir, parts[1].out_dir, other], tmp_path / "again")
+    assert not (tmp_path / "again").exists()
 
 
 def test_trainer_preflight_reads_sharded_output(traj_file, example_data, tmp_path):
