@@ -26,6 +26,7 @@ import torch
 
 from natscale.checkpoint.layout import model_folder_hint
 from natscale.config.run import ModelSection
+from natscale.model.hf_config import CONFIG_ERRORS, config_problem
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -56,10 +57,21 @@ def load_hf_config(section: ModelSection) -> Any:
     path = config_path(section)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        model_type = data.pop("model_type")
-        config = AutoConfig.for_model(model_type, **data)
-    except (json.JSONDecodeError, KeyError, ValueError) as exc:
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
         raise ModelSourceError(f"{path}: not a usable Hugging Face config ({exc})") from exc
+    if not isinstance(data, dict) or "model_type" not in data:
+        found = "no 'model_type' key" if isinstance(data, dict) else f"a JSON {type(data).__name__}"
+        raise ModelSourceError(
+            f"{path}: not a usable Hugging Face config ({found}); a model's config.json is a JSON "
+            'object with its "model_type" (e.g. "llama") and sizes'
+        )
+    try:
+        config = AutoConfig.for_model(data.pop("model_type"), **data)
+    except CONFIG_ERRORS as exc:
+        raise ModelSourceError(
+            f"{path}: not a usable Hugging Face config ({config_problem(exc)}); correct the file "
+            "or give the model's own config.json"
+        ) from exc
     config.use_cache = False
     return config
 

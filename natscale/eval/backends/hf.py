@@ -60,6 +60,8 @@ class HFBackend:
         import torch
         from transformers import AutoModelForCausalLM
 
+        from natscale.model.hf_config import CONFIG_ERRORS, StrictDataclassError, config_problem
+
         check_model_dir(model_dir)
         self.device = resolve_device(hf.device)
         dtype = "auto" if hf.dtype == "auto" else getattr(torch, _DTYPES[hf.dtype])
@@ -67,8 +69,13 @@ class HFBackend:
             self.model = AutoModelForCausalLM.from_pretrained(
                 model_dir, dtype=dtype, local_files_only=True
             )
-        except (OSError, ValueError) as exc:
-            raise EvalError(f"{model_dir}: cannot load the model: {exc}") from None
+        except (OSError, *CONFIG_ERRORS) as exc:
+            where = (
+                Path(model_dir) / "config.json"
+                if isinstance(exc, StrictDataclassError)
+                else model_dir
+            )
+            raise EvalError(f"{where}: cannot load the model: {config_problem(exc)}") from None
         self.model.to(self.device).eval()
         self.prompter, self.loop, self.sampling = prompter, loop, sampling
         self.batch_size = hf.batch_size
