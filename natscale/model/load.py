@@ -81,6 +81,27 @@ def has_weights(model_dir: str | Path) -> bool:
     return any(d.glob("*.safetensors")) or any(d.glob("pytorch_model*.bin"))
 
 
+def damaged_weights(model_dir: str | Path) -> str | None:
+    """Why a ``*.safetensors`` file of ``model_dir`` cannot be loaded (None: all can).
+
+    Only each file's header is read: safetensors checks that it describes the whole file, so a
+    truncated file (an interrupted download or copy) is found here, not by a traceback from
+    ``from_pretrained``.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    for path in sorted(Path(model_dir).glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt"):
+                pass
+        except (SafetensorError, OSError) as exc:
+            return (
+                f"{path} ({path.stat().st_size:,} bytes) is damaged: {exc}. The file is truncated "
+                "or corrupt (an interrupted download, save or copy); copy it again"
+            )
+    return None
+
+
 # the class attribute of an HF model that says it implements each backend (eager: all do)
 _SUPPORT_FLAGS = {
     "flash_attention_2": "_supports_flash_attn",

@@ -41,6 +41,7 @@ from natscale.data.schema import LEGACY_DTYPES, ROW_FIELDS
 from natscale.model.load import (
     ModelSourceError,
     choose_attn_implementation,
+    damaged_weights,
     has_weights,
     load_hf_config,
     model_class,
@@ -105,6 +106,8 @@ def check_run(
     )
     if not fresh:  # --fresh moves them to previous-<time>/ first
         check_start_files(run)
+    if run.model.path is not None and (damage := damaged_weights(run.model.path)) is not None:
+        raise PreflightError(f"model.path: {damage}")
     return Preflight(text.vocab_size, text.hidden_size, num_rows, tokenizer_dir, notes)
 
 

@@ -199,3 +199,14 @@ def test_a_wrongly_typed_model_config_field_names_the_file(tiny_model, tmp_path)
         run_eval(EvalConfig.model_validate(_hf_fields(bad, tmp_path / "r2", prompt=prompt)))
     assert str(bad / "config.json") in str(err.value)
     assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()
+
+
+def test_a_truncated_safetensors_file_is_named_as_damaged(tiny_model, tmp_path):
+    # from_pretrained's SafetensorError went through as a traceback
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_model, bad)
+    weights = bad / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # head -c 1000
+    with pytest.raises(EvalError, match=r"model\.safetensors \(1,000 bytes\) is damaged") as err:
+        run_eval(EvalConfig.model_validate(_hf_fields(bad, tmp_path / "r1")))
+    assert str(weights) in str(err.value) and not (tmp_path / "r1").exists()

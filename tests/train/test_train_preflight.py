@@ -146,6 +146,22 @@ def test_model_dir_without_weights(setup):
         _check(cfg, f"model.path={tmp / 'model'}", "model.config=null")
 
 
+def test_a_truncated_safetensors_file_is_named_before_any_process_group(setup, capsys):
+    # from_pretrained's SafetensorError went through as a traceback once the engine was built
+    import torch
+    from safetensors.torch import save_file
+
+    tmp, cfg = setup
+    weights = tmp / "model" / "model.safetensors"
+    save_file({"w": torch.zeros(256)}, str(weights))
+    weights.write_bytes(weights.read_bytes()[:100])  # head -c 100
+    argv = ["train", str(cfg), "--set", f"model.path={tmp / 'model'}", "--set", "model.config=null"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"model.path: {weights} (100 bytes) is damaged" in err and "copy it again" in err
+    assert "Traceback" not in err and not (tmp / "out").exists() and not dist.is_initialized()
+
+
 def test_wrong_field_dtype(setup):
     import datasets
 

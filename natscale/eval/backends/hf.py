@@ -17,6 +17,7 @@ from natscale.config.eval import HFConfig, LoopConfig, SamplingConfig
 from natscale.eval.backends import OBSERVATION_STOP, Generation, Request, cut_at_stops
 from natscale.eval.errors import EvalError
 from natscale.eval.prompting import Prompter
+from natscale.model.load import damaged_weights
 
 _DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
@@ -34,6 +35,8 @@ def check_model_dir(path: str) -> None:
         )
     if not any(root.glob("*.safetensors")) and not any(root.glob("*.bin")):
         raise EvalError(f"{path}: no weights (*.safetensors) in the model directory")
+    if (damage := damaged_weights(root)) is not None:
+        raise EvalError(damage)
 
 
 def resolve_device(spec: str):
