@@ -217,6 +217,20 @@ def test_tokenizer_larger_than_the_model(setup):
         _check(cfg)
 
 
+@pytest.mark.parametrize("command", ["train", "launch"])
+def test_a_corrupt_tokenizer_is_exit_2_naming_the_folder(setup, capsys, command):
+    # AutoTokenizer.from_pretrained's JSONDecodeError went through as a traceback (train and
+    # launch --dry-run); natscale's own loader says which folder cannot be loaded
+    tmp, cfg = setup
+    tok = _tokenizer(tmp / "tok", ["w0", "w1"])
+    (tok / "tokenizer.json").write_text('{"version": "1.0", "model": {\n')  # cut short
+    argv = [command, *(["--dry-run"] if command == "launch" else []), str(cfg)]
+    assert main([*argv, "--set", f"model.tokenizer={tok}"]) == 2
+    err = capsys.readouterr().err
+    assert f"model.tokenizer: tokenizer directory '{tok}' cannot be loaded" in err
+    assert "Traceback" not in err and not (tmp / "out").exists()
+
+
 def test_data_and_model_tokenizers_differ(setup):
     from transformers import AutoConfig, AutoModelForCausalLM
 
