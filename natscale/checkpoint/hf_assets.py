@@ -95,11 +95,13 @@ def load_config(assets: HfAssets):
     """The model's ``PretrainedConfig``; ConvertError if transformers cannot read it."""
     from transformers import AutoConfig
 
+    from natscale.model.hf_config import CONFIG_ERRORS, config_problem
+
     try:
         return AutoConfig.from_pretrained(assets.config_dir)
-    except (ValueError, OSError, KeyError) as exc:
+    except (OSError, *CONFIG_ERRORS) as exc:
         path = assets.config_dir / "config.json"
-        raise ConvertError(f"{path}: not a usable HF config: {exc}") from exc
+        raise ConvertError(f"{path}: not a usable HF config: {config_problem(exc)}") from exc
 
 
 def write_assets(assets: HfAssets, config, out_dir: Path, dtype) -> list[str]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from natscale.cli.argtypes import float_in, int_at_least, positive_float, positive_int
@@ -22,6 +23,26 @@ RESULTS_HELP = (
     "folder for the JSON record and the markdown table (default runs/bench/results; "
     "the tracked tables are benchmarks/results)"
 )
+
+
+class _AttnChoices:
+    """The values the run config's ``model.attn_implementation`` accepts, read from its model
+    when argparse checks or prints them: importing the run config (pydantic) while the parser is
+    built would slow the start of every ``natscale`` command (natscale.cli.main)."""
+
+    @staticmethod
+    def _values() -> tuple[str, ...]:
+        from typing import get_args
+
+        from natscale.config.run import ModelSection
+
+        return get_args(ModelSection.model_fields["attn_implementation"].annotation)
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._values()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values())
 
 
 def _spec_arguments(p: argparse.ArgumentParser) -> None:
@@ -45,7 +66,13 @@ def _spec_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--offload", default="none", choices=["none", "optimizer", "optimizer+params"])
     p.add_argument("--no-ac", action="store_true", help="activation checkpointing off")
     p.add_argument("--loss", default="fused", choices=["fused", "logits"])
-    p.add_argument("--attn", default="auto")
+    p.add_argument(
+        "--attn",
+        default="auto",
+        choices=_AttnChoices(),
+        metavar="ATTN",  # argparse would read the choices to build it
+        help="model.attn_implementation: %(choices)s (default auto; the baseline runs sdpa)",
+    )
     p.add_argument("--world-size", type=positive_int, default=1)
     p.add_argument(
         "--nodes", type=positive_int, default=1, help="no-ssh loopback 'nodes' (deepspeed)"

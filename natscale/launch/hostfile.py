@@ -9,7 +9,8 @@ One host per line, ``HOSTNAME slots=N``; ``#`` starts a comment; blank lines are
 DeepSpeed's own parser (``deepspeed.launcher.runner._parse_hostfile``) accepts a line when it
 starts with ``NAME<space>slots=<digits>`` and ignores the rest; it reports a bad line or a
 duplicate host without saying where. This parser accepts the files DeepSpeed reads correctly
-(it refuses ``slots=0`` and ``slots=8x``, which DeepSpeed misreads) and names the line of each
+(it refuses ``slots=0`` and ``slots=8x``, which DeepSpeed misreads, and a count no node has, above
+:data:`MAX_SLOTS`, for which DeepSpeed would build a list that long) and names the line of each
 problem, collecting all of them at once.
 """
 
@@ -28,6 +29,8 @@ _DS_LINE = re.compile(r"^(\S+)\s+slots=(\d+)")
 # characters that DeepSpeed's --include syntax (NAME:SLOT@NAME) or pdsh's -w list (a,b,c[1-3]) treat
 _BAD_NAME_CHARS = set(",@:[]")
 LOCAL_NAMES = ("localhost", "127.0.0.1", "::1")
+# more ranks than any node runs: DeepSpeed lists range(slots) per host (a typo's 10**20 overflows)
+MAX_SLOTS = 4096
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,16 @@ def _parse_line(line: str, number: int, where: str, findings: list[Finding]) -> 
     if slots == 0:
         findings.append(
             Finding("error", f"{name} has slots=0; remove the line or give its device count", where)
+        )
+        return None
+    if slots > MAX_SLOTS:
+        findings.append(
+            Finding(
+                "error",
+                f"{name} has slots={slots}, more ranks than a node runs (at most {MAX_SLOTS}); "
+                "give its device count (GPUs, or CPU ranks, on that node)",
+                where,
+            )
         )
         return None
     extra = rest.split("#", 1)[0].split()

@@ -26,6 +26,7 @@ import torch
 
 from natscale.checkpoint.layout import model_folder_hint
 from natscale.config.run import ModelSection
+from natscale.model.hf_config import CONFIG_ERRORS, config_problem
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -56,10 +57,21 @@ def load_hf_config(section: ModelSection) -> Any:
     path = config_path(section)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        model_type = data.pop("model_type")
-        config = AutoConfig.for_model(model_type, **data)
-    except (json.JSONDecodeError, KeyError, ValueError) as exc:
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
         raise ModelSourceError(f"{path}: not a usable Hugging Face config ({exc})") from exc
+    if not isinstance(data, dict) or "model_type" not in data:
+        found = "no 'model_type' key" if isinstance(data, dict) else f"a JSON {type(data).__name__}"
+        raise ModelSourceError(
+            f"{path}: not a usable Hugging Face config ({found}); a model's config.json is a JSON "
+            'object with its "model_type" (e.g. "llama") and sizes'
+        )
+    try:
+        config = AutoConfig.for_model(data.pop("model_type"), **data)
+    except CONFIG_ERRORS as exc:
+        raise ModelSourceError(
+            f"{path}: not a usable Hugging Face config ({config_problem(exc)}); correct the file "
+            "or give the model's own config.json"
+        ) from exc
     config.use_cache = False
     return config
 
@@ -67,6 +79,27 @@ def load_hf_config(section: ModelSection) -> Any:
 def has_weights(model_dir: str | Path) -> bool:
     d = Path(model_dir)
     return any(d.glob("*.safetensors")) or any(d.glob("pytorch_model*.bin"))
+
+
+def damaged_weights(model_dir: str | Path) -> str | None:
+    """Why a ``*.safetensors`` file of ``model_dir`` cannot be loaded (None: all can).
+
+    Only each file's header is read: safetensors checks that it describes the whole file, so a
+    truncated file (an interrupted download or copy) is found here, not by a traceback from
+    ``from_pretrained``.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    for path in sorted(Path(model_dir).glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt"):
+                pass
+        except (SafetensorError, OSError) as exc:
+            return (
+                f"{path} ({path.stat().st_size:,} bytes) is damaged: {exc}. The file is truncated "
+                "or corrupt (an interrupted download, save or copy); copy it again"
+            )
+    return None
 
 
 # the class attribute of an HF model that says it implements each backend (eager: all do)

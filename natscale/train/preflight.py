@@ -41,6 +41,7 @@ from natscale.data.schema import LEGACY_DTYPES, ROW_FIELDS
 from natscale.model.load import (
     ModelSourceError,
     choose_attn_implementation,
+    damaged_weights,
     has_weights,
     load_hf_config,
     model_class,
@@ -105,6 +106,8 @@ def check_run(
     )
     if not fresh:  # --fresh moves them to previous-<time>/ first
         check_start_files(run)
+    if run.model.path is not None and (damage := damaged_weights(run.model.path)) is not None:
+        raise PreflightError(f"model.path: {damage}")
     return Preflight(text.vocab_size, text.hidden_size, num_rows, tokenizer_dir, notes)
 
 
@@ -187,10 +190,19 @@ def resolve_tokenizer(run: RunConfig, notes: list[str]) -> Path | None:
     return None
 
 
-def check_tokenizer(run: RunConfig, tokenizer_dir: Path, vocab_size: int) -> None:
-    from transformers import AutoTokenizer
+def _load_tokenizer(path: Path, field: str) -> Any:
+    """natscale's tokenizer loader (the one prepare and eval use); its errors as PreflightError."""
+    from natscale.data.render import load_tokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    try:
+        return load_tokenizer(path)
+    except (OSError, ValueError, TypeError) as exc:  # e.g. a tokenizer.json that is not JSON
+        raise PreflightError(f"{field}: {exc}") from exc
+
+
+def check_tokenizer(run: RunConfig, tokenizer_dir: Path, vocab_size: int) -> None:
+    field = "model.tokenizer" if run.model.tokenizer is not None else "the tokenizer"
+    tok = _load_tokenizer(tokenizer_dir, field)
     if len(tok) > vocab_size:
         raise PreflightError(
             f"tokenizer {tokenizer_dir} has {len(tok)} tokens but the model's vocab_size is "
@@ -201,7 +213,8 @@ def check_tokenizer(run: RunConfig, tokenizer_dir: Path, vocab_size: int) -> Non
     for other in others:
         if Path(other).resolve() == tokenizer_dir.resolve():
             continue
-        if AutoTokenizer.from_pretrained(str(other)).get_vocab() != tok.get_vocab():
+        where = "model.path" if other == run.model.path else "data.path's tokenizer"
+        if _load_tokenizer(Path(other), where).get_vocab() != tok.get_vocab():
             raise PreflightError(
                 f"tokenizers differ: {tokenizer_dir} and {other} map tokens to different ids; "
                 "the data must be prepared with the model's tokenizer"

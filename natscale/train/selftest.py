@@ -90,6 +90,8 @@ def load_model_config(path: str | None) -> Any:
     """
     from transformers import AutoConfig
 
+    from natscale.model.hf_config import CONFIG_ERRORS, config_problem
+
     if path is None:
         data = dict(TINY_LLAMA)
         return AutoConfig.for_model(data.pop("model_type"), **data)
@@ -114,8 +116,8 @@ def load_model_config(path: str | None) -> Any:
         )
     try:
         config = AutoConfig.from_pretrained(str(file))
-    except (ValueError, KeyError) as exc:
-        raise ValueError(f"{file}: transformers cannot read it: {exc}") from exc
+    except CONFIG_ERRORS as exc:
+        raise ValueError(f"{file}: transformers cannot read it: {config_problem(exc)}") from exc
     config.use_cache = False  # no KV cache in training (it also breaks packed attention)
     return config
 

@@ -56,3 +56,25 @@ def test_selftest_model_config_that_is_not_utf8_is_named(tmp_path, capsys):
     assert main(["selftest", "--model-config", str(config)]) == 2
     err = capsys.readouterr().err
     assert f"{config}: not a UTF-8 text file" in err
+
+
+def test_an_unknown_attn_implementation_is_refused_before_any_work(tmp_path, capsys):
+    # --attn had no choices: the data was prepared first, then the trainer refused a generated yaml
+    work = tmp_path / "bench"
+    with pytest.raises(SystemExit) as info:
+        main(
+            [
+                "bench",
+                "throughput",
+                "--attn",
+                "bogus",
+                "--work-dir",
+                str(work),
+                "--results",
+                str(tmp_path / "results"),
+            ]
+        )
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --attn: invalid choice: 'bogus'" in err and "'flex_attention'" in err
+    assert not work.exists() and not (tmp_path / "results").exists()

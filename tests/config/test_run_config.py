@@ -143,6 +143,19 @@ def test_shipped_ds_config_resolves_by_its_documented_name_from_any_directory(
         load_ds_config("other/zero3_cpu.json")  # only ds_configs/ names the shipped folder
 
 
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [(b'{"a": "\xff"}', "not UTF-8 text"), (b'{"a": ', "not valid JSON"), (b"[1]", "JSON object")],
+)
+def test_a_ds_config_that_cannot_be_read_is_a_config_error(tmp_path, content, needle):
+    # a file that is not UTF-8 raised UnicodeDecodeError, a traceback in train and launch
+    path = tmp_path / "ds.json"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=needle) as err:
+        load_ds_config(path)
+    assert str(path) in str(err.value)
+
+
 @pytest.mark.parametrize("path", RUN_CONFIGS, ids=lambda p: p.name)
 def test_every_example_run_config_validates(path: Path):
     run = load_config(path, RunConfig)

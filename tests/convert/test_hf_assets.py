@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from natscale.checkpoint.hf_assets import find_assets, write_assets
+from natscale.checkpoint.hf_assets import find_assets, load_config, write_assets
 from natscale.convert.errors import ConvertError
 
 EXAMPLE_TOKENIZER = Path(__file__).resolve().parents[2] / "examples" / "tokenizer"
@@ -181,3 +181,12 @@ def test_a_relative_ckpt_dir_still_searches_the_run_directory(
         assert got_root == Path(root)  # as typed
     assets = find_assets(got_root, got_tag_dir)
     assert assets.config_dir.resolve() == assets.tokenizer_dir.resolve() == mc.resolve()
+
+
+def test_a_wrongly_typed_config_field_is_a_convert_error(tmp_path):
+    # transformers' StrictDataclassFieldValidationError went through as a traceback
+    root, tag_dir = layout(tmp_path)
+    put_config(tag_dir, vocab_size="2048")
+    with pytest.raises(ConvertError, match="Field 'vocab_size' expected int") as err:
+        load_config(find_assets(root, tag_dir))
+    assert str(tag_dir / "config.json") in str(err.value)

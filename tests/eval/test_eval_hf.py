@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -179,3 +180,33 @@ def test_tool_call_turns_keep_their_special_tokens(tiny_model, tmp_path):
     for rec in read_jsonl(tmp_path / "run" / "episodes.jsonl"):
         assert "conversations" not in rec and rec["messages"][-1]["role"] == "assistant"
         assert [t["function"]["name"] for t in rec["tools"]] == ["calculate", "finish"]
+
+
+def test_a_wrongly_typed_model_config_field_names_the_file(tiny_model, tmp_path):
+    # transformers' StrictDataclassFieldValidationError went through as a traceback, from the
+    # tokenizer (which reads the folder's config.json) and from the model
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_model, bad)
+    config = json.loads((bad / "config.json").read_text())
+    (bad / "config.json").write_text(
+        json.dumps({**config, "vocab_size": str(config["vocab_size"])})
+    )
+    expected = r"config\.json: .*Field 'vocab_size' expected int"
+    with pytest.raises(EvalError, match=expected):
+        run_eval(EvalConfig.model_validate(_hf_fields(bad, tmp_path / "r1")))
+    prompt = {"file": str(DATA / "prompt.json"), "template": "llama2", "tokenizer": str(tiny_model)}
+    with pytest.raises(EvalError, match=expected) as err:
+        run_eval(EvalConfig.model_validate(_hf_fields(bad, tmp_path / "r2", prompt=prompt)))
+    assert str(bad / "config.json") in str(err.value)
+    assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()
+
+
+def test_a_truncated_safetensors_file_is_named_as_damaged(tiny_model, tmp_path):
+    # from_pretrained's SafetensorError went through as a traceback
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_model, bad)
+    weights = bad / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # head -c 1000
+    with pytest.raises(EvalError, match=r"model\.safetensors \(1,000 bytes\) is damaged") as err:
+        run_eval(EvalConfig.model_validate(_hf_fields(bad, tmp_path / "r1")))
+    assert str(weights) in str(err.value) and not (tmp_path / "r1").exists()

@@ -172,6 +172,15 @@ def test_bad_run_config_is_refused_with_the_hostfile_errors(run_dir: Path, capsy
     assert "train.lr_rate: unknown key" in err
 
 
+def test_an_implausible_slot_count_is_named_not_a_traceback(run_dir: Path, capsys):
+    # DeepSpeed's selection built list(range(slots)): OverflowError
+    (run_dir / "hosts").write_text("node-a slots=99999999999999999999\nnode-b slots=2\n")
+    code = main(["launch", "--hostfile", "hosts", "--ifname", "eth1", "--dry-run", "run.yaml"])
+    out, err = capsys.readouterr()
+    assert code == 2 and "launch: refused" in out and "Traceback" not in err
+    assert "error: hosts:1: node-a has slots=99999999999999999999, more ranks than" in err
+
+
 def test_the_run_config_is_given_once(run_dir: Path, capsys):
     code = main(["launch", "--dry-run", "--", "run.yaml", "--config", "other.yaml"])
     _, err = capsys.readouterr()

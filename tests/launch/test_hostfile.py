@@ -40,6 +40,10 @@ def test_good_hostfile_matches_deepspeeds_parser():
         ("node-a slots=8x\n", "hosts:1: 'slots=8x' is not a whole number"),
         ("node-a slots=0\n", "hosts:1: node-a has slots=0; remove the line"),
         (
+            "node-a slots=99999999999999999999\n",  # DeepSpeed's range() of it overflowed
+            "hosts:1: node-a has slots=99999999999999999999, more ranks than a node runs",
+        ),
+        (
             "node-a slots=2\n# c\nnode-a slots=4\n",
             "hosts:3: host 'node-a' is listed again (first on line 1)",
         ),

@@ -48,3 +48,22 @@ def test_bad_input_is_exit_2(tmp_path, capsys, fields):
     assert main(["check-model", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("natscale check-model: error: ") and str(path) in err
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('{"model_type": "llama", "vocab_size": "2048"}', "Field 'vocab_size' expected int"),
+        ("[1, 2]", "a JSON list"),
+        ('{"vocab_size": 2048}', "no 'model_type' key"),
+    ],
+)
+def test_a_config_transformers_refuses_is_exit_2_naming_the_file(tmp_path, capsys, text, expected):
+    # a wrongly typed field raised huggingface_hub's StrictDataclassFieldValidationError and a
+    # top-level list a TypeError, both as tracebacks (train reads the config the same way)
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text(text)
+    assert main(["check-model", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and str(tmp_path / "m" / "config.json") in err
+    assert expected in err

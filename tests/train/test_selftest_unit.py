@@ -92,6 +92,7 @@ def test_model_config_builtin_file_and_directory(tmp_path):
         (None, "does not exist"),
         ('{"model_type": "llama",\n "hidden_size": }', "line 2, column 17: invalid JSON"),
         ('{"hidden_size": 8}', "no 'model_type' key"),
+        ('{"model_type": "llama", "vocab_size": "8"}', "Field 'vocab_size' expected int"),
     ],
 )
 def test_model_config_errors_name_the_file(tmp_path, text, expected):

@@ -146,6 +146,22 @@ def test_model_dir_without_weights(setup):
         _check(cfg, f"model.path={tmp / 'model'}", "model.config=null")
 
 
+def test_a_truncated_safetensors_file_is_named_before_any_process_group(setup, capsys):
+    # from_pretrained's SafetensorError went through as a traceback once the engine was built
+    import torch
+    from safetensors.torch import save_file
+
+    tmp, cfg = setup
+    weights = tmp / "model" / "model.safetensors"
+    save_file({"w": torch.zeros(256)}, str(weights))
+    weights.write_bytes(weights.read_bytes()[:100])  # head -c 100
+    argv = ["train", str(cfg), "--set", f"model.path={tmp / 'model'}", "--set", "model.config=null"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"model.path: {weights} (100 bytes) is damaged" in err and "copy it again" in err
+    assert "Traceback" not in err and not (tmp / "out").exists() and not dist.is_initialized()
+
+
 def test_wrong_field_dtype(setup):
     import datasets
 
@@ -199,6 +215,20 @@ def test_tokenizer_larger_than_the_model(setup):
         PreflightError, match=f"has {VOCAB + 4} tokens but the model's vocab_size is {VOCAB}"
     ):
         _check(cfg)
+
+
+@pytest.mark.parametrize("command", ["train", "launch"])
+def test_a_corrupt_tokenizer_is_exit_2_naming_the_folder(setup, capsys, command):
+    # AutoTokenizer.from_pretrained's JSONDecodeError went through as a traceback (train and
+    # launch --dry-run); natscale's own loader says which folder cannot be loaded
+    tmp, cfg = setup
+    tok = _tokenizer(tmp / "tok", ["w0", "w1"])
+    (tok / "tokenizer.json").write_text('{"version": "1.0", "model": {\n')  # cut short
+    argv = [command, *(["--dry-run"] if command == "launch" else []), str(cfg)]
+    assert main([*argv, "--set", f"model.tokenizer={tok}"]) == 2
+    err = capsys.readouterr().err
+    assert f"model.tokenizer: tokenizer directory '{tok}' cannot be loaded" in err
+    assert "Traceback" not in err and not (tmp / "out").exists()
 
 
 def test_data_and_model_tokenizers_differ(setup):

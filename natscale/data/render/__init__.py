@@ -33,6 +33,8 @@ def load_tokenizer(path: str | os.PathLike):
 
     from transformers import AutoTokenizer
 
+    from natscale.model.hf_config import StrictDataclassError, config_problem
+
     folder = Path(path)
     if not folder.is_dir():
         raise FileNotFoundError(f"tokenizer directory {str(path)!r} not found")
@@ -48,6 +50,11 @@ def load_tokenizer(path: str | os.PathLike):
         tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError) as exc:
         raise ValueError(f"tokenizer directory {str(path)!r} cannot be loaded: {exc}") from exc
+    except (TypeError, StrictDataclassError) as exc:  # the folder's config.json (module hf_config)
+        raise ValueError(
+            f"tokenizer directory {str(path)!r} cannot be loaded: {folder / 'config.json'}: "
+            f"{config_problem(exc)}; correct that file or point at a folder with a usable one"
+        ) from exc
     if not getattr(tok, "is_fast", False):
         raise TypeError(f"{path}: not a fast tokenizer (needs tokenizer.json)")
     return tok

@@ -17,6 +17,7 @@ from natscale.config.eval import HFConfig, LoopConfig, SamplingConfig
 from natscale.eval.backends import OBSERVATION_STOP, Generation, Request, cut_at_stops
 from natscale.eval.errors import EvalError
 from natscale.eval.prompting import Prompter
+from natscale.model.load import damaged_weights
 
 _DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
@@ -34,6 +35,8 @@ def check_model_dir(path: str) -> None:
         )
     if not any(root.glob("*.safetensors")) and not any(root.glob("*.bin")):
         raise EvalError(f"{path}: no weights (*.safetensors) in the model directory")
+    if (damage := damaged_weights(root)) is not None:
+        raise EvalError(damage)
 
 
 def resolve_device(spec: str):
@@ -60,6 +63,8 @@ class HFBackend:
         import torch
         from transformers import AutoModelForCausalLM
 
+        from natscale.model.hf_config import CONFIG_ERRORS, StrictDataclassError, config_problem
+
         check_model_dir(model_dir)
         self.device = resolve_device(hf.device)
         dtype = "auto" if hf.dtype == "auto" else getattr(torch, _DTYPES[hf.dtype])
@@ -67,8 +72,13 @@ class HFBackend:
             self.model = AutoModelForCausalLM.from_pretrained(
                 model_dir, dtype=dtype, local_files_only=True
             )
-        except (OSError, ValueError) as exc:
-            raise EvalError(f"{model_dir}: cannot load the model: {exc}") from None
+        except (OSError, *CONFIG_ERRORS) as exc:
+            where = (
+                Path(model_dir) / "config.json"
+                if isinstance(exc, StrictDataclassError)
+                else model_dir
+            )
+            raise EvalError(f"{where}: cannot load the model: {config_problem(exc)}") from None
         self.model.to(self.device).eval()
         self.prompter, self.loop, self.sampling = prompter, loop, sampling
         self.batch_size = hf.batch_size
