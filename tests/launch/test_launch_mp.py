@@ -86,6 +86,7 @@ def test_mpi_run_script_trains_on_two_ranks(prepared):
     assert "+ exec mpirun -np 2 --hostfile" in result.launcher_logs[0]
 
 
+@pytest.mark.slow
 def test_sigterm_to_natscale_launch_stops_its_ranks_which_save(prepared):
     """SIGTERM to `natscale launch` alone (a job script's kill, Kubernetes): DeepSpeed's local
     runner passed it on to nothing, so the ranks trained on as orphans, unsaved."""
