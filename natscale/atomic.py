@@ -273,7 +273,8 @@ def within(path: Path, folder: Path) -> bool:
 # (its metrics, or its model_config/, which carries one) and an eval's output (run.json beside
 # its episodes or summary)
 _RUN_ENTRIES = ("metrics.jsonl", f"model_config/{MARKER}")
-_EVAL_RECORD, _EVAL_OUTPUTS = "run.json", ("episodes.jsonl", "summary.json")
+EVAL_EPISODES = "episodes.jsonl"  # an eval's episodes (natscale.eval.episodes.EPISODES)
+_EVAL_RECORD, _EVAL_OUTPUTS = "run.json", (EVAL_EPISODES, "summary.json")
 
 
 def natscale_folder(folder: Path) -> str | None:

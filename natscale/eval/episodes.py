@@ -38,10 +38,11 @@ from typing import Any
 
 from natscale.agent.loop import Episode
 from natscale.agent.scoring import extract_gold, score_answer
+from natscale.atomic import EVAL_EPISODES
 from natscale.data.render.messages import Message
 from natscale.eval.errors import EvalError
 
-EPISODES = "episodes.jsonl"
+EPISODES = EVAL_EPISODES  # one name, which prepare also knows (natscale.atomic)
 
 
 def openai_messages(prompt: list[Message], history: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from natscale.atomic import natscale_folder
+from natscale.atomic import EVAL_EPISODES, natscale_folder
 from natscale.data.errors import DataError, Issues, handle
 
 SUFFIXES = (".json", ".jsonl", ".ndjson", ".parquet")
@@ -129,8 +129,8 @@ def _data_files(root: Path, skipped: list[str] | None = None) -> Iterator[Path]:
     ``skipped``; linked folders are followed, each real folder once). ``root`` itself an eval's
     output stands for its ``episodes.jsonl``."""
     if natscale_folder(root) == "eval output":
-        if (root / "episodes.jsonl").is_file():
-            yield root / "episodes.jsonl"
+        if (root / EVAL_EPISODES).is_file():
+            yield root / EVAL_EPISODES
         return
     seen: set[str] = set()
     for folder, dirs, names in os.walk(root, followlinks=True):
