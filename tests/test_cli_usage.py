@@ -115,3 +115,48 @@ def test_bench_project_unreadable_calibration_is_bad_input(capsys, tmp_path):
     assert code == 2
     err = capsys.readouterr().err
     assert f"--calibrate {missing}: cannot read a sweep JSON" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("blank", ["", " "])
+@pytest.mark.parametrize(
+    ("argv", "option"),
+    [
+        (["plot", "RUN", "--out", "{}"], "--out"),
+        (["eval", "cfg.yaml", "--out", "{}"], "--out"),
+        (["prepare", "cfg.yaml", "--out", "{}"], "--out"),
+        (["inspect", "{}"], "data"),
+        (["merge", "{}", "part"], "out"),
+        (["convert", "zero-to-hf", "ckpt", "{}"], "out_dir"),
+        (["convert", "data", "--from", "nat", "--to", "openai", "in.jsonl", "{}"], "output"),
+        (["bench", "nat", "--quick", "--work-dir", "{}"], "--work-dir"),
+        (["launch", "--rank-logs", "{}", "--", "cfg.yaml"], "--rank-logs"),
+    ],
+)
+def test_an_empty_or_blank_path_is_a_usage_error(
+    capsys, tmp_path, monkeypatch, argv, option, blank
+):
+    """Not the current directory (``plot --out ""`` wrote there), not the config's default
+    (``eval --out ""``), not a folder named by a space (``eval --out " "``)."""
+    monkeypatch.chdir(tmp_path)
+    err = _usage_error(capsys, [blank if a == "{}" else a for a in argv])
+    assert f"argument {option}" in err and "is empty; give a path" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("model", "field"),
+    [
+        ("natscale.config.prepare.PrepareConfig", "output"),
+        ("natscale.config.run.RunConfig", "output_dir"),
+    ],
+)
+def test_a_blank_output_in_a_config_is_refused(model, field):
+    import importlib
+
+    from pydantic import ValidationError
+
+    module, name = model.rsplit(".", 1)
+    cls = getattr(importlib.import_module(module), name)
+    with pytest.raises(ValidationError, match="is empty; give a path") as info:
+        cls.model_validate({field: " "})
+    assert any(err["loc"] == (field,) for err in info.value.errors())

@@ -10,6 +10,7 @@ import argparse
 import math
 import re
 from collections.abc import Callable
+from pathlib import Path
 
 # decimal units as huggingface_hub / save_pretrained read them ("5GB" = 5 * 10**9), binary
 # units as powers of 1024
@@ -106,3 +107,19 @@ def port(text: str) -> int:
     if value > 65535:
         raise argparse.ArgumentTypeError(f"{value} is not a TCP port (expected 1-65535)")
     return value
+
+
+def path_text(text: str) -> str:
+    """A file or folder path; an empty or blank one is refused.
+
+    ``--out ""`` would otherwise mean the current directory (or, for an option with a config
+    default, silently the default), and ``--out " "`` a folder named by a space.
+    """
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is empty; give a path")
+    return text
+
+
+def folder(text: str) -> Path:
+    """``path_text`` as a ``Path``."""
+    return Path(path_text(text))

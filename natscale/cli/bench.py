@@ -16,7 +16,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from natscale.cli.argtypes import float_in, int_at_least, positive_float, positive_int
+from natscale.cli.argtypes import float_in, folder, int_at_least, positive_float, positive_int
 
 RESULTS = Path("runs/bench/results")  # untracked; pass --results benchmarks/results to publish
 RESULTS_HELP = (
@@ -80,8 +80,8 @@ def _spec_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--peak-tflops", type=positive_float, default=None)
     p.add_argument("--baseline-rows", type=positive_int, default=None)
     p.add_argument("--no-baseline", action="store_true")
-    p.add_argument("--work-dir", type=Path, default=Path("runs/bench"))
-    p.add_argument("--results", type=Path, default=RESULTS, help=RESULTS_HELP)
+    p.add_argument("--work-dir", type=folder, default=Path("runs/bench"))
+    p.add_argument("--results", type=folder, default=RESULTS, help=RESULTS_HELP)
     p.add_argument(
         "--repeats",
         type=positive_int,
@@ -113,7 +113,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     proj = sub.add_parser("project", help="ZeRO-3 scaling projection over 1-64 nodes + PNG")
     proj.add_argument("--model", default="llama-3-8b")
     proj.add_argument("--network", default="h100-ib400")
-    proj.add_argument("--calibrate", type=Path, help="a sweep JSON over nodes (CPU loopback)")
+    proj.add_argument("--calibrate", type=folder, help="a sweep JSON over nodes (CPU loopback)")
     proj.add_argument(
         "--step-s", type=positive_float, help="measured single-node step (else from MFU)"
     )
@@ -125,7 +125,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     proj.add_argument(
         "--overlap", type=float_in(0.0, 1.0, low_open=False, high_open=True), default=0.5
     )
-    proj.add_argument("--results", type=Path, default=RESULTS, help=RESULTS_HELP)
+    proj.add_argument("--results", type=folder, default=RESULTS, help=RESULTS_HELP)
     nat = sub.add_parser(
         "nat",
         help="vanilla vs NUT vs NAT vs nat-fine: train and evaluate each (docs/nat-benchmark.md)",
@@ -147,7 +147,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     nat.add_argument(
         "--work-dir",
-        type=Path,
+        type=folder,
         default=None,
         help="runs and prepared data (default runs/bench/nat-<preset>); rerun to continue",
     )
@@ -175,7 +175,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="other P (successes kept) than the preset's; the preset is renamed, e.g. ...-p300",
     )
     nat.add_argument("--jobs", type=positive_int, default=None, help="runs at a time")
-    nat.add_argument("--results", type=Path, default=RESULTS, help=RESULTS_HELP)
+    nat.add_argument("--results", type=folder, default=RESULTS, help=RESULTS_HELP)
 
 
 class UsageError(ValueError):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from natscale.cli.argtypes import SIZE_HELP, positive_int, size_bytes
+from natscale.cli.argtypes import SIZE_HELP, path_text, positive_int, size_bytes
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,8 +20,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "up in --config-dir, the tag folder, CKPT_DIR and CKPT_DIR/.. (each at the top or in "
         "hf_config/, model_config/, tokenizer/).",
     )
-    z.add_argument("ckpt_dir", help="folder with DeepSpeed's 'latest' file and tag folders")
-    z.add_argument("out_dir", help="output folder (created atomically; must not exist)")
+    z.add_argument(
+        "ckpt_dir", type=path_text, help="folder with DeepSpeed's 'latest' file and tag folders"
+    )
+    z.add_argument(
+        "out_dir", type=path_text, help="output folder (created atomically; must not exist)"
+    )
     z.add_argument("--tag", help="checkpoint tag (default: the one named in CKPT_DIR/latest)")
     z.add_argument(
         "--dtype",
@@ -36,7 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SIZE",
         help=f"largest shard (default 5GB): {SIZE_HELP}, e.g. 5GB, 500MB or 2GiB",
     )
-    z.add_argument("--config-dir", help="folder with the model's config.json (and tokenizer)")
+    z.add_argument(
+        "--config-dir", type=path_text, help="folder with the model's config.json (and tokenizer)"
+    )
     z.add_argument(
         "--verify",
         action="store_true",
@@ -53,7 +59,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "`natscale train --resume` does this by itself when the number of ranks changed; this "
         "command does it ahead of time (e.g. on a CPU node before a job on another world size).",
     )
-    u.add_argument("ckpt_dir", help="folder with DeepSpeed's 'latest' file and tag folders")
+    u.add_argument(
+        "ckpt_dir", type=path_text, help="folder with DeepSpeed's 'latest' file and tag folders"
+    )
     u.add_argument("--tag", help="checkpoint tag (default: the one named in CKPT_DIR/latest)")
     u.add_argument(
         "--workers",
@@ -74,9 +82,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     d.add_argument("--from", dest="src_format", required=True, help="input format")
     d.add_argument("--to", dest="dst_format", required=True, help="output format")
-    d.add_argument("input", help="input file or folder")
+    d.add_argument("input", type=path_text, help="input file or folder")
     d.add_argument(
-        "output", help="output .json or .jsonl (written atomically; nat adds side files)"
+        "output",
+        type=path_text,
+        help="output .json or .jsonl (written atomically; nat adds side files)",
     )
     d.add_argument(
         "--option",

@@ -11,6 +11,8 @@ import signal
 import sys
 from typing import TYPE_CHECKING, Any
 
+from natscale.cli.argtypes import path_text
+
 if TYPE_CHECKING:
     from natscale.config.eval import EvalConfig
 
@@ -35,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override a config value, e.g. --set sampling.n=4 (repeatable)",
     )
-    parser.add_argument("--out", help="output directory (overrides `output:`)")
+    parser.add_argument("--out", type=path_text, help="output directory (overrides `output:`)")
     parser.add_argument(
         "--resume", action="store_true", help="continue the eval already in the output directory"
     )

@@ -5,14 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from natscale.cli.argtypes import positive_int
+from natscale.cli.argtypes import path_text, positive_int
 
 GREEN, RESET = "\x1b[32m", "\x1b[0m"
 OPEN, CLOSE = "⟦", "⟧"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("data", help="a `natscale prepare` (or `natscale merge`) output folder")
+    parser.add_argument(
+        "data", type=path_text, help="a `natscale prepare` (or `natscale merge`) output folder"
+    )
     parser.add_argument(
         "--rows", type=int, nargs="+", metavar="I", help="rows to show (default: from the first)"
     )

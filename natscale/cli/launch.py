@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from natscale.cli.argtypes import int_at_least, port, positive_int
+from natscale.cli.argtypes import int_at_least, path_text, port, positive_int
 from natscale.launch.findings import Finding
 from natscale.launch.options import BACKENDS, DEFAULT_MASTER_PORT, LaunchOptions
 
@@ -31,6 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     where.add_argument(
         "--hostfile",
         metavar="PATH",
+        type=path_text,
         help="'HOST slots=N' per line (launcher/hostfile.example); none: this node only",
     )
     where.add_argument(
@@ -103,7 +104,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="extra deepspeed launcher flags, e.g. --deepspeed-args=--bind_cores_to_rank",
     )
     more.add_argument(
-        "--rank-logs", metavar="DIR", help="one log file per rank in DIR on each node"
+        "--rank-logs",
+        metavar="DIR",
+        type=path_text,
+        help="one log file per rank in DIR on each node",
     )
     more.add_argument(
         "--selftest",

@@ -5,11 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 
+from natscale.cli.argtypes import path_text
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("out", help="the merged prepared folder to write")
+    parser.add_argument("out", type=path_text, help="the merged prepared folder to write")
     parser.add_argument(
-        "parts", nargs="+", help="`natscale prepare` output folders, in the order of their rows"
+        "parts",
+        nargs="+",
+        type=path_text,
+        help="`natscale prepare` output folders, in the order of their rows",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier output")
 

@@ -5,12 +5,17 @@ from __future__ import annotations
 import argparse
 import sys
 
+from natscale.cli.argtypes import path_text
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="a `natscale train` output_dir")
+    parser.add_argument(
+        "run_dir", metavar="RUN_DIR", type=path_text, help="a `natscale train` output_dir"
+    )
     parser.add_argument(
         "--out",
         metavar="DIR",
+        type=path_text,
         help="where to write PNGs (default RUN_DIR/plots); a loss.png or throughput.png "
         "there that natscale plot did not write is never replaced",
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from natscale.cli.argtypes import positive_int
+from natscale.cli.argtypes import path_text, positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override a config value, e.g. --set pack.max_seq_len=2048 (repeatable)",
     )
-    parser.add_argument("--out", help="output directory (overrides `output:`)")
+    parser.add_argument("--out", type=path_text, help="output directory (overrides `output:`)")
     parser.add_argument("--num-proc", type=positive_int, help="tokenisation worker processes")
     parser.add_argument(
         "--limit",
@@ -44,9 +44,6 @@ def _run(args: argparse.Namespace) -> int:
     from natscale.data.errors import DataError
     from natscale.data.prepare import prepare
 
-    if args.out is not None and not args.out.strip():
-        print("prepare: error: --out is empty; give the output folder", file=sys.stderr)
-        return 2
     overrides = list(args.overrides)
     if args.num_proc is not None:
         overrides.append(f"num_proc={args.num_proc}")

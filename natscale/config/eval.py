@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from natscale.config.paths import PathText
 from natscale.config.prepare import StrategyConfig
 
 
@@ -123,7 +124,7 @@ class ScriptedConfig(_Strict):
 class EvalConfig(_Strict):
     model: str | None = Field(None, description="HF model directory or http(s) endpoint URL")
     backend: Literal["hf", "openai", "scripted"] = "hf"
-    output: str | None = Field(None, description="output directory (or --out)")
+    output: PathText | None = Field(None, description="output directory (or --out)")
     questions: list[str] = Field(min_length=1, description="JSON/JSONL {id, question, answer}")
     task: Literal["math", "qa", "yesno"] = "math"
     limit: int | None = Field(None, ge=1, description="evaluate the first N questions only")

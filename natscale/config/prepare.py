@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from natscale.config.paths import PathText
 from natscale.data.formats import SOURCE_MODELS
 
 
@@ -164,7 +165,7 @@ class PackConfig(_Strict):
 
 
 class PrepareConfig(_Strict):
-    output: str | None = Field(None, description="output directory (or --out)")
+    output: PathText | None = Field(None, description="output directory (or --out)")
     overwrite: bool = False
     seed: int = 42
     num_proc: int = Field(1, ge=1)

@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from natscale.config.paths import PathText
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -118,7 +120,7 @@ class LoggingSection(_Section):
 
 
 class RunConfig(_Section):
-    output_dir: str = Field(min_length=1)
+    output_dir: PathText
     """The run directory (never empty: "" would mean the current directory)."""
     model: ModelSection
     data: DataSection
