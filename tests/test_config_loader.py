@@ -1,7 +1,7 @@
-from typing import Literal
+from typing import Annotated, Literal
 
 import pytest
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from natscale.config.loader import ConfigError, load_config, save_config
 
@@ -145,3 +145,49 @@ def test_yaml_merge_keys_and_empty_sections_are_fine(tmp_path):
     cfg.write_text("train:\n#  lr: 1.0e-4\n")
     assert load_config(cfg, Run) == Run()
     assert load_config(cfg, Run, ["train.schedule=linear"]).train.schedule == "linear"
+
+
+class Prompt(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    plain: str = "{question}"
+
+
+class WithPrompt(BaseModel):
+    prompt: Prompt = Prompt()
+
+
+@pytest.mark.parametrize(("value", "kind"), [("Q: {question}", "a mapping"), ("[x]", "a list")])
+def test_a_set_text_that_yaml_reads_as_structure_says_to_quote_it(tmp_path, value, kind):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("prompt: {}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(cfg, WithPrompt, [f"prompt.plain={value}"])
+    assert f"--set read it as YAML, which made it {kind}: quote the text" in str(info.value)
+    assert load_config(cfg, WithPrompt, [f'prompt.plain="{value}"']).prompt.plain == value
+
+
+class JsonSource(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    format: Literal["json"]
+    paths: list[str]
+
+
+class CsvSource(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    format: Literal["csv"]
+    paths: list[str]
+
+
+class WithSources(BaseModel):
+    sources: list[Annotated[JsonSource | CsvSource, Field(discriminator="format")]]
+
+
+def test_a_key_inside_a_tagged_union_is_named_as_written(tmp_path):
+    """``sources.1.bogus``, not pydantic's ``sources.1.csv.bogus`` ("csv" is the tag)."""
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("sources:\n  - {format: json, paths: [a]}\n  - {format: csv, paths: [b]}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(cfg, WithSources, ["sources.1.bogus=1", "sources.0.paths=3"])
+    lines = str(info.value).splitlines()[1:]
+    assert "  - sources.0.paths: Input should be a valid list (the value given with --set)" in lines
+    assert any(line.startswith("  - sources.1.bogus: unknown key") for line in lines)

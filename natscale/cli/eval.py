@@ -88,7 +88,7 @@ def load_eval_config(path: str, overrides: list[str], data_dir: str | None):
         return EvalConfig.model_validate(data)
     except ValidationError as exc:
         overridden = {parse_override(o)[0] for o in overrides}
-        raise ConfigError(format_validation_error(exc, str(path), overridden)) from exc
+        raise ConfigError(format_validation_error(exc, str(path), overridden, data)) from exc
 
 
 def _compare(runs: list[str], plot: str | None) -> int:

@@ -137,19 +137,45 @@ def apply_overrides(
     return data
 
 
+def _key_path(loc: tuple, data: Any) -> str:
+    """``loc`` as the dotted key a user wrote: without the tag pydantic adds for a tagged union
+    (``sources.0.nat.bogus`` is ``sources.0.bogus``: "nat" is that source's ``format``)."""
+    parts, node = [], data
+    for i, part in enumerate(loc):
+        last = i == len(loc) - 1
+        if isinstance(node, dict) and part not in node and not last and part in node.values():
+            continue  # the union's tag, not a key of the config
+        parts.append(str(part))
+        if isinstance(node, dict):
+            node = node.get(part)
+        elif isinstance(node, list) and isinstance(part, int) and -len(node) <= part < len(node):
+            node = node[part]
+        else:
+            node = None
+    return ".".join(parts) or "(top level)"
+
+
 def format_validation_error(
-    exc: ValidationError, where: str, overridden: set[str] = frozenset()
+    exc: ValidationError, where: str, overridden: set[str] = frozenset(), data: Any = None
 ) -> str:
-    """One line per problem, naming its key; a key given by ``--set`` (``overridden``) says so."""
+    """One line per problem, naming its key; a key given by ``--set`` (``overridden``) says so.
+
+    ``data``, the validated input, lets a key inside a tagged union be named as it was written."""
     lines = [f"{where}: invalid config ({exc.error_count()} problem(s))"]
     for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        key = _key_path(err["loc"], data)
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key (check its spelling and section)"
         inside = sorted(k for k in overridden if err["loc"] and k.startswith(key + "."))
         if any(key == k or key.startswith(k + ".") for k in overridden):
             msg += " (the value given with --set)"
+            if err["type"] == "string_type" and isinstance(err.get("input"), (dict, list)):
+                kind = "a mapping" if isinstance(err["input"], dict) else "a list"
+                msg += (
+                    f"; --set read it as YAML, which made it {kind}: quote the text, e.g. "
+                    f"--set '{key}=\"...\"'"
+                )
         elif inside:  # a check of the whole section, which a --set value is part of
             msg += f" (with {', '.join(inside)} given with --set)"
         lines.append(f"  - {key}: {msg}")
@@ -189,7 +215,7 @@ def load_config(path: str | os.PathLike, model: type[M], overrides: list[str] | 
         return model.model_validate(data)
     except ValidationError as exc:
         keys = {parse_override(item)[0] for item in overrides or []}
-        raise ConfigError(format_validation_error(exc, str(path), keys)) from exc
+        raise ConfigError(format_validation_error(exc, str(path), keys, data)) from exc
 
 
 def save_config(config: BaseModel, path: str | os.PathLike) -> None:
