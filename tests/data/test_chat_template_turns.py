@@ -377,6 +377,18 @@ def test_end_of_turn_is_the_token_that_closes_a_turn(tok_for):
         Renderer(tok, "hf", end_of_turn="</s>")  # one the template never writes
 
 
+def test_end_of_turn_with_a_builtin_template_is_refused_not_ignored(tok_for):
+    """natscale's own templates close a turn with a fixed token; another end_of_turn was
+    silently ignored (training and evaluation stopping at something else than configured)."""
+    tok = tok_for(CHATML_JINJA)
+    with pytest.raises(TemplateError, match=r"'<\|im_end\|>' is read by template: hf only"):
+        Renderer(tok, "llama2", end_of_turn="<|im_end|>")
+    assert Renderer(tok, "llama2", end_of_turn="</s>").end_of_turn == "</s>"  # the same: fine
+    assert (
+        Renderer(tok, "chatml").end_of_turn == Renderer(tok, "chatml", end_of_turn=None).end_of_turn
+    )
+
+
 def test_a_template_that_ends_no_turn_is_refused(tok_for):
     """An Alpaca-style template writes no end-of-turn token after an assistant turn: no turn
     would be trained to end, so the renderer refuses it, naming render.end_of_turn; set to what

@@ -148,6 +148,13 @@ class Renderer:
             )
         else:
             self.template = BUILTIN[self.name](observation_role)
+            if end_of_turn is not None and end_of_turn != self.template.end_of_turn:
+                raise TemplateError(
+                    f"render.end_of_turn (prompt.end_of_turn for natscale eval) "
+                    f"{end_of_turn!r} is read by template: hf only; template {self.name!r} is "
+                    f"natscale's own and closes a turn with {self.template.end_of_turn!r} "
+                    "(remove end_of_turn, or use template: hf)"
+                )
         self.encoder = PieceEncoder(tokenizer)
 
     @property
