@@ -109,6 +109,19 @@ def test_bench_sweep_unknown_field_is_bad_input(capsys, tmp_path):
     assert not Path(work).exists()
 
 
+@pytest.mark.parametrize("command", ["throughput", "sweep"])
+def test_bench_a_bad_set_is_refused_before_any_work(capsys, tmp_path, command):
+    """It was found by the first training run, after the data was built (about a minute)."""
+    work = tmp_path / "work"
+    argv = ["bench", command, "--device", "cpu", "--work-dir", str(work)]
+    if command == "sweep":
+        argv += ["--param", "seq_len=64,128"]
+    assert main([*argv, "--set", "train.bogus=1", "--set", "train.lr=x"]) == 2
+    err = capsys.readouterr().err
+    assert "train.bogus: unknown key" in err and "train.lr: Input should be a valid number" in err
+    assert not work.exists()
+
+
 def test_bench_project_unreadable_calibration_is_bad_input(capsys, tmp_path):
     missing = tmp_path / "no_sweep.json"
     code = main(["bench", "project", "--calibrate", str(missing), "--results", str(tmp_path)])

@@ -74,6 +74,28 @@ class BenchSpec:
                 f"world size {self.world_size} is not a multiple of {self.nodes} node(s): every "
                 "node runs world_size / nodes ranks (--world-size / --nodes)"
             )
+        if self.extra:
+            self._check_extra()
+
+    def _check_extra(self) -> None:
+        """Refuse a bad ``--set`` now, not after the data and the first run (a minute in)."""
+        from pydantic import ValidationError
+
+        from natscale.config.loader import format_validation_error
+        from natscale.config.run import RunConfig
+
+        cfg = run_config(
+            self,
+            data_dir=Path("DATA"),
+            model_cfg=Path("MODEL"),
+            out=Path("OUT"),
+            baseline=False,
+            rows=1,
+        )
+        try:
+            RunConfig.model_validate(cfg)
+        except ValidationError as exc:
+            raise ValueError(format_validation_error(exc, "--set", set(self.extra), cfg)) from None
 
     @property
     def rows_needed(self) -> int:
