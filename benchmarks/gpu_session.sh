@@ -97,6 +97,28 @@ if compgen -G ".whl/*.whl" >/dev/null; then # the GPU machine has no network: ca
   }
 fi
 export PYTHONPATH=$W/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+if [[ -f .whl/machine-requirements.txt ]]; then # bounds the carried wheels put on this machine's own
+  python3 - .whl/machine-requirements.txt <<'PY' 2>&1 | tee -a "$S"
+import sys
+from importlib.metadata import PackageNotFoundError, version
+
+from packaging.requirements import Requirement
+
+bad = []
+for line in open(sys.argv[1], encoding="utf-8"):
+    text, _, who = line.partition("#")
+    if not text.strip():
+        continue
+    req = Requirement(text)
+    try:
+        have = version(req.name)
+    except PackageNotFoundError:
+        have = None
+    if have is None or not req.specifier.contains(have, prereleases=True):
+        bad.append(f"{req} (for {who.strip()}): this machine has {have or 'none'}")
+print("gpu_session: machine packages " + ("OK" if not bad else "UNMET: " + "; ".join(bad)))
+PY
+fi
 export TORCH_EXTENSIONS_DIR=$W/te TORCH_CUDA_ARCH_LIST=9.0 NATSCALE_CACHE=$W/cache
 # torch guesses CUDA_HOME from `which nvcc`: a wrapper script in /usr/local/bin gives /usr/local
 if [[ -z ${CUDA_HOME:-} && -f /usr/local/cuda/include/cuda_runtime.h ]]; then

@@ -20,7 +20,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 gpu_torch=${GPU_TORCH:-2.11.0}
 venv=.cache/gpu-py312
-py312=${PYTHON312:-$(command -v python3.12 || ls -d "$HOME"/.pyenv/versions/3.12*/bin/python3.12 | tail -1)}
+source scripts/python312.sh
 ops_only=0
 [[ ${1:-} == --ops ]] && ops_only=1
 

@@ -18,13 +18,59 @@ prebuilt=0
 [[ ${1:-} == --prebuilt-ops ]] && prebuilt=1
 rm -rf .whl && mkdir .whl
 
-# the versions installed here, so the GPU run uses what CI tested
+# the versions installed here, so the GPU run uses what CI tested: those the GPU machine has at
+# another version (pinned below), and everything natscale needs (its install requirements and
+# theirs, for Python 3.12) that the machine lacks (scripts/gpu_machine_packages.txt). The bounds
+# this set puts on the machine's own packages go to .whl/machine-requirements.txt, which
+# benchmarks/gpu_session.sh checks there first.
 pins=$("$py" - <<'PY'
-from importlib.metadata import version
-names = ["hjson", "pydantic", "pydantic_core", "annotated-types", "typing-inspection",
-         "datasets", "dill", "multiprocess", "xxhash", "fsspec", "transformers",
-         "huggingface_hub", "tokenizers"]
-print(" ".join(f"{n}=={version(n)}" for n in names))
+import re
+from importlib.metadata import PackageNotFoundError, distribution, version
+
+from packaging.markers import default_environment
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+on_gpu = set()
+for line in open("scripts/gpu_machine_packages.txt", encoding="utf-8"):
+    if line.strip() and not line.startswith("#"):
+        on_gpu.add(canonicalize_name(line.strip()))
+pinned = ["hjson", "pydantic", "pydantic_core", "annotated-types", "typing-inspection",
+          "datasets", "dill", "multiprocess", "xxhash", "fsspec", "transformers",
+          "huggingface_hub", "tokenizers"]
+# torch and its CUDA wheels are the machine's; DeepSpeed's wheel is built separately
+skip = {"torch", "triton", "deepspeed", "natscale"}
+env = {**default_environment(), "python_version": "3.12", "python_full_version": "3.12.3", "extra": ""}
+carry = {canonicalize_name(n): n for n in pinned}
+bounds, missing, seen, todo = [], [], set(), ["natscale", "deepspeed", *pinned]
+while todo:
+    name = canonicalize_name(todo.pop())
+    if name in seen:
+        continue
+    seen.add(name)
+    try:
+        requires = distribution(name).requires or []
+    except PackageNotFoundError:
+        missing.append(name)
+        continue
+    for text in requires:
+        req = Requirement(text)
+        dep = canonicalize_name(req.name)
+        if req.marker is not None and not req.marker.evaluate(env):
+            continue
+        if dep in skip or dep.startswith("nvidia-"):
+            continue
+        if dep in on_gpu and dep not in carry:
+            if str(req.specifier):
+                bounds.append(f"{dep}{req.specifier}  # {name}")
+            continue
+        carry.setdefault(dep, dep)
+        todo.append(dep)
+if missing:
+    raise SystemExit(f"gpu_wheels: not installed here, so no tested version: {sorted(missing)}")
+with open(".whl/machine-requirements.txt", "w", encoding="utf-8") as out:
+    out.write("".join(f"{b}\n" for b in sorted(set(bounds))))
+print(" ".join(f"{n}=={version(n)}" for n in sorted(carry.values())))
 PY
 )
 # the kernel benchmark's third comparison (not a dependency of natscale, so pinned here)
@@ -32,7 +78,8 @@ pins="$pins liger-kernel==0.8.5"
 ds=$("$py" -c "from importlib.metadata import version; print(version('deepspeed'))")
 
 if ((prebuilt)); then
-  gpy=${PYTHON312:-$(command -v python3.12 || ls -d "$HOME"/.pyenv/versions/3.12*/bin/python3.12 | tail -1)}
+  source scripts/python312.sh
+  gpy=$py312
   venv=.cache/gpu-py312
   if ! "$venv/bin/python" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$gpu_torch')" 2>/dev/null; then
     rm -rf "$venv"
