@@ -27,7 +27,7 @@ import errno
 import random
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ import torch
 
 from natscale.atomic import atomic_write_text
 from natscale.checkpoint.layout import TAG_RE, CheckpointDir, tag_for
+from natscale.checkpoint.resume import check_tag
 
 LOW_SPACE_BYTES = 64 * 2**20  # a write that fails with less free than this: the disk is full
 
@@ -60,18 +61,34 @@ def _foreign_folders(tag_dir: Path) -> list[str]:
         return []
 
 
-def _prune(ckpt_dir: Path, keep_last: int, current: str) -> list[str]:
+def _prune(
+    ckpt_dir: Path,
+    keep_last: int,
+    current: str,
+    complete: Callable[[str], bool] | None = None,
+) -> list[str]:
     """Delete the tags older than ``current`` (just saved, complete) beyond the newest
-    ``keep_last``; tags newer than ``current`` are left alone (not this run's to judge), and so
-    is a tag folder holding a sub-folder (said once on stderr)."""
+    ``keep_last`` complete ones; tags newer than ``current`` are left alone (not this run's to
+    judge), and so is a tag folder holding a sub-folder (said once on stderr).
+
+    An incomplete tag (a save killed midway) takes no place among the ``keep_last``: counting it
+    deleted the complete checkpoint a run had resumed from and kept one nothing can load. It
+    stays until it is older than every kept checkpoint. ``complete`` (tag -> bool) defaults to
+    ``resume.check_tag``'s verdict."""
+    if complete is None:
+        complete = lambda tag: check_tag(ckpt_dir, tag) is None  # noqa: E731
     m = TAG_RE.match(current)
     limit = int(m.group(1)) if m else None
     ckpts = CheckpointDir(ckpt_dir)
     tags = [t for t in ckpts.list_tags() if limit is None or int(TAG_RE.match(t).group(1)) <= limit]
     if current not in tags:  # only a save that just completed may make room
         return []
+    kept, start = 0, len(tags)
+    while start > 0 and kept < max(keep_last, 1):
+        start -= 1
+        kept += tags[start] == current or complete(tags[start])
     doomed = []
-    for name in tags[: -max(keep_last, 1)]:
+    for name in tags[:start]:
         foreign = _foreign_folders(ckpts.tag_dir(name)) if name != current else []
         if name == current or foreign:
             if foreign and ckpts.tag_dir(name) not in _FOREIGN_WARNED:

@@ -30,6 +30,11 @@ HERE = Path(__file__).resolve().parent
 STEPS = 6
 
 
+def _complete(tag: str) -> bool:
+    """Pruning's completeness check, for empty tag folders standing for checkpoints."""
+    return True
+
+
 def _config(base: Path, name: str, **sections) -> Path:
     train = {"steps": STEPS, "stop_after_steps": 4, **sections.pop("train", {})}
     return write_run_config(
@@ -173,9 +178,9 @@ def test_pruning_spares_newer_tags_and_keeps_the_one_just_saved(tmp_path):
     for step in (2, 4, 6, 8):
         (tmp_path / f"global_step{step}").mkdir()
     # resumed from global_step4 with an incomplete global_step8 left by a killed save
-    assert _prune(tmp_path, 1, "global_step6") == ["global_step2", "global_step4"]
+    assert _prune(tmp_path, 1, "global_step6", _complete) == ["global_step2", "global_step4"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["global_step6", "global_step8"]
-    assert _prune(tmp_path, 1, "global_step5") == []  # not saved: nothing is pruned
+    assert _prune(tmp_path, 1, "global_step5", _complete) == []  # not saved: nothing is pruned
 
 
 # ---- end to end ---------------------------------------------------------------------------
@@ -438,3 +443,19 @@ def test_resume_on_other_data_is_refused_and_another_order_is_noted(base, tmp_pa
     assert_ok(result)
     assert "-> 7 since global_step4: the rows after row" in result.rank_logs[0]
     assert (run / "checkpoints" / "latest").read_text() == "global_step5"
+
+
+def test_pruning_counts_only_complete_checkpoints(base, tmp_path):
+    """A save killed midway (global_step3: its optimizer shard missing) took a keep_last place:
+    the next save deleted global_step2, the checkpoint the run had resumed from, and kept the
+    one nothing can load."""
+    run = _copy(base, tmp_path)
+    _shard(run, "global_step3").unlink()
+    ckpt = run / "checkpoints"
+    assert _prune(ckpt, 2, "global_step4") == ["global_step1"]
+    assert sorted(p.name for p in ckpt.glob("global_step*")) == [
+        "global_step2",
+        "global_step3",
+        "global_step4",
+    ]
+    assert plan_resume(ckpt).tag == "global_step4"

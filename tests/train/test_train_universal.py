@@ -157,7 +157,7 @@ def test_pruning_a_tag_removes_its_universal_copy(tmp_path: Path):
 
     for name in ("global_step4", "global_step4_universal", "global_step8", "global_step12"):
         (tmp_path / name).mkdir()
-    assert _prune(tmp_path, 2, "global_step12") == ["global_step4"]
+    assert _prune(tmp_path, 2, "global_step12", lambda tag: True) == ["global_step4"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["global_step12", "global_step8"]
 
 
