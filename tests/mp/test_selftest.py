@@ -21,7 +21,15 @@ FAULTY = str(Path(__file__).with_name("faulty_rank.py"))
 _LOSSES_BY_LAUNCHER: dict[str, list[float]] = {}
 
 
-@pytest.mark.parametrize("launcher", LAUNCHERS)
+def _launchers(fast: tuple[str, ...]) -> list:
+    """Every launcher; those not in ``fast`` only with NATSCALE_SLOW=1 (the suite's time on 2
+    cores: mpirun and no-ssh also train in tests/launch/test_launch_mp.py)."""
+    return [
+        pytest.param(name, marks=() if name in fast else pytest.mark.slow) for name in LAUNCHERS
+    ]
+
+
+@pytest.mark.parametrize("launcher", _launchers(fast=("torchrun", "deepspeed")))
 def test_selftest_zero3_two_ranks(launcher, tmp_path):
     result = run_distributed(["selftest", "--steps", "4"], launcher=launcher, log_dir=tmp_path)
     assert_ok(result)
@@ -49,7 +57,7 @@ def test_selftest_zero3_two_ranks(launcher, tmp_path):
     _LOSSES_BY_LAUNCHER[launcher] = losses
 
 
-@pytest.mark.parametrize("launcher", LAUNCHERS)
+@pytest.mark.parametrize("launcher", _launchers(fast=("deepspeed",)))
 def test_crashing_rank_fails_loudly_with_every_rank_log(launcher, tmp_path):
     result = run_distributed(
         ["--mode", "crash"], launcher=launcher, entry=FAULTY, log_dir=tmp_path, timeout=120
