@@ -180,10 +180,20 @@ def build_env(
             )
         # openmpi / slurm ranks read these (natscale.train.dist); pdsh ranks get them anyway
         spec.set(key, value, "master")
+    return spec
+
+
+def check_file_values(spec: EnvSpec, path: Path) -> None:
+    """ValueError naming the first variable whose value cannot be a line of the env file at
+    ``path`` (a line break would split it). Only launches that write the file need this: no-ssh
+    and single-node launches set the variables on the ``deepspeed`` process directly."""
     for key, value in spec.values.items():
         if "\n" in value or "\r" in value:
-            raise ValueError(f"{key}: a value with a line break cannot go into .deepspeed_env")
-    return spec
+            raise ValueError(
+                f"{key}: a value with a line break cannot go into {path} (DeepSpeed reads one "
+                f"KEY=VALUE per line); it came from {spec.source.get(key, '?')}: change it, or "
+                "unset it for the launch"
+            )
 
 
 def _unique(items: list[str]) -> list[str]:
@@ -249,4 +259,6 @@ def env_file_text(spec: EnvSpec) -> str:
 
 def write_env_file(path: Path, spec: EnvSpec) -> None:
     """Write atomically (a temp file in the same directory, then rename)."""
+    check_file_values(spec, path)
     atomic_write_text(path, env_file_text(spec))
+

@@ -22,6 +22,7 @@ from natscale.launch.envfile import (
     EnvSpec,
     build_env,
     check_env_file_location,
+    check_file_values,
     env_file_path,
     env_file_text,
     parse_env_lines,
@@ -186,6 +187,8 @@ def _env(
             master_addr=master,
             master_port=opts.master_port,
         )
+        if env_path is not None:
+            check_file_values(env, env_path)
     except (OSError, ValueError) as exc:
         findings.append(Finding("error", str(exc)))
         return None

@@ -231,3 +231,19 @@ def test_device_uuids_in_cuda_visible_devices_are_refused_not_a_traceback(cli, m
     assert f"error: {var}=GPU-5f3c,GPU-9a1b: deepspeed's launcher takes only device numbers" in err
     code, _, err = cli("--gpus-per-node", "1", "--dry-run", "--selftest")  # numbers 0..N-1
     assert code == 0, err
+
+
+def test_a_line_break_in_a_variable_is_refused_only_where_an_env_file_is_written(
+    cli, tmp_path, monkeypatch
+):
+    """no-ssh and single-node launches pass the variables to the deepspeed process itself
+    (launcher/slurm/train.sbatch's tasks once exported a newline-separated host list)."""
+    monkeypatch.setenv("NATSCALE_HOSTS", "node-a\nnode-b")
+    hosts = _hostfile(tmp_path, "node-a slots=1\nnode-b slots=1\n")
+    code, out, err = cli("--hostfile", hosts, "--node-rank", "1", "--dry-run", "--selftest")
+    assert code == 0 and "dry run OK (no-ssh" in out, err
+    code, out, err = cli("--gpus-per-node", "1", "--dry-run", "--selftest")
+    assert code == 0, err
+    code, out, err = cli("--hostfile", hosts, "--dry-run", "--selftest")
+    assert code == 2 and "launch: refused (1 error(s), pdsh)" in out
+    assert "error: NATSCALE_HOSTS: a value with a line break cannot go into" in err
