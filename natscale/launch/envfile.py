@@ -25,6 +25,7 @@ import json
 import os
 import re
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -262,3 +263,11 @@ def write_env_file(path: Path, spec: EnvSpec) -> None:
     check_file_values(spec, path)
     atomic_write_text(path, env_file_text(spec))
 
+
+def write_launch_env_file(directory: Path, name: str, text: str) -> Path:
+    """A new file ``NAME.launch-XXXXXXXX`` in ``directory`` holding ``text``, private to one launch
+    (created exclusively, readable by the user only); the caller removes it when the launch ends."""
+    fd, path = tempfile.mkstemp(prefix=f"{name}.launch-", dir=directory)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    return Path(path)

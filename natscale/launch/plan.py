@@ -355,10 +355,26 @@ def _runner(backend: str, args, world_info: str, hostfile: Hostfile | None):
     return (OpenMPIRunner if backend == "openmpi" else SlurmRunner)(args, world_info, pool)
 
 
+def launch_env_text(launcher_env: Mapping[str, str], env: EnvSpec) -> str:
+    """The env file lines DeepSpeed's runner exports for this launch, in its order: those of
+    ``~/.deepspeed_env`` (``~/$DS_ENV_FILE``), then those of the ``./.deepspeed_env`` natscale
+    writes. :func:`natscale.launch.execute.run_plan` hands the runner this text as a file of the
+    launch's own (``DS_ENV_FILE``): a second launch from the same folder rewrites
+    ``./.deepspeed_env`` with its own master address while the first runner may not have read it.
+    """
+    name = launcher_env.get("DS_ENV_FILE", ".deepspeed_env")
+    home_file = Path(os.path.expanduser("~")) / name
+    text = ""
+    if home_file.is_file() and home_file.resolve() != (Path.cwd() / name).resolve():
+        home = parse_env_lines(home_file.read_text(encoding="utf-8"), str(home_file))
+        text = "".join(f"{key}={value}\n" for key, value in home.items())
+    return text + env_file_text(env)
+
+
 def _deepspeed_exports(launcher_env: Mapping[str, str], env: EnvSpec) -> dict[str, str]:
     """What ``deepspeed.launcher.runner.main`` exports to remote ranks, in its order: variables
     with its prefixes (PYTHONPATH with the working directory first), ``~/.deepspeed_env``, then
-    the ``./.deepspeed_env`` natscale writes.
+    the ``./.deepspeed_env`` natscale writes (:func:`launch_env_text`).
     """
     from deepspeed.accelerator import get_accelerator
     from deepspeed.launcher.runner import EXPORT_ENVS
@@ -370,11 +386,7 @@ def _deepspeed_exports(launcher_env: Mapping[str, str], env: EnvSpec) -> dict[st
     )
     prefixes = tuple(EXPORT_ENVS + get_accelerator().export_envs())
     exports = {k: v for k, v in env_copy.items() if k.startswith(prefixes)}
-    name = launcher_env.get("DS_ENV_FILE", ".deepspeed_env")
-    home_file = Path(os.path.expanduser("~")) / name
-    if home_file.is_file() and home_file.resolve() != (Path(cwd) / name).resolve():
-        exports.update(parse_env_lines(home_file.read_text(encoding="utf-8"), str(home_file)))
-    exports.update(parse_env_lines(env_file_text(env), ".deepspeed_env"))
+    exports.update(parse_env_lines(launch_env_text(launcher_env, env), ".deepspeed_env"))
     return exports
 
 
