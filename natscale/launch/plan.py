@@ -12,6 +12,8 @@ from __future__ import annotations
 import itertools
 import os
 import shlex
+import shutil
+import subprocess
 import sys
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -97,7 +99,15 @@ def build_plan(
     hostfile, active = _resources(opts, environ, findings)
     if active is None:
         return None, findings
-    master = opts.master_addr or (next(iter(active)) if opts.backend != "local" else "127.0.0.1")
+    if opts.backend == "slurm" and not opts.master_addr:
+        slurm = _slurm_order(opts, active, environ, hostfile, findings)
+        if slurm is None:
+            return None, findings
+        active, master = slurm
+    else:
+        master = opts.master_addr or (
+            next(iter(active)) if opts.backend != "local" else "127.0.0.1"
+        )
     if opts.backend == "local" and master not in ("127.0.0.1", "localhost"):
         findings.append(
             Finding("warning", "a single-node launch always uses 127.0.0.1", "--master-addr")
@@ -166,6 +176,94 @@ def _resources(
         return hostfile, None
     findings += check_backend(opts, hostfile, active)
     return hostfile, None if errors(findings) else active
+
+
+def _slurm_order(
+    opts: LaunchOptions,
+    active: Resources,
+    environ: Mapping[str, str],
+    hostfile: Hostfile | None,
+    findings: list[Finding],
+) -> tuple[Resources, str] | None:
+    """(active hosts in SLURM's order, the master) for the slurm backend; None after an error.
+
+    srun ignores the hostfile's order: it numbers the tasks (SLURM_PROCID) in the job's node
+    order, so rank 0, which listens on MASTER_ADDR, runs on the first node in that order
+    (``scontrol show hostnames $SLURM_JOB_NODELIST``), not on the hostfile's first line.
+    """
+    first = next(iter(active))
+    nodelist = environ.get("SLURM_JOB_NODELIST") or environ.get("SLURM_NODELIST")
+    if not nodelist:
+        findings.append(
+            Finding(
+                "warning",
+                f"not inside a SLURM allocation (no SLURM_JOB_NODELIST), so the master is the "
+                f"hostfile's first host, {first}; srun starts rank 0 on the first node in SLURM's "
+                "order, whatever the hostfile's order. Launch inside the allocation (salloc), "
+                "where natscale takes the master from SLURM's order, or give --master-addr",
+                "--backend slurm",
+            )
+        )
+        return active, first
+    order = _slurm_hostnames(nodelist, environ)
+    if isinstance(order, str):
+        findings.append(Finding("error", order, "--backend slurm"))
+        return None
+    outside = [h for h in active if h not in order]
+    if outside:
+        where = hostfile.where(outside[0]) if hostfile else outside[0]
+        findings.append(
+            Finding(
+                "error",
+                f"{', '.join(outside)} not among this job's nodes ({', '.join(order)}, from "
+                f"SLURM_JOB_NODELIST={nodelist}): srun runs the ranks on the job's nodes, in "
+                "SLURM's order. List them in the hostfile by the names `scontrol show hostnames` "
+                "gives, or give --master-addr (the address of the job's first node)",
+                where,
+            )
+        )
+        return None
+    in_order = OrderedDict((h, active[h]) for h in sorted(active, key=order.index))
+    # with --include/--exclude srun gets --nodelist (the active hosts), else the whole job's nodes
+    master = next(iter(in_order)) if opts.include or opts.exclude else order[0]
+    if master != first:
+        findings.append(
+            Finding(
+                "note",
+                f"master {master}: srun starts rank 0 on the first node in SLURM's order "
+                f"({', '.join(order)}), not on the hostfile's first host ({first})",
+                "--backend slurm",
+            )
+        )
+    return in_order, master
+
+
+def _slurm_hostnames(nodelist: str, environ: Mapping[str, str]) -> list[str] | str:
+    """The job's hosts in SLURM's order (``scontrol show hostnames``), or why they are unknown."""
+    scontrol = shutil.which("scontrol", path=environ.get("PATH"))
+    why = "scontrol is not on PATH"
+    if scontrol is not None:
+        try:
+            proc = subprocess.run(
+                [scontrol, "show", "hostnames", nodelist],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                stdin=subprocess.DEVNULL,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            why = f"scontrol failed: {exc}"
+        else:
+            hosts = proc.stdout.split()
+            if proc.returncode == 0 and hosts:
+                return hosts
+            lines = proc.stderr.strip().splitlines()
+            why = f"scontrol show hostnames failed ({lines[-1] if lines else proc.returncode})"
+    return (
+        f"cannot list this job's nodes in SLURM's order (SLURM_JOB_NODELIST={nodelist}): {why}. "
+        "srun starts rank 0 on the first of them, which must be the master: run on a node with "
+        "the SLURM client, or give --master-addr (the address of the job's first node)"
+    )
 
 
 def _env(

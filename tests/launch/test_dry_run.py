@@ -39,7 +39,7 @@ BACKENDS = {
 # variables that would leak this machine's environment into the output
 _DROP = (
     "NCCL", "GLOO_", "HF_", "TORCH_", "TRANSFORMERS_", "NATSCALE_", "PYTHON", "MLFLOW", "MV2",
-    "UCX", "DS_", "CUDA_", "OMP_", "TOKENIZERS_", "LD_LIBRARY_PATH", "VIRTUAL_ENV", "PDSH_",
+    "UCX", "DS_", "CUDA_", "OMP_", "TOKENIZERS_", "LD_LIBRARY_PATH", "VIRTUAL_ENV", "PDSH_", "SLURM_",
 )  # fmt: skip
 
 

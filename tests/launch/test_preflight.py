@@ -247,3 +247,50 @@ def test_a_line_break_in_a_variable_is_refused_only_where_an_env_file_is_written
     code, out, err = cli("--hostfile", hosts, "--dry-run", "--selftest")
     assert code == 2 and "launch: refused (1 error(s), pdsh)" in out
     assert "error: NATSCALE_HOSTS: a value with a line break cannot go into" in err
+
+
+def _fake_scontrol(tmp_path, monkeypatch, *hosts: str) -> None:
+    """`scontrol show hostnames LIST` printing ``hosts`` (SLURM's order) first on PATH."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    script = bin_dir / "scontrol"
+    lines = "".join(f"echo {h}\n" for h in hosts)
+    script.write_text(f'#!/bin/sh\n[ "$1 $2" = "show hostnames" ] || exit 1\n{lines}')
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+
+
+def test_slurm_master_is_the_first_node_in_slurms_order_not_the_hostfiles(
+    cli, tmp_path, monkeypatch
+):
+    """srun numbers its tasks in the job's node order: with `gpu2` on the hostfile's first line,
+    rank 0 ran on gpu1 while every rank waited for a master on gpu2."""
+    _fake_scontrol(tmp_path, monkeypatch, "gpu1", "gpu2")
+    monkeypatch.setenv("SLURM_JOB_NODELIST", "gpu[1-2]")
+    hosts = _hostfile(tmp_path, "gpu2 slots=2\ngpu1 slots=2\n")
+    slurm = ["--hostfile", hosts, "--backend", "slurm", "--dry-run", "--selftest"]
+    code, out, err = cli(*slurm)
+    assert code == 0, err
+    assert "master gpu1:29500" in out and ",MASTER_ADDR=gpu1," in out
+    assert "note: --backend slurm: master gpu1: srun starts rank 0 on the first node" in err
+    assert f"node 0: gpu1, slots 0,1, ranks 0-1  ({hosts}:2)" in out
+    # --include: srun gets --nodelist, and rank 0 runs on the first of those in SLURM's order
+    code, out, err = cli(*slurm, "--include", "gpu2")
+    assert code == 0 and "master gpu2:29500" in out, err
+    code, out, err = cli(*slurm, "--master-addr", "10.0.0.1")  # given: taken as it is
+    assert code == 0 and "master 10.0.0.1:29500" in out and "note: --backend slurm" not in err
+    # hosts that are not the job's nodes, or no scontrol: refused, not a hang
+    hosts = _hostfile(tmp_path, "gpu1 slots=2\ngpu9 slots=2\n")
+    code, out, err = cli("--hostfile", hosts, *slurm[2:])
+    assert code == 2 and "launch: refused (1 error(s), slurm)" in out
+    assert f"error: {hosts}:2: gpu9 not among this job's nodes (gpu1, gpu2, from" in err
+    monkeypatch.setenv("PATH", "/nonexistent")
+    code, out, err = cli(*slurm)
+    assert code == 2 and "cannot list this job's nodes in SLURM's order" in err
+    assert "scontrol is not on PATH" in err and "or give --master-addr" in err
+    # outside an allocation: the hostfile's first host, with a warning that says so
+    monkeypatch.delenv("SLURM_JOB_NODELIST")
+    monkeypatch.delenv("SLURM_NODELIST", raising=False)
+    code, out, err = cli(*slurm)
+    assert code == 0 and "master gpu1:29500" in out
+    assert "warning: --backend slurm: not inside a SLURM allocation" in err
