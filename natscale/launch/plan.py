@@ -70,6 +70,10 @@ class LaunchPlan:
     )  # .deepspeed_env to write (multi-node runners), or None (env set directly)
     spawn_argv: list[str] | None = None  # pdsh / mpirun / srun command DeepSpeed runs here
     nodes: list[NodeRun] = field(default_factory=list)
+    # pdsh / openmpi / slurm: every variable DeepSpeed's runner exports to the ranks (its own
+    # PYTHON*/MLFLOW*/UCX*/MV2* copies, ~/.deepspeed_env, then plan.env)
+    exports: dict[str, str] = field(default_factory=dict)
+    cwd: Path = field(default_factory=Path.cwd)  # where the launch starts (pdsh: cd there)
 
     @property
     def world_size(self) -> int:
@@ -125,6 +129,7 @@ def build_plan(
         deepspeed_argv=deepspeed_exe() + _deepspeed_args(opts, master, len(active)),
         env=env,
         env_file=env_path,
+        cwd=cwd,
     )
     _add_node_runs(plan, environ)
     return plan, findings
@@ -407,7 +412,8 @@ def _add_node_runs(plan: LaunchPlan, environ: Mapping[str, str]) -> None:
         return
     runner = _runner(opts.backend, args, world_info, plan.hostfile)
     launcher_env = plan.launcher_env(environ)
-    for key, value in _deepspeed_exports(launcher_env, plan.env).items():
+    plan.exports = _deepspeed_exports(launcher_env, plan.env)
+    for key, value in plan.exports.items():
         runner.add_export(key, value)
     if opts.backend == "pdsh":
         cmd, _kill, _env = runner.get_cmd(dict(launcher_env), plan.active)

@@ -294,3 +294,59 @@ def test_slurm_master_is_the_first_node_in_slurms_order_not_the_hostfiles(
     code, out, err = cli(*slurm)
     assert code == 0 and "master gpu1:29500" in out
     assert "warning: --backend slurm: not inside a SLURM allocation" in err
+
+
+def test_pdsh_refuses_what_its_remote_shell_would_break(cli, tmp_path, monkeypatch):
+    """DeepSpeed's pdsh runner joins the remote command unquoted (`cd /tmp/x/my run;` -> cd: too
+    many arguments) and wraps values in "..." where $ ` \\ " still act (`cost$5` -> `cost`); the
+    dry run said OK."""
+    hosts = _hostfile(tmp_path, "node-a slots=1\nnode-b slots=1\n")
+    folder = tmp_path / "my run"
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    pdsh = ["--hostfile", hosts, "--dry-run", "--selftest"]
+    code, out, err = cli(*pdsh)
+    assert code == 2 and "launch: refused (1 error(s), pdsh" in out
+    assert f"error: --backend pdsh: the working directory '{folder}' holds a space" in err
+    monkeypatch.chdir(tmp_path)
+    for value, shown in (('a"b', "'\"'"), ("cost$5", "'$'"), ("a`b`", "'`'"), ("a\\b", "'\\\\'")):
+        code, out, err = cli(*pdsh[:-1], "--env", f"NATSCALE_NOTE={value}", "--selftest")
+        assert code == 2 and "launch: refused (1 error(s), pdsh" in out, value
+        assert f"error: environment: NATSCALE_NOTE={value!r} (--env) holds {shown}: pdsh" in err
+    code, _, err = cli(*pdsh, "--", "--lr", "1e-3;x")
+    assert "error: after --: argument '1e-3;x' holds ';': DeepSpeed's pdsh runner" in err
+    code, _, err = cli(*pdsh, "--", "--lr", "1 $HOME")
+    assert "error: after --: argument '1 $HOME' holds '$'" in err
+    code, _, err = cli(*pdsh, "--", "--lr", 'a "b"')  # DeepSpeed escapes " in "...": fine
+    assert "argument 'a \"b\"'" not in err
+    # a value with spaces is fine in "..."; no-ssh has no remote shell at all
+    code, _, err = cli(*pdsh[:-1], "--env", "NATSCALE_NOTE=a b", "--selftest")
+    assert code == 0, err
+    code, _, err = cli(
+        *pdsh[:-1], "--node-rank", "0", "--env", "NATSCALE_NOTE=cost$5", "--selftest"
+    )
+    assert code == 0, err
+
+
+def test_openmpi_and_slurm_check_what_deepspeed_exports_itself(cli, tmp_path, monkeypatch):
+    """DeepSpeed's runner also exports this node's PYTHON*/MLFLOW*/UCX*/MV2* variables and
+    ~/.deepspeed_env: quotes reached mpirun literally, srun split a value at its comma."""
+    hosts = _hostfile(tmp_path, "node-a slots=1\nnode-b slots=1\n")
+    mpi = ["--hostfile", hosts, "--backend", "openmpi", "--launcher-args=--allow-run-as-root"]
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "nat sweep")
+    code, out, err = cli(*mpi, "--ifname", "lo", "--dry-run", "--selftest")
+    assert code == 2 and "launch: refused (1 error(s), openmpi" in out
+    assert "error: environment: MLFLOW_EXPERIMENT_NAME='nat sweep' (exported by DeepSpeed" in err
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME")
+    monkeypatch.setenv("PYTHONWARNINGS", "ignore,default")
+    slurm = ["--hostfile", hosts, "--backend", "slurm", "--dry-run", "--selftest"]
+    code, out, err = cli(*slurm)
+    assert code == 2 and "launch: refused (1 error(s), slurm" in out
+    assert "error: environment: PYTHONWARNINGS='ignore,default' (exported by DeepSpeed" in err
+    assert "splits values at commas" in err
+    monkeypatch.delenv("PYTHONWARNINGS")
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    (home / ".deepspeed_env").write_text("UCX_NOTE=a b\n")
+    code, _, err = cli(*slurm)
+    assert code == 2 and "error: environment: UCX_NOTE='a b' (exported by DeepSpeed" in err
