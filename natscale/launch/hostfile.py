@@ -123,7 +123,9 @@ def _parse_line(line: str, number: int, where: str, findings: list[Finding]) -> 
         return None
     name, slots_text = match.group(1), match.group(2)
     rest = line[match.end() :]
-    if rest and not rest[0].isspace():  # slots=8x: DeepSpeed reads 8 and ignores the x
+    # slots=8x: DeepSpeed reads 8 and ignores the x; slots=8# rack 1 is a comment (DeepSpeed and
+    # mpirun read 8)
+    if rest and not rest[0].isspace() and rest[0] != "#":
         findings.append(
             Finding("error", f"'slots={slots_text}{rest.split()[0]}' is not a whole number", where)
         )
