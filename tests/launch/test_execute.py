@@ -14,6 +14,7 @@ from natscale.launch.plan import build_plan
 # checks that rule in deepspeed.launcher.runner: importing it here would take seconds)
 _FAKE_RUNNER = """
 import os, sys
+from pathlib import Path
 Path(".deepspeed_env").write_text("MASTER_ADDR=node-c\\nMASTER_PORT=29777\\n")
 DEEPSPEED_ENVIRONMENT_NAME = os.getenv("DS_ENV_FILE", ".deepspeed_env")
 DEEPSPEED_ENVIRONMENT_PATHS = [os.path.expanduser("~"), "."]
