@@ -25,6 +25,7 @@ import json
 import os
 import re
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,10 +181,20 @@ def build_env(
             )
         # openmpi / slurm ranks read these (natscale.train.dist); pdsh ranks get them anyway
         spec.set(key, value, "master")
+    return spec
+
+
+def check_file_values(spec: EnvSpec, path: Path) -> None:
+    """ValueError naming the first variable whose value cannot be a line of the env file at
+    ``path`` (a line break would split it). Only launches that write the file need this: no-ssh
+    and single-node launches set the variables on the ``deepspeed`` process directly."""
     for key, value in spec.values.items():
         if "\n" in value or "\r" in value:
-            raise ValueError(f"{key}: a value with a line break cannot go into .deepspeed_env")
-    return spec
+            raise ValueError(
+                f"{key}: a value with a line break cannot go into {path} (DeepSpeed reads one "
+                f"KEY=VALUE per line); it came from {spec.source.get(key, '?')}: change it, or "
+                "unset it for the launch"
+            )
 
 
 def _unique(items: list[str]) -> list[str]:
@@ -249,4 +260,14 @@ def env_file_text(spec: EnvSpec) -> str:
 
 def write_env_file(path: Path, spec: EnvSpec) -> None:
     """Write atomically (a temp file in the same directory, then rename)."""
+    check_file_values(spec, path)
     atomic_write_text(path, env_file_text(spec))
+
+
+def write_launch_env_file(directory: Path, name: str, text: str) -> Path:
+    """A new file ``NAME.launch-XXXXXXXX`` in ``directory`` holding ``text``, private to one launch
+    (created exclusively, readable by the user only); the caller removes it when the launch ends."""
+    fd, path = tempfile.mkstemp(prefix=f"{name}.launch-", dir=directory)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    return Path(path)

@@ -11,8 +11,8 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from natscale.launch.envfile import write_env_file
-from natscale.launch.plan import LaunchPlan
+from natscale.launch.envfile import write_env_file, write_launch_env_file
+from natscale.launch.plan import LaunchPlan, launch_env_text
 
 _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -24,8 +24,25 @@ def run_plan(plan: LaunchPlan, environ: Mapping[str, str]) -> int:
     group, ranks included, and the ranks are waited for), which stops its ranks (DeepSpeed's
     pdsh runner also kills the remote ones). A launcher killed by signal N gives 128 + N, as a shell does.
     """
+    env = plan.launcher_env(environ)
+    launch_file = None
     if plan.env_file is not None:
         write_env_file(plan.env_file, plan.env)
+        # the runner reads its env file a few seconds after it starts; by then a second launch
+        # from this folder may have rewritten ./.deepspeed_env (its master address, its port):
+        # it gets a copy of its own, with ~/.deepspeed_env's lines first, as it would read them
+        text = launch_env_text(env, plan.env)
+        launch_file = write_launch_env_file(plan.env_file.parent, plan.env_file.name, text)
+        # DeepSpeed reads ~/$DS_ENV_FILE (absent) and ./$DS_ENV_FILE: relative, so it reads it once
+        env["DS_ENV_FILE"] = os.path.relpath(launch_file)
+    try:
+        return _run(plan, env)
+    finally:
+        if launch_file is not None:
+            launch_file.unlink(missing_ok=True)
+
+
+def _run(plan: LaunchPlan, env: dict[str, str]) -> int:
     if plan.options.rank_logs:
         # DeepSpeed's launch.py checks, then creates the directory: two no-ssh nodes sharing a
         # filesystem can race there, and the loser dies before it starts a rank
@@ -35,9 +52,7 @@ def run_plan(plan: LaunchPlan, environ: Mapping[str, str]) -> int:
     # Local and no-ssh runs get a process group of their own, signalled as a whole, and are
     # waited for until every rank has stopped (saved its checkpoint).
     own_group = plan.options.backend in ("local", "no-ssh")
-    proc = subprocess.Popen(
-        plan.deepspeed_argv, env=plan.launcher_env(environ), start_new_session=own_group
-    )
+    proc = subprocess.Popen(plan.deepspeed_argv, env=env, start_new_session=own_group)
 
     def forward(signum, _frame):
         if own_group:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,7 +123,9 @@ def _parse_line(line: str, number: int, where: str, findings: list[Finding]) -> 
         return None
     name, slots_text = match.group(1), match.group(2)
     rest = line[match.end() :]
-    if rest and not rest[0].isspace():  # slots=8x: DeepSpeed reads 8 and ignores the x
+    # slots=8x: DeepSpeed reads 8 and ignores the x; slots=8# rack 1 is a comment (DeepSpeed and
+    # mpirun read 8)
+    if rest and not rest[0].isspace() and rest[0] != "#":
         findings.append(
             Finding("error", f"'slots={slots_text}{rest.split()[0]}' is not a whole number", where)
         )
@@ -174,9 +177,21 @@ def read_hostfile(path: str | os.PathLike) -> tuple[Hostfile | None, list[Findin
     """Read and parse ``path``; (None, [error]) if it cannot be read."""
     shown = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8-sig")  # a BOM is no part of a host name
+        text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         return None, [Finding("error", "hostfile not found (give --hostfile PATH)", shown)]
     except (OSError, UnicodeDecodeError) as exc:
         return None, [Finding("error", f"cannot read the hostfile: {exc}", shown)]
+    if text.startswith("\ufeff"):
+        # DeepSpeed (and mpirun) read the file as it is: the mark becomes part of the first host
+        return None, [
+            Finding(
+                "error",
+                "the hostfile starts with a UTF-8 byte order mark (an editor adds it), which "
+                "DeepSpeed and mpirun read as part of the first host name. Remove it: "
+                f"sed -i '1s/^\\xEF\\xBB\\xBF//' {shlex.quote(shown)} (or save it as UTF-8 "
+                "without BOM)",
+                f"{shown}:1",
+            )
+        ]
     return parse_hostfile(text, shown)

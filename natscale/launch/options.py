@@ -59,11 +59,12 @@ class LaunchOptions:
             ("--deepspeed-args", self.deepspeed_args or None),
             ("--rank-logs", self.rank_logs),
         )
-        for flag, value in flags:
-            if value is not None:
-                argv += [flag, str(value)]
-        for item in self.env:
-            argv += ["--env", item]
+        for flag, value in (*flags, *(("--env", item) for item in self.env)):
+            if value is None:
+                continue
+            text = str(value)
+            # argparse reads a separate word starting with '-' as an option, not as the value
+            argv += [f"{flag}={text}"] if text.startswith("-") else [flag, text]
         if self.command == "selftest":
             argv.append("--selftest")
         return [*argv, "--", *self.command_args]

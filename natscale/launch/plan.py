@@ -12,6 +12,8 @@ from __future__ import annotations
 import itertools
 import os
 import shlex
+import shutil
+import subprocess
 import sys
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -22,6 +24,7 @@ from natscale.launch.envfile import (
     EnvSpec,
     build_env,
     check_env_file_location,
+    check_file_values,
     env_file_path,
     env_file_text,
     parse_env_lines,
@@ -67,6 +70,10 @@ class LaunchPlan:
     )  # .deepspeed_env to write (multi-node runners), or None (env set directly)
     spawn_argv: list[str] | None = None  # pdsh / mpirun / srun command DeepSpeed runs here
     nodes: list[NodeRun] = field(default_factory=list)
+    # pdsh / openmpi / slurm: every variable DeepSpeed's runner exports to the ranks (its own
+    # PYTHON*/MLFLOW*/UCX*/MV2* copies, ~/.deepspeed_env, then plan.env)
+    exports: dict[str, str] = field(default_factory=dict)
+    cwd: Path = field(default_factory=Path.cwd)  # where the launch starts (pdsh: cd there)
 
     @property
     def world_size(self) -> int:
@@ -96,7 +103,15 @@ def build_plan(
     hostfile, active = _resources(opts, environ, findings)
     if active is None:
         return None, findings
-    master = opts.master_addr or (next(iter(active)) if opts.backend != "local" else "127.0.0.1")
+    if opts.backend == "slurm" and not opts.master_addr:
+        slurm = _slurm_order(opts, active, environ, hostfile, findings)
+        if slurm is None:
+            return None, findings
+        active, master = slurm
+    else:
+        master = opts.master_addr or (
+            next(iter(active)) if opts.backend != "local" else "127.0.0.1"
+        )
     if opts.backend == "local" and master not in ("127.0.0.1", "localhost"):
         findings.append(
             Finding("warning", "a single-node launch always uses 127.0.0.1", "--master-addr")
@@ -114,6 +129,7 @@ def build_plan(
         deepspeed_argv=deepspeed_exe() + _deepspeed_args(opts, master, len(active)),
         env=env,
         env_file=env_path,
+        cwd=cwd,
     )
     _add_node_runs(plan, environ)
     return plan, findings
@@ -167,6 +183,94 @@ def _resources(
     return hostfile, None if errors(findings) else active
 
 
+def _slurm_order(
+    opts: LaunchOptions,
+    active: Resources,
+    environ: Mapping[str, str],
+    hostfile: Hostfile | None,
+    findings: list[Finding],
+) -> tuple[Resources, str] | None:
+    """(active hosts in SLURM's order, the master) for the slurm backend; None after an error.
+
+    srun ignores the hostfile's order: it numbers the tasks (SLURM_PROCID) in the job's node
+    order, so rank 0, which listens on MASTER_ADDR, runs on the first node in that order
+    (``scontrol show hostnames $SLURM_JOB_NODELIST``), not on the hostfile's first line.
+    """
+    first = next(iter(active))
+    nodelist = environ.get("SLURM_JOB_NODELIST") or environ.get("SLURM_NODELIST")
+    if not nodelist:
+        findings.append(
+            Finding(
+                "warning",
+                f"not inside a SLURM allocation (no SLURM_JOB_NODELIST), so the master is the "
+                f"hostfile's first host, {first}; srun starts rank 0 on the first node in SLURM's "
+                "order, whatever the hostfile's order. Launch inside the allocation (salloc), "
+                "where natscale takes the master from SLURM's order, or give --master-addr",
+                "--backend slurm",
+            )
+        )
+        return active, first
+    order = _slurm_hostnames(nodelist, environ)
+    if isinstance(order, str):
+        findings.append(Finding("error", order, "--backend slurm"))
+        return None
+    outside = [h for h in active if h not in order]
+    if outside:
+        where = hostfile.where(outside[0]) if hostfile else outside[0]
+        findings.append(
+            Finding(
+                "error",
+                f"{', '.join(outside)} not among this job's nodes ({', '.join(order)}, from "
+                f"SLURM_JOB_NODELIST={nodelist}): srun runs the ranks on the job's nodes, in "
+                "SLURM's order. List them in the hostfile by the names `scontrol show hostnames` "
+                "gives, or give --master-addr (the address of the job's first node)",
+                where,
+            )
+        )
+        return None
+    in_order = OrderedDict((h, active[h]) for h in sorted(active, key=order.index))
+    # with --include/--exclude srun gets --nodelist (the active hosts), else the whole job's nodes
+    master = next(iter(in_order)) if opts.include or opts.exclude else order[0]
+    if master != first:
+        findings.append(
+            Finding(
+                "note",
+                f"master {master}: srun starts rank 0 on the first node in SLURM's order "
+                f"({', '.join(order)}), not on the hostfile's first host ({first})",
+                "--backend slurm",
+            )
+        )
+    return in_order, master
+
+
+def _slurm_hostnames(nodelist: str, environ: Mapping[str, str]) -> list[str] | str:
+    """The job's hosts in SLURM's order (``scontrol show hostnames``), or why they are unknown."""
+    scontrol = shutil.which("scontrol", path=environ.get("PATH"))
+    why = "scontrol is not on PATH"
+    if scontrol is not None:
+        try:
+            proc = subprocess.run(
+                [scontrol, "show", "hostnames", nodelist],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                stdin=subprocess.DEVNULL,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            why = f"scontrol failed: {exc}"
+        else:
+            hosts = proc.stdout.split()
+            if proc.returncode == 0 and hosts:
+                return hosts
+            lines = proc.stderr.strip().splitlines()
+            why = f"scontrol show hostnames failed ({lines[-1] if lines else proc.returncode})"
+    return (
+        f"cannot list this job's nodes in SLURM's order (SLURM_JOB_NODELIST={nodelist}): {why}. "
+        "srun starts rank 0 on the first of them, which must be the master: run on a node with "
+        "the SLURM client, or give --master-addr (the address of the job's first node)"
+    )
+
+
 def _env(
     opts: LaunchOptions,
     environ: Mapping[str, str],
@@ -186,6 +290,8 @@ def _env(
             master_addr=master,
             master_port=opts.master_port,
         )
+        if env_path is not None:
+            check_file_values(env, env_path)
     except (OSError, ValueError) as exc:
         findings.append(Finding("error", str(exc)))
         return None
@@ -306,7 +412,8 @@ def _add_node_runs(plan: LaunchPlan, environ: Mapping[str, str]) -> None:
         return
     runner = _runner(opts.backend, args, world_info, plan.hostfile)
     launcher_env = plan.launcher_env(environ)
-    for key, value in _deepspeed_exports(launcher_env, plan.env).items():
+    plan.exports = _deepspeed_exports(launcher_env, plan.env)
+    for key, value in plan.exports.items():
         runner.add_export(key, value)
     if opts.backend == "pdsh":
         cmd, _kill, _env = runner.get_cmd(dict(launcher_env), plan.active)
@@ -352,10 +459,26 @@ def _runner(backend: str, args, world_info: str, hostfile: Hostfile | None):
     return (OpenMPIRunner if backend == "openmpi" else SlurmRunner)(args, world_info, pool)
 
 
+def launch_env_text(launcher_env: Mapping[str, str], env: EnvSpec) -> str:
+    """The env file lines DeepSpeed's runner exports for this launch, in its order: those of
+    ``~/.deepspeed_env`` (``~/$DS_ENV_FILE``), then those of the ``./.deepspeed_env`` natscale
+    writes. :func:`natscale.launch.execute.run_plan` hands the runner this text as a file of the
+    launch's own (``DS_ENV_FILE``): a second launch from the same folder rewrites
+    ``./.deepspeed_env`` with its own master address while the first runner may not have read it.
+    """
+    name = launcher_env.get("DS_ENV_FILE", ".deepspeed_env")
+    home_file = Path(os.path.expanduser("~")) / name
+    text = ""
+    if home_file.is_file() and home_file.resolve() != (Path.cwd() / name).resolve():
+        home = parse_env_lines(home_file.read_text(encoding="utf-8"), str(home_file))
+        text = "".join(f"{key}={value}\n" for key, value in home.items())
+    return text + env_file_text(env)
+
+
 def _deepspeed_exports(launcher_env: Mapping[str, str], env: EnvSpec) -> dict[str, str]:
     """What ``deepspeed.launcher.runner.main`` exports to remote ranks, in its order: variables
     with its prefixes (PYTHONPATH with the working directory first), ``~/.deepspeed_env``, then
-    the ``./.deepspeed_env`` natscale writes.
+    the ``./.deepspeed_env`` natscale writes (:func:`launch_env_text`).
     """
     from deepspeed.accelerator import get_accelerator
     from deepspeed.launcher.runner import EXPORT_ENVS
@@ -367,11 +490,7 @@ def _deepspeed_exports(launcher_env: Mapping[str, str], env: EnvSpec) -> dict[st
     )
     prefixes = tuple(EXPORT_ENVS + get_accelerator().export_envs())
     exports = {k: v for k, v in env_copy.items() if k.startswith(prefixes)}
-    name = launcher_env.get("DS_ENV_FILE", ".deepspeed_env")
-    home_file = Path(os.path.expanduser("~")) / name
-    if home_file.is_file() and home_file.resolve() != (Path(cwd) / name).resolve():
-        exports.update(parse_env_lines(home_file.read_text(encoding="utf-8"), str(home_file)))
-    exports.update(parse_env_lines(env_file_text(env), ".deepspeed_env"))
+    exports.update(parse_env_lines(launch_env_text(launcher_env, env), ".deepspeed_env"))
     return exports
 
 

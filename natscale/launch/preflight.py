@@ -25,9 +25,14 @@ from natscale.launch.hostfile import LOCAL_NAMES
 from natscale.launch.plan import LaunchPlan
 
 SSH_TIMEOUT_S = 8
-# DeepSpeed's MultiNodeRunner.add_export wraps such values in double quotes: fine in pdsh's
-# remote shell, but mpirun -x and srun --export take the quotes literally
+# DeepSpeed's MultiNodeRunner.add_export wraps such values in double quotes (without escaping
+# what is inside): mpirun -x and srun --export take the quotes literally, and pdsh's remote shell
+# still expands " $ ` \ within them
 _QUOTED_BY_DEEPSPEED = re.compile(r"[^\w@%+=:,./-]")
+# special inside double quotes (pdsh's remote shell), and line breaks; in arguments DeepSpeed
+# escapes " itself
+_SPECIAL_IN_QUOTES = re.compile(r'["$`\\\n\r]')
+_SPECIAL_IN_QUOTED_ARG = re.compile(r"[$`\\\n\r]")
 
 
 _REMOTE_BACKENDS = ("pdsh", "openmpi", "slurm")  # the ranks run on the hostfile's nodes
@@ -59,6 +64,8 @@ def static_checks(plan: LaunchPlan, environ: Mapping[str, str]) -> list[Finding]
         findings += _openmpi_checks(plan, environ)
     if backend in ("openmpi", "slurm"):
         findings += _export_checks(plan)
+    if backend == "pdsh":
+        findings += _pdsh_shell_checks(plan)
     return findings
 
 
@@ -158,15 +165,24 @@ def _openmpi_checks(plan: LaunchPlan, environ: Mapping[str, str]) -> list[Findin
     return findings
 
 
+def _export_source(plan: LaunchPlan, key: str) -> str:
+    if key in plan.env.source:
+        return plan.env.source[key]
+    return "exported by DeepSpeed itself: this node's PYTHON*/MLFLOW*/UCX*/MV2* or ~/.deepspeed_env"
+
+
 def _export_checks(plan: LaunchPlan) -> list[Finding]:
+    """Every variable DeepSpeed exports (plan.exports), not only natscale's own."""
     findings = []
-    for key, value in sorted(plan.env.values.items()):
+    for key, value in sorted(plan.exports.items()):
+        value = value.strip()  # as add_export does
         if _QUOTED_BY_DEEPSPEED.search(value):
             findings.append(
                 Finding(
                     "error",
-                    f"{key}={value!r}: DeepSpeed quotes values with spaces or shell characters, "
-                    f"and {plan.options.backend} passes the quotes on literally. Simplify the value",
+                    f"{key}={value!r} ({_export_source(plan, key)}): DeepSpeed quotes values with "
+                    f"spaces or shell characters, and {plan.options.backend} passes the quotes on "
+                    "literally. Simplify the value, or unset it for the launch",
                     "environment",
                 )
             )
@@ -174,11 +190,84 @@ def _export_checks(plan: LaunchPlan) -> list[Finding]:
             findings.append(
                 Finding(
                     "error",
-                    f"{key}={value!r}: srun --export=ALL,KEY=VALUE,... splits values at commas",
+                    f"{key}={value!r} ({_export_source(plan, key)}): srun "
+                    "--export=ALL,KEY=VALUE,... splits values at commas. Simplify the value, or "
+                    "unset it for the launch",
                     "environment",
                 )
             )
     return findings
+
+
+def _pdsh_shell_checks(plan: LaunchPlan) -> list[Finding]:
+    """DeepSpeed's pdsh runner joins the remote command's words unquoted (``export K=V; cd DIR;
+    PYTHON -u -m deepspeed.launcher.launch ... ARGS``) and the remote shell reads them: a path
+    or argument with shell characters breaks there, though the dry run looks fine."""
+    findings = []
+    opts = plan.options
+    paths = [("the working directory", str(plan.cwd)), ("the Python", sys.executable)]
+    if "--venv_script" in plan.deepspeed_argv:
+        i = plan.deepspeed_argv.index("--venv_script")
+        paths.append(("the venv's activate script", plan.deepspeed_argv[i + 1]))
+    if opts.rank_logs:
+        paths.append(("--rank-logs", opts.rank_logs))
+    paths.append(("the master address", plan.master_addr))
+    for what, value in paths:
+        bad = _unsafe(value)
+        if bad:
+            findings.append(
+                Finding(
+                    "error",
+                    f"{what} {value!r} holds {_describe(bad)}: DeepSpeed's pdsh runner puts it unquoted into "
+                    "the command the remote shell runs, which breaks there. Use a path of "
+                    "letters, digits and @%+=:,./- only (launch from / install into such a "
+                    "folder), or use --backend no-ssh",
+                    "--backend pdsh",
+                )
+            )
+    for arg in opts.command_args:
+        # DeepSpeed's pdsh runner wraps an argument with a space in "..." (escaping " only)
+        bad = _SPECIAL_IN_QUOTED_ARG.findall(arg) if " " in arg else _unsafe(arg)
+        if bad:
+            findings.append(
+                Finding(
+                    "error",
+                    f"argument {arg!r} holds {_describe(bad)}: DeepSpeed's pdsh runner passes it "
+                    "to the remote shell, which would change it (it quotes only arguments with a "
+                    'space, in "...", where $ ` \\ still act). Avoid those characters, or use '
+                    "--backend no-ssh",
+                    "after --",
+                )
+            )
+    for key, value in sorted(plan.exports.items()):
+        bad = _SPECIAL_IN_QUOTES.findall(value.strip())
+        if bad:
+            findings.append(
+                Finding(
+                    "error",
+                    f"{key}={value!r} ({_export_source(plan, key)}) holds {_describe(bad)}: pdsh "
+                    f'runs export {key}="..." in the remote shell, where " $ ` \\ act inside the '
+                    "quotes. Simplify the value, or unset it for the launch",
+                    "environment",
+                )
+            )
+    return findings
+
+
+def _unsafe(word: str) -> list[str]:
+    """What a shell would act on in ``word`` unquoted (an empty word vanishes altogether)."""
+    return _QUOTED_BY_DEEPSPEED.findall(word) if word else [""]
+
+
+def _describe(chars: list[str]) -> str:
+    names = {
+        "": "nothing (an empty word vanishes)",
+        " ": "a space",
+        "\t": "a tab",
+        "\n": "a line break",
+        "\r": "a line break",
+    }
+    return ", ".join(dict.fromkeys(names.get(c, repr(c)) for c in chars))
 
 
 # ---- probes: they look at this node and the network ------------------------------------------

@@ -18,15 +18,32 @@ import sys
 from dataclasses import dataclass
 from typing import NoReturn
 
-# launcher-specific rank variables -> (RANK, WORLD_SIZE, LOCAL_RANK)
+# launcher-specific rank variables -> (RANK, WORLD_SIZE, (LOCAL_RANK, ...)): Open MPI, PMI
+# (MPICH's Hydra: MPI_LOCALRANKID; Cray PALS: PMI_LOCAL_RANK, PALS_LOCAL_RANKID), srun, MVAPICH2
 _RANK_SOURCES = (
-    ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK"),
-    ("PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID"),
-    ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"),
+    ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", ("OMPI_COMM_WORLD_LOCAL_RANK",)),
+    ("PMI_RANK", "PMI_SIZE", ("MPI_LOCALRANKID", "PMI_LOCAL_RANK", "PALS_LOCAL_RANKID")),
+    ("SLURM_PROCID", "SLURM_NTASKS", ("SLURM_LOCALID",)),
+    ("MV2_COMM_WORLD_RANK", "MV2_COMM_WORLD_SIZE", ("MV2_COMM_WORLD_LOCAL_RANK",)),
 )
 # where LOCAL_RANK comes from when the rank source has none of its own: srun's PMI-2 plugin sets
 # PMI_RANK/PMI_SIZE but not MPI_LOCALRANKID, and SLURM_LOCALID next to them
-_LOCAL_RANK_VARS = ("SLURM_LOCALID", "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID")
+_LOCAL_RANK_VARS = (
+    "SLURM_LOCALID",
+    "OMPI_COMM_WORLD_LOCAL_RANK",
+    "MPI_LOCALRANKID",
+    "PMI_LOCAL_RANK",
+    "PALS_LOCAL_RANKID",
+    "MV2_COMM_WORLD_LOCAL_RANK",
+)
+# ranks on this node: 1 means LOCAL_RANK 0 even where no local rank is given
+_LOCAL_SIZE_VARS = (
+    "OMPI_COMM_WORLD_LOCAL_SIZE",
+    "MPI_LOCALNRANKS",
+    "PMI_LOCAL_SIZE",
+    "MV2_COMM_WORLD_LOCAL_SIZE",
+    "SLURM_NTASKS_PER_NODE",
+)
 # DeepSpeed's CPU shm all-reduce segment, one per rank (csrc/cpu/comm/shm.cpp: 66 MiB each)
 _SHM_BUFFER = "/dev/shm/deepspeed_allreduce_buffer_{uid}_{addr}_{port}_{rank}"
 _STARTED = False  # init_distributed ran in this process (see exit_process)
@@ -34,7 +51,7 @@ _STARTED = False  # init_distributed ran in this process (see exit_process)
 
 class LaunchEnvError(ValueError):
     """The launcher's variables describe a world these ranks cannot join (no MASTER_ADDR for
-    several nodes)."""
+    several nodes, no local rank for several ranks)."""
 
 
 @dataclass(frozen=True)
@@ -52,26 +69,37 @@ def map_rank_env(environ: dict[str, str] | os._Environ = os.environ) -> None:
     gets a free loopback port, so single-process runs on a shared machine never collide on 29500.
     MASTER_ADDR defaults to 127.0.0.1 only on one node: ranks that mpirun / srun started on
     several nodes without it raise LaunchEnvError (each node's loopback would be its own master).
+    So do several ranks whose launcher gives no local rank (each would take device 0), unless it
+    says this node runs one rank.
     """
     alone = False
-    source: tuple[str, str, str] | None = None
+    source: tuple[str, str, tuple[str, ...]] | None = None
     if "RANK" not in environ:
-        for rank_var, size_var, local_var in _RANK_SOURCES:
+        for rank_var, size_var, local_vars in _RANK_SOURCES:
             if rank_var in environ and size_var in environ:
                 environ["RANK"] = environ[rank_var]
                 environ["WORLD_SIZE"] = environ[size_var]
-                source = (rank_var, size_var, local_var)
+                source = (rank_var, size_var, local_vars)
                 break
         else:
             environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
             alone = True
     if "LOCAL_RANK" not in environ:
-        local_vars = (source[2],) if source else ()
+        local_vars = source[2] if source else ()
         for var in (*local_vars, *_LOCAL_RANK_VARS):
             if var in environ:
                 environ["LOCAL_RANK"] = environ[var]
                 break
         else:
+            if source is not None and not _one_per_node(environ):
+                rank_var, size_var, _ = source
+                raise LaunchEnvError(
+                    f"{rank_var}={environ[rank_var]} of {size_var}={environ[size_var]}, but no "
+                    f"local rank ({', '.join(dict.fromkeys((*local_vars, *_LOCAL_RANK_VARS)))}): "
+                    "every rank of a node would take device 0. Export LOCAL_RANK (each rank's "
+                    "index on its node) to every rank, or start the job with natscale launch "
+                    "or another launcher that sets it"
+                )
             environ["LOCAL_RANK"] = "0"
     if source is not None and "MASTER_ADDR" not in environ:
         nodes = _several_nodes(environ, source[0])
@@ -102,13 +130,24 @@ def _several_nodes(environ: dict[str, str] | os._Environ, rank_var: str) -> str 
 
     if rank_var == "OMPI_COMM_WORLD_RANK":
         return differ("OMPI_COMM_WORLD_LOCAL_SIZE", "OMPI_COMM_WORLD_SIZE")
+    if rank_var == "MV2_COMM_WORLD_RANK":
+        return differ("MV2_COMM_WORLD_LOCAL_SIZE", "MV2_COMM_WORLD_SIZE")
     if rank_var == "PMI_RANK" and "SLURM_PROCID" not in environ:
-        return differ("MPI_LOCALNRANKS", "PMI_SIZE")  # MPICH's Hydra
+        # MPICH's Hydra, Cray PALS
+        return differ("MPI_LOCALNRANKS", "PMI_SIZE") or differ("PMI_LOCAL_SIZE", "PMI_SIZE")
     for var in ("SLURM_STEP_NUM_NODES", "SLURM_NNODES"):  # srun: this step's nodes first
         value = environ.get(var, "")
         if value.isdigit():
             return f"{var}={value}" if int(value) > 1 else None
     return None
+
+
+def _one_per_node(environ: dict[str, str] | os._Environ) -> bool:
+    """Whether the launcher says this node runs one rank, or the world is one rank."""
+    if environ.get("WORLD_SIZE") == "1":
+        return True
+    # SLURM_NTASKS_PER_NODE may read "1(x4)": one task on each of 4 nodes
+    return any(environ.get(var, "").split("(")[0] == "1" for var in _LOCAL_SIZE_VARS)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

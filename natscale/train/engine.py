@@ -37,6 +37,8 @@ _LOCAL_SIZE_SOURCES = (
     "LOCAL_WORLD_SIZE",
     "OMPI_COMM_WORLD_LOCAL_SIZE",
     "MPI_LOCALNRANKS",
+    "PMI_LOCAL_SIZE",
+    "MV2_COMM_WORLD_LOCAL_SIZE",
     "SLURM_NTASKS_PER_NODE",
 )
 
@@ -53,7 +55,7 @@ def export_local_size(environ: dict[str, str] | os._Environ = os.environ) -> Non
         if environ.get(name, "").isdigit():
             environ["LOCAL_SIZE"] = environ[name]
             return
-    launched = ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "SLURM_PROCID")
+    launched = ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "SLURM_PROCID", "MV2_COMM_WORLD_RANK")
     if not any(name in environ for name in launched) or environ.get("WORLD_SIZE") == "1":
         environ["LOCAL_SIZE"] = "1"  # a job of one
 

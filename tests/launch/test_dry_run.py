@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -39,7 +40,7 @@ BACKENDS = {
 # variables that would leak this machine's environment into the output
 _DROP = (
     "NCCL", "GLOO_", "HF_", "TORCH_", "TRANSFORMERS_", "NATSCALE_", "PYTHON", "MLFLOW", "MV2",
-    "UCX", "DS_", "CUDA_", "OMP_", "TOKENIZERS_", "LD_LIBRARY_PATH", "VIRTUAL_ENV", "PDSH_",
+    "UCX", "DS_", "CUDA_", "OMP_", "TOKENIZERS_", "LD_LIBRARY_PATH", "VIRTUAL_ENV", "PDSH_", "SLURM_",
 )  # fmt: skip
 
 
@@ -243,7 +244,16 @@ def test_exclude_leaving_no_host_is_refused(run_dir: Path, capsys):
         assert "error: --exclude: this leaves no host and no slot of hosts to launch on" in err
 
 
-def test_hostfile_with_a_byte_order_mark(run_dir: Path, capsys):
+def test_hostfile_with_a_byte_order_mark_is_refused_with_how_to_remove_it(run_dir: Path, capsys):
+    """DeepSpeed gets the hostfile's path and reads the mark as part of the first host name
+    ('\ufeffnode-a'): the dry run said OK, then the launch failed."""
     (run_dir / "hosts").write_bytes(b"\xef\xbb\xbf" + HOSTS.encode())
+    code = main(["launch", "--hostfile", "hosts", "--ifname", "eth1", "--dry-run", "run.yaml"])
+    out, err = capsys.readouterr()
+    assert code == 2 and "launch: refused (1 error(s), pdsh)" in out
+    assert "error: hosts:1: the hostfile starts with a UTF-8 byte order mark" in err
+    fix = err.split("Remove it: ")[1].split(" (or save")[0]
+    subprocess.run(fix, shell=True, check=True, cwd=run_dir)  # the command it gives works
+    assert (run_dir / "hosts").read_text() == HOSTS
     text = _dry_run("pdsh", capsys, run_dir)
-    assert "\ufeff" not in text and "pdsh -S -f 1024 -w node-a,node-b" in text
+    assert "pdsh -S -f 1024 -w node-a,node-b" in text

@@ -8,6 +8,7 @@ from natscale.launch.envfile import (
     MARK,
     build_env,
     check_env_file_location,
+    check_file_values,
     env_file_text,
     parse_env_lines,
     python_bin,
@@ -69,12 +70,30 @@ def test_precedence_user_file_then_ifname_then_env():
         (["1BAD=x"], "expected KEY=VALUE or KEY"),
         (["NOT_SET_HERE"], "--env NOT_SET_HERE: not set on this node"),
         (["MASTER_PORT=1234"], "contradicts the launch's 29500; use --master-port"),
-        (["X=a\nb"], "X: a value with a line break"),
     ],
 )
 def test_bad_env_items(explicit, message):
     with pytest.raises(ValueError, match=message):
         _build(explicit=explicit)
+
+
+def test_a_line_break_is_refused_only_where_an_env_file_is_written(tmp_path):
+    # no-ssh and single-node launches set the variables on the deepspeed process: any value goes
+    spec = build_env(
+        {**ENVIRON, "NATSCALE_HOSTS": "node-a\nnode-b"},
+        user_file={},
+        ifname=None,
+        explicit=["X=a\rb"],
+        master_addr="node-a",
+        master_port=29500,
+    )
+    assert spec.values["NATSCALE_HOSTS"] == "node-a\nnode-b"
+    path = tmp_path / ".deepspeed_env"
+    with pytest.raises(ValueError, match=r"NATSCALE_HOSTS: a value with a line break .*this node"):
+        check_file_values(spec, path)
+    with pytest.raises(ValueError, match="a value with a line break"):
+        write_env_file(path, spec)
+    assert not path.exists()
 
 
 def test_written_file_is_regenerated_but_a_hand_edited_one_is_merged(tmp_path):

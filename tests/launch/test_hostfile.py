@@ -13,6 +13,7 @@ GOOD = """\
 node-a slots=8
 
 node-b\tslots=4   # inline comment
+node-c slots=2# rack 1, no space before the comment
 """
 
 
@@ -24,9 +25,10 @@ def test_good_hostfile_matches_deepspeeds_parser():
     assert [(h.name, h.slots, h.line) for h in hostfile.hosts] == [
         ("node-a", 8, 2),
         ("node-b", 4, 4),
+        ("node-c", 2, 5),
     ]
     assert hostfile.resource_pool() == _parse_hostfile(GOOD.splitlines(keepends=True))
-    assert hostfile.resource_pool() == OrderedDict([("node-a", 8), ("node-b", 4)])
+    assert hostfile.resource_pool() == OrderedDict([("node-a", 8), ("node-b", 4), ("node-c", 2)])
     assert hostfile.where("node-b") == "hosts:4"
 
 

@@ -25,6 +25,17 @@ from natscale.launch.options import LaunchOptions
             master_port=29611,
         ),
         LaunchOptions([], command="selftest", backend="pdsh", hostfile="hosts", nodes=2),
+        # values starting with '-' (the no-ssh dry run printed `--deepspeed-args
+        # --bind_cores_to_rank`, which argparse refuses)
+        LaunchOptions(
+            ["run.yaml"],
+            backend="no-ssh",
+            hostfile="-hosts",
+            node_rank=0,
+            deepspeed_args="--bind_cores_to_rank",
+            launcher_args="-x",
+            rank_logs="-logs",
+        ),
     ],
 )
 def test_cli_argv_parses_back_to_the_same_options(opts):

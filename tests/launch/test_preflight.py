@@ -231,3 +231,122 @@ def test_device_uuids_in_cuda_visible_devices_are_refused_not_a_traceback(cli, m
     assert f"error: {var}=GPU-5f3c,GPU-9a1b: deepspeed's launcher takes only device numbers" in err
     code, _, err = cli("--gpus-per-node", "1", "--dry-run", "--selftest")  # numbers 0..N-1
     assert code == 0, err
+
+
+def test_a_line_break_in_a_variable_is_refused_only_where_an_env_file_is_written(
+    cli, tmp_path, monkeypatch
+):
+    """no-ssh and single-node launches pass the variables to the deepspeed process itself
+    (launcher/slurm/train.sbatch's tasks once exported a newline-separated host list)."""
+    monkeypatch.setenv("NATSCALE_HOSTS", "node-a\nnode-b")
+    hosts = _hostfile(tmp_path, "node-a slots=1\nnode-b slots=1\n")
+    code, out, err = cli("--hostfile", hosts, "--node-rank", "1", "--dry-run", "--selftest")
+    assert code == 0 and "dry run OK (no-ssh" in out, err
+    code, out, err = cli("--gpus-per-node", "1", "--dry-run", "--selftest")
+    assert code == 0, err
+    code, out, err = cli("--hostfile", hosts, "--dry-run", "--selftest")
+    assert code == 2 and "launch: refused (1 error(s), pdsh)" in out
+    assert "error: NATSCALE_HOSTS: a value with a line break cannot go into" in err
+
+
+def _fake_scontrol(tmp_path, monkeypatch, *hosts: str) -> None:
+    """`scontrol show hostnames LIST` printing ``hosts`` (SLURM's order) first on PATH."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    script = bin_dir / "scontrol"
+    lines = "".join(f"echo {h}\n" for h in hosts)
+    script.write_text(f'#!/bin/sh\n[ "$1 $2" = "show hostnames" ] || exit 1\n{lines}')
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+
+
+def test_slurm_master_is_the_first_node_in_slurms_order_not_the_hostfiles(
+    cli, tmp_path, monkeypatch
+):
+    """srun numbers its tasks in the job's node order: with `gpu2` on the hostfile's first line,
+    rank 0 ran on gpu1 while every rank waited for a master on gpu2."""
+    _fake_scontrol(tmp_path, monkeypatch, "gpu1", "gpu2")
+    monkeypatch.setenv("SLURM_JOB_NODELIST", "gpu[1-2]")
+    hosts = _hostfile(tmp_path, "gpu2 slots=2\ngpu1 slots=2\n")
+    slurm = ["--hostfile", hosts, "--backend", "slurm", "--dry-run", "--selftest"]
+    code, out, err = cli(*slurm)
+    assert code == 0, err
+    assert "master gpu1:29500" in out and ",MASTER_ADDR=gpu1," in out
+    assert "note: --backend slurm: master gpu1: srun starts rank 0 on the first node" in err
+    assert f"node 0: gpu1, slots 0,1, ranks 0-1  ({hosts}:2)" in out
+    # --include: srun gets --nodelist, and rank 0 runs on the first of those in SLURM's order
+    code, out, err = cli(*slurm, "--include", "gpu2")
+    assert code == 0 and "master gpu2:29500" in out, err
+    code, out, err = cli(*slurm, "--master-addr", "10.0.0.1")  # given: taken as it is
+    assert code == 0 and "master 10.0.0.1:29500" in out and "note: --backend slurm" not in err
+    # hosts that are not the job's nodes, or no scontrol: refused, not a hang
+    hosts = _hostfile(tmp_path, "gpu1 slots=2\ngpu9 slots=2\n")
+    code, out, err = cli("--hostfile", hosts, *slurm[2:])
+    assert code == 2 and "launch: refused (1 error(s), slurm)" in out
+    assert f"error: {hosts}:2: gpu9 not among this job's nodes (gpu1, gpu2, from" in err
+    monkeypatch.setenv("PATH", "/nonexistent")
+    code, out, err = cli(*slurm)
+    assert code == 2 and "cannot list this job's nodes in SLURM's order" in err
+    assert "scontrol is not on PATH" in err and "or give --master-addr" in err
+    # outside an allocation: the hostfile's first host, with a warning that says so
+    monkeypatch.delenv("SLURM_JOB_NODELIST")
+    monkeypatch.delenv("SLURM_NODELIST", raising=False)
+    code, out, err = cli(*slurm)
+    assert code == 0 and "master gpu1:29500" in out
+    assert "warning: --backend slurm: not inside a SLURM allocation" in err
+
+
+def test_pdsh_refuses_what_its_remote_shell_would_break(cli, tmp_path, monkeypatch):
+    """DeepSpeed's pdsh runner joins the remote command unquoted (`cd /tmp/x/my run;` -> cd: too
+    many arguments) and wraps values in "..." where $ ` \\ " still act (`cost$5` -> `cost`); the
+    dry run said OK."""
+    hosts = _hostfile(tmp_path, "node-a slots=1\nnode-b slots=1\n")
+    folder = tmp_path / "my run"
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    pdsh = ["--hostfile", hosts, "--dry-run", "--selftest"]
+    code, out, err = cli(*pdsh)
+    assert code == 2 and "launch: refused (1 error(s), pdsh" in out
+    assert f"error: --backend pdsh: the working directory '{folder}' holds a space" in err
+    monkeypatch.chdir(tmp_path)
+    for value, shown in (('a"b', "'\"'"), ("cost$5", "'$'"), ("a`b`", "'`'"), ("a\\b", "'\\\\'")):
+        code, out, err = cli(*pdsh[:-1], "--env", f"NATSCALE_NOTE={value}", "--selftest")
+        assert code == 2 and "launch: refused (1 error(s), pdsh" in out, value
+        assert f"error: environment: NATSCALE_NOTE={value!r} (--env) holds {shown}: pdsh" in err
+    code, _, err = cli(*pdsh, "--", "--lr", "1e-3;x")
+    assert "error: after --: argument '1e-3;x' holds ';': DeepSpeed's pdsh runner" in err
+    code, _, err = cli(*pdsh, "--", "--lr", "1 $HOME")
+    assert "error: after --: argument '1 $HOME' holds '$'" in err
+    code, _, err = cli(*pdsh, "--", "--lr", 'a "b"')  # DeepSpeed escapes " in "...": fine
+    assert "argument 'a \"b\"'" not in err
+    # a value with spaces is fine in "..."; no-ssh has no remote shell at all
+    code, _, err = cli(*pdsh[:-1], "--env", "NATSCALE_NOTE=a b", "--selftest")
+    assert code == 0, err
+    code, _, err = cli(
+        *pdsh[:-1], "--node-rank", "0", "--env", "NATSCALE_NOTE=cost$5", "--selftest"
+    )
+    assert code == 0, err
+
+
+def test_openmpi_and_slurm_check_what_deepspeed_exports_itself(cli, tmp_path, monkeypatch):
+    """DeepSpeed's runner also exports this node's PYTHON*/MLFLOW*/UCX*/MV2* variables and
+    ~/.deepspeed_env: quotes reached mpirun literally, srun split a value at its comma."""
+    hosts = _hostfile(tmp_path, "node-a slots=1\nnode-b slots=1\n")
+    mpi = ["--hostfile", hosts, "--backend", "openmpi", "--launcher-args=--allow-run-as-root"]
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "nat sweep")
+    code, out, err = cli(*mpi, "--ifname", "lo", "--dry-run", "--selftest")
+    assert code == 2 and "launch: refused (1 error(s), openmpi" in out
+    assert "error: environment: MLFLOW_EXPERIMENT_NAME='nat sweep' (exported by DeepSpeed" in err
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME")
+    monkeypatch.setenv("PYTHONWARNINGS", "ignore,default")
+    slurm = ["--hostfile", hosts, "--backend", "slurm", "--dry-run", "--selftest"]
+    code, out, err = cli(*slurm)
+    assert code == 2 and "launch: refused (1 error(s), slurm" in out
+    assert "error: environment: PYTHONWARNINGS='ignore,default' (exported by DeepSpeed" in err
+    assert "splits values at commas" in err
+    monkeypatch.delenv("PYTHONWARNINGS")
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    (home / ".deepspeed_env").write_text("UCX_NOTE=a b\n")
+    code, _, err = cli(*slurm)
+    assert code == 2 and "error: environment: UCX_NOTE='a b' (exported by DeepSpeed" in err

@@ -90,6 +90,70 @@ def test_run_node_starts_the_no_ssh_launch_of_its_node(tmp_path: Path):
     )
 
 
+_FAKE_SCONTROL = """#!/bin/bash
+# fake: scontrol show hostnames LIST (the allocation's hosts, one a line, in SLURM's order)
+[ "$1 $2" = "show hostnames" ] || exit 1
+printf 'node-a\\nnode-b\\n'
+"""
+_FAKE_SRUN = """#!/bin/bash
+# fake srun: the command once per node, all at once, as SLURM_NODEID 0 and 1
+while [[ $1 == --* ]]; do shift; done
+for id in 0 1; do
+  SLURM_NODEID=$id SLURM_PROCID=$id SLURM_LOCALID=0 "$@" >"$TMPDIR/task$id.out" 2>&1 &
+done
+code=0
+for job in $(jobs -p); do wait "$job" || code=$?; done
+cat "$TMPDIR/task0.out" "$TMPDIR/task1.out"
+exit $code
+"""
+
+
+@pytest.mark.slow  # two dry runs at once: about 30 s on 2 busy cores
+def test_slurm_batch_script_launches_every_node_of_a_two_node_allocation(tmp_path: Path):
+    """Each task writes its hostfile and runs the no-ssh launch; the host list (one a line) once
+    travelled in NATSCALE_NODES, which natscale copies to the ranks: every 2-node job was refused."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in (("scontrol", _FAKE_SCONTROL), ("srun", _FAKE_SRUN)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    save_rows(pack_greedy(make_segments(12, seed=0), 64), tmp_path / "data")
+    write_model_config(tmp_path / "model")
+    write_run_config(
+        tmp_path / "run.yaml",
+        data_dir=Path("data"),
+        model_config=Path("model/config.json"),
+        out=Path("out"),
+    )
+    env = _env(
+        SLURM_JOB_NODELIST="node-[a-b]",
+        SLURM_JOB_ID="1234",
+        SLURM_JOB_NUM_NODES="2",
+        IFNAME="lo",
+        NATSCALE_LAUNCH_ARGS="--dry-run",
+        TMPDIR=str(tmp_path),
+        HOME=str(tmp_path / "home"),
+    )
+    env["PATH"] = f"{bin_dir}:{env['PATH']}"
+    proc = subprocess.run(
+        ["bash", str(LAUNCHER / "slurm" / "train.sbatch"), "run.yaml"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "natscale: 2 node(s) x 1, master node-a:21234" in out
+    assert out.count("launch: dry run OK (no-ssh, 2 node(s), 2 rank(s)") == 2, out
+    for rank in (0, 1):
+        assert f"--no_ssh --node_rank {rank} --module natscale.cli train run.yaml" in out
+        hostfile = tmp_path / f"natscale-hosts.1234.{rank}"
+        assert hostfile.read_text() == "node-a slots=1\nnode-b slots=1\n"
+    assert "NATSCALE_NODES" not in out
+
+
 @pytest.mark.parametrize(
     ("hostfile", "message"),
     [(None, "run.sh: cannot read hostfile"), ("# nothing\n", "lists no 'HOST slots=N' line")],

@@ -73,29 +73,47 @@ def test_srun_with_pmi2_keeps_each_rank_on_its_own_device():
     "env",
     [
         {"SLURM_PROCID": "3", "SLURM_NTASKS": "8", "SLURM_LOCALID": "3", "SLURM_NNODES": "2"},
-        {"PMI_RANK": "3", "PMI_SIZE": "8", "SLURM_PROCID": "3", "SLURM_STEP_NUM_NODES": "2"},
+        {
+            "PMI_RANK": "3",
+            "PMI_SIZE": "8",
+            "SLURM_PROCID": "3",
+            "SLURM_LOCALID": "3",
+            "SLURM_STEP_NUM_NODES": "2",
+        },
         {
             "OMPI_COMM_WORLD_RANK": "3",
             "OMPI_COMM_WORLD_SIZE": "8",
             "OMPI_COMM_WORLD_LOCAL_RANK": "3",
             "OMPI_COMM_WORLD_LOCAL_SIZE": "4",
         },
-        {"PMI_RANK": "3", "PMI_SIZE": "8", "MPI_LOCALNRANKS": "4"},
+        {"PMI_RANK": "3", "PMI_SIZE": "8", "MPI_LOCALRANKID": "3", "MPI_LOCALNRANKS": "4"},
+        {"PMI_RANK": "5", "PMI_SIZE": "8", "PMI_LOCAL_RANK": "1", "PMI_LOCAL_SIZE": "4"},
+        {
+            "MV2_COMM_WORLD_RANK": "3",
+            "MV2_COMM_WORLD_SIZE": "8",
+            "MV2_COMM_WORLD_LOCAL_RANK": "1",
+            "MV2_COMM_WORLD_LOCAL_SIZE": "4",
+        },
     ],
-    ids=["slurm", "srun-pmi2", "openmpi", "hydra"],
+    ids=["slurm", "srun-pmi2", "openmpi", "hydra", "cray-pals", "mvapich2"],
 )
 def test_a_multi_node_world_without_master_addr_is_an_error_not_a_hang(env):
     with pytest.raises(LaunchEnvError, match=r"MASTER_ADDR is not set.*natscale launch"):
         map_rank_env(dict(env))
     env = {**env, "MASTER_ADDR": "node-a"}
     map_rank_env(env)
-    assert (env["RANK"], env["WORLD_SIZE"], env["MASTER_ADDR"]) == ("3", "8", "node-a")
+    assert (env["RANK"], env["WORLD_SIZE"], env["MASTER_ADDR"]) == (
+        env.get("PMI_RANK", "3"),
+        "8",
+        "node-a",
+    )
 
 
 def test_one_node_or_a_single_process_in_a_multi_node_allocation_keeps_loopback():
     one_node = {
         "OMPI_COMM_WORLD_RANK": "1",
         "OMPI_COMM_WORLD_SIZE": "4",
+        "OMPI_COMM_WORLD_LOCAL_RANK": "1",
         "OMPI_COMM_WORLD_LOCAL_SIZE": "4",
         "SLURM_NNODES": "2",  # mpirun inside a 2-node allocation, all ranks on this node
     }
@@ -110,10 +128,65 @@ def test_the_command_reports_a_multi_node_world_without_master_addr(monkeypatch,
     import natscale.cli.selftest
     from natscale.cli.main import main
 
-    env = {"SLURM_PROCID": "0", "SLURM_NTASKS": "2", "SLURM_NNODES": "2"}
+    env = {"SLURM_PROCID": "0", "SLURM_NTASKS": "2", "SLURM_LOCALID": "0", "SLURM_NNODES": "2"}
     monkeypatch.setattr(natscale.cli.selftest, "run", lambda args: map_rank_env(env))
     assert main(["selftest"]) == 2  # each rank says why and exits, before any process group
     assert "natscale selftest: MASTER_ADDR is not set" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        # Cray PALS (PBS mpiexec): PMI_* with PMI_LOCAL_RANK, or PALS_LOCAL_RANKID
+        (
+            {
+                "PMI_RANK": "5",
+                "PMI_SIZE": "8",
+                "PMI_LOCAL_RANK": "1",
+                "PMI_LOCAL_SIZE": "4",
+                "MASTER_ADDR": "n0",
+            },
+            ("5", "8", "1"),
+        ),
+        ({"PMI_RANK": "6", "PMI_SIZE": "8", "PALS_LOCAL_RANKID": "2"}, ("6", "8", "2")),
+        # MVAPICH2's mpirun_rsh
+        (
+            {
+                "MV2_COMM_WORLD_RANK": "1",
+                "MV2_COMM_WORLD_SIZE": "2",
+                "MV2_COMM_WORLD_LOCAL_RANK": "1",
+                "MV2_COMM_WORLD_LOCAL_SIZE": "2",
+            },
+            ("1", "2", "1"),
+        ),
+        # no local rank, but one rank per node: device 0 is right
+        (
+            {"PMI_RANK": "1", "PMI_SIZE": "2", "PMI_LOCAL_SIZE": "1", "MASTER_ADDR": "n0"},
+            ("1", "2", "0"),
+        ),
+    ],
+    ids=["pals", "pals-rankid", "mvapich2", "one-per-node"],
+)
+def test_cray_pals_and_mvapich2_ranks_are_mapped(env, expected):
+    """PALS' local rank was unknown (LOCAL_RANK fell back to 0: every rank on device 0) and
+    MVAPICH2's ranks were each a world of one (RANK=0 WORLD_SIZE=1)."""
+    map_rank_env(env)
+    assert (env["RANK"], env["WORLD_SIZE"], env["LOCAL_RANK"]) == expected
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"PMI_RANK": "5", "PMI_SIZE": "8", "MASTER_ADDR": "n0"},
+        {"MV2_COMM_WORLD_RANK": "1", "MV2_COMM_WORLD_SIZE": "2"},
+    ],
+)
+def test_several_ranks_without_a_local_rank_is_an_error_not_device_0_for_all(env):
+    with pytest.raises(LaunchEnvError, match=r"but no local rank \(.*Export LOCAL_RANK"):
+        map_rank_env(dict(env))
+    env = {**env, "LOCAL_RANK": "1", "MASTER_ADDR": "n0"}  # given: taken as it is
+    map_rank_env(env)
+    assert env["LOCAL_RANK"] == "1"
 
 
 def test_exit_process_runs_atexit_handlers_flushes_and_keeps_the_code():
