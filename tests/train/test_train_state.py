@@ -397,7 +397,7 @@ def test_flops_model_of_sliding_window_layers():
     config = AutoConfig.for_model("gemma3_text", **dims)
     assert config.layer_types.count("sliding_attention") == 6
     flops = FlopsModel.from_model(AutoModelForCausalLM.from_config(config), config)
-    assert flops.attn_layers == (("full", None, 1), ("sliding", 4, 6))
+    assert flops.attn_layers == (("full", None, 1, 1), ("sliding", 4, 6, 1))
     lengths = np.array([3, 10])
     assert flops.layer_sum_sq(lengths) == 1 * (9 + 100) + 6 * (9 + 64)
     got = flops.step_flops(
@@ -406,9 +406,37 @@ def test_flops_model_of_sliding_window_layers():
     assert got < flops.step_flops(nonpad=13, trained=5, sum_sq_segment_len=109)
     mistral = AutoConfig.for_model("mistral", **dims)  # no layer_types: every layer slides
     model = AutoModelForCausalLM.from_config(mistral)
-    assert FlopsModel.from_model(model, mistral).attn_layers == (("sliding", 4, 7),)
+    assert FlopsModel.from_model(model, mistral).attn_layers == (("sliding", 4, 7, 1),)
     llama = AutoConfig.for_model(
         "llama", **{k: v for k, v in dims.items() if k != "sliding_window"}
     )
     plain = FlopsModel.from_model(AutoModelForCausalLM.from_config(llama), llama)
     assert plain.layer_sum_sq(lengths) == 7 * 109  # every layer full, as step_flops assumes
+
+
+def test_flops_model_of_layers_whose_head_size_differs():
+    """Gemma 4: a sliding layer's heads are head_dim wide, a full layer's global_head_dim
+    (256 and 512 in the released models); transformers 5 keeps them in per_layer_config and
+    reading config.head_dim raised, so `natscale train` crashed on every Gemma 4 model."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model(
+        "gemma4_text", vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=8, global_head_dim=16,
+        sliding_window=4, vocab_size_per_layer_input=96, hidden_size_per_layer_input=8,
+        layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+        attn_implementation="eager",
+    )  # fmt: skip
+    model = AutoModelForCausalLM.from_config(config).eval()
+    flops = FlopsModel.from_model(model, config)
+    # d_attn 4 * 8 = 32 in a sliding layer, 4 * 16 = 64 (twice the unit) in the full one
+    assert flops.attn_dim == 32
+    assert flops.attn_layers == (("full", None, 1, 2), ("sliding", 4, 2, 1))
+    lengths = np.array([3, 10])
+    assert flops.layer_sum_sq(lengths) == 2 * (9 + 100) + 2 * (9 + 64)
+    # eager attention computes every layer's full square (the window is a mask): torch's count
+    # of QK^T and AV is 4 * L^2 * (the sum of the layers' d_attn)
+    length = 16
+    width = sum(count * weight for _, _, count, weight in flops.attn_layers) * flops.attn_dim
+    assert width == 32 + 32 + 64
+    assert _measured_attention_flops(model, length) == 4 * width * length**2
