@@ -12,7 +12,7 @@ MFU (model FLOPs utilisation; docs/training.md gives the derivation):
                + 6 * sum_layers d_attn * sum_seg(L_seg^2)   attention, per packed segment, causal-halved
     MFU = flops_step / step_time / world_size / peak_flops_per_device
 N_body counts every parameter except the input embedding and the lm_head (of a mixture of experts,
-the routed experts a token runs through: num_experts_per_tok / num_experts of them); d_attn =
+the routed experts a token runs through: top-k / experts of them, routed_expert_fraction); d_attn =
 heads * head_dim, or heads * (d_qk + d_v) / 2 for multi-head latent attention, each layer's own
 where its config says (Gemma 4's full layers have wider heads); a sliding-window or chunked layer
 counts the pairs it computes (attended_sq), not L_seg^2.
@@ -60,18 +60,25 @@ def peak_flops(override_tflops: float | None) -> tuple[float | None, str]:
     return None, f"{name} (peak unknown: set logging.peak_tflops for MFU)"
 
 
+# how a mixture of experts' config names the experts a token runs through, and all of them
+EXPERTS_PER_TOKEN = ("num_experts_per_tok", "moe_topk", "top_k_experts", "moe_k")
+EXPERTS_TOTAL = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
+
+
 def routed_expert_fraction(config: Any) -> float:
     """The share of a mixture-of-experts layer's routed experts that each token runs through:
-    ``num_experts_per_tok / num_experts`` (Mixtral, Qwen-MoE, DeepSeek, OLMoE, gpt-oss name the
-    count ``num_local_experts``, ``num_experts`` or ``n_routed_experts``); 1 for a dense model.
-    Shared experts and the router are outside the ``experts`` module and always count whole."""
+    top-k / experts, named ``num_experts_per_tok`` (``moe_topk`` in Aria and Hunyuan,
+    ``top_k_experts`` in Gemma 4, ``moe_k`` in ERNIE) over ``num_local_experts``,
+    ``num_experts``, ``n_routed_experts`` or ``moe_num_experts``; the mean over layers where a
+    layer's config says otherwise; 1 for a dense model. Shared experts and the router are outside
+    the ``experts`` module and always count whole."""
     text = text_config(config)
-    top_k = getattr(text, "num_experts_per_tok", None)
-    names = ("num_local_experts", "num_experts", "n_routed_experts")
-    total = next((getattr(text, k) for k in names if getattr(text, k, None)), None)
-    if not top_k or not total:
-        return 1.0
-    return min(1.0, int(top_k) / int(total))
+    fractions = []
+    for layer in layer_configs(text):
+        top_k = next((getattr(layer, k) for k in EXPERTS_PER_TOKEN if getattr(layer, k, None)), 0)
+        total = next((getattr(layer, k) for k in EXPERTS_TOTAL if getattr(layer, k, None)), 0)
+        fractions.append(min(1.0, int(top_k) / int(total)) if top_k and total else 1.0)
+    return sum(fractions) / len(fractions) if fractions else 1.0
 
 
 def layer_configs(text: Any) -> list[Any]:

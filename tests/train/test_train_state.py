@@ -440,3 +440,33 @@ def test_flops_model_of_layers_whose_head_size_differs():
     width = sum(count * weight for _, _, count, weight in flops.attn_layers) * flops.attn_dim
     assert width == 32 + 32 + 64
     assert _measured_attention_flops(model, length) == 4 * width * length**2
+
+
+def test_flops_model_reads_each_familys_names_for_its_experts():
+    """Aria names its experts moe_topk / moe_num_experts and Gemma 4 top_k_experts / num_experts:
+    neither was read, so every expert counted and MFU read up to 4x too high (2 of 8 here)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from natscale.train.metrics import routed_expert_fraction
+
+    dims = {"vocab_size": 96, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2}
+    dims |= {"num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8}
+    gemma4 = {"vocab_size_per_layer_input": 96, "hidden_size_per_layer_input": 8}
+    for model_type, extra in (
+        ("aria_text", {"moe_num_experts": 8, "moe_topk": 2, "moe_intermediate_size": 16}),
+        (
+            "gemma4_text",
+            {**gemma4, "enable_moe_block": True, "num_experts": 8, "top_k_experts": 2,
+             "moe_intermediate_size": 16, "global_head_dim": 8},
+        ),
+    ):  # fmt: skip
+        config = AutoConfig.for_model(model_type, **dims, **extra)
+        assert routed_expert_fraction(config) == 2 / 8, model_type
+        model = AutoModelForCausalLM.from_config(config)
+        decoder = model.get_decoder()
+        experts = sum(p.numel() for n, p in decoder.named_parameters() if ".experts." in n)
+        others = sum(p.numel() for n, p in decoder.named_parameters() if ".experts." not in n)
+        embed = model.get_input_embeddings().weight.numel()
+        assert experts > 0, model_type
+        flops = FlopsModel.from_model(model, config)
+        assert flops.body_params == others - embed + experts * 2 // 8, model_type
