@@ -36,17 +36,28 @@ from natscale.atomic import atomic_write_text
 from natscale.checkpoint.layout import RunDir
 from natscale.model.load import text_config
 
-# dense bf16 tensor-core peak, FLOP/s per device (datasheets); first match on the device name wins
+# dense bf16 tensor-core peak, FLOP/s per device (datasheets; half the "with sparsity" figures).
+# The longest name contained in the device's name wins, so "H200 NVL" beats "H200" and "GB200"
+# beats "B200" whatever the order; listed most specific first all the same.
 PEAK_BF16_FLOPS: list[tuple[str, float]] = [
     ("H100 PCIe", 756e12),
     ("H100 NVL", 835e12),
     ("H100", 989e12),  # SXM
-    ("H200", 989e12),
     ("GH200", 989e12),
-    ("B200", 2250e12),
+    ("H200 NVL", 835e12),
+    ("H200", 989e12),  # SXM
+    ("GB200", 2500e12),
+    ("B200", 2250e12),  # HGX
     ("A100", 312e12),
     ("L40S", 362e12),
 ]
+
+
+def device_peak(name: str) -> float | None:
+    """The dense bf16 peak of the device called ``name`` (torch.cuda.get_device_name), or None:
+    the entry of :data:`PEAK_BF16_FLOPS` with the longest name contained in it."""
+    matches = [(len(key), peak) for key, peak in PEAK_BF16_FLOPS if key in name]
+    return max(matches)[1] if matches else None
 
 
 def peak_flops(override_tflops: float | None) -> tuple[float | None, str]:
@@ -54,9 +65,9 @@ def peak_flops(override_tflops: float | None) -> tuple[float | None, str]:
     name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     if override_tflops is not None:
         return override_tflops * 1e12, f"{name} (peak {override_tflops:g} TFLOP/s from config)"
-    for key, peak in PEAK_BF16_FLOPS:
-        if key in name:
-            return peak, f"{name} (peak {peak / 1e12:g} TFLOP/s bf16 dense)"
+    peak = device_peak(name)
+    if peak is not None:
+        return peak, f"{name} (peak {peak / 1e12:g} TFLOP/s bf16 dense)"
     return None, f"{name} (peak unknown: set logging.peak_tflops for MFU)"
 
 

@@ -470,3 +470,35 @@ def test_flops_model_reads_each_familys_names_for_its_experts():
         assert experts > 0, model_type
         flops = FlopsModel.from_model(model, config)
         assert flops.body_params == others - embed + experts * 2 // 8, model_type
+
+
+@pytest.mark.parametrize(
+    "device, tflops",
+    [
+        ("NVIDIA H100 80GB HBM3", 989),
+        ("NVIDIA H100 PCIe", 756),
+        ("NVIDIA H100 NVL", 835),
+        ("NVIDIA H200", 989),
+        ("NVIDIA H200 NVL", 835),  # read the H200 SXM's 989: MFU 15% low
+        ("NVIDIA GH200 480GB", 989),
+        ("NVIDIA B200", 2250),
+        ("NVIDIA GB200", 2500),  # read the B200's 2250
+        ("NVIDIA A100-SXM4-80GB", 312),
+        ("NVIDIA A100 80GB PCIe", 312),
+        ("NVIDIA L40S", 362),
+        ("NVIDIA GeForce RTX 4090", None),
+        ("cpu", None),
+    ],
+)
+def test_the_peak_of_a_device_is_its_most_specific_entry(device: str, tflops: int | None):
+    from natscale.train.metrics import device_peak
+
+    assert device_peak(device) == (tflops * 1e12 if tflops else None)
+
+
+def test_every_peak_table_entry_is_reachable():
+    """A device named exactly as an entry gets that entry, whatever the table's order."""
+    from natscale.train.metrics import PEAK_BF16_FLOPS, device_peak
+
+    for key, peak in PEAK_BF16_FLOPS:
+        assert device_peak(f"NVIDIA {key}") == peak, key
