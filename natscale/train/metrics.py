@@ -9,12 +9,13 @@ Rates are per device: count / step wall time / world size.
 MFU (model FLOPs utilisation; docs/training.md gives the derivation):
     flops_step = 6 * N_body * nonpad                    dense layers, forward + backward
                + 6 * H * V * trained                    lm_head: only trained tokens reach it
-               + 6 * d_attn * sum_layers sum_seg(L_seg^2)   attention, per packed segment, causal-halved
+               + 6 * sum_layers d_attn * sum_seg(L_seg^2)   attention, per packed segment, causal-halved
     MFU = flops_step / step_time / world_size / peak_flops_per_device
 N_body counts every parameter except the input embedding and the lm_head (of a mixture of experts,
-the routed experts a token runs through: num_experts_per_tok / num_experts of them); d_attn =
-heads * head_dim, or heads * (d_qk + d_v) / 2 for multi-head latent attention; a sliding-window
-or chunked layer counts the pairs it computes (attended_sq), not L_seg^2.
+the routed experts a token runs through: top-k / experts of them, routed_expert_fraction); d_attn =
+heads * head_dim, or heads * (d_qk + d_v) / 2 for multi-head latent attention, each layer's own
+where its config says (Gemma 4's full layers have wider heads); a sliding-window or chunked layer
+counts the pairs it computes (attended_sq), not L_seg^2.
 Activation-checkpointing recompute is not counted (that would be HFU).
 """
 
@@ -35,17 +36,28 @@ from natscale.atomic import atomic_write_text
 from natscale.checkpoint.layout import RunDir
 from natscale.model.load import text_config
 
-# dense bf16 tensor-core peak, FLOP/s per device (datasheets); first match on the device name wins
+# dense bf16 tensor-core peak, FLOP/s per device (datasheets; half the "with sparsity" figures).
+# The longest name contained in the device's name wins, so "H200 NVL" beats "H200" and "GB200"
+# beats "B200" whatever the order; listed most specific first all the same.
 PEAK_BF16_FLOPS: list[tuple[str, float]] = [
     ("H100 PCIe", 756e12),
     ("H100 NVL", 835e12),
     ("H100", 989e12),  # SXM
-    ("H200", 989e12),
     ("GH200", 989e12),
-    ("B200", 2250e12),
+    ("H200 NVL", 835e12),
+    ("H200", 989e12),  # SXM
+    ("GB200", 2500e12),
+    ("B200", 2250e12),  # HGX
     ("A100", 312e12),
     ("L40S", 362e12),
 ]
+
+
+def device_peak(name: str) -> float | None:
+    """The dense bf16 peak of the device called ``name`` (torch.cuda.get_device_name), or None:
+    the entry of :data:`PEAK_BF16_FLOPS` with the longest name contained in it."""
+    matches = [(len(key), peak) for key, peak in PEAK_BF16_FLOPS if key in name]
+    return max(matches)[1] if matches else None
 
 
 def peak_flops(override_tflops: float | None) -> tuple[float | None, str]:
@@ -53,42 +65,92 @@ def peak_flops(override_tflops: float | None) -> tuple[float | None, str]:
     name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     if override_tflops is not None:
         return override_tflops * 1e12, f"{name} (peak {override_tflops:g} TFLOP/s from config)"
-    for key, peak in PEAK_BF16_FLOPS:
-        if key in name:
-            return peak, f"{name} (peak {peak / 1e12:g} TFLOP/s bf16 dense)"
+    peak = device_peak(name)
+    if peak is not None:
+        return peak, f"{name} (peak {peak / 1e12:g} TFLOP/s bf16 dense)"
     return None, f"{name} (peak unknown: set logging.peak_tflops for MFU)"
+
+
+# how a mixture of experts' config names the experts a token runs through, and all of them
+EXPERTS_PER_TOKEN = ("num_experts_per_tok", "moe_topk", "top_k_experts", "moe_k")
+EXPERTS_TOTAL = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
 
 
 def routed_expert_fraction(config: Any) -> float:
     """The share of a mixture-of-experts layer's routed experts that each token runs through:
-    ``num_experts_per_tok / num_experts`` (Mixtral, Qwen-MoE, DeepSeek, OLMoE, gpt-oss name the
-    count ``num_local_experts``, ``num_experts`` or ``n_routed_experts``); 1 for a dense model.
-    Shared experts and the router are outside the ``experts`` module and always count whole."""
+    top-k / experts, named ``num_experts_per_tok`` (``moe_topk`` in Aria and Hunyuan,
+    ``top_k_experts`` in Gemma 4, ``moe_k`` in ERNIE) over ``num_local_experts``,
+    ``num_experts``, ``n_routed_experts`` or ``moe_num_experts``; the mean over layers where a
+    layer's config says otherwise; 1 for a dense model. Shared experts and the router are outside
+    the ``experts`` module and always count whole."""
     text = text_config(config)
-    top_k = getattr(text, "num_experts_per_tok", None)
-    names = ("num_local_experts", "num_experts", "n_routed_experts")
-    total = next((getattr(text, k) for k in names if getattr(text, k, None)), None)
-    if not top_k or not total:
-        return 1.0
-    return min(1.0, int(top_k) / int(total))
+    fractions = []
+    for layer in layer_configs(text):
+        top_k = next((getattr(layer, k) for k in EXPERTS_PER_TOKEN if getattr(layer, k, None)), 0)
+        total = next((getattr(layer, k) for k in EXPERTS_TOTAL if getattr(layer, k, None)), 0)
+        fractions.append(min(1.0, int(top_k) / int(total)) if top_k and total else 1.0)
+    return sum(fractions) / len(fractions) if fractions else 1.0
 
 
-def _attention_layers(text: Any) -> tuple[tuple[str, int | None, int], ...]:
-    """The decoder's attention layers as (kind, window or chunk size, how many): ``full``, or
-    ``sliding`` / ``chunked`` where ``layer_types`` says so (a config with ``sliding_window`` and no
-    ``layer_types``, Mistral's, slides in every layer). Other kinds count as full."""
+def layer_configs(text: Any) -> list[Any]:
+    """The config of each decoder layer: ``per_layer_config[i]`` (transformers 5's heterogeneous
+    configs, where Gemma 4's ``head_dim`` is 256 in a sliding layer and 512 in a full one and
+    reading it from the model's config raises), else the config itself for every layer."""
     layers = text.num_hidden_layers
-    window = getattr(text, "sliding_window", None)
-    chunk = getattr(text, "attention_chunk_size", None)
+    per_layer = getattr(text, "per_layer_config", None)
+    if per_layer is None:
+        return [text] * layers
+    return [per_layer[i] for i in range(layers)]
+
+
+def attention_width(layer: Any) -> float:
+    """``d_attn`` of a layer: heads * head_dim, or heads * (d_qk + d_v) / 2 for multi-head latent
+    attention (DeepSeek-V2/V3, MiniCPM3), whose ``head_dim`` is the rope part only: QK^T runs over
+    nope + rope, AV over v_head_dim."""
+    heads = layer.num_attention_heads
+    head_dim = getattr(layer, "head_dim", None) or layer.hidden_size // heads
+    d_qk = (getattr(layer, "qk_nope_head_dim", 0) or 0) + (
+        getattr(layer, "qk_rope_head_dim", 0) or 0
+    )
+    d_v = getattr(layer, "v_head_dim", None)
+    return heads * (d_qk + d_v) / 2 if d_qk and d_v else heads * head_dim
+
+
+def _attention_kind(text: Any, layer: Any, index: int) -> tuple[str, int | None]:
+    """(kind, window or chunk size) of layer ``index``: ``full``, or ``sliding`` / ``chunked``
+    where ``layer_types`` says so (a config with ``sliding_window`` and no ``layer_types``,
+    Mistral's, slides in every layer). Other kinds count as full."""
+    window = getattr(layer, "sliding_window", None)
+    chunk = getattr(layer, "attention_chunk_size", None)
     types = getattr(text, "layer_types", None)
     if not types:
-        return (("sliding", int(window), layers),) if window else (("full", None, layers),)
-    sliding = sum(t == "sliding_attention" for t in types) if window else 0
-    chunked = sum(t == "chunked_attention" for t in types) if chunk else 0
-    groups = [("full", None, layers - sliding - chunked)]
-    groups += [("sliding", int(window), sliding)] if sliding else []
-    groups += [("chunked", int(chunk), chunked)] if chunked else []
-    return tuple(g for g in groups if g[2])
+        return ("sliding", int(window)) if window else ("full", None)
+    if types[index] == "sliding_attention" and window:
+        return "sliding", int(window)
+    if types[index] == "chunked_attention" and chunk:
+        return "chunked", int(chunk)
+    return "full", None
+
+
+def _attention_layers(text: Any) -> tuple[float, tuple[tuple[str, int | None, int, int], ...]]:
+    """(d_attn unit, the decoder's attention layers as (kind, window or chunk size, how many,
+    their d_attn in units)): the unit is the layers' common d_attn, or the greatest common divisor
+    of their widths where they differ (Gemma 4's full layers are twice as wide as its sliding
+    ones: weight 2 and 1)."""
+    layers = layer_configs(text)
+    widths = [attention_width(layer) for layer in layers]
+    if len(set(widths)) <= 1:
+        unit = widths[0] if widths else 0.0
+    else:  # heads * head_dim, or a half of heads * (d_qk + d_v): an integer number of halves
+        halves = math.gcd(*(round(2 * w) for w in widths))
+        unit = halves // 2 if halves % 2 == 0 else halves / 2
+    counts: dict[tuple[str, int | None, int], int] = {}
+    for index, (layer, width) in enumerate(zip(layers, widths, strict=True)):
+        key = (*_attention_kind(text, layer, index), round(width / unit) if unit else 1)
+        counts[key] = counts.get(key, 0) + 1
+    order = {"full": 0, "sliding": 1, "chunked": 2}
+    groups = sorted(counts.items(), key=lambda kv: (order[kv[0][0]], kv[0][1] or 0, kv[0][2]))
+    return unit, tuple((kind, size, n, weight) for (kind, size, weight), n in groups)
 
 
 def attended_sq(lengths: np.ndarray, kind: str, size: int | None) -> int:
@@ -112,8 +174,11 @@ class FlopsModel:
     hidden_size: int
     vocab_size: int
     num_layers: int
-    attn_dim: float  # heads * (d_qk + d_v) / 2: heads * head_dim unless keys and values differ
-    attn_layers: tuple[tuple[str, int | None, int], ...] = ()  # (kind, size, count); () all full
+    # d_attn = heads * head_dim (heads * (d_qk + d_v) / 2 for MLA); where layers differ, the
+    # unit their widths are whole multiples of (attn_layers gives each layer's multiple)
+    attn_dim: float
+    # (kind, size, how many, d_attn in units of attn_dim); () all full, of width attn_dim
+    attn_layers: tuple[tuple[str, int | None, int, int], ...] = ()
 
     @classmethod
     def from_model(cls, lm: torch.nn.Module, config: Any) -> FlopsModel:
@@ -128,29 +193,25 @@ class FlopsModel:
             numel = getattr(p, "ds_numel", p.numel())  # the whole tensor under ZeRO-3
             body += numel * active if "experts" in name.split(".") else numel
         text = text_config(config)
-        heads = text.num_attention_heads
-        head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
-        # multi-head latent attention (DeepSeek-V2/V3, MiniCPM3): head_dim is the rope part only;
-        # QK^T runs over nope + rope, AV over v_head_dim
-        d_qk = (getattr(text, "qk_nope_head_dim", 0) or 0) + (
-            getattr(text, "qk_rope_head_dim", 0) or 0
-        )
-        d_v = getattr(text, "v_head_dim", None)
-        attn_dim = heads * (d_qk + d_v) / 2 if d_qk and d_v else heads * head_dim
+        attn_dim, attn_layers = _attention_layers(text)
         return cls(
             round(body),
             text.hidden_size,
             text.vocab_size,
             text.num_hidden_layers,
             attn_dim,
-            _attention_layers(text),
+            attn_layers,
         )
 
     def layer_sum_sq(self, lengths: np.ndarray) -> int:
         """Sum over attention layers and segments of ``lengths`` of what each layer attends
-        (:func:`attended_sq`): ``num_layers * sum L^2`` when every layer is full."""
-        groups = self.attn_layers or (("full", None, self.num_layers),)
-        return sum(count * attended_sq(lengths, kind, size) for kind, size, count in groups)
+        (:func:`attended_sq`), in units of ``attn_dim`` (a layer twice as wide counts twice):
+        ``num_layers * sum L^2`` when every layer is full and as wide."""
+        groups = self.attn_layers or (("full", None, self.num_layers, 1),)
+        return sum(
+            count * weight * attended_sq(lengths, kind, size)
+            for kind, size, count, weight in groups
+        )
 
     def step_flops(
         self,

@@ -22,6 +22,7 @@ from natscale.model.families import CHECKED, PACKING_LEAKS, sparse_attention_ref
 from natscale.model.logits import fused_loss_blocker, logit_transform
 from natscale.model.nat_lm import NatCausalLM
 from natscale.train.batch import collate
+from natscale.train.metrics import FlopsModel, routed_expert_fraction
 from tests.train.train_fixtures import make_segments, pack
 
 VOCAB = 96
@@ -359,6 +360,36 @@ def _assert_trains_like_hf(lm, segs, mb, variants: list[tuple[str, dict]]) -> No
                 atol=1e-5 * max(1.0, grad.abs().max().item()),  # tied to a head scaled x20
                 msg=f"{msg}: {param}",
             )
+
+
+# mixtures of experts that a family's FAMILIES entry leaves dense
+MOE_VARIANTS = {
+    "gemma4_text": {**BASE, **GEMMA4, "enable_moe_block": True, "num_experts": 4,
+                    "top_k_experts": 2, "moe_intermediate_size": 16},
+}  # fmt: skip
+
+
+FLOPS_CASES = {n: OWN_FIELDS.get(n, {**BASE, **FAMILIES[n][0]}) for n in sorted(FAMILIES)}
+FLOPS_CASES |= {f"{n}-experts": f for n, f in sorted(MOE_VARIANTS.items())}
+
+
+@pytest.mark.parametrize("name", FLOPS_CASES)
+def test_the_flops_model_reads_every_family(name: str):
+    """`natscale train` builds a FlopsModel for MFU: it must read every family's config (Gemma
+    4's per-layer head_dim crashed it), and a model with routed ``experts`` must count only the
+    ones a token runs through (Aria's moe_topk / moe_num_experts were not read: MFU 4x too high
+    in its expert layers). Built on the meta device: no memory, no init."""
+    config = AutoConfig.for_model(name.removesuffix("-experts"), **FLOPS_CASES[name])
+    with torch.device("meta"):
+        lm = AutoModelForCausalLM.from_config(config)
+    flops = FlopsModel.from_model(lm, config)
+    assert flops.body_params > 0 and flops.attn_dim > 0 and flops.num_layers > 0
+    routed = [n for n, _ in lm.named_parameters() if "experts" in n.split(".")]
+    if routed:
+        assert routed_expert_fraction(config) < 1, (
+            f"{name} has routed experts ({routed[0]}) but no top-k / experts count that "
+            "natscale.train.metrics reads: add its names to EXPERTS_PER_TOKEN / EXPERTS_TOTAL"
+        )
 
 
 def test_the_checked_families_are_the_ones_natscale_lists():

@@ -402,7 +402,7 @@ def test_flops_model_of_sliding_window_layers():
     config = AutoConfig.for_model("gemma3_text", **dims)
     assert config.layer_types.count("sliding_attention") == 6
     flops = FlopsModel.from_model(AutoModelForCausalLM.from_config(config), config)
-    assert flops.attn_layers == (("full", None, 1), ("sliding", 4, 6))
+    assert flops.attn_layers == (("full", None, 1, 1), ("sliding", 4, 6, 1))
     lengths = np.array([3, 10])
     assert flops.layer_sum_sq(lengths) == 1 * (9 + 100) + 6 * (9 + 64)
     got = flops.step_flops(
@@ -411,9 +411,99 @@ def test_flops_model_of_sliding_window_layers():
     assert got < flops.step_flops(nonpad=13, trained=5, sum_sq_segment_len=109)
     mistral = AutoConfig.for_model("mistral", **dims)  # no layer_types: every layer slides
     model = AutoModelForCausalLM.from_config(mistral)
-    assert FlopsModel.from_model(model, mistral).attn_layers == (("sliding", 4, 7),)
+    assert FlopsModel.from_model(model, mistral).attn_layers == (("sliding", 4, 7, 1),)
     llama = AutoConfig.for_model(
         "llama", **{k: v for k, v in dims.items() if k != "sliding_window"}
     )
     plain = FlopsModel.from_model(AutoModelForCausalLM.from_config(llama), llama)
     assert plain.layer_sum_sq(lengths) == 7 * 109  # every layer full, as step_flops assumes
+
+
+def test_flops_model_of_layers_whose_head_size_differs():
+    """Gemma 4: a sliding layer's heads are head_dim wide, a full layer's global_head_dim
+    (256 and 512 in the released models); transformers 5 keeps them in per_layer_config and
+    reading config.head_dim raised, so `natscale train` crashed on every Gemma 4 model."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model(
+        "gemma4_text", vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=8, global_head_dim=16,
+        sliding_window=4, vocab_size_per_layer_input=96, hidden_size_per_layer_input=8,
+        layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+        attn_implementation="eager",
+    )  # fmt: skip
+    model = AutoModelForCausalLM.from_config(config).eval()
+    flops = FlopsModel.from_model(model, config)
+    # d_attn 4 * 8 = 32 in a sliding layer, 4 * 16 = 64 (twice the unit) in the full one
+    assert flops.attn_dim == 32
+    assert flops.attn_layers == (("full", None, 1, 2), ("sliding", 4, 2, 1))
+    lengths = np.array([3, 10])
+    assert flops.layer_sum_sq(lengths) == 2 * (9 + 100) + 2 * (9 + 64)
+    # eager attention computes every layer's full square (the window is a mask): torch's count
+    # of QK^T and AV is 4 * L^2 * (the sum of the layers' d_attn)
+    length = 16
+    width = sum(count * weight for _, _, count, weight in flops.attn_layers) * flops.attn_dim
+    assert width == 32 + 32 + 64
+    assert _measured_attention_flops(model, length) == 4 * width * length**2
+
+
+def test_flops_model_reads_each_familys_names_for_its_experts():
+    """Aria names its experts moe_topk / moe_num_experts and Gemma 4 top_k_experts / num_experts:
+    neither was read, so every expert counted and MFU read up to 4x too high (2 of 8 here)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from natscale.train.metrics import routed_expert_fraction
+
+    dims = {"vocab_size": 96, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2}
+    dims |= {"num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8}
+    gemma4 = {"vocab_size_per_layer_input": 96, "hidden_size_per_layer_input": 8}
+    for model_type, extra in (
+        ("aria_text", {"moe_num_experts": 8, "moe_topk": 2, "moe_intermediate_size": 16}),
+        (
+            "gemma4_text",
+            {**gemma4, "enable_moe_block": True, "num_experts": 8, "top_k_experts": 2,
+             "moe_intermediate_size": 16, "global_head_dim": 8},
+        ),
+    ):  # fmt: skip
+        config = AutoConfig.for_model(model_type, **dims, **extra)
+        assert routed_expert_fraction(config) == 2 / 8, model_type
+        model = AutoModelForCausalLM.from_config(config)
+        decoder = model.get_decoder()
+        experts = sum(p.numel() for n, p in decoder.named_parameters() if ".experts." in n)
+        others = sum(p.numel() for n, p in decoder.named_parameters() if ".experts." not in n)
+        embed = model.get_input_embeddings().weight.numel()
+        assert experts > 0, model_type
+        flops = FlopsModel.from_model(model, config)
+        assert flops.body_params == others - embed + experts * 2 // 8, model_type
+
+
+@pytest.mark.parametrize(
+    "device, tflops",
+    [
+        ("NVIDIA H100 80GB HBM3", 989),
+        ("NVIDIA H100 PCIe", 756),
+        ("NVIDIA H100 NVL", 835),
+        ("NVIDIA H200", 989),
+        ("NVIDIA H200 NVL", 835),  # read the H200 SXM's 989: MFU 15% low
+        ("NVIDIA GH200 480GB", 989),
+        ("NVIDIA B200", 2250),
+        ("NVIDIA GB200", 2500),  # read the B200's 2250
+        ("NVIDIA A100-SXM4-80GB", 312),
+        ("NVIDIA A100 80GB PCIe", 312),
+        ("NVIDIA L40S", 362),
+        ("NVIDIA GeForce RTX 4090", None),
+        ("cpu", None),
+    ],
+)
+def test_the_peak_of_a_device_is_its_most_specific_entry(device: str, tflops: int | None):
+    from natscale.train.metrics import device_peak
+
+    assert device_peak(device) == (tflops * 1e12 if tflops else None)
+
+
+def test_every_peak_table_entry_is_reachable():
+    """A device named exactly as an entry gets that entry, whatever the table's order."""
+    from natscale.train.metrics import PEAK_BF16_FLOPS, device_peak
+
+    for key, peak in PEAK_BF16_FLOPS:
+        assert device_peak(f"NVIDIA {key}") == peak, key
