@@ -15,7 +15,10 @@ worker does per chunk) on the example tokenizer, for two kinds of conversation:
   Qwen3-style template (written here: it splits a turn at ``</think>`` and drops the reasoning of
   turns before the last user message), observations as ``user`` turns with one example per
   trained turn (``render.turns: each``: ``--calls`` + 1 examples a conversation, counted as
-  conversations in the table), and as ``tool`` turns in one example (the reasoning is kept).
+  conversations in the table), and as ``tool`` turns in one example (the reasoning is kept);
+  ``long``: the latter with ``--long`` steps (``--n`` / 100 conversations, at least 8): the
+  template adds the last turn's ``<think>`` block itself, so every trained turn is cut at its
+  generation prompt (before 2026-12-08 each prompt was rendered: quadratic in the length).
 
 Rows: the built-in ``chatml`` template (Python, no Jinja: the baseline; it renders ``<think>`` as
 text), and a Qwen-style Jinja
@@ -144,6 +147,7 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=2000, help="conversations per data set")
     ap.add_argument("--calls", type=int, default=6, help="tool calls / ReAct steps each")
     ap.add_argument("--repeat", type=int, default=3, help="best of N")
+    ap.add_argument("--long", type=int, default=128, help="ReAct steps of the long reasoning row")
     ap.add_argument(
         "--always-text",
         action="store_true",
@@ -173,6 +177,8 @@ def main() -> int:
         ),
         ("reasoning, tool, turns all", reasoning(args.n, args.calls, each=False), "tool",
          THINK_TEMPLATE),
+        (f"reasoning, tool, turns all, {args.long} steps",
+         reasoning(max(8, args.n // 100), args.long, each=False), "tool", THINK_TEMPLATE),
     ):  # fmt: skip
         tok.chat_template = template
         base = None
@@ -210,7 +216,7 @@ def main() -> int:
     }
     Path(args.out).mkdir(parents=True, exist_ok=True)
     stem = f"{args.out}/render_template_{m['host']}_{now:%Y%m%dT%H%M%SZ}"  # host may hold dots
-    settings = {"n": args.n, "calls": args.calls, "repeat": args.repeat}
+    settings = {"n": args.n, "calls": args.calls, "repeat": args.repeat, "long": args.long}
     settings["always_text"] = args.always_text
     record = {"date": now.isoformat(timespec="seconds"), "command": command, "machine": m}
     atomic_write_json(f"{stem}.json", {**record, **settings, "load": load, "results": rows})
@@ -220,7 +226,8 @@ def main() -> int:
         f"- python {m['python']}, tokenizers {v['tokenizers']}, transformers "
         f"{v['transformers']}, jinja2 {v['jinja2']}, natscale {(m.get('git_commit') or '?')[:8]}\n"
         f"- {args.n} conversations per data set, {args.calls} steps / calls each"
-        f"{' (text beside every call)' if args.always_text else ''}; "
+        f"{' (text beside every call)' if args.always_text else ''} ({max(8, args.n // 100)} "
+        f"of {args.long} steps in the long row); "
         f"`Renderer.encode_batch`, one process, best of {args.repeat}\n\n"
     )
     atomic_write_text(f"{stem}.md", header + "\n".join(table) + "\n")

@@ -427,3 +427,123 @@ def test_untrained_reasoning_the_prompt_shows_otherwise_is_refused(tok):
         assert trained_spans(enc) == written_at_inference(r, cut)
     assert "Multiply first." in tok.decode(r.generation_prompt(messages[:3]))
     assert "Multiply first." not in tok.decode(r.generation_prompt(messages[:5]))
+
+
+def _exactly(tok, role: str) -> Renderer:
+    """A renderer that renders every trained turn's generation prompt (as natscale did before
+    it found them in one render): the reference for the prompts found."""
+    r = Renderer(tok, "hf", observation_role=role)
+    r.template._prompts_in = lambda *args: None
+    return r
+
+
+def _encode_or_error(r: Renderer, messages: list[Message]):
+    try:
+        enc = r.encode(messages)
+    except TemplateError as exc:
+        return str(exc)
+    return enc.ids.tolist(), enc.mask.tolist()
+
+
+@pytest.mark.parametrize("role", ["user", "tool"])
+def test_prompts_found_in_one_render_equal_prompts_rendered(tok, role):
+    """Trained turns rendered apart from their content (_by_prompts) take their generation
+    prompts from one render of the last trained turn's prompt; each conversation must encode
+    (or be refused) exactly as rendering every prompt does: reasoning or not, trained or not,
+    tool calls (their arguments differ, so every conversation is a layout of its own), tool and
+    user turns, a final observation or not, and conversations of the same layout again."""
+    import random
+
+    calls = "{% for c in m['tool_calls'] or [] %}{{ '<call>' + (c['function'] | tojson) }}"
+    tok.chat_template = THINKS.replace("{{ answer }}", "{{ answer }}" + calls + "{% endfor %}")
+    rng = random.Random(5)
+    fast, exact = Renderer(tok, "hf", observation_role=role), _exactly(tok, role)
+    found = []
+    prompts_in = fast.template._prompts_in
+
+    def counted(history, trained, tools, real):
+        out = prompts_in(history, trained, tools, real)
+        found.append(len(out.ends) if out is not None else 0)
+        return out
+
+    fast.template._prompts_in = counted
+    outcomes = {"same": 0, "refused": 0}
+    for case in range(80):
+        messages = [Message("user", f"Question {case}?")]
+        for t in range(rng.randint(1, 6)):
+            # user turns drop earlier turns' reasoning (refused): rarer there
+            has = rng.random() < (0.7 if role == "tool" else 0.2)
+            thought = f"<think>\nreason {t} of {case % 7}\n</think>\n\n" if has else ""
+            call = None
+            if rng.random() < 0.3:
+                call = [{"name": "calculate", "arguments": {"expression": f"{case} * {t}"}}]
+            train = rng.random() < 0.8
+            messages.append(Message("assistant", f"{thought}Action: act[{t}]", train, call))
+            messages.append(Message("observation" if rng.random() < 0.8 else "user", f"{t}"))
+        if rng.random() < 0.7:
+            messages.pop()  # end with the assistant
+        if not any(m.train for m in messages):
+            continue
+        a, b = _encode_or_error(fast, messages), _encode_or_error(exact, messages)
+        assert a == b, (case, messages)
+        outcomes["refused" if isinstance(a, str) else "same"] += 1
+    assert outcomes["same"] >= 15 and outcomes["refused"]
+    # the prompts of several turns of a conversation were found, not rendered
+    assert sum(n > 1 for n in found) >= 5
+
+
+def _render_counter(r: Renderer, monkeypatch) -> list[int]:
+    """Counts the chat template's renders by ``r`` (through apply_chat_template or straight)."""
+    count = [0]
+    tok = r.template.tokenizer
+    apply = tok.apply_chat_template
+
+    def counted_apply(*args, **kwargs):
+        count[0] += 1
+        return apply(*args, **kwargs)
+
+    monkeypatch.setattr(tok, "apply_chat_template", counted_apply)
+    template, variables = r.template._direct
+
+    class Counted:
+        def render(self, *args, **kwargs):
+            count[0] += 1
+            return template.render(*args, **kwargs)
+
+    r.template._direct = (Counted(), variables)
+    return count
+
+
+def test_a_long_conversation_is_rendered_a_fixed_number_of_times(tok, monkeypatch):
+    """A conversation whose last trained turn the template renders apart from its content
+    (Qwen3's adds the last turn's <think> block itself) is cut at each trained turn's generation
+    prompt. Rendering each prompt costs one render per trained turn, each of the conversation so
+    far: quadratic in its length (128 steps took 30 times longer than the built-in template).
+    Once its layout has been seen, a conversation costs the same few renders at any length."""
+    fast = Renderer(tok, "hf", observation_role="tool")
+    exact = _exactly(tok, "tool")
+
+    def conversation(steps: int, n: int) -> list[Message]:
+        messages = [Message("user", f"Question {n}: what is {n} * {steps}?")]
+        for t in range(steps):
+            thought = f"<think>\nStep {t} of {n}.\n</think>\n\n"
+            messages += [
+                Message("assistant", f"{thought}Action: calculate[{n} * {t}]", True),
+                Message("observation", f"{n * t}"),
+            ]
+        return [*messages, Message("assistant", "<think>\nDone.\n</think>\n\nfinish[0]", True)]
+
+    for steps in (4, 40):  # each layout once: its placeholder prompts are checked
+        fast.encode(conversation(steps, 0))
+    count = _render_counter(fast, monkeypatch)
+    renders = {}
+    for steps in (4, 40):
+        messages = conversation(steps, 1)
+        before = count[0]
+        enc = fast.encode(messages)
+        renders[steps] = count[0] - before
+        want = exact.encode(messages)
+        assert enc.ids.tolist() == want.ids.tolist() and enc.mask.tolist() == want.mask.tolist()
+        assert len(trained_spans(enc)) == steps + 1
+    # the conversation and its last turn's prompt: two renders, not one per turn
+    assert renders == {4: 2, 40: 2}

@@ -8,10 +8,12 @@ stripped: Llama-2's ``| trim``; or JSON-escaped: Llama 3's ``tojson`` of a tool 
 untrained content the template renders otherwise (Qwen3's drops earlier turns' reasoning) is
 kept as the template renders it: it is what the model is shown. A conversation with a trained
 turn the template renders otherwise (a reasoning splitter writes ``<think>`` apart from the
-answer) is cut at each trained turn's generation prompt instead (``_by_prompts``). An empty
-content gets no placeholder (templates branch on it), and an assistant's text beside tool calls
-may be left out by the template (Llama 3's renders the call alone); any other message must be
-rendered.
+answer) is cut at each trained turn's generation prompt instead (``_by_prompts``): the last
+trained turn's prompt is rendered, and each earlier one is found as its start, checked once per
+shape with placeholders (``_prompts_in``), so a conversation costs two renders, not one per
+trained turn (a quadratic cost in its length). An empty content gets no placeholder (templates
+branch on it), and an assistant's text beside tool calls may be left out by the template (Llama
+3's renders the call alone); any other message must be rendered.
 
 The real-content render goes straight to the template as ``apply_chat_template`` compiles it, with
 the variables it passes (its per-call conversion of the messages to plain data, which ours
@@ -43,6 +45,7 @@ from typing import Any
 from natscale.data.render.encode import Piece
 from natscale.data.render.hf_compiled import compiled_template
 from natscale.data.render.hf_text import (
+    _INSERTS,
     SLOT,
     SLOT_RE,
     content_parts,
@@ -84,6 +87,34 @@ class TemplateError(ValueError):
 
 # a layout's literals, each cut into (text, trained) parts
 _Plan = tuple[tuple[tuple[str, bool], ...], ...]
+
+
+@dataclasses.dataclass
+class _Prompts:
+    """Generation prompts found in one render (see ``HFChatTemplate._prompts_in``): the longest
+    one's pieces, where each starts, and where each trained turn's prompt ends."""
+
+    pieces: list[Piece]
+    starts: list[int]
+    ends: dict[int, int]
+
+    def window(self, start: int, end: int) -> list[Piece]:
+        """The pieces of the text ``[start, end)`` (pieces cut at both ends)."""
+        i = max(bisect.bisect_right(self.starts, start) - 1, 0)
+        out = []
+        while i < len(self.pieces) and self.starts[i] < end:
+            p, at = self.pieces[i], self.starts[i]
+            a, b = max(start - at, 0), min(end - at, len(p.text))
+            if b > a:
+                out.append(p if (a, b) == (0, len(p.text)) else p._replace(text=p.text[a:b]))
+            i += 1
+        return out
+
+
+def _split(text: str) -> tuple[list[str], list[int]]:
+    """A render with placeholders cut into its literals and the placeholders' messages."""
+    parts = SLOT_RE.split(text)
+    return parts[0::2], [int(x) for x in parts[1::2]]
 
 
 class HFChatTemplate(Template):
@@ -129,6 +160,7 @@ class HFChatTemplate(Template):
         self._tails: dict[tuple, tuple[int | None, str] | None] = {}  # see _shape_tail
         self._drops_call_text: bool | None = None
         self._apart: set[tuple] = set()  # layouts rendered by _by_prompts
+        self._prompt_tails: dict[tuple, dict] = {}  # see _prompt_tail
         self._check_turns_end()
         if end_of_turn is None and len(self.eot) > 1:
             self.end_of_turn = self._closing_token() or self.end_of_turn
@@ -424,15 +456,24 @@ class HFChatTemplate(Template):
                 "render.chat_template that keeps the text as it is"
             )
         history = [dataclasses.replace(m, train=False) for m in messages]
+        try:
+            found = self._prompts_in(history, trained, tools, real)
+        except Exception:  # rendered turn by turn below, which reports it as it arises
+            found = None
         out: list[Piece] = []
         pos = 0
         for k in trained:
-            prompt = self.pieces(history[:k], generation=True, tools=tools)
-            text = "".join(p.text for p in prompt)
-            if not real.startswith(text):
-                raise TemplateError(_prompt_mismatch(k, real, text))
-            out += cut(prompt, pos)
-            written, pos = self._written(messages, k, real, len(text), tools), len(text)
+            end = found.ends.get(k) if found is not None else None
+            if end is not None:
+                out += found.window(pos, end)
+            else:
+                prompt = self.pieces(history[:k], generation=True, tools=tools)
+                text = "".join(p.text for p in prompt)
+                if not real.startswith(text):
+                    raise TemplateError(_prompt_mismatch(k, real, text))
+                out += cut(prompt, pos)
+                end = len(text)
+            written, pos = self._written(messages, k, real, end, tools), end
             out += written
             pos += sum(len(p.text) for p in written)
         rest = real[pos:]  # untrained: template text, or the rest of the conversation
@@ -444,6 +485,142 @@ class HFChatTemplate(Template):
                 pass  # as template text: no trained token follows it, so it changes no loss
         out.append(Piece(rest, False, True))
         return [p for p in out if p.text]
+
+    def _prompts_in(
+        self, history: list[Message], trained: list[int], tools: list | None, real: str
+    ) -> _Prompts | None:
+        """The generation prompts of the ``trained`` turns of ``history`` (untrained copies of
+        the messages) as ``_by_prompts`` cuts them from the real render ``real``, found without
+        rendering each: the last trained turn's prompt is rendered (with its content, once) and
+        must be the start of ``real`` with every content in it as it is (stripped or escaped);
+        an earlier turn's prompt is the start of that one, up to the text after its own last
+        content (:meth:`_prompt_tail`, checked once per shape). None: each prompt is rendered.
+
+        Such a prompt is what rendering it gives as long as the template renders the prompt the
+        way the placeholders show it, which is what a conversation the placeholder layout
+        places is trained on too (the module doc): an untrained content the last prompt renders
+        otherwise (Qwen3's dropped reasoning), a prompt that is not the start of the last one
+        with placeholders, or a last content the shorter prompt would place otherwise leaves
+        the turn to its own render."""
+        last = trained[-1]
+        key = self._layout(history[:last], True, tools)
+        prompt = self._real(history[:last], True, tools, key)
+        if not real.startswith(prompt):
+            return None
+        literals, slots = self._skeleton(history[:last], True, tools, key, fresh=False)
+        contents = [history[i].content for i in slots]
+        found = place(literals, contents, prompt, [False] * len(slots))
+        if found is None or found[1]:
+            return None
+        placed = found[0]
+        # the prompt's pieces as pieces() makes them for a generation prompt, and where each
+        # starts; where each content ends
+        pieces: list[Piece] = []
+        starts: list[int] = []
+        ends: list[int] = []
+        at = 0
+        for j, lit in enumerate(literals):
+            if lit:
+                pieces.append(Piece(lit, False, True))
+                starts.append(at)
+            at += len(lit)
+            if j < len(slots):
+                if placed[j]:
+                    pieces.append(Piece(placed[j], False))
+                    starts.append(at)
+                at += len(placed[j])
+                ends.append(at)
+        out = _Prompts(pieces, starts, {last: len(prompt)})
+        earlier = trained[:-1]
+        if not earlier:
+            return out
+        shape = with_stand_ins(history)
+        tails = self._prompt_tails_of(shape, last, tools)
+        ref = self._prompt_ref(tails, shape, tools)
+        if ref is None or ref[1] != slots:
+            return out  # the shape's placeholders are not the conversation's
+        for k in earlier:
+            tail = self._prompt_tail(tails, shape, k, tools)
+            if tail is None:
+                continue
+            n, text = tail
+            if not literals[n].startswith(text):  # the real text after its last content
+                continue
+            if n == 0:
+                out.ends[k] = len(text)
+                continue
+            # the prompt of turn k ends `text` after its last content; place() on it must put
+            # that content where it is in the longer prompt (the first way it is inserted that
+            # the text follows)
+            end = ends[n - 1] + len(text)
+            start = ends[n - 1] - len(placed[n - 1])
+            first = next(
+                (
+                    t
+                    for insert in _INSERTS
+                    if prompt.startswith(t := insert(contents[n - 1]), start, end)
+                    and prompt.startswith(text, start + len(t), end)
+                ),
+                None,
+            )
+            if first == placed[n - 1]:
+                out.ends[k] = end
+        return out
+
+    def _prompt_tails_of(self, shape: list[Message], last: int, tools: list | None) -> dict:
+        """The cache of :meth:`_prompt_tail` for a conversation's shape (its messages with
+        stand-ins, see :func:`with_stand_ins`) and its last trained turn ``last``."""
+        key = (self._layout(shape, False, tools), last)
+        tails = self._prompt_tails.get(key)
+        if tails is None:
+            if len(self._prompt_tails) >= 4096:
+                self._prompt_tails.clear()
+            tails = self._prompt_tails[key] = {"last": last}
+        return tails
+
+    def _prompt_tail(
+        self, tails: dict, shape: list[Message], k: int, tools: list | None
+    ) -> tuple[int, str] | None:
+        """When the generation prompt of ``shape[:k]`` is, with placeholders, the start of the
+        one of ``shape[:last]`` (``last``: the conversation's last trained turn, in ``tails``),
+        the number of placeholders in it and its text after the last of them; else None."""
+        if k in tails:
+            return tails[k]
+        found = None
+        ref = self._prompt_ref(tails, shape, tools)
+        try:
+            lits, slots = _split(self._render_marked(shape[:k], tools))
+        except TemplateError:  # rendered turn by turn, which reports it
+            pass
+        else:
+            ref_lits, ref_slots = ref or ([], [])
+            n = len(slots)
+            if (
+                n < len(ref_lits)
+                and slots == ref_slots[:n]
+                and lits[:-1] == ref_lits[:n]
+                and ref_lits[n].startswith(lits[-1])
+            ):
+                found = (n, lits[-1])
+        tails[k] = found
+        return found
+
+    def _prompt_ref(
+        self, tails: dict, shape: list[Message], tools: list | None
+    ) -> tuple[list[str], list[int]] | None:
+        """The generation prompt of ``shape[:last]`` with placeholders, cut at them (None: the
+        template fails on the shape)."""
+        if "ref" not in tails:
+            try:
+                tails["ref"] = _split(self._render_marked(shape[: tails["last"]], tools))
+            except TemplateError:
+                tails["ref"] = None
+        return tails["ref"]
+
+    def _render_marked(self, messages: list[Message], tools: list | None) -> str:
+        """The generation prompt of ``messages`` with a placeholder for each non-empty content."""
+        marks = [SLOT.format(i) if m.content else "" for i, m in enumerate(messages)]
+        return self._render(messages, marks, True, tools)
 
     def _written(
         self, messages: list[Message], k: int, real: str, start: int, tools: list | None
