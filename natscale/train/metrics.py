@@ -11,7 +11,8 @@ MFU (model FLOPs utilisation; docs/training.md gives the derivation):
                + 6 * H * V * trained                    lm_head: only trained tokens reach it
                + 6 * sum_layers d_attn * sum_seg(L_seg^2)   attention, per packed segment, causal-halved
     MFU = flops_step / step_time / world_size / peak_flops_per_device
-N_body counts every parameter except the input embedding and the lm_head (of a mixture of experts,
+N_body counts every parameter except embeddings (lookup tables: the input's, Gemma 4's per-layer
+ones, GPT-2's positions) and the lm_head (of a mixture of experts,
 the routed experts a token runs through: top-k / experts of them, routed_expert_fraction); d_attn =
 heads * head_dim, or heads * (d_qk + d_v) / 2 for multi-head latent attention, each layer's own
 where its config says (Gemma 4's full layers have wider heads); a sliding-window or chunked layer
@@ -186,6 +187,14 @@ class FlopsModel:
         active = routed_expert_fraction(config)
         # the language model only: a multimodal model's vision tower does not run on text
         decoder = lm.get_decoder() if hasattr(lm, "get_decoder") else lm
+        # every lookup table does no multiply-add: Gemma 4's per-layer embeddings (2.0 of its
+        # 4.5B body parameters by default) and GPT-2's position embedding, as the input's
+        skip |= {
+            id(p)
+            for m in decoder.modules()
+            if isinstance(m, torch.nn.Embedding)
+            for p in m.parameters(recurse=False)
+        }
         body = 0.0
         for name, p in decoder.named_parameters():
             if id(p) in skip:

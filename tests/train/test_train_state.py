@@ -450,6 +450,7 @@ def test_flops_model_of_layers_whose_head_size_differs():
 def test_flops_model_reads_each_familys_names_for_its_experts():
     """Aria names its experts moe_topk / moe_num_experts and Gemma 4 top_k_experts / num_experts:
     neither was read, so every expert counted and MFU read up to 4x too high (2 of 8 here)."""
+    import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from natscale.train.metrics import routed_expert_fraction
@@ -471,7 +472,12 @@ def test_flops_model_reads_each_familys_names_for_its_experts():
         decoder = model.get_decoder()
         experts = sum(p.numel() for n, p in decoder.named_parameters() if ".experts." in n)
         others = sum(p.numel() for n, p in decoder.named_parameters() if ".experts." not in n)
-        embed = model.get_input_embeddings().weight.numel()
+        # lookups, no multiply-add: the input embedding, and Gemma 4's per-layer embeddings
+        embed = sum(
+            m.weight.numel() for m in decoder.modules() if isinstance(m, torch.nn.Embedding)
+        )
+        per_layer = model_type == "gemma4_text"
+        assert (embed > model.get_input_embeddings().weight.numel()) == per_layer, model_type
         assert experts > 0, model_type
         flops = FlopsModel.from_model(model, config)
         assert flops.body_params == others - embed + experts * 2 // 8, model_type
